@@ -1,0 +1,341 @@
+/**
+ * One upstream download per digest at a time, shared by every reader (../../../shared/ARCHITECTURE.md, "Blob fill").
+ *
+ * A `Fill` owns the upstream response. It writes to a temp file in the store, hashing and counting as it goes,
+ * and wakes its readers after every write. Each reader streams the temp file through the fill's own file handle
+ * (positional reads), from its start offset up to what has been written, then waits for more: a late joiner gets
+ * what is already on disk at disk speed, then follows the download.
+ *
+ * When the upstream ends, size and sha256 are checked, the file is fsynced and renamed to its content-addressed
+ * path; readers keep reading through the open handle. On any mismatch or upstream error, readers are destroyed
+ * (clients see a broken transfer and retry) and the temp file is deleted: nothing is committed. Readers that
+ * would end at the last byte of the blob hold that byte back until the content is verified, so a client can
+ * never receive a complete-looking copy of content that failed verification.
+ *
+ * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
+ * client, so the next pull is a hit.
+ */
+import { createHash } from "node:crypto";
+import type { FileHandle } from "node:fs/promises";
+import { Readable, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { Logger } from "pino";
+import { RegistryError } from "../oci/errors.ts";
+import type { BlobStore } from "./blob-store.ts";
+
+export interface UpstreamBlob {
+  /** Content-Length announced by the upstream, when it sent one. */
+  size: number | undefined;
+  body: Readable;
+}
+
+/** Opens the upstream response; must reject with a RegistryError (e.g. BLOB_UNKNOWN) when there is no blob. */
+export type OpenUpstreamBlob = (signal: AbortSignal) => Promise<UpstreamBlob>;
+
+export type FillState = "connecting" | "streaming" | "committed" | "failed";
+
+/** Who started a fill: readers from the same upstream repository may join it without a further check. */
+export interface FillOrigin {
+  upstream: string;
+  repo: string;
+}
+
+const READ_CHUNK = 1024 * 1024;
+
+export class Fill {
+  readonly digest: string;
+  readonly origin: FillOrigin;
+  state: FillState = "connecting";
+  /** Size announced by the upstream; `undefined` until `ready`, and when the upstream sent none. */
+  size: number | undefined;
+  /** Bytes written to the temp file so far: what readers may read. */
+  written = 0;
+  error: Error | undefined;
+  /** Resolves when the upstream has answered 200 and the temp file exists; rejects with the upstream's error. */
+  readonly ready: Promise<void>;
+  /** Resolves once committed, rejects when the fill failed. */
+  readonly done: Promise<void>;
+
+  private handle: FileHandle | undefined;
+  /** The fill itself holds one reference until it ends; each reader holds one while open. */
+  private refs = 1;
+  private readerCount = 0;
+  private waiters: Array<() => void> = [];
+  private resolveReady!: () => void;
+  private rejectReady!: (err: Error) => void;
+
+  constructor(digest: string, origin: FillOrigin) {
+    this.digest = digest;
+    this.origin = origin;
+    this.ready = new Promise((resolve, reject) => {
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
+    });
+    this.done = this.ready.then(() => new Promise<void>((resolve, reject) => this.waitUntilEnded(resolve, reject)));
+    // Failures are delivered to whoever awaits; these keep an unobserved rejection from crashing the process.
+    this.ready.catch(() => undefined);
+    this.done.catch(() => undefined);
+  }
+
+  /** Readers attached now (for metrics). */
+  get readers(): number {
+    return this.readerCount;
+  }
+
+  /** A getter rather than a state comparison, so callers re-read it after an await. */
+  get committed(): boolean {
+    return this.state === "committed";
+  }
+
+  private get ended(): boolean {
+    return this.state === "committed" || this.state === "failed";
+  }
+
+  /**
+   * A stream of bytes `[start, end]` (inclusive; `end` undefined = to the end of the blob). Only valid after
+   * `ready` and before the fill has committed (after that, read the committed file instead).
+   */
+  createReader(start: number, end: number | undefined): Readable {
+    if (this.handle === undefined || this.ended) throw new Error(`fill ${this.digest} is ${this.state}, not readable`);
+    this.refs++;
+    this.readerCount++;
+    return new FillReader(this, start, end);
+  }
+
+  /** @internal the reader's view: reads up to `length` bytes at `position` from the temp file. */
+  async readAt(position: number, length: number): Promise<Buffer> {
+    const buffer = Buffer.allocUnsafe(length);
+    const { bytesRead } = await this.handle!.read(buffer, 0, length, position);
+    return bytesRead === length ? buffer : buffer.subarray(0, bytesRead);
+  }
+
+  /** @internal resolves at the next write, commit or failure. */
+  changed(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** @internal a reader is done with the temp file. */
+  releaseReader(): void {
+    this.readerCount--;
+    this.release();
+  }
+
+  private release(): void {
+    this.refs--;
+    if (this.refs === 0 && this.handle !== undefined) {
+      const handle = this.handle;
+      this.handle = undefined;
+      handle.close().catch(() => undefined);
+    }
+  }
+
+  /** @internal */
+  notify(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /** @internal called by the coordinator; the whole download → verify → commit lifecycle. */
+  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger): Promise<void> {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timeoutMs);
+    timer.unref();
+    let tempPath: string | undefined;
+    try {
+      const upstream = await open(abort.signal);
+      this.size = upstream.size;
+      try {
+        const temp = await store.createTemp(this.digest);
+        tempPath = temp.path;
+        this.handle = temp.handle;
+      } catch (err) {
+        upstream.body.destroy();
+        throw err;
+      }
+      this.state = "streaming";
+      this.resolveReady();
+
+      const hash = createHash("sha256");
+      await pipeline(upstream.body, this.sink(hash), { signal: abort.signal });
+      if (this.size !== undefined && this.written !== this.size) {
+        throw new RegistryError("UPSTREAM_ERROR", `upstream sent ${this.written} of ${this.size} bytes for ${this.digest}`);
+      }
+      const actual = `sha256:${hash.digest("hex")}`;
+      if (actual !== this.digest) {
+        throw new RegistryError("UPSTREAM_ERROR", `upstream content for ${this.digest} hashes to ${actual}`);
+      }
+      await this.handle.sync();
+      await store.commit(tempPath, this.digest);
+      tempPath = undefined;
+      this.size = this.written;
+      this.state = "committed";
+      log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
+    } catch (err) {
+      this.error = toError(err);
+      this.state = "failed";
+      this.rejectReady(this.error);
+      if (tempPath !== undefined) await store.discard(tempPath).catch(() => undefined);
+      log.warn({ digest: this.digest, err: this.error.message, bytes: this.written }, "blob fill failed; nothing committed");
+    } finally {
+      clearTimeout(timer);
+      this.notify();
+      this.release();
+    }
+  }
+
+  private waitUntilEnded(resolve: () => void, reject: (err: Error) => void): void {
+    if (this.state === "committed") resolve();
+    else if (this.state === "failed") reject(this.error!);
+    else void this.changed().then(() => this.waitUntilEnded(resolve, reject));
+  }
+
+  /** Hashes and writes each batch of chunks at the current end of the temp file, then wakes readers. */
+  private sink(hash: ReturnType<typeof createHash>): Writable {
+    const write = async (chunks: Buffer[]): Promise<void> => {
+      let total = 0;
+      for (const chunk of chunks) {
+        hash.update(chunk);
+        total += chunk.length;
+      }
+      if (this.size !== undefined && this.written + total > this.size) {
+        throw new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.size} bytes for ${this.digest}`);
+      }
+      const { bytesWritten } = await this.handle!.writev(chunks, this.written);
+      if (bytesWritten !== total) throw new Error(`short write to temp file (${bytesWritten} of ${total} bytes)`);
+      this.written += total;
+      this.notify();
+    };
+    return new Writable({
+      highWaterMark: 4 * 1024 * 1024,
+      write: (chunk: Buffer, _enc, cb) => void write([chunk]).then(() => cb(), cb),
+      writev: (chunks, cb) => void write(chunks.map((c) => c.chunk as Buffer)).then(() => cb(), cb),
+    });
+  }
+}
+
+/** Streams `[start, end]` of a fill's temp file, following the download. One chunk per `_read`. */
+class FillReader extends Readable {
+  private readonly fill: Fill;
+  private position: number;
+  private readonly end: number | undefined;
+  private released = false;
+
+  constructor(fill: Fill, start: number, end: number | undefined) {
+    super({ highWaterMark: READ_CHUNK });
+    this.fill = fill;
+    this.position = start;
+    this.end = end;
+  }
+
+  override _read(): void {
+    this.next().then(
+      (chunk) => this.push(chunk),
+      (err: unknown) => this.destroy(toError(err)),
+    );
+  }
+
+  /**
+   * The next chunk, or `null` at the end; waits while nothing new is readable.
+   * Bytes up to `written` are readable, except that the blob's last byte is held back until the fill has
+   * committed. That single rule is what makes a reader reaching the blob's end imply verified content.
+   */
+  private async next(): Promise<Buffer | null> {
+    for (;;) {
+      const fill = this.fill;
+      if (fill.state === "failed") throw fill.error ?? new Error("blob fill failed");
+      const committed = fill.state === "committed";
+      const total = committed ? fill.written : fill.size; // blob size, when known
+      const requested = this.end === undefined ? Infinity : this.end + 1;
+      const stop = Math.min(requested, total ?? Infinity); // exclusive end of this reader
+      if (this.position >= stop) return null;
+      let limit = Math.min(fill.written, stop);
+      if (!committed) limit = Math.min(limit, (total ?? fill.written) - 1);
+      if (this.position < limit) {
+        const chunk = await fill.readAt(this.position, Math.min(READ_CHUNK, limit - this.position));
+        if (chunk.length === 0) throw new Error(`temp file of ${fill.digest} is shorter than recorded`);
+        this.position += chunk.length;
+        return chunk;
+      }
+      await fill.changed();
+      if (this.destroyed) return null;
+    }
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (!this.released) {
+      this.released = true;
+      this.fill.releaseReader();
+    }
+    cb(err);
+  }
+}
+
+export class FillCoordinator {
+  private readonly store: BlobStore;
+  private readonly timeoutMs: number;
+  private readonly log: Logger;
+  /** In-flight fills, and committed ones for a short grace period (see `start`). */
+  private readonly fills = new Map<string, Fill>();
+  private readonly graceMs: number;
+
+  constructor(store: BlobStore, opts: { timeoutMs: number; log: Logger; committedGraceMs?: number }) {
+    this.store = store;
+    this.timeoutMs = opts.timeoutMs;
+    this.log = opts.log;
+    this.graceMs = opts.committedGraceMs ?? 5_000;
+  }
+
+  /** The fill for `digest` if one is running (or committed moments ago); failed fills are never returned. */
+  current(digest: string): Fill | undefined {
+    const fill = this.fills.get(digest);
+    return fill && fill.state !== "failed" ? fill : undefined;
+  }
+
+  /**
+   * Starts the one download of `digest`. Callers check `current()` first; the synchronous check-then-set here
+   * makes a second call for the same digest return the running fill instead of starting another.
+   */
+  start(digest: string, origin: FillOrigin, open: OpenUpstreamBlob): Fill {
+    const existing = this.current(digest);
+    if (existing) return existing;
+    const fill = new Fill(digest, origin);
+    this.fills.set(digest, fill);
+    void fill.run(this.store, open, this.timeoutMs, this.log).finally(() => {
+      if (fill.state === "failed") {
+        if (this.fills.get(digest) === fill) this.fills.delete(digest);
+        return;
+      }
+      // A committed fill stays visible briefly: a request that missed the store just before the rename finds it
+      // here, sees `committed` and reads the final file, instead of starting a second download.
+      const timer = setTimeout(() => {
+        if (this.fills.get(digest) === fill) this.fills.delete(digest);
+      }, this.graceMs);
+      timer.unref();
+    });
+    return fill;
+  }
+
+  /** Fills still downloading. */
+  get inFlight(): number {
+    let n = 0;
+    for (const fill of this.fills.values()) if (fill.state === "connecting" || fill.state === "streaming") n++;
+    return n;
+  }
+
+  /** Waits (bounded) for running fills to end, for a graceful shutdown. */
+  async drain(timeoutMs: number): Promise<void> {
+    const running = [...this.fills.values()].filter((f) => f.state === "connecting" || f.state === "streaming");
+    if (running.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled(running.map((f) => f.done)),
+      new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+    ]);
+    clearTimeout(timer);
+  }
+}
+
+function toError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}

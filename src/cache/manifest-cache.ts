@@ -1,0 +1,140 @@
+/**
+ * Read-through manifests. A digest reference is served from the store forever (content never changes); a tag is
+ * a pointer trusted for the upstream's `tagTtl`, then revalidated with a HEAD (which Docker Hub does not count
+ * against its rate limit) and refetched only when the digest changed. When revalidation fails and a pointer is
+ * known, the last known manifest is served and marked stale. Concurrent misses for the same reference share one
+ * upstream request.
+ */
+import { createHash } from "node:crypto";
+import { RegistryError } from "../oci/errors.ts";
+import { isSha256Digest, type ManifestReference } from "../oci/reference.ts";
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import type { ManifestStore, StoredManifest } from "./manifest-store.ts";
+import type { MetadataStore } from "./metadata-store.ts";
+
+/** How a manifest was obtained, for logs, metrics and the `X-Mirror-Cache` header. */
+export type ManifestSource = "hit" | "miss" | "revalidated" | "stale";
+
+export interface ManifestResult {
+  manifest: StoredManifest;
+  source: ManifestSource;
+}
+
+/** Upstream errors after which a known pointer is still served (the upstream is unwell, not the tag gone). */
+const STALE_OK = new Set(["UNAVAILABLE", "UPSTREAM_ERROR", "TOOMANYREQUESTS"]);
+
+export class ManifestCache {
+  private readonly manifests: ManifestStore;
+  private readonly metadata: MetadataStore;
+  private readonly maxBytes: number;
+  private readonly now: () => number;
+  private readonly inflight = new Map<string, Promise<ManifestResult>>();
+
+  constructor(opts: { manifests: ManifestStore; metadata: MetadataStore; maxBytes: number; now?: () => number }) {
+    this.manifests = opts.manifests;
+    this.metadata = opts.metadata;
+    this.maxBytes = opts.maxBytes;
+    this.now = opts.now ?? Date.now;
+  }
+
+  async get(upstream: UpstreamClient, repo: string, ref: ManifestReference): Promise<ManifestResult> {
+    if (ref.kind === "digest") {
+      const cached = await this.manifests.get(ref.digest);
+      if (cached && (await this.confirmLink(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
+      return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () => this.fetch(upstream, repo, ref.digest, undefined));
+    }
+    const pointer = await this.metadata.getTag(upstream.name, repo, ref.tag);
+    if (pointer && this.now() - pointer.checkedAt < upstream.config.tagTtl) {
+      const cached = await this.manifests.get(pointer.digest);
+      if (cached) return { manifest: cached, source: "hit" };
+    }
+    return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () => this.revalidate(upstream, repo, ref.tag));
+  }
+
+  /** Is `digest` known to belong to `repo`? If not, ask the upstream once and remember a yes. */
+  private async confirmLink(upstream: UpstreamClient, repo: string, digest: string): Promise<boolean> {
+    if (await this.metadata.hasLink(upstream.name, repo, digest)) return true;
+    try {
+      const head = await upstream.headManifest(repo, digest);
+      if (head.digest !== undefined && head.digest !== digest) return false;
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN") throw err;
+      return false; // could not confirm: fetch path will report the upstream's state
+    }
+    await this.metadata.addLinks(upstream.name, repo, [digest]);
+    return true;
+  }
+
+  private async revalidate(upstream: UpstreamClient, repo: string, tag: string): Promise<ManifestResult> {
+    const pointer = await this.metadata.getTag(upstream.name, repo, tag);
+    try {
+      const head = await upstream.headManifest(repo, tag);
+      if (head.digest !== undefined && isSha256Digest(head.digest)) {
+        const cached = await this.manifests.get(head.digest);
+        if (cached) {
+          await this.metadata.putTag(upstream.name, repo, tag, { digest: cached.digest, mediaType: cached.mediaType, checkedAt: this.now() });
+          await this.metadata.addLinks(upstream.name, repo, [cached.digest]);
+          return { manifest: cached, source: "revalidated" };
+        }
+      }
+      return await this.fetch(upstream, repo, tag, tag);
+    } catch (err) {
+      // The upstream says the tag is gone: forget the pointer rather than serve a deleted tag later.
+      if (pointer && err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN") await this.metadata.deleteTag(upstream.name, repo, tag);
+      if (pointer && err instanceof RegistryError && STALE_OK.has(err.code)) {
+        const cached = await this.manifests.get(pointer.digest);
+        if (cached) return { manifest: cached, source: "stale" };
+      }
+      throw err;
+    }
+  }
+
+  /** GETs a manifest, verifies its digest, stores it and records the repository's links to what it references. */
+  private async fetch(upstream: UpstreamClient, repo: string, reference: string, tag: string | undefined): Promise<ManifestResult> {
+    const fetched = await upstream.getManifest(repo, reference, this.maxBytes);
+    const digest = `sha256:${createHash("sha256").update(fetched.bytes).digest("hex")}`;
+    if (tag === undefined && digest !== reference) {
+      throw new RegistryError("UPSTREAM_ERROR", `upstream ${upstream.name} sent a manifest for ${reference} that hashes to ${digest}`);
+    }
+    if (fetched.digest !== undefined && isSha256Digest(fetched.digest) && fetched.digest !== digest) {
+      throw new RegistryError("UPSTREAM_ERROR", `upstream ${upstream.name} sent a manifest whose Docker-Content-Digest ${fetched.digest} does not match its bytes (${digest})`);
+    }
+    await this.manifests.put(digest, fetched.mediaType, fetched.bytes);
+    await this.metadata.addLinks(upstream.name, repo, [digest, ...referencedDigests(fetched.bytes)]);
+    if (tag !== undefined) {
+      await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: this.now() });
+    }
+    return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
+  }
+
+  private shared(key: string, work: () => Promise<ManifestResult>): Promise<ManifestResult> {
+    const running = this.inflight.get(key);
+    if (running) return running;
+    const promise = work().finally(() => this.inflight.delete(key));
+    this.inflight.set(key, promise);
+    return promise;
+  }
+}
+
+/**
+ * Digests a manifest or index references (config, layers, child manifests, subject): the content a client will
+ * ask for next under the same repository. Unparseable manifests are still served byte-exact; they just link nothing.
+ */
+export function referencedDigests(bytes: Buffer): string[] {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(bytes.toString("utf8"));
+  } catch {
+    return [];
+  }
+  const found: string[] = [];
+  const take = (d: unknown) => {
+    const digest = (d as { digest?: unknown } | null | undefined)?.digest;
+    if (typeof digest === "string" && isSha256Digest(digest)) found.push(digest);
+  };
+  const m = doc as { config?: unknown; layers?: unknown; manifests?: unknown; blobs?: unknown; subject?: unknown };
+  take(m.config);
+  take(m.subject);
+  for (const list of [m.layers, m.manifests, m.blobs]) if (Array.isArray(list)) list.forEach(take);
+  return found;
+}

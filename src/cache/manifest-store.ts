@@ -1,0 +1,75 @@
+/**
+ * Manifests, stored byte-exact by digest together with the media type the upstream served them with.
+ * The bytes live in the blob store (so `HEAD /v2/<name>/blobs/<manifest digest>`, which containerd sends when a
+ * manifest HEAD fails, finds them too); the media type lives in a small sidecar written after the bytes, so a
+ * manifest is only servable once both exist. Hot manifests are kept in memory: the tag-hit path touches no disk.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { LRUCache } from "lru-cache";
+import { digestHex } from "../oci/reference.ts";
+import { isNotFound, type BlobStore } from "./blob-store.ts";
+
+export interface StoredManifest {
+  digest: string;
+  mediaType: string;
+  bytes: Buffer;
+}
+
+export class ManifestStore {
+  private readonly blobs: BlobStore;
+  private readonly metaDir: string;
+  private readonly memory: LRUCache<string, StoredManifest>;
+
+  constructor(blobs: BlobStore, opts: { memoryBytes?: number } = {}) {
+    this.blobs = blobs;
+    this.metaDir = join(blobs.root, "manifests", "sha256");
+    this.memory = new LRUCache({ maxSize: opts.memoryBytes ?? 64 * 1024 * 1024, sizeCalculation: (m) => m.bytes.length + 256 });
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.metaDir, { recursive: true });
+  }
+
+  /** Stores verified bytes; throws if `bytes` do not hash to `digest` (a programming error upstream of here). */
+  async put(digest: string, mediaType: string, bytes: Buffer): Promise<void> {
+    const actual = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+    if (actual !== digest) throw new Error(`manifest bytes hash to ${actual}, not ${digest}`);
+    if ((await this.blobs.size(digest)) !== bytes.length) await this.blobs.putVerified(digest, bytes);
+    const metaPath = this.metaPath(digest);
+    await mkdir(join(metaPath, ".."), { recursive: true });
+    const tmp = `${metaPath}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify({ mediaType, size: bytes.length }));
+    await rename(tmp, metaPath);
+    this.memory.set(digest, { digest, mediaType, bytes });
+  }
+
+  async get(digest: string): Promise<StoredManifest | undefined> {
+    const hot = this.memory.get(digest);
+    if (hot) return hot;
+    let meta: { mediaType: string; size: number };
+    try {
+      meta = JSON.parse(await readFile(this.metaPath(digest), "utf8")) as { mediaType: string; size: number };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    const opened = await this.blobs.open(digest);
+    if (!opened) return undefined;
+    try {
+      if (opened.size !== meta.size) return undefined;
+      const bytes = await opened.handle.readFile();
+      const manifest = { digest, mediaType: meta.mediaType, bytes };
+      this.memory.set(digest, manifest);
+      return manifest;
+    } finally {
+      await opened.handle.close();
+    }
+  }
+
+  private metaPath(digest: string): string {
+    const hex = digestHex(digest);
+    return join(this.metaDir, hex.slice(0, 2), `${hex}.json`);
+  }
+}

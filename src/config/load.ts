@@ -1,0 +1,155 @@
+/**
+ * Loads the configuration: defaults (schema) ← YAML file (`--config FILE` or `MIRROR_CONFIG`) ← `MIRROR_*`
+ * environment overrides. Every problem, from every source, is collected and reported in one `ConfigError`.
+ *
+ * Environment overrides address any key by its path: segments are separated by `__`, and a segment matches a key
+ * written in upper snake case with every non-alphanumeric character as `_`. Values are parsed as YAML scalars or
+ * flow collections, so `true`, `8080`, `5m` and `[a, b]` all work:
+ *   MIRROR_LISTEN=127.0.0.1:5001
+ *   MIRROR_STORAGE__PATH=/var/cache/mirror
+ *   MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL=10m
+ */
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+import { configSchema, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
+
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join("\n")}`);
+    this.name = "ConfigError";
+    this.problems = problems;
+  }
+}
+
+export interface LoadOptions {
+  /** Path of a YAML file; when absent `env.MIRROR_CONFIG` is used, and when that is absent too, defaults only. */
+  file?: string | undefined;
+  env?: NodeJS.ProcessEnv;
+}
+
+export function loadConfig(opts: LoadOptions = {}): Config {
+  const env = opts.env ?? process.env;
+  const problems: string[] = [];
+  let raw: Record<string, unknown> = {};
+  const file = opts.file ?? env.MIRROR_CONFIG;
+  if (file !== undefined && file !== "") {
+    try {
+      const parsed: unknown = parseYaml(readFileSync(file, "utf8"));
+      if (parsed === null || parsed === undefined) raw = {};
+      else if (typeof parsed === "object" && !Array.isArray(parsed)) raw = parsed as Record<string, unknown>;
+      else problems.push(`${file}: the top level must be a mapping`);
+    } catch (err) {
+      problems.push(`${file}: ${(err as Error).message}`);
+    }
+  }
+  applyEnvOverrides(raw, env, problems);
+  return finish(configSchema.safeParse(raw), problems);
+}
+
+/** Builds a configuration from an in-memory object (tests, embedding), with the same checks as a file. */
+export function parseConfig(input: unknown): Config {
+  return finish(configSchema.safeParse(input), []);
+}
+
+function finish(result: z.ZodSafeParseResult<z.output<typeof configSchema>>, problems: string[]): Config {
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const path = issue.path.map(String).join(".");
+      problems.push(path === "" ? issue.message : `${path}: ${issue.message}`);
+    }
+  }
+  if (problems.length > 0 || !result.success) throw new ConfigError(problems);
+  const upstreams: Record<string, UpstreamConfig> = {};
+  for (const [name, upstream] of Object.entries(result.data.upstreams)) {
+    const host = new URL(upstream.url).host;
+    const preset = UPSTREAM_PRESETS.find((p) => p.hosts.includes(host))?.defaults;
+    upstreams[name] = { ...upstream, name, libraryPrefix: upstream.libraryPrefix ?? preset?.libraryPrefix ?? null };
+  }
+  return deepFreeze({ ...result.data, upstreams });
+}
+
+/** `tagTtl` → `TAG_TTL`, `docker.io` → `DOCKER_IO`. */
+export function envSegment(key: string): string {
+  return key
+    .replace(/([a-z0-9])([A-Z])/g, "$1_$2")
+    .replace(/[^A-Za-z0-9]/g, "_")
+    .toUpperCase();
+}
+
+function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, problems: string[]): void {
+  for (const [variable, value] of Object.entries(env).sort(([a], [b]) => a.localeCompare(b))) {
+    if (!variable.startsWith("MIRROR_") || variable === "MIRROR_CONFIG" || value === undefined) continue;
+    const segments = variable.slice("MIRROR_".length).split("__");
+    let schema: z.ZodType | undefined = configSchema;
+    let target: Record<string, unknown> = raw;
+    for (let i = 0; i < segments.length; i++) {
+      const segment = segments[i]!;
+      const shape = objectShape(schema);
+      const recordValues = recordValueSchema(schema);
+      // Keys of a schema object, or the entries already present in a record (upstreams are named by the file).
+      const candidates = shape ? Object.keys(shape) : Object.keys(target);
+      const key = candidates.find((k) => envSegment(k) === segment);
+      if (key === undefined || (!shape && !recordValues)) {
+        problems.push(`${variable}: ${segment} names no configuration key${shape || recordValues ? ` (known here: ${candidates.map(envSegment).join(", ") || "none"})` : ""}`);
+        break;
+      }
+      if (i === segments.length - 1) {
+        target[key] = parseEnvValue(value);
+        break;
+      }
+      const childSchema = shape ? shape[key] : recordValues;
+      const next = target[key];
+      // A key the file left out starts from its schema default, so an override can change one field of it.
+      if (next === undefined || next === null) target[key] = structuredClone(defaultOf(childSchema) ?? {});
+      else if (typeof next !== "object" || Array.isArray(next)) {
+        problems.push(`${variable}: ${key} is not a mapping`);
+        break;
+      }
+      target = target[key] as Record<string, unknown>;
+      schema = childSchema;
+    }
+  }
+}
+
+function parseEnvValue(value: string): unknown {
+  try {
+    return parseYaml(value) ?? value;
+  } catch {
+    return value;
+  }
+}
+
+function defaultOf(schema: z.ZodType | undefined): unknown {
+  return schema instanceof z.ZodDefault ? (schema.def.defaultValue as unknown) : undefined;
+}
+
+/** Looks through default/optional/pipe wrappers to the object schema underneath, if any. */
+function objectShape(schema: z.ZodType | undefined): Record<string, z.ZodType> | undefined {
+  const inner = unwrap(schema);
+  return inner instanceof z.ZodObject ? (inner.shape as Record<string, z.ZodType>) : undefined;
+}
+
+function recordValueSchema(schema: z.ZodType | undefined): z.ZodType | undefined {
+  const inner = unwrap(schema);
+  return inner instanceof z.ZodRecord ? (inner.valueType as z.ZodType) : undefined;
+}
+
+function unwrap(schema: z.ZodType | undefined): z.ZodType | undefined {
+  let s = schema;
+  for (let i = 0; i < 10 && s !== undefined; i++) {
+    if (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodPrefault) s = s.unwrap() as z.ZodType;
+    else if (s instanceof z.ZodPipe) s = s.in as z.ZodType;
+    else break;
+  }
+  return s;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === "object" && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

@@ -1,0 +1,69 @@
+/**
+ * Parses a `/v2/...` request once, before any I/O, into an immutable validated value. Bad input becomes an OCI
+ * error here (`NAME_INVALID`, `DIGEST_INVALID`, `TAG_INVALID`, `UNSUPPORTED`), never a bare 404 later.
+ * Paths are matched undecoded: no valid name, tag or digest contains `%`, so encoded slashes or dots cannot
+ * smuggle anything past the grammar.
+ */
+import { RegistryError } from "../oci/errors.ts";
+import { AcceptSet } from "../oci/media-types.ts";
+import { parseRange, type ByteRangeSpec } from "../oci/range.ts";
+import { assertDigest, isValidName, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
+
+interface Common {
+  method: "GET" | "HEAD";
+  /** The repository path as the client wrote it (may carry an upstream prefix). */
+  name: string;
+  /** containerd's `?ns=` registry host. */
+  ns: string | undefined;
+}
+
+export type DistributionRequest =
+  | (Common & { kind: "manifest"; reference: ManifestReference; accept: AcceptSet })
+  | (Common & { kind: "blob"; digest: string; range: ByteRangeSpec | undefined })
+  | (Common & { kind: "tags"; n: string | undefined; last: string | undefined });
+
+export interface RawRequest {
+  method: string;
+  /** URL path, not percent-decoded. */
+  path: string;
+  query: URLSearchParams;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+const ROUTES: ReadonlyArray<{ re: RegExp; kind: "manifest" | "blob" | "tags" | "upload" }> = [
+  { re: /^\/v2\/(.+)\/manifests\/([^/]+)$/, kind: "manifest" },
+  { re: /^\/v2\/(.+)\/blobs\/uploads(?:\/.*)?$/, kind: "upload" },
+  { re: /^\/v2\/(.+)\/blobs\/([^/]+)$/, kind: "blob" },
+  { re: /^\/v2\/(.+)\/tags\/list$/, kind: "tags" },
+];
+
+/** Returns `undefined` when the path is not a distribution endpoint at all. */
+export function parseDistributionRequest(raw: RawRequest): DistributionRequest | undefined {
+  const route = ROUTES.map((r) => ({ kind: r.kind, m: r.re.exec(raw.path) })).find((r) => r.m !== null);
+  if (!route?.m) return undefined;
+  if (route.kind === "upload" || (raw.method !== "GET" && raw.method !== "HEAD")) {
+    throw new RegistryError("UNSUPPORTED", `${raw.method} is not supported: this registry is a read-only pull-through mirror`, {
+      headers: { Allow: route.kind === "tags" ? "GET" : "GET, HEAD" },
+    });
+  }
+  const method = raw.method;
+  const name = route.m[1]!;
+  if (name.includes("%") || !isValidName(name)) {
+    throw new RegistryError("NAME_INVALID", `invalid repository name: ${JSON.stringify(name.slice(0, 300))}`);
+  }
+  const ns = raw.query.get("ns") ?? undefined;
+  const common = { method, name, ns } as const;
+  switch (route.kind) {
+    case "manifest":
+      return { ...common, kind: "manifest", reference: parseManifestReference(route.m[2]!), accept: AcceptSet.parse(raw.headers.accept) };
+    case "blob": {
+      const digest = route.m[2]!;
+      assertDigest(digest);
+      const range = raw.headers.range;
+      return { ...common, kind: "blob", digest, range: parseRange(Array.isArray(range) ? undefined : range) };
+    }
+    case "tags":
+      if (method !== "GET") throw new RegistryError("UNSUPPORTED", "tags/list answers GET only", { headers: { Allow: "GET" } });
+      return { ...common, kind: "tags", n: raw.query.get("n") ?? undefined, last: raw.query.get("last") ?? undefined };
+  }
+}

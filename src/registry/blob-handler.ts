@@ -1,0 +1,73 @@
+/** `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single byte ranges on cached, in-flight and cold blobs. */
+import type { Readable } from "node:stream";
+import type { BlobCache } from "../cache/blob-cache.ts";
+import { RegistryError } from "../oci/errors.ts";
+import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";
+import type { RegistryResponse } from "./response.ts";
+import type { ResolvedRepository } from "./upstream-resolver.ts";
+
+const READ_CHUNK = 1024 * 1024;
+
+export class BlobHandler {
+  private readonly cache: BlobCache;
+
+  constructor(cache: BlobCache) {
+    this.cache = cache;
+  }
+
+  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository; digest: string; range: ByteRangeSpec | undefined }): Promise<RegistryResponse> {
+    const { upstream, repo } = req.target;
+    if (req.method === "HEAD") {
+      const { size, source } = await this.cache.size(upstream, repo, req.digest);
+      const headers = baseHeaders(req.digest, source === "cached" ? "hit" : "miss");
+      if (size !== undefined) headers["Content-Length"] = String(size);
+      return { status: 200, headers, cache: headers["X-Mirror-Cache"], upstream: upstream.name };
+    }
+
+    const source = await this.cache.open(upstream, repo, req.digest);
+    const cacheResult = source.kind === "cached" ? "hit" : source.kind === "fill" && source.joined ? "coalesced" : "miss";
+    const size = source.kind === "cached" ? source.size : source.kind === "fill" ? source.fill.size : undefined;
+    const headers = baseHeaders(req.digest, cacheResult);
+    let start = 0;
+    let end: number | undefined;
+    let status = 200;
+    // Without a known size (an upstream that sent no Content-Length) a range cannot be resolved yet: send it all.
+    if (req.range !== undefined && size !== undefined) {
+      const resolved = resolveRange(req.range, size);
+      if (resolved === "unsatisfiable") {
+        if (source.kind === "cached") await source.handle.close();
+        throw new RegistryError("RANGE_INVALID", `range not satisfiable for a blob of ${size} bytes`, { headers: { "Content-Range": `bytes */${size}` } });
+      }
+      ({ start, end } = resolved);
+      status = 206;
+      headers["Content-Range"] = `bytes ${start}-${end}/${size}`;
+    } else if (size !== undefined) {
+      end = size - 1;
+    }
+    if (size !== undefined) headers["Content-Length"] = String(end === undefined ? 0 : end - start + 1);
+
+    let body: Readable | Buffer;
+    if (source.kind === "cached" && size === 0) {
+      await source.handle.close();
+      body = Buffer.alloc(0);
+    } else if (source.kind === "cached") {
+      body = source.handle.createReadStream({ start, end, highWaterMark: READ_CHUNK });
+    } else if (source.kind === "fill") {
+      body = source.fill.createReader(start, end);
+    } else {
+      throw new Error("unreachable: GET always opens a source");
+    }
+    return { status, headers, body, cache: cacheResult, upstream: upstream.name };
+  }
+}
+
+function baseHeaders(digest: string, cache: string): Record<string, string> {
+  return {
+    "Content-Type": "application/octet-stream",
+    "Docker-Content-Digest": digest,
+    ETag: `"${digest}"`,
+    "Accept-Ranges": "bytes",
+    "Cache-Control": "max-age=31536000",
+    "X-Mirror-Cache": cache,
+  };
+}

@@ -1,0 +1,38 @@
+/** `GET`/`HEAD /v2/<name>/manifests/<reference>`. */
+import type { ManifestCache } from "../cache/manifest-cache.ts";
+import { RegistryError } from "../oci/errors.ts";
+import type { AcceptSet } from "../oci/media-types.ts";
+import type { ManifestReference } from "../oci/reference.ts";
+import type { RegistryResponse } from "./response.ts";
+import type { ResolvedRepository } from "./upstream-resolver.ts";
+
+export class ManifestHandler {
+  private readonly cache: ManifestCache;
+
+  constructor(cache: ManifestCache) {
+    this.cache = cache;
+  }
+
+  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository; reference: ManifestReference; accept: AcceptSet }): Promise<RegistryResponse> {
+    const { manifest, source } = await this.cache.get(req.target.upstream, req.target.repo, req.reference);
+    // The mirror asks upstreams for every manifest type; it must still never send a type the client excluded.
+    if (!req.accept.accepts(manifest.mediaType)) {
+      throw new RegistryError("MANIFEST_UNKNOWN", `the manifest is ${manifest.mediaType}, which the request's Accept header does not allow`, {
+        detail: { mediaType: manifest.mediaType, accept: req.accept.toString() },
+      });
+    }
+    return {
+      status: 200,
+      headers: {
+        "Content-Type": manifest.mediaType,
+        "Content-Length": String(manifest.bytes.length),
+        "Docker-Content-Digest": manifest.digest,
+        ETag: `"${manifest.digest}"`,
+        "X-Mirror-Cache": source,
+      },
+      body: req.method === "GET" ? manifest.bytes : undefined,
+      cache: source,
+      upstream: req.target.upstream.name,
+    };
+  }
+}

@@ -1,0 +1,14 @@
+/**
+ * What a protocol handler answers: status, headers and an optional body. The HTTP layer writes it; handlers
+ * never touch Koa, so they are testable without a server and the one-way data flow stays visible.
+ */
+import type { Readable } from "node:stream";
+
+export interface RegistryResponse {
+  status: number;
+  headers: Record<string, string>;
+  body?: Buffer | Readable;
+  /** How the content was obtained (hit, miss, coalesced, revalidated, stale), for logs and metrics. */
+  cache?: string;
+  upstream?: string;
+}

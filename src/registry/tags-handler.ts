@@ -1,0 +1,47 @@
+/** `GET /v2/<name>/tags/list`, passed through to the upstream with `n` and `last`; not cached. */
+import { RegistryError } from "../oci/errors.ts";
+import { isValidTag } from "../oci/reference.ts";
+import type { RegistryResponse } from "./response.ts";
+import type { ResolvedRepository } from "./upstream-resolver.ts";
+
+export class TagsHandler {
+  private readonly maxBytes: number;
+
+  constructor(opts: { maxBytes: number }) {
+    this.maxBytes = opts.maxBytes;
+  }
+
+  /** `clientName` is the name as the client wrote it, so pagination links lead back through this mirror. */
+  async handle(req: { target: ResolvedRepository; clientName: string; n: string | undefined; last: string | undefined; ns: string | undefined }): Promise<RegistryResponse> {
+    const params = new URLSearchParams();
+    if (req.n !== undefined) {
+      if (!/^\d{1,6}$/.test(req.n)) throw new RegistryError("UNSUPPORTED", "n must be a non-negative integer", { status: 400 });
+      params.set("n", req.n);
+    }
+    if (req.last !== undefined) {
+      if (!isValidTag(req.last)) throw new RegistryError("TAG_INVALID", "last must be a tag");
+      params.set("last", req.last);
+    }
+    const query = params.size > 0 ? `?${params.toString()}` : "";
+    const { upstream, repo } = req.target;
+    const result = await upstream.getTags(repo, query, this.maxBytes);
+    const headers: Record<string, string> = { "Content-Type": "application/json", "Content-Length": String(result.body.length) };
+    const link = result.link !== undefined ? rewriteLink(result.link, req.clientName, req.ns) : undefined;
+    if (link !== undefined) headers.Link = link;
+    return { status: 200, headers, body: result.body, upstream: upstream.name };
+  }
+}
+
+/** Keeps only the upstream's `n`/`last` from its next-page link and points it at this mirror's path. */
+function rewriteLink(link: string, clientName: string, ns: string | undefined): string | undefined {
+  const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
+  if (!m) return undefined;
+  const upstreamParams = new URL(m[1]!, "http://upstream.invalid").searchParams;
+  const params = new URLSearchParams();
+  for (const key of ["n", "last"]) {
+    const value = upstreamParams.get(key);
+    if (value !== null) params.set(key, value);
+  }
+  if (ns !== undefined) params.set("ns", ns);
+  return `</v2/${clientName}/tags/list?${params.toString()}>; rel="next"`;
+}

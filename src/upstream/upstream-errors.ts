@@ -1,0 +1,92 @@
+/**
+ * The one place where upstream failures become OCI errors: by HTTP status for answers, by undici/Node error
+ * code for transport failures. Upstream error bodies are read with a byte cap, and only their OCI error codes
+ * are passed on (as `detail`), never arbitrary upstream text.
+ */
+import type { Readable } from "node:stream";
+import { RegistryError, type ErrorCode } from "../oci/errors.ts";
+
+/** Transport failures that mean "the upstream could not be reached or did not answer in time". */
+const UNAVAILABLE_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "ETIMEDOUT",
+  "EPIPE",
+  "UND_ERR_CONNECT_TIMEOUT",
+  "UND_ERR_HEADERS_TIMEOUT",
+  "UND_ERR_BODY_TIMEOUT",
+  "UND_ERR_SOCKET",
+  "UND_ERR_CLOSED",
+  "UND_ERR_DESTROYED",
+]);
+
+const ERROR_BODY_CAP = 16 * 1024;
+
+/** Maps a non-success upstream answer. `notFound` is the code a 404 means for this request. */
+export async function upstreamStatusError(
+  upstream: string,
+  status: number,
+  headers: Record<string, string | string[] | undefined>,
+  body: Readable,
+  notFound: ErrorCode,
+): Promise<RegistryError> {
+  const upstreamCodes = await readErrorCodes(body);
+  const detail = { upstream, status, ...(upstreamCodes.length > 0 ? { upstreamErrors: upstreamCodes } : {}) };
+  if (status === 404) return new RegistryError(notFound, undefined, { detail });
+  if (status === 401) return new RegistryError("UNAUTHORIZED", `upstream ${upstream} requires authentication`, { detail });
+  if (status === 403) return new RegistryError("DENIED", `upstream ${upstream} denied access`, { detail });
+  if (status === 429) {
+    const retryAfter = headerValue(headers, "retry-after");
+    return new RegistryError("TOOMANYREQUESTS", `upstream ${upstream} is rate limiting`, {
+      detail,
+      headers: retryAfter !== undefined ? { "Retry-After": retryAfter } : {},
+    });
+  }
+  return new RegistryError("UPSTREAM_ERROR", `upstream ${upstream} answered ${status}`, { detail });
+}
+
+/** Maps a thrown transport error (or passes a RegistryError through). */
+export function upstreamFailure(upstream: string, err: unknown): RegistryError {
+  if (err instanceof RegistryError) return err;
+  const code = (err as { code?: string } | undefined)?.code;
+  const cause = err instanceof Error ? err : undefined;
+  if (code !== undefined && UNAVAILABLE_CODES.has(code)) {
+    return new RegistryError("UNAVAILABLE", `upstream ${upstream} is unavailable (${code})`, { detail: { upstream, code }, cause });
+  }
+  if ((err as Error | undefined)?.name === "AbortError" || code === "UND_ERR_ABORTED") {
+    return new RegistryError("UNAVAILABLE", `request to upstream ${upstream} was aborted`, { detail: { upstream }, cause });
+  }
+  return new RegistryError("UPSTREAM_ERROR", `request to upstream ${upstream} failed`, { detail: { upstream, code }, cause });
+}
+
+export function headerValue(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** Reads at most ERROR_BODY_CAP bytes of an error body and extracts its OCI error codes, if any. */
+async function readErrorCodes(body: Readable): Promise<string[]> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of body) {
+      chunks.push(chunk as Buffer);
+      size += (chunk as Buffer).length;
+      if (size > ERROR_BODY_CAP) break;
+    }
+  } catch {
+    return [];
+  } finally {
+    body.destroy();
+  }
+  try {
+    const parsed = JSON.parse(Buffer.concat(chunks).toString("utf8")) as { errors?: Array<{ code?: unknown }> };
+    return (parsed.errors ?? []).map((e) => e.code).filter((c): c is string => typeof c === "string").slice(0, 5);
+  } catch {
+    return [];
+  }
+}
