@@ -172,10 +172,11 @@ export class Fill {
       this.state = "committed";
       log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
     } catch (err) {
+      // Clean up first: once `failed` is visible, nothing of this fill may remain on disk.
+      if (tempPath !== undefined) await store.discard(tempPath).catch(() => undefined);
       this.error = toError(err);
       this.state = "failed";
       this.rejectReady(this.error);
-      if (tempPath !== undefined) await store.discard(tempPath).catch(() => undefined);
       log.warn({ digest: this.digest, err: this.error.message, bytes: this.written }, "blob fill failed; nothing committed");
     } finally {
       clearTimeout(timer);

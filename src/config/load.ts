@@ -12,7 +12,7 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { configSchema, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
+import { configSchema, crossUpstreamProblems, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -45,15 +45,17 @@ export function loadConfig(opts: LoadOptions = {}): Config {
     }
   }
   applyEnvOverrides(raw, env, problems);
-  return finish(configSchema.safeParse(raw), problems);
+  return finish(raw, problems);
 }
 
 /** Builds a configuration from an in-memory object (tests, embedding), with the same checks as a file. */
 export function parseConfig(input: unknown): Config {
-  return finish(configSchema.safeParse(input), []);
+  return finish(input, []);
 }
 
-function finish(result: z.ZodSafeParseResult<z.output<typeof configSchema>>, problems: string[]): Config {
+function finish(raw: unknown, problems: string[]): Config {
+  const result = configSchema.safeParse(raw);
+  problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
   if (!result.success) {
     for (const issue of result.error.issues) {
       const path = issue.path.map(String).join(".");

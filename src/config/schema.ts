@@ -108,23 +108,29 @@ export const configSchema = z
       },
     }),
   })
-  .strict()
-  .superRefine((config, ctx) => {
-    const defaults = Object.entries(config.upstreams).filter(([, u]) => u.default);
-    if (defaults.length > 1) {
-      ctx.addIssue({ code: "custom", path: ["upstreams"], message: `only one upstream may be default, got ${defaults.map(([n]) => n).join(", ")}` });
+  .strict();
+
+/**
+ * Checks across upstreams. They run on the raw input, independently of the schema, so that they are reported
+ * together with field errors (a schema refinement would be skipped while any field is invalid).
+ */
+export function crossUpstreamProblems(rawUpstreams: unknown): string[] {
+  if (rawUpstreams === null || typeof rawUpstreams !== "object" || Array.isArray(rawUpstreams)) return [];
+  const problems: string[] = [];
+  const entries = Object.entries(rawUpstreams as Record<string, unknown>).map(([name, u]) => [name, (u ?? {}) as { default?: unknown; aliases?: unknown }] as const);
+  const defaults = entries.filter(([, u]) => u.default === true).map(([name]) => name);
+  if (defaults.length > 1) problems.push(`upstreams: only one upstream may be default, got ${defaults.join(", ")}`);
+  const owners = new Map<string, string>();
+  for (const [name, u] of entries) {
+    const aliases = Array.isArray(u.aliases) ? u.aliases.filter((a): a is string => typeof a === "string") : [];
+    for (const alias of [name, ...aliases]) {
+      const owner = owners.get(alias.toLowerCase());
+      if (owner !== undefined && owner !== name) problems.push(`upstreams.${name}.aliases: ${alias} already names upstream ${owner}`);
+      owners.set(alias.toLowerCase(), name);
     }
-    const seen = new Map<string, string>();
-    for (const [name, upstream] of Object.entries(config.upstreams)) {
-      for (const alias of [name, ...upstream.aliases]) {
-        const owner = seen.get(alias);
-        if (owner !== undefined && owner !== name) {
-          ctx.addIssue({ code: "custom", path: ["upstreams", name, "aliases"], message: `${alias} already names upstream ${owner}` });
-        }
-        seen.set(alias, name);
-      }
-    }
-  });
+  }
+  return problems;
+}
 
 /**
  * Per-host defaults, as data: the quirks of well-known registries are configuration, not code branches.

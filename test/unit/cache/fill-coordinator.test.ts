@@ -1,0 +1,201 @@
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PassThrough, type Readable } from "node:stream";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { BlobStore } from "../../../src/cache/blob-store.ts";
+import { FillCoordinator, type Fill } from "../../../src/cache/fill-coordinator.ts";
+import { RegistryError } from "../../../src/oci/errors.ts";
+
+const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+const origin = { upstream: "u", repo: "r" };
+
+/** Reads a stream to the end, or resolves with the error it failed with. */
+async function collect(stream: Readable): Promise<{ bytes: Buffer; error?: Error }> {
+  const chunks: Buffer[] = [];
+  try {
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    return { bytes: Buffer.concat(chunks) };
+  } catch (error) {
+    return { bytes: Buffer.concat(chunks), error: error as Error };
+  }
+}
+
+/** Resolves once `reader` has delivered at least `n` bytes (the reader is left flowing into `sink`). */
+function readAtLeast(reader: Readable, n: number, sink: Buffer[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let got = 0;
+    reader.on("data", (c: Buffer) => {
+      sink.push(c);
+      got += c.length;
+      if (got >= n) resolve();
+    });
+    reader.on("error", reject);
+  });
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 20));
+
+describe("FillCoordinator", () => {
+  let dir: string;
+  let store: BlobStore;
+  let fills: FillCoordinator;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), "fill-"));
+    store = new BlobStore(dir);
+    await store.init();
+    fills = new FillCoordinator(store, { timeoutMs: 10_000, log: pino({ level: "silent" }), committedGraceMs: 50 });
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function startFill(content: Buffer, opts: { announce?: number | undefined; digest?: string } = {}): { fill: Fill; body: PassThrough } {
+    const body = new PassThrough();
+    const size = "announce" in opts ? opts.announce : content.length;
+    const fill = fills.start(opts.digest ?? digestOf(content), origin, async () => ({ size, body }));
+    return { fill, body };
+  }
+
+  it("streams to a first reader and a late joiner, verifies, and commits once", async () => {
+    const content = randomBytes(3 * 1024 * 1024 + 17);
+    const { fill, body } = startFill(content);
+    await fill.ready;
+    const first = collect(fill.createReader(0, undefined));
+    body.write(content.subarray(0, 2 * 1024 * 1024));
+    await tick();
+    // The joiner arrives mid-download: it gets what is on disk, then follows.
+    const late = collect(fill.createReader(0, undefined));
+    expect(fills.start(digestOf(content), origin, () => Promise.reject(new Error("second download")))).toBe(fill);
+    body.end(content.subarray(2 * 1024 * 1024));
+    const [a, b] = await Promise.all([first, late]);
+    await fill.done;
+    expect(a.error).toBeUndefined();
+    expect(b.error).toBeUndefined();
+    expect(a.bytes.equals(content)).toBe(true);
+    expect(b.bytes.equals(content)).toBe(true);
+    expect((await readFile(store.pathOf(digestOf(content)))).equals(content)).toBe(true);
+    expect(await store.tempFiles()).toEqual([]);
+  });
+
+  it("holds back the blob's last byte until the content is verified", async () => {
+    const content = randomBytes(1000);
+    const { fill, body } = startFill(content);
+    await fill.ready;
+    const sink: Buffer[] = [];
+    const reader = fill.createReader(0, undefined);
+    const ended = new Promise((r) => reader.once("end", r));
+    body.write(content);
+    await readAtLeast(reader, 999, sink);
+    await tick();
+    expect(Buffer.concat(sink).length).toBe(999); // everything but the last byte, while unverified
+    body.end();
+    await ended;
+    expect(Buffer.concat(sink).equals(content)).toBe(true);
+  });
+
+  it("never commits content whose digest does not match, and breaks every reader", async () => {
+    const content = randomBytes(500_000);
+    const corrupt = Buffer.from(content);
+    corrupt[250_000] ^= 0xff;
+    const { fill, body } = startFill(corrupt, { digest: digestOf(content) });
+    await fill.ready;
+    const reader = collect(fill.createReader(0, undefined));
+    body.end(corrupt);
+    const result = await reader;
+    expect(result.error).toBeInstanceOf(RegistryError);
+    expect(result.error?.message).toMatch(/hashes to/);
+    expect(result.bytes.length).toBeLessThan(corrupt.length);
+    await expect(fill.done).rejects.toThrow(/hashes to/);
+    expect(await store.size(digestOf(content))).toBeUndefined();
+    expect(await store.tempFiles()).toEqual([]);
+    expect(fills.current(digestOf(content))).toBeUndefined(); // the next request starts a fresh download
+  });
+
+  it("never commits a truncated download", async () => {
+    const content = randomBytes(100_000);
+    const { fill, body } = startFill(content);
+    await fill.ready;
+    const reader = collect(fill.createReader(0, undefined));
+    body.end(content.subarray(0, 60_000));
+    const result = await reader;
+    expect(result.error?.message).toMatch(/sent 60000 of 100000 bytes/);
+    expect(await store.size(digestOf(content))).toBeUndefined();
+    expect(await store.tempFiles()).toEqual([]);
+  });
+
+  it("never commits when the upstream connection breaks mid-body", async () => {
+    const content = randomBytes(100_000);
+    const { fill, body } = startFill(content);
+    await fill.ready;
+    const reader = collect(fill.createReader(0, undefined));
+    body.write(content.subarray(0, 10_000));
+    await tick();
+    body.destroy(Object.assign(new Error("socket hang up"), { code: "ECONNRESET" }));
+    expect((await reader).error).toBeDefined();
+    await expect(fill.done).rejects.toThrow();
+    expect(await store.tempFiles()).toEqual([]);
+  });
+
+  it("keeps filling when a reader goes away, so the blob is still committed", async () => {
+    const content = randomBytes(2 * 1024 * 1024);
+    const { fill, body } = startFill(content);
+    await fill.ready;
+    const reader = fill.createReader(0, undefined);
+    const sink: Buffer[] = [];
+    body.write(content.subarray(0, 1024 * 1024));
+    await readAtLeast(reader, 1, sink);
+    reader.destroy();
+    expect(fill.readers).toBe(0);
+    body.end(content.subarray(1024 * 1024));
+    await fill.done;
+    expect((await readFile(store.pathOf(digestOf(content)))).equals(content)).toBe(true);
+  });
+
+  it("serves a range from the middle without waiting for verification", async () => {
+    const content = randomBytes(10_000);
+    const { fill, body } = startFill(content);
+    await fill.ready;
+    const part = collect(fill.createReader(100, 199));
+    body.write(content.subarray(0, 5_000)); // not ended: the range must complete anyway
+    const result = await part;
+    expect(result.bytes.equals(content.subarray(100, 200))).toBe(true);
+    body.end(content.subarray(5_000));
+    await fill.done;
+  });
+
+  it("ends only after commit when the upstream announced no size", async () => {
+    const content = randomBytes(50_000);
+    const { fill, body } = startFill(content, { announce: undefined });
+    await fill.ready;
+    const reader = collect(fill.createReader(0, undefined));
+    body.end(content);
+    expect((await reader).bytes.equals(content)).toBe(true);
+    expect(fill.state).toBe("committed");
+  });
+
+  it("rejects ready with the upstream's error and forgets the fill", async () => {
+    const digest = digestOf(Buffer.from("nope"));
+    const fill = fills.start(digest, origin, () => Promise.reject(new RegistryError("BLOB_UNKNOWN")));
+    await expect(fill.ready).rejects.toMatchObject({ code: "BLOB_UNKNOWN" });
+    await tick();
+    expect(fills.current(digest)).toBeUndefined();
+  });
+
+  it("abandons a fill that exceeds its timeout, committing nothing", async () => {
+    const slow = new FillCoordinator(store, { timeoutMs: 100, log: pino({ level: "silent" }) });
+    const content = randomBytes(1000);
+    const body = new PassThrough();
+    const fill = slow.start(digestOf(content), origin, async (signal) => {
+      signal.addEventListener("abort", () => body.destroy(signal.reason as Error));
+      return { size: content.length, body };
+    });
+    await fill.ready;
+    body.write(content.subarray(0, 10));
+    await expect(fill.done).rejects.toThrow(/fill timeout/);
+    expect(await store.tempFiles()).toEqual([]);
+  });
+});

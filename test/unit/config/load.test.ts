@@ -1,0 +1,98 @@
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, parseConfig } from "../../../src/config/load.ts";
+
+async function yamlFile(text: string): Promise<string> {
+  const file = join(await mkdtemp(join(tmpdir(), "cfg-")), "mirror.yaml");
+  await writeFile(file, text);
+  return file;
+}
+
+describe("configuration", () => {
+  it("has embedded defaults: port 5000, ./data, Docker Hub as default upstream with library/ names", () => {
+    const config = loadConfig({ env: {} });
+    expect(config.listen).toBe("0.0.0.0:5000");
+    expect(config.storage.path).toBe("./data");
+    expect(config.redis).toBeUndefined();
+    const hub = config.upstreams["docker.io"]!;
+    expect(hub).toMatchObject({ url: "https://registry-1.docker.io", default: true, libraryPrefix: "library", tagTtl: 300_000 });
+    expect(Object.isFrozen(config) && Object.isFrozen(hub)).toBe(true);
+  });
+
+  it("accepts the documented shape from a YAML file", async () => {
+    const file = await yamlFile(`
+listen: "0.0.0.0:5000"
+storage: { path: ./data }
+redis: { url: redis://127.0.0.1:6379 }
+upstreams:
+  docker.io:
+    url: https://registry-1.docker.io
+    default: true
+    aliases: [registry-1.docker.io, index.docker.io]
+    tagTtl: 5m
+  ghcr.io:
+    url: https://ghcr.io
+`);
+    const config = loadConfig({ file, env: {} });
+    expect(config.redis?.url).toBe("redis://127.0.0.1:6379");
+    expect(Object.keys(config.upstreams)).toEqual(["docker.io", "ghcr.io"]);
+    expect(config.upstreams["docker.io"]!.libraryPrefix).toBe("library");
+    expect(config.upstreams["ghcr.io"]).toMatchObject({ default: false, libraryPrefix: null, tagTtl: 300_000, aliases: [] });
+  });
+
+  it("reads MIRROR_CONFIG and applies MIRROR_* overrides by path", async () => {
+    const file = await yamlFile("upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n");
+    const config = loadConfig({
+      env: { MIRROR_CONFIG: file, MIRROR_LISTEN: "127.0.0.1:6000", MIRROR_UPSTREAMS__GHCR_IO__TAG_TTL: "1h", MIRROR_UPSTREAMS__GHCR_IO__DEFAULT: "true" },
+    });
+    expect(config.listen).toBe("127.0.0.1:6000");
+    expect(config.upstreams["ghcr.io"]).toMatchObject({ tagTtl: 3_600_000, default: true });
+  });
+
+  it("lets an override change one field of a default-valued section", () => {
+    const config = loadConfig({ env: { MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL: "10m", MIRROR_STORAGE__PATH: "/srv/cache" } });
+    expect(config.upstreams["docker.io"]!.tagTtl).toBe(600_000);
+    expect(config.upstreams["docker.io"]!.url).toBe("https://registry-1.docker.io");
+    expect(config.storage.path).toBe("/srv/cache");
+  });
+
+  it("rejects unknown keys and reports every problem at once", async () => {
+    const file = await yamlFile(`
+listen: nowhere
+storage: { path: ./data, colour: blue }
+upstreams:
+  a: { url: "ftp://a.example/x", default: true }
+  b: { url: "http://b.example", default: true, tagTtl: soon }
+`);
+    let problems: readonly string[] = [];
+    try {
+      loadConfig({ file, env: { MIRROR_NOPE: "1" } });
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      problems = (err as ConfigError).problems;
+    }
+    const text = problems.join("\n");
+    expect(text).toMatch(/MIRROR_NOPE/);
+    expect(text).toMatch(/^listen:/m);
+    expect(text).toMatch(/storage: Unrecognized key: "colour"/);
+    expect(text).toMatch(/upstreams\.a\.url: upstream url must be http/);
+    expect(text).toMatch(/upstreams\.b\.tagTtl: invalid duration "soon"/);
+    expect(text).toMatch(/only one upstream may be default/);
+    expect(problems.length).toBeGreaterThanOrEqual(6);
+  });
+
+  it("refuses an alias claimed by two upstreams and a manifest cap under 4 MiB", () => {
+    expect(() =>
+      parseConfig({ upstreams: { a: { url: "http://a.example", aliases: ["x.io"] }, b: { url: "http://b.example", aliases: ["x.io"] } } }),
+    ).toThrow(/x\.io already names upstream a/);
+    expect(() => parseConfig({ limits: { manifestMaxBytes: 1024 } })).toThrow(/limits\.manifestMaxBytes/);
+  });
+
+  it("reports a YAML syntax error with the file name", async () => {
+    const file = await yamlFile("listen: [unclosed\n");
+    expect(() => loadConfig({ file, env: {} })).toThrow(new RegExp(file.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")));
+  });
+});
