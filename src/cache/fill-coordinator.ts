@@ -150,6 +150,7 @@ export class Fill {
         tempPath = temp.path;
         this.handle = temp.handle;
       } catch (err) {
+        upstream.body.on("error", () => undefined); // see discardBody in upstream-errors.ts
         upstream.body.destroy();
         throw err;
       }

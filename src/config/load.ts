@@ -124,13 +124,13 @@ function parseEnvValue(value: string): unknown {
 }
 
 function defaultOf(schema: z.ZodType | undefined): unknown {
-  return schema instanceof z.ZodDefault ? (schema.def.defaultValue as unknown) : undefined;
+  return schema instanceof z.ZodDefault ? (schema.def.defaultValue) : undefined;
 }
 
 /** Looks through default/optional/pipe wrappers to the object schema underneath, if any. */
 function objectShape(schema: z.ZodType | undefined): Record<string, z.ZodType> | undefined {
   const inner = unwrap(schema);
-  return inner instanceof z.ZodObject ? (inner.shape as Record<string, z.ZodType>) : undefined;
+  return inner instanceof z.ZodObject ? (inner.shape) : undefined;
 }
 
 function recordValueSchema(schema: z.ZodType | undefined): z.ZodType | undefined {

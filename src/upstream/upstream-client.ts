@@ -9,7 +9,7 @@ import { Pool } from "undici";
 import type { UpstreamConfig } from "../config/schema.ts";
 import { RegistryError, type ErrorCode } from "../oci/errors.ts";
 import { UPSTREAM_MANIFEST_ACCEPT } from "../oci/media-types.ts";
-import { headerValue, upstreamFailure, upstreamStatusError } from "./upstream-errors.ts";
+import { discardBody, headerValue, upstreamFailure, upstreamStatusError } from "./upstream-errors.ts";
 
 export interface ManifestHead {
   digest: string | undefined;
@@ -50,7 +50,7 @@ export class UpstreamClient {
   async headManifest(repo: string, reference: string): Promise<ManifestHead> {
     const res = await this.send("HEAD", `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT });
     await this.expectOk(res, "MANIFEST_UNKNOWN");
-    res.body.destroy();
+    discardBody(res.body);
     const length = headerValue(res.headers, "content-length");
     return {
       digest: headerValue(res.headers, "docker-content-digest"),
@@ -72,7 +72,7 @@ export class UpstreamClient {
   async headBlob(repo: string, digest: string): Promise<{ size: number | undefined }> {
     const res = await this.send("HEAD", `/v2/${repo}/blobs/${digest}`, {});
     await this.expectOk(res, "BLOB_UNKNOWN");
-    res.body.destroy();
+    discardBody(res.body);
     const length = headerValue(res.headers, "content-length");
     return { size: length !== undefined ? Number(length) : undefined };
   }
@@ -123,7 +123,7 @@ export class UpstreamClient {
         chunks.push(chunk as Buffer);
       }
     } catch (err) {
-      body.destroy();
+      discardBody(body);
       throw upstreamFailure(this.name, err);
     }
     return Buffer.concat(chunks, size);

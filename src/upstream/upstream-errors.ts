@@ -63,6 +63,15 @@ export function upstreamFailure(upstream: string, err: unknown): RegistryError {
   return new RegistryError("UPSTREAM_ERROR", `request to upstream ${upstream} failed`, { detail: { upstream, code }, cause });
 }
 
+/**
+ * Releases an undici body we do not want. Destroying an unfinished undici body emits an AbortError, which would
+ * be an uncaught exception without a listener, so one is attached first.
+ */
+export function discardBody(body: Readable): void {
+  body.on("error", () => undefined);
+  body.destroy();
+}
+
 export function headerValue(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const value = headers[name];
   return Array.isArray(value) ? value[0] : value;
@@ -81,7 +90,7 @@ async function readErrorCodes(body: Readable): Promise<string[]> {
   } catch {
     return [];
   } finally {
-    body.destroy();
+    discardBody(body);
   }
   try {
     const parsed = JSON.parse(Buffer.concat(chunks).toString("utf8")) as { errors?: Array<{ code?: unknown }> };

@@ -100,7 +100,7 @@ describe("FillCoordinator", () => {
   it("never commits content whose digest does not match, and breaks every reader", async () => {
     const content = randomBytes(500_000);
     const corrupt = Buffer.from(content);
-    corrupt[250_000] ^= 0xff;
+    corrupt[250_000] = corrupt[250_000]! ^ 0xff;
     const { fill, body } = startFill(corrupt, { digest: digestOf(content) });
     await fill.ready;
     const reader = collect(fill.createReader(0, undefined));

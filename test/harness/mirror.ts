@@ -1,0 +1,53 @@
+/**
+ * Starts the mirror in this test process on a free loopback port, from the same config schema and composition
+ * root `npm start` uses. Several can run at once: nothing in the mirror is a module-level singleton.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { createMirror, type Mirror } from "../../src/app.ts";
+import { parseConfig } from "../../src/config/load.ts";
+
+export interface TestMirror {
+  url: string;
+  host: string;
+  port: number;
+  dataDir: string;
+  mirror: Mirror;
+  stop(): Promise<void>;
+}
+
+export interface TestMirrorOptions {
+  upstreams: Record<string, { url: string; default?: boolean; aliases?: string[]; tagTtl?: string | number; timeouts?: { connect?: string; headers?: string; bodyIdle?: string } }>;
+  /** Reuse a cache directory (e.g. to restart a mirror over the same cache); a fresh temp dir otherwise. */
+  dataDir?: string;
+  /** Any further config keys (limits, fill, ...). */
+  extra?: Record<string, unknown>;
+}
+
+export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirror> {
+  const ownDir = opts.dataDir === undefined;
+  const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), "mirror-data-")));
+  const config = parseConfig({
+    listen: "127.0.0.1:0",
+    storage: { path: dataDir },
+    upstreams: opts.upstreams,
+    shutdownGrace: "2s",
+    ...opts.extra,
+  });
+  const mirror = await createMirror(config, { log: pino({ level: process.env.MIRROR_TEST_LOG ?? "silent" }) });
+  const address = await mirror.listen();
+  const host = `127.0.0.1:${address.port}`;
+  return {
+    url: `http://${host}`,
+    host,
+    port: address.port,
+    dataDir,
+    mirror,
+    async stop() {
+      await mirror.close();
+      if (ownDir) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,68 @@
+/**
+ * UpstreamClient against a loopback HTTP server standing in for one upstream: the cases a real registry will
+ * not produce on demand (oversized manifests, missing Content-Type, 429 with Retry-After, a stalled answer).
+ */
+import { createServer, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseConfig } from "../../../src/config/load.ts";
+import { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
+
+let server: Server;
+let client: UpstreamClient;
+const routes = new Map<string, (res: ServerResponse) => void>();
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    const route = routes.get(`${req.method} ${req.url}`);
+    if (route) route(res);
+    else res.writeHead(404, { "content-type": "application/json" }).end('{"errors":[{"code":"MANIFEST_UNKNOWN"}]}');
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const config = parseConfig({ upstreams: { up: { url, timeouts: { headers: "300ms" } } } });
+  client = new UpstreamClient(config.upstreams.up!);
+});
+afterAll(async () => {
+  await client.close();
+  server.closeAllConnections();
+  await new Promise((r) => server.close(r));
+});
+
+describe("UpstreamClient", () => {
+  it("refuses a manifest larger than the cap, streamed without Content-Length", async () => {
+    routes.set("GET /v2/a/manifests/big", (res) => {
+      res.writeHead(200, { "content-type": "application/vnd.oci.image.manifest.v1+json" });
+      const chunk = Buffer.alloc(1024 * 1024, 0x20);
+      for (let i = 0; i < 6; i++) res.write(chunk);
+      res.end();
+    });
+    await expect(client.getManifest("a", "big", 4 * 1024 * 1024)).rejects.toMatchObject({
+      code: "UPSTREAM_ERROR",
+      status: 502,
+      message: expect.stringMatching(/larger than the limit of 4194304 bytes/) as string,
+    });
+  });
+
+  it("refuses a manifest without a media type", async () => {
+    routes.set("GET /v2/a/manifests/untyped", (res) => res.writeHead(200).end("{}"));
+    await expect(client.getManifest("a", "untyped", 1 << 20)).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
+  });
+
+  it("maps 404 to the request's own code and keeps the upstream's error codes as detail", async () => {
+    await expect(client.headManifest("a", "missing")).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN", status: 404 });
+    await expect(client.getManifest("a", "missing", 1 << 20)).rejects.toMatchObject({ detail: { upstreamErrors: ["MANIFEST_UNKNOWN"] } });
+  });
+
+  it("passes 429 on as TOOMANYREQUESTS with Retry-After", async () => {
+    routes.set("HEAD /v2/a/manifests/limited", (res) => res.writeHead(429, { "retry-after": "30" }).end());
+    await expect(client.headManifest("a", "limited")).rejects.toMatchObject({ code: "TOOMANYREQUESTS", headers: { "Retry-After": "30" } });
+  });
+
+  it("gives UNAVAILABLE when the upstream does not answer within the headers timeout", async () => {
+    routes.set("HEAD /v2/a/manifests/stall", () => undefined); // never answers
+    const started = Date.now();
+    await expect(client.headManifest("a", "stall")).rejects.toMatchObject({ code: "UNAVAILABLE" });
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+});
