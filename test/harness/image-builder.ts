@@ -1,0 +1,239 @@
+// Builds real container images in memory (layers, config, manifest, index) and pushes them to a registry
+// with the plain distribution API, so tests need no internet and no Docker Hub.
+//
+// Digests are always computed over the exact bytes that get pushed, and those bytes are never
+// re-serialised afterwards. Manifests and configs are pretty-printed on purpose: a mirror that parses and
+// re-serialises JSON (compactly) changes the bytes, and the digest checks in tests then catch it.
+import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { gunzipSync, gzipSync } from "node:zlib";
+import { buildTar, type TarEntry } from "./tar-writer.ts";
+
+export type ImageFormat = "docker" | "oci";
+export type Architecture = "amd64" | "arm64";
+
+export const MediaTypes = {
+  dockerLayer: "application/vnd.docker.image.rootfs.diff.tar.gzip",
+  ociLayer: "application/vnd.oci.image.layer.v1.tar+gzip",
+  dockerConfig: "application/vnd.docker.container.image.v1+json",
+  ociConfig: "application/vnd.oci.image.config.v1+json",
+  dockerManifest: "application/vnd.docker.distribution.manifest.v2+json",
+  ociManifest: "application/vnd.oci.image.manifest.v1+json",
+  dockerManifestList: "application/vnd.docker.distribution.manifest.list.v2+json",
+  ociIndex: "application/vnd.oci.image.index.v1+json",
+} as const;
+
+export interface Blob {
+  /** sha256:<hex> of `bytes`. */
+  digest: string;
+  bytes: Buffer;
+  mediaType: string;
+  /** For layers: sha256 of the UNcompressed tar, which is what the image config's rootfs.diff_ids lists. */
+  diffId?: string;
+}
+
+export interface BuiltImage {
+  /** The manifest exactly as pushed and digested. */
+  manifest: Buffer;
+  mediaType: string;
+  digest: string;
+  config: Blob;
+  layers: Blob[];
+  architecture: Architecture;
+  /** config + layers, in that order. */
+  blobs(): Blob[];
+}
+
+export interface BuiltIndex {
+  manifest: Buffer;
+  mediaType: string;
+  digest: string;
+  children: BuiltImage[];
+}
+
+/** "sha256:<hex>" of some bytes. */
+export function sha256(bytes: Buffer | Uint8Array): string {
+  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+}
+
+/** A blob of arbitrary bytes (for tests that need a blob that is not a layer). */
+export function blobOf(bytes: Buffer, mediaType = "application/octet-stream"): Blob {
+  return { digest: sha256(bytes), bytes, mediaType };
+}
+
+/** A gzip-compressed layer made from a tar archive; keeps the tar's digest as diffId. */
+export function layerFromTar(tar: Buffer, format: ImageFormat, gzipLevel?: number): Blob {
+  const bytes = gzipSync(tar, gzipLevel === undefined ? {} : { level: gzipLevel });
+  return { digest: sha256(bytes), bytes, mediaType: layerMediaType(format), diffId: sha256(tar) };
+}
+
+/**
+ * A layer holding one file of `size` random bytes. Random content does not compress, so the blob is a
+ * little larger than `size`, and every call gives a different digest.
+ */
+export function randomLayer(size: number, opts: { format: ImageFormat } = { format: "oci" }): Blob {
+  const content = randomBytes(size);
+  const name = `random-${content.subarray(0, 4).toString("hex").padEnd(8, "0")}.bin`;
+  // Level 1: random bytes gain nothing from harder compression, and it is several times faster.
+  return layerFromTar(buildTar([{ type: "file", name, content }]), opts.format, 1);
+}
+
+/**
+ * A layer that makes an image runnable with `docker run`: /bin/busybox (the static binary from Debian's
+ * busybox-static) plus /bin/sh and /bin/echo as symlinks to it. About 1 MB compressed.
+ */
+export function busyboxLayer(format: ImageFormat = "oci", busyboxPath = "/bin/busybox"): Blob {
+  const entries: TarEntry[] = [
+    { type: "directory", name: "bin", mode: 0o755 },
+    { type: "file", name: "bin/busybox", content: readFileSync(busyboxPath), mode: 0o755 },
+    { type: "symlink", name: "bin/sh", target: "busybox" },
+    { type: "symlink", name: "bin/echo", target: "busybox" },
+  ];
+  return layerFromTar(buildTar(entries), format);
+}
+
+export interface BuildImageOptions {
+  layers: Blob[];
+  format: ImageFormat;
+  architecture?: Architecture;
+  cmd?: string[];
+  /** Extra config labels: a cheap way to make otherwise identical images differ. */
+  labels?: Record<string, string>;
+}
+
+/**
+ * An image config and schema-2 manifest over `layers`. Layer descriptors keep each layer's own media type
+ * (mixing Docker layer types into an OCI manifest is legal and common). Deterministic: the same inputs give
+ * the same digests.
+ */
+export function buildImage(opts: BuildImageOptions): BuiltImage {
+  const architecture = opts.architecture ?? "amd64";
+  const format = opts.format;
+  const configJson = {
+    created: "2024-01-01T00:00:00Z",
+    architecture,
+    os: "linux",
+    config: {
+      Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+      ...(opts.cmd === undefined ? {} : { Cmd: opts.cmd }),
+      ...(opts.labels === undefined ? {} : { Labels: opts.labels }),
+    },
+    rootfs: { type: "layers", diff_ids: opts.layers.map(diffIdOf) },
+  };
+  const config = blobOf(
+    Buffer.from(JSON.stringify(configJson, null, 2)),
+    format === "docker" ? MediaTypes.dockerConfig : MediaTypes.ociConfig,
+  );
+  const mediaType = format === "docker" ? MediaTypes.dockerManifest : MediaTypes.ociManifest;
+  const manifestJson = {
+    schemaVersion: 2,
+    mediaType,
+    config: descriptor(config),
+    layers: opts.layers.map(descriptor),
+  };
+  const manifest = Buffer.from(JSON.stringify(manifestJson, null, 3));
+  const layers = [...opts.layers];
+  return {
+    manifest,
+    mediaType,
+    digest: sha256(manifest),
+    config,
+    layers,
+    architecture,
+    blobs: () => [config, ...layers],
+  };
+}
+
+/** A multi-platform index over `children`: OCI image index by default, or a Docker manifest list. */
+export function buildIndex(children: BuiltImage[], opts: { format?: ImageFormat } = {}): BuiltIndex {
+  const mediaType = opts.format === "docker" ? MediaTypes.dockerManifestList : MediaTypes.ociIndex;
+  const indexJson = {
+    schemaVersion: 2,
+    mediaType,
+    manifests: children.map((child) => ({
+      mediaType: child.mediaType,
+      digest: child.digest,
+      size: child.manifest.length,
+      platform: { architecture: child.architecture, os: "linux" },
+    })),
+  };
+  const manifest = Buffer.from(JSON.stringify(indexJson, null, 3));
+  return { manifest, mediaType, digest: sha256(manifest), children: [...children] };
+}
+
+/**
+ * Pushes an image's blobs (skipping any the registry already has) and then its manifest under `ref`
+ * (a tag, or the manifest digest). Fails with the registry's answer on any unexpected status.
+ */
+export async function pushImage(registryUrl: string, repo: string, ref: string, image: BuiltImage): Promise<void> {
+  for (const blob of image.blobs()) await pushBlob(registryUrl, repo, blob);
+  await pushManifest(registryUrl, repo, ref, image.manifest, image.mediaType, image.digest);
+}
+
+/** Pushes every child by digest, then the index itself under `ref`. */
+export async function pushIndex(registryUrl: string, repo: string, ref: string, index: BuiltIndex): Promise<void> {
+  for (const child of index.children) await pushImage(registryUrl, repo, child.digest, child);
+  await pushManifest(registryUrl, repo, ref, index.manifest, index.mediaType, index.digest);
+}
+
+/** Monolithic upload: POST to open an upload, PUT the whole body to its Location with ?digest=. */
+export async function pushBlob(registryUrl: string, repo: string, blob: Blob): Promise<void> {
+  const base = registryUrl.replace(/\/+$/, "");
+  const head = await fetch(`${base}/v2/${repo}/blobs/${blob.digest}`, { method: "HEAD" });
+  if (head.status === 200) return;
+
+  const post = await fetch(`${base}/v2/${repo}/blobs/uploads/`, { method: "POST" });
+  const postBody = await post.text();
+  const location = post.headers.get("location");
+  if (post.status !== 202 || location === null) {
+    throw new Error(`POST ${base}/v2/${repo}/blobs/uploads/ answered ${post.status} (Location ${String(location)}): ${postBody}`);
+  }
+  // Location may be absolute or relative to the registry; it usually carries a query (_state=...) already.
+  // Appending keeps that query byte-for-byte instead of re-encoding it through URLSearchParams.
+  const uploadUrl = new URL(location, `${base}/`).href;
+  const putUrl = `${uploadUrl}${uploadUrl.includes("?") ? "&" : "?"}digest=${encodeURIComponent(blob.digest)}`;
+  const put = await fetch(putUrl, {
+    method: "PUT",
+    headers: { "content-type": "application/octet-stream", "content-length": String(blob.bytes.length) },
+    body: blob.bytes,
+  });
+  const putBody = await put.text();
+  if (put.status !== 201) throw new Error(`PUT blob ${blob.digest} to ${repo} answered ${put.status}: ${putBody}`);
+}
+
+async function pushManifest(
+  registryUrl: string,
+  repo: string,
+  ref: string,
+  manifest: Buffer,
+  mediaType: string,
+  digest: string,
+): Promise<void> {
+  const base = registryUrl.replace(/\/+$/, "");
+  const res = await fetch(`${base}/v2/${repo}/manifests/${ref}`, {
+    method: "PUT",
+    headers: { "content-type": mediaType },
+    body: manifest,
+  });
+  const body = await res.text();
+  if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${ref} answered ${res.status}: ${body}`);
+  const stored = res.headers.get("docker-content-digest");
+  if (stored !== null && stored !== digest) {
+    throw new Error(`registry stored manifest ${repo}:${ref} as ${stored}, expected ${digest}`);
+  }
+}
+
+function layerMediaType(format: ImageFormat): string {
+  return format === "docker" ? MediaTypes.dockerLayer : MediaTypes.ociLayer;
+}
+
+function descriptor(blob: Blob): { mediaType: string; digest: string; size: number } {
+  return { mediaType: blob.mediaType, digest: blob.digest, size: blob.bytes.length };
+}
+
+/** The layer's diff_id: kept from building it, or recomputed from the bytes for layers made elsewhere. */
+function diffIdOf(layer: Blob): string {
+  if (layer.diffId !== undefined) return layer.diffId;
+  const gzipped = layer.bytes[0] === 0x1f && layer.bytes[1] === 0x8b;
+  return sha256(gzipped ? gunzipSync(layer.bytes) : layer.bytes);
+}
