@@ -7,4 +7,12 @@ source scripts/ensure-test-deps.sh
 npm ci --no-audit --no-fund
 npm run typecheck
 npm run lint
-npm test
+mkdir -p .tmp
+status=0
+npm test -- --reporter=default --reporter=json --outputFile=.tmp/vitest-report.json || status=$?
+# One plain closing line, whatever runner printed above it.
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(".tmp/vitest-report.json", "utf8"));
+  console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped`);
+' || true
+exit "$status"
