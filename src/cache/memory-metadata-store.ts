@@ -1,44 +1,266 @@
 /**
  * The embedded metadata store: in-process, bounded by lru-cache so memory stays flat however many repositories
  * pass through. Losing a link only costs an upstream HEAD; losing a tag pointer costs a revalidation.
- * (Persisting tag pointers to disk, for offline restarts, is the freshness issue's part of this store.)
+ *
+ * With `dir`, tag pointers and links are also journalled to disk (tag-journal.ts), so a single node that
+ * restarts still knows what it can serve while the upstream is unreachable. The journal is replayed through the
+ * same LRU bounds, so entries beyond them are dropped at load as they would have been in memory. Missing-records
+ * and locks stay in memory only.
+ *
+ * The disk copy is a restart optimisation, not the truth: a mutation is applied in memory first and waits for
+ * its journal line to be written, but a failed write is reported through `onError` instead of failing the call
+ * (the memory state is right; the caller's request should not fail because the journal could not keep up).
  */
+import { randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import { LRUCache } from "lru-cache";
 import type { MetadataStore, TagPointer } from "./metadata-store.ts";
+import { TagJournal, type JournalLoadReport, type JournalRecord } from "./tag-journal.ts";
+
+export interface MemoryMetadataStoreOptions {
+  /** Journal tag pointers and links here (the mirror uses `<storage.path>/metadata`); absent: memory only. */
+  dir?: string;
+  /** Bounds on entries held (and reloaded): tag pointers, repository→digest links, missing-records. */
+  maxTags?: number;
+  maxLinks?: number;
+  maxMissing?: number;
+  /** Journal tuning (see tag-journal.ts): background fsync interval, compaction ratio and floor. */
+  syncIntervalMs?: number;
+  compactRatio?: number;
+  compactMinEntries?: number;
+  /** Journal failures that no caller sees (writes, fsync, compaction). Default: a process warning. */
+  onError?: (err: Error) => void;
+}
+
+/** Above this many lock entries, expired ones are swept before a new one is added, so the map stays small. */
+const LOCK_SWEEP_AT = 1_024;
 
 export class MemoryMetadataStore implements MetadataStore {
   private readonly tags: LRUCache<string, TagPointer>;
+  /** scope → tags with a pointer, for listTags and deleteRepository; kept in step with `tags` by its dispose. */
+  private readonly tagsByScope = new Map<string, Set<string>>();
   private readonly links: LRUCache<string, true>;
+  private readonly missing: LRUCache<string, true>;
+  private readonly locks = new Map<string, { token: string; expiresAt: number }>();
+  private readonly onError: (err: Error) => void;
+  /** The journal once loaded (undefined without `dir`); every method waits for it, so none sees a half-loaded store. */
+  private readonly opened: Promise<TagJournal | undefined>;
 
-  constructor(opts: { maxTags?: number; maxLinks?: number } = {}) {
-    this.tags = new LRUCache({ max: opts.maxTags ?? 100_000 });
+  /**
+   * Usable at once; with `dir` the journal loads in the background and the first calls wait for it. Prefer
+   * `MemoryMetadataStore.open()` with `dir`, which reports a journal that cannot be read at startup.
+   */
+  constructor(opts: MemoryMetadataStoreOptions = {}) {
+    this.tags = new LRUCache({
+      max: opts.maxTags ?? 100_000,
+      dispose: (_pointer, key, reason) => {
+        if (reason !== "set") this.unindexTag(key);
+      },
+    });
     this.links = new LRUCache({ max: opts.maxLinks ?? 1_000_000 });
+    this.missing = new LRUCache({ max: opts.maxMissing ?? 10_000 });
+    this.onError = opts.onError ?? ((err) => process.emitWarning(err));
+    const dir = opts.dir;
+    this.opened =
+      dir === undefined
+        ? Promise.resolve(undefined)
+        : TagJournal.open({
+            dir,
+            apply: (record) => this.apply(record),
+            snapshot: () => this.snapshot(),
+            liveEntries: () => this.tags.size + this.links.size,
+            syncIntervalMs: opts.syncIntervalMs,
+            compactRatio: opts.compactRatio,
+            compactMinEntries: opts.compactMinEntries,
+            onError: this.onError,
+          });
+    // Callers see a load failure when they await a method (or open()); it must not also be an unhandled rejection.
+    this.opened.catch(() => undefined);
+  }
+
+  /** Creates the store and, with `dir`, waits until the journal is loaded; throws if it cannot be read. */
+  static async open(opts: MemoryMetadataStoreOptions = {}): Promise<MemoryMetadataStore> {
+    const store = new MemoryMetadataStore(opts);
+    await store.opened;
+    return store;
+  }
+
+  /** What loading the journal found (undefined without `dir`), for a startup log line. */
+  async loadReport(): Promise<JournalLoadReport | undefined> {
+    return (await this.opened)?.loaded;
   }
 
   async getTag(upstream: string, repo: string, tag: string): Promise<TagPointer | undefined> {
-    return this.tags.get(key(upstream, repo, tag));
+    await this.opened;
+    const pointer = this.tags.get(itemKey(upstream, repo, tag));
+    return pointer && { ...pointer };
   }
 
   async putTag(upstream: string, repo: string, tag: string, pointer: TagPointer): Promise<void> {
-    this.tags.set(key(upstream, repo, tag), { ...pointer });
+    const journal = await this.opened;
+    const { digest, mediaType, checkedAt } = pointer;
+    const known = this.tags.get(itemKey(upstream, repo, tag));
+    if (known && known.digest === digest && known.mediaType === mediaType && known.checkedAt === checkedAt) return;
+    await this.record(journal, { op: "tag", upstream, repo, tag, pointer: { digest, mediaType, checkedAt } });
   }
 
   async deleteTag(upstream: string, repo: string, tag: string): Promise<void> {
-    this.tags.delete(key(upstream, repo, tag));
+    // Journalled even when absent here: the journal may still hold a pointer the LRU has dropped.
+    await this.record(await this.opened, { op: "untag", upstream, repo, tag });
+  }
+
+  async listTags(upstream: string, repo: string): Promise<string[]> {
+    await this.opened;
+    return [...(this.tagsByScope.get(scopeKey(upstream, repo)) ?? [])];
   }
 
   async hasLink(upstream: string, repo: string, digest: string): Promise<boolean> {
-    return this.links.get(key(upstream, repo, digest)) === true;
+    await this.opened;
+    return this.links.get(itemKey(upstream, repo, digest)) === true;
   }
 
   async addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void> {
-    for (const digest of digests) this.links.set(key(upstream, repo, digest), true);
+    const journal = await this.opened;
+    // Only new links are journalled: the caches re-add the same links on every revalidation.
+    const fresh = [...new Set(digests)].filter((digest) => !this.links.has(itemKey(upstream, repo, digest)));
+    for (const digest of digests) this.links.get(itemKey(upstream, repo, digest)); // refresh recency of known ones
+    if (fresh.length > 0) await this.record(journal, { op: "link", upstream, repo, digests: fresh });
   }
 
-  async close(): Promise<void> {}
+  async putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void> {
+    await this.opened;
+    const key = itemKey(upstream, repo, reference);
+    if (ttlMs > 0) this.missing.set(key, true, { ttl: ttlMs });
+    else this.missing.delete(key);
+  }
+
+  async isMissing(upstream: string, repo: string, reference: string): Promise<boolean> {
+    await this.opened;
+    return this.missing.get(itemKey(upstream, repo, reference)) === true;
+  }
+
+  async clearMissing(upstream: string, repo: string, reference: string): Promise<void> {
+    await this.opened;
+    this.missing.delete(itemKey(upstream, repo, reference));
+  }
+
+  async tryLock(name: string, ttlMs: number): Promise<string | undefined> {
+    await this.opened;
+    // Monotonic: a wall-clock step must not release or extend locks.
+    const now = performance.now();
+    const held = this.locks.get(name);
+    if (held && held.expiresAt > now) return undefined;
+    if (this.locks.size >= LOCK_SWEEP_AT) {
+      for (const [other, lock] of this.locks) if (lock.expiresAt <= now) this.locks.delete(other);
+    }
+    const token = randomUUID();
+    this.locks.set(name, { token, expiresAt: now + ttlMs });
+    return token;
+  }
+
+  async unlock(name: string, token: string): Promise<void> {
+    await this.opened;
+    if (this.locks.get(name)?.token === token) this.locks.delete(name);
+  }
+
+  async deleteRepository(upstream: string, repo: string): Promise<void> {
+    const journal = await this.opened;
+    const prefix = `${scopeKey(upstream, repo)}\u0000`;
+    const doomedMissing: string[] = [];
+    for (const key of this.missing.keys()) if (key.startsWith(prefix)) doomedMissing.push(key);
+    for (const key of doomedMissing) this.missing.delete(key);
+    await this.record(journal, { op: "purge", upstream, repo });
+  }
+
+  /** Waits for journal writes, fsyncs and closes the journal. Idempotent. */
+  async close(): Promise<void> {
+    const journal = await this.opened.catch(() => undefined);
+    await journal?.close();
+  }
+
+  /** Applies a mutation in memory, then waits for its journal line. */
+  private async record(journal: TagJournal | undefined, record: JournalRecord): Promise<void> {
+    this.apply(record);
+    if (journal === undefined) return;
+    try {
+      await journal.append(record);
+    } catch (err) {
+      this.onError(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private apply(record: JournalRecord): void {
+    const { upstream, repo } = record;
+    switch (record.op) {
+      case "tag": {
+        const key = itemKey(upstream, repo, record.tag);
+        this.tags.set(key, { ...record.pointer });
+        const scope = scopeKey(upstream, repo);
+        let tags = this.tagsByScope.get(scope);
+        if (tags === undefined) this.tagsByScope.set(scope, (tags = new Set()));
+        tags.add(record.tag);
+        return;
+      }
+      case "untag":
+        this.tags.delete(itemKey(upstream, repo, record.tag));
+        return;
+      case "link":
+        for (const digest of record.digests) this.links.set(itemKey(upstream, repo, digest), true);
+        return;
+      case "purge": {
+        const scope = scopeKey(upstream, repo);
+        for (const tag of [...(this.tagsByScope.get(scope) ?? [])]) this.tags.delete(itemKey(upstream, repo, tag));
+        // A full scan, but purge is a rare administrative act and links carry no per-repository index.
+        const prefix = `${scope}\u0000`;
+        const doomed: string[] = [];
+        for (const key of this.links.keys()) if (key.startsWith(prefix)) doomed.push(key);
+        for (const key of doomed) this.links.delete(key);
+        return;
+      }
+    }
+  }
+
+  /** The journalled state as records: a pointer per tag and one link record per repository. */
+  private *snapshot(): Generator<JournalRecord> {
+    // Oldest first, so replaying the compacted journal through the LRU keeps the same entries on top.
+    for (const key of this.tags.rkeys()) {
+      const pointer = this.tags.peek(key);
+      if (pointer === undefined) continue;
+      const { upstream, repo, item } = splitKey(key);
+      yield { op: "tag", upstream, repo, tag: item, pointer };
+    }
+    const byScope = new Map<string, { upstream: string; repo: string; digests: string[] }>();
+    for (const key of this.links.rkeys()) {
+      const { upstream, repo, item } = splitKey(key);
+      const scope = scopeKey(upstream, repo);
+      let group = byScope.get(scope);
+      if (group === undefined) byScope.set(scope, (group = { upstream, repo, digests: [] }));
+      group.digests.push(item);
+    }
+    for (const { upstream, repo, digests } of byScope.values()) yield { op: "link", upstream, repo, digests };
+  }
+
+  private unindexTag(key: string): void {
+    const { upstream, repo, item } = splitKey(key);
+    const scope = scopeKey(upstream, repo);
+    const tags = this.tagsByScope.get(scope);
+    if (tags === undefined) return;
+    tags.delete(item);
+    if (tags.size === 0) this.tagsByScope.delete(scope);
+  }
 }
 
 /** NUL cannot occur in upstream names, repository names, tags or digests, so keys cannot collide. */
-function key(upstream: string, repo: string, item: string): string {
+function scopeKey(upstream: string, repo: string): string {
+  return `${upstream}\u0000${repo}`;
+}
+
+function itemKey(upstream: string, repo: string, item: string): string {
   return `${upstream}\u0000${repo}\u0000${item}`;
+}
+
+function splitKey(key: string): { upstream: string; repo: string; item: string } {
+  const first = key.indexOf("\u0000");
+  const last = key.lastIndexOf("\u0000");
+  return { upstream: key.slice(0, first), repo: key.slice(first + 1, last), item: key.slice(last + 1) };
 }

@@ -1,12 +1,17 @@
 /**
  * What the mirror knows about content beyond the bytes themselves: tag → digest pointers (with when they were
- * last confirmed upstream) and which repository references which digest. One interface, so the embedded store
- * and the Redis store (a later step) are interchangeable and pass one conformance suite.
+ * last confirmed upstream), which repository references which digest, short-lived "the upstream said 404"
+ * records, and short locks that let several replicas agree on who revalidates a tag. One interface, so the
+ * embedded store and the Redis store are interchangeable and pass one conformance suite
+ * (test/conformance/metadata-store.ts).
  *
  * Links exist because blobs are stored once across repositories and upstreams, but a cached blob may only be
  * served under a repository known to reference it: otherwise anyone who knows a digest could read content of a
  * private repository through any other name. A missing link is never fatal: the caller confirms with an
  * upstream HEAD and records the link.
+ *
+ * Nothing here is trusted beyond what the blob store confirms: a pointer to a digest whose manifest is not in
+ * the store is treated as absent by the caches.
  */
 
 export interface TagPointer {
@@ -18,9 +23,29 @@ export interface TagPointer {
 
 export interface MetadataStore {
   getTag(upstream: string, repo: string, tag: string): Promise<TagPointer | undefined>;
+  /** Stores or replaces a pointer. Pointers outlive their freshness (they are what is served when stale). */
   putTag(upstream: string, repo: string, tag: string, pointer: TagPointer): Promise<void>;
   deleteTag(upstream: string, repo: string, tag: string): Promise<void>;
+  /** Tags of a repository that have a pointer (order unspecified). */
+  listTags(upstream: string, repo: string): Promise<string[]>;
+
   hasLink(upstream: string, repo: string, digest: string): Promise<boolean>;
   addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void>;
+
+  /** Remembers for `ttlMs` that the upstream has no `reference` (tag or digest) in `repo`. */
+  putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void>;
+  isMissing(upstream: string, repo: string, reference: string): Promise<boolean>;
+  clearMissing(upstream: string, repo: string, reference: string): Promise<void>;
+
+  /**
+   * Takes a named lock for at most `ttlMs` if nobody holds it (Redis: SET NX PX). Returns a token to release
+   * it with, or undefined when it is held elsewhere. Locks are advisory: holders must cope with expiry.
+   */
+  tryLock(name: string, ttlMs: number): Promise<string | undefined>;
+  unlock(name: string, token: string): Promise<void>;
+
+  /** Forgets every tag, link and missing-record of a repository (purge). */
+  deleteRepository(upstream: string, repo: string): Promise<void>;
+
   close(): Promise<void>;
 }

@@ -1,0 +1,250 @@
+/**
+ * The shared metadata store: Redis via ioredis, so every replica sees the same tag pointers, links, missing-records
+ * and locks. Expiry is Redis key expiry. Key layout (every key starts with `keyPrefix`; `{scope}` is
+ * `{<upstream>/<repository>}`, see scopeOf):
+ *
+ *   tag:{scope}:<tag>           string  JSON TagPointer                    PX retention, refreshed by putTag
+ *   tags:{scope}                set     tags that have a pointer           PX retention, refreshed by putTag
+ *   links:{scope}               set     digests the repository references  PX retention, refreshed by addLinks
+ *   missing:{scope}:<reference> string  "1"                                PX the record's own ttl
+ *   missing-refs:{scope}        zset    reference → expiry (ms)            outlives its newest record
+ *   lock:<name>                 string  owner token                        PX the lock's ttl
+ *
+ * The braces are a Redis Cluster hash tag: all keys of one repository share a slot, so the MULTI blocks and the
+ * purge script below stay valid on a cluster. The two index keys exist so that listTags and deleteRepository
+ * never scan the keyspace.
+ *
+ * The client is injected and stays the caller's: it may be shared, and its options decide how fast failures
+ * surface (see failFastRedisOptions, which FailoverMetadataStore relies on). close() does not quit it.
+ */
+import { randomUUID } from "node:crypto";
+import type { ChainableCommander, Redis, RedisOptions } from "ioredis";
+import type { MetadataStore, TagPointer } from "./metadata-store.ts";
+
+export interface RedisMetadataStoreOptions {
+  /** Prepended to every key, e.g. "mirror:". Keeps the mirror's keys apart from anything else in the database. */
+  keyPrefix: string;
+  /**
+   * How long a tag pointer, the tag index and a repository's links live without being written again. Pointers
+   * are served when stale (upstream down), so this is long; it only bounds growth from repositories nobody pulls.
+   * Default 30 days.
+   */
+  retentionMs?: number;
+}
+
+const DEFAULT_RETENTION_MS = 30 * 24 * 60 * 60 * 1000;
+/** Clock skew between replicas tolerated when pruning missing-refs: members are kept this long past their expiry. */
+const MISSING_INDEX_GRACE_MS = 60_000;
+
+/** Deletes a lock only if the caller still owns it: GET and DEL in one step, so an expired-and-retaken lock is safe. */
+const UNLOCK_SCRIPT = `
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0`;
+
+/**
+ * The tags of a repository whose pointer still exists. A pointer expires on its own while the index lives on
+ * (refreshed by other tags), so dead members are dropped here, in the same atomic step as the check: a putTag
+ * cannot slip in between and lose its index entry. KEYS: tags. ARGV: tag key prefix.
+ */
+const LIST_TAGS_SCRIPT = `
+local alive = {}
+for _, tag in ipairs(redis.call("SMEMBERS", KEYS[1])) do
+  if redis.call("EXISTS", ARGV[1] .. tag) == 1 then
+    alive[#alive + 1] = tag
+  else
+    redis.call("SREM", KEYS[1], tag)
+  end
+end
+return alive`;
+
+/**
+ * Deletes one repository's keys atomically. The per-tag and per-reference keys are read from the two indexes;
+ * they share the indexes' hash slot. DEL takes at most 500 keys per call to stay clear of Lua's stack limit.
+ * KEYS: tags, links, missing-refs. ARGV: tag key prefix, missing key prefix.
+ */
+const PURGE_SCRIPT = `
+local function delete_all(prefix, members)
+  for i = 1, #members, 500 do
+    local batch = {}
+    for j = i, math.min(i + 499, #members) do
+      batch[#batch + 1] = prefix .. members[j]
+    end
+    redis.call("DEL", unpack(batch))
+  end
+end
+delete_all(ARGV[1], redis.call("SMEMBERS", KEYS[1]))
+delete_all(ARGV[2], redis.call("ZRANGE", KEYS[3], 0, -1))
+return redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])`;
+
+export class RedisMetadataStore implements MetadataStore {
+  readonly client: Redis;
+  private readonly prefix: string;
+  private readonly retentionMs: number;
+
+  constructor(client: Redis, opts: RedisMetadataStoreOptions) {
+    this.client = client;
+    this.prefix = opts.keyPrefix;
+    this.retentionMs = opts.retentionMs ?? DEFAULT_RETENTION_MS;
+  }
+
+  async getTag(upstream: string, repo: string, tag: string): Promise<TagPointer | undefined> {
+    const raw = await this.client.get(this.keys(upstream, repo).tag(tag));
+    return raw === null ? undefined : parsePointer(raw);
+  }
+
+  async putTag(upstream: string, repo: string, tag: string, pointer: TagPointer): Promise<void> {
+    const k = this.keys(upstream, repo);
+    const { digest, mediaType, checkedAt } = pointer;
+    await run(
+      this.client
+        .multi()
+        .set(k.tag(tag), JSON.stringify({ digest, mediaType, checkedAt }), "PX", this.retentionMs)
+        .sadd(k.tags, tag)
+        .pexpire(k.tags, this.retentionMs),
+    );
+  }
+
+  async deleteTag(upstream: string, repo: string, tag: string): Promise<void> {
+    const k = this.keys(upstream, repo);
+    await run(this.client.multi().del(k.tag(tag)).srem(k.tags, tag));
+  }
+
+  async listTags(upstream: string, repo: string): Promise<string[]> {
+    const k = this.keys(upstream, repo);
+    return (await this.client.eval(LIST_TAGS_SCRIPT, 1, k.tags, k.tag(""))) as string[];
+  }
+
+  async hasLink(upstream: string, repo: string, digest: string): Promise<boolean> {
+    return (await this.client.sismember(this.keys(upstream, repo).links, digest)) === 1;
+  }
+
+  async addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void> {
+    if (digests.length === 0) return;
+    const k = this.keys(upstream, repo);
+    await run(this.client.multi().sadd(k.links, ...digests).pexpire(k.links, this.retentionMs));
+  }
+
+  async putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void> {
+    if (ttlMs <= 0) return this.clearMissing(upstream, repo, reference);
+    const k = this.keys(upstream, repo);
+    const ttl = Math.ceil(ttlMs);
+    const now = Date.now();
+    const indexTtl = ttl + MISSING_INDEX_GRACE_MS;
+    await run(
+      this.client
+        .multi()
+        .set(k.missing(reference), "1", "PX", ttl)
+        .zadd(k.missingRefs, now + ttl, reference)
+        // Members whose records expired long ago: keeps the index as small as the live records.
+        .zremrangebyscore(k.missingRefs, "-inf", now - MISSING_INDEX_GRACE_MS)
+        // NX gives a new index an expiry, GT only ever extends it (a non-volatile key counts as infinite for GT).
+        .pexpire(k.missingRefs, indexTtl, "NX")
+        .pexpire(k.missingRefs, indexTtl, "GT"),
+    );
+  }
+
+  async isMissing(upstream: string, repo: string, reference: string): Promise<boolean> {
+    return (await this.client.exists(this.keys(upstream, repo).missing(reference))) === 1;
+  }
+
+  async clearMissing(upstream: string, repo: string, reference: string): Promise<void> {
+    const k = this.keys(upstream, repo);
+    await run(this.client.multi().del(k.missing(reference)).zrem(k.missingRefs, reference));
+  }
+
+  async tryLock(name: string, ttlMs: number): Promise<string | undefined> {
+    const token = randomUUID();
+    const set = await this.client.set(this.lockKey(name), token, "PX", Math.max(1, Math.ceil(ttlMs)), "NX");
+    return set === "OK" ? token : undefined;
+  }
+
+  async unlock(name: string, token: string): Promise<void> {
+    await this.client.eval(UNLOCK_SCRIPT, 1, this.lockKey(name), token);
+  }
+
+  async deleteRepository(upstream: string, repo: string): Promise<void> {
+    const k = this.keys(upstream, repo);
+    await this.client.eval(PURGE_SCRIPT, 3, k.tags, k.links, k.missingRefs, k.tag(""), k.missing(""));
+  }
+
+  /** Resolves when Redis answers PING: the failover wrapper's health probe. */
+  async ping(): Promise<void> {
+    await this.client.ping();
+  }
+
+  /** Nothing to release: the client belongs to the caller, who quits it. */
+  async close(): Promise<void> {}
+
+  private keys(upstream: string, repo: string): RepositoryKeys {
+    const scope = scopeOf(upstream, repo);
+    const p = this.prefix;
+    return {
+      tag: (tag) => `${p}tag:${scope}:${tag}`,
+      tags: `${p}tags:${scope}`,
+      links: `${p}links:${scope}`,
+      missing: (reference) => `${p}missing:${scope}:${reference}`,
+      missingRefs: `${p}missing-refs:${scope}`,
+    };
+  }
+
+  private lockKey(name: string): string {
+    return `${this.prefix}lock:${name}`;
+  }
+}
+
+interface RepositoryKeys {
+  tag(tag: string): string;
+  tags: string;
+  links: string;
+  missing(reference: string): string;
+  missingRefs: string;
+}
+
+/**
+ * `{<upstream>/<repository>}`, unambiguous for any strings: the upstream cannot contain `/` and neither part can
+ * contain a brace once escaped, so the first `/` and the first `}` end them. Valid registry hosts and repository
+ * names contain none of the escaped characters, so real keys stay readable.
+ */
+export function scopeOf(upstream: string, repo: string): string {
+  return `{${escape(upstream, /[%/{}]/g)}/${escape(repo, /[%{}]/g)}}`;
+}
+
+function escape(value: string, unsafe: RegExp): string {
+  return value.replace(unsafe, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}`);
+}
+
+/** A stored pointer, or undefined if the value is not one (written by something else): absent, not an error. */
+function parsePointer(raw: string): TagPointer | undefined {
+  try {
+    const value = JSON.parse(raw) as Partial<TagPointer> | null;
+    if (typeof value?.digest !== "string" || typeof value.mediaType !== "string" || typeof value.checkedAt !== "number") return undefined;
+    return { digest: value.digest, mediaType: value.mediaType, checkedAt: value.checkedAt };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs a MULTI block; EXEC reports per-command errors in its result rather than rejecting, so look at them. */
+async function run(multi: ChainableCommander): Promise<void> {
+  const results = await multi.exec();
+  if (results === null) throw new Error("redis transaction was aborted");
+  for (const [err] of results) if (err) throw err;
+}
+
+/**
+ * ioredis options for a metadata client that fails fast instead of queueing, as FailoverMetadataStore needs:
+ * commands time out after `commandTimeoutMs`, nothing is queued while disconnected, in-flight commands are not
+ * retried across reconnects, and reconnection goes on forever with a capped, jittered back-off.
+ */
+export function failFastRedisOptions(opts: { commandTimeoutMs?: number; connectTimeoutMs?: number; maxReconnectDelayMs?: number } = {}): RedisOptions {
+  const maxDelay = opts.maxReconnectDelayMs ?? 2_000;
+  return {
+    commandTimeout: opts.commandTimeoutMs ?? 500,
+    connectTimeout: opts.connectTimeoutMs ?? 2_000,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: (times) => Math.round(Math.min(maxDelay, 50 * 2 ** Math.min(times, 16)) * (0.5 + Math.random() / 2)),
+  };
+}

@@ -1,0 +1,114 @@
+// The Redis store's own contract beyond the conformance suite: the documented key layout and expiries, index
+// upkeep, and tolerance of foreign values. Against a real redis-server (test/harness/redis.ts).
+import { Redis } from "ioredis";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import type { TagPointer } from "../../../src/cache/metadata-store.ts";
+import { RedisMetadataStore, scopeOf } from "../../../src/cache/redis-metadata-store.ts";
+import { allKeys, startRedis } from "../../harness/redis.ts";
+import { Teardown } from "../../harness/teardown.ts";
+
+const teardown = new Teardown();
+let client: Redis;
+
+beforeAll(async () => {
+  const redis = teardown.track(await startRedis());
+  client = new Redis(redis.url, { lazyConnect: true });
+  await client.connect();
+  teardown.add("redis client", async () => void (await client.quit()));
+});
+afterAll(() => teardown.run());
+afterEach(async () => {
+  await client.flushdb();
+});
+
+const UP = "docker.io";
+const DAY_MS = 24 * 60 * 60 * 1000;
+const pointer = (n: number): TagPointer => ({ digest: `sha256:${n.toString(16).padStart(64, "0")}`, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: 1_700_000_000_000 + n });
+
+describe("RedisMetadataStore", () => {
+  it("keeps every key under its prefix, in the documented layout, with the documented expiries", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    await store.putTag(UP, "library/alpine", "3.20", pointer(1));
+    await store.addLinks(UP, "library/alpine", [pointer(1).digest]);
+    await store.putMissing(UP, "library/alpine", "nope", 5_000);
+    await store.tryLock("revalidate", 10_000);
+
+    expect((await allKeys(client)).sort()).toEqual([
+      "m:links:{docker.io/library/alpine}",
+      "m:lock:revalidate",
+      "m:missing-refs:{docker.io/library/alpine}",
+      "m:missing:{docker.io/library/alpine}:nope",
+      "m:tag:{docker.io/library/alpine}:3.20",
+      "m:tags:{docker.io/library/alpine}",
+    ]);
+    expect(JSON.parse((await client.get("m:tag:{docker.io/library/alpine}:3.20"))!)).toEqual(pointer(1));
+    for (const key of ["m:tag:{docker.io/library/alpine}:3.20", "m:tags:{docker.io/library/alpine}", "m:links:{docker.io/library/alpine}"]) {
+      const ttl = await client.pttl(key);
+      expect(ttl, key).toBeGreaterThan(29 * DAY_MS);
+      expect(ttl, key).toBeLessThanOrEqual(30 * DAY_MS);
+    }
+    expect(await client.pttl("m:missing:{docker.io/library/alpine}:nope")).toBeLessThanOrEqual(5_000);
+    expect(await client.pttl("m:missing-refs:{docker.io/library/alpine}")).toBeGreaterThan(5_000);
+    expect(await client.pttl("m:lock:revalidate")).toBeLessThanOrEqual(10_000);
+  });
+
+  it("honours a shorter retention and refreshes it on every put", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:", retentionMs: 60_000 });
+    await store.putTag(UP, "r", "t", pointer(1));
+    await client.pexpire("m:tag:{docker.io/r}:t", 1_000);
+    await store.putTag(UP, "r", "t", pointer(2));
+    expect(await client.pttl("m:tag:{docker.io/r}:t")).toBeGreaterThan(59_000);
+  });
+
+  it("lists only tags whose pointer still exists, and drops the others from the index", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    await store.putTag(UP, "r", "kept", pointer(1));
+    await store.putTag(UP, "r", "expired", pointer(2));
+    await client.del("m:tag:{docker.io/r}:expired"); // as if it had expired on its own
+    expect(await store.listTags(UP, "r")).toEqual(["kept"]);
+    expect(await client.smembers("m:tags:{docker.io/r}")).toEqual(["kept"]);
+  });
+
+  it("purges a repository with more keys than one DEL takes, and only that repository", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    for (let i = 0; i < 1_200; i++) await store.putTag(UP, "big", `t${i}`, pointer(i));
+    for (let i = 0; i < 600; i++) await store.putMissing(UP, "big", `m${i}`, 60_000);
+    await store.putTag(UP, "big/child", "t", pointer(1));
+    await store.deleteRepository(UP, "big");
+    expect((await allKeys(client)).sort()).toEqual(["m:tag:{docker.io/big/child}:t", "m:tags:{docker.io/big/child}"]);
+  });
+
+  it("keeps the missing-record index as small as the live records", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    await store.putMissing(UP, "r", "old", 60_000);
+    // Pretend "old" expired long ago: its index score is in the past, beyond the grace period.
+    await client.zadd("m:missing-refs:{docker.io/r}", Date.now() - 10 * 60_000, "old");
+    await store.putMissing(UP, "r", "new", 60_000);
+    expect(await client.zrange("m:missing-refs:{docker.io/r}", 0, -1)).toEqual(["new"]);
+    await store.clearMissing(UP, "r", "new");
+    expect(await client.zrange("m:missing-refs:{docker.io/r}", 0, -1)).toEqual([]);
+  });
+
+  it("treats a value it did not write as no pointer", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    await client.set("m:tag:{docker.io/r}:bad", "not json");
+    await client.set("m:tag:{docker.io/r}:wrong", JSON.stringify({ digest: 1 }));
+    expect(await store.getTag(UP, "r", "bad")).toBeUndefined();
+    expect(await store.getTag(UP, "r", "wrong")).toBeUndefined();
+  });
+
+  it("escapes names so no two scopes share a key, while valid names stay readable", () => {
+    expect(scopeOf("docker.io", "library/alpine")).toBe("{docker.io/library/alpine}");
+    expect(scopeOf("localhost:5000", "a/b-c/d__e")).toBe("{localhost:5000/a/b-c/d__e}");
+    expect(scopeOf("a/b", "c")).not.toBe(scopeOf("a", "b/c"));
+    expect(scopeOf("a", "b}x")).toBe("{a/b%7Dx}");
+    expect(scopeOf("a%2F", "b")).not.toBe(scopeOf("a/", "b"));
+  });
+
+  it("leaves the injected client open on close", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    await store.close();
+    expect(client.status).toBe("ready");
+    await store.ping();
+  });
+});
