@@ -1,5 +1,6 @@
 // Builds real container images in memory (layers, config, manifest, index) and pushes them to a registry
-// with the plain distribution API, so tests need no internet and no Docker Hub.
+// with the plain distribution API, so tests need no internet and no Docker Hub. Pushes answer auth
+// challenges (Basic or the token flow) when given credentials, so registries with auth can be seeded too.
 //
 // Digests are always computed over the exact bytes that get pushed, and those bytes are never
 // re-serialised afterwards. Manifests and configs are pretty-printed on purpose: a mirror that parses and
@@ -7,6 +8,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { gunzipSync, gzipSync } from "node:zlib";
+import { RegistryAuthenticator, type Credentials } from "./registry.ts";
 import { buildTar, type TarEntry } from "./tar-writer.ts";
 
 export type ImageFormat = "docker" | "oci";
@@ -164,44 +166,60 @@ export function buildIndex(children: BuiltImage[], opts: { format?: ImageFormat 
 /**
  * Pushes an image's blobs (skipping any the registry already has) and then its manifest under `ref`
  * (a tag, or the manifest digest). Fails with the registry's answer on any unexpected status.
+ *
+ * `auth` is for a registry that requires it: the push answers the registry's 401 challenge as docker
+ * would, with Basic credentials (htpasswd) or a push token from the challenge's realm (token auth; the
+ * user must be an admin of the token server to be granted push).
  */
-export async function pushImage(registryUrl: string, repo: string, ref: string, image: BuiltImage): Promise<void> {
-  for (const blob of image.blobs()) await pushBlob(registryUrl, repo, blob);
-  await pushManifest(registryUrl, repo, ref, image.manifest, image.mediaType, image.digest);
+export async function pushImage(registryUrl: string, repo: string, ref: string, image: BuiltImage, auth?: Credentials): Promise<void> {
+  await pushImageWith(new RegistryAuthenticator(auth), registryUrl, repo, ref, image);
 }
 
 /** Pushes every child by digest, then the index itself under `ref`. */
-export async function pushIndex(registryUrl: string, repo: string, ref: string, index: BuiltIndex): Promise<void> {
-  for (const child of index.children) await pushImage(registryUrl, repo, child.digest, child);
-  await pushManifest(registryUrl, repo, ref, index.manifest, index.mediaType, index.digest);
+export async function pushIndex(registryUrl: string, repo: string, ref: string, index: BuiltIndex, auth?: Credentials): Promise<void> {
+  // One authenticator for the whole index, so it fetches one token, not one per child.
+  const client = new RegistryAuthenticator(auth);
+  for (const child of index.children) await pushImageWith(client, registryUrl, repo, child.digest, child);
+  await pushManifest(client, registryUrl, repo, ref, index.manifest, index.mediaType, index.digest);
 }
 
 /** Monolithic upload: POST to open an upload, PUT the whole body to its Location with ?digest=. */
-export async function pushBlob(registryUrl: string, repo: string, blob: Blob): Promise<void> {
-  const base = registryUrl.replace(/\/+$/, "");
-  const head = await fetch(`${base}/v2/${repo}/blobs/${blob.digest}`, { method: "HEAD" });
-  if (head.status === 200) return;
+export async function pushBlob(registryUrl: string, repo: string, blob: Blob, auth?: Credentials): Promise<void> {
+  await pushBlobWith(new RegistryAuthenticator(auth), registryUrl, repo, blob);
+}
 
-  const post = await fetch(`${base}/v2/${repo}/blobs/uploads/`, { method: "POST" });
+async function pushImageWith(client: RegistryAuthenticator, registryUrl: string, repo: string, ref: string, image: BuiltImage): Promise<void> {
+  for (const blob of image.blobs()) await pushBlobWith(client, registryUrl, repo, blob);
+  await pushManifest(client, registryUrl, repo, ref, image.manifest, image.mediaType, image.digest);
+}
+
+async function pushBlobWith(client: RegistryAuthenticator, registryUrl: string, repo: string, blob: Blob): Promise<void> {
+  const base = registryUrl.replace(/\/+$/, "");
+  const head = await client.fetch(`${base}/v2/${repo}/blobs/${blob.digest}`, { method: "HEAD" });
+  if (head.status === 200) return;
+  if (head.status === 401) throw new Error(`HEAD blob ${blob.digest} in ${repo} answered 401: ${describeChallenge(head)}`);
+
+  const post = await client.fetch(`${base}/v2/${repo}/blobs/uploads/`, { method: "POST" });
   const postBody = await post.text();
   const location = post.headers.get("location");
   if (post.status !== 202 || location === null) {
-    throw new Error(`POST ${base}/v2/${repo}/blobs/uploads/ answered ${post.status} (Location ${String(location)}): ${postBody}`);
+    throw new Error(`POST ${base}/v2/${repo}/blobs/uploads/ answered ${post.status} (Location ${String(location)}): ${describeChallenge(post)}${postBody}`);
   }
   // Location may be absolute or relative to the registry; it usually carries a query (_state=...) already.
   // Appending keeps that query byte-for-byte instead of re-encoding it through URLSearchParams.
   const uploadUrl = new URL(location, `${base}/`).href;
   const putUrl = `${uploadUrl}${uploadUrl.includes("?") ? "&" : "?"}digest=${encodeURIComponent(blob.digest)}`;
-  const put = await fetch(putUrl, {
+  const put = await client.fetch(putUrl, {
     method: "PUT",
     headers: { "content-type": "application/octet-stream", "content-length": String(blob.bytes.length) },
     body: blob.bytes,
   });
   const putBody = await put.text();
-  if (put.status !== 201) throw new Error(`PUT blob ${blob.digest} to ${repo} answered ${put.status}: ${putBody}`);
+  if (put.status !== 201) throw new Error(`PUT blob ${blob.digest} to ${repo} answered ${put.status}: ${describeChallenge(put)}${putBody}`);
 }
 
 async function pushManifest(
+  client: RegistryAuthenticator,
   registryUrl: string,
   repo: string,
   ref: string,
@@ -210,17 +228,23 @@ async function pushManifest(
   digest: string,
 ): Promise<void> {
   const base = registryUrl.replace(/\/+$/, "");
-  const res = await fetch(`${base}/v2/${repo}/manifests/${ref}`, {
+  const res = await client.fetch(`${base}/v2/${repo}/manifests/${ref}`, {
     method: "PUT",
     headers: { "content-type": mediaType },
     body: manifest,
   });
   const body = await res.text();
-  if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${ref} answered ${res.status}: ${body}`);
+  if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${ref} answered ${res.status}: ${describeChallenge(res)}${body}`);
   const stored = res.headers.get("docker-content-digest");
   if (stored !== null && stored !== digest) {
     throw new Error(`registry stored manifest ${repo}:${ref} as ${stored}, expected ${digest}`);
   }
+}
+
+/** For error messages: the challenge of a 401 ("wrong credentials, or a user without push?"), else nothing. */
+function describeChallenge(res: Response): string {
+  const challenge = res.headers.get("www-authenticate");
+  return res.status === 401 && challenge !== null ? `(challenge ${challenge}; are the credentials right, and allowed to push?) ` : "";
 }
 
 function layerMediaType(format: ImageFormat): string {

@@ -1,10 +1,35 @@
 // The upstream registry for integration tests: Debian's `docker-registry` (CNCF distribution 2.8) on a
 // free loopback port with filesystem storage in a temp dir. Its JSON log is parsed so tests can count
 // the requests that actually reached the upstream ("exactly one GET of this blob").
+//
+// It can require authentication, as real upstreams do: `auth: { token }` (the Docker token flow, with a
+// harness token server as the realm) or `auth: { htpasswd }` (Basic). RegistryAuthenticator and
+// registryFetch are the client side of both, for seeding and for tests that talk to the registry directly.
+import bcrypt from "bcryptjs";
 import { mkdtemp, rm, writeFile, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort, startProcess, waitFor, type ManagedProcess } from "./processes.ts";
+import type { TokenServer } from "./token-server.ts";
+
+/** A user name and password, as sent with Basic auth (to the registry itself, or to a token realm). */
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+/**
+ * How the registry authenticates clients. `token`: distribution's `auth: token`, verifying JWTs from that
+ * token server (realm, service, issuer and root certificate are taken from it). `htpasswd`: user →
+ * password, written as the bcrypt htpasswd file distribution requires (it rejects other hash types).
+ */
+export type RegistryAuth = { token: TokenServer } | { htpasswd: Record<string, string> };
+
+export interface RegistryOptions {
+  rootDir?: string;
+  /** Require authentication; an open registry (every request allowed) when absent. */
+  auth?: RegistryAuth;
+}
 
 /** What a request was for, from its path. */
 export type RequestKind = "base" | "manifests" | "blobs" | "uploads" | "tags" | "catalog" | "other";
@@ -26,6 +51,13 @@ export interface UpstreamRequest {
    * gives the order in which requests were made.
    */
   startedAt: number;
+  /**
+   * Why auth refused the request (then status is 401), as distribution logged it: "authorization token
+   * required", "insufficient scope", "invalid token", or for htpasswd `basic authentication challenge for
+   * realm "...": invalid authorization credential` (no or unreadable credentials) / `...: authentication
+   * failure` (wrong user or password).
+   */
+  authError?: string;
 }
 
 export interface RequestFilter {
@@ -69,6 +101,14 @@ export interface Registry {
   sync(): Promise<void>;
   /** Recent registry output, for error messages. */
   output(): string;
+  /** "none" for an open registry. */
+  readonly authMode: "none" | "token" | "htpasswd";
+  /**
+   * An Authorization header value for the harness's own requests (readiness, sync, a blob host fetching
+   * bytes): full access to `repo` (and none to any other) with a token minted directly, so the token server
+   * records nothing; Basic with the first htpasswd user; undefined for an open registry.
+   */
+  harnessAuthorization(repo?: string): string | undefined;
 }
 
 const STARTUP_TIMEOUT_MS = 20_000;
@@ -79,7 +119,10 @@ const SYNC_MARKER = "harness-sync=";
 const SYNC_QUIET_MS = 50;
 const SYNC_QUIET_MAX_MS = 1_000;
 
-export async function startRegistry(opts: { rootDir?: string } = {}): Promise<Registry> {
+export async function startRegistry(opts: RegistryOptions = {}): Promise<Registry> {
+  if (opts.auth !== undefined && "htpasswd" in opts.auth && Object.keys(opts.auth.htpasswd).length === 0) {
+    throw new Error("startRegistry: auth.htpasswd needs at least one user");
+  }
   const workDir = await mkdtemp(join(tmpdir(), "harness-registry-"));
   const rootDir = opts.rootDir ?? join(workDir, "storage");
   await mkdir(rootDir, { recursive: true });
@@ -87,7 +130,22 @@ export async function startRegistry(opts: { rootDir?: string } = {}): Promise<Re
   const host = `127.0.0.1:${port}`;
   const url = `http://${host}`;
   const configPath = join(workDir, "config.yml");
-  await writeFile(configPath, registryConfig(host, rootDir));
+  const auth = opts.auth;
+  let authConfig: string[] = [];
+  let harnessAuthorization: (repo?: string) => string | undefined = () => undefined;
+  if (auth !== undefined && "token" in auth) {
+    const token = auth.token;
+    authConfig = tokenAuthConfig(token);
+    harnessAuthorization = (repo) =>
+      `Bearer ${token.mintToken({ subject: "harness", access: repo === undefined ? [] : [{ type: "repository", name: repo, actions: ["pull", "push", "delete"] }] })}`;
+  } else if (auth !== undefined) {
+    const [first = ["", ""]] = Object.entries(auth.htpasswd);
+    const htpasswdPath = join(workDir, "htpasswd");
+    await writeFile(htpasswdPath, htpasswdFile(auth.htpasswd));
+    authConfig = htpasswdAuthConfig(htpasswdPath);
+    harnessAuthorization = () => basicAuthorization({ username: first[0], password: first[1] });
+  }
+  await writeFile(configPath, registryConfig(host, rootDir, authConfig));
 
   let log: UpstreamRequest[] = [];
   let lastLineAt = 0;
@@ -125,9 +183,10 @@ export async function startRegistry(opts: { rootDir?: string } = {}): Promise<Re
     });
     proc = started;
     try {
-      await waitFor(async () => (await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(2_000) })).status === 200, {
+      // With auth this also proves the auth configuration works: the harness's own credentials get in.
+      await waitFor(async () => (await fetch(`${url}/v2/`, { headers: authHeaders(), signal: AbortSignal.timeout(2_000) })).status === 200, {
         timeoutMs: STARTUP_TIMEOUT_MS,
-        what: `docker-registry to answer GET ${url}/v2/ with 200`,
+        what: `docker-registry to answer GET ${url}/v2/ with 200${auth === undefined ? "" : " to the harness's credentials"}`,
         whileRunning: started,
       });
     } catch (err) {
@@ -141,6 +200,10 @@ export async function startRegistry(opts: { rootDir?: string } = {}): Promise<Re
   };
 
   const requests = (): UpstreamRequest[] => [...log];
+  const authHeaders = (): Record<string, string> => {
+    const value = harnessAuthorization();
+    return value === undefined ? {} : { authorization: value };
+  };
 
   const registry: Registry = {
     name: `docker-registry ${host}`,
@@ -161,7 +224,7 @@ export async function startRegistry(opts: { rootDir?: string } = {}): Promise<Re
     count: (filter) => requests().filter((r) => matches(r, filter)).length,
     async sync() {
       const id = `${process.pid}-${++syncCounter}`;
-      const res = await fetch(`${url}/v2/?${SYNC_MARKER}${id}`, { signal: AbortSignal.timeout(SYNC_TIMEOUT_MS) });
+      const res = await fetch(`${url}/v2/?${SYNC_MARKER}${id}`, { headers: authHeaders(), signal: AbortSignal.timeout(SYNC_TIMEOUT_MS) });
       await res.arrayBuffer();
       await waitFor(async () => syncSeen.has(id), { timeoutMs: SYNC_TIMEOUT_MS, what: `registry log line of sync request ${id}`, intervalMs: 10 });
       syncSeen.delete(id);
@@ -171,6 +234,8 @@ export async function startRegistry(opts: { rootDir?: string } = {}): Promise<Re
       }
     },
     output: () => previousOutput + (proc?.output() ?? ""),
+    authMode: auth === undefined ? "none" : "token" in auth ? "token" : "htpasswd",
+    harnessAuthorization,
   };
 
   try {
@@ -188,7 +253,7 @@ export async function startRegistry(opts: { rootDir?: string } = {}): Promise<Re
  * http.request.method, http.request.uri and http.response.status. The separate Apache-style access log
  * is switched off so that each request appears exactly once.
  */
-function registryConfig(host: string, rootDir: string): string {
+function registryConfig(host: string, rootDir: string, authConfig: string[]): string {
   return [
     "version: 0.1",
     "log:",
@@ -208,11 +273,158 @@ function registryConfig(host: string, rootDir: string): string {
     `  addr: ${host}`,
     // A fixed secret keeps upload URLs valid across stop()/start().
     "  secret: harness-registry-secret",
+    ...authConfig,
     "",
   ].join("\n");
 }
 
-/** Parses one log line into a request record, or undefined for anything that is not a finished request. */
+/** distribution's `auth: token` section: it trusts tokens whose x5c chain (or kid) leads to the bundle. */
+function tokenAuthConfig(token: TokenServer): string[] {
+  return [
+    "auth:",
+    "  token:",
+    `    realm: ${JSON.stringify(token.realm)}`,
+    `    service: ${JSON.stringify(token.service)}`,
+    `    issuer: ${JSON.stringify(token.issuer)}`,
+    `    rootcertbundle: ${JSON.stringify(token.rootCertBundlePath)}`,
+  ];
+}
+
+/** The realm distribution names in its `Basic realm="..."` challenge in htpasswd mode. */
+export const HTPASSWD_REALM = "harness-registry";
+
+function htpasswdAuthConfig(path: string): string[] {
+  return ["auth:", "  htpasswd:", `    realm: ${HTPASSWD_REALM}`, `    path: ${JSON.stringify(path)}`];
+}
+
+/**
+ * `user:bcrypt-hash` lines. Cost 4, the minimum, because distribution checks the hash on EVERY request
+ * (no session) and the default cost 10 would add tens of milliseconds to each. bcryptjs writes `$2b$`
+ * hashes, which Go's bcrypt accepts like Apache's `$2y$`.
+ */
+function htpasswdFile(users: Record<string, string>): string {
+  return Object.entries(users)
+    .map(([user, password]) => {
+      if (user.includes(":") || user.includes("\n")) throw new Error(`htpasswd: invalid user name ${JSON.stringify(user)}`);
+      return `${user}:${bcrypt.hashSync(password, 4)}\n`;
+    })
+    .join("");
+}
+
+/** `Basic base64(user:password)`. */
+export function basicAuthorization(credentials: Credentials): string {
+  return `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`, "utf8").toString("base64")}`;
+}
+
+/** One parsed `WWW-Authenticate` challenge: scheme lower-cased, parameter names lower-cased. */
+export interface AuthChallenge {
+  scheme: string;
+  params: Record<string, string>;
+}
+
+/**
+ * Parses the first challenge of a WWW-Authenticate value: `Bearer realm="...",service="...",scope="a:b:pull,push"`.
+ * Quoted values may hold commas (scopes do), so this reads quoted-strings properly rather than splitting.
+ */
+export function parseChallenge(header: string | null | undefined): AuthChallenge | undefined {
+  if (header === null || header === undefined) return undefined;
+  const m = /^\s*([A-Za-z][\w-]*)\s*(.*)$/s.exec(header);
+  if (m === null) return undefined;
+  const [, scheme = "", rest = ""] = m;
+  const params: Record<string, string> = {};
+  const param = /\s*([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*,?/gy;
+  for (let p = param.exec(rest); p !== null && p[0] !== ""; p = param.exec(rest)) {
+    const [, name = "", quoted, bare] = p;
+    params[name.toLowerCase()] = quoted !== undefined ? quoted.replace(/\\(.)/g, "$1") : (bare ?? "");
+  }
+  return { scheme: scheme.toLowerCase(), params };
+}
+
+/**
+ * The client side of registry auth, the way docker and containerd do it: send the request; on a 401, read
+ * the challenge and retry once with Basic credentials (Basic challenge) or with a token fetched from the
+ * realm for the challenge's service and scope (Bearer challenge; anonymously when it has no credentials).
+ * Keeps the Authorization it got per registry origin and sends it up front from then on, so a push
+ * authenticates once, not per blob. Use one per logical operation; it is not meant to outlive a test.
+ *
+ * When the credentials do not get in, it hands back the registry's own 401 (unread), whatever the realm
+ * said. Bodies must be re-sendable (Buffer or string), because a challenged request is sent twice.
+ */
+export class RegistryAuthenticator {
+  private readonly credentials: Credentials | undefined;
+  private readonly cached = new Map<string, string>();
+
+  constructor(credentials?: Credentials) {
+    this.credentials = credentials;
+  }
+
+  async fetch(url: string, init: RequestInit = {}): Promise<Response> {
+    const origin = new URL(url).origin;
+    const known = this.cached.get(origin);
+    const first = await fetch(url, withAuthorization(init, known));
+    if (first.status !== 401) return first;
+    const authorization = await this.answer(parseChallenge(first.headers.get("www-authenticate")));
+    if (authorization === undefined || authorization === known) return first;
+    await first.body?.cancel();
+    this.cached.set(origin, authorization);
+    return fetch(url, withAuthorization(init, authorization));
+  }
+
+  /** The Authorization header value that answers a challenge, or undefined when there is none to give. */
+  private async answer(challenge: AuthChallenge | undefined): Promise<string | undefined> {
+    if (challenge?.scheme === "basic") return this.credentials === undefined ? undefined : basicAuthorization(this.credentials);
+    if (challenge?.scheme !== "bearer") return undefined;
+    const realm = challenge.params["realm"];
+    if (realm === undefined) return undefined;
+    const tokenUrl = new URL(realm);
+    // Test traffic stays on loopback, whatever a challenge says.
+    if (tokenUrl.hostname !== "127.0.0.1") throw new Error(`refusing to fetch a token from a non-loopback realm: ${realm}`);
+    const { service, scope } = challenge.params;
+    if (service !== undefined) tokenUrl.searchParams.set("service", service);
+    if (scope !== undefined) for (const s of scope.split(" ")) tokenUrl.searchParams.append("scope", s);
+    const res = await fetch(tokenUrl, {
+      headers: this.credentials === undefined ? {} : { authorization: basicAuthorization(this.credentials) },
+      signal: AbortSignal.timeout(10_000),
+    });
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      return undefined;
+    }
+    const body = (await res.json()) as { token?: unknown; access_token?: unknown };
+    const token = typeof body.token === "string" ? body.token : body.access_token;
+    return typeof token === "string" ? `Bearer ${token}` : undefined;
+  }
+}
+
+function withAuthorization(init: RequestInit, authorization: string | undefined): RequestInit {
+  if (authorization === undefined) return init;
+  const headers = new Headers(init.headers);
+  headers.set("authorization", authorization);
+  return { ...init, headers };
+}
+
+/**
+ * One request to a registry (its URL plus `path`, e.g. "/v2/x/manifests/v1"), answering a 401 challenge
+ * as docker would: with `auth` when given, else anonymously (which a token realm with anonymous pulls
+ * allows). A registry that still says 401 comes back as that 401 response.
+ */
+export async function registryFetch(
+  target: Registry | string,
+  path: string,
+  opts: RequestInit & { auth?: Credentials } = {},
+): Promise<Response> {
+  const { auth, ...init } = opts;
+  const base = (typeof target === "string" ? target : target.url).replace(/\/+$/, "");
+  return new RegistryAuthenticator(auth).fetch(`${base}${path}`, init);
+}
+
+/** distribution's log message for a request its access controller refused, followed by the reason. */
+const AUTH_ERROR_PREFIX = "error authorizing context: ";
+
+/**
+ * Parses one log line into a request record, or undefined for anything that is not a finished request.
+ * Requests refused by auth count as finished requests with status 401 (see AUTH_ERROR_PREFIX).
+ */
 export function parseLogLine(line: string): UpstreamRequest | undefined {
   if (!line.startsWith("{")) return undefined;
   let entry: Record<string, unknown>;
@@ -225,10 +437,25 @@ export function parseLogLine(line: string): UpstreamRequest | undefined {
   const method = entry["http.request.method"];
   const uri = entry["http.request.uri"];
   const status = entry["http.response.status"];
-  if (typeof msg !== "string" || !msg.startsWith("response completed")) return undefined;
-  if (typeof method !== "string" || typeof uri !== "string" || typeof status !== "number") return undefined;
-  const written = entry["http.response.written"];
+  if (typeof msg !== "string" || typeof method !== "string" || typeof uri !== "string") return undefined;
   const time = entry["time"];
+  if (msg.startsWith(AUTH_ERROR_PREFIX)) {
+    // A request refused by auth gets no "response completed" line, only this warning, logged when the
+    // request arrived. Its answer is a 401 challenge (distribution answers 400 only for a broken auth
+    // backend, which this harness does not configure).
+    const at = typeof time === "string" ? parseTime(time) : Number.NaN;
+    return {
+      method,
+      path: uri,
+      status: 401,
+      written: 0,
+      startedAt: Number.isFinite(at) ? at : Date.now(),
+      authError: msg.slice(AUTH_ERROR_PREFIX.length),
+      ...classify(uri),
+    };
+  }
+  if (!msg.startsWith("response completed") || typeof status !== "number") return undefined;
+  const written = entry["http.response.written"];
   const duration = entry["http.response.duration"];
   const finishedAt = typeof time === "string" ? parseTime(time) : Number.NaN;
   const tookMs = typeof duration === "string" ? parseGoDuration(duration) : 0;

@@ -1,9 +1,14 @@
-// A loopback HTTP relay in front of an upstream registry, for fault injection: it passes everything
-// through unchanged, except that blob GET bodies can be corrupted, cut off, slowed down, or shortened
-// behind a matching Content-Length. Bodies stream through chunk by chunk; nothing is buffered whole.
+// A loopback HTTP relay in front of an upstream registry, for fault injection. It passes everything
+// through unchanged, except what the fault set with setFault() changes:
+//   - blob GET bodies corrupted, cut off, slowed down, or shortened behind a matching Content-Length;
+//   - blob GETs redirected (307) to a separate blob host, as registries backed by S3 or a CDN do;
+//   - any request (chosen by a RegExp over "METHOD path"): answered with an error status instead of being
+//     forwarded, its connection reset, left without an answer, or its body stalled part-way.
+// Bodies stream through chunk by chunk; nothing is buffered whole.
 import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { BlobHost } from "./blob-host.ts";
 
 export type Fault =
   /** Flip one byte in the middle of blob GET response bodies (same length, wrong digest). */
@@ -13,15 +18,43 @@ export type Fault =
   /** Slow blob GET bodies down to about this rate, so a test can observe a transfer in progress. */
   | { kind: "throttle"; bytesPerSecond: number }
   /** Serve the body one byte short with a Content-Length one byte short too: complete-looking but wrong. */
-  | { kind: "wrongLength" };
+  | { kind: "wrongLength" }
+  /**
+   * Answer blob GETs that the upstream would answer 2xx with `307 Location: <to>/blob/<digest>?sig=...`
+   * instead of the body. The registry is asked first, with a HEAD carrying the request's headers, so auth,
+   * 404 and Range are still decided by it (its refusals pass through, with an OCI error body made by the
+   * relay); its log shows that HEAD, and the blob host's GET for the bytes. For blob GETs it takes
+   * precedence over the body faults and stallBody (not over status, reset and stallHeaders, which act first).
+   */
+  | { kind: "redirectBlobs"; to: BlobHost }
+  /** Accept the request and never answer it (until stop() or the client gives up). Nothing goes upstream. */
+  | { kind: "stallHeaders"; match?: RegExp; times?: number }
+  /**
+   * Forward the request; send the upstream's status, headers and the first `afterBytes` of its body, then
+   * nothing more, keeping the connection open. A response without a body (HEAD) just gets its headers.
+   */
+  | { kind: "stallBody"; afterBytes: number; match?: RegExp; times?: number }
+  /** Answer `status` with an OCI error body (and `headers`, e.g. Retry-After) instead of forwarding. */
+  | { kind: "status"; status: number; headers?: Record<string, string>; match?: RegExp; times?: number }
+  /** Reset the connection (TCP RST) without answering. Nothing goes upstream. */
+  | { kind: "reset"; match?: RegExp; times?: number };
+
+export type FaultKind = Fault["kind"];
 
 export interface RelayedRequest {
   method: string;
   path: string;
-  /** Upstream status; undefined until the upstream answered (or if it never did). */
+  /**
+   * Status the client was sent: the upstream's, unless a fault answered instead (307 for redirectBlobs,
+   * the injected status). Undefined while nothing has been answered, and for stallHeaders and reset.
+   */
   status?: number;
-  /** The fault applied to this request's response, if any. */
-  fault?: Fault["kind"];
+  /** The fault applied to this request or its response, if any. */
+  fault?: FaultKind;
+  /** Whether the request carried an Authorization header (its value is not kept). */
+  authorization: boolean;
+  /** Its scheme, lower-cased ("bearer", "basic"), when it did. */
+  authScheme?: string;
 }
 
 export interface Relay {
@@ -34,8 +67,14 @@ export interface Relay {
   stop(): Promise<void>;
   /** Every request received, oldest first; tests may clear it with `relay.requests.length = 0`. */
   readonly requests: RelayedRequest[];
-  /** Sets the fault for responses that start from now on; null passes everything through. */
-  setFault(f: Fault | null): void;
+  /**
+   * Sets the fault(s) for requests that arrive from now on (body faults: for responses that start from now
+   * on); null passes everything through. With a list,
+   * each request gets the first fault that applies to it (and has uses left, for those with `times`).
+   * `match` is tested against "METHOD path" (path with its query, e.g. "GET /v2/x/manifests/v1?ns=docker.io");
+   * without it a fault applies to every request. Use counts start afresh with every setFault call.
+   */
+  setFault(f: Fault | Fault[] | null): void;
 }
 
 /** Headers that describe one connection, not the message: never forwarded (RFC 9110 section 7.6.1). */
@@ -54,35 +93,93 @@ const HOP_BY_HOP = new Set([
 /** Blob downloads, not uploads: /v2/<name>/blobs/<digest>. */
 const BLOB_PATH = /^\/v2\/.+\/blobs\/(?!uploads\/)[^/]+$/;
 
+/** Faults decided before anything goes upstream. */
+const REQUEST_FAULTS: ReadonlySet<FaultKind> = new Set(["stallHeaders", "status", "reset"]);
+
 export async function startRelay(targetUrl: string): Promise<Relay> {
   const target = new URL(targetUrl);
   if (target.protocol !== "http:") throw new Error(`relay: only http:// targets are supported, got ${targetUrl}`);
   // Own agent so stop() can close the upstream connections this relay opened, and only those.
   const agent = new Agent({ keepAlive: true });
   const requests: RelayedRequest[] = [];
-  let fault: Fault | null = null;
+  let faults: Fault[] = [];
+  // Uses of each fault with `times`, per setFault call (a new call starts a new map).
+  let used = new Map<Fault, number>();
   let relayHost = "";
+
+  /** The first fault of `phase` that applies to this request, counting one use of it. */
+  const pick = (phase: "request" | "response", method: string, path: string, status = 0): Fault | null => {
+    for (const f of faults) {
+      if (REQUEST_FAULTS.has(f.kind) !== (phase === "request")) continue;
+      if (!applies(f, method, path, status)) continue;
+      const times = "times" in f ? f.times : undefined;
+      const count = used.get(f) ?? 0;
+      if (times !== undefined && count >= times) continue;
+      used.set(f, count + 1);
+      return f;
+    }
+    return null;
+  };
 
   const server = createServer((req, res) => {
     const path = req.url ?? "/";
-    const record: RelayedRequest = { method: req.method ?? "GET", path };
+    const method = req.method ?? "GET";
+    const authorization = req.headers.authorization;
+    const record: RelayedRequest = { method, path, authorization: authorization !== undefined };
+    if (authorization !== undefined) record.authScheme = (authorization.split(" ", 1)[0] ?? "").toLowerCase();
     requests.push(record);
+
+    const early = pick("request", method, path);
+    if (early !== null) {
+      record.fault = early.kind;
+      if (early.kind === "stallHeaders") return; // the socket stays open until the client or stop() closes it
+      if (early.kind === "reset") {
+        req.socket.resetAndDestroy();
+        return;
+      }
+      if (early.kind === "status") {
+        req.resume();
+        record.status = early.status;
+        sendError(res, method, early.status, early.headers ?? {});
+        return;
+      }
+    }
+
+    // A blob GET to be redirected is asked upstream as a HEAD: the registry still decides auth, existence
+    // and Range, and its log shows no transfer that nobody reads (the blob host's GET is the transfer).
+    const redirect = method === "GET" && isBlobPath(path) ? faults.find((f) => f.kind === "redirectBlobs") : undefined;
 
     const upstreamReq = httpRequest(
       {
         protocol: "http:",
         hostname: target.hostname,
         port: target.port,
-        method: req.method,
+        method: redirect === undefined ? method : "HEAD",
         path,
         headers: forwardHeaders(req.headers, relayHost),
         agent,
       },
       (upstreamRes) => {
-        record.status = upstreamRes.statusCode;
-        const applied = faultFor(fault, record.method, path, upstreamRes.statusCode ?? 0);
+        const status = upstreamRes.statusCode ?? 0;
+        record.status = status;
+        if (redirect !== undefined) {
+          upstreamRes.resume();
+          if (status < 200 || status > 299) {
+            // The registry's refusal (401 with its challenge, 404, 416), as a GET would have had it; a HEAD
+            // answer has no body, so the OCI error body is made here.
+            sendError(res, method, status, passedHeaders(upstreamRes.headers), `the registry answered ${status}`, BLOB_ERROR_CODES[status]);
+            return;
+          }
+          record.fault = "redirectBlobs";
+          record.status = 307;
+          const { repo, digest } = blobRef(path);
+          res.writeHead(307, { location: redirect.to.signedUrl(repo, digest), "content-length": "0", "docker-distribution-api-version": "registry/2.0" });
+          res.end();
+          return;
+        }
+        const applied = pick("response", method, path, status);
         if (applied !== null) record.fault = applied.kind;
-        relayResponse(upstreamRes, res, applied, record.method).catch(() => {
+        relayResponse(upstreamRes, res, applied, method).catch(() => {
           // A client that went away or an upstream that broke: the sockets are already destroyed.
           res.destroy();
           upstreamRes.destroy();
@@ -120,12 +217,13 @@ export async function startRelay(targetUrl: string): Promise<Relay> {
     port,
     requests,
     setFault: (f) => {
-      fault = f;
+      faults = f === null ? [] : Array.isArray(f) ? [...f] : [f];
+      used = new Map();
     },
     stop() {
       stopping ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
-        // Open (possibly throttled) transfers would otherwise keep close() waiting for minutes.
+        // Open (possibly throttled or stalled) transfers would otherwise keep close() waiting for minutes.
         server.closeAllConnections();
         agent.destroy();
       });
@@ -147,9 +245,74 @@ function forwardHeaders(headers: IncomingHttpHeaders, relayHost: string): Incomi
   return out;
 }
 
-function faultFor(fault: Fault | null, method: string, path: string, status: number): Fault | null {
-  if (fault === null || method !== "GET" || status < 200 || status > 299) return null;
-  return BLOB_PATH.test(path.split("?", 1)[0] ?? path) ? fault : null;
+/** Whether `f` applies to this request (request-phase faults) or to its upstream response (the others). */
+function applies(f: Fault, method: string, path: string, status: number): boolean {
+  switch (f.kind) {
+    case "stallHeaders":
+    case "status":
+    case "reset":
+    case "stallBody":
+      return f.match === undefined || `${method} ${path}`.search(f.match) !== -1;
+    case "redirectBlobs":
+      return false; // decided before the request goes upstream: see `redirect` in startRelay
+    case "corrupt":
+    case "truncate":
+    case "throttle":
+    case "wrongLength":
+      // Blob downloads that succeed upstream; errors and HEADs pass through untouched.
+      return method === "GET" && status >= 200 && status <= 299 && isBlobPath(path);
+  }
+}
+
+function isBlobPath(path: string): boolean {
+  return BLOB_PATH.test(path.split("?", 1)[0] ?? path);
+}
+
+/** Repository and digest of a blob path ("/v2/library/x/blobs/sha256:...?ns=docker.io"). */
+function blobRef(path: string): { repo: string; digest: string } {
+  const m = /^\/v2\/(.+)\/blobs\/([^/?]+)/.exec(path);
+  return { repo: m?.[1] ?? "", digest: decodeURIComponent(m?.[2] ?? "") };
+}
+
+/** OCI error codes for the statuses tests inject; anything else is UNKNOWN. */
+const ERROR_CODES: Record<number, string> = {
+  400: "UNSUPPORTED",
+  401: "UNAUTHORIZED",
+  403: "DENIED",
+  404: "NAME_UNKNOWN",
+  429: "TOOMANYREQUESTS",
+  503: "UNAVAILABLE",
+};
+
+/** For a blob: what distribution says for these. */
+const BLOB_ERROR_CODES: Record<number, string> = { ...ERROR_CODES, 404: "BLOB_UNKNOWN", 416: "BLOB_UNKNOWN" };
+
+/** An error answer made by the relay, shaped like a registry's: JSON error body, API version header, no body for HEAD. */
+function sendError(
+  res: ServerResponse,
+  method: string,
+  status: number,
+  headers: IncomingHttpHeaders,
+  message = `injected by the test relay: ${status}`,
+  code = ERROR_CODES[status] ?? "UNKNOWN",
+): void {
+  const body = Buffer.from(JSON.stringify({ errors: [{ code, message, detail: null }] }));
+  res.writeHead(status, {
+    "content-type": "application/json; charset=utf-8",
+    "docker-distribution-api-version": "registry/2.0",
+    ...headers,
+    "content-length": String(body.length),
+  });
+  res.end(method === "HEAD" ? undefined : body);
+}
+
+/** Upstream response headers worth passing on with a relay-made error (the challenge above all). */
+function passedHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const out: IncomingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (!HOP_BY_HOP.has(name) && name !== "content-length" && name !== "content-type" && value !== undefined) out[name] = value;
+  }
+  return out;
 }
 
 /** Copies status, headers and body from the upstream response to the client, applying `fault` to the body. */
@@ -168,9 +331,20 @@ async function relayResponse(upstream: IncomingMessage, res: ServerResponse, fau
   }
   res.writeHead(status, upstream.statusMessage, headers);
 
-  // Byte budget for the body: truncate stops at afterBytes, wrongLength one byte before the end.
+  if (fault?.kind === "stallBody" && (!hasBody || fault.afterBytes <= 0)) {
+    // Headers only, now (Node would otherwise hold them back until the first body byte), then silence.
+    res.flushHeaders();
+    upstream.destroy();
+    return;
+  }
+
+  // Byte budget for the body: truncate and stallBody stop at afterBytes, wrongLength one byte before the end.
   const limit =
-    fault?.kind === "truncate" ? fault.afterBytes : fault?.kind === "wrongLength" && declared !== undefined ? Math.max(0, declared - 1) : Infinity;
+    fault?.kind === "truncate" || fault?.kind === "stallBody"
+      ? fault.afterBytes
+      : fault?.kind === "wrongLength" && declared !== undefined
+        ? Math.max(0, declared - 1)
+        : Infinity;
   // Without a declared length "the middle" is unknown; flip the first byte then.
   const flipAt = fault?.kind === "corrupt" ? Math.floor((declared ?? 0) / 2) : -1;
   const throttle = fault?.kind === "throttle" ? Math.max(1, fault.bytesPerSecond) : undefined;
@@ -203,6 +377,11 @@ async function relayResponse(upstream: IncomingMessage, res: ServerResponse, fau
     }
   }
 
+  if (fault?.kind === "stallBody") {
+    // What was written goes out; then nothing more, and the connection stays open (until stop()).
+    upstream.destroy();
+    return;
+  }
   if (fault?.kind === "truncate") {
     // Let what was written reach the client, then cut the connection mid-body.
     await new Promise<void>((resolve) => res.write(Buffer.alloc(0), () => resolve()));
