@@ -1,15 +1,29 @@
 /**
- * The client for one configured upstream registry: an undici Pool to its origin (the only host it ever
- * contacts), with connect, headers and body-idle timeouts from config. It speaks the pull API and returns
- * plain values or throws RegistryError (via upstream-errors.ts). Every undici body is consumed or destroyed on
- * every path.
+ * The client for one configured upstream registry. It speaks the pull API and returns plain values or throws
+ * RegistryError (mapped in upstream-errors.ts). Composed from undici parts and configuration, with no per-host
+ * code:
+ *  - an Agent with the upstream's connect/headers/body-idle timeouts, connection cap and TLS options;
+ *  - undici's redirect interceptor (bounded; it drops Authorization when a redirect leaves the origin, so a
+ *    blob GET redirected to a CDN never carries the upstream's credentials);
+ *  - auth: on a 401 the challenge is answered (token-auth.ts) and the request retried once;
+ *  - bounded retries with back-off for requests that failed before any response arrived;
+ *  - a health state (upstream-health.ts) that fails requests fast while the upstream is down;
+ *  - the latest `ratelimit-limit` / `ratelimit-remaining` values (Docker Hub sends them, HEAD included).
+ * Every undici body is consumed or discarded on every path. Requests only ever go to the configured origin
+ * (and wherever that origin itself redirects).
  */
+import { readFileSync } from "node:fs";
 import type { Readable } from "node:stream";
-import { Pool } from "undici";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Agent, interceptors, type Dispatcher } from "undici";
 import type { UpstreamConfig } from "../config/schema.ts";
+import { statusClass, type Metrics } from "../observability/metrics.ts";
 import { RegistryError, type ErrorCode } from "../oci/errors.ts";
 import { UPSTREAM_MANIFEST_ACCEPT } from "../oci/media-types.ts";
+import { UpstreamAuth } from "./token-auth.ts";
 import { discardBody, headerValue, upstreamFailure, upstreamStatusError } from "./upstream-errors.ts";
+import { UpstreamHealth } from "./upstream-health.ts";
+import { parseWwwAuthenticate } from "./www-authenticate.ts";
 
 export interface ManifestHead {
   digest: string | undefined;
@@ -24,31 +38,70 @@ export interface FetchedManifest {
   digest: string | undefined;
 }
 
+export interface RateLimit {
+  limit: number | undefined;
+  remaining: number | undefined;
+  updatedAt: number;
+}
+
 interface UpstreamResponse {
   statusCode: number;
   headers: Record<string, string | string[] | undefined>;
   body: Readable;
 }
 
+/** Transport failures worth retrying: nothing was received, so the request cannot have had an effect. */
+const RETRYABLE = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CONNECT_TIMEOUT"]);
+const RETRY_BASE_MS = 100;
+
 export class UpstreamClient {
   readonly config: UpstreamConfig;
   readonly name: string;
-  private readonly pool: Pool;
+  readonly health: UpstreamHealth;
+  readonly auth: UpstreamAuth;
+  /** Latest rate-limit headers seen from this upstream; undefined until one arrives. */
+  rateLimit: RateLimit | undefined;
+  private readonly origin: string;
+  private readonly agent: Agent;
+  private readonly dispatcher: Dispatcher;
+  private readonly metrics: Metrics | undefined;
 
-  constructor(config: UpstreamConfig) {
+  constructor(config: UpstreamConfig, opts: { now?: () => number; metrics?: Metrics } = {}) {
+    this.metrics = opts.metrics;
     this.config = config;
     this.name = config.name;
-    this.pool = new Pool(new URL(config.url).origin, {
+    this.origin = new URL(config.url).origin;
+    this.agent = new Agent({
       connections: config.maxConnections,
-      connect: { timeout: config.timeouts.connect },
+      connect: {
+        timeout: config.timeouts.connect,
+        ...(config.tls.caFile !== undefined ? { ca: readFileSync(config.tls.caFile, "utf8") } : {}),
+        rejectUnauthorized: !config.tls.insecure,
+      },
       headersTimeout: config.timeouts.headers,
       bodyTimeout: config.timeouts.bodyIdle,
       keepAliveTimeout: 30_000,
     });
+    this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: config.maxRedirects }));
+    this.health = new UpstreamHealth({
+      failureThreshold: config.health.failureThreshold,
+      initialBackoffMs: config.health.initialBackoff,
+      maxBackoffMs: config.health.maxBackoff,
+      now: opts.now,
+    });
+    this.auth = new UpstreamAuth({
+      upstream: config.name,
+      upstreamUrl: config.url,
+      authHosts: config.authHosts,
+      credentials: config.credentials,
+      dispatcher: this.dispatcher,
+      now: opts.now,
+      metrics: opts.metrics,
+    });
   }
 
   async headManifest(repo: string, reference: string): Promise<ManifestHead> {
-    const res = await this.send("HEAD", `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT });
+    const res = await this.send("HEAD", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT });
     await this.expectOk(res, "MANIFEST_UNKNOWN");
     discardBody(res.body);
     const length = headerValue(res.headers, "content-length");
@@ -60,9 +113,10 @@ export class UpstreamClient {
   }
 
   async getManifest(repo: string, reference: string, maxBytes: number): Promise<FetchedManifest> {
-    const res = await this.send("GET", `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT });
+    const res = await this.send("GET", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT });
     await this.expectOk(res, "MANIFEST_UNKNOWN");
     const bytes = await this.readCapped(res.body, maxBytes, "manifest");
+    this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "manifest" }, bytes.length);
     const mediaType = mediaTypeOf(res.headers);
     if (mediaType === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest without Content-Type`);
     return { bytes, mediaType, digest: headerValue(res.headers, "docker-content-digest") };
@@ -70,7 +124,7 @@ export class UpstreamClient {
 
   /** Confirms a blob exists upstream under `repo`; resolves to its size when the upstream says. */
   async headBlob(repo: string, digest: string): Promise<{ size: number | undefined }> {
-    const res = await this.send("HEAD", `/v2/${repo}/blobs/${digest}`, {});
+    const res = await this.send("HEAD", repo, `/v2/${repo}/blobs/${digest}`, {});
     await this.expectOk(res, "BLOB_UNKNOWN");
     discardBody(res.body);
     const length = headerValue(res.headers, "content-length");
@@ -79,7 +133,7 @@ export class UpstreamClient {
 
   /** Opens a blob download; the caller owns (and must consume or destroy) the body. */
   async getBlob(repo: string, digest: string, signal: AbortSignal): Promise<{ size: number | undefined; body: Readable }> {
-    const res = await this.send("GET", `/v2/${repo}/blobs/${digest}`, {}, signal);
+    const res = await this.send("GET", repo, `/v2/${repo}/blobs/${digest}`, {}, signal);
     await this.expectOk(res, "BLOB_UNKNOWN");
     const length = headerValue(res.headers, "content-length");
     return { size: length !== undefined ? Number(length) : undefined, body: res.body };
@@ -87,23 +141,84 @@ export class UpstreamClient {
 
   /** `GET /v2/<repo>/tags/list`, with the client's `n`/`last` query passed through. */
   async getTags(repo: string, query: string, maxBytes: number): Promise<{ body: Buffer; link: string | undefined }> {
-    const res = await this.send("GET", `/v2/${repo}/tags/list${query}`, { accept: "application/json" });
+    const res = await this.send("GET", repo, `/v2/${repo}/tags/list${query}`, { accept: "application/json" });
     await this.expectOk(res, "NAME_UNKNOWN");
     const body = await this.readCapped(res.body, maxBytes, "tag list");
+    this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "tags" }, body.length);
     return { body, link: headerValue(res.headers, "link") };
   }
 
   async close(): Promise<void> {
-    await this.pool.close();
+    await this.agent.close();
   }
 
-  private async send(method: "GET" | "HEAD", path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<UpstreamResponse> {
-    try {
-      const res = await this.pool.request({ method, path, headers: { "user-agent": "registry-mirror", ...headers }, signal });
-      return { statusCode: res.statusCode, headers: res.headers, body: res.body };
-    } catch (err) {
-      throw upstreamFailure(this.name, err);
+  /**
+   * Sends one request: fails fast while the upstream is marked down, retries transport failures that happened
+   * before any response, and answers one 401 challenge. Returns any response that arrived (callers map
+   * statuses); throws RegistryError for transport failures.
+   */
+  private async send(method: "GET" | "HEAD", repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<UpstreamResponse> {
+    if (this.config.offline) {
+      throw new RegistryError("UNAVAILABLE", `upstream ${this.name} is offline by configuration; only cached content is served`, { detail: { upstream: this.name, offline: true } });
     }
+    if (!this.health.allow()) {
+      throw new RegistryError("UNAVAILABLE", `upstream ${this.name} is marked down after repeated failures; next attempt in ${Math.ceil(this.health.retryInMs() / 1000)} s`, {
+        detail: { upstream: this.name },
+      });
+    }
+    const scope = `repository:${repo}:pull`;
+    let answeredChallenge = false;
+    for (let attempt = 0; ; attempt++) {
+      const authorization = this.auth.headerFor(scope);
+      let res: Dispatcher.ResponseData;
+      const started = performance.now();
+      try {
+        res = await this.dispatcher.request({
+          origin: this.origin,
+          path,
+          method,
+          headers: { "user-agent": "registry-mirror", ...headers, ...(authorization !== undefined ? { authorization } : {}) },
+          signal,
+        });
+      } catch (err) {
+        this.observe(method, undefined, started);
+        const code = (err as { code?: string }).code;
+        if (attempt < this.config.retries && code !== undefined && RETRYABLE.has(code) && !signal?.aborted) {
+          await sleep(RETRY_BASE_MS * 2 ** attempt * (0.5 + Math.random()));
+          continue;
+        }
+        this.health.failure();
+        throw upstreamFailure(this.name, err);
+      }
+      this.observe(method, res.statusCode, started);
+      this.recordRateLimit(res.headers);
+      if (res.statusCode === 401 && !answeredChallenge) {
+        answeredChallenge = true;
+        const challenge = parseWwwAuthenticate(res.headers["www-authenticate"]);
+        discardBody(res.body);
+        if (authorization !== undefined) this.auth.forget(scope);
+        this.health.success(); // it answered: auth trouble is not an outage
+        await this.auth.answer(challenge, scope);
+        attempt--; // the challenge round trip is not a retry
+        continue;
+      }
+      if (res.statusCode >= 500) this.health.failure();
+      else this.health.success();
+      return { statusCode: res.statusCode, headers: res.headers, body: res.body };
+    }
+  }
+
+  private observe(method: string, status: number | undefined, started: number): void {
+    if (!this.metrics) return;
+    const labels = { upstream: this.name, method, status_class: statusClass(status) };
+    this.metrics.upstreamRequests.inc(labels);
+    this.metrics.upstreamDuration.observe(labels, (performance.now() - started) / 1000);
+  }
+
+  private recordRateLimit(headers: Record<string, string | string[] | undefined>): void {
+    const limit = parseRateLimit(headerValue(headers, "ratelimit-limit"));
+    const remaining = parseRateLimit(headerValue(headers, "ratelimit-remaining"));
+    if (limit !== undefined || remaining !== undefined) this.rateLimit = { limit, remaining, updatedAt: Date.now() };
   }
 
   private async expectOk(res: UpstreamResponse, notFound: ErrorCode): Promise<void> {
@@ -128,6 +243,13 @@ export class UpstreamClient {
     }
     return Buffer.concat(chunks, size);
   }
+}
+
+/** `100;w=21600` → 100 (Docker Hub's format: the count, then the window). */
+function parseRateLimit(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number.parseInt(value, 10);
+  return Number.isFinite(n) && n >= 0 ? n : undefined;
 }
 
 function mediaTypeOf(headers: Record<string, string | string[] | undefined>): string | undefined {

@@ -1,0 +1,187 @@
+/**
+ * Answers upstream auth challenges (the Docker token flow, and Basic), as data-driven as the registries are:
+ * no per-host code. On a 401 the challenge says where to get a token; the realm's host must be the upstream's
+ * own or one listed in its `authHosts`, so an upstream cannot make the mirror send credentials anywhere else.
+ * Tokens are cached per scope until shortly before they expire, and concurrent requests needing the same token
+ * share one fetch. Credentials are re-read on every token fetch (Kubernetes rotates mounted secrets) and never
+ * appear in logs, errors or metrics.
+ */
+import { readFile } from "node:fs/promises";
+import { LRUCache } from "lru-cache";
+import type { Dispatcher } from "undici";
+import { RegistryError } from "../oci/errors.ts";
+import type { Metrics } from "../observability/metrics.ts";
+import { discardBody } from "./upstream-errors.ts";
+import type { Challenge } from "./www-authenticate.ts";
+
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+export interface CredentialsConfig {
+  username?: string | undefined;
+  usernameFile?: string | undefined;
+  password?: string | undefined;
+  passwordFile?: string | undefined;
+}
+
+/** Tokens are refreshed this long before the expiry the token server announced (or half the lifetime if shorter). */
+const EXPIRY_MARGIN_MS = 30_000;
+/** The token spec's default lifetime when `expires_in` is absent. */
+const DEFAULT_TOKEN_LIFETIME_S = 60;
+const TOKEN_BODY_CAP = 64 * 1024;
+
+export class UpstreamAuth {
+  private readonly upstream: string;
+  private readonly allowedRealmHosts: ReadonlySet<string>;
+  private readonly credentials: CredentialsConfig | undefined;
+  private readonly dispatcher: Dispatcher;
+  private readonly now: () => number;
+  private readonly headers: LRUCache<string, { value: string; expiresAt: number }>;
+  private readonly fetching = new Map<string, Promise<string>>();
+  /** Token requests sent so far (tests assert reuse). */
+  tokenRequests = 0;
+  private readonly metrics: Metrics | undefined;
+
+  constructor(opts: {
+    upstream: string;
+    upstreamUrl: string;
+    authHosts: readonly string[];
+    credentials: CredentialsConfig | undefined;
+    dispatcher: Dispatcher;
+    now?: () => number;
+    metrics?: Metrics | undefined;
+  }) {
+    this.metrics = opts.metrics;
+    this.upstream = opts.upstream;
+    this.allowedRealmHosts = new Set([new URL(opts.upstreamUrl).host, ...opts.authHosts].map((h) => h.toLowerCase()));
+    this.credentials = opts.credentials;
+    this.dispatcher = opts.dispatcher;
+    this.now = opts.now ?? Date.now;
+    this.headers = new LRUCache({ max: 10_000 });
+  }
+
+  /** The Authorization header already known for `scope`, if it is still valid. */
+  headerFor(scope: string): string | undefined {
+    const cached = this.headers.get(scope) ?? this.headers.get("*");
+    if (cached && cached.expiresAt > this.now()) return cached.value;
+    return undefined;
+  }
+
+  /**
+   * After a 401: obtains a fresh Authorization header for the challenge, or throws UNAUTHORIZED when nothing
+   * can satisfy it. Concurrent calls for the same scope share one token fetch.
+   */
+  async answer(challenge: Challenge | undefined, scope: string): Promise<string> {
+    if (challenge === undefined) throw new RegistryError("UNAUTHORIZED", `upstream ${this.upstream} requires authentication but sent no usable challenge`);
+    if (challenge.scheme === "basic") {
+      const creds = await this.readCredentials();
+      if (!creds) throw new RegistryError("UNAUTHORIZED", `upstream ${this.upstream} requires credentials, and none are configured`);
+      const value = basic(creds);
+      this.headers.set("*", { value, expiresAt: Number.MAX_SAFE_INTEGER });
+      return value;
+    }
+    const running = this.fetching.get(scope);
+    if (running) return running;
+    const promise = this.fetchToken(challenge, scope)
+      .then(
+        (header) => {
+          this.metrics?.tokenRequests.inc({ upstream: this.upstream, result: "ok" });
+          return header;
+        },
+        (err: unknown) => {
+          this.metrics?.tokenRequests.inc({ upstream: this.upstream, result: "error" });
+          throw err;
+        },
+      )
+      .finally(() => this.fetching.delete(scope));
+    this.fetching.set(scope, promise);
+    return promise;
+  }
+
+  /** Forgets what we sent for `scope` after the upstream refused it anyway. */
+  forget(scope: string): void {
+    this.headers.delete(scope);
+    this.headers.delete("*");
+  }
+
+  private async fetchToken(challenge: Challenge, scope: string): Promise<string> {
+    const realm = challenge.params.realm;
+    let url: URL;
+    try {
+      url = new URL(realm ?? "");
+    } catch {
+      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} sent a bearer challenge without a valid realm`);
+    }
+    if ((url.protocol !== "https:" && url.protocol !== "http:") || !this.allowedRealmHosts.has(url.host.toLowerCase())) {
+      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} points at token realm host ${url.host}, which is not allowed for it (list it in authHosts)`, {
+        detail: { upstream: this.upstream, realmHost: url.host },
+      });
+    }
+    if (challenge.params.service !== undefined) url.searchParams.set("service", challenge.params.service);
+    const wanted = challenge.params.scope ?? (scope === "" ? undefined : scope);
+    if (wanted !== undefined) url.searchParams.set("scope", wanted);
+    const creds = await this.readCredentials();
+    const requested = this.now();
+    this.tokenRequests++;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.dispatcher.request({
+        origin: url.origin,
+        path: `${url.pathname}${url.search}`,
+        method: "GET",
+        headers: { accept: "application/json", "user-agent": "registry-mirror", ...(creds ? { authorization: basic(creds) } : {}) },
+      });
+    } catch (err) {
+      throw new RegistryError("UNAVAILABLE", `token service of upstream ${this.upstream} is unavailable`, { detail: { upstream: this.upstream }, cause: err });
+    }
+    if (res.statusCode !== 200) {
+      discardBody(res.body);
+      const code = res.statusCode === 401 || res.statusCode === 403 ? "UNAUTHORIZED" : "UPSTREAM_ERROR";
+      throw new RegistryError(code, `token service of upstream ${this.upstream} answered ${res.statusCode}${creds ? " (check the configured credentials)" : ""}`, {
+        detail: { upstream: this.upstream, status: res.statusCode },
+      });
+    }
+    const body = await readCapped(res.body);
+    let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
+    try {
+      parsed = JSON.parse(body) as typeof parsed;
+    } catch {
+      throw new RegistryError("UPSTREAM_ERROR", `token service of upstream ${this.upstream} sent invalid JSON`);
+    }
+    const token = typeof parsed.token === "string" ? parsed.token : typeof parsed.access_token === "string" ? parsed.access_token : undefined;
+    if (!token) throw new RegistryError("UPSTREAM_ERROR", `token service of upstream ${this.upstream} sent no token`);
+    const lifetimeMs = (typeof parsed.expires_in === "number" && parsed.expires_in > 0 ? parsed.expires_in : DEFAULT_TOKEN_LIFETIME_S) * 1000;
+    const value = `Bearer ${token}`;
+    this.headers.set(scope, { value, expiresAt: requested + lifetimeMs - Math.min(EXPIRY_MARGIN_MS, lifetimeMs / 2) });
+    return value;
+  }
+
+  private async readCredentials(): Promise<Credentials | undefined> {
+    const c = this.credentials;
+    if (!c) return undefined;
+    const username = c.username ?? (c.usernameFile ? (await readFile(c.usernameFile, "utf8")).trim() : undefined);
+    const password = c.password ?? (c.passwordFile ? (await readFile(c.passwordFile, "utf8")).replace(/\r?\n$/, "") : undefined);
+    if (username === undefined || password === undefined) return undefined;
+    return { username, password };
+  }
+}
+
+function basic(c: Credentials): string {
+  return `Basic ${Buffer.from(`${c.username}:${c.password}`).toString("base64")}`;
+}
+
+async function readCapped(body: Dispatcher.ResponseData["body"]): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > TOKEN_BODY_CAP) {
+      discardBody(body);
+      throw new RegistryError("UPSTREAM_ERROR", "token response too large");
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}

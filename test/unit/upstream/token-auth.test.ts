@@ -1,0 +1,124 @@
+/** UpstreamAuth against a loopback token endpoint (its one collaborator); the real token flow is integration-tested. */
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Agent } from "undici";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { UpstreamAuth } from "../../../src/upstream/token-auth.ts";
+
+let server: Server;
+let base: string;
+const seen: IncomingMessage[] = [];
+let expiresIn: number | undefined = 300;
+let delayMs = 0;
+const agent = new Agent();
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    seen.push(req);
+    const auth = req.headers.authorization;
+    if (auth !== undefined && auth !== `Basic ${Buffer.from("alice:s3cret").toString("base64")}`) {
+      res.writeHead(401).end();
+      return;
+    }
+    setTimeout(() => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ token: `t${seen.length}`, ...(expiresIn !== undefined ? { expires_in: expiresIn } : {}) }));
+    }, delayMs);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+afterAll(async () => {
+  await agent.close();
+  await new Promise((r) => server.close(r));
+});
+
+function auth(opts: { credentials?: { username?: string; password?: string; passwordFile?: string }; now?: () => number; authHosts?: string[] } = {}) {
+  return new UpstreamAuth({
+    upstream: "up",
+    upstreamUrl: "https://registry.example",
+    authHosts: opts.authHosts ?? [new URL(base).host],
+    credentials: opts.credentials,
+    dispatcher: agent,
+    now: opts.now,
+  });
+}
+const challenge = (realm: string, scope = "repository:a/b:pull") => ({ scheme: "bearer" as const, params: { realm, service: "svc", scope } });
+
+describe("UpstreamAuth", () => {
+  it("fetches an anonymous token with service and scope, and caches it per scope", async () => {
+    seen.length = 0;
+    const a = auth();
+    const header = await a.answer(challenge(`${base}/token`), "repository:a/b:pull");
+    expect(header).toMatch(/^Bearer t\d+$/);
+    expect(seen[0]!.url).toBe("/token?service=svc&scope=repository%3Aa%2Fb%3Apull");
+    expect(seen[0]!.headers.authorization).toBeUndefined();
+    expect(a.headerFor("repository:a/b:pull")).toBe(header);
+    expect(a.headerFor("repository:other:pull")).toBeUndefined();
+  });
+
+  it("shares one token fetch among concurrent requests for the same scope", async () => {
+    seen.length = 0;
+    delayMs = 100;
+    const a = auth();
+    const headers = await Promise.all(Array.from({ length: 10 }, () => a.answer(challenge(`${base}/token`), "repository:x:pull")));
+    delayMs = 0;
+    expect(new Set(headers).size).toBe(1);
+    expect(seen).toHaveLength(1);
+    expect(a.tokenRequests).toBe(1);
+  });
+
+  it("sends configured credentials, read from a file at each fetch", async () => {
+    seen.length = 0;
+    const file = join(await mkdtemp(join(tmpdir(), "cred-")), "password");
+    await writeFile(file, "s3cret\n");
+    const a = auth({ credentials: { username: "alice", passwordFile: file } });
+    await a.answer(challenge(`${base}/token`), "repository:a/b:pull");
+    expect(seen[0]!.headers.authorization).toBe(`Basic ${Buffer.from("alice:s3cret").toString("base64")}`);
+    await writeFile(file, "wrong\n");
+    await expect(a.answer(challenge(`${base}/token`), "repository:c:pull")).rejects.toMatchObject({ code: "UNAUTHORIZED", message: expect.stringMatching(/check the configured credentials/) as string });
+  });
+
+  it("refreshes a token before it expires", async () => {
+    let now = 0;
+    expiresIn = 60;
+    const a = auth({ now: () => now });
+    await a.answer(challenge(`${base}/token`), "repository:a:pull");
+    now = 29_000;
+    expect(a.headerFor("repository:a:pull")).toBeDefined();
+    now = 30_001; // 60 s lifetime minus the 30 s margin
+    expect(a.headerFor("repository:a:pull")).toBeUndefined();
+    expiresIn = undefined; // the spec's default lifetime: 60 s
+    await a.answer(challenge(`${base}/token`), "repository:a:pull");
+    expect(a.headerFor("repository:a:pull")).toBeDefined();
+    expiresIn = 300;
+  });
+
+  it("refuses a realm on a host not allowed for the upstream, without contacting it", async () => {
+    seen.length = 0;
+    const a = auth({ authHosts: ["auth.docker.io"] });
+    await expect(a.answer(challenge(`${base}/token`), "s")).rejects.toMatchObject({ code: "UPSTREAM_ERROR", message: expect.stringMatching(/not allowed/) as string });
+    await expect(a.answer(challenge("file:///etc/passwd"), "s")).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
+    expect(seen).toHaveLength(0);
+  });
+
+  it("answers Basic challenges only with configured credentials", async () => {
+    await expect(auth().answer({ scheme: "basic", params: {} }, "s")).rejects.toMatchObject({ code: "UNAUTHORIZED" });
+    const a = auth({ credentials: { username: "u", password: "p" } });
+    expect(await a.answer({ scheme: "basic", params: {} }, "s")).toBe(`Basic ${Buffer.from("u:p").toString("base64")}`);
+    expect(a.headerFor("any-scope")).toBe(`Basic ${Buffer.from("u:p").toString("base64")}`);
+  });
+
+  it("never puts credentials in its errors", async () => {
+    const a = auth({ credentials: { username: "alice", password: "hunter2-secret" } });
+    try {
+      await a.answer(challenge(`${base}/token`), "s");
+      expect.unreachable();
+    } catch (err) {
+      expect(JSON.stringify({ m: (err as Error).message, d: (err as { detail?: unknown }).detail })).not.toMatch(/hunter2|alice/);
+    }
+  });
+});
