@@ -5,6 +5,7 @@
  * confirms it): knowing a digest is not enough to read it through another name.
  */
 import type { FileHandle } from "node:fs/promises";
+import { RegistryError } from "../oci/errors.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { BlobStore } from "./blob-store.ts";
 import type { Fill, FillCoordinator } from "./fill-coordinator.ts";
@@ -32,6 +33,15 @@ export class BlobCache {
 
   /** For GET: an open source of the blob's bytes. Throws BLOB_UNKNOWN (or the upstream's error) otherwise. */
   async open(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
+    return offlineAsUnknown(upstream, digest, () => this.openOnline(upstream, repo, digest));
+  }
+
+  /** For HEAD: the blob's size, from the store, a running fill, or an upstream HEAD (no download is started). */
+  async size(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined; source: "cached" | "fill" | "upstream" }> {
+    return offlineAsUnknown(upstream, digest, () => this.sizeOnline(upstream, repo, digest));
+  }
+
+  private async openOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
     let linked = await this.metadata.hasLink(upstream.name, repo, digest);
     for (let attempt = 0; attempt < 3; attempt++) {
       const cached = await this.store.open(digest);
@@ -68,8 +78,7 @@ export class BlobCache {
     throw new Error(`blob ${digest} was committed but could not be opened`);
   }
 
-  /** For HEAD: the blob's size, from the store, a running fill, or an upstream HEAD (no download is started). */
-  async size(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined; source: "cached" | "fill" | "upstream" }> {
+  private async sizeOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined; source: "cached" | "fill" | "upstream" }> {
     const linked = await this.metadata.hasLink(upstream.name, repo, digest);
     const size = await this.store.size(digest);
     if (size !== undefined) {
@@ -89,5 +98,17 @@ export class BlobCache {
   private async confirm(upstream: UpstreamClient, repo: string, digest: string): Promise<void> {
     await upstream.headBlob(repo, digest);
     await this.metadata.addLinks(upstream.name, repo, [digest]);
+  }
+}
+
+/** An upstream that is offline by configuration means "not cached" here: BLOB_UNKNOWN, not an outage. */
+async function offlineAsUnknown<T>(upstream: UpstreamClient, digest: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (upstream.config.offline && err instanceof RegistryError && err.code === "UNAVAILABLE") {
+      throw new RegistryError("BLOB_UNKNOWN", `blob ${digest} is not cached here, and upstream ${upstream.name} is offline`, { detail: { upstream: upstream.name, offline: true } });
+    }
+    throw err;
   }
 }

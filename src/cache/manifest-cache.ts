@@ -1,16 +1,22 @@
 /**
  * Read-through manifests. A digest reference is served from the store forever (content never changes); a tag is
  * a pointer trusted for the upstream's `tagTtl`, then revalidated with a HEAD (which Docker Hub does not count
- * against its rate limit) and refetched only when the digest changed. When revalidation fails and a pointer is
- * known, the last known manifest is served and marked stale. Concurrent misses for the same reference share one
- * upstream request.
+ * against its rate limit) and refetched only when the digest changed.
+ *
+ * When revalidation fails (upstream down, timing out, 5xx, 429, or offline by configuration) and a pointer is
+ * known, the last known manifest is served and marked stale. An upstream 404 is remembered for `negativeTtl`, so
+ * a storm of requests for a missing tag reaches the upstream once. Concurrent misses in this process share one
+ * upstream request, and replicas sharing a metadata store take a short lock per tag so that one of them asks the
+ * upstream per tag per TTL.
  */
 import { createHash } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { RegistryError } from "../oci/errors.ts";
 import { isSha256Digest, type ManifestReference } from "../oci/reference.ts";
+import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { ManifestStore, StoredManifest } from "./manifest-store.ts";
-import type { MetadataStore } from "./metadata-store.ts";
+import type { MetadataStore, TagPointer } from "./metadata-store.ts";
 
 /** How a manifest was obtained, for logs, metrics and the `X-Mirror-Cache` header. */
 export type ManifestSource = "hit" | "miss" | "revalidated" | "stale";
@@ -22,6 +28,10 @@ export interface ManifestResult {
 
 /** Upstream errors after which a known pointer is still served (the upstream is unwell, not the tag gone). */
 const STALE_OK = new Set(["UNAVAILABLE", "UPSTREAM_ERROR", "TOOMANYREQUESTS"]);
+/** How long a replica holds the revalidation lock of a tag, and how long others wait for its result. */
+const REVALIDATION_LOCK_MS = 10_000;
+const REVALIDATION_WAIT_MS = 2_000;
+const REVALIDATION_POLL_MS = 50;
 
 export class ManifestCache {
   private readonly manifests: ManifestStore;
@@ -29,8 +39,10 @@ export class ManifestCache {
   private readonly maxBytes: number;
   private readonly now: () => number;
   private readonly inflight = new Map<string, Promise<ManifestResult>>();
+  private readonly metrics: Metrics | undefined;
 
-  constructor(opts: { manifests: ManifestStore; metadata: MetadataStore; maxBytes: number; now?: () => number }) {
+  constructor(opts: { manifests: ManifestStore; metadata: MetadataStore; maxBytes: number; now?: () => number; metrics?: Metrics }) {
+    this.metrics = opts.metrics;
     this.manifests = opts.manifests;
     this.metadata = opts.metadata;
     this.maxBytes = opts.maxBytes;
@@ -41,14 +53,27 @@ export class ManifestCache {
     if (ref.kind === "digest") {
       const cached = await this.manifests.get(ref.digest);
       if (cached && (await this.confirmLink(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
-      return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () => this.fetch(upstream, repo, ref.digest, undefined));
+      await this.refuseKnownMissing(upstream, repo, ref.digest);
+      return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () => this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)));
     }
     const pointer = await this.metadata.getTag(upstream.name, repo, ref.tag);
-    if (pointer && this.now() - pointer.checkedAt < upstream.config.tagTtl) {
+    if (pointer && this.isFresh(upstream, pointer)) {
       const cached = await this.manifests.get(pointer.digest);
       if (cached) return { manifest: cached, source: "hit" };
     }
-    return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () => this.revalidate(upstream, repo, ref.tag));
+    await this.refuseKnownMissing(upstream, repo, ref.tag);
+    return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () => this.revalidateOnce(upstream, repo, ref.tag));
+  }
+
+  private isFresh(upstream: UpstreamClient, pointer: TagPointer): boolean {
+    return this.now() - pointer.checkedAt < upstream.config.tagTtl;
+  }
+
+  /** A recent upstream 404 for this reference answers at once, without asking again. */
+  private async refuseKnownMissing(upstream: UpstreamClient, repo: string, reference: string): Promise<void> {
+    if (await this.metadata.isMissing(upstream.name, repo, reference)) {
+      throw new RegistryError("MANIFEST_UNKNOWN", `upstream ${upstream.name} has no manifest ${reference} in ${repo} (remembered)`);
+    }
   }
 
   /** Is `digest` known to belong to `repo`? If not, ask the upstream once and remember a yes. */
@@ -59,14 +84,40 @@ export class ManifestCache {
       if (head.digest !== undefined && head.digest !== digest) return false;
     } catch (err) {
       if (err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN") throw err;
-      return false; // could not confirm: fetch path will report the upstream's state
+      return false; // could not confirm: the fetch path reports the upstream's state
     }
     await this.metadata.addLinks(upstream.name, repo, [digest]);
     return true;
   }
 
-  private async revalidate(upstream: UpstreamClient, repo: string, tag: string): Promise<ManifestResult> {
-    const pointer = await this.metadata.getTag(upstream.name, repo, tag);
+  /**
+   * Revalidates a tag, unless another replica holds its revalidation lock: then waits briefly for that replica's
+   * answer to land in the shared store and serves it.
+   */
+  private async revalidateOnce(upstream: UpstreamClient, repo: string, tag: string): Promise<ManifestResult> {
+    const lockName = `revalidate\u0000${upstream.name}\u0000${repo}\u0000${tag}`;
+    const before = await this.metadata.getTag(upstream.name, repo, tag);
+    const token = before && !upstream.config.offline ? await this.metadata.tryLock(lockName, REVALIDATION_LOCK_MS) : undefined;
+    if (before && !upstream.config.offline && token === undefined) {
+      const deadline = this.now() + REVALIDATION_WAIT_MS;
+      while (this.now() < deadline) {
+        await sleep(REVALIDATION_POLL_MS);
+        const pointer = await this.metadata.getTag(upstream.name, repo, tag);
+        if (pointer && pointer.checkedAt > before.checkedAt) {
+          const cached = await this.manifests.get(pointer.digest);
+          if (cached) return { manifest: cached, source: "hit" };
+        }
+      }
+      // The other replica is slow or gone: ask the upstream ourselves.
+    }
+    try {
+      return await this.guard(upstream, repo, tag, () => this.revalidate(upstream, repo, tag, before));
+    } finally {
+      if (token !== undefined) await this.metadata.unlock(lockName, token);
+    }
+  }
+
+  private async revalidate(upstream: UpstreamClient, repo: string, tag: string, pointer: TagPointer | undefined): Promise<ManifestResult> {
     try {
       const head = await upstream.headManifest(repo, tag);
       if (head.digest !== undefined && isSha256Digest(head.digest)) {
@@ -83,7 +134,29 @@ export class ManifestCache {
       if (pointer && err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN") await this.metadata.deleteTag(upstream.name, repo, tag);
       if (pointer && err instanceof RegistryError && STALE_OK.has(err.code)) {
         const cached = await this.manifests.get(pointer.digest);
-        if (cached) return { manifest: cached, source: "stale" };
+        if (cached) {
+          this.metrics?.staleServed.inc({ upstream: upstream.name, reason: err.code });
+          return { manifest: cached, source: "stale" };
+        }
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Upstream outcomes that need translating for the client: a 404 is remembered for `negativeTtl`; an upstream
+   * that is offline by configuration means "not cached", which the client should hear as MANIFEST_UNKNOWN at
+   * once rather than as an outage.
+   */
+  private async guard(upstream: UpstreamClient, repo: string, reference: string, work: () => Promise<ManifestResult>): Promise<ManifestResult> {
+    try {
+      return await work();
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN" && upstream.config.negativeTtl > 0) {
+        await this.metadata.putMissing(upstream.name, repo, reference, upstream.config.negativeTtl);
+      }
+      if (upstream.config.offline && err instanceof RegistryError && err.code === "UNAVAILABLE") {
+        throw new RegistryError("MANIFEST_UNKNOWN", `manifest ${reference} of ${repo} is not cached, and upstream ${upstream.name} is offline`, { detail: { upstream: upstream.name, offline: true } });
       }
       throw err;
     }
@@ -103,6 +176,7 @@ export class ManifestCache {
     await this.metadata.addLinks(upstream.name, repo, [digest, ...referencedDigests(fetched.bytes)]);
     if (tag !== undefined) {
       await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: this.now() });
+      await this.metadata.clearMissing(upstream.name, repo, tag);
     }
     return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
   }

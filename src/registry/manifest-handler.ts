@@ -29,6 +29,8 @@ export class ManifestHandler {
         "Docker-Content-Digest": manifest.digest,
         ETag: `"${manifest.digest}"`,
         "X-Mirror-Cache": source,
+        // RFC 7234's stale marker, for clients and proxies that know it; X-Mirror-Cache says the same to humans.
+        ...(source === "stale" ? { Warning: '110 - "Response is Stale"' } : {}),
       },
       body: req.method === "GET" ? manifest.bytes : undefined,
       cache: source,

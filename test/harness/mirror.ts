@@ -19,7 +19,8 @@ export interface TestMirror {
 }
 
 export interface TestMirrorOptions {
-  upstreams: Record<string, { url: string; default?: boolean; aliases?: string[]; tagTtl?: string | number; timeouts?: { connect?: string; headers?: string; bodyIdle?: string } }>;
+  /** Upstream configs as in the YAML file (validated by the real schema). */
+  upstreams: Record<string, { url: string; default?: boolean; aliases?: string[]; tagTtl?: string | number } & Record<string, unknown>>;
   /** Reuse a cache directory (e.g. to restart a mirror over the same cache); a fresh temp dir otherwise. */
   dataDir?: string;
   /** Any further config keys (limits, fill, ...). */

@@ -1,0 +1,159 @@
+/**
+ * Real upstreams demand auth: distribution with `auth: token` (tokens from the harness's token server, verified
+ * by the registry for real) and with `auth: htpasswd`; blob GETs redirected to another origin.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startBlobHost, type BlobHost } from "../harness/blob-host.ts";
+import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
+import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
+import { Teardown } from "../harness/processes.ts";
+import { startRegistry, type Registry } from "../harness/registry.ts";
+import { startRelay } from "../harness/relay.ts";
+import { startTokenServer, type TokenServer } from "../harness/token-server.ts";
+import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
+import { createHash } from "node:crypto";
+
+const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+const teardown = new Teardown();
+afterAll(() => teardown.run());
+const admin = { username: "admin", password: "admin-pw" };
+
+async function pullAll(m: TestMirror, repo: string, tag: string, image: BuiltImage): Promise<void> {
+  const manifest = await fetchRaw(`${m.url}/v2/${repo}/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+  expect(manifest.status, manifest.body.toString()).toBe(200);
+  expect(manifest.body.equals(image.manifest)).toBe(true);
+  for (const blob of image.blobs()) {
+    const res = await fetchRaw(`${m.url}/v2/${repo}/blobs/${blob.digest}`);
+    expect(res.status).toBe(200);
+    expect(sha256(res.body)).toBe(blob.digest);
+  }
+}
+
+describe("token auth (Docker token flow)", () => {
+  let tokens: TokenServer;
+  let registry: Registry;
+  const image = buildImage({ format: "oci", layers: [randomLayer(100_000), randomLayer(200_000), randomLayer(300_000)] });
+
+  beforeAll(async () => {
+    tokens = teardown.track(await startTokenServer({ users: { alice: "alice-pw", admin: admin.password }, admins: ["admin"] }));
+    registry = teardown.track(await startRegistry({ auth: { token: tokens } }));
+    await pushImage(registry.url, "team/private", "v1", image, admin);
+  });
+
+  it("pulls anonymously, with one token fetch reused for the manifest and every blob", async () => {
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host] } } }));
+    tokens.clearRequests();
+    await pullAll(m, "team/private", "v1", image);
+    expect(tokens.count({ authorization: "none", scope: "repository:team/private:pull" })).toBe(1);
+    expect(tokens.count()).toBe(1);
+    expect(m.mirror.metrics.registry.getSingleMetric("mirror_upstream_token_requests_total")).toBeDefined();
+  });
+
+  it("pulls with configured credentials, sent only to the token service", async () => {
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "alice-pw" } } },
+      }),
+    );
+    tokens.clearRequests();
+    await pullAll(m, "team/private", "v1", image);
+    expect(tokens.count({ authorization: "basic-ok", user: "alice" })).toBe(1);
+    expect(tokens.count({ authorization: "none" })).toBe(0);
+  });
+
+  it("refreshes a token that is about to expire", async () => {
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host] } } }));
+    tokens.setExpiresIn(2); // the mirror refreshes after half the lifetime when the lifetime is that short
+    try {
+      tokens.clearRequests();
+      const blob = image.layers[0]!;
+      expect((await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+      expect((await fetchRaw(`${m.url}/v2/team/private/blobs/${blob.digest}`)).status).toBe(200);
+      expect(tokens.count()).toBe(1);
+      await new Promise((r) => setTimeout(r, 1200));
+      expect((await fetchRaw(`${m.url}/v2/team/private/blobs/${image.layers[1]!.digest}`)).status).toBe(200);
+      expect(tokens.count()).toBe(2);
+    } finally {
+      tokens.setExpiresIn(300);
+    }
+  });
+
+  it("gives the client a clear UNAUTHORIZED for wrong credentials, not a 500", async () => {
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "wrong" } } },
+      }),
+    );
+    const res = await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(res.status).toBe(401);
+    expect(errorCode(res)).toBe("UNAUTHORIZED");
+    expect(res.body.toString()).not.toMatch(/wrong|alice/);
+  });
+
+  it("refuses a realm on a host not allowed for the upstream, without contacting it", async () => {
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true } } }));
+    tokens.clearRequests();
+    const res = await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(res.status).toBe(502);
+    expect(res.body.toString()).toMatch(/not allowed/);
+    expect(tokens.count()).toBe(0);
+  });
+});
+
+describe("Basic auth (htpasswd)", () => {
+  let registry: Registry;
+  const image = buildImage({ format: "docker", layers: [randomLayer(120_000, { format: "docker" })] });
+  beforeAll(async () => {
+    registry = teardown.track(await startRegistry({ auth: { htpasswd: { [admin.username]: admin.password, bob: "bob-pw" } } }));
+    await pushImage(registry.url, "team/basic", "v1", image, admin);
+  });
+
+  it("pulls with configured Basic credentials", async () => {
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, credentials: { username: "bob", password: "bob-pw" } } } }));
+    await pullAll(m, "team/basic", "v1", image);
+  });
+
+  it("answers UNAUTHORIZED without credentials and with wrong ones", async () => {
+    for (const credentials of [undefined, { username: "bob", password: "nope" }]) {
+      const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, ...(credentials ? { credentials } : {}) } } }));
+      const res = await fetchRaw(`${m.url}/v2/team/basic/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      expect(res.status).toBe(401);
+      expect(errorCode(res)).toBe("UNAUTHORIZED");
+    }
+  });
+});
+
+describe("redirects", () => {
+  let tokens: TokenServer;
+  let registry: Registry;
+  let blobHost: BlobHost;
+  const layer = randomLayer(1_500_000);
+  const image = buildImage({ format: "oci", layers: [layer] });
+
+  beforeAll(async () => {
+    tokens = teardown.track(await startTokenServer({ users: { admin: admin.password, carol: "carol-pw" }, admins: ["admin"] }));
+    registry = teardown.track(await startRegistry({ auth: { token: tokens } }));
+    await pushImage(registry.url, "team/cdn", "v1", image, admin);
+    blobHost = teardown.track(await startBlobHost(registry));
+  });
+
+  it("follows a 307 to another origin with the blob intact, and never sends it the upstream's Authorization", async () => {
+    const relay = teardown.track(await startRelay(registry.url));
+    relay.setFault({ kind: "redirectBlobs", to: blobHost });
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: relay.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "carol", password: "carol-pw" } } },
+      }),
+    );
+    await pullAll(m, "team/cdn", "v1", image);
+    // A range on a cold blob, through the redirect too.
+    const ranged = await fetchRaw(`${m.url}/v2/team/cdn/blobs/${image.config.digest}`, { headers: { range: "bytes=0-9" } });
+    expect(ranged.status).toBe(206);
+    expect(ranged.body.equals(image.config.bytes.subarray(0, 10))).toBe(true);
+    const blobGets = blobHost.requests.filter((r) => r.method === "GET");
+    expect(blobGets.length).toBeGreaterThanOrEqual(2);
+    for (const r of blobHost.requests) expect(r.authorization, r.path).toBeUndefined();
+    // The mirror did authenticate to the upstream itself.
+    expect(relay.requests.some((r) => r.authorization)).toBe(true);
+  });
+});
