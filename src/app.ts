@@ -5,14 +5,20 @@
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { Redis } from "ioredis";
 import Koa from "koa";
 import { pino, type Logger } from "pino";
+import { Registry } from "prom-client";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { BlobStore } from "./cache/blob-store.ts";
 import { FillCoordinator } from "./cache/fill-coordinator.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { ManifestStore } from "./cache/manifest-store.ts";
+import { FailoverMetadataStore } from "./cache/failover-metadata-store.ts";
 import { MemoryMetadataStore } from "./cache/memory-metadata-store.ts";
+import type { MetadataStore } from "./cache/metadata-store.ts";
+import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
 import type { Config } from "./config/schema.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
 import { requestContext, type RequestState } from "./http/request-context.ts";
@@ -21,6 +27,7 @@ import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
 import { UpstreamResolver } from "./registry/upstream-resolver.ts";
+import { Metrics } from "./observability/metrics.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
 
 export interface Mirror {
@@ -34,28 +41,54 @@ export interface Mirror {
   /** Fills still downloading (for shutdown and tests). */
   readonly fillsInFlight: number;
   readonly blobStore: BlobStore;
+  readonly metrics: Metrics;
+  /** The separate metrics listener's address, when `metrics.listen` is set (after `listen()`). */
+  readonly metricsAddress: AddressInfo | undefined;
 }
 
-export async function createMirror(config: Config, opts: { log?: Logger } = {}): Promise<Mirror> {
+export async function createMirror(config: Config, opts: { log?: Logger; processMetrics?: boolean } = {}): Promise<Mirror> {
   const log = opts.log ?? pino({ level: config.log.level });
+  const metrics = new Metrics(new Registry(), { processMetrics: opts.processMetrics });
   const blobStore = new BlobStore(config.storage.path);
   const { removedTempFiles } = await blobStore.init();
   if (removedTempFiles > 0) log.info({ removedTempFiles }, "removed unverified temp files left by a previous run");
   const manifestStore = new ManifestStore(blobStore);
   await manifestStore.init();
-  const metadata = new MemoryMetadataStore();
-  const fills = new FillCoordinator(blobStore, { timeoutMs: config.fill.timeout, log });
-  const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u));
+  const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
+  const fills = new FillCoordinator(blobStore, { timeoutMs: config.fill.timeout, log, metrics });
+  const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
+  for (const u of upstreams) {
+    if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
+    if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
+  }
+  metrics.onScrape(() => {
+    const state = describeState();
+    metrics.metadataStoreUp.set({ store: state.store }, state.degraded ? 0 : 1);
+    metrics.fillsInFlight.set(fills.inFlight);
+    metrics.fillReaders.set(fills.readers);
+    for (const u of upstreams) {
+      metrics.upstreamUp.set({ upstream: u.name }, u.health.state === "up" ? 1 : 0);
+      if (u.rateLimit?.limit !== undefined) metrics.rateLimitLimit.set({ upstream: u.name }, u.rateLimit.limit);
+      if (u.rateLimit?.remaining !== undefined) metrics.rateLimitRemaining.set({ upstream: u.name }, u.rateLimit.remaining);
+    }
+  });
 
   const resolver = new UpstreamResolver(upstreams);
-  const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes });
+  const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics });
   const blobCache = new BlobCache({ store: blobStore, fills, metadata });
 
   const app = new Koa<RequestState>();
-  app.use(requestContext(log));
+  app.use(requestContext(log, metrics));
   app.use(errorMiddleware());
   app.use(
     createRouter({
+      metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
+      readiness: [
+        () => {
+          const state = describeState();
+          return state.degraded ? { ready: true, reason: `metadata store degraded (serving from the embedded store): ${state.reason}` } : undefined;
+        },
+      ],
       resolver,
       manifests: new ManifestHandler(manifestCache),
       blobs: new BlobHandler(blobCache),
@@ -66,11 +99,16 @@ export async function createMirror(config: Config, opts: { log?: Logger } = {}):
   onAppError(app);
 
   let server: Server | undefined;
+  let metricsServer: Server | undefined;
   return {
     app,
     config,
     log,
     blobStore,
+    metrics,
+    get metricsAddress() {
+      return metricsServer?.address() as AddressInfo | undefined;
+    },
     get fillsInFlight() {
       return fills.inFlight;
     },
@@ -82,19 +120,86 @@ export async function createMirror(config: Config, opts: { log?: Logger } = {}):
         server!.listen(port, host, () => resolve());
       });
       const address = server.address() as AddressInfo;
+      if (config.metrics.enabled && config.metrics.listen !== undefined) {
+        metricsServer = await listenMetrics(metrics, config.metrics.listen);
+        log.info({ address: metricsServer.address() }, "metrics listening");
+      }
       log.info({ address: address.address, port: address.port, upstreams: upstreams.map((u) => u.name) }, "mirror listening");
       return address;
     },
     async close() {
       const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
       server?.closeIdleConnections();
+      metricsServer?.close();
+      metricsServer?.closeAllConnections();
       await fills.drain(config.shutdownGrace);
       server?.closeAllConnections();
       await closed;
       await Promise.all(upstreams.map((u) => u.close()));
-      await metadata.close();
+      await closeMetadata();
     },
   };
+}
+
+/**
+ * The embedded store (tag pointers and links journaled under `<storage>/metadata`, so a restarted node still
+ * serves its cache offline), or, with `redis.url`, Redis in front of that embedded store as a fallback that
+ * answers whenever Redis is down or slow.
+ */
+async function openMetadataStore(
+  config: Config,
+  log: Logger,
+): Promise<{ metadata: MetadataStore; describeState: () => { store: string; degraded: boolean; reason: string }; closeMetadata: () => Promise<void> }> {
+  const embedded = await MemoryMetadataStore.open({
+    dir: join(config.storage.path, "metadata"),
+    onError: (err) => log.error({ err: err.message }, "metadata journal write failed; the in-memory state is intact"),
+  });
+  const report = await embedded.loadReport();
+  if (report) log.info({ ...report }, "metadata journal loaded");
+  if (config.redis === undefined) {
+    return { metadata: embedded, describeState: () => ({ store: "embedded", degraded: false, reason: "" }), closeMetadata: () => embedded.close() };
+  }
+  // The client and the failover store are made in one tick: the store's listeners must exist before ioredis
+  // reports its first connection error.
+  const client = new Redis(config.redis.url, failFastRedisOptions({ commandTimeoutMs: config.redis.commandTimeout }));
+  const metadata = new FailoverMetadataStore({
+    primary: new RedisMetadataStore(client, { keyPrefix: config.redis.keyPrefix }),
+    fallback: embedded,
+    timeoutMs: config.redis.commandTimeout,
+  });
+  metadata.onStateChange(({ state, reason }) => {
+    if (state === "degraded") log.warn({ reason }, "Redis unavailable: answering from the embedded metadata store");
+    else log.info("Redis metadata store is back");
+  });
+  return {
+    metadata,
+    describeState: () => ({ store: "redis", degraded: metadata.state === "degraded", reason: metadata.reason }),
+    closeMetadata: async () => {
+      await metadata.close();
+      await embedded.close();
+      client.disconnect();
+    },
+  };
+}
+
+/** A bare HTTP server answering GET /metrics only, so metrics need not be exposed on the registry port. */
+async function listenMetrics(metrics: Metrics, listen: string): Promise<Server> {
+  const { host, port } = parseListen(listen);
+  const server = createServer((req, res) => {
+    if (req.method !== "GET" || req.url?.split("?")[0] !== "/metrics") {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
+      return;
+    }
+    metrics.render().then(
+      (text) => res.writeHead(200, { "content-type": metrics.registry.contentType }).end(text),
+      (err: unknown) => res.writeHead(500, { "content-type": "text/plain" }).end(`${(err as Error).message}\n`),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {

@@ -21,6 +21,7 @@ import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
+import type { Metrics } from "../observability/metrics.ts";
 import type { BlobStore } from "./blob-store.ts";
 
 export interface UpstreamBlob {
@@ -137,7 +138,7 @@ export class Fill {
   }
 
   /** @internal called by the coordinator; the whole download → verify → commit lifecycle. */
-  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger): Promise<void> {
+  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined): Promise<void> {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timeoutMs);
     timer.unref();
@@ -158,7 +159,7 @@ export class Fill {
       this.resolveReady();
 
       const hash = createHash("sha256");
-      await pipeline(upstream.body, this.sink(hash), { signal: abort.signal });
+      await pipeline(upstream.body, this.sink(hash, metrics), { signal: abort.signal });
       if (this.size !== undefined && this.written !== this.size) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent ${this.written} of ${this.size} bytes for ${this.digest}`);
       }
@@ -181,6 +182,7 @@ export class Fill {
       log.warn({ digest: this.digest, err: this.error.message, bytes: this.written }, "blob fill failed; nothing committed");
     } finally {
       clearTimeout(timer);
+      metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "committed" ? "committed" : "failed" });
       this.notify();
       this.release();
     }
@@ -193,7 +195,7 @@ export class Fill {
   }
 
   /** Hashes and writes each batch of chunks at the current end of the temp file, then wakes readers. */
-  private sink(hash: ReturnType<typeof createHash>): Writable {
+  private sink(hash: ReturnType<typeof createHash>, metrics: Metrics | undefined): Writable {
     const write = async (chunks: Buffer[]): Promise<void> => {
       let total = 0;
       for (const chunk of chunks) {
@@ -206,6 +208,7 @@ export class Fill {
       const { bytesWritten } = await this.handle!.writev(chunks, this.written);
       if (bytesWritten !== total) throw new Error(`short write to temp file (${bytesWritten} of ${total} bytes)`);
       this.written += total;
+      metrics?.upstreamFetchedBytes.inc({ upstream: this.origin.upstream, kind: "blob" }, total);
       this.notify();
     };
     return new Writable({
@@ -220,6 +223,8 @@ export class Fill {
 class FillReader extends Readable {
   private readonly fill: Fill;
   private position: number;
+  /** Bytes handed to the consumer so far (for the access log and metrics when a client leaves early). */
+  bytesRead = 0;
   private readonly end: number | undefined;
   private released = false;
 
@@ -257,6 +262,7 @@ class FillReader extends Readable {
         const chunk = await fill.readAt(this.position, Math.min(READ_CHUNK, limit - this.position));
         if (chunk.length === 0) throw new Error(`temp file of ${fill.digest} is shorter than recorded`);
         this.position += chunk.length;
+        this.bytesRead += chunk.length;
         return chunk;
       }
       await fill.changed();
@@ -280,8 +286,10 @@ export class FillCoordinator {
   /** In-flight fills, and committed ones for a short grace period (see `start`). */
   private readonly fills = new Map<string, Fill>();
   private readonly graceMs: number;
+  private readonly metrics: Metrics | undefined;
 
-  constructor(store: BlobStore, opts: { timeoutMs: number; log: Logger; committedGraceMs?: number }) {
+  constructor(store: BlobStore, opts: { timeoutMs: number; log: Logger; committedGraceMs?: number; metrics?: Metrics }) {
+    this.metrics = opts.metrics;
     this.store = store;
     this.timeoutMs = opts.timeoutMs;
     this.log = opts.log;
@@ -303,7 +311,7 @@ export class FillCoordinator {
     if (existing) return existing;
     const fill = new Fill(digest, origin);
     this.fills.set(digest, fill);
-    void fill.run(this.store, open, this.timeoutMs, this.log).finally(() => {
+    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics).finally(() => {
       if (fill.state === "failed") {
         if (this.fills.get(digest) === fill) this.fills.delete(digest);
         return;
@@ -316,6 +324,13 @@ export class FillCoordinator {
       timer.unref();
     });
     return fill;
+  }
+
+  /** Client responses reading from fills now. */
+  get readers(): number {
+    let n = 0;
+    for (const fill of this.fills.values()) n += fill.readers;
+    return n;
   }
 
   /** Fills still downloading. */

@@ -67,7 +67,13 @@ function finish(raw: unknown, problems: string[]): Config {
   for (const [name, upstream] of Object.entries(result.data.upstreams)) {
     const host = new URL(upstream.url).host;
     const preset = UPSTREAM_PRESETS.find((p) => p.hosts.includes(host))?.defaults;
-    upstreams[name] = { ...upstream, name, libraryPrefix: upstream.libraryPrefix ?? preset?.libraryPrefix ?? null };
+    upstreams[name] = {
+      ...upstream,
+      name,
+      libraryPrefix: upstream.libraryPrefix ?? preset?.libraryPrefix ?? null,
+      authHosts: upstream.authHosts ?? preset?.authHosts ?? [],
+      offline: upstream.offline || result.data.offline,
+    };
   }
   return deepFreeze({ ...result.data, upstreams });
 }

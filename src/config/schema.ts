@@ -41,6 +41,10 @@ export const upstreamSchema = z
     aliases: z.array(registryHost).default([]),
     /** How long a tag → digest pointer is trusted without asking the upstream. */
     tagTtl: duration.default(5 * 60_000),
+    /** How long an upstream 404 for a tag or manifest is remembered, so a storm of misses reaches it once. */
+    negativeTtl: duration.default(30_000),
+    /** Never contact this upstream: serve only what is cached (air-gapped mode). */
+    offline: z.boolean().default(false),
     /**
      * Prefix for single-component names (`alpine` → `library/alpine`), as Docker Hub needs. When absent it comes
      * from the preset for the upstream's host (see UPSTREAM_PRESETS), otherwise none.
@@ -57,8 +61,52 @@ export const upstreamSchema = z
       })
       .strict()
       .prefault({}),
-    /** Cap on concurrent connections to this upstream. */
+    /** Cap on concurrent connections to this upstream (per origin it talks to). */
     maxConnections: z.number().int().positive().default(32),
+    /**
+     * Credentials for the upstream's token service or Basic auth. Each value may come from the file (or
+     * `MIRROR_UPSTREAMS__<NAME>__CREDENTIALS__PASSWORD`), or from a file path (Kubernetes secrets), re-read on
+     * every token fetch so rotated secrets take effect. Never logged.
+     */
+    credentials: z
+      .object({
+        username: z.string().min(1).optional(),
+        usernameFile: z.string().min(1).optional(),
+        password: z.string().optional(),
+        passwordFile: z.string().min(1).optional(),
+      })
+      .strict()
+      .refine((c) => (c.username === undefined) !== (c.usernameFile === undefined), "set exactly one of username, usernameFile")
+      .refine((c) => (c.password === undefined) !== (c.passwordFile === undefined), "set exactly one of password, passwordFile")
+      .optional(),
+    /**
+     * Hosts besides the upstream's own that its token realm may name (Docker Hub: auth.docker.io, from the
+     * preset). A challenge naming any other host is refused: credentials never go anywhere unlisted.
+     */
+    authHosts: z.array(registryHost).optional(),
+    /** Retries, with back-off, of a request that failed before any response (connection refused or reset). */
+    retries: z.number().int().min(0).max(10).default(2),
+    /** Redirects followed per request (blob GETs are redirected to CDNs); Authorization never crosses hosts. */
+    maxRedirects: z.number().int().min(0).max(20).default(5),
+    health: z
+      .object({
+        /** Consecutive failures (transport errors, 5xx) after which the upstream is treated as down. */
+        failureThreshold: z.number().int().positive().default(3),
+        /** First down period; doubled after each failed probe, up to `maxBackoff`. */
+        initialBackoff: duration.default(5_000),
+        maxBackoff: duration.default(5 * 60_000),
+      })
+      .strict()
+      .prefault({}),
+    tls: z
+      .object({
+        /** PEM bundle of CAs to trust for this upstream (private registries), instead of the system's. */
+        caFile: z.string().min(1).optional(),
+        /** Skip certificate verification. Only for registries you control; logged as a warning at start. */
+        insecure: z.boolean().default(false),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 
@@ -74,7 +122,16 @@ export const configSchema = z
       .strict()
       .prefault({}),
     /** Shared metadata store for several replicas; absent means the embedded in-process store. */
-    redis: z.object({ url: z.string().regex(/^rediss?:\/\//, "expected redis:// or rediss:// URL") }).strict().optional(),
+    redis: z
+      .object({
+        url: z.string().regex(/^rediss?:\/\//, "expected redis:// or rediss:// URL"),
+        /** Prefix of every key, so several mirrors (or other users) can share one Redis. */
+        keyPrefix: z.string().default("mirror:"),
+        /** A Redis call slower than this is answered from the embedded store instead (degraded mode). */
+        commandTimeout: duration.default(500),
+      })
+      .strict()
+      .optional(),
     log: z
       .object({ level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info") })
       .strict()
@@ -95,6 +152,17 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Never contact any upstream: serve only what is cached (air-gapped mode); overrides every upstream's `offline`. */
+    offline: z.boolean().default(false),
+    metrics: z
+      .object({
+        /** Serve `/metrics` at all. */
+        enabled: z.boolean().default(true),
+        /** A separate address for `/metrics` (e.g. 127.0.0.1:9090) so it is not exposed with the registry port. */
+        listen: listenAddress.optional(),
+      })
+      .strict()
+      .prefault({}),
     /** How long a graceful shutdown waits for in-flight fills and responses. */
     shutdownGrace: duration.default(25_000),
     upstreams: z.record(registryHost, upstreamSchema).default({
@@ -103,8 +171,14 @@ export const configSchema = z
         default: true,
         aliases: ["registry-1.docker.io", "index.docker.io"],
         tagTtl: 5 * 60_000,
+        negativeTtl: 30_000,
+        offline: false,
         timeouts: { connect: 10_000, headers: 30_000, bodyIdle: 60_000 },
         maxConnections: 32,
+        retries: 2,
+        maxRedirects: 5,
+        health: { failureThreshold: 3, initialBackoff: 5_000, maxBackoff: 5 * 60_000 },
+        tls: { insecure: false },
       },
     }),
   })
@@ -136,11 +210,15 @@ export function crossUpstreamProblems(rawUpstreams: unknown): string[] {
  * Per-host defaults, as data: the quirks of well-known registries are configuration, not code branches.
  * Applied to an upstream whose url host is listed, for the keys it does not set itself.
  */
-export const UPSTREAM_PRESETS: ReadonlyArray<{ hosts: readonly string[]; defaults: { libraryPrefix: string | null } }> = [
-  { hosts: ["registry-1.docker.io", "index.docker.io", "docker.io"], defaults: { libraryPrefix: "library" } },
+export const UPSTREAM_PRESETS: ReadonlyArray<{ hosts: readonly string[]; defaults: { libraryPrefix: string | null; authHosts: readonly string[] } }> = [
+  { hosts: ["registry-1.docker.io", "index.docker.io", "docker.io"], defaults: { libraryPrefix: "library", authHosts: ["auth.docker.io"] } },
 ];
 
 export type ConfigInput = z.input<typeof configSchema>;
 type ParsedConfig = z.output<typeof configSchema>;
-export type UpstreamConfig = Omit<ParsedConfig["upstreams"][string], "libraryPrefix"> & { name: string; libraryPrefix: string | null };
+export type UpstreamConfig = Omit<ParsedConfig["upstreams"][string], "libraryPrefix" | "authHosts"> & {
+  name: string;
+  libraryPrefix: string | null;
+  authHosts: readonly string[];
+};
 export type Config = Omit<ParsedConfig, "upstreams"> & { upstreams: Readonly<Record<string, UpstreamConfig>> };

@@ -5,18 +5,23 @@
 import { randomUUID } from "node:crypto";
 import type Koa from "koa";
 import type { Logger } from "pino";
+import { statusClass, type CacheResult, type Metrics, type RequestKind } from "../observability/metrics.ts";
 
 export interface RequestState {
   log: Logger;
   requestId: string;
-  /** Set by the handler: which upstream served the request and how (hit, miss, coalesced, ...). */
+  /** Set by the router: which endpoint, which upstream served it and how (hit, miss, coalesced, ...). */
+  kind?: RequestKind;
   upstream?: string;
-  cache?: string;
+  cache?: CacheResult;
 }
+
+/** Results whose bytes did not need an upstream transfer for this request. */
+const FROM_CACHE: ReadonlySet<string> = new Set(["hit", "coalesced", "revalidated", "stale"]);
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 
-export function requestContext(log: Logger): Koa.Middleware<RequestState> {
+export function requestContext(log: Logger, metrics: Metrics): Koa.Middleware<RequestState> {
   return async (ctx, next) => {
     const started = process.hrtime.bigint();
     const incoming = ctx.get("x-request-id");
@@ -27,21 +32,39 @@ export function requestContext(log: Logger): Koa.Middleware<RequestState> {
     ctx.set("Docker-Distribution-API-Version", "registry/2.0");
     ctx.res.once("close", () => {
       const status = ctx.status;
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const bytes = sentBytes(ctx);
+      const kind = ctx.state.kind ?? "other";
+      const result = ctx.state.cache ?? "none";
+      const upstream = ctx.state.upstream ?? "none";
+      metrics.requests.inc({ upstream, kind, result, status_class: statusClass(status) });
+      metrics.requestDuration.observe({ kind, result }, seconds);
+      if (bytes > 0 && status < 300) metrics.sentBytes.inc({ upstream, kind, source: FROM_CACHE.has(result) ? "cache" : "upstream" }, bytes);
       const line = {
         method: ctx.method,
         path: ctx.path,
         ns: ctx.query.ns,
         status,
-        length: ctx.response.length,
+        bytes,
         completed: ctx.res.writableFinished,
-        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        ms: Math.round(seconds * 1e6) / 1e3,
         upstream: ctx.state.upstream,
         cache: ctx.state.cache,
       };
       if (status >= 500) ctx.state.log.error(line, "request");
-      else if (status >= 400) ctx.state.log.info(line, "request");
       else ctx.state.log.info(line, "request");
     });
     await next();
   };
+}
+
+/**
+ * Body bytes that reached the client: the whole length when the response finished, otherwise what the body
+ * stream handed over before the client left (fs streams and fill readers both count `bytesRead`).
+ */
+function sentBytes(ctx: Koa.ParameterizedContext<RequestState>): number {
+  if (ctx.method === "HEAD") return 0;
+  if (ctx.res.writableFinished) return ctx.response.length ?? 0;
+  const body = ctx.body as { bytesRead?: unknown } | null | undefined;
+  return typeof body?.bytesRead === "number" ? body.bytesRead : 0;
 }

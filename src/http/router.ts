@@ -12,12 +12,17 @@ import { RegistryError } from "../oci/errors.ts";
 import type { BlobHandler } from "../registry/blob-handler.ts";
 import type { ManifestHandler } from "../registry/manifest-handler.ts";
 import type { RegistryResponse } from "../registry/response.ts";
+import type { Metrics } from "../observability/metrics.ts";
 import type { TagsHandler } from "../registry/tags-handler.ts";
 import type { UpstreamResolver } from "../registry/upstream-resolver.ts";
 import { parseDistributionRequest } from "./distribution-request.ts";
 import type { RequestState } from "./request-context.ts";
 
 export interface RouterDeps {
+  /** Serves GET /metrics on the registry port (false when metrics have their own listener). */
+  metrics: Metrics | undefined;
+  /** Extra readiness checks (e.g. the metadata store); each returns a problem, or undefined when fine. */
+  readiness: Array<() => { ready: boolean; reason: string } | undefined>;
   resolver: UpstreamResolver;
   manifests: ManifestHandler;
   blobs: BlobHandler;
@@ -40,14 +45,28 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     ctx.body = { status: "ok" };
   });
   router.get("/readyz", async (ctx) => {
+    const problems: Array<{ ready: boolean; reason: string }> = [];
     try {
       await access(deps.storagePath, constants.W_OK);
-      ctx.body = { status: "ready" };
     } catch (err) {
-      ctx.status = 503;
-      ctx.body = { status: "unready", reason: `cache directory not writable: ${(err as Error).message}` };
+      problems.push({ ready: false, reason: `cache directory not writable: ${(err as Error).message}` });
     }
+    for (const check of deps.readiness) {
+      const problem = check();
+      if (problem) problems.push(problem);
+    }
+    const ready = problems.every((p) => p.ready);
+    ctx.status = ready ? 200 : 503;
+    // Degraded-but-serving (e.g. Redis down, answering from the embedded store) stays ready, with the reason.
+    ctx.body = { status: !ready ? "unready" : problems.length > 0 ? "degraded" : "ready", reasons: problems.map((p) => p.reason) };
   });
+  if (deps.metrics) {
+    const metrics = deps.metrics;
+    router.get("/metrics", async (ctx) => {
+      ctx.type = metrics.registry.contentType;
+      ctx.body = await metrics.render();
+    });
+  }
 
   const routes = router.routes() as unknown as Koa.Middleware<RequestState>;
   return async (ctx, next) => {
@@ -62,6 +81,7 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
       if (ctx.body === undefined && ctx.status === 404) throw new RegistryError("UNSUPPORTED", `no such endpoint: ${ctx.path.slice(0, 200)}`, { status: 404 });
       return;
     }
+    ctx.state.kind = request.kind;
     const target = deps.resolver.resolve(request.name, request.ns);
     ctx.state.upstream = target.upstream.name;
     let response: RegistryResponse;

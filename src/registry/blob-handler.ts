@@ -2,6 +2,7 @@
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
 import { RegistryError } from "../oci/errors.ts";
+import type { CacheResult } from "../observability/metrics.ts";
 import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";
 import type { RegistryResponse } from "./response.ts";
 import type { ResolvedRepository } from "./upstream-resolver.ts";
@@ -19,13 +20,14 @@ export class BlobHandler {
     const { upstream, repo } = req.target;
     if (req.method === "HEAD") {
       const { size, source } = await this.cache.size(upstream, repo, req.digest);
-      const headers = baseHeaders(req.digest, source === "cached" ? "hit" : "miss");
+      const cache: CacheResult = source === "cached" ? "hit" : "miss";
+      const headers = baseHeaders(req.digest, cache);
       if (size !== undefined) headers["Content-Length"] = String(size);
-      return { status: 200, headers, cache: headers["X-Mirror-Cache"], upstream: upstream.name };
+      return { status: 200, headers, cache, upstream: upstream.name };
     }
 
     const source = await this.cache.open(upstream, repo, req.digest);
-    const cacheResult = source.kind === "cached" ? "hit" : source.kind === "fill" && source.joined ? "coalesced" : "miss";
+    const cacheResult: CacheResult = source.kind === "cached" ? "hit" : source.kind === "fill" && source.joined ? "coalesced" : "miss";
     const size = source.kind === "cached" ? source.size : source.kind === "fill" ? source.fill.size : undefined;
     const headers = baseHeaders(req.digest, cacheResult);
     let start = 0;

@@ -1,0 +1,112 @@
+/**
+ * Every Prometheus metric the mirror exports, defined here and nowhere else, on a registry passed in (no
+ * module-level singletons: several mirrors can run in one process). Names carry the `mirror_` prefix and a unit
+ * suffix; labels are low-cardinality only (upstream name, kind, result, status class), never a repository name
+ * or a digest.
+ *
+ * Bandwidth saved, as PromQL:
+ *   sum(rate(mirror_sent_bytes_total{source="cache"}[5m]))                       bytes served without upstream traffic
+ *   sum(rate(mirror_sent_bytes_total{source="cache"}[5m])) / sum(rate(mirror_sent_bytes_total[5m]))   as a ratio
+ */
+import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
+
+export type RequestKind = "manifest" | "blob" | "tags" | "other";
+/** How a request was answered: from cache (hit), by fetching (miss), by joining a running fill (coalesced),
+ * after a HEAD confirmed the cached pointer (revalidated), from a pointer the upstream could not confirm (stale),
+ * or with an error / nothing cache-related (none). */
+export type CacheResult = "hit" | "miss" | "coalesced" | "revalidated" | "stale" | "none";
+
+export class Metrics {
+  readonly registry: Registry;
+  readonly requests: Counter<"upstream" | "kind" | "result" | "status_class">;
+  readonly requestDuration: Histogram<"kind" | "result">;
+  readonly sentBytes: Counter<"upstream" | "kind" | "source">;
+  readonly upstreamFetchedBytes: Counter<"upstream" | "kind">;
+  readonly upstreamRequests: Counter<"upstream" | "method" | "status_class">;
+  readonly upstreamDuration: Histogram<"upstream" | "method" | "status_class">;
+  readonly upstreamUp: Gauge<"upstream">;
+  readonly rateLimitLimit: Gauge<"upstream">;
+  readonly rateLimitRemaining: Gauge<"upstream">;
+  readonly tokenRequests: Counter<"upstream" | "result">;
+  readonly fillsInFlight: Gauge;
+  readonly fillReaders: Gauge;
+  readonly fills: Counter<"upstream" | "result">;
+  readonly staleServed: Counter<"upstream" | "reason">;
+  readonly metadataStoreUp: Gauge<"store">;
+
+  constructor(registry: Registry, opts: { processMetrics?: boolean } = {}) {
+    this.registry = registry;
+    const registers = [registry];
+    this.requests = new Counter({
+      name: "mirror_requests_total",
+      help: "Registry API requests answered, by upstream, kind (manifest, blob, tags), cache result and status class.",
+      labelNames: ["upstream", "kind", "result", "status_class"],
+      registers,
+    });
+    this.requestDuration = new Histogram({
+      name: "mirror_request_duration_seconds",
+      help: "Time to answer a registry API request, from arrival to the last byte sent.",
+      labelNames: ["kind", "result"],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers,
+    });
+    this.sentBytes = new Counter({
+      name: "mirror_sent_bytes_total",
+      help: "Body bytes sent to clients, by source: cache (no upstream transfer needed) or upstream (a client reading the download it caused).",
+      labelNames: ["upstream", "kind", "source"],
+      registers,
+    });
+    this.upstreamFetchedBytes = new Counter({
+      name: "mirror_upstream_fetched_bytes_total",
+      help: "Body bytes received from each upstream.",
+      labelNames: ["upstream", "kind"],
+      registers,
+    });
+    this.upstreamRequests = new Counter({
+      name: "mirror_upstream_requests_total",
+      help: "Requests sent to each upstream, by method and status class (error = no response).",
+      labelNames: ["upstream", "method", "status_class"],
+      registers,
+    });
+    this.upstreamDuration = new Histogram({
+      name: "mirror_upstream_request_duration_seconds",
+      help: "Time from sending a request to an upstream to its response headers.",
+      labelNames: ["upstream", "method", "status_class"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.upstreamUp = new Gauge({ name: "mirror_upstream_up", help: "1 while the upstream is considered healthy, 0 while it is marked down.", labelNames: ["upstream"], registers });
+    this.rateLimitLimit = new Gauge({ name: "mirror_upstream_ratelimit_limit", help: "Latest ratelimit-limit header from the upstream (pulls per window).", labelNames: ["upstream"], registers });
+    this.rateLimitRemaining = new Gauge({ name: "mirror_upstream_ratelimit_remaining", help: "Latest ratelimit-remaining header from the upstream.", labelNames: ["upstream"], registers });
+    this.tokenRequests = new Counter({ name: "mirror_upstream_token_requests_total", help: "Token requests sent to upstream token services.", labelNames: ["upstream", "result"], registers });
+    this.fillsInFlight = new Gauge({ name: "mirror_fills_in_flight", help: "Blob downloads from upstreams in progress.", registers });
+    this.fillReaders = new Gauge({ name: "mirror_fill_readers", help: "Client responses currently reading from in-progress downloads.", registers });
+    this.fills = new Counter({ name: "mirror_fills_total", help: "Blob downloads ended, by result (committed or failed).", labelNames: ["upstream", "result"], registers });
+    this.staleServed = new Counter({
+      name: "mirror_stale_served_total",
+      help: "Tags answered from a pointer the upstream could not confirm, by reason (the upstream error code).",
+      labelNames: ["upstream", "reason"],
+      registers,
+    });
+    this.metadataStoreUp = new Gauge({ name: "mirror_metadata_store_up", help: "1 while the metadata store answers, 0 while degraded (answering from the embedded fallback).", labelNames: ["store"], registers });
+    if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry });
+  }
+
+  private readonly collectors: Array<() => void> = [];
+
+  /** Registers a function that sets gauges from live state just before each scrape. */
+  onScrape(collect: () => void): void {
+    this.collectors.push(collect);
+  }
+
+  /** The exposition text, after refreshing scrape-time gauges. */
+  async render(): Promise<string> {
+    for (const collect of this.collectors) collect();
+    return this.registry.metrics();
+  }
+}
+
+/** `200` → `2xx`; undefined (no response) → `error`. */
+export function statusClass(status: number | undefined): string {
+  return status === undefined ? "error" : `${Math.floor(status / 100)}xx`;
+}
