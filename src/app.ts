@@ -5,6 +5,7 @@
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import Koa from "koa";
@@ -20,9 +21,11 @@ import { MemoryMetadataStore } from "./cache/memory-metadata-store.ts";
 import type { MetadataStore } from "./cache/metadata-store.ts";
 import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
 import type { Config } from "./config/schema.ts";
+import { adminRouter } from "./http/admin-router.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
 import { requestContext, type RequestState } from "./http/request-context.ts";
 import { createRouter } from "./http/router.ts";
+import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
@@ -80,6 +83,9 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   const app = new Koa<RequestState>();
   app.use(requestContext(log, metrics));
   app.use(errorMiddleware());
+  const adminToken = config.admin.token ?? (config.admin.tokenFile !== undefined ? (await readFile(config.admin.tokenFile, "utf8")).trim() : undefined);
+  if (adminToken !== undefined && adminToken.length < 16) throw new Error("admin.tokenFile holds a token shorter than 16 characters");
+  if (adminToken !== undefined) app.use(adminRouter(new AdminHandler({ upstreams, manifests: manifestCache }), adminToken));
   app.use(
     createRouter({
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,

@@ -60,9 +60,33 @@ export class ManifestCache {
     if (pointer && this.isFresh(upstream, pointer)) {
       const cached = await this.manifests.get(pointer.digest);
       if (cached) return { manifest: cached, source: "hit" };
+      // Fresh in a shared store (another replica confirmed it) but not on this node's disk: fetch the bytes by
+      // digest. The tag itself needs no revalidation.
+      const byDigest = await this.get(upstream, repo, { kind: "digest", digest: pointer.digest }).catch(() => undefined);
+      if (byDigest) return byDigest;
     }
     await this.refuseKnownMissing(upstream, repo, ref.tag);
     return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () => this.revalidateOnce(upstream, repo, ref.tag));
+  }
+
+  /**
+   * Forgets what is known about a tag (or a whole repository): the next pull asks the upstream. Content stays in
+   * the store until eviction; it is simply no longer reachable through the purged names without the upstream.
+   */
+  async purge(upstream: UpstreamClient, repo: string, tag: string | undefined): Promise<void> {
+    if (tag === undefined) {
+      await this.metadata.deleteRepository(upstream.name, repo);
+      return;
+    }
+    await this.metadata.deleteTag(upstream.name, repo, tag);
+    await this.metadata.clearMissing(upstream.name, repo, tag);
+  }
+
+  /** Revalidates a tag now, whatever its TTL, and returns what it points at. */
+  async refresh(upstream: UpstreamClient, repo: string, tag: string): Promise<ManifestResult> {
+    await this.metadata.clearMissing(upstream.name, repo, tag);
+    const pointer = await this.metadata.getTag(upstream.name, repo, tag);
+    return this.shared(`${upstream.name}\u0000${repo}\u0000${tag}`, () => this.guard(upstream, repo, tag, () => this.revalidate(upstream, repo, tag, pointer)));
   }
 
   private isFresh(upstream: UpstreamClient, pointer: TagPointer): boolean {

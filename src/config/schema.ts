@@ -154,6 +154,16 @@ export const configSchema = z
       .prefault({}),
     /** Never contact any upstream: serve only what is cached (air-gapped mode); overrides every upstream's `offline`. */
     offline: z.boolean().default(false),
+    /** The admin API under /admin/v1/ (purge, refresh). Off unless a token is configured. */
+    admin: z
+      .object({
+        token: z.string().min(16, "admin token must be at least 16 characters").optional(),
+        /** File holding the token (Kubernetes secret); read at start. */
+        tokenFile: z.string().min(1).optional(),
+      })
+      .strict()
+      .refine((a) => a.token === undefined || a.tokenFile === undefined, "set token or tokenFile, not both")
+      .prefault({}),
     metrics: z
       .object({
         /** Serve `/metrics` at all. */
