@@ -18,7 +18,10 @@ export function adminRouter(handler: AdminHandler, token: string): Koa.Middlewar
     "POST /admin/v1/refresh": (body) => handler.refresh(body),
   };
   return async (ctx, next) => {
-    if (!ctx.path.startsWith("/admin/")) return next();
+    if (!ctx.path.startsWith("/admin/")) {
+      await next();
+      return;
+    }
     const presented = /^Bearer (.+)$/.exec(ctx.get("authorization"))?.[1] ?? "";
     if (!timingSafeEqual(createHash("sha256").update(presented).digest(), expected)) {
       throw new RegistryError("UNAUTHORIZED", "admin API requires the configured admin token", { headers: { "WWW-Authenticate": 'Bearer realm="registry-mirror-admin"' } });
