@@ -14,6 +14,8 @@ import { Registry } from "prom-client";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { BlobStore } from "./cache/blob-store.ts";
 import { FillCoordinator } from "./cache/fill-coordinator.ts";
+import { Janitor } from "./cache/janitor.ts";
+import { parsePin, type Pin } from "./config/pins.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { ManifestStore } from "./cache/manifest-store.ts";
 import { FailoverMetadataStore } from "./cache/failover-metadata-store.ts";
@@ -53,12 +55,31 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   const log = opts.log ?? pino({ level: config.log.level });
   const metrics = new Metrics(new Registry(), { processMetrics: opts.processMetrics });
   const blobStore = new BlobStore(config.storage.path);
-  const { removedTempFiles } = await blobStore.init();
-  if (removedTempFiles > 0) log.info({ removedTempFiles }, "removed unverified temp files left by a previous run");
+  const scan = await blobStore.init();
+  log.info({ ...scan }, "cache index rebuilt");
+  if (scan.removedTempFiles > 0) log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
   const manifestStore = new ManifestStore(blobStore);
   await manifestStore.init();
   const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
-  const fills = new FillCoordinator(blobStore, { timeoutMs: config.fill.timeout, log, metrics });
+  const upstreamNames = Object.keys(config.upstreams);
+  const janitor: Janitor = new Janitor({
+    store: blobStore,
+    manifests: manifestStore,
+    metadata,
+    budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
+    pins: config.storage.pinned.map((p) => parsePin(p, upstreamNames) as Pin),
+    log,
+    metrics,
+  });
+  const fills = new FillCoordinator(blobStore, {
+    timeoutMs: config.fill.timeout,
+    log,
+    metrics,
+    policy: { admit: (size) => janitor.admit(size), noSpace: (err) => janitor.noteNoSpace(err) },
+  });
+  blobStore.onCommit(() => janitor.committed());
+  janitor.start(config.storage.checkInterval);
+  await janitor.check();
   const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
   for (const u of upstreams) {
     if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
@@ -67,6 +88,11 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   metrics.onScrape(() => {
     const state = describeState();
     metrics.metadataStoreUp.set({ store: state.store }, state.degraded ? 0 : 1);
+    const cache = janitor.state;
+    metrics.cacheBytes.set(cache.bytes);
+    metrics.cacheObjects.set(cache.objects);
+    if (cache.maxSize !== undefined) metrics.cacheBudgetBytes.set(cache.maxSize);
+    metrics.cacheWritable.set(cache.writable ? 1 : 0);
     metrics.fillsInFlight.set(fills.inFlight);
     metrics.fillReaders.set(fills.readers);
     for (const u of upstreams) {
@@ -77,8 +103,8 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   });
 
   const resolver = new UpstreamResolver(upstreams);
-  const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics });
-  const blobCache = new BlobCache({ store: blobStore, fills, metadata });
+  const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
+  const blobCache = new BlobCache({ store: blobStore, fills, metadata, metrics });
 
   const app = new Koa<RequestState>();
   app.use(requestContext(log, metrics));
@@ -90,6 +116,7 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
     createRouter({
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
+        () => (janitor.noSpace !== undefined ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` } : undefined),
         () => {
           const state = describeState();
           return state.degraded ? { ready: true, reason: `metadata store degraded (serving from the embedded store): ${state.reason}` } : undefined;
@@ -136,6 +163,7 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
     async close() {
       const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
       server?.closeIdleConnections();
+      janitor.stop();
       metricsServer?.close();
       metricsServer?.closeAllConnections();
       await fills.drain(config.shutdownGrace);

@@ -5,11 +5,14 @@
  * confirms it): knowing a digest is not enough to read it through another name.
  */
 import type { FileHandle } from "node:fs/promises";
+import { pipeline, type Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
+import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { BlobStore } from "./blob-store.ts";
 import type { Fill, FillCoordinator } from "./fill-coordinator.ts";
 import type { MetadataStore } from "./metadata-store.ts";
+import { VerifyStream } from "./verify-stream.ts";
 
 /** Where a blob response's bytes come from. */
 export type BlobSource =
@@ -18,14 +21,19 @@ export type BlobSource =
   /** A fill in progress (started by this request: `joined` false; or by another: true). */
   | { kind: "fill"; fill: Fill; joined: boolean }
   /** HEAD of a blob not cached: the upstream confirmed it exists. */
-  | { kind: "upstream"; size: number | undefined };
+  | { kind: "upstream"; size: number | undefined }
+  /** No room to cache: the upstream body, verified as it streams, not stored. */
+  | { kind: "direct"; size: number | undefined; body: Readable };
 
 export class BlobCache {
   private readonly store: BlobStore;
   private readonly fills: FillCoordinator;
   private readonly metadata: MetadataStore;
 
-  constructor(opts: { store: BlobStore; fills: FillCoordinator; metadata: MetadataStore }) {
+  private readonly metrics: Metrics | undefined;
+
+  constructor(opts: { store: BlobStore; fills: FillCoordinator; metadata: MetadataStore; metrics?: Metrics }) {
+    this.metrics = opts.metrics;
     this.store = opts.store;
     this.fills = opts.fills;
     this.metadata = opts.metadata;
@@ -65,13 +73,23 @@ export class BlobCache {
           linked = true;
         }
         await running.ready;
-        if (running.committed) continue;
+        if (running.committed || running.state === "direct") continue; // direct: not shareable, go on our own
         return { kind: "fill", fill: running, joined: true };
       }
       const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) => upstream.getBlob(repo, digest, signal));
       await fill.ready;
       await this.metadata.addLinks(upstream.name, repo, [digest]);
       if (fill.committed) continue;
+      const direct = fill.state === "direct" ? fill.takeDirect() : undefined;
+      if (direct) {
+        // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
+        // release the upstream body.
+        const verified = new VerifyStream(digest, direct.size);
+        pipeline(direct.body, verified, () => undefined);
+        this.metrics?.uncachedServed.inc({ upstream: upstream.name });
+        return { kind: "direct", size: direct.size, body: verified };
+      }
+      if (fill.state === "direct") continue;
       return { kind: "fill", fill, joined: false };
     }
     // Only reachable if the committed file vanished three times in a row (evicted under us): let the client retry.

@@ -8,9 +8,11 @@
  *   <root>/tmp/<hex>.<random>        in-progress writes (never served except through their Fill)
  */
 import { randomBytes } from "node:crypto";
+import type { EventEmitter } from "node:events";
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { digestHex } from "../oci/reference.ts";
+import { CacheIndex } from "./cache-index.ts";
 
 export interface OpenedBlob {
   handle: FileHandle;
@@ -19,22 +21,53 @@ export interface OpenedBlob {
 
 export class BlobStore {
   readonly root: string;
+  /** Every committed object with its size, in recency order: kept in step by commit, open and delete. */
+  readonly index: CacheIndex;
   private readonly blobsDir: string;
   private readonly tmpDir: string;
+  /** Open read handles per digest: content being served is never evicted. */
+  private readonly readers = new Map<string, number>();
+  private readonly commitListeners: Array<(digest: string, size: number) => void> = [];
+  private readonly deleteListeners: Array<(digest: string) => void> = [];
 
-  constructor(root: string) {
+  constructor(root: string, opts: { touchIntervalMs?: number } = {}) {
     this.root = root;
     this.blobsDir = join(root, "blobs", "sha256");
     this.tmpDir = join(root, "tmp");
+    this.index = new CacheIndex(this, opts);
   }
 
-  /** Creates the layout and deletes temp files left by a previous process (they were never verified). */
-  async init(): Promise<{ removedTempFiles: number }> {
+  /**
+   * Creates the layout, deletes temp files left by a previous process (they were never verified, so nothing
+   * partial can ever become servable), and rebuilds the index by scanning what is committed.
+   */
+  async init(): Promise<{ removedTempFiles: number; objects: number; bytes: number; scanMs: number }> {
     await mkdir(this.blobsDir, { recursive: true });
     await mkdir(this.tmpDir, { recursive: true });
     const leftovers = await readdir(this.tmpDir);
     await Promise.all(leftovers.map((name) => rm(join(this.tmpDir, name), { force: true, recursive: true })));
-    return { removedTempFiles: leftovers.length };
+    const scan = await this.index.rebuild();
+    return { removedTempFiles: leftovers.length, objects: scan.objects, bytes: scan.bytes, scanMs: scan.ms };
+  }
+
+  /** Whether a response is reading this content now. */
+  inUse(digest: string): boolean {
+    return (this.readers.get(digest) ?? 0) > 0;
+  }
+
+  /**
+   * Deletes committed content (eviction, purge). Unlinking is atomic: a crash leaves the file whole or gone.
+   * Readers that already opened it keep reading their handle.
+   */
+  async delete(digest: string): Promise<void> {
+    await rm(this.pathOf(digest), { force: true });
+    this.index.remove(digest);
+    for (const listener of this.deleteListeners) listener(digest);
+  }
+
+  /** Called after content is deleted (the fill coordinator forgets a just-committed fill of it). */
+  onDelete(listener: (digest: string) => void): void {
+    this.deleteListeners.push(listener);
   }
 
   pathOf(digest: string): string {
@@ -60,11 +93,24 @@ export class BlobStore {
     try {
       handle = await open(this.pathOf(digest), "r");
     } catch (err) {
-      if (isNotFound(err)) return undefined;
+      if (isNotFound(err)) {
+        this.index.remove(digest); // deleted behind our back (or never indexed): keep the accounting true
+        return undefined;
+      }
       throw err;
     }
+    this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
+    // FileHandle is an EventEmitter at run time ('close' since Node 15.4), though the typings do not say so.
+    (handle as unknown as EventEmitter).once("close", () => {
+      const n = (this.readers.get(digest) ?? 1) - 1;
+      if (n <= 0) this.readers.delete(digest);
+      else this.readers.set(digest, n);
+    });
     try {
-      return { handle, size: (await handle.stat()).size };
+      const size = (await handle.stat()).size;
+      if (!this.index.has(digest)) this.index.add(digest, size);
+      this.index.touch(digest);
+      return { handle, size };
     } catch (err) {
       await handle.close();
       throw err;
@@ -82,10 +128,17 @@ export class BlobStore {
    * Makes verified content visible. The caller has checked digest and size and fsynced the handle; rename is
    * atomic within one filesystem, which is why temp files live under the same root.
    */
-  async commit(tempPath: string, digest: string): Promise<void> {
+  async commit(tempPath: string, digest: string, size: number): Promise<void> {
     const finalPath = this.pathOf(digest);
     await mkdir(join(finalPath, ".."), { recursive: true });
     await rename(tempPath, finalPath);
+    this.index.add(digest, size);
+    for (const listener of this.commitListeners) listener(digest, size);
+  }
+
+  /** Called after every commit (the janitor checks its watermarks). */
+  onCommit(listener: (digest: string, size: number) => void): void {
+    this.commitListeners.push(listener);
   }
 
   async discard(tempPath: string): Promise<void> {
@@ -104,7 +157,7 @@ export class BlobStore {
       throw err;
     }
     await handle.close();
-    await this.commit(path, digest);
+    await this.commit(path, digest, bytes.length);
   }
 
   /** Names of temp files present now (tests assert none are left behind). */

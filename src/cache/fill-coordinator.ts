@@ -33,7 +33,15 @@ export interface UpstreamBlob {
 /** Opens the upstream response; must reject with a RegistryError (e.g. BLOB_UNKNOWN) when there is no blob. */
 export type OpenUpstreamBlob = (signal: AbortSignal) => Promise<UpstreamBlob>;
 
-export type FillState = "connecting" | "streaming" | "committed" | "failed";
+/** `direct`: there was no room to cache; the upstream body goes to one client, verified, and is not stored. */
+export type FillState = "connecting" | "streaming" | "committed" | "failed" | "direct";
+
+export interface FillPolicy {
+  /** May a download of this size be cached now? (The janitor makes room or says no.) */
+  admit(size: number | undefined): Promise<boolean>;
+  /** A write failed for lack of space. */
+  noSpace(err: Error): void;
+}
 
 /** Who started a fill: readers from the same upstream repository may join it without a further check. */
 export interface FillOrigin {
@@ -63,6 +71,8 @@ export class Fill {
   private readerCount = 0;
   private waiters: Array<() => void> = [];
   private resolveReady!: () => void;
+  /** In `direct` state: the upstream response, for the one request that takes it. */
+  private direct: UpstreamBlob | undefined;
   private rejectReady!: (err: Error) => void;
 
   constructor(digest: string, origin: FillOrigin) {
@@ -89,7 +99,7 @@ export class Fill {
   }
 
   private get ended(): boolean {
-    return this.state === "committed" || this.state === "failed";
+    return this.state === "committed" || this.state === "failed" || this.state === "direct";
   }
 
   /**
@@ -137,8 +147,15 @@ export class Fill {
     for (const wake of waiters) wake();
   }
 
+  /** In `direct` state, hands the upstream response to the first caller; later callers get undefined. */
+  takeDirect(): UpstreamBlob | undefined {
+    const direct = this.direct;
+    this.direct = undefined;
+    return direct;
+  }
+
   /** @internal called by the coordinator; the whole download → verify → commit lifecycle. */
-  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined): Promise<void> {
+  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined): Promise<void> {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timeoutMs);
     timer.unref();
@@ -146,6 +163,15 @@ export class Fill {
     try {
       const upstream = await open(abort.signal);
       this.size = upstream.size;
+      if (policy && !(await policy.admit(upstream.size))) {
+        // No room: the response goes to one client uncached. The overall fill timeout no longer applies (the
+        // client's own connection paces it); undici's body-idle timeout still does.
+        clearTimeout(timer);
+        this.direct = upstream;
+        this.state = "direct";
+        this.resolveReady();
+        return;
+      }
       try {
         const temp = await store.createTemp(this.digest);
         tempPath = temp.path;
@@ -168,12 +194,13 @@ export class Fill {
         throw new RegistryError("UPSTREAM_ERROR", `upstream content for ${this.digest} hashes to ${actual}`);
       }
       await this.handle.sync();
-      await store.commit(tempPath, this.digest);
+      await store.commit(tempPath, this.digest, this.written);
       tempPath = undefined;
       this.size = this.written;
       this.state = "committed";
       log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOSPC") policy?.noSpace(err as Error);
       // Clean up first: once `failed` is visible, nothing of this fill may remain on disk.
       if (tempPath !== undefined) await store.discard(tempPath).catch(() => undefined);
       this.error = toError(err);
@@ -182,7 +209,7 @@ export class Fill {
       log.warn({ digest: this.digest, err: this.error.message, bytes: this.written }, "blob fill failed; nothing committed");
     } finally {
       clearTimeout(timer);
-      metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "committed" ? "committed" : "failed" });
+      if (this.state !== "direct") metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "committed" ? "committed" : "failed" });
       this.notify();
       this.release();
     }
@@ -287,9 +314,15 @@ export class FillCoordinator {
   private readonly fills = new Map<string, Fill>();
   private readonly graceMs: number;
   private readonly metrics: Metrics | undefined;
+  private readonly policy: FillPolicy | undefined;
 
-  constructor(store: BlobStore, opts: { timeoutMs: number; log: Logger; committedGraceMs?: number; metrics?: Metrics }) {
+  constructor(store: BlobStore, opts: { timeoutMs: number; log: Logger; committedGraceMs?: number; metrics?: Metrics; policy?: FillPolicy }) {
     this.metrics = opts.metrics;
+    this.policy = opts.policy;
+    // A committed fill kept for its grace period must not point requests at a file that was just evicted.
+    store.onDelete((digest) => {
+      if (this.fills.get(digest)?.committed) this.fills.delete(digest);
+    });
     this.store = store;
     this.timeoutMs = opts.timeoutMs;
     this.log = opts.log;
@@ -299,7 +332,7 @@ export class FillCoordinator {
   /** The fill for `digest` if one is running (or committed moments ago); failed fills are never returned. */
   current(digest: string): Fill | undefined {
     const fill = this.fills.get(digest);
-    return fill && fill.state !== "failed" ? fill : undefined;
+    return fill && fill.state !== "failed" && fill.state !== "direct" ? fill : undefined;
   }
 
   /**
@@ -311,8 +344,8 @@ export class FillCoordinator {
     if (existing) return existing;
     const fill = new Fill(digest, origin);
     this.fills.set(digest, fill);
-    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics).finally(() => {
-      if (fill.state === "failed") {
+    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics, this.policy).finally(() => {
+      if (fill.state === "failed" || fill.state === "direct") {
         if (this.fills.get(digest) === fill) this.fills.delete(digest);
         return;
       }

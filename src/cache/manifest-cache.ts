@@ -40,9 +40,11 @@ export class ManifestCache {
   private readonly now: () => number;
   private readonly inflight = new Map<string, Promise<ManifestResult>>();
   private readonly metrics: Metrics | undefined;
+  private readonly onNoSpace: ((err: Error) => void) | undefined;
 
-  constructor(opts: { manifests: ManifestStore; metadata: MetadataStore; maxBytes: number; now?: () => number; metrics?: Metrics }) {
+  constructor(opts: { manifests: ManifestStore; metadata: MetadataStore; maxBytes: number; now?: () => number; metrics?: Metrics; onNoSpace?: (err: Error) => void }) {
     this.metrics = opts.metrics;
+    this.onNoSpace = opts.onNoSpace;
     this.manifests = opts.manifests;
     this.metadata = opts.metadata;
     this.maxBytes = opts.maxBytes;
@@ -196,7 +198,14 @@ export class ManifestCache {
     if (fetched.digest !== undefined && isSha256Digest(fetched.digest) && fetched.digest !== digest) {
       throw new RegistryError("UPSTREAM_ERROR", `upstream ${upstream.name} sent a manifest whose Docker-Content-Digest ${fetched.digest} does not match its bytes (${digest})`);
     }
-    await this.manifests.put(digest, fetched.mediaType, fetched.bytes);
+    try {
+      await this.manifests.put(digest, fetched.mediaType, fetched.bytes);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
+      // No room to store it: serve it anyway, uncached (and without a pointer to bytes we do not have).
+      this.onNoSpace?.(err as Error);
+      return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
+    }
     await this.metadata.addLinks(upstream.name, repo, [digest, ...referencedDigests(fetched.bytes)]);
     if (tag !== undefined) {
       await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: this.now() });

@@ -5,7 +5,7 @@
  * manifest is only servable once both exist. Hot manifests are kept in memory: the tag-hit path touches no disk.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { LRUCache } from "lru-cache";
 import { digestHex } from "../oci/reference.ts";
@@ -47,7 +47,15 @@ export class ManifestStore {
 
   async get(digest: string): Promise<StoredManifest | undefined> {
     const hot = this.memory.get(digest);
-    if (hot) return hot;
+    if (hot) {
+      // Served from memory, but still used: the index must know, or eviction would see it as cold.
+      if (this.blobs.index.has(digest)) {
+        this.blobs.index.touch(digest);
+        return hot;
+      }
+      this.memory.delete(digest); // evicted from disk: not servable any more
+      return undefined;
+    }
     let meta: { mediaType: string; size: number };
     try {
       meta = JSON.parse(await readFile(this.metaPath(digest), "utf8")) as { mediaType: string; size: number };
@@ -66,6 +74,12 @@ export class ManifestStore {
     } finally {
       await opened.handle.close();
     }
+  }
+
+  /** Eviction or purge removed the bytes: drop the memory copy and the sidecar too. */
+  async forget(digest: string): Promise<void> {
+    this.memory.delete(digest);
+    await rm(this.metaPath(digest), { force: true });
   }
 
   private metaPath(digest: string): string {

@@ -12,6 +12,7 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { parsePin } from "./pins.ts";
 import { configSchema, crossUpstreamProblems, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
 
 export class ConfigError extends Error {
@@ -56,6 +57,13 @@ export function parseConfig(input: unknown): Config {
 function finish(raw: unknown, problems: string[]): Config {
   const result = configSchema.safeParse(raw);
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
+  if (result.success) {
+    const names = Object.keys(result.data.upstreams);
+    for (const pin of result.data.storage.pinned) {
+      const parsed = parsePin(pin, names);
+      if (typeof parsed === "string") problems.push(`storage.pinned: ${parsed}`);
+    }
+  }
   if (!result.success) {
     for (const issue of result.error.issues) {
       const path = issue.path.map(String).join(".");

@@ -18,6 +18,22 @@ const duration = z
     return parsed;
   });
 
+/**
+ * Sizes: bytes as a number, or a string with a unit. KB/MB/GB/TB are decimal, KiB/MiB/GiB/TiB binary (the
+ * `bytes` package treats both as binary and knows no GiB, so this small parser is ours).
+ */
+const UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+const size = z.union([z.number().int().positive(), z.string()]).transform((value, ctx) => {
+  if (typeof value === "number") return value;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = UNITS[(m?.[2] || "b").toLowerCase()];
+  if (!m || unit === undefined || Number(m[1]) <= 0) {
+    ctx.addIssue({ code: "custom", message: `invalid size ${JSON.stringify(value)} (examples: 50GiB, 500MB, 1073741824)` });
+    return z.NEVER;
+  }
+  return Math.floor(Number(m[1]) * unit);
+});
+
 const listenAddress = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, "expected host:port, e.g. 0.0.0.0:5000 or [::1]:5000");
 
 /** A registry host as clients name it: what containerd sends as `?ns=` and what path-prefix mirrors use. */
@@ -116,10 +132,24 @@ export const configSchema = z
     listen: listenAddress.default("0.0.0.0:5000"),
     storage: z
       .object({
-        /** Cache directory: blobs, manifests, temp files. */
+        /** Cache directory: blobs, manifests, temp files, metadata journal. */
         path: z.string().min(1).default("./data"),
+        /** Budget for cached content (e.g. 50GiB). Absent: only the filesystem's watermarks apply. */
+        maxSize: size.optional(),
+        /** Eviction starts above this fraction of the budget (and of the filesystem)... */
+        highWatermark: z.number().gt(0).lte(1).default(0.9),
+        /** ...and deletes least-recently-used content until usage is under this fraction. */
+        lowWatermark: z.number().gt(0).lt(1).default(0.8),
+        /** How often watermarks are checked besides after each download. */
+        checkInterval: duration.default(30_000),
+        /**
+         * Content never evicted: `<upstream>/<repository>` (every tag) or `<upstream>/<repository>:<tag>`, with
+         * everything those tags reach (index children, configs, layers). Air-gapped sites pin what they must keep.
+         */
+        pinned: z.array(z.string()).default([]),
       })
       .strict()
+      .refine((st) => st.lowWatermark < st.highWatermark, "lowWatermark must be below highWatermark")
       .prefault({}),
     /** Shared metadata store for several replicas; absent means the embedded in-process store. */
     redis: z

@@ -33,6 +33,13 @@ export class Metrics {
   readonly fills: Counter<"upstream" | "result">;
   readonly staleServed: Counter<"upstream" | "reason">;
   readonly metadataStoreUp: Gauge<"store">;
+  readonly cacheBytes: Gauge;
+  readonly cacheObjects: Gauge;
+  readonly cacheBudgetBytes: Gauge;
+  readonly cacheWritable: Gauge;
+  readonly evictions: Counter;
+  readonly evictedBytes: Counter;
+  readonly uncachedServed: Counter<"upstream">;
 
   constructor(registry: Registry, opts: { processMetrics?: boolean } = {}) {
     this.registry = registry;
@@ -89,6 +96,13 @@ export class Metrics {
       registers,
     });
     this.metadataStoreUp = new Gauge({ name: "mirror_metadata_store_up", help: "1 while the metadata store answers, 0 while degraded (answering from the embedded fallback).", labelNames: ["store"], registers });
+    this.cacheBytes = new Gauge({ name: "mirror_cache_size_bytes", help: "Bytes of committed content in the cache.", registers });
+    this.cacheObjects = new Gauge({ name: "mirror_cache_objects", help: "Committed objects (blobs and manifests) in the cache.", registers });
+    this.cacheBudgetBytes = new Gauge({ name: "mirror_cache_budget_bytes", help: "storage.maxSize, the cache's budget (absent when unbounded).", registers });
+    this.cacheWritable = new Gauge({ name: "mirror_cache_writable", help: "1 while downloads are cached; 0 in no-space mode (misses streamed uncached).", registers });
+    this.evictions = new Counter({ name: "mirror_evictions_total", help: "Objects evicted to keep the cache within its budget and the disk's watermarks.", registers });
+    this.evictedBytes = new Counter({ name: "mirror_evicted_bytes_total", help: "Bytes evicted.", registers });
+    this.uncachedServed = new Counter({ name: "mirror_uncached_blobs_total", help: "Blob misses streamed to a client without caching (no space, or over budget).", labelNames: ["upstream"], registers });
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry });
   }
 

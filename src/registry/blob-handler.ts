@@ -27,6 +27,14 @@ export class BlobHandler {
     }
 
     const source = await this.cache.open(upstream, repo, req.digest);
+    if (source.kind === "direct") {
+      // Not cached (no room): the whole blob, verified in flight. A range cannot be cut from it; RFC 9110
+      // allows answering a Range request with the full content.
+      const headers = baseHeaders(req.digest, "miss");
+      headers["X-Mirror-Cache"] = "uncached";
+      if (source.size !== undefined) headers["Content-Length"] = String(source.size);
+      return { status: 200, headers, body: source.body, cache: "miss", upstream: upstream.name, uncached: true };
+    }
     const cacheResult: CacheResult = source.kind === "cached" ? "hit" : source.kind === "fill" && source.joined ? "coalesced" : "miss";
     const size = source.kind === "cached" ? source.size : source.kind === "fill" ? source.fill.size : undefined;
     const headers = baseHeaders(req.digest, cacheResult);
@@ -57,7 +65,7 @@ export class BlobHandler {
     } else if (source.kind === "fill") {
       body = source.fill.createReader(start, end);
     } else {
-      throw new Error("unreachable: GET always opens a source");
+      throw new Error(`unreachable: GET opened a ${source.kind} source`);
     }
     return { status, headers, body, cache: cacheResult, upstream: upstream.name };
   }

@@ -12,4 +12,6 @@ export interface RegistryResponse {
   /** How the content was obtained (hit, miss, coalesced, revalidated, stale), for logs and metrics. */
   cache?: CacheResult;
   upstream?: string;
+  /** A blob streamed without being cached (no room). */
+  uncached?: boolean;
 }

@@ -30,12 +30,14 @@ export interface TestMirrorOptions {
 export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirror> {
   const ownDir = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), "mirror-data-")));
+  const { storage, ...extra } = (opts.extra ?? {}) as { storage?: Record<string, unknown> };
   const config = parseConfig({
     listen: "127.0.0.1:0",
-    storage: { path: dataDir },
+    // Merged, so a test's storage settings (budget, pins) never replace the temp cache directory.
+    storage: { ...storage, path: dataDir },
     upstreams: opts.upstreams,
     shutdownGrace: "2s",
-    ...opts.extra,
+    ...extra,
   });
   const mirror = await createMirror(config, { log: pino({ level: process.env.MIRROR_TEST_LOG ?? "silent" }) });
   const address = await mirror.listen();

@@ -22,7 +22,8 @@ describe("BlobStore", () => {
     await mkdir(join(dir, "tmp"), { recursive: true });
     await writeFile(join(dir, "tmp", "deadbeef.123"), "partial");
     const second = new BlobStore(dir);
-    expect(await second.init()).toEqual({ removedTempFiles: 1 });
+    expect(await second.init()).toMatchObject({ removedTempFiles: 1, objects: 1, bytes: 5 });
+    expect(second.index.sizeOf(digest)).toBe(5);
     expect(await readdir(join(dir, "tmp"))).toEqual([]);
     expect(await second.size(digest)).toBe(5);
     const opened = await second.open(digest);

@@ -1,0 +1,128 @@
+/**
+ * The disk budget against real pulls: eviction keeps the cache within budget in LRU order, pinned content
+ * survives, a mirror process killed with SIGKILL mid-download leaves nothing servable that is partial, and a
+ * genuinely full filesystem (a small tmpfs) keeps pulls working.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
+import { startTestMirror } from "../harness/mirror.ts";
+import { freePort, runCommand, startProcess, Teardown, waitFor } from "../harness/processes.ts";
+import { startRegistry, type Registry } from "../harness/registry.ts";
+import { startRelay } from "../harness/relay.ts";
+import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
+
+const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+const teardown = new Teardown();
+afterAll(() => teardown.run());
+let upstream: Registry;
+beforeAll(async () => {
+  upstream = teardown.track(await startRegistry());
+});
+
+async function pull(url: string, repo: string, image: BuiltImage): Promise<void> {
+  const m = await fetchRaw(`${url}/v2/${repo}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+  expect(m.status).toBe(200);
+  for (const blob of image.blobs()) {
+    const res = await fetchRaw(`${url}/v2/${repo}/blobs/${blob.digest}`);
+    expect(res.status).toBe(200);
+    expect(sha256(res.body)).toBe(blob.digest);
+  }
+}
+
+describe("disk budget", () => {
+  it("evicts least recently used content, keeps pinned content, and stays under the high watermark", async () => {
+    const images: BuiltImage[] = [];
+    for (let i = 0; i < 6; i++) {
+      images.push(buildImage({ format: "oci", layers: [randomLayer(400_000)], labels: { i: String(i) } }));
+      await pushImage(upstream.url, `team/budget${i}`, "v1", images[i]!);
+    }
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: upstream.url, default: true } },
+        extra: { storage: { maxSize: 1_300_000, highWatermark: 0.9, lowWatermark: 0.7, pinned: ["docker.io/team/budget0:v1"] } },
+      }),
+    );
+    for (let i = 0; i < 6; i++) await pull(m.url, `team/budget${i}`, images[i]!);
+    await pull(m.url, "team/budget1", images[1]!); // image 1 becomes the most recently used
+    await new Promise((r) => setTimeout(r, 200)); // the janitor runs after each commit
+    const store = m.mirror.blobStore;
+    const has = (i: number) => store.index.has(images[i]!.layers[0]!.digest);
+    expect(store.index.bytes).toBeLessThanOrEqual(1_300_000 * 0.9);
+    expect(has(0)).toBe(true); // pinned, though the oldest
+    expect(has(1)).toBe(true); // most recently used
+    // Least recently used goes first: among images 2..5, an evicted one is never newer than a kept one.
+    const kept = [2, 3, 4, 5].map(has);
+    expect(kept.includes(false)).toBe(true);
+    expect(kept.indexOf(true) === -1 || kept.slice(kept.indexOf(true)).every(Boolean)).toBe(true);
+    const metrics = (await fetchRaw(`${m.url}/metrics`)).body.toString();
+    expect(metrics).toMatch(/mirror_evictions_total [1-9]/);
+    expect(metrics).toMatch(/mirror_cache_budget_bytes 1300000/);
+    // Evicted content is fetched again on demand.
+    await pull(m.url, "team/budget2", images[2]!);
+  });
+
+  it("a mirror killed with SIGKILL mid-download restarts with no partial blob and no temp files", async () => {
+    const relay = teardown.track(await startRelay(upstream.url));
+    const layer = randomLayer(4 * 1024 * 1024);
+    const image = buildImage({ format: "oci", layers: [layer] });
+    await pushImage(upstream.url, "team/crash", "v1", image);
+    const dataDir = await mkdtemp(join(tmpdir(), "crash-"));
+    teardown.add("crash data dir", () => rm(dataDir, { recursive: true, force: true }));
+    const port = await freePort();
+    const configFile = join(dataDir, "..", `crash-${port}.yaml`);
+    await writeFile(configFile, `listen: "127.0.0.1:${port}"\nstorage: { path: ${JSON.stringify(dataDir)} }\nlog: { level: warn }\nupstreams:\n  docker.io: { url: ${JSON.stringify(relay.url)}, default: true }\n`);
+    teardown.add("crash config", () => rm(configFile, { force: true }));
+    const start = () => {
+      const p = startProcess(process.execPath, ["src/main.ts", "--config", configFile], { name: "mirror", env: { ...process.env } as Record<string, string> });
+      return p;
+    };
+    let proc = start();
+    const url = `http://127.0.0.1:${port}`;
+    await waitFor(async () => (await fetchRaw(`${url}/healthz`).catch(() => undefined))?.status === 200, { timeoutMs: 20_000, what: "mirror process ready", whileRunning: proc });
+    expect((await fetchRaw(`${url}/v2/team/crash/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+    relay.setFault({ kind: "throttle", bytesPerSecond: 2 * 1024 * 1024 });
+    const inflight = fetchRaw(`${url}/v2/team/crash/blobs/${layer.digest}`).catch((err: Error) => err);
+    await waitFor(async () => (await readdir(join(dataDir, "tmp"))).length > 0, { timeoutMs: 10_000, what: "a temp file being written" });
+    await new Promise((r) => setTimeout(r, 300));
+    process.kill(proc.pid, "SIGKILL");
+    await proc.exited;
+    await inflight;
+    expect((await readdir(join(dataDir, "tmp"))).length).toBe(1); // the partial download, left by the crash
+    relay.setFault(null);
+    proc = start();
+    teardown.add("mirror process", () => proc.stop());
+    await waitFor(async () => (await fetchRaw(`${url}/healthz`).catch(() => undefined))?.status === 200, { timeoutMs: 20_000, what: "mirror process ready again", whileRunning: proc });
+    expect(await readdir(join(dataDir, "tmp"))).toEqual([]);
+    const hex = layer.digest.slice(7);
+    expect(await readdir(join(dataDir, "blobs", "sha256", hex.slice(0, 2))).catch(() => [])).not.toContain(hex);
+    const again = await fetchRaw(`${url}/v2/team/crash/blobs/${layer.digest}`);
+    expect(sha256(again.body)).toBe(layer.digest);
+  });
+
+  it("keeps pulls working on a full filesystem, streaming what does not fit without caching it", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "tmpfs-"));
+    const mounted = await runCommand("mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", dir], { timeoutMs: 10_000 });
+    expect(mounted.code, mounted.stderr).toBe(0);
+    teardown.add("tmpfs", async () => {
+      await runCommand("umount", [dir], { timeoutMs: 10_000 });
+      await rm(dir, { recursive: true, force: true });
+    });
+    await mkdir(join(dir, "cache"));
+    const big = randomLayer(5 * 1024 * 1024);
+    const small = randomLayer(100_000);
+    const image = buildImage({ format: "oci", layers: [big, small] });
+    await pushImage(upstream.url, "team/fulldisk", "v1", image);
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, dataDir: join(dir, "cache") }));
+    await pull(m.url, "team/fulldisk", image);
+    const res = await fetchRaw(`${m.url}/v2/team/fulldisk/blobs/${big.digest}`);
+    expect(res.headers["x-mirror-cache"]).toBe("uncached");
+    expect(await m.mirror.blobStore.size(big.digest)).toBeUndefined();
+    expect(await m.mirror.blobStore.size(small.digest)).toBe(small.bytes.length);
+    const metrics = (await fetchRaw(`${m.url}/metrics`)).body.toString();
+    expect(metrics).toMatch(/mirror_uncached_blobs_total\{upstream="docker.io"\} [2-9]/);
+  });
+});

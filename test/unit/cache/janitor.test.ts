@@ -1,0 +1,124 @@
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, rm, utimes } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { BlobStore } from "../../../src/cache/blob-store.ts";
+import { Janitor, type FsUsage } from "../../../src/cache/janitor.ts";
+import { ManifestStore } from "../../../src/cache/manifest-store.ts";
+import { MemoryMetadataStore } from "../../../src/cache/memory-metadata-store.ts";
+
+const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+const KB = 1000;
+
+describe("CacheIndex and Janitor", () => {
+  let dir: string;
+  let store: BlobStore;
+  let manifests: ManifestStore;
+  let metadata: MemoryMetadataStore;
+  let fsFree = 1e12;
+  const fsUsage: FsUsage = async () => ({ total: 2e12, free: fsFree });
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), "janitor-"));
+    store = new BlobStore(dir, { touchIntervalMs: 0 });
+    await store.init();
+    manifests = new ManifestStore(store);
+    await manifests.init();
+    metadata = new MemoryMetadataStore();
+    fsFree = 1e12;
+  });
+  afterEach(async () => {
+    await metadata.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function put(size: number): Promise<string> {
+    const bytes = randomBytes(size);
+    const digest = digestOf(bytes);
+    await store.putVerified(digest, bytes);
+    return digest;
+  }
+  const janitor = (maxSize: number | undefined, pins: Array<{ upstream: string; repository: string; tag: string | undefined }> = []) =>
+    new Janitor({ store, manifests, metadata, budget: { maxSize, high: 0.9, low: 0.5 }, pins, log: pino({ level: "silent" }), fsUsage });
+
+  it("rebuilds recency from file modification times, oldest first", async () => {
+    const [a, b, c] = [await put(KB), await put(KB), await put(KB)];
+    const t = Date.now() / 1000;
+    await utimes(store.pathOf(a), t - 10, t - 10);
+    await utimes(store.pathOf(b), t - 30, t - 30);
+    await utimes(store.pathOf(c), t - 20, t - 20);
+    const fresh = new BlobStore(dir);
+    expect(await fresh.init()).toMatchObject({ objects: 3, bytes: 3 * KB });
+    expect([...fresh.index.leastRecentlyUsed()].map((e) => e.digest)).toEqual([b, c, a]);
+  });
+
+  it("records an access in the file's mtime, so recency survives a restart", async () => {
+    const [a, b] = [await put(KB), await put(KB)];
+    const old = Date.now() / 1000 - 100;
+    await utimes(store.pathOf(a), old, old);
+    await utimes(store.pathOf(b), old + 1, old + 1);
+    const opened = await store.open(a); // a becomes the most recent
+    await opened!.handle.close();
+    await new Promise((r) => setTimeout(r, 50));
+    const restarted = new BlobStore(dir);
+    await restarted.init();
+    expect([...restarted.index.leastRecentlyUsed()].map((e) => e.digest)).toEqual([b, a]);
+  });
+
+  it("evicts least recently used content from above the high watermark to under the low one", async () => {
+    const digests: string[] = [];
+    for (let i = 0; i < 10; i++) digests.push(await put(100 * KB));
+    (await store.open(digests[0]!))!.handle.close().catch(() => undefined); // the oldest becomes the newest
+    await new Promise((r) => setTimeout(r, 10));
+    const j = janitor(1000 * KB); // 1000 KB budget, 1000 KB used: over 90 %
+    await j.check();
+    expect(store.index.bytes).toBeLessThanOrEqual(500 * KB);
+    const kept = digests.filter((d) => store.index.has(d));
+    expect(kept).toContain(digests[0]);
+    expect(kept).toEqual([digests[0], ...digests.slice(6)]);
+    for (const d of digests) expect(await store.size(d)).toBe(store.index.has(d) ? 100 * KB : undefined);
+  });
+
+  it("never evicts pinned content or content being read", async () => {
+    const image = { layer: await put(200 * KB) };
+    const config = Buffer.from(JSON.stringify({ architecture: "amd64" }));
+    const configDigest = digestOf(config);
+    await store.putVerified(configDigest, config);
+    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { digest: configDigest }, layers: [{ digest: image.layer }] }));
+    const manifestDigest = digestOf(manifest);
+    await manifests.put(manifestDigest, "application/vnd.oci.image.manifest.v1+json", manifest);
+    await metadata.putTag("docker.io", "team/keep", "v1", { digest: manifestDigest, mediaType: "x", checkedAt: Date.now() });
+    const reading = await put(200 * KB);
+    const open = await store.open(reading);
+    const others = [await put(200 * KB), await put(200 * KB)];
+    const j = janitor(100 * KB, [{ upstream: "docker.io", repository: "team/keep", tag: undefined }]);
+    await j.check();
+    for (const kept of [image.layer, configDigest, manifestDigest, reading]) expect(store.index.has(kept)).toBe(true);
+    for (const gone of others) expect(store.index.has(gone)).toBe(false);
+    // The reader still gets every byte of what it opened.
+    expect((await open!.handle.readFile()).length).toBe(200 * KB);
+    await open!.handle.close();
+  });
+
+  it("admits a download when there is room, evicting first if that makes room, and refuses it otherwise", async () => {
+    for (let i = 0; i < 5; i++) await put(100 * KB);
+    const j = janitor(600 * KB);
+    expect(await j.admit(50 * KB)).toBe(true);
+    expect(await j.admit(300 * KB)).toBe(true); // evicts down to the low mark first
+    expect(store.index.bytes + 300 * KB).toBeLessThanOrEqual(600 * KB);
+    expect(await j.admit(700 * KB)).toBe(false); // bigger than the whole budget
+    fsFree = 10 * KB; // the disk itself is nearly full
+    expect(await janitor(undefined).admit(50 * KB)).toBe(false);
+  });
+
+  it("stays in no-space mode after ENOSPC until space returns", async () => {
+    const j = janitor(undefined);
+    j.noteNoSpace(Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" }));
+    expect(j.state.writable).toBe(false);
+    fsFree = 1e12 - 1;
+    expect(await j.admit(KB)).toBe(true);
+    expect(j.state.writable).toBe(true);
+  });
+});
