@@ -15,6 +15,7 @@ import { BlobCache } from "./cache/blob-cache.ts";
 import { BlobStore } from "./cache/blob-store.ts";
 import { FillCoordinator } from "./cache/fill-coordinator.ts";
 import { Janitor } from "./cache/janitor.ts";
+import { Prefetcher } from "./cache/prefetcher.ts";
 import { parsePin, type Pin } from "./config/pins.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { ManifestStore } from "./cache/manifest-store.ts";
@@ -111,7 +112,10 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   app.use(errorMiddleware());
   const adminToken = config.admin.token ?? (config.admin.tokenFile !== undefined ? (await readFile(config.admin.tokenFile, "utf8")).trim() : undefined);
   if (adminToken !== undefined && adminToken.length < 16) throw new Error("admin.tokenFile holds a token shorter than 16 characters");
-  if (adminToken !== undefined) app.use(adminRouter(new AdminHandler({ upstreams, manifests: manifestCache }), adminToken));
+  const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
+  if (adminToken !== undefined) {
+    app.use(adminRouter(new AdminHandler({ upstreams, manifests: manifestCache, manifestStore, store: blobStore, metadata, janitor, prefetcher }), adminToken));
+  }
   app.use(
     createRouter({
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,

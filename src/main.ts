@@ -4,15 +4,24 @@
  */
 import { parseArgs } from "node:util";
 import { createMirror } from "./app.ts";
+import { PREFETCH_USAGE, prefetchCommand } from "./cli/prefetch.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 
 const USAGE = `usage: mirror [--config FILE]
+       mirror prefetch <upstream>/<repository>[:tag|@digest] [--platform os/arch]... (see mirror prefetch --help)
 
 Starts the pull-through registry mirror. Without a config file it listens on 0.0.0.0:5000, caches under ./data
 and mirrors Docker Hub. MIRROR_CONFIG names a config file too; MIRROR_* variables override single keys
 (e.g. MIRROR_LISTEN=127.0.0.1:5001, MIRROR_STORAGE__PATH=/var/cache/mirror). See docs/configuration.md.`;
 
 async function main(): Promise<number> {
+  if (process.argv[2] === "prefetch") {
+    if (process.argv.includes("--help")) {
+      console.log(PREFETCH_USAGE);
+      return 0;
+    }
+    return prefetchCommand(process.argv.slice(3));
+  }
   const { values } = parseArgs({ options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } } });
   if (values.help) {
     console.log(USAGE);

@@ -98,6 +98,14 @@ export class CacheIndex {
     return this.entries.size;
   }
 
+  /** Most recently used first, with when each was last recorded as accessed (without changing recency). */
+  *mostRecentlyUsed(): Generator<{ digest: string; size: number; lastAccess: number }> {
+    for (const digest of this.entries.keys()) {
+      const entry = this.entries.peek(digest);
+      if (entry) yield { digest, size: entry.size, lastAccess: entry.touchedAt };
+    }
+  }
+
   /** Digests from least to most recently used (without changing recency). */
   *leastRecentlyUsed(): Generator<{ digest: string; size: number }> {
     for (const digest of this.entries.rkeys()) {

@@ -117,6 +117,11 @@ export class FailoverMetadataStore implements MetadataStore {
     return remote.ok ? remote.value : this.fallback.listTags(upstream, repo);
   }
 
+  async listRepositories(upstream: string): Promise<string[]> {
+    const remote = await this.fromPrimary("listRepositories", (s) => s.listRepositories(upstream));
+    return remote.ok ? remote.value : this.fallback.listRepositories(upstream);
+  }
+
   async hasLink(upstream: string, repo: string, digest: string): Promise<boolean> {
     const remote = await this.fromPrimary("hasLink", (s) => s.hasLink(upstream, repo, digest));
     if (!remote.ok) return this.fallback.hasLink(upstream, repo, digest);

@@ -114,6 +114,16 @@ export class MemoryMetadataStore implements MetadataStore {
     return [...(this.tagsByScope.get(scopeKey(upstream, repo)) ?? [])];
   }
 
+  async listRepositories(upstream: string): Promise<string[]> {
+    await this.opened;
+    const repos: string[] = [];
+    for (const scope of this.tagsByScope.keys()) {
+      const separator = scope.indexOf("\u0000");
+      if (scope.slice(0, separator) === upstream) repos.push(scope.slice(separator + 1));
+    }
+    return repos;
+  }
+
   async hasLink(upstream: string, repo: string, digest: string): Promise<boolean> {
     await this.opened;
     return this.links.get(itemKey(upstream, repo, digest)) === true;

@@ -28,6 +28,8 @@ export interface MetadataStore {
   deleteTag(upstream: string, repo: string, tag: string): Promise<void>;
   /** Tags of a repository that have a pointer (order unspecified). */
   listTags(upstream: string, repo: string): Promise<string[]>;
+  /** Repositories of an upstream with at least one tag pointer (order unspecified), for the admin API. */
+  listRepositories(upstream: string): Promise<string[]>;
 
   hasLink(upstream: string, repo: string, digest: string): Promise<boolean>;
   addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void>;

@@ -104,6 +104,21 @@ export class RedisMetadataStore implements MetadataStore {
         .sadd(k.tags, tag)
         .pexpire(k.tags, this.retentionMs),
     );
+    // The per-upstream repository index lives in another hash slot, so it cannot join the MULTI; it is an
+    // index only, pruned by listRepositories when a repository has no tags left.
+    await run(this.client.multi().sadd(this.reposKey(upstream), repo).pexpire(this.reposKey(upstream), this.retentionMs));
+  }
+
+  async listRepositories(upstream: string): Promise<string[]> {
+    const repos = await this.client.smembers(this.reposKey(upstream));
+    if (repos.length === 0) return [];
+    const pipeline = this.client.pipeline();
+    for (const repo of repos) pipeline.exists(this.keys(upstream, repo).tags);
+    const results = (await pipeline.exec()) ?? [];
+    const alive = repos.filter((_, i) => results[i]?.[1] === 1);
+    const dead = repos.filter((_, i) => results[i]?.[1] === 0);
+    if (dead.length > 0) await this.client.srem(this.reposKey(upstream), ...dead);
+    return alive;
   }
 
   async deleteTag(upstream: string, repo: string, tag: string): Promise<void> {
@@ -167,6 +182,7 @@ export class RedisMetadataStore implements MetadataStore {
   async deleteRepository(upstream: string, repo: string): Promise<void> {
     const k = this.keys(upstream, repo);
     await this.client.eval(PURGE_SCRIPT, 3, k.tags, k.links, k.missingRefs, k.tag(""), k.missing(""));
+    await this.client.srem(this.reposKey(upstream), repo);
   }
 
   /** Resolves when Redis answers PING: the failover wrapper's health probe. */
@@ -187,6 +203,10 @@ export class RedisMetadataStore implements MetadataStore {
       missing: (reference) => `${p}missing:${scope}:${reference}`,
       missingRefs: `${p}missing-refs:${scope}`,
     };
+  }
+
+  private reposKey(upstream: string): string {
+    return `${this.prefix}repos:{${escape(upstream, /[%/{}]/g)}}`;
   }
 
   private lockKey(name: string): string {

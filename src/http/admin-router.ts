@@ -10,13 +10,27 @@ import type { RequestState } from "./request-context.ts";
 
 const MAX_BODY = 64 * 1024;
 
+interface Route {
+  method: string;
+  path: RegExp;
+  run(input: { body: () => Promise<unknown>; query: URLSearchParams; params: string[] }): Promise<unknown> | unknown;
+  status?: number;
+}
+
 export function adminRouter(handler: AdminHandler, token: string): Koa.Middleware<RequestState> {
   // Hash both sides so the comparison is constant-time whatever the lengths.
   const expected = createHash("sha256").update(token).digest();
-  const routes: Record<string, (body: unknown) => Promise<unknown>> = {
-    "POST /admin/v1/purge": (body) => handler.purge(body),
-    "POST /admin/v1/refresh": (body) => handler.refresh(body),
-  };
+  const routes: Route[] = [
+    { method: "POST", path: /^\/admin\/v1\/purge$/, run: async ({ body }) => handler.purge(await body()) },
+    { method: "POST", path: /^\/admin\/v1\/refresh$/, run: async ({ body }) => handler.refresh(await body()) },
+    { method: "POST", path: /^\/admin\/v1\/prefetch$/, run: async ({ body }) => handler.prefetch(await body()), status: 202 },
+    { method: "GET", path: /^\/admin\/v1\/jobs\/([A-Za-z0-9-]{1,64})$/, run: ({ params }) => handler.job(params[0]!) },
+    { method: "GET", path: /^\/admin\/v1\/totals$/, run: () => handler.totals() },
+    { method: "GET", path: /^\/admin\/v1\/repositories$/, run: ({ query }) => handler.repositories(query) },
+    { method: "GET", path: /^\/admin\/v1\/tags$/, run: ({ query }) => handler.tags(query) },
+    { method: "GET", path: /^\/admin\/v1\/blobs$/, run: ({ query }) => handler.blobs(query) },
+    { method: "DELETE", path: /^\/admin\/v1\/blobs\/([^/]+)$/, run: ({ params }) => handler.deleteBlob(params[0]!) },
+  ];
   return async (ctx, next) => {
     if (!ctx.path.startsWith("/admin/")) {
       await next();
@@ -26,9 +40,15 @@ export function adminRouter(handler: AdminHandler, token: string): Koa.Middlewar
     if (!timingSafeEqual(createHash("sha256").update(presented).digest(), expected)) {
       throw new RegistryError("UNAUTHORIZED", "admin API requires the configured admin token", { headers: { "WWW-Authenticate": 'Bearer realm="registry-mirror-admin"' } });
     }
-    const route = routes[`${ctx.method} ${ctx.path}`];
-    if (!route) throw new RegistryError("UNSUPPORTED", `no admin endpoint ${ctx.method} ${ctx.path.slice(0, 200)}`, { status: 404 });
-    ctx.body = await route(await readJson(ctx));
+    for (const route of routes) {
+      const m = route.path.exec(ctx.path);
+      if (!m || route.method !== ctx.method) continue;
+      const result = await route.run({ body: () => readJson(ctx), query: new URLSearchParams(ctx.querystring), params: m.slice(1) });
+      ctx.status = route.status ?? 200;
+      ctx.body = result;
+      return;
+    }
+    throw new RegistryError("UNSUPPORTED", `no admin endpoint ${ctx.method} ${ctx.path.slice(0, 200)}`, { status: 404 });
   };
 }
 

@@ -1,11 +1,16 @@
 /**
- * Operator actions on the cache: purge a tag or a repository (the next pull asks the upstream), refresh a tag
- * now. Input is validated with the same grammar as registry requests, and the upstream must be one the
- * configuration names.
+ * Operator actions on the cache (docs/admin-api.md): list what is cached, purge a tag, a repository or a
+ * digest, refresh a tag now, prefetch an image, and cache totals. Input is validated with the same grammar as
+ * registry requests, and the upstream must be one the configuration names.
  */
+import type { BlobStore } from "../cache/blob-store.ts";
+import type { Janitor } from "../cache/janitor.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
+import type { ManifestStore } from "../cache/manifest-store.ts";
+import type { MetadataStore } from "../cache/metadata-store.ts";
+import type { JobStatus, Prefetcher } from "../cache/prefetcher.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { assertName, isValidTag } from "../oci/reference.ts";
+import { assertDigest, assertName, isValidTag, parseManifestReference } from "../oci/reference.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
 export interface TagTarget {
@@ -17,10 +22,28 @@ export interface TagTarget {
 export class AdminHandler {
   private readonly upstreams: ReadonlyMap<string, UpstreamClient>;
   private readonly manifests: ManifestCache;
+  private readonly manifestStore: ManifestStore;
+  private readonly store: BlobStore;
+  private readonly metadata: MetadataStore;
+  private readonly janitor: Janitor;
+  private readonly prefetcher: Prefetcher;
 
-  constructor(opts: { upstreams: readonly UpstreamClient[]; manifests: ManifestCache }) {
+  constructor(opts: {
+    upstreams: readonly UpstreamClient[];
+    manifests: ManifestCache;
+    manifestStore: ManifestStore;
+    store: BlobStore;
+    metadata: MetadataStore;
+    janitor: Janitor;
+    prefetcher: Prefetcher;
+  }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
     this.manifests = opts.manifests;
+    this.manifestStore = opts.manifestStore;
+    this.store = opts.store;
+    this.metadata = opts.metadata;
+    this.janitor = opts.janitor;
+    this.prefetcher = opts.prefetcher;
   }
 
   async purge(body: unknown): Promise<{ purged: TagTarget }> {
@@ -35,14 +58,108 @@ export class AdminHandler {
     return { refreshed: target, digest: manifest.digest, mediaType: manifest.mediaType, source };
   }
 
+  totals(): { bytes: number; objects: number; maxSize: number | null; writable: boolean } {
+    const s = this.janitor.state;
+    return { bytes: s.bytes, objects: s.objects, maxSize: s.maxSize ?? null, writable: s.writable };
+  }
+
+  async repositories(query: URLSearchParams): Promise<{ repositories: Array<{ upstream: string; repository: string; tags: number }> }> {
+    const only = query.get("upstream");
+    if (only !== null) this.upstream(only);
+    const out: Array<{ upstream: string; repository: string; tags: number }> = [];
+    for (const name of only !== null ? [only] : [...this.upstreams.keys()]) {
+      for (const repository of (await this.metadata.listRepositories(name)).sort()) {
+        out.push({ upstream: name, repository, tags: (await this.metadata.listTags(name, repository)).length });
+      }
+    }
+    return { repositories: out };
+  }
+
+  async tags(query: URLSearchParams): Promise<{ tags: Array<{ tag: string; digest: string; mediaType: string; checkedAt: string; cached: boolean; size: number | null }> }> {
+    const upstream = this.upstream(query.get("upstream") ?? "").name;
+    const repository = query.get("repository") ?? "";
+    assertName(repository);
+    const out = [];
+    for (const tag of (await this.metadata.listTags(upstream, repository)).sort()) {
+      const p = await this.metadata.getTag(upstream, repository, tag);
+      if (!p) continue;
+      const size = this.store.index.sizeOf(p.digest);
+      out.push({ tag, digest: p.digest, mediaType: p.mediaType, checkedAt: new Date(p.checkedAt).toISOString(), cached: size !== undefined, size: size ?? null });
+    }
+    return { tags: out };
+  }
+
+  blobs(query: URLSearchParams): { total: number; blobs: Array<{ digest: string; size: number; lastAccess: string }> } {
+    const limit = Math.min(Math.max(Number(query.get("limit") ?? 100) || 100, 1), 10_000);
+    const out: Array<{ digest: string; size: number; lastAccess: string }> = [];
+    for (const entry of this.store.index.mostRecentlyUsed()) {
+      if (out.length >= limit) break;
+      out.push({ digest: entry.digest, size: entry.size, lastAccess: new Date(entry.lastAccess).toISOString() });
+    }
+    return { total: this.store.index.objects, blobs: out };
+  }
+
+  async deleteBlob(digest: string): Promise<{ deleted: string; bytes: number }> {
+    assertDigest(digest);
+    const size = this.store.index.sizeOf(digest);
+    if (size === undefined) throw new RegistryError("BLOB_UNKNOWN", `${digest} is not cached`);
+    await this.store.delete(digest);
+    await this.manifestStore.forget(digest);
+    return { deleted: digest, bytes: size };
+  }
+
+  /** `{"reference": "docker.io/library/alpine:3.20", "platforms": ["linux/amd64"]}` (platforms optional). */
+  prefetch(body: unknown): JobStatus {
+    const b = (body ?? {}) as { reference?: unknown; platforms?: unknown };
+    if (typeof b.reference !== "string") throw new RegistryError("NAME_INVALID", "reference is required, e.g. docker.io/library/alpine:3.20");
+    const platforms = b.platforms === undefined ? [] : b.platforms;
+    if (!Array.isArray(platforms) || !platforms.every((p) => typeof p === "string" && /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/.test(p))) {
+      throw new RegistryError("UNSUPPORTED", "platforms must be a list like [\"linux/amd64\", \"linux/arm64/v8\"]", { status: 400 });
+    }
+    const { upstream, repository, reference } = this.parseReference(b.reference);
+    return this.prefetcher.start({ upstream, repository, reference, platforms: platforms as string[] });
+  }
+
+  job(id: string): JobStatus {
+    const job = this.prefetcher.status(id);
+    if (!job) throw new RegistryError("UNSUPPORTED", `no job ${id.slice(0, 64)}`, { status: 404 });
+    return job;
+  }
+
+  /** `<upstream>/<repository>(:<tag>|@<digest>)`, a tag defaulting to `latest`. */
+  private parseReference(text: string): { upstream: UpstreamClient; repository: string; reference: ReturnType<typeof parseManifestReference> } {
+    const slash = text.indexOf("/");
+    const upstream = this.upstream(slash > 0 ? text.slice(0, slash) : "");
+    let rest = text.slice(slash + 1);
+    let ref = "latest";
+    const at = rest.indexOf("@");
+    if (at >= 0) {
+      ref = rest.slice(at + 1);
+      rest = rest.slice(0, at);
+    } else {
+      const colon = rest.lastIndexOf(":");
+      if (colon > 0) {
+        ref = rest.slice(colon + 1);
+        rest = rest.slice(0, colon);
+      }
+    }
+    const prefix = upstream.config.libraryPrefix;
+    const repository = prefix !== null && !rest.includes("/") ? `${prefix}/${rest}` : rest;
+    assertName(repository);
+    return { upstream, repository, reference: parseManifestReference(ref) };
+  }
+
+  private upstream(name: string): UpstreamClient {
+    const upstream = this.upstreams.get(name);
+    if (!upstream) throw new RegistryError("NAME_UNKNOWN", `upstream must name a configured upstream (${[...this.upstreams.keys()].join(", ")})`);
+    return upstream;
+  }
+
   private parse(body: unknown, tagRequired: boolean): TagTarget {
     const b = (body ?? {}) as Record<string, unknown>;
-    const upstream = typeof b.upstream === "string" ? b.upstream : undefined;
+    const upstream = this.upstream(typeof b.upstream === "string" ? b.upstream : "").name;
     const repository = typeof b.repository === "string" ? b.repository : undefined;
     const tag = typeof b.tag === "string" ? b.tag : undefined;
-    if (upstream === undefined || !this.upstreams.has(upstream)) {
-      throw new RegistryError("NAME_UNKNOWN", `upstream must name a configured upstream (${[...this.upstreams.keys()].join(", ")})`);
-    }
     if (repository === undefined) throw new RegistryError("NAME_INVALID", "repository is required, as the upstream names it (e.g. library/alpine)");
     assertName(repository);
     if (tag !== undefined && !isValidTag(tag)) throw new RegistryError("TAG_INVALID", `invalid tag: ${JSON.stringify(tag.slice(0, 200))}`);

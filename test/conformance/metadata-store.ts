@@ -124,6 +124,20 @@ export function describeMetadataStore(name: string, factory: () => Promise<Metad
         expect(await store.listTags(UP, "unknown")).toEqual([]);
       });
 
+      it("lists the repositories of an upstream that have tags, and only those", async () => {
+        expect(await store.listRepositories(UP)).toEqual([]);
+        await store.putTag(UP, "a/one", "v1", pointer("1"));
+        await store.putTag(UP, "a/two", "v1", pointer("2"));
+        await store.putTag(UP, "a/two", "v2", pointer("3"));
+        await store.putTag("other.example", "a/three", "v1", pointer("4"));
+        await store.addLinks(UP, "links-only", [pointer("5").digest]);
+        expect((await store.listRepositories(UP)).sort()).toEqual(["a/one", "a/two"]);
+        await store.deleteTag(UP, "a/one", "v1");
+        await store.deleteRepository(UP, "a/two");
+        expect(await store.listRepositories(UP)).toEqual([]);
+        expect(await store.listRepositories("other.example")).toEqual(["a/three"]);
+      });
+
       it("keeps every one of many concurrent writes", async () => {
         const tags = Array.from({ length: 200 }, (_, i) => `t${i}`);
         await Promise.all(tags.map((tag) => store.putTag(UP, "busy", tag, pointer(tag))));

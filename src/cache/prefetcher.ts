@@ -1,0 +1,166 @@
+/**
+ * Pulls an image into the cache ahead of time, through the same caches as client pulls: the manifest (by tag
+ * or digest), every platform of an index (or the selected ones), and every config and layer. Runs as a job
+ * whose progress can be polled; blob downloads already running for clients are joined, not repeated.
+ */
+import { randomUUID } from "node:crypto";
+import { LRUCache } from "lru-cache";
+import type { Logger } from "pino";
+import { isIndexType } from "../oci/media-types.ts";
+import type { ManifestReference } from "../oci/reference.ts";
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import type { BlobCache } from "./blob-cache.ts";
+import type { ManifestCache } from "./manifest-cache.ts";
+
+export interface PrefetchRequest {
+  upstream: UpstreamClient;
+  repository: string;
+  reference: ManifestReference;
+  /** `os/architecture[/variant]`; empty: every platform of an index. */
+  platforms: readonly string[];
+}
+
+export interface JobStatus {
+  id: string;
+  reference: string;
+  state: "running" | "done" | "failed";
+  manifests: number;
+  blobs: { total: number; done: number };
+  bytes: { total: number; done: number };
+  errors: string[];
+  startedAt: string;
+  finishedAt?: string;
+}
+
+interface Descriptor {
+  digest: string;
+  size?: number;
+  platform?: { os?: string; architecture?: string; variant?: string };
+}
+
+/** Blob downloads one job runs at once: enough to overlap latency, few enough not to crowd clients out. */
+const PARALLEL_BLOBS = 3;
+
+export class Prefetcher {
+  private readonly manifests: ManifestCache;
+  private readonly blobs: BlobCache;
+  private readonly log: Logger;
+  private readonly jobs = new LRUCache<string, JobStatus>({ max: 1000 });
+
+  constructor(opts: { manifests: ManifestCache; blobs: BlobCache; log: Logger }) {
+    this.manifests = opts.manifests;
+    this.blobs = opts.blobs;
+    this.log = opts.log;
+  }
+
+  /** Starts a job and returns its status object at once (it keeps changing until the job ends). */
+  start(req: PrefetchRequest): JobStatus {
+    const ref = req.reference.kind === "tag" ? `:${req.reference.tag}` : `@${req.reference.digest}`;
+    const job: JobStatus = {
+      id: randomUUID(),
+      reference: `${req.upstream.name}/${req.repository}${ref}`,
+      state: "running",
+      manifests: 0,
+      blobs: { total: 0, done: 0 },
+      bytes: { total: 0, done: 0 },
+      errors: [],
+      startedAt: new Date().toISOString(),
+    };
+    this.jobs.set(job.id, job);
+    void this.run(req, job).then(
+      () => {
+        job.state = job.errors.length > 0 ? "failed" : "done";
+      },
+      (err: unknown) => {
+        job.errors.push((err as Error).message);
+        job.state = "failed";
+      },
+    ).finally(() => {
+      job.finishedAt = new Date().toISOString();
+      this.log.info({ job: job.id, reference: job.reference, state: job.state, bytes: job.bytes.done, errors: job.errors.length }, "prefetch finished");
+    });
+    return job;
+  }
+
+  status(id: string): JobStatus | undefined {
+    return this.jobs.get(id);
+  }
+
+  private async run(req: PrefetchRequest, job: JobStatus): Promise<void> {
+    const { upstream, repository } = req;
+    const top = await this.manifests.get(upstream, repository, req.reference);
+    job.manifests++;
+    const images: Buffer[] = [];
+    if (isIndexType(top.manifest.mediaType) || hasManifests(top.manifest.bytes)) {
+      const children = (parse(top.manifest.bytes).manifests ?? []).filter((d) => wanted(d, req.platforms));
+      for (const child of children) {
+        const m = await this.manifests.get(upstream, repository, { kind: "digest", digest: child.digest });
+        job.manifests++;
+        images.push(m.manifest.bytes);
+      }
+    } else {
+      images.push(top.manifest.bytes);
+    }
+    const blobs = new Map<string, number>();
+    for (const image of images) {
+      const doc = parse(image);
+      for (const d of [doc.config, ...(doc.layers ?? [])]) if (d?.digest) blobs.set(d.digest, d.size ?? 0);
+    }
+    job.blobs.total = blobs.size;
+    job.bytes.total = [...blobs.values()].reduce((a, b) => a + b, 0);
+    const queue = [...blobs.entries()];
+    const worker = async () => {
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        const [digest, size] = next;
+        try {
+          await this.fetchBlob(upstream, repository, digest);
+          job.blobs.done++;
+          job.bytes.done += size;
+        } catch (err) {
+          job.errors.push(`${digest}: ${(err as Error).message}`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: PARALLEL_BLOBS }, worker));
+  }
+
+  /** Makes sure a blob is committed: already cached, or a download (ours or a client's) finished. */
+  private async fetchBlob(upstream: UpstreamClient, repo: string, digest: string): Promise<void> {
+    const source = await this.blobs.open(upstream, repo, digest);
+    switch (source.kind) {
+      case "cached":
+        await source.handle.close();
+        return;
+      case "fill":
+        await source.fill.done;
+        return;
+      case "direct":
+        source.body.destroy();
+        throw new Error("not cached: no room in the cache (disk full or over budget)");
+      case "upstream":
+        return;
+    }
+  }
+}
+
+function parse(bytes: Buffer): { manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] } {
+  try {
+    return JSON.parse(bytes.toString("utf8")) as { manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] };
+  } catch {
+    return {};
+  }
+}
+
+function hasManifests(bytes: Buffer): boolean {
+  return Array.isArray(parse(bytes).manifests);
+}
+
+function wanted(d: Descriptor, platforms: readonly string[]): boolean {
+  if (platforms.length === 0) return true;
+  const p = d.platform;
+  if (!p) return false;
+  return platforms.some((want) => {
+    const [os, arch, variant] = want.split("/");
+    return p.os === os && p.architecture === arch && (variant === undefined || p.variant === variant);
+  });
+}
