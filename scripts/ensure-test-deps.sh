@@ -1,12 +1,20 @@
 # Sourced by scripts/test.sh: installs the Debian packages the tests run for real
-# (the reference registry as upstream, Redis, skopeo, dockerd and the static busybox
-# that the harness puts into the images it builds), only when something is missing.
+# (the reference registry as upstream, Redis, skopeo, dockerd, the static busybox
+# that the harness puts into the images it builds, and debootstrap for the Dockerfile
+# test's base image), only when something is missing.
 _need=()
 command -v docker-registry >/dev/null || _need+=(docker-registry)
 command -v redis-server    >/dev/null || _need+=(redis-server)
 command -v skopeo          >/dev/null || _need+=(skopeo)
 command -v dockerd         >/dev/null || _need+=(docker.io)
 [ -x /bin/busybox ]                   || _need+=(busybox-static)
+# The client end-to-end suite runs containerd (ctr), podman (with conmon) and runc; podman is configured for
+# runc, and asking for runc here keeps apt from picking crun for podman's "crun | runc" dependency.
+command -v containerd      >/dev/null || _need+=(containerd)
+command -v runc            >/dev/null || _need+=(runc)
+command -v podman          >/dev/null || _need+=(podman)
+# The Dockerfile test builds its stand-in base image (node:24-bookworm-slim) from a debootstrapped rootfs.
+[ -x /usr/sbin/debootstrap ]          || _need+=(debootstrap)
 if [ "${#_need[@]}" -gt 0 ]; then
   echo "ensure-test-deps: installing ${_need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,119 @@
+// The chart's containerd-hosts DaemonSet, minus Kubernetes: the script and the config file are taken from
+// the rendered chart, run with the environment the rendered DaemonSet gives them (only the paths and the
+// Service address swapped for this machine's), and a real containerd (`ctr image pull --hosts-dir`) then
+// pulls an image through a real mirror using the hosts.toml files the script wrote.
+import { randomUUID } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parse as parseToml } from "smol-toml";
+import type { IDaemonSet } from "kubernetes-models/apps/v1";
+import type { IConfigMap } from "kubernetes-models/v1";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startContainerd, type Containerd } from "../harness/containerd.ts";
+import { buildImage, busyboxLayer, pushImage, type BuiltImage } from "../harness/image-builder.ts";
+import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
+import { runCommand, Teardown } from "../harness/processes.ts";
+import { startRegistry, type Registry } from "../harness/registry.ts";
+import { parseYaml11, renderChart } from "./render.ts";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+const CHART = join(ROOT, "helm");
+const teardown = new Teardown();
+afterAll(() => teardown.run());
+
+/** A hosts.toml as containerd reads it. */
+interface HostsToml {
+  server: string;
+  host: Record<string, { capabilities: string[] }>;
+}
+
+const NAME = `hosts-toml-${randomUUID().slice(0, 8)}`;
+const FOREIGN = '# an administrator\'s own file\nserver = "https://ghcr.io"\n';
+
+let registry: Registry;
+let mirror: TestMirror;
+let containerd: Containerd;
+let image: BuiltImage;
+let work: string;
+let certsDir: string;
+let runScript: () => Promise<{ code: number; stdout: string; stderr: string }>;
+
+beforeAll(async () => {
+  registry = teardown.track(await startRegistry());
+  image = buildImage({ layers: [busyboxLayer("oci")], format: "oci" });
+  await pushImage(registry.url, `library/${NAME}`, "latest", image);
+  mirror = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, aliases: ["registry-1.docker.io"] } } }), "mirror");
+  containerd = teardown.track(await startContainerd());
+
+  const values = parseYaml11(await readFile(join(CHART, "examples", "containerd-nodes.yaml"), "utf8")) as Record<string, unknown>;
+  const chart = renderChart(CHART, { values, release: { name: "mirror", namespace: "registry" } });
+  const configData = (name: string, key: string): string => {
+    const configMap = chart.manifests.find((m) => m.object.kind === "ConfigMap" && (m.object as unknown as IConfigMap).metadata?.name === name)?.object as unknown as IConfigMap | undefined;
+    return configMap?.data?.[key] ?? "";
+  };
+  const daemonSet = chart.manifests.find((m) => m.object.kind === "DaemonSet")?.object as unknown as IDaemonSet;
+  const writer = daemonSet.spec!.template.spec!.containers[0]!;
+
+  work = await mkdtemp(join(tmpdir(), "containerd-hosts-"));
+  teardown.add("work dir", () => rm(work, { recursive: true, force: true }));
+  certsDir = join(work, "certs.d");
+  const script = join(work, "containerd-hosts.mjs");
+  const config = join(work, "config.yaml");
+  await writeFile(script, configData("mirror-registry-mirror-containerd-hosts", "containerd-hosts.mjs"));
+  await writeFile(config, configData("mirror-registry-mirror", "config.yaml"));
+  // An administrator's hosts.toml for a registry the chart would also write: it must survive.
+  await mkdir(join(certsDir, "ghcr.io"), { recursive: true });
+  await writeFile(join(certsDir, "ghcr.io", "hosts.toml"), FOREIGN);
+
+  const env: Record<string, string> = Object.fromEntries((writer.env ?? []).map((e) => [e.name, e.value ?? ""]));
+  Object.assign(env, {
+    HOSTS_TOML_CONFIG: config,
+    HOSTS_TOML_CERTS_DIR: certsDir,
+    // The Service's address as the pod would look it up; here the mirror on loopback.
+    HOSTS_TOML_SERVICE_HOST: "127.0.0.1",
+    HOSTS_TOML_SERVICE_PORT: String(mirror.port),
+    // The mirror's config loader from the sources (the image has the compiled one at the default path).
+    HOSTS_TOML_LOADER: join(ROOT, "src", "config", "load.ts"),
+    PATH: process.env.PATH ?? "",
+  });
+  runScript = () => runCommand(process.execPath, [script, "--once"], { env, cwd: work, timeoutMs: 30_000 });
+});
+
+describe("the containerd-hosts DaemonSet's script", () => {
+  it("writes a hosts.toml per chosen registry, sending containerd to the mirror and falling back to the upstream", async () => {
+    const run = await runScript();
+    expect(run.code, run.stdout + run.stderr).toBe(0);
+    const written = parseToml(await readFile(join(certsDir, "docker.io", "hosts.toml"), "utf8")) as unknown as HostsToml;
+    expect(written.server).toBe("https://registry-1.docker.io");
+    expect(written.host).toEqual({ [`http://127.0.0.1:${mirror.port}`]: { capabilities: ["pull", "resolve"] } });
+    // containerdHosts.registries is [docker.io, ghcr.io]: no file for the alias registry-1.docker.io.
+    await expect(stat(join(certsDir, "registry-1.docker.io"))).rejects.toThrow();
+    // ghcr.io is chosen too, but its file is someone else's: untouched, and said so.
+    expect(await readFile(join(certsDir, "ghcr.io", "hosts.toml"), "utf8")).toBe(FOREIGN);
+    expect(run.stdout).toMatch(/ghcr\.io\/hosts\.toml: exists and was not written by this chart; left alone/);
+  });
+
+  it("leaves unchanged files alone on the next round", async () => {
+    const path = join(certsDir, "docker.io", "hosts.toml");
+    const before = await stat(path);
+    const run = await runScript();
+    expect(run.code, run.stdout + run.stderr).toBe(0);
+    expect(run.stdout).not.toContain("docker.io/hosts.toml: written");
+    expect((await stat(path)).mtimeMs).toBe(before.mtimeMs);
+  });
+
+  it("makes a real containerd pull through the mirror", { timeout: 120_000 }, async () => {
+    await registry.sync();
+    registry.clearRequests();
+    const pull = await containerd.ctr(["image", "pull", "--hosts-dir", certsDir, `docker.io/library/${NAME}:latest`]);
+    expect(pull.code, `${pull.stdout}\n${pull.stderr}\n${containerd.output().slice(-2000)}`).toBe(0);
+    const images = await containerd.ctr(["image", "list", "--quiet"]);
+    expect(images.stdout).toContain(`docker.io/library/${NAME}:latest`);
+    // Only the mirror talks to this registry: the blobs reached containerd through it.
+    await registry.sync();
+    for (const blob of image.blobs()) {
+      expect(registry.count({ method: "GET", kind: "blobs", pathIncludes: blob.digest, status: 200 }), blob.digest).toBe(1);
+    }
+  });
+});
