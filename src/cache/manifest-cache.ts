@@ -234,6 +234,8 @@ export function referencedDigests(bytes: Buffer): string[] {
   } catch {
     return [];
   }
+  // Valid JSON is not necessarily an object: `null`, numbers and strings reference nothing.
+  if (doc === null || typeof doc !== "object") return [];
   const found: string[] = [];
   const take = (d: unknown) => {
     const digest = (d as { digest?: unknown } | null | undefined)?.digest;

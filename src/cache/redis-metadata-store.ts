@@ -9,6 +9,7 @@
  *   missing:{scope}:<reference> string  "1"                                PX the record's own ttl
  *   missing-refs:{scope}        zset    reference → expiry (ms)            outlives its newest record
  *   lock:<name>                 string  owner token                        PX the lock's ttl
+ *   repos:{<upstream>}          set     repositories with tags (an index)  PX retention, refreshed by putTag
  *
  * The braces are a Redis Cluster hash tag: all keys of one repository share a slot, so the MULTI blocks and the
  * purge script below stay valid on a cluster. The two index keys exist so that listTags and deleteRepository

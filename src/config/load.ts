@@ -58,6 +58,13 @@ function finish(raw: unknown, problems: string[]): Config {
   const result = configSchema.safeParse(raw);
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
   if (result.success) {
+    // An upstream with credentials behind an open mirror is a door to private images: refuse unless explicit.
+    const withCredentials = Object.entries(result.data.upstreams).filter(([, u]) => u.credentials !== undefined).map(([n]) => n);
+    if (withCredentials.length > 0 && result.data.access?.anonymous === undefined) {
+      problems.push(
+        `access.anonymous: upstream ${withCredentials.join(", ")} has credentials, so anonymous access must be decided explicitly: set access.anonymous to false (clients log in) or true (anyone who reaches the mirror pulls with those credentials)`,
+      );
+    }
     const names = Object.keys(result.data.upstreams);
     for (const pin of result.data.storage.pinned) {
       const parsed = parsePin(pin, names);
@@ -112,7 +119,9 @@ function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv,
         break;
       }
       if (i === segments.length - 1) {
-        target[key] = parseEnvValue(value);
+        // A key that only takes strings gets the value verbatim: as YAML, `mirror:` would be a map.
+        const leaf = unwrap(shape ? shape[key] : recordValues);
+        target[key] = leaf instanceof z.ZodString ? value : parseEnvValue(value);
         break;
       }
       const childSchema = shape ? shape[key] : recordValues;

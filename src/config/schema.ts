@@ -77,6 +77,17 @@ export const upstreamSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Which repositories may be pulled through this upstream, as glob patterns (`*` within one path component,
+     * `**` across components): a repository must match an `allow` pattern (when any are given) and no `deny`
+     * pattern. Anything else is refused with DENIED before any upstream request.
+     */
+    repositories: z
+      .object({ allow: z.array(z.string().min(1)).optional(), deny: z.array(z.string().min(1)).default([]) })
+      .strict()
+      .prefault({}),
+    /** Blob downloads from this upstream at once; more wait in a bounded queue (limits.maxQueuedFills). */
+    maxConcurrentFills: z.number().int().positive().default(16),
     /** Cap on concurrent connections to this upstream (per origin it talks to). */
     maxConnections: z.number().int().positive().default(32),
     /**
@@ -172,6 +183,16 @@ export const configSchema = z
         manifestMaxBytes: z.number().int().min(4 * 1024 * 1024).default(8 * 1024 * 1024),
         /** Largest tags/list body passed through from an upstream. */
         tagListMaxBytes: z.number().int().positive().default(4 * 1024 * 1024),
+        /** Request line plus headers a client may send (Node's maxHeaderSize): bounds URL and header sizes. */
+        maxHeaderBytes: z.number().int().min(4096).max(1024 * 1024).default(16 * 1024),
+        /** A client must finish sending its request headers within this time (slowloris). */
+        headersTimeout: duration.default(10_000),
+        /** A connection with no bytes moving either way for this long is closed. */
+        idleTimeout: duration.default(120_000),
+        /** Downloads waiting for a free slot (upstreams.<name>.maxConcurrentFills) before 429 TOOMANYREQUESTS. */
+        maxQueuedFills: z.number().int().min(0).default(256),
+        /** Clients reading one in-progress download at once, before 429 TOOMANYREQUESTS. */
+        maxReadersPerFill: z.number().int().positive().default(1024),
       })
       .strict()
       .prefault({}),
@@ -184,6 +205,43 @@ export const configSchema = z
       .prefault({}),
     /** Never contact any upstream: serve only what is cached (air-gapped mode); overrides every upstream's `offline`. */
     offline: z.boolean().default(false),
+    /** TLS termination: both files PEM; reloaded when they change, so certificates rotate without a restart. */
+    tls: z.object({ certFile: z.string().min(1), keyFile: z.string().min(1) }).strict().optional(),
+    /**
+     * Who may pull what. Without this section every client is anonymous and allowed, unless an upstream has
+     * credentials: then `anonymous` must be set explicitly (the mirror would otherwise open private images to
+     * anyone who can reach it).
+     */
+    access: z
+      .object({
+        /** An htpasswd file with bcrypt entries (`htpasswd -B`): users who log in with Basic auth. */
+        htpasswdFile: z.string().min(1).optional(),
+        /** Static bearer tokens (e.g. for CI): `Authorization: Bearer <token>` acts as user `name`. */
+        tokens: z
+          .array(z.object({ name: z.string().min(1), token: z.string().min(16).optional(), tokenFile: z.string().min(1).optional() }).strict().refine((t) => (t.token === undefined) !== (t.tokenFile === undefined), "set exactly one of token, tokenFile"))
+          .default([]),
+        /** Whether clients without credentials may pull (subject to the rules). */
+        anonymous: z.boolean().optional(),
+        /**
+         * Ordered rules; the first that matches decides. `subjects`: user names, `anonymous`, or `*` (anyone).
+         * `upstreams` and `repositories` (globs) narrow it; absent means any. When no rule matches, logged-in
+         * users are allowed and anonymous clients are allowed iff `anonymous` is true.
+         */
+        rules: z
+          .array(
+            z
+              .object({
+                subjects: z.array(z.string().min(1)).min(1),
+                upstreams: z.array(z.string()).optional(),
+                repositories: z.array(z.string().min(1)).optional(),
+                action: z.enum(["allow", "deny"]),
+              })
+              .strict(),
+          )
+          .default([]),
+      })
+      .strict()
+      .optional(),
     /** The admin API under /admin/v1/ (purge, refresh). Off unless a token is configured. */
     admin: z
       .object({
@@ -214,6 +272,8 @@ export const configSchema = z
         negativeTtl: 30_000,
         offline: false,
         timeouts: { connect: 10_000, headers: 30_000, bodyIdle: 60_000 },
+        repositories: { deny: [] },
+        maxConcurrentFills: 16,
         maxConnections: 32,
         retries: 2,
         maxRedirects: 5,

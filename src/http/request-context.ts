@@ -12,6 +12,8 @@ export interface RequestState {
   requestId: string;
   /** Set by the router: which endpoint, which upstream served it and how (hit, miss, coalesced, ...). */
   kind?: RequestKind;
+  /** The logged-in user's name (never their credentials), when there is one. */
+  user?: string;
   upstream?: string;
   cache?: CacheResult;
 }
@@ -50,6 +52,7 @@ export function requestContext(log: Logger, metrics: Metrics): Koa.Middleware<Re
         ms: Math.round(seconds * 1e6) / 1e3,
         upstream: ctx.state.upstream,
         cache: ctx.state.cache,
+        user: ctx.state.user,
       };
       if (status >= 500) ctx.state.log.error(line, "request");
       else ctx.state.log.info(line, "request");

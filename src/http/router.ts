@@ -13,12 +13,17 @@ import type { BlobHandler } from "../registry/blob-handler.ts";
 import type { ManifestHandler } from "../registry/manifest-handler.ts";
 import type { RegistryResponse } from "../registry/response.ts";
 import type { Metrics } from "../observability/metrics.ts";
+import { ANONYMOUS, CHALLENGE, type AccessPolicy, type Identity } from "../registry/access-policy.ts";
+import type { ClientAuth } from "./client-auth.ts";
 import type { TagsHandler } from "../registry/tags-handler.ts";
 import type { UpstreamResolver } from "../registry/upstream-resolver.ts";
 import { parseDistributionRequest } from "./distribution-request.ts";
 import type { RequestState } from "./request-context.ts";
 
 export interface RouterDeps {
+  /** Client authentication, when `access` is configured (otherwise every client is anonymous). */
+  clientAuth: ClientAuth | undefined;
+  policy: AccessPolicy;
   /** Serves GET /metrics on the registry port (false when metrics have their own listener). */
   metrics: Metrics | undefined;
   /** Extra readiness checks (e.g. the metadata store); each returns a problem, or undefined when fine. */
@@ -33,9 +38,14 @@ export interface RouterDeps {
 export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
   const router = new Router<RequestState>();
 
-  router.all("/v2/", (ctx) => {
+  router.all("/v2/", async (ctx) => {
     if (ctx.method !== "GET" && ctx.method !== "HEAD") {
       throw new RegistryError("UNSUPPORTED", `${ctx.method} is not supported`, { headers: { Allow: "GET, HEAD" } });
+    }
+    // The ping is where clients learn they must log in (docker login checks it).
+    const who = await identify(ctx);
+    if (who.kind === "anonymous" && !deps.policy.anonymousAllowedAnywhere) {
+      throw new RegistryError("UNAUTHORIZED", "authentication required", { headers: { "WWW-Authenticate": CHALLENGE } });
     }
     ctx.status = 200;
     ctx.type = "application/json";
@@ -69,6 +79,13 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
   }
 
   const routes = router.routes() as unknown as Koa.Middleware<RequestState>;
+
+  async function identify(ctx: Koa.ParameterizedContext<RequestState>): Promise<Identity> {
+    if (!deps.clientAuth) return ANONYMOUS;
+    const who = await deps.clientAuth.identify(ctx.get("authorization") || undefined);
+    if (who.kind === "user") ctx.state.user = who.name;
+    return who;
+  }
   return async (ctx, next) => {
     const request = parseDistributionRequest({
       method: ctx.method,
@@ -82,8 +99,10 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
       return;
     }
     ctx.state.kind = request.kind;
+    const who = await identify(ctx);
     const target = deps.resolver.resolve(request.name, request.ns);
     ctx.state.upstream = target.upstream.name;
+    deps.policy.check(who, target.upstream.name, target.repo);
     let response: RegistryResponse;
     switch (request.kind) {
       case "manifest":

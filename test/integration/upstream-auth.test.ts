@@ -52,8 +52,7 @@ describe("token auth (Docker token flow)", () => {
   it("pulls with configured credentials, sent only to the token service", async () => {
     const m = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "alice-pw" } } },
-      }),
+        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "alice-pw" } } }, extra: { access: { anonymous: true } } }),
     );
     tokens.clearRequests();
     await pullAll(m, "team/private", "v1", image);
@@ -81,8 +80,7 @@ describe("token auth (Docker token flow)", () => {
   it("gives the client a clear UNAUTHORIZED for wrong credentials, not a 500", async () => {
     const m = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "wrong" } } },
-      }),
+        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "wrong" } } }, extra: { access: { anonymous: true } } }),
     );
     const res = await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(res.status).toBe(401);
@@ -109,13 +107,13 @@ describe("Basic auth (htpasswd)", () => {
   });
 
   it("pulls with configured Basic credentials", async () => {
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, credentials: { username: "bob", password: "bob-pw" } } } }));
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, credentials: { username: "bob", password: "bob-pw" } } }, extra: { access: { anonymous: true } } }));
     await pullAll(m, "team/basic", "v1", image);
   });
 
   it("answers UNAUTHORIZED without credentials and with wrong ones", async () => {
     for (const credentials of [undefined, { username: "bob", password: "nope" }]) {
-      const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, ...(credentials ? { credentials } : {}) } } }));
+      const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, ...(credentials ? { credentials } : {}) } }, extra: { access: { anonymous: true } } }));
       const res = await fetchRaw(`${m.url}/v2/team/basic/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
       expect(res.status).toBe(401);
       expect(errorCode(res)).toBe("UNAUTHORIZED");
@@ -142,8 +140,7 @@ describe("redirects", () => {
     relay.setFault({ kind: "redirectBlobs", to: blobHost });
     const m = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: relay.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "carol", password: "carol-pw" } } },
-      }),
+        upstreams: { "docker.io": { url: relay.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "carol", password: "carol-pw" } } }, extra: { access: { anonymous: true } } }),
     );
     await pullAll(m, "team/cdn", "v1", image);
     // A range on a cold blob, through the redirect too.

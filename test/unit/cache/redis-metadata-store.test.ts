@@ -38,6 +38,7 @@ describe("RedisMetadataStore", () => {
       "m:lock:revalidate",
       "m:missing-refs:{docker.io/library/alpine}",
       "m:missing:{docker.io/library/alpine}:nope",
+      "m:repos:{docker.io}",
       "m:tag:{docker.io/library/alpine}:3.20",
       "m:tags:{docker.io/library/alpine}",
     ]);
@@ -75,7 +76,8 @@ describe("RedisMetadataStore", () => {
     for (let i = 0; i < 600; i++) await store.putMissing(UP, "big", `m${i}`, 60_000);
     await store.putTag(UP, "big/child", "t", pointer(1));
     await store.deleteRepository(UP, "big");
-    expect((await allKeys(client)).sort()).toEqual(["m:tag:{docker.io/big/child}:t", "m:tags:{docker.io/big/child}"]);
+    expect((await allKeys(client)).sort()).toEqual(["m:repos:{docker.io}", "m:tag:{docker.io/big/child}:t", "m:tags:{docker.io/big/child}"]);
+    expect(await client.smembers("m:repos:{docker.io}")).toEqual(["big/child"]);
   });
 
   it("keeps the missing-record index as small as the live records", async () => {

@@ -58,6 +58,12 @@ upstreams:
     expect(config.storage.path).toBe("/srv/cache");
   });
 
+  it("passes values of string-only keys verbatim, even when they would parse as YAML", () => {
+    const config = loadConfig({ env: { MIRROR_REDIS__URL: "redis://127.0.0.1:6379", MIRROR_REDIS__KEY_PREFIX: "mirror:", MIRROR_STORAGE__PATH: "[not-a-list]" } });
+    expect(config.redis?.keyPrefix).toBe("mirror:");
+    expect(config.storage.path).toBe("[not-a-list]");
+  });
+
   it("rejects unknown keys and reports every problem at once", async () => {
     const file = await yamlFile(`
 listen: nowhere

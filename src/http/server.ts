@@ -1,0 +1,59 @@
+/**
+ * The listening server: HTTP, or HTTPS when `tls` is configured, with the limits that keep hostile clients from
+ * tying it up (header size, time to send headers, idle connections). The certificate and key are re-read when
+ * either file changes (polled: Kubernetes swaps secret files through symlinks, which fs.watch misses), so
+ * rotation needs no restart; a broken pair is logged and the previous one stays in use.
+ */
+import { unwatchFile, watchFile } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { createServer as createHttpServer, type RequestListener, type Server } from "node:http";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
+import { createSecureContext } from "node:tls";
+import type { Logger } from "pino";
+import type { Config } from "../config/schema.ts";
+
+export interface ListeningServer {
+  server: Server;
+  stopWatching: () => void;
+}
+
+export async function createRegistryServer(config: Config, handler: RequestListener, log: Logger): Promise<ListeningServer> {
+  const limits = {
+    maxHeaderSize: config.limits.maxHeaderBytes,
+    headersTimeout: config.limits.headersTimeout,
+    // No cap on a whole request: bundle imports stream large bodies. Slow senders are bounded by the headers
+    // timeout and, once the body flows, by the idle timeout below.
+    requestTimeout: 0,
+    // Node enforces the headers timeout only when it checks its connections, every 30 s by default.
+    connectionsCheckingInterval: Math.max(250, Math.min(5_000, Math.floor(config.limits.headersTimeout / 4))),
+    keepAliveTimeout: 65_000,
+  };
+  let server: Server;
+  let stopWatching: () => void = () => undefined;
+  if (config.tls) {
+    const { certFile, keyFile } = config.tls;
+    const [cert, key] = await Promise.all([readFile(certFile), readFile(keyFile)]);
+    const https: HttpsServer = createHttpsServer({ ...limits, cert, key }, handler);
+    const reload = () => {
+      Promise.all([readFile(certFile), readFile(keyFile)])
+        .then(([c, k]) => {
+          createSecureContext({ cert: c, key: k }); // throws on a mismatched or broken pair: keep the old one
+          https.setSecureContext({ cert: c, key: k });
+          log.info({ certFile }, "TLS certificate reloaded");
+        })
+        .catch((err: unknown) => log.error({ err: (err as Error).message, certFile }, "TLS certificate reload failed; keeping the previous one"));
+    };
+    watchFile(certFile, { interval: 1000 }, reload);
+    watchFile(keyFile, { interval: 1000 }, reload);
+    stopWatching = () => {
+      unwatchFile(certFile, reload);
+      unwatchFile(keyFile, reload);
+    };
+    server = https;
+  } else {
+    server = createHttpServer(limits, handler);
+  }
+  // Connections with nothing moving either way (a client that stopped reading, or never sends) are closed.
+  server.timeout = config.limits.idleTimeout;
+  return { server, stopWatching };
+}

@@ -1,0 +1,125 @@
+/**
+ * Client access control against a real upstream: htpasswd (bcrypt) users and static bearer tokens, ordered
+ * allow/deny rules, per-upstream repository patterns, and the refusal to open an upstream's credentials to
+ * anonymous clients by accident. A refused request must cause no upstream traffic, and no credential a client
+ * sent may appear in the logs.
+ */
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import bcrypt from "bcryptjs";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createMirror, type Mirror } from "../../src/app.ts";
+import { ConfigError, parseConfig } from "../../src/config/load.ts";
+import { buildImage, pushImage, randomLayer } from "../harness/image-builder.ts";
+import { Teardown } from "../harness/processes.ts";
+import { startRegistry, type Registry } from "../harness/registry.ts";
+import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
+
+const teardown = new Teardown();
+afterAll(() => teardown.run());
+const CI_TOKEN = "ci-token-abcdefghijklmnop";
+const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+
+let upstream: Registry;
+let mirror: Mirror;
+let url: string;
+const logLines: string[] = [];
+
+beforeAll(async () => {
+  upstream = teardown.track(await startRegistry());
+  for (const repo of ["library/open", "team/app", "team/secret", "blocked/thing"]) {
+    await pushImage(upstream.url, repo, "v1", buildImage({ format: "oci", layers: [randomLayer(2_000)], labels: { repo } }));
+  }
+  const dir = await mkdtemp(join(tmpdir(), "access-"));
+  const htpasswd = join(dir, "htpasswd");
+  await writeFile(htpasswd, `# users\nalice:${bcrypt.hashSync("alice-secret-pw", 4)}\n`);
+  const config = parseConfig({
+    listen: "127.0.0.1:0",
+    storage: { path: join(dir, "data") },
+    upstreams: { "docker.io": { url: upstream.url, default: true, repositories: { deny: ["blocked/**"] } } },
+    access: {
+      htpasswdFile: htpasswd,
+      tokens: [{ name: "ci", token: CI_TOKEN }],
+      anonymous: false,
+      rules: [
+        { subjects: ["anonymous"], repositories: ["library/*"], action: "allow" },
+        { subjects: ["ci"], repositories: ["team/secret"], action: "deny" },
+      ],
+    },
+  });
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logLines.push(chunk.toString());
+      cb();
+    },
+  });
+  mirror = await createMirror(config, { log: pino({ level: "info" }, sink), processMetrics: false });
+  const address = await mirror.listen();
+  url = `http://127.0.0.1:${address.port}`;
+  teardown.add("mirror", () => mirror.close());
+});
+
+const pull = (repo: string, authorization?: string) =>
+  fetchRaw(`${url}/v2/${repo}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES, ...(authorization ? { authorization } : {}) } });
+
+describe("client access control", () => {
+  it("lets anonymous clients pull what the rules allow, and challenges them for the rest", async () => {
+    expect((await pull("library/open")).status).toBe(200);
+    const refused = await pull("team/app");
+    expect(refused.status).toBe(401);
+    expect(errorCode(refused)).toBe("UNAUTHORIZED");
+    expect(refused.headers["www-authenticate"]).toBe('Basic realm="registry-mirror"');
+    // The ping says 200: anonymous clients may pull something here.
+    expect((await fetchRaw(`${url}/v2/`)).status).toBe(200);
+  });
+
+  it("lets htpasswd users and token holders in, and applies deny rules to them", async () => {
+    expect((await pull("team/app", basic("alice", "alice-secret-pw"))).status).toBe(200);
+    expect((await pull("team/secret", basic("alice", "alice-secret-pw"))).status).toBe(200);
+    expect((await pull("team/app", `Bearer ${CI_TOKEN}`)).status).toBe(200);
+    const denied = await pull("team/secret", `Bearer ${CI_TOKEN}`);
+    expect(denied.status).toBe(403);
+    expect(errorCode(denied)).toBe("DENIED");
+  });
+
+  it("refuses wrong credentials with a challenge", async () => {
+    for (const authorization of [basic("alice", "wrong"), basic("mallory", "x"), "Bearer not-a-token", "Digest abc"]) {
+      const res = await pull("library/open", authorization);
+      expect(res.status, authorization).toBe(401);
+      expect(res.headers["www-authenticate"]).toBe('Basic realm="registry-mirror"');
+    }
+  });
+
+  it("refuses a repository outside the upstream's patterns with DENIED, for everyone, without asking the upstream", async () => {
+    await upstream.sync();
+    upstream.clearRequests();
+    for (const authorization of [undefined, basic("alice", "alice-secret-pw")]) {
+      const res = await pull("blocked/thing", authorization);
+      expect(res.status).toBe(403);
+      expect(errorCode(res)).toBe("DENIED");
+      const blob = await fetchRaw(`${url}/v2/blocked/thing/blobs/sha256:${"a".repeat(64)}`, { headers: authorization ? { authorization } : {} });
+      expect(errorCode(blob)).toBe("DENIED");
+    }
+    await upstream.sync();
+    expect(upstream.requests()).toEqual([]);
+  });
+
+  it("never logs the credentials clients send, but names the user", async () => {
+    await new Promise((r) => setTimeout(r, 50));
+    const logs = logLines.join("");
+    expect(logs).not.toMatch(/alice-secret-pw|wrong|abcdefghijklmnop/);
+    expect(logs).not.toContain(Buffer.from("alice:alice-secret-pw").toString("base64"));
+    expect(logs).toMatch(/"user":"alice"/);
+  });
+
+  it("refuses to start with an upstream's credentials open to anonymous clients unless that is explicit", () => {
+    const base = { upstreams: { "docker.io": { url: "https://registry-1.docker.io", default: true, credentials: { username: "u", password: "p" } } } };
+    expect(() => parseConfig(base)).toThrow(ConfigError);
+    expect(() => parseConfig(base)).toThrow(/access\.anonymous/);
+    expect(parseConfig({ ...base, access: { anonymous: false } }).access?.anonymous).toBe(false);
+    expect(parseConfig({ ...base, access: { anonymous: true } }).access?.anonymous).toBe(true);
+  });
+});

@@ -1,0 +1,183 @@
+/**
+ * Property-based tests (fast-check, fixed seed, bounded runs) for every parser that sees client or upstream
+ * input: they never throw anything but their own errors, never accept what the grammar forbids, and never
+ * produce a file name outside the store or a host outside the config.
+ */
+import { resolve } from "node:path";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { BlobStore } from "../../../src/cache/blob-store.ts";
+import { referencedDigests } from "../../../src/cache/manifest-cache.ts";
+import { ConfigError, parseConfig } from "../../../src/config/load.ts";
+import { parseDistributionRequest } from "../../../src/http/distribution-request.ts";
+import { RegistryError } from "../../../src/oci/errors.ts";
+import { AcceptSet } from "../../../src/oci/media-types.ts";
+import { parseRange, resolveRange } from "../../../src/oci/range.ts";
+import { assertDigest, isSha256Digest, isValidName, isValidTag, parseManifestReference } from "../../../src/oci/reference.ts";
+import { compilePattern } from "../../../src/oci/repository-pattern.ts";
+import { UpstreamResolver } from "../../../src/registry/upstream-resolver.ts";
+import { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
+import { parseWwwAuthenticate } from "../../../src/upstream/www-authenticate.ts";
+
+fc.configureGlobal({ seed: 20261123, numRuns: 400 });
+
+const component = fc.stringMatching(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/, { maxLength: 20 });
+const validName = fc.array(component, { minLength: 1, maxLength: 4 }).map((parts) => parts.join("/")).filter((n) => n.length <= 255);
+const hex64 = fc.stringMatching(/^[a-f0-9]{64}$/);
+const nasty = fc.oneof(
+  fc.string({ maxLength: 300 }),
+  fc.string({ unit: "binary", maxLength: 100 }),
+  fc.constantFrom("..", "../", "%2e%2e", "%2F", "/", "//", "\u0000", "sha256:", "*", "?", "#", " ", "\\"),
+);
+const mixed = fc.array(fc.oneof(nasty, component, fc.constantFrom("manifests", "blobs", "tags", "list", "uploads")), { maxLength: 8 }).map((p) => p.join("/"));
+
+function ownErrorOnly(run: () => unknown): void {
+  try {
+    run();
+  } catch (err) {
+    if (!(err instanceof RegistryError)) throw err;
+  }
+}
+
+describe("names, tags and digests", () => {
+  it("accepts every name the grammar generates, and names it accepts never contain traversal or encodings", () => {
+    fc.assert(fc.property(validName, (n) => isValidName(n)));
+    fc.assert(
+      fc.property(fc.oneof(nasty, mixed), (n) => {
+        if (!isValidName(n)) return true;
+        return !/(^|\/)\.\.?(\/|$)|%|\\|\/\/|^\/|\/$|[A-Z\s]/.test(n) && !n.includes(String.fromCharCode(0));
+      }),
+    );
+  });
+
+  it("turns only sha256 digests into file names, always inside the store", () => {
+    const store = new BlobStore("/cache");
+    fc.assert(
+      fc.property(fc.oneof(nasty, hex64.map((h) => `sha256:${h}`)), (d) => {
+        let accepted = true;
+        try {
+          assertDigest(d);
+        } catch (err) {
+          if (!(err instanceof RegistryError) || err.code !== "DIGEST_INVALID") throw err;
+          accepted = false;
+        }
+        if (!accepted) return !isSha256Digest(d);
+        return resolve(store.pathOf(d)).startsWith("/cache/blobs/sha256/");
+      }),
+    );
+  });
+
+  it("parses references into a tag or a digest, or refuses them with an OCI error", () => {
+    fc.assert(
+      fc.property(fc.oneof(nasty, fc.stringMatching(/^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/)), (r) => {
+        try {
+          const ref = parseManifestReference(r);
+          return ref.kind === "tag" ? isValidTag(ref.tag) : isSha256Digest(ref.digest);
+        } catch (err) {
+          return err instanceof RegistryError;
+        }
+      }),
+    );
+  });
+});
+
+describe("request paths and upstream routing", () => {
+  const config = parseConfig({
+    upstreams: { "docker.io": { url: "https://registry-1.docker.io", default: true, aliases: ["index.docker.io"] }, "ghcr.io": { url: "https://ghcr.io" } },
+  });
+  const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u));
+  const resolver = new UpstreamResolver(upstreams);
+  const origins = new Set(upstreams.map((u) => new URL(u.config.url).origin));
+
+  it("either rejects a path with an OCI error or yields a valid name routed to a configured upstream", () => {
+    fc.assert(
+      fc.property(mixed, fc.constantFrom("GET", "HEAD", "PUT", "DELETE", "POST"), fc.option(nasty, { nil: undefined }), (path, method, ns) => {
+        ownErrorOnly(() => {
+          const req = parseDistributionRequest({ method, path: `/v2/${path}`, query: new URLSearchParams(ns === undefined ? "" : { ns }), headers: {} });
+          if (!req) return;
+          expect(isValidName(req.name)).toBe(true);
+          const target = resolver.resolve(req.name, req.ns);
+          expect(origins.has(new URL(target.upstream.config.url).origin)).toBe(true);
+          expect(isValidName(target.repo)).toBe(true);
+        });
+      }),
+    );
+  });
+});
+
+describe("Range", () => {
+  it("yields nothing or a single range that resolves inside the blob", () => {
+    fc.assert(
+      fc.property(fc.oneof(nasty, fc.tuple(fc.nat(), fc.option(fc.nat())).map(([a, b]) => `bytes=${a}-${b ?? ""}`), fc.nat().map((n) => `bytes=-${n}`)), fc.nat({ max: 2 ** 40 }), (header, size) => {
+        const spec = parseRange(header);
+        if (spec === undefined) return true;
+        const r = resolveRange(spec, size);
+        return r === "unsatisfiable" || (r.start >= 0 && r.start <= r.end && r.end < size);
+      }),
+    );
+  });
+});
+
+describe("headers from clients and upstreams", () => {
+  it("WWW-Authenticate: never throws, and round-trips challenges it is given", () => {
+    fc.assert(fc.property(fc.oneof(nasty, fc.array(nasty, { maxLength: 3 })), (h) => {
+      parseWwwAuthenticate(h);
+      return true;
+    }));
+    const value = fc.string({ maxLength: 40 }).filter((v) => !v.includes("\\"));
+    fc.assert(
+      fc.property(fc.constantFrom("Bearer", "bearer", "Basic"), value, value, (scheme, realm, service) => {
+        const parsed = parseWwwAuthenticate(`${scheme} realm="${realm.replace(/"/g, '\\"')}",service="${service.replace(/"/g, '\\"')}"`);
+        return parsed?.params.realm === realm && parsed.params.service === service;
+      }),
+    );
+  });
+
+  it("Accept: never throws, and an Accept naming a type accepts it", () => {
+    fc.assert(
+      fc.property(fc.oneof(nasty, fc.array(nasty, { maxLength: 4 })), fc.stringMatching(/^[a-z]+\/[a-z.+-]+$/), (h, type) => {
+        AcceptSet.parse(h).accepts(type);
+        const combined = Array.isArray(h) ? [...h, type] : [h, type];
+        return AcceptSet.parse(combined).accepts(type);
+      }),
+    );
+  });
+});
+
+describe("manifest JSON from upstreams", () => {
+  it("never throws, and only ever yields valid sha256 digests", () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.json(), fc.string({ maxLength: 200 }), fc.record({ config: fc.anything(), layers: fc.anything(), manifests: fc.array(fc.record({ digest: fc.oneof(nasty, hex64.map((h) => `sha256:${h}`)) })) })), (doc) => {
+        const bytes = Buffer.from(typeof doc === "string" ? doc : JSON.stringify(doc) ?? "");
+        return referencedDigests(bytes).every(isSha256Digest);
+      }),
+    );
+  });
+});
+
+describe("config", () => {
+  it("either loads or reports ConfigError, for any input", () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.anything(), fc.record({ listen: fc.anything(), storage: fc.anything(), upstreams: fc.dictionary(fc.string({ maxLength: 15 }), fc.anything()) })), (input) => {
+        try {
+          parseConfig(input);
+        } catch (err) {
+          if (!(err instanceof ConfigError)) throw err;
+        }
+        return true;
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
+
+describe("repository patterns", () => {
+  it("never throw, and a literal pattern matches exactly itself", () => {
+    fc.assert(fc.property(nasty, (p) => {
+      compilePattern(p)(p.replace(/\*/g, ""));
+      return true;
+    }));
+    fc.assert(fc.property(validName, validName, (a, b) => compilePattern(a)(b) === (a === b)));
+    fc.assert(fc.property(component, component, (org, repo) => compilePattern(`${org}/*`)(`${org}/${repo}`) && !compilePattern(`${org}/*`)(`${org}/${repo}/x`)));
+  });
+});
