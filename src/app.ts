@@ -13,6 +13,7 @@ import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { BlobStore } from "./cache/blob-store.ts";
+import { DataDirLock } from "./cache/data-dir-lock.ts";
 import { FillCoordinator } from "./cache/fill-coordinator.ts";
 import { Janitor } from "./cache/janitor.ts";
 import { Prefetcher } from "./cache/prefetcher.ts";
@@ -22,18 +23,23 @@ import { ManifestStore } from "./cache/manifest-store.ts";
 import { FailoverMetadataStore } from "./cache/failover-metadata-store.ts";
 import { MemoryMetadataStore } from "./cache/memory-metadata-store.ts";
 import type { MetadataStore } from "./cache/metadata-store.ts";
+import { PinList } from "./cache/pin-list.ts";
 import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
 import type { Config } from "./config/schema.ts";
 import { adminRouter } from "./http/admin-router.ts";
+import { ClientAuth } from "./http/client-auth.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
 import { requestContext, type RequestState } from "./http/request-context.ts";
 import { createRouter } from "./http/router.ts";
+import { createRegistryServer } from "./http/server.ts";
+import { AccessPolicy } from "./registry/access-policy.ts";
 import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
 import { UpstreamResolver } from "./registry/upstream-resolver.ts";
 import { Metrics } from "./observability/metrics.ts";
+import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
 
 export interface Mirror {
@@ -42,7 +48,7 @@ export interface Mirror {
   readonly log: Logger;
   /** Starts listening on `config.listen`; resolves with the bound address (port 0 picks a free one). */
   listen(): Promise<AddressInfo>;
-  /** Stops accepting requests, lets in-flight fills finish (bounded by `shutdownGrace`), closes upstream pools. */
+  /** Stops accepting requests, lets in-flight fills finish (bounded by `shutdownGrace`), closes upstream pools, unlocks the data directory. */
   close(): Promise<void>;
   /** Fills still downloading (for shutdown and tests). */
   readonly fillsInFlight: number;
@@ -55,37 +61,17 @@ export interface Mirror {
 export async function createMirror(config: Config, opts: { log?: Logger; processMetrics?: boolean } = {}): Promise<Mirror> {
   const log = opts.log ?? pino({ level: config.log.level });
   const metrics = new Metrics(new Registry(), { processMetrics: opts.processMetrics });
-  const blobStore = new BlobStore(config.storage.path);
-  const scan = await blobStore.init();
-  log.info({ ...scan }, "cache index rebuilt");
-  if (scan.removedTempFiles > 0) log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
-  const manifestStore = new ManifestStore(blobStore);
-  await manifestStore.init();
-  const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
-  const upstreamNames = Object.keys(config.upstreams);
-  const janitor: Janitor = new Janitor({
-    store: blobStore,
-    manifests: manifestStore,
-    metadata,
-    budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
-    pins: config.storage.pinned.map((p) => parsePin(p, upstreamNames) as Pin),
-    log,
-    metrics,
+  const layer = await createCacheLayer(config, { log, metrics });
+  // A mirror that fails to assemble (a bad token or htpasswd file) must not keep its data directory locked.
+  return assembleMirror(config, layer).catch(async (err: unknown) => {
+    await layer.close();
+    throw err;
   });
-  const fills = new FillCoordinator(blobStore, {
-    timeoutMs: config.fill.timeout,
-    log,
-    metrics,
-    policy: { admit: (size) => janitor.admit(size), noSpace: (err) => janitor.noteNoSpace(err) },
-  });
-  blobStore.onCommit(() => janitor.committed());
-  janitor.start(config.storage.checkInterval);
-  await janitor.check();
-  const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
-  for (const u of upstreams) {
-    if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
-    if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
-  }
+}
+
+/** The HTTP side over a cache layer: handlers, routers, the Koa app and the listeners. */
+async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror> {
+  const { log, metrics, blobStore, manifestStore, metadata, describeState, janitor, fills, upstreams, manifestCache, blobCache } = layer;
   metrics.onScrape(() => {
     const state = describeState();
     metrics.metadataStoreUp.set({ store: state.store }, state.degraded ? 0 : 1);
@@ -104,8 +90,6 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   });
 
   const resolver = new UpstreamResolver(upstreams);
-  const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
-  const blobCache = new BlobCache({ store: blobStore, fills, metadata, metrics });
 
   const app = new Koa<RequestState>();
   app.use(requestContext(log, metrics));
@@ -114,10 +98,12 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   if (adminToken !== undefined && adminToken.length < 16) throw new Error("admin.tokenFile holds a token shorter than 16 characters");
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
   if (adminToken !== undefined) {
-    app.use(adminRouter(new AdminHandler({ upstreams, manifests: manifestCache, manifestStore, store: blobStore, metadata, janitor, prefetcher }), adminToken));
+    app.use(adminRouter(new AdminHandler({ upstreams, manifests: manifestCache, manifestStore, store: blobStore, metadata, janitor, prefetcher, importer: createImporter(layer, config) }), adminToken));
   }
   app.use(
     createRouter({
+      clientAuth: config.access ? await ClientAuth.load({ htpasswdFile: config.access.htpasswdFile, tokens: config.access.tokens }) : undefined,
+      policy: new AccessPolicy(config),
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
         () => (janitor.noSpace !== undefined ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` } : undefined),
@@ -128,7 +114,7 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
       ],
       resolver,
       manifests: new ManifestHandler(manifestCache),
-      blobs: new BlobHandler(blobCache),
+      blobs: new BlobHandler(blobCache, { maxReadersPerFill: config.limits.maxReadersPerFill }),
       tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes }),
       storagePath: config.storage.path,
     }),
@@ -136,6 +122,7 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
   onAppError(app);
 
   let server: Server | undefined;
+  let stopWatchingTls: () => void = () => undefined;
   let metricsServer: Server | undefined;
   return {
     app,
@@ -151,7 +138,9 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
     },
     async listen() {
       const { host, port } = parseListen(config.listen);
-      server = createServer({ keepAliveTimeout: 65_000, headersTimeout: 30_000, requestTimeout: 60_000 }, app.callback());
+      const created = await createRegistryServer(config, app.callback(), log);
+      server = created.server;
+      stopWatchingTls = created.stopWatching;
       await new Promise<void>((resolve, reject) => {
         server!.once("error", reject);
         server!.listen(port, host, () => resolve());
@@ -167,16 +156,126 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
     async close() {
       const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
       server?.closeIdleConnections();
+      stopWatchingTls();
       janitor.stop();
       metricsServer?.close();
       metricsServer?.closeAllConnections();
       await fills.drain(config.shutdownGrace);
       server?.closeAllConnections();
       await closed;
-      await Promise.all(upstreams.map((u) => u.close()));
-      await closeMetadata();
+      await layer.close();
     },
   };
+}
+
+/** The cache layer without the HTTP server: what the mirror and the CLI commands that work on a cache share. */
+export interface CacheLayer {
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly blobStore: BlobStore;
+  readonly manifestStore: ManifestStore;
+  readonly metadata: MetadataStore;
+  readonly janitor: Janitor;
+  readonly fills: FillCoordinator;
+  readonly upstreams: readonly UpstreamClient[];
+  readonly manifestCache: ManifestCache;
+  readonly blobCache: BlobCache;
+  /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
+  readonly pins: PinList;
+  readonly describeState: () => { store: string; degraded: boolean; reason: string };
+  /** Stops the janitor, lets running fills finish (bounded by `shutdownGrace`), closes upstream pools and the metadata store, releases the lock. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the stores, the janitor, the fill coordinator, one client per upstream and the read-through caches
+ * over `config.storage.path`, after taking that directory's lock (DataDirLockedError if another process holds
+ * it): the mirror at start, and `mirror export|import|inventory` working on a data directory.
+ */
+export async function createCacheLayer(config: Config, opts: { log: Logger; metrics: Metrics; purpose?: string }): Promise<CacheLayer> {
+  const { log, metrics } = opts;
+  // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
+  const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
+  try {
+    const blobStore = new BlobStore(config.storage.path);
+    const scan = await blobStore.init();
+    log.info({ ...scan }, "cache index rebuilt");
+    if (scan.removedTempFiles > 0) log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
+    const manifestStore = new ManifestStore(blobStore);
+    await manifestStore.init();
+    const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
+    const upstreamNames = Object.keys(config.upstreams);
+    const pins = new PinList(config.storage.path);
+    const janitor: Janitor = new Janitor({
+      store: blobStore,
+      manifests: manifestStore,
+      metadata,
+      budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
+      pins: config.storage.pinned.map((p) => parsePin(p, upstreamNames) as Pin),
+      pinList: pins,
+      log,
+      metrics,
+    });
+    const fills = new FillCoordinator(blobStore, {
+      timeoutMs: config.fill.timeout,
+      log,
+      metrics,
+      policy: { admit: (size) => janitor.admit(size), noSpace: (err) => janitor.noteNoSpace(err) },
+      limits: { maxFills: (upstream) => config.upstreams[upstream]?.maxConcurrentFills ?? 16, maxQueued: config.limits.maxQueuedFills },
+    });
+    blobStore.onCommit(() => janitor.committed());
+    janitor.start(config.storage.checkInterval);
+    await janitor.check();
+    const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
+    for (const u of upstreams) {
+      if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
+      if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
+    }
+    const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
+    const blobCache = new BlobCache({ store: blobStore, fills, metadata, metrics });
+    let closing: Promise<void> | undefined;
+    return {
+      log,
+      metrics,
+      blobStore,
+      manifestStore,
+      metadata,
+      janitor,
+      fills,
+      upstreams,
+      manifestCache,
+      blobCache,
+      pins,
+      describeState,
+      close() {
+        closing ??= (async () => {
+          janitor.stop();
+          await fills.drain(config.shutdownGrace);
+          await Promise.all(upstreams.map((u) => u.close()));
+          await closeMetadata();
+          await lock.release();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+/** The bundle importer over a cache layer: the admin endpoint and `mirror import --data-dir` use the same one. */
+export function createImporter(layer: CacheLayer, config: Config): Importer {
+  return new Importer({
+    store: layer.blobStore,
+    manifests: layer.manifestStore,
+    metadata: layer.metadata,
+    admit: (size) => layer.janitor.admit(size),
+    pins: layer.pins,
+    upstreams: layer.upstreams,
+    manifestMaxBytes: config.limits.manifestMaxBytes,
+    log: layer.log,
+  });
 }
 
 /**

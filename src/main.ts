@@ -4,23 +4,39 @@
  */
 import { parseArgs } from "node:util";
 import { createMirror } from "./app.ts";
+import { DataDirLockedError } from "./cache/data-dir-lock.ts";
+import { EXPORT_USAGE, exportCommand } from "./cli/export.ts";
+import { IMPORT_USAGE, importCommand } from "./cli/import.ts";
+import { INVENTORY_USAGE, inventoryCommand } from "./cli/inventory.ts";
 import { PREFETCH_USAGE, prefetchCommand } from "./cli/prefetch.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 
 const USAGE = `usage: mirror [--config FILE]
        mirror prefetch <upstream>/<repository>[:tag|@digest] [--platform os/arch]... (see mirror prefetch --help)
+       mirror export <reference>... --output bundle.tar      (air-gapped transfer: see docs/air-gapped-transfer.md)
+       mirror import <bundle.tar | -> [--pin] [--url URL | --data-dir DIR]
+       mirror inventory [--url URL | --data-dir DIR] [--output inventory.json]
 
 Starts the pull-through registry mirror. Without a config file it listens on 0.0.0.0:5000, caches under ./data
 and mirrors Docker Hub. MIRROR_CONFIG names a config file too; MIRROR_* variables override single keys
 (e.g. MIRROR_LISTEN=127.0.0.1:5001, MIRROR_STORAGE__PATH=/var/cache/mirror). See docs/configuration.md.`;
 
+/** Subcommands: the first argument names one. */
+const COMMANDS = new Map<string, { usage: string; run: (argv: string[]) => Promise<number> }>([
+  ["prefetch", { usage: PREFETCH_USAGE, run: (argv) => prefetchCommand(argv) }],
+  ["export", { usage: EXPORT_USAGE, run: (argv) => exportCommand(argv) }],
+  ["import", { usage: IMPORT_USAGE, run: (argv) => importCommand(argv) }],
+  ["inventory", { usage: INVENTORY_USAGE, run: (argv) => inventoryCommand(argv) }],
+]);
+
 async function main(): Promise<number> {
-  if (process.argv[2] === "prefetch") {
+  const command = COMMANDS.get(process.argv[2] ?? "");
+  if (command) {
     if (process.argv.includes("--help")) {
-      console.log(PREFETCH_USAGE);
+      console.log(command.usage);
       return 0;
     }
-    return prefetchCommand(process.argv.slice(3));
+    return command.run(process.argv.slice(3));
   }
   const { values } = parseArgs({ options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } } });
   if (values.help) {
@@ -37,7 +53,16 @@ async function main(): Promise<number> {
     }
     throw err;
   }
-  const mirror = await createMirror(config);
+  let mirror;
+  try {
+    mirror = await createMirror(config);
+  } catch (err) {
+    if (err instanceof DataDirLockedError) {
+      console.error(err.message);
+      return 1;
+    }
+    throw err;
+  }
   await mirror.listen();
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

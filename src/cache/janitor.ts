@@ -3,8 +3,9 @@
  *
  * - **Eviction.** When the indexed bytes pass the high watermark of `storage.maxSize`, or the filesystem's
  *   used fraction passes the high watermark, least-recently-used content is deleted until both are under the
- *   low watermark. Pinned content (config `storage.pinned`: everything reachable from those tags), content a
- *   response is reading and content a fill has just committed are skipped.
+ *   low watermark. Pinned content (config `storage.pinned`: everything reachable from those tags; and the
+ *   digests pinned by `mirror import --pin`, kept in `<storage.path>/pins.json`), content a response is reading
+ *   and content a fill has just committed are skipped.
  * - **Admission.** Before a download is cached, there must be room for it (evicting first if that makes room).
  *   If there is not, the blob is streamed to the client verified but uncached.
  * - **No space.** A write that fails with ENOSPC puts the mirror in no-space mode: misses are streamed without
@@ -18,6 +19,7 @@ import type { BlobStore } from "./blob-store.ts";
 import { referencedDigests } from "./manifest-cache.ts";
 import type { ManifestStore } from "./manifest-store.ts";
 import type { MetadataStore } from "./metadata-store.ts";
+import type { PinList } from "./pin-list.ts";
 
 export interface Budget {
   /** Bytes; undefined means only the filesystem's watermarks apply. */
@@ -39,6 +41,7 @@ export class Janitor {
   private readonly metadata: MetadataStore;
   private readonly budget: Budget;
   private readonly pins: readonly Pin[];
+  private readonly pinList: PinList | undefined;
   private readonly log: Logger;
   private readonly metrics: Metrics | undefined;
   private readonly fsUsage: FsUsage;
@@ -53,6 +56,8 @@ export class Janitor {
     metadata: MetadataStore;
     budget: Budget;
     pins: readonly Pin[];
+    /** Digests pinned at run time (import); re-read at every sweep, so edits apply without a restart. */
+    pinList?: PinList;
     log: Logger;
     metrics?: Metrics;
     fsUsage?: FsUsage;
@@ -62,6 +67,7 @@ export class Janitor {
     this.metadata = opts.metadata;
     this.budget = opts.budget;
     this.pins = opts.pins;
+    this.pinList = opts.pinList;
     this.log = opts.log;
     this.metrics = opts.metrics;
     this.fsUsage = opts.fsUsage ?? defaultFsUsage;
@@ -146,7 +152,13 @@ export class Janitor {
   }
 
   private async evict(need: number): Promise<{ evicted: number; bytes: number }> {
-    const pinned = await this.pinnedDigests();
+    let pinned: Set<string>;
+    try {
+      pinned = await this.pinnedDigests();
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, "cannot tell what is pinned: evicting nothing");
+      return { evicted: 0, bytes: 0 };
+    }
     let freed = 0;
     let evicted = 0;
     const victims: Array<{ digest: string; size: number }> = [];
@@ -174,9 +186,13 @@ export class Janitor {
     return { evicted, bytes };
   }
 
-  /** Everything reachable from the pinned tags: manifests, their children, configs and layers. */
+  /** Everything reachable from the pinned tags and digests: manifests, their children, configs and layers. */
   private async pinnedDigests(): Promise<Set<string>> {
     const pinned = new Set<string>();
+    // A pin list that cannot be read at all (permissions, I/O) fails the sweep: evicting without it could drop
+    // content an operator pinned. One that does not parse keeps its last good contents (PinList.list).
+    const recorded = (await this.pinList?.list((err) => this.log.warn({ err: err.message }, "pin list does not parse"))) ?? [];
+    for (const pin of recorded) await this.addReachable(pin.digest, pinned);
     for (const pin of this.pins) {
       const tags = pin.tag !== undefined ? [pin.tag] : await this.metadata.listTags(pin.upstream, pin.repository);
       for (const tag of tags) {

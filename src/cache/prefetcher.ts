@@ -6,10 +6,10 @@
 import { randomUUID } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import type { Logger } from "pino";
-import { isIndexType } from "../oci/media-types.ts";
 import type { ManifestReference } from "../oci/reference.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { BlobCache } from "./blob-cache.ts";
+import { walkImage } from "./image-walker.ts";
 import type { ManifestCache } from "./manifest-cache.ts";
 
 export interface PrefetchRequest {
@@ -30,12 +30,6 @@ export interface JobStatus {
   errors: string[];
   startedAt: string;
   finishedAt?: string;
-}
-
-interface Descriptor {
-  digest: string;
-  size?: number;
-  platform?: { os?: string; architecture?: string; variant?: string };
 }
 
 /** Blob downloads one job runs at once: enough to overlap latency, few enough not to crowd clients out. */
@@ -88,24 +82,8 @@ export class Prefetcher {
 
   private async run(req: PrefetchRequest, job: JobStatus): Promise<void> {
     const { upstream, repository } = req;
-    const top = await this.manifests.get(upstream, repository, req.reference);
-    job.manifests++;
-    const images: Buffer[] = [];
-    if (isIndexType(top.manifest.mediaType) || hasManifests(top.manifest.bytes)) {
-      const children = (parse(top.manifest.bytes).manifests ?? []).filter((d) => wanted(d, req.platforms));
-      for (const child of children) {
-        const m = await this.manifests.get(upstream, repository, { kind: "digest", digest: child.digest });
-        job.manifests++;
-        images.push(m.manifest.bytes);
-      }
-    } else {
-      images.push(top.manifest.bytes);
-    }
-    const blobs = new Map<string, number>();
-    for (const image of images) {
-      const doc = parse(image);
-      for (const d of [doc.config, ...(doc.layers ?? [])]) if (d?.digest) blobs.set(d.digest, d.size ?? 0);
-    }
+    const walked = await walkImage(this.manifests, upstream, repository, req.reference, req.platforms, () => job.manifests++);
+    const blobs = new Map([...walked.blobs].map(([digest, d]) => [digest, d.size ?? 0]));
     job.blobs.total = blobs.size;
     job.bytes.total = [...blobs.values()].reduce((a, b) => a + b, 0);
     const queue = [...blobs.entries()];
@@ -141,26 +119,4 @@ export class Prefetcher {
         return;
     }
   }
-}
-
-function parse(bytes: Buffer): { manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] } {
-  try {
-    return JSON.parse(bytes.toString("utf8")) as { manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] };
-  } catch {
-    return {};
-  }
-}
-
-function hasManifests(bytes: Buffer): boolean {
-  return Array.isArray(parse(bytes).manifests);
-}
-
-function wanted(d: Descriptor, platforms: readonly string[]): boolean {
-  if (platforms.length === 0) return true;
-  const p = d.platform;
-  if (!p) return false;
-  return platforms.some((want) => {
-    const [os, arch, variant] = want.split("/");
-    return p.os === os && p.architecture === arch && (variant === undefined || p.variant === variant);
-  });
 }

@@ -13,7 +13,8 @@ const MAX_BODY = 64 * 1024;
 interface Route {
   method: string;
   path: RegExp;
-  run(input: { body: () => Promise<unknown>; query: URLSearchParams; params: string[] }): Promise<unknown> | unknown;
+  /** `body` parses a JSON body (64 KiB at most); `stream` is the raw body, for the bundle import. */
+  run(input: { body: () => Promise<unknown>; stream: () => AsyncIterable<Buffer>; query: URLSearchParams; params: string[] }): unknown;
   status?: number;
 }
 
@@ -30,6 +31,8 @@ export function adminRouter(handler: AdminHandler, token: string): Koa.Middlewar
     { method: "GET", path: /^\/admin\/v1\/tags$/, run: ({ query }) => handler.tags(query) },
     { method: "GET", path: /^\/admin\/v1\/blobs$/, run: ({ query }) => handler.blobs(query) },
     { method: "DELETE", path: /^\/admin\/v1\/blobs\/([^/]+)$/, run: ({ params }) => handler.deleteBlob(params[0]!) },
+    { method: "POST", path: /^\/admin\/v1\/import$/, run: ({ stream, query }) => handler.import(stream(), query) },
+    { method: "GET", path: /^\/admin\/v1\/inventory$/, run: () => handler.inventory() },
   ];
   return async (ctx, next) => {
     if (!ctx.path.startsWith("/admin/")) {
@@ -43,7 +46,7 @@ export function adminRouter(handler: AdminHandler, token: string): Koa.Middlewar
     for (const route of routes) {
       const m = route.path.exec(ctx.path);
       if (!m || route.method !== ctx.method) continue;
-      const result = await route.run({ body: () => readJson(ctx), query: new URLSearchParams(ctx.querystring), params: m.slice(1) });
+      const result = await route.run({ body: () => readJson(ctx), stream: () => ctx.req as AsyncIterable<Buffer>, query: new URLSearchParams(ctx.querystring), params: m.slice(1) });
       ctx.status = route.status ?? 200;
       ctx.body = result;
       return;

@@ -1,6 +1,7 @@
 /**
  * Operator actions on the cache (docs/admin-api.md): list what is cached, purge a tag, a repository or a
- * digest, refresh a tag now, prefetch an image, and cache totals. Input is validated with the same grammar as
+ * digest, refresh a tag now, prefetch an image, cache totals, and import a bundle / list an inventory for
+ * air-gapped transfer (docs/air-gapped-transfer.md). Input is validated with the same grammar as
  * registry requests, and the upstream must be one the configuration names.
  */
 import type { BlobStore } from "../cache/blob-store.ts";
@@ -10,7 +11,10 @@ import type { ManifestStore } from "../cache/manifest-store.ts";
 import type { MetadataStore } from "../cache/metadata-store.ts";
 import type { JobStatus, Prefetcher } from "../cache/prefetcher.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { assertDigest, assertName, isValidTag, parseManifestReference } from "../oci/reference.ts";
+import { parseImageReference } from "../oci/image-reference.ts";
+import { assertDigest, assertName, isValidTag } from "../oci/reference.ts";
+import type { Importer, ImportReport } from "../transfer/importer.ts";
+import { takeInventory, type Inventory } from "../transfer/inventory.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
 export interface TagTarget {
@@ -27,6 +31,7 @@ export class AdminHandler {
   private readonly metadata: MetadataStore;
   private readonly janitor: Janitor;
   private readonly prefetcher: Prefetcher;
+  private readonly importer: Importer | undefined;
 
   constructor(opts: {
     upstreams: readonly UpstreamClient[];
@@ -36,6 +41,7 @@ export class AdminHandler {
     metadata: MetadataStore;
     janitor: Janitor;
     prefetcher: Prefetcher;
+    importer?: Importer;
   }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
     this.manifests = opts.manifests;
@@ -44,6 +50,20 @@ export class AdminHandler {
     this.metadata = opts.metadata;
     this.janitor = opts.janitor;
     this.prefetcher = opts.prefetcher;
+    this.importer = opts.importer;
+  }
+
+  /** A bundle (tar stream) into the cache; `?pin=true` pins what it imports. Answers with the import report. */
+  async import(bundle: AsyncIterable<Buffer>, query: URLSearchParams): Promise<ImportReport> {
+    if (!this.importer) throw new RegistryError("UNSUPPORTED", "this mirror cannot import bundles", { status: 404 });
+    const pin = query.get("pin");
+    if (pin !== null && !["true", "false", "1", "0"].includes(pin)) throw new RegistryError("UNSUPPORTED", "pin must be true or false", { status: 400 });
+    return this.importer.import(bundle, { pin: pin === "true" || pin === "1" });
+  }
+
+  /** What the mirror holds (docs/air-gapped-transfer.md): the input of a delta export. */
+  async inventory(): Promise<Inventory> {
+    return takeInventory({ store: this.store, metadata: this.metadata, upstreams: [...this.upstreams.keys()] });
   }
 
   async purge(body: unknown): Promise<{ purged: TagTarget }> {
@@ -116,7 +136,7 @@ export class AdminHandler {
     if (!Array.isArray(platforms) || !platforms.every((p) => typeof p === "string" && /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/.test(p))) {
       throw new RegistryError("UNSUPPORTED", "platforms must be a list like [\"linux/amd64\", \"linux/arm64/v8\"]", { status: 400 });
     }
-    const { upstream, repository, reference } = this.parseReference(b.reference);
+    const { upstream, repository, reference } = parseImageReference(b.reference, [...this.upstreams.values()], { requireUpstream: true });
     return this.prefetcher.start({ upstream, repository, reference, platforms: platforms as string[] });
   }
 
@@ -124,29 +144,6 @@ export class AdminHandler {
     const job = this.prefetcher.status(id);
     if (!job) throw new RegistryError("UNSUPPORTED", `no job ${id.slice(0, 64)}`, { status: 404 });
     return job;
-  }
-
-  /** `<upstream>/<repository>(:<tag>|@<digest>)`, a tag defaulting to `latest`. */
-  private parseReference(text: string): { upstream: UpstreamClient; repository: string; reference: ReturnType<typeof parseManifestReference> } {
-    const slash = text.indexOf("/");
-    const upstream = this.upstream(slash > 0 ? text.slice(0, slash) : "");
-    let rest = text.slice(slash + 1);
-    let ref = "latest";
-    const at = rest.indexOf("@");
-    if (at >= 0) {
-      ref = rest.slice(at + 1);
-      rest = rest.slice(0, at);
-    } else {
-      const colon = rest.lastIndexOf(":");
-      if (colon > 0) {
-        ref = rest.slice(colon + 1);
-        rest = rest.slice(0, colon);
-      }
-    }
-    const prefix = upstream.config.libraryPrefix;
-    const repository = prefix !== null && !rest.includes("/") ? `${prefix}/${rest}` : rest;
-    assertName(repository);
-    return { upstream, repository, reference: parseManifestReference(ref) };
   }
 
   private upstream(name: string): UpstreamClient {

@@ -1,0 +1,55 @@
+/**
+ * What the transfer commands (export, import, inventory) share: the configuration loaded exactly as the
+ * mirror loads it (file, MIRROR_CONFIG, MIRROR_* overrides) with `--data-dir` in place of `storage.path`; a
+ * logger on stderr (stdout may carry a bundle or an inventory); the admin token of a running mirror; and how
+ * failures the user can act on become one line and an exit status instead of a stack trace.
+ */
+import { readFile } from "node:fs/promises";
+import { pino, type Logger } from "pino";
+import { ConfigError, loadConfig } from "../config/load.ts";
+import type { Config } from "../config/schema.ts";
+
+/** Exit statuses: 1 for a failed run, 2 for a command line or configuration that cannot work. */
+export class CommandError extends Error {
+  readonly status: number;
+  constructor(message: string, status = 1) {
+    super(message);
+    this.name = "CommandError";
+    this.status = status;
+  }
+}
+
+export function commandConfig(file: string | undefined, dataDir: string | undefined): Config {
+  let config: Config;
+  try {
+    config = loadConfig({ file });
+  } catch (err) {
+    if (err instanceof ConfigError) throw new CommandError(err.message, 2);
+    throw err;
+  }
+  return dataDir === undefined ? config : { ...config, storage: { ...config.storage, path: dataDir } };
+}
+
+/** Warnings and errors only: the commands print their own progress and results. */
+export function commandLogger(): Logger {
+  return pino({ level: "warn" }, pino.destination(2));
+}
+
+export async function adminToken(values: { token?: string | undefined; "token-file"?: string | undefined }): Promise<string> {
+  const token = values.token ?? (values["token-file"] !== undefined ? (await readFile(values["token-file"], "utf8")).trim() : process.env.MIRROR_ADMIN_TOKEN);
+  if (!token) throw new CommandError("an admin token is required with --url (--token, --token-file or MIRROR_ADMIN_TOKEN)", 2);
+  return token;
+}
+
+/**
+ * Runs a command body. Failures print one line, `<command>: <message>`: the user acts on the message (a lock
+ * held, an upstream 404, a refused entry), and a stack trace would bury it.
+ */
+export async function runCli(name: string, err: NodeJS.WritableStream, body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    err.write(`${name}: ${e instanceof Error ? e.message : String(e)}\n`);
+    return e instanceof CommandError ? e.status : 1;
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * `mirror export <reference>... [--file refs.txt] [--platform os/arch]... [--exclude-listing inventory.json]
+ *                --output bundle.tar|- [--config mirror.yaml] [--data-dir DIR]`
+ *
+ * Fetches images through the same cache and upstream code the mirror serves with (the cache directory of the
+ * config, or --data-dir, locked while the command runs) and writes a bundle (src/transfer/bundle-layout.ts).
+ * The bundle is written to `<output>.partial` and renamed when complete, so a failed or interrupted export
+ * never leaves a file that looks like a bundle.
+ */
+import { createWriteStream } from "node:fs";
+import { readFile, rename, rm } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { parseArgs } from "node:util";
+import { Registry } from "prom-client";
+import { createCacheLayer } from "../app.ts";
+import { DataDirLockedError } from "../cache/data-dir-lock.ts";
+import { Metrics } from "../observability/metrics.ts";
+import { Exporter } from "../transfer/exporter.ts";
+import { parseInventory } from "../transfer/inventory.ts";
+import { CommandError, commandConfig, commandLogger, runCli } from "./command-context.ts";
+import { Progress } from "./progress.ts";
+
+export const EXPORT_USAGE = `usage: mirror export <reference>... [--file refs.txt] [--platform os/arch]...
+                    [--exclude-listing inventory.json] --output bundle.tar|- [--config mirror.yaml] [--data-dir DIR]
+
+Fetches images from the configured upstreams through a cache directory (the config's storage.path, or
+--data-dir; no mirror may be running on it) and writes a bundle: an OCI image layout in a tar.
+
+  <reference>           <upstream>/<repository>[:tag|@sha256:...], e.g. docker.io/library/alpine:3.20;
+                        a name without a configured upstream belongs to the default one (alpine:3.20)
+  --file F              more references, one per line (# starts a comment)
+  --platform os/arch    only these platforms of a multi-platform image (repeatable; default: all)
+  --exclude-listing F   leave out the blobs listed in F, the destination's \`mirror inventory\` (a delta bundle)
+  --output F            the bundle file, or - for stdout`;
+
+const PLATFORM_RE = /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/;
+
+export async function exportCommand(argv: string[], err: NodeJS.WriteStream = process.stderr): Promise<number> {
+  return runCli("export", err, async () => {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        file: { type: "string" },
+        platform: { type: "string", multiple: true },
+        "exclude-listing": { type: "string" },
+        output: { type: "string", short: "o" },
+        config: { type: "string", short: "c" },
+        "data-dir": { type: "string" },
+      },
+    });
+    const references = [...positionals];
+    if (values.file !== undefined) references.push(...referencesIn(await readFile(values.file, "utf8")));
+    if (references.length === 0 || values.output === undefined) throw new CommandError(`no references or no --output\n${EXPORT_USAGE}`, 2);
+    const platforms = values.platform ?? [];
+    const badPlatform = platforms.find((p) => !PLATFORM_RE.test(p));
+    if (badPlatform !== undefined) throw new CommandError(`--platform ${badPlatform}: expected os/arch[/variant], e.g. linux/arm64/v8`, 2);
+    let exclude: Map<string, number> | undefined;
+    if (values["exclude-listing"] !== undefined) {
+      const listing = parseInventory(await readFile(values["exclude-listing"], "utf8"), values["exclude-listing"]);
+      exclude = new Map(listing.blobs.map((b) => [b.digest, b.size]));
+    }
+    const config = commandConfig(values.config, values["data-dir"]);
+    const layer = await createCacheLayer(config, { log: commandLogger(), metrics: new Metrics(new Registry()), purpose: "mirror export" }).catch((e: unknown) => {
+      if (e instanceof DataDirLockedError) throw new CommandError(`${e.message} (export needs a cache directory of its own: give --data-dir)`);
+      throw e;
+    });
+    const output = values.output;
+    const partial = `${output}.partial`;
+    try {
+      const exporter = new Exporter({ manifests: layer.manifestCache, blobs: layer.blobCache, store: layer.blobStore, upstreams: layer.upstreams });
+      const progress = new Progress(err, "export", "items");
+      let manifests = 0;
+      const plan = await exporter.plan(references, { platforms, exclude, onManifest: () => progress.update({ items: { done: ++manifests }, bytes: { done: 0 } }) });
+      for (const image of plan.images) {
+        const platformsNote = image.children.length > 0 ? ` (${image.children.length} platform${image.children.length === 1 ? "" : "s"})` : "";
+        progress.note(`${image.reference.canonical} ${image.top.digest}${platformsNote}`);
+      }
+      const totals = exporter.totals(plan);
+      const target = output === "-" ? process.stdout : createWriteStream(partial, { flags: "w", flush: true });
+      try {
+        await pipeline(Readable.from(exporter.write(plan, { progress: totals, onProgress: (p) => progress.update(p) })), target);
+        if (output !== "-") await rename(partial, output);
+      } catch (e) {
+        if (output !== "-") await rm(partial, { force: true });
+        throw e;
+      }
+      progress.finish(totals);
+      const leftOut = plan.excluded.reduce((n, b) => n + b.size, 0);
+      err.write(
+        `export: wrote ${output === "-" ? "the bundle to stdout" : output}: ${plan.images.length} references, ${plan.manifests.length} manifests, ${plan.blobs.length} blobs, ${mib(totals.bytes.total)} MiB` +
+          (plan.excluded.length > 0 ? `; left out ${plan.excluded.length} blobs (${mib(leftOut)} MiB) the destination holds` : "") +
+          "\n",
+      );
+      return 0;
+    } finally {
+      await layer.close();
+    }
+  });
+}
+
+/** One reference per line; blank lines and `#` comments ignored. */
+export function referencesIn(text: string): string[] {
+  return text
+    .split("\n")
+    .map((line) => line.replace(/#.*/, "").trim())
+    .filter((line) => line !== "");
+}
+
+function mib(n: number): string {
+  return (n / (1024 * 1024)).toFixed(1);
+}

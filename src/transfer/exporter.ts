@@ -1,0 +1,265 @@
+/**
+ * Writes bundles (bundle-layout.ts): resolves each reference through the read-through manifest cache, then
+ * streams manifests, configs and layers into a tar, fetching blobs through the blob cache exactly as a client
+ * pull does (a cached blob is read from disk; a missing one is downloaded into the cache first, joining a
+ * download already running). A few blobs are prepared ahead of the one being written, so downloads overlap
+ * with writing; each blob's bytes pass through once, checked against its digest and size on the way out, so a
+ * bundle never carries content the cache has let rot.
+ */
+import { createHash } from "node:crypto";
+import type { FileHandle } from "node:fs/promises";
+import type { Readable } from "node:stream";
+import type { BlobCache } from "../cache/blob-cache.ts";
+import type { BlobStore } from "../cache/blob-store.ts";
+import { isIndexLike, walkImage, type Descriptor } from "../cache/image-walker.ts";
+import type { ManifestCache } from "../cache/manifest-cache.ts";
+import type { StoredManifest } from "../cache/manifest-store.ts";
+import { MediaType } from "../oci/media-types.ts";
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import {
+  blobPath,
+  CONTAINERD_NAME_ANNOTATION,
+  INDEX_FILE,
+  LAYOUT_FILE,
+  LAYOUT_VERSION,
+  PLATFORMS_ANNOTATION,
+  REF_NAME_ANNOTATION,
+  REFERENCE_ANNOTATION,
+} from "./bundle-layout.ts";
+import { parseImageReference, type ImageReference } from "../oci/image-reference.ts";
+import { directoryHeader, endOfArchive, fileHeader, padding } from "./tar-writer.ts";
+
+export interface ExportedImage {
+  reference: ImageReference<UpstreamClient>;
+  top: StoredManifest;
+  /** Child manifests included (an index's selected platforms). */
+  children: StoredManifest[];
+  /** Config and layer descriptors of the included images. */
+  blobs: Map<string, Descriptor>;
+}
+
+interface PlannedBlob {
+  digest: string;
+  size: number;
+  /** Where to fetch it from: the first image that references it. */
+  upstream: UpstreamClient;
+  repository: string;
+}
+
+export interface ExportPlan {
+  images: ExportedImage[];
+  platforms: readonly string[];
+  /** Every manifest, each once, tops first in reference order. */
+  manifests: StoredManifest[];
+  /** Configs and layers to write, each once. */
+  blobs: PlannedBlob[];
+  /** Configs and layers left out because the destination holds them. */
+  excluded: Array<{ digest: string; size: number }>;
+}
+
+export interface ExportProgress {
+  items: { done: number; total: number };
+  bytes: { done: number; total: number };
+}
+
+/** Blobs prepared (opened, or downloading) ahead of the one being written. */
+const LOOKAHEAD = 3;
+const READ_CHUNK = 1024 * 1024;
+
+interface ReadySource {
+  chunks(): AsyncIterable<Buffer>;
+  close(): Promise<void>;
+}
+
+export class Exporter {
+  private readonly manifests: ManifestCache;
+  private readonly blobs: BlobCache;
+  private readonly store: BlobStore;
+  private readonly upstreams: readonly UpstreamClient[];
+
+  constructor(opts: { manifests: ManifestCache; blobs: BlobCache; store: BlobStore; upstreams: readonly UpstreamClient[] }) {
+    this.manifests = opts.manifests;
+    this.blobs = opts.blobs;
+    this.store = opts.store;
+    this.upstreams = opts.upstreams;
+  }
+
+  /**
+   * Resolves every reference (fetching manifests through the cache) and decides what the bundle holds.
+   * `exclude`: digest → size of blobs the destination already has (from its inventory).
+   */
+  async plan(references: readonly string[], opts: { platforms?: readonly string[]; exclude?: ReadonlyMap<string, number>; onManifest?: () => void } = {}): Promise<ExportPlan> {
+    const platforms = opts.platforms ?? [];
+    const images: ExportedImage[] = [];
+    const seen = new Set<string>();
+    for (const text of references) {
+      const reference = parseImageReference(text, this.upstreams);
+      if (seen.has(reference.canonical)) continue;
+      seen.add(reference.canonical);
+      let walked;
+      try {
+        walked = await walkImage(this.manifests, reference.upstream, reference.repository, reference.reference, platforms, opts.onManifest);
+      } catch (err) {
+        throw new Error(`${reference.canonical}: ${(err as Error).message}`, { cause: err });
+      }
+      const { top, children, blobs } = walked;
+      if (top.mediaType === MediaType.dockerSchema1 || top.mediaType === MediaType.dockerSchema1Signed) {
+        throw new Error(`${reference.canonical}: Docker schema 1 manifests cannot be carried in an OCI layout`);
+      }
+      if (isIndexLike(top) && children.length === 0) {
+        throw new Error(`${reference.canonical}: no manifest of the index matches --platform ${platforms.join(", ")}`);
+      }
+      images.push({ reference, top, children, blobs });
+    }
+    const manifests = new Map<string, StoredManifest>();
+    for (const image of images) for (const m of [image.top, ...image.children]) if (!manifests.has(m.digest)) manifests.set(m.digest, m);
+    const blobs = new Map<string, PlannedBlob>();
+    const excluded = new Map<string, number>();
+    for (const image of images) {
+      for (const [digest, d] of image.blobs) {
+        if (blobs.has(digest) || excluded.has(digest)) continue;
+        if (typeof d.size !== "number" || !Number.isSafeInteger(d.size) || d.size < 0) throw new Error(`${image.reference.canonical}: descriptor of ${digest} has no valid size`);
+        if (opts.exclude?.get(digest) === d.size) excluded.set(digest, d.size);
+        else blobs.set(digest, { digest, size: d.size, upstream: image.reference.upstream, repository: image.reference.repository });
+      }
+    }
+    return { images, platforms, manifests: [...manifests.values()], blobs: [...blobs.values()], excluded: [...excluded].map(([digest, size]) => ({ digest, size })) };
+  }
+
+  /** What writing the plan will put in the bundle (items and bytes), for progress. */
+  totals(plan: ExportPlan): ExportProgress {
+    const bytes = plan.manifests.reduce((n, m) => n + m.bytes.length, 0) + plan.blobs.reduce((n, b) => n + b.size, 0);
+    return { items: { done: 0, total: plan.manifests.length + plan.blobs.length }, bytes: { done: 0, total: bytes } };
+  }
+
+  /**
+   * The bundle as a stream of chunks, for `pipeline(Readable.from(…), output)`. Throws (ending the stream with
+   * an error) on anything that would make the bundle wrong: a blob that cannot be fetched, or content that does
+   * not match its digest or size. Stopping the iteration early releases every blob prepared ahead.
+   */
+  async *write(plan: ExportPlan, opts: { progress?: ExportProgress; onProgress?: (p: ExportProgress) => void } = {}): AsyncGenerator<Buffer> {
+    const progress = opts.progress ?? this.totals(plan);
+    const report = () => opts.onProgress?.(progress);
+    const mtime = Math.floor(Date.now() / 1000);
+    const small = function* (name: string, bytes: Buffer): Generator<Buffer> {
+      yield fileHeader({ name, size: bytes.length, mtime });
+      yield bytes;
+      yield padding(bytes.length);
+    };
+    yield* small(LAYOUT_FILE, Buffer.from(`${JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION })}\n`));
+    yield* small(INDEX_FILE, this.indexJson(plan));
+    yield directoryHeader("blobs", mtime);
+    yield directoryHeader("blobs/sha256", mtime);
+    for (const m of plan.manifests) {
+      yield* small(blobPath(m.digest), m.bytes);
+      progress.items.done++;
+      progress.bytes.done += m.bytes.length;
+      report();
+    }
+
+    const prepared: Array<Promise<ReadySource>> = [];
+    const prepareUpTo = (i: number) => {
+      while (prepared.length <= Math.min(i, plan.blobs.length - 1)) {
+        const p = this.prepare(plan.blobs[prepared.length]!);
+        p.catch(() => undefined); // awaited in turn below; a failure ahead of its turn is not unhandled
+        prepared.push(p);
+      }
+    };
+    let next = 0;
+    try {
+      for (; next < plan.blobs.length; next++) {
+        prepareUpTo(next + LOOKAHEAD - 1);
+        const blob = plan.blobs[next]!;
+        const source = await prepared[next]!;
+        try {
+          yield fileHeader({ name: blobPath(blob.digest), size: blob.size, mtime });
+          const hash = createHash("sha256");
+          let written = 0;
+          for await (const chunk of source.chunks()) {
+            written += chunk.length;
+            if (written > blob.size) throw new Error(`${blob.digest} is larger than its descriptor says (${blob.size} bytes)`);
+            hash.update(chunk);
+            yield chunk;
+            progress.bytes.done += chunk.length;
+            report();
+          }
+          const actual = `sha256:${hash.digest("hex")}`;
+          if (written !== blob.size) throw new Error(`${blob.digest}: ${written} bytes, but its descriptor says ${blob.size}`);
+          if (actual !== blob.digest) throw new Error(`${blob.digest}: the cached content hashes to ${actual} (damaged on disk? delete it with DELETE /admin/v1/blobs/${blob.digest})`);
+          yield padding(blob.size);
+          progress.items.done++;
+          report();
+        } finally {
+          await source.close();
+        }
+      }
+      yield endOfArchive();
+    } finally {
+      // Sources prepared beyond the point reached (an error, or the consumer stopped) still hold handles or bodies.
+      for (const p of prepared.slice(next + 1)) void p.then((s) => s.close(), () => undefined);
+    }
+  }
+
+  private indexJson(plan: ExportPlan): Buffer {
+    const index = {
+      schemaVersion: 2,
+      mediaType: MediaType.ociIndex,
+      manifests: plan.images.map((image) => ({
+        mediaType: image.top.mediaType,
+        digest: image.top.digest,
+        size: image.top.bytes.length,
+        annotations: {
+          [REF_NAME_ANNOTATION]: image.reference.canonical,
+          [REFERENCE_ANNOTATION]: image.reference.canonical,
+          [CONTAINERD_NAME_ANNOTATION]: image.reference.canonical,
+        },
+      })),
+      ...(plan.platforms.length > 0 ? { annotations: { [PLATFORMS_ANNOTATION]: plan.platforms.join(",") } } : {}),
+    };
+    return Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
+  }
+
+  /** Gets a blob committed (or, with no room to cache, a verified pass-through stream) and opens it. */
+  private async prepare(blob: PlannedBlob): Promise<ReadySource> {
+    const source = await this.blobs.open(blob.upstream, blob.repository, blob.digest);
+    switch (source.kind) {
+      case "cached":
+        return fromHandle(source.handle);
+      case "fill": {
+        await source.fill.done;
+        const opened = await this.store.open(blob.digest);
+        if (!opened) throw new Error(`${blob.digest} was evicted right after it was downloaded: the cache budget is too small for this export`);
+        return fromHandle(opened.handle);
+      }
+      case "direct":
+        // No room to cache it: the upstream body, verified as it streams (VerifyStream), straight into the bundle.
+        return fromStream(source.body);
+      case "upstream":
+        throw new Error(`${blob.digest}: the blob cache answered without content`);
+    }
+  }
+}
+
+/** Positional reads into fresh buffers (each chunk is handed downstream and may be held there). */
+function fromHandle(handle: FileHandle): ReadySource {
+  return {
+    async *chunks() {
+      for (let position = 0; ; ) {
+        const { bytesRead, buffer } = await handle.read({ buffer: Buffer.allocUnsafe(READ_CHUNK), position });
+        if (bytesRead === 0) return;
+        position += bytesRead;
+        yield bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
+      }
+    },
+    close: () => handle.close(),
+  };
+}
+
+function fromStream(body: Readable): ReadySource {
+  return {
+    chunks: () => body as AsyncIterable<Buffer>,
+    close: async () => {
+      body.destroy();
+    },
+  };
+}

@@ -1,0 +1,446 @@
+/**
+ * Reads a bundle (an OCI image layout in a tar, from a file, stdin or an HTTP request body) into the cache.
+ *
+ * Nothing enters the cache unverified. Manifests are hashed before the manifest store takes them; every other
+ * blob is streamed into a temp file of the blob store while it is hashed and counted, and committed (fsync,
+ * rename) only when its digest and its size match both its file name and the descriptor that references it.
+ * Content referenced by nothing in the bundle is refused too: an import adds images, not loose bytes.
+ *
+ * Bundles written by `mirror export` put index.json and the manifests first, so each blob is checked and
+ * committed as it arrives. Other tools (skopeo's oci-archive) write blobs before index.json; those wait in temp
+ * files until the metadata shows what they are, then are committed or refused in the same way.
+ *
+ * Then, per reference in index.json: if every manifest and blob of the image is now in the cache (from this
+ * bundle or already held, as with a delta bundle), its tag pointer is set, its repository is linked to all of
+ * it (so the mirror serves it with no upstream), and, with `pin`, it is pinned. An image that is not complete
+ * gets no tag pointer and is reported with what it lacks; the tag keeps pointing at what it pointed at before.
+ * Every refused entry is reported by name with the reason.
+ */
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import type { Logger } from "pino";
+import type { BlobStore } from "../cache/blob-store.ts";
+import { parseManifest, type Descriptor } from "../cache/image-walker.ts";
+import type { ManifestStore } from "../cache/manifest-store.ts";
+import type { MetadataStore } from "../cache/metadata-store.ts";
+import type { PinEntry, PinList } from "../cache/pin-list.ts";
+import { MediaType } from "../oci/media-types.ts";
+import { isSha256Digest } from "../oci/reference.ts";
+import { blobDigestOf, CONTAINERD_NAME_ANNOTATION, entryName, INDEX_FILE, LAYOUT_FILE, REF_NAME_ANNOTATION, REFERENCE_ANNOTATION } from "./bundle-layout.ts";
+import { parseImageReference, type ImageReference, type NamedUpstream } from "../oci/image-reference.ts";
+import { TarReader, type TarEntry } from "./tar-reader.ts";
+
+export interface ImportedImage {
+  reference: string;
+  digest: string;
+  /** imported: complete, tagged (for a tag reference), linked; incomplete: something is missing; refused: unusable. */
+  status: "imported" | "incomplete" | "refused";
+  pinned: boolean;
+  /** Digests of manifests or blobs the image needs that are not in the cache. */
+  missing?: string[];
+  /** Child manifests of an index neither in the bundle nor in the cache (platforms not exported). */
+  platformsLeftOut?: number;
+  reason?: string;
+}
+
+export interface ImportReport {
+  /** True when every entry was accepted, every image is complete, and the bundle was read to its end. */
+  ok: boolean;
+  images: ImportedImage[];
+  manifests: { added: number; present: number };
+  blobs: { added: number; present: number; bytes: number };
+  refused: Array<{ entry: string; reason: string }>;
+  /** Why the bundle could not be read to its end (truncated, not a tar, …). */
+  error?: string;
+}
+
+export interface ImportProgress {
+  /** Bytes of the bundle read so far. */
+  bytesRead: number;
+  entries: number;
+  /** Blob and manifest bytes added to the cache. */
+  bytesAdded: number;
+}
+
+interface Declared {
+  kind: "manifest" | "blob";
+  size: number;
+  mediaType: string | undefined;
+}
+
+interface Top {
+  descriptor: Descriptor;
+  reference: ImageReference | undefined;
+  /** Why the reference could not be used (no annotation, unknown upstream, digest mismatch). */
+  problem: string | undefined;
+}
+
+/** The most index.json may hold: thousands of references fit in a fraction of it. */
+const MAX_INDEX_BYTES = 16 * 1024 * 1024;
+
+export interface ImporterOptions {
+  store: BlobStore;
+  manifests: ManifestStore;
+  metadata: MetadataStore;
+  /** Room for a blob of this size (evicting unpinned content if need be)? Absent: no budget. */
+  admit?: (size: number) => Promise<boolean>;
+  pins: PinList;
+  upstreams: readonly NamedUpstream[];
+  manifestMaxBytes: number;
+  log: Logger;
+}
+
+export class Importer {
+  private readonly opts: ImporterOptions;
+
+  constructor(opts: ImporterOptions) {
+    this.opts = opts;
+  }
+
+  async import(source: AsyncIterable<Buffer | Uint8Array | string>, opts: { pin?: boolean; onProgress?: (p: ImportProgress) => void } = {}): Promise<ImportReport> {
+    const run = new ImportRun(this.opts, opts.pin === true, opts.onProgress);
+    const report = await run.execute(source);
+    this.opts.log.info(
+      { images: report.images.length, imported: report.images.filter((i) => i.status === "imported").length, refused: report.refused.length, blobsAdded: report.blobs.added, bytes: report.blobs.bytes, error: report.error },
+      "bundle imported",
+    );
+    return report;
+  }
+}
+
+/** The state of one import. */
+class ImportRun {
+  private readonly o: ImporterOptions;
+  private readonly pin: boolean;
+  private readonly onProgress: ((p: ImportProgress) => void) | undefined;
+  private readonly declared = new Map<string, Declared>();
+  /** Entries of this bundle by digest: accepted (stored or already present) or refused. */
+  private readonly seen = new Map<string, "accepted" | "refused">();
+  /** Verified blobs that arrived before anything referenced them: temp file path and size. */
+  private readonly pending = new Map<string, { path: string; size: number }>();
+  private tops: Top[] = [];
+  private sawIndex = false;
+  private pinsBefore: Map<string, PinEntry | undefined> | undefined;
+  private readonly report: ImportReport = { ok: false, images: [], manifests: { added: 0, present: 0 }, blobs: { added: 0, present: 0, bytes: 0 }, refused: [] };
+  private readonly progress: ImportProgress = { bytesRead: 0, entries: 0, bytesAdded: 0 };
+
+  constructor(o: ImporterOptions, pin: boolean, onProgress: ((p: ImportProgress) => void) | undefined) {
+    this.o = o;
+    this.pin = pin;
+    this.onProgress = onProgress;
+  }
+
+  async execute(source: AsyncIterable<Buffer | Uint8Array | string>): Promise<ImportReport> {
+    const tar = new TarReader(source);
+    let current: string | undefined;
+    try {
+      for await (const entry of tar.entries()) {
+        current = entryName(entry.name);
+        await this.entry(entry);
+        current = undefined;
+        this.progress.entries++;
+        this.progress.bytesRead = tar.position;
+        this.onProgress?.(this.progress);
+      }
+    } catch (err) {
+      this.report.error = (err as Error).message;
+      // The entry being read when the bundle broke off (or could not be stored) is refused, by name.
+      if (current !== undefined && !this.report.refused.some((r) => r.entry === current)) this.refuse(current, blobDigestOf(current), this.report.error);
+    }
+    try {
+      if (!this.sawIndex && this.report.error === undefined) this.report.error = `the bundle has no ${INDEX_FILE}: it is not an OCI image layout`;
+      await this.resolvePending();
+      for (const [digest, p] of this.pending) {
+        await this.o.store.discard(p.path);
+        this.refuse(`blobs/${digest.replace(":", "/")}`, digest, "not referenced by index.json or by any verified manifest in the bundle");
+      }
+      this.pending.clear();
+      for (const top of this.tops) this.report.images.push(await this.finish(top));
+    } finally {
+      for (const p of this.pending.values()) await this.o.store.discard(p.path);
+    }
+    const r = this.report;
+    r.ok = r.error === undefined && r.refused.length === 0 && r.images.every((i) => i.status === "imported");
+    return r;
+  }
+
+  private async entry(entry: TarEntry): Promise<void> {
+    const name = entryName(entry.name);
+    if (entry.type === "directory") return;
+    if (name === LAYOUT_FILE) return this.layoutFile(entry);
+    if (name === INDEX_FILE) return this.indexFile(entry);
+    const digest = blobDigestOf(name);
+    if (entry.type !== "file" || digest === undefined) {
+      this.refuse(name, undefined, entry.type !== "file" ? "not a regular file" : "not part of an OCI image layout");
+      return;
+    }
+    if (!isSha256Digest(digest)) {
+      this.refuse(name, undefined, "only sha256 content can be verified, so only sha256 content is imported");
+      return;
+    }
+    if (this.seen.get(digest) === "accepted" || this.pending.has(digest)) return; // a duplicate entry
+    const declared = this.declared.get(digest);
+    if (declared !== undefined && declared.size !== entry.size) {
+      this.refuse(name, digest, `${entry.size} bytes, but the descriptor that references it says ${declared.size}`);
+      return;
+    }
+    if (declared?.kind === "manifest") return this.manifestEntry(name, digest, entry, declared);
+    return this.blobEntry(name, digest, entry, declared);
+  }
+
+  private async layoutFile(entry: TarEntry): Promise<void> {
+    const text = (await readAll(entry, 64 * 1024, LAYOUT_FILE)).toString("utf8");
+    let version: unknown;
+    try {
+      version = (JSON.parse(text) as { imageLayoutVersion?: unknown }).imageLayoutVersion;
+    } catch {
+      version = undefined;
+    }
+    if (typeof version !== "string" || !version.startsWith("1.")) throw new Error(`${LAYOUT_FILE} names layout version ${JSON.stringify(version)}; only 1.x is understood`);
+  }
+
+  private async indexFile(entry: TarEntry): Promise<void> {
+    if (this.sawIndex) throw new Error(`the bundle holds ${INDEX_FILE} twice`);
+    this.sawIndex = true;
+    const doc = parseManifest(await readAll(entry, MAX_INDEX_BYTES, INDEX_FILE)) as { manifests?: Array<Descriptor & { annotations?: Record<string, string> }> };
+    if (!Array.isArray(doc.manifests)) throw new Error(`${INDEX_FILE} is not an image index`);
+    for (const d of doc.manifests) {
+      if (typeof d?.digest !== "string" || !isSha256Digest(d.digest) || typeof d.size !== "number") {
+        this.tops.push({ descriptor: { digest: String(d?.digest) }, reference: undefined, problem: "descriptor without a sha256 digest and a size" });
+        continue;
+      }
+      const top: Top = { descriptor: d, reference: undefined, problem: undefined };
+      try {
+        top.reference = this.referenceOf(d);
+      } catch (err) {
+        top.problem = (err as Error).message;
+      }
+      this.tops.push(top);
+      if (top.reference) this.expectContent(d.digest, "manifest", d.size, d.mediaType);
+    }
+    if (this.pin) {
+      // Pinned before any content arrives: a budget sweep during a long import must not evict its first images.
+      const entries = this.tops.filter((t) => t.reference !== undefined).map((t) => ({ reference: t.reference!.canonical, digest: t.descriptor.digest }));
+      if (entries.length > 0) this.pinsBefore = await this.o.pins.set(entries);
+    }
+    await this.resolvePending();
+  }
+
+  /**
+   * The reference an index.json descriptor stands for: our annotation, else containerd's, else the layout's
+   * ref.name when it is a full reference (a bare tag from another tool names no repository).
+   */
+  private referenceOf(d: Descriptor & { annotations?: Record<string, string> }): ImageReference {
+    const a = d.annotations ?? {};
+    const text = a[REFERENCE_ANNOTATION] ?? a[CONTAINERD_NAME_ANNOTATION] ?? a[REF_NAME_ANNOTATION];
+    if (text === undefined) throw new Error(`no ${REFERENCE_ANNOTATION} or ${REF_NAME_ANNOTATION} annotation: the image has no name to import it under`);
+    const ref = parseImageReference(text, this.o.upstreams, { requireUpstream: true });
+    if (ref.reference.kind === "digest" && ref.reference.digest !== d.digest) throw new Error(`${ref.canonical} names another digest than its descriptor (${d.digest})`);
+    return ref;
+  }
+
+  private async manifestEntry(name: string, digest: string, entry: TarEntry, declared: Declared): Promise<void> {
+    if (entry.size > this.o.manifestMaxBytes) {
+      this.refuse(name, digest, `a manifest of ${entry.size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`);
+      return;
+    }
+    const bytes = await readAll(entry, this.o.manifestMaxBytes, name);
+    const actual = sha256(bytes);
+    if (actual !== digest) {
+      this.refuse(name, digest, `content hashes to ${actual}`);
+      return;
+    }
+    await this.storeManifest(digest, bytes, declared);
+  }
+
+  private async storeManifest(digest: string, bytes: Buffer, declared: Declared): Promise<void> {
+    const doc = parseManifest(bytes);
+    const mediaType = declared.mediaType ?? doc.mediaType ?? (Array.isArray(doc.manifests) ? MediaType.ociIndex : MediaType.ociManifest);
+    const had = await this.o.manifests.get(digest);
+    if (had && had.mediaType === mediaType) this.report.manifests.present++;
+    else {
+      await this.o.manifests.put(digest, mediaType, bytes);
+      this.report.manifests.added++;
+      this.progress.bytesAdded += bytes.length;
+    }
+    this.seen.set(digest, "accepted");
+    for (const child of doc.manifests ?? []) if (typeof child?.size === "number") this.expectContent(child.digest, "manifest", child.size, child.mediaType);
+    for (const blob of [doc.config, ...(doc.layers ?? [])]) if (blob && typeof blob.size === "number") this.expectContent(blob.digest, "blob", blob.size, blob.mediaType);
+    await this.resolvePending();
+  }
+
+  private async blobEntry(name: string, digest: string, entry: TarEntry, declared: Declared | undefined): Promise<void> {
+    if ((await this.o.store.size(digest)) === entry.size) {
+      // Already cached, and what is cached was verified when it was committed.
+      this.seen.set(digest, "accepted");
+      this.report.blobs.present++;
+      return;
+    }
+    if (this.o.admit && !(await this.o.admit(entry.size))) {
+      this.refuse(name, digest, `no room in the cache for ${entry.size} bytes (storage.maxSize, or the disk is full)`);
+      return;
+    }
+    const { path, handle } = await this.o.store.createTemp(digest);
+    let kept = false;
+    try {
+      const hash = createHash("sha256");
+      let size = 0;
+      try {
+        for await (const chunk of entry.body()) {
+          hash.update(chunk);
+          size += chunk.length;
+          await handle.write(chunk);
+        }
+      } catch (err) {
+        this.refuse(name, digest, (err as Error).message);
+        throw err; // the bundle cannot be read past this point
+      }
+      const actual = `sha256:${hash.digest("hex")}`;
+      if (actual !== digest) {
+        this.refuse(name, digest, `content hashes to ${actual}`);
+        return;
+      }
+      await handle.sync();
+      await handle.close();
+      if (declared) {
+        await this.o.store.commit(path, digest, size);
+        this.accepted(digest, size);
+      } else {
+        this.pending.set(digest, { path, size });
+      }
+      kept = true;
+    } finally {
+      if (!kept) {
+        await handle.close().catch(() => undefined);
+        await this.o.store.discard(path);
+      }
+    }
+  }
+
+  /** Commits (or stores as manifests) the waiting blobs that something now references, until none changes. */
+  private async resolvePending(): Promise<void> {
+    for (let changed = true; changed; ) {
+      changed = false;
+      for (const [digest, p] of this.pending) {
+        const declared = this.declared.get(digest);
+        if (declared === undefined) continue;
+        this.pending.delete(digest);
+        changed = true;
+        const name = `blobs/sha256/${digest.slice(7)}`;
+        if (declared.size !== p.size) {
+          await this.o.store.discard(p.path);
+          this.refuse(name, digest, `${p.size} bytes, but the descriptor that references it says ${declared.size}`);
+        } else if (declared.kind === "manifest") {
+          if (p.size > this.o.manifestMaxBytes) {
+            await this.o.store.discard(p.path);
+            this.refuse(name, digest, `a manifest of ${p.size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`);
+            continue;
+          }
+          const bytes = await readFile(p.path);
+          await this.o.store.discard(p.path);
+          await this.storeManifest(digest, bytes, declared);
+        } else {
+          await this.o.store.commit(p.path, digest, p.size);
+          this.accepted(digest, p.size);
+        }
+        break; // the map changed under the iterator
+      }
+    }
+  }
+
+  private accepted(digest: string, size: number): void {
+    this.seen.set(digest, "accepted");
+    this.report.blobs.added++;
+    this.report.blobs.bytes += size;
+    this.progress.bytesAdded += size;
+  }
+
+  private expectContent(digest: string, kind: Declared["kind"], size: number, mediaType: string | undefined): void {
+    if (!isSha256Digest(digest)) return;
+    const known = this.declared.get(digest);
+    // A digest referenced both as a manifest and as a blob is stored as a manifest (it is one, to somebody).
+    if (known && (known.kind === "manifest" || kind === "blob")) return;
+    this.declared.set(digest, { kind, size, mediaType });
+  }
+
+  private refuse(entry: string, digest: string | undefined, reason: string): void {
+    if (digest !== undefined) this.seen.set(digest, "refused");
+    this.report.refused.push({ entry, reason });
+  }
+
+  /** Decides an index.json reference: tag, links and pin if complete; otherwise report what it lacks. */
+  private async finish(top: Top): Promise<ImportedImage> {
+    const digest = top.descriptor.digest;
+    const ref = top.reference;
+    if (ref === undefined) {
+      return { reference: String((top.descriptor as { annotations?: Record<string, string> }).annotations?.[REF_NAME_ANNOTATION] ?? digest), digest, status: "refused", pinned: false, reason: top.problem };
+    }
+    const walk = { stored: [] as string[], missing: [] as string[], leftOut: 0 };
+    await this.walk(digest, walk, true);
+    const pinned = this.pin && this.pinsBefore !== undefined;
+    if (walk.missing.length > 0) {
+      if (pinned) await this.unpin(ref.canonical);
+      return { reference: ref.canonical, digest, status: "incomplete", pinned: false, missing: walk.missing, platformsLeftOut: walk.leftOut || undefined };
+    }
+    const { upstream, repository, reference } = ref;
+    const manifest = await this.o.manifests.get(digest);
+    await this.o.metadata.addLinks(upstream.name, repository, walk.stored);
+    await this.o.metadata.clearMissing(upstream.name, repository, digest);
+    if (reference.kind === "tag") {
+      await this.o.metadata.putTag(upstream.name, repository, reference.tag, { digest, mediaType: manifest!.mediaType, checkedAt: Date.now() });
+      await this.o.metadata.clearMissing(upstream.name, repository, reference.tag);
+    }
+    return { reference: ref.canonical, digest, status: "imported", pinned, platformsLeftOut: walk.leftOut || undefined };
+  }
+
+  /**
+   * Collects what an image needs. A child manifest of an index that is neither cached nor was in the bundle was
+   * left out at export (a platform not selected): the image is complete without it, as long as one platform is
+   * there. One that was in the bundle but refused makes the image incomplete.
+   */
+  private async walk(digest: string, into: { stored: string[]; missing: string[]; leftOut: number }, top: boolean): Promise<void> {
+    const manifest = await this.o.manifests.get(digest);
+    if (!manifest) {
+      into.missing.push(digest);
+      return;
+    }
+    into.stored.push(digest);
+    const doc = parseManifest(manifest.bytes);
+    if (Array.isArray(doc.manifests)) {
+      let present = 0;
+      for (const child of doc.manifests) {
+        if (typeof child?.digest !== "string") continue;
+        const inBundle = this.seen.has(child.digest);
+        if (!inBundle && !(await this.o.manifests.get(child.digest))) {
+          into.leftOut++;
+          continue;
+        }
+        present++;
+        await this.walk(child.digest, into, false);
+      }
+      if (top && present === 0) into.missing.push(...doc.manifests.map((c) => c.digest).filter((d) => typeof d === "string"));
+      return;
+    }
+    for (const blob of [doc.config, ...(doc.layers ?? [])]) {
+      if (!blob || typeof blob.digest !== "string") continue;
+      if (this.o.store.index.has(blob.digest) || (await this.o.store.size(blob.digest)) !== undefined) into.stored.push(blob.digest);
+      else into.missing.push(blob.digest);
+    }
+  }
+
+  private async unpin(reference: string): Promise<void> {
+    const before = this.pinsBefore?.get(reference);
+    await this.o.pins.restore(new Map([[reference, before]]));
+  }
+}
+
+async function readAll(entry: TarEntry, max: number, what: string): Promise<Buffer> {
+  if (entry.size > max) throw new Error(`${what} is ${entry.size} bytes, over the ${max} bytes it may have`);
+  const parts: Buffer[] = [];
+  for await (const chunk of entry.body()) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
+function sha256(bytes: Buffer): string {
+  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+}
