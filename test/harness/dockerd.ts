@@ -2,11 +2,13 @@
 //
 // Each instance gets its own data root, exec root, socket and CLI config under one short temp dir, no
 // bridge network and no iptables changes, so it coexists with anything else on the machine. It runs in a
-// private mount namespace whose /etc/resolv.conf names only 127.0.0.1: when a mirror fails, dockerd
-// silently falls back to registry-1.docker.io, and that fallback must not be able to leave loopback.
+// private mount namespace whose /etc/resolv.conf names only 127.0.0.1 and whose /etc/hosts maps the registry
+// hosts to 127.0.0.1 (loopback-namespace.ts): when a mirror fails, dockerd silently falls back to
+// registry-1.docker.io, and that fallback must not be able to leave loopback.
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { prepareLoopbackNamespace, unmountUnder } from "./loopback-namespace.ts";
 import { runCommand, startProcess, stopPid, waitFor, type CommandResult, type ManagedProcess } from "./processes.ts";
 
 export interface DockerdOptions {
@@ -58,10 +60,9 @@ export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
   const execRoot = join(dir, "e");
   const pidFile = join(dir, "p");
   const socket = join(dir, "s");
-  const resolvConf = join(dir, "resolv.conf");
   const cliConfig = join(dir, "cli");
   await mkdir(cliConfig);
-  await writeFile(resolvConf, "nameserver 127.0.0.1\n");
+  const namespace = await prepareLoopbackNamespace(dir);
 
   const dockerdArgs = [
     "--bridge=none",
@@ -79,15 +80,16 @@ export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
     ...(opts.extraArgs ?? []),
   ];
   // unshare (without --fork) and `exec` keep one PID throughout, so the PID we spawn IS dockerd's: stop()
-  // signals dockerd itself. The bind mount exists only inside the new namespace; the host's file is untouched.
-  const script = 'mount --bind "$0" /etc/resolv.conf && exec dockerd "$@"';
+  // signals dockerd itself. The bind mounts exist only inside the new namespace; the host's files are untouched.
   const name = `dockerd ${dir}`;
+  const launch = namespace.command("dockerd", dockerdArgs);
   // A clean environment: an inherited HTTP(S)_PROXY would send registry traffic somewhere else.
-  const proc: ManagedProcess = startProcess(
-    "unshare",
-    ["--mount", "--propagation", "private", "sh", "-c", script, resolvConf, ...dockerdArgs],
-    { name, env: { PATH: SYSTEM_PATH, HOME: dir }, cwd: dir, stopTimeoutMs: STOP_TIMEOUT_MS },
-  );
+  const proc: ManagedProcess = startProcess(launch.cmd, launch.args, {
+    name,
+    env: { PATH: SYSTEM_PATH, HOME: dir },
+    cwd: dir,
+    stopTimeoutMs: STOP_TIMEOUT_MS,
+  });
 
   const env: Record<string, string> = {
     PATH: SYSTEM_PATH,
@@ -145,25 +147,5 @@ async function readPid(path: string): Promise<number | undefined> {
     return Number.isInteger(pid) && pid > 1 ? pid : undefined;
   } catch {
     return undefined;
-  }
-}
-
-/**
- * Unmounts anything mounted under `dir` in our own namespace, deepest first, before it is deleted.
- * dockerd's mounts live in its private namespace and vanish with it, so normally there is nothing here;
- * this guards against a dockerd that was started some other way, since rm -rf through a live bind mount
- * would delete the mounted files.
- */
-async function unmountUnder(dir: string): Promise<void> {
-  const mountInfo = await readFile("/proc/self/mountinfo", "utf8");
-  const mountPoints = mountInfo
-    .split("\n")
-    .map((line) => line.split(" ")[4])
-    .filter((mp): mp is string => mp !== undefined && (mp === dir || mp.startsWith(`${dir}/`)))
-    // mountinfo escapes spaces etc. as octal; our paths have none, but decode to be exact.
-    .map((mp) => mp.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(Number.parseInt(oct, 8))))
-    .sort((a, b) => b.length - a.length);
-  for (const mp of mountPoints) {
-    await runCommand("umount", ["--lazy", mp], { timeoutMs: 10_000 });
   }
 }
