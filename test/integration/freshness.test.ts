@@ -124,6 +124,29 @@ describe("tag freshness", () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
+  it("a restarted mirror (embedded store) serves its cached tags with the upstream stopped", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "restart-"));
+    const v1 = image("restart");
+    await pushImage(upstream.url, "team/restart", "v1", v1);
+    const first = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1ms", timeouts: { connect: "1s" } } }, dataDir });
+    await getTag(first, "team/restart", "v1");
+    for (const blob of v1.blobs()) await fetchRaw(`${first.url}/v2/team/restart/blobs/${blob.digest}`);
+    await first.stop();
+    await upstream.stop();
+    try {
+      const second = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1ms", timeouts: { connect: "1s" } } }, dataDir });
+      mirrors.push(second);
+      const res = await getTag(second, "team/restart", "v1");
+      expect(res.status).toBe(200);
+      expect(res.body.equals(v1.manifest)).toBe(true);
+      expect(res.headers["x-mirror-cache"]).toBe("stale");
+      for (const blob of v1.blobs()) expect((await fetchRaw(`${second.url}/v2/team/restart/blobs/${blob.digest}`)).status).toBe(200);
+    } finally {
+      await upstream.start();
+    }
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
   it("remembers an upstream 404 for negativeTtl, so a storm of misses reaches the upstream once", async () => {
     const m = await mirrorWith({ negativeTtl: "1s" });
     await upstream.sync();
