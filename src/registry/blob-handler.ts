@@ -1,17 +1,18 @@
 /** `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single byte ranges on cached, in-flight and cold blobs. */
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
+import { BufferPool, FileHandleRangeStream } from "../cache/file-range-stream.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { CacheResult } from "../observability/metrics.ts";
 import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";
 import type { RegistryResponse } from "./response.ts";
 import type { ResolvedRepository } from "./upstream-resolver.ts";
 
-const READ_CHUNK = 1024 * 1024;
-
 export class BlobHandler {
   private readonly cache: BlobCache;
   private readonly maxReadersPerFill: number;
+  /** Read buffers for cached blobs, reused across responses (file-range-stream.ts). */
+  private readonly buffers = new BufferPool();
 
   constructor(cache: BlobCache, opts: { maxReadersPerFill?: number } = {}) {
     this.cache = cache;
@@ -63,7 +64,7 @@ export class BlobHandler {
       await source.handle.close();
       body = Buffer.alloc(0);
     } else if (source.kind === "cached") {
-      body = source.handle.createReadStream({ start, end, highWaterMark: READ_CHUNK });
+      body = new FileHandleRangeStream(this.buffers, source.handle, start, end ?? source.size - 1);
     } else if (source.kind === "fill") {
       body = source.fill.createReader(start, end, this.maxReadersPerFill);
     } else {
