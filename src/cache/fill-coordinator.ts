@@ -7,7 +7,9 @@
  * what is already on disk at disk speed, then follows the download.
  *
  * When the upstream ends, size and sha256 are checked, the file is fsynced and renamed to its content-addressed
- * path; readers keep reading through the open handle. On any mismatch or upstream error, readers are destroyed
+ * path; readers keep reading through the open handle. Large downloads are hashed by a worker thread that reads
+ * the temp file back (hash-worker.ts), and flushed to disk in steps as they arrive, so that neither the hash nor
+ * the final fsync stands between the last byte received and the commit for longer than a few MiB take. On any mismatch or upstream error, readers are destroyed
  * (clients see a broken transfer and retry) and the temp file is deleted: nothing is committed. Readers that
  * would end at the last byte of the blob hold that byte back until the content is verified, so a client can
  * never receive a complete-looking copy of content that failed verification.
@@ -17,12 +19,14 @@
  */
 import { createHash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
-import { Readable, Writable } from "node:stream";
+import { type Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { BlobStore } from "./blob-store.ts";
+import { BufferPool, FileRangeStream } from "./file-range-stream.ts";
+import { FileHasher } from "./hash-worker.ts";
 
 export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */
@@ -49,7 +53,37 @@ export interface FillOrigin {
   repo: string;
 }
 
-const READ_CHUNK = 1024 * 1024;
+/** Downloads at least this large (or of unknown size) are hashed by the worker; smaller ones inline. */
+const WORKER_HASH_FROM = 8 * 1024 * 1024;
+/** The temp file is flushed to disk (fdatasync, in the background) every this many bytes. */
+const SYNC_STEP = 64 * 1024 * 1024;
+
+/** The sha256 of a download in progress, inline or in the worker. */
+interface DownloadHash {
+  /** Chunks about to be written (inline hashing). */
+  update(chunks: readonly Buffer[]): void;
+  /** The temp file is written up to here (worker hashing). */
+  extend(written: number): void;
+  finish(size: number): Promise<string>;
+  abort(): void;
+}
+
+function inlineHash(): DownloadHash {
+  const hash = createHash("sha256");
+  return {
+    update: (chunks) => {
+      for (const chunk of chunks) hash.update(chunk);
+    },
+    extend: () => undefined,
+    finish: async () => `sha256:${hash.digest("hex")}`,
+    abort: () => undefined,
+  };
+}
+
+function workerHash(hasher: FileHasher, path: string): DownloadHash {
+  const hash = hasher.open(path);
+  return { update: () => undefined, extend: (written) => hash.extend(written), finish: (size) => hash.finish(size), abort: () => hash.abort() };
+}
 
 export class Fill {
   readonly digest: string;
@@ -66,6 +100,10 @@ export class Fill {
   readonly done: Promise<void>;
 
   private handle: FileHandle | undefined;
+  private readonly buffers: BufferPool;
+  /** Bytes known to be on disk (fdatasync'ed), and the background flush running now. */
+  private syncedTo = 0;
+  private syncing: Promise<void> | undefined;
   /** The fill itself holds one reference until it ends; each reader holds one while open. */
   private refs = 1;
   private readerCount = 0;
@@ -75,9 +113,10 @@ export class Fill {
   private direct: UpstreamBlob | undefined;
   private rejectReady!: (err: Error) => void;
 
-  constructor(digest: string, origin: FillOrigin) {
+  constructor(digest: string, origin: FillOrigin, buffers: BufferPool = new BufferPool()) {
     this.digest = digest;
     this.origin = origin;
+    this.buffers = buffers;
     this.ready = new Promise((resolve, reject) => {
       this.resolveReady = resolve;
       this.rejectReady = reject;
@@ -113,14 +152,12 @@ export class Fill {
     }
     this.refs++;
     this.readerCount++;
-    return new FillReader(this, start, end);
+    return new FillReader(this, this.buffers, start, end);
   }
 
-  /** @internal the reader's view: reads up to `length` bytes at `position` from the temp file. */
-  async readAt(position: number, length: number): Promise<Buffer> {
-    const buffer = Buffer.allocUnsafe(length);
-    const { bytesRead } = await this.handle!.read(buffer, 0, length, position);
-    return bytesRead === length ? buffer : buffer.subarray(0, bytesRead);
+  /** @internal the reader's view: reads up to `length` bytes at `position` of the temp file into `buffer`. */
+  async readInto(buffer: Buffer, length: number, position: number): Promise<number> {
+    return (await this.handle!.read(buffer, 0, length, position)).bytesRead;
   }
 
   /** @internal resolves at the next write, commit or failure. */
@@ -158,8 +195,9 @@ export class Fill {
   }
 
   /** @internal called by the coordinator; the whole download → verify → commit lifecycle. */
-  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined, slots: Slots | undefined): Promise<void> {
+  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined, slots: Slots | undefined, hasher: FileHasher): Promise<void> {
     const abort = new AbortController();
+    let hash: DownloadHash | undefined;
     const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timeoutMs);
     timer.unref();
     let tempPath: string | undefined;
@@ -189,12 +227,14 @@ export class Fill {
       this.state = "streaming";
       this.resolveReady();
 
-      const hash = createHash("sha256");
+      hash = this.size !== undefined && this.size < WORKER_HASH_FROM ? inlineHash() : workerHash(hasher, tempPath);
       await pipeline(upstream.body, this.sink(hash, metrics), { signal: abort.signal });
       if (this.size !== undefined && this.written !== this.size) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent ${this.written} of ${this.size} bytes for ${this.digest}`);
       }
-      const actual = `sha256:${hash.digest("hex")}`;
+      // The hash catches up (worker) while the last background flush finishes.
+      const [actual] = await Promise.all([hash.finish(this.written), this.syncing]);
+      hash = undefined;
       if (actual !== this.digest) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream content for ${this.digest} hashes to ${actual}`);
       }
@@ -205,6 +245,7 @@ export class Fill {
       this.state = "committed";
       log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
     } catch (err) {
+      hash?.abort();
       if ((err as NodeJS.ErrnoException).code === "ENOSPC") policy?.noSpace(err as Error);
       // Clean up first: once `failed` is visible, nothing of this fill may remain on disk.
       if (tempPath !== undefined) await store.discard(tempPath).catch(() => undefined);
@@ -221,6 +262,27 @@ export class Fill {
     }
   }
 
+  /**
+   * Starts an fdatasync once SYNC_STEP more bytes have been written, one at a time, not awaited by the write
+   * path: the disk writes back while the download goes on, and the fsync before commit has little left to do.
+   * Its errors are not lost: the final fsync reports the same failure.
+   */
+  private flushInBackground(): void {
+    if (this.syncing !== undefined || this.written - this.syncedTo < SYNC_STEP || this.handle === undefined) return;
+    const upTo = this.written;
+    this.syncing = this.handle
+      .datasync()
+      .then(
+        () => {
+          this.syncedTo = upTo;
+        },
+        () => undefined,
+      )
+      .finally(() => {
+        this.syncing = undefined;
+      });
+  }
+
   private waitUntilEnded(resolve: () => void, reject: (err: Error) => void): void {
     if (this.state === "committed") resolve();
     else if (this.state === "failed") reject(this.error!);
@@ -228,19 +290,19 @@ export class Fill {
   }
 
   /** Hashes and writes each batch of chunks at the current end of the temp file, then wakes readers. */
-  private sink(hash: ReturnType<typeof createHash>, metrics: Metrics | undefined): Writable {
+  private sink(hash: DownloadHash, metrics: Metrics | undefined): Writable {
     const write = async (chunks: Buffer[]): Promise<void> => {
       let total = 0;
-      for (const chunk of chunks) {
-        hash.update(chunk);
-        total += chunk.length;
-      }
+      for (const chunk of chunks) total += chunk.length;
       if (this.size !== undefined && this.written + total > this.size) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.size} bytes for ${this.digest}`);
       }
+      hash.update(chunks);
       const { bytesWritten } = await this.handle!.writev(chunks, this.written);
       if (bytesWritten !== total) throw new Error(`short write to temp file (${bytesWritten} of ${total} bytes)`);
       this.written += total;
+      hash.extend(this.written);
+      this.flushInBackground();
       metrics?.upstreamFetchedBytes.inc({ upstream: this.origin.upstream, kind: "blob" }, total);
       this.notify();
     };
@@ -252,35 +314,25 @@ export class Fill {
   }
 }
 
-/** Streams `[start, end]` of a fill's temp file, following the download. One chunk per `_read`. */
-class FillReader extends Readable {
+/** Streams `[start, end]` of a fill's temp file, following the download (file-range-stream.ts does the I/O). */
+class FillReader extends FileRangeStream {
   private readonly fill: Fill;
-  private position: number;
-  /** Bytes handed to the consumer so far (for the access log and metrics when a client leaves early). */
-  bytesRead = 0;
   private readonly end: number | undefined;
   private released = false;
 
-  constructor(fill: Fill, start: number, end: number | undefined) {
-    super({ highWaterMark: READ_CHUNK });
+  constructor(fill: Fill, buffers: BufferPool, start: number, end: number | undefined) {
+    super(buffers, start);
     this.fill = fill;
-    this.position = start;
     this.end = end;
-  }
-
-  override _read(): void {
-    this.next().then(
-      (chunk) => this.push(chunk),
-      (err: unknown) => this.destroy(toError(err)),
-    );
+    this.flushHeadersOnPipe = true;
   }
 
   /**
-   * The next chunk, or `null` at the end; waits while nothing new is readable.
+   * Bytes readable at `position` now, or 0 at the end; waits while nothing new is readable.
    * Bytes up to `written` are readable, except that the blob's last byte is held back until the fill has
    * committed. That single rule is what makes a reader reaching the blob's end imply verified content.
    */
-  private async next(): Promise<Buffer | null> {
+  protected override async available(position: number): Promise<number> {
     for (;;) {
       const fill = this.fill;
       if (fill.state === "failed") throw fill.error ?? new Error("blob fill failed");
@@ -288,27 +340,23 @@ class FillReader extends Readable {
       const total = committed ? fill.written : fill.size; // blob size, when known
       const requested = this.end === undefined ? Infinity : this.end + 1;
       const stop = Math.min(requested, total ?? Infinity); // exclusive end of this reader
-      if (this.position >= stop) return null;
+      if (position >= stop) return 0;
       let limit = Math.min(fill.written, stop);
       if (!committed) limit = Math.min(limit, (total ?? fill.written) - 1);
-      if (this.position < limit) {
-        const chunk = await fill.readAt(this.position, Math.min(READ_CHUNK, limit - this.position));
-        if (chunk.length === 0) throw new Error(`temp file of ${fill.digest} is shorter than recorded`);
-        this.position += chunk.length;
-        this.bytesRead += chunk.length;
-        return chunk;
-      }
+      if (position < limit) return limit - position;
       await fill.changed();
-      if (this.destroyed) return null;
+      if (this.destroyed) return 0;
     }
   }
 
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    if (!this.released) {
-      this.released = true;
-      this.fill.releaseReader();
-    }
-    cb(err);
+  protected override readInto(buffer: Buffer, length: number, position: number): Promise<number> {
+    return this.fill.readInto(buffer, length, position);
+  }
+
+  protected override release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.fill.releaseReader();
   }
 }
 
@@ -323,6 +371,9 @@ export class FillCoordinator {
   private readonly policy: FillPolicy | undefined;
 
   private readonly slots = new Map<string, Slots>();
+  /** Shared by every fill: the hash worker, and the read buffers of fill readers. */
+  private readonly hasher = new FileHasher();
+  private readonly buffers = new BufferPool();
   private readonly limits: { maxFills: (upstream: string) => number; maxQueued: number } | undefined;
 
   constructor(
@@ -363,9 +414,9 @@ export class FillCoordinator {
   start(digest: string, origin: FillOrigin, open: OpenUpstreamBlob): Fill {
     const existing = this.current(digest);
     if (existing) return existing;
-    const fill = new Fill(digest, origin);
+    const fill = new Fill(digest, origin, this.buffers);
     this.fills.set(digest, fill);
-    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics, this.policy, this.slotsFor(origin.upstream)).finally(() => {
+    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics, this.policy, this.slotsFor(origin.upstream), this.hasher).finally(() => {
       if (fill.state === "failed" || fill.state === "direct") {
         if (this.fills.get(digest) === fill) this.fills.delete(digest);
         return;

@@ -1,0 +1,196 @@
+/**
+ * sha256 of downloads, computed off the main thread (../../../shared/ARCHITECTURE.md, "What the machine allows":
+ * hashing on the thread that also moves the bytes halves what one core can stream).
+ *
+ * The worker hashes the temp file itself, not copies of the chunks: the main thread only says how far the file
+ * has been written ("extend"), in steps of at least a few MiB, and the worker reads that part back (from the page
+ * cache, through its own descriptor) and hashes it. So the main thread spends nothing on hashing and nothing on
+ * copying, and what is verified is exactly what readers are served: the bytes on disk.
+ *
+ * One worker per FileHasher (one per fill coordinator), started on first use and stopped after a while idle; a
+ * job is one temp file. This module is also the worker's entry point (see the bottom).
+ */
+import { createHash, type Hash } from "node:crypto";
+import { closeSync, openSync, readSync } from "node:fs";
+import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+
+type Request =
+  | { op: "start"; id: number; path: string }
+  | { op: "extend"; id: number; upTo: number }
+  | { op: "finish"; id: number; size: number }
+  | { op: "abort"; id: number };
+
+type Reply = { id: number; digest: string } | { id: number; error: string };
+
+const WORKER_ROLE = "registry-mirror-hash-worker";
+/** The worker is told about progress at most once per this many bytes (messages cost main-thread time too). */
+const EXTEND_STEP = 4 * 1024 * 1024;
+const IDLE_STOP_MS = 10_000;
+
+/** The hash of one temp file, fed by "the file is now written up to here". */
+export interface FileHash {
+  /** The file has been written up to `written` bytes (cheap: only every few MiB reaches the worker). */
+  extend(written: number): void;
+  /** The file is complete at `size` bytes: resolves with `sha256:<hex>` of its content. */
+  finish(size: number): Promise<string>;
+  /** Stops hashing; the file may be deleted. */
+  abort(): void;
+}
+
+type Waiters = Map<number, { resolve: (digest: string) => void; reject: (err: Error) => void }>;
+
+interface WorkerState {
+  worker: Worker;
+  waiting: Waiters;
+  /** Why the worker is gone, once it is: jobs on it can no longer finish. */
+  failure: Error | undefined;
+}
+
+export class FileHasher {
+  /** The worker, with the answers its jobs are waiting for (a worker that dies fails only its own jobs). */
+  private current: WorkerState | undefined;
+  private nextId = 1;
+  private jobs = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  /** Starts hashing the file at `path` (which must exist). */
+  open(path: string): FileHash {
+    const state = this.ensureWorker();
+    const { worker, waiting } = state;
+    const id = this.nextId++;
+    this.jobs++;
+    worker.postMessage({ op: "start", id, path } satisfies Request);
+    let told = 0;
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      if (--this.jobs === 0) this.scheduleStop();
+    };
+    return {
+      extend: (written) => {
+        if (ended || written - told < EXTEND_STEP) return;
+        told = written;
+        worker.postMessage({ op: "extend", id, upTo: written } satisfies Request);
+      },
+      finish: (size) => {
+        if (ended) return Promise.reject(new Error("hash already ended"));
+        if (state.failure) {
+          end();
+          return Promise.reject(state.failure);
+        }
+        const result = new Promise<string>((resolve, reject) => waiting.set(id, { resolve, reject }));
+        worker.postMessage({ op: "finish", id, size } satisfies Request);
+        return result.finally(end);
+      },
+      abort: () => {
+        if (ended) return;
+        waiting.get(id)?.reject(new Error("hash aborted"));
+        waiting.delete(id);
+        worker.postMessage({ op: "abort", id } satisfies Request);
+        end();
+      },
+    };
+  }
+
+  /** Stops the worker now (jobs still running fail). */
+  async close(): Promise<void> {
+    clearTimeout(this.idleTimer);
+    const current = this.current;
+    this.current = undefined;
+    if (current) await current.worker.terminate();
+  }
+
+  private ensureWorker(): WorkerState {
+    clearTimeout(this.idleTimer);
+    if (this.current) return this.current;
+    const worker = new Worker(new URL(import.meta.url), { workerData: { role: WORKER_ROLE } });
+    const waiting: Waiters = new Map();
+    const current: WorkerState = { worker, waiting, failure: undefined };
+    worker.unref(); // hashing never keeps the process alive by itself
+    worker.on("message", (reply: Reply) => {
+      const waiter = waiting.get(reply.id);
+      if (!waiter) return;
+      waiting.delete(reply.id);
+      if ("digest" in reply) waiter.resolve(reply.digest);
+      else waiter.reject(new Error(reply.error));
+    });
+    const fail = (err: Error) => {
+      current.failure ??= err;
+      if (this.current === current) this.current = undefined;
+      for (const waiter of waiting.values()) waiter.reject(err);
+      waiting.clear();
+    };
+    worker.on("error", fail);
+    worker.on("exit", (code) => fail(new Error(`hash worker exited with code ${code}`)));
+    this.current = current;
+    return current;
+  }
+
+  private scheduleStop(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      if (this.jobs === 0) void this.close();
+    }, IDLE_STOP_MS);
+    this.idleTimer.unref();
+  }
+}
+
+// ---- the worker -------------------------------------------------------------------------------------------
+
+interface Job {
+  fd: number;
+  hash: Hash;
+  hashed: number;
+}
+
+function runWorker(port: NonNullable<typeof parentPort>): void {
+  const jobs = new Map<number, Job>();
+  const buffer = Buffer.allocUnsafe(1024 * 1024);
+  /** Hashes the job's file up to `upTo`; false when the file ended first. */
+  const advance = (job: Job, upTo: number): boolean => {
+    while (job.hashed < upTo) {
+      const n = readSync(job.fd, buffer, 0, Math.min(buffer.length, upTo - job.hashed), job.hashed);
+      if (n === 0) return false;
+      job.hash.update(buffer.subarray(0, n));
+      job.hashed += n;
+    }
+    return true;
+  };
+  const drop = (id: number) => {
+    const job = jobs.get(id);
+    jobs.delete(id);
+    if (job) closeSync(job.fd);
+  };
+  port.on("message", (req: Request) => {
+    try {
+      switch (req.op) {
+        case "start":
+          jobs.set(req.id, { fd: openSync(req.path, "r"), hash: createHash("sha256"), hashed: 0 });
+          break;
+        case "extend": {
+          const job = jobs.get(req.id);
+          if (job) advance(job, req.upTo);
+          break;
+        }
+        case "finish": {
+          const job = jobs.get(req.id);
+          if (!job) throw new Error("unknown hash job");
+          if (!advance(job, req.size)) throw new Error(`file is shorter than ${req.size} bytes`);
+          const digest = `sha256:${job.hash.digest("hex")}`;
+          drop(req.id);
+          port.postMessage({ id: req.id, digest } satisfies Reply);
+          break;
+        }
+        case "abort":
+          drop(req.id);
+          break;
+      }
+    } catch (err) {
+      drop(req.id);
+      port.postMessage({ id: req.id, error: (err as Error).message } satisfies Reply);
+    }
+  });
+}
+
+if (!isMainThread && parentPort && (workerData as { role?: unknown } | undefined)?.role === WORKER_ROLE) runWorker(parentPort);
