@@ -1,0 +1,343 @@
+/**
+ * The servers the bench measures, each its own process on 127.0.0.1, each stopped by its own PID:
+ *  - our mirror (`node src/main.ts --config FILE`), so its RSS can be read from /proc and a restart is real;
+ *  - distribution (Debian's docker-registry 2.8) in proxy mode against the same upstream, with its own storage;
+ *  - nginx serving the upstream's blob files (and copies of the manifests) statically.
+ * Their output goes to log files in the work directory, not through pipes: a server logging every request must
+ * not be slowed by (or slow down) the bench process reading it.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { openSync, closeSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+
+const CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const READY_TIMEOUT_MS = 120_000;
+const STOP_TIMEOUT_MS = 30_000;
+
+/** A child process whose output goes to a file; stop() is SIGTERM, a bounded wait, then SIGKILL, by its PID. */
+export class BenchProcess {
+  readonly name: string;
+  readonly pid: number;
+  readonly logPath: string;
+  readonly exited: Promise<number | null>;
+  private readonly child: ChildProcess;
+  private done = false;
+
+  private constructor(name: string, child: ChildProcess, logPath: string) {
+    this.name = name;
+    this.child = child;
+    this.pid = child.pid!;
+    this.logPath = logPath;
+    this.exited = new Promise((resolveExit) => {
+      child.once("exit", (code) => {
+        this.done = true;
+        resolveExit(code);
+      });
+    });
+  }
+
+  static start(name: string, cmd: string, args: string[], opts: { env: Record<string, string>; cwd: string; logPath: string }): BenchProcess {
+    const fd = openSync(opts.logPath, "a");
+    try {
+      const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: ["ignore", fd, fd] });
+      if (child.pid === undefined) {
+        child.once("error", () => undefined);
+        throw new Error(`${name}: could not start ${cmd}`);
+      }
+      return new BenchProcess(name, child, opts.logPath);
+    } finally {
+      closeSync(fd); // the child has its own copy
+    }
+  }
+
+  get running(): boolean {
+    return !this.done;
+  }
+
+  async stop(): Promise<void> {
+    if (this.done) return;
+    this.child.kill("SIGTERM");
+    if (await settlesWithin(this.exited, STOP_TIMEOUT_MS)) return;
+    this.child.kill("SIGKILL");
+    await settlesWithin(this.exited, 5_000);
+  }
+
+  /** Peak and current resident set size in bytes, from /proc/<pid>/status (VmHWM, VmRSS). */
+  async memory(): Promise<{ peak: number; current: number }> {
+    const status = await readFile(`/proc/${this.pid}/status`, "utf8");
+    const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN) * 1024;
+    return { peak: kb("VmHWM"), current: kb("VmRSS") };
+  }
+
+  async log(): Promise<string> {
+    return readFile(this.logPath, "utf8").catch(() => "");
+  }
+}
+
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  const abort = new AbortController();
+  try {
+    return await Promise.race([p.then(() => true), sleep(ms, false, { signal: abort.signal }).catch(() => false)]);
+  } finally {
+    abort.abort();
+  }
+}
+
+/** Polls `url` until it answers 200; returns the milliseconds from `since` until then. */
+export async function waitReady(url: string, proc: BenchProcess, since: number, intervalMs = 10): Promise<number> {
+  const deadline = since + READY_TIMEOUT_MS;
+  for (;;) {
+    if (!proc.running) throw new Error(`${proc.name} exited while starting; log: ${proc.logPath}\n${(await proc.log()).slice(-4000)}`);
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+      await res.arrayBuffer();
+      if (res.status === 200) return performance.now() - since;
+    } catch {
+      // not listening yet
+    }
+    if (performance.now() > deadline) throw new Error(`${proc.name} not ready at ${url} after ${READY_TIMEOUT_MS} ms; log: ${proc.logPath}`);
+    await sleep(intervalMs);
+  }
+}
+
+/** A server target whose cache can be cleared by stopping it, deleting its storage and starting it again. */
+export interface RestartableTarget {
+  readonly name: string;
+  readonly url: string;
+  readonly process: BenchProcess | undefined;
+  /** Starts the server; resolves once it answers (with the time that took, in ms). */
+  start(): Promise<number>;
+  stop(): Promise<void>;
+  /** stop, delete the cache, start. */
+  restartCold(): Promise<number>;
+}
+
+export interface MirrorTargetOptions {
+  repoRoot: string;
+  /** The script node runs: src/main.ts, or a compiled main.js. */
+  entry: string;
+  workDir: string;
+  port: number;
+  upstreamUrl: string;
+  /** Extra arguments for node before the script (e.g. --cpu-prof). */
+  nodeArgs: string[];
+  /** Extra environment variables (the mirror otherwise gets a clean PATH/HOME environment). */
+  env?: Record<string, string>;
+  dataDir?: string;
+  logLevel?: string;
+}
+
+export class MirrorTarget implements RestartableTarget {
+  readonly name = "mirror";
+  readonly url: string;
+  readonly dataDir: string;
+  process: BenchProcess | undefined;
+  private readonly opts: MirrorTargetOptions;
+  private readonly configPath: string;
+  private starts = 0;
+
+  constructor(opts: MirrorTargetOptions) {
+    this.opts = opts;
+    this.url = `http://127.0.0.1:${opts.port}`;
+    this.dataDir = opts.dataDir ?? join(opts.workDir, "mirror-data");
+    this.configPath = join(opts.workDir, `mirror-${opts.port}.yaml`);
+  }
+
+  async start(): Promise<number> {
+    await mkdir(this.dataDir, { recursive: true });
+    await writeFile(
+      this.configPath,
+      [
+        `listen: "127.0.0.1:${this.opts.port}"`,
+        `storage: { path: ${JSON.stringify(this.dataDir)} }`,
+        `log: { level: ${this.opts.logLevel ?? "info"} }`,
+        "upstreams:",
+        "  bench-upstream:", // not a first path component of REPO, or it would pick this upstream by prefix
+        `    url: ${JSON.stringify(this.opts.upstreamUrl)}`,
+        "    default: true",
+        "    tagTtl: 1h",
+        "",
+      ].join("\n"),
+    );
+    const since = performance.now();
+    this.process = BenchProcess.start("mirror", process.execPath, [...this.opts.nodeArgs, this.opts.entry, "--config", this.configPath], {
+      cwd: this.opts.repoRoot,
+      env: { PATH: CLEAN_PATH, HOME: this.opts.workDir, NODE_ENV: "production", ...this.opts.env },
+      logPath: join(this.opts.workDir, `mirror-${this.opts.port}-${++this.starts}.log`),
+    });
+    return waitReady(`${this.url}/readyz`, this.process, since);
+  }
+
+  async stop(): Promise<void> {
+    await this.process?.stop();
+  }
+
+  async restartCold(): Promise<number> {
+    await this.stop();
+    await rm(this.dataDir, { recursive: true, force: true });
+    return this.start();
+  }
+
+  /** The "cache index rebuilt" line of the current run's log: the mirror's own scan time. */
+  async indexScan(): Promise<{ objects: number; scanMs: number } | undefined> {
+    const log = (await this.process?.log()) ?? "";
+    for (const line of log.split("\n")) {
+      if (!line.includes("cache index rebuilt")) continue;
+      try {
+        const entry = JSON.parse(line) as { objects?: number; scanMs?: number };
+        if (typeof entry.scanMs === "number") return { objects: entry.objects ?? 0, scanMs: entry.scanMs };
+      } catch {
+        // not JSON
+      }
+    }
+    return undefined;
+  }
+}
+
+/** Debian's docker-registry (distribution 2.8) as a pull-through cache: `proxy: remoteurl`. */
+export class ProxyRegistryTarget implements RestartableTarget {
+  readonly name = "distribution-proxy";
+  readonly url: string;
+  process: BenchProcess | undefined;
+  private readonly workDir: string;
+  private readonly storageDir: string;
+  private readonly configPath: string;
+  private readonly upstreamUrl: string;
+  private readonly port: number;
+  private starts = 0;
+
+  constructor(opts: { workDir: string; port: number; upstreamUrl: string }) {
+    this.port = opts.port;
+    this.url = `http://127.0.0.1:${opts.port}`;
+    this.workDir = opts.workDir;
+    this.upstreamUrl = opts.upstreamUrl;
+    this.storageDir = join(opts.workDir, "proxy-storage");
+    this.configPath = join(opts.workDir, "proxy-config.yml");
+  }
+
+  async start(): Promise<number> {
+    await mkdir(this.storageDir, { recursive: true });
+    await writeFile(
+      this.configPath,
+      [
+        "version: 0.1",
+        "log:",
+        "  level: info",
+        "  formatter: json",
+        "storage:",
+        "  filesystem:",
+        `    rootdirectory: ${JSON.stringify(this.storageDir)}`,
+        "  delete:",
+        "    enabled: true",
+        "  cache:",
+        "    blobdescriptor: inmemory",
+        "http:",
+        `  addr: 127.0.0.1:${this.port}`,
+        "  secret: bench-proxy-secret",
+        "proxy:",
+        `  remoteurl: ${JSON.stringify(this.upstreamUrl)}`,
+        "",
+      ].join("\n"),
+    );
+    const since = performance.now();
+    // distribution reads every REGISTRY_* variable as configuration: a clean environment, not ours.
+    this.process = BenchProcess.start("distribution-proxy", "docker-registry", ["serve", this.configPath], {
+      cwd: this.workDir,
+      env: { PATH: CLEAN_PATH, HOME: this.workDir },
+      logPath: join(this.workDir, `proxy-${++this.starts}.log`),
+    });
+    return waitReady(`${this.url}/v2/`, this.process, since);
+  }
+
+  async stop(): Promise<void> {
+    await this.process?.stop();
+  }
+
+  async restartCold(): Promise<number> {
+    await this.stop();
+    await rm(this.storageDir, { recursive: true, force: true });
+    return this.start();
+  }
+}
+
+/**
+ * nginx as a foreground process with its own prefix, config, pid file and error log, on 127.0.0.1 only. Blob
+ * URLs map onto the upstream registry's own data files; manifest URLs onto copies written by the bench.
+ */
+export class NginxTarget {
+  readonly name = "nginx";
+  readonly url: string;
+  process: BenchProcess | undefined;
+  private readonly prefix: string;
+  private readonly port: number;
+  private readonly blobRoot: string;
+  readonly manifestRoot: string;
+
+  constructor(opts: { workDir: string; port: number; upstreamStorage: string }) {
+    this.port = opts.port;
+    this.url = `http://127.0.0.1:${opts.port}`;
+    this.prefix = join(opts.workDir, "nginx");
+    this.blobRoot = join(opts.upstreamStorage, "docker", "registry", "v2", "blobs", "sha256");
+    this.manifestRoot = join(this.prefix, "manifests");
+  }
+
+  /** Makes `GET /v2/<repo>/manifests/<tag>` answer these bytes. */
+  async addManifest(repo: string, tag: string, bytes: Buffer): Promise<void> {
+    await mkdir(join(this.manifestRoot, repo), { recursive: true });
+    await writeFile(join(this.manifestRoot, repo, tag), bytes);
+  }
+
+  async start(): Promise<number> {
+    await mkdir(join(this.prefix, "logs"), { recursive: true });
+    await mkdir(join(this.prefix, "tmp"), { recursive: true });
+    await mkdir(this.manifestRoot, { recursive: true });
+    const conf = join(this.prefix, "nginx.conf");
+    await writeFile(
+      conf,
+      `# Debian's defaults where they matter (worker_processes auto, sendfile, tcp_nopush), loopback only.
+daemon off;
+worker_processes auto;
+${process.getuid?.() === 0 ? "user root; # the work directory is private (mkdtemp): workers must read it as we do" : ""}
+pid ${this.prefix}/nginx.pid;
+error_log ${this.prefix}/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log ${this.prefix}/logs/access.log;
+  client_body_temp_path ${this.prefix}/tmp/body;
+  proxy_temp_path ${this.prefix}/tmp/proxy;
+  fastcgi_temp_path ${this.prefix}/tmp/fastcgi;
+  uwsgi_temp_path ${this.prefix}/tmp/uwsgi;
+  scgi_temp_path ${this.prefix}/tmp/scgi;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:${this.port};
+    location ~ "^/v2/.+/blobs/sha256:(([0-9a-f]{2})[0-9a-f]{62})$" {
+      default_type application/octet-stream;
+      alias ${this.blobRoot}/$2/$1/data;
+    }
+    location ~ "^/v2/(.+)/manifests/([A-Za-z0-9_][A-Za-z0-9._-]*)$" {
+      default_type application/vnd.oci.image.manifest.v1+json;
+      alias ${this.manifestRoot}/$1/$2;
+    }
+    location = /v2/ { default_type application/json; return 200 "{}"; }
+  }
+}
+`,
+    );
+    const since = performance.now();
+    this.process = BenchProcess.start("nginx", "/usr/sbin/nginx", ["-p", this.prefix, "-c", conf], {
+      cwd: this.prefix,
+      env: { PATH: CLEAN_PATH },
+      logPath: join(this.prefix, "logs", "stdout.log"),
+    });
+    return waitReady(`${this.url}/v2/`, this.process, since);
+  }
+
+  async stop(): Promise<void> {
+    await this.process?.stop();
+  }
+}
