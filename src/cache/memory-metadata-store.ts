@@ -51,13 +51,17 @@ export class MemoryMetadataStore implements MetadataStore {
    * `MemoryMetadataStore.open()` with `dir`, which reports a journal that cannot be read at startup.
    */
   constructor(opts: MemoryMetadataStoreOptions = {}) {
+    // Bounded by count through maxSize (each entry counts 1) rather than `max`: with `max`, lru-cache
+    // preallocates arrays for every slot up front (about 30 MiB of heap and typed arrays for a million links,
+    // which every full GC then has to scan); with maxSize they grow with what is stored.
     this.tags = new LRUCache({
-      max: opts.maxTags ?? 100_000,
+      maxSize: opts.maxTags ?? 100_000,
+      sizeCalculation: () => 1,
       dispose: (_pointer, key, reason) => {
         if (reason !== "set") this.unindexTag(key);
       },
     });
-    this.links = new LRUCache({ max: opts.maxLinks ?? 1_000_000 });
+    this.links = new LRUCache({ maxSize: opts.maxLinks ?? 1_000_000, sizeCalculation: () => 1 });
     this.missing = new LRUCache({ max: opts.maxMissing ?? 10_000 });
     this.onError = opts.onError ?? ((err) => process.emitWarning(err));
     const dir = opts.dir;

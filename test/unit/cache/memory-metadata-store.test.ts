@@ -141,6 +141,16 @@ describe("MemoryMetadataStore persistence", () => {
     await small.close();
   });
 
+  it("keeps at most maxLinks links, evicting the least recently used", async () => {
+    const store = new MemoryMetadataStore({ maxLinks: 3 });
+    await store.addLinks(UP, "r", [pointer(1).digest, pointer(2).digest, pointer(3).digest]);
+    expect(await store.hasLink(UP, "r", pointer(1).digest)).toBe(true); // now the most recent
+    await store.addLinks(UP, "r", [pointer(4).digest]);
+    expect(await store.hasLink(UP, "r", pointer(2).digest)).toBe(false);
+    for (const i of [1, 3, 4]) expect(await store.hasLink(UP, "r", pointer(i).digest)).toBe(true);
+    await store.close();
+  });
+
   it("survives kill -9: every write that had resolved is there after a restart", async () => {
     const dir = await tempDir();
     const storeModule = fileURLToPath(new URL("../../../src/cache/memory-metadata-store.ts", import.meta.url));
