@@ -6,7 +6,8 @@
  * an access touches the file (at most once per `touchIntervalMs` per digest), and the scan inserts files oldest
  * first, so the hottest content is the last to be evicted after a restart.
  */
-import { opendir, stat, utimes } from "node:fs/promises";
+import { readdirSync, statSync } from "node:fs";
+import { utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { LRUCache } from "lru-cache";
 import type { BlobStore } from "./blob-store.ts";
@@ -31,25 +32,24 @@ export class CacheIndex {
     this.entries = new LRUCache<string, Entry>({ maxSize: Number.MAX_SAFE_INTEGER, sizeCalculation: (e) => Math.max(1, e.size) });
   }
 
-  /** Scans the store (blobs/sha256/xx/<hex>), oldest modification first, so recency order is restored. */
+  /**
+   * Scans the store (blobs/sha256/xx/<hex>), oldest modification first, so recency order is restored.
+   *
+   * Synchronous on purpose: it runs once, at start-up, before anything is served, and is bound by one stat per
+   * file. Through the threadpool with promises that cost ~24 µs per file here (2.4 s for 100,000 blobs, bench
+   * START); plain syscalls in a loop take a third of that.
+   */
   async rebuild(): Promise<{ objects: number; bytes: number; ms: number }> {
     const started = performance.now();
     const found: Array<{ digest: string; size: number; mtimeMs: number }> = [];
     const root = join(this.store.root, "blobs", "sha256");
-    const shards = await opendir(root);
-    for await (const shard of shards) {
-      if (!shard.isDirectory() || !/^[0-9a-f]{2}$/.test(shard.name)) continue;
-      const names: string[] = [];
-      for await (const file of await opendir(join(root, shard.name))) {
-        if (file.isFile() && /^[0-9a-f]{64}$/.test(file.name)) names.push(file.name);
-      }
-      // Stats in parallel batches: the scan is bound by syscalls, not by any one of them.
-      for (let i = 0; i < names.length; i += 256) {
-        const batch = names.slice(i, i + 256);
-        const stats = await Promise.all(batch.map((n) => stat(join(root, shard.name, n)).catch(() => undefined)));
-        stats.forEach((s, j) => {
-          if (s) found.push({ digest: `sha256:${batch[j]!}`, size: s.size, mtimeMs: s.mtimeMs });
-        });
+    const shards = readdirSync(root, { withFileTypes: true }).filter((d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name));
+    for (const shard of shards) {
+      const dir = join(root, shard.name);
+      for (const file of readdirSync(dir, { withFileTypes: true })) {
+        if (!file.isFile() || !/^[0-9a-f]{64}$/.test(file.name)) continue;
+        const s = statSync(join(dir, file.name), { throwIfNoEntry: false });
+        if (s) found.push({ digest: `sha256:${file.name}`, size: s.size, mtimeMs: s.mtimeMs });
       }
     }
     found.sort((a, b) => a.mtimeMs - b.mtimeMs);
