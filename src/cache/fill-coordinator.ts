@@ -24,6 +24,7 @@ import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
+import { receivePacer } from "../upstream/receive-pacer.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { BufferPool, FileRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
@@ -291,6 +292,7 @@ export class Fill {
 
   /** Hashes and writes each batch of chunks at the current end of the temp file, then wakes readers. */
   private sink(hash: DownloadHash, metrics: Metrics | undefined): Writable {
+    const pacer = receivePacer();
     const write = async (chunks: Buffer[]): Promise<void> => {
       let total = 0;
       for (const chunk of chunks) total += chunk.length;
@@ -303,6 +305,7 @@ export class Fill {
       this.written += total;
       hash.extend(this.written);
       this.flushInBackground();
+      pacer.received(total); // these chunks are garbage now: see receive-pacer.ts
       metrics?.upstreamFetchedBytes.inc({ upstream: this.origin.upstream, kind: "blob" }, total);
       this.notify();
     };
