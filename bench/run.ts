@@ -153,7 +153,8 @@ async function main(): Promise<void> {
 
     /**
      * After a cold transfer: waits (bounded) until the target has the blob stored (a proxy may go on fetching
-     * after its client is served), then for the upstream's log to catch up, and sums the blob bytes it sent.
+     * after its client is served), then for the upstream's log to catch up, and sums the bytes it sent of this
+     * blob.
      */
     async function upstreamBytesAfter(target: "mirror" | "proxy" | "direct", blob: SeededBlob): Promise<number> {
       if (target !== "direct") await waitForFile(storedPath[target](blob), blob.size, 120_000);
@@ -162,7 +163,8 @@ async function main(): Promise<void> {
         await upstream.sync();
         const sum = upstream
           .requests()
-          .filter((r) => r.method === "GET" && r.kind === "blobs")
+          // This blob only: a proxy may still be finishing its own upstream GETs of another blob.
+          .filter((r) => r.method === "GET" && r.kind === "blobs" && r.path.split("?")[0]!.endsWith(`/${blob.digest}`))
           .reduce((n, r) => n + r.written, 0);
         if (sum === last) return sum;
         last = sum;
