@@ -29,7 +29,10 @@ describe("ReceivePacer", () => {
     expect(pacer.active).toBe(true);
     const minors: PerformanceEntry[] = [];
     const observer = new PerformanceObserver((list) => {
-      for (const e of list.getEntries()) if ((e.detail as { kind?: number } | undefined)?.kind === constants.NODE_PERFORMANCE_GC_MINOR) minors.push(e);
+      for (const e of list.getEntries()) {
+        const detail = (e as PerformanceEntry & { detail?: { kind?: number } }).detail;
+        if (detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) minors.push(e);
+      }
     });
     observer.observe({ entryTypes: ["gc"] });
     try {
