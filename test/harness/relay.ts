@@ -6,6 +6,7 @@
 //     forwarded, its connection reset, left without an answer, or its body stalled part-way.
 // Bodies stream through chunk by chunk; nothing is buffered whole.
 import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { BlobHost } from "./blob-host.ts";
@@ -59,7 +60,7 @@ export interface RelayedRequest {
 
 export interface Relay {
   readonly name: string;
-  /** http://127.0.0.1:PORT */
+  /** http://127.0.0.1:PORT (https:// with `tls`) */
   readonly url: string;
   /** 127.0.0.1:PORT */
   readonly host: string;
@@ -96,7 +97,11 @@ const BLOB_PATH = /^\/v2\/.+\/blobs\/(?!uploads\/)[^/]+$/;
 /** Faults decided before anything goes upstream. */
 const REQUEST_FAULTS: ReadonlySet<FaultKind> = new Set(["stallHeaders", "status", "reset"]);
 
-export async function startRelay(targetUrl: string): Promise<Relay> {
+/**
+ * `tls`: listen with HTTPS using this certificate and key (for an upstream reached over TLS, the way every public
+ * registry is); the target is still plain HTTP.
+ */
+export async function startRelay(targetUrl: string, opts: { tls?: { cert: string | Buffer; key: string | Buffer } } = {}): Promise<Relay> {
   const target = new URL(targetUrl);
   if (target.protocol !== "http:") throw new Error(`relay: only http:// targets are supported, got ${targetUrl}`);
   // Own agent so stop() can close the upstream connections this relay opened, and only those.
@@ -121,7 +126,7 @@ export async function startRelay(targetUrl: string): Promise<Relay> {
     return null;
   };
 
-  const server = createServer((req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const path = req.url ?? "/";
     const method = req.method ?? "GET";
     const authorization = req.headers.authorization;
@@ -199,7 +204,8 @@ export async function startRelay(targetUrl: string): Promise<Relay> {
       if (!res.writableFinished) upstreamReq.destroy();
     });
     req.pipe(upstreamReq);
-  });
+  };
+  const server = opts.tls !== undefined ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handle) : createServer(handle);
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -212,7 +218,7 @@ export async function startRelay(targetUrl: string): Promise<Relay> {
   let stopping: Promise<void> | undefined;
   return {
     name: `relay ${host} -> ${target.host}`,
-    url: `http://${host}`,
+    url: `${opts.tls !== undefined ? "https" : "http"}://${host}`,
     host,
     port,
     requests,

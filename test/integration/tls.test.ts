@@ -2,7 +2,7 @@
  * TLS termination with a CA made here: a real client (skopeo, trusting only that CA) pulls through the mirror
  * over HTTPS, and a rotated certificate is served to new connections without a restart.
  */
-import { mkdtemp, rm, writeFile, copyFile, readFile } from "node:fs/promises";
+import { mkdtemp, rm, copyFile, readFile } from "node:fs/promises";
 import { connect } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,24 +11,14 @@ import { buildImage, pushImage, randomLayer } from "../harness/image-builder.ts"
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { runCommand, Teardown } from "../harness/processes.ts";
 import { startRegistry } from "../harness/registry.ts";
+import { createTestCa, type TestCa } from "../harness/test-ca.ts";
 
 const teardown = new Teardown();
 afterAll(() => teardown.run());
 let dir: string;
 let mirror: TestMirror;
+let ca: TestCa;
 const image = buildImage({ format: "oci", layers: [randomLayer(30_000)] });
-
-async function openssl(args: string[]): Promise<void> {
-  const res = await runCommand("openssl", args, { timeoutMs: 30_000 });
-  if (res.code !== 0) throw new Error(`openssl ${args.join(" ")}: ${res.stderr}`);
-}
-
-/** A certificate for 127.0.0.1 signed by the test CA, written to cert.pem/key.pem in `dir`. */
-async function issue(name: string): Promise<void> {
-  await openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", join(dir, `${name}.key`), "-out", join(dir, `${name}.csr`), "-subj", `/CN=${name}`]);
-  await writeFile(join(dir, `${name}.ext`), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
-  await openssl(["x509", "-req", "-in", join(dir, `${name}.csr`), "-CA", join(dir, "ca.crt"), "-CAkey", join(dir, "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", join(dir, `${name}.ext`), "-out", join(dir, `${name}.crt`)]);
-}
 
 async function presentedCertificateCN(port: number): Promise<string> {
   const ca = await readFile(join(dir, "ca.crt"));
@@ -45,8 +35,8 @@ async function presentedCertificateCN(port: number): Promise<string> {
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "tls-"));
   teardown.add("tls dir", () => rm(dir, { recursive: true, force: true }));
-  await openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", join(dir, "ca.key"), "-out", join(dir, "ca.crt"), "-days", "2", "-subj", "/CN=mirror-test-ca"]);
-  await issue("first");
+  ca = await createTestCa(dir);
+  await ca.issue("first");
   await copyFile(join(dir, "first.crt"), join(dir, "cert.pem"));
   await copyFile(join(dir, "first.key"), join(dir, "key.pem"));
   const upstream = teardown.track(await startRegistry());
@@ -75,7 +65,7 @@ describe("TLS termination", () => {
 
   it("serves a rotated certificate to new connections without a restart", async () => {
     expect(await presentedCertificateCN(mirror.port)).toBe("first");
-    await issue("second");
+    await ca.issue("second");
     await copyFile(join(dir, "second.key"), join(dir, "key.pem"));
     await copyFile(join(dir, "second.crt"), join(dir, "cert.pem"));
     let cn = "";
