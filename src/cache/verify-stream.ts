@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
+import { receivePacer } from "../upstream/receive-pacer.ts";
 
 export class VerifyStream extends Transform {
   private readonly digest: string;
@@ -24,6 +25,7 @@ export class VerifyStream extends Transform {
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.hash.update(chunk);
     this.seen += chunk.length;
+    receivePacer().received(chunk.length); // upstream bytes passing through, garbage once sent: receive-pacer.ts
     if (this.expectedSize !== undefined && this.seen > this.expectedSize) {
       cb(new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.expectedSize} bytes for ${this.digest}`));
       return;
