@@ -26,7 +26,8 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { runCommand, startProcess, stopPid, waitFor, type CommandResult, type ManagedProcess } from "./processes.ts";
+import { startDockerd, type Dockerd } from "./dockerd.ts";
+import { runCommand, type CommandResult } from "./processes.ts";
 
 /** The name the Dockerfile builds FROM; the stand-in is tagged with exactly this name. */
 export const BASE_IMAGE = "node:24-bookworm-slim";
@@ -211,79 +212,18 @@ export interface DockerCli {
   docker(args: string[], opts?: { timeoutMs?: number; env?: Record<string, string> }): Promise<CommandResult>;
 }
 
-export interface BuildDockerd extends DockerCli {
-  readonly name: string;
-  readonly dir: string;
-  output(): string;
-  stop(): Promise<void>;
-}
-
 /**
- * A private dockerd for `docker build` only. Unlike the harness's client dockerd it keeps the machine's DNS,
- * because the Dockerfile's `npm ci` fetches from the npm registry. No bridge, no iptables, vfs storage, no
- * registry mirror; the caller never pulls through it.
+ * A private dockerd for `docker build` only (dockerd.ts, with `hostDns`). Unlike the harness's client dockerd it
+ * keeps the machine's DNS, because the Dockerfile's `npm ci` fetches from the npm registry. No bridge, no
+ * iptables, no registry mirror; the caller never pulls through it. overlay2 where the kernel allows it.
  */
-export async function startBuildDockerd(): Promise<BuildDockerd> {
-  // /tmp and a short prefix: unix socket paths are limited to ~107 bytes.
-  const dir = await mkdtemp("/tmp/hb-");
-  const socket = join(dir, "s");
-  const execRoot = join(dir, "e");
-  const cliConfig = join(dir, "cli");
-  await mkdir(cliConfig);
-  const name = `build dockerd ${dir}`;
-  // A private mount namespace (unshare without --fork execs dockerd under the PID we spawn): the mounts
-  // dockerd makes under its exec root disappear with it instead of lingering in ours.
-  const proc: ManagedProcess = startProcess(
-    "unshare",
-    [
-      "--mount",
-      "--propagation",
-      "private",
-      "dockerd",
-      "--bridge=none",
-      "--iptables=false",
-      "--ip6tables=false",
-      `--storage-driver=${await buildStorageDriver(dir)}`,
-      `--data-root=${join(dir, "d")}`,
-      `--exec-root=${execRoot}`,
-      `--pidfile=${join(dir, "p")}`,
-      `--host=unix://${socket}`,
-      "--shutdown-timeout=5",
-    ],
-    { name, env: { PATH: SYSTEM_PATH, HOME: dir }, cwd: dir, stopTimeoutMs: 20_000 },
-  );
-  const env: Record<string, string> = { PATH: SYSTEM_PATH, HOME: dir, DOCKER_HOST: `unix://${socket}`, DOCKER_CONFIG: cliConfig };
-  // Debian's CLI is the daemon's own version (20.10); the machine's newer /usr/local/bin/docker negotiates down.
-  const cli = existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
-  const docker = (args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CommandResult> =>
-    runCommand(cli, args, { env: { ...env, ...o.env }, timeoutMs: o.timeoutMs ?? 120_000 });
-
-  let containerdPid: number | undefined;
-  let stopping: Promise<void> | undefined;
-  const stop = (): Promise<void> => {
-    stopping ??= (async () => {
-      await proc.stop();
-      // After a SIGKILL the containerd dockerd started would outlive it; stop it by its recorded PID.
-      if (containerdPid !== undefined) await stopPid(containerdPid, `containerd of ${name}`);
-      await rm(dir, { recursive: true, force: true });
-    })();
-    return stopping;
-  };
+export async function startBuildDockerd(): Promise<Dockerd> {
+  const probeDir = await mkdtemp("/tmp/hb-probe-"); // where the daemon's own directory will be
   try {
-    await waitFor(async () => (await docker(["version"], { timeoutMs: 10_000 })).code === 0, {
-      timeoutMs: 60_000,
-      what: `${name} to answer "docker version"`,
-      intervalMs: 250,
-      whileRunning: proc,
-    });
-    const pidText = await readFile(join(execRoot, "containerd", "containerd.pid"), "utf8").catch(() => "");
-    const pid = Number.parseInt(pidText.trim(), 10);
-    containerdPid = Number.isInteger(pid) && pid > 1 ? pid : undefined;
-  } catch (err) {
-    await stop().catch(() => undefined);
-    throw err;
+    return await startDockerd({ hostDns: true, storageDriver: await buildStorageDriver(probeDir) });
+  } finally {
+    await rm(probeDir, { recursive: true, force: true });
   }
-  return { name, dir, docker, output: () => proc.output(), stop };
 }
 
 /**

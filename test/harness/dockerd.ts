@@ -18,6 +18,13 @@ export interface DockerdOptions {
   insecureRegistries?: string[];
   /** More dockerd flags, appended last. */
   extraArgs?: string[];
+  /**
+   * Keep the machine's name resolution instead of the loopback-only namespace: only for a daemon that runs
+   * `docker build` (the Dockerfile's `npm ci` fetches from the npm registry) and never pulls through a mirror.
+   */
+  hostDns?: boolean;
+  /** Default vfs. */
+  storageDriver?: "vfs" | "overlay2";
 }
 
 export interface Dockerd {
@@ -30,8 +37,8 @@ export interface Dockerd {
   /** The private temp dir holding everything below (deleted by stop()). */
   readonly dir: string;
   readonly dataRoot: string;
-  /** Runs the docker CLI against this daemon (default timeout 120 s; a timeout rejects). */
-  docker(args: string[], opts?: { timeoutMs?: number }): Promise<CommandResult>;
+  /** Runs the docker CLI against this daemon (default timeout 120 s; a timeout rejects), `env` added to its environment. */
+  docker(args: string[], opts?: { timeoutMs?: number; env?: Record<string, string> }): Promise<CommandResult>;
   /** Recent dockerd output (its log), for error messages. */
   output(): string;
   /** Stops dockerd (and the containerd it started), then deletes all its files. Idempotent. */
@@ -52,7 +59,7 @@ function dockerCli(): string {
   return existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
 }
 
-export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
+export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> {
   // /tmp directly and a short prefix: unix socket paths are limited to ~107 bytes, and containerd puts
   // its sockets a few levels below the exec root.
   const dir = await mkdtemp("/tmp/hd-");
@@ -62,13 +69,12 @@ export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
   const socket = join(dir, "s");
   const cliConfig = join(dir, "cli");
   await mkdir(cliConfig);
-  const namespace = await prepareLoopbackNamespace(dir);
 
   const dockerdArgs = [
     "--bridge=none",
     "--iptables=false",
     "--ip6tables=false",
-    "--storage-driver=vfs",
+    `--storage-driver=${opts.storageDriver ?? "vfs"}`,
     `--data-root=${dataRoot}`,
     `--exec-root=${execRoot}`,
     `--pidfile=${pidFile}`,
@@ -81,8 +87,13 @@ export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
   ];
   // unshare (without --fork) and `exec` keep one PID throughout, so the PID we spawn IS dockerd's: stop()
   // signals dockerd itself. The bind mounts exist only inside the new namespace; the host's files are untouched.
-  const name = `dockerd ${dir}`;
-  const launch = namespace.command("dockerd", dockerdArgs);
+  // With hostDns, a private mount namespace all the same: the mounts dockerd makes under its exec root
+  // disappear with it instead of lingering in ours.
+  const name = `${opts.hostDns === true ? "build dockerd" : "dockerd"} ${dir}`;
+  const launch =
+    opts.hostDns === true
+      ? { cmd: "unshare", args: ["--mount", "--propagation", "private", "dockerd", ...dockerdArgs] }
+      : (await prepareLoopbackNamespace(dir)).command("dockerd", dockerdArgs);
   // A clean environment: an inherited HTTP(S)_PROXY would send registry traffic somewhere else.
   const proc: ManagedProcess = startProcess(launch.cmd, launch.args, {
     name,
@@ -98,8 +109,8 @@ export async function startDockerd(opts: DockerdOptions): Promise<Dockerd> {
     // Private CLI config: no credentials or contexts from the machine's ~/.docker leak into tests.
     DOCKER_CONFIG: cliConfig,
   };
-  const docker = (args: string[], o: { timeoutMs?: number } = {}): Promise<CommandResult> =>
-    runCommand(dockerCli(), args, { env, timeoutMs: o.timeoutMs ?? DEFAULT_CLI_TIMEOUT_MS });
+  const docker = (args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CommandResult> =>
+    runCommand(dockerCli(), args, { env: { ...env, ...o.env }, timeoutMs: o.timeoutMs ?? DEFAULT_CLI_TIMEOUT_MS });
 
   let containerdPid: number | undefined;
   let stopping: Promise<void> | undefined;
