@@ -198,4 +198,41 @@ describe("FillCoordinator", () => {
     await expect(fill.done).rejects.toThrow(/fill timeout/);
     expect(await store.tempFiles()).toEqual([]);
   });
+
+  describe("with worker hashing (downloads of 8 MiB and more)", () => {
+    const content = randomBytes(12 * 1024 * 1024 + 3);
+
+    for (const announce of [content.length, undefined]) {
+      it(`commits verified content (size ${announce === undefined ? "not announced" : "announced"})`, async () => {
+        const body = new PassThrough();
+        const fill = fills.start(digestOf(content), origin, async () => ({ size: announce, body }));
+        await fill.ready;
+        const reader = collect(fill.createReader(0, undefined));
+        for (let at = 0; at < content.length; at += 1024 * 1024) body.write(content.subarray(at, at + 1024 * 1024));
+        body.end();
+        await fill.done;
+        const got = await reader;
+        expect(got.error).toBeUndefined();
+        expect(got.bytes.equals(content)).toBe(true);
+        expect((await readFile(store.pathOf(digestOf(content)))).equals(content)).toBe(true);
+        expect(await store.tempFiles()).toEqual([]);
+      });
+    }
+
+    it("commits nothing and never delivers the last byte when the content does not match", async () => {
+      const wrong = Buffer.from(content);
+      wrong[wrong.length - 100] = wrong[wrong.length - 100]! ^ 0xff;
+      const body = new PassThrough();
+      const fill = fills.start(digestOf(content), origin, async () => ({ size: wrong.length, body }));
+      await fill.ready;
+      const reader = collect(fill.createReader(0, undefined));
+      body.end(wrong);
+      await expect(fill.done).rejects.toThrow(/hashes to/);
+      const got = await reader;
+      expect(got.error).toBeDefined();
+      expect(got.bytes.length).toBeLessThan(wrong.length);
+      expect(await store.size(digestOf(content))).toBeUndefined();
+      expect(await store.tempFiles()).toEqual([]);
+    });
+  });
 });
