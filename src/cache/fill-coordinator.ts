@@ -114,7 +114,7 @@ export class Fill {
   private direct: UpstreamBlob | undefined;
   private rejectReady!: (err: Error) => void;
 
-  constructor(digest: string, origin: FillOrigin, buffers: BufferPool = new BufferPool()) {
+  constructor(digest: string, origin: FillOrigin, buffers: BufferPool) {
     this.digest = digest;
     this.origin = origin;
     this.buffers = buffers;
