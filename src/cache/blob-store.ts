@@ -3,6 +3,10 @@
  * a temp file in `tmp/` that is verified, fsynced and renamed into place. A file at a final path is therefore
  * always complete and verified; a crash leaves at worst a temp file, which `init()` deletes.
  *
+ * A write to a file may store fewer bytes than it was given (a nearly full disk, a file-size limit) without
+ * failing, so temp files are written with `writeAt`, which writes the rest or throws the reason it cannot; and
+ * `commit` refuses a temp file whose length is not the verified size.
+ *
  * Layout:
  *   <root>/blobs/sha256/ab/abcdef…   committed content
  *   <root>/tmp/<hex>.<random>        in-progress writes (never served except through their Fill)
@@ -126,9 +130,15 @@ export class BlobStore {
 
   /**
    * Makes verified content visible. The caller has checked digest and size and fsynced the handle; rename is
-   * atomic within one filesystem, which is why temp files live under the same root.
+   * atomic within one filesystem, which is why temp files live under the same root. The file on disk must hold
+   * exactly the `size` bytes that were verified: one that does not is deleted, and commit throws.
    */
   async commit(tempPath: string, digest: string, size: number): Promise<void> {
+    const onDisk = (await stat(tempPath)).size;
+    if (onDisk !== size) {
+      await this.discard(tempPath);
+      throw new Error(`temp file for ${digest} holds ${onDisk} bytes, not the ${size} that were verified: not committed`);
+    }
     const finalPath = this.pathOf(digest);
     await mkdir(join(finalPath, ".."), { recursive: true });
     await rename(tempPath, finalPath);
@@ -149,7 +159,7 @@ export class BlobStore {
   async putVerified(digest: string, bytes: Uint8Array): Promise<void> {
     const { path, handle } = await this.createTemp(digest);
     try {
-      await handle.writeFile(bytes);
+      await writeAt(handle, [bytes], 0);
       await handle.sync();
     } catch (err) {
       await handle.close();
@@ -163,6 +173,28 @@ export class BlobStore {
   /** Names of temp files present now (tests assert none are left behind). */
   async tempFiles(): Promise<string[]> {
     return readdir(this.tmpDir);
+  }
+}
+
+/**
+ * Writes every byte of `chunks`, in order, at `position`. A write that stores only part of what it was given is
+ * continued from where it stopped: it completes, or the next write fails with the reason (ENOSPC, EFBIG).
+ */
+export async function writeAt(handle: FileHandle, chunks: readonly Uint8Array[], position: number): Promise<void> {
+  let done = (await handle.writev(chunks, position)).bytesWritten;
+  let skip = done;
+  for (const chunk of chunks) {
+    if (skip >= chunk.length) {
+      skip -= chunk.length;
+      continue;
+    }
+    for (let offset = skip; offset < chunk.length; ) {
+      const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, position + done);
+      if (bytesWritten === 0) throw new Error(`no byte could be written at offset ${position + done}`);
+      offset += bytesWritten;
+      done += bytesWritten;
+    }
+    skip = 0;
   }
 }
 

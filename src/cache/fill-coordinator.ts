@@ -25,7 +25,7 @@ import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { receivePacer } from "../upstream/receive-pacer.ts";
-import type { BlobStore } from "./blob-store.ts";
+import { writeAt, type BlobStore } from "./blob-store.ts";
 import { BufferPool, FileRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
 
@@ -300,8 +300,7 @@ export class Fill {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.size} bytes for ${this.digest}`);
       }
       hash.update(chunks);
-      const { bytesWritten } = await this.handle!.writev(chunks, this.written);
-      if (bytesWritten !== total) throw new Error(`short write to temp file (${bytesWritten} of ${total} bytes)`);
+      await writeAt(this.handle!, chunks, this.written);
       this.written += total;
       hash.extend(this.written);
       this.flushInBackground();

@@ -19,7 +19,7 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
-import type { BlobStore } from "../cache/blob-store.ts";
+import { writeAt, type BlobStore } from "../cache/blob-store.ts";
 import { parseManifest, type Descriptor } from "../cache/image-walker.ts";
 import type { ManifestStore } from "../cache/manifest-store.ts";
 import type { MetadataStore } from "../cache/metadata-store.ts";
@@ -288,12 +288,12 @@ class ImportRun {
       try {
         for await (const chunk of entry.body()) {
           hash.update(chunk);
+          await writeAt(handle, [chunk], size); // all of it, or the reason why not (a bare write may stop short)
           size += chunk.length;
-          await handle.write(chunk);
         }
       } catch (err) {
         this.refuse(name, digest, (err as Error).message);
-        throw err; // the bundle cannot be read past this point
+        throw err; // the bundle cannot be read past this point (or, on a write error, stored)
       }
       const actual = `sha256:${hash.digest("hex")}`;
       if (actual !== digest) {

@@ -303,6 +303,36 @@ describe("mirror import", () => {
     expect(await readdir(join(dataDir, "tmp"))).toEqual([]);
   });
 
+  it("refuses a blob the disk took only part of (a file-size limit): nothing truncated is committed", async () => {
+    // Under RLIMIT_FSIZE a write that crosses the limit stores the bytes below it and reports that count, without
+    // an error (Node ignores SIGXFSZ; only a write at the limit fails, with EFBIG), as on a nearly full disk.
+    // The limit sits just under the largest blob, which arrives in one chunk: its one write stops short.
+    const victim = dockerImage.layers[0]!;
+    const limit = victim.bytes.length - 1000;
+    const content = new Map<string, number>();
+    for (const e of EXPORTED) {
+      content.set(e.image.digest, e.image.manifest.length);
+      for (const image of imagesOf(e.image)) for (const b of [{ digest: image.digest, bytes: image.manifest }, ...image.blobs()]) content.set(b.digest, b.bytes.length);
+    }
+    expect([...content].filter(([, size]) => size >= limit)).toEqual([[victim.digest, victim.bytes.length]]);
+    const dataDir = join(work, "fsize-cache");
+    const config = await writeConfig("fsize", dataDir, nowhere);
+    const res = await runCommand("prlimit", [`--fsize=${limit}`, "--", process.execPath, "src/main.ts", "import", bundle, "--config", config, "--json"], { timeoutMs: 60_000 });
+    expect(res.code, res.stderr + res.stdout).toBe(1);
+    const r = report(res);
+    expect(r.error).toMatch(/EFBIG/);
+    expect(r.refused).toEqual([{ entry: `blobs/sha256/${victim.digest.slice(7)}`, reason: r.error }]);
+    expect(r.images.find((i) => i.reference === "docker.io/library/dockerimg:v1")).toMatchObject({ status: "incomplete", missing: expect.arrayContaining([victim.digest]) as unknown });
+    const shards = await readdir(join(dataDir, "blobs", "sha256"));
+    for (const shard of shards) {
+      for (const name of await readdir(join(dataDir, "blobs", "sha256", shard))) {
+        expect(sha256(await readFile(join(dataDir, "blobs", "sha256", shard, name)))).toBe(`sha256:${name}`);
+      }
+    }
+    await expect(stat(join(dataDir, "blobs", "sha256", victim.digest.slice(7, 9), victim.digest.slice(7)))).rejects.toThrow(/ENOENT/);
+    expect(await readdir(join(dataDir, "tmp"))).toEqual([]);
+  });
+
   it("imports an OCI archive written by skopeo (blobs before index.json) under its full reference name", async () => {
     const archive = join(work, "skopeo.tar");
     const copied = await runCommand("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${upstream.host}/team/tool:v1`, `oci-archive:${archive}:ghcr.io/team/tool:v1`], {
