@@ -3,18 +3,29 @@
  * The bytes live in the blob store (so `HEAD /v2/<name>/blobs/<manifest digest>`, which containerd sends when a
  * manifest HEAD fails, finds them too); the media type lives in a small sidecar written after the bytes, so a
  * manifest is only servable once both exist. Hot manifests are kept in memory: the tag-hit path touches no disk.
+ *
+ * A sidecar is written like content: to a temp file of its own (concurrent puts of one manifest never share
+ * one), fsynced, then renamed into place. One that is damaged all the same (empty, torn, not ours) reads as
+ * absent, never as an error: the manifest is then fetched again and its next put rewrites the sidecar, and
+ * nothing that asks (a pull, an eviction sweep) is stuck on it meanwhile.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { LRUCache } from "lru-cache";
 import { digestHex } from "../oci/reference.ts";
-import { isNotFound, type BlobStore } from "./blob-store.ts";
+import { isNotFound, writeAt, type BlobStore } from "./blob-store.ts";
 
 export interface StoredManifest {
   digest: string;
   mediaType: string;
   bytes: Buffer;
+}
+
+/** What a sidecar holds. */
+interface Sidecar {
+  mediaType: string;
+  size: number;
 }
 
 export class ManifestStore {
@@ -39,9 +50,17 @@ export class ManifestStore {
     if ((await this.blobs.size(digest)) !== bytes.length) await this.blobs.putVerified(digest, bytes);
     const metaPath = this.metaPath(digest);
     await mkdir(join(metaPath, ".."), { recursive: true });
-    const tmp = `${metaPath}.${process.pid}.tmp`;
-    await writeFile(tmp, JSON.stringify({ mediaType, size: bytes.length }));
-    await rename(tmp, metaPath);
+    const { path, handle } = await this.blobs.createTemp(digest);
+    try {
+      await writeAt(handle, [Buffer.from(JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar))], 0);
+      await handle.sync();
+      await handle.close();
+      await rename(path, metaPath);
+    } catch (err) {
+      await handle.close().catch(() => undefined);
+      await this.blobs.discard(path);
+      throw err;
+    }
     this.memory.set(digest, { digest, mediaType, bytes });
   }
 
@@ -56,13 +75,15 @@ export class ManifestStore {
       this.memory.delete(digest); // evicted from disk: not servable any more
       return undefined;
     }
-    let meta: { mediaType: string; size: number };
+    let text: string;
     try {
-      meta = JSON.parse(await readFile(this.metaPath(digest), "utf8")) as { mediaType: string; size: number };
+      text = await readFile(this.metaPath(digest), "utf8");
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
     }
+    const meta = parseSidecar(text);
+    if (meta === undefined) return undefined; // damaged: absent until the next put rewrites it
     const opened = await this.blobs.open(digest);
     if (!opened) return undefined;
     try {
@@ -86,4 +107,17 @@ export class ManifestStore {
     const hex = digestHex(digest);
     return join(this.metaDir, hex.slice(0, 2), `${hex}.json`);
   }
+}
+
+/** The sidecar's contents, or undefined when they are not a whole sidecar. */
+function parseSidecar(text: string): Sidecar | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const { mediaType, size } = (value ?? {}) as Partial<Sidecar>;
+  if (typeof mediaType !== "string" || mediaType === "" || typeof size !== "number") return undefined;
+  return { mediaType, size };
 }
