@@ -1,5 +1,5 @@
 /**
- * One upstream download per digest at a time, shared by every reader (../../../shared/ARCHITECTURE.md, "Blob fill").
+ * One upstream download per digest at a time, shared by every reader.
  *
  * A `Fill` owns the upstream response. It writes to a temp file in the store, hashing and counting as it goes,
  * and wakes its readers after every write. Each reader streams the temp file through the fill's own file handle
@@ -9,10 +9,15 @@
  * When the upstream ends, size and sha256 are checked, the file is fsynced and renamed to its content-addressed
  * path; readers keep reading through the open handle. Large downloads are hashed by a worker thread that reads
  * the temp file back (hash-worker.ts), and flushed to disk in steps as they arrive, so that neither the hash nor
- * the final fsync stands between the last byte received and the commit for longer than a few MiB take. On any mismatch or upstream error, readers are destroyed
- * (clients see a broken transfer and retry) and the temp file is deleted: nothing is committed. Readers that
- * would end at the last byte of the blob hold that byte back until the content is verified, so a client can
- * never receive a complete-looking copy of content that failed verification.
+ * the final fsync stands between the last byte received and the commit for longer than a few MiB take. On any
+ * mismatch or upstream error, readers are destroyed (clients see a broken transfer and retry) and the temp file is
+ * deleted: nothing is committed.
+ *
+ * No reader completes before the content is verified: every reader holds back its own last byte (the end of its
+ * range, not only the blob's last byte) until the fill has committed, and a reader with nothing to read (the
+ * empty blob) ends only then. A client therefore never receives a complete-looking response, 200 or 206, of
+ * content that failed verification. For the same reason an announced length the digest rules out (0 for any
+ * digest but the empty blob's, or more than 0 for the empty blob) is an upstream error before any reader starts.
  *
  * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
  * client, so the next pull is a hit.
@@ -25,6 +30,7 @@ import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { receivePacer } from "../upstream/receive-pacer.ts";
+import { discardBody } from "../upstream/upstream-errors.ts";
 import { writeAt, type BlobStore } from "./blob-store.ts";
 import { BufferPool, FileRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
@@ -53,6 +59,9 @@ export interface FillOrigin {
   upstream: string;
   repo: string;
 }
+
+/** The sha256 of zero bytes: the one digest a 0-byte blob can have. */
+const EMPTY_BLOB_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /** Downloads at least this large (or of unknown size) are hashed by the worker; smaller ones inline. */
 const WORKER_HASH_FROM = 8 * 1024 * 1024;
@@ -206,6 +215,11 @@ export class Fill {
     try {
       slot = await slots?.acquire();
       const upstream = await open(abort.signal);
+      const announcedEmpty = upstream.size === 0;
+      if (upstream.size !== undefined && announcedEmpty !== (this.digest === EMPTY_BLOB_DIGEST)) {
+        discardBody(upstream.body);
+        throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for ${this.digest}, which cannot be its content`);
+      }
       this.size = upstream.size;
       if (policy && !(await policy.admit(upstream.size))) {
         // No room: the response goes to one client uncached. The overall fill timeout no longer applies (the
@@ -331,8 +345,9 @@ class FillReader extends FileRangeStream {
 
   /**
    * Bytes readable at `position` now, or 0 at the end; waits while nothing new is readable.
-   * Bytes up to `written` are readable, except that the blob's last byte is held back until the fill has
-   * committed. That single rule is what makes a reader reaching the blob's end imply verified content.
+   * Bytes up to `written` are readable, except that this reader's last byte is held back until the fill has
+   * committed, and the end (0) is only reported once it has. That single rule is what makes a response that
+   * completes, whatever its range, imply verified content.
    */
   protected override async available(position: number): Promise<number> {
     for (;;) {
@@ -342,9 +357,12 @@ class FillReader extends FileRangeStream {
       const total = committed ? fill.written : fill.size; // blob size, when known
       const requested = this.end === undefined ? Infinity : this.end + 1;
       const stop = Math.min(requested, total ?? Infinity); // exclusive end of this reader
-      if (position >= stop) return 0;
-      let limit = Math.min(fill.written, stop);
-      if (!committed) limit = Math.min(limit, (total ?? fill.written) - 1);
+      if (committed) {
+        if (position >= stop) return 0;
+        return Math.min(fill.written, stop) - position;
+      }
+      // Unverified: up to this reader's last byte, exclusive; with no known end, any written byte may be the last.
+      const limit = Math.min(fill.written, stop) - 1;
       if (position < limit) return limit - position;
       await fill.changed();
       if (this.destroyed) return 0;

@@ -155,16 +155,71 @@ describe("FillCoordinator", () => {
     expect((await readFile(store.pathOf(digestOf(content)))).equals(content)).toBe(true);
   });
 
-  it("serves a range from the middle without waiting for verification", async () => {
+  it("holds back the last byte of a range, wherever it ends, until the content is verified", async () => {
     const content = randomBytes(10_000);
     const { fill, body } = startFill(content);
     await fill.ready;
-    const part = collect(fill.createReader(100, 199));
-    body.write(content.subarray(0, 5_000)); // not ended: the range must complete anyway
-    const result = await part;
-    expect(result.bytes.equals(content.subarray(100, 200))).toBe(true);
+    const sink: Buffer[] = [];
+    const reader = fill.createReader(100, 199);
+    const ended = new Promise((r) => reader.once("end", r));
+    body.write(content.subarray(0, 5_000)); // the whole range is on disk, the blob is not verified yet
+    await readAtLeast(reader, 99, sink);
+    await tick();
+    expect(Buffer.concat(sink).length).toBe(99);
     body.end(content.subarray(5_000));
-    await fill.done;
+    await ended;
+    expect(fill.state).toBe("committed");
+    expect(Buffer.concat(sink).equals(content.subarray(100, 200))).toBe(true);
+  });
+
+  it("breaks a range reader when the content fails verification, though its whole range had arrived", async () => {
+    const content = randomBytes(100_000);
+    const corrupt = Buffer.from(content);
+    corrupt[10] = corrupt[10]! ^ 0xff;
+    const { fill, body } = startFill(corrupt, { digest: digestOf(content) });
+    await fill.ready;
+    const sink: Buffer[] = [];
+    const reader = fill.createReader(0, 999); // "Range: bytes=0-999", answered 206 with Content-Length 1000
+    const result = collect(reader);
+    body.write(corrupt.subarray(0, 50_000));
+    await readAtLeast(reader, 999, sink);
+    body.end(corrupt.subarray(50_000));
+    await expect(fill.done).rejects.toThrow(/hashes to/);
+    expect((await result).error?.message).toMatch(/hashes to/);
+    expect(Buffer.concat(sink).length).toBe(999);
+  });
+
+  it("refuses an announced length that the digest rules out, and releases the upstream body", async () => {
+    const cases = [
+      { digest: digestOf(randomBytes(1000)), announce: 0 }, // Content-Length: 0, but not the empty blob
+      { digest: digestOf(Buffer.alloc(0)), announce: 10 }, // the empty blob, announced with content
+    ];
+    for (const { digest, announce } of cases) {
+      const body = new PassThrough();
+      const fill = fills.start(digest, origin, async () => ({ size: announce, body }));
+      await expect(fill.ready).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
+      expect(body.destroyed).toBe(true);
+      expect(await store.size(digest)).toBeUndefined();
+    }
+    expect(await store.tempFiles()).toEqual([]);
+  });
+
+  it("ends a reader of the empty blob only once it is verified", async () => {
+    const empty = Buffer.alloc(0);
+    const committed = startFill(empty);
+    await committed.fill.ready;
+    const good = collect(committed.fill.createReader(0, -1)); // what blob-handler asks for a 0-byte blob
+    committed.body.end();
+    expect(await good).toEqual({ bytes: empty });
+    expect(committed.fill.state).toBe("committed");
+    await store.delete(digestOf(empty)); // and the coordinator forgets the committed fill
+    // Announced as empty, then content arrives: the reader, which had nothing to read, breaks.
+    const failing = startFill(empty);
+    await failing.fill.ready;
+    const bad = collect(failing.fill.createReader(0, -1));
+    failing.body.end(Buffer.from("not empty"));
+    expect((await bad).error?.message).toMatch(/more than the announced 0 bytes/);
+    expect(await store.size(digestOf(empty))).toBeUndefined();
   });
 
   it("ends only after commit when the upstream announced no size", async () => {
