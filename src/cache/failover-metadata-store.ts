@@ -10,12 +10,24 @@
  * Any Redis failure (error, timeout, lost connection) switches to degraded; nothing Redis does is ever thrown
  * to the caller. Errors of the fallback itself are. A PING every `probeIntervalMs` (and on every reconnect,
  * which ioredis keeps attempting) switches back to ok once Redis answers; it also notices a hung Redis while
- * the mirror is idle. Writes made while degraded are not replayed to Redis: other replicas may then hold older
- * pointers, which costs them a revalidation, never wrong content, because the caches check the blob store.
+ * the mirror is idle.
+ *
+ * The two copies are merged, never simply overwritten, when Redis is back:
+ * - Tag pointers are ordered (`supersedes`): whichever copy was checked later wins, in both directions. A newer
+ *   local pointer (revalidated while Redis was away) is served and written to Redis, whose putTag refuses it if
+ *   another replica has stored a newer one meanwhile; a newer Redis pointer replaces the local copy.
+ * - Tags and links this replica wrote that Redis did not take (degraded, or the write failed) are remembered, up
+ *   to `maxUnsynced`, and replayed to Redis from the fallback's current state once it answers again; until then
+ *   Redis's "no" for one of them is answered by the fallback. Beyond the bound the oldest are not replayed: a
+ *   link then costs an upstream HEAD, a tag its Redis copy is merged as above when read.
+ * - Redis having no pointer at all is honoured (another replica deleted it, or it expired), except for a tag
+ *   awaiting replay. Deletions and missing-records made while degraded are not replayed: another replica then
+ *   serves its older pointer until its revalidation finds the tag gone, never wrong content, because the caches
+ *   check the blob store.
  *
  * Give the client failFastRedisOptions(): with ioredis's defaults, commands queue while it is disconnected.
  */
-import type { MetadataStore, TagPointer } from "./metadata-store.ts";
+import { supersedes, type MetadataStore, type TagPointer } from "./metadata-store.ts";
 import type { RedisMetadataStore } from "./redis-metadata-store.ts";
 
 export type MetadataStoreState = "ok" | "degraded";
@@ -33,28 +45,40 @@ export interface FailoverMetadataStoreOptions {
   timeoutMs?: number;
   /** Health PING interval, in both states; default 1 s. */
   probeIntervalMs?: number;
+  /** Most writes Redis did not take that are remembered for replay; default MAX_UNSYNCED. */
+  maxUnsynced?: number;
 }
 
 /** Lock tokens say which store issued them, so unlock goes to the same one whatever the state is now. */
 const REMOTE_TOKEN = "redis:";
 const LOCAL_TOKEN = "local:";
+/** Writes Redis did not take that are remembered for replay (tags and links); beyond it the oldest are dropped. */
+const MAX_UNSYNCED = 100_000;
+
+/** A tag or link written to the fallback only. The object's identity marks one write (see replay). */
+type Unsynced = { kind: "tag"; upstream: string; repo: string; tag: string } | { kind: "link"; upstream: string; repo: string; digest: string };
 
 export class FailoverMetadataStore implements MetadataStore {
   private readonly primary: RedisMetadataStore;
   private readonly fallback: MetadataStore;
   private readonly timeoutMs: number;
+  private readonly maxUnsynced: number;
   private readonly timer: NodeJS.Timeout;
   private readonly listeners = new Set<(change: MetadataStoreStateChange) => void>();
   private readonly detach: () => void;
   private current: MetadataStoreState;
   private why: string;
   private probing: Promise<void> | undefined;
+  /** Tags and links Redis has not taken, oldest first, by unsyncedKey. */
+  private readonly unsynced = new Map<string, Unsynced>();
+  private replaying: Promise<void> | undefined;
   private closed = false;
 
   constructor(opts: FailoverMetadataStoreOptions) {
     this.primary = opts.primary;
     this.fallback = opts.fallback;
     this.timeoutMs = opts.timeoutMs ?? 500;
+    this.maxUnsynced = opts.maxUnsynced ?? MAX_UNSYNCED;
     const client = this.primary.client;
     // Optimistic only if the connection is up; otherwise the first successful probe says so.
     this.current = client.status === "ready" ? "ok" : "degraded";
@@ -95,17 +119,23 @@ export class FailoverMetadataStore implements MetadataStore {
     const remote = await this.fromPrimary("getTag", (s) => s.getTag(upstream, repo, tag));
     if (!remote.ok) return this.fallback.getTag(upstream, repo, tag);
     const pointer = remote.value;
-    if (pointer !== undefined) {
-      const local = await this.fallback.getTag(upstream, repo, tag);
-      if (local?.digest !== pointer.digest || local.mediaType !== pointer.mediaType || local.checkedAt !== pointer.checkedAt) {
-        await this.fallback.putTag(upstream, repo, tag, pointer);
-      }
+    const unsynced: Unsynced = { kind: "tag", upstream, repo, tag };
+    if (pointer === undefined && !this.unsynced.has(unsyncedKey(unsynced))) return undefined;
+    const local = await this.fallback.getTag(upstream, repo, tag);
+    if (local !== undefined && (pointer === undefined || !supersedes(pointer, local))) {
+      // Checked later than what Redis holds: written here while Redis was away. It wins, and Redis learns it.
+      await this.fromPrimary("putTag", (s) => s.putTag(upstream, repo, tag, local));
+      return local;
+    }
+    if (pointer !== undefined && (local?.digest !== pointer.digest || local.mediaType !== pointer.mediaType || local.checkedAt !== pointer.checkedAt)) {
+      await this.fallback.putTag(upstream, repo, tag, pointer);
     }
     return pointer;
   }
 
   async putTag(upstream: string, repo: string, tag: string, pointer: TagPointer): Promise<void> {
-    await this.toBoth("putTag", (s) => s.putTag(upstream, repo, tag, pointer));
+    const synced = await this.toBoth("putTag", (s) => s.putTag(upstream, repo, tag, pointer));
+    if (!synced) this.remember({ kind: "tag", upstream, repo, tag });
   }
 
   async deleteTag(upstream: string, repo: string, tag: string): Promise<void> {
@@ -125,12 +155,18 @@ export class FailoverMetadataStore implements MetadataStore {
   async hasLink(upstream: string, repo: string, digest: string): Promise<boolean> {
     const remote = await this.fromPrimary("hasLink", (s) => s.hasLink(upstream, repo, digest));
     if (!remote.ok) return this.fallback.hasLink(upstream, repo, digest);
-    if (remote.value && !(await this.fallback.hasLink(upstream, repo, digest))) await this.fallback.addLinks(upstream, repo, [digest]);
-    return remote.value;
+    if (remote.value) {
+      if (!(await this.fallback.hasLink(upstream, repo, digest))) await this.fallback.addLinks(upstream, repo, [digest]);
+      return true;
+    }
+    // Recorded here while Redis was away and not replayed yet: the local copy knows.
+    if (this.unsynced.has(unsyncedKey({ kind: "link", upstream, repo, digest }))) return this.fallback.hasLink(upstream, repo, digest);
+    return false;
   }
 
   async addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void> {
-    await this.toBoth("addLinks", (s) => s.addLinks(upstream, repo, digests));
+    const synced = await this.toBoth("addLinks", (s) => s.addLinks(upstream, repo, digests));
+    if (!synced) for (const digest of digests) this.remember({ kind: "link", upstream, repo, digest });
   }
 
   async putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void> {
@@ -170,6 +206,7 @@ export class FailoverMetadataStore implements MetadataStore {
     clearInterval(this.timer);
     this.detach();
     await this.probing;
+    await this.replaying;
     await Promise.all([this.primary.close(), this.fallback.close()]);
   }
 
@@ -184,8 +221,41 @@ export class FailoverMetadataStore implements MetadataStore {
     }
   }
 
-  private async toBoth(op: string, call: (s: MetadataStore) => Promise<void>): Promise<void> {
-    await Promise.all([call(this.fallback), this.fromPrimary(op, call)]);
+  /** Writes to both stores; true if Redis took the write too. */
+  private async toBoth(op: string, call: (s: MetadataStore) => Promise<void>): Promise<boolean> {
+    const [, remote] = await Promise.all([call(this.fallback), this.fromPrimary(op, call)]);
+    return remote.ok;
+  }
+
+  /** Notes a write only the fallback took, for replay; the newest are kept when over `maxUnsynced`. */
+  private remember(write: Unsynced): void {
+    const key = unsyncedKey(write);
+    this.unsynced.delete(key);
+    this.unsynced.set(key, write);
+    if (this.unsynced.size > this.maxUnsynced) this.unsynced.delete(this.unsynced.keys().next().value!);
+  }
+
+  /**
+   * Writes what the fallback now holds for every remembered tag and link to Redis (putTag orders the tags there),
+   * oldest first; stops when Redis fails again, leaving the rest for the next recovery. An entry is forgotten
+   * only if no newer write of the same tag or link replaced it meanwhile. Ends once a pass finds nothing left:
+   * new entries only come from failed Redis writes, which switch to degraded and so end the loop.
+   */
+  private async replay(): Promise<void> {
+    while (this.unsynced.size > 0 && this.current === "ok" && !this.closed) {
+      for (const [key, write] of [...this.unsynced]) {
+        if (this.current !== "ok" || this.closed) return;
+        let synced = true;
+        if (write.kind === "tag") {
+          const local = await this.fallback.getTag(write.upstream, write.repo, write.tag);
+          if (local !== undefined) synced = (await this.fromPrimary("putTag", (s) => s.putTag(write.upstream, write.repo, write.tag, local))).ok;
+        } else if (await this.fallback.hasLink(write.upstream, write.repo, write.digest)) {
+          synced = (await this.fromPrimary("addLinks", (s) => s.addLinks(write.upstream, write.repo, [write.digest]))).ok;
+        }
+        if (!synced) return;
+        if (this.unsynced.get(key) === write) this.unsynced.delete(key);
+      }
+    }
   }
 
   private async bounded<T>(op: string, work: Promise<T>): Promise<T> {
@@ -229,6 +299,14 @@ export class FailoverMetadataStore implements MetadataStore {
     // While degraded the reason follows the latest failure (e.g. "closed", then "ECONNREFUSED" on each retry).
     if (changed || state === "degraded") this.why = reason;
     if (!changed) return;
+    if (state === "ok" && this.unsynced.size > 0) {
+      // Fallback errors end the replay; what is left waits for the next recovery.
+      this.replaying ??= this.replay()
+        .catch(() => undefined)
+        .finally(() => {
+          this.replaying = undefined;
+        });
+    }
     for (const listener of this.listeners) {
       try {
         listener({ state, reason });
@@ -237,4 +315,9 @@ export class FailoverMetadataStore implements MetadataStore {
       }
     }
   }
+}
+
+function unsyncedKey(write: Unsynced): string {
+  const item = write.kind === "tag" ? write.tag : write.digest;
+  return `${write.kind}\u0000${write.upstream}\u0000${write.repo}\u0000${item}`;
 }

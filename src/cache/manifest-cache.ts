@@ -28,7 +28,13 @@ export interface ManifestResult {
 
 /** Upstream errors after which a known pointer is still served (the upstream is unwell, not the tag gone). */
 const STALE_OK = new Set(["UNAVAILABLE", "UPSTREAM_ERROR", "TOOMANYREQUESTS"]);
-/** How long a replica holds the revalidation lock of a tag, and how long others wait for its result. */
+/**
+ * How long a replica holds the revalidation lock of a tag, and how long others wait for its result. The lock only
+ * spares the upstream duplicate requests: a revalidation may outlast it (connect, headers and retries take
+ * longer), and then another replica revalidates too. That is safe because a pointer is stamped with when its
+ * request was sent and stores never let an earlier-stamped pointer replace a later one (`supersedes`): the slow
+ * replica's older answer cannot overwrite the newer one, whenever it arrives.
+ */
 const REVALIDATION_LOCK_MS = 10_000;
 const REVALIDATION_WAIT_MS = 2_000;
 const REVALIDATION_POLL_MS = 50;
@@ -145,11 +151,13 @@ export class ManifestCache {
 
   private async revalidate(upstream: UpstreamClient, repo: string, tag: string, pointer: TagPointer | undefined): Promise<ManifestResult> {
     try {
+      // The answer is at least as new as the request: the pointer is stamped with when it was sent.
+      const askedAt = this.now();
       const head = await upstream.headManifest(repo, tag);
       if (head.digest !== undefined && isSha256Digest(head.digest)) {
         const cached = await this.manifests.get(head.digest);
         if (cached) {
-          await this.metadata.putTag(upstream.name, repo, tag, { digest: cached.digest, mediaType: cached.mediaType, checkedAt: this.now() });
+          await this.metadata.putTag(upstream.name, repo, tag, { digest: cached.digest, mediaType: cached.mediaType, checkedAt: askedAt });
           await this.metadata.addLinks(upstream.name, repo, [cached.digest]);
           return { manifest: cached, source: "revalidated" };
         }
@@ -190,6 +198,7 @@ export class ManifestCache {
 
   /** GETs a manifest, verifies its digest, stores it and records the repository's links to what it references. */
   private async fetch(upstream: UpstreamClient, repo: string, reference: string, tag: string | undefined): Promise<ManifestResult> {
+    const askedAt = this.now(); // a tag's pointer is stamped with when its request was sent (see revalidate)
     const fetched = await upstream.getManifest(repo, reference, this.maxBytes);
     const digest = `sha256:${createHash("sha256").update(fetched.bytes).digest("hex")}`;
     if (tag === undefined && digest !== reference) {
@@ -208,7 +217,7 @@ export class ManifestCache {
     }
     await this.metadata.addLinks(upstream.name, repo, [digest, ...referencedDigests(fetched.bytes)]);
     if (tag !== undefined) {
-      await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: this.now() });
+      await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: askedAt });
       await this.metadata.clearMissing(upstream.name, repo, tag);
     }
     return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };

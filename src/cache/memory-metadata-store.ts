@@ -14,7 +14,7 @@
 import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { LRUCache } from "lru-cache";
-import type { MetadataStore, TagPointer } from "./metadata-store.ts";
+import { supersedes, type MetadataStore, type TagPointer } from "./metadata-store.ts";
 import { TagJournal, type JournalLoadReport, type JournalRecord } from "./tag-journal.ts";
 
 export interface MemoryMetadataStoreOptions {
@@ -104,6 +104,8 @@ export class MemoryMetadataStore implements MetadataStore {
     const journal = await this.opened;
     const { digest, mediaType, checkedAt } = pointer;
     const known = this.tags.get(itemKey(upstream, repo, tag));
+    // Never back in time (`supersedes`); and an identical pointer is not journalled again.
+    if (!supersedes(pointer, known)) return;
     if (known && known.digest === digest && known.mediaType === mediaType && known.checkedAt === checkedAt) return;
     await this.record(journal, { op: "tag", upstream, repo, tag, pointer: { digest, mediaType, checkedAt } });
   }
@@ -208,6 +210,8 @@ export class MemoryMetadataStore implements MetadataStore {
     switch (record.op) {
       case "tag": {
         const key = itemKey(upstream, repo, record.tag);
+        // The same rule when the journal is replayed: a line older than the pointer already loaded is history.
+        if (!supersedes(record.pointer, this.tags.peek(key))) return;
         this.tags.set(key, { ...record.pointer });
         const scope = scopeKey(upstream, repo);
         let tags = this.tagsByScope.get(scope);

@@ -17,13 +17,34 @@
 export interface TagPointer {
   digest: string;
   mediaType: string;
-  /** When the upstream last confirmed this pointer (ms since the epoch). */
+  /**
+   * When the upstream confirmed this pointer (ms since the epoch): the time the request that got the answer was
+   * SENT, not when the answer arrived or was stored. It is what orders pointers (see `supersedes`), so an answer
+   * that took long to arrive, or to be written, can never pass for newer than one obtained after it.
+   */
   checkedAt: number;
+}
+
+/**
+ * The one ordering rule of tag pointers, in every store and on every merge (Redis and the embedded fallback,
+ * the journal replayed at start): `next` may replace `stored` unless `stored` was checked strictly later. A
+ * pointer therefore never goes back in time, whatever order writes arrive in (a slow revalidation, a replica
+ * that was cut off from Redis, a write retried late). Equal times: the later write wins.
+ *
+ * checkedAt values from different replicas are compared, so their clocks must agree to well within a tagTtl
+ * (NTP); a skewed replica can only make its own pointers look older or newer by its skew.
+ */
+export function supersedes(next: TagPointer, stored: TagPointer | undefined): boolean {
+  return stored === undefined || next.checkedAt >= stored.checkedAt;
 }
 
 export interface MetadataStore {
   getTag(upstream: string, repo: string, tag: string): Promise<TagPointer | undefined>;
-  /** Stores or replaces a pointer. Pointers outlive their freshness (they are what is served when stale). */
+  /**
+   * Stores a pointer unless the one stored was checked later (`supersedes`): a write never replaces a newer
+   * pointer, atomically with respect to concurrent writes. Pointers outlive their freshness (they are what is
+   * served when stale).
+   */
   putTag(upstream: string, repo: string, tag: string, pointer: TagPointer): Promise<void>;
   deleteTag(upstream: string, repo: string, tag: string): Promise<void>;
   /** Tags of a repository that have a pointer (order unspecified). */

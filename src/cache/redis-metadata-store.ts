@@ -15,6 +15,9 @@
  * purge script below stay valid on a cluster. The two index keys exist so that listTags and deleteRepository
  * never scan the keyspace.
  *
+ * Tag pointers are written by compare-and-set (PUT_TAG_SCRIPT): a pointer checked earlier than the stored one
+ * is refused (the ordering rule, `supersedes` in metadata-store.ts).
+ *
  * The client is injected and stays the caller's: it may be shared, and its options decide how fast failures
  * surface (see failFastRedisOptions, which FailoverMetadataStore relies on). close() does not quit it.
  */
@@ -36,6 +39,25 @@ export interface RedisMetadataStoreOptions {
 const DEFAULT_RETENTION_MS = 30 * 24 * 60 * 60 * 1000;
 /** Clock skew between replicas tolerated when pruning missing-refs: members are kept this long past their expiry. */
 const MISSING_INDEX_GRACE_MS = 60_000;
+
+/**
+ * putTag as compare-and-set: stores the pointer (and indexes its tag) unless the stored pointer was checked
+ * later. A stored value that is not a pointer counts as absent, as in getTag. KEYS: tag, tags. ARGV: pointer
+ * JSON, its checkedAt, retention (ms), tag.
+ */
+const PUT_TAG_SCRIPT = `
+local raw = redis.call("GET", KEYS[1])
+if raw then
+  local ok, stored = pcall(cjson.decode, raw)
+  if ok and type(stored) == "table" and type(stored.digest) == "string" and type(stored.mediaType) == "string"
+    and type(stored.checkedAt) == "number" and stored.checkedAt > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[3])
+redis.call("SADD", KEYS[2], ARGV[4])
+redis.call("PEXPIRE", KEYS[2], ARGV[3])
+return 1`;
 
 /** Deletes a lock only if the caller still owns it: GET and DEL in one step, so an expired-and-retaken lock is safe. */
 const UNLOCK_SCRIPT = `
@@ -98,14 +120,8 @@ export class RedisMetadataStore implements MetadataStore {
   async putTag(upstream: string, repo: string, tag: string, pointer: TagPointer): Promise<void> {
     const k = this.keys(upstream, repo);
     const { digest, mediaType, checkedAt } = pointer;
-    await run(
-      this.client
-        .multi()
-        .set(k.tag(tag), JSON.stringify({ digest, mediaType, checkedAt }), "PX", this.retentionMs)
-        .sadd(k.tags, tag)
-        .pexpire(k.tags, this.retentionMs),
-    );
-    // The per-upstream repository index lives in another hash slot, so it cannot join the MULTI; it is an
+    await this.client.eval(PUT_TAG_SCRIPT, 2, k.tag(tag), k.tags, JSON.stringify({ digest, mediaType, checkedAt }), String(checkedAt), this.retentionMs, tag);
+    // The per-upstream repository index lives in another hash slot, so it cannot join the script; it is an
     // index only, pruned by listRepositories when a repository has no tags left.
     await run(this.client.multi().sadd(this.reposKey(upstream), repo).pexpire(this.reposKey(upstream), this.retentionMs));
   }

@@ -15,6 +15,10 @@
  * the swap. Replaying them on top of the snapshot is harmless because every record sets state ("this tag points
  * there", "this repository is gone") rather than changing it relative to what was there.
  *
+ * Tag records carry their pointer's checkedAt, and the store applies them under the pointer ordering rule
+ * (`supersedes` in metadata-store.ts), at replay as live: a line older than the pointer already loaded (written
+ * after the store had forgotten the newer one, say) cannot roll the tag back at the next start.
+ *
  * One process per directory: two writers would lose each other's lines at compaction.
  */
 import { randomBytes } from "node:crypto";

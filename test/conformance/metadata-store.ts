@@ -98,6 +98,29 @@ export function describeMetadataStore(name: string, factory: () => Promise<Metad
         expect(await store.listTags(UP, "r")).toEqual(["t"]);
       });
 
+      it("never replaces a pointer with one checked earlier; an equally recent one replaces it", async () => {
+        await store.putTag(UP, "r", "t", pointer("new", 2_000));
+        await store.putTag(UP, "r", "t", pointer("old", 1_000));
+        expect(await store.getTag(UP, "r", "t")).toEqual(pointer("new", 2_000));
+        await store.putTag(UP, "r", "t", pointer("same-time", 2_000));
+        expect(await store.getTag(UP, "r", "t")).toEqual(pointer("same-time", 2_000));
+        expect(await store.listTags(UP, "r")).toEqual(["t"]);
+      });
+
+      it("keeps the pointer checked last, whatever order concurrent writes arrive in", async () => {
+        // Interleaved so that every store sees older writes after newer ones.
+        const times = [5, 1, 9, 3, 8, 2, 7, 4, 6].map((n) => 1_700_000_000_000 + n);
+        await Promise.all(times.map((t) => store.putTag(UP, "r", "t", pointer(`at ${t}`, t))));
+        expect(await store.getTag(UP, "r", "t")).toEqual(pointer(`at ${Math.max(...times)}`, Math.max(...times)));
+      });
+
+      it("a deleted pointer is replaced by any later put, even one checked earlier", async () => {
+        await store.putTag(UP, "r", "t", pointer("new", 2_000));
+        await store.deleteTag(UP, "r", "t");
+        await store.putTag(UP, "r", "t", pointer("old", 1_000));
+        expect(await store.getTag(UP, "r", "t")).toEqual(pointer("old", 1_000));
+      });
+
       it("deletes a pointer, and deleting a missing one is not an error", async () => {
         await store.putTag(UP, "r", "t", pointer("a"));
         await store.deleteTag(UP, "r", "t");

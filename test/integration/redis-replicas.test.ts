@@ -37,6 +37,17 @@ const heads = async (repo: string) => {
   await upstream.sync();
   return upstream.count({ method: "HEAD", kind: "manifests", repo });
 };
+const readiness = async (m: TestMirror) => (JSON.parse((await fetchRaw(`${m.url}/readyz`)).body.toString()) as { status: string }).status;
+/** Waits (bounded) until the replica reports ready again, i.e. sees Redis. */
+async function untilReady(m: TestMirror): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let status = await readiness(m);
+  while (Date.now() < deadline && status !== "ready") {
+    await new Promise((r) => setTimeout(r, 100));
+    status = await readiness(m);
+  }
+  expect(status).toBe("ready");
+}
 
 describe("replicas on one Redis", () => {
   it("agree on freshness: one upstream HEAD per tag per TTL across replicas", async () => {
@@ -81,14 +92,57 @@ describe("replicas on one Redis", () => {
     } finally {
       await redis.start();
     }
-    const deadline = Date.now() + 10_000;
-    let status = "";
-    while (Date.now() < deadline && status !== "ready") {
-      status = (JSON.parse((await fetchRaw(`${a.url}/readyz`)).body.toString()) as { status: string }).status;
-      if (status !== "ready") await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(status).toBe("ready");
+    await untilReady(a);
     expect((await getTag(a, "team/outage", "v1")).status).toBe(200);
+  });
+
+  it("does not roll a tag back to Redis's older pointer when Redis returns after a replica revalidated it alone", async () => {
+    const v1 = buildImage({ format: "oci", layers: [randomLayer(5_000)], labels: { r: "rollback-1" } });
+    const v2 = buildImage({ format: "oci", layers: [randomLayer(5_000)], labels: { r: "rollback-2" } });
+    await pushImage(upstream.url, "team/rollback", "latest", v1);
+    expect((await getTag(a, "team/rollback", "latest")).headers["docker-content-digest"]).toBe(v1.digest);
+    await new Promise((r) => setTimeout(r, 1600)); // past the TTL
+    await pushImage(upstream.url, "team/rollback", "latest", v2);
+    redis.pause(); // hung, keeping the older pointer
+    try {
+      expect((await getTag(a, "team/rollback", "latest")).headers["docker-content-digest"]).toBe(v2.digest);
+    } finally {
+      redis.resume();
+    }
+    await untilReady(a);
+    // With the upstream gone, A serves what it knows: the pointer it checked last, not Redis's older one.
+    await upstream.stop();
+    try {
+      const after = await getTag(a, "team/rollback", "latest");
+      expect(after.status).toBe(200);
+      expect(after.headers["docker-content-digest"]).toBe(v2.digest);
+    } finally {
+      await upstream.start();
+    }
+  });
+
+  it("serves blobs pulled while Redis was down after it returns empty, with the upstream down", async () => {
+    const image = buildImage({ format: "oci", layers: [randomLayer(20_000), randomLayer(10_000)], labels: { r: "links" } });
+    await pushImage(upstream.url, "team/links", "v1", image);
+    await redis.kill();
+    try {
+      expect((await getTag(a, "team/links", "v1")).status).toBe(200);
+      for (const blob of image.blobs()) expect((await fetchRaw(`${a.url}/v2/team/links/blobs/${blob.digest}`)).status).toBe(200);
+    } finally {
+      await redis.start();
+    }
+    await untilReady(a);
+    // The links were recorded while Redis was away; without them A would need the upstream to confirm each blob.
+    await upstream.stop();
+    try {
+      for (const blob of image.blobs()) {
+        const res = await fetchRaw(`${a.url}/v2/team/links/blobs/${blob.digest}`);
+        expect(res.status).toBe(200);
+        expect(res.body.equals(blob.bytes)).toBe(true);
+      }
+    } finally {
+      await upstream.start();
+    }
   });
 });
 

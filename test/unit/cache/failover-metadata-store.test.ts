@@ -31,11 +31,15 @@ interface Setup {
   redis: RedisServer;
   client: Redis;
   store: FailoverMetadataStore;
+  /** The embedded copy alone. */
+  fallback: MemoryMetadataStore;
+  /** Redis alone, as another replica sees it (same client and prefix). */
+  shared: RedisMetadataStore;
   changes: MetadataStoreStateChange[];
 }
 
 /** A store over a fresh redis-server (connected before the store is built), or over the given one, as it is. */
-async function setup(opts: { redis?: RedisServer } = {}): Promise<Setup> {
+async function setup(opts: { redis?: RedisServer; maxUnsynced?: number } = {}): Promise<Setup> {
   const redis = opts.redis ?? teardown.track(await startRedis());
   const dir = await mkdtemp(join(tmpdir(), "failover-"));
   teardown.add("fallback dir", () => rm(dir, { recursive: true, force: true }));
@@ -43,12 +47,29 @@ async function setup(opts: { redis?: RedisServer } = {}): Promise<Setup> {
   const client = new Redis(redis.url, failFastRedisOptions({ commandTimeoutMs: TIMEOUT_MS, maxReconnectDelayMs: 500 }));
   teardown.add("redis client", () => client.disconnect());
   // Built in the same tick as the client, so the store's error listener is there before the first connect fails.
-  const store = new FailoverMetadataStore({ primary: new RedisMetadataStore(client, { keyPrefix: PREFIX }), fallback, timeoutMs: TIMEOUT_MS, probeIntervalMs: 200 });
+  const store = new FailoverMetadataStore({ primary: new RedisMetadataStore(client, { keyPrefix: PREFIX }), fallback, timeoutMs: TIMEOUT_MS, probeIntervalMs: 200, maxUnsynced: opts.maxUnsynced });
   teardown.add("store", () => store.close());
   if (opts.redis === undefined) await waitFor(async () => store.state === "ok", { timeoutMs: 5_000, what: "the store to see Redis" });
   const changes: MetadataStoreStateChange[] = [];
   store.onStateChange((change) => changes.push(change));
-  return { redis, client, store, changes };
+  return { redis, client, store, fallback, shared: new RedisMetadataStore(client, { keyPrefix: PREFIX }), changes };
+}
+
+/** Makes the store degraded on a hung (SIGSTOPped) Redis, which keeps its data for when it continues. */
+async function hang({ redis, store }: Setup): Promise<void> {
+  redis.pause();
+  await store.listTags(UP, "probe"); // times out: degraded
+  expect(store.state).toBe("degraded");
+}
+
+async function continueAndRecover({ redis, store }: Setup): Promise<void> {
+  redis.resume();
+  await waitFor(async () => store.state === "ok", { timeoutMs: 10_000, what: "state ok after SIGCONT" });
+}
+
+/** Waits until writes made while degraded have reached Redis (the replay runs in the background). */
+async function replayed(check: () => Promise<boolean>, what: string): Promise<void> {
+  await waitFor(check, { timeoutMs: 5_000, what });
 }
 
 /** Runs `call` and returns its result with how long it took. */
@@ -141,6 +162,79 @@ describe("FailoverMetadataStore", () => {
     await redis.start();
     await waitFor(async () => store.state === "ok", { timeoutMs: 10_000, what: "state ok once Redis is up" });
     expect(changes.map((c) => c.state)).toEqual(["ok"]);
+  });
+
+  it("does not roll back a tag revalidated while Redis hung: the later check wins, locally and in Redis", async () => {
+    const s = await setup();
+    const { store, fallback, shared } = s;
+    await store.putTag(UP, "library/app", "latest", pointer(1));
+    await hang(s);
+    await store.putTag(UP, "library/app", "latest", pointer(2)); // the upstream moved while Redis hung
+    await continueAndRecover(s);
+
+    expect(await store.getTag(UP, "library/app", "latest")).toEqual(pointer(2));
+    expect(await fallback.getTag(UP, "library/app", "latest")).toEqual(pointer(2));
+    await replayed(async () => (await shared.getTag(UP, "library/app", "latest"))?.digest === pointer(2).digest, "Redis to hold the newer pointer");
+  });
+
+  it("takes a pointer another replica checked later from Redis, over the one written locally while degraded", async () => {
+    const s = await setup();
+    const { store, fallback, shared } = s;
+    await store.putTag(UP, "r", "t", pointer(1));
+    await shared.putTag(UP, "r", "t", pointer(3)); // another replica's newer check
+    await hang(s);
+    await store.putTag(UP, "r", "t", pointer(2)); // checked before the other replica's, written later
+    await continueAndRecover(s);
+
+    expect(await store.getTag(UP, "r", "t")).toEqual(pointer(3));
+    expect(await fallback.getTag(UP, "r", "t")).toEqual(pointer(3));
+    expect(await shared.getTag(UP, "r", "t")).toEqual(pointer(3));
+  });
+
+  it("replays links and tags recorded while Redis hung, so other replicas and this one know them after", async () => {
+    const s = await setup();
+    const { store, shared } = s;
+    await hang(s);
+    await store.addLinks(UP, "library/app", [pointer(7).digest, pointer(8).digest]);
+    await store.putTag(UP, "library/app", "new", pointer(7));
+    await continueAndRecover(s);
+
+    expect(await store.hasLink(UP, "library/app", pointer(7).digest)).toBe(true);
+    await replayed(async () => (await shared.hasLink(UP, "library/app", pointer(8).digest)) && (await shared.getTag(UP, "library/app", "new")) !== undefined, "the links and the tag to reach Redis");
+    expect(await shared.hasLink(UP, "library/app", pointer(7).digest)).toBe(true);
+    expect(await shared.getTag(UP, "library/app", "new")).toEqual(pointer(7));
+  });
+
+  it("replays what was written while Redis was down into a Redis that restarted empty, and nothing else", async () => {
+    const s = await setup();
+    const { redis, store, shared } = s;
+    await store.putTag(UP, "r", "before", pointer(1));
+    await redis.kill();
+    await waitFor(async () => store.state === "degraded", { timeoutMs: 2_000, what: "state degraded after the kill" });
+    await store.putTag(UP, "r", "during", pointer(2));
+    await store.addLinks(UP, "r", [pointer(2).digest]);
+    await store.putTag(UP, "r", "deleted", pointer(3));
+    await store.deleteTag(UP, "r", "deleted");
+    await redis.start();
+    await waitFor(async () => store.state === "ok", { timeoutMs: 10_000, what: "state ok after the restart" });
+
+    await replayed(async () => (await shared.getTag(UP, "r", "during")) !== undefined && (await shared.hasLink(UP, "r", pointer(2).digest)), "the outage's writes to reach Redis");
+    expect(await shared.getTag(UP, "r", "during")).toEqual(pointer(2));
+    // Written before the outage (Redis lost it, as it would a deletion by another replica): Redis's "none" holds.
+    expect(await store.getTag(UP, "r", "before")).toBeUndefined();
+    expect(await shared.getTag(UP, "r", "deleted")).toBeUndefined();
+    expect((await shared.listTags(UP, "r")).sort()).toEqual(["during"]);
+  });
+
+  it("remembers at most maxUnsynced writes for replay, the most recent", async () => {
+    const s = await setup({ maxUnsynced: 2 });
+    const { store, shared } = s;
+    await hang(s);
+    await store.addLinks(UP, "r", [pointer(1).digest, pointer(2).digest, pointer(3).digest]);
+    await continueAndRecover(s);
+    await replayed(async () => (await shared.hasLink(UP, "r", pointer(2).digest)) && (await shared.hasLink(UP, "r", pointer(3).digest)), "the two most recent links to reach Redis");
+    expect(await shared.hasLink(UP, "r", pointer(1).digest)).toBe(false);
+    expect(await store.hasLink(UP, "r", pointer(1).digest)).toBe(false); // costs its caller one upstream HEAD
   });
 
   it("survives a throwing state listener, and stops calling an unsubscribed one", async () => {

@@ -90,6 +90,23 @@ describe("MemoryMetadataStore persistence", () => {
     expect((await readFile(join(dir, JOURNAL_FILE), "utf8")).trim().split("\n")).toHaveLength(2);
   });
 
+  it("replays the journal under the pointer ordering: a line older than the pointer loaded does not roll it back", async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir);
+    await store.putTag(UP, "r", "t", pointer(2));
+    await store.putTag(UP, "r", "t", pointer(1)); // refused, and not journalled
+    await store.close();
+    expect((await readFile(join(dir, JOURNAL_FILE), "utf8")).trim().split("\n")).toHaveLength(1);
+    // An older line after a newer one, as written when the store had dropped the newer pointer from its LRU.
+    const { digest, mediaType, checkedAt } = pointer(1);
+    await appendFile(join(dir, JOURNAL_FILE), `${JSON.stringify(["tag", UP, "r", "t", digest, mediaType, checkedAt])}\n`);
+
+    const reopened = await openStore(dir);
+    expect(await reopened.loadReport()).toMatchObject({ records: 2, skipped: 0 });
+    expect(await reopened.getTag(UP, "r", "t")).toEqual(pointer(2));
+    await reopened.close();
+  });
+
   it("loads the rest of a journal whose last line was torn by a crash", async () => {
     const dir = await tempDir();
     const store = await openStore(dir);

@@ -61,6 +61,19 @@ describe("RedisMetadataStore", () => {
     expect(await client.pttl("m:tag:{docker.io/r}:t")).toBeGreaterThan(59_000);
   });
 
+  it("refuses a pointer checked earlier than the stored one, and overwrites a value it did not write", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    await store.putTag(UP, "r", "t", pointer(2));
+    await client.pexpire("m:tag:{docker.io/r}:t", 1_000);
+    await store.putTag(UP, "r", "t", pointer(1));
+    expect(JSON.parse((await client.get("m:tag:{docker.io/r}:t"))!)).toEqual(pointer(2));
+    // A refused write is no use of the pointer: its expiry is its own writer's.
+    expect(await client.pttl("m:tag:{docker.io/r}:t")).toBeLessThanOrEqual(1_000);
+    await client.set("m:tag:{docker.io/r}:foreign", JSON.stringify({ checkedAt: 9e15 }));
+    await store.putTag(UP, "r", "foreign", pointer(1));
+    expect(await store.getTag(UP, "r", "foreign")).toEqual(pointer(1));
+  });
+
   it("lists only tags whose pointer still exists, and drops the others from the index", async () => {
     const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
     await store.putTag(UP, "r", "kept", pointer(1));
