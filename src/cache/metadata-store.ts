@@ -52,6 +52,11 @@ export interface MetadataStore {
   /** Repositories of an upstream with at least one tag pointer (order unspecified), for the admin API. */
   listRepositories(upstream: string): Promise<string[]>;
 
+  /**
+   * A store may bound its links by forgetting the least recently used ones (the embedded store's LRU count,
+   * Redis's retention; each store's own tests pin its bound): `hasLink` answering yes and `addLinks` both count
+   * as use. A forgotten link costs one upstream HEAD.
+   */
   hasLink(upstream: string, repo: string, digest: string): Promise<boolean>;
   addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void>;
 

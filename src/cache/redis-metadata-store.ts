@@ -5,7 +5,9 @@
  *
  *   tag:{scope}:<tag>           string  JSON TagPointer                    PX retention, refreshed by putTag
  *   tags:{scope}                set     tags that have a pointer           PX retention, refreshed by putTag
- *   links:{scope}               set     digests the repository references  PX retention, refreshed by addLinks
+ *   linked:{scope}              zset    digest the repository references   PX retention, refreshed on use;
+ *                                       → when last used (ms)              members unused for retention dropped
+ *   links:{scope}               set     links of older versions (read and adopted into linked:, not written)
  *   missing:{scope}:<reference> string  "1"                                PX the record's own ttl
  *   missing-refs:{scope}        zset    reference → expiry (ms)            outlives its newest record
  *   lock:<name>                 string  owner token                        PX the lock's ttl
@@ -16,7 +18,9 @@
  * never scan the keyspace.
  *
  * Tag pointers are written by compare-and-set (PUT_TAG_SCRIPT): a pointer checked earlier than the stored one
- * is refused (the ordering rule, `supersedes` in metadata-store.ts).
+ * is refused (the ordering rule, `supersedes` in metadata-store.ts). Links are bounded by use: each carries when
+ * it was last added or confirmed by hasLink, and one unused for the retention is dropped, so a busy repository's
+ * link set holds what it served in the last retention period instead of every digest it ever referenced.
  *
  * The client is injected and stays the caller's: it may be shared, and its options decide how fast failures
  * surface (see failFastRedisOptions, which FailoverMetadataStore relies on). close() does not quit it.
@@ -29,9 +33,9 @@ export interface RedisMetadataStoreOptions {
   /** Prepended to every key, e.g. "mirror:". Keeps the mirror's keys apart from anything else in the database. */
   keyPrefix: string;
   /**
-   * How long a tag pointer, the tag index and a repository's links live without being written again. Pointers
-   * are served when stale (upstream down), so this is long; it only bounds growth from repositories nobody pulls.
-   * Default 30 days.
+   * How long a tag pointer and the tag index live without being written again, and a link without being used
+   * (added, or answered yes by hasLink). Pointers are served when stale (upstream down), so this is long; it only
+   * bounds growth from what nobody pulls. Default 30 days.
    */
   retentionMs?: number;
 }
@@ -39,6 +43,11 @@ export interface RedisMetadataStoreOptions {
 const DEFAULT_RETENTION_MS = 30 * 24 * 60 * 60 * 1000;
 /** Clock skew between replicas tolerated when pruning missing-refs: members are kept this long past their expiry. */
 const MISSING_INDEX_GRACE_MS = 60_000;
+/**
+ * hasLink rewrites a link's last use only once it is older than this share of the retention, so a busy blob does
+ * not cost a Redis write per request: a link used at least once per 9/10 of the retention is never dropped.
+ */
+const LINK_USE_REFRESH_FRACTION = 0.1;
 
 /**
  * putTag as compare-and-set: stores the pointer (and indexes its tag) unless the stored pointer was checked
@@ -57,6 +66,28 @@ end
 redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[3])
 redis.call("SADD", KEYS[2], ARGV[4])
 redis.call("PEXPIRE", KEYS[2], ARGV[3])
+return 1`;
+
+/**
+ * hasLink: yes if the link was used within the retention; a yes is a use, recorded when the last one is older
+ * than the refresh age. A link only in the old plain set (written by a version before links carried their use)
+ * is adopted into the sorted set the same way. KEYS: linked, links (old). ARGV: digest, now, retention, refresh
+ * age (all ms).
+ */
+const HAS_LINK_SCRIPT = `
+local now = tonumber(ARGV[2])
+local score = redis.call("ZSCORE", KEYS[1], ARGV[1])
+local used = score and tonumber(score)
+if not used then
+  if redis.call("SISMEMBER", KEYS[2], ARGV[1]) == 0 then return 0 end
+  used = 0
+elseif used <= now - tonumber(ARGV[3]) then
+  return 0
+end
+if used <= now - tonumber(ARGV[4]) then
+  redis.call("ZADD", KEYS[1], "GT", now, ARGV[1])
+  redis.call("PEXPIRE", KEYS[1], ARGV[3])
+end
 return 1`;
 
 /** Deletes a lock only if the caller still owns it: GET and DEL in one step, so an expired-and-retaken lock is safe. */
@@ -85,7 +116,7 @@ return alive`;
 /**
  * Deletes one repository's keys atomically. The per-tag and per-reference keys are read from the two indexes;
  * they share the indexes' hash slot. DEL takes at most 500 keys per call to stay clear of Lua's stack limit.
- * KEYS: tags, links, missing-refs. ARGV: tag key prefix, missing key prefix.
+ * KEYS: tags, missing-refs, linked, links (old). ARGV: tag key prefix, missing key prefix.
  */
 const PURGE_SCRIPT = `
 local function delete_all(prefix, members)
@@ -98,8 +129,8 @@ local function delete_all(prefix, members)
   end
 end
 delete_all(ARGV[1], redis.call("SMEMBERS", KEYS[1]))
-delete_all(ARGV[2], redis.call("ZRANGE", KEYS[3], 0, -1))
-return redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])`;
+delete_all(ARGV[2], redis.call("ZRANGE", KEYS[2], 0, -1))
+return redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4])`;
 
 export class RedisMetadataStore implements MetadataStore {
   readonly client: Redis;
@@ -149,13 +180,24 @@ export class RedisMetadataStore implements MetadataStore {
   }
 
   async hasLink(upstream: string, repo: string, digest: string): Promise<boolean> {
-    return (await this.client.sismember(this.keys(upstream, repo).links, digest)) === 1;
+    const k = this.keys(upstream, repo);
+    const refreshAge = Math.ceil(this.retentionMs * LINK_USE_REFRESH_FRACTION);
+    return (await this.client.eval(HAS_LINK_SCRIPT, 2, k.linked, k.oldLinks, digest, Date.now(), this.retentionMs, refreshAge)) === 1;
   }
 
   async addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void> {
     if (digests.length === 0) return;
     const k = this.keys(upstream, repo);
-    await run(this.client.multi().sadd(k.links, ...digests).pexpire(k.links, this.retentionMs));
+    const now = Date.now();
+    await run(
+      this.client
+        .multi()
+        // GT: a replica whose clock is behind never moves a last use back.
+        .zadd(k.linked, "GT", ...digests.flatMap((digest) => [now, digest]))
+        // Links unused for the retention: the bound on the set (hasLink already ignores them).
+        .zremrangebyscore(k.linked, "-inf", now - this.retentionMs)
+        .pexpire(k.linked, this.retentionMs),
+    );
   }
 
   async putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void> {
@@ -198,7 +240,7 @@ export class RedisMetadataStore implements MetadataStore {
 
   async deleteRepository(upstream: string, repo: string): Promise<void> {
     const k = this.keys(upstream, repo);
-    await this.client.eval(PURGE_SCRIPT, 3, k.tags, k.links, k.missingRefs, k.tag(""), k.missing(""));
+    await this.client.eval(PURGE_SCRIPT, 4, k.tags, k.missingRefs, k.linked, k.oldLinks, k.tag(""), k.missing(""));
     await this.client.srem(this.reposKey(upstream), repo);
   }
 
@@ -216,7 +258,8 @@ export class RedisMetadataStore implements MetadataStore {
     return {
       tag: (tag) => `${p}tag:${scope}:${tag}`,
       tags: `${p}tags:${scope}`,
-      links: `${p}links:${scope}`,
+      linked: `${p}linked:${scope}`,
+      oldLinks: `${p}links:${scope}`,
       missing: (reference) => `${p}missing:${scope}:${reference}`,
       missingRefs: `${p}missing-refs:${scope}`,
     };
@@ -234,7 +277,8 @@ export class RedisMetadataStore implements MetadataStore {
 interface RepositoryKeys {
   tag(tag: string): string;
   tags: string;
-  links: string;
+  linked: string;
+  oldLinks: string;
   missing(reference: string): string;
   missingRefs: string;
 }

@@ -34,7 +34,7 @@ describe("RedisMetadataStore", () => {
     await store.tryLock("revalidate", 10_000);
 
     expect((await allKeys(client)).sort()).toEqual([
-      "m:links:{docker.io/library/alpine}",
+      "m:linked:{docker.io/library/alpine}",
       "m:lock:revalidate",
       "m:missing-refs:{docker.io/library/alpine}",
       "m:missing:{docker.io/library/alpine}:nope",
@@ -43,7 +43,10 @@ describe("RedisMetadataStore", () => {
       "m:tags:{docker.io/library/alpine}",
     ]);
     expect(JSON.parse((await client.get("m:tag:{docker.io/library/alpine}:3.20"))!)).toEqual(pointer(1));
-    for (const key of ["m:tag:{docker.io/library/alpine}:3.20", "m:tags:{docker.io/library/alpine}", "m:links:{docker.io/library/alpine}"]) {
+    const [linked, used] = await client.zrange("m:linked:{docker.io/library/alpine}", 0, -1, "WITHSCORES");
+    expect(linked).toBe(pointer(1).digest);
+    expect(Math.abs(Number(used) - Date.now())).toBeLessThan(60_000); // when it was last used: now
+    for (const key of ["m:tag:{docker.io/library/alpine}:3.20", "m:tags:{docker.io/library/alpine}", "m:linked:{docker.io/library/alpine}"]) {
       const ttl = await client.pttl(key);
       expect(ttl, key).toBeGreaterThan(29 * DAY_MS);
       expect(ttl, key).toBeLessThanOrEqual(30 * DAY_MS);
@@ -72,6 +75,42 @@ describe("RedisMetadataStore", () => {
     await client.set("m:tag:{docker.io/r}:foreign", JSON.stringify({ checkedAt: 9e15 }));
     await store.putTag(UP, "r", "foreign", pointer(1));
     expect(await store.getTag(UP, "r", "foreign")).toEqual(pointer(1));
+  });
+
+  it("keeps links in use and drops links unused for the retention", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:", retentionMs: 60_000 });
+    const key = "m:linked:{docker.io/r}";
+    const [used, idle, expired] = [pointer(1).digest, pointer(2).digest, pointer(3).digest];
+    await store.addLinks(UP, "r", [used, idle, expired]);
+    // As if written long ago: `used` and `idle` 50 s ago (within the retention), `expired` 61 s ago.
+    const now = Date.now();
+    await client.zadd(key, now - 50_000, used, now - 50_000, idle, now - 61_000, expired);
+    await client.pexpire(key, 10_000);
+
+    expect(await store.hasLink(UP, "r", expired)).toBe(false); // past the retention: gone, even before pruning
+    expect(await store.hasLink(UP, "r", used)).toBe(true); // a use, recorded: its last use is now
+    expect(Number(await client.zscore(key, used))).toBeGreaterThanOrEqual(now);
+    expect(Number(await client.zscore(key, idle))).toBe(now - 50_000);
+    expect(await client.pttl(key)).toBeGreaterThan(50_000); // a use keeps the set alive for a retention
+
+    await store.addLinks(UP, "r", [pointer(4).digest]); // writes prune what is past the retention
+    expect((await client.zrange(key, 0, -1)).sort()).toEqual([used, idle, pointer(4).digest].sort());
+
+    // A use within a tenth of the retention is not written again: a busy blob costs no write per request.
+    await client.zadd(key, now - 1_000, used);
+    expect(await store.hasLink(UP, "r", used)).toBe(true);
+    expect(Number(await client.zscore(key, used))).toBe(now - 1_000);
+  });
+
+  it("adopts links of the old plain set, and purges both", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:" });
+    await client.sadd("m:links:{docker.io/r}", pointer(1).digest);
+    await client.pexpire("m:links:{docker.io/r}", 60_000);
+    expect(await store.hasLink(UP, "r", pointer(1).digest)).toBe(true);
+    expect(await store.hasLink(UP, "r", pointer(2).digest)).toBe(false);
+    expect(await client.zscore("m:linked:{docker.io/r}", pointer(1).digest)).not.toBeNull();
+    await store.deleteRepository(UP, "r");
+    expect(await allKeys(client)).toEqual([]);
   });
 
   it("lists only tags whose pointer still exists, and drops the others from the index", async () => {
