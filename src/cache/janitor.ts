@@ -16,7 +16,7 @@ import type { Logger } from "pino";
 import type { Pin } from "../config/pins.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { BlobStore } from "./blob-store.ts";
-import { referencedDigests } from "./manifest-cache.ts";
+import { reachableDigests } from "./manifest-references.ts";
 import type { ManifestStore } from "./manifest-store.ts";
 import type { MetadataStore } from "./metadata-store.ts";
 import type { PinList } from "./pin-list.ts";
@@ -208,7 +208,7 @@ export class Janitor {
     into.add(digest);
     const manifest = await this.manifests.get(digest);
     if (!manifest) return;
-    for (const child of referencedDigests(manifest.bytes)) await this.addReachable(child, into);
+    for (const child of reachableDigests(manifest.bytes)) await this.addReachable(child, into);
   }
 }
 

@@ -15,6 +15,7 @@ import { RegistryError } from "../oci/errors.ts";
 import { isSha256Digest, type ManifestReference } from "../oci/reference.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import { confirmedDigests } from "./manifest-references.ts";
 import type { ManifestStore, StoredManifest } from "./manifest-store.ts";
 import type { MetadataStore, TagPointer } from "./metadata-store.ts";
 
@@ -196,7 +197,10 @@ export class ManifestCache {
     }
   }
 
-  /** GETs a manifest, verifies its digest, stores it and records the repository's links to what it references. */
+  /**
+   * GETs a manifest, verifies its digest and stores it. The repository is then linked to it and to what its
+   * registry had to hold there to accept it (confirmedDigests), never to whatever else the manifest names.
+   */
   private async fetch(upstream: UpstreamClient, repo: string, reference: string, tag: string | undefined): Promise<ManifestResult> {
     const askedAt = this.now(); // a tag's pointer is stamped with when its request was sent (see revalidate)
     const fetched = await upstream.getManifest(repo, reference, this.maxBytes);
@@ -215,7 +219,7 @@ export class ManifestCache {
       this.onNoSpace?.(err as Error);
       return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
     }
-    await this.metadata.addLinks(upstream.name, repo, [digest, ...referencedDigests(fetched.bytes)]);
+    await this.metadata.addLinks(upstream.name, repo, [digest, ...confirmedDigests(fetched.bytes)]);
     if (tag !== undefined) {
       await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: askedAt });
       await this.metadata.clearMissing(upstream.name, repo, tag);
@@ -230,29 +234,4 @@ export class ManifestCache {
     this.inflight.set(key, promise);
     return promise;
   }
-}
-
-/**
- * Digests a manifest or index references (config, layers, child manifests, subject): the content a client will
- * ask for next under the same repository. Unparseable manifests are still served byte-exact; they just link nothing.
- */
-export function referencedDigests(bytes: Buffer): string[] {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(bytes.toString("utf8"));
-  } catch {
-    return [];
-  }
-  // Valid JSON is not necessarily an object: `null`, numbers and strings reference nothing.
-  if (doc === null || typeof doc !== "object") return [];
-  const found: string[] = [];
-  const take = (d: unknown) => {
-    const digest = (d as { digest?: unknown } | null | undefined)?.digest;
-    if (typeof digest === "string" && isSha256Digest(digest)) found.push(digest);
-  };
-  const m = doc as { config?: unknown; layers?: unknown; manifests?: unknown; blobs?: unknown; subject?: unknown };
-  take(m.config);
-  take(m.subject);
-  for (const list of [m.layers, m.manifests, m.blobs]) if (Array.isArray(list)) list.forEach(take);
-  return found;
 }

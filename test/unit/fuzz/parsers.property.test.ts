@@ -7,7 +7,7 @@ import { resolve } from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/cache/blob-store.ts";
-import { referencedDigests } from "../../../src/cache/manifest-cache.ts";
+import { confirmedDigests, reachableDigests } from "../../../src/cache/manifest-references.ts";
 import { ConfigError, parseConfig } from "../../../src/config/load.ts";
 import { parseDistributionRequest } from "../../../src/http/distribution-request.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
@@ -145,11 +145,20 @@ describe("headers from clients and upstreams", () => {
 });
 
 describe("manifest JSON from upstreams", () => {
-  it("never throws, and only ever yields valid sha256 digests", () => {
+  const descriptor = fc.record({ digest: fc.oneof(nasty, hex64.map((h) => `sha256:${h}`)) });
+  const manifest = fc.oneof(
+    fc.json(),
+    fc.string({ maxLength: 200 }),
+    fc.record({ config: fc.anything(), layers: fc.anything(), manifests: fc.array(descriptor), subject: fc.oneof(descriptor, fc.anything()), blobs: fc.array(descriptor) }),
+  );
+
+  it("never throws, only ever yields valid sha256 digests, and confirms nothing it does not reach", () => {
     fc.assert(
-      fc.property(fc.oneof(fc.json(), fc.string({ maxLength: 200 }), fc.record({ config: fc.anything(), layers: fc.anything(), manifests: fc.array(fc.record({ digest: fc.oneof(nasty, hex64.map((h) => `sha256:${h}`)) })) })), (doc) => {
+      fc.property(manifest, (doc) => {
         const bytes = Buffer.from(typeof doc === "string" ? doc : JSON.stringify(doc) ?? "");
-        return referencedDigests(bytes).every(isSha256Digest);
+        const reachable = reachableDigests(bytes);
+        const confirmed = confirmedDigests(bytes);
+        return reachable.every(isSha256Digest) && confirmed.every((d) => reachable.includes(d));
       }),
     );
   });
