@@ -10,7 +10,7 @@ import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { BlobStore } from "./blob-store.ts";
-import type { Fill, FillCoordinator } from "./fill-coordinator.ts";
+import type { Fill, FillCoordinator, UpstreamBlob } from "./fill-coordinator.ts";
 import type { MetadataStore } from "./metadata-store.ts";
 import { VerifyStream } from "./verify-stream.ts";
 
@@ -50,50 +50,61 @@ export class BlobCache {
   }
 
   private async openOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
-    let linked = await this.metadata.hasLink(upstream.name, repo, digest);
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const cached = await this.store.open(digest);
-      if (cached) {
-        if (!linked) {
-          try {
-            await this.confirm(upstream, repo, digest);
-          } catch (err) {
-            await cached.handle.close();
-            throw err;
-          }
-        }
-        return { kind: "cached", ...cached };
-      }
-      const running = this.fills.current(digest);
-      if (running) {
-        if (running.committed) continue; // renamed since our look: read the committed file
-        const sameRepo = running.origin.upstream === upstream.name && running.origin.repo === repo;
-        if (!linked && !sameRepo) {
+    const linked = await this.metadata.hasLink(upstream.name, repo, digest);
+    const cached = await this.store.open(digest);
+    if (cached) {
+      if (!linked) {
+        try {
           await this.confirm(upstream, repo, digest);
-          linked = true;
+        } catch (err) {
+          await cached.handle.close();
+          throw err;
         }
-        await running.ready;
-        if (running.committed || running.state === "direct") continue; // direct: not shareable, go on our own
-        return { kind: "fill", fill: running, joined: true };
       }
-      const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) => upstream.getBlob(repo, digest, signal));
-      await fill.ready;
-      await this.metadata.addLinks(upstream.name, repo, [digest]);
-      if (fill.committed) continue;
-      const direct = fill.state === "direct" ? fill.takeDirect() : undefined;
-      if (direct) {
-        // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
-        // release the upstream body.
-        const verified = new VerifyStream(digest, direct.size);
-        pipeline(direct.body, verified, () => undefined);
-        this.metrics?.uncachedServed.inc({ upstream: upstream.name });
-        return { kind: "direct", size: direct.size, body: verified };
-      }
-      if (fill.state === "direct") continue;
-      return { kind: "fill", fill, joined: false };
+      return { kind: "cached", ...cached };
     }
-    // Only reachable if the committed file vanished three times in a row (evicted under us): let the client retry.
-    throw new Error(`blob ${digest} was committed but could not be opened`);
+    const running = this.fills.current(digest);
+    if (running === undefined) return this.download(upstream, repo, digest);
+    const sameRepo = running.origin.upstream === upstream.name && running.origin.repo === repo;
+    if (!linked && !sameRepo) await this.confirm(upstream, repo, digest);
+    return this.read(running, upstream, repo, digest, true);
+  }
+
+  /** Starts the one download of a blob nobody has. */
+  private async download(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
+    const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) => upstream.getBlob(repo, digest, signal));
+    await fill.ready;
+    await this.metadata.addLinks(upstream.name, repo, [digest]);
+    return this.read(fill, upstream, repo, digest, false);
+  }
+
+  /**
+   * Reads a fill once it is ready: following the download; the committed file, if it committed meanwhile; or,
+   * when there was no room to cache it, the upstream body (the first request takes the fill's, each other
+   * request gets its own). Nothing here loops: every outcome is an answer.
+   */
+  private async read(fill: Fill, upstream: UpstreamClient, repo: string, digest: string, joined: boolean): Promise<BlobSource> {
+    await fill.ready;
+    switch (readableAs(fill)) {
+      case "download":
+        return { kind: "fill", fill, joined };
+      case "committed": {
+        const cached = await this.store.open(digest);
+        // Evicted the moment it was committed (no room for it after all): the upstream is still there.
+        return cached ? { kind: "cached", ...cached } : this.passThrough(upstream, repo, digest);
+      }
+      case "uncached": {
+        this.metrics?.uncachedServed.inc({ upstream: upstream.name });
+        const body = fill.takeDirect();
+        return body ? verified(digest, body) : this.passThrough(upstream, repo, digest);
+      }
+    }
+  }
+
+  /** This request's own GET from the upstream, verified as it streams and not stored. */
+  private async passThrough(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
+    // A signal nobody aborts: the client's stream is made from the response, and destroying it releases the body.
+    return verified(digest, await upstream.getBlob(repo, digest, new AbortController().signal));
   }
 
   private async sizeOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined; source: "cached" | "fill" | "upstream" }> {
@@ -117,6 +128,26 @@ export class BlobCache {
     await upstream.headBlob(repo, digest);
     await this.metadata.addLinks(upstream.name, repo, [digest]);
   }
+}
+
+/** The upstream body as a client's stream, verified as it passes: nothing unverified ends complete-looking. */
+function verified(digest: string, response: UpstreamBlob): BlobSource {
+  const stream = new VerifyStream(digest, response.size);
+  // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
+  // release the upstream body.
+  pipeline(response.body, stream, () => undefined);
+  return { kind: "direct", size: response.size, body: stream };
+}
+
+/**
+ * What a new reader of a ready fill gets, decided at one instant: the download in progress, the committed file,
+ * or nothing of the fill's (no room to cache: the fill handed its body to one request and is done). A fill that
+ * failed since it was ready answers with its error, as its readers do.
+ */
+function readableAs(fill: Fill): "download" | "committed" | "uncached" {
+  if (fill.state === "failed") throw fill.error ?? new Error(`blob fill of ${fill.digest} failed`);
+  if (fill.committed) return "committed";
+  return fill.state === "direct" ? "uncached" : "download";
 }
 
 /** An upstream that is offline by configuration means "not cached" here: BLOB_UNKNOWN, not an outage. */

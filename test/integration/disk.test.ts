@@ -103,6 +103,26 @@ describe("disk budget", () => {
     expect(sha256(again.body)).toBe(layer.digest);
   });
 
+  it("gives every one of many concurrent pulls of a blob over the budget the verified bytes, each from its own download", async () => {
+    const big = randomLayer(2 * 1024 * 1024);
+    const image = buildImage({ format: "oci", layers: [big] });
+    await pushImage(upstream.url, "team/overbudget", "v1", image);
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { storage: { maxSize: 1_000_000 } } }));
+    expect((await fetchRaw(`${m.url}/v2/team/overbudget/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+    await upstream.sync();
+    upstream.clearRequests();
+    const pulls = await Promise.all(Array.from({ length: 8 }, () => fetchRaw(`${m.url}/v2/team/overbudget/blobs/${big.digest}`)));
+    expect(pulls.map((res) => res.status)).toEqual(Array(8).fill(200));
+    for (const res of pulls) {
+      expect(res.broken).toBeUndefined();
+      expect(res.headers["x-mirror-cache"]).toBe("uncached");
+      expect(sha256(res.body)).toBe(big.digest);
+    }
+    expect(await m.mirror.blobStore.size(big.digest)).toBeUndefined();
+    await upstream.sync();
+    expect(upstream.count({ method: "GET", kind: "blobs", pathIncludes: big.digest })).toBe(8);
+  });
+
   it("keeps pulls working on a full filesystem, streaming what does not fit without caching it", async () => {
     const dir = await mkdtemp(join(tmpdir(), "tmpfs-"));
     const mounted = await runCommand("mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", dir], { timeoutMs: 10_000 });
