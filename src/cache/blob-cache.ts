@@ -1,14 +1,16 @@
 /**
  * Read-through blobs. A request for a digest is answered, in order, from: the committed file in the store; the
  * fill already downloading it; or a new fill. Blobs are stored once for every repository and upstream, but are
- * only served under a repository known to reference them (a manifest fetched for it, or an upstream HEAD that
- * confirms it): knowing a digest is not enough to read it through another name.
+ * only served under a repository and upstream that are on record for them (access-proof.ts): knowing a digest
+ * is not enough to read it through another name. When this upstream never served the content itself, its bytes
+ * are fetched from it, verified and passed through, rather than trusting its word (a HEAD) for another's copy.
  */
 import type { FileHandle } from "node:fs/promises";
 import { pipeline, type Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import { recordServed, standingOf, type Standing } from "./access-proof.ts";
 import type { BlobStore } from "./blob-store.ts";
 import type { Fill, FillCoordinator, UpstreamBlob } from "./fill-coordinator.ts";
 import type { MetadataStore } from "./metadata-store.ts";
@@ -22,8 +24,11 @@ export type BlobSource =
   | { kind: "fill"; fill: Fill; joined: boolean }
   /** HEAD of a blob not cached: the upstream confirmed it exists. */
   | { kind: "upstream"; size: number | undefined }
-  /** No room to cache: the upstream body, verified as it streams, not stored. */
-  | { kind: "direct"; size: number | undefined; body: Readable };
+  /**
+   * The upstream body, verified as it streams, not stored: there was no room to cache it (`no-room`), or it is
+   * cached but this upstream has to prove it holds it (`proving`; recorded once the bytes verified).
+   */
+  | { kind: "direct"; size: number | undefined; body: Readable; why: "no-room" | "proving" };
 
 export class BlobCache {
   private readonly store: BlobStore;
@@ -50,31 +55,54 @@ export class BlobCache {
   }
 
   private async openOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
-    const linked = await this.metadata.hasLink(upstream.name, repo, digest);
+    const standing = await this.standing(upstream, repo, digest);
     const cached = await this.store.open(digest);
     if (cached) {
-      if (!linked) {
+      if (standing === "granted") return { kind: "cached", ...cached };
+      if (standing === "confirm-repository") {
         try {
-          await this.confirm(upstream, repo, digest);
+          await this.confirmRepository(upstream, repo, digest);
         } catch (err) {
           await cached.handle.close();
           throw err;
         }
+        return { kind: "cached", ...cached };
       }
-      return { kind: "cached", ...cached };
+      await cached.handle.close();
+      return this.passThrough(upstream, repo, digest);
     }
     const running = this.fills.current(digest);
+    // Nobody has it: this upstream's own download proves the content and the repository.
     if (running === undefined) return this.download(upstream, repo, digest);
-    const sameRepo = running.origin.upstream === upstream.name && running.origin.repo === repo;
-    if (!linked && !sameRepo) await this.confirm(upstream, repo, digest);
+    const fromHere = running.origin.upstream === upstream.name;
+    // Another upstream's download proves nothing about this one.
+    if (standing === "prove-content" && !fromHere) return this.passThrough(upstream, repo, digest);
+    if (standing !== "granted" && !(fromHere && running.origin.repo === repo)) await this.confirmRepository(upstream, repo, digest);
     return this.read(running, upstream, repo, digest, true);
   }
 
-  /** Starts the one download of a blob nobody has. */
+  /**
+   * Where this request stands (access-proof.ts), counting a download this upstream is serving for the digest
+   * now, or committed moments ago (before its record was written), as the upstream's proof of the content,
+   * and of the repository if it is the same one.
+   */
+  private async standing(upstream: UpstreamClient, repo: string, digest: string): Promise<Standing> {
+    const recorded = await standingOf(this.metadata, upstream, repo, digest);
+    const running = this.fills.current(digest);
+    if (running?.origin.upstream !== upstream.name) return recorded;
+    if (running.origin.repo === repo) return "granted";
+    return recorded === "prove-content" ? "confirm-repository" : recorded;
+  }
+
+  /** Starts the one download of a blob nobody has; once it commits, its upstream has served it for its repository. */
   private async download(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
     const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) => upstream.getBlob(repo, digest, signal));
-    await fill.ready;
-    await this.metadata.addLinks(upstream.name, repo, [digest]);
+    const { origin } = fill;
+    // A record that fails to be written only costs a later request a verified download: nothing to report here.
+    void fill.done.then(
+      () => recordServed(this.metadata, origin.upstream, origin.repo, [digest]).catch(() => undefined),
+      () => undefined,
+    );
     return this.read(fill, upstream, repo, digest, false);
   }
 
@@ -91,52 +119,56 @@ export class BlobCache {
       case "committed": {
         const cached = await this.store.open(digest);
         // Evicted the moment it was committed (no room for it after all): the upstream is still there.
-        return cached ? { kind: "cached", ...cached } : this.passThrough(upstream, repo, digest);
+        return cached ? { kind: "cached", ...cached } : this.passThrough(upstream, repo, digest, "no-room");
       }
       case "uncached": {
         this.metrics?.uncachedServed.inc({ upstream: upstream.name });
         const body = fill.takeDirect();
-        return body ? verified(digest, body) : this.passThrough(upstream, repo, digest);
+        return body ? this.verified(upstream, repo, digest, body, "no-room") : this.passThrough(upstream, repo, digest, "no-room");
       }
     }
   }
 
   /** This request's own GET from the upstream, verified as it streams and not stored. */
-  private async passThrough(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
+  private async passThrough(upstream: UpstreamClient, repo: string, digest: string, why: "no-room" | "proving" = "proving"): Promise<BlobSource> {
     // A signal nobody aborts: the client's stream is made from the response, and destroying it releases the body.
-    return verified(digest, await upstream.getBlob(repo, digest, new AbortController().signal));
+    const response = await upstream.getBlob(repo, digest, new AbortController().signal);
+    return this.verified(upstream, repo, digest, response, why);
+  }
+
+  private verified(upstream: UpstreamClient, repo: string, digest: string, response: UpstreamBlob, why: "no-room" | "proving"): BlobSource {
+    const verified = new VerifyStream(digest, response.size);
+    // A Transform finishes only after its flush accepted the bytes: the upstream has proved it holds them.
+    verified.once("finish", () => void recordServed(this.metadata, upstream.name, repo, [digest]).catch(() => undefined));
+    // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
+    // release the upstream body.
+    pipeline(response.body, verified, () => undefined);
+    return { kind: "direct", size: response.size, body: verified, why };
   }
 
   private async sizeOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined; source: "cached" | "fill" | "upstream" }> {
-    const linked = await this.metadata.hasLink(upstream.name, repo, digest);
-    const size = await this.store.size(digest);
-    if (size !== undefined) {
-      if (!linked) await this.confirm(upstream, repo, digest);
-      return { size, source: "cached" };
+    const standing = await this.standing(upstream, repo, digest);
+    // Not granted: this repository is confirmed by the upstream's HEAD; if the upstream never proved the content,
+    // that HEAD is also the whole answer (a HEAD reveals the size, and no bytes).
+    const head = standing === "granted" ? undefined : await this.confirmRepository(upstream, repo, digest);
+    if (standing !== "prove-content") {
+      const size = await this.store.size(digest);
+      if (size !== undefined) return { size, source: "cached" };
+      const running = this.fills.current(digest);
+      if (running) {
+        await running.ready;
+        if (running.size !== undefined) return { size: running.size, source: "fill" };
+      }
     }
-    const running = this.fills.current(digest);
-    if (running && linked) {
-      await running.ready;
-      if (running.size !== undefined) return { size: running.size, source: "fill" };
-    }
+    return { size: (head ?? (await this.confirmRepository(upstream, repo, digest))).size, source: "upstream" };
+  }
+
+  /** The upstream's HEAD says `repo` holds the blob: remembered as a link (it proves the repository, not the bytes). */
+  private async confirmRepository(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined }> {
     const head = await upstream.headBlob(repo, digest);
     await this.metadata.addLinks(upstream.name, repo, [digest]);
-    return { size: head.size, source: "upstream" };
+    return head;
   }
-
-  private async confirm(upstream: UpstreamClient, repo: string, digest: string): Promise<void> {
-    await upstream.headBlob(repo, digest);
-    await this.metadata.addLinks(upstream.name, repo, [digest]);
-  }
-}
-
-/** The upstream body as a client's stream, verified as it passes: nothing unverified ends complete-looking. */
-function verified(digest: string, response: UpstreamBlob): BlobSource {
-  const stream = new VerifyStream(digest, response.size);
-  // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
-  // release the upstream body.
-  pipeline(response.body, stream, () => undefined);
-  return { kind: "direct", size: response.size, body: stream };
 }
 
 /**

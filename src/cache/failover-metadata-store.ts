@@ -169,6 +169,19 @@ export class FailoverMetadataStore implements MetadataStore {
     if (!synced) for (const digest of digests) this.remember({ kind: "link", upstream, repo, digest });
   }
 
+  async addProvenance(upstream: string, digests: readonly string[]): Promise<void> {
+    await this.toBoth("addProvenance", (s) => s.addProvenance(upstream, digests));
+  }
+
+  async provenance(digest: string): Promise<string[]> {
+    const remote = await this.fromPrimary("provenance", (s) => s.provenance(digest));
+    if (!remote.ok) return this.fallback.provenance(digest);
+    const local = await this.fallback.provenance(digest);
+    const unknownHere = remote.value.filter((upstream) => !local.includes(upstream));
+    for (const upstream of unknownHere) await this.fallback.addProvenance(upstream, [digest]);
+    return remote.value;
+  }
+
   async putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void> {
     await this.toBoth("putMissing", (s) => s.putMissing(upstream, repo, reference, ttlMs));
   }

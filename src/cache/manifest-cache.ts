@@ -15,6 +15,7 @@ import { RegistryError } from "../oci/errors.ts";
 import { isSha256Digest, type ManifestReference } from "../oci/reference.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import { standingOf } from "./access-proof.ts";
 import { confirmedDigests } from "./manifest-references.ts";
 import type { ManifestStore, StoredManifest } from "./manifest-store.ts";
 import type { MetadataStore, TagPointer } from "./metadata-store.ts";
@@ -61,7 +62,7 @@ export class ManifestCache {
   async get(upstream: UpstreamClient, repo: string, ref: ManifestReference): Promise<ManifestResult> {
     if (ref.kind === "digest") {
       const cached = await this.manifests.get(ref.digest);
-      if (cached && (await this.confirmLink(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
+      if (cached && (await this.mayServe(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
       await this.refuseKnownMissing(upstream, repo, ref.digest);
       return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () => this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)));
     }
@@ -109,9 +110,15 @@ export class ManifestCache {
     }
   }
 
-  /** Is `digest` known to belong to `repo`? If not, ask the upstream once and remember a yes. */
-  private async confirmLink(upstream: UpstreamClient, repo: string, digest: string): Promise<boolean> {
-    if (await this.metadata.hasLink(upstream.name, repo, digest)) return true;
+  /**
+   * May the stored manifest `digest` answer a request through this upstream and repository (access-proof.ts)?
+   * Linked and proven: yes. Proven by this upstream but not linked here: if a HEAD of it in this repository
+   * says so (remembered). Never served by this upstream: no, whatever a HEAD says; the caller then GETs it from
+   * this upstream, and the bytes are checked against the digest.
+   */
+  private async mayServe(upstream: UpstreamClient, repo: string, digest: string): Promise<boolean> {
+    const standing = await standingOf(this.metadata, upstream, repo, digest);
+    if (standing !== "confirm-repository") return standing === "granted";
     try {
       const head = await upstream.headManifest(repo, digest);
       if (head.digest !== undefined && head.digest !== digest) return false;
@@ -157,7 +164,9 @@ export class ManifestCache {
       const head = await upstream.headManifest(repo, tag);
       if (head.digest !== undefined && isSha256Digest(head.digest)) {
         const cached = await this.manifests.get(head.digest);
-        if (cached) {
+        // The tag's HEAD confirms the repository, but only bytes this upstream served itself prove the content:
+        // otherwise a Docker-Content-Digest could name another upstream's manifest (access-proof.ts).
+        if (cached && (await standingOf(this.metadata, upstream, repo, cached.digest)) !== "prove-content") {
           await this.metadata.putTag(upstream.name, repo, tag, { digest: cached.digest, mediaType: cached.mediaType, checkedAt: askedAt });
           await this.metadata.addLinks(upstream.name, repo, [cached.digest]);
           return { manifest: cached, source: "revalidated" };
@@ -199,7 +208,8 @@ export class ManifestCache {
 
   /**
    * GETs a manifest, verifies its digest and stores it. The repository is then linked to it and to what its
-   * registry had to hold there to accept it (confirmedDigests), never to whatever else the manifest names.
+   * registry had to hold there to accept it (confirmedDigests), never to whatever else the manifest names; and
+   * the upstream is on record as having served the manifest itself (not what it names).
    */
   private async fetch(upstream: UpstreamClient, repo: string, reference: string, tag: string | undefined): Promise<ManifestResult> {
     const askedAt = this.now(); // a tag's pointer is stamped with when its request was sent (see revalidate)
@@ -220,6 +230,7 @@ export class ManifestCache {
       return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
     }
     await this.metadata.addLinks(upstream.name, repo, [digest, ...confirmedDigests(fetched.bytes)]);
+    await this.metadata.addProvenance(upstream.name, [digest]);
     if (tag !== undefined) {
       await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: askedAt });
       await this.metadata.clearMissing(upstream.name, repo, tag);

@@ -1,8 +1,9 @@
 /**
  * The embedded metadata store: in-process, bounded by lru-cache so memory stays flat however many repositories
- * pass through. Losing a link only costs an upstream HEAD; losing a tag pointer costs a revalidation.
+ * pass through. Losing a link only costs an upstream HEAD; losing a tag pointer costs a revalidation; losing a
+ * provenance entry costs one verified download from the upstream.
  *
- * With `dir`, tag pointers and links are also journalled to disk (tag-journal.ts), so a single node that
+ * With `dir`, tag pointers, links and provenance are also journalled to disk (tag-journal.ts), so a single node that
  * restarts still knows what it can serve while the upstream is unreachable. The journal is replayed through the
  * same LRU bounds, so entries beyond them are dropped at load as they would have been in memory. Missing-records
  * and locks stay in memory only.
@@ -24,6 +25,8 @@ export interface MemoryMetadataStoreOptions {
   maxTags?: number;
   maxLinks?: number;
   maxMissing?: number;
+  /** Bound on provenance entries (digest, upstream) held and reloaded; default 1 000 000. */
+  maxProvenance?: number;
   /** Journal tuning (see tag-journal.ts): background fsync interval, compaction ratio and floor. */
   syncIntervalMs?: number;
   compactRatio?: number;
@@ -34,12 +37,16 @@ export interface MemoryMetadataStoreOptions {
 
 /** Above this many lock entries, expired ones are swept before a new one is added, so the map stays small. */
 const LOCK_SWEEP_AT = 1_024;
+/** Compaction writes provenance in records of at most this many digests, so no journal line grows huge. */
+const PROVENANCE_RECORD_DIGESTS = 1_000;
 
 export class MemoryMetadataStore implements MetadataStore {
   private readonly tags: LRUCache<string, TagPointer>;
   /** scope → tags with a pointer, for listTags and deleteRepository; kept in step with `tags` by its dispose. */
   private readonly tagsByScope = new Map<string, Set<string>>();
   private readonly links: LRUCache<string, true>;
+  /** digest → upstreams that served it. Sets are replaced, never mutated, so each entry's LRU size stays right. */
+  private readonly servedBy: LRUCache<string, ReadonlySet<string>>;
   private readonly missing: LRUCache<string, true>;
   private readonly locks = new Map<string, { token: string; expiresAt: number }>();
   private readonly onError: (err: Error) => void;
@@ -62,6 +69,7 @@ export class MemoryMetadataStore implements MetadataStore {
       },
     });
     this.links = new LRUCache({ maxSize: opts.maxLinks ?? 1_000_000, sizeCalculation: () => 1 });
+    this.servedBy = new LRUCache({ maxSize: opts.maxProvenance ?? 1_000_000, sizeCalculation: (upstreams) => upstreams.size });
     this.missing = new LRUCache({ max: opts.maxMissing ?? 10_000 });
     this.onError = opts.onError ?? ((err) => process.emitWarning(err));
     const dir = opts.dir;
@@ -72,7 +80,7 @@ export class MemoryMetadataStore implements MetadataStore {
             dir,
             apply: (record) => this.apply(record),
             snapshot: () => this.snapshot(),
-            liveEntries: () => this.tags.size + this.links.size,
+            liveEntries: () => this.tags.size + this.links.size + this.servedBy.calculatedSize,
             syncIntervalMs: opts.syncIntervalMs,
             compactRatio: opts.compactRatio,
             compactMinEntries: opts.compactMinEntries,
@@ -143,6 +151,18 @@ export class MemoryMetadataStore implements MetadataStore {
     if (fresh.length > 0) await this.record(journal, { op: "link", upstream, repo, digests: fresh });
   }
 
+  async addProvenance(upstream: string, digests: readonly string[]): Promise<void> {
+    const journal = await this.opened;
+    // As with links, only what is new is journalled; known entries just become recent again.
+    const fresh = [...new Set(digests)].filter((digest) => this.servedBy.get(digest)?.has(upstream) !== true);
+    if (fresh.length > 0) await this.record(journal, { op: "provenance", upstream, digests: fresh });
+  }
+
+  async provenance(digest: string): Promise<string[]> {
+    await this.opened;
+    return [...(this.servedBy.get(digest) ?? [])];
+  }
+
   async putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void> {
     await this.opened;
     const key = itemKey(upstream, repo, reference);
@@ -206,6 +226,13 @@ export class MemoryMetadataStore implements MetadataStore {
   }
 
   private apply(record: JournalRecord): void {
+    if (record.op === "provenance") {
+      for (const digest of record.digests) {
+        const known = this.servedBy.peek(digest);
+        this.servedBy.set(digest, known?.has(record.upstream) ? known : new Set([...(known ?? []), record.upstream]));
+      }
+      return;
+    }
     const { upstream, repo } = record;
     switch (record.op) {
       case "tag": {
@@ -238,7 +265,7 @@ export class MemoryMetadataStore implements MetadataStore {
     }
   }
 
-  /** The journalled state as records: a pointer per tag and one link record per repository. */
+  /** The journalled state as records: a pointer per tag, one link record per repository, provenance per upstream. */
   private *snapshot(): Generator<JournalRecord> {
     // Oldest first, so replaying the compacted journal through the LRU keeps the same entries on top.
     for (const key of this.tags.rkeys()) {
@@ -256,6 +283,17 @@ export class MemoryMetadataStore implements MetadataStore {
       group.digests.push(item);
     }
     for (const { upstream, repo, digests } of byScope.values()) yield { op: "link", upstream, repo, digests };
+    const byUpstream = new Map<string, string[]>();
+    for (const digest of this.servedBy.rkeys()) {
+      for (const upstream of this.servedBy.peek(digest) ?? []) {
+        let digests = byUpstream.get(upstream);
+        if (digests === undefined) byUpstream.set(upstream, (digests = []));
+        digests.push(digest);
+      }
+    }
+    for (const [upstream, digests] of byUpstream) {
+      for (let i = 0; i < digests.length; i += PROVENANCE_RECORD_DIGESTS) yield { op: "provenance", upstream, digests: digests.slice(i, i + PROVENANCE_RECORD_DIGESTS) };
+    }
   }
 
   private unindexTag(key: string): void {

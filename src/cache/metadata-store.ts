@@ -1,14 +1,14 @@
 /**
  * What the mirror knows about content beyond the bytes themselves: tag → digest pointers (with when they were
- * last confirmed upstream), which repository references which digest, short-lived "the upstream said 404"
- * records, and short locks that let several replicas agree on who revalidates a tag. One interface, so the
- * embedded store and the Redis store are interchangeable and pass one conformance suite
- * (test/conformance/metadata-store.ts).
+ * last confirmed upstream), which repository references which digest, which upstream served which content,
+ * short-lived "the upstream said 404" records, and short locks that let several replicas agree on who
+ * revalidates a tag. One interface, so the embedded store and the Redis store are interchangeable and pass one
+ * conformance suite (test/conformance/metadata-store.ts).
  *
- * Links exist because blobs are stored once across repositories and upstreams, but a cached blob may only be
- * served under a repository known to reference it: otherwise anyone who knows a digest could read content of a
- * private repository through any other name. A missing link is never fatal: the caller confirms with an
- * upstream HEAD and records the link.
+ * Links and provenance exist because content is stored once across repositories and upstreams, but may only be
+ * served under a repository known to reference it, of an upstream known to hold it: otherwise anyone who knows a
+ * digest could read content of a private repository through any other name. A missing record is never fatal:
+ * the caller asks the upstream and records the answer. The rules the caches apply to them are in access-proof.ts.
  *
  * Nothing here is trusted beyond what the blob store confirms: a pointer to a digest whose manifest is not in
  * the store is treated as absent by the caches.
@@ -59,6 +59,15 @@ export interface MetadataStore {
    */
   hasLink(upstream: string, repo: string, digest: string): Promise<boolean>;
   addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void>;
+
+  /**
+   * Records that `upstream` itself served these digests and their bytes verified (a committed fill, a hashed
+   * manifest, a verified pass-through), or that an import of that upstream's images brought them. Per digest,
+   * across repositories, and untouched by deleteRepository: it says where content came from, not who may read it.
+   */
+  addProvenance(upstream: string, digests: readonly string[]): Promise<void>;
+  /** The upstreams recorded by addProvenance for `digest` (order unspecified; empty when none). */
+  provenance(digest: string): Promise<string[]>;
 
   /** Remembers for `ttlMs` that the upstream has no `reference` (tag or digest) in `repo`. */
   putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void>;

@@ -4,6 +4,7 @@
  * whose progress can be polled; blob downloads already running for clients are joined, not repeated.
  */
 import { randomUUID } from "node:crypto";
+import { finished } from "node:stream/promises";
 import { LRUCache } from "lru-cache";
 import type { Logger } from "pino";
 import type { ManifestReference } from "../oci/reference.ts";
@@ -113,6 +114,11 @@ export class Prefetcher {
         await source.fill.done;
         return;
       case "direct":
+        if (source.why === "proving") {
+          // Cached already, from elsewhere: reading this upstream's bytes to the end is what proves it here.
+          await finished(source.body.resume());
+          return;
+        }
         source.body.destroy();
         throw new Error("not cached: no room in the cache (disk full or over budget)");
       case "upstream":

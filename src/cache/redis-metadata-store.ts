@@ -1,6 +1,6 @@
 /**
- * The shared metadata store: Redis via ioredis, so every replica sees the same tag pointers, links, missing-records
- * and locks. Expiry is Redis key expiry. Key layout (every key starts with `keyPrefix`; `{scope}` is
+ * The shared metadata store: Redis via ioredis, so every replica sees the same tag pointers, links, provenance,
+ * missing-records and locks. Expiry is Redis key expiry. Key layout (every key starts with `keyPrefix`; `{scope}` is
  * `{<upstream>/<repository>}`, see scopeOf):
  *
  *   tag:{scope}:<tag>           string  JSON TagPointer                    PX retention, refreshed by putTag
@@ -12,9 +12,13 @@
  *   missing-refs:{scope}        zset    reference → expiry (ms)            outlives its newest record
  *   lock:<name>                 string  owner token                        PX the lock's ttl
  *   repos:{<upstream>}          set     repositories with tags (an index)  PX retention, refreshed by putTag
+ *   provenance:{<digest>}       set     upstreams that served the digest   PX retention, refreshed by
+ *                                                                          addProvenance and provenance()
  *
  * The braces are a Redis Cluster hash tag: all keys of one repository share a slot, so the MULTI blocks and the
- * purge script below stay valid on a cluster. The two index keys exist so that listTags and deleteRepository
+ * purge script below stay valid on a cluster; a provenance key is alone in its slot. Provenance is refreshed
+ * when read, unlike links: content served from the cache for longer than the retention is still in use, and
+ * losing its record would cost a whole download from the upstream rather than a HEAD. The two index keys exist so that listTags and deleteRepository
  * never scan the keyspace.
  *
  * Tag pointers are written by compare-and-set (PUT_TAG_SCRIPT): a pointer checked earlier than the stored one
@@ -200,6 +204,24 @@ export class RedisMetadataStore implements MetadataStore {
     );
   }
 
+  async addProvenance(upstream: string, digests: readonly string[]): Promise<void> {
+    // One MULTI per digest: each key has its own slot.
+    await Promise.all(
+      [...new Set(digests)].map((digest) => {
+        const key = this.provenanceKey(digest);
+        return run(this.client.multi().sadd(key, upstream).pexpire(key, this.retentionMs));
+      }),
+    );
+  }
+
+  async provenance(digest: string): Promise<string[]> {
+    const key = this.provenanceKey(digest);
+    const results = await this.client.multi().smembers(key).pexpire(key, this.retentionMs).exec();
+    if (results === null) throw new Error("redis transaction was aborted");
+    for (const [err] of results) if (err) throw err;
+    return results[0]![1] as string[];
+  }
+
   async putMissing(upstream: string, repo: string, reference: string, ttlMs: number): Promise<void> {
     if (ttlMs <= 0) return this.clearMissing(upstream, repo, reference);
     const k = this.keys(upstream, repo);
@@ -267,6 +289,10 @@ export class RedisMetadataStore implements MetadataStore {
 
   private reposKey(upstream: string): string {
     return `${this.prefix}repos:{${escape(upstream, /[%/{}]/g)}}`;
+  }
+
+  private provenanceKey(digest: string): string {
+    return `${this.prefix}provenance:{${escape(digest, /[%{}]/g)}}`;
   }
 
   private lockKey(name: string): string {

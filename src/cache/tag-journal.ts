@@ -1,7 +1,7 @@
 /**
- * The on-disk half of the embedded metadata store: an append-only JSONL journal of tag pointers and links, so a
- * single node that restarts (even after `kill -9`) still knows which tags it can serve and which repository
- * references which digest while the upstream is unreachable. Missing-records and locks are deliberately not
+ * The on-disk half of the embedded metadata store: an append-only JSONL journal of tag pointers, links and
+ * provenance, so a single node that restarts (even after `kill -9`) still knows which tags it can serve, which
+ * repository references which digest and which upstream served it, while the upstream is unreachable. Missing-records and locks are deliberately not
  * journalled: they are short-lived and wrong to resurrect.
  *
  * Each record is one line, handed to the kernel whole in one write (batched with its neighbours), so a crash can
@@ -31,7 +31,9 @@ export type JournalRecord =
   | { op: "tag"; upstream: string; repo: string; tag: string; pointer: TagPointer }
   | { op: "untag"; upstream: string; repo: string; tag: string }
   | { op: "link"; upstream: string; repo: string; digests: readonly string[] }
-  | { op: "purge"; upstream: string; repo: string };
+  | { op: "purge"; upstream: string; repo: string }
+  /** The upstream served these digests (MetadataStore.addProvenance); per digest, no repository. */
+  | { op: "provenance"; upstream: string; digests: readonly string[] };
 
 export interface TagJournalOptions {
   dir: string;
@@ -286,6 +288,8 @@ export function encodeRecord(record: JournalRecord): string {
       return `${JSON.stringify(["link", record.upstream, record.repo, ...record.digests])}\n`;
     case "purge":
       return `${JSON.stringify(["purge", record.upstream, record.repo])}\n`;
+    case "provenance":
+      return `${JSON.stringify(["provenance", record.upstream, ...record.digests])}\n`;
   }
 }
 
@@ -298,6 +302,11 @@ export function decodeRecord(line: string): JournalRecord | undefined {
     return undefined;
   }
   if (!Array.isArray(value)) return undefined;
+  if (value[0] === "provenance") {
+    const [, upstream, ...digests] = value as unknown[];
+    if (typeof upstream !== "string" || digests.length === 0 || !digests.every((d) => typeof d === "string")) return undefined;
+    return { op: "provenance", upstream, digests };
+  }
   const [op, upstream, repo, ...rest] = value as unknown[];
   if (typeof upstream !== "string" || typeof repo !== "string") return undefined;
   switch (op) {
@@ -322,7 +331,7 @@ export function decodeRecord(line: string): JournalRecord | undefined {
 
 /** Entries a record stands for, the unit compaction compares with the store's live entries. */
 function weight(record: JournalRecord): number {
-  return record.op === "link" ? record.digests.length : 1;
+  return record.op === "link" || record.op === "provenance" ? record.digests.length : 1;
 }
 
 async function replay(path: string, apply: (record: JournalRecord) => void): Promise<{ records: number; skipped: number; entries: number; torn: boolean }> {

@@ -232,7 +232,8 @@ export class Exporter {
         return fromHandle(opened.handle);
       }
       case "direct":
-        // No room to cache it: the upstream body, verified as it streams (VerifyStream), straight into the bundle.
+        // Not cached (no room), or cached but not yet proved by this upstream: the upstream body, verified as it
+        // streams (VerifyStream), straight into the bundle.
         return fromStream(source.body);
       case "upstream":
         throw new Error(`${blob.digest}: the blob cache answered without content`);

@@ -385,6 +385,9 @@ class ImportRun {
     const { upstream, repository, reference } = ref;
     const manifest = await this.o.manifests.get(digest);
     await this.o.metadata.addLinks(upstream.name, repository, walk.stored);
+    // What the bundle carried is this upstream's content by the operator's word; what was already held (a delta
+    // bundle) keeps the provenance it had (access-proof.ts).
+    await this.o.metadata.addProvenance(upstream.name, walk.stored.filter((d) => this.seen.get(d) === "accepted"));
     await this.o.metadata.clearMissing(upstream.name, repository, digest);
     if (reference.kind === "tag") {
       await this.o.metadata.putTag(upstream.name, repository, reference.tag, { digest, mediaType: manifest!.mediaType, checkedAt: Date.now() });

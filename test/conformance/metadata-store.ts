@@ -263,6 +263,48 @@ export function describeMetadataStore(name: string, factory: () => Promise<Metad
       });
     });
 
+    describe("provenance", () => {
+      it("knows, per digest, every upstream recorded for it and no other", async () => {
+        expect(await store.provenance(digestOf("x"))).toEqual([]);
+        await store.addProvenance(UP, [digestOf("x"), digestOf("y")]);
+        await store.addProvenance(OTHER_UP, [digestOf("x")]);
+        expect((await store.provenance(digestOf("x"))).sort()).toEqual([OTHER_UP, UP].sort());
+        expect(await store.provenance(digestOf("y"))).toEqual([UP]);
+        expect(await store.provenance(digestOf("z"))).toEqual([]);
+      });
+
+      it("accepts an empty list and duplicates, and adding again is harmless", async () => {
+        await store.addProvenance(UP, []);
+        await store.addProvenance(UP, [digestOf("x"), digestOf("x")]);
+        await store.addProvenance(UP, [digestOf("x")]);
+        expect(await store.provenance(digestOf("x"))).toEqual([UP]);
+      });
+
+      it("never confuses upstreams whose names are prefixes of each other, or digests of other algorithms", async () => {
+        const sha512 = `sha512:${"ab".repeat(64)}`;
+        await store.addProvenance("registry.example:5000", [digestOf("x"), sha512]);
+        expect(await store.provenance(digestOf("x"))).toEqual(["registry.example:5000"]);
+        expect(await store.provenance(sha512)).toEqual(["registry.example:5000"]);
+        expect(await store.provenance(`sha512:${"ab".repeat(63)}`)).toEqual([]);
+      });
+
+      it("is independent of links, and outlives the purge of a repository", async () => {
+        await store.addLinks(UP, "r", [digestOf("linked")]);
+        expect(await store.provenance(digestOf("linked"))).toEqual([]);
+        await store.addProvenance(UP, [digestOf("served")]);
+        expect(await store.hasLink(UP, "r", digestOf("served"))).toBe(false);
+        await store.deleteRepository(UP, "r");
+        expect(await store.provenance(digestOf("served"))).toEqual([UP]);
+      });
+
+      it("keeps every one of many concurrent writes", async () => {
+        const upstreams = Array.from({ length: 20 }, (_, i) => `up${i}.example`);
+        const digests = Array.from({ length: 20 }, (_, i) => digestOf(`d${i}`));
+        await Promise.all(upstreams.map((up) => store.addProvenance(up, digests)));
+        for (const digest of digests) expect((await store.provenance(digest)).sort()).toEqual([...upstreams].sort());
+      });
+    });
+
     describe("missing-records", () => {
       it("remembers a reference as missing, for tags and digests alike", async () => {
         expect(await store.isMissing(UP, "r", "latest")).toBe(false);

@@ -1,31 +1,41 @@
 /**
- * What a repository name unlocks, against a real registry: content is stored once for every repository, yet is
- * served only under a repository its upstream confirms (a manifest's `subject` or artifact `blobs` confirm
- * nothing). Upstream traffic is counted in the registry's own log.
+ * What a repository name unlocks (docs/security.md), against real registries: content is stored once for every
+ * repository and upstream, yet is served only under a repository its upstream confirms (a manifest's `subject`
+ * or artifact `blobs` confirm nothing), and only through an upstream that served the bytes itself: another
+ * upstream's HEAD 200, or its Docker-Content-Digest, unlocks nothing. Upstream traffic is counted in the
+ * registries' own logs.
  */
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { JOURNAL_FILE } from "../../src/cache/tag-journal.ts";
 import { buildImage, pushBlob, pushImage, randomLayer, sha256, type Blob, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
+import { startRelay, type Relay } from "../harness/relay.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
 
 const teardown = new Teardown();
 afterAll(() => teardown.run());
 
-/** The private registry (the mirror's upstream). */
+/** The private registry (the mirror's default upstream) and a second one, reached through a relay that can lie. */
 let corp: Registry;
+let other: Registry;
+let otherRelay: Relay;
 let mirror: TestMirror;
 
 const secretLayer = randomLayer(30_000);
 const sharedLayer = randomLayer(20_000);
 const secret = buildImage({ format: "oci", layers: [sharedLayer, secretLayer], labels: { image: "secret" } });
 
-const upstreams = () => ({ corp: { url: corp.url, default: true } });
+const upstreams = () => ({ corp: { url: corp.url, default: true }, other: { url: otherRelay.url } });
 const getManifest = (url: string) => fetchRaw(url, { headers: { accept: ALL_MANIFEST_TYPES } });
 
 beforeAll(async () => {
   corp = teardown.track(await startRegistry());
+  other = teardown.track(await startRegistry());
+  otherRelay = teardown.track(await startRelay(other.url));
   await pushImage(corp.url, "team/secret", "v1", secret);
   mirror = teardown.track(await startTestMirror({ upstreams: upstreams() }));
   // Someone allowed to read team/secret pulls it: every part of it is now cached.
@@ -69,5 +79,92 @@ describe("repositories of one upstream", () => {
     const asked = corp.requests().filter((r) => r.kind === "blobs" && r.repo === "public/evil" && r.path.includes(secretLayer.digest));
     expect(asked.length).toBeGreaterThan(0);
     expect(asked.every((r) => r.status === 404)).toBe(true);
+  });
+});
+
+describe("upstreams", () => {
+  it("another upstream's HEAD 200 does not unlock a blob it never served", async () => {
+    otherRelay.setFault({ kind: "status", status: 200, match: /^HEAD \/v2\/.+\/blobs\// });
+    try {
+      const res = await fetchRaw(`${mirror.url}/v2/other/x/y/blobs/${secretLayer.digest}`);
+      expect(res.status).toBe(404);
+      expect(errorCode(res)).toBe("BLOB_UNKNOWN");
+      expect(res.body.includes(secretLayer.bytes)).toBe(false);
+      // Its own bytes were asked for, and it had none.
+      await other.sync();
+      expect(other.count({ method: "GET", kind: "blobs", repo: "x/y", pathIncludes: secretLayer.digest, status: 404 })).toBe(1);
+    } finally {
+      otherRelay.setFault(null);
+    }
+  });
+
+  it("another upstream's Docker-Content-Digest does not unlock a manifest it never served, by tag or by digest", async () => {
+    otherRelay.setFault({ kind: "status", status: 200, headers: { "docker-content-digest": secret.digest }, match: /^HEAD \/v2\/.+\/manifests\// });
+    try {
+      for (const reference of ["latest", secret.digest]) {
+        const res = await getManifest(`${mirror.url}/v2/other/x/y/manifests/${reference}`);
+        expect(res.status, reference).toBe(404);
+        expect(errorCode(res), reference).toBe("MANIFEST_UNKNOWN");
+      }
+    } finally {
+      otherRelay.setFault(null);
+    }
+  });
+
+  it("serves content both upstreams hold through the second once its own bytes verified, then from the cache", async () => {
+    await pushImage(other.url, "lib/base", "v1", buildImage({ format: "oci", layers: [sharedLayer], labels: { image: "base" } }));
+    await other.sync();
+    other.clearRequests();
+    expect((await getManifest(`${mirror.url}/v2/other/lib/base/manifests/v1`)).status).toBe(200);
+    const first = await fetchRaw(`${mirror.url}/v2/other/lib/base/blobs/${sharedLayer.digest}`);
+    expect(first.headers["x-mirror-cache"]).toBe("uncached"); // passed through while it was verified
+    expect(sha256(first.body)).toBe(sharedLayer.digest);
+    const second = await fetchRaw(`${mirror.url}/v2/other/lib/base/blobs/${sharedLayer.digest}`);
+    expect(second.headers["x-mirror-cache"]).toBe("hit");
+    expect(sha256(second.body)).toBe(sharedLayer.digest);
+    await other.sync();
+    expect(other.count({ method: "GET", kind: "blobs", pathIncludes: sharedLayer.digest })).toBe(1);
+  });
+});
+
+describe("content cached before provenance was recorded", () => {
+  it("is proved again by a verified GET from its upstream, except where that upstream is offline by configuration", async () => {
+    const layer = randomLayer(10_000);
+    const image = buildImage({ format: "oci", layers: [layer], labels: { image: "legacy" } });
+    await pushImage(corp.url, "team/legacy", "v1", image);
+    const first = await startTestMirror({ upstreams: upstreams() });
+    const dataDir = first.dataDir;
+    teardown.add("legacy data dir", () => rm(dataDir, { recursive: true, force: true }));
+    expect((await getManifest(`${first.url}/v2/team/legacy/manifests/v1`)).status).toBe(200);
+    expect(sha256((await fetchRaw(`${first.url}/v2/team/legacy/blobs/${layer.digest}`)).body)).toBe(layer.digest);
+    await first.mirror.close();
+    // What an earlier version left: the same journal without provenance records.
+    const journal = join(dataDir, "metadata", JOURNAL_FILE);
+    const lines = (await readFile(journal, "utf8")).split("\n");
+    await writeFile(journal, lines.filter((line) => !line.startsWith('["provenance"')).join("\n"));
+
+    const offline = await startTestMirror({ upstreams: { ...upstreams(), corp: { url: corp.url, default: true, offline: true } }, dataDir });
+    try {
+      const res = await fetchRaw(`${offline.url}/v2/team/legacy/blobs/${layer.digest}`);
+      expect(res.headers["x-mirror-cache"]).toBe("hit");
+      expect(sha256(res.body)).toBe(layer.digest);
+    } finally {
+      await offline.mirror.close();
+    }
+
+    await corp.sync();
+    corp.clearRequests();
+    const online = await startTestMirror({ upstreams: upstreams(), dataDir });
+    try {
+      const proved = await fetchRaw(`${online.url}/v2/team/legacy/blobs/${layer.digest}`);
+      expect(proved.headers["x-mirror-cache"]).toBe("uncached");
+      expect(sha256(proved.body)).toBe(layer.digest);
+      const again = await fetchRaw(`${online.url}/v2/team/legacy/blobs/${layer.digest}`);
+      expect(again.headers["x-mirror-cache"]).toBe("hit");
+      await corp.sync();
+      expect(corp.count({ method: "GET", kind: "blobs", pathIncludes: layer.digest })).toBe(1);
+    } finally {
+      await online.mirror.close();
+    }
   });
 });

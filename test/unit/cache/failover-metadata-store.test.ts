@@ -85,6 +85,10 @@ describe("FailoverMetadataStore", () => {
     expect(store.state).toBe("ok");
     await store.putTag(UP, "library/app", "before", pointer(1));
     await store.addLinks(UP, "library/app", [pointer(1).digest]);
+    await store.addProvenance(UP, [pointer(1).digest]);
+    // Recorded in Redis by another replica: learnt by the fallback when read through this store.
+    await new RedisMetadataStore(client, { keyPrefix: PREFIX }).addProvenance("other.io", [pointer(1).digest]);
+    expect((await store.provenance(pointer(1).digest)).sort()).toEqual([UP, "other.io"].sort());
     expect(await client.exists(`${PREFIX}tag:{docker.io/library/app}:before`)).toBe(1);
 
     const killedAt = performance.now();
@@ -101,11 +105,14 @@ describe("FailoverMetadataStore", () => {
     const writes = await timed(async () => {
       await store.putTag(UP, "library/app", "during", pointer(2));
       await store.addLinks(UP, "library/app", [pointer(2).digest]);
+      await store.addProvenance(UP, [pointer(2).digest]);
       await store.putMissing(UP, "library/app", "nope", 60_000);
     });
     expect(writes.ms).toBeLessThan(SLACK_MS);
     expect((await store.listTags(UP, "library/app")).sort()).toEqual(["before", "during"]);
     expect(await store.hasLink(UP, "library/app", pointer(2).digest)).toBe(true);
+    expect((await store.provenance(pointer(1).digest)).sort()).toEqual([UP, "other.io"].sort());
+    expect(await store.provenance(pointer(2).digest)).toEqual([UP]);
     expect(await store.isMissing(UP, "library/app", "nope")).toBe(true);
     const lock = await store.tryLock("revalidate", 60_000);
     expect(lock).toBeDefined();

@@ -62,6 +62,41 @@ describe("MemoryMetadataStore persistence", () => {
     await reopened.close();
   });
 
+  it("knows the provenance of content again after a reopen and after compaction, journalling each entry once", async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { compactRatio: 2, compactMinEntries: 20 });
+    for (let i = 0; i < 50; i++) await store.addProvenance(UP, [pointer(1).digest, pointer(2).digest]);
+    await store.addProvenance("other.io", [pointer(2).digest]);
+    await store.close();
+    expect((await readFile(join(dir, JOURNAL_FILE), "utf8")).trim().split("\n")).toHaveLength(2);
+
+    const reopened = await openStore(dir, { compactRatio: 2, compactMinEntries: 20 });
+    expect(await reopened.provenance(pointer(1).digest)).toEqual([UP]);
+    expect((await reopened.provenance(pointer(2).digest)).sort()).toEqual([UP, "other.io"].sort());
+    // Enough tag churn to compact: the snapshot must carry provenance over.
+    for (let i = 0; i < 200; i++) await reopened.putTag(UP, "r", `t${i % 5}`, pointer(i));
+    await reopened.close();
+    expect((await readFile(join(dir, JOURNAL_FILE), "utf8")).trim().split("\n").length, "the journal was compacted").toBeLessThan(100);
+
+    const third = await openStore(dir);
+    expect(await third.loadReport()).toMatchObject({ skipped: 0 });
+    expect(await third.provenance(pointer(1).digest)).toEqual([UP]);
+    expect((await third.provenance(pointer(2).digest)).sort()).toEqual([UP, "other.io"].sort());
+    await third.close();
+  });
+
+  it("keeps at most maxProvenance (digest, upstream) entries, evicting the least recently used digest", async () => {
+    const store = new MemoryMetadataStore({ maxProvenance: 3 });
+    await store.addProvenance(UP, [pointer(1).digest, pointer(2).digest]);
+    await store.addProvenance("other.io", [pointer(2).digest]);
+    expect(await store.provenance(pointer(1).digest)).toEqual([UP]); // now the most recent
+    await store.addProvenance(UP, [pointer(3).digest]);
+    expect(await store.provenance(pointer(2).digest)).toEqual([]);
+    expect(await store.provenance(pointer(1).digest)).toEqual([UP]);
+    expect(await store.provenance(pointer(3).digest)).toEqual([UP]);
+    await store.close();
+  });
+
   it("keeps deletions and purges across a reopen", async () => {
     const dir = await tempDir();
     const store = await openStore(dir);

@@ -56,6 +56,18 @@ describe("RedisMetadataStore", () => {
     expect(await client.pttl("m:lock:revalidate")).toBeLessThanOrEqual(10_000);
   });
 
+  it("keeps provenance per digest under its prefix, for the retention, refreshed when read", async () => {
+    const store = new RedisMetadataStore(client, { keyPrefix: "m:", retentionMs: 60_000 });
+    await store.addProvenance(UP, [pointer(1).digest]);
+    const key = `m:provenance:{${pointer(1).digest}}`;
+    expect(await allKeys(client)).toEqual([key]);
+    expect(await client.smembers(key)).toEqual([UP]);
+    expect(await client.pttl(key)).toBeGreaterThan(50_000);
+    await client.pexpire(key, 1_000);
+    expect(await store.provenance(pointer(1).digest)).toEqual([UP]);
+    expect(await client.pttl(key)).toBeGreaterThan(50_000);
+  });
+
   it("honours a shorter retention and refreshes it on every put", async () => {
     const store = new RedisMetadataStore(client, { keyPrefix: "m:", retentionMs: 60_000 });
     await store.putTag(UP, "r", "t", pointer(1));

@@ -24,6 +24,7 @@ class Model {
   readonly links = new Set<string>();
 
   apply(record: JournalRecord): void {
+    if (record.op === "provenance") return; // not part of this model
     const scope = `${record.upstream} ${record.repo}`;
     if (record.op === "tag") this.tags.set(`${scope} ${record.tag}`, record.pointer);
     else if (record.op === "untag") this.tags.delete(`${scope} ${record.tag}`);
@@ -75,6 +76,7 @@ describe("journal records", () => {
     { op: "untag", upstream: "docker.io", repo: "library/alpine", tag: "3.20" },
     { op: "link", upstream: "localhost:5000", repo: "a/b-c/d__e", digests: [pointer(1).digest, pointer(2).digest] },
     { op: "purge", upstream: "docker.io", repo: "x" },
+    { op: "provenance", upstream: "localhost:5000", digests: [pointer(1).digest, pointer(2).digest] },
   ];
 
   it("round-trip, one line each", () => {
@@ -99,6 +101,9 @@ describe("journal records", () => {
       '["link","u","r"]',
       '["link","u","r",5]',
       '["purge","u","r","x"]',
+      '["provenance","u"]',
+      '["provenance","u","sha256:x",5]',
+      '["provenance",1,"sha256:x"]',
       '["rename","u","r"]',
       '["tag",1,"r","t","d","m",1]',
     ]) {

@@ -1,0 +1,46 @@
+/**
+ * What a repository name unlocks. Content is stored once, by digest, for every repository of every upstream; a
+ * request names an upstream and a repository, and stored content answers it only when two records say so:
+ *
+ * - a link (upstream, repository, digest): the upstream says this repository holds the content. Links come only
+ *   from what the upstream confirms for that repository: a manifest it served there (verified against its
+ *   digest) and what that manifest's registry had to hold in the repository to accept it (manifest-references.ts
+ *   says which fields, and why not `subject`); a HEAD of the blob or manifest in that repository; bytes it served
+ *   for that repository; an import of that repository's images.
+ * - provenance (upstream, digest): this upstream itself served these bytes and they verified (a committed fill,
+ *   a manifest fetched and hashed, a verified pass-through), or an import of its images brought them. A link is
+ *   the upstream's word; provenance is its proof. Another configured upstream may answer HEAD 200 for anything
+ *   or list any digest in its manifests: its word must not unlock content that a different upstream served.
+ *
+ * So a request stands in one of three places, each with the cheapest way to prove what is missing:
+ *
+ * - "granted": linked and proven; served from the store with no upstream request.
+ * - "confirm-repository": this upstream proved the content, but this repository is not linked to it: a HEAD of
+ *   the repository upstream confirms it (the upstream holds the bytes; it only says whether this name may read them).
+ * - "prove-content": this upstream never proved the content: only its own bytes will do, a GET from it whose
+ *   bytes verify (passed through to the client, and recorded). A HEAD is never enough.
+ *
+ * Content cached before provenance was recorded has none, and neither has content whose record was lost
+ * (evicted from the embedded store's bounds, expired in Redis): it is "prove-content", so each upstream proves
+ * it once more by a verified GET, which costs one download and never serves what an upstream could not. One
+ * exception keeps an air-gapped cache serving across the upgrade: an upstream that is offline by configuration
+ * cannot be asked, so there a link is honoured for content no upstream at all is on record for (what it was
+ * linked to before provenance existed). Content another upstream is on record for stays unreadable there.
+ */
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import type { MetadataStore } from "./metadata-store.ts";
+
+export type Standing = "granted" | "confirm-repository" | "prove-content";
+
+/** Where a request for `digest` through `upstream`/`repo` stands, from the metadata store's records. */
+export async function standingOf(metadata: MetadataStore, upstream: UpstreamClient, repo: string, digest: string): Promise<Standing> {
+  const [linked, servedBy] = await Promise.all([metadata.hasLink(upstream.name, repo, digest), metadata.provenance(digest)]);
+  const proven = servedBy.includes(upstream.name) || (upstream.config.offline && linked && servedBy.length === 0);
+  if (!proven) return "prove-content";
+  return linked ? "granted" : "confirm-repository";
+}
+
+/** The upstream served `digests` for `repo` and they verified: the repository is linked, the upstream proven. */
+export async function recordServed(metadata: MetadataStore, upstream: string, repo: string, digests: readonly string[]): Promise<void> {
+  await Promise.all([metadata.addProvenance(upstream, digests), metadata.addLinks(upstream, repo, digests)]);
+}
