@@ -63,6 +63,7 @@ describe("ManifestCache revalidation", () => {
     let clock = 1_700_000_000_000;
     const cache = new ManifestCache({ manifests, metadata, maxBytes: 1 << 20, now: () => clock });
     await manifests.put(digestOf(m1), MT, m1);
+    await metadata.addProvenance("u", [digestOf(m1)]); // fetched from this upstream earlier
     await metadata.putTag("u", "app", "latest", { digest: digestOf(m1), mediaType: MT, checkedAt: clock - 2 * TTL_MS });
 
     // Unchanged tag: the HEAD answers after 30 s.
@@ -87,6 +88,7 @@ describe("ManifestCache revalidation", () => {
     const replicaB = new ManifestCache({ manifests, metadata, maxBytes: 1 << 20 });
     await manifests.put(digestOf(m1), MT, m1);
     await manifests.put(digestOf(m2), MT, m2);
+    await metadata.addProvenance("u", [digestOf(m1), digestOf(m2)]); // both fetched from this upstream earlier
     await metadata.putTag("u", "app", "latest", { digest: digestOf(m1), mediaType: MT, checkedAt: Date.now() - 2 * TTL_MS });
 
     // A asks while the tag still points at m1; its answer is held back (a slow upstream, retries...).
