@@ -22,12 +22,14 @@
  *
  * Content cached before provenance was recorded has none, and neither has content whose record was lost
  * (evicted from the embedded store's bounds, expired in Redis): it is "prove-content", so each upstream proves
- * it once more by a verified GET, which costs one download and never serves what an upstream could not. One
- * exception keeps an air-gapped cache serving across the upgrade: an upstream that is offline by configuration
- * cannot be asked, so there a link is honoured for content no upstream at all is on record for (what it was
- * linked to before provenance existed). Content another upstream is on record for stays unreadable there.
+ * it once more by a verified GET, which costs one download and never serves what an upstream could not. Where
+ * that upstream cannot be asked (offline by configuration, or unwell right now: unreachable, 5xx, rate-limited),
+ * a link is honoured for content that no upstream at all is on record for (what it was linked to before
+ * provenance existed), as a stale answer: a cache upgraded during an outage keeps serving what it held.
+ * Content another upstream is on record for stays unreadable there.
  */
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
 import type { MetadataStore } from "./metadata-store.ts";
 
 export type Standing = "granted" | "confirm-repository" | "prove-content";
@@ -43,4 +45,14 @@ export async function standingOf(metadata: MetadataStore, upstream: UpstreamClie
 /** The upstream served `digests` for `repo` and they verified: the repository is linked, the upstream proven. */
 export async function recordServed(metadata: MetadataStore, upstream: string, repo: string, digests: readonly string[]): Promise<void> {
   await Promise.all([metadata.addProvenance(upstream, digests), metadata.addLinks(upstream, repo, digests)]);
+}
+
+/**
+ * Whether content this upstream could not prove just now (`err`: why not) may be served from the cache anyway:
+ * only when the upstream is unwell, and the content was linked here before any upstream was on record for it.
+ */
+export async function servesUnrecordedLink(metadata: MetadataStore, upstream: UpstreamClient, repo: string, digest: string, err: unknown): Promise<boolean> {
+  if (!isUpstreamUnwell(err)) return false;
+  const [linked, servedBy] = await Promise.all([metadata.hasLink(upstream.name, repo, digest), metadata.provenance(digest)]);
+  return linked && servedBy.length === 0;
 }

@@ -10,7 +10,7 @@ import { pipeline, type Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
-import { recordServed, standingOf, type Standing } from "./access-proof.ts";
+import { recordServed, servesUnrecordedLink, standingOf, type Standing } from "./access-proof.ts";
 import type { BlobStore } from "./blob-store.ts";
 import type { Fill, FillCoordinator, UpstreamBlob } from "./fill-coordinator.ts";
 import type { MetadataStore } from "./metadata-store.ts";
@@ -68,8 +68,18 @@ export class BlobCache {
         }
         return { kind: "cached", ...cached };
       }
-      await cached.handle.close();
-      return this.passThrough(upstream, repo, digest);
+      try {
+        const proof = await this.passThrough(upstream, repo, digest);
+        await cached.handle.close();
+        return proof;
+      } catch (err) {
+        if (await servesUnrecordedLink(this.metadata, upstream, repo, digest, err)) {
+          this.metrics?.staleServed.inc({ upstream: upstream.name, reason: (err as RegistryError).code });
+          return { kind: "cached", ...cached };
+        }
+        await cached.handle.close();
+        throw err;
+      }
     }
     const running = this.fills.current(digest);
     // Nobody has it: this upstream's own download proves the content and the repository.

@@ -15,7 +15,8 @@ import { RegistryError } from "../oci/errors.ts";
 import { isSha256Digest, type ManifestReference } from "../oci/reference.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
-import { standingOf } from "./access-proof.ts";
+import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
+import { servesUnrecordedLink, standingOf } from "./access-proof.ts";
 import { confirmedDigests } from "./manifest-references.ts";
 import type { ManifestStore, StoredManifest } from "./manifest-store.ts";
 import type { MetadataStore, TagPointer } from "./metadata-store.ts";
@@ -28,8 +29,6 @@ export interface ManifestResult {
   source: ManifestSource;
 }
 
-/** Upstream errors after which a known pointer is still served (the upstream is unwell, not the tag gone). */
-const STALE_OK = new Set(["UNAVAILABLE", "UPSTREAM_ERROR", "TOOMANYREQUESTS"]);
 /**
  * How long a replica holds the revalidation lock of a tag, and how long others wait for its result. The lock only
  * spares the upstream duplicate requests: a revalidation may outlast it (connect, headers and retries take
@@ -64,7 +63,13 @@ export class ManifestCache {
       const cached = await this.manifests.get(ref.digest);
       if (cached && (await this.mayServe(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
       await this.refuseKnownMissing(upstream, repo, ref.digest);
-      return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () => this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)));
+      try {
+        return await this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () => this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)));
+      } catch (err) {
+        if (!cached || !(await servesUnrecordedLink(this.metadata, upstream, repo, ref.digest, err))) throw err;
+        this.metrics?.staleServed.inc({ upstream: upstream.name, reason: (err as RegistryError).code });
+        return { manifest: cached, source: "stale" };
+      }
     }
     const pointer = await this.metadata.getTag(upstream.name, repo, ref.tag);
     if (pointer && this.isFresh(upstream, pointer)) {
@@ -176,7 +181,7 @@ export class ManifestCache {
     } catch (err) {
       // The upstream says the tag is gone: forget the pointer rather than serve a deleted tag later.
       if (pointer && err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN") await this.metadata.deleteTag(upstream.name, repo, tag);
-      if (pointer && err instanceof RegistryError && STALE_OK.has(err.code)) {
+      if (pointer && isUpstreamUnwell(err)) {
         const cached = await this.manifests.get(pointer.digest);
         if (cached) {
           this.metrics?.staleServed.inc({ upstream: upstream.name, reason: err.code });

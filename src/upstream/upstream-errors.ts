@@ -99,3 +99,11 @@ async function readErrorCodes(body: Readable): Promise<string[]> {
     return [];
   }
 }
+
+/**
+ * Failures that say the upstream is unwell (unreachable, timing out, 5xx, rate-limiting), not that the content is
+ * gone: what the cache already holds may still answer, marked stale.
+ */
+export function isUpstreamUnwell(err: unknown): err is RegistryError {
+  return err instanceof RegistryError && (err.code === "UNAVAILABLE" || err.code === "UPSTREAM_ERROR" || err.code === "TOOMANYREQUESTS");
+}

@@ -6,6 +6,7 @@
  * registries' own logs.
  */
 import { readFile, rm, writeFile } from "node:fs/promises";
+import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { JOURNAL_FILE } from "../../src/cache/tag-journal.ts";
@@ -50,6 +51,15 @@ async function pushWithExtraFields(registryUrl: string, repo: string, tag: strin
   const put = await fetchRaw(`${registryUrl}/v2/${repo}/manifests/${tag}`, { method: "PUT", headers: { "content-type": image.mediaType }, body: manifest });
   expect(put.status, put.body.toString()).toBe(201);
   return sha256(manifest);
+}
+
+/** An http URL on loopback where nothing listens (connections are refused). */
+async function closedPortUrl(): Promise<string> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return `http://127.0.0.1:${port}`;
 }
 
 const descriptorOf = (blob: Blob) => ({ mediaType: blob.mediaType, digest: blob.digest, size: blob.bytes.length });
@@ -128,7 +138,7 @@ describe("upstreams", () => {
 });
 
 describe("content cached before provenance was recorded", () => {
-  it("is proved again by a verified GET from its upstream, except where that upstream is offline by configuration", async () => {
+  it("is proved again by a verified GET from its upstream, except where that upstream is offline or unreachable", async () => {
     const layer = randomLayer(10_000);
     const image = buildImage({ format: "oci", layers: [layer], labels: { image: "legacy" } });
     await pushImage(corp.url, "team/legacy", "v1", image);
@@ -150,6 +160,19 @@ describe("content cached before provenance was recorded", () => {
       expect(sha256(res.body)).toBe(layer.digest);
     } finally {
       await offline.mirror.close();
+    }
+
+    // The upstream is down when the upgraded mirror first meets the content: served from the cache, as stale.
+    const down = await startTestMirror({ upstreams: { ...upstreams(), corp: { url: await closedPortUrl(), default: true } }, dataDir });
+    try {
+      const res = await fetchRaw(`${down.url}/v2/team/legacy/blobs/${layer.digest}`);
+      expect(res.status).toBe(200);
+      expect(sha256(res.body)).toBe(layer.digest);
+      const manifest = await getManifest(`${down.url}/v2/team/legacy/manifests/${image.digest}`);
+      expect(manifest.status).toBe(200);
+      expect(sha256(manifest.body)).toBe(image.digest);
+    } finally {
+      await down.mirror.close();
     }
 
     await corp.sync();
