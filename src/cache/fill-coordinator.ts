@@ -20,7 +20,7 @@
  * digest but the empty blob's, or more than 0 for the empty blob) is an upstream error before any reader starts.
  *
  * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
- * client, so the next pull is a hit.
+ * client, so the next pull is a hit. Every failure after the upstream answered releases its body at once.
  */
 import { createHash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
@@ -212,12 +212,12 @@ export class Fill {
     timer.unref();
     let tempPath: string | undefined;
     let slot: (() => void) | undefined;
+    /** The upstream response while this fill owns it: every failure must release its body (and connection). */
+    let upstream: UpstreamBlob | undefined;
     try {
       slot = await slots?.acquire();
-      const upstream = await open(abort.signal);
-      const announcedEmpty = upstream.size === 0;
-      if (upstream.size !== undefined && announcedEmpty !== (this.digest === EMPTY_BLOB_DIGEST)) {
-        discardBody(upstream.body);
+      upstream = await open(abort.signal);
+      if (upstream.size !== undefined && (upstream.size === 0) !== (this.digest === EMPTY_BLOB_DIGEST)) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for ${this.digest}, which cannot be its content`);
       }
       this.size = upstream.size;
@@ -226,19 +226,14 @@ export class Fill {
         // client's own connection paces it); undici's body-idle timeout still does.
         clearTimeout(timer);
         this.direct = upstream;
+        upstream = undefined;
         this.state = "direct";
         this.resolveReady();
         return;
       }
-      try {
-        const temp = await store.createTemp(this.digest);
-        tempPath = temp.path;
-        this.handle = temp.handle;
-      } catch (err) {
-        upstream.body.on("error", () => undefined); // see discardBody in upstream-errors.ts
-        upstream.body.destroy();
-        throw err;
-      }
+      const temp = await store.createTemp(this.digest);
+      tempPath = temp.path;
+      this.handle = temp.handle;
       this.state = "streaming";
       this.resolveReady();
 
@@ -260,6 +255,9 @@ export class Fill {
       this.state = "committed";
       log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
     } catch (err) {
+      // Whatever failed (admission, the temp file, the download, verification), the upstream body is released
+      // now, not at undici's body-idle timeout. One that was read to its end or already destroyed is unaffected.
+      if (upstream) discardBody(upstream.body);
       hash?.abort();
       if ((err as NodeJS.ErrnoException).code === "ENOSPC") policy?.noSpace(err as Error);
       // Clean up first: once `failed` is visible, nothing of this fill may remain on disk.

@@ -6,7 +6,7 @@ import { PassThrough, type Readable } from "node:stream";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/cache/blob-store.ts";
-import { FillCoordinator, type Fill } from "../../../src/cache/fill-coordinator.ts";
+import { FillCoordinator, type Fill, type FillPolicy } from "../../../src/cache/fill-coordinator.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -287,6 +287,19 @@ describe("FillCoordinator", () => {
       expect(got.error).toBeDefined();
       expect(got.bytes.length).toBeLessThan(wrong.length);
       expect(await store.size(digestOf(content))).toBeUndefined();
+      expect(await store.tempFiles()).toEqual([]);
+    });
+  });
+
+  describe("in a budget (room reserved by the policy)", () => {
+    const coordinator = (policy: FillPolicy) => new FillCoordinator(store, { timeoutMs: 10_000, log: pino({ level: "silent" }), committedGraceMs: 50, policy });
+
+    it("releases the upstream body at once when admission fails", async () => {
+      const failing = coordinator({ admit: () => Promise.reject(new Error("statfs: EIO")), noSpace: () => undefined });
+      const body = new PassThrough();
+      const fill = failing.start(digestOf(Buffer.from("x")), origin, async () => ({ size: 1, body }));
+      await expect(fill.ready).rejects.toThrow(/EIO/);
+      expect(body.destroyed).toBe(true); // not held until the upstream's body-idle timeout
       expect(await store.tempFiles()).toEqual([]);
     });
   });
