@@ -20,7 +20,11 @@
  * digest but the empty blob's, or more than 0 for the empty blob) is an upstream error before any reader starts.
  *
  * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
- * client, so the next pull is a hit. Every failure after the upstream answered releases its body at once.
+ * client, so the next pull is a hit.
+ *
+ * A download is cached only in room the janitor reserved for it (FillPolicy), held until it is committed or
+ * fails. One of unknown size that outgrows what can be reserved goes on for its readers, verified as ever, but
+ * is not committed (`reserve`). Every failure after the upstream answered releases its body at once.
  */
 import { createHash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
@@ -44,12 +48,31 @@ export interface UpstreamBlob {
 /** Opens the upstream response; must reject with a RegistryError (e.g. BLOB_UNKNOWN) when there is no blob. */
 export type OpenUpstreamBlob = (signal: AbortSignal) => Promise<UpstreamBlob>;
 
-/** `direct`: there was no room to cache; the upstream body goes to one client, verified, and is not stored. */
-export type FillState = "connecting" | "streaming" | "committed" | "failed" | "direct";
+/**
+ * `direct`: there was no room to cache; the upstream body goes to one client, verified, and is not stored.
+ * `passing`: a download of unknown size outgrew the room the budget could reserve; it goes on for its readers,
+ * through the temp file as before, but will not be committed. `passed`: such a download, verified; its temp
+ * file is deleted, and its readers finish reading through the open handle.
+ */
+export type FillState = "connecting" | "streaming" | "passing" | "committed" | "passed" | "failed" | "direct";
+
+/** Room held for a download being cached (the janitor's Reservation). */
+export interface FillReservation {
+  /** Bytes held now. */
+  readonly bytes: number;
+  /** Holds room for `total` bytes in all; false (nothing changed) when there is none. */
+  grow(total: number): Promise<boolean>;
+  /** The temp file holds this many bytes now. */
+  wrote(written: number): void;
+  /** The download will not be committed: its room stops counting against the budget (the disk only). */
+  stopCaching(): void;
+  /** The download was committed (its bytes are counted as cached now), failed, or went by uncached. */
+  release(): void;
+}
 
 export interface FillPolicy {
-  /** May a download of this size be cached now? (The janitor makes room or says no.) */
-  admit(size: number | undefined): Promise<boolean>;
+  /** Room to cache a download of this size (undefined: unknown), or undefined: no room, do not cache it. */
+  admit(size: number | undefined): Promise<FillReservation | undefined>;
   /** A write failed for lack of space. */
   noSpace(err: Error): void;
 }
@@ -122,6 +145,11 @@ export class Fill {
   /** In `direct` state: the upstream response, for the one request that takes it. */
   private direct: UpstreamBlob | undefined;
   private rejectReady!: (err: Error) => void;
+  /** Room held for the download while it is cached (or passing through); none without a policy. */
+  private reservation: FillReservation | undefined;
+  /** Ends the download: its timeout, or (passing) the last reader going away. */
+  private readonly abort = new AbortController();
+  private hadReaders = false;
 
   constructor(digest: string, origin: FillOrigin, buffers: BufferPool) {
     this.digest = digest;
@@ -147,8 +175,23 @@ export class Fill {
     return this.state === "committed";
   }
 
+  /** Streaming into the store (not passing through, not ended). A getter, re-read after every await (see `committed`). */
+  private get caching(): boolean {
+    return this.state === "streaming";
+  }
+
+  /** Still receiving from the upstream. */
+  get downloading(): boolean {
+    return this.state === "connecting" || this.state === "streaming" || this.state === "passing";
+  }
+
+  /** The content is complete and verified: readers may have its last byte. */
+  get verified(): boolean {
+    return this.state === "committed" || this.state === "passed";
+  }
+
   private get ended(): boolean {
-    return this.state === "committed" || this.state === "failed" || this.state === "direct";
+    return this.state === "committed" || this.state === "passed" || this.state === "failed" || this.state === "direct";
   }
 
   /**
@@ -162,6 +205,7 @@ export class Fill {
     }
     this.refs++;
     this.readerCount++;
+    this.hadReaders = true;
     return new FillReader(this, this.buffers, start, end);
   }
 
@@ -178,7 +222,17 @@ export class Fill {
   /** @internal a reader is done with the temp file. */
   releaseReader(): void {
     this.readerCount--;
+    if (this.unread) this.abort.abort(this.unreadError());
     this.release();
+  }
+
+  /** A download passing through uncached exists for its readers only: once they have all gone, it stops. */
+  private get unread(): boolean {
+    return this.state === "passing" && this.hadReaders && this.readerCount === 0;
+  }
+
+  private unreadError(): Error {
+    return new RegistryError("UNAVAILABLE", `every client reading the uncached download of ${this.digest} has gone`);
   }
 
   private release(): void {
@@ -206,7 +260,7 @@ export class Fill {
 
   /** @internal called by the coordinator; the whole download → verify → commit lifecycle. */
   async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined, slots: Slots | undefined, hasher: FileHasher): Promise<void> {
-    const abort = new AbortController();
+    const abort = this.abort;
     let hash: DownloadHash | undefined;
     const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timeoutMs);
     timer.unref();
@@ -221,7 +275,8 @@ export class Fill {
         throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for ${this.digest}, which cannot be its content`);
       }
       this.size = upstream.size;
-      if (policy && !(await policy.admit(upstream.size))) {
+      this.reservation = await policy?.admit(upstream.size);
+      if (policy && !this.reservation) {
         // No room: the response goes to one client uncached. The overall fill timeout no longer applies (the
         // client's own connection paces it); undici's body-idle timeout still does.
         clearTimeout(timer);
@@ -238,7 +293,7 @@ export class Fill {
       this.resolveReady();
 
       hash = this.size !== undefined && this.size < WORKER_HASH_FROM ? inlineHash() : workerHash(hasher, tempPath);
-      await pipeline(upstream.body, this.sink(hash, metrics), { signal: abort.signal });
+      await pipeline(upstream.body, this.sink(hash, metrics, log), { signal: abort.signal });
       if (this.size !== undefined && this.written !== this.size) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent ${this.written} of ${this.size} bytes for ${this.digest}`);
       }
@@ -247,6 +302,14 @@ export class Fill {
       hash = undefined;
       if (actual !== this.digest) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream content for ${this.digest} hashes to ${actual}`);
+      }
+      if (!this.caching) {
+        // Verified: its readers may now have the last byte, through the open handle. Never stored.
+        await store.discard(tempPath);
+        tempPath = undefined;
+        this.state = "passed";
+        log.info({ digest: this.digest, bytes: this.written }, "blob served uncached: its download outgrew the cache budget");
+        return;
       }
       await this.handle.sync();
       await store.commit(tempPath, this.digest, this.written);
@@ -262,14 +325,17 @@ export class Fill {
       if ((err as NodeJS.ErrnoException).code === "ENOSPC") policy?.noSpace(err as Error);
       // Clean up first: once `failed` is visible, nothing of this fill may remain on disk.
       if (tempPath !== undefined) await store.discard(tempPath).catch(() => undefined);
-      this.error = toError(err);
+      // Aborted (timeout, readers gone): the reason says why; pipeline only reports "The operation was aborted".
+      this.error = toError(abort.signal.aborted ? abort.signal.reason : err);
       this.state = "failed";
       this.rejectReady(this.error);
       log.warn({ digest: this.digest, err: this.error.message, bytes: this.written }, "blob fill failed; nothing committed");
     } finally {
+      // After the commit, not before: the committed bytes are counted in the index by now.
+      this.reservation?.release();
       slot?.();
       clearTimeout(timer);
-      if (this.state !== "direct") metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "committed" ? "committed" : "failed" });
+      if (this.state !== "direct") metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "passed" ? "uncached" : this.state === "committed" ? "committed" : "failed" });
       this.notify();
       this.release();
     }
@@ -299,11 +365,35 @@ export class Fill {
   private waitUntilEnded(resolve: () => void, reject: (err: Error) => void): void {
     if (this.state === "committed") resolve();
     else if (this.state === "failed") reject(this.error!);
+    else if (this.state === "passed") reject(new Error(`blob ${this.digest} was served but not cached: its download outgrew the cache budget`));
     else void this.changed().then(() => this.waitUntilEnded(resolve, reject));
   }
 
+  /**
+   * Holds room for `total` bytes of a download of unknown size, as they arrive. Past what the budget can hold
+   * it stops being cached ("passing") but goes on for its readers, who still get every byte, verified, through
+   * the temp file; the file is deleted instead of committed. Past what the disk can hold as well, it fails.
+   *
+   * Why not switch to a plain pass-through with no temp file: every reader follows the download through that
+   * file at its own pace (a late joiner, a Range, the hash worker), so dropping it mid-download would break
+   * them all; the file is bounded by the disk's headroom instead of the budget, and lives only as long as the
+   * download and its readers.
+   */
+  private async reserve(reservation: FillReservation, total: number, metrics: Metrics | undefined, log: Logger): Promise<void> {
+    if (await reservation.grow(total)) return;
+    if (this.state === "streaming") {
+      reservation.stopCaching();
+      this.state = "passing";
+      metrics?.uncachedServed.inc({ upstream: this.origin.upstream });
+      log.info({ digest: this.digest, bytes: total }, "download of unknown size outgrew the cache budget: passing it through uncached");
+      if (this.unread) throw this.unreadError();
+      if (await reservation.grow(total)) return;
+    }
+    throw new RegistryError("UNAVAILABLE", `no room on the disk for the download of ${this.digest} (${total} bytes so far)`);
+  }
+
   /** Hashes and writes each batch of chunks at the current end of the temp file, then wakes readers. */
-  private sink(hash: DownloadHash, metrics: Metrics | undefined): Writable {
+  private sink(hash: DownloadHash, metrics: Metrics | undefined, log: Logger): Writable {
     const pacer = receivePacer();
     const write = async (chunks: Buffer[]): Promise<void> => {
       let total = 0;
@@ -311,9 +401,12 @@ export class Fill {
       if (this.size !== undefined && this.written + total > this.size) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.size} bytes for ${this.digest}`);
       }
+      // Only a download of unknown size outgrows its reservation (the check above stops any other).
+      if (this.reservation && this.written + total > this.reservation.bytes) await this.reserve(this.reservation, this.written + total, metrics, log);
       hash.update(chunks);
       await writeAt(this.handle!, chunks, this.written);
       this.written += total;
+      this.reservation?.wrote(this.written);
       hash.extend(this.written);
       this.flushInBackground();
       pacer.received(total); // these chunks are garbage now: see receive-pacer.ts
@@ -344,18 +437,18 @@ class FillReader extends FileRangeStream {
   /**
    * Bytes readable at `position` now, or 0 at the end; waits while nothing new is readable.
    * Bytes up to `written` are readable, except that this reader's last byte is held back until the fill has
-   * committed, and the end (0) is only reported once it has. That single rule is what makes a response that
-   * completes, whatever its range, imply verified content.
+   * verified the content (committed it, or passed it through), and the end (0) is only reported once it has. That
+   * single rule is what makes a response that completes, whatever its range, imply verified content.
    */
   protected override async available(position: number): Promise<number> {
     for (;;) {
       const fill = this.fill;
       if (fill.state === "failed") throw fill.error ?? new Error("blob fill failed");
-      const committed = fill.state === "committed";
-      const total = committed ? fill.written : fill.size; // blob size, when known
+      const verified = fill.verified;
+      const total = verified ? fill.written : fill.size; // blob size, when known
       const requested = this.end === undefined ? Infinity : this.end + 1;
       const stop = Math.min(requested, total ?? Infinity); // exclusive end of this reader
-      if (committed) {
+      if (verified) {
         if (position >= stop) return 0;
         return Math.min(fill.written, stop) - position;
       }
@@ -422,7 +515,7 @@ export class FillCoordinator {
   /** The fill for `digest` if one is running (or committed moments ago); failed fills are never returned. */
   current(digest: string): Fill | undefined {
     const fill = this.fills.get(digest);
-    return fill && fill.state !== "failed" && fill.state !== "direct" ? fill : undefined;
+    return fill && fill.state !== "failed" && fill.state !== "direct" && fill.state !== "passed" ? fill : undefined;
   }
 
   /**
@@ -435,7 +528,7 @@ export class FillCoordinator {
     const fill = new Fill(digest, origin, this.buffers);
     this.fills.set(digest, fill);
     void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics, this.policy, this.slotsFor(origin.upstream), this.hasher).finally(() => {
-      if (fill.state === "failed" || fill.state === "direct") {
+      if (fill.state !== "committed") {
         if (this.fills.get(digest) === fill) this.fills.delete(digest);
         return;
       }
@@ -466,13 +559,13 @@ export class FillCoordinator {
   /** Fills still downloading. */
   get inFlight(): number {
     let n = 0;
-    for (const fill of this.fills.values()) if (fill.state === "connecting" || fill.state === "streaming") n++;
+    for (const fill of this.fills.values()) if (fill.downloading) n++;
     return n;
   }
 
   /** Waits (bounded) for running fills to end, for a graceful shutdown. */
   async drain(timeoutMs: number): Promise<void> {
-    const running = [...this.fills.values()].filter((f) => f.state === "connecting" || f.state === "streaming");
+    const running = [...this.fills.values()].filter((f) => f.downloading);
     if (running.length === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([

@@ -1,13 +1,26 @@
 /**
  * Keeps the cache inside its budget and the disk from filling (ARCHITECTURE: "janitor").
  *
- * - **Eviction.** When the indexed bytes pass the high watermark of `storage.maxSize`, or the filesystem's
- *   used fraction passes the high watermark, least-recently-used content is deleted until both are under the
- *   low watermark. Pinned content (config `storage.pinned`: everything reachable from those tags; and the
- *   digests pinned by `mirror import --pin`, kept in `<storage.path>/pins.json`), content a response is reading
- *   and content a fill has just committed are skipped.
- * - **Admission.** Before a download is cached, there must be room for it (evicting first if that makes room).
- *   If there is not, the blob is streamed to the client verified but uncached.
+ * - **Reservations.** A download is cached only with a reservation: room for its announced size, or, when the
+ *   upstream announced none, room grown in steps as its bytes arrive. It is held from admission until the
+ *   download is committed (its bytes are counted in the index then), fails, or stops being cached. Every
+ *   admission and watermark check counts committed bytes plus what is reserved, so downloads running at once
+ *   cannot together overrun the budget. An unknown-size download that outgrows what the budget can hold stops
+ *   being cached: from then on its reservation holds room on the disk only (its readers still get it, verified,
+ *   through its temp file; see Fill in fill-coordinator.ts), and it is never committed.
+ * - **Admission.** If a download does not fit, least-recently-used content is evicted to make room, down to the
+ *   low watermark; but only when eviction can make room (never evicting for nothing), and only while the
+ *   downloads in flight plus this one stay under the low watermark (eviction frees committed content, never
+ *   reserved room: emptying the cache for downloads already running would make room for nobody). Otherwise
+ *   the blob is streamed to the client verified but uncached.
+ * - **Eviction.** When committed plus reserved bytes pass the high watermark of `storage.maxSize`, or the
+ *   filesystem's used fraction passes the high watermark, least-recently-used content is deleted until both are
+ *   under the low watermark. Pinned content (config `storage.pinned`: everything reachable from those tags; and
+ *   the digests pinned by `mirror import --pin`, kept in `<storage.path>/pins.json`) and content a response is
+ *   reading are skipped.
+ * - **One decision at a time.** Admissions, reservation growth and sweeps run one after another, and each
+ *   computes what it needs when its turn comes: a sweep sized before an earlier one ran would evict again what
+ *   that one already freed.
  * - **No space.** A write that fails with ENOSPC puts the mirror in no-space mode: misses are streamed without
  *   caching, cached content is still served, and /readyz and metrics say so, until space returns.
  */
@@ -35,6 +48,59 @@ const defaultFsUsage: FsUsage = async (path) => {
   return { total: s.blocks * s.bsize, free: s.bavail * s.bsize };
 };
 
+/**
+ * A reservation of unknown size grows ahead of its bytes by at most this much, and at most 1/64 of the budget:
+ * the janitor is not asked at every chunk, and a small download does not hold room others could use.
+ */
+const GROWTH_STEP = 16 * 1024 * 1024;
+
+/** Free space kept on the filesystem beyond every admitted download: 5 % of it, at most 64 MiB. */
+function headroomOf(fs: { total: number }): number {
+  return Math.min(64 * 1024 * 1024, Math.floor(fs.total * 0.05));
+}
+
+/**
+ * Room held for one download, from admission until it is committed, fails or stops being cached (`release`).
+ * Release it after the commit, not before: released first, its room could be handed out again before the
+ * committed bytes are in the index.
+ */
+export class Reservation {
+  /** Bytes held: the announced size, or what an unknown-size download has grown to. */
+  bytes: number;
+  /** Bytes of it already written to the temp file: the filesystem counts those as used already. */
+  written = 0;
+  /** The download will not be committed: its room is held on the disk only, not against the budget. */
+  diskOnly = false;
+  released = false;
+  private readonly janitor: Janitor;
+
+  constructor(janitor: Janitor, bytes: number) {
+    this.janitor = janitor;
+    this.bytes = bytes;
+  }
+
+  /** Holds room for `total` bytes in all, evicting if that makes room; false (nothing changed) when there is none. */
+  grow(total: number): Promise<boolean> {
+    return this.janitor.growReservation(this, total);
+  }
+
+  /** The download has written this many bytes to its temp file. */
+  wrote(written: number): void {
+    this.written = written;
+  }
+
+  /** The download goes on for its readers but will not be committed: it stops counting against the budget. */
+  stopCaching(): void {
+    this.diskOnly = true;
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.janitor.forgetReservation(this);
+  }
+}
+
 export class Janitor {
   private readonly store: BlobStore;
   private readonly manifests: ManifestStore;
@@ -45,7 +111,11 @@ export class Janitor {
   private readonly log: Logger;
   private readonly metrics: Metrics | undefined;
   private readonly fsUsage: FsUsage;
-  private sweeping: Promise<{ evicted: number; bytes: number }> | undefined;
+  private readonly reservations = new Set<Reservation>();
+  /** The tail of the queue of decisions (admissions, growth, sweeps): each runs after the previous one ended. */
+  private queue: Promise<unknown> = Promise.resolve();
+  /** A watermark check waiting in the queue: later requests join it rather than queueing another. */
+  private pendingCheck: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** Set after ENOSPC; cleared when space returns. */
   noSpace: string | undefined;
@@ -83,9 +153,12 @@ export class Janitor {
     clearInterval(this.timer);
   }
 
-  /** Called after content is committed: evict if that crossed a watermark. */
+  /**
+   * Called after content is committed: evict if that crossed a watermark. Deferred to the next turn of the
+   * event loop, by when the committing download has released its reservation (its bytes would count twice).
+   */
   committed(): void {
-    void this.check();
+    setImmediate(() => void this.check());
   }
 
   noteNoSpace(err: Error): void {
@@ -93,74 +166,169 @@ export class Janitor {
     this.noSpace = err.message;
   }
 
-  /** May a download of `size` bytes (undefined: unknown) be cached now? Evicts first if that makes room. */
-  async admit(size: number | undefined): Promise<boolean> {
-    const want = size ?? 0;
-    const fs = await this.fsUsage(this.store.root);
-    const headroom = Math.min(64 * 1024 * 1024, Math.floor(fs.total * 0.05));
-    if (this.noSpace !== undefined) {
-      if (fs.free < want + 2 * headroom) return false;
-      this.log.info({ free: fs.free }, "disk space is back: caching resumes");
-      this.noSpace = undefined;
-    }
-    // Evict to make room only when eviction can: a blob larger than what could ever be freed is refused
-    // outright, rather than emptying the cache for nothing.
+  /**
+   * A reservation for caching a download of `size` bytes (undefined: unknown, reserved as it grows), evicting
+   * first if that makes room; undefined when there is no room (the download is not to be cached).
+   */
+  admit(size: number | undefined): Promise<Reservation | undefined> {
+    return this.serially(async () => {
+      const want = size ?? 0;
+      const fs = await this.fsUsage(this.store.root);
+      if (!this.spaceIsBack(fs, want) || !(await this.makeRoom(want, fs, true))) return undefined;
+      const reservation = new Reservation(this, want);
+      this.reservations.add(reservation);
+      return reservation;
+    });
+  }
+
+  /** @internal Reservation.grow */
+  growReservation(reservation: Reservation, total: number): Promise<boolean> {
+    return this.serially(async () => {
+      if (reservation.released) return false;
+      const more = total - reservation.bytes;
+      if (more <= 0) return true;
+      const fs = await this.fsUsage(this.store.root);
+      const room = this.roomWithoutEvicting(fs, !reservation.diskOnly);
+      if (room >= more) {
+        const { maxSize } = this.budget;
+        const step = maxSize === undefined ? GROWTH_STEP : Math.min(GROWTH_STEP, Math.floor(maxSize / 64));
+        reservation.bytes = total + Math.min(step, room - more);
+        return true;
+      }
+      if (!(await this.makeRoom(more, fs, !reservation.diskOnly))) return false;
+      reservation.bytes = total;
+      return true;
+    });
+  }
+
+  /** @internal Reservation.release */
+  forgetReservation(reservation: Reservation): void {
+    this.reservations.delete(reservation);
+  }
+
+  /** Evicts if a watermark is crossed; leaves no-space mode when room came back. */
+  check(): Promise<void> {
+    this.pendingCheck ??= this.serially(async () => {
+      this.pendingCheck = undefined; // from here on, a new commit needs a new check
+      try {
+        await this.evictOverWatermarks();
+        if (this.noSpace !== undefined) this.spaceIsBack(await this.fsUsage(this.store.root), 0);
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, "cache check failed");
+      }
+    });
+    return this.pendingCheck;
+  }
+
+  get state(): { bytes: number; objects: number; reserved: number; maxSize: number | undefined; writable: boolean } {
+    return {
+      bytes: this.store.index.bytes,
+      objects: this.store.index.objects,
+      reserved: this.reservedForCache(),
+      maxSize: this.budget.maxSize,
+      writable: this.noSpace === undefined,
+    };
+  }
+
+  /** Runs `work` after every decision queued before it has ended. */
+  private serially<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(work);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Room reserved for downloads that will be committed (counted against the budget). */
+  private reservedForCache(): number {
+    let bytes = 0;
+    for (const r of this.reservations) if (!r.diskOnly) bytes += r.bytes;
+    return bytes;
+  }
+
+  /** Reserved room not written yet: the filesystem does not count it as used, but it is promised. */
+  private unwritten(): number {
+    let bytes = 0;
+    for (const r of this.reservations) bytes += Math.max(0, r.bytes - r.written);
+    return bytes;
+  }
+
+  /** Bytes that fit now without evicting; `cached`: they count against the budget too, not only the disk. */
+  private roomWithoutEvicting(fs: { total: number; free: number }, cached: boolean): number {
+    let room = fs.free - this.unwritten() - headroomOf(fs);
     const { maxSize } = this.budget;
-    if (maxSize !== undefined && this.store.index.bytes + want > maxSize) {
-      if (want > maxSize * this.budget.low) return false;
-      await this.sweep(this.store.index.bytes + want - Math.floor(maxSize * this.budget.low));
-      if (this.store.index.bytes + want > maxSize) return false;
+    if (cached && maxSize !== undefined) room = Math.min(room, maxSize - this.store.index.bytes - this.reservedForCache());
+    return room;
+  }
+
+  /** In no-space mode: whether space has come back (the mode is left then). */
+  private spaceIsBack(fs: { total: number; free: number }, want: number): boolean {
+    if (this.noSpace === undefined) return true;
+    if (fs.free - this.unwritten() < want + 2 * headroomOf(fs)) return false;
+    this.log.info({ free: fs.free }, "disk space is back: caching resumes");
+    this.noSpace = undefined;
+    return true;
+  }
+
+  /**
+   * Whether `want` more bytes fit now, evicting first if that makes room. `cached`: the bytes will be committed,
+   * so they count against the budget and may evict; otherwise (a download passing through uncached) they need
+   * room on the disk only, and never evict cached content.
+   */
+  private async makeRoom(want: number, fs: { total: number; free: number }, cached: boolean): Promise<boolean> {
+    let least = 0; // what must be freed for `want` to fit
+    let target = 0; // what to free: down to the low watermark, so the next admissions fit without evicting
+    const { maxSize, low } = this.budget;
+    if (cached && maxSize !== undefined) {
+      const used = this.store.index.bytes + this.reservedForCache();
+      if (used + want > maxSize) {
+        if (this.reservedForCache() + want > maxSize * low) return false;
+        least = used + want - maxSize;
+        target = used + want - Math.floor(maxSize * low);
+      }
     }
-    if (fs.free < want + headroom) {
-      if (want + headroom > fs.free + this.store.index.bytes) return false;
-      await this.sweep(want + headroom - fs.free);
-      if ((await this.fsUsage(this.store.root)).free < want + headroom) return false;
+    const headroom = headroomOf(fs);
+    const diskShort = want + headroom - (fs.free - this.unwritten());
+    if (diskShort > 0) {
+      if (!cached) return false;
+      least = Math.max(least, diskShort);
+      target = Math.max(target, diskShort);
+    }
+    if (least <= 0) return true;
+    const victims = await this.victims(target);
+    if (victims === undefined || sumOf(victims) < least) return false; // eviction cannot make room: keep the cache whole
+    await this.evict(victims, target);
+    if (diskShort > 0) {
+      const after = await this.fsUsage(this.store.root);
+      if (after.free - this.unwritten() < want + headroom) return false;
     }
     return true;
   }
 
-  /** Evicts if a watermark is crossed. */
-  async check(): Promise<void> {
-    try {
-      const need = await this.bytesOverWatermarks();
-      if (need > 0) await this.sweep(need);
-      if (this.noSpace !== undefined) await this.admit(0); // clears no-space mode when room came back
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, "cache check failed");
-    }
-  }
-
-  get state(): { bytes: number; objects: number; maxSize: number | undefined; writable: boolean } {
-    return { bytes: this.store.index.bytes, objects: this.store.index.objects, maxSize: this.budget.maxSize, writable: this.noSpace === undefined };
-  }
-
-  private async bytesOverWatermarks(): Promise<number> {
-    let need = 0;
-    const { maxSize, high, low } = this.budget;
-    if (maxSize !== undefined && this.store.index.bytes > maxSize * high) need = this.store.index.bytes - Math.floor(maxSize * low);
+  private async evictOverWatermarks(): Promise<void> {
     const fs = await this.fsUsage(this.store.root);
-    const used = fs.total - fs.free;
-    if (fs.total > 0 && used > fs.total * high) need = Math.max(need, used - Math.floor(fs.total * low));
-    return need;
+    const { maxSize, high, low } = this.budget;
+    let need = 0;
+    const used = this.store.index.bytes + this.reservedForCache();
+    if (maxSize !== undefined && used > maxSize * high) need = used - Math.floor(maxSize * low);
+    const diskUsed = fs.total - fs.free + this.unwritten();
+    if (fs.total > 0 && diskUsed > fs.total * high) need = Math.max(need, diskUsed - Math.floor(fs.total * low));
+    if (need <= 0) return;
+    const victims = await this.victims(need);
+    if (victims) await this.evict(victims, need);
   }
 
-  /** Deletes least-recently-used, unpinned, unused content until `need` bytes are freed. One sweep at a time. */
-  sweep(need: number): Promise<{ evicted: number; bytes: number }> {
-    if (this.sweeping) return this.sweeping.then(() => this.sweep(need));
-    this.sweeping = this.evict(need).finally(() => (this.sweeping = undefined));
-    return this.sweeping;
-  }
-
-  private async evict(need: number): Promise<{ evicted: number; bytes: number }> {
+  /**
+   * Least-recently-used content that may go, up to `need` bytes: not pinned, not being read. Undefined when
+   * what is pinned cannot be told (nothing may be evicted then).
+   */
+  private async victims(need: number): Promise<Array<{ digest: string; size: number }> | undefined> {
     let pinned: Set<string>;
     try {
       pinned = await this.pinnedDigests();
     } catch (err) {
       this.log.error({ err: (err as Error).message }, "cannot tell what is pinned: evicting nothing");
-      return { evicted: 0, bytes: 0 };
+      return undefined;
     }
     let freed = 0;
-    let evicted = 0;
     const victims: Array<{ digest: string; size: number }> = [];
     for (const entry of this.store.index.leastRecentlyUsed()) {
       if (freed >= need) break;
@@ -170,6 +338,11 @@ export class Janitor {
       victims.push(entry);
       freed += entry.size;
     }
+    return victims;
+  }
+
+  private async evict(victims: ReadonlyArray<{ digest: string; size: number }>, need: number): Promise<void> {
+    let evicted = 0;
     let bytes = 0;
     for (const victim of victims) {
       await this.store.delete(victim.digest);
@@ -183,7 +356,6 @@ export class Janitor {
       this.log.info({ evicted, bytes, cacheBytes: this.store.index.bytes }, "evicted least recently used content");
     }
     if (bytes < need) this.log.warn({ need, freed: bytes }, "could not free enough space: the rest is pinned or in use");
-    return { evicted, bytes };
   }
 
   /** Everything reachable from the pinned tags and digests: manifests, their children, configs and layers. */
@@ -212,3 +384,8 @@ export class Janitor {
   }
 }
 
+function sumOf(entries: ReadonlyArray<{ size: number }>): number {
+  let total = 0;
+  for (const e of entries) total += e.size;
+  return total;
+}

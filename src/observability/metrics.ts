@@ -88,7 +88,7 @@ export class Metrics {
     this.tokenRequests = new Counter({ name: "mirror_upstream_token_requests_total", help: "Token requests sent to upstream token services.", labelNames: ["upstream", "result"], registers });
     this.fillsInFlight = new Gauge({ name: "mirror_fills_in_flight", help: "Blob downloads from upstreams in progress.", registers });
     this.fillReaders = new Gauge({ name: "mirror_fill_readers", help: "Client responses currently reading from in-progress downloads.", registers });
-    this.fills = new Counter({ name: "mirror_fills_total", help: "Blob downloads ended, by result (committed or failed).", labelNames: ["upstream", "result"], registers });
+    this.fills = new Counter({ name: "mirror_fills_total", help: "Blob downloads ended, by result (committed, failed, or uncached: an unknown-size download that outgrew the budget, served verified but not stored).", labelNames: ["upstream", "result"], registers });
     this.staleServed = new Counter({
       name: "mirror_stale_served_total",
       help: "Tags answered from a pointer the upstream could not confirm, by reason (the upstream error code).",

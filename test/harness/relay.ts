@@ -1,6 +1,7 @@
 // A loopback HTTP relay in front of an upstream registry, for fault injection. It passes everything
 // through unchanged, except what the fault set with setFault() changes:
-//   - blob GET bodies corrupted, cut off, slowed down, or shortened behind a matching Content-Length;
+//   - blob GET bodies corrupted, cut off, slowed down, shortened behind a matching Content-Length, or sent
+//     without any Content-Length;
 //   - blob GETs redirected (307) to a separate blob host, as registries backed by S3 or a CDN do;
 //   - any request (chosen by a RegExp over "METHOD path"): answered with an error status instead of being
 //     forwarded, its connection reset, left without an answer, or its body stalled part-way.
@@ -20,6 +21,8 @@ export type Fault =
   | { kind: "throttle"; bytesPerSecond: number }
   /** Serve the body one byte short with a Content-Length one byte short too: complete-looking but wrong. */
   | { kind: "wrongLength" }
+  /** Send blob GET bodies whole but without Content-Length (chunked), as some upstreams and CDNs do. */
+  | { kind: "noLength" }
   /**
    * Answer blob GETs that the upstream would answer 2xx with `307 Location: <to>/blob/<digest>?sig=...`
    * instead of the body. The registry is asked first, with a HEAD carrying the request's headers, so auth,
@@ -265,6 +268,7 @@ function applies(f: Fault, method: string, path: string, status: number): boolea
     case "truncate":
     case "throttle":
     case "wrongLength":
+    case "noLength":
       // Blob downloads that succeed upstream; errors and HEADs pass through untouched.
       return method === "GET" && status >= 200 && status <= 299 && isBlobPath(path);
   }
@@ -335,6 +339,7 @@ async function relayResponse(upstream: IncomingMessage, res: ServerResponse, fau
   if (fault?.kind === "wrongLength" && declared !== undefined && declared > 0) {
     headers["content-length"] = String(declared - 1);
   }
+  if (fault?.kind === "noLength") delete headers["content-length"];
   res.writeHead(status, upstream.statusMessage, headers);
 
   if (fault?.kind === "stallBody" && (!hasBody || fault.afterBytes <= 0)) {

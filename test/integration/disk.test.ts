@@ -1,10 +1,11 @@
 /**
  * The disk budget against real pulls: eviction keeps the cache within budget in LRU order, pinned content
- * survives, a mirror process killed with SIGKILL mid-download leaves nothing servable that is partial, and a
- * genuinely full filesystem (a small tmpfs) keeps pulls working.
+ * survives, parallel downloads and downloads of unknown size stay
+ * within the budget, a mirror process killed with SIGKILL mid-download leaves nothing servable that is partial,
+ * and a genuinely full filesystem (a small tmpfs) keeps pulls working.
  */
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -63,6 +64,59 @@ describe("disk budget", () => {
     expect(metrics).toMatch(/mirror_cache_budget_bytes 1300000/);
     // Evicted content is fetched again on demand.
     await pull(m.url, "team/budget2", images[2]!);
+  });
+
+  it("parallel misses never take the cache (committed plus in-flight bytes) over its budget", async () => {
+    const relay = teardown.track(await startRelay(upstream.url));
+    const images = Array.from({ length: 4 }, (_, i) => buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { parallel: String(i) } }));
+    for (const [i, image] of images.entries()) await pushImage(upstream.url, `team/parallel${i}`, "v1", image);
+    const budget = 1_000_000;
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: relay.url, default: true } }, extra: { storage: { maxSize: budget, highWatermark: 0.9, lowWatermark: 0.5 } } }));
+    const onDisk = async () => {
+      let temp = 0;
+      for (const name of await readdir(join(m.dataDir, "tmp"))) temp += (await stat(join(m.dataDir, "tmp", name)).catch(() => ({ size: 0 }))).size;
+      return m.mirror.blobStore.index.bytes + temp;
+    };
+    for (const [i, image] of images.entries()) {
+      const res = await fetchRaw(`${m.url}/v2/team/parallel${i}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      expect(res.status).toBe(200);
+      await fetchRaw(`${m.url}/v2/team/parallel${i}/blobs/${image.config.digest}`);
+    }
+    relay.setFault({ kind: "throttle", bytesPerSecond: 600_000 }); // the four downloads overlap for about half a second
+    let pulling = true;
+    const pulls = Promise.all(images.map((image, i) => fetchRaw(`${m.url}/v2/team/parallel${i}/blobs/${image.layers[0]!.digest}`))).finally(() => (pulling = false));
+    let peak = 0;
+    for (let n = 0; pulling && n < 500; n++) {
+      peak = Math.max(peak, await onDisk());
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const answers = await pulls;
+    for (const [i, res] of answers.entries()) {
+      expect(res.status).toBe(200);
+      expect(sha256(res.body)).toBe(images[i]!.layers[0]!.digest);
+    }
+    expect(peak).toBeGreaterThan(0);
+    expect(peak).toBeLessThanOrEqual(budget);
+    // 1200 KB asked for against 1000 KB: what did not fit went to its client uncached.
+    expect(answers.some((res) => res.headers["x-mirror-cache"] === "uncached")).toBe(true);
+  });
+
+  it("serves a blob of unknown size that outgrows the budget verified, and stores none of it", async () => {
+    const relay = teardown.track(await startRelay(upstream.url));
+    const big = randomLayer(3 * 1024 * 1024);
+    const image = buildImage({ format: "oci", layers: [big] });
+    await pushImage(upstream.url, "team/nolength", "v1", image);
+    relay.setFault({ kind: "noLength" }); // every blob comes without Content-Length
+    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: relay.url, default: true } }, extra: { storage: { maxSize: 1_000_000 } } }));
+    await pull(m.url, "team/nolength", image); // every blob arrives whole and verified
+    expect(relay.requests.some((r) => r.fault === "noLength")).toBe(true);
+    const store = m.mirror.blobStore;
+    expect(store.index.has(big.digest)).toBe(false);
+    expect(store.index.has(image.config.digest)).toBe(true); // small enough: cached, size unknown or not
+    expect(store.index.bytes).toBeLessThanOrEqual(1_000_000);
+    expect(await store.tempFiles()).toEqual([]);
+    const metrics = (await fetchRaw(`${m.url}/metrics`)).body.toString();
+    expect(metrics).toMatch(/mirror_fills_total\{upstream="docker.io",result="uncached"\} 1/);
   });
 
   it("a mirror killed with SIGKILL mid-download restarts with no partial blob and no temp files", async () => {

@@ -6,7 +6,7 @@ import { PassThrough, type Readable } from "node:stream";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/cache/blob-store.ts";
-import { FillCoordinator, type Fill, type FillPolicy } from "../../../src/cache/fill-coordinator.ts";
+import { FillCoordinator, type Fill, type FillPolicy, type FillReservation } from "../../../src/cache/fill-coordinator.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -292,6 +292,39 @@ describe("FillCoordinator", () => {
   });
 
   describe("in a budget (room reserved by the policy)", () => {
+    type Held = FillReservation & { released: boolean; stateAtRelease: string | undefined };
+    /** Reservations as the janitor makes them: up to `room` bytes cached, up to `disk` bytes passing through. */
+    function budget(room: number, disk = Infinity, observe: () => string = () => ""): { policy: FillPolicy; reservations: Held[] } {
+      const reservations: Held[] = [];
+      const policy: FillPolicy = {
+        admit: async (size) => {
+          if ((size ?? 0) > room) return undefined;
+          let diskOnly = false;
+          const r = {
+            bytes: size ?? 0,
+            released: false,
+            stateAtRelease: undefined as string | undefined,
+            grow: async (total: number) => {
+              if (total > (diskOnly ? disk : room)) return false;
+              r.bytes = total;
+              return true;
+            },
+            wrote: () => undefined,
+            stopCaching: () => {
+              diskOnly = true;
+            },
+            release: () => {
+              r.released = true;
+              r.stateAtRelease = observe();
+            },
+          };
+          reservations.push(r);
+          return r;
+        },
+        noSpace: () => undefined,
+      };
+      return { policy, reservations };
+    }
     const coordinator = (policy: FillPolicy) => new FillCoordinator(store, { timeoutMs: 10_000, log: pino({ level: "silent" }), committedGraceMs: 50, policy });
 
     it("releases the upstream body at once when admission fails", async () => {
@@ -300,6 +333,91 @@ describe("FillCoordinator", () => {
       const fill = failing.start(digestOf(Buffer.from("x")), origin, async () => ({ size: 1, body }));
       await expect(fill.ready).rejects.toThrow(/EIO/);
       expect(body.destroyed).toBe(true); // not held until the upstream's body-idle timeout
+      expect(await store.tempFiles()).toEqual([]);
+    });
+
+    it("holds its reservation until the content is committed", async () => {
+      const content = randomBytes(100_000);
+      const { policy, reservations } = budget(1_000_000, Infinity, () => (store.index.has(digestOf(content)) ? "in the index" : "not in the index"));
+      const body = new PassThrough();
+      const fill = coordinator(policy).start(digestOf(content), origin, async () => ({ size: content.length, body }));
+      await fill.ready;
+      const r = reservations[0]!;
+      expect(r.bytes).toBe(content.length);
+      expect(r.released).toBe(false);
+      body.end(content);
+      await fill.done;
+      expect(r.released).toBe(true);
+      expect(r.stateAtRelease).toBe("in the index"); // released before, its room could be handed out twice
+    });
+
+    it("passes a download of unknown size that outgrows the budget through to its readers, verified, and stores nothing", async () => {
+      const { policy, reservations } = budget(100_000);
+      const content = randomBytes(500_000);
+      const body = new PassThrough();
+      const fill = coordinator(policy).start(digestOf(content), origin, async () => ({ size: undefined, body }));
+      await fill.ready;
+      const sink: Buffer[] = [];
+      const reader = fill.createReader(0, undefined);
+      const ended = new Promise((resolve, reject) => reader.once("end", resolve).once("error", reject));
+      body.write(content);
+      await readAtLeast(reader, content.length - 1, sink);
+      await tick();
+      expect(fill.state).toBe("passing");
+      expect(Buffer.concat(sink).length).toBe(content.length - 1); // the last byte waits for verification, as ever
+      body.end();
+      await ended;
+      expect(Buffer.concat(sink).equals(content)).toBe(true);
+      expect(fill.state).toBe("passed");
+      await expect(fill.done).rejects.toThrow(/not cached/);
+      expect(await store.size(digestOf(content))).toBeUndefined();
+      expect(await store.tempFiles()).toEqual([]);
+      expect(reservations[0]!.released).toBe(true);
+    });
+
+    it("breaks the readers of a download passing through that fails verification", async () => {
+      const { policy } = budget(100_000);
+      const content = randomBytes(500_000);
+      const wrong = Buffer.from(content);
+      wrong[400_000] = wrong[400_000]! ^ 0xff;
+      const body = new PassThrough();
+      const fill = coordinator(policy).start(digestOf(content), origin, async () => ({ size: undefined, body }));
+      await fill.ready;
+      const reader = collect(fill.createReader(0, undefined));
+      body.end(wrong);
+      const got = await reader;
+      expect(got.error?.message).toMatch(/hashes to/);
+      expect(got.bytes.length).toBeLessThan(wrong.length);
+      expect(await store.tempFiles()).toEqual([]);
+    });
+
+    it("stops a download passing through once its readers have all gone", async () => {
+      const { policy } = budget(100_000);
+      const content = randomBytes(500_000);
+      const body = new PassThrough();
+      const fill = coordinator(policy).start(digestOf(content), origin, async () => ({ size: undefined, body }));
+      await fill.ready;
+      const reader = fill.createReader(0, undefined);
+      body.write(content.subarray(0, 300_000));
+      await readAtLeast(reader, 1, []);
+      expect(fill.state).toBe("passing");
+      reader.destroy();
+      await expect(fill.done).rejects.toThrow(/has gone/);
+      expect(body.destroyed).toBe(true);
+      expect(await store.tempFiles()).toEqual([]);
+    });
+
+    it("fails a download passing through that the disk cannot hold either", async () => {
+      const { policy } = budget(100_000, 200_000);
+      const content = randomBytes(500_000);
+      const body = new PassThrough();
+      const fill = coordinator(policy).start(digestOf(content), origin, async () => ({ size: undefined, body }));
+      await fill.ready;
+      const reader = collect(fill.createReader(0, undefined));
+      body.end(content);
+      expect((await reader).error?.message).toMatch(/no room on the disk/);
+      await expect(fill.done).rejects.toThrow(/no room on the disk/);
+      expect(await store.size(digestOf(content))).toBeUndefined();
       expect(await store.tempFiles()).toEqual([]);
     });
   });

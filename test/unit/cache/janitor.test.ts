@@ -105,20 +105,90 @@ describe("CacheIndex and Janitor", () => {
   it("admits a download when there is room, evicting first if that makes room, and refuses it otherwise", async () => {
     for (let i = 0; i < 5; i++) await put(100 * KB);
     const j = janitor(600 * KB);
-    expect(await j.admit(50 * KB)).toBe(true);
-    expect(await j.admit(300 * KB)).toBe(true); // evicts down to the low mark first
-    expect(store.index.bytes + 300 * KB).toBeLessThanOrEqual(600 * KB);
-    expect(await j.admit(700 * KB)).toBe(false); // bigger than the whole budget
+    const small = await j.admit(50 * KB);
+    expect(small?.bytes).toBe(50 * KB);
+    small!.release(); // committed (or failed): its room is no longer held
+    expect(await j.admit(250 * KB)).toBeDefined(); // evicts down to the low mark first
+    expect(store.index.bytes + 250 * KB).toBeLessThanOrEqual(300 * KB);
+    expect(await j.admit(700 * KB)).toBeUndefined(); // bigger than the whole budget
     fsFree = 10 * KB; // the disk itself is nearly full
-    expect(await janitor(undefined).admit(50 * KB)).toBe(false);
+    expect(await janitor(undefined).admit(50 * KB)).toBeUndefined();
   });
 
   it("stays in no-space mode after ENOSPC until space returns", async () => {
     const j = janitor(undefined);
     j.noteNoSpace(Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" }));
     expect(j.state.writable).toBe(false);
+    fsFree = 100 * 1024 * 1024; // more than the download, less than twice the headroom (64 MiB)
+    expect(await j.admit(KB)).toBeUndefined();
     fsFree = 1e12 - 1;
-    expect(await j.admit(KB)).toBe(true);
+    expect(await j.admit(KB)).toBeDefined();
     expect(j.state.writable).toBe(true);
+  });
+
+  it("concurrent admissions at the budget evict once, only what is still needed when each one's turn comes", async () => {
+    for (let i = 0; i < 20; i++) await put(50 * KB); // 1000 KB: the whole budget
+    const j = janitor(1000 * KB);
+    const admitted = await Promise.all(Array.from({ length: 5 }, () => j.admit(50 * KB)));
+    expect(admitted.every((r) => r !== undefined)).toBe(true);
+    // The first evicts down to the low mark (500 KB, its own 50 KB included); the other four then fit.
+    expect(store.index.bytes).toBe(450 * KB);
+    expect(j.state.reserved).toBe(250 * KB);
+  });
+
+  it("counts downloads in flight: admissions stop at the budget and resume when room is released", async () => {
+    const j = janitor(1000 * KB);
+    const first = await j.admit(400 * KB);
+    const second = await j.admit(400 * KB);
+    expect(first).toBeDefined();
+    expect(second).toBeDefined();
+    expect(await j.admit(400 * KB)).toBeUndefined(); // 1200 KB in flight against 1000 KB
+    first!.release();
+    expect(await j.admit(400 * KB)).toBeDefined();
+  });
+
+  it("counts downloads in flight at the watermarks", async () => {
+    const digests: string[] = [];
+    for (let i = 0; i < 8; i++) digests.push(await put(100 * KB)); // 800 KB: under the high mark (900 KB)
+    const j = janitor(1000 * KB);
+    await j.check();
+    expect(store.index.bytes).toBe(800 * KB);
+    const inFlight = await j.admit(150 * KB); // fits without evicting: 950 KB
+    expect(inFlight).toBeDefined();
+    await j.check(); // 950 KB over the high mark: down to 500 KB, the 150 KB in flight included
+    expect(store.index.bytes).toBe(300 * KB);
+    expect(digests.slice(5).every((d) => store.index.has(d))).toBe(true); // the most recent stay
+  });
+
+  it("evicts nothing to admit a download that eviction cannot make room for", async () => {
+    const digests: string[] = [];
+    for (let i = 0; i < 10; i++) digests.push(await put(100 * KB));
+    const open = await Promise.all(digests.slice(2).map((d) => store.open(d))); // 800 KB being read
+    const j = janitor(1000 * KB);
+    expect(await j.admit(300 * KB)).toBeUndefined(); // 200 KB could go, 300 KB are needed
+    expect(store.index.bytes).toBe(1000 * KB);
+    for (const o of open) await o!.handle.close();
+  });
+
+  it("grows a reservation of unknown size as it is written, evicting like an admission, up to what the budget can hold", async () => {
+    for (let i = 0; i < 6; i++) await put(100 * KB);
+    const j = janitor(1000 * KB);
+    const r = (await j.admit(undefined))!;
+    expect(r.bytes).toBe(0);
+    expect(await r.grow(300 * KB)).toBe(true);
+    expect(r.bytes).toBeGreaterThanOrEqual(300 * KB);
+    expect(store.index.bytes + r.bytes).toBeLessThanOrEqual(1000 * KB);
+    expect(await r.grow(450 * KB)).toBe(true); // evicts to the low mark: 500 KB with the reservation
+    expect(store.index.bytes + r.bytes).toBeLessThanOrEqual(500 * KB);
+    const held = r.bytes;
+    const cached = store.index.bytes;
+    expect(await r.grow(1200 * KB)).toBe(false); // more than the budget: nothing changes, nothing is evicted
+    expect(r.bytes).toBe(held);
+    expect(store.index.bytes).toBe(cached);
+    r.stopCaching(); // passing through: the disk alone limits it, and it holds no budget
+    expect(await r.grow(1200 * KB)).toBe(true);
+    expect(j.state.reserved).toBe(0);
+    fsFree = 10 * KB;
+    expect(await r.grow(r.bytes + 1)).toBe(false); // nor more than the disk can hold
   });
 });
