@@ -80,6 +80,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     metrics.cacheObjects.set(cache.objects);
     if (cache.maxSize !== undefined) metrics.cacheBudgetBytes.set(cache.maxSize);
     metrics.cacheWritable.set(cache.writable ? 1 : 0);
+    metrics.evictionBlocked.set(cache.evictionBlocked !== undefined ? 1 : 0);
     metrics.fillsInFlight.set(fills.inFlight);
     metrics.fillReaders.set(fills.readers);
     for (const u of upstreams) {
@@ -107,6 +108,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
         () => (janitor.noSpace !== undefined ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` } : undefined),
+        () => (janitor.evictionBlocked !== undefined ? { ready: true, reason: `eviction stopped: ${janitor.evictionBlocked}` } : undefined),
         () => {
           const state = describeState();
           return state.degraded ? { ready: true, reason: `metadata store degraded (serving from the embedded store): ${state.reason}` } : undefined;

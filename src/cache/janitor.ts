@@ -15,9 +15,13 @@
  *   the blob is streamed to the client verified but uncached.
  * - **Eviction.** When committed plus reserved bytes pass the high watermark of `storage.maxSize`, or the
  *   filesystem's used fraction passes the high watermark, least-recently-used content is deleted until both are
- *   under the low watermark. Pinned content (config `storage.pinned`: everything reachable from those tags; and
- *   the digests pinned by `mirror import --pin`, kept in `<storage.path>/pins.json`) and content a response is
- *   reading are skipped.
+ *   under the low watermark. Content a response is reading is skipped, and so is pinned content: everything
+ *   reachable from the configured `storage.pinned` references and from the digests pinned by
+ *   `mirror import --pin` (`pins.json`). A configured pin resolves through a tag pointer in the metadata store,
+ *   which can be lost (the embedded store's bound, a Redis restart, key expiry): so the digests it resolves to
+ *   are recorded in `config-pins.json` and stay pinned until the pin resolves to something else or leaves the
+ *   configuration. A pin file that cannot be read stops eviction (log, `/readyz`, `mirror_eviction_blocked`)
+ *   until it is repaired: it never means "no pins".
  * - **One decision at a time.** Admissions, reservation growth and sweeps run one after another, and each
  *   computes what it needs when its turn comes: a sweep sized before an earlier one ran would evict again what
  *   that one already freed.
@@ -32,7 +36,7 @@ import type { BlobStore } from "./blob-store.ts";
 import { reachableDigests } from "./manifest-references.ts";
 import type { ManifestStore } from "./manifest-store.ts";
 import type { MetadataStore } from "./metadata-store.ts";
-import type { PinList } from "./pin-list.ts";
+import { CONFIG_PIN_FILE, PinList } from "./pin-list.ts";
 
 export interface Budget {
   /** Bytes; undefined means only the filesystem's watermarks apply. */
@@ -108,6 +112,7 @@ export class Janitor {
   private readonly budget: Budget;
   private readonly pins: readonly Pin[];
   private readonly pinList: PinList | undefined;
+  private readonly configPinList: PinList;
   private readonly log: Logger;
   private readonly metrics: Metrics | undefined;
   private readonly fsUsage: FsUsage;
@@ -119,12 +124,15 @@ export class Janitor {
   private timer: NodeJS.Timeout | undefined;
   /** Set after ENOSPC; cleared when space returns. */
   noSpace: string | undefined;
+  /** Why eviction is stopped (what is pinned cannot be told); undefined while it works. */
+  evictionBlocked: string | undefined;
 
   constructor(opts: {
     store: BlobStore;
     manifests: ManifestStore;
     metadata: MetadataStore;
     budget: Budget;
+    /** Configured pins (`storage.pinned`); what they resolve to is recorded in `<store root>/config-pins.json`. */
     pins: readonly Pin[];
     /** Digests pinned at run time (import); re-read at every sweep, so edits apply without a restart. */
     pinList?: PinList;
@@ -138,12 +146,13 @@ export class Janitor {
     this.budget = opts.budget;
     this.pins = opts.pins;
     this.pinList = opts.pinList;
+    this.configPinList = new PinList(opts.store.root, CONFIG_PIN_FILE);
     this.log = opts.log;
     this.metrics = opts.metrics;
     this.fsUsage = opts.fsUsage ?? defaultFsUsage;
   }
 
-  /** Periodic check (filesystem watermarks can move without us writing anything). */
+  /** Periodic check (filesystem watermarks can move without us writing anything; pins are recorded). */
   start(intervalMs: number): void {
     this.timer = setInterval(() => void this.check(), intervalMs);
     this.timer.unref();
@@ -158,7 +167,7 @@ export class Janitor {
    * event loop, by when the committing download has released its reservation (its bytes would count twice).
    */
   committed(): void {
-    setImmediate(() => void this.check());
+    setImmediate(() => void this.checkWatermarks());
   }
 
   noteNoSpace(err: Error): void {
@@ -206,8 +215,19 @@ export class Janitor {
     this.reservations.delete(reservation);
   }
 
+  /**
+   * The periodic check (and the first, at start): reads the pins, recording what the configured ones resolve to
+   * now (evicting or not, so that a pointer lost later does not unpin them; and a damaged pin file is reported
+   * before eviction is needed), then checks the watermarks.
+   */
+  async check(): Promise<void> {
+    // Outside the queue of decisions: metadata lookups (a slow Redis) must not hold up admissions.
+    await this.pinnedDigests();
+    await this.checkWatermarks();
+  }
+
   /** Evicts if a watermark is crossed; leaves no-space mode when room came back. */
-  check(): Promise<void> {
+  private checkWatermarks(): Promise<void> {
     this.pendingCheck ??= this.serially(async () => {
       this.pendingCheck = undefined; // from here on, a new commit needs a new check
       try {
@@ -220,13 +240,14 @@ export class Janitor {
     return this.pendingCheck;
   }
 
-  get state(): { bytes: number; objects: number; reserved: number; maxSize: number | undefined; writable: boolean } {
+  get state(): { bytes: number; objects: number; reserved: number; maxSize: number | undefined; writable: boolean; evictionBlocked: string | undefined } {
     return {
       bytes: this.store.index.bytes,
       objects: this.store.index.objects,
       reserved: this.reservedForCache(),
       maxSize: this.budget.maxSize,
       writable: this.noSpace === undefined,
+      evictionBlocked: this.evictionBlocked,
     };
   }
 
@@ -318,16 +339,11 @@ export class Janitor {
 
   /**
    * Least-recently-used content that may go, up to `need` bytes: not pinned, not being read. Undefined when
-   * what is pinned cannot be told (nothing may be evicted then).
+   * what is pinned cannot be told (eviction is stopped then, and says so).
    */
   private async victims(need: number): Promise<Array<{ digest: string; size: number }> | undefined> {
-    let pinned: Set<string>;
-    try {
-      pinned = await this.pinnedDigests();
-    } catch (err) {
-      this.log.error({ err: (err as Error).message }, "cannot tell what is pinned: evicting nothing");
-      return undefined;
-    }
+    const pinned = await this.pinnedDigests();
+    if (pinned === undefined) return undefined;
     let freed = 0;
     const victims: Array<{ digest: string; size: number }> = [];
     for (const entry of this.store.index.leastRecentlyUsed()) {
@@ -358,21 +374,54 @@ export class Janitor {
     if (bytes < need) this.log.warn({ need, freed: bytes }, "could not free enough space: the rest is pinned or in use");
   }
 
-  /** Everything reachable from the pinned tags and digests: manifests, their children, configs and layers. */
-  private async pinnedDigests(): Promise<Set<string>> {
+  /**
+   * Everything reachable from the pinned tags and digests: manifests, their children, configs and layers. Or
+   * undefined when that cannot be told (a damaged pin file, a failing metadata store): eviction is stopped then,
+   * and says so (`evictionBlocked`: log, /readyz, metrics) until the pins can be read again.
+   */
+  private async pinnedDigests(): Promise<Set<string> | undefined> {
     const pinned = new Set<string>();
-    // A pin list that cannot be read at all (permissions, I/O) fails the sweep: evicting without it could drop
-    // content an operator pinned. One that does not parse keeps its last good contents (PinList.list).
-    const recorded = (await this.pinList?.list((err) => this.log.warn({ err: err.message }, "pin list does not parse"))) ?? [];
-    for (const pin of recorded) await this.addReachable(pin.digest, pinned);
+    try {
+      for (const pin of (await this.pinList?.list()) ?? []) await this.addReachable(pin.digest, pinned);
+      for (const digest of await this.configuredPins()) await this.addReachable(digest, pinned);
+    } catch (err) {
+      const reason = (err as Error).message;
+      if (this.evictionBlocked !== reason) this.log.error({ err: reason }, "eviction stopped: cannot tell what is pinned");
+      this.evictionBlocked = reason;
+      return undefined;
+    }
+    if (this.evictionBlocked !== undefined) this.log.info("pins can be read again: eviction resumes");
+    this.evictionBlocked = undefined;
+    return pinned;
+  }
+
+  /**
+   * The digests the configured pins stand for: what their tag pointers resolve to now, and what they resolved
+   * to before for a pinned reference whose pointer is gone. The first are recorded, so they stay pinned when
+   * their pointers are lost; recorded references no configured pin covers any more are dropped.
+   */
+  private async configuredPins(): Promise<string[]> {
+    if (this.pins.length === 0) return [];
+    const resolved = new Map<string, string>();
     for (const pin of this.pins) {
       const tags = pin.tag !== undefined ? [pin.tag] : await this.metadata.listTags(pin.upstream, pin.repository);
       for (const tag of tags) {
         const pointer = await this.metadata.getTag(pin.upstream, pin.repository, tag);
-        if (pointer) await this.addReachable(pointer.digest, pinned);
+        if (pointer) resolved.set(`${pin.upstream}/${pin.repository}:${tag}`, pointer.digest);
       }
     }
-    return pinned;
+    const covered = (reference: string) =>
+      this.pins.some((p) => (p.tag === undefined ? reference.startsWith(`${p.upstream}/${p.repository}:`) : reference === `${p.upstream}/${p.repository}:${p.tag}`));
+    const inForce = new Map<string, string>();
+    for (const recorded of await this.configPinList.list()) if (covered(recorded.reference)) inForce.set(recorded.reference, recorded.digest);
+    for (const [reference, digest] of resolved) inForce.set(reference, digest);
+    try {
+      await this.configPinList.reconcile(resolved, covered);
+    } catch (err) {
+      // This sweep still honours them (inForce); only a restart before the next successful write could not.
+      this.log.error({ err: (err as Error).message }, "cannot record what the configured pins resolve to");
+    }
+    return [...inForce.values()];
   }
 
   private async addReachable(digest: string, into: Set<string>): Promise<void> {

@@ -1,17 +1,18 @@
 /**
  * The disk budget against real pulls: eviction keeps the cache within budget in LRU order, pinned content
- * survives, parallel downloads and downloads of unknown size stay
+ * survives (also when Redis loses its tag pointer), parallel downloads and downloads of unknown size stay
  * within the budget, a mirror process killed with SIGKILL mid-download leaves nothing servable that is partial,
  * and a genuinely full filesystem (a small tmpfs) keeps pulls working.
  */
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror } from "../harness/mirror.ts";
 import { freePort, runCommand, startProcess, Teardown, waitFor } from "../harness/processes.ts";
+import { startRedis } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay } from "../harness/relay.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
@@ -117,6 +118,36 @@ describe("disk budget", () => {
     expect(await store.tempFiles()).toEqual([]);
     const metrics = (await fetchRaw(`${m.url}/metrics`)).body.toString();
     expect(metrics).toMatch(/mirror_fills_total\{upstream="docker.io",result="uncached"\} 1/);
+  });
+
+  it("keeps pinned content when Redis restarts empty and the mirror restarts over budget", async () => {
+    const redis = teardown.track(await startRedis());
+    const pinned = buildImage({ format: "oci", layers: [randomLayer(500_000)], labels: { pinned: "yes" } });
+    const others = [0, 1].map((i) => buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { other: String(i) } }));
+    await pushImage(upstream.url, "team/pinned", "v1", pinned);
+    for (const [i, image] of others.entries()) await pushImage(upstream.url, `team/other${i}`, "v1", image);
+    const dataDir = await mkdtemp(join(tmpdir(), "pins-redis-"));
+    teardown.add("pins data dir", () => rm(dataDir, { recursive: true, force: true }));
+    const config = (storage: Record<string, unknown>) => ({
+      upstreams: { "docker.io": { url: upstream.url, default: true } },
+      dataDir,
+      extra: { redis: { url: redis.url, keyPrefix: "pins-test:" }, storage: { pinned: ["docker.io/team/pinned:v1"], checkInterval: "100ms", ...storage } },
+    });
+    const first = await startTestMirror(config({}));
+    await pull(first.url, "team/pinned", pinned); // oldest of all: the first to go, were it not pinned
+    for (const [i, image] of others.entries()) await pull(first.url, `team/other${i}`, image);
+    // The running mirror records what the pin resolves to (at every check).
+    await waitFor(async () => (await readFile(join(dataDir, "config-pins.json"), "utf8")).includes(pinned.digest), { timeoutMs: 10_000, what: "the pin's digest in config-pins.json" });
+    await first.stop();
+    await redis.stop();
+    await redis.start(); // empty: the tag pointer is gone
+    const second = teardown.track(await startTestMirror(config({ maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 })));
+    const store = second.mirror.blobStore; // the start-up check has evicted down to the low mark
+    expect(store.index.bytes).toBeLessThanOrEqual(1_000_000 * 0.9);
+    expect(store.index.has(pinned.layers[0]!.digest)).toBe(true);
+    expect(store.index.has(pinned.config.digest)).toBe(true);
+    expect(store.index.has(pinned.digest)).toBe(true);
+    expect(others.some((image) => !store.index.has(image.layers[0]!.digest))).toBe(true);
   });
 
   it("a mirror killed with SIGKILL mid-download restarts with no partial blob and no temp files", async () => {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, rm, utimes } from "node:fs/promises";
+import { mkdtemp, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -8,6 +8,7 @@ import { BlobStore } from "../../../src/cache/blob-store.ts";
 import { Janitor, type FsUsage } from "../../../src/cache/janitor.ts";
 import { ManifestStore } from "../../../src/cache/manifest-store.ts";
 import { MemoryMetadataStore } from "../../../src/cache/memory-metadata-store.ts";
+import { CONFIG_PIN_FILE, PIN_FILE, PinList } from "../../../src/cache/pin-list.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 const KB = 1000;
@@ -40,8 +41,20 @@ describe("CacheIndex and Janitor", () => {
     await store.putVerified(digest, bytes);
     return digest;
   }
-  const janitor = (maxSize: number | undefined, pins: Array<{ upstream: string; repository: string; tag: string | undefined }> = []) =>
-    new Janitor({ store, manifests, metadata, budget: { maxSize, high: 0.9, low: 0.5 }, pins, log: pino({ level: "silent" }), fsUsage });
+  type Pins = Array<{ upstream: string; repository: string; tag: string | undefined }>;
+  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: MemoryMetadataStore; pinList?: PinList } = {}) =>
+    new Janitor({ store, manifests, metadata: opts.metadata ?? metadata, budget: { maxSize, high: 0.9, low: 0.5 }, pins, pinList: opts.pinList, log: pino({ level: "silent" }), fsUsage });
+
+  /** An image manifest with one layer of `size` bytes, stored; the tag `docker.io/team/app:<tag>` points at it. */
+  async function putImage(size: number, tag: string): Promise<{ manifest: string; layer: string }> {
+    const layer = await put(size);
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: { digest: layer, size }, layers: [] }));
+    const manifest = digestOf(bytes);
+    await manifests.put(manifest, "application/vnd.oci.image.manifest.v1+json", bytes);
+    await metadata.putTag("docker.io", "team/app", tag, { digest: manifest, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: Date.now() });
+    return { manifest, layer };
+  }
+  const appPin: Pins = [{ upstream: "docker.io", repository: "team/app", tag: "1" }];
 
   it("rebuilds recency from file modification times, oldest first", async () => {
     const [a, b, c] = [await put(KB), await put(KB), await put(KB)];
@@ -191,4 +204,61 @@ describe("CacheIndex and Janitor", () => {
     fsFree = 10 * KB;
     expect(await r.grow(r.bytes + 1)).toBe(false); // nor more than the disk can hold
   });
+
+  it("keeps what a configured pin resolved to when its tag pointer is lost, also after a restart", async () => {
+    const app = await putImage(300 * KB, "1");
+    await janitor(1000 * KB, appPin).check(); // a running mirror checks at start and every checkInterval
+    const others: string[] = [];
+    for (let i = 0; i < 7; i++) others.push(await put(100 * KB));
+    // Redis restarted empty (or the embedded store's bound dropped the pointer), and the mirror restarted.
+    const restarted = janitor(1000 * KB, appPin, { metadata: new MemoryMetadataStore() });
+    await restarted.check();
+    expect(store.index.has(app.manifest)).toBe(true);
+    expect(store.index.has(app.layer)).toBe(true);
+    expect(others.filter((d) => store.index.has(d)).length).toBeLessThan(others.length);
+    const recorded = JSON.parse(await readFile(join(dir, CONFIG_PIN_FILE), "utf8")) as { pins: Array<{ reference: string; digest: string }> };
+    expect(recorded.pins.map((p) => [p.reference, p.digest])).toEqual([["docker.io/team/app:1", app.manifest]]);
+  });
+
+  it("moves a configured pin with its tag, and forgets it when it leaves the configuration", async () => {
+    const v1 = await putImage(200 * KB, "1");
+    await janitor(1000 * KB, appPin).check();
+    const v2 = await putImage(200 * KB, "1"); // the tag now resolves to another image
+    for (let i = 0; i < 6; i++) await put(100 * KB);
+    await janitor(1000 * KB, appPin).check();
+    expect(store.index.has(v1.layer)).toBe(false); // no longer what the pin resolves to: evictable
+    expect(store.index.has(v2.layer)).toBe(true);
+    expect(store.index.has(v2.manifest)).toBe(true);
+    for (let i = 0; i < 6; i++) await put(100 * KB);
+    await janitor(1000 * KB).check(); // unpinned in the configuration (the tag still points at it): evictable
+    expect(store.index.has(v2.layer)).toBe(false);
+  });
+
+  for (const file of [PIN_FILE, CONFIG_PIN_FILE]) {
+    it(`a damaged ${file} stops eviction, and says so, until it is repaired`, async () => {
+      const app = await putImage(300 * KB, "1");
+      const pinList = new PinList(dir);
+      if (file === PIN_FILE) await pinList.set([{ reference: "docker.io/team/app:1", digest: app.manifest }]);
+      else await janitor(1000 * KB, appPin).check();
+      const good = await readFile(join(dir, file));
+      await writeFile(join(dir, file), good.subarray(0, 20)); // torn: what a power cut can leave of an unsynced write
+      const j = janitor(1000 * KB, appPin, { metadata: new MemoryMetadataStore(), pinList });
+      await j.check(); // nothing to evict yet, and said already
+      expect(j.state.evictionBlocked).toMatch(new RegExp(`${file} is damaged`));
+      for (let i = 0; i < 7; i++) await put(100 * KB);
+      await j.check();
+      expect(store.index.bytes).toBe(1000 * KB + (await manifestBytes(app.manifest))); // nothing evicted
+      expect(j.state.evictionBlocked).toMatch(new RegExp(`${file} is damaged`));
+      expect(await j.admit(100 * KB)).toBeUndefined(); // it would need eviction: streamed uncached instead
+      await writeFile(join(dir, file), good);
+      await j.check();
+      expect(j.state.evictionBlocked).toBeUndefined();
+      expect(store.index.bytes).toBeLessThanOrEqual(500 * KB + (await manifestBytes(app.manifest)));
+      expect(store.index.has(app.layer)).toBe(true);
+    });
+  }
+
+  async function manifestBytes(digest: string): Promise<number> {
+    return (await manifests.get(digest))!.bytes.length;
+  }
 });
