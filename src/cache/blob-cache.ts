@@ -183,13 +183,14 @@ export class BlobCache {
 
 /**
  * What a new reader of a ready fill gets, decided at one instant: the download in progress, the committed file,
- * or nothing of the fill's (no room to cache: the fill handed its body to one request and is done). A fill that
- * failed since it was ready answers with its error, as its readers do.
+ * or nothing of the fill's (no room to cache: the fill handed its body to one request and is done, or it passed
+ * its download through to its readers and kept nothing). A fill that failed since it was ready answers with its
+ * error, as its readers do.
  */
 function readableAs(fill: Fill): "download" | "committed" | "uncached" {
   if (fill.state === "failed") throw fill.error ?? new Error(`blob fill of ${fill.digest} failed`);
   if (fill.committed) return "committed";
-  return fill.state === "direct" ? "uncached" : "download";
+  return fill.state === "direct" || fill.state === "passed" ? "uncached" : "download";
 }
 
 /** An upstream that is offline by configuration means "not cached" here: BLOB_UNKNOWN, not an outage. */
