@@ -5,7 +5,6 @@
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import Koa from "koa";
@@ -26,6 +25,7 @@ import type { MetadataStore } from "./cache/metadata-store.ts";
 import { PinList } from "./cache/pin-list.ts";
 import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
 import type { Config } from "./config/schema.ts";
+import { readSecretFile } from "./config/secret-file.ts";
 import { adminRouter } from "./http/admin-router.ts";
 import { ClientAuth } from "./http/client-auth.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
@@ -95,15 +95,15 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   const app = new Koa<RequestState>();
   app.use(requestContext(log, metrics));
   app.use(errorMiddleware());
-  const adminToken = config.admin.token ?? (config.admin.tokenFile !== undefined ? (await readFile(config.admin.tokenFile, "utf8")).trim() : undefined);
-  if (adminToken !== undefined && adminToken.length < 16) throw new Error("admin.tokenFile holds a token shorter than 16 characters");
+  const adminToken = config.admin.token ?? (config.admin.tokenFile !== undefined ? await readSecretFile(config.admin.tokenFile, "admin.tokenFile") : undefined);
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
   if (adminToken !== undefined) {
     app.use(adminRouter(new AdminHandler({ upstreams, manifests: manifestCache, manifestStore, store: blobStore, metadata, janitor, prefetcher, importer: createImporter(layer, config) }), adminToken));
   }
+  const clientAuth = config.access ? await ClientAuth.load(config.access) : undefined;
   app.use(
     createRouter({
-      clientAuth: config.access ? await ClientAuth.load({ htpasswdFile: config.access.htpasswdFile, tokens: config.access.tokens }) : undefined,
+      clientAuth,
       policy: new AccessPolicy(config),
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
@@ -165,6 +165,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       await fills.drain(config.shutdownGrace);
       server?.closeAllConnections();
       await closed;
+      await clientAuth?.close();
       await layer.close();
     },
   };

@@ -5,6 +5,7 @@
  */
 import ms from "ms";
 import { z } from "zod";
+import { MIN_SECRET_BYTES } from "./secret-file.ts";
 
 const duration = z
   .union([z.number().int().nonnegative(), z.string()])
@@ -216,10 +217,34 @@ export const configSchema = z
       .object({
         /** An htpasswd file with bcrypt entries (`htpasswd -B`): users who log in with Basic auth. */
         htpasswdFile: z.string().min(1).optional(),
-        /** Static bearer tokens (e.g. for CI): `Authorization: Bearer <token>` acts as user `name`. */
+        /**
+         * Static bearer tokens (e.g. for CI): `Authorization: Bearer <token>` acts as user `name`. A token, inline
+         * or from its file (read at start, one trailing newline dropped), has at least 16 bytes and no whitespace.
+         */
         tokens: z
-          .array(z.object({ name: z.string().min(1), token: z.string().min(16).optional(), tokenFile: z.string().min(1).optional() }).strict().refine((t) => (t.token === undefined) !== (t.tokenFile === undefined), "set exactly one of token, tokenFile"))
+          .array(
+            z
+              .object({
+                name: z.string().min(1),
+                token: z
+                  .string()
+                  .refine((t) => Buffer.byteLength(t) >= MIN_SECRET_BYTES, `a token must be at least ${MIN_SECRET_BYTES} bytes`)
+                  .optional(),
+                tokenFile: z.string().min(1).optional(),
+              })
+              .strict()
+              .refine((t) => (t.token === undefined) !== (t.tokenFile === undefined), "set exactly one of token, tokenFile"),
+          )
           .default([]),
+        /**
+         * Failed credential checks (wrong password, unknown user or token) allowed from one client address (an
+         * IPv6 client: its /64) per `window`; beyond that, every request of that client that carries credentials
+         * is answered 429 TOOMANYREQUESTS (with Retry-After) until the window ends, without checking them.
+         */
+        failedAuth: z
+          .object({ max: z.number().int().positive().default(10), window: duration.default(60_000) })
+          .strict()
+          .prefault({}),
         /** Whether clients without credentials may pull (subject to the rules). */
         anonymous: z.boolean().optional(),
         /**

@@ -1,76 +1,166 @@
 /**
  * Who is asking: a user from the htpasswd file (Basic auth, bcrypt), a static bearer token, or anonymous.
- * Credentials are never logged; a verified Basic credential is remembered (by a hash of it, for a short time)
- * because dockerd and containerd send it with every request, and bcrypt is deliberately slow.
+ *
+ *  - Credentials are taken exactly as the scheme defines them (RFC 9110 §11.4: the scheme, one or more spaces,
+ *    the credentials; Basic's are base64 of `user:password`, RFC 7617). Nothing is trimmed or normalised: a
+ *    credential matches only the same bytes.
+ *  - Every secret has at least MIN_SECRET_BYTES bytes, whether inline or from a file (checked at start-up).
+ *  - Tokens are compared by their sha256, in constant time, against every configured token.
+ *  - bcrypt runs in worker threads (bcrypt-pool.ts), never on the event loop. A name not in the file costs the
+ *    same comparison as a known one (against a dummy hash of the file's cost), so the time of an answer does
+ *    not tell which names exist.
+ *  - Failed checks are counted per client (auth-failure-limit.ts); past the limit, 429 without checking.
+ *  - A verified Basic credential is remembered (by its hash, for five minutes) because dockerd and containerd
+ *    send it with every request; concurrent checks of the same credential share one comparison.
+ * Credentials are never logged.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash, randomInt, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import bcrypt from "bcryptjs";
 import { LRUCache } from "lru-cache";
+import type { Config } from "../config/schema.ts";
+import { readSecretFile } from "../config/secret-file.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { ANONYMOUS, CHALLENGE, type Identity } from "../registry/access-policy.ts";
+import { AuthFailureLimit } from "./auth-failure-limit.ts";
+import { BcryptPool } from "./bcrypt-pool.ts";
+
+type AccessConfig = Pick<NonNullable<Config["access"]>, "htpasswdFile" | "tokens" | "failedAuth">;
+
+/** `<scheme> 1*SP <credentials>` (RFC 9110 §11.4; the scheme is a token). */
+const AUTHORIZATION = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) +(.+)$/s;
+const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+/** An htpasswd bcrypt entry: `$2a$`, `$2b$` or `$2y$`, a two-digit cost, 22 characters of salt and 31 of hash. */
+const BCRYPT_HASH = /^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$/;
+const BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const VERIFIED_TTL_MS = 5 * 60_000;
 
 export class ClientAuth {
   private readonly users: ReadonlyMap<string, string>;
+  /** Compared against when the user name is unknown: the same work as a known name, never a match. */
+  private readonly dummyHash: string;
   private readonly tokens: ReadonlyArray<{ name: string; hash: Buffer }>;
-  private readonly verified = new LRUCache<string, string>({ max: 10_000, ttl: 5 * 60_000 });
+  private readonly pool: BcryptPool;
+  private readonly failures: AuthFailureLimit;
+  private readonly verified = new LRUCache<string, string>({ max: 10_000, ttl: VERIFIED_TTL_MS });
+  /** Comparisons running, by credential hash, so a burst of requests with one credential runs bcrypt once. */
+  private readonly checking = new Map<string, Promise<boolean>>();
 
-  private constructor(users: Map<string, string>, tokens: Array<{ name: string; hash: Buffer }>) {
-    this.users = users;
-    this.tokens = tokens;
+  private constructor(opts: { users: Map<string, string>; dummyHash: string; tokens: Array<{ name: string; hash: Buffer }>; pool: BcryptPool; failures: AuthFailureLimit }) {
+    this.users = opts.users;
+    this.dummyHash = opts.dummyHash;
+    this.tokens = opts.tokens;
+    this.pool = opts.pool;
+    this.failures = opts.failures;
   }
 
-  static async load(opts: { htpasswdFile?: string | undefined; tokens: ReadonlyArray<{ name: string; token?: string | undefined; tokenFile?: string | undefined }> }): Promise<ClientAuth> {
+  /** Reads the htpasswd file and the token files; throws, naming the key, for anything unusable. */
+  static async load(access: AccessConfig, opts: { pool?: BcryptPool; now?: () => number } = {}): Promise<ClientAuth> {
     const users = new Map<string, string>();
-    if (opts.htpasswdFile !== undefined) {
-      for (const [n, line] of (await readFile(opts.htpasswdFile, "utf8")).split("\n").entries()) {
+    const costs = new Map<number, number>();
+    if (access.htpasswdFile !== undefined) {
+      for (const [n, line] of (await readFile(access.htpasswdFile, "utf8")).split("\n").entries()) {
         const trimmed = line.trim();
         if (trimmed === "" || trimmed.startsWith("#")) continue;
         const colon = trimmed.indexOf(":");
         const hash = trimmed.slice(colon + 1);
-        if (colon <= 0 || !/^\$2[aby]\$\d\d\$/.test(hash)) {
-          throw new Error(`${opts.htpasswdFile}:${n + 1}: only bcrypt entries (htpasswd -B) are accepted`);
+        const entry = BCRYPT_HASH.exec(hash);
+        if (colon <= 0 || !entry) {
+          throw new Error(`access.htpasswdFile: ${access.htpasswdFile}:${n + 1}: only bcrypt entries (htpasswd -B) are accepted`);
         }
         users.set(trimmed.slice(0, colon), hash);
+        const cost = Number(entry[1]);
+        costs.set(cost, (costs.get(cost) ?? 0) + 1);
       }
     }
     const tokens: Array<{ name: string; hash: Buffer }> = [];
-    for (const t of opts.tokens) {
-      const token = t.token ?? (await readFile(t.tokenFile!, "utf8")).trim();
-      tokens.push({ name: t.name, hash: sha256(token) });
+    for (const [i, t] of access.tokens.entries()) {
+      // Inline tokens have their minimum length checked by the schema, token files here.
+      const token = t.token ?? (await readSecretFile(t.tokenFile!, `access.tokens.${i}.tokenFile`));
+      if (!/^[^\s\p{Cc}]+$/u.test(token)) {
+        const where = t.token !== undefined ? `access.tokens.${i}.token` : `access.tokens.${i}.tokenFile: ${t.tokenFile}`;
+        throw new Error(`${where}: a token cannot contain whitespace or control characters (no client could send it)`);
+      }
+      tokens.push({ name: t.name, hash: sha256(Buffer.from(token, "utf8")) });
     }
-    return new ClientAuth(users, tokens);
+    // The cost most entries use (the higher on a tie): an unknown name then takes as long as most known ones.
+    const [cost] = [...costs].reduce((best, c) => (c[1] > best[1] || (c[1] === best[1] && c[0] > best[0]) ? c : best), [10, 0]);
+    return new ClientAuth({
+      users,
+      dummyHash: dummyBcryptHash(cost),
+      tokens,
+      pool: opts.pool ?? new BcryptPool(),
+      failures: new AuthFailureLimit({ max: access.failedAuth.max, windowMs: access.failedAuth.window, now: opts.now }),
+    });
   }
 
-  /** The identity an Authorization header proves; throws UNAUTHORIZED for credentials that are wrong. */
-  async identify(authorization: string | undefined): Promise<Identity> {
+  /**
+   * The identity an Authorization header proves, for a request from `client` (client-address.ts). Throws
+   * UNAUTHORIZED for credentials that are wrong, TOOMANYREQUESTS for a client past its failure limit (or
+   * when too many logins are being checked at once).
+   */
+  async identify(authorization: string | undefined, client: string): Promise<Identity> {
     if (authorization === undefined || authorization === "") return ANONYMOUS;
-    const space = authorization.indexOf(" ");
-    const scheme = authorization.slice(0, space).toLowerCase();
-    const value = authorization.slice(space + 1).trim();
+    this.failures.check(client);
+    const name = await this.verify(authorization);
+    if (name !== undefined) return { kind: "user", name };
+    this.failures.failed(client);
+    throw new RegistryError("UNAUTHORIZED", "invalid credentials", { headers: { "WWW-Authenticate": CHALLENGE } });
+  }
+
+  /** Stops the bcrypt workers. */
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+
+  /** The user name the credentials prove, or undefined. */
+  private async verify(authorization: string): Promise<string | undefined> {
+    const parsed = AUTHORIZATION.exec(authorization);
+    if (!parsed) return undefined;
+    const scheme = parsed[1]!.toLowerCase();
+    const credentials = parsed[2]!;
     if (scheme === "bearer") {
-      const presented = sha256(value);
+      // Node hands header bytes over as latin1: back to those bytes, to compare with the token's UTF-8 bytes.
+      const presented = sha256(Buffer.from(credentials, "latin1"));
       // Compare against every token, always, so timing says nothing about which one (nearly) matched.
       let match: string | undefined;
       for (const t of this.tokens) if (timingSafeEqual(presented, t.hash)) match ??= t.name;
-      if (match !== undefined) return { kind: "user", name: match };
-    } else if (scheme === "basic") {
-      const decoded = Buffer.from(value, "base64").toString("utf8");
-      const colon = decoded.indexOf(":");
-      const name = decoded.slice(0, colon);
-      const password = decoded.slice(colon + 1);
-      const key = sha256(decoded).toString("hex");
-      if (this.verified.get(key) === name) return { kind: "user", name };
-      const hash = this.users.get(name);
-      if (colon > 0 && hash !== undefined && (await bcrypt.compare(password, hash))) {
-        this.verified.set(key, name);
-        return { kind: "user", name };
-      }
+      return match;
     }
-    throw new RegistryError("UNAUTHORIZED", "invalid credentials", { headers: { "WWW-Authenticate": CHALLENGE } });
+    if (scheme !== "basic" || !BASE64.test(credentials) || this.users.size === 0) return undefined;
+    let decoded: string;
+    try {
+      decoded = new TextDecoder("utf-8", { fatal: true }).decode(Buffer.from(credentials, "base64"));
+    } catch {
+      return undefined; // not UTF-8: no two byte strings may become the same password
+    }
+    const colon = decoded.indexOf(":");
+    if (colon <= 0) return undefined;
+    const name = decoded.slice(0, colon);
+    const key = sha256(Buffer.from(credentials, "latin1")).toString("hex");
+    if (this.verified.get(key) === name) return name;
+    let check = this.checking.get(key);
+    if (check === undefined) {
+      check = this.pool.compare(decoded.slice(colon + 1), this.users.get(name) ?? this.dummyHash).finally(() => this.checking.delete(key));
+      this.checking.set(key, check);
+    }
+    if (!(await check) || !this.users.has(name)) return undefined;
+    this.verified.set(key, name);
+    return name;
   }
 }
 
-function sha256(text: string): Buffer {
-  return createHash("sha256").update(text).digest();
+/**
+ * A well-formed bcrypt hash of the given cost that no password matches: a fresh salt and a random checksum.
+ * Comparing against it costs exactly what comparing against a real entry of that cost does (the password is
+ * hashed with the salt and cost, then the checksums are compared).
+ */
+function dummyBcryptHash(cost: number): string {
+  let checksum = "";
+  for (let i = 0; i < 31; i++) checksum += BCRYPT_ALPHABET[randomInt(BCRYPT_ALPHABET.length)];
+  return bcrypt.genSaltSync(cost) + checksum;
+}
+
+function sha256(bytes: Buffer): Buffer {
+  return createHash("sha256").update(bytes).digest();
 }

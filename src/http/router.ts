@@ -14,6 +14,7 @@ import type { ManifestHandler } from "../registry/manifest-handler.ts";
 import type { RegistryResponse } from "../registry/response.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { ANONYMOUS, CHALLENGE, type AccessPolicy, type Identity } from "../registry/access-policy.ts";
+import { clientKey } from "./client-address.ts";
 import type { ClientAuth } from "./client-auth.ts";
 import type { TagsHandler } from "../registry/tags-handler.ts";
 import type { UpstreamResolver } from "../registry/upstream-resolver.ts";
@@ -82,7 +83,7 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
 
   async function identify(ctx: Koa.ParameterizedContext<RequestState>): Promise<Identity> {
     if (!deps.clientAuth) return ANONYMOUS;
-    const who = await deps.clientAuth.identify(ctx.get("authorization") || undefined);
+    const who = await deps.clientAuth.identify(ctx.get("authorization") || undefined, clientKey(ctx.req.socket.remoteAddress));
     if (who.kind === "user") ctx.state.user = who.name;
     return who;
   }

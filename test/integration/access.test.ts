@@ -115,6 +115,61 @@ describe("client access control", () => {
     expect(logs).toMatch(/"user":"alice"/);
   });
 
+  it("refuses to start with an empty client token file, naming the key, and leaves the data directory unlocked", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "access-token-file-"));
+    await writeFile(join(dir, "ci-token"), "\n"); // the secret was never populated
+    const config = (tokenFile: string) =>
+      parseConfig({
+        listen: "127.0.0.1:0",
+        storage: { path: join(dir, "data") },
+        upstreams: { "docker.io": { url: upstream.url, default: true } },
+        access: { anonymous: false, tokens: [{ name: "ci", tokenFile }] },
+      });
+    await expect(createMirror(config(join(dir, "ci-token")), { log: pino({ level: "silent" }), processMetrics: false })).rejects.toThrow(
+      /access\.tokens\.0\.tokenFile: .*ci-token holds a secret of 0 bytes; at least 16 are required/,
+    );
+    await writeFile(join(dir, "ci-token"), `${CI_TOKEN}\n`);
+    const fixed = await createMirror(config(join(dir, "ci-token")), { log: pino({ level: "silent" }), processMetrics: false });
+    try {
+      const port = (await fixed.listen()).port;
+      expect((await fetchRaw(`http://127.0.0.1:${port}/v2/`, { headers: { authorization: `Bearer ${CI_TOKEN}` } })).status).toBe(200);
+      expect((await fetchRaw(`http://127.0.0.1:${port}/v2/`, { headers: { authorization: "Bearer \u00a0" } })).status).toBe(401);
+    } finally {
+      await fixed.close();
+    }
+  });
+
+  it("answers repeated wrong credentials with 429 and Retry-After, without checking them, and stays responsive", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "access-limit-"));
+    await writeFile(join(dir, "htpasswd"), `alice:${bcrypt.hashSync("alice-secret-pw", 10)}\n`);
+    const limited = await createMirror(
+      parseConfig({
+        listen: "127.0.0.1:0",
+        storage: { path: join(dir, "data") },
+        upstreams: { "docker.io": { url: upstream.url, default: true } },
+        access: { htpasswdFile: join(dir, "htpasswd"), anonymous: false, failedAuth: { max: 3, window: "10m" } },
+      }),
+      { log: pino({ level: "silent" }), processMetrics: false },
+    );
+    try {
+      const base = `http://127.0.0.1:${(await limited.listen()).port}`;
+      const ping = (authorization: string) => fetchRaw(`${base}/v2/`, { headers: { authorization } });
+      for (const guess of ["guess-1", "guess-2", "guess-3"]) expect((await ping(basic("alice", guess))).status).toBe(401);
+      // A flood of further guesses: all refused before any bcrypt work, while probes are answered.
+      const flood = await Promise.all(Array.from({ length: 40 }, (_, i) => ping(basic(i % 2 ? "alice" : "mallory", `guess-${i + 4}`))));
+      expect(new Set(flood.map((r) => r.status))).toEqual(new Set([429]));
+      expect(errorCode(flood[0]!)).toBe("TOOMANYREQUESTS");
+      expect(Number(flood[0]!.headers["retry-after"])).toBeGreaterThan(500); // the rest of the 10-minute window
+      expect(Number(flood[0]!.headers["retry-after"])).toBeLessThanOrEqual(600);
+      expect((await fetchRaw(`${base}/healthz`)).status).toBe(200);
+      // The right password too: a different answer for it would let the guessing go on.
+      expect((await ping(basic("alice", "alice-secret-pw"))).status).toBe(429);
+      expect((await fetchRaw(`${base}/v2/`)).status).toBe(401); // no credentials: the usual challenge
+    } finally {
+      await limited.close();
+    }
+  });
+
   it("refuses to start with an upstream's credentials open to anonymous clients unless that is explicit", () => {
     const base = { upstreams: { "docker.io": { url: "https://registry-1.docker.io", default: true, credentials: { username: "u", password: "p" } } } };
     expect(() => parseConfig(base)).toThrow(ConfigError);
