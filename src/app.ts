@@ -28,6 +28,7 @@ import type { Config } from "./config/schema.ts";
 import { readSecretFile } from "./config/secret-file.ts";
 import { adminRouter } from "./http/admin-router.ts";
 import { ClientAuth } from "./http/client-auth.ts";
+import { clientConcurrency } from "./http/client-concurrency.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
 import { requestContext, type RequestState } from "./http/request-context.ts";
 import { createRouter } from "./http/router.ts";
@@ -95,6 +96,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   const app = new Koa<RequestState>();
   app.use(requestContext(log, metrics));
   app.use(errorMiddleware());
+  app.use(clientConcurrency(config.limits.maxRequestsPerClient));
   const adminToken = config.admin.token ?? (config.admin.tokenFile !== undefined ? await readSecretFile(config.admin.tokenFile, "admin.tokenFile") : undefined);
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
   if (adminToken !== undefined) {

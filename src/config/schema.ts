@@ -194,6 +194,13 @@ export const configSchema = z
         maxQueuedFills: z.number().int().min(0).default(256),
         /** Clients reading one in-progress download at once, before 429 TOOMANYREQUESTS. */
         maxReadersPerFill: z.number().int().positive().default(1024),
+        /** Open client connections; a connection beyond this is closed as it arrives (Node's server.maxConnections). */
+        maxConnections: z.number().int().positive().default(1024),
+        /**
+         * Requests in progress at once from one client address (an IPv6 client: its /64), before 429
+         * TOOMANYREQUESTS. The probes (/healthz, /readyz) are not counted.
+         */
+        maxRequestsPerClient: z.number().int().positive().default(64),
       })
       .strict()
       .prefault({}),

@@ -1,8 +1,9 @@
 /**
  * The listening server: HTTP, or HTTPS when `tls` is configured, with the limits that keep hostile clients from
- * tying it up (header size, time to send headers, idle connections). The certificate and key are re-read when
- * either file changes (polled: Kubernetes swaps secret files through symlinks, which fs.watch misses), so
- * rotation needs no restart; a broken pair is logged and the previous one stays in use.
+ * tying it up (header size, time to send headers, idle connections, open connections; requests in progress per
+ * client are capped in client-concurrency.ts). The certificate and key are re-read when either file changes
+ * (polled: Kubernetes swaps secret files through symlinks, which fs.watch misses), so rotation needs no restart;
+ * a broken pair is logged and the previous one stays in use.
  */
 import { unwatchFile, watchFile } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -55,5 +56,8 @@ export async function createRegistryServer(config: Config, handler: RequestListe
   }
   // Connections with nothing moving either way (a client that stopped reading, or never sends) are closed.
   server.timeout = config.limits.idleTimeout;
+  // Each open connection may hold a file handle and a buffer (file-range-stream.ts): beyond this many, a new
+  // connection is closed as it arrives, before any work (an HTTP status would need the very resources it guards).
+  server.maxConnections = config.limits.maxConnections;
   return { server, stopWatching };
 }

@@ -1,7 +1,7 @@
 /**
- * Hostile clients: slowloris (headers sent a byte at a time), a client that stops reading mid-blob, traversal
- * attempts in every request field, and oversized headers. None may delay other clients or a download, reach an
- * unconfigured host, or touch the disk.
+ * Hostile clients: slowloris (headers sent a byte at a time), a client that stops reading mid-blob, too many
+ * connections or requests at once, traversal attempts in every request field, and oversized headers. None may
+ * delay other clients or a download, reach an unconfigured host, or touch the disk.
  */
 import { createHash } from "node:crypto";
 import { readdir } from "node:fs/promises";
@@ -13,6 +13,7 @@ import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay } from "../harness/relay.ts";
+import { waitFor } from "../harness/processes.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
 
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -38,9 +39,9 @@ beforeAll(async () => {
   await fetchRaw(`${mirror.url}/v2/team/target/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
 });
 
-function rawSocket(): Promise<Socket> {
+function rawSocket(port = mirror.port): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = connect(mirror.port, "127.0.0.1", () => resolve(s));
+    const s = connect(port, "127.0.0.1", () => resolve(s));
     s.once("error", reject);
   });
 }
@@ -84,6 +85,59 @@ describe("hostile input", () => {
     // (Whether the idle timeout then drops it cannot be seen from this side on loopback: the kernel's socket
     // buffers hold the whole 6 MB. The slowloris case above shows the server's timeouts doing their job.)
     stalled.destroy();
+  });
+
+  it("closes connections beyond limits.maxConnections as they arrive, and accepts again once one has closed", async () => {
+    const capped = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { limits: { maxConnections: 3 } } });
+    const open: Socket[] = [];
+    try {
+      // Idle connections count too. One after the other: the server accepts them in the order they arrive.
+      for (let i = 0; i < 3; i++) open.push(await rawSocket(capped.port));
+      const extra = await rawSocket(capped.port);
+      extra.on("error", () => undefined);
+      let received = 0;
+      extra.on("data", (d: Buffer) => (received += d.length));
+      extra.write("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+      await waitFor(async () => extra.destroyed || extra.readableEnded, { timeoutMs: 10_000, what: "the extra connection to be closed" });
+      expect(received).toBe(0); // closed by the server, unanswered
+      open.pop()!.destroy();
+      await waitFor(async () => (await fetchRaw(`${capped.url}/v2/`).catch(() => undefined))?.status === 200, { timeoutMs: 10_000, what: "a connection accepted again" });
+    } finally {
+      for (const s of open) s.destroy();
+      await capped.stop();
+    }
+  });
+
+  it("answers requests beyond limits.maxRequestsPerClient with 429 and Retry-After, and still answers probes", async () => {
+    const stalling = teardown.track(await startRelay(upstream.url));
+    stalling.setFault({ kind: "stallHeaders", match: /manifests\/stalled-\d$/ });
+    const capped = await startTestMirror({ upstreams: { "docker.io": { url: stalling.url, default: true } }, extra: { limits: { maxRequestsPerClient: 2 } } });
+    const hanging: Socket[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const s = await rawSocket(capped.port);
+        s.on("error", () => undefined);
+        // Two tags, so the mirror does not coalesce them into one upstream request.
+        s.write(`GET /v2/team/target/manifests/stalled-${i} HTTP/1.1\r\nHost: x\r\nAccept: ${ALL_MANIFEST_TYPES}\r\n\r\n`);
+        hanging.push(s);
+      }
+      await waitFor(async () => stalling.requests.filter((r) => /manifests\/stalled-\d$/.test(r.path)).length === 2, { timeoutMs: 10_000, what: "both requests waiting on the upstream" });
+      const refused = await fetchRaw(`${capped.url}/v2/team/target/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      expect(refused.status).toBe(429);
+      expect(errorCode(refused)).toBe("TOOMANYREQUESTS");
+      expect(refused.headers["retry-after"]).toBe("1");
+      expect((await fetchRaw(`${capped.url}/healthz`)).status).toBe(200);
+      expect((await fetchRaw(`${capped.url}/readyz`)).status).toBe(200);
+      hanging.pop()!.destroy(); // its request ends, and with it its slot
+      await waitFor(async () => (await fetchRaw(`${capped.url}/v2/team/target/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status === 200, {
+        timeoutMs: 10_000,
+        what: "a request accepted again",
+      });
+    } finally {
+      for (const s of hanging) s.destroy();
+      await stalling.stop(); // first: the mirror's close waits for its upstream requests
+      await capped.stop();
+    }
   });
 
   it("refuses traversal and injection attempts with OCI errors, asking no upstream and touching no file", async () => {

@@ -1,12 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
 import { createServer, get, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BufferPool, FileHandleRangeStream } from "../../../src/cache/file-range-stream.ts";
+import { BufferPool, FileHandleRangeStream, READ_CHUNK } from "../../../src/cache/file-range-stream.ts";
+import { waitFor } from "../../harness/processes.ts";
 
 describe("FileHandleRangeStream", () => {
   let dir: string;
@@ -68,6 +69,50 @@ describe("FileHandleRangeStream", () => {
     const chunks: Buffer[] = [];
     for await (const chunk of new FileHandleRangeStream(pool, handle, 7, content.length - 2)) chunks.push(chunk as Buffer);
     expect(Buffer.concat(chunks).equals(content.subarray(7, content.length - 1))).toBe(true);
+  });
+
+  it("holds one buffer for a client that stopped reading, gives it back when the client leaves", async () => {
+    // Larger than what loopback socket buffers absorb, so the client's stop backs the response up.
+    const big = join(dir, "big");
+    await writeFile(big, randomBytes(48 * 1024 * 1024));
+    const own = new BufferPool();
+    let stream: FileHandleRangeStream | undefined;
+    let handleClosed: Promise<void> | undefined;
+    server = createServer((_req, res) => {
+      void open(big, "r").then((handle) => {
+        handleClosed = new Promise((resolve) => (handle as unknown as NodeJS.EventEmitter).once("close", () => resolve()));
+        res.writeHead(200, { "content-length": String(48 * 1024 * 1024) });
+        stream = new FileHandleRangeStream(own, handle, 0, 48 * 1024 * 1024 - 1);
+        pipeline(stream, res, () => undefined);
+      });
+    });
+    await new Promise<void>((resolve) => server!.listen(0, "127.0.0.1", resolve));
+    const client: Socket = connect((server.address() as AddressInfo).port, "127.0.0.1");
+    client.on("error", () => undefined);
+    client.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    client.once("data", () => client.pause()); // the first bytes, then nothing more
+    try {
+      // Stalled: nothing more read from the file for several checks in a row.
+      let last = -1;
+      let still = 0;
+      await waitFor(
+        async () => {
+          const read = stream?.bytesRead ?? -1;
+          still = read > 0 && read === last ? still + 1 : 0;
+          last = read;
+          return still >= 5;
+        },
+        { timeoutMs: 20_000, intervalMs: 50, what: "the response to back up" },
+      );
+      expect(stream!.bytesRead).toBeLessThan(48 * 1024 * 1024);
+      // The chunk being sent, and no read-ahead buffer besides: one READ_CHUNK (256 KiB), not 2 MiB as it was.
+      expect(own.lentCount).toBe(1);
+      expect(READ_CHUNK).toBeLessThanOrEqual(256 * 1024);
+    } finally {
+      client.destroy();
+    }
+    await handleClosed;
+    await waitFor(async () => own.lentCount === 0, { timeoutMs: 10_000, what: "the stalled write's buffer to be released" });
   });
 
   it("closes its file when the client goes away mid-transfer", async () => {
