@@ -1,6 +1,9 @@
 import { createHash, randomBytes } from "node:crypto";
-import { Readable } from "node:stream";
-import { describe, expect, it } from "vitest";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+import { pipeline, Readable } from "node:stream";
+import { Agent, request } from "undici";
+import { afterEach, describe, expect, it } from "vitest";
 import { VerifyStream } from "../../../src/cache/verify-stream.ts";
 import { receivePacer } from "../../../src/upstream/receive-pacer.ts";
 
@@ -45,5 +48,64 @@ describe("VerifyStream", () => {
   it("fails content longer or shorter than announced", async () => {
     expect((await run(content, digestOf(content), content.length - 1)).error?.message).toMatch(/more than the announced/);
     expect((await run(content, digestOf(content), content.length + 1)).error?.message).toMatch(/of .* bytes/);
+  });
+
+  describe("a reader that stops reading", () => {
+    let upstream: Server | undefined;
+    let agent: Agent | undefined;
+    afterEach(async () => {
+      await agent?.destroy().catch(() => undefined);
+      upstream?.closeAllConnections();
+      await new Promise((resolve) => (upstream ? upstream.close(resolve) : resolve(undefined)));
+      upstream = agent = undefined;
+    });
+
+    /** An upstream that sends a 64 MiB body as fast as it is taken; resolves with its URL and its server-side sockets. */
+    async function startUpstream(): Promise<{ url: string; sockets: Socket[]; body: Buffer }> {
+      const body = randomBytes(64 * 1024 * 1024);
+      const sockets: Socket[] = [];
+      upstream = createServer((_req, res) => {
+        sockets.push(res.socket!);
+        res.writeHead(200, { "content-length": String(body.length) });
+        res.end(body);
+      });
+      await new Promise<void>((resolve) => upstream!.listen(0, "127.0.0.1", resolve));
+      return { url: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}/`, sockets, body };
+    }
+
+    it("releases the upstream connection once it has read nothing for the stall timeout", async () => {
+      const { url, sockets, body } = await startUpstream();
+      // undici's own body timeout is far away and, paused by backpressure, would never fire anyway.
+      agent = new Agent({ bodyTimeout: 10 * 60_000 });
+      const res = await request(url, { dispatcher: agent });
+      const verify = new VerifyStream(digestOf(body), body.length, { stallTimeoutMs: 300 });
+      const failed = new Promise<Error | undefined>((resolve) => pipeline(res.body, verify, (err) => resolve(err ?? undefined)));
+      verify.once("data", () => verify.pause()); // takes one chunk, then nothing more
+      let timer: NodeJS.Timeout | undefined;
+      const bounded = new Promise<Error>((resolve) => (timer = setTimeout(() => resolve(new Error("the transfer was still held after 10 s")), 10_000)));
+      const err = await Promise.race([failed, bounded]);
+      clearTimeout(timer);
+      expect(err?.message).toMatch(/read nothing for 300 ms/);
+      expect(res.body.destroyed).toBe(true);
+      expect(sockets).toHaveLength(1);
+      // The upstream sees its connection closed: it is not held for the rest of a transfer nobody reads.
+      await new Promise<void>((resolve) => (sockets[0]!.destroyed ? resolve() : sockets[0]!.once("close", () => resolve())));
+      expect(sockets[0]!.destroyed).toBe(true);
+    });
+
+    it("does not cut off a reader that keeps taking chunks, however slowly", async () => {
+      const content = randomBytes(3 * 1024 * 1024);
+      const verify = new VerifyStream(digestOf(content), content.length, { stallTimeoutMs: 500 });
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < content.length; at += 64 * 1024) chunks.push(content.subarray(at, at + 64 * 1024));
+      Readable.from(chunks).pipe(verify);
+      const out: Buffer[] = [];
+      // Output full most of the time, one chunk taken every 20 ms: well over the stall timeout in total.
+      for await (const chunk of verify) {
+        out.push(chunk as Buffer);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(Buffer.concat(out).equals(content)).toBe(true);
+    });
   });
 });
