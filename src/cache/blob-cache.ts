@@ -147,7 +147,7 @@ export class BlobCache {
   }
 
   private verified(upstream: UpstreamClient, repo: string, digest: string, response: UpstreamBlob, why: "no-room" | "proving"): BlobSource {
-    const verified = new VerifyStream(digest, response.size);
+    const verified = new VerifyStream(digest, response.size, { stallTimeoutMs: upstream.config.timeouts.bodyIdle });
     // A Transform finishes only after its flush accepted the bytes: the upstream has proved it holds them.
     verified.once("finish", () => void recordServed(this.metadata, upstream.name, repo, [digest]).catch(() => undefined));
     // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
