@@ -278,7 +278,8 @@ export class Fill {
       this.reservation = await policy?.admit(upstream.size);
       if (policy && !this.reservation) {
         // No room: the response goes to one client uncached. The overall fill timeout no longer applies (the
-        // client's own connection paces it); undici's body-idle timeout still does.
+        // client's own connection paces it); a client that stops reading is cut off by the pass-through's stall
+        // watchdog (verify-stream.ts), since undici's body-idle timeout does not run while the body is paused.
         clearTimeout(timer);
         this.direct = upstream;
         upstream = undefined;
