@@ -122,7 +122,7 @@ export class Prefetcher {
         source.body.destroy();
         throw new Error("not cached: no room in the cache (disk full or over budget)");
       case "upstream":
-        return;
+        throw new Error("not cached: the blob cache answered without content");
     }
   }
 }

@@ -74,7 +74,8 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
       let manifests = 0;
       const plan = await exporter.plan(references, { platforms, exclude, onManifest: () => progress.update({ items: { done: ++manifests }, bytes: { done: 0 } }) });
       for (const image of plan.images) {
-        const platformsNote = image.children.length > 0 ? ` (${image.children.length} platform${image.children.length === 1 ? "" : "s"})` : "";
+        const n = image.children.length > 0 ? image.images.length : 0;
+        const platformsNote = n > 0 ? ` (${n} platform${n === 1 ? "" : "s"})` : "";
         progress.note(`${image.reference.canonical} ${image.top.digest}${platformsNote}`);
       }
       const totals = exporter.totals(plan);

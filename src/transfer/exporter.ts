@@ -11,7 +11,7 @@ import type { FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
 import type { BlobStore } from "../cache/blob-store.ts";
-import { isIndexLike, walkImage, type Descriptor } from "../cache/image-walker.ts";
+import { walkImage, type Descriptor } from "../cache/image-walker.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
 import type { StoredManifest } from "../cache/manifest-store.ts";
 import { MediaType } from "../oci/media-types.ts";
@@ -32,8 +32,10 @@ import { directoryHeader, endOfArchive, fileHeader, padding } from "./tar-writer
 export interface ExportedImage {
   reference: ImageReference<UpstreamClient>;
   top: StoredManifest;
-  /** Child manifests included (an index's selected platforms). */
+  /** Child manifests included: nested indexes and the selected platforms' image manifests. */
   children: StoredManifest[];
+  /** The image manifests included (the top itself for a single image). */
+  images: StoredManifest[];
   /** Config and layer descriptors of the included images. */
   blobs: Map<string, Descriptor>;
 }
@@ -102,14 +104,12 @@ export class Exporter {
       } catch (err) {
         throw new Error(`${reference.canonical}: ${(err as Error).message}`, { cause: err });
       }
-      const { top, children, blobs } = walked;
+      // walkImage has reached every selected image manifest, at any depth of nested indexes, or thrown.
+      const { top, children, images: included, blobs } = walked;
       if (top.mediaType === MediaType.dockerSchema1 || top.mediaType === MediaType.dockerSchema1Signed) {
         throw new Error(`${reference.canonical}: Docker schema 1 manifests cannot be carried in an OCI layout`);
       }
-      if (isIndexLike(top) && children.length === 0) {
-        throw new Error(`${reference.canonical}: no manifest of the index matches --platform ${platforms.join(", ")}`);
-      }
-      images.push({ reference, top, children, blobs });
+      images.push({ reference, top, children, images: included, blobs });
     }
     const manifests = new Map<string, StoredManifest>();
     for (const image of images) for (const m of [image.top, ...image.children]) if (!manifests.has(m.digest)) manifests.set(m.digest, m);

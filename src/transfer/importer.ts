@@ -20,7 +20,7 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { writeAt, type BlobStore } from "../cache/blob-store.ts";
-import { parseManifest, type Descriptor } from "../cache/image-walker.ts";
+import { parseManifest, walkManifests, type Descriptor } from "../cache/image-walker.ts";
 import type { ManifestStore } from "../cache/manifest-store.ts";
 import type { MetadataStore } from "../cache/metadata-store.ts";
 import type { PinEntry, PinList } from "../cache/pin-list.ts";
@@ -73,6 +73,13 @@ interface Top {
   reference: ImageReference | undefined;
   /** Why the reference could not be used (no annotation, unknown upstream, digest mismatch). */
   problem: string | undefined;
+}
+
+/** What an image in the bundle reaches: digests the cache holds, digests it lacks, child manifests left out at export. */
+interface ImageContents {
+  stored: string[];
+  missing: string[];
+  leftOut: number;
 }
 
 /** The most index.json may hold: thousands of references fit in a fraction of it. */
@@ -375,8 +382,14 @@ class ImportRun {
     if (ref === undefined) {
       return { reference: String((top.descriptor as { annotations?: Record<string, string> }).annotations?.[REF_NAME_ANNOTATION] ?? digest), digest, status: "refused", pinned: false, reason: top.problem };
     }
-    const walk = { stored: [] as string[], missing: [] as string[], leftOut: 0 };
-    await this.walk(digest, walk, true);
+    let walk: ImageContents;
+    try {
+      walk = await this.contents(digest);
+    } catch (err) {
+      // Not walkable (indexes nested too deep, a manifest that is no image): nothing to tag.
+      if (this.pin && this.pinsBefore !== undefined) await this.unpin(ref.canonical);
+      return { reference: ref.canonical, digest, status: "refused", pinned: false, reason: (err as Error).message };
+    }
     const pinned = this.pin && this.pinsBefore !== undefined;
     if (walk.missing.length > 0) {
       if (pinned) await this.unpin(ref.canonical);
@@ -397,38 +410,28 @@ class ImportRun {
   }
 
   /**
-   * Collects what an image needs. A child manifest of an index that is neither cached nor was in the bundle was
-   * left out at export (a platform not selected): the image is complete without it, as long as one platform is
-   * there. One that was in the bundle but refused makes the image incomplete.
+   * What an image needs, walked (image-walker.ts, indexes at any depth) over what the cache now holds. A child
+   * manifest of an index that is neither cached nor was in the bundle was left out at export (a platform not
+   * selected): the image is complete without it, as long as the walk reaches at least one image manifest with
+   * all its blobs. One that was in the bundle but refused makes the image incomplete.
    */
-  private async walk(digest: string, into: { stored: string[]; missing: string[]; leftOut: number }, top: boolean): Promise<void> {
-    const manifest = await this.o.manifests.get(digest);
-    if (!manifest) {
-      into.missing.push(digest);
-      return;
+  private async contents(digest: string): Promise<ImageContents> {
+    const top = await this.o.manifests.get(digest);
+    if (!top) return { stored: [], missing: [digest], leftOut: 0 };
+    const walked = await walkManifests(top, async (d) => await this.o.manifests.get(d.digest));
+    const refused = walked.absent.filter((d) => this.seen.has(d.digest)).map((d) => d.digest);
+    const leftOut = walked.absent.filter((d) => !this.seen.has(d.digest)).map((d) => d.digest);
+    const into: ImageContents = { stored: [top.digest, ...walked.children.map((m) => m.digest)], missing: refused, leftOut: leftOut.length };
+    // No image manifest here at all (every platform left out, at any depth): the image cannot be pulled.
+    if (walked.images.length === 0) {
+      if (walked.absent.length === 0) throw new Error(`the index ${digest} reaches no image manifest`);
+      into.missing.push(...leftOut);
     }
-    into.stored.push(digest);
-    const doc = parseManifest(manifest.bytes);
-    if (Array.isArray(doc.manifests)) {
-      let present = 0;
-      for (const child of doc.manifests) {
-        if (typeof child?.digest !== "string") continue;
-        const inBundle = this.seen.has(child.digest);
-        if (!inBundle && !(await this.o.manifests.get(child.digest))) {
-          into.leftOut++;
-          continue;
-        }
-        present++;
-        await this.walk(child.digest, into, false);
-      }
-      if (top && present === 0) into.missing.push(...doc.manifests.map((c) => c.digest).filter((d) => typeof d === "string"));
-      return;
+    for (const blob of walked.blobs.keys()) {
+      if (this.o.store.index.has(blob) || (await this.o.store.size(blob)) !== undefined) into.stored.push(blob);
+      else into.missing.push(blob);
     }
-    for (const blob of [doc.config, ...(doc.layers ?? [])]) {
-      if (!blob || typeof blob.digest !== "string") continue;
-      if (this.o.store.index.has(blob.digest) || (await this.o.store.size(blob.digest)) !== undefined) into.stored.push(blob.digest);
-      else into.missing.push(blob.digest);
-    }
+    return into;
   }
 
   private async unpin(reference: string): Promise<void> {

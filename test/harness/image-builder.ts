@@ -163,6 +163,26 @@ export function buildIndex(children: BuiltImage[], opts: { format?: ImageFormat 
   return { manifest, mediaType, digest: sha256(manifest), children: [...children] };
 }
 
+/** An OCI index whose one child is another index: the image spec allows nesting, and containerd follows it. */
+export interface BuiltNestedIndex {
+  manifest: Buffer;
+  mediaType: string;
+  digest: string;
+  inner: BuiltIndex;
+}
+
+export function buildNestedIndex(inner: BuiltIndex): BuiltNestedIndex {
+  const mediaType = MediaTypes.ociIndex;
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType, manifests: [{ mediaType: inner.mediaType, digest: inner.digest, size: inner.manifest.length }] }));
+  return { manifest, mediaType, digest: sha256(manifest), inner };
+}
+
+/** Pushes the inner index (its children, then itself by digest), then the outer one under `ref`. */
+export async function pushNestedIndex(registryUrl: string, repo: string, ref: string, nested: BuiltNestedIndex, auth?: Credentials): Promise<void> {
+  await pushIndex(registryUrl, repo, nested.inner.digest, nested.inner, auth);
+  await pushManifest(new RegistryAuthenticator(auth), registryUrl, repo, ref, nested.manifest, nested.mediaType, nested.digest);
+}
+
 /**
  * Pushes an image's blobs (skipping any the registry already has) and then its manifest under `ref`
  * (a tag, or the manifest digest). Fails with the registry's answer on any unexpected status.

@@ -4,7 +4,7 @@
  */
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildImage, buildIndex, pushImage, pushIndex, randomLayer, type BuiltIndex } from "../harness/image-builder.ts";
+import { buildImage, buildIndex, buildNestedIndex, pushImage, pushIndex, pushNestedIndex, randomLayer, type BuiltIndex } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { runCommand, Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
@@ -79,6 +79,26 @@ describe("admin API", () => {
     const [amd64, arm64] = index.children;
     for (const blob of arm64!.blobs()) expect(await mirror.mirror.blobStore.size(blob.digest)).toBe(blob.bytes.length);
     for (const blob of amd64!.layers) expect(await mirror.mirror.blobStore.size(blob.digest)).toBeUndefined();
+  });
+
+  it("prefetches an index whose child is another index: every level, every platform, every layer", async () => {
+    const nested = buildNestedIndex(multiArch("nested"));
+    await pushNestedIndex(upstream.url, "team/nested", "v1", nested);
+    const started = await admin("POST", "prefetch", { reference: "docker.io/team/nested:v1" });
+    const job = await waitForJob((JSON.parse(started.body.toString()) as { id: string }).id);
+    const blobs = nested.inner.children.flatMap((c) => c.blobs());
+    // outer index, inner index, two image manifests
+    expect(job).toMatchObject({ state: "done", manifests: 4, errors: [], blobs: { total: blobs.length, done: blobs.length } });
+    for (const blob of blobs) expect(await mirror.mirror.blobStore.size(blob.digest), blob.digest).toBe(blob.bytes.length);
+  });
+
+  it("fails a prefetch that reaches no image instead of reporting it done", async () => {
+    const nested = buildNestedIndex(multiArch("no-such-platform"));
+    await pushNestedIndex(upstream.url, "team/nested-none", "v1", nested);
+    const started = await admin("POST", "prefetch", { reference: "docker.io/team/nested-none:v1", platforms: ["linux/s390x"] });
+    const job = await waitForJob((JSON.parse(started.body.toString()) as { id: string }).id);
+    expect(job).toMatchObject({ state: "failed", blobs: { total: 0, done: 0 } });
+    expect(job.errors.join("\n")).toMatch(/no manifest of the index matches the platforms linux\/s390x/);
   });
 
   it("has a CLI that follows the job to the end", async () => {

@@ -16,7 +16,7 @@ import { parseConfig } from "../../src/config/load.ts";
 import type { ImportReport } from "../../src/transfer/importer.ts";
 import { TarError, TarReader } from "../../src/transfer/tar-reader.ts";
 import { endOfArchive, fileHeader } from "../../src/transfer/tar-writer.ts";
-import { buildImage, buildIndex, pushImage, pushIndex, randomLayer, type BuiltImage, type BuiltIndex } from "../harness/image-builder.ts";
+import { buildImage, buildIndex, buildNestedIndex, pushImage, pushIndex, pushNestedIndex, randomLayer, type BuiltImage, type BuiltIndex, type BuiltNestedIndex } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { freePort, runCommand, Teardown, type CommandResult } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
@@ -382,6 +382,70 @@ describe("delta transfer", () => {
     expect(wrong.code).toBe(1);
     expect(report(wrong).images.find((i) => i.reference === "docker.io/team/app:v2")).toMatchObject({ status: "incomplete", missing: [base.digest] });
     expect((await fetchRaw(`${empty.url}/v2/team/app/manifests/v2`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBeGreaterThanOrEqual(400);
+  });
+});
+
+describe("an index whose child is another index", () => {
+  const nested: BuiltNestedIndex = buildNestedIndex(
+    buildIndex([
+      buildImage({ format: "oci", architecture: "amd64", layers: [randomLayer(70_000)], labels: { image: "nested" } }),
+      buildImage({ format: "oci", architecture: "arm64", layers: [randomLayer(80_000)], labels: { image: "nested" } }),
+    ]),
+  );
+  const images = nested.inner.children;
+  const REF = "docker.io/team/nested:v1";
+
+  async function expectNestedServed(mirror: TestMirror): Promise<void> {
+    const top = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(top.status, top.body.toString()).toBe(200);
+    expect(top.body.equals(nested.manifest)).toBe(true);
+    const inner = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/${nested.inner.digest}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(inner.body.equals(nested.inner.manifest)).toBe(true);
+    for (const image of images) {
+      const m = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/${image.digest}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      expect(m.body.equals(image.manifest), image.digest).toBe(true);
+      for (const blob of image.blobs()) expect(sha256((await fetchRaw(`${mirror.url}/v2/team/nested/blobs/${blob.digest}`)).body), blob.digest).toBe(blob.digest);
+    }
+  }
+
+  it("is exported with every level, platform and layer, and imported complete: served with no upstream", async () => {
+    await pushNestedIndex(upstream.url, "team/nested", "v1", nested);
+    const out = join(work, "nested.tar");
+    const res = await cli(["export", REF, "--config", await writeConfig("nested", join(work, "nested-cache"), upstream.url), "--output", out]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(/1 references, 4 manifests, 4 blobs/);
+    const carried = [...(await readBundle(out)).keys()].filter((n) => n.startsWith("blobs/")).map((n) => `sha256:${n.slice("blobs/sha256/".length)}`);
+    const expected = [nested.digest, nested.inner.digest, ...images.flatMap((i) => [i.digest, ...i.blobs().map((b) => b.digest)])];
+    expect(carried.sort()).toEqual(expected.sort());
+    const target = await unreachableMirror();
+    const imported = await cli(["import", out, "--url", target.url, "--token", TOKEN, "--json"]);
+    expect(imported.code, imported.stdout).toBe(0);
+    expect(report(imported).images).toEqual([expect.objectContaining({ reference: REF, status: "imported", digest: nested.digest })]);
+    await expectNestedServed(target);
+  });
+
+  it("is refused a tag when a bundle carries its indexes but none of its images, naming what is missing", async () => {
+    // The bundle an exporter that walked one level deep wrote: both indexes, no image manifest, no layer.
+    const mtime = 0;
+    const file = (name: string, bytes: Buffer) => [fileHeader({ name, size: bytes.length, mtime }), bytes, Buffer.alloc((512 - (bytes.length % 512)) % 512)];
+    const index = { schemaVersion: 2, manifests: [{ mediaType: nested.mediaType, digest: nested.digest, size: nested.manifest.length, annotations: { "io.registry-mirror.reference": REF } }] };
+    const partial = join(work, "nested-partial.tar");
+    await writeFile(
+      partial,
+      Buffer.concat([
+        ...file("oci-layout", Buffer.from('{"imageLayoutVersion":"1.0.0"}')),
+        ...file("index.json", Buffer.from(JSON.stringify(index))),
+        ...file(`blobs/sha256/${nested.digest.slice(7)}`, nested.manifest),
+        ...file(`blobs/sha256/${nested.inner.digest.slice(7)}`, nested.inner.manifest),
+        endOfArchive(),
+      ]),
+    );
+    const target = await unreachableMirror();
+    const res = await cli(["import", partial, "--url", target.url, "--token", TOKEN, "--json"]);
+    expect(res.code, res.stdout).toBe(1);
+    expect(report(res).images).toEqual([expect.objectContaining({ reference: REF, status: "incomplete", missing: images.map((i) => i.digest) })]);
+    const tag = await fetchRaw(`${target.url}/v2/team/nested/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(tag.status).toBeGreaterThanOrEqual(400);
   });
 });
 
