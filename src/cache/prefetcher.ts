@@ -5,7 +5,6 @@
  */
 import { randomUUID } from "node:crypto";
 import { finished } from "node:stream/promises";
-import { LRUCache } from "lru-cache";
 import type { Logger } from "pino";
 import type { ManifestReference } from "../oci/reference.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
@@ -35,17 +34,22 @@ export interface JobStatus {
 
 /** Blob downloads one job runs at once: enough to overlap latency, few enough not to crowd clients out. */
 const PARALLEL_BLOBS = 3;
+/** Finished jobs kept for polling, the first finished dropped first. Running jobs are never dropped: they answer until they end. */
+const FINISHED_JOBS_KEPT = 1000;
 
 export class Prefetcher {
   private readonly manifests: ManifestCache;
   private readonly blobs: BlobCache;
   private readonly log: Logger;
-  private readonly jobs = new LRUCache<string, JobStatus>({ max: 1000 });
+  /** Every running job (in start order) and the last `finishedJobsKept` finished ones (in the order they finished). */
+  private readonly jobs = new Map<string, JobStatus>();
+  private readonly finishedJobsKept: number;
 
-  constructor(opts: { manifests: ManifestCache; blobs: BlobCache; log: Logger }) {
+  constructor(opts: { manifests: ManifestCache; blobs: BlobCache; log: Logger; finishedJobsKept?: number }) {
     this.manifests = opts.manifests;
     this.blobs = opts.blobs;
     this.log = opts.log;
+    this.finishedJobsKept = opts.finishedJobsKept ?? FINISHED_JOBS_KEPT;
   }
 
   /** Starts a job and returns its status object at once (it keeps changing until the job ends). */
@@ -72,6 +76,10 @@ export class Prefetcher {
       },
     ).finally(() => {
       job.finishedAt = new Date().toISOString();
+      // Re-inserted, so finished jobs are in the order they finished: the one that just ended is dropped last.
+      this.jobs.delete(job.id);
+      this.jobs.set(job.id, job);
+      this.forgetOldFinishedJobs();
       this.log.info({ job: job.id, reference: job.reference, state: job.state, bytes: job.bytes.done, errors: job.errors.length }, "prefetch finished");
     });
     return job;
@@ -79,6 +87,17 @@ export class Prefetcher {
 
   status(id: string): JobStatus | undefined {
     return this.jobs.get(id);
+  }
+
+  private forgetOldFinishedJobs(): void {
+    let finished = 0;
+    for (const job of this.jobs.values()) if (job.state !== "running") finished++;
+    for (const [id, job] of this.jobs) {
+      if (finished <= this.finishedJobsKept) return;
+      if (job.state === "running") continue;
+      this.jobs.delete(id);
+      finished--;
+    }
   }
 
   private async run(req: PrefetchRequest, job: JobStatus): Promise<void> {
