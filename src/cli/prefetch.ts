@@ -31,6 +31,12 @@ export async function prefetchCommand(argv: string[], out: NodeJS.WriteStream = 
     out.write(`${PREFETCH_USAGE}\n`);
     return 2;
   }
+  // Whole milliseconds within reason: anything else (NaN, 0) would poll the mirror in a 1 ms loop.
+  const pollMs = Number(values["poll-ms"]);
+  if (!Number.isSafeInteger(pollMs) || pollMs < 10 || pollMs > 60_000) {
+    out.write(`prefetch: --poll-ms ${values["poll-ms"]}: expected whole milliseconds from 10 to 60000\n`);
+    return 2;
+  }
   const token = values.token ?? (values["token-file"] ? (await readFile(values["token-file"], "utf8")).trim() : process.env.MIRROR_ADMIN_TOKEN);
   if (!token) {
     out.write("prefetch: an admin token is required (--token, --token-file or MIRROR_ADMIN_TOKEN)\n");
@@ -55,7 +61,7 @@ export async function prefetchCommand(argv: string[], out: NodeJS.WriteStream = 
       lastLog = Date.now();
     }
     if (job.state !== "running") break;
-    await new Promise((r) => setTimeout(r, Number(values["poll-ms"])));
+    await new Promise((r) => setTimeout(r, pollMs));
     const polled = await call(`${base}/admin/v1/jobs/${job.id}`, "GET", headers);
     if (polled.status !== 200) {
       out.write(`\nprefetch: ${polled.status} ${polled.text}\n`);

@@ -7,17 +7,37 @@ import ms from "ms";
 import { z } from "zod";
 import { MIN_SECRET_BYTES } from "./secret-file.ts";
 
-const duration = z
-  .union([z.number().int().nonnegative(), z.string()])
-  .transform((value, ctx) => {
-    if (typeof value === "number") return value;
-    const parsed = ms(value as ms.StringValue) as number | undefined;
+/** The longest delay a Node.js timer keeps: 2^31-1 ms (about 24.8 days). Node fires a longer one (or 0) after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Durations: `ms` strings ("30s", "5m", "1h") or milliseconds. Every duration ends up as a timer delay (or is
+ * compared with one), so the value, rounded to whole milliseconds, must lie in what a timer honours: at most
+ * MAX_TIMER_MS, and at least `min` (1 ms unless a key needs more). `zeroMeansOff`: 0 is accepted too, for the
+ * keys where the docs say what 0 turns off; elsewhere 0 is an error, not a timer that fires at once.
+ */
+function durationIn(opts: { min?: number; zeroMeansOff?: boolean } = {}) {
+  const min = opts.min ?? 1;
+  return z.union([z.number().int(), z.string()]).transform((value, ctx) => {
+    const parsed = typeof value === "number" ? value : (ms(value as ms.StringValue) as number | undefined);
     if (typeof parsed !== "number" || !Number.isFinite(parsed) || parsed < 0) {
       ctx.addIssue({ code: "custom", message: `invalid duration ${JSON.stringify(value)} (examples: 30s, 5m, 1h)` });
       return z.NEVER;
     }
-    return parsed;
+    const rounded = Math.round(parsed);
+    if (rounded === 0 && opts.zeroMeansOff) return 0;
+    if (rounded < min || rounded > MAX_TIMER_MS) {
+      const shown = typeof value === "number" ? `${value} ms` : `${JSON.stringify(value)} (${rounded} ms)`;
+      const range = `from ${ms(min, { long: false })} up to ${MAX_TIMER_MS} ms (about 24.8 days, the longest a timer waits)${opts.zeroMeansOff ? ", or 0 for off" : ""}`;
+      ctx.addIssue({ code: "custom", message: `duration ${shown} is out of range: ${range}` });
+      return z.NEVER;
+    }
+    return rounded;
   });
+}
+
+/** A duration that must be a working timer: 1 ms to MAX_TIMER_MS. */
+const duration = durationIn();
 
 /**
  * Sizes: bytes as a number, or a string with a unit. KB/MB/GB/TB are decimal, KiB/MiB/GiB/TiB binary (the
@@ -56,10 +76,10 @@ export const upstreamSchema = z
     default: z.boolean().default(false),
     /** Other names clients use for this registry (containerd `?ns=` values, path prefixes). */
     aliases: z.array(registryHost).default([]),
-    /** How long a tag → digest pointer is trusted without asking the upstream. */
-    tagTtl: duration.default(5 * 60_000),
-    /** How long an upstream 404 for a tag or manifest is remembered, so a storm of misses reaches it once. */
-    negativeTtl: duration.default(30_000),
+    /** How long a tag → digest pointer is trusted without asking the upstream; 0: revalidated on every request. */
+    tagTtl: durationIn({ zeroMeansOff: true }).default(5 * 60_000),
+    /** How long an upstream 404 for a tag or manifest is remembered, so a storm of misses reaches it once; 0: not remembered. */
+    negativeTtl: durationIn({ zeroMeansOff: true }).default(30_000),
     /** Never contact this upstream: serve only what is cached (air-gapped mode). */
     offline: z.boolean().default(false),
     /**
@@ -152,8 +172,8 @@ export const configSchema = z
         highWatermark: z.number().gt(0).lte(1).default(0.9),
         /** ...and deletes least-recently-used content until usage is under this fraction. */
         lowWatermark: z.number().gt(0).lt(1).default(0.8),
-        /** How often watermarks are checked besides after each download. */
-        checkInterval: duration.default(30_000),
+        /** How often watermarks are checked besides after each download (each check reads the filesystem's usage). */
+        checkInterval: durationIn({ min: 1_000 }).default(30_000),
         /**
          * Content never evicted: `<upstream>/<repository>` (every tag) or `<upstream>/<repository>:<tag>`, with
          * everything those tags reach (index children, configs, layers). Air-gapped sites pin what they must keep.
@@ -293,8 +313,8 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    /** How long a graceful shutdown waits for in-flight fills and responses. */
-    shutdownGrace: duration.default(25_000),
+    /** How long a graceful shutdown waits for in-flight fills and responses; 0: it does not wait. */
+    shutdownGrace: durationIn({ zeroMeansOff: true }).default(25_000),
     upstreams: z.record(registryHost, upstreamSchema).default({
       "docker.io": {
         url: "https://registry-1.docker.io",

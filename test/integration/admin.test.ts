@@ -113,6 +113,14 @@ describe("admin API", () => {
     expect(bad.stderr).toMatch(/401/);
   });
 
+  it("has a CLI that refuses a poll period that is no whole milliseconds (it would poll in a 1 ms loop)", async () => {
+    for (const poll of ["1m", "0", "abc"]) {
+      const res = await runCommand(process.execPath, ["src/main.ts", "prefetch", "docker.io/library/clitool:v2", "--url", mirror.url, "--token", TOKEN, "--poll-ms", poll], { timeoutMs: 30_000 });
+      expect(res.code, poll).toBe(2);
+      expect(res.stderr).toContain(`prefetch: --poll-ms ${poll}: expected whole milliseconds from 10 to 60000`);
+    }
+  });
+
   it("lists repositories, tags and blobs, reports totals, and purges a digest", async () => {
     const repos = JSON.parse((await admin("GET", "repositories?upstream=docker.io")).body.toString()) as { repositories: Array<{ repository: string; tags: number }> };
     expect(repos.repositories).toContainEqual({ upstream: "docker.io", repository: "team/multi", tags: 1 });

@@ -1,8 +1,11 @@
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import { z } from "zod";
 import { ConfigError, loadConfig, parseConfig } from "../../../src/config/load.ts";
+import { configSchema, MAX_TIMER_MS } from "../../../src/config/schema.ts";
 
 async function yamlFile(text: string): Promise<string> {
   const file = join(await mkdtemp(join(tmpdir(), "cfg-")), "mirror.yaml");
@@ -102,3 +105,78 @@ upstreams:
     expect(() => loadConfig({ file, env: {} })).toThrow(new RegExp(file.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")));
   });
 });
+
+/** The problems a configuration is refused with (none: accepted). */
+function problemsOf(input: unknown): readonly string[] {
+  try {
+    parseConfig(input);
+    return [];
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.problems;
+  }
+}
+
+function unwrap(schema: z.ZodType): z.ZodType {
+  let s = schema;
+  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodPrefault) s = s.unwrap() as z.ZodType;
+  return s;
+}
+
+/** Every duration key of the schema (a number-or-string input that reads "1s" as 1000), with `u.example` for an upstream's name. */
+function durationKeys(schema: z.ZodType = configSchema, path: string[] = []): string[][] {
+  const inner = unwrap(schema);
+  if (inner instanceof z.ZodObject) return Object.entries(inner.shape as Record<string, z.ZodType>).flatMap(([key, child]) => durationKeys(child, [...path, key]));
+  if (inner instanceof z.ZodRecord) return durationKeys(inner.valueType as z.ZodType, [...path, "u.example"]);
+  return inner instanceof z.ZodPipe && inner.in instanceof z.ZodUnion && inner.safeParse("1s").data === 1000 ? [path] : [];
+}
+
+/** A valid configuration with `value` at `path` (sections that need a field get it). */
+function withValue(path: string[], value: unknown): Record<string, unknown> {
+  const input: Record<string, unknown> = { redis: { url: "redis://127.0.0.1:6379" }, upstreams: { "u.example": { url: "https://u.example" } } };
+  let target = input;
+  for (const key of path.slice(0, -1)) target = (target[key] ??= {}) as Record<string, unknown>;
+  target[path.at(-1)!] = value;
+  return input;
+}
+
+describe("durations", () => {
+  const keys = durationKeys();
+  /** The keys where 0 means off; configuration.md says what 0 does for each. */
+  const ZERO_MEANS_OFF = ["upstreams.u.example.tagTtl", "upstreams.u.example.negativeTtl", "shutdownGrace"];
+
+  it("finds the schema's duration keys", () => {
+    expect(keys.map((k) => k.join("."))).toEqual(expect.arrayContaining(["fill.timeout", "storage.checkInterval", "shutdownGrace", "upstreams.u.example.timeouts.headers"]));
+  });
+
+  it("refuses, at every duration key, a value longer than a timer can wait, naming the key", () => {
+    for (const key of keys) {
+      const name = key.join(".");
+      expect(problemsOf(withValue(key, MAX_TIMER_MS)), name).toEqual([]);
+      expect(problemsOf(withValue(key, "25d")), name).toEqual([`${name}: duration "25d" (2160000000 ms) is out of range: from ${name === "storage.checkInterval" ? "1s" : "1ms"} up to 2147483647 ms (about 24.8 days, the longest a timer waits)${ZERO_MEANS_OFF.includes(name) ? ", or 0 for off" : ""}`]);
+      expect(problemsOf(withValue(key, MAX_TIMER_MS + 1)).join("\n"), name).toMatch(new RegExp(`^${name.replace(/\./g, "\\.")}: duration 2147483648 ms is out of range`));
+    }
+  });
+
+  it("accepts 0 only where it means off, and the docs say what it turns off", () => {
+    const docs = readFileSync(new URL("../../../docs/configuration.md", import.meta.url), "utf8");
+    for (const key of keys) {
+      const name = key.join(".");
+      const problems = problemsOf(withValue(key, 0));
+      if (ZERO_MEANS_OFF.includes(name)) {
+        expect(problems, name).toEqual([]);
+        const row = docs.split("\n").find((line) => line.startsWith(`| \`${name.replace("u.example", "<name>")}\``));
+        expect(row, `the docs row of ${name}`).toMatch(/`0`/);
+      } else {
+        expect(problems.join("\n"), name).toMatch(new RegExp(`^${name.replace(/\./g, "\\.")}: duration 0 ms is out of range`));
+      }
+    }
+  });
+
+  it("rounds a fraction of a millisecond before the range check", () => {
+    expect(parseConfig({ fill: { timeout: "1.5ms" } }).fill.timeout).toBe(2);
+    expect(problemsOf({ fill: { timeout: "0.4ms" } })).toEqual(['fill.timeout: duration "0.4ms" (0 ms) is out of range: from 1ms up to 2147483647 ms (about 24.8 days, the longest a timer waits)']);
+    expect(parseConfig({ fill: { timeout: "24d" } }).fill.timeout).toBe(24 * 86_400_000);
+  });
+});
+
