@@ -3,8 +3,9 @@
  * environment overrides. Every problem, from every source, is collected and reported in one `ConfigError`.
  *
  * Environment overrides address any key by its path: segments are separated by `__`, and a segment matches a key
- * written in upper snake case with every non-alphanumeric character as `_`. Values are parsed as YAML scalars or
- * flow collections, so `true`, `8080`, `5m` and `[a, b]` all work:
+ * written in upper snake case with every non-alphanumeric character as `_` (a segment that matches two keys, as
+ * two upstream names differing only in `-` and `.` do, is an error). Values are parsed as YAML scalars or flow
+ * collections, so `true`, `8080`, `5m` and `[a, b]` all work:
  *   MIRROR_LISTEN=127.0.0.1:5001
  *   MIRROR_STORAGE__PATH=/var/cache/mirror
  *   MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL=10m
@@ -113,7 +114,13 @@ function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv,
       const recordValues = recordValueSchema(schema);
       // Keys of a schema object, or the entries already present in a record (upstreams are named by the file).
       const candidates = shape ? Object.keys(shape) : Object.keys(target);
-      const key = candidates.find((k) => envSegment(k) === segment);
+      const matches = candidates.filter((k) => envSegment(k) === segment);
+      // `registry-a.example.com` and `registry.a.example.com` are both REGISTRY_A_EXAMPLE_COM: never pick one.
+      if (matches.length > 1) {
+        problems.push(`${variable}: ${segment} is ambiguous: it names ${matches.join(" and ")}; set the value in the file instead`);
+        break;
+      }
+      const key = matches[0];
       if (key === undefined || (!shape && !recordValues)) {
         problems.push(`${variable}: ${segment} names no configuration key${shape || recordValues ? ` (known here: ${candidates.map(envSegment).join(", ") || "none"})` : ""}`);
         break;

@@ -48,25 +48,45 @@ const size = z.union([z.number().int().positive(), z.string()]).transform((value
   if (typeof value === "number") return value;
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
   const unit = UNITS[(m?.[2] || "b").toLowerCase()];
-  if (!m || unit === undefined || Number(m[1]) <= 0) {
+  if (!m || unit === undefined) {
     ctx.addIssue({ code: "custom", message: `invalid size ${JSON.stringify(value)} (examples: 50GiB, 500MB, 1073741824)` });
     return z.NEVER;
   }
-  return Math.floor(Number(m[1]) * unit);
+  // Checked after the unit is applied and rounded down: "0.5" is 0 bytes, which is no size.
+  const bytes = Math.floor(Number(m[1]) * unit);
+  if (bytes < 1 || !Number.isSafeInteger(bytes)) {
+    const why = bytes < 1 ? `is ${bytes} bytes once rounded down to whole bytes: at least 1 byte` : `is more than ${Number.MAX_SAFE_INTEGER} bytes`;
+    ctx.addIssue({ code: "custom", message: `size ${JSON.stringify(value)} ${why}` });
+    return z.NEVER;
+  }
+  return bytes;
 });
 
-const listenAddress = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, "expected host:port, e.g. 0.0.0.0:5000 or [::1]:5000");
+/** A TCP port in a `host:port` string: 1-65535, or 0 where `zero` (listen on any free port). */
+function portInRange(text: string, zero: boolean): boolean {
+  const port = Number(/:(\d{1,5})$/.exec(text)?.[1] ?? "");
+  return Number.isInteger(port) && port <= 65_535 && (port > 0 || zero);
+}
+
+const listenAddress = z
+  .string()
+  .regex(/^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, "expected host:port, e.g. 0.0.0.0:5000 or [::1]:5000")
+  .refine((a) => portInRange(a, true), "the port must be 0 to 65535 (0: any free port)");
 
 /** A registry host as clients name it: what containerd sends as `?ns=` and what path-prefix mirrors use. */
 const registryHost = z
   .string()
-  .regex(/^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/, "expected a lower-case registry host such as docker.io or registry.example.com:5000");
+  .regex(/^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/, "expected a lower-case registry host such as docker.io or registry.example.com:5000")
+  .refine((h) => !h.includes(":") || portInRange(h, false), "the port must be 1 to 65535");
+
+/** The URL, or undefined when it does not parse (the `url()` check reports that; refinements still run). */
+const parsedUrl = (u: string): URL | undefined => (URL.canParse(u) ? new URL(u) : undefined);
 
 const upstreamUrl = z
   .string()
   .url()
-  .refine((u) => /^https?:$/.test(new URL(u).protocol), "upstream url must be http:// or https://")
-  .refine((u) => ["", "/"].includes(new URL(u).pathname) && new URL(u).search === "", "upstream url must be an origin (no path or query)");
+  .refine((u) => parsedUrl(u) === undefined || /^https?:$/.test(parsedUrl(u)!.protocol), "upstream url must be http:// or https://")
+  .refine((u) => parsedUrl(u) === undefined || (["", "/"].includes(parsedUrl(u)!.pathname) && parsedUrl(u)!.search === ""), "upstream url must be an origin (no path or query)");
 
 export const upstreamSchema = z
   .object({

@@ -180,3 +180,38 @@ describe("durations", () => {
   });
 });
 
+describe("sizes, ports and environment names", () => {
+  it("refuses a size that is 0 bytes once rounded down, or too large to count, naming the key", () => {
+    expect(parseConfig({ storage: { maxSize: "1.5KiB" } }).storage.maxSize).toBe(1536);
+    expect(problemsOf({ storage: { maxSize: "0.5" } })).toEqual(['storage.maxSize: size "0.5" is 0 bytes once rounded down to whole bytes: at least 1 byte']);
+    expect(problemsOf({ storage: { maxSize: "0.0001KB" } })).toEqual(['storage.maxSize: size "0.0001KB" is 0 bytes once rounded down to whole bytes: at least 1 byte']);
+    expect(problemsOf({ storage: { maxSize: "99999999TiB" } })).toEqual([`storage.maxSize: size "99999999TiB" is more than ${Number.MAX_SAFE_INTEGER} bytes`]);
+    expect(problemsOf({ storage: { maxSize: 0 } }).join("\n")).toMatch(/^storage\.maxSize: /);
+  });
+
+  it("refuses a port over 65535 wherever the config takes one, naming the key; listen port 0 means any free port", () => {
+    expect(problemsOf({ listen: "0.0.0.0:99999" })).toEqual(["listen: the port must be 0 to 65535 (0: any free port)"]);
+    expect(problemsOf({ metrics: { listen: "127.0.0.1:65536" } })).toEqual(["metrics.listen: the port must be 0 to 65535 (0: any free port)"]);
+    expect(parseConfig({ listen: "127.0.0.1:0", metrics: { listen: "[::1]:65535" } }).listen).toBe("127.0.0.1:0");
+    const upstream = { url: "https://r.example" };
+    expect(problemsOf({ upstreams: { "r.example:70000": upstream } }).join("\n")).toMatch(/^upstreams\.r\.example:70000: /);
+    expect(problemsOf({ upstreams: { "r.example": { ...upstream, aliases: ["r.example:0"] } } })).toEqual(["upstreams.r.example.aliases.0: the port must be 1 to 65535"]);
+    expect(parseConfig({ upstreams: { "r.example:5000": upstream } }).upstreams["r.example:5000"]).toBeDefined();
+  });
+
+  it("reports an upstream url that does not parse as a configuration problem, with the others", () => {
+    expect(problemsOf({ listen: "x", upstreams: { a: { url: "not a url" } } })).toEqual(["listen: expected host:port, e.g. 0.0.0.0:5000 or [::1]:5000", "upstreams.a.url: Invalid URL"]);
+  });
+
+  it("refuses an environment override whose segment names two upstreams, applying it to neither", async () => {
+    const file = await yamlFile("upstreams:\n  registry-a.example.com:\n    url: https://a.example.com\n  registry.a.example.com:\n    url: https://b.example.com\n");
+    const env = { MIRROR_UPSTREAMS__REGISTRY_A_EXAMPLE_COM__OFFLINE: "true" };
+    expect(() => loadConfig({ file, env })).toThrow(
+      "MIRROR_UPSTREAMS__REGISTRY_A_EXAMPLE_COM__OFFLINE: REGISTRY_A_EXAMPLE_COM is ambiguous: it names registry-a.example.com and registry.a.example.com; set the value in the file instead",
+    );
+    // One upstream of that name alone: the override applies.
+    const single = await yamlFile("upstreams:\n  registry-a.example.com:\n    url: https://a.example.com\n");
+    expect(loadConfig({ file: single, env }).upstreams["registry-a.example.com"]!.offline).toBe(true);
+  });
+});
+
