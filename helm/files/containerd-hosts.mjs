@@ -5,32 +5,50 @@
 // For every registry the mirror serves (each upstream's name and aliases, or HOSTS_TOML_REGISTRIES), it
 // writes <certs dir>/<registry>/hosts.toml:
 //
-//   server = "<the upstream's url>"            where containerd goes when the mirror fails
-//   [host."http://<mirror>"]                    tried first; containerd adds ?ns=<registry> to each request,
-//     capabilities = ["pull", "resolve"]        which is how the mirror picks the upstream
+//   # Written by the registry-mirror chart ...   the marker: the chart wrote this file
+//   # owner: <namespace>/<release's full name>   which installation wrote it
+//   server = "<the upstream's url>"              where containerd goes when the mirror fails
+//   [host."http://<mirror>"]                     tried first; containerd adds ?ns=<registry> to each request,
+//     capabilities = ["pull", "resolve"]         which is how the mirror picks the upstream
 //
-// A file without this script's marker line belongs to someone else and is left alone. Settings come from
-// environment variables (no MIRROR_ prefix: the mirror's loader would read those as config overrides):
-//   HOSTS_TOML_CONFIG        the mirror's config file (required)
+// Files are owned by what wrote them. A file without the marker line belongs to an administrator, one with
+// another owner line to another installation of the chart: both are left alone. A file of ours (the marker
+// and our owner, or the marker and no owner line, as this script wrote before owner lines) whose registry the
+// configuration no longer names (it left config.upstreams or containerdHosts.registries) is deleted, with its
+// directory when that is then empty, so the node stops sending that registry's pulls to the mirror. With
+// HOSTS_TOML_REMOVE_ALL every file of ours is deleted and none written: the clean-up before the feature is
+// turned off or the chart uninstalled, which delete the DaemonSet but nothing it wrote on the nodes.
+//
+// Settings come from environment variables (no MIRROR_ prefix: the mirror's loader would read those as
+// config overrides):
+//   HOSTS_TOML_CONFIG        the mirror's config file (required, except with HOSTS_TOML_REMOVE_ALL)
 //   HOSTS_TOML_CERTS_DIR     containerd's hosts directory as mounted in the pod (required)
+//   HOSTS_TOML_OWNER         who writes: the chart gives <namespace>/<release's full name>; default registry-mirror
 //   HOSTS_TOML_MIRROR_URL    the mirror's URL as nodes reach it; else http://<looked-up service IP>:<port>
 //   HOSTS_TOML_SERVICE_HOST  the Service's DNS name, looked up in the pod (nodes cannot resolve it)
 //   HOSTS_TOML_SERVICE_PORT  the Service's port
 //   HOSTS_TOML_SERVICE_SCHEME  http (default) or https, as the mirror serves
 //   HOSTS_TOML_REGISTRIES    comma-separated registries to write; empty: every upstream name and alias
-//   HOSTS_TOML_REFRESH_SECONDS  re-check period; 0 (or --once) writes once and exits
+//   HOSTS_TOML_REMOVE_ALL    "true": delete every file of ours, write none
+//   HOSTS_TOML_REFRESH_SECONDS  re-check period in whole seconds, 1 to 2147483 (default 60); anything else
+//                            is an error at start. `--once` does one round and exits (status 1 if it failed).
 //   HOSTS_TOML_LOADER        the mirror's config loader module (default /app/dist/config/load.js)
 /* global process, console */
 import { lookup } from "node:dns/promises";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rename, rmdir, unlink, writeFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export const MARKER = "# Written by the registry-mirror chart (containerd-hosts); edits are overwritten.";
+const OWNER_PREFIX = "# owner: ";
+/** The longest sleep a Node.js timer keeps (2^31-1 ms); a longer one would end after 1 ms. */
+const MAX_REFRESH_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 
 const env = process.env;
-const once = process.argv.includes("--once") || Number(env.HOSTS_TOML_REFRESH_SECONDS ?? "0") <= 0;
+const once = process.argv.includes("--once");
+const removeAll = env.HOSTS_TOML_REMOVE_ALL === "true";
+const owner = env.HOSTS_TOML_OWNER || "registry-mirror";
 
 /**
  * The part of the mirror's config loader this script uses (src/config/load.ts).
@@ -66,7 +84,18 @@ async function desiredFiles() {
  * @param {string} mirrorUrl
  */
 function hostsToml(server, mirrorUrl) {
-  return [MARKER, `server = ${JSON.stringify(server)}`, "", `[host.${JSON.stringify(mirrorUrl)}]`, '  capabilities = ["pull", "resolve"]', ""].join("\n");
+  return [MARKER, `${OWNER_PREFIX}${owner}`, `server = ${JSON.stringify(server)}`, "", `[host.${JSON.stringify(mirrorUrl)}]`, '  capabilities = ["pull", "resolve"]', ""].join("\n");
+}
+
+/**
+ * Whose a hosts.toml is: "ours", "chart" (another installation's), or "foreign" (no marker: an administrator's).
+ * @param {string} content
+ */
+function ownership(content) {
+  const [first, second] = content.split("\n", 2);
+  if (first !== MARKER) return "foreign";
+  if (second === undefined || !second.startsWith(OWNER_PREFIX)) return "ours"; // written before owner lines
+  return second.slice(OWNER_PREFIX.length) === owner ? "ours" : "chart";
 }
 
 async function resolveMirrorUrl() {
@@ -93,8 +122,9 @@ async function sync(certsDir, files) {
       throw err;
     });
     if (current === content) continue;
-    if (current !== undefined && !current.startsWith(MARKER)) {
-      log(`${path}: exists and was not written by this chart; left alone`);
+    const whose = current === undefined ? "ours" : ownership(current);
+    if (whose !== "ours") {
+      log(`${path}: exists and was not written by this chart${whose === "chart" ? ` for ${owner}` : ""}; left alone`);
       continue;
     }
     await mkdir(dir, { recursive: true });
@@ -102,6 +132,44 @@ async function sync(certsDir, files) {
     await rename(`${path}.tmp`, path);
     log(`${path}: written`);
   }
+  await removeStale(certsDir, files);
+}
+
+/**
+ * Deletes our files for registries not in `files`, and their directories once empty (containerd may keep a
+ * registry's certificates beside hosts.toml: a directory with anything else in it stays).
+ * @param {string} certsDir
+ * @param {Map<string, string>} files
+ */
+async function removeStale(certsDir, files) {
+  const entries = await readdir(certsDir, { withFileTypes: true }).catch((/** @type {NodeJS.ErrnoException} */ err) => {
+    if (err.code === "ENOENT") return [];
+    throw err;
+  });
+  for (const entry of entries) {
+    // Real directories only: a symlink may lead anywhere on the node.
+    if (!entry.isDirectory() || files.has(entry.name)) continue;
+    const dir = join(certsDir, entry.name);
+    const path = join(dir, "hosts.toml");
+    const stat = await lstat(path).catch(() => undefined);
+    if (!stat?.isFile()) continue;
+    if (ownership(await readFile(path, "utf8")) !== "ours") continue;
+    await unlink(path);
+    await rmdir(dir).catch(() => undefined); // not empty (certificates, an administrator's files): kept
+    log(`${path}: removed (${entry.name} is no longer served through the mirror)`);
+  }
+}
+
+/** Whole seconds between rounds (HOSTS_TOML_REFRESH_SECONDS); throws on anything else. */
+function refreshSeconds() {
+  const text = (env.HOSTS_TOML_REFRESH_SECONDS ?? "").trim();
+  if (text === "") return 60;
+  // Number(), not a digits-only pattern: Helm prints a large number from values as e.g. 2.147483e+06.
+  const seconds = Number(text);
+  if (!Number.isInteger(seconds) || seconds < 1 || seconds > MAX_REFRESH_SECONDS) {
+    throw new Error(`HOSTS_TOML_REFRESH_SECONDS=${JSON.stringify(text)}: expected whole seconds from 1 to ${MAX_REFRESH_SECONDS} (--once does one round and exits)`);
+  }
+  return seconds;
 }
 
 /** @param {string} name */
@@ -119,15 +187,27 @@ function log(message) {
 // PID 1 in its container: without a handler of its own, SIGTERM would be ignored until the grace period ends.
 process.once("SIGTERM", () => process.exit(0));
 
-const certsDir = required("HOSTS_TOML_CERTS_DIR");
+/** @type {string} */
+let certsDir;
+/** @type {number} */
+let refresh;
+try {
+  certsDir = required("HOSTS_TOML_CERTS_DIR");
+  refresh = once ? 0 : refreshSeconds();
+} catch (err) {
+  // A setting that cannot work is reported at start, never turned into a busy loop or a silent exit.
+  log(`failed: ${err instanceof Error ? err.message : String(err)}`);
+  process.exit(1);
+}
 for (;;) {
   try {
-    await sync(certsDir, await desiredFiles());
+    // Files are only deleted after the configuration was read in full: a round that fails changes nothing.
+    await sync(certsDir, removeAll ? /** @type {Map<string, string>} */ (new Map()) : await desiredFiles());
   } catch (err) {
     // One bad round (a DNS hiccup) must not end the DaemonSet pod; --once reports it through the exit code.
     log(`failed: ${err instanceof Error ? err.message : String(err)}`);
     if (once) process.exit(1);
   }
   if (once) break;
-  await sleep(Number(env.HOSTS_TOML_REFRESH_SECONDS) * 1000);
+  await sleep(refresh * 1000);
 }

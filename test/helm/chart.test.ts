@@ -45,7 +45,7 @@ interface Values {
   podDisruptionBudget: { enabled: boolean };
   serviceMonitor: { enabled: boolean; labels: Labels };
   grafanaDashboard: { enabled: boolean };
-  containerdHosts: { enabled: boolean; hostPath: string; mirrorUrl: string };
+  containerdHosts: { enabled: boolean; hostPath: string; mirrorUrl: string; removeFiles: boolean };
 }
 
 const defaults = parseYaml11(readFileSync(join(CHART, "values.yaml"), "utf8")) as Record<string, unknown>;
@@ -148,6 +148,9 @@ describe("values.schema.json", () => {
     ["a storage size that is not a Kubernetes quantity", { persistence: { size: "50GB" } }],
     ["an upstream URL with a path", { config: { upstreams: { "ghcr.io": { url: "https://ghcr.io/v2/" } } } }],
     ["an upstream name that is no registry host", { config: { upstreams: { "GHCR.io": { url: "https://ghcr.io" } } } }],
+    ["a containerd-hosts refresh period of 0 (its script would end after one round: a restart loop)", { containerdHosts: { refreshSeconds: 0 } }],
+    ["a containerd-hosts refresh period longer than a timer can wait", { containerdHosts: { refreshSeconds: 2147484 } }],
+    ["a duration longer than a timer can wait", { config: { shutdownGrace: 2147483648 } }],
   ])("refuses %s", (_label, values) => {
     expect(validate(mergeValues(defaults, values))).toBe(false);
   });
@@ -330,6 +333,9 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
     expect(env.HOSTS_TOML_CERTS_DIR).toBe(writer.volumeMounts?.find((m) => m.name === hostVolume?.name)?.mountPath);
     expect(env.HOSTS_TOML_SERVICE_HOST).toBe(`${String(find<IService>(chart, "Service", "registry-mirror").metadata?.name)}.registry.svc`);
     expect(env.HOSTS_TOML_MIRROR_URL).toBe(merged.containerdHosts.mirrorUrl);
+    // The files it may rewrite or delete are this release's: the owner names namespace and release.
+    expect(env.HOSTS_TOML_OWNER).toBe("registry/mirror-registry-mirror");
+    expect(env.HOSTS_TOML_REMOVE_ALL).toBe(String(merged.containerdHosts.removeFiles));
     expect(writer.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } });
     // The script the DaemonSet runs is the chart's file, byte for byte.
     const scripts = find<IConfigMap>(chart, "ConfigMap", "-containerd-hosts");

@@ -3,7 +3,7 @@
 // Service address swapped for this machine's), and a real containerd (`ctr image pull --hosts-dir`) then
 // pulls an image through a real mirror using the hosts.toml files the script wrote.
 import { randomUUID } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseToml } from "smol-toml";
@@ -11,11 +11,11 @@ import type { IDaemonSet } from "kubernetes-models/apps/v1";
 import type { IConfigMap } from "kubernetes-models/v1";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startContainerd, type Containerd } from "../harness/containerd.ts";
-import { buildImage, busyboxLayer, pushImage, type BuiltImage } from "../harness/image-builder.ts";
+import { buildImage, busyboxLayer, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { runCommand, Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
-import { parseYaml11, renderChart } from "./render.ts";
+import { mergeValues, parseYaml11, renderChart } from "./render.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const CHART = join(ROOT, "helm");
@@ -38,27 +38,30 @@ let image: BuiltImage;
 let work: string;
 let certsDir: string;
 let runScript: () => Promise<{ code: number; stdout: string; stderr: string }>;
+/** The DaemonSet's environment for this machine, rendered from the example values plus `values`. */
+let daemonSetEnv: (values?: Record<string, unknown>) => Record<string, string>;
+let script: string;
 
 beforeAll(async () => {
   registry = teardown.track(await startRegistry());
   image = buildImage({ layers: [busyboxLayer("oci")], format: "oci" });
   await pushImage(registry.url, `library/${NAME}`, "latest", image);
-  mirror = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, aliases: ["registry-1.docker.io"] } } }), "mirror");
+  // The registry's own host name is an alias too: containerd sends it as ?ns= when pulling `<host>/<repo>`.
+  mirror = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, aliases: ["registry-1.docker.io", registry.host] } } }), "mirror");
   containerd = teardown.track(await startContainerd());
 
-  const values = parseYaml11(await readFile(join(CHART, "examples", "containerd-nodes.yaml"), "utf8")) as Record<string, unknown>;
-  const chart = renderChart(CHART, { values, release: { name: "mirror", namespace: "registry" } });
+  const example = parseYaml11(await readFile(join(CHART, "examples", "containerd-nodes.yaml"), "utf8")) as Record<string, unknown>;
+  const render = (values: Record<string, unknown>) => renderChart(CHART, { values: mergeValues(example, values) as Record<string, unknown>, release: { name: "mirror", namespace: "registry" } });
+  const chart = render({});
   const configData = (name: string, key: string): string => {
     const configMap = chart.manifests.find((m) => m.object.kind === "ConfigMap" && (m.object as unknown as IConfigMap).metadata?.name === name)?.object as unknown as IConfigMap | undefined;
     return configMap?.data?.[key] ?? "";
   };
-  const daemonSet = chart.manifests.find((m) => m.object.kind === "DaemonSet")?.object as unknown as IDaemonSet;
-  const writer = daemonSet.spec!.template.spec!.containers[0]!;
 
   work = await mkdtemp(join(tmpdir(), "containerd-hosts-"));
   teardown.add("work dir", () => rm(work, { recursive: true, force: true }));
   certsDir = join(work, "certs.d");
-  const script = join(work, "containerd-hosts.mjs");
+  script = join(work, "containerd-hosts.mjs");
   const config = join(work, "config.yaml");
   await writeFile(script, configData("mirror-registry-mirror-containerd-hosts", "containerd-hosts.mjs"));
   await writeFile(config, configData("mirror-registry-mirror", "config.yaml"));
@@ -66,17 +69,22 @@ beforeAll(async () => {
   await mkdir(join(certsDir, "ghcr.io"), { recursive: true });
   await writeFile(join(certsDir, "ghcr.io", "hosts.toml"), FOREIGN);
 
-  const env: Record<string, string> = Object.fromEntries((writer.env ?? []).map((e) => [e.name, e.value ?? ""]));
-  Object.assign(env, {
-    HOSTS_TOML_CONFIG: config,
-    HOSTS_TOML_CERTS_DIR: certsDir,
-    // The Service's address as the pod would look it up; here the mirror on loopback.
-    HOSTS_TOML_SERVICE_HOST: "127.0.0.1",
-    HOSTS_TOML_SERVICE_PORT: String(mirror.port),
-    // The mirror's config loader from the sources (the image has the compiled one at the default path).
-    HOSTS_TOML_LOADER: join(ROOT, "src", "config", "load.ts"),
-    PATH: process.env.PATH ?? "",
-  });
+  daemonSetEnv = (values = {}) => {
+    const daemonSet = render(values).manifests.find((m) => m.object.kind === "DaemonSet")?.object as unknown as IDaemonSet;
+    const writer = daemonSet.spec!.template.spec!.containers[0]!;
+    return {
+      ...Object.fromEntries((writer.env ?? []).map((e) => [e.name, e.value ?? ""])),
+      HOSTS_TOML_CONFIG: config,
+      HOSTS_TOML_CERTS_DIR: certsDir,
+      // The Service's address as the pod would look it up; here the mirror on loopback.
+      HOSTS_TOML_SERVICE_HOST: "127.0.0.1",
+      HOSTS_TOML_SERVICE_PORT: String(mirror.port),
+      // The mirror's config loader from the sources (the image has the compiled one at the default path).
+      HOSTS_TOML_LOADER: join(ROOT, "src", "config", "load.ts"),
+      PATH: process.env.PATH ?? "",
+    };
+  };
+  const env = daemonSetEnv();
   runScript = () => runCommand(process.execPath, [script, "--once"], { env, cwd: work, timeoutMs: 30_000 });
 });
 
@@ -116,4 +124,76 @@ describe("the containerd-hosts DaemonSet's script", () => {
       expect(registry.count({ method: "GET", kind: "blobs", pathIncludes: blob.digest, status: 200 }), blob.digest).toBe(1);
     }
   });
+
+  it("deletes its file for a registry that leaves the config: containerd then pulls from the registry, not the mirror", { timeout: 180_000 }, async () => {
+    const dir = join(work, "leaving.d");
+    const config = join(work, "leaving.yaml");
+    const env = { ...daemonSetEnv(), HOSTS_TOML_CONFIG: config, HOSTS_TOML_CERTS_DIR: dir, HOSTS_TOML_REGISTRIES: "" };
+    const round = async (yaml: string) => {
+      await writeFile(config, yaml);
+      const run = await runCommand(process.execPath, [script, "--once"], { env, cwd: work, timeoutMs: 30_000 });
+      expect(run.code, run.stdout + run.stderr).toBe(0);
+      return run.stdout;
+    };
+    const before = buildImage({ layers: [randomLayer(20_000)], format: "oci" });
+    const after = buildImage({ layers: [randomLayer(20_000)], format: "oci" });
+    await pushImage(registry.url, `team/${NAME}`, "before", before);
+    await pushImage(registry.url, `team/${NAME}`, "after", after);
+    await round(`upstreams:\n  "${registry.host}":\n    url: ${registry.url}\n  quay.io:\n    url: https://quay.io\n`);
+    const pulled = await containerd.ctr(["image", "pull", "--plain-http", "--hosts-dir", dir, `${registry.host}/team/${NAME}:before`]);
+    expect(pulled.code, pulled.stderr).toBe(0);
+    expect(await mirror.mirror.blobStore.size(before.layers[0]!.digest), "pulled through the mirror").toBe(before.layers[0]!.bytes.length);
+
+    const out = await round("upstreams:\n  quay.io:\n    url: https://quay.io\n");
+    expect(out).toContain(`${registry.host}/hosts.toml: removed`);
+    expect((await readdir(dir)).sort()).toEqual(["quay.io"]);
+    await registry.sync();
+    registry.clearRequests();
+    const direct = await containerd.ctr(["image", "pull", "--plain-http", "--hosts-dir", dir, `${registry.host}/team/${NAME}:after`]);
+    expect(direct.code, direct.stderr).toBe(0);
+    expect(await mirror.mirror.blobStore.size(after.layers[0]!.digest), "the mirror saw the pull").toBeUndefined();
+    await registry.sync();
+    expect(registry.count({ method: "GET", kind: "blobs", pathIncludes: after.layers[0]!.digest, status: 200 })).toBe(1);
+  });
+
+  it("with removeFiles, deletes every file of its own and nothing else: the clean-up before turning it off or uninstalling", async () => {
+    const dir = join(work, "cleanup.d");
+    const ours = { ...daemonSetEnv(), HOSTS_TOML_CERTS_DIR: dir, HOSTS_TOML_REGISTRIES: "" };
+    const written = await runCommand(process.execPath, [script, "--once"], { env: ours, cwd: work, timeoutMs: 30_000 });
+    expect(written.code, written.stdout + written.stderr).toBe(0);
+    // What the nodes hold: this release's files (one beside a CA certificate), another release's, an
+    // administrator's, and one written before files carried an owner line.
+    const marker = (await readFile(join(dir, "docker.io", "hosts.toml"), "utf8")).split("\n")[0]!;
+    await writeFile(join(dir, "ghcr.io", "ca.crt"), "a certificate\n");
+    const other = `${marker}\n# owner: other-namespace/other-mirror\nserver = "https://quay.io"\n`;
+    await mkdir(join(dir, "quay.io"));
+    await writeFile(join(dir, "quay.io", "hosts.toml"), other);
+    await mkdir(join(dir, "gcr.io"));
+    await writeFile(join(dir, "gcr.io", "hosts.toml"), FOREIGN);
+    await mkdir(join(dir, "old.example"));
+    await writeFile(join(dir, "old.example", "hosts.toml"), `${marker}\nserver = "https://old.example"\n`);
+
+    const env = daemonSetEnv({ containerdHosts: { removeFiles: true } });
+    expect(env.HOSTS_TOML_REMOVE_ALL).toBe("true");
+    const run = await runCommand(process.execPath, [script, "--once"], { env: { ...env, HOSTS_TOML_CERTS_DIR: dir }, cwd: work, timeoutMs: 30_000 });
+    expect(run.code, run.stdout + run.stderr).toBe(0);
+    expect((await readdir(dir)).sort()).toEqual(["gcr.io", "ghcr.io", "quay.io"]);
+    expect(await readdir(join(dir, "ghcr.io"))).toEqual(["ca.crt"]);
+    expect(await readFile(join(dir, "quay.io", "hosts.toml"), "utf8")).toBe(other);
+    expect(await readFile(join(dir, "gcr.io", "hosts.toml"), "utf8")).toBe(FOREIGN);
+  });
+
+  it("refuses a refresh period that is no whole number of seconds at start, instead of looping or ending", async () => {
+    for (const refresh of ["0", "1m", "2147484"]) {
+      const env = { ...daemonSetEnv(), HOSTS_TOML_REFRESH_SECONDS: refresh, HOSTS_TOML_CERTS_DIR: join(work, "refresh.d") };
+      // No --once: a daemon. A period it accepted would keep it running into the timeout (which rejects).
+      const run = await runCommand(process.execPath, [script], { env, cwd: work, timeoutMs: 10_000 });
+      expect(run.code, refresh).toBe(1);
+      expect((JSON.parse(run.stdout) as { msg: string }).msg).toBe(
+        `failed: HOSTS_TOML_REFRESH_SECONDS="${refresh}": expected whole seconds from 1 to 2147483 (--once does one round and exits)`,
+      );
+      await expect(stat(join(work, "refresh.d")), "nothing written").rejects.toThrow();
+    }
+  });
 });
+
