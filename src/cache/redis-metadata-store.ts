@@ -145,6 +145,7 @@ export class RedisMetadataStore implements MetadataStore {
     this.client = client;
     this.prefix = opts.keyPrefix;
     this.retentionMs = opts.retentionMs ?? DEFAULT_RETENTION_MS;
+    client.on("ready", this.onConnect);
   }
 
   async getTag(upstream: string, repo: string, tag: string): Promise<TagPointer | undefined> {
@@ -266,13 +267,30 @@ export class RedisMetadataStore implements MetadataStore {
     await this.client.srem(this.reposKey(upstream), repo);
   }
 
-  /** Resolves when Redis answers PING: the failover wrapper's health probe. */
+  /**
+   * Resolves when Redis answers PING: the failover wrapper's health probe, run at start and on every (re)connect.
+   * The first probe of each connection also checks the server's version (checkRedisVersion), so a Redis too old
+   * for the commands used here is reported, with its version, as the reason the store is unusable.
+   */
   async ping(): Promise<void> {
     await this.client.ping();
+    this.versionChecked ??= checkRedisVersion(this.client);
+    await this.versionChecked.catch((err: unknown) => {
+      this.versionChecked = undefined;
+      throw err;
+    });
   }
 
   /** Nothing to release: the client belongs to the caller, who quits it. */
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    this.client.off("ready", this.onConnect);
+  }
+
+  /** The version check of the current connection (undefined: not done yet, or failed: done again). */
+  private versionChecked: Promise<void> | undefined;
+  private readonly onConnect = () => {
+    this.versionChecked = undefined;
+  };
 
   private keys(upstream: string, repo: string): RepositoryKeys {
     const scope = scopeOf(upstream, repo);
@@ -323,6 +341,22 @@ function escape(value: string, unsafe: RegExp): string {
 }
 
 /** A stored pointer, or undefined if the value is not one (written by something else): absent, not an error. */
+/** The oldest Redis this store works with: putMissing uses PEXPIRE with NX and GT, which came in Redis 7.0. */
+export const MIN_REDIS_VERSION = "7.0";
+
+/**
+ * Throws, naming the version found, when the server reports a Redis version older than MIN_REDIS_VERSION. A
+ * server that reports none (a Redis-compatible proxy) is not refused: what it cannot do fails as it is used.
+ */
+export async function checkRedisVersion(client: Pick<Redis, "info">): Promise<void> {
+  const found = /^redis_version:(\d+)\.(\d+)[^\r\n]*/m.exec(await client.info("server"));
+  if (!found) return;
+  const [major, minor] = MIN_REDIS_VERSION.split(".").map(Number) as [number, number];
+  const [, foundMajor, foundMinor] = found.map(Number) as [number, number, number];
+  if (foundMajor > major || (foundMajor === major && foundMinor >= minor)) return;
+  throw new Error(`Redis ${found[0].slice("redis_version:".length)} is older than ${MIN_REDIS_VERSION}, which the metadata store needs (PEXPIRE … NX/GT)`);
+}
+
 function parsePointer(raw: string): TagPointer | undefined {
   try {
     const value = JSON.parse(raw) as Partial<TagPointer> | null;

@@ -3,7 +3,7 @@
 import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { TagPointer } from "../../../src/cache/metadata-store.ts";
-import { RedisMetadataStore, scopeOf } from "../../../src/cache/redis-metadata-store.ts";
+import { checkRedisVersion, RedisMetadataStore, scopeOf } from "../../../src/cache/redis-metadata-store.ts";
 import { allKeys, startRedis } from "../../harness/redis.ts";
 import { Teardown } from "../../harness/teardown.ts";
 
@@ -169,6 +169,39 @@ describe("RedisMetadataStore", () => {
     expect(scopeOf("a/b", "c")).not.toBe(scopeOf("a", "b/c"));
     expect(scopeOf("a", "b}x")).toBe("{a/b%7Dx}");
     expect(scopeOf("a%2F", "b")).not.toBe(scopeOf("a/", "b"));
+  });
+
+  it("checks the server's version at connect: this Redis (7.0 or later) passes", async () => {
+    const info = await client.info("server");
+    expect(info).toMatch(/^redis_version:(?:[7-9]|\d{2,})\./m);
+    await expect(new RedisMetadataStore(client, { keyPrefix: "m:" }).ping()).resolves.toBeUndefined();
+  });
+
+  it("refuses a Redis older than 7.0 at every probe, naming the version found, and checks again after a reconnect", async () => {
+    const redis = teardown.track(await startRedis());
+    // No ready check: ioredis's own runs INFO, which is replaced below.
+    const old = new Redis(redis.url, { lazyConnect: true, enableReadyCheck: false });
+    await old.connect();
+    // This machine has no Redis 6: the real server answers everything but INFO, which says what a 6.2 says.
+    let version = "6.2.14";
+    const realInfo = old.info.bind(old);
+    old.info = (async () => (await realInfo("server")).replace(/^redis_version:.*$/m, `redis_version:${version}`));
+    try {
+      const store = new RedisMetadataStore(old, { keyPrefix: "m:" });
+      await expect(store.ping()).rejects.toThrow("Redis 6.2.14 is older than 7.0, which the metadata store needs (PEXPIRE … NX/GT)");
+      await expect(store.ping()).rejects.toThrow("Redis 6.2.14 is older than 7.0");
+      version = "7.2.4";
+      await expect(store.ping()).resolves.toBeUndefined();
+      // Once good, a connection is not asked again; a new connection is.
+      version = "6.0.0";
+      await expect(store.ping()).resolves.toBeUndefined();
+      old.disconnect(true);
+      await new Promise<void>((resolve) => old.once("ready", () => resolve()));
+      await expect(store.ping()).rejects.toThrow("Redis 6.0.0 is older than 7.0");
+      await expect(checkRedisVersion({ info: async () => "# Server\r\nredis_version:10.0.1\r\n" })).resolves.toBeUndefined();
+    } finally {
+      old.disconnect();
+    }
   });
 
   it("leaves the injected client open on close", async () => {
