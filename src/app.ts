@@ -24,6 +24,7 @@ import { MemoryMetadataStore } from "./cache/memory-metadata-store.ts";
 import type { MetadataStore } from "./cache/metadata-store.ts";
 import { PinList } from "./cache/pin-list.ts";
 import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
+import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
 import { readSecretFile } from "./config/secret-file.ts";
 import { adminRouter } from "./http/admin-router.ts";
@@ -61,6 +62,8 @@ export interface Mirror {
 
 export async function createMirror(config: Config, opts: { log?: Logger; processMetrics?: boolean } = {}): Promise<Mirror> {
   const log = opts.log ?? pino({ level: config.log.level });
+  // "fill.timeout: 25d" is kept as written, but every timer waits at most 24.8 days: say so once, naming the key.
+  for (const long of longDurationWarnings(config)) log.warn({ key: long.key, ms: long.ms }, long.message);
   const metrics = new Metrics(new Registry(), { processMetrics: opts.processMetrics });
   const layer = await createCacheLayer(config, { log, metrics });
   // A mirror that fails to assemble (a bad token or htpasswd file) must not keep its data directory locked.

@@ -27,6 +27,7 @@
  *
  * Give the client failFastRedisOptions(): with ioredis's defaults, commands queue while it is disconnected.
  */
+import { timerDelay } from "../config/timer-delay.ts";
 import { supersedes, type MetadataStore, type TagPointer } from "./metadata-store.ts";
 import type { RedisMetadataStore } from "./redis-metadata-store.ts";
 
@@ -274,7 +275,7 @@ export class FailoverMetadataStore implements MetadataStore {
   private async bounded<T>(op: string, work: Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`redis ${op} took longer than ${this.timeoutMs} ms`)), this.timeoutMs);
+      timer = setTimeout(() => reject(new Error(`redis ${op} took longer than ${this.timeoutMs} ms`)), timerDelay(this.timeoutMs));
     });
     try {
       return await Promise.race([

@@ -31,6 +31,7 @@ import type { FileHandle } from "node:fs/promises";
 import { type Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
+import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { receivePacer } from "../upstream/receive-pacer.ts";
@@ -262,7 +263,7 @@ export class Fill {
   async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined, slots: Slots | undefined, hasher: FileHasher): Promise<void> {
     const abort = this.abort;
     let hash: DownloadHash | undefined;
-    const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timeoutMs);
+    const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timerDelay(timeoutMs));
     timer.unref();
     let tempPath: string | undefined;
     let slot: (() => void) | undefined;
@@ -571,7 +572,7 @@ export class FillCoordinator {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       Promise.allSettled(running.map((f) => f.done)),
-      new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+      new Promise((resolve) => (timer = setTimeout(resolve, timerDelay(timeoutMs)))),
     ]);
     clearTimeout(timer);
   }

@@ -31,6 +31,7 @@
 import { statfs } from "node:fs/promises";
 import type { Logger } from "pino";
 import type { Pin } from "../config/pins.ts";
+import { timerDelay } from "../config/timer-delay.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { reachableDigests } from "./manifest-references.ts";
@@ -154,7 +155,7 @@ export class Janitor {
 
   /** Periodic check (filesystem watermarks can move without us writing anything; pins are recorded). */
   start(intervalMs: number): void {
-    this.timer = setInterval(() => void this.check(), intervalMs);
+    this.timer = setInterval(() => void this.check(), timerDelay(intervalMs));
     this.timer.unref();
   }
 

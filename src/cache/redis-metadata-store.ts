@@ -31,6 +31,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { ChainableCommander, Redis, RedisOptions } from "ioredis";
+import { timerDelay } from "../config/timer-delay.ts";
 import type { MetadataStore, TagPointer } from "./metadata-store.ts";
 
 export interface RedisMetadataStoreOptions {
@@ -382,7 +383,7 @@ async function run(multi: ChainableCommander): Promise<void> {
 export function failFastRedisOptions(opts: { commandTimeoutMs?: number; connectTimeoutMs?: number; maxReconnectDelayMs?: number } = {}): RedisOptions {
   const maxDelay = opts.maxReconnectDelayMs ?? 2_000;
   return {
-    commandTimeout: opts.commandTimeoutMs ?? 500,
+    commandTimeout: timerDelay(opts.commandTimeoutMs ?? 500),
     connectTimeout: opts.connectTimeoutMs ?? 2_000,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,

@@ -11,10 +11,12 @@
  *   MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL=10m
  */
 import { readFileSync } from "node:fs";
+import ms from "ms";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { parsePin } from "./pins.ts";
-import { configSchema, crossUpstreamProblems, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
+import { configSchema, crossUpstreamProblems, durationUseOf, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
+import { MAX_TIMER_MS } from "./timer-delay.ts";
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -92,6 +94,51 @@ function finish(raw: unknown, problems: string[]): Config {
     };
   }
   return deepFreeze({ ...result.data, upstreams });
+}
+
+/** A duration the mirror waits for less long than written, for the warning at start-up. */
+export interface LongDuration {
+  /** The key's path, e.g. `fill.timeout` or `upstreams.docker.io.timeouts.connect`. */
+  key: string;
+  /** The value as configured, in milliseconds. */
+  ms: number;
+  message: string;
+}
+
+/**
+ * The timer durations (schema.ts: `use` "timer") longer than the longest delay a Node.js timer keeps: each waits
+ * MAX_TIMER_MS instead (timerDelay), which the operator should hear about once, at start-up. Durations that are
+ * only compared with elapsed time (TTLs, back-offs) are honoured at any length and never listed.
+ */
+export function longDurationWarnings(config: Config): LongDuration[] {
+  const found: LongDuration[] = [];
+  const longest = `${Math.floor((MAX_TIMER_MS / 86_400_000) * 10) / 10} days`; // 24.8
+  const visit = (schema: z.ZodType, value: unknown, path: string[]): void => {
+    const inner = unwrapOptional(schema);
+    if (durationUseOf(inner) === "timer") {
+      if (typeof value === "number" && value > MAX_TIMER_MS) {
+        const key = path.join(".");
+        found.push({ key, ms: value, message: `${key} ${ms(value)} (${value} ms) is longer than the longest timer Node can set (${longest}): it is used as ${longest}` });
+      }
+    } else if (inner instanceof z.ZodObject && isRecord(value)) {
+      for (const [key, child] of Object.entries<z.ZodType>(inner.shape)) visit(child, value[key], [...path, key]);
+    } else if (inner instanceof z.ZodRecord && isRecord(value)) {
+      for (const [key, child] of Object.entries(value)) visit(inner.valueType as z.ZodType, child, [...path, key]);
+    }
+  };
+  visit(configSchema, config, []);
+  return found;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object";
+}
+
+/** Looks through default/optional wrappers only (unwrap below also looks into pipes, where a duration's metadata is not). */
+function unwrapOptional(schema: z.ZodType): z.ZodType {
+  let s = schema;
+  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodPrefault) s = s.unwrap() as z.ZodType;
+  return s;
 }
 
 /** `tagTtl` → `TAG_TTL`, `docker.io` → `DOCKER_IO`. */

@@ -7,36 +7,56 @@ import ms from "ms";
 import { z } from "zod";
 import { MIN_SECRET_BYTES } from "./secret-file.ts";
 
-/** The longest delay a Node.js timer keeps: 2^31-1 ms (about 24.8 days). Node fires a longer one (or 0) after 1 ms. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
+/**
+ * The longest duration accepted: 100 years, far beyond anything a key here means, and well inside what the
+ * values meet (Redis expiry times, exact integer arithmetic on epoch milliseconds).
+ */
+export const MAX_DURATION_MS = ms("100y"); // the messages below say "100 years"
 
 /**
- * Durations: `ms` strings ("30s", "5m", "1h") or milliseconds. Every duration ends up as a timer delay (or is
- * compared with one), so the value, rounded to whole milliseconds, must lie in what a timer honours: at most
- * MAX_TIMER_MS, and at least `min` (1 ms unless a key needs more). `zeroMeansOff`: 0 is accepted too, for the
+ * Durations: `ms` strings ("30s", "5m", "1h") or milliseconds, rounded to whole milliseconds, from `min` (1 ms
+ * unless a key needs more) up to MAX_DURATION_MS, and kept as written. `zeroMeansOff`: 0 is accepted too, for the
  * keys where the docs say what 0 turns off; elsewhere 0 is an error, not a timer that fires at once.
+ * `use` says what the value becomes, recorded as the schema's metadata so that `longDurationWarnings` (load.ts)
+ * finds every key of each kind:
+ * - "timer" (the default): a timer delay (setTimeout, setInterval, a socket, undici or ioredis timeout), which
+ *   waits at most MAX_TIMER_MS, about 24.8 days (timerDelay in timer-delay.ts);
+ * - "age": only compared with elapsed time (TTLs, back-offs), so honoured at any length.
  */
-function durationIn(opts: { min?: number; zeroMeansOff?: boolean } = {}) {
+function durationIn(opts: { min?: number; zeroMeansOff?: boolean; use?: DurationUse } = {}) {
   const min = opts.min ?? 1;
-  return z.union([z.number().int(), z.string()]).transform((value, ctx) => {
-    const parsed = typeof value === "number" ? value : (ms(value as ms.StringValue) as number | undefined);
-    if (typeof parsed !== "number" || !Number.isFinite(parsed) || parsed < 0) {
-      ctx.addIssue({ code: "custom", message: `invalid duration ${JSON.stringify(value)} (examples: 30s, 5m, 1h)` });
-      return z.NEVER;
-    }
-    const rounded = Math.round(parsed);
-    if (rounded === 0 && opts.zeroMeansOff) return 0;
-    if (rounded < min || rounded > MAX_TIMER_MS) {
-      const shown = typeof value === "number" ? `${value} ms` : `${JSON.stringify(value)} (${rounded} ms)`;
-      const range = `from ${ms(min, { long: false })} up to ${MAX_TIMER_MS} ms (about 24.8 days, the longest a timer waits)${opts.zeroMeansOff ? ", or 0 for off" : ""}`;
-      ctx.addIssue({ code: "custom", message: `duration ${shown} is out of range: ${range}` });
-      return z.NEVER;
-    }
-    return rounded;
-  });
+  const use: DurationUse = opts.use ?? "timer";
+  return z
+    .union([z.number().int(), z.string()])
+    .transform((value, ctx) => {
+      const parsed = typeof value === "number" ? value : (ms(value as ms.StringValue) as number | undefined);
+      if (typeof parsed !== "number" || !Number.isFinite(parsed) || parsed < 0) {
+        ctx.addIssue({ code: "custom", message: `invalid duration ${JSON.stringify(value)} (examples: 30s, 5m, 1h)` });
+        return z.NEVER;
+      }
+      const rounded = Math.round(parsed);
+      if (rounded === 0 && opts.zeroMeansOff) return 0;
+      if (rounded < min || rounded > MAX_DURATION_MS) {
+        const shown = typeof value === "number" ? `${value} ms` : `${JSON.stringify(value)} (${rounded} ms)`;
+        const range = `from ${ms(min)} up to 100 years${opts.zeroMeansOff ? ", or 0 for off" : ""}`;
+        ctx.addIssue({ code: "custom", message: `duration ${shown} is out of range: ${range}` });
+        return z.NEVER;
+      }
+      return rounded;
+    })
+    .meta({ durationUse: use });
 }
 
-/** A duration that must be a working timer: 1 ms to MAX_TIMER_MS. */
+/** What a duration key's value becomes: see durationIn. */
+export type DurationUse = "timer" | "age";
+
+/** The use of a duration schema (under its default/optional wrappers already); undefined for any other schema. */
+export function durationUseOf(schema: z.ZodType): DurationUse | undefined {
+  const use = schema.meta()?.durationUse;
+  return use === "timer" || use === "age" ? use : undefined;
+}
+
+/** A duration that becomes a timer delay, 1 ms or more. */
 const duration = durationIn();
 
 /**
@@ -97,9 +117,9 @@ export const upstreamSchema = z
     /** Other names clients use for this registry (containerd `?ns=` values, path prefixes). */
     aliases: z.array(registryHost).default([]),
     /** How long a tag → digest pointer is trusted without asking the upstream; 0: revalidated on every request. */
-    tagTtl: durationIn({ zeroMeansOff: true }).default(5 * 60_000),
+    tagTtl: durationIn({ zeroMeansOff: true, use: "age" }).default(5 * 60_000),
     /** How long an upstream 404 for a tag or manifest is remembered, so a storm of misses reaches it once; 0: not remembered. */
-    negativeTtl: durationIn({ zeroMeansOff: true }).default(30_000),
+    negativeTtl: durationIn({ zeroMeansOff: true, use: "age" }).default(30_000),
     /** Never contact this upstream: serve only what is cached (air-gapped mode). */
     offline: z.boolean().default(false),
     /**
@@ -161,8 +181,8 @@ export const upstreamSchema = z
         /** Consecutive failures (transport errors, 5xx) after which the upstream is treated as down. */
         failureThreshold: z.number().int().positive().default(3),
         /** First down period; doubled after each failed probe, up to `maxBackoff`. */
-        initialBackoff: duration.default(5_000),
-        maxBackoff: duration.default(5 * 60_000),
+        initialBackoff: durationIn({ use: "age" }).default(5_000),
+        maxBackoff: durationIn({ use: "age" }).default(5 * 60_000),
       })
       .strict()
       .prefault({}),
@@ -226,8 +246,11 @@ export const configSchema = z
         tagListMaxBytes: z.number().int().positive().default(4 * 1024 * 1024),
         /** Request line plus headers a client may send (Node's maxHeaderSize): bounds URL and header sizes. */
         maxHeaderBytes: z.number().int().min(4096).max(1024 * 1024).default(16 * 1024),
-        /** A client must finish sending its request headers within this time (slowloris). */
-        headersTimeout: duration.default(10_000),
+        /**
+         * A client must finish sending its request headers within this time (slowloris). Node compares it with
+         * each connection's start at every connection check: an age, no timer of its own.
+         */
+        headersTimeout: durationIn({ use: "age" }).default(10_000),
         /** A connection with no bytes moving either way for this long is closed. */
         idleTimeout: duration.default(120_000),
         /** Downloads waiting for a free slot (upstreams.<name>.maxConcurrentFills) before 429 TOOMANYREQUESTS. */

@@ -12,6 +12,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from "n
 import { createSecureContext } from "node:tls";
 import type { Logger } from "pino";
 import type { Config } from "../config/schema.ts";
+import { timerDelay } from "../config/timer-delay.ts";
 
 export interface ListeningServer {
   server: Server;
@@ -55,7 +56,7 @@ export async function createRegistryServer(config: Config, handler: RequestListe
     server = createHttpServer(limits, handler);
   }
   // Connections with nothing moving either way (a client that stopped reading, or never sends) are closed.
-  server.timeout = config.limits.idleTimeout;
+  server.timeout = timerDelay(config.limits.idleTimeout);
   // Each open connection may hold a file handle and a buffer (file-range-stream.ts): beyond this many, a new
   // connection is closed as it arrives, before any work (an HTTP status would need the very resources it guards).
   server.maxConnections = config.limits.maxConnections;

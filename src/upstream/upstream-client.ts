@@ -17,6 +17,7 @@ import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Agent, interceptors, type Dispatcher } from "undici";
 import type { UpstreamConfig } from "../config/schema.ts";
+import { timerDelay } from "../config/timer-delay.ts";
 import { statusClass, type Metrics } from "../observability/metrics.ts";
 import { RegistryError, type ErrorCode } from "../oci/errors.ts";
 import { UPSTREAM_MANIFEST_ACCEPT } from "../oci/media-types.ts";
@@ -74,12 +75,12 @@ export class UpstreamClient {
     this.agent = new Agent({
       connections: config.maxConnections,
       connect: {
-        timeout: config.timeouts.connect,
+        timeout: timerDelay(config.timeouts.connect),
         ...(config.tls.caFile !== undefined ? { ca: readFileSync(config.tls.caFile, "utf8") } : {}),
         rejectUnauthorized: !config.tls.insecure,
       },
-      headersTimeout: config.timeouts.headers,
-      bodyTimeout: config.timeouts.bodyIdle,
+      headersTimeout: timerDelay(config.timeouts.headers),
+      bodyTimeout: timerDelay(config.timeouts.bodyIdle),
       keepAliveTimeout: 30_000,
     });
     this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: config.maxRedirects }));

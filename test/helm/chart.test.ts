@@ -139,6 +139,10 @@ describe("values.schema.json", () => {
     }
   });
 
+  it("accepts a duration longer than a timer can wait, as the mirror does (it waits 24.8 days)", () => {
+    expect(validate(mergeValues(defaults, { config: { storage: { checkInterval: 30 * 86_400_000 } } })), errors()).toBe(true);
+  });
+
   it.each([
     ["several replicas without Redis", { replicaCount: 3 }],
     ["Redis without a host", { redis: { enabled: true } }],
@@ -150,7 +154,7 @@ describe("values.schema.json", () => {
     ["an upstream name that is no registry host", { config: { upstreams: { "GHCR.io": { url: "https://ghcr.io" } } } }],
     ["a containerd-hosts refresh period of 0 (its script would end after one round: a restart loop)", { containerdHosts: { refreshSeconds: 0 } }],
     ["a containerd-hosts refresh period longer than a timer can wait", { containerdHosts: { refreshSeconds: 2147484 } }],
-    ["a duration longer than a timer can wait", { config: { shutdownGrace: 2147483648 } }],
+    ["a duration longer than 100 years (the mirror's bound; longer than a timer is accepted and waits 24.8 days)", { config: { shutdownGrace: 3155760000001 } }],
   ])("refuses %s", (_label, values) => {
     expect(validate(mergeValues(defaults, values))).toBe(false);
   });

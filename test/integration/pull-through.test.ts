@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, buildIndex, pushBlob, pushImage, pushIndex, randomLayer, type BuiltImage, type BuiltIndex } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
+import { startRedis } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
@@ -382,5 +383,41 @@ describe("pull-through: errors", () => {
     expect(got.status).toBe(200);
     expect(got.body.equals(bytes)).toBe(true);
     expect(got.headers["docker-content-digest"]).toBe(sha256(bytes));
+  });
+});
+
+describe("pull-through: durations longer than a timer", () => {
+  it("serves a cold blob with fill.timeout 25d (and every timer duration past 24.8 days), and cuts no timer to 1 ms", async () => {
+    // Node fires a setTimeout/setInterval delay above 2^31-1 ms after 1 ms, with this warning: each one would be
+    // a fill aborted at once, a janitor running every millisecond, a Redis call that always times out.
+    const overflows: string[] = [];
+    const onWarning = (warning: Error) => {
+      if (warning.name === "TimeoutOverflowWarning") overflows.push(warning.message);
+    };
+    process.on("warning", onWarning);
+    const redis = await startRedis();
+    const image = buildImage({ format: "oci", layers: [randomLayer(3_000_000)] });
+    await pushImage(upstream.url, "library/patient", "v1", image);
+    const patient = await startTestMirror({
+      upstreams: { "docker.io": { url: upstream.url, default: true, timeouts: { connect: "25d", headers: "25d", bodyIdle: "25d" } } },
+      extra: { fill: { timeout: "25d" }, storage: { checkInterval: "30d" }, limits: { idleTimeout: "25d" }, redis: { url: redis.url, commandTimeout: "25d" }, shutdownGrace: "25d" },
+    });
+    try {
+      const manifest = await fetchRaw(`${patient.url}/v2/library/patient/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      expect(manifest.status).toBe(200);
+      const layer = image.blobs().reduce((a, b) => (b.bytes.length > a.bytes.length ? b : a));
+      for (const pull of ["cold", "cached"]) {
+        const res = await fetchRaw(`${patient.url}/v2/library/patient/blobs/${layer.digest}`);
+        expect(res.status, `${pull}: ${res.body.toString().slice(0, 200)}`).toBe(200);
+        expect(sha256(res.body), pull).toBe(layer.digest);
+      }
+      const ready = await fetchRaw(`${patient.url}/readyz`);
+      expect(JSON.parse(ready.body.toString())).toEqual({ status: "ready", reasons: [] });
+    } finally {
+      await patient.stop();
+      await redis.dispose();
+      process.off("warning", onWarning);
+    }
+    expect(overflows).toEqual([]);
   });
 });

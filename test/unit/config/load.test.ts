@@ -4,8 +4,9 @@ import { join } from "node:path";
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { ConfigError, loadConfig, parseConfig } from "../../../src/config/load.ts";
-import { configSchema, MAX_TIMER_MS } from "../../../src/config/schema.ts";
+import { ConfigError, loadConfig, longDurationWarnings, parseConfig } from "../../../src/config/load.ts";
+import { configSchema } from "../../../src/config/schema.ts";
+import { MAX_TIMER_MS } from "../../../src/config/timer-delay.ts";
 
 async function yamlFile(text: string): Promise<string> {
   const file = join(await mkdtemp(join(tmpdir(), "cfg-")), "mirror.yaml");
@@ -140,21 +141,38 @@ function withValue(path: string[], value: unknown): Record<string, unknown> {
   return input;
 }
 
+/** The value at `path` of a parsed configuration. */
+function valueAt(config: unknown, path: string[]): unknown {
+  return path.reduce<unknown>((node, key) => (node as Record<string, unknown>)[key], config);
+}
+
 describe("durations", () => {
   const keys = durationKeys();
   /** The keys where 0 means off; configuration.md says what 0 does for each. */
   const ZERO_MEANS_OFF = ["upstreams.u.example.tagTtl", "upstreams.u.example.negativeTtl", "shutdownGrace"];
+  /** The keys only compared with elapsed time, never a timer delay: honoured at any length. */
+  const AGES = ["upstreams.u.example.tagTtl", "upstreams.u.example.negativeTtl", "upstreams.u.example.health.initialBackoff", "upstreams.u.example.health.maxBackoff", "limits.headersTimeout"];
+  const DAY = 86_400_000;
 
   it("finds the schema's duration keys", () => {
-    expect(keys.map((k) => k.join("."))).toEqual(expect.arrayContaining(["fill.timeout", "storage.checkInterval", "shutdownGrace", "upstreams.u.example.timeouts.headers"]));
+    expect(keys.map((k) => k.join("."))).toEqual(expect.arrayContaining(["fill.timeout", "storage.checkInterval", "shutdownGrace", "upstreams.u.example.timeouts.headers", ...AGES]));
   });
 
-  it("refuses, at every duration key, a value longer than a timer can wait, naming the key", () => {
+  it("accepts, at every duration key, a value longer than a timer can wait, and keeps it as written", () => {
     for (const key of keys) {
       const name = key.join(".");
-      expect(problemsOf(withValue(key, MAX_TIMER_MS)), name).toEqual([]);
-      expect(problemsOf(withValue(key, "25d")), name).toEqual([`${name}: duration "25d" (2160000000 ms) is out of range: from ${name === "storage.checkInterval" ? "1s" : "1ms"} up to 2147483647 ms (about 24.8 days, the longest a timer waits)${ZERO_MEANS_OFF.includes(name) ? ", or 0 for off" : ""}`]);
-      expect(problemsOf(withValue(key, MAX_TIMER_MS + 1)).join("\n"), name).toMatch(new RegExp(`^${name.replace(/\./g, "\\.")}: duration 2147483648 ms is out of range`));
+      expect(problemsOf(withValue(key, "25d")), name).toEqual([]);
+      expect(valueAt(parseConfig(withValue(key, "25d")), key), name).toBe(25 * DAY);
+      expect(valueAt(parseConfig(withValue(key, MAX_TIMER_MS + 1)), key), name).toBe(MAX_TIMER_MS + 1);
+      expect(valueAt(parseConfig(withValue(key, "100y")), key), name).toBe(100 * 365.25 * DAY);
+    }
+  });
+
+  it("refuses, at every duration key, more than 100 years, naming the key", () => {
+    for (const key of keys) {
+      const name = key.join(".");
+      const range = `from ${name === "storage.checkInterval" ? "1s" : "1ms"} up to 100 years${ZERO_MEANS_OFF.includes(name) ? ", or 0 for off" : ""}`;
+      expect(problemsOf(withValue(key, "101y")), name).toEqual([`${name}: duration "101y" (${101 * 365.25 * DAY} ms) is out of range: ${range}`]);
     }
   });
 
@@ -175,8 +193,24 @@ describe("durations", () => {
 
   it("rounds a fraction of a millisecond before the range check", () => {
     expect(parseConfig({ fill: { timeout: "1.5ms" } }).fill.timeout).toBe(2);
-    expect(problemsOf({ fill: { timeout: "0.4ms" } })).toEqual(['fill.timeout: duration "0.4ms" (0 ms) is out of range: from 1ms up to 2147483647 ms (about 24.8 days, the longest a timer waits)']);
-    expect(parseConfig({ fill: { timeout: "24d" } }).fill.timeout).toBe(24 * 86_400_000);
+    expect(problemsOf({ fill: { timeout: "0.4ms" } })).toEqual(['fill.timeout: duration "0.4ms" (0 ms) is out of range: from 1ms up to 100 years']);
+    expect(parseConfig({ fill: { timeout: "24d" } }).fill.timeout).toBe(24 * DAY);
+  });
+
+  it("warns about each timer duration longer than the longest timer, naming the key, the value and what it waits", () => {
+    expect(longDurationWarnings(parseConfig({ fill: { timeout: "25d" }, storage: { checkInterval: "30d" } }))).toEqual([
+      { key: "storage.checkInterval", ms: 30 * DAY, message: "storage.checkInterval 30d (2592000000 ms) is longer than the longest timer Node can set (24.8 days): it is used as 24.8 days" },
+      { key: "fill.timeout", ms: 25 * DAY, message: "fill.timeout 25d (2160000000 ms) is longer than the longest timer Node can set (24.8 days): it is used as 24.8 days" },
+    ]);
+    expect(longDurationWarnings(parseConfig({}))).toEqual([]);
+  });
+
+  it("warns at every duration key that is a timer, and at none that is an age", () => {
+    for (const key of keys) {
+      const name = key.join(".");
+      expect(longDurationWarnings(parseConfig(withValue(key, "25d"))).map((w) => w.key), name).toEqual(AGES.includes(name) ? [] : [name]);
+      expect(longDurationWarnings(parseConfig(withValue(key, MAX_TIMER_MS))), name).toEqual([]);
+    }
   });
 });
 
