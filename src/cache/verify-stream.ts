@@ -11,6 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
+import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { receivePacer } from "../upstream/receive-pacer.ts";
 
@@ -81,7 +82,7 @@ export class VerifyStream extends Transform {
     this.stallTimer = setTimeout(() => {
       this.stallTimer = undefined;
       this.destroy(new Error(`the client read nothing for ${this.stallTimeoutMs} ms: uncached transfer of ${this.digest} abandoned, upstream connection released`));
-    }, this.stallTimeoutMs);
+    }, timerDelay(this.stallTimeoutMs));
     this.stallTimer.unref();
   }
 }
