@@ -122,7 +122,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       resolver,
       manifests: new ManifestHandler(manifestCache),
       blobs: new BlobHandler(blobCache, { maxReadersPerFill: config.limits.maxReadersPerFill }),
-      tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes }),
+      tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, log }),
       storagePath: config.storage.path,
     }),
   );

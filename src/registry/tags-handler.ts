@@ -1,4 +1,5 @@
 /** `GET /v2/<name>/tags/list`, passed through to the upstream with `n` and `last`; not cached. */
+import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
 import { isValidTag } from "../oci/reference.ts";
 import type { RegistryResponse } from "./response.ts";
@@ -6,9 +7,11 @@ import type { ResolvedRepository } from "./upstream-resolver.ts";
 
 export class TagsHandler {
   private readonly maxBytes: number;
+  private readonly log: Logger;
 
-  constructor(opts: { maxBytes: number }) {
+  constructor(opts: { maxBytes: number; log: Logger }) {
     this.maxBytes = opts.maxBytes;
+    this.log = opts.log;
   }
 
   /** `clientName` is the name as the client wrote it, so pagination links lead back through this mirror. */
@@ -27,19 +30,26 @@ export class TagsHandler {
     const result = await upstream.getTags(repo, query, this.maxBytes);
     const headers: Record<string, string> = { "Content-Type": "application/json", "Content-Length": String(result.body.length) };
     const link = result.link !== undefined ? rewriteLink(result.link, req.clientName, req.ns) : undefined;
-    if (link !== undefined) headers.Link = link;
+    if (link === null) {
+      // The upstream's header, not the client's request, is at fault: answer the page we have, without a next one.
+      this.log.warn({ upstream: upstream.name, repo, link: result.link?.slice(0, 500) }, "upstream sent a malformed Link header on tags/list; treated as absent");
+    } else if (link !== undefined) headers.Link = link;
     return { status: 200, headers, body: result.body, upstream: upstream.name };
   }
 }
 
-/** Keeps only the upstream's `n`/`last` from its next-page link and points it at this mirror's path. */
-function rewriteLink(link: string, clientName: string, ns: string | undefined): string | undefined {
+/**
+ * Keeps only the upstream's `n`/`last` from its next-page link and points it at this mirror's path. Undefined
+ * when there is no next page; null when the link is malformed (the upstream's URL does not parse).
+ */
+function rewriteLink(link: string, clientName: string, ns: string | undefined): string | undefined | null {
   const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
   if (!m) return undefined;
-  const upstreamParams = new URL(m[1]!, "http://upstream.invalid").searchParams;
+  const target = URL.parse(m[1]!, "http://upstream.invalid");
+  if (target === null) return null;
   const params = new URLSearchParams();
   for (const key of ["n", "last"]) {
-    const value = upstreamParams.get(key);
+    const value = target.searchParams.get(key);
     if (value !== null) params.set(key, value);
   }
   if (ns !== undefined) params.set("ns", ns);
