@@ -90,6 +90,7 @@ function finish(raw: unknown, problems: string[]): Config {
       name,
       libraryPrefix: upstream.libraryPrefix ?? preset?.libraryPrefix ?? null,
       authHosts: upstream.authHosts ?? preset?.authHosts ?? [],
+      redirectHosts: upstream.redirectHosts ?? preset?.redirectHosts ?? [],
       offline: upstream.offline || result.data.offline,
     };
   }

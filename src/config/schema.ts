@@ -102,6 +102,15 @@ const registryHost = z
 /** The URL, or undefined when it does not parse (the `url()` check reports that; refinements still run). */
 const parsedUrl = (u: string): URL | undefined => (URL.canParse(u) ? new URL(u) : undefined);
 
+/**
+ * A host pattern for `redirectHosts`: `host` or `host:port`, where `*` stands for any characters within one DNS
+ * label and `**` for one or more labels. The last label is literal, so a pattern never means "any host".
+ */
+const hostPattern = z
+  .string()
+  .regex(/^[a-z0-9*-]+(?:\.[a-z0-9*-]+)*(?::\d{1,5})?$/, "expected a lower-case host pattern such as production.cloudflare.docker.com, *.cloudfront.net or 127.0.0.1:9000")
+  .refine((p) => !p.replace(/:\d+$/, "").split(".").at(-1)!.includes("*"), "the last label of a host pattern must be literal (e.g. *.cloudfront.net, not cdn.*)");
+
 const upstreamUrl = z
   .string()
   .url()
@@ -172,9 +181,22 @@ export const upstreamSchema = z
      * preset). A challenge naming any other host is refused: credentials never go anywhere unlisted.
      */
     authHosts: z.array(registryHost).optional(),
+    /**
+     * Hosts besides the upstream's own and its authHosts that its redirects may lead to: the CDNs and storage
+     * buckets registries send blob downloads to (Docker Hub: production.cloudflare.docker.com, ..., from the
+     * preset). Patterns: `*` within one DNS label, `**` across labels (`*.cloudfront.net`); without a port only
+     * the scheme's default port matches. A redirect anywhere else, or from https to http, is refused.
+     */
+    redirectHosts: z.array(hostPattern).optional(),
+    /**
+     * Let redirects reach hosts at loopback, link-local or private addresses (storage on your own network).
+     * Off: such a redirect is refused, checked on the address actually connected to. The upstream's own host
+     * and its authHosts are exempt: the operator chose those.
+     */
+    allowPrivateRedirects: z.boolean().default(false),
     /** Retries, with back-off, of a request that failed before any response (connection refused or reset). */
     retries: z.number().int().min(0).max(10).default(2),
-    /** Redirects followed per request (blob GETs are redirected to CDNs); Authorization never crosses hosts. */
+    /** Redirects followed per request (blob GETs are redirected to CDNs); Authorization never crosses origins. */
     maxRedirects: z.number().int().min(0).max(20).default(5),
     health: z
       .object({
@@ -370,6 +392,7 @@ export const configSchema = z
         repositories: { deny: [] },
         maxConcurrentFills: 16,
         maxConnections: 32,
+        allowPrivateRedirects: false,
         retries: 2,
         maxRedirects: 5,
         health: { failureThreshold: 3, initialBackoff: 5_000, maxBackoff: 5 * 60_000 },
@@ -403,17 +426,41 @@ export function crossUpstreamProblems(rawUpstreams: unknown): string[] {
 
 /**
  * Per-host defaults, as data: the quirks of well-known registries are configuration, not code branches.
- * Applied to an upstream whose url host is listed, for the keys it does not set itself.
+ * Applied to an upstream whose url host is listed, for the keys it does not set itself. `redirectHosts` are
+ * where each registry sends blob downloads (and, for registry.k8s.io, every request), as its operators
+ * publish them for firewall allowlists.
  */
-export const UPSTREAM_PRESETS: ReadonlyArray<{ hosts: readonly string[]; defaults: { libraryPrefix: string | null; authHosts: readonly string[] } }> = [
-  { hosts: ["registry-1.docker.io", "index.docker.io", "docker.io"], defaults: { libraryPrefix: "library", authHosts: ["auth.docker.io"] } },
+export const UPSTREAM_PRESETS: ReadonlyArray<{
+  hosts: readonly string[];
+  defaults: { libraryPrefix: string | null; authHosts: readonly string[]; redirectHosts: readonly string[] };
+}> = [
+  {
+    hosts: ["registry-1.docker.io", "index.docker.io", "docker.io"],
+    defaults: {
+      libraryPrefix: "library",
+      authHosts: ["auth.docker.io"],
+      // Cloudflare and CloudFront in front of its storage; R2 and S3 buckets directly for some clients.
+      redirectHosts: ["production.cloudflare.docker.com", "production.cloudfront.docker.com", "docker-images-prod.*.r2.cloudflarestorage.com", "docker-images-prod*.**.amazonaws.com"],
+    },
+  },
+  { hosts: ["ghcr.io"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["pkg-containers.githubusercontent.com"] } },
+  { hosts: ["quay.io"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["cdn*.quay.io", "quayio-production-s3.**.amazonaws.com"] } },
+  // Red Hat's registries serve their blobs from quay.io's CDN.
+  { hosts: ["registry.redhat.io", "registry.access.redhat.com"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["cdn*.quay.io"] } },
+  // registry.k8s.io redirects to Artifact Registry regions and to per-region S3 buckets.
+  { hosts: ["registry.k8s.io"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["*.pkg.dev", "prod-registry-k8s-io-*.**.amazonaws.com"] } },
+  {
+    hosts: ["gcr.io", "us.gcr.io", "eu.gcr.io", "asia.gcr.io", "k8s.gcr.io", "mirror.gcr.io"],
+    defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["storage.googleapis.com", "*.pkg.dev"] },
+  },
 ];
 
 export type ConfigInput = z.input<typeof configSchema>;
 type ParsedConfig = z.output<typeof configSchema>;
-export type UpstreamConfig = Omit<ParsedConfig["upstreams"][string], "libraryPrefix" | "authHosts"> & {
+export type UpstreamConfig = Omit<ParsedConfig["upstreams"][string], "libraryPrefix" | "authHosts" | "redirectHosts"> & {
   name: string;
   libraryPrefix: string | null;
   authHosts: readonly string[];
+  redirectHosts: readonly string[];
 };
 export type Config = Omit<ParsedConfig, "upstreams"> & { upstreams: Readonly<Record<string, UpstreamConfig>> };

@@ -1,4 +1,7 @@
-/** `GET /v2/<name>/tags/list`, passed through to the upstream with `n` and `last`; not cached. */
+/**
+ * `GET /v2/<name>/tags/list`, passed through to the upstream with `n` and `last`; not cached. The answer is
+ * rendered here from the tags the upstream client accepted, never the upstream's body relayed as it came.
+ */
 import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
 import { isValidTag } from "../oci/reference.ts";
@@ -28,13 +31,14 @@ export class TagsHandler {
     const query = params.size > 0 ? `?${params.toString()}` : "";
     const { upstream, repo } = req.target;
     const result = await upstream.getTags(repo, query, this.maxBytes);
-    const headers: Record<string, string> = { "Content-Type": "application/json", "Content-Length": String(result.body.length) };
+    const body = Buffer.from(JSON.stringify({ name: repo, tags: result.tags }));
+    const headers: Record<string, string> = { "Content-Type": "application/json", "Content-Length": String(body.length) };
     const link = result.link !== undefined ? rewriteLink(result.link, req.clientName, req.ns) : undefined;
     if (link === null) {
       // The upstream's header, not the client's request, is at fault: answer the page we have, without a next one.
       this.log.warn({ upstream: upstream.name, repo, link: result.link?.slice(0, 500) }, "upstream sent a malformed Link header on tags/list; treated as absent");
     } else if (link !== undefined) headers.Link = link;
-    return { status: 200, headers, body: result.body, upstream: upstream.name };
+    return { status: 200, headers, body, upstream: upstream.name };
   }
 }
 

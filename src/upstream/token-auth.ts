@@ -1,7 +1,8 @@
 /**
  * Answers upstream auth challenges (the Docker token flow, and Basic), as data-driven as the registries are:
  * no per-host code. On a 401 the challenge says where to get a token; the realm's host must be the upstream's
- * own or one listed in its `authHosts`, so an upstream cannot make the mirror send credentials anywhere else.
+ * own or one listed in its `authHosts` (outbound-policy.ts), so an upstream cannot make the mirror send
+ * credentials anywhere else.
  * Tokens are cached per scope until shortly before they expire, and concurrent requests needing the same token
  * share one fetch. Credentials are re-read on every token fetch (Kubernetes rotates mounted secrets) and never
  * appear in logs, errors or metrics.
@@ -11,6 +12,7 @@ import { LRUCache } from "lru-cache";
 import type { Dispatcher } from "undici";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
+import type { OutboundPolicy } from "./outbound-policy.ts";
 import { discardBody } from "./upstream-errors.ts";
 import type { Challenge } from "./www-authenticate.ts";
 
@@ -34,7 +36,7 @@ const TOKEN_BODY_CAP = 64 * 1024;
 
 export class UpstreamAuth {
   private readonly upstream: string;
-  private readonly allowedRealmHosts: ReadonlySet<string>;
+  private readonly policy: OutboundPolicy;
   private readonly credentials: CredentialsConfig | undefined;
   private readonly dispatcher: Dispatcher;
   private readonly now: () => number;
@@ -46,8 +48,8 @@ export class UpstreamAuth {
 
   constructor(opts: {
     upstream: string;
-    upstreamUrl: string;
-    authHosts: readonly string[];
+    /** Which realms may be asked, and where their redirects may lead. */
+    policy: OutboundPolicy;
     credentials: CredentialsConfig | undefined;
     dispatcher: Dispatcher;
     now?: () => number;
@@ -55,7 +57,7 @@ export class UpstreamAuth {
   }) {
     this.metrics = opts.metrics;
     this.upstream = opts.upstream;
-    this.allowedRealmHosts = new Set([new URL(opts.upstreamUrl).host, ...opts.authHosts].map((h) => h.toLowerCase()));
+    this.policy = opts.policy;
     this.credentials = opts.credentials;
     this.dispatcher = opts.dispatcher;
     this.now = opts.now ?? Date.now;
@@ -114,11 +116,7 @@ export class UpstreamAuth {
     } catch {
       throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} sent a bearer challenge without a valid realm`);
     }
-    if ((url.protocol !== "https:" && url.protocol !== "http:") || !this.allowedRealmHosts.has(url.host.toLowerCase())) {
-      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} points at token realm host ${url.host}, which is not allowed for it (list it in authHosts)`, {
-        detail: { upstream: this.upstream, realmHost: url.host },
-      });
-    }
+    this.policy.checkRealm(url);
     if (challenge.params.service !== undefined) url.searchParams.set("service", challenge.params.service);
     const wanted = challenge.params.scope ?? (scope === "" ? undefined : scope);
     if (wanted !== undefined) url.searchParams.set("scope", wanted);
@@ -127,13 +125,14 @@ export class UpstreamAuth {
     this.tokenRequests++;
     let res: Dispatcher.ResponseData;
     try {
-      res = await this.dispatcher.request({
-        origin: url.origin,
-        path: `${url.pathname}${url.search}`,
+      res = await this.policy.request(this.dispatcher, {
+        url,
         method: "GET",
-        headers: { accept: "application/json", "user-agent": "registry-mirror", ...(creds ? { authorization: basic(creds) } : {}) },
+        headers: { accept: "application/json", "user-agent": "registry-mirror" },
+        authorization: creds ? basic(creds) : undefined,
       });
     } catch (err) {
+      if (err instanceof RegistryError) throw err;
       throw new RegistryError("UNAVAILABLE", `token service of upstream ${this.upstream} is unavailable`, { detail: { upstream: this.upstream }, cause: err });
     }
     if (res.statusCode !== 200) {

@@ -2,25 +2,28 @@
  * The client for one configured upstream registry. It speaks the pull API and returns plain values or throws
  * RegistryError (mapped in upstream-errors.ts). Composed from undici parts and configuration, with no per-host
  * code:
- *  - an Agent with the upstream's connect/headers/body-idle timeouts, connection cap and TLS options;
- *  - undici's redirect interceptor (bounded; it drops Authorization when a redirect leaves the origin, so a
- *    blob GET redirected to a CDN never carries the upstream's credentials);
+ *  - an Agent with the upstream's connect/headers/body-idle timeouts, connection cap and TLS options, whose
+ *    connector refuses non-public addresses for hosts reached by redirect (outbound-policy.ts);
+ *  - redirects followed only where the upstream's configuration allows (outbound-policy.ts); Authorization
+ *    never follows a redirect to another origin, so a blob GET sent to a CDN never carries credentials;
  *  - auth: on a 401 the challenge is answered (token-auth.ts) and the request retried once;
  *  - bounded retries with back-off for requests that failed before any response arrived;
  *  - a health state (upstream-health.ts) that fails requests fast while the upstream is down;
  *  - the latest `ratelimit-limit` / `ratelimit-remaining` values (Docker Hub sends them, HEAD included).
- * Every undici body is consumed or discarded on every path. Requests only ever go to the configured origin
- * (and wherever that origin itself redirects).
+ * Every undici body is consumed or discarded on every path. Requests only ever go to the configured origin,
+ * its token realm and the redirect targets its configuration allows.
  */
 import { readFileSync } from "node:fs";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Agent, interceptors, type Dispatcher } from "undici";
+import { Agent, type Dispatcher } from "undici";
 import type { UpstreamConfig } from "../config/schema.ts";
 import { timerDelay } from "../config/timer-delay.ts";
 import { statusClass, type Metrics } from "../observability/metrics.ts";
 import { RegistryError, type ErrorCode } from "../oci/errors.ts";
-import { UPSTREAM_MANIFEST_ACCEPT } from "../oci/media-types.ts";
+import { MediaType, UPSTREAM_MANIFEST_ACCEPT } from "../oci/media-types.ts";
+import { isValidTag } from "../oci/reference.ts";
+import { OutboundPolicy } from "./outbound-policy.ts";
 import { UpstreamAuth } from "./token-auth.ts";
 import { discardBody, headerValue, upstreamFailure, upstreamStatusError } from "./upstream-errors.ts";
 import { UpstreamHealth } from "./upstream-health.ts";
@@ -62,28 +65,35 @@ export class UpstreamClient {
   readonly auth: UpstreamAuth;
   /** Latest rate-limit headers seen from this upstream; undefined until one arrives. */
   rateLimit: RateLimit | undefined;
-  private readonly origin: string;
+  private readonly url: URL;
   private readonly agent: Agent;
-  private readonly dispatcher: Dispatcher;
+  private readonly policy: OutboundPolicy;
   private readonly metrics: Metrics | undefined;
 
   constructor(config: UpstreamConfig, opts: { now?: () => number; metrics?: Metrics } = {}) {
     this.metrics = opts.metrics;
     this.config = config;
     this.name = config.name;
-    this.origin = new URL(config.url).origin;
+    this.url = new URL(config.url);
+    this.policy = new OutboundPolicy({
+      upstream: config.name,
+      url: config.url,
+      authHosts: config.authHosts,
+      redirectHosts: config.redirectHosts,
+      allowPrivateRedirects: config.allowPrivateRedirects,
+      maxRedirects: config.maxRedirects,
+    });
     this.agent = new Agent({
       connections: config.maxConnections,
-      connect: {
+      connect: this.policy.connector({
         timeout: timerDelay(config.timeouts.connect),
         ...(config.tls.caFile !== undefined ? { ca: readFileSync(config.tls.caFile, "utf8") } : {}),
         rejectUnauthorized: !config.tls.insecure,
-      },
+      }),
       headersTimeout: timerDelay(config.timeouts.headers),
       bodyTimeout: timerDelay(config.timeouts.bodyIdle),
       keepAliveTimeout: 30_000,
     });
-    this.dispatcher = this.agent.compose(interceptors.redirect({ maxRedirections: config.maxRedirects }));
     this.health = new UpstreamHealth({
       failureThreshold: config.health.failureThreshold,
       initialBackoffMs: config.health.initialBackoff,
@@ -92,10 +102,9 @@ export class UpstreamClient {
     });
     this.auth = new UpstreamAuth({
       upstream: config.name,
-      upstreamUrl: config.url,
-      authHosts: config.authHosts,
+      policy: this.policy,
       credentials: config.credentials,
-      dispatcher: this.dispatcher,
+      dispatcher: this.agent,
       now: opts.now,
       metrics: opts.metrics,
     });
@@ -120,6 +129,10 @@ export class UpstreamClient {
     this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "manifest" }, bytes.length);
     const mediaType = mediaTypeOf(res.headers);
     if (mediaType === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest without Content-Type`);
+    // Only a manifest type is relayed: not whatever JSON (or HTML) an upstream, or a host it redirected to, sent.
+    if (!MANIFEST_TYPES.has(mediaType)) {
+      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest of type ${mediaType.slice(0, 100)}, which is not a manifest type`);
+    }
     return { bytes, mediaType, digest: headerValue(res.headers, "docker-content-digest") };
   }
 
@@ -140,13 +153,18 @@ export class UpstreamClient {
     return { size: length !== undefined ? Number(length) : undefined, body: res.body };
   }
 
-  /** `GET /v2/<repo>/tags/list`, with the client's `n`/`last` query passed through. */
-  async getTags(repo: string, query: string, maxBytes: number): Promise<{ body: Buffer; link: string | undefined }> {
+  /**
+   * `GET /v2/<repo>/tags/list`, with the client's `n`/`last` query passed through. Returns the tags, not the
+   * body: only a tag list (`{"name": ..., "tags": [...]}` with valid tags) is accepted, for the caller to render.
+   */
+  async getTags(repo: string, query: string, maxBytes: number): Promise<{ tags: string[]; link: string | undefined }> {
     const res = await this.send("GET", repo, `/v2/${repo}/tags/list${query}`, { accept: "application/json" });
     await this.expectOk(res, "NAME_UNKNOWN");
     const body = await this.readCapped(res.body, maxBytes, "tag list");
     this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "tags" }, body.length);
-    return { body, link: headerValue(res.headers, "link") };
+    const tags = parseTagList(body);
+    if (tags === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`);
+    return { tags, link: headerValue(res.headers, "link") };
   }
 
   async close(): Promise<void> {
@@ -174,15 +192,13 @@ export class UpstreamClient {
       let res: Dispatcher.ResponseData;
       const started = performance.now();
       try {
-        res = await this.dispatcher.request({
-          origin: this.origin,
-          path,
-          method,
-          headers: { "user-agent": "registry-mirror", ...headers, ...(authorization !== undefined ? { authorization } : {}) },
-          signal,
-        });
+        res = await this.policy.request(this.agent, { url: new URL(path, this.url), method, headers: { "user-agent": "registry-mirror", ...headers }, authorization, signal });
       } catch (err) {
         this.observe(method, undefined, started);
+        if (err instanceof RegistryError && err.code === "UPSTREAM_ERROR") {
+          this.health.success(); // it answered, with a redirect the policy refuses: a misbehaviour, not an outage
+          throw err;
+        }
         const code = (err as { code?: string }).code;
         if (attempt < this.config.retries && code !== undefined && RETRYABLE.has(code) && !signal?.aborted) {
           await sleep(RETRY_BASE_MS * 2 ** attempt * (0.5 + Math.random()));
@@ -244,6 +260,24 @@ export class UpstreamClient {
     }
     return Buffer.concat(chunks, size);
   }
+}
+
+const MANIFEST_TYPES: ReadonlySet<string> = new Set(Object.values(MediaType));
+
+/** The tags of a `tags/list` body, or undefined when it is not one. `"tags": null` (no tags) is an empty list. */
+function parseTagList(body: Buffer): string[] | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString("utf8"));
+  } catch {
+    return undefined;
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) return undefined;
+  const { name, tags } = parsed as { name?: unknown; tags?: unknown };
+  if (typeof name !== "string") return undefined;
+  if (tags === null) return [];
+  if (!Array.isArray(tags) || !tags.every((t): t is string => typeof t === "string" && isValidTag(t))) return undefined;
+  return tags;
 }
 
 /** `100;w=21600` → 100 (Docker Hub's format: the count, then the window). */

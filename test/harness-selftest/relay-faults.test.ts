@@ -296,6 +296,29 @@ describe("relay request faults and blob redirects (open registry)", () => {
     ]);
   });
 
+  it("redirectBlobs with hostname: the Location names the blob host by that name", async () => {
+    relay.setFault({ kind: "redirectBlobs", to: blobHost, hostname: "localhost" });
+    const redirect = await observe(blobUrl());
+    expect(redirect.status).toBe(307);
+    const location = new URL(redirect.headers.location ?? "");
+    expect(location.host).toBe(`localhost:${blobHost.port}`);
+    location.hostname = "127.0.0.1";
+    const blob = await observe(location.href);
+    expect(sha256(blob.body)).toBe(layer.digest);
+  });
+
+  it("redirect: matching requests get a 302 to the given URL, and nothing goes upstream", async () => {
+    await registry.sync();
+    registry.clearRequests();
+    relay.setFault({ kind: "redirect", location: "http://127.0.0.1:9/elsewhere", match: /tags\/list/, times: 1 });
+    const redirected = await observe(`${relay.url}/v2/${REPO}/tags/list`);
+    expect(redirected.status).toBe(302);
+    expect(redirected.headers.location).toBe("http://127.0.0.1:9/elsewhere");
+    expect((await observe(`${relay.url}/v2/${REPO}/tags/list`)).status).toBe(200);
+    expect(relay.requests.map((r) => `${r.status} ${r.fault ?? "-"}`)).toEqual(["302 redirect", "200 -"]);
+    expect(await upstreamCount("/tags/list")).toBe(1);
+  });
+
   it("the blob host serves only URLs it signed, and can refuse Authorization like S3", async () => {
     const forged = await observe(`${blobHost.url}/blob/${layer.digest}?sig=forged`);
     expect(forged.status).toBe(403);

@@ -3,6 +3,7 @@
 //   - blob GET bodies corrupted, cut off, slowed down, shortened behind a matching Content-Length, or sent
 //     without any Content-Length;
 //   - blob GETs redirected (307) to a separate blob host, as registries backed by S3 or a CDN do;
+//   - any request redirected (302) to a fixed URL, as a hostile or compromised upstream could;
 //   - any request (chosen by a RegExp over "METHOD path"): answered with an error status instead of being
 //     forwarded, its connection reset, left without an answer, or its body stalled part-way.
 // Bodies stream through chunk by chunk; nothing is buffered whole.
@@ -29,8 +30,12 @@ export type Fault =
    * 404 and Range are still decided by it (its refusals pass through, with an OCI error body made by the
    * relay); its log shows that HEAD, and the blob host's GET for the bytes. For blob GETs it takes
    * precedence over the body faults and stallBody (not over status, reset and stallHeaders, which act first).
+   * `hostname` names the blob host differently in the Location (e.g. "localhost", a DNS name for the same
+   * loopback server) instead of 127.0.0.1.
    */
-  | { kind: "redirectBlobs"; to: BlobHost }
+  | { kind: "redirectBlobs"; to: BlobHost; hostname?: string }
+  /** Answer `302 Location: <location>` instead of forwarding. Nothing goes upstream. */
+  | { kind: "redirect"; location: string; match?: RegExp; times?: number }
   /** Accept the request and never answer it (until stop() or the client gives up). Nothing goes upstream. */
   | { kind: "stallHeaders"; match?: RegExp; times?: number }
   /**
@@ -49,8 +54,9 @@ export interface RelayedRequest {
   method: string;
   path: string;
   /**
-   * Status the client was sent: the upstream's, unless a fault answered instead (307 for redirectBlobs,
-   * the injected status). Undefined while nothing has been answered, and for stallHeaders and reset.
+   * Status the client was sent: the upstream's, unless a fault answered instead (307 for redirectBlobs, 302
+   * for redirect, the injected status). Undefined while nothing has been answered, and for stallHeaders and
+   * reset.
    */
   status?: number;
   /** The fault applied to this request or its response, if any. */
@@ -98,7 +104,7 @@ const HOP_BY_HOP = new Set([
 const BLOB_PATH = /^\/v2\/.+\/blobs\/(?!uploads\/)[^/]+$/;
 
 /** Faults decided before anything goes upstream. */
-const REQUEST_FAULTS: ReadonlySet<FaultKind> = new Set(["stallHeaders", "status", "reset"]);
+const REQUEST_FAULTS: ReadonlySet<FaultKind> = new Set(["stallHeaders", "status", "reset", "redirect"]);
 
 /**
  * `tls`: listen with HTTPS using this certificate and key (for an upstream reached over TLS, the way every public
@@ -151,6 +157,13 @@ export async function startRelay(targetUrl: string, opts: { tls?: { cert: string
         sendError(res, method, early.status, early.headers ?? {});
         return;
       }
+      if (early.kind === "redirect") {
+        req.resume();
+        record.status = 302;
+        res.writeHead(302, { location: early.location, "content-length": "0", "docker-distribution-api-version": "registry/2.0" });
+        res.end();
+        return;
+      }
     }
 
     // A blob GET to be redirected is asked upstream as a HEAD: the registry still decides auth, existence
@@ -181,7 +194,9 @@ export async function startRelay(targetUrl: string, opts: { tls?: { cert: string
           record.fault = "redirectBlobs";
           record.status = 307;
           const { repo, digest } = blobRef(path);
-          res.writeHead(307, { location: redirect.to.signedUrl(repo, digest), "content-length": "0", "docker-distribution-api-version": "registry/2.0" });
+          const location = new URL(redirect.to.signedUrl(repo, digest));
+          if (redirect.hostname !== undefined) location.hostname = redirect.hostname;
+          res.writeHead(307, { location: location.href, "content-length": "0", "docker-distribution-api-version": "registry/2.0" });
           res.end();
           return;
         }
@@ -260,6 +275,7 @@ function applies(f: Fault, method: string, path: string, status: number): boolea
     case "stallHeaders":
     case "status":
     case "reset":
+    case "redirect":
     case "stallBody":
       return f.match === undefined || `${method} ${path}`.search(f.match) !== -1;
     case "redirectBlobs":

@@ -1,14 +1,19 @@
 /**
  * Real upstreams demand auth: distribution with `auth: token` (tokens from the harness's token server, verified
- * by the registry for real) and with `auth: htpasswd`; blob GETs redirected to another origin.
+ * by the registry for real) and with `auth: htpasswd`; blob GETs redirected to another origin, followed only
+ * where the upstream's configuration allows.
  */
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startBlobHost, type BlobHost } from "../harness/blob-host.ts";
 import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
-import { startRelay } from "../harness/relay.ts";
+import { startRelay, type Relay } from "../harness/relay.ts";
+import { createTestCa } from "../harness/test-ca.ts";
 import { startTokenServer, type TokenServer } from "../harness/token-server.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
 import { createHash } from "node:crypto";
@@ -140,7 +145,11 @@ describe("redirects", () => {
     relay.setFault({ kind: "redirectBlobs", to: blobHost });
     const m = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: relay.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "carol", password: "carol-pw" } } }, extra: { access: { anonymous: true } } }),
+        upstreams: {
+          "docker.io": { url: relay.url, default: true, authHosts: [new URL(tokens.url).host], redirectHosts: [blobHost.host], credentials: { username: "carol", password: "carol-pw" } },
+        },
+        extra: { access: { anonymous: true } },
+      }),
     );
     await pullAll(m, "team/cdn", "v1", image);
     // A range on a cold blob, through the redirect too.
@@ -152,5 +161,79 @@ describe("redirects", () => {
     for (const r of blobHost.requests) expect(r.authorization, r.path).toBeUndefined();
     // The mirror did authenticate to the upstream itself.
     expect(relay.requests.some((r) => r.authorization)).toBe(true);
+  });
+});
+
+describe("redirects the configuration does not allow", () => {
+  let registry: Registry;
+  let relay: Relay;
+  let blobHost: BlobHost;
+  const layer = randomLayer(300_000);
+  const image = buildImage({ format: "oci", layers: [layer] });
+  const blob = (m: TestMirror) => fetchRaw(`${m.url}/v2/team/redirected/blobs/${layer.digest}`);
+
+  beforeAll(async () => {
+    registry = teardown.track(await startRegistry());
+    await pushImage(registry.url, "team/redirected", "v1", image);
+    relay = teardown.track(await startRelay(registry.url));
+    blobHost = teardown.track(await startBlobHost(registry));
+  });
+
+  it("refuses a redirect to a host not listed in redirectHosts, without contacting it", async () => {
+    relay.setFault({ kind: "redirectBlobs", to: blobHost });
+    blobHost.requests.length = 0;
+    const m = teardown.track(await startTestMirror({ upstreams: { up: { url: relay.url, default: true } } }));
+    const res = await blob(m);
+    expect(res.status).toBe(502);
+    expect(errorCode(res)).toBe("UPSTREAM_ERROR");
+    expect(res.body.toString()).toContain(`redirected to host ${blobHost.host}, which is not allowed for it (list it in redirectHosts)`);
+    expect(res.body.toString()).not.toContain("sig="); // the presigned part of the URL is never repeated
+    expect(blobHost.requests).toEqual([]);
+    expect(await m.mirror.blobStore.size(layer.digest)).toBeUndefined();
+  });
+
+  it("never fetches, let alone relays, what an unlisted address answers on tags/list", async () => {
+    // Where an upstream could point the mirror: a cloud metadata path on another local port.
+    relay.setFault({ kind: "redirect", location: `${blobHost.url}/latest/meta-data/iam/security-credentials/`, match: /tags\/list/ });
+    blobHost.requests.length = 0;
+    const m = teardown.track(await startTestMirror({ upstreams: { up: { url: relay.url, default: true } } }));
+    const res = await fetchRaw(`${m.url}/v2/team/redirected/tags/list`);
+    expect(res.status).toBe(502);
+    expect(errorCode(res)).toBe("UPSTREAM_ERROR");
+    expect(blobHost.requests).toEqual([]);
+  });
+
+  it("refuses a listed host at a non-public address unless allowPrivateRedirects is set", async () => {
+    // The same loopback blob host, named `localhost`: a DNS name that resolves to a loopback address.
+    relay.setFault({ kind: "redirectBlobs", to: blobHost, hostname: "localhost" });
+    blobHost.requests.length = 0;
+    const upstream = { url: relay.url, default: true, redirectHosts: [`localhost:${blobHost.port}`] };
+    const refusing = teardown.track(await startTestMirror({ upstreams: { up: upstream } }));
+    const refused = await blob(refusing);
+    expect(refused.status).toBe(502);
+    expect(errorCode(refused)).toBe("UPSTREAM_ERROR");
+    expect(refused.body.toString()).toMatch(/redirected to localhost, which is at a non-public address .*allowPrivateRedirects/);
+    expect(blobHost.requests).toEqual([]);
+
+    const allowing = teardown.track(await startTestMirror({ upstreams: { up: { ...upstream, allowPrivateRedirects: true } } }));
+    const allowed = await blob(allowing);
+    expect(allowed.status).toBe(200);
+    expect(allowed.body.equals(layer.bytes)).toBe(true);
+    expect(blobHost.requests.map((r) => r.status)).toEqual([200]);
+  });
+
+  it("never follows a redirect from https to http, even to a listed host", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "redirect-tls-"));
+    teardown.add("tls dir", () => rm(dir, { recursive: true, force: true }));
+    const ca = await createTestCa(dir, "redirect-test-ca");
+    const { certPath, keyPath } = await ca.issue("upstream");
+    const tlsRelay = teardown.track(await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }));
+    tlsRelay.setFault({ kind: "redirectBlobs", to: blobHost });
+    blobHost.requests.length = 0;
+    const m = teardown.track(await startTestMirror({ upstreams: { up: { url: tlsRelay.url, default: true, tls: { caFile: ca.certPath }, redirectHosts: [blobHost.host] } } }));
+    const res = await blob(m);
+    expect(res.status).toBe(502);
+    expect(res.body.toString()).toContain(`redirected from https to http://${blobHost.host}`);
+    expect(blobHost.requests).toEqual([]);
   });
 });

@@ -46,6 +46,44 @@ upstreams:
     expect(config.upstreams["ghcr.io"]).toMatchObject({ default: false, libraryPrefix: null, tagTtl: 300_000, aliases: [] });
   });
 
+  it("gives well-known registries the hosts they redirect blob downloads to, unless an upstream lists its own", () => {
+    const config = parseConfig({
+      upstreams: {
+        "docker.io": { url: "https://registry-1.docker.io", default: true },
+        "ghcr.io": { url: "https://ghcr.io" },
+        "quay.io": { url: "https://quay.io" },
+        "registry.k8s.io": { url: "https://registry.k8s.io" },
+        "gcr.io": { url: "https://gcr.io" },
+        "own.example": { url: "https://registry.example", redirectHosts: ["*.cloudfront.net", "minio.example:9000"] },
+        "ghcr-own": { url: "https://ghcr.io", redirectHosts: [] },
+      },
+    });
+    const redirectHosts = (name: string) => config.upstreams[name]!.redirectHosts;
+    expect(redirectHosts("docker.io")).toContain("production.cloudflare.docker.com");
+    expect(redirectHosts("ghcr.io")).toEqual(["pkg-containers.githubusercontent.com"]);
+    expect(redirectHosts("quay.io")).toContain("cdn*.quay.io");
+    expect(redirectHosts("registry.k8s.io")).toContain("*.pkg.dev");
+    expect(redirectHosts("gcr.io")).toContain("storage.googleapis.com");
+    expect(redirectHosts("own.example")).toEqual(["*.cloudfront.net", "minio.example:9000"]);
+    expect(redirectHosts("ghcr-own")).toEqual([]);
+    expect(config.upstreams["docker.io"]!.allowPrivateRedirects).toBe(false);
+  });
+
+  it("rejects redirectHosts patterns that are no hosts or that would match any host", () => {
+    let problems: readonly string[] = [];
+    try {
+      parseConfig({ upstreams: { a: { url: "https://a.example", redirectHosts: ["cdn.*", "**", "https://cdn.example", "ok.example"] } } });
+      expect.unreachable();
+    } catch (err) {
+      problems = (err as ConfigError).problems;
+    }
+    expect(problems).toEqual([
+      expect.stringMatching(/^upstreams\.a\.redirectHosts\.0: the last label of a host pattern must be literal/),
+      expect.stringMatching(/^upstreams\.a\.redirectHosts\.1: the last label of a host pattern must be literal/),
+      expect.stringMatching(/^upstreams\.a\.redirectHosts\.2: expected a lower-case host pattern/),
+    ]);
+  });
+
   it("reads MIRROR_CONFIG and applies MIRROR_* overrides by path", async () => {
     const file = await yamlFile("upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n");
     const config = loadConfig({

@@ -50,6 +50,31 @@ describe("TagsHandler", () => {
     expect(res.headers.Link).toBe('</v2/team/app/tags/list?n=2&last=v2&ns=up>; rel="next"');
   });
 
+  it("renders the tag list itself: only name and valid tags, nothing else the upstream put in the body", async () => {
+    answer.body = JSON.stringify({ name: "team/app", tags: ["v1"], extra: "<script>", child: { x: 1 } });
+    const res = await list();
+    expect((res.body as Buffer).toString()).toBe('{"name":"team/app","tags":["v1"]}');
+    expect(res.headers["Content-Length"]).toBe(String((res.body as Buffer).length));
+    answer.body = JSON.stringify({ name: "team/app", tags: null });
+    expect(JSON.parse(((await list()).body as Buffer).toString())).toEqual({ name: "team/app", tags: [] });
+  });
+
+  it.each([
+    ["credentials from a metadata service", '{"AccessKeyId":"AKIA-INTERNAL","SecretAccessKey":"s3cr3t"}'],
+    ["an HTML page", "<html>admin console</html>"],
+    ["tags that are no tags", '{"name":"team/app","tags":["v1","../../etc"]}'],
+    ["tags that are not strings", '{"name":"team/app","tags":[{"secret":"s3cr3t"}]}'],
+  ])("refuses a body that is not a tag list (%s) with UPSTREAM_ERROR, relaying none of it", async (_what, body) => {
+    answer.body = body;
+    const failure = await list().then(
+      () => undefined,
+      (err: unknown) => err as Error & { code: string },
+    );
+    expect(failure?.code).toBe("UPSTREAM_ERROR");
+    expect(failure?.message).toMatch(/tag list that is not one/);
+    expect(JSON.stringify(failure)).not.toMatch(/s3cr3t|admin console|etc/);
+  });
+
   it("treats a malformed Link header as absent, and says so in the log", async () => {
     answer.headers.link = '<http://[x>; rel="next"';
     const res = await list();

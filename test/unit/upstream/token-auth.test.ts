@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OutboundPolicy } from "../../../src/upstream/outbound-policy.ts";
 import { UpstreamAuth } from "../../../src/upstream/token-auth.ts";
 
 let server: Server;
@@ -39,8 +40,14 @@ afterAll(async () => {
 function auth(opts: { credentials?: { username?: string; password?: string; passwordFile?: string }; now?: () => number; authHosts?: string[] } = {}) {
   return new UpstreamAuth({
     upstream: "up",
-    upstreamUrl: "https://registry.example",
-    authHosts: opts.authHosts ?? [new URL(base).host],
+    policy: new OutboundPolicy({
+      upstream: "up",
+      url: "https://registry.example",
+      authHosts: opts.authHosts ?? [new URL(base).host],
+      redirectHosts: [],
+      allowPrivateRedirects: false,
+      maxRedirects: 5,
+    }),
     credentials: opts.credentials,
     dispatcher: agent,
     now: opts.now,

@@ -49,6 +49,14 @@ describe("UpstreamClient", () => {
     await expect(client.getManifest("a", "untyped", 1 << 20)).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
   });
 
+  it("refuses a manifest whose type is not a manifest type", async () => {
+    routes.set("GET /v2/a/manifests/json", (res) => res.writeHead(200, { "content-type": "application/json" }).end('{"AccessKeyId":"AKIA"}'));
+    await expect(client.getManifest("a", "json", 1 << 20)).rejects.toMatchObject({
+      code: "UPSTREAM_ERROR",
+      message: "upstream up sent a manifest of type application/json, which is not a manifest type",
+    });
+  });
+
   it("maps 404 to the request's own code and keeps the upstream's error codes as detail", async () => {
     await expect(client.headManifest("a", "missing")).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN", status: 404 });
     await expect(client.getManifest("a", "missing", 1 << 20)).rejects.toMatchObject({ detail: { upstreamErrors: ["MANIFEST_UNKNOWN"] } });
