@@ -2,7 +2,8 @@
  * Where an upstream may send the mirror. Some of an upstream's answers are URLs (the token realm of a 401
  * challenge, the Location of a redirect), and following them is a request the mirror makes on the upstream's
  * word. For one upstream these rules hold:
- *  - a token realm is on the upstream's own host or one of its `authHosts`;
+ *  - a token realm is on the upstream's own host or one of its `authHosts`, and uses https when the upstream
+ *    does (the credentials sent there must not cross the network in cleartext);
  *  - a redirect goes to the upstream's own host, one of its `authHosts`, or a host matching one of its
  *    `redirectHosts` patterns (the CDNs and storage buckets its blobs are served from), at most
  *    `maxRedirects` times;
@@ -68,6 +69,13 @@ export class OutboundPolicy {
     if ((realm.protocol !== "https:" && realm.protocol !== "http:") || !this.isOwnOrAuthHost(realm)) {
       throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} points at token realm host ${realm.host}, which is not allowed for it (list it in authHosts)`, {
         detail: { upstream: this.upstream, realmHost: realm.host },
+      });
+    }
+    if (this.url.protocol === "https:" && realm.protocol !== "https:") {
+      // Named without its query: the realm is the upstream's, the query could carry anything.
+      const named = `${realm.origin}${realm.pathname}`;
+      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} names token realm ${named}, which is not https like the upstream: credentials would cross the network in cleartext`, {
+        detail: { upstream: this.upstream, realm: named },
       });
     }
   }

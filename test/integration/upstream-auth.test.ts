@@ -93,6 +93,28 @@ describe("token auth (Docker token flow)", () => {
     expect(res.body.toString()).not.toMatch(/wrong|alice/);
   });
 
+  it("refuses an http realm for an https upstream, naming it, before any credentials are sent", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "realm-tls-"));
+    teardown.add("tls dir", () => rm(dir, { recursive: true, force: true }));
+    const ca = await createTestCa(dir, "realm-test-ca");
+    const { certPath, keyPath } = await ca.issue("upstream");
+    const tlsRelay = teardown.track(await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: {
+          "docker.io": { url: tlsRelay.url, default: true, tls: { caFile: ca.certPath }, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "alice-pw" } },
+        },
+        extra: { access: { anonymous: true } },
+      }),
+    );
+    tokens.clearRequests();
+    const res = await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(res.status).toBe(502);
+    expect(errorCode(res)).toBe("UPSTREAM_ERROR");
+    expect(res.body.toString()).toContain(`names token realm ${tokens.realm}, which is not https like the upstream`);
+    expect(tokens.count()).toBe(0);
+  });
+
   it("refuses a realm on a host not allowed for the upstream, without contacting it", async () => {
     const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true } } }));
     tokens.clearRequests();

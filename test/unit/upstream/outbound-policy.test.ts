@@ -71,6 +71,12 @@ describe("OutboundPolicy rules", () => {
     expect(() => p.checkRealm(new URL("file:///etc/passwd"))).toThrow(/not allowed/);
   });
 
+  it("refuses a realm whose scheme is weaker than the upstream's", () => {
+    expect(() => policy().checkRealm(new URL("http://auth.example/token"))).toThrow(/token realm http:\/\/auth.example\/token, which is not https like the upstream/);
+    expect(() => policy({ url: "http://registry.example" }).checkRealm(new URL("http://auth.example/token"))).not.toThrow();
+    expect(() => policy({ url: "http://registry.example" }).checkRealm(new URL("https://auth.example/token"))).not.toThrow();
+  });
+
   it("allows redirects to the upstream's own host, its authHosts and its redirectHosts patterns only", () => {
     const p = policy({ redirectHosts: ["*.cloudfront.net"] });
     const from = new URL("https://registry.example/v2/a/blobs/sha256:x");

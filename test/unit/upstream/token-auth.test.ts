@@ -37,12 +37,12 @@ afterAll(async () => {
   await new Promise((r) => server.close(r));
 });
 
-function auth(opts: { credentials?: { username?: string; password?: string; passwordFile?: string }; now?: () => number; authHosts?: string[] } = {}) {
+function auth(opts: { credentials?: { username?: string; password?: string; passwordFile?: string }; now?: () => number; authHosts?: string[]; upstreamUrl?: string } = {}) {
   return new UpstreamAuth({
     upstream: "up",
     policy: new OutboundPolicy({
       upstream: "up",
-      url: "https://registry.example",
+      url: opts.upstreamUrl ?? "http://registry.example",
       authHosts: opts.authHosts ?? [new URL(base).host],
       redirectHosts: [],
       allowPrivateRedirects: false,
@@ -110,6 +110,17 @@ describe("UpstreamAuth", () => {
     await expect(a.answer(challenge(`${base}/token`), "s")).rejects.toMatchObject({ code: "UPSTREAM_ERROR", message: expect.stringMatching(/not allowed/) as string });
     await expect(a.answer(challenge("file:///etc/passwd"), "s")).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
     expect(seen).toHaveLength(0);
+  });
+
+  it("refuses an http realm for an https upstream, naming the realm and sending nothing", async () => {
+    seen.length = 0;
+    const a = auth({ upstreamUrl: "https://registry.example", credentials: { username: "alice", password: "s3cret" } });
+    await expect(a.answer(challenge(`${base}/token?account=x`), "repository:a/b:pull")).rejects.toMatchObject({
+      code: "UPSTREAM_ERROR",
+      message: `upstream up names token realm ${base}/token, which is not https like the upstream: credentials would cross the network in cleartext`,
+    });
+    expect(seen).toHaveLength(0);
+    expect(a.tokenRequests).toBe(0);
   });
 
   it("answers Basic challenges only with configured credentials", async () => {
