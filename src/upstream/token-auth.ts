@@ -13,7 +13,7 @@ import type { Dispatcher } from "undici";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { OutboundPolicy } from "./outbound-policy.ts";
-import { discardBody } from "./upstream-errors.ts";
+import { discardBody, upstreamFailure } from "./upstream-errors.ts";
 import type { Challenge } from "./www-authenticate.ts";
 
 export interface Credentials {
@@ -123,6 +123,8 @@ export class UpstreamAuth {
     const creds = await this.readCredentials();
     const requested = this.now();
     this.tokenRequests++;
+    // Transport failures, before the answer or while reading its body, are mapped like every upstream request's.
+    const service = `token service of upstream ${this.upstream}`;
     let res: Dispatcher.ResponseData;
     try {
       res = await this.policy.request(this.dispatcher, {
@@ -132,25 +134,30 @@ export class UpstreamAuth {
         authorization: creds ? basic(creds) : undefined,
       });
     } catch (err) {
-      if (err instanceof RegistryError) throw err;
-      throw new RegistryError("UNAVAILABLE", `token service of upstream ${this.upstream} is unavailable`, { detail: { upstream: this.upstream }, cause: err });
+      throw upstreamFailure(this.upstream, err, service);
     }
     if (res.statusCode !== 200) {
       discardBody(res.body);
       const code = res.statusCode === 401 || res.statusCode === 403 ? "UNAUTHORIZED" : "UPSTREAM_ERROR";
-      throw new RegistryError(code, `token service of upstream ${this.upstream} answered ${res.statusCode}${creds ? " (check the configured credentials)" : ""}`, {
+      throw new RegistryError(code, `${service} answered ${res.statusCode}${creds ? " (check the configured credentials)" : ""}`, {
         detail: { upstream: this.upstream, status: res.statusCode },
       });
     }
-    const body = await readCapped(res.body);
+    let body: string;
+    try {
+      body = await readCapped(res.body, service);
+    } catch (err) {
+      discardBody(res.body);
+      throw upstreamFailure(this.upstream, err, service);
+    }
     let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
     try {
       parsed = JSON.parse(body) as typeof parsed;
     } catch {
-      throw new RegistryError("UPSTREAM_ERROR", `token service of upstream ${this.upstream} sent invalid JSON`);
+      throw new RegistryError("UPSTREAM_ERROR", `${service} sent invalid JSON`);
     }
     const token = typeof parsed.token === "string" ? parsed.token : typeof parsed.access_token === "string" ? parsed.access_token : undefined;
-    if (!token) throw new RegistryError("UPSTREAM_ERROR", `token service of upstream ${this.upstream} sent no token`);
+    if (!token) throw new RegistryError("UPSTREAM_ERROR", `${service} sent no token`);
     const lifetimeMs = (typeof parsed.expires_in === "number" && parsed.expires_in > 0 ? parsed.expires_in : DEFAULT_TOKEN_LIFETIME_S) * 1000;
     const value = `Bearer ${token}`;
     this.headers.set(scope, { value, expiresAt: requested + lifetimeMs - Math.min(EXPIRY_MARGIN_MS, lifetimeMs / 2) });
@@ -171,14 +178,14 @@ function basic(c: Credentials): string {
   return `Basic ${Buffer.from(`${c.username}:${c.password}`).toString("base64")}`;
 }
 
-async function readCapped(body: Dispatcher.ResponseData["body"]): Promise<string> {
+async function readCapped(body: Dispatcher.ResponseData["body"], service: string): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += (chunk as Buffer).length;
     if (size > TOKEN_BODY_CAP) {
       discardBody(body);
-      throw new RegistryError("UPSTREAM_ERROR", "token response too large");
+      throw new RegistryError("UPSTREAM_ERROR", `${service} sent a response larger than ${TOKEN_BODY_CAP} bytes`);
     }
     chunks.push(chunk as Buffer);
   }

@@ -49,18 +49,22 @@ export async function upstreamStatusError(
   return new RegistryError("UPSTREAM_ERROR", `upstream ${upstream} answered ${status}`, { detail });
 }
 
-/** Maps a thrown transport error (or passes a RegistryError through). */
-export function upstreamFailure(upstream: string, err: unknown): RegistryError {
+/**
+ * Maps a thrown transport error (or passes a RegistryError through), whether it came before the response or
+ * while reading its body. `service` names what failed in the message: the upstream itself by default, or e.g.
+ * its token service.
+ */
+export function upstreamFailure(upstream: string, err: unknown, service = `upstream ${upstream}`): RegistryError {
   if (err instanceof RegistryError) return err;
   const code = (err as { code?: string } | undefined)?.code;
   const cause = err instanceof Error ? err : undefined;
   if (code !== undefined && UNAVAILABLE_CODES.has(code)) {
-    return new RegistryError("UNAVAILABLE", `upstream ${upstream} is unavailable (${code})`, { detail: { upstream, code }, cause });
+    return new RegistryError("UNAVAILABLE", `${service} is unavailable (${code})`, { detail: { upstream, code }, cause });
   }
   if ((err as Error | undefined)?.name === "AbortError" || code === "UND_ERR_ABORTED") {
-    return new RegistryError("UNAVAILABLE", `request to upstream ${upstream} was aborted`, { detail: { upstream }, cause });
+    return new RegistryError("UNAVAILABLE", `request to ${service} was aborted`, { detail: { upstream }, cause });
   }
-  return new RegistryError("UPSTREAM_ERROR", `request to upstream ${upstream} failed`, { detail: { upstream, code }, cause });
+  return new RegistryError("UPSTREAM_ERROR", `request to ${service} failed`, { detail: { upstream, code }, cause });
 }
 
 /**

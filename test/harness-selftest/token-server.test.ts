@@ -259,6 +259,41 @@ describe("startTokenServer with a real registry in token mode", () => {
     expect(await statusWith(closed.mintToken({ access: pull(), audience: tokens.service, issuer: tokens.issuer }))).toBe(401);
   });
 
+  it("setFault: token bodies stall, are reset, or trickle, after the request is recorded as granted", async () => {
+    const observeBody = async (windowMs: number): Promise<{ bytes: string; error?: string; ended: boolean }> => {
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), windowMs);
+      let bytes = "";
+      try {
+        const res = await fetch(tokens.realm, { signal: abort.signal });
+        expect(res.status).toBe(200);
+        for await (const chunk of res.body!) bytes += Buffer.from(chunk as Uint8Array).toString();
+        return { bytes, ended: true };
+      } catch (err) {
+        return { bytes, error: (err as Error).name, ended: false };
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    try {
+      tokens.clearRequests();
+      tokens.setFault({ kind: "stallBody", afterBytes: 10 });
+      expect(await observeBody(500)).toEqual({ bytes: '{"token":"', error: "AbortError", ended: false });
+      tokens.setFault({ kind: "resetBody", afterBytes: 10 });
+      const reset = await observeBody(2_000);
+      expect(reset).toMatchObject({ bytes: '{"token":"', ended: false });
+      expect(reset.error).not.toBe("AbortError");
+      tokens.setFault({ kind: "trickle", intervalMs: 50 });
+      const trickled = await observeBody(500);
+      expect(trickled).toMatchObject({ error: "AbortError", ended: false });
+      expect(trickled.bytes).toMatch(/^ {3,}$/);
+      expect(tokens.count({ status: 200 })).toBe(3);
+    } finally {
+      tokens.setFault(null);
+    }
+    expect(((await (await fetch(tokens.realm)).json()) as TokenResponse).token).toBeTruthy();
+  });
+
   it("refuses a service it does not serve, and answers 404/405 off the token endpoint", async () => {
     const wrongService = await fetchToken(`service=other&scope=repository:${REPO}:pull`);
     expect(wrongService.status).toBe(400);

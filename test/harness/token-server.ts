@@ -46,6 +46,15 @@ export interface TokenRequest {
 
 export type TokenRequestFilter = Partial<Pick<TokenRequest, "authorization" | "user" | "scope" | "service" | "status">>;
 
+/**
+ * A fault for the token answers issued from now on (refusals are not affected): the token is granted and
+ * recorded as usual, but its body
+ *   - stallBody: stops after `afterBytes` bytes, the connection left open;
+ *   - resetBody: stops after `afterBytes` bytes, and the connection is reset;
+ *   - trickle: is never sent; a space (JSON whitespace) goes out every `intervalMs` instead, forever.
+ */
+export type TokenFault = { kind: "stallBody"; afterBytes: number } | { kind: "resetBody"; afterBytes: number } | { kind: "trickle"; intervalMs: number };
+
 /** How a token names its signing key in the JWT header. */
 export type KeyReference = "x5c" | "kid";
 
@@ -100,6 +109,8 @@ export interface TokenServer {
    * that distribution accepts a token until 60 s after its exp, so only -61 or less is rejected at once.
    */
   setExpiresIn(seconds: number): void;
+  /** Sets the fault for token answers from now on; null answers normally. */
+  setFault(fault: TokenFault | null): void;
   /**
    * Signs a token directly, without an HTTP request and without recording one: for the harness's own
    * requests (readiness, sync) and for tests that need odd claims (expired, wrong audience, future nbf).
@@ -127,6 +138,7 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
   const issuer = opts.issuer ?? DEFAULT_ISSUER;
   const defaultKeyReference = opts.keyReference ?? "x5c";
   let expiresIn = opts.expiresInSeconds ?? DEFAULT_EXPIRES_IN_SECONDS;
+  let fault: TokenFault | null = null;
 
   const dir = await mkdtemp(join(tmpdir(), "harness-token-"));
   let keys: SigningKey;
@@ -200,7 +212,9 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
     record.status = 200;
     record.granted = granted;
     // Both names: Docker's clients read `token`, OAuth2 clients `access_token`.
-    sendJson(res, 200, { token, access_token: token, expires_in: expiresIn, issued_at: issuedAt.toISOString() });
+    const answer = { token, access_token: token, expires_in: expiresIn, issued_at: issuedAt.toISOString() };
+    if (fault === null) sendJson(res, 200, answer);
+    else sendFaulty(req, res, answer, fault);
   };
 
   const server = createServer(handle);
@@ -238,6 +252,9 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
       log.filter((r) => Object.entries(filter).every(([k, v]) => v === undefined || r[k as keyof TokenRequestFilter] === v)).length,
     setExpiresIn: (seconds) => {
       expiresIn = seconds;
+    },
+    setFault: (f) => {
+      fault = f;
     },
     mintToken,
     stop,
@@ -345,6 +362,21 @@ function grant(scopes: string[], admin: boolean): TokenAccess[] {
     if (actions.length > 0) out.push({ type, name, actions });
   }
   return out;
+}
+
+/** A 200 token answer broken as `fault` says (the headers promise the whole body, as a real answer would). */
+function sendFaulty(req: IncomingMessage, res: ServerResponse, body: unknown, fault: TokenFault): void {
+  const bytes = Buffer.from(JSON.stringify(body));
+  if (fault.kind === "trickle") {
+    res.writeHead(200, { "content-type": "application/json" });
+    const timer = setInterval(() => res.write(" "), fault.intervalMs);
+    res.once("close", () => clearInterval(timer));
+    return;
+  }
+  res.writeHead(200, { "content-type": "application/json", "content-length": String(bytes.length) });
+  res.write(bytes.subarray(0, Math.min(fault.afterBytes, bytes.length - 1)));
+  // Reset once the bytes are out, so the client sees them before the connection breaks.
+  if (fault.kind === "resetBody") setTimeout(() => req.socket.resetAndDestroy(), 50);
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

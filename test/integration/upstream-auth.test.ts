@@ -115,6 +115,29 @@ describe("token auth (Docker token flow)", () => {
     expect(tokens.count()).toBe(0);
   });
 
+  it("answers 503 naming the token service when a token body breaks mid-way, and recovers", async () => {
+    const m = teardown.track(
+      await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], timeouts: { bodyIdle: "1s" } } } }),
+    );
+    const manifest = () => fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    try {
+      for (const [fault, code] of [
+        [{ kind: "stallBody", afterBytes: 10 }, /UND_ERR_BODY_TIMEOUT/],
+        [{ kind: "resetBody", afterBytes: 10 }, /ECONNRESET|UND_ERR_SOCKET/],
+      ] as const) {
+        tokens.setFault(fault);
+        const res = await manifest();
+        expect(res.status, `${fault.kind}: ${res.body.toString()}`).toBe(503);
+        expect(errorCode(res)).toBe("UNAVAILABLE");
+        expect(res.body.toString()).toMatch(/token service of upstream docker\.io is unavailable/);
+        expect(res.body.toString()).toMatch(code);
+      }
+    } finally {
+      tokens.setFault(null);
+    }
+    expect((await manifest()).status).toBe(200);
+  });
+
   it("refuses a realm on a host not allowed for the upstream, without contacting it", async () => {
     const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true } } }));
     tokens.clearRequests();

@@ -14,7 +14,11 @@ let base: string;
 const seen: IncomingMessage[] = [];
 let expiresIn: number | undefined = 300;
 let delayMs = 0;
+/** How the next token bodies break: cut off by a reset, or stalled, after a few bytes. */
+let bodyFault: "reset" | "stall" | undefined;
 const agent = new Agent();
+/** For bodies that stall: gives up after 200 ms without a byte, as the upstream's bodyIdle timeout would. */
+const impatient = new Agent({ bodyTimeout: 200 });
 
 beforeAll(async () => {
   server = createServer((req, res) => {
@@ -22,6 +26,12 @@ beforeAll(async () => {
     const auth = req.headers.authorization;
     if (auth !== undefined && auth !== `Basic ${Buffer.from("alice:s3cret").toString("base64")}`) {
       res.writeHead(401).end();
+      return;
+    }
+    if (bodyFault !== undefined) {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.write('{"tok');
+      if (bodyFault === "reset") setTimeout(() => req.socket.resetAndDestroy(), 20);
       return;
     }
     setTimeout(() => {
@@ -34,10 +44,14 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await agent.close();
+  await impatient.close();
+  server.closeAllConnections();
   await new Promise((r) => server.close(r));
 });
 
-function auth(opts: { credentials?: { username?: string; password?: string; passwordFile?: string }; now?: () => number; authHosts?: string[]; upstreamUrl?: string } = {}) {
+function auth(
+  opts: { credentials?: { username?: string; password?: string; passwordFile?: string }; now?: () => number; authHosts?: string[]; upstreamUrl?: string; dispatcher?: Agent } = {},
+) {
   return new UpstreamAuth({
     upstream: "up",
     policy: new OutboundPolicy({
@@ -49,7 +63,7 @@ function auth(opts: { credentials?: { username?: string; password?: string; pass
       maxRedirects: 5,
     }),
     credentials: opts.credentials,
-    dispatcher: agent,
+    dispatcher: opts.dispatcher ?? agent,
     now: opts.now,
   });
 }
@@ -121,6 +135,23 @@ describe("UpstreamAuth", () => {
     });
     expect(seen).toHaveLength(0);
     expect(a.tokenRequests).toBe(0);
+  });
+
+  it.each([
+    ["reset", /^(ECONNRESET|UND_ERR_SOCKET)$/],
+    ["stall", /^UND_ERR_BODY_TIMEOUT$/],
+  ] as const)("maps a token body that breaks mid-way (%s) to UNAVAILABLE naming the token service", async (fault, code) => {
+    bodyFault = fault;
+    try {
+      await expect(auth({ dispatcher: impatient }).answer(challenge(`${base}/token`), "repository:broken:pull")).rejects.toMatchObject({
+        code: "UNAVAILABLE",
+        status: 503,
+        message: expect.stringMatching(/^token service of upstream up is unavailable \((ECONNRESET|UND_ERR_SOCKET|UND_ERR_BODY_TIMEOUT)\)$/) as string,
+        detail: { upstream: "up", code: expect.stringMatching(code) as string },
+      });
+    } finally {
+      bodyFault = undefined;
+    }
   });
 
   it("answers Basic challenges only with configured credentials", async () => {
