@@ -144,6 +144,13 @@ export const upstreamSchema = z
         headers: duration.default(30_000),
         /** Longest pause between two body chunks. */
         bodyIdle: duration.default(60_000),
+        /**
+         * Longest a whole exchange a client waits on may take, however the bytes trickle in: a manifest, tag
+         * list or blob HEAD with its token fetch, redirects and retries, up to the last byte of the body (error
+         * bodies included). A token fetch shared by several requests has this deadline of its own. Blob
+         * downloads have `fill.timeout` instead once their body starts.
+         */
+        total: duration.default(2 * 60_000),
       })
       .strict()
       .prefault({}),
@@ -388,7 +395,7 @@ export const configSchema = z
         tagTtl: 5 * 60_000,
         negativeTtl: 30_000,
         offline: false,
-        timeouts: { connect: 10_000, headers: 30_000, bodyIdle: 60_000 },
+        timeouts: { connect: 10_000, headers: 30_000, bodyIdle: 60_000, total: 2 * 60_000 },
         repositories: { deny: [] },
         maxConcurrentFills: 16,
         maxConnections: 32,

@@ -4,7 +4,9 @@
  * own or one listed in its `authHosts` (outbound-policy.ts), so an upstream cannot make the mirror send
  * credentials anywhere else.
  * Tokens are cached per scope until shortly before they expire, and concurrent requests needing the same token
- * share one fetch. Credentials are re-read on every token fetch (Kubernetes rotates mounted secrets) and never
+ * share one fetch. That fetch has a deadline of its own, and is cancelled early only when every request waiting
+ * for it has gone: one caller leaving (its client disconnected, its own deadline passed) never fails the
+ * others. Credentials are re-read on every token fetch (Kubernetes rotates mounted secrets) and never
  * appear in logs, errors or metrics.
  */
 import { readFile } from "node:fs/promises";
@@ -34,6 +36,14 @@ const EXPIRY_MARGIN_MS = 30_000;
 const DEFAULT_TOKEN_LIFETIME_S = 60;
 const TOKEN_BODY_CAP = 64 * 1024;
 
+/** One token fetch in flight, shared by the requests `waiting` for it. */
+interface TokenFetch {
+  promise: Promise<string>;
+  cancel: AbortController;
+  waiting: number;
+  settled: boolean;
+}
+
 export class UpstreamAuth {
   private readonly upstream: string;
   private readonly policy: OutboundPolicy;
@@ -41,7 +51,8 @@ export class UpstreamAuth {
   private readonly dispatcher: Dispatcher;
   private readonly now: () => number;
   private readonly headers: LRUCache<string, { value: string; expiresAt: number }>;
-  private readonly fetching = new Map<string, Promise<string>>();
+  private readonly fetching = new Map<string, TokenFetch>();
+  private readonly deadlineMs: number;
   /** Token requests sent so far (tests assert reuse). */
   tokenRequests = 0;
   private readonly metrics: Metrics | undefined;
@@ -52,9 +63,12 @@ export class UpstreamAuth {
     policy: OutboundPolicy;
     credentials: CredentialsConfig | undefined;
     dispatcher: Dispatcher;
+    /** The longest a token fetch may take, body included (the upstream's `timeouts.total`). */
+    deadlineMs: number;
     now?: () => number;
     metrics?: Metrics | undefined;
   }) {
+    this.deadlineMs = opts.deadlineMs;
     this.metrics = opts.metrics;
     this.upstream = opts.upstream;
     this.policy = opts.policy;
@@ -73,9 +87,10 @@ export class UpstreamAuth {
 
   /**
    * After a 401: obtains a fresh Authorization header for the challenge, or throws UNAUTHORIZED when nothing
-   * can satisfy it. Concurrent calls for the same scope share one token fetch.
+   * can satisfy it. Concurrent calls for the same scope share one token fetch. When `signal` aborts, this
+   * call gives up with its reason; the fetch goes on for the others still waiting.
    */
-  async answer(challenge: Challenge | undefined, scope: string): Promise<string> {
+  async answer(challenge: Challenge | undefined, scope: string, signal?: AbortSignal): Promise<string> {
     if (challenge === undefined) throw new RegistryError("UNAUTHORIZED", `upstream ${this.upstream} requires authentication but sent no usable challenge`);
     if (challenge.scheme === "basic") {
       const creds = await this.readCredentials();
@@ -84,9 +99,32 @@ export class UpstreamAuth {
       this.headers.set("*", { value, expiresAt: Number.MAX_SAFE_INTEGER });
       return value;
     }
-    const running = this.fetching.get(scope);
-    if (running) return running;
-    const promise = this.fetchToken(challenge, scope)
+    if (signal?.aborted) throw signal.reason;
+    const inflight = this.fetching.get(scope) ?? this.startFetch(challenge, scope);
+    inflight.waiting++;
+    try {
+      return await untilAborted(inflight.promise, signal);
+    } finally {
+      inflight.waiting--;
+      if (inflight.waiting === 0 && !inflight.settled) {
+        // Nobody wants this token any more: stop fetching it. A later request starts afresh.
+        this.fetching.delete(scope);
+        inflight.cancel.abort(new RegistryError("UNAVAILABLE", `token fetch from upstream ${this.upstream} abandoned: every request waiting for it went away`));
+      }
+    }
+  }
+
+  /** Starts the one fetch of a token for `scope`, under its own deadline, cancellable through `cancel`. */
+  private startFetch(challenge: Challenge, scope: string): TokenFetch {
+    const cancel = new AbortController();
+    const timer = setTimeout(() => {
+      cancel.abort(
+        new RegistryError("UNAVAILABLE", `token service of upstream ${this.upstream} did not finish answering within ${this.deadlineMs / 1000} s (timeouts.total)`, {
+          detail: { upstream: this.upstream, timeout: "total" },
+        }),
+      );
+    }, this.deadlineMs);
+    const promise = this.fetchToken(challenge, scope, cancel.signal)
       .then(
         (header) => {
           this.metrics?.tokenRequests.inc({ upstream: this.upstream, result: "ok" });
@@ -94,12 +132,20 @@ export class UpstreamAuth {
         },
         (err: unknown) => {
           this.metrics?.tokenRequests.inc({ upstream: this.upstream, result: "error" });
-          throw err;
+          // The deadline is the cause, whatever its abort broke on the way.
+          throw cancel.signal.aborted ? cancel.signal.reason : err;
         },
       )
-      .finally(() => this.fetching.delete(scope));
-    this.fetching.set(scope, promise);
-    return promise;
+      .finally(() => {
+        inflight.settled = true;
+        clearTimeout(timer);
+        if (this.fetching.get(scope) === inflight) this.fetching.delete(scope);
+      });
+    const inflight: TokenFetch = { promise, cancel, waiting: 0, settled: false };
+    // A fetch every waiter left ends rejected with nobody awaiting it: that is not an unhandled rejection.
+    promise.catch(() => undefined);
+    this.fetching.set(scope, inflight);
+    return inflight;
   }
 
   /** Forgets what we sent for `scope` after the upstream refused it anyway. */
@@ -108,7 +154,7 @@ export class UpstreamAuth {
     this.headers.delete("*");
   }
 
-  private async fetchToken(challenge: Challenge, scope: string): Promise<string> {
+  private async fetchToken(challenge: Challenge, scope: string, signal: AbortSignal): Promise<string> {
     const realm = challenge.params.realm;
     let url: URL;
     try {
@@ -132,6 +178,7 @@ export class UpstreamAuth {
         method: "GET",
         headers: { accept: "application/json", "user-agent": "registry-mirror" },
         authorization: creds ? basic(creds) : undefined,
+        signal,
       });
     } catch (err) {
       throw upstreamFailure(this.upstream, err, service);
@@ -172,6 +219,17 @@ export class UpstreamAuth {
     if (username === undefined || password === undefined) return undefined;
     return { username, password };
   }
+}
+
+/** `promise`, or a rejection with `signal`'s reason as soon as it aborts (the promise itself runs on). */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 
 function basic(c: Credentials): string {

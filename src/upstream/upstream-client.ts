@@ -8,6 +8,8 @@
  *    never follows a redirect to another origin, so a blob GET sent to a CDN never carries credentials;
  *  - auth: on a 401 the challenge is answered (token-auth.ts) and the request retried once;
  *  - bounded retries with back-off for requests that failed before any response arrived;
+ *  - an overall deadline (`timeouts.total`) on every exchange a client waits on, token fetch and body
+ *    included: idle timeouts alone let an upstream trickling a byte at a time hold a request for hours;
  *  - a health state (upstream-health.ts) that fails requests fast while the upstream is down;
  *  - the latest `ratelimit-limit` / `ratelimit-remaining` values (Docker Hub sends them, HEAD included).
  * Every undici body is consumed or discarded on every path. Requests only ever go to the configured origin,
@@ -105,52 +107,64 @@ export class UpstreamClient {
       policy: this.policy,
       credentials: config.credentials,
       dispatcher: this.agent,
+      deadlineMs: config.timeouts.total,
       now: opts.now,
       metrics: opts.metrics,
     });
   }
 
   async headManifest(repo: string, reference: string): Promise<ManifestHead> {
-    const res = await this.send("HEAD", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT });
-    await this.expectOk(res, "MANIFEST_UNKNOWN");
-    discardBody(res.body);
-    const length = headerValue(res.headers, "content-length");
-    return {
-      digest: headerValue(res.headers, "docker-content-digest"),
-      mediaType: mediaTypeOf(res.headers),
-      size: length !== undefined ? Number(length) : undefined,
-    };
+    return this.withDeadline(undefined, async (signal) => {
+      const res = await this.send("HEAD", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT }, signal);
+      await this.expectOk(res, "MANIFEST_UNKNOWN");
+      discardBody(res.body);
+      const length = headerValue(res.headers, "content-length");
+      return {
+        digest: headerValue(res.headers, "docker-content-digest"),
+        mediaType: mediaTypeOf(res.headers),
+        size: length !== undefined ? Number(length) : undefined,
+      };
+    });
   }
 
   async getManifest(repo: string, reference: string, maxBytes: number): Promise<FetchedManifest> {
-    const res = await this.send("GET", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT });
-    await this.expectOk(res, "MANIFEST_UNKNOWN");
-    const bytes = await this.readCapped(res.body, maxBytes, "manifest");
-    this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "manifest" }, bytes.length);
-    const mediaType = mediaTypeOf(res.headers);
-    if (mediaType === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest without Content-Type`);
-    // Only a manifest type is relayed: not whatever JSON (or HTML) an upstream, or a host it redirected to, sent.
-    if (!MANIFEST_TYPES.has(mediaType)) {
-      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest of type ${mediaType.slice(0, 100)}, which is not a manifest type`);
-    }
-    return { bytes, mediaType, digest: headerValue(res.headers, "docker-content-digest") };
+    return this.withDeadline(undefined, async (signal) => {
+      const res = await this.send("GET", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT }, signal);
+      await this.expectOk(res, "MANIFEST_UNKNOWN");
+      const bytes = await this.readCapped(res.body, maxBytes, "manifest");
+      this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "manifest" }, bytes.length);
+      const mediaType = mediaTypeOf(res.headers);
+      if (mediaType === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest without Content-Type`);
+      // Only a manifest type is relayed: not whatever JSON (or HTML) an upstream, or a host it redirected to, sent.
+      if (!MANIFEST_TYPES.has(mediaType)) {
+        throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest of type ${mediaType.slice(0, 100)}, which is not a manifest type`);
+      }
+      return { bytes, mediaType, digest: headerValue(res.headers, "docker-content-digest") };
+    });
   }
 
   /** Confirms a blob exists upstream under `repo`; resolves to its size when the upstream says. */
   async headBlob(repo: string, digest: string): Promise<{ size: number | undefined }> {
-    const res = await this.send("HEAD", repo, `/v2/${repo}/blobs/${digest}`, {});
-    await this.expectOk(res, "BLOB_UNKNOWN");
-    discardBody(res.body);
-    const length = headerValue(res.headers, "content-length");
-    return { size: length !== undefined ? Number(length) : undefined };
+    return this.withDeadline(undefined, async (signal) => {
+      const res = await this.send("HEAD", repo, `/v2/${repo}/blobs/${digest}`, {}, signal);
+      await this.expectOk(res, "BLOB_UNKNOWN");
+      discardBody(res.body);
+      const length = headerValue(res.headers, "content-length");
+      return { size: length !== undefined ? Number(length) : undefined };
+    });
   }
 
-  /** Opens a blob download; the caller owns (and must consume or destroy) the body. */
+  /**
+   * Opens a blob download; the caller owns (and must consume or destroy) the body. The deadline covers the
+   * exchange up to the body (token fetch, redirects, an error body); the body itself is the caller's to bound.
+   */
   async getBlob(repo: string, digest: string, signal: AbortSignal): Promise<{ size: number | undefined; body: Readable }> {
-    const res = await this.send("GET", repo, `/v2/${repo}/blobs/${digest}`, {}, signal);
-    await this.expectOk(res, "BLOB_UNKNOWN");
-    const length = headerValue(res.headers, "content-length");
-    return { size: length !== undefined ? Number(length) : undefined, body: res.body };
+    return this.withDeadline(signal, async (exchange) => {
+      const res = await this.send("GET", repo, `/v2/${repo}/blobs/${digest}`, {}, exchange);
+      await this.expectOk(res, "BLOB_UNKNOWN");
+      const length = headerValue(res.headers, "content-length");
+      return { size: length !== undefined ? Number(length) : undefined, body: res.body };
+    });
   }
 
   /**
@@ -158,13 +172,15 @@ export class UpstreamClient {
    * body: only a tag list (`{"name": ..., "tags": [...]}` with valid tags) is accepted, for the caller to render.
    */
   async getTags(repo: string, query: string, maxBytes: number): Promise<{ tags: string[]; link: string | undefined }> {
-    const res = await this.send("GET", repo, `/v2/${repo}/tags/list${query}`, { accept: "application/json" });
-    await this.expectOk(res, "NAME_UNKNOWN");
-    const body = await this.readCapped(res.body, maxBytes, "tag list");
-    this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "tags" }, body.length);
-    const tags = parseTagList(body);
-    if (tags === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`);
-    return { tags, link: headerValue(res.headers, "link") };
+    return this.withDeadline(undefined, async (signal) => {
+      const res = await this.send("GET", repo, `/v2/${repo}/tags/list${query}`, { accept: "application/json" }, signal);
+      await this.expectOk(res, "NAME_UNKNOWN");
+      const body = await this.readCapped(res.body, maxBytes, "tag list");
+      this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "tags" }, body.length);
+      const tags = parseTagList(body);
+      if (tags === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`);
+      return { tags, link: headerValue(res.headers, "link") };
+    });
   }
 
   async close(): Promise<void> {
@@ -172,11 +188,37 @@ export class UpstreamClient {
   }
 
   /**
+   * Runs one exchange under the upstream's overall deadline (`timeouts.total`). `work` passes the signal it is
+   * given to every request (and so to every body it reads); when the deadline passes, whatever is in flight is
+   * aborted and the exchange fails with UNAVAILABLE naming the deadline. The deadline ends when `work` returns:
+   * a body handed on to the caller (a blob) is not cut off by it.
+   */
+  private async withDeadline<T>(signal: AbortSignal | undefined, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const ms = this.config.timeouts.total;
+    const deadline = new AbortController();
+    const timer = setTimeout(() => {
+      deadline.abort(
+        new RegistryError("UNAVAILABLE", `upstream ${this.name} did not finish answering within ${ms / 1000} s (timeouts.total)`, {
+          detail: { upstream: this.name, timeout: "total" },
+        }),
+      );
+    }, ms);
+    try {
+      return await work(signal === undefined ? deadline.signal : AbortSignal.any([signal, deadline.signal]));
+    } catch (err) {
+      // Whatever the abort broke (a body read, an error body swallowed into a status error), the deadline is the cause.
+      throw deadline.signal.aborted ? (deadline.signal.reason as RegistryError) : err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
    * Sends one request: fails fast while the upstream is marked down, retries transport failures that happened
    * before any response, and answers one 401 challenge. Returns any response that arrived (callers map
    * statuses); throws RegistryError for transport failures.
    */
-  private async send(method: "GET" | "HEAD", repo: string, path: string, headers: Record<string, string>, signal?: AbortSignal): Promise<UpstreamResponse> {
+  private async send(method: "GET" | "HEAD", repo: string, path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
     if (this.config.offline) {
       throw new RegistryError("UNAVAILABLE", `upstream ${this.name} is offline by configuration; only cached content is served`, { detail: { upstream: this.name, offline: true } });
     }
@@ -200,8 +242,9 @@ export class UpstreamClient {
           throw err;
         }
         const code = (err as { code?: string }).code;
-        if (attempt < this.config.retries && code !== undefined && RETRYABLE.has(code) && !signal?.aborted) {
-          await sleep(RETRY_BASE_MS * 2 ** attempt * (0.5 + Math.random()));
+        if (attempt < this.config.retries && code !== undefined && RETRYABLE.has(code) && !signal.aborted) {
+          // An abort during the pause makes the next attempt fail at once, with the abort's reason.
+          await sleep(RETRY_BASE_MS * 2 ** attempt * (0.5 + Math.random()), undefined, { signal }).catch(() => undefined);
           continue;
         }
         this.health.failure();
@@ -215,7 +258,7 @@ export class UpstreamClient {
         discardBody(res.body);
         if (authorization !== undefined) this.auth.forget(scope);
         this.health.success(); // it answered: auth trouble is not an outage
-        await this.auth.answer(challenge, scope);
+        await this.auth.answer(challenge, scope, signal);
         attempt--; // the challenge round trip is not a retry
         continue;
       }

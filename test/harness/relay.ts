@@ -18,8 +18,12 @@ export type Fault =
   | { kind: "corrupt" }
   /** Send that many body bytes of a blob GET, then destroy the socket. */
   | { kind: "truncate"; afterBytes: number }
-  /** Slow blob GET bodies down to about this rate, so a test can observe a transfer in progress. */
-  | { kind: "throttle"; bytesPerSecond: number }
+  /**
+   * Slow blob GET bodies down to about this rate, so a test can observe a transfer in progress. With `match`,
+   * the bodies of every matching request instead (manifests, tag lists, error bodies): at a few bytes per
+   * second, an answer that trickles in under any idle timeout.
+   */
+  | { kind: "throttle"; bytesPerSecond: number; match?: RegExp }
   /** Serve the body one byte short with a Content-Length one byte short too: complete-looking but wrong. */
   | { kind: "wrongLength" }
   /** Send blob GET bodies whole but without Content-Length (chunked), as some upstreams and CDNs do. */
@@ -280,9 +284,11 @@ function applies(f: Fault, method: string, path: string, status: number): boolea
       return f.match === undefined || `${method} ${path}`.search(f.match) !== -1;
     case "redirectBlobs":
       return false; // decided before the request goes upstream: see `redirect` in startRelay
+    case "throttle":
+      if (f.match !== undefined) return `${method} ${path}`.search(f.match) !== -1;
+      return method === "GET" && status >= 200 && status <= 299 && isBlobPath(path);
     case "corrupt":
     case "truncate":
-    case "throttle":
     case "wrongLength":
     case "noLength":
       // Blob downloads that succeed upstream; errors and HEADs pass through untouched.

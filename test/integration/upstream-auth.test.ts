@@ -138,6 +138,32 @@ describe("token auth (Docker token flow)", () => {
     expect((await manifest()).status).toBe(200);
   });
 
+  it("a token body trickling in under the idle timeout fails every request sharing it at timeouts.total", async () => {
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], timeouts: { bodyIdle: "1s", total: "2s" } } },
+      }),
+    );
+    tokens.clearRequests();
+    tokens.setFault({ kind: "trickle", intervalMs: 300 });
+    try {
+      // A manifest and a blob of one repository: two exchanges waiting on one token fetch.
+      const [manifest, blob] = await Promise.all([
+        fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } }),
+        fetchRaw(`${m.url}/v2/team/private/blobs/${image.layers[0]!.digest}`),
+      ]);
+      for (const res of [manifest, blob]) {
+        expect(res.status, res.body.toString()).toBe(503);
+        expect(errorCode(res)).toBe("UNAVAILABLE");
+        expect(res.body.toString()).toMatch(/did not finish answering within 2 s \(timeouts\.total\)/);
+      }
+      expect(tokens.count()).toBe(1);
+    } finally {
+      tokens.setFault(null);
+    }
+    expect((await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+  });
+
   it("refuses a realm on a host not allowed for the upstream, without contacting it", async () => {
     const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true } } }));
     tokens.clearRequests();

@@ -128,6 +128,26 @@ describe("upstream faults", () => {
     }
   });
 
+  it("an answer trickling in under the idle timeout: 503 at timeouts.total, for manifests, error bodies and tag lists", async () => {
+    const r = teardown.track(await startRelay(registry.url));
+    const m = teardown.track(
+      await startTestMirror({ upstreams: { "docker.io": { url: r.url, default: true, timeouts: { ...timeouts, total: "2s" }, health: { failureThreshold: 100 } } } }),
+    );
+    // Two bytes a second: never a second's pause (bodyIdle), and never done (a manifest alone would take minutes).
+    r.setFault({ kind: "throttle", bytesPerSecond: 2, match: /manifests|tags/ });
+    const answers = {
+      manifest: await manifest(m),
+      "error body": await fetchRaw(`${m.url}/v2/team/never-pushed/tags/list`), // the registry's 404 error body, trickled
+      "tag list": await fetchRaw(`${m.url}/v2/team/faults/tags/list`),
+    };
+    for (const [what, res] of Object.entries(answers)) {
+      expect(res.status, `${what}: ${res.body.toString()}`).toBe(503);
+      expect(errorCode(res)).toBe("UNAVAILABLE");
+      expect(res.body.toString()).toContain("upstream docker.io did not finish answering within 2 s (timeouts.total)");
+    }
+    expect(r.requests.filter((q) => q.fault === "throttle" && q.method === "GET").map((q) => q.status)).toEqual([200, 404, 200]);
+  });
+
   it("marks a failing upstream down and then answers from cache at once, without waiting on it", async () => {
     const r = teardown.track(await startRelay(registry.url));
     const m = teardown.track(

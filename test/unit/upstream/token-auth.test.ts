@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent } from "undici";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { OutboundPolicy } from "../../../src/upstream/outbound-policy.ts";
 import { UpstreamAuth } from "../../../src/upstream/token-auth.ts";
 
@@ -14,8 +14,10 @@ let base: string;
 const seen: IncomingMessage[] = [];
 let expiresIn: number | undefined = 300;
 let delayMs = 0;
-/** How the next token bodies break: cut off by a reset, or stalled, after a few bytes. */
-let bodyFault: "reset" | "stall" | undefined;
+/** How the next token bodies break: cut off by a reset, or stalled, after a few bytes; or trickled forever. */
+let bodyFault: "reset" | "stall" | "trickle" | undefined;
+/** Token requests whose connection closed before their answer was complete (the client gave up). */
+let closedEarly = 0;
 const agent = new Agent();
 /** For bodies that stall: gives up after 200 ms without a byte, as the upstream's bodyIdle timeout would. */
 const impatient = new Agent({ bodyTimeout: 200 });
@@ -23,9 +25,18 @@ const impatient = new Agent({ bodyTimeout: 200 });
 beforeAll(async () => {
   server = createServer((req, res) => {
     seen.push(req);
+    res.on("close", () => {
+      if (!res.writableFinished) closedEarly++;
+    });
     const auth = req.headers.authorization;
     if (auth !== undefined && auth !== `Basic ${Buffer.from("alice:s3cret").toString("base64")}`) {
       res.writeHead(401).end();
+      return;
+    }
+    if (bodyFault === "trickle") {
+      res.writeHead(200, { "content-type": "application/json" });
+      const timer = setInterval(() => res.write(" "), 50); // well under any idle timeout
+      res.on("close", () => clearInterval(timer));
       return;
     }
     if (bodyFault !== undefined) {
@@ -50,7 +61,14 @@ afterAll(async () => {
 });
 
 function auth(
-  opts: { credentials?: { username?: string; password?: string; passwordFile?: string }; now?: () => number; authHosts?: string[]; upstreamUrl?: string; dispatcher?: Agent } = {},
+  opts: {
+    credentials?: { username?: string; password?: string; passwordFile?: string };
+    now?: () => number;
+    authHosts?: string[];
+    upstreamUrl?: string;
+    dispatcher?: Agent;
+    deadlineMs?: number;
+  } = {},
 ) {
   return new UpstreamAuth({
     upstream: "up",
@@ -64,6 +82,7 @@ function auth(
     }),
     credentials: opts.credentials,
     dispatcher: opts.dispatcher ?? agent,
+    deadlineMs: opts.deadlineMs ?? 10_000,
     now: opts.now,
   });
 }
@@ -90,6 +109,61 @@ describe("UpstreamAuth", () => {
     expect(new Set(headers).size).toBe(1);
     expect(seen).toHaveLength(1);
     expect(a.tokenRequests).toBe(1);
+  });
+
+  it("lets one caller give up without cancelling the token fetch the others wait for", async () => {
+    seen.length = 0;
+    delayMs = 300;
+    try {
+      const a = auth();
+      const leaving = new AbortController();
+      const first = a.answer(challenge(`${base}/token`), "repository:shared:pull", leaving.signal);
+      const second = a.answer(challenge(`${base}/token`), "repository:shared:pull");
+      setTimeout(() => leaving.abort(new Error("client went away")), 50);
+      await expect(first).rejects.toThrow("client went away");
+      await expect(second).resolves.toMatch(/^Bearer t\d+$/);
+      expect(seen).toHaveLength(1);
+      expect(a.headerFor("repository:shared:pull")).toBe(await second);
+    } finally {
+      delayMs = 0;
+    }
+  });
+
+  it("cancels a token fetch once every caller has given up, and the next caller starts a new one", async () => {
+    seen.length = 0;
+    closedEarly = 0;
+    delayMs = 300;
+    try {
+      const a = auth();
+      const callers = [new AbortController(), new AbortController()];
+      const waits = callers.map((c) => a.answer(challenge(`${base}/token`), "repository:left:pull", c.signal));
+      setTimeout(() => callers.forEach((c) => c.abort(new Error("gone"))), 50);
+      for (const w of waits) await expect(w).rejects.toThrow("gone");
+      await vi.waitFor(() => expect(closedEarly).toBe(1), { timeout: 5_000 });
+      await expect(a.answer(challenge(`${base}/token`), "repository:left:pull")).resolves.toMatch(/^Bearer /);
+      expect(seen).toHaveLength(2);
+    } finally {
+      delayMs = 0;
+    }
+  });
+
+  it("gives up on a token body that trickles in under the idle timeout, at the fetch's own deadline", async () => {
+    bodyFault = "trickle";
+    closedEarly = 0;
+    try {
+      const a = auth({ dispatcher: impatient, deadlineMs: 500 });
+      const callers = [a.answer(challenge(`${base}/token`), "repository:slow:pull"), a.answer(challenge(`${base}/token`), "repository:slow:pull")];
+      for (const c of callers) {
+        await expect(c).rejects.toMatchObject({
+          code: "UNAVAILABLE",
+          message: "token service of upstream up did not finish answering within 0.5 s (timeouts.total)",
+        });
+      }
+      expect(a.tokenRequests).toBe(1);
+      await vi.waitFor(() => expect(closedEarly).toBe(1), { timeout: 5_000 });
+    } finally {
+      bodyFault = undefined;
+    }
   });
 
   it("sends configured credentials, read from a file at each fetch", async () => {

@@ -10,6 +10,8 @@ import { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
 
 let server: Server;
 let client: UpstreamClient;
+/** The same upstream with a 1 s overall deadline (and the default one-minute body-idle timeout). */
+let hurried: UpstreamClient;
 const routes = new Map<string, (res: ServerResponse) => void>();
 
 beforeAll(async () => {
@@ -22,12 +24,22 @@ beforeAll(async () => {
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const config = parseConfig({ upstreams: { up: { url, timeouts: { headers: "300ms" } } } });
   client = new UpstreamClient(config.upstreams.up!);
+  hurried = new UpstreamClient(parseConfig({ upstreams: { up: { url, timeouts: { total: "1s" } } } }).upstreams.up!);
 });
 afterAll(async () => {
   await client.close();
+  await hurried.close();
   server.closeAllConnections();
   await new Promise((r) => server.close(r));
 });
+
+/** Answers `status`, then one byte of `body` every 100 ms: never idle for long, never done in time. */
+const trickle = (status: number, body: string) => (res: ServerResponse) => {
+  res.writeHead(status, { "content-type": "application/vnd.oci.image.manifest.v1+json" });
+  let i = 0;
+  const timer = setInterval(() => (i < body.length ? res.write(body[i++]) : res.end()), 100);
+  res.on("close", () => clearInterval(timer));
+};
 
 describe("UpstreamClient", () => {
   it("refuses a manifest larger than the cap, streamed without Content-Length", async () => {
@@ -65,6 +77,19 @@ describe("UpstreamClient", () => {
   it("passes 429 on as TOOMANYREQUESTS with Retry-After", async () => {
     routes.set("HEAD /v2/a/manifests/limited", (res) => res.writeHead(429, { "retry-after": "30" }).end());
     await expect(client.headManifest("a", "limited")).rejects.toMatchObject({ code: "TOOMANYREQUESTS", headers: { "Retry-After": "30" } });
+  });
+
+  it.each([
+    ["a manifest body", "GET /v2/a/manifests/trickle", () => hurried.getManifest("a", "trickle", 1 << 20), 200],
+    ["an error body", "GET /v2/a/manifests/trickle-error", () => hurried.getManifest("a", "trickle-error", 1 << 20), 500],
+    ["a tag list", "GET /v2/a/tags/list", () => hurried.getTags("a", "", 1 << 20), 200],
+  ] as const)("cuts off %s trickling in under the idle timeout at timeouts.total", async (_what, route, call, status) => {
+    routes.set(route, trickle(status, JSON.stringify({ errors: [{ code: "UNKNOWN", message: "x".repeat(200) }] })));
+    await expect(call()).rejects.toMatchObject({
+      code: "UNAVAILABLE",
+      status: 503,
+      message: "upstream up did not finish answering within 1 s (timeouts.total)",
+    });
   });
 
   it("gives UNAVAILABLE when the upstream does not answer within the headers timeout", async () => {
