@@ -91,6 +91,7 @@ function finish(raw: unknown, problems: string[]): Config {
       libraryPrefix: upstream.libraryPrefix ?? preset?.libraryPrefix ?? null,
       authHosts: upstream.authHosts ?? preset?.authHosts ?? [],
       redirectHosts: upstream.redirectHosts ?? preset?.redirectHosts ?? [],
+      timeouts: { ...upstream.timeouts, total: upstream.timeouts.total ?? upstream.timeouts.headers + 2 * upstream.timeouts.bodyIdle },
       offline: upstream.offline || result.data.offline,
     };
   }

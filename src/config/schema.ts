@@ -148,9 +148,11 @@ export const upstreamSchema = z
          * Longest a whole exchange a client waits on may take, however the bytes trickle in: a manifest, tag
          * list or blob HEAD with its token fetch, redirects and retries, up to the last byte of the body (error
          * bodies included). A token fetch shared by several requests has this deadline of its own. Blob
-         * downloads have `fill.timeout` instead once their body starts.
+         * downloads have `fill.timeout` instead once their body starts. Absent: `headers` + 2 × `bodyIdle` (2.5
+         * minutes with the defaults): the answer starts as late as a slow upstream may, and then its body, small
+         * for everything this covers, may pause twice as long as a live transfer ever does in total.
          */
-        total: duration.default(2 * 60_000),
+        total: duration.optional(),
       })
       .strict()
       .prefault({}),
@@ -395,7 +397,7 @@ export const configSchema = z
         tagTtl: 5 * 60_000,
         negativeTtl: 30_000,
         offline: false,
-        timeouts: { connect: 10_000, headers: 30_000, bodyIdle: 60_000, total: 2 * 60_000 },
+        timeouts: { connect: 10_000, headers: 30_000, bodyIdle: 60_000 },
         repositories: { deny: [] },
         maxConcurrentFills: 16,
         maxConnections: 32,
@@ -464,8 +466,10 @@ export const UPSTREAM_PRESETS: ReadonlyArray<{
 
 export type ConfigInput = z.input<typeof configSchema>;
 type ParsedConfig = z.output<typeof configSchema>;
-export type UpstreamConfig = Omit<ParsedConfig["upstreams"][string], "libraryPrefix" | "authHosts" | "redirectHosts"> & {
+type ParsedUpstream = ParsedConfig["upstreams"][string];
+export type UpstreamConfig = Omit<ParsedUpstream, "libraryPrefix" | "authHosts" | "redirectHosts" | "timeouts"> & {
   name: string;
+  timeouts: ParsedUpstream["timeouts"] & { total: number };
   libraryPrefix: string | null;
   authHosts: readonly string[];
   redirectHosts: readonly string[];

@@ -229,6 +229,14 @@ describe("durations", () => {
     }
   });
 
+  it("derives an upstream's overall deadline from its other timeouts unless it sets one", () => {
+    const derived = parseConfig({ upstreams: { u: { url: "http://127.0.0.1:1", timeouts: { headers: "1s", bodyIdle: "1s" } } } });
+    expect(derived.upstreams.u!.timeouts.total).toBe(3_000);
+    expect(parseConfig({}).upstreams["docker.io"]!.timeouts.total).toBe(150_000);
+    const set = parseConfig({ upstreams: { u: { url: "http://127.0.0.1:1", timeouts: { headers: "1s", total: "10m" } } } });
+    expect(set.upstreams.u!.timeouts.total).toBe(600_000);
+  });
+
   it("rounds a fraction of a millisecond before the range check", () => {
     expect(parseConfig({ fill: { timeout: "1.5ms" } }).fill.timeout).toBe(2);
     expect(problemsOf({ fill: { timeout: "0.4ms" } })).toEqual(['fill.timeout: duration "0.4ms" (0 ms) is out of range: from 1ms up to 100 years']);
@@ -246,8 +254,11 @@ describe("durations", () => {
   it("warns at every duration key that is a timer, and at none that is an age", () => {
     for (const key of keys) {
       const name = key.join(".");
-      expect(longDurationWarnings(parseConfig(withValue(key, "25d"))).map((w) => w.key), name).toEqual(AGES.includes(name) ? [] : [name]);
-      expect(longDurationWarnings(parseConfig(withValue(key, MAX_TIMER_MS))), name).toEqual([]);
+      // An upstream's overall deadline, when not set, is derived from its headers and bodyIdle timeouts: warned too.
+      const derived = /\.timeouts\.(headers|bodyIdle)$/.test(name) ? ["upstreams.u.example.timeouts.total"] : [];
+      const warned = longDurationWarnings(parseConfig(withValue(key, "25d"))).map((w) => w.key);
+      expect(warned.sort(), name).toEqual(AGES.includes(name) ? [] : [name, ...derived].sort());
+      expect(longDurationWarnings(parseConfig(withValue(key, MAX_TIMER_MS))).filter((w) => !derived.includes(w.key)), name).toEqual([]);
     }
   });
 });
