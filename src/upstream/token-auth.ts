@@ -12,6 +12,7 @@
 import { readFile } from "node:fs/promises";
 import { LRUCache } from "lru-cache";
 import type { Dispatcher } from "undici";
+import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { OutboundPolicy } from "./outbound-policy.ts";
@@ -123,7 +124,7 @@ export class UpstreamAuth {
           detail: { upstream: this.upstream, timeout: "total" },
         }),
       );
-    }, this.deadlineMs);
+    }, timerDelay(this.deadlineMs));
     const promise = this.fetchToken(challenge, scope, cancel.signal)
       .then(
         (header) => {

@@ -202,7 +202,7 @@ export class UpstreamClient {
           detail: { upstream: this.name, timeout: "total" },
         }),
       );
-    }, ms);
+    }, timerDelay(ms));
     try {
       return await work(signal === undefined ? deadline.signal : AbortSignal.any([signal, deadline.signal]));
     } catch (err) {
