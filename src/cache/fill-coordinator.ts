@@ -16,8 +16,9 @@
  * No reader completes before the content is verified: every reader holds back its own last byte (the end of its
  * range, not only the blob's last byte) until the fill has committed, and a reader with nothing to read (the
  * empty blob) ends only then. A client therefore never receives a complete-looking response, 200 or 206, of
- * content that failed verification. For the same reason an announced length the digest rules out (0 for any
- * digest but the empty blob's, or more than 0 for the empty blob) is an upstream error before any reader starts.
+ * content that failed verification. (A 0-byte response is complete the moment its headers leave: the blob handler
+ * answers one only once the fill has verified.) Content announced for the empty blob is refused before it is
+ * downloaded.
  *
  * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
  * client, so the next pull is a hit.
@@ -272,8 +273,11 @@ export class Fill {
     try {
       slot = await slots?.acquire();
       upstream = await open(abort.signal);
-      if (upstream.size !== undefined && (upstream.size === 0) !== (this.digest === EMPTY_BLOB_DIGEST)) {
-        throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for ${this.digest}, which cannot be its content`);
+      // Content announced for the empty blob cannot verify: refused before anything is downloaded. (The other
+      // impossible announcement, 0 bytes for any other digest, costs nothing to download and fails verification
+      // at once; its readers hold their end until then, as every reader does.)
+      if (this.digest === EMPTY_BLOB_DIGEST && upstream.size !== undefined && upstream.size > 0) {
+        throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for the empty blob ${this.digest}`);
       }
       this.size = upstream.size;
       this.reservation = await policy?.admit(upstream.size);

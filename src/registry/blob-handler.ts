@@ -65,6 +65,11 @@ export class BlobHandler {
       body = Buffer.alloc(0);
     } else if (source.kind === "cached") {
       body = new FileHandleRangeStream(this.buffers, source.handle, start, end ?? source.size - 1);
+    } else if (source.kind === "fill" && size === 0) {
+      // Headers alone make a 0-byte response complete, so it is sent only once the content verified; an
+      // upstream that announced 0 bytes for other content gets its error answered instead.
+      await source.fill.done;
+      body = Buffer.alloc(0);
     } else if (source.kind === "fill") {
       body = source.fill.createReader(start, end, this.maxReadersPerFill);
     } else {

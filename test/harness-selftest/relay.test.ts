@@ -169,6 +169,16 @@ describe("startRelay", () => {
     expect(sha256(blob.body)).not.toBe(layer.digest);
   });
 
+  it("emptyBody: a complete-looking empty 200 for a blob that is not empty", async () => {
+    relay.setFault({ kind: "emptyBody" });
+    const blob = await rawGet(blobUrl());
+    expect(blob.error).toBeUndefined();
+    expect(blob.status).toBe(200);
+    expect(blob.headers["content-length"]).toBe("0");
+    expect(blob.headers["docker-content-digest"]).toBe(layer.digest);
+    expect(blob.body.length).toBe(0);
+  });
+
   it("setFault(null) restores byte-exact pass-through", async () => {
     relay.setFault({ kind: "corrupt" });
     relay.setFault(null);

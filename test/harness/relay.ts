@@ -28,6 +28,8 @@ export type Fault =
   | { kind: "wrongLength" }
   /** Send blob GET bodies whole but without Content-Length (chunked), as some upstreams and CDNs do. */
   | { kind: "noLength" }
+  /** Answer blob GETs with the upstream's headers but `Content-Length: 0` and no body: complete-looking, empty. */
+  | { kind: "emptyBody" }
   /**
    * Answer blob GETs that the upstream would answer 2xx with `307 Location: <to>/blob/<digest>?sig=...`
    * instead of the body. The registry is asked first, with a HEAD carrying the request's headers, so auth,
@@ -291,6 +293,7 @@ function applies(f: Fault, method: string, path: string, status: number): boolea
     case "truncate":
     case "wrongLength":
     case "noLength":
+    case "emptyBody":
       // Blob downloads that succeed upstream; errors and HEADs pass through untouched.
       return method === "GET" && status >= 200 && status <= 299 && isBlobPath(path);
   }
@@ -362,6 +365,12 @@ async function relayResponse(upstream: IncomingMessage, res: ServerResponse, fau
     headers["content-length"] = String(declared - 1);
   }
   if (fault?.kind === "noLength") delete headers["content-length"];
+  if (fault?.kind === "emptyBody") {
+    res.writeHead(status, upstream.statusMessage, { ...headers, "content-length": "0" });
+    res.end();
+    upstream.destroy();
+    return;
+  }
   res.writeHead(status, upstream.statusMessage, headers);
 
   if (fault?.kind === "stallBody" && (!hasBody || fault.afterBytes <= 0)) {

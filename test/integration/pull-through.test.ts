@@ -279,6 +279,20 @@ describe("pull-through: a bad upstream never gets content committed", () => {
     });
   }
 
+  it("an upstream announcing 0 bytes for a blob that is not empty: an error status, never an empty 200", async () => {
+    const layer = randomLayer(50_000);
+    await pushImage(upstream.url, "team/emptybody", "v1", buildImage({ format: "oci", layers: [layer] }));
+    relay.setFault({ kind: "emptyBody" });
+    const bad = await fetchRaw(`${viaRelay.url}/v2/team/emptybody/blobs/${layer.digest}`);
+    relay.setFault(null);
+    expect(bad.status).toBe(502);
+    expect(errorCode(bad)).toBe("UPSTREAM_ERROR");
+    expect(await viaRelay.mirror.blobStore.size(layer.digest)).toBeUndefined();
+    const good = await fetchRaw(`${viaRelay.url}/v2/team/emptybody/blobs/${layer.digest}`);
+    expect(good.status).toBe(200);
+    expect(sha256(good.body)).toBe(layer.digest);
+  });
+
   it("refuses a manifest whose bytes do not match the digest asked for", async () => {
     // The relay does not touch manifests, so ask for a digest the upstream will answer with other bytes:
     // a tag's manifest requested under the digest of a different manifest is exactly that case upstream-side.

@@ -189,18 +189,26 @@ describe("FillCoordinator", () => {
     expect(Buffer.concat(sink).length).toBe(999);
   });
 
-  it("refuses an announced length that the digest rules out, and releases the upstream body", async () => {
-    const cases = [
-      { digest: digestOf(randomBytes(1000)), announce: 0 }, // Content-Length: 0, but not the empty blob
-      { digest: digestOf(Buffer.alloc(0)), announce: 10 }, // the empty blob, announced with content
-    ];
-    for (const { digest, announce } of cases) {
-      const body = new PassThrough();
-      const fill = fills.start(digest, origin, async () => ({ size: announce, body }));
-      await expect(fill.ready).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
-      expect(body.destroyed).toBe(true);
-      expect(await store.size(digest)).toBeUndefined();
-    }
+  it("refuses content announced for the empty blob before downloading it, and releases the upstream body", async () => {
+    const digest = digestOf(Buffer.alloc(0));
+    const body = new PassThrough();
+    const fill = fills.start(digest, origin, async () => ({ size: 10, body }));
+    await expect(fill.ready).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
+    expect(body.destroyed).toBe(true);
+    expect(await store.size(digest)).toBeUndefined();
+    expect(await store.tempFiles()).toEqual([]);
+  });
+
+  it("fails a 0-byte announcement for a non-empty digest before any reader ends, and commits nothing", async () => {
+    const digest = digestOf(randomBytes(1000));
+    const body = new PassThrough();
+    const fill = fills.start(digest, origin, async () => ({ size: 0, body }));
+    await fill.ready;
+    const reader = collect(fill.createReader(0, -1)); // what blob-handler asks for a 0-byte blob
+    body.end();
+    expect((await reader).error).toMatchObject({ code: "UPSTREAM_ERROR" });
+    expect(fill.state).toBe("failed");
+    expect(await store.size(digest)).toBeUndefined();
     expect(await store.tempFiles()).toEqual([]);
   });
 
