@@ -176,6 +176,10 @@ export class ManifestCache {
           await this.metadata.addLinks(upstream.name, repo, [cached.digest]);
           return { manifest: cached, source: "revalidated" };
         }
+        // The HEAD named the digest: the pointer is what it said, when it was asked; the GET (by digest, so
+        // the bytes must be exactly that manifest) only brings the content. A GET by tag would restamp an old
+        // answer with a later time, and a late GET could then overwrite what another replica learned since.
+        return await this.fetch(upstream, repo, head.digest, tag, askedAt);
       }
       return await this.fetch(upstream, repo, tag, tag);
     } catch (err) {
@@ -216,11 +220,11 @@ export class ManifestCache {
    * registry had to hold there to accept it (confirmedDigests), never to whatever else the manifest names; and
    * the upstream is on record as having served the manifest itself (not what it names).
    */
-  private async fetch(upstream: UpstreamClient, repo: string, reference: string, tag: string | undefined): Promise<ManifestResult> {
-    const askedAt = this.now(); // a tag's pointer is stamped with when its request was sent (see revalidate)
+  private async fetch(upstream: UpstreamClient, repo: string, reference: string, tag: string | undefined, askedAt = this.now()): Promise<ManifestResult> {
+    // `askedAt`: when the upstream was asked what `tag` points at (this GET, unless a HEAD answered it before).
     const fetched = await upstream.getManifest(repo, reference, this.maxBytes);
     const digest = `sha256:${createHash("sha256").update(fetched.bytes).digest("hex")}`;
-    if (tag === undefined && digest !== reference) {
+    if (isSha256Digest(reference) && digest !== reference) {
       throw new RegistryError("UPSTREAM_ERROR", `upstream ${upstream.name} sent a manifest for ${reference} that hashes to ${digest}`);
     }
     if (fetched.digest !== undefined && isSha256Digest(fetched.digest) && fetched.digest !== digest) {

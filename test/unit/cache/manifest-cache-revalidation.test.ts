@@ -31,8 +31,8 @@ function upstream(answer: Buffer, during: (method: "HEAD" | "GET") => Promise<vo
       await during("HEAD");
       return { digest: digestOf(answer), mediaType: MT, size: answer.length };
     },
-    getManifest: async () => {
-      asked.push("GET");
+    getManifest: async (_repo: string, reference: string) => {
+      asked.push(`GET ${reference}`);
       await during("GET");
       return { bytes: answer, mediaType: MT, digest: digestOf(answer) };
     },
@@ -72,14 +72,15 @@ describe("ManifestCache revalidation", () => {
     expect((await cache.get(slowHead.client, "app", LATEST)).source).toBe("revalidated");
     expect(await metadata.getTag("u", "app", "latest")).toEqual({ digest: digestOf(m1), mediaType: MT, checkedAt: sentAt });
 
-    // Moved tag: HEAD, then a GET sent 5 s later that answers after 30 s. The pointer comes from the GET.
+    // Moved tag: HEAD, then a GET (by the digest the HEAD named) sent 5 s later. The HEAD said where the tag
+    // points, when it was sent; the GET only brings the bytes.
     clock += 2 * TTL_MS;
     const headSentAt = clock;
     const moved = upstream(m2, () => void (clock += 5_000));
     const result = await cache.get(moved.client, "app", LATEST);
-    expect(moved.asked).toEqual(["HEAD", "GET"]);
+    expect(moved.asked).toEqual(["HEAD", `GET ${digestOf(m2)}`]);
     expect(result.manifest.digest).toBe(digestOf(m2));
-    expect((await metadata.getTag("u", "app", "latest"))?.checkedAt).toBe(headSentAt + 5_000);
+    expect((await metadata.getTag("u", "app", "latest"))?.checkedAt).toBe(headSentAt);
   });
 
   it("a revalidation whose answer arrives after another replica stored a newer one does not move the tag back", async () => {
@@ -111,5 +112,29 @@ describe("ManifestCache revalidation", () => {
     const fresh = upstream(m2);
     expect(await replicaA.get(fresh.client, "app", LATEST)).toMatchObject({ source: "hit", manifest: { digest: digestOf(m2) } });
     expect(fresh.asked).toEqual([]);
+  });
+  it("a revalidation that must fetch the bytes keeps the HEAD's time, so a late GET cannot move the tag back", async () => {
+    // The content is cached but this upstream is not on record for it: each revalidation GETs the bytes.
+    const replicaA = new ManifestCache({ manifests, metadata, maxBytes: 1 << 20 });
+    const replicaB = new ManifestCache({ manifests, metadata, maxBytes: 1 << 20 });
+    await manifests.put(digestOf(m1), MT, m1);
+    await manifests.put(digestOf(m2), MT, m2);
+    await metadata.putTag("u", "app", "latest", { digest: digestOf(m1), mediaType: MT, checkedAt: Date.now() - 2 * TTL_MS });
+
+    // A's HEAD (answered m1) is held back; B revalidates meanwhile and stores m2.
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const slow = upstream(m1, (method) => (method === "HEAD" ? held : undefined));
+    const aDone = replicaA.get(slow.client, "app", LATEST);
+    await waitFor(async () => slow.asked.length === 1, { timeoutMs: 2_000, what: "A's HEAD to be sent" });
+    const b = await replicaB.get(upstream(m2).client, "app", LATEST);
+    expect(b.manifest.digest).toBe(digestOf(m2));
+    const newer = await metadata.getTag("u", "app", "latest");
+
+    // A's HEAD lands, then its GET, sent after B's write: the pointer still carries the HEAD's time and loses.
+    release();
+    expect((await aDone).manifest.digest).toBe(digestOf(m1));
+    expect(slow.asked).toEqual(["HEAD", `GET ${digestOf(m1)}`]);
+    expect(await metadata.getTag("u", "app", "latest")).toEqual(newer);
   });
 });
