@@ -3,6 +3,7 @@
  * client per configured upstream, the handlers and the Koa app, passing each its collaborators. Nothing is a
  * module-level singleton, so a test can run several mirrors in one process.
  */
+import { createHash } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -26,7 +27,7 @@ import { PinList } from "./cache/pin-list.ts";
 import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
 import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
-import { readSecretFile } from "./config/secret-file.ts";
+import { SecretFile } from "./config/secret-file.ts";
 import { adminRouter } from "./http/admin-router.ts";
 import { ClientAuth } from "./http/client-auth.ts";
 import { clientConcurrency } from "./http/client-concurrency.ts";
@@ -100,18 +101,33 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   app.use(requestContext(log, metrics));
   app.use(errorMiddleware());
   app.use(clientConcurrency(config.limits.maxRequestsPerClient));
-  const adminToken = config.admin.token ?? (config.admin.tokenFile !== undefined ? await readSecretFile(config.admin.tokenFile, "admin.tokenFile") : undefined);
-  const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
-  if (adminToken !== undefined) {
-    app.use(adminRouter(new AdminHandler({ upstreams, manifests: manifestCache, manifestStore, store: blobStore, metadata, janitor, prefetcher, importer: createImporter(layer, config) }), adminToken));
+  // Secrets from files may be written after start (a Kubernetes Secret populated late): one that holds no usable
+  // secret disables its credential, is logged and listed by /readyz, and is re-read when it changes
+  // (secret-file.ts). An inline secret the schema refused has already stopped the start-up.
+  const adminTokenFile =
+    config.admin.tokenFile !== undefined ? await SecretFile.open({ path: config.admin.tokenFile, key: "admin.tokenFile", what: "the admin token", log }) : undefined;
+  let clientAuth: ClientAuth | undefined;
+  try {
+    clientAuth = config.access ? await ClientAuth.load(config.access, { log }) : undefined;
+  } catch (err) {
+    adminTokenFile?.close();
+    throw err;
   }
-  const clientAuth = config.access ? await ClientAuth.load(config.access) : undefined;
+  const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
+  const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
+  const adminDigest = config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
+  if (adminDigest !== undefined || adminTokenFile !== undefined) {
+    const handler = new AdminHandler({ upstreams, manifests: manifestCache, manifestStore, store: blobStore, metadata, janitor, prefetcher, importer: createImporter(layer, config) });
+    app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
+  }
   app.use(
     createRouter({
       clientAuth,
       policy: new AccessPolicy(config),
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
+        // A disabled credential is reported, but the mirror serves everyone else: still ready.
+        ...secretFiles.map((file) => () => (file.problem !== undefined ? { ready: true, reason: file.problem } : undefined)),
         () => (janitor.noSpace !== undefined ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` } : undefined),
         () => (janitor.evictionBlocked !== undefined ? { ready: true, reason: `eviction stopped: ${janitor.evictionBlocked}` } : undefined),
         () => {
@@ -170,6 +186,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       await fills.drain(config.shutdownGrace);
       server?.closeAllConnections();
       await closed;
+      adminTokenFile?.close();
       await clientAuth?.close();
       await layer.close();
     },

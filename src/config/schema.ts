@@ -320,7 +320,9 @@ export const configSchema = z
         htpasswdFile: z.string().min(1).optional(),
         /**
          * Static bearer tokens (e.g. for CI): `Authorization: Bearer <token>` acts as user `name`. A token, inline
-         * or from its file (read at start, one trailing newline dropped), has at least 16 bytes and no whitespace.
+         * or from its file (one trailing newline dropped), has at least 16 bytes and no whitespace. An inline one
+         * is checked here and at start (it stops the start-up); a file is re-read when it changes, and while it
+         * holds no usable token that token is disabled (secret-file.ts).
          */
         tokens: z
           .array(
@@ -372,7 +374,7 @@ export const configSchema = z
     admin: z
       .object({
         token: z.string().min(16, "admin token must be at least 16 characters").optional(),
-        /** File holding the token (Kubernetes secret); read at start. */
+        /** File holding the token (Kubernetes secret); re-read when it changes, the admin API closed while it holds no usable token. */
         tokenFile: z.string().min(1).optional(),
       })
       .strict()

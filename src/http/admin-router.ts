@@ -1,6 +1,7 @@
 /**
  * The admin API, `/admin/v1/...`, JSON in and out, behind a bearer token compared in constant time. Absent
- * from the router entirely when no token is configured. Documented in docs/admin-api.md.
+ * from the router entirely when no token is configured; closed to everyone (401) while the token is disabled
+ * (`admin.tokenFile` holds no usable token, see secret-file.ts). Documented in docs/admin-api.md.
  */
 import { timingSafeEqual, createHash } from "node:crypto";
 import type Koa from "koa";
@@ -18,9 +19,8 @@ interface Route {
   status?: number;
 }
 
-export function adminRouter(handler: AdminHandler, token: string): Koa.Middleware<RequestState> {
-  // Hash both sides so the comparison is constant-time whatever the lengths.
-  const expected = createHash("sha256").update(token).digest();
+/** `tokenDigest` is the sha256 of the admin token's bytes, or undefined while the token is disabled. */
+export function adminRouter(handler: AdminHandler, tokenDigest: () => Buffer | undefined): Koa.Middleware<RequestState> {
   const routes: Route[] = [
     { method: "POST", path: /^\/admin\/v1\/purge$/, run: async ({ body }) => handler.purge(await body()) },
     { method: "POST", path: /^\/admin\/v1\/refresh$/, run: async ({ body }) => handler.refresh(await body()) },
@@ -40,7 +40,10 @@ export function adminRouter(handler: AdminHandler, token: string): Koa.Middlewar
       return;
     }
     const presented = /^Bearer (.+)$/.exec(ctx.get("authorization"))?.[1] ?? "";
-    if (!timingSafeEqual(createHash("sha256").update(presented).digest(), expected)) {
+    // Both sides hashed, so the comparison is constant-time whatever the lengths; the header's bytes as sent (Node
+    // hands them over as latin1), to compare with the token's UTF-8 bytes.
+    const expected = tokenDigest();
+    if (expected === undefined || !timingSafeEqual(createHash("sha256").update(Buffer.from(presented, "latin1")).digest(), expected)) {
       throw new RegistryError("UNAUTHORIZED", "admin API requires the configured admin token", { headers: { "WWW-Authenticate": 'Bearer realm="registry-mirror-admin"' } });
     }
     for (const route of routes) {

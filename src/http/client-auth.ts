@@ -4,7 +4,9 @@
  *  - Credentials are taken exactly as the scheme defines them (RFC 9110 §11.4: the scheme, one or more spaces,
  *    the credentials; Basic's are base64 of `user:password`, RFC 7617). Nothing is trimmed or normalised: a
  *    credential matches only the same bytes.
- *  - Every secret has at least MIN_SECRET_BYTES bytes, whether inline or from a file (checked at start-up).
+ *  - Every secret has at least MIN_SECRET_BYTES bytes. An inline token is checked at start-up (a short one stops
+ *    it); a token file is watched, and while it holds no usable token that token is disabled: it matches nothing,
+ *    and the reason is logged and listed by /readyz (secret-file.ts).
  *  - Tokens are compared by their sha256, in constant time, against every configured token.
  *  - bcrypt runs in worker threads (bcrypt-pool.ts), never on the event loop. A name not in the file costs the
  *    same comparison as a known one (against a dummy hash of the file's cost), so the time of an answer does
@@ -18,8 +20,9 @@ import { createHash, randomInt, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import bcrypt from "bcryptjs";
 import { LRUCache } from "lru-cache";
+import type { Logger } from "pino";
 import type { Config } from "../config/schema.ts";
-import { readSecretFile } from "../config/secret-file.ts";
+import { SecretFile } from "../config/secret-file.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { ANONYMOUS, CHALLENGE, type Identity } from "../registry/access-policy.ts";
 import { AuthFailureLimit } from "./auth-failure-limit.ts";
@@ -34,28 +37,43 @@ const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 const BCRYPT_HASH = /^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$/;
 const BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const VERIFIED_TTL_MS = 5 * 60_000;
+/** What a client token may hold: a client could not send whitespace or control characters in a header. */
+const TOKEN_CHARACTERS = /^[^\s\p{Cc}]+$/u;
+const TOKEN_CHARACTERS_RULE = "a token cannot contain whitespace or control characters (no client could send it)";
+
+/** A configured token: its user name and the sha256 of its bytes, undefined while its file holds no usable token. */
+interface Token {
+  readonly name: string;
+  digest(): Buffer | undefined;
+}
 
 export class ClientAuth {
   private readonly users: ReadonlyMap<string, string>;
   /** Compared against when the user name is unknown: the same work as a known name, never a match. */
   private readonly dummyHash: string;
-  private readonly tokens: ReadonlyArray<{ name: string; hash: Buffer }>;
+  private readonly tokens: readonly Token[];
+  /** The token files, watched while this runs: /readyz lists the problem of each that holds no usable token. */
+  readonly tokenFiles: readonly SecretFile[];
   private readonly pool: BcryptPool;
   private readonly failures: AuthFailureLimit;
   private readonly verified = new LRUCache<string, string>({ max: 10_000, ttl: VERIFIED_TTL_MS });
   /** Comparisons running, by credential hash, so a burst of requests with one credential runs bcrypt once. */
   private readonly checking = new Map<string, Promise<boolean>>();
 
-  private constructor(opts: { users: Map<string, string>; dummyHash: string; tokens: Array<{ name: string; hash: Buffer }>; pool: BcryptPool; failures: AuthFailureLimit }) {
+  private constructor(opts: { users: Map<string, string>; dummyHash: string; tokens: Token[]; tokenFiles: SecretFile[]; pool: BcryptPool; failures: AuthFailureLimit }) {
     this.users = opts.users;
     this.dummyHash = opts.dummyHash;
     this.tokens = opts.tokens;
+    this.tokenFiles = opts.tokenFiles;
     this.pool = opts.pool;
     this.failures = opts.failures;
   }
 
-  /** Reads the htpasswd file and the token files; throws, naming the key, for anything unusable. */
-  static async load(access: AccessConfig, opts: { pool?: BcryptPool; now?: () => number } = {}): Promise<ClientAuth> {
+  /**
+   * Reads the htpasswd file and the token files, and watches the token files. Throws, naming the key, for an
+   * unusable htpasswd file or inline token; a token file that holds no usable token only disables that token.
+   */
+  static async load(access: AccessConfig, opts: { log: Logger; pool?: BcryptPool; now?: () => number }): Promise<ClientAuth> {
     const users = new Map<string, string>();
     const costs = new Map<number, number>();
     if (access.htpasswdFile !== undefined) {
@@ -73,15 +91,28 @@ export class ClientAuth {
         costs.set(cost, (costs.get(cost) ?? 0) + 1);
       }
     }
-    const tokens: Array<{ name: string; hash: Buffer }> = [];
+    // Inline tokens first (their length is checked by the schema): a bad one stops the start-up before any file
+    // is watched.
     for (const [i, t] of access.tokens.entries()) {
-      // Inline tokens have their minimum length checked by the schema, token files here.
-      const token = t.token ?? (await readSecretFile(t.tokenFile!, `access.tokens.${i}.tokenFile`));
-      if (!/^[^\s\p{Cc}]+$/u.test(token)) {
-        const where = t.token !== undefined ? `access.tokens.${i}.token` : `access.tokens.${i}.tokenFile: ${t.tokenFile}`;
-        throw new Error(`${where}: a token cannot contain whitespace or control characters (no client could send it)`);
+      if (t.token !== undefined && !TOKEN_CHARACTERS.test(t.token)) throw new Error(`access.tokens.${i}.token: ${TOKEN_CHARACTERS_RULE}`);
+    }
+    const tokens: Token[] = [];
+    const tokenFiles: SecretFile[] = [];
+    for (const [i, t] of access.tokens.entries()) {
+      if (t.token !== undefined) {
+        const digest = sha256(Buffer.from(t.token, "utf8"));
+        tokens.push({ name: t.name, digest: () => digest });
+        continue;
       }
-      tokens.push({ name: t.name, hash: sha256(Buffer.from(token, "utf8")) });
+      const file = await SecretFile.open({
+        path: t.tokenFile!,
+        key: `access.tokens.${i}.tokenFile`,
+        what: `client token ${JSON.stringify(t.name)}`,
+        log: opts.log,
+        check: (secret) => (TOKEN_CHARACTERS.test(secret.toString("utf8")) ? undefined : TOKEN_CHARACTERS_RULE),
+      });
+      tokenFiles.push(file);
+      tokens.push({ name: t.name, digest: () => file.digest });
     }
     // The cost most entries use (the higher on a tie): an unknown name then takes as long as most known ones.
     const [cost] = [...costs].reduce((best, c) => (c[1] > best[1] || (c[1] === best[1] && c[0] > best[0]) ? c : best), [10, 0]);
@@ -89,6 +120,7 @@ export class ClientAuth {
       users,
       dummyHash: dummyBcryptHash(cost),
       tokens,
+      tokenFiles,
       pool: opts.pool ?? new BcryptPool(),
       failures: new AuthFailureLimit({ max: access.failedAuth.max, windowMs: access.failedAuth.window, now: opts.now }),
     });
@@ -108,8 +140,9 @@ export class ClientAuth {
     throw new RegistryError("UNAUTHORIZED", "invalid credentials", { headers: { "WWW-Authenticate": CHALLENGE } });
   }
 
-  /** Stops the bcrypt workers. */
+  /** Stops watching the token files and the bcrypt workers. */
   close(): Promise<void> {
+    for (const file of this.tokenFiles) file.close();
     return this.pool.close();
   }
 
@@ -122,9 +155,13 @@ export class ClientAuth {
     if (scheme === "bearer") {
       // Node hands header bytes over as latin1: back to those bytes, to compare with the token's UTF-8 bytes.
       const presented = sha256(Buffer.from(credentials, "latin1"));
-      // Compare against every token, always, so timing says nothing about which one (nearly) matched.
+      // Compare against every token, always, so timing says nothing about which one (nearly) matched. A disabled
+      // token (its file holds none) matches nothing.
       let match: string | undefined;
-      for (const t of this.tokens) if (timingSafeEqual(presented, t.hash)) match ??= t.name;
+      for (const t of this.tokens) {
+        const digest = t.digest();
+        if (digest !== undefined && timingSafeEqual(presented, digest)) match ??= t.name;
+      }
       return match;
     }
     if (scheme !== "basic" || !BASE64.test(credentials) || this.users.size === 0) return undefined;

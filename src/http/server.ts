@@ -2,15 +2,14 @@
  * The listening server: HTTP, or HTTPS when `tls` is configured, with the limits that keep hostile clients from
  * tying it up (header size, time to send headers, idle connections, open connections; requests in progress per
  * client are capped in client-concurrency.ts). The certificate and key are re-read when either file changes
- * (polled: Kubernetes swaps secret files through symlinks, which fs.watch misses), so rotation needs no restart;
- * a broken pair is logged and the previous one stays in use.
+ * (file-watch.ts), so rotation needs no restart; a broken pair is logged and the previous one stays in use.
  */
-import { unwatchFile, watchFile } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { createServer as createHttpServer, type RequestListener, type Server } from "node:http";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import { createSecureContext } from "node:tls";
 import type { Logger } from "pino";
+import { watchFiles } from "../config/file-watch.ts";
 import type { Config } from "../config/schema.ts";
 import { timerDelay } from "../config/timer-delay.ts";
 
@@ -45,12 +44,7 @@ export async function createRegistryServer(config: Config, handler: RequestListe
         })
         .catch((err: unknown) => log.error({ err: (err as Error).message, certFile }, "TLS certificate reload failed; keeping the previous one"));
     };
-    watchFile(certFile, { interval: 1000 }, reload);
-    watchFile(keyFile, { interval: 1000 }, reload);
-    stopWatching = () => {
-      unwatchFile(certFile, reload);
-      unwatchFile(keyFile, reload);
-    };
+    stopWatching = watchFiles([certFile, keyFile], reload);
     server = https;
   } else {
     server = createHttpServer(limits, handler);

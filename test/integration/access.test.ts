@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMirror, type Mirror } from "../../src/app.ts";
 import { ConfigError, parseConfig } from "../../src/config/load.ts";
 import { buildImage, pushImage, randomLayer } from "../harness/image-builder.ts";
-import { Teardown } from "../harness/processes.ts";
+import { Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
 
@@ -115,27 +115,59 @@ describe("client access control", () => {
     expect(logs).toMatch(/"user":"alice"/);
   });
 
-  it("refuses to start with an empty client token file, naming the key, and leaves the data directory unlocked", async () => {
+  it("starts with an empty client token file, the token disabled, says so in the log and /readyz, and enables it once the file is written", async () => {
     const dir = await mkdtemp(join(tmpdir(), "access-token-file-"));
-    await writeFile(join(dir, "ci-token"), "\n"); // the secret was never populated
-    const config = (tokenFile: string) =>
+    const tokenFile = join(dir, "ci-token");
+    await writeFile(tokenFile, "\n"); // the Secret is mounted, but not populated yet
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        lines.push(chunk.toString());
+        cb();
+      },
+    });
+    const started = await createMirror(
       parseConfig({
         listen: "127.0.0.1:0",
         storage: { path: join(dir, "data") },
         upstreams: { "docker.io": { url: upstream.url, default: true } },
         access: { anonymous: false, tokens: [{ name: "ci", tokenFile }] },
-      });
-    await expect(createMirror(config(join(dir, "ci-token")), { log: pino({ level: "silent" }), processMetrics: false })).rejects.toThrow(
-      /access\.tokens\.0\.tokenFile: .*ci-token holds a secret of 0 bytes; at least 16 are required/,
+      }),
+      { log: pino({ level: "info" }, sink), processMetrics: false },
     );
-    await writeFile(join(dir, "ci-token"), `${CI_TOKEN}\n`);
-    const fixed = await createMirror(config(join(dir, "ci-token")), { log: pino({ level: "silent" }), processMetrics: false });
     try {
-      const port = (await fixed.listen()).port;
-      expect((await fetchRaw(`http://127.0.0.1:${port}/v2/`, { headers: { authorization: `Bearer ${CI_TOKEN}` } })).status).toBe(200);
-      expect((await fetchRaw(`http://127.0.0.1:${port}/v2/`, { headers: { authorization: "Bearer \u00a0" } })).status).toBe(401);
+      const base = `http://127.0.0.1:${(await started.listen()).port}`;
+      const ping = (authorization: string) => fetchRaw(`${base}/v2/`, { headers: { authorization } });
+      const readiness = async () => {
+        const res = await fetchRaw(`${base}/readyz`);
+        const body = JSON.parse(res.body.toString()) as { status: string; reasons: string[] };
+        return { http: res.status, status: body.status, reasons: body.reasons };
+      };
+      const problem = /^client token "ci" is disabled: access\.tokens\.0\.tokenFile: .*ci-token holds a secret of 0 bytes; at least 16 are required$/;
+      // Loud: an error at start naming the key, the file, what it holds and the minimum...
+      const errors = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.level === 50);
+      expect(errors).toEqual([expect.objectContaining({ key: "access.tokens.0.tokenFile", file: tokenFile, bytes: 0, minBytes: 16, msg: expect.stringMatching(problem) as string })]);
+      // ...and /readyz lists it, without taking the mirror out of service for everyone else.
+      expect(await readiness()).toEqual({ http: 200, status: "degraded", reasons: [expect.stringMatching(problem)] });
+      // The disabled token matches nothing.
+      for (const authorization of ["Bearer \u00a0", `Bearer ${CI_TOKEN}`]) expect((await ping(authorization)).status, authorization).toBe(401);
+
+      // The Secret is populated: the token works without a restart.
+      await writeFile(tokenFile, `${CI_TOKEN}\n`);
+      // (Waiting on /readyz, not on pings: wrong credentials count against the client's failure limit.)
+      await waitFor(async () => (await readiness()).reasons.length === 0, { timeoutMs: 10_000, intervalMs: 100, what: "the token file to be re-read" });
+      expect(await readiness()).toEqual({ http: 200, status: "ready", reasons: [] });
+      expect((await ping(`Bearer ${CI_TOKEN}`)).status).toBe(200);
+      expect((await ping("Bearer \u00a0")).status).toBe(401);
+
+      // Emptied again (a broken rotation): disabled again, and said so again.
+      await writeFile(tokenFile, "");
+      await waitFor(async () => (await readiness()).reasons.length > 0, { timeoutMs: 10_000, intervalMs: 100, what: "the token file to be re-read" });
+      expect(await readiness()).toEqual({ http: 200, status: "degraded", reasons: [expect.stringMatching(/ci-token holds a secret of 0 bytes/)] });
+      expect((await ping(`Bearer ${CI_TOKEN}`)).status).toBe(401);
+      expect((await ping("Bearer \u00a0")).status).toBe(401);
     } finally {
-      await fixed.close();
+      await started.close();
     }
   });
 

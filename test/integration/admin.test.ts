@@ -1,12 +1,15 @@
 /**
  * The admin API against a real upstream: prefetch (endpoint and CLI) of a multi-arch index, listings, totals,
- * purge by digest, and refusal without the token.
+ * purge by digest, and refusal without the token (or while the token file holds none).
  */
 import { createHash } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, buildIndex, buildNestedIndex, pushImage, pushIndex, pushNestedIndex, randomLayer, type BuiltIndex } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
-import { runCommand, Teardown } from "../harness/processes.ts";
+import { runCommand, Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
 
@@ -148,5 +151,22 @@ describe("admin API", () => {
       const res = await admin(method, path, method === "POST" ? {} : undefined, "not-the-token");
       expect(res.status, `${method} ${path}`).toBe(401);
     }
+  });
+
+  it("starts with an empty admin token file, the admin API closed to everyone, and opens it once the file is written", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "admin-token-file-"));
+    teardown.add("admin token dir", () => rm(dir, { recursive: true, force: true }));
+    const tokenFile = join(dir, "admin-token");
+    await writeFile(tokenFile, ""); // the Secret is mounted, but not populated yet
+    const late = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { admin: { tokenFile } } }));
+    const totals = (token: string) => fetchRaw(`${late.url}/admin/v1/totals`, { headers: { authorization: `Bearer ${token}` } });
+    const reasons = async () => (JSON.parse((await fetchRaw(`${late.url}/readyz`)).body.toString()) as { reasons: string[] }).reasons;
+    expect(await reasons()).toEqual([expect.stringMatching(/^the admin token is disabled: admin\.tokenFile: .*admin-token holds a secret of 0 bytes; at least 16 are required$/)]);
+    for (const token of ["", "\u00a0", TOKEN]) expect((await totals(token)).status, JSON.stringify(token)).toBe(401);
+
+    await writeFile(tokenFile, `${TOKEN}\n`);
+    await waitFor(async () => (await reasons()).length === 0, { timeoutMs: 10_000, intervalMs: 100, what: "the admin token file to be re-read" });
+    expect((await totals(TOKEN)).status).toBe(200);
+    expect((await totals("\u00a0")).status).toBe(401);
   });
 });

@@ -2,11 +2,13 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
+import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../../src/config/load.ts";
 import { BcryptPool } from "../../../src/http/bcrypt-pool.ts";
 import { ClientAuth } from "../../../src/http/client-auth.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
+import { waitFor } from "../../harness/processes.ts";
 
 const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
 const TOKEN = "ci-token-abcdefghijklmnop";
@@ -37,7 +39,7 @@ describe("ClientAuth", () => {
   let htpasswd: string;
   const opened: ClientAuth[] = [];
   const load = async (access: Record<string, unknown>, opts: { pool?: BcryptPool; now?: () => number } = {}) => {
-    const auth = await ClientAuth.load(parseConfig({ access }).access!, opts);
+    const auth = await ClientAuth.load(parseConfig({ access }).access!, { log: pino({ level: "silent" }), ...opts });
     opened.push(auth);
     return auth;
   };
@@ -52,26 +54,54 @@ describe("ClientAuth", () => {
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
-  it("refuses to start with a token file that is empty, too short or holds whitespace, naming the key", async () => {
+  it("leaves a token disabled while its file is empty, too short or holds whitespace, naming the key; inline tokens still refuse to start", async () => {
     const cases: Array<[string, RegExp]> = [
-      ["\n", /access\.tokens\.1\.tokenFile: .* holds a secret of 0 bytes; at least 16 are required/],
+      ["\n", /^client token "ci" is disabled: access\.tokens\.1\.tokenFile: .*token holds a secret of 0 bytes; at least 16 are required$/],
       ["", /access\.tokens\.1\.tokenFile: .* 0 bytes/],
       ["fifteen-bytes!!\n", /access\.tokens\.1\.tokenFile: .* 15 bytes/],
       ["sixteen bytes ok\n", /access\.tokens\.1\.tokenFile: .* whitespace/],
       [`${TOKEN}\n\n`, /access\.tokens\.1\.tokenFile: .* whitespace/], // only one trailing newline is the file's
     ];
-    for (const [content, error] of cases) {
+    for (const [content, problem] of cases) {
       const file = join(dir, "token");
       await writeFile(file, content);
       const tokens = [
         { name: "inline", token: "inline-token-0123456789" },
         { name: "ci", tokenFile: file },
       ];
-      await expect(load({ anonymous: false, tokens }), JSON.stringify(content)).rejects.toThrow(error);
+      const auth = await load({ anonymous: false, tokens });
+      expect(auth.tokenFiles.map((f) => f.problem), JSON.stringify(content)).toEqual([expect.stringMatching(problem)]);
+      // The disabled token matches nothing: not the empty credential, not what the file holds.
+      for (const presented of ["Bearer \xa0", "Bearer \u00a0\u00a0", `Bearer ${content.trimEnd()}`, `Bearer ${TOKEN}`, "Bearer fifteen-bytes!!"]) {
+        expect(await outcome(auth, presented, `198.51.100.${presented.length}`), JSON.stringify([content, presented])).toBe("UNAUTHORIZED");
+      }
+      expect(await outcome(auth, "Bearer inline-token-0123456789")).toBe("user inline");
     }
-    // An inline token is held to the same rules: its length by the schema, its characters at start.
+    // An inline token is held to the same rules, and a short one stops the start-up: the config is read once, so
+    // nothing could enable it later.
     expect(() => parseConfig({ access: { tokens: [{ name: "ci", token: "short" }] } })).toThrow(/access\.tokens\.0\.token: a token must be at least 16 bytes/);
     await expect(load({ tokens: [{ name: "ci", token: "a token with spaces in it" }] })).rejects.toThrow(/access\.tokens\.0\.token: a token cannot contain whitespace/);
+  });
+
+  it("enables a token when its file is written after start, and disables it again when the file becomes short", async () => {
+    const file = join(dir, "late-token");
+    await writeFile(file, ""); // the Secret is mounted, not populated yet
+    const auth = await load({ anonymous: false, tokens: [{ name: "ci", tokenFile: file }] });
+    const [tokenFile] = auth.tokenFiles;
+    expect(tokenFile!.problem).toMatch(/0 bytes/);
+    expect(await outcome(auth, `Bearer ${TOKEN}`, "192.0.2.10")).toBe("UNAUTHORIZED");
+
+    await writeFile(file, `${TOKEN}\n`);
+    await waitFor(async () => tokenFile!.problem === undefined, { timeoutMs: 10_000, intervalMs: 50, what: "the token file to be re-read" });
+    expect(await outcome(auth, `Bearer ${TOKEN}`, "192.0.2.11")).toBe("user ci");
+    expect(await outcome(auth, "Bearer \xa0", "192.0.2.11")).toBe("UNAUTHORIZED");
+
+    await writeFile(file, "short-token\n");
+    await waitFor(async () => tokenFile!.problem !== undefined, { timeoutMs: 10_000, intervalMs: 50, what: "the token file to be re-read" });
+    expect(tokenFile!.problem).toMatch(/11 bytes; at least 16 are required/);
+    for (const presented of [`Bearer ${TOKEN}`, "Bearer short-token", "Bearer \xa0"]) {
+      expect(await outcome(auth, presented, "192.0.2.12"), presented).toBe("UNAUTHORIZED");
+    }
   });
 
   it("takes presented credentials byte for byte: no trimming beyond the scheme's own separator", async () => {
