@@ -238,6 +238,7 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
       budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
       pins: config.storage.pinned.map((p) => parsePin(p, upstreamNames) as Pin),
       pinList: pins,
+      manifestMaxBytes: config.limits.manifestMaxBytes,
       log,
       metrics,
     });

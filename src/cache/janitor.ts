@@ -34,7 +34,7 @@ import type { Pin } from "../config/pins.ts";
 import { timerDelay } from "../config/timer-delay.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { BlobStore } from "./blob-store.ts";
-import { reachableDigests } from "./manifest-references.ts";
+import { reachableDigests, reachableManifests } from "./manifest-references.ts";
 import type { ManifestStore } from "./manifest-store.ts";
 import type { MetadataStore } from "./metadata-store.ts";
 import { CONFIG_PIN_FILE, PinList } from "./pin-list.ts";
@@ -47,6 +47,9 @@ export interface Budget {
 }
 
 export type FsUsage = (path: string) => Promise<{ total: number; free: number }>;
+
+/** A walk reads a pinned manifest's bytes without its sidecar up to this size: `limits.manifestMaxBytes`' default. */
+const DEFAULT_MANIFEST_MAX_BYTES = 8 * 1024 * 1024;
 
 const defaultFsUsage: FsUsage = async (path) => {
   const s = await statfs(path);
@@ -114,6 +117,7 @@ export class Janitor {
   private readonly pins: readonly Pin[];
   private readonly pinList: PinList | undefined;
   private readonly configPinList: PinList;
+  private readonly manifestMaxBytes: number;
   private readonly log: Logger;
   private readonly metrics: Metrics | undefined;
   private readonly fsUsage: FsUsage;
@@ -137,6 +141,8 @@ export class Janitor {
     pins: readonly Pin[];
     /** Digests pinned at run time (import); re-read at every sweep, so edits apply without a restart. */
     pinList?: PinList;
+    /** The largest manifest stored (`limits.manifestMaxBytes`): a walk reads no larger blob as a manifest. */
+    manifestMaxBytes?: number;
     log: Logger;
     metrics?: Metrics;
     fsUsage?: FsUsage;
@@ -148,6 +154,7 @@ export class Janitor {
     this.pins = opts.pins;
     this.pinList = opts.pinList;
     this.configPinList = new PinList(opts.store.root, CONFIG_PIN_FILE);
+    this.manifestMaxBytes = opts.manifestMaxBytes ?? DEFAULT_MANIFEST_MAX_BYTES;
     this.log = opts.log;
     this.metrics = opts.metrics;
     this.fsUsage = opts.fsUsage ?? defaultFsUsage;
@@ -383,8 +390,8 @@ export class Janitor {
   private async pinnedDigests(): Promise<Set<string> | undefined> {
     const pinned = new Set<string>();
     try {
-      for (const pin of (await this.pinList?.list()) ?? []) await this.addReachable(pin.digest, pinned);
-      for (const digest of await this.configuredPins()) await this.addReachable(digest, pinned);
+      for (const pin of (await this.pinList?.list()) ?? []) await this.addReachable(pin.digest, pinned, true);
+      for (const digest of await this.configuredPins()) await this.addReachable(digest, pinned, true);
     } catch (err) {
       const reason = (err as Error).message;
       if (this.evictionBlocked !== reason) this.log.error({ err: reason }, "eviction stopped: cannot tell what is pinned");
@@ -425,12 +432,18 @@ export class Janitor {
     return [...inForce.values()];
   }
 
-  private async addReachable(digest: string, into: Set<string>): Promise<void> {
+  /**
+   * Adds `digest` and everything it reaches. `isManifest`: it is named as a manifest (a pin, an index's child, a
+   * subject), so its bytes are read from the blob store even when its sidecar is damaged (the manifest store then
+   * answers "absent"; a walk needs the bytes, not the media type).
+   */
+  private async addReachable(digest: string, into: Set<string>, isManifest: boolean): Promise<void> {
     if (into.has(digest)) return;
     into.add(digest);
-    const manifest = await this.manifests.get(digest);
-    if (!manifest) return;
-    for (const child of reachableDigests(manifest.bytes)) await this.addReachable(child, into);
+    const bytes = isManifest ? await this.manifests.bytesOf(digest, this.manifestMaxBytes) : (await this.manifests.get(digest))?.bytes;
+    if (bytes === undefined) return;
+    const manifests = new Set(reachableManifests(bytes));
+    for (const child of reachableDigests(bytes)) await this.addReachable(child, into, manifests.has(child));
   }
 }
 

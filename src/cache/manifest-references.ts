@@ -41,6 +41,16 @@ export function reachableDigests(bytes: Buffer): string[] {
   return digestsOf([m.config, m.subject, ...asList(m.layers), ...asList(m.manifests), ...asList(m.blobs)]);
 }
 
+/**
+ * The digests among `reachableDigests` that name manifests: an index's child manifests and a subject. A walk
+ * reads these as manifests; a config, a layer or an artifact blob it only keeps.
+ */
+export function reachableManifests(bytes: Buffer): string[] {
+  const m = parse(bytes);
+  if (m === undefined) return [];
+  return digestsOf([m.subject, ...asList(m.manifests)]);
+}
+
 function parse(bytes: Buffer): ManifestFields | undefined {
   let doc: unknown;
   try {

@@ -7,7 +7,8 @@
  * A sidecar is written like content: to a temp file of its own (concurrent puts of one manifest never share
  * one), fsynced, then renamed into place. One that is damaged all the same (empty, torn, not ours) reads as
  * absent, never as an error: the manifest is then fetched again and its next put rewrites the sidecar, and
- * nothing that asks (a pull, an eviction sweep) is stuck on it meanwhile.
+ * nothing that asks (a pull, an eviction sweep) is stuck on it meanwhile. A walk that needs only what a
+ * manifest names (what a pin keeps) reads its bytes without the sidecar (`bytesOf`).
  */
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, rm } from "node:fs/promises";
@@ -92,6 +93,24 @@ export class ManifestStore {
       const manifest = { digest, mediaType: meta.mediaType, bytes };
       this.memory.set(digest, manifest);
       return manifest;
+    } finally {
+      await opened.handle.close();
+    }
+  }
+
+  /**
+   * The bytes stored under `digest`, for a walk that needs what a manifest names, not how to serve it: read from
+   * the blob store when the sidecar is absent or damaged (`get` answers undefined then). Undefined when the
+   * bytes are not stored, or are larger than `maxBytes` (no manifest this mirror stored is; a walk does not
+   * read a layer whole into memory).
+   */
+  async bytesOf(digest: string, maxBytes: number): Promise<Buffer | undefined> {
+    const manifest = await this.get(digest);
+    if (manifest) return manifest.bytes;
+    const opened = await this.blobs.open(digest);
+    if (!opened) return undefined;
+    try {
+      return opened.size <= maxBytes ? await opened.handle.readFile() : undefined;
     } finally {
       await opened.handle.close();
     }

@@ -42,8 +42,8 @@ describe("CacheIndex and Janitor", () => {
     return digest;
   }
   type Pins = Array<{ upstream: string; repository: string; tag: string | undefined }>;
-  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: MemoryMetadataStore; pinList?: PinList } = {}) =>
-    new Janitor({ store, manifests, metadata: opts.metadata ?? metadata, budget: { maxSize, high: 0.9, low: 0.5 }, pins, pinList: opts.pinList, log: pino({ level: "silent" }), fsUsage });
+  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: MemoryMetadataStore; pinList?: PinList; manifests?: ManifestStore } = {}) =>
+    new Janitor({ store, manifests: opts.manifests ?? manifests, metadata: opts.metadata ?? metadata, budget: { maxSize, high: 0.9, low: 0.5 }, pins, pinList: opts.pinList, log: pino({ level: "silent" }), fsUsage });
 
   /** An image manifest with one layer of `size` bytes, stored; the tag `docker.io/team/app:<tag>` points at it. */
   async function putImage(size: number, tag: string): Promise<{ manifest: string; layer: string }> {
@@ -257,6 +257,27 @@ describe("CacheIndex and Janitor", () => {
       expect(store.index.has(app.layer)).toBe(true);
     });
   }
+
+  it("keeps everything a pinned manifest reaches when manifest sidecars are damaged", async () => {
+    const layer = await put(200 * KB);
+    const config = await put(KB);
+    const image = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: { digest: config, size: KB }, layers: [{ digest: layer, size: 200 * KB }] }));
+    await manifests.put(digestOf(image), "application/vnd.oci.image.manifest.v1+json", image);
+    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json", manifests: [{ digest: digestOf(image), size: image.length }] }));
+    await manifests.put(digestOf(index), "application/vnd.oci.image.index.v1+json", index);
+    await metadata.putTag("docker.io", "team/app", "1", { digest: digestOf(index), mediaType: "application/vnd.oci.image.index.v1+json", checkedAt: Date.now() });
+    for (const digest of [digestOf(index), digestOf(image)]) {
+      const hex = digest.slice("sha256:".length);
+      await writeFile(join(dir, "manifests", "sha256", hex.slice(0, 2), `${hex}.json`), ""); // what a power cut can leave
+    }
+    const others: string[] = [];
+    for (let i = 0; i < 8; i++) others.push(await put(100 * KB));
+    const restarted = new ManifestStore(store); // no copy in memory: only the damaged sidecars
+    expect(await restarted.get(digestOf(index))).toBeUndefined();
+    await janitor(1000 * KB, appPin, { manifests: restarted }).check();
+    for (const kept of [digestOf(index), digestOf(image), config, layer]) expect(store.index.has(kept)).toBe(true);
+    expect(others.filter((d) => store.index.has(d)).length).toBeLessThan(others.length);
+  });
 
   async function manifestBytes(digest: string): Promise<number> {
     return (await manifests.get(digest))!.bytes.length;

@@ -2,7 +2,7 @@
 // and what it reaches (the basis of pins and walks). Only the second may include `subject` and artifact `blobs`.
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { confirmedDigests, reachableDigests } from "../../../src/cache/manifest-references.ts";
+import { confirmedDigests, reachableDigests, reachableManifests } from "../../../src/cache/manifest-references.ts";
 
 const digestOf = (text: string) => `sha256:${createHash("sha256").update(text).digest("hex")}`;
 const descriptor = (text: string, mediaType = "application/vnd.oci.image.layer.v1.tar+gzip") => ({ mediaType, digest: digestOf(text), size: text.length });
@@ -26,6 +26,11 @@ describe("manifest references", () => {
     const index = { schemaVersion: 2, manifests: [descriptor("amd64"), descriptor("arm64")], subject: descriptor("signed") };
     expect(confirmedDigests(bytes(index))).toEqual([digestOf("amd64"), digestOf("arm64")]);
     expect(reachableDigests(bytes(index)).sort()).toEqual([digestOf("amd64"), digestOf("arm64"), digestOf("signed")].sort());
+    expect(reachableManifests(bytes(index)).sort()).toEqual([digestOf("amd64"), digestOf("arm64"), digestOf("signed")].sort());
+  });
+
+  it("of what it reaches, names as manifests only an index's children and a subject", () => {
+    expect(reachableManifests(bytes(image))).toEqual([digestOf("signed")]);
   });
 
   it("reaches everything a manifest points at, subject and artifact blobs included", () => {
@@ -36,6 +41,7 @@ describe("manifest references", () => {
     for (const text of ["", "not json", "null", "42", '"a string"', "[]"]) {
       expect(confirmedDigests(Buffer.from(text)), text).toEqual([]);
       expect(reachableDigests(Buffer.from(text)), text).toEqual([]);
+      expect(reachableManifests(Buffer.from(text)), text).toEqual([]);
     }
     const odd = { config: { digest: "sha512:abc" }, layers: [null, 5, { digest: 7 }, descriptor("ok")], manifests: "not a list" };
     expect(confirmedDigests(bytes(odd))).toEqual([digestOf("ok")]);
