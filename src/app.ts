@@ -24,6 +24,7 @@ import { FailoverMetadataStore } from "./cache/failover-metadata-store.ts";
 import { MemoryMetadataStore } from "./cache/memory-metadata-store.ts";
 import type { MetadataStore } from "./cache/metadata-store.ts";
 import { PinList } from "./cache/pin-list.ts";
+import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
 import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
 import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
@@ -231,6 +232,8 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
     const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
     const upstreamNames = Object.keys(config.upstreams);
     const pins = new PinList(config.storage.path);
+    const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
+    const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
     const janitor: Janitor = new Janitor({
       store: blobStore,
       manifests: manifestStore,
@@ -238,6 +241,8 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
       budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
       pins: config.storage.pinned.map((p) => parsePin(p, upstreamNames) as Pin),
       pinList: pins,
+      // A pinned tag whose pointer is gone is fetched again from its upstream at the next periodic check.
+      resolvePin: manifestCachePinResolver(manifestCache, upstreams),
       manifestMaxBytes: config.limits.manifestMaxBytes,
       log,
       metrics,
@@ -251,13 +256,13 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
     });
     blobStore.onCommit(() => janitor.committed());
     janitor.start(config.storage.checkInterval);
-    await janitor.check();
-    const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
+    // Not waiting on upstreams: a down one would hold up the start for its whole deadline. A pinned tag whose
+    // pointer is gone is asked at the first periodic check (eviction waits for it if nothing is recorded).
+    await janitor.check({ askResolver: false });
     for (const u of upstreams) {
       if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
       if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
     const blobCache = new BlobCache({ store: blobStore, fills, metadata, metrics });
     let closing: Promise<void> | undefined;
     return {

@@ -20,8 +20,11 @@
  *   `mirror import --pin` (`pins.json`). A configured pin resolves through a tag pointer in the metadata store,
  *   which can be lost (the embedded store's bound, a Redis restart, key expiry): so the digests it resolves to
  *   are recorded in `config-pins.json` and stay pinned until the pin resolves to something else or leaves the
- *   configuration. A pin file that cannot be read stops eviction (log, `/readyz`, `mirror_eviction_blocked`)
- *   until it is repaired: it never means "no pins".
+ *   configuration, and a lost pointer is asked of `resolvePin` (the upstream, through the manifest cache) at
+ *   the next periodic check. What is pinned must be known for anything to be evicted: a pin file that cannot
+ *   be read, or a configured pin that resolves to nothing (no pointer, nothing recorded, the resolver cannot
+ *   tell or the upstream says the tag does not exist), stops eviction (log, `/readyz`,
+ *   `mirror_eviction_blocked`) until it is repaired or resolves: it never means "nothing pinned".
  * - **One decision at a time.** Admissions, reservation growth and sweeps run one after another, and each
  *   computes what it needs when its turn comes: a sweep sized before an earlier one ran would evict again what
  *   that one already freed.
@@ -47,6 +50,12 @@ export interface Budget {
 }
 
 export type FsUsage = (path: string) => Promise<{ total: number; free: number }>;
+
+/**
+ * What a configured pin's tag stands for, asked when its tag pointer is gone: `digest`, or `missing` (why)
+ * when the upstream says the tag does not exist. Throws when it cannot find out (upstream down, offline).
+ */
+export type PinResolver = (pin: { upstream: string; repository: string; tag: string }) => Promise<{ digest: string } | { missing: string }>;
 
 /** A walk reads a pinned manifest's bytes without its sidecar up to this size: `limits.manifestMaxBytes`' default. */
 const DEFAULT_MANIFEST_MAX_BYTES = 8 * 1024 * 1024;
@@ -117,6 +126,9 @@ export class Janitor {
   private readonly pins: readonly Pin[];
   private readonly pinList: PinList | undefined;
   private readonly configPinList: PinList;
+  private readonly resolvePin: PinResolver | undefined;
+  /** Why each configured pin reference that the resolver could not resolve is unresolved, as last asked. */
+  private readonly unresolvedWhy = new Map<string, string>();
   private readonly manifestMaxBytes: number;
   private readonly log: Logger;
   private readonly metrics: Metrics | undefined;
@@ -127,6 +139,8 @@ export class Janitor {
   /** A watermark check waiting in the queue: later requests join it rather than queueing another. */
   private pendingCheck: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** The periodic check running now: the next one is skipped rather than run beside it (a slow upstream). */
+  private periodic: Promise<void> | undefined;
   /** Set after ENOSPC; cleared when space returns. */
   noSpace: string | undefined;
   /** Why eviction is stopped (what is pinned cannot be told); undefined while it works. */
@@ -141,6 +155,11 @@ export class Janitor {
     pins: readonly Pin[];
     /** Digests pinned at run time (import); re-read at every sweep, so edits apply without a restart. */
     pinList?: PinList;
+    /**
+     * Asked by `check` what a configured pin's tag stands for when its pointer is gone. Without one, such a pin
+     * resolves only to what was recorded for it, and with nothing recorded it stops eviction.
+     */
+    resolvePin?: PinResolver;
     /** The largest manifest stored (`limits.manifestMaxBytes`): a walk reads no larger blob as a manifest. */
     manifestMaxBytes?: number;
     log: Logger;
@@ -154,15 +173,18 @@ export class Janitor {
     this.pins = opts.pins;
     this.pinList = opts.pinList;
     this.configPinList = new PinList(opts.store.root, CONFIG_PIN_FILE);
+    this.resolvePin = opts.resolvePin;
     this.manifestMaxBytes = opts.manifestMaxBytes ?? DEFAULT_MANIFEST_MAX_BYTES;
     this.log = opts.log;
     this.metrics = opts.metrics;
     this.fsUsage = opts.fsUsage ?? defaultFsUsage;
   }
 
-  /** Periodic check (filesystem watermarks can move without us writing anything; pins are recorded). */
+  /** Periodic check (filesystem watermarks can move without us writing anything; pins are resolved and recorded). */
   start(intervalMs: number): void {
-    this.timer = setInterval(() => void this.check(), timerDelay(intervalMs));
+    this.timer = setInterval(() => {
+      this.periodic ??= this.check().finally(() => (this.periodic = undefined));
+    }, timerDelay(intervalMs));
     this.timer.unref();
   }
 
@@ -225,12 +247,15 @@ export class Janitor {
 
   /**
    * The periodic check (and the first, at start): reads the pins, recording what the configured ones resolve to
-   * now (evicting or not, so that a pointer lost later does not unpin them; and a damaged pin file is reported
-   * before eviction is needed), then checks the watermarks.
+   * now (evicting or not, so that a pointer lost later does not unpin them; and a damaged pin file or an
+   * unresolved pin is reported before eviction is needed), then checks the watermarks. A pinned tag whose
+   * pointer is gone is asked of the resolver, unless `askResolver` is false (at start-up: a down upstream must
+   * not hold up the start for its whole deadline; the next periodic check asks).
    */
-  async check(): Promise<void> {
-    // Outside the queue of decisions: metadata lookups (a slow Redis) must not hold up admissions.
-    await this.pinnedDigests();
+  async check(opts: { askResolver?: boolean } = {}): Promise<void> {
+    // Outside the queue of decisions: metadata lookups (a slow Redis) and the resolver (an upstream) must not
+    // hold up admissions.
+    await this.pinnedDigests(opts.askResolver ?? true);
     await this.checkWatermarks();
   }
 
@@ -350,7 +375,7 @@ export class Janitor {
    * what is pinned cannot be told (eviction is stopped then, and says so).
    */
   private async victims(need: number): Promise<Array<{ digest: string; size: number }> | undefined> {
-    const pinned = await this.pinnedDigests();
+    const pinned = await this.pinnedDigests(false); // in the queue of decisions: nothing that waits on an upstream
     if (pinned === undefined) return undefined;
     let freed = 0;
     const victims: Array<{ digest: string; size: number }> = [];
@@ -384,52 +409,109 @@ export class Janitor {
 
   /**
    * Everything reachable from the pinned tags and digests: manifests, their children, configs and layers. Or
-   * undefined when that cannot be told (a damaged pin file, a failing metadata store): eviction is stopped then,
-   * and says so (`evictionBlocked`: log, /readyz, metrics) until the pins can be read again.
+   * undefined when that cannot be told (a damaged pin file, a configured pin that resolves to nothing, a failing
+   * metadata store): eviction is stopped then, and says so (`evictionBlocked`: log, /readyz, metrics) until the
+   * pins can be told again. `askResolver`: a pinned tag whose pointer is gone is asked of the resolver.
    */
-  private async pinnedDigests(): Promise<Set<string> | undefined> {
+  private async pinnedDigests(askResolver: boolean): Promise<Set<string> | undefined> {
     const pinned = new Set<string>();
     try {
       for (const pin of (await this.pinList?.list()) ?? []) await this.addReachable(pin.digest, pinned, true);
-      for (const digest of await this.configuredPins()) await this.addReachable(digest, pinned, true);
+      for (const digest of await this.configuredPins(askResolver)) await this.addReachable(digest, pinned, true);
     } catch (err) {
       const reason = (err as Error).message;
       if (this.evictionBlocked !== reason) this.log.error({ err: reason }, "eviction stopped: cannot tell what is pinned");
       this.evictionBlocked = reason;
       return undefined;
     }
-    if (this.evictionBlocked !== undefined) this.log.info("pins can be read again: eviction resumes");
+    if (this.evictionBlocked !== undefined) this.log.info("what is pinned can be told again: eviction resumes");
     this.evictionBlocked = undefined;
     return pinned;
   }
 
   /**
-   * The digests the configured pins stand for: what their tag pointers resolve to now, and what they resolved
-   * to before for a pinned reference whose pointer is gone. The first are recorded, so they stay pinned when
-   * their pointers are lost; recorded references no configured pin covers any more are dropped.
+   * The digests the configured pins stand for. Each pinned tag resolves to what its tag pointer says now;
+   * without a pointer, to what the resolver finds (when `askResolver`); failing that, to the digest recorded
+   * when it last resolved. What resolves now is recorded, so it stays pinned when its pointer is lost later;
+   * recorded references no configured pin covers any more are dropped. A repository pin (no tag) stands for
+   * every tag of it that the metadata store knows or that is recorded.
+   *
+   * A pinned tag that resolves to nothing at all (nothing recorded either), or a repository pin of which no tag
+   * is known, pins content nobody can name: that throws, naming each such entry, and eviction stops until they
+   * resolve. Reading them as "nothing pinned" would evict exactly what they protect (a mirror upgraded from a
+   * version that recorded nothing, whose pointers are gone; a pin whose pointer was lost before any check).
    */
-  private async configuredPins(): Promise<string[]> {
+  private async configuredPins(askResolver: boolean): Promise<string[]> {
     if (this.pins.length === 0) return [];
-    const resolved = new Map<string, string>();
-    for (const pin of this.pins) {
-      const tags = pin.tag !== undefined ? [pin.tag] : await this.metadata.listTags(pin.upstream, pin.repository);
-      for (const tag of tags) {
-        const pointer = await this.metadata.getTag(pin.upstream, pin.repository, tag);
-        if (pointer) resolved.set(`${pin.upstream}/${pin.repository}:${tag}`, pointer.digest);
-      }
-    }
     const covered = (reference: string) =>
       this.pins.some((p) => (p.tag === undefined ? reference.startsWith(`${p.upstream}/${p.repository}:`) : reference === `${p.upstream}/${p.repository}:${p.tag}`));
-    const inForce = new Map<string, string>();
-    for (const recorded of await this.configPinList.list()) if (covered(recorded.reference)) inForce.set(recorded.reference, recorded.digest);
-    for (const [reference, digest] of resolved) inForce.set(reference, digest);
+    const recorded = new Map<string, string>();
+    for (const entry of await this.configPinList.list()) if (covered(entry.reference)) recorded.set(entry.reference, entry.digest);
+    const resolved = new Map<string, string>();
+    const unresolved: string[] = [];
+    const seen = new Set<string>(); // a tag named by two entries (a repository pin and a tag pin) is asked once
+    for (const pin of this.pins) {
+      const repository = `${pin.upstream}/${pin.repository}`;
+      let tags = pin.tag !== undefined ? [pin.tag] : await this.metadata.listTags(pin.upstream, pin.repository);
+      if (pin.tag === undefined) {
+        const recordedTags = [...recorded.keys()].filter((r) => r.startsWith(`${repository}:`)).map((r) => r.slice(repository.length + 1));
+        tags = [...new Set([...tags, ...recordedTags])];
+        if (tags.length === 0) {
+          unresolved.push(`${repository} (every tag): no tag of it is known here (none pulled yet, or their pointers were lost before they were recorded); pull the tags to keep, or remove the entry`);
+          continue;
+        }
+      }
+      for (const tag of tags) {
+        const reference = `${repository}:${tag}`;
+        if (seen.has(reference)) continue;
+        seen.add(reference);
+        const digest = await this.resolveTag(pin.upstream, pin.repository, tag, askResolver, recorded.has(reference));
+        if (digest !== undefined) resolved.set(reference, digest);
+        else if (!recorded.has(reference)) unresolved.push(`${reference}: ${this.unresolvedWhy.get(reference) ?? "no tag pointer, and nothing recorded for it"}`);
+      }
+    }
+    const inForce = new Map([...recorded, ...resolved]);
     try {
       await this.configPinList.reconcile(resolved, covered);
     } catch (err) {
       // This sweep still honours them (inForce); only a restart before the next successful write could not.
       this.log.error({ err: (err as Error).message }, "cannot record what the configured pins resolve to");
     }
+    if (unresolved.length > 0) throw new Error(`storage.pinned names content that cannot be told: ${unresolved.join("; ")}`);
     return [...inForce.values()];
+  }
+
+  /**
+   * What one pinned tag points at: its pointer, or, without one and when `askResolver`, the resolver's answer.
+   * Undefined when neither tells; why is kept in `unresolvedWhy`, for the reason eviction stops (when nothing
+   * is `recorded` for the tag). A tag the upstream says does not exist but that is recorded (deleted upstream
+   * after it was pinned) stays pinned to what was recorded, with a warning naming it.
+   */
+  private async resolveTag(upstream: string, repository: string, tag: string, askResolver: boolean, recorded: boolean): Promise<string | undefined> {
+    const reference = `${upstream}/${repository}:${tag}`;
+    const pointer = await this.metadata.getTag(upstream, repository, tag);
+    if (pointer) {
+      this.unresolvedWhy.delete(reference);
+      return pointer.digest;
+    }
+    if (!askResolver || this.resolvePin === undefined) return undefined;
+    let why: string;
+    try {
+      const answer = await this.resolvePin({ upstream, repository, tag });
+      if ("digest" in answer) {
+        this.unresolvedWhy.delete(reference);
+        return answer.digest;
+      }
+      // A typo in storage.pinned, or a tag deleted upstream.
+      why = `upstream ${upstream} says it does not exist (${answer.missing}); correct or remove the entry`;
+      if (recorded && this.unresolvedWhy.get(reference) !== why) {
+        this.log.warn({ pin: reference, reason: answer.missing }, "a storage.pinned tag no longer exists upstream: what was recorded for it stays pinned until the entry is removed");
+      }
+    } catch (err) {
+      why = `no tag pointer, nothing recorded for it, and the upstream could not be asked (${(err as Error).message})`;
+    }
+    this.unresolvedWhy.set(reference, why);
+    return undefined;
   }
 
   /**

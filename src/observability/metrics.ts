@@ -101,7 +101,7 @@ export class Metrics {
     this.cacheObjects = new Gauge({ name: "mirror_cache_objects", help: "Committed objects (blobs and manifests) in the cache.", registers });
     this.cacheBudgetBytes = new Gauge({ name: "mirror_cache_budget_bytes", help: "storage.maxSize, the cache's budget (absent when unbounded).", registers });
     this.cacheWritable = new Gauge({ name: "mirror_cache_writable", help: "1 while downloads are cached; 0 in no-space mode (misses streamed uncached).", registers });
-    this.evictionBlocked = new Gauge({ name: "mirror_eviction_blocked", help: "1 while eviction is stopped because what is pinned cannot be told (a damaged pin file): the cache may outgrow its budget.", registers });
+    this.evictionBlocked = new Gauge({ name: "mirror_eviction_blocked", help: "1 while eviction is stopped because what is pinned cannot be told (a damaged pin file, a storage.pinned entry that resolves to nothing): downloads that need eviction are served uncached.", registers });
     this.evictions = new Counter({ name: "mirror_evictions_total", help: "Objects evicted to keep the cache within its budget and the disk's watermarks.", registers });
     this.evictedBytes = new Counter({ name: "mirror_evicted_bytes_total", help: "Bytes evicted.", registers });
     this.uncachedServed = new Counter({ name: "mirror_uncached_blobs_total", help: "Blob misses streamed to a client without caching (no space, or over budget).", labelNames: ["upstream"], registers });

@@ -131,7 +131,7 @@ describe("disk budget", () => {
     const config = (storage: Record<string, unknown>) => ({
       upstreams: { "docker.io": { url: upstream.url, default: true } },
       dataDir,
-      extra: { redis: { url: redis.url, keyPrefix: "pins-test:" }, storage: { pinned: ["docker.io/team/pinned:v1"], checkInterval: "100ms", ...storage } },
+      extra: { redis: { url: redis.url, keyPrefix: "pins-test:" }, storage: { pinned: ["docker.io/team/pinned:v1"], checkInterval: "1s", ...storage } },
     });
     const first = await startTestMirror(config({}));
     await pull(first.url, "team/pinned", pinned); // oldest of all: the first to go, were it not pinned
@@ -148,6 +148,68 @@ describe("disk budget", () => {
     expect(store.index.has(pinned.config.digest)).toBe(true);
     expect(store.index.has(pinned.digest)).toBe(true);
     expect(others.some((image) => !store.index.has(image.layers[0]!.digest))).toBe(true);
+  });
+
+  it("fetches again from the upstream a pin whose pointer was lost before anything recorded it, and keeps its content", async () => {
+    const redis = teardown.track(await startRedis());
+    const relay = teardown.track(await startRelay(upstream.url));
+    const pinned = buildImage({ format: "oci", layers: [randomLayer(500_000)], labels: { resolved: "yes" } });
+    const others = [0, 1].map((i) => buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { unrecorded: String(i) } }));
+    await pushImage(upstream.url, "team/unrecorded", "v1", pinned);
+    for (const [i, image] of others.entries()) await pushImage(upstream.url, `team/unrecorded${i}`, "v1", image);
+    const dataDir = await mkdtemp(join(tmpdir(), "pins-unrecorded-"));
+    teardown.add("unrecorded pins data dir", () => rm(dataDir, { recursive: true, force: true }));
+    const config = (storage: Record<string, unknown>) => ({
+      upstreams: { "docker.io": { url: relay.url, default: true } },
+      dataDir,
+      extra: { redis: { url: redis.url, keyPrefix: "unrecorded-test:" }, storage: { checkInterval: "1s", ...storage } },
+    });
+    // A mirror that recorded no pins (a version before config-pins.json, or the pin not configured yet).
+    const first = await startTestMirror(config({}));
+    await pull(first.url, "team/unrecorded", pinned); // oldest of all: the first to go, were it not pinned
+    for (const [i, image] of others.entries()) await pull(first.url, `team/unrecorded${i}`, image);
+    await first.stop();
+    // The pointer is gone everywhere, and nothing says what the pin resolved to: Redis restarted empty, and this
+    // node's journal does not have it either (another replica pulled the tag, or the journal's bound dropped it).
+    await redis.stop();
+    await redis.start();
+    await rm(join(dataDir, "metadata"), { recursive: true, force: true });
+    relay.requests.length = 0;
+    const second = teardown.track(await startTestMirror(config({ pinned: ["docker.io/team/unrecorded:v1"], maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 })));
+    const store = second.mirror.blobStore;
+    // The periodic check asks the upstream what the tag is, records it, and eviction goes on around it.
+    await waitFor(async () => (await readFile(join(dataDir, "config-pins.json"), "utf8").catch(() => "")).includes(pinned.digest), { timeoutMs: 10_000, what: "the pin's digest in config-pins.json" });
+    expect(relay.requests.some((r) => /^\/v2\/team\/unrecorded\/manifests\/v1\b/.test(r.path))).toBe(true);
+    await waitFor(async () => store.index.bytes <= 1_000_000 * 0.9, { timeoutMs: 10_000, what: "eviction down to the budget" });
+    expect(store.index.has(pinned.layers[0]!.digest)).toBe(true);
+    expect(store.index.has(pinned.config.digest)).toBe(true);
+    expect(store.index.has(pinned.digest)).toBe(true);
+    expect(others.some((image) => !store.index.has(image.layers[0]!.digest))).toBe(true);
+    const ready = await fetchRaw(`${second.url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(JSON.parse(ready.body.toString())).toMatchObject({ status: "ready" });
+  });
+
+  it("a pinned tag the upstream does not have stops eviction, and says so, while the mirror stays ready", async () => {
+    const images = [0, 1, 2].map((i) => buildImage({ format: "oci", layers: [randomLayer(400_000)], labels: { typo: String(i) } }));
+    for (const [i, image] of images.entries()) await pushImage(upstream.url, `team/typo${i}`, "v1", image);
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: upstream.url, default: true } },
+        extra: { storage: { pinned: ["docker.io/team/no-such-repo:v1"], checkInterval: "1s", maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 } },
+      }),
+    );
+    const reasons = async () => {
+      const res = await fetchRaw(`${m.url}/readyz`);
+      expect(res.status).toBe(200); // still serving: ready, with the reason
+      return (JSON.parse(res.body.toString()) as { status: string; reasons: string[] }).reasons.join("\n");
+    };
+    await waitFor(async () => (await reasons()).includes("docker.io/team/no-such-repo:v1: upstream docker.io says it does not exist"), { timeoutMs: 10_000, what: "the unresolved pin in /readyz" });
+    expect(await reasons()).toMatch(/^eviction stopped: /);
+    expect((await fetchRaw(`${m.url}/metrics`)).body.toString()).toMatch(/^mirror_eviction_blocked 1$/m);
+    for (const [i, image] of images.entries()) await pull(m.url, `team/typo${i}`, image); // the third would need eviction
+    const store = m.mirror.blobStore;
+    expect(images.map((image) => store.index.has(image.layers[0]!.digest))).toEqual([true, true, false]); // served uncached, nothing evicted
   });
 
   it("a mirror killed with SIGKILL mid-download restarts with no partial blob and no temp files", async () => {

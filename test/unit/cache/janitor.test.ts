@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/cache/blob-store.ts";
-import { Janitor, type FsUsage } from "../../../src/cache/janitor.ts";
+import { Janitor, type FsUsage, type PinResolver } from "../../../src/cache/janitor.ts";
 import { ManifestStore } from "../../../src/cache/manifest-store.ts";
 import { MemoryMetadataStore } from "../../../src/cache/memory-metadata-store.ts";
 import { CONFIG_PIN_FILE, PIN_FILE, PinList } from "../../../src/cache/pin-list.ts";
@@ -42,8 +42,18 @@ describe("CacheIndex and Janitor", () => {
     return digest;
   }
   type Pins = Array<{ upstream: string; repository: string; tag: string | undefined }>;
-  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: MemoryMetadataStore; pinList?: PinList; manifests?: ManifestStore } = {}) =>
-    new Janitor({ store, manifests: opts.manifests ?? manifests, metadata: opts.metadata ?? metadata, budget: { maxSize, high: 0.9, low: 0.5 }, pins, pinList: opts.pinList, log: pino({ level: "silent" }), fsUsage });
+  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: MemoryMetadataStore; pinList?: PinList; resolvePin?: PinResolver; manifests?: ManifestStore } = {}) =>
+    new Janitor({
+      store,
+      manifests: opts.manifests ?? manifests,
+      metadata: opts.metadata ?? metadata,
+      budget: { maxSize, high: 0.9, low: 0.5 },
+      pins,
+      pinList: opts.pinList,
+      resolvePin: opts.resolvePin,
+      log: pino({ level: "silent" }),
+      fsUsage,
+    });
 
   /** An image manifest with one layer of `size` bytes, stored; the tag `docker.io/team/app:<tag>` points at it. */
   async function putImage(size: number, tag: string): Promise<{ manifest: string; layer: string }> {
@@ -242,7 +252,8 @@ describe("CacheIndex and Janitor", () => {
       else await janitor(1000 * KB, appPin).check();
       const good = await readFile(join(dir, file));
       await writeFile(join(dir, file), good.subarray(0, 20)); // torn: what a power cut can leave of an unsynced write
-      const j = janitor(1000 * KB, appPin, { metadata: new MemoryMetadataStore(), pinList });
+      // pins.json alone, or the configured pin alone (its pointer gone: config-pins.json is all that tells).
+      const j = janitor(1000 * KB, file === PIN_FILE ? [] : appPin, { metadata: new MemoryMetadataStore(), pinList });
       await j.check(); // nothing to evict yet, and said already
       expect(j.state.evictionBlocked).toMatch(new RegExp(`${file} is damaged`));
       for (let i = 0; i < 7; i++) await put(100 * KB);
@@ -257,6 +268,96 @@ describe("CacheIndex and Janitor", () => {
       expect(store.index.has(app.layer)).toBe(true);
     });
   }
+
+  it("a configured pin that resolves to nothing (no tag pointer, nothing recorded) stops eviction, naming it, until it resolves", async () => {
+    // A mirror upgraded from a version that recorded nothing, whose pointer is gone too (Redis restarted empty).
+    const app = await putImage(300 * KB, "1");
+    const empty = new MemoryMetadataStore();
+    for (let i = 0; i < 7; i++) await put(100 * KB);
+    const j = janitor(1000 * KB, appPin, { metadata: empty });
+    await j.check();
+    expect(store.index.has(app.layer)).toBe(true);
+    expect(store.index.bytes).toBe(1000 * KB + (await manifestBytes(app.manifest))); // nothing evicted
+    expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app:1: no tag pointer, and nothing recorded for it/);
+    expect(await j.admit(100 * KB)).toBeUndefined(); // it would need eviction: streamed uncached instead
+    // The tag is pulled again: the pin resolves, is recorded, and eviction resumes around it.
+    await empty.putTag("docker.io", "team/app", "1", { digest: app.manifest, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: Date.now() });
+    await j.check();
+    expect(j.state.evictionBlocked).toBeUndefined();
+    expect(store.index.bytes).toBeLessThanOrEqual(500 * KB + (await manifestBytes(app.manifest)));
+    expect(store.index.has(app.layer)).toBe(true);
+    expect(await new PinList(dir, CONFIG_PIN_FILE).list()).toMatchObject([{ reference: "docker.io/team/app:1", digest: app.manifest }]);
+    await empty.close();
+  });
+
+  it("asks the resolver for a pinned tag whose pointer is lost, at the periodic check and never in a sweep", async () => {
+    const app = await putImage(300 * KB, "1");
+    const asked: string[] = [];
+    let answer: () => Promise<Awaited<ReturnType<PinResolver>>> = () => Promise.reject(new Error("upstream docker.io is unreachable"));
+    const resolvePin: PinResolver = (pin) => {
+      asked.push(`${pin.upstream}/${pin.repository}:${pin.tag}`);
+      return answer();
+    };
+    const others: string[] = [];
+    for (let i = 0; i < 7; i++) others.push(await put(100 * KB));
+    const empty = new MemoryMetadataStore();
+    const j = janitor(1000 * KB, appPin, { metadata: empty, resolvePin });
+    expect(await j.admit(100 * KB)).toBeUndefined(); // the sweep of an admission does not wait on an upstream...
+    expect(asked).toEqual([]);
+    expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app:1/); // ...and cannot tell what is pinned
+    await j.check(); // the upstream is down: still unresolved, and the reason says why
+    expect(asked).toEqual(["docker.io/team/app:1"]);
+    expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app:1: no tag pointer, nothing recorded for it, and the upstream could not be asked \(upstream docker\.io is unreachable\)/);
+    expect(others.every((d) => store.index.has(d))).toBe(true);
+    answer = async () => ({ digest: app.manifest }); // the upstream is back
+    await j.check();
+    expect(asked).toHaveLength(2);
+    expect(j.state.evictionBlocked).toBeUndefined();
+    expect(store.index.has(app.layer)).toBe(true);
+    expect(store.index.has(app.manifest)).toBe(true);
+    expect(others.filter((d) => store.index.has(d)).length).toBeLessThan(others.length);
+    expect(await new PinList(dir, CONFIG_PIN_FILE).list()).toMatchObject([{ reference: "docker.io/team/app:1", digest: app.manifest }]);
+    // A pin whose pointer is there is not asked about.
+    await janitor(1000 * KB, appPin, { resolvePin }).check();
+    expect(asked).toHaveLength(2);
+    await empty.close();
+  });
+
+  it("a pinned tag the upstream says does not exist stops eviction, naming the entry, unless what it pinned is recorded", async () => {
+    const app = await putImage(300 * KB, "1");
+    for (let i = 0; i < 7; i++) await put(100 * KB);
+    const resolvePin: PinResolver = async () => ({ missing: "upstream docker.io has no manifest 1 in team/app" });
+    const typo: Pins = [...appPin, { upstream: "docker.io", repository: "team/ap", tag: "1" }];
+    const j = janitor(1000 * KB, typo, { resolvePin });
+    await j.check();
+    expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/ap:1: upstream docker\.io says it does not exist \(upstream docker\.io has no manifest 1 in team\/app\)/);
+    expect(j.state.evictionBlocked).not.toMatch(/team\/app:1/); // the entry that resolves is not blamed
+    expect(store.index.bytes).toBe(1000 * KB + (await manifestBytes(app.manifest)));
+    // A tag deleted upstream after its pin was recorded: what it pinned is known, and stays pinned.
+    const empty = new MemoryMetadataStore();
+    const deleted = janitor(1000 * KB, appPin, { metadata: empty, resolvePin });
+    await deleted.check();
+    expect(deleted.state.evictionBlocked).toBeUndefined();
+    expect(store.index.has(app.layer)).toBe(true);
+    expect(store.index.bytes).toBeLessThanOrEqual(500 * KB + (await manifestBytes(app.manifest)));
+    await empty.close();
+  });
+
+  it("a repository pin of which no tag is known stops eviction, until a tag of it is", async () => {
+    const app = await putImage(300 * KB, "1");
+    for (let i = 0; i < 7; i++) await put(100 * KB);
+    const empty = new MemoryMetadataStore();
+    const j = janitor(1000 * KB, [{ upstream: "docker.io", repository: "team/app", tag: undefined }], { metadata: empty });
+    await j.check();
+    expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app \(every tag\): no tag of it is known/);
+    expect(store.index.bytes).toBe(1000 * KB + (await manifestBytes(app.manifest)));
+    await empty.putTag("docker.io", "team/app", "1", { digest: app.manifest, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: Date.now() });
+    await j.check();
+    expect(j.state.evictionBlocked).toBeUndefined();
+    expect(store.index.has(app.layer)).toBe(true);
+    expect(store.index.bytes).toBeLessThanOrEqual(500 * KB + (await manifestBytes(app.manifest)));
+    await empty.close();
+  });
 
   it("keeps everything a pinned manifest reaches when manifest sidecars are damaged", async () => {
     const layer = await put(200 * KB);
