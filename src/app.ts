@@ -12,20 +12,20 @@ import Koa from "koa";
 import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { BlobCache } from "./cache/blob-cache.ts";
-import { BlobStore } from "./cache/blob-store.ts";
-import { DataDirLock } from "./cache/data-dir-lock.ts";
-import { FillCoordinator } from "./cache/fill-coordinator.ts";
+import { BlobStore } from "./storage/blob-store.ts";
+import { DataDirLock } from "./storage/data-dir-lock.ts";
+import { FillCoordinator } from "./fill/fill-coordinator.ts";
 import { Janitor } from "./cache/janitor.ts";
 import { Prefetcher } from "./cache/prefetcher.ts";
 import { parsePin, type Pin } from "./config/pins.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
-import { ManifestStore } from "./cache/manifest-store.ts";
-import { FailoverMetadataStore } from "./cache/failover-metadata-store.ts";
-import { MemoryMetadataStore } from "./cache/memory-metadata-store.ts";
-import type { MetadataStore } from "./cache/metadata-store.ts";
-import { PinList } from "./cache/pin-list.ts";
+import { ManifestStore } from "./storage/manifest-store.ts";
+import { FailoverMetadataStore } from "./metadata/failover-metadata-store.ts";
+import { EmbeddedMetadataStore } from "./metadata/embedded-metadata-store.ts";
+import type { MetadataStore } from "./metadata/metadata-store.ts";
+import { PinList } from "./storage/pin-list.ts";
 import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
-import { failFastRedisOptions, RedisMetadataStore } from "./cache/redis-metadata-store.ts";
+import { failFastRedisOptions, RedisMetadataStore } from "./metadata/redis-metadata-store.ts";
 import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
 import { SecretFile } from "./config/secret-file.ts";
@@ -324,7 +324,7 @@ async function openMetadataStore(
   config: Config,
   log: Logger,
 ): Promise<{ metadata: MetadataStore; describeState: () => { store: string; degraded: boolean; reason: string }; closeMetadata: () => Promise<void> }> {
-  const embedded = await MemoryMetadataStore.open({
+  const embedded = await EmbeddedMetadataStore.open({
     dir: join(config.storage.path, "metadata"),
     onError: (err) => log.error({ err: err.message }, "metadata journal write failed; the in-memory state is intact"),
   });

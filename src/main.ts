@@ -5,7 +5,7 @@
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
 import { createMirror } from "./app.ts";
-import { DataDirLockedError } from "./cache/data-dir-lock.ts";
+import { DataDirLockedError } from "./storage/data-dir-lock.ts";
 import { EXPORT_USAGE, exportCommand } from "./cli/export.ts";
 import { IMPORT_USAGE, importCommand } from "./cli/import.ts";
 import { INVENTORY_USAGE, inventoryCommand } from "./cli/inventory.ts";

@@ -30,7 +30,7 @@
  */
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
-import type { MetadataStore } from "./metadata-store.ts";
+import type { MetadataStore } from "../metadata/metadata-store.ts";
 
 export type Standing = "granted" | "confirm-repository" | "prove-content";
 

@@ -11,10 +11,10 @@ import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { recordServed, servesUnrecordedLink, standingOf, type Standing } from "./access-proof.ts";
-import type { BlobStore } from "./blob-store.ts";
-import type { Fill, FillCoordinator, UpstreamBlob } from "./fill-coordinator.ts";
-import type { MetadataStore } from "./metadata-store.ts";
-import { VerifyStream } from "./verify-stream.ts";
+import type { BlobStore } from "../storage/blob-store.ts";
+import type { Fill, FillCoordinator, UpstreamBlob } from "../fill/fill-coordinator.ts";
+import type { MetadataStore } from "../metadata/metadata-store.ts";
+import { VerifyStream } from "../fill/verify-stream.ts";
 
 /** Where a blob response's bytes come from. */
 export type BlobSource =

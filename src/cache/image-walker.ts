@@ -18,7 +18,7 @@ import { isIndexType } from "../oci/media-types.ts";
 import type { ManifestReference } from "../oci/reference.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { ManifestCache } from "./manifest-cache.ts";
-import type { StoredManifest } from "./manifest-store.ts";
+import type { StoredManifest } from "../storage/manifest-store.ts";
 
 export interface Descriptor {
   mediaType?: string;

@@ -36,11 +36,11 @@ import type { Logger } from "pino";
 import type { Pin } from "../config/pins.ts";
 import { timerDelay } from "../config/timer-delay.ts";
 import type { Metrics } from "../observability/metrics.ts";
-import type { BlobStore } from "./blob-store.ts";
-import { reachableDigests, reachableManifests } from "./manifest-references.ts";
-import type { ManifestStore } from "./manifest-store.ts";
-import type { MetadataStore } from "./metadata-store.ts";
-import { CONFIG_PIN_FILE, PinList } from "./pin-list.ts";
+import type { BlobStore } from "../storage/blob-store.ts";
+import { reachableDigests, reachableManifests } from "../oci/manifest.ts";
+import type { ManifestStore } from "../storage/manifest-store.ts";
+import type { MetadataStore } from "../metadata/metadata-store.ts";
+import { CONFIG_PIN_FILE, PinList } from "../storage/pin-list.ts";
 
 export interface Budget {
   /** Bytes; undefined means only the filesystem's watermarks apply. */

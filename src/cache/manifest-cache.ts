@@ -17,9 +17,9 @@ import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
 import { servesUnrecordedLink, standingOf } from "./access-proof.ts";
-import { confirmedDigests } from "./manifest-references.ts";
-import type { ManifestStore, StoredManifest } from "./manifest-store.ts";
-import type { MetadataStore, TagPointer } from "./metadata-store.ts";
+import { confirmedDigests } from "../oci/manifest.ts";
+import type { ManifestStore, StoredManifest } from "../storage/manifest-store.ts";
+import type { MetadataStore, TagPointer } from "../metadata/metadata-store.ts";
 
 /** How a manifest was obtained, for logs, metrics and the `X-Mirror-Cache` header. */
 export type ManifestSource = "hit" | "miss" | "revalidated" | "stale";

@@ -14,7 +14,7 @@ import { pipeline } from "node:stream/promises";
 import { parseArgs } from "node:util";
 import { Registry } from "prom-client";
 import { createCacheLayer } from "../app.ts";
-import { DataDirLockedError } from "../cache/data-dir-lock.ts";
+import { DataDirLockedError } from "../storage/data-dir-lock.ts";
 import { Metrics } from "../observability/metrics.ts";
 import { Exporter } from "../transfer/exporter.ts";
 import { parseInventory } from "../transfer/inventory.ts";

@@ -4,11 +4,11 @@
  * air-gapped transfer (docs/air-gapped-transfer.md). Input is validated with the same grammar as
  * registry requests, and the upstream must be one the configuration names.
  */
-import type { BlobStore } from "../cache/blob-store.ts";
+import type { BlobStore } from "../storage/blob-store.ts";
 import type { Janitor } from "../cache/janitor.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
-import type { ManifestStore } from "../cache/manifest-store.ts";
-import type { MetadataStore } from "../cache/metadata-store.ts";
+import type { ManifestStore } from "../storage/manifest-store.ts";
+import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { JobStatus, Prefetcher } from "../cache/prefetcher.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { parseImageReference } from "../oci/image-reference.ts";

@@ -1,7 +1,7 @@
 /** `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single byte ranges on cached, in-flight and cold blobs. */
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
-import { BufferPool, FileHandleRangeStream } from "../cache/file-range-stream.ts";
+import { BufferPool, FileHandleRangeStream } from "../storage/file-range-stream.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { CacheResult } from "../observability/metrics.ts";
 import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";

@@ -19,11 +19,11 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
-import { writeAt, type BlobStore } from "../cache/blob-store.ts";
+import { writeAt, type BlobStore } from "../storage/blob-store.ts";
 import { parseManifest, walkManifests, type Descriptor } from "../cache/image-walker.ts";
-import type { ManifestStore } from "../cache/manifest-store.ts";
-import type { MetadataStore } from "../cache/metadata-store.ts";
-import type { PinEntry, PinList } from "../cache/pin-list.ts";
+import type { ManifestStore } from "../storage/manifest-store.ts";
+import type { MetadataStore } from "../metadata/metadata-store.ts";
+import type { PinEntry, PinList } from "../storage/pin-list.ts";
 import { MediaType } from "../oci/media-types.ts";
 import { isSha256Digest } from "../oci/reference.ts";
 import { blobDigestOf, CONTAINERD_NAME_ANNOTATION, entryName, INDEX_FILE, LAYOUT_FILE, REF_NAME_ANNOTATION, REFERENCE_ANNOTATION } from "./bundle-layout.ts";

@@ -10,8 +10,8 @@
  *   "blobs": [{"digest": "sha256:…", "size": 3623807}]
  * }
  */
-import type { BlobStore } from "../cache/blob-store.ts";
-import type { MetadataStore } from "../cache/metadata-store.ts";
+import type { BlobStore } from "../storage/blob-store.ts";
+import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { isSha256Digest } from "../oci/reference.ts";
 
 export const INVENTORY_MEDIA_TYPE = "application/vnd.registry-mirror.inventory.v1+json";

@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, expect } from "vitest";
-import { FailoverMetadataStore } from "../../src/cache/failover-metadata-store.ts";
-import { MemoryMetadataStore } from "../../src/cache/memory-metadata-store.ts";
-import { failFastRedisOptions, RedisMetadataStore } from "../../src/cache/redis-metadata-store.ts";
+import { FailoverMetadataStore } from "../../src/metadata/failover-metadata-store.ts";
+import { EmbeddedMetadataStore } from "../../src/metadata/embedded-metadata-store.ts";
+import { failFastRedisOptions, RedisMetadataStore } from "../../src/metadata/redis-metadata-store.ts";
 import { allKeys, startRedis } from "../harness/redis.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { describeMetadataStore } from "./metadata-store.ts";
@@ -28,7 +28,7 @@ describeMetadataStore("failover (redis healthy)", async () => {
   const keyPrefix = `conformance:${++tests}:`;
   const dir = await mkdtemp(join(tmpdir(), "metadata-conformance-"));
   const errors: Error[] = [];
-  const fallback = await MemoryMetadataStore.open({
+  const fallback = await EmbeddedMetadataStore.open({
     dir: join(dir, "metadata"),
     // The default million-link LRU takes ~100 ms to allocate per test, and the fallback is not the subject here.
     maxLinks: 10_000,

@@ -1,4 +1,4 @@
-// The one conformance suite every MetadataStore implementation runs (src/cache/metadata-store.ts): the embedded
+// The one conformance suite every MetadataStore implementation runs (src/metadata/metadata-store.ts): the embedded
 // store with and without its journal, Redis, and the failover wrapper. Behaviour that callers rely on is pinned
 // here once, so the implementations cannot drift apart. After every test the store is closed (twice: close is
 // idempotent), every directory it was given must hold no temp files, and cleanup must remove those directories.
@@ -8,7 +8,7 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { MetadataStore, TagPointer } from "../../src/cache/metadata-store.ts";
+import type { MetadataStore, TagPointer } from "../../src/metadata/metadata-store.ts";
 
 export interface MetadataStoreFixture {
   store: MetadataStore;

@@ -3,7 +3,7 @@
 // deletes them.
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, expect } from "vitest";
-import { RedisMetadataStore } from "../../src/cache/redis-metadata-store.ts";
+import { RedisMetadataStore } from "../../src/metadata/redis-metadata-store.ts";
 import { allKeys, startRedis } from "../harness/redis.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { describeMetadataStore } from "./metadata-store.ts";

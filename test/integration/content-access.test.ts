@@ -9,7 +9,7 @@ import { readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { JOURNAL_FILE } from "../../src/cache/tag-journal.ts";
+import { JOURNAL_FILE } from "../../src/metadata/tag-journal.ts";
 import { buildImage, pushBlob, pushImage, randomLayer, sha256, type Blob, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown } from "../harness/processes.ts";

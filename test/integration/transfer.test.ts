@@ -11,7 +11,7 @@ import { join } from "node:path";
 import * as tar from "tar-stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createMirror } from "../../src/app.ts";
-import { DataDirLockedError } from "../../src/cache/data-dir-lock.ts";
+import { DataDirLockedError } from "../../src/storage/data-dir-lock.ts";
 import { parseConfig } from "../../src/config/load.ts";
 import type { ImportReport } from "../../src/transfer/importer.ts";
 import { TarError, TarReader } from "../../src/transfer/tar-reader.ts";

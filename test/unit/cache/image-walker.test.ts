@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { MAX_INDEX_DEPTH, walkManifests, type ChildSource, type Descriptor } from "../../../src/cache/image-walker.ts";
-import type { StoredManifest } from "../../../src/cache/manifest-store.ts";
+import type { StoredManifest } from "../../../src/storage/manifest-store.ts";
 import { MediaType } from "../../../src/oci/media-types.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;

@@ -4,11 +4,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BlobStore } from "../../../src/cache/blob-store.ts";
+import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { Janitor, type FsUsage, type PinResolver } from "../../../src/cache/janitor.ts";
-import { ManifestStore } from "../../../src/cache/manifest-store.ts";
-import { MemoryMetadataStore } from "../../../src/cache/memory-metadata-store.ts";
-import { CONFIG_PIN_FILE, PIN_FILE, PinList } from "../../../src/cache/pin-list.ts";
+import { ManifestStore } from "../../../src/storage/manifest-store.ts";
+import { EmbeddedMetadataStore } from "../../../src/metadata/embedded-metadata-store.ts";
+import { CONFIG_PIN_FILE, PIN_FILE, PinList } from "../../../src/storage/pin-list.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 const KB = 1000;
@@ -17,7 +17,7 @@ describe("CacheIndex and Janitor", () => {
   let dir: string;
   let store: BlobStore;
   let manifests: ManifestStore;
-  let metadata: MemoryMetadataStore;
+  let metadata: EmbeddedMetadataStore;
   let fsFree = 1e12;
   const fsUsage: FsUsage = async () => ({ total: 2e12, free: fsFree });
 
@@ -27,7 +27,7 @@ describe("CacheIndex and Janitor", () => {
     await store.init();
     manifests = new ManifestStore(store);
     await manifests.init();
-    metadata = new MemoryMetadataStore();
+    metadata = new EmbeddedMetadataStore();
     fsFree = 1e12;
   });
   afterEach(async () => {
@@ -42,7 +42,7 @@ describe("CacheIndex and Janitor", () => {
     return digest;
   }
   type Pins = Array<{ upstream: string; repository: string; tag: string | undefined }>;
-  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: MemoryMetadataStore; pinList?: PinList; resolvePin?: PinResolver; manifests?: ManifestStore } = {}) =>
+  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: EmbeddedMetadataStore; pinList?: PinList; resolvePin?: PinResolver; manifests?: ManifestStore } = {}) =>
     new Janitor({
       store,
       manifests: opts.manifests ?? manifests,
@@ -221,7 +221,7 @@ describe("CacheIndex and Janitor", () => {
     const others: string[] = [];
     for (let i = 0; i < 7; i++) others.push(await put(100 * KB));
     // Redis restarted empty (or the embedded store's bound dropped the pointer), and the mirror restarted.
-    const restarted = janitor(1000 * KB, appPin, { metadata: new MemoryMetadataStore() });
+    const restarted = janitor(1000 * KB, appPin, { metadata: new EmbeddedMetadataStore() });
     await restarted.check();
     expect(store.index.has(app.manifest)).toBe(true);
     expect(store.index.has(app.layer)).toBe(true);
@@ -253,7 +253,7 @@ describe("CacheIndex and Janitor", () => {
       const good = await readFile(join(dir, file));
       await writeFile(join(dir, file), good.subarray(0, 20)); // torn: what a power cut can leave of an unsynced write
       // pins.json alone, or the configured pin alone (its pointer gone: config-pins.json is all that tells).
-      const j = janitor(1000 * KB, file === PIN_FILE ? [] : appPin, { metadata: new MemoryMetadataStore(), pinList });
+      const j = janitor(1000 * KB, file === PIN_FILE ? [] : appPin, { metadata: new EmbeddedMetadataStore(), pinList });
       await j.check(); // nothing to evict yet, and said already
       expect(j.state.evictionBlocked).toMatch(new RegExp(`${file} is damaged`));
       for (let i = 0; i < 7; i++) await put(100 * KB);
@@ -272,7 +272,7 @@ describe("CacheIndex and Janitor", () => {
   it("a configured pin that resolves to nothing (no tag pointer, nothing recorded) stops eviction, naming it, until it resolves", async () => {
     // A mirror upgraded from a version that recorded nothing, whose pointer is gone too (Redis restarted empty).
     const app = await putImage(300 * KB, "1");
-    const empty = new MemoryMetadataStore();
+    const empty = new EmbeddedMetadataStore();
     for (let i = 0; i < 7; i++) await put(100 * KB);
     const j = janitor(1000 * KB, appPin, { metadata: empty });
     await j.check();
@@ -300,7 +300,7 @@ describe("CacheIndex and Janitor", () => {
     };
     const others: string[] = [];
     for (let i = 0; i < 7; i++) others.push(await put(100 * KB));
-    const empty = new MemoryMetadataStore();
+    const empty = new EmbeddedMetadataStore();
     const j = janitor(1000 * KB, appPin, { metadata: empty, resolvePin });
     expect(await j.admit(100 * KB)).toBeUndefined(); // the sweep of an admission does not wait on an upstream...
     expect(asked).toEqual([]);
@@ -334,7 +334,7 @@ describe("CacheIndex and Janitor", () => {
     expect(j.state.evictionBlocked).not.toMatch(/team\/app:1/); // the entry that resolves is not blamed
     expect(store.index.bytes).toBe(1000 * KB + (await manifestBytes(app.manifest)));
     // A tag deleted upstream after its pin was recorded: what it pinned is known, and stays pinned.
-    const empty = new MemoryMetadataStore();
+    const empty = new EmbeddedMetadataStore();
     const deleted = janitor(1000 * KB, appPin, { metadata: empty, resolvePin });
     await deleted.check();
     expect(deleted.state.evictionBlocked).toBeUndefined();
@@ -346,7 +346,7 @@ describe("CacheIndex and Janitor", () => {
   it("a repository pin of which no tag is known stops eviction, until a tag of it is", async () => {
     const app = await putImage(300 * KB, "1");
     for (let i = 0; i < 7; i++) await put(100 * KB);
-    const empty = new MemoryMetadataStore();
+    const empty = new EmbeddedMetadataStore();
     const j = janitor(1000 * KB, [{ upstream: "docker.io", repository: "team/app", tag: undefined }], { metadata: empty });
     await j.check();
     expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app \(every tag\): no tag of it is known/);

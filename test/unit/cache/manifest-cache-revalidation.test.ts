@@ -6,10 +6,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BlobStore } from "../../../src/cache/blob-store.ts";
+import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { ManifestCache } from "../../../src/cache/manifest-cache.ts";
-import { ManifestStore } from "../../../src/cache/manifest-store.ts";
-import { MemoryMetadataStore } from "../../../src/cache/memory-metadata-store.ts";
+import { ManifestStore } from "../../../src/storage/manifest-store.ts";
+import { EmbeddedMetadataStore } from "../../../src/metadata/embedded-metadata-store.ts";
 import type { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
 import { waitFor } from "../../harness/processes.ts";
 
@@ -42,7 +42,7 @@ function upstream(answer: Buffer, during: (method: "HEAD" | "GET") => Promise<vo
 
 let dir: string;
 let manifests: ManifestStore;
-let metadata: MemoryMetadataStore;
+let metadata: EmbeddedMetadataStore;
 const [m1, m2] = [manifest(1), manifest(2)];
 
 beforeEach(async () => {
@@ -51,7 +51,7 @@ beforeEach(async () => {
   await blobs.init();
   manifests = new ManifestStore(blobs);
   await manifests.init();
-  metadata = new MemoryMetadataStore();
+  metadata = new EmbeddedMetadataStore();
 });
 afterEach(async () => {
   await metadata.close();

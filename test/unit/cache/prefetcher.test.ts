@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import type { BlobCache, BlobSource } from "../../../src/cache/blob-cache.ts";
 import type { ManifestCache } from "../../../src/cache/manifest-cache.ts";
 import { Prefetcher, type JobStatus } from "../../../src/cache/prefetcher.ts";
-import type { Fill } from "../../../src/cache/fill-coordinator.ts";
+import type { Fill } from "../../../src/fill/fill-coordinator.ts";
 import { MediaType } from "../../../src/oci/media-types.ts";
 import type { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
 

@@ -6,8 +6,8 @@
 import { resolve } from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { BlobStore } from "../../../src/cache/blob-store.ts";
-import { confirmedDigests, reachableDigests } from "../../../src/cache/manifest-references.ts";
+import { BlobStore } from "../../../src/storage/blob-store.ts";
+import { confirmedDigests, reachableDigests } from "../../../src/oci/manifest.ts";
 import { ConfigError, parseConfig } from "../../../src/config/load.ts";
 import { parseDistributionRequest } from "../../../src/http/distribution-request.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { PIN_FILE, PinFileDamagedError, PinList } from "../../../src/cache/pin-list.ts";
+import { PIN_FILE, PinFileDamagedError, PinList } from "../../../src/storage/pin-list.ts";
 
 const A = `sha256:${"a".repeat(64)}`;
 const B = `sha256:${"b".repeat(64)}`;

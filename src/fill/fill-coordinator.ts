@@ -35,11 +35,11 @@ import type { Logger } from "pino";
 import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
-import { receivePacer } from "../upstream/receive-pacer.ts";
+import { receivePacer } from "./receive-pacer.ts";
 import { discardBody } from "../upstream/upstream-errors.ts";
-import { writeAt, type BlobStore } from "./blob-store.ts";
-import { BufferPool, FileRangeStream } from "./file-range-stream.ts";
-import { FileHasher } from "./hash-worker.ts";
+import { writeAt, type BlobStore } from "../storage/blob-store.ts";
+import { BufferPool, FileRangeStream } from "../storage/file-range-stream.ts";
+import { FileHasher } from "../storage/hash-worker.ts";
 
 export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile, type FileHandle } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { BlobStore, writeAt } from "../../../src/cache/blob-store.ts";
+import { BlobStore, writeAt } from "../../../src/storage/blob-store.ts";
 
 const dirs: string[] = [];
 afterEach(async () => {

@@ -18,7 +18,7 @@ import { LRUCache } from "lru-cache";
 import { supersedes, type MetadataStore, type TagPointer } from "./metadata-store.ts";
 import { TagJournal, type JournalLoadReport, type JournalRecord } from "./tag-journal.ts";
 
-export interface MemoryMetadataStoreOptions {
+export interface EmbeddedMetadataStoreOptions {
   /** Journal tag pointers and links here (the mirror uses `<storage.path>/metadata`); absent: memory only. */
   dir?: string;
   /** Bounds on entries held (and reloaded): tag pointers, repository→digest links, missing-records. */
@@ -40,7 +40,7 @@ const LOCK_SWEEP_AT = 1_024;
 /** Compaction writes provenance in records of at most this many digests, so no journal line grows huge. */
 const PROVENANCE_RECORD_DIGESTS = 1_000;
 
-export class MemoryMetadataStore implements MetadataStore {
+export class EmbeddedMetadataStore implements MetadataStore {
   private readonly tags: LRUCache<string, TagPointer>;
   /** scope → tags with a pointer, for listTags and deleteRepository; kept in step with `tags` by its dispose. */
   private readonly tagsByScope = new Map<string, Set<string>>();
@@ -55,9 +55,9 @@ export class MemoryMetadataStore implements MetadataStore {
 
   /**
    * Usable at once; with `dir` the journal loads in the background and the first calls wait for it. Prefer
-   * `MemoryMetadataStore.open()` with `dir`, which reports a journal that cannot be read at startup.
+   * `EmbeddedMetadataStore.open()` with `dir`, which reports a journal that cannot be read at startup.
    */
-  constructor(opts: MemoryMetadataStoreOptions = {}) {
+  constructor(opts: EmbeddedMetadataStoreOptions = {}) {
     // Bounded by count through maxSize (each entry counts 1) rather than `max`: with `max`, lru-cache
     // preallocates arrays for every slot up front (about 30 MiB of heap and typed arrays for a million links,
     // which every full GC then has to scan); with maxSize they grow with what is stored.
@@ -91,8 +91,8 @@ export class MemoryMetadataStore implements MetadataStore {
   }
 
   /** Creates the store and, with `dir`, waits until the journal is loaded; throws if it cannot be read. */
-  static async open(opts: MemoryMetadataStoreOptions = {}): Promise<MemoryMetadataStore> {
-    const store = new MemoryMetadataStore(opts);
+  static async open(opts: EmbeddedMetadataStoreOptions = {}): Promise<EmbeddedMetadataStore> {
+    const store = new EmbeddedMetadataStore(opts);
     await store.opened;
     return store;
   }

@@ -2,8 +2,8 @@
 // upkeep, and tolerance of foreign values. Against a real redis-server (test/harness/redis.ts).
 import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { TagPointer } from "../../../src/cache/metadata-store.ts";
-import { checkRedisVersion, RedisMetadataStore, scopeOf } from "../../../src/cache/redis-metadata-store.ts";
+import type { TagPointer } from "../../../src/metadata/metadata-store.ts";
+import { checkRedisVersion, RedisMetadataStore, scopeOf } from "../../../src/metadata/redis-metadata-store.ts";
 import { allKeys, startRedis } from "../../harness/redis.ts";
 import { Teardown } from "../../harness/teardown.ts";
 

@@ -2,8 +2,8 @@ import { appendFile, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/p
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import type { TagPointer } from "../../../src/cache/metadata-store.ts";
-import { decodeRecord, encodeRecord, JOURNAL_FILE, TagJournal, type JournalRecord, type TagJournalOptions } from "../../../src/cache/tag-journal.ts";
+import type { TagPointer } from "../../../src/metadata/metadata-store.ts";
+import { decodeRecord, encodeRecord, JOURNAL_FILE, TagJournal, type JournalRecord, type TagJournalOptions } from "../../../src/metadata/tag-journal.ts";
 
 const dirs: string[] = [];
 afterEach(async () => {

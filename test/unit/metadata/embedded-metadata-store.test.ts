@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { MemoryMetadataStore, type MemoryMetadataStoreOptions } from "../../../src/cache/memory-metadata-store.ts";
-import type { TagPointer } from "../../../src/cache/metadata-store.ts";
-import { JOURNAL_FILE } from "../../../src/cache/tag-journal.ts";
+import { EmbeddedMetadataStore, type EmbeddedMetadataStoreOptions } from "../../../src/metadata/embedded-metadata-store.ts";
+import type { TagPointer } from "../../../src/metadata/metadata-store.ts";
+import { JOURNAL_FILE } from "../../../src/metadata/tag-journal.ts";
 import { startProcess, Teardown, waitFor } from "../../harness/processes.ts";
 
 const dirs: string[] = [];
@@ -27,8 +27,8 @@ const UP = "docker.io";
 const pointer = (n: number): TagPointer => ({ digest: `sha256:${n.toString(16).padStart(64, "0")}`, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: 1_700_000_000_000 + n });
 
 /** Opens a store whose journal errors fail the test instead of becoming process warnings. */
-async function openStore(dir: string, opts: MemoryMetadataStoreOptions = {}): Promise<MemoryMetadataStore> {
-  return MemoryMetadataStore.open({
+async function openStore(dir: string, opts: EmbeddedMetadataStoreOptions = {}): Promise<EmbeddedMetadataStore> {
+  return EmbeddedMetadataStore.open({
     dir,
     maxLinks: 10_000,
     onError: (err) => {
@@ -38,7 +38,7 @@ async function openStore(dir: string, opts: MemoryMetadataStoreOptions = {}): Pr
   });
 }
 
-describe("MemoryMetadataStore persistence", () => {
+describe("EmbeddedMetadataStore persistence", () => {
   it("knows its tags and links again after close and reopen; missing-records and locks are not kept", async () => {
     const dir = await tempDir();
     const store = await openStore(dir);
@@ -86,7 +86,7 @@ describe("MemoryMetadataStore persistence", () => {
   });
 
   it("keeps at most maxProvenance (digest, upstream) entries, evicting the least recently used digest", async () => {
-    const store = new MemoryMetadataStore({ maxProvenance: 3 });
+    const store = new EmbeddedMetadataStore({ maxProvenance: 3 });
     await store.addProvenance(UP, [pointer(1).digest, pointer(2).digest]);
     await store.addProvenance("other.io", [pointer(2).digest]);
     expect(await store.provenance(pointer(1).digest)).toEqual([UP]); // now the most recent
@@ -194,7 +194,7 @@ describe("MemoryMetadataStore persistence", () => {
   });
 
   it("keeps at most maxLinks links, evicting the least recently used", async () => {
-    const store = new MemoryMetadataStore({ maxLinks: 3 });
+    const store = new EmbeddedMetadataStore({ maxLinks: 3 });
     await store.addLinks(UP, "r", [pointer(1).digest, pointer(2).digest, pointer(3).digest]);
     expect(await store.hasLink(UP, "r", pointer(1).digest)).toBe(true); // now the most recent
     await store.addLinks(UP, "r", [pointer(4).digest]);
@@ -205,11 +205,11 @@ describe("MemoryMetadataStore persistence", () => {
 
   it("survives kill -9: every write that had resolved is there after a restart", async () => {
     const dir = await tempDir();
-    const storeModule = fileURLToPath(new URL("../../../src/cache/memory-metadata-store.ts", import.meta.url));
+    const storeModule = fileURLToPath(new URL("../../../src/metadata/embedded-metadata-store.ts", import.meta.url));
     // A real process, so nothing of it survives but what reached the kernel; it never closes the store.
     const script = `
-      const { MemoryMetadataStore } = await import(${JSON.stringify(storeModule)});
-      const store = await MemoryMetadataStore.open({ dir: ${JSON.stringify(dir)}, maxLinks: 1000, syncIntervalMs: 60000 });
+      const { EmbeddedMetadataStore } = await import(${JSON.stringify(storeModule)});
+      const store = await EmbeddedMetadataStore.open({ dir: ${JSON.stringify(dir)}, maxLinks: 1000, syncIntervalMs: 60000 });
       for (let i = 0; i < 200; i++) {
         await store.putTag("docker.io", "library/app", "t" + i, { digest: "sha256:" + String(i).padStart(64, "0"), mediaType: "m", checkedAt: i });
         await store.addLinks("docker.io", "library/app", ["sha256:" + String(i).padStart(64, "0")]);
@@ -241,8 +241,8 @@ describe("MemoryMetadataStore persistence", () => {
     const dir = await tempDir();
     const notADir = join(dir, "file");
     await writeFile(notADir, "x");
-    await expect(MemoryMetadataStore.open({ dir: notADir })).rejects.toThrow();
-    const store = new MemoryMetadataStore({ dir: notADir });
+    await expect(EmbeddedMetadataStore.open({ dir: notADir })).rejects.toThrow();
+    const store = new EmbeddedMetadataStore({ dir: notADir });
     await expect(store.getTag(UP, "r", "t")).rejects.toThrow();
     await store.close();
   });
@@ -250,7 +250,7 @@ describe("MemoryMetadataStore persistence", () => {
   it("answers from memory when a journal write fails, and reports the failure instead of throwing", async () => {
     const dir = await tempDir();
     const errors: Error[] = [];
-    const store = await MemoryMetadataStore.open({ dir, maxLinks: 10, onError: (err) => errors.push(err) });
+    const store = await EmbeddedMetadataStore.open({ dir, maxLinks: 10, onError: (err) => errors.push(err) });
     await store.close();
     // The journal is closed, so this write cannot reach it: the call still succeeds and the state is in memory.
     await store.putTag(UP, "r", "t", pointer(1));
@@ -259,7 +259,7 @@ describe("MemoryMetadataStore persistence", () => {
   });
 
   it("works without a directory, constructed with no arguments", async () => {
-    const store = new MemoryMetadataStore();
+    const store = new EmbeddedMetadataStore();
     await store.putTag(UP, "r", "t", pointer(1));
     expect(await store.getTag(UP, "r", "t")).toEqual(pointer(1));
     expect(await store.loadReport()).toBeUndefined();

@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { PassThrough, type Readable } from "node:stream";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BlobStore } from "../../../src/cache/blob-store.ts";
-import { FillCoordinator, type Fill, type FillPolicy, type FillReservation } from "../../../src/cache/fill-coordinator.ts";
+import { BlobStore } from "../../../src/storage/blob-store.ts";
+import { FillCoordinator, type Fill, type FillPolicy, type FillReservation } from "../../../src/fill/fill-coordinator.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;

@@ -4,7 +4,7 @@
  * means keeping too (pins and other reachability walks). Unparseable manifests are still served byte-exact;
  * they just name nothing.
  */
-import { isSha256Digest } from "../oci/reference.ts";
+import { isSha256Digest } from "./reference.ts";
 
 interface ManifestFields {
   config?: unknown;

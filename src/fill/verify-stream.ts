@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
 import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { receivePacer } from "../upstream/receive-pacer.ts";
+import { receivePacer } from "./receive-pacer.ts";
 
 /** The default stall timeout: the default of `upstreams.<name>.timeouts.bodyIdle`. */
 const DEFAULT_STALL_TIMEOUT_MS = 60_000;

@@ -4,11 +4,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BlobStore } from "../../../src/cache/blob-store.ts";
+import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { Janitor } from "../../../src/cache/janitor.ts";
-import { ManifestStore } from "../../../src/cache/manifest-store.ts";
-import { MemoryMetadataStore } from "../../../src/cache/memory-metadata-store.ts";
-import { PinList } from "../../../src/cache/pin-list.ts";
+import { ManifestStore } from "../../../src/storage/manifest-store.ts";
+import { EmbeddedMetadataStore } from "../../../src/metadata/embedded-metadata-store.ts";
+import { PinList } from "../../../src/storage/pin-list.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
@@ -75,7 +75,7 @@ describe("ManifestStore", () => {
       await store.putVerified(digestOf(bytes), bytes);
     }
     await writeFile(sidecarOf(digest), "");
-    const metadata = new MemoryMetadataStore();
+    const metadata = new EmbeddedMetadataStore();
     const janitor = new Janitor({
       store,
       manifests: await restarted(),

@@ -4,8 +4,8 @@ import type { AddressInfo, Socket } from "node:net";
 import { pipeline, Readable } from "node:stream";
 import { Agent, request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
-import { VerifyStream } from "../../../src/cache/verify-stream.ts";
-import { receivePacer } from "../../../src/upstream/receive-pacer.ts";
+import { VerifyStream } from "../../../src/fill/verify-stream.ts";
+import { receivePacer } from "../../../src/fill/receive-pacer.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 

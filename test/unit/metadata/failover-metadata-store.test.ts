@@ -5,10 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterEach, describe, expect, it } from "vitest";
-import { FailoverMetadataStore, type MetadataStoreStateChange } from "../../../src/cache/failover-metadata-store.ts";
-import { MemoryMetadataStore } from "../../../src/cache/memory-metadata-store.ts";
-import type { TagPointer } from "../../../src/cache/metadata-store.ts";
-import { failFastRedisOptions, RedisMetadataStore } from "../../../src/cache/redis-metadata-store.ts";
+import { FailoverMetadataStore, type MetadataStoreStateChange } from "../../../src/metadata/failover-metadata-store.ts";
+import { EmbeddedMetadataStore } from "../../../src/metadata/embedded-metadata-store.ts";
+import type { TagPointer } from "../../../src/metadata/metadata-store.ts";
+import { failFastRedisOptions, RedisMetadataStore } from "../../../src/metadata/redis-metadata-store.ts";
 import { waitFor } from "../../harness/processes.ts";
 import { startRedis, type RedisServer } from "../../harness/redis.ts";
 import { Teardown } from "../../harness/teardown.ts";
@@ -32,7 +32,7 @@ interface Setup {
   client: Redis;
   store: FailoverMetadataStore;
   /** The embedded copy alone. */
-  fallback: MemoryMetadataStore;
+  fallback: EmbeddedMetadataStore;
   /** Redis alone, as another replica sees it (same client and prefix). */
   shared: RedisMetadataStore;
   changes: MetadataStoreStateChange[];
@@ -43,7 +43,7 @@ async function setup(opts: { redis?: RedisServer; maxUnsynced?: number } = {}): 
   const redis = opts.redis ?? teardown.track(await startRedis());
   const dir = await mkdtemp(join(tmpdir(), "failover-"));
   teardown.add("fallback dir", () => rm(dir, { recursive: true, force: true }));
-  const fallback = await MemoryMetadataStore.open({ dir, maxLinks: 10_000 });
+  const fallback = await EmbeddedMetadataStore.open({ dir, maxLinks: 10_000 });
   const client = new Redis(redis.url, failFastRedisOptions({ commandTimeoutMs: TIMEOUT_MS, maxReconnectDelayMs: 500 }));
   teardown.add("redis client", () => client.disconnect());
   // Built in the same tick as the client, so the store's error listener is there before the first connect fails.

@@ -1,6 +1,6 @@
 import { constants, PerformanceObserver, type PerformanceEntry } from "node:perf_hooks";
 import { describe, expect, it } from "vitest";
-import { ReceivePacer } from "../../../src/upstream/receive-pacer.ts";
+import { ReceivePacer } from "../../../src/fill/receive-pacer.ts";
 
 describe("ReceivePacer", () => {
   it("asks for one minor collection per interval of received bytes, carrying nothing over", () => {

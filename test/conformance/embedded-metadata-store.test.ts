@@ -3,15 +3,15 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MemoryMetadataStore } from "../../src/cache/memory-metadata-store.ts";
+import { EmbeddedMetadataStore } from "../../src/metadata/embedded-metadata-store.ts";
 import { describeMetadataStore } from "./metadata-store.ts";
 
-describeMetadataStore("memory", async () => ({ store: new MemoryMetadataStore(), cleanup: async () => {} }));
+describeMetadataStore("embedded", async () => ({ store: new EmbeddedMetadataStore(), cleanup: async () => {} }));
 
 describeMetadataStore("memory with a journal", async () => {
   const dir = await mkdtemp(join(tmpdir(), "metadata-conformance-"));
   const errors: Error[] = [];
-  const store = await MemoryMetadataStore.open({
+  const store = await EmbeddedMetadataStore.open({
     dir: join(dir, "metadata"),
     // The default million-link LRU takes ~100 ms to allocate; the plain variant above already covers defaults.
     maxLinks: 10_000,

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BufferPool, FileHandleRangeStream, MAX_IN_FLIGHT, READ_CHUNK } from "../../../src/cache/file-range-stream.ts";
+import { BufferPool, FileHandleRangeStream, MAX_IN_FLIGHT, READ_CHUNK } from "../../../src/storage/file-range-stream.ts";
 import { waitFor } from "../../harness/processes.ts";
 
 describe("FileHandleRangeStream", () => {

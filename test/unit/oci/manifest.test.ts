@@ -2,7 +2,7 @@
 // and what it reaches (the basis of pins and walks). Only the second may include `subject` and artifact `blobs`.
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { confirmedDigests, reachableDigests, reachableManifests } from "../../../src/cache/manifest-references.ts";
+import { confirmedDigests, reachableDigests, reachableManifests } from "../../../src/oci/manifest.ts";
 
 const digestOf = (text: string) => `sha256:${createHash("sha256").update(text).digest("hex")}`;
 const descriptor = (text: string, mediaType = "application/vnd.oci.image.layer.v1.tar+gzip") => ({ mediaType, digest: digestOf(text), size: text.length });
