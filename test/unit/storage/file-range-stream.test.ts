@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, open, rm, writeFile, type FileHandle } from "node:fs/promises";
 import { createServer, get, type Server } from "node:http";
 import { connect, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -28,13 +28,17 @@ describe("FileHandleRangeStream", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  /** Serves [start, end] of the file the way Koa does (stream.pipeline into the response); resolves with the URL. */
-  async function serve(start: number, end: number, onClosed?: (closed: Promise<void>) => void): Promise<string> {
+  /**
+   * Serves [start, end] of the file (`path` unless `file` names another) the way Koa does (stream.pipeline into the
+   * response); resolves with the URL. `onStream` sees each response's stream and the file handle it owns.
+   */
+  async function serve(start: number, end: number, opts: { file?: string; onStream?: (stream: FileHandleRangeStream, handle: FileHandle) => void } = {}): Promise<string> {
     server = createServer((_req, res) => {
-      void open(path, "r").then((handle) => {
-        onClosed?.(new Promise((resolve) => (handle as unknown as NodeJS.EventEmitter).once("close", () => resolve())));
+      void open(opts.file ?? path, "r").then((handle) => {
         res.writeHead(200, { "content-length": String(end - start + 1) });
-        pipeline(new FileHandleRangeStream(pool, handle, start, end), res, () => undefined);
+        const stream = new FileHandleRangeStream(pool, handle, start, end);
+        opts.onStream?.(stream, handle);
+        pipeline(stream, res, () => undefined);
       });
     });
     await new Promise<void>((resolve) => server!.listen(0, "127.0.0.1", resolve));
@@ -118,8 +122,19 @@ describe("FileHandleRangeStream", () => {
   });
 
   it("closes its file when the client goes away mid-transfer", async () => {
-    let closed: Promise<void> | undefined;
-    const url = await serve(0, content.length - 1, (c) => (closed = c));
+    // Larger than what loopback socket buffers absorb, so the client leaves while most of it is still unread.
+    const big = join(dir, "big");
+    const size = 48 * 1024 * 1024;
+    await writeFile(big, randomBytes(size));
+    let handle: FileHandle | undefined;
+    let stream: FileHandleRangeStream | undefined;
+    const url = await serve(0, size - 1, {
+      file: big,
+      onStream: (s, h) => {
+        stream = s;
+        handle = h;
+      },
+    });
     await new Promise<void>((resolve, reject) => {
       const req = get(url, (res) => {
         res.once("data", () => {
@@ -130,6 +145,9 @@ describe("FileHandleRangeStream", () => {
       req.on("error", () => undefined);
       req.setTimeout(10_000, () => reject(new Error("no data")));
     });
-    await closed;
+    // A closed FileHandle reports fd -1.
+    await waitFor(async () => handle?.fd === -1, { timeoutMs: 10_000, what: "the file handle to be closed" });
+    expect(stream!.destroyed).toBe(true);
+    expect(stream!.bytesRead).toBeLessThan(size); // closed because the client left, not because the range ended
   });
 });
