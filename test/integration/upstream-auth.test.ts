@@ -16,6 +16,7 @@ import { startRelay, type Relay } from "../harness/relay.ts";
 import { createTestCa } from "../harness/test-ca.ts";
 import { startTokenServer, type TokenServer } from "../harness/token-server.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
+import { parsePrometheusText, valueOf } from "./prometheus-text.ts";
 import { createHash } from "node:crypto";
 
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -51,7 +52,9 @@ describe("token auth (Docker token flow)", () => {
     await pullAll(m, "team/private", "v1", image);
     expect(tokens.count({ authorization: "none", scope: "repository:team/private:pull" })).toBe(1);
     expect(tokens.count()).toBe(1);
-    expect(m.mirror.metrics.registry.getSingleMetric("mirror_upstream_token_requests_total")).toBeDefined();
+    const samples = parsePrometheusText((await fetchRaw(`${m.url}/metrics`)).body.toString());
+    expect(valueOf(samples, "mirror_upstream_token_requests_total", { upstream: "docker.io", result: "ok" })).toBe(1);
+    expect(valueOf(samples, "mirror_upstream_token_requests_total", { result: "error" })).toBe(0);
   });
 
   it("pulls with configured credentials, sent only to the token service", async () => {
