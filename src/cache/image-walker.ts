@@ -15,26 +15,11 @@
  *   (walkImage); the importer, which only looks at what it holds, decides for itself (`absent`).
  */
 import { isIndexType } from "../oci/media-types.ts";
+import { imageBlobs, isIndexManifest, parseManifest, platformMatches, type Descriptor } from "../oci/manifest.ts";
 import type { ManifestReference } from "../oci/reference.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { ManifestCache } from "./manifest-cache.ts";
 import type { StoredManifest } from "../storage/manifest-store.ts";
-
-export interface Descriptor {
-  mediaType?: string;
-  digest: string;
-  size?: number;
-  platform?: { os?: string; architecture?: string; variant?: string };
-}
-
-export interface ManifestDocument {
-  mediaType?: string;
-  manifests?: Descriptor[];
-  config?: Descriptor;
-  layers?: Descriptor[];
-  /** Docker schema 1: layers by digest only. */
-  fsLayers?: Array<{ blobSum?: string }>;
-}
 
 /** Levels of indexes below the top one: an index of indexes of images has 1. */
 export const MAX_INDEX_DEPTH = 8;
@@ -65,10 +50,10 @@ export async function walkManifests(
   const visited = new Set<string>([top.digest]);
   const visit = async (manifest: StoredManifest, depth: number): Promise<void> => {
     const doc = parseManifest(manifest.bytes);
-    if (isIndexLike(manifest)) {
+    if (isIndexManifest(manifest.mediaType, doc)) {
       if (depth > MAX_INDEX_DEPTH) throw new Error(`${manifest.digest}: indexes nested more than ${MAX_INDEX_DEPTH} levels deep`);
       for (const d of doc.manifests ?? []) {
-        if (typeof d?.digest !== "string" || visited.has(d.digest) || !wantedChild(d, platforms)) continue;
+        if (visited.has(d.digest) || !wantedChild(d, platforms)) continue;
         visited.add(d.digest);
         const m = await child(d);
         if (m === undefined) {
@@ -81,8 +66,7 @@ export async function walkManifests(
       }
       return;
     }
-    const blobs = [doc.config, ...(doc.layers ?? [])].filter((d): d is Descriptor => typeof d?.digest === "string");
-    for (const layer of doc.fsLayers ?? []) if (typeof layer?.blobSum === "string") blobs.push({ digest: layer.blobSum });
+    const blobs = imageBlobs(doc);
     if (blobs.length === 0) throw new Error(`${manifest.digest} lists neither child manifests nor a config: not an image manifest`);
     walked.images.push(manifest);
     for (const d of blobs) if (!walked.blobs.has(d.digest)) walked.blobs.set(d.digest, d);
@@ -113,33 +97,7 @@ export async function walkImage(
   return walked;
 }
 
-/** An index by media type, or by shape (a `manifests` list) when an upstream labels it loosely. */
-export function isIndexLike(manifest: { mediaType: string; bytes: Buffer }): boolean {
-  return isIndexType(manifest.mediaType) || Array.isArray(parseManifest(manifest.bytes).manifests);
-}
-
-/** The JSON of a manifest or index; `{}` for bytes that do not parse (they are still served byte-exact). */
-export function parseManifest(bytes: Buffer): ManifestDocument {
-  try {
-    const doc = JSON.parse(bytes.toString("utf8")) as unknown;
-    return doc !== null && typeof doc === "object" ? doc : {};
-  } catch {
-    return {};
-  }
-}
-
-/** `os/architecture[/variant]` selection; an empty list selects every platform. */
-export function wantedPlatform(d: Descriptor, platforms: readonly string[]): boolean {
-  if (platforms.length === 0) return true;
-  const p = d.platform;
-  if (!p) return false;
-  return platforms.some((want) => {
-    const [os, arch, variant] = want.split("/");
-    return p.os === os && p.architecture === arch && (variant === undefined || p.variant === variant);
-  });
-}
-
 /** A child of an index worth walking: a wanted platform, or a nested index that names none (chosen inside it). */
 function wantedChild(d: Descriptor, platforms: readonly string[]): boolean {
-  return (d.platform === undefined && isIndexType(d.mediaType ?? "")) || wantedPlatform(d, platforms);
+  return (d.platform === undefined && isIndexType(d.mediaType ?? "")) || platformMatches(d, platforms);
 }

@@ -11,9 +11,10 @@ import type { FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
-import { walkImage, type Descriptor } from "../cache/image-walker.ts";
+import { walkImage } from "../cache/image-walker.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
 import type { StoredManifest } from "../storage/manifest-store.ts";
+import type { Descriptor } from "../oci/manifest.ts";
 import { MediaType } from "../oci/media-types.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import {

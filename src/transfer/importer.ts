@@ -20,10 +20,11 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { writeAt, type BlobStore } from "../storage/blob-store.ts";
-import { parseManifest, walkManifests, type Descriptor } from "../cache/image-walker.ts";
+import { walkManifests } from "../cache/image-walker.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { PinEntry, PinList } from "../storage/pin-list.ts";
+import { imageBlobs, indexEntries, parseManifest, type Descriptor } from "../oci/manifest.ts";
 import { MediaType } from "../oci/media-types.ts";
 import { isSha256Digest } from "../oci/reference.ts";
 import { blobDigestOf, CONTAINERD_NAME_ANNOTATION, entryName, INDEX_FILE, LAYOUT_FILE, REF_NAME_ANNOTATION, REFERENCE_ANNOTATION } from "./bundle-layout.ts";
@@ -209,10 +210,10 @@ class ImportRun {
   private async indexFile(entry: TarEntry): Promise<void> {
     if (this.sawIndex) throw new Error(`the bundle holds ${INDEX_FILE} twice`);
     this.sawIndex = true;
-    const doc = parseManifest(await readAll(entry, MAX_INDEX_BYTES, INDEX_FILE)) as { manifests?: Array<Descriptor & { annotations?: Record<string, string> }> };
-    if (!Array.isArray(doc.manifests)) throw new Error(`${INDEX_FILE} is not an image index`);
-    for (const d of doc.manifests) {
-      if (typeof d?.digest !== "string" || !isSha256Digest(d.digest) || typeof d.size !== "number") {
+    const entries = indexEntries(await readAll(entry, MAX_INDEX_BYTES, INDEX_FILE));
+    if (entries === undefined) throw new Error(`${INDEX_FILE} is not an image index`);
+    for (const d of entries) {
+      if (d === undefined || !isSha256Digest(d.digest) || d.size === undefined) {
         this.tops.push({ descriptor: { digest: String(d?.digest) }, reference: undefined, problem: "descriptor without a sha256 digest and a size" });
         continue;
       }
@@ -237,7 +238,7 @@ class ImportRun {
    * The reference an index.json descriptor stands for: our annotation, else containerd's, else the layout's
    * ref.name when it is a full reference (a bare tag from another tool names no repository).
    */
-  private referenceOf(d: Descriptor & { annotations?: Record<string, string> }): ImageReference {
+  private referenceOf(d: Descriptor): ImageReference {
     const a = d.annotations ?? {};
     const text = a[REFERENCE_ANNOTATION] ?? a[CONTAINERD_NAME_ANNOTATION] ?? a[REF_NAME_ANNOTATION];
     if (text === undefined) throw new Error(`no ${REFERENCE_ANNOTATION} or ${REF_NAME_ANNOTATION} annotation: the image has no name to import it under`);
@@ -262,7 +263,7 @@ class ImportRun {
 
   private async storeManifest(digest: string, bytes: Buffer, declared: Declared): Promise<void> {
     const doc = parseManifest(bytes);
-    const mediaType = declared.mediaType ?? doc.mediaType ?? (Array.isArray(doc.manifests) ? MediaType.ociIndex : MediaType.ociManifest);
+    const mediaType = declared.mediaType ?? doc.mediaType ?? (doc.manifests !== undefined ? MediaType.ociIndex : MediaType.ociManifest);
     const had = await this.o.manifests.get(digest);
     if (had && had.mediaType === mediaType) this.report.manifests.present++;
     else {
@@ -271,8 +272,8 @@ class ImportRun {
       this.progress.bytesAdded += bytes.length;
     }
     this.seen.set(digest, "accepted");
-    for (const child of doc.manifests ?? []) if (typeof child?.size === "number") this.expectContent(child.digest, "manifest", child.size, child.mediaType);
-    for (const blob of [doc.config, ...(doc.layers ?? [])]) if (blob && typeof blob.size === "number") this.expectContent(blob.digest, "blob", blob.size, blob.mediaType);
+    for (const child of doc.manifests ?? []) if (child.size !== undefined) this.expectContent(child.digest, "manifest", child.size, child.mediaType);
+    for (const blob of imageBlobs(doc)) if (blob.size !== undefined) this.expectContent(blob.digest, "blob", blob.size, blob.mediaType);
     await this.resolvePending();
   }
 
@@ -380,7 +381,7 @@ class ImportRun {
     const digest = top.descriptor.digest;
     const ref = top.reference;
     if (ref === undefined) {
-      return { reference: String((top.descriptor as { annotations?: Record<string, string> }).annotations?.[REF_NAME_ANNOTATION] ?? digest), digest, status: "refused", pinned: false, reason: top.problem };
+      return { reference: top.descriptor.annotations?.[REF_NAME_ANNOTATION] ?? digest, digest, status: "refused", pinned: false, reason: top.problem };
     }
     let walk: ImageContents;
     try {

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { MAX_INDEX_DEPTH, walkManifests, type ChildSource, type Descriptor } from "../../../src/cache/image-walker.ts";
+import { MAX_INDEX_DEPTH, walkManifests, type ChildSource } from "../../../src/cache/image-walker.ts";
+import type { Descriptor } from "../../../src/oci/manifest.ts";
 import type { StoredManifest } from "../../../src/storage/manifest-store.ts";
 import { MediaType } from "../../../src/oci/media-types.ts";
 
@@ -81,6 +82,23 @@ describe("walkManifests", () => {
     for (let level = 0; level < MAX_INDEX_DEPTH; level++) chain = m.index([chain]);
     expect((await walkManifests(m.index([chain]), m.source)).images).toHaveLength(1);
     await expect(walkManifests(m.index([m.index([chain])]), m.source)).rejects.toThrow(`indexes nested more than ${MAX_INDEX_DEPTH} levels deep`);
+  });
+
+  it("reads fields of the wrong type as absent: an index without a list reaches nothing, an image without blobs is refused", async () => {
+    const m = new Manifests();
+    const listless = m.add(MediaType.ociIndex, { manifests: { digest: m.image("x").digest } });
+    expect(await walkManifests(listless, m.source)).toMatchObject({ children: [], images: [], absent: [] });
+    const odd = m.add(MediaType.ociManifest, { config: "none", layers: { digest: "sha256:0" } });
+    await expect(walkManifests(odd, m.source)).rejects.toThrow(`${odd.digest} lists neither child manifests nor a config`);
+  });
+
+  it("walks a schema 1 manifest's fsLayers as its blobs", async () => {
+    const m = new Manifests();
+    const layer = `sha256:${"c".repeat(64)}`;
+    const schema1 = m.add(MediaType.dockerSchema1Signed, { schemaVersion: 1, fsLayers: [{ blobSum: layer }, { blobSum: layer }] });
+    const walked = await walkManifests(schema1, m.source);
+    expect(walked.images.map((i) => i.digest)).toEqual([schema1.digest]);
+    expect([...walked.blobs.keys()]).toEqual([layer]);
   });
 
   it("refuses a manifest that is neither an index nor an image", async () => {
