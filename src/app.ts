@@ -17,7 +17,6 @@ import { DataDirLock } from "./storage/data-dir-lock.ts";
 import { FillCoordinator } from "./fill/fill-coordinator.ts";
 import { Janitor } from "./cache/janitor.ts";
 import { Prefetcher } from "./cache/prefetcher.ts";
-import { parsePin, type Pin } from "./config/pins.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { ManifestStore } from "./storage/manifest-store.ts";
 import { FailoverMetadataStore } from "./metadata/failover-metadata-store.ts";
@@ -29,6 +28,7 @@ import { failFastRedisOptions, RedisMetadataStore } from "./metadata/redis-metad
 import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
 import { SecretFile } from "./config/secret-file.ts";
+import { configuredPins, UpstreamResolver } from "./config/upstream-resolver.ts";
 import { adminRouter } from "./http/admin-router.ts";
 import { ClientAuth } from "./http/client-auth.ts";
 import { clientConcurrency } from "./http/client-concurrency.ts";
@@ -41,7 +41,6 @@ import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
-import { UpstreamResolver } from "./registry/upstream-resolver.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
@@ -230,7 +229,6 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
     const manifestStore = new ManifestStore(blobStore);
     await manifestStore.init();
     const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
-    const upstreamNames = Object.keys(config.upstreams);
     const pins = new PinList(config.storage.path);
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
     const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
@@ -239,7 +237,7 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
       manifests: manifestStore,
       metadata,
       budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
-      pins: config.storage.pinned.map((p) => parsePin(p, upstreamNames) as Pin),
+      pins: configuredPins(config),
       pinList: pins,
       // A pinned tag whose pointer is gone is fetched again from its upstream at the next periodic check.
       resolvePin: manifestCachePinResolver(manifestCache, upstreams),

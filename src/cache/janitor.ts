@@ -33,7 +33,7 @@
  */
 import { statfs } from "node:fs/promises";
 import type { Logger } from "pino";
-import type { Pin } from "../config/pins.ts";
+import type { Pin } from "../config/upstream-resolver.ts";
 import { timerDelay } from "../config/timer-delay.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { BlobStore } from "../storage/blob-store.ts";

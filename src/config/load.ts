@@ -14,9 +14,9 @@ import { readFileSync } from "node:fs";
 import ms from "ms";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { parsePin } from "./pins.ts";
 import { configSchema, crossUpstreamProblems, durationUseOf, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
 import { MAX_TIMER_MS } from "./timer-delay.ts";
+import { UpstreamResolver } from "./upstream-resolver.ts";
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -60,6 +60,7 @@ export function parseConfig(input: unknown): Config {
 function finish(raw: unknown, problems: string[]): Config {
   const result = configSchema.safeParse(raw);
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
+  let upstreams: Record<string, UpstreamConfig> = {};
   if (result.success) {
     // An upstream with credentials behind an open mirror is a door to private images: refuse unless explicit.
     const withCredentials = Object.entries(result.data.upstreams).filter(([, u]) => u.credentials !== undefined).map(([n]) => n);
@@ -68,10 +69,15 @@ function finish(raw: unknown, problems: string[]): Config {
         `access.anonymous: upstream ${withCredentials.join(", ")} has credentials, so anonymous access must be decided explicitly: set access.anonymous to false (clients log in) or true (anyone who reaches the mirror pulls with those credentials)`,
       );
     }
-    const names = Object.keys(result.data.upstreams);
+    upstreams = upstreamsOf(result.data);
+    // Pins are read as the upstream resolver reads them (aliases, library prefix), so over the finished upstreams.
+    const resolver = UpstreamResolver.ofConfig(upstreams);
     for (const pin of result.data.storage.pinned) {
-      const parsed = parsePin(pin, names);
-      if (typeof parsed === "string") problems.push(`storage.pinned: ${parsed}`);
+      try {
+        resolver.pin(pin);
+      } catch (err) {
+        problems.push(`storage.pinned: ${(err as Error).message}`);
+      }
     }
   }
   if (!result.success) {
@@ -81,8 +87,13 @@ function finish(raw: unknown, problems: string[]): Config {
     }
   }
   if (problems.length > 0 || !result.success) throw new ConfigError(problems);
+  return deepFreeze({ ...result.data, upstreams });
+}
+
+/** Each upstream with its name, and what its preset (by URL host) or the global `offline` fills in. */
+function upstreamsOf(data: z.output<typeof configSchema>): Record<string, UpstreamConfig> {
   const upstreams: Record<string, UpstreamConfig> = {};
-  for (const [name, upstream] of Object.entries(result.data.upstreams)) {
+  for (const [name, upstream] of Object.entries(data.upstreams)) {
     const host = new URL(upstream.url).host;
     const preset = UPSTREAM_PRESETS.find((p) => p.hosts.includes(host))?.defaults;
     upstreams[name] = {
@@ -92,10 +103,10 @@ function finish(raw: unknown, problems: string[]): Config {
       authHosts: upstream.authHosts ?? preset?.authHosts ?? [],
       redirectHosts: upstream.redirectHosts ?? preset?.redirectHosts ?? [],
       timeouts: { ...upstream.timeouts, total: upstream.timeouts.total ?? upstream.timeouts.headers + 2 * upstream.timeouts.bodyIdle },
-      offline: upstream.offline || result.data.offline,
+      offline: upstream.offline || data.offline,
     };
   }
-  return deepFreeze({ ...result.data, upstreams });
+  return upstreams;
 }
 
 /** A duration the mirror waits for less long than written, for the warning at start-up. */

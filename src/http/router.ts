@@ -17,7 +17,8 @@ import { ANONYMOUS, CHALLENGE, type AccessPolicy, type Identity } from "../regis
 import { clientKey } from "./client-address.ts";
 import type { ClientAuth } from "./client-auth.ts";
 import type { TagsHandler } from "../registry/tags-handler.ts";
-import type { UpstreamResolver } from "../registry/upstream-resolver.ts";
+import type { UpstreamResolver } from "../config/upstream-resolver.ts";
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { parseDistributionRequest } from "./distribution-request.ts";
 import type { RequestState } from "./request-context.ts";
 
@@ -29,7 +30,7 @@ export interface RouterDeps {
   metrics: Metrics | undefined;
   /** Extra readiness checks (e.g. the metadata store); each returns a problem, or undefined when fine. */
   readiness: Array<() => { ready: boolean; reason: string } | undefined>;
-  resolver: UpstreamResolver;
+  resolver: UpstreamResolver<UpstreamClient>;
   manifests: ManifestHandler;
   blobs: BlobHandler;
   tags: TagsHandler;

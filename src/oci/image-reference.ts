@@ -1,66 +1,42 @@
 /**
- * Image references as the transfer commands take them and bundles record them:
- * `<upstream>/<repository>[:tag|@sha256:…]`, the upstream being a configured upstream's name or alias. A
- * reference that does not start with one belongs to the default upstream (`alpine:3.20`, `library/alpine`),
- * as with docker. Single-component repositories get the upstream's library prefix (`docker.io/alpine` is
- * `docker.io/library/alpine` on Docker Hub). The canonical form, written into bundles and inventories, always
- * names the upstream and the full repository.
+ * The text of an image reference, as the transfer commands, the admin API, bundles and `storage.pinned` write
+ * it: `[<upstream>/]<repository>[:tag][@sha256:…]`. Grammar only: which upstream a first component names, and
+ * what the repository is called there, the configuration decides (config/upstream-resolver.ts).
  */
-import { RegistryError } from "./errors.ts";
-import { assertName, parseManifestReference, type ManifestReference } from "./reference.ts";
+import type { ManifestReference } from "./reference.ts";
 
-/** What reference parsing needs of an upstream (an UpstreamClient has it). */
-export interface NamedUpstream {
+export interface ReferenceText {
+  /** Everything before the tag or digest: `docker.io/library/alpine`, `alpine`. */
   name: string;
-  config: { aliases: readonly string[]; default: boolean; libraryPrefix: string | null };
-}
-
-export interface ImageReference<U extends NamedUpstream = NamedUpstream> {
-  upstream: U;
-  repository: string;
-  reference: ManifestReference;
-  /** Canonical text: `docker.io/library/alpine:3.20`. */
-  canonical: string;
+  /** The tag or digest text, unchecked; undefined when the reference has neither. */
+  reference: string | undefined;
 }
 
 /**
- * Parses a reference against the configured upstreams. With `requireUpstream`, the first component must name
- * one (used for names found in foreign bundles, where a bare `latest` must not become `library/latest`).
+ * Splits a reference into its name and its tag or digest. A `:` only starts a tag after the last `/` (before
+ * it, it is a registry port: `registry.local:5000/team/app`). `name:tag@digest` (docker accepts it) is the
+ * digest: it decides, the tag is informational.
  */
-export function parseImageReference<U extends NamedUpstream>(text: string, upstreams: readonly U[], opts: { requireUpstream?: boolean } = {}): ImageReference<U> {
-  const trimmed = text.trim();
-  const slash = trimmed.indexOf("/");
-  const first = slash > 0 ? trimmed.slice(0, slash).toLowerCase() : undefined;
-  let upstream = first === undefined ? undefined : upstreams.find((u) => u.name.toLowerCase() === first || u.config.aliases.some((a) => a.toLowerCase() === first));
-  let rest = upstream ? trimmed.slice(slash + 1) : trimmed;
-  if (!upstream) {
-    const names = upstreams.map((u) => u.name).join(", ");
-    if (opts.requireUpstream) throw new RegistryError("NAME_UNKNOWN", `${JSON.stringify(trimmed.slice(0, 300))} does not start with a configured upstream (${names})`);
-    upstream = upstreams.find((u) => u.config.default);
-    if (!upstream) throw new RegistryError("NAME_UNKNOWN", `${JSON.stringify(trimmed.slice(0, 300))} does not start with a configured upstream (${names}), and none is the default`);
-  }
-  let ref = "latest";
-  const at = rest.indexOf("@");
+export function splitImageReference(text: string): ReferenceText {
+  let name = text;
+  let reference: string | undefined;
+  const at = name.indexOf("@");
   if (at >= 0) {
-    ref = rest.slice(at + 1);
-    rest = rest.slice(0, at);
-    // `name:tag@digest` (docker accepts it): the digest decides, the tag is informational.
-    const colon = rest.lastIndexOf(":");
-    if (colon > rest.lastIndexOf("/")) rest = rest.slice(0, colon);
+    reference = name.slice(at + 1);
+    name = name.slice(0, at);
+    const colon = name.lastIndexOf(":");
+    if (colon > name.lastIndexOf("/")) name = name.slice(0, colon);
   } else {
-    const colon = rest.lastIndexOf(":");
-    if (colon > rest.lastIndexOf("/")) {
-      ref = rest.slice(colon + 1);
-      rest = rest.slice(0, colon);
+    const colon = name.lastIndexOf(":");
+    if (colon > name.lastIndexOf("/")) {
+      reference = name.slice(colon + 1);
+      name = name.slice(0, colon);
     }
   }
-  const prefix = upstream.config.libraryPrefix;
-  const repository = prefix !== null && !rest.includes("/") ? `${prefix}/${rest}` : rest;
-  assertName(repository);
-  const reference = parseManifestReference(ref);
-  return { upstream, repository, reference, canonical: formatReference(upstream.name, repository, reference) };
+  return { name, reference };
 }
 
+/** The canonical text bundles and inventories record: `docker.io/library/alpine:3.20`, `ghcr.io/team/app@sha256:…`. */
 export function formatReference(upstream: string, repository: string, reference: ManifestReference): string {
   return `${upstream}/${repository}${reference.kind === "tag" ? `:${reference.tag}` : `@${reference.digest}`}`;
 }

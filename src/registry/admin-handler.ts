@@ -11,7 +11,7 @@ import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { JobStatus, Prefetcher } from "../cache/prefetcher.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { parseImageReference } from "../oci/image-reference.ts";
+import { UpstreamResolver } from "../config/upstream-resolver.ts";
 import { assertDigest, assertName, isValidTag } from "../oci/reference.ts";
 import type { Importer, ImportReport } from "../transfer/importer.ts";
 import { takeInventory, type Inventory } from "../transfer/inventory.ts";
@@ -25,6 +25,7 @@ export interface TagTarget {
 
 export class AdminHandler {
   private readonly upstreams: ReadonlyMap<string, UpstreamClient>;
+  private readonly resolver: UpstreamResolver<UpstreamClient>;
   private readonly manifests: ManifestCache;
   private readonly manifestStore: ManifestStore;
   private readonly store: BlobStore;
@@ -44,6 +45,7 @@ export class AdminHandler {
     importer?: Importer;
   }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
+    this.resolver = new UpstreamResolver(opts.upstreams);
     this.manifests = opts.manifests;
     this.manifestStore = opts.manifestStore;
     this.store = opts.store;
@@ -136,7 +138,7 @@ export class AdminHandler {
     if (!Array.isArray(platforms) || !platforms.every((p) => typeof p === "string" && /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/.test(p))) {
       throw new RegistryError("UNSUPPORTED", "platforms must be a list like [\"linux/amd64\", \"linux/arm64/v8\"]", { status: 400 });
     }
-    const { upstream, repository, reference } = parseImageReference(b.reference, [...this.upstreams.values()], { requireUpstream: true });
+    const { upstream, repository, reference } = this.resolver.reference(b.reference, { requireUpstream: true });
     return this.prefetcher.start({ upstream, repository, reference, platforms: platforms as string[] });
   }
 

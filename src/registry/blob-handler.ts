@@ -6,7 +6,8 @@ import { RegistryError } from "../oci/errors.ts";
 import type { CacheResult } from "../observability/metrics.ts";
 import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";
 import type { RegistryResponse } from "./response.ts";
-import type { ResolvedRepository } from "./upstream-resolver.ts";
+import type { ResolvedRepository } from "../config/upstream-resolver.ts";
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
 export class BlobHandler {
   private readonly cache: BlobCache;
@@ -19,7 +20,7 @@ export class BlobHandler {
     this.maxReadersPerFill = opts.maxReadersPerFill ?? Infinity;
   }
 
-  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository; digest: string; range: ByteRangeSpec | undefined }): Promise<RegistryResponse> {
+  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository<UpstreamClient>; digest: string; range: ByteRangeSpec | undefined }): Promise<RegistryResponse> {
     const { upstream, repo } = req.target;
     if (req.method === "HEAD") {
       const { size, source } = await this.cache.size(upstream, repo, req.digest);

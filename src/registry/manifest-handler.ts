@@ -4,7 +4,8 @@ import { RegistryError } from "../oci/errors.ts";
 import type { AcceptSet } from "../oci/media-types.ts";
 import type { ManifestReference } from "../oci/reference.ts";
 import type { RegistryResponse } from "./response.ts";
-import type { ResolvedRepository } from "./upstream-resolver.ts";
+import type { ResolvedRepository } from "../config/upstream-resolver.ts";
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
 export class ManifestHandler {
   private readonly cache: ManifestCache;
@@ -13,7 +14,7 @@ export class ManifestHandler {
     this.cache = cache;
   }
 
-  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository; reference: ManifestReference; accept: AcceptSet }): Promise<RegistryResponse> {
+  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository<UpstreamClient>; reference: ManifestReference; accept: AcceptSet }): Promise<RegistryResponse> {
     const { manifest, source } = await this.cache.get(req.target.upstream, req.target.repo, req.reference);
     // The mirror asks upstreams for every manifest type; it must still never send a type the client excluded.
     if (!req.accept.accepts(manifest.mediaType)) {

@@ -6,7 +6,8 @@ import type { Logger } from "pino";
 import { RegistryError } from "../oci/errors.ts";
 import { isValidTag } from "../oci/reference.ts";
 import type { RegistryResponse } from "./response.ts";
-import type { ResolvedRepository } from "./upstream-resolver.ts";
+import type { ResolvedRepository } from "../config/upstream-resolver.ts";
+import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
 export class TagsHandler {
   private readonly maxBytes: number;
@@ -18,7 +19,7 @@ export class TagsHandler {
   }
 
   /** `clientName` is the name as the client wrote it, so pagination links lead back through this mirror. */
-  async handle(req: { target: ResolvedRepository; clientName: string; n: string | undefined; last: string | undefined; ns: string | undefined }): Promise<RegistryResponse> {
+  async handle(req: { target: ResolvedRepository<UpstreamClient>; clientName: string; n: string | undefined; last: string | undefined; ns: string | undefined }): Promise<RegistryResponse> {
     const params = new URLSearchParams();
     if (req.n !== undefined) {
       if (!/^\d{1,6}$/.test(req.n)) throw new RegistryError("UNSUPPORTED", "n must be a non-negative integer", { status: 400 });

@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import type { FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
+import { UpstreamResolver, type ImageReference } from "../config/upstream-resolver.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
 import { walkImage } from "../cache/image-walker.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
@@ -27,7 +28,6 @@ import {
   REF_NAME_ANNOTATION,
   REFERENCE_ANNOTATION,
 } from "./bundle-layout.ts";
-import { parseImageReference, type ImageReference } from "../oci/image-reference.ts";
 import { directoryHeader, endOfArchive, fileHeader, padding } from "./tar-writer.ts";
 
 export interface ExportedImage {
@@ -78,13 +78,13 @@ export class Exporter {
   private readonly manifests: ManifestCache;
   private readonly blobs: BlobCache;
   private readonly store: BlobStore;
-  private readonly upstreams: readonly UpstreamClient[];
+  private readonly resolver: UpstreamResolver<UpstreamClient>;
 
   constructor(opts: { manifests: ManifestCache; blobs: BlobCache; store: BlobStore; upstreams: readonly UpstreamClient[] }) {
     this.manifests = opts.manifests;
     this.blobs = opts.blobs;
     this.store = opts.store;
-    this.upstreams = opts.upstreams;
+    this.resolver = new UpstreamResolver(opts.upstreams);
   }
 
   /**
@@ -96,7 +96,7 @@ export class Exporter {
     const images: ExportedImage[] = [];
     const seen = new Set<string>();
     for (const text of references) {
-      const reference = parseImageReference(text, this.upstreams);
+      const reference = this.resolver.reference(text);
       if (seen.has(reference.canonical)) continue;
       seen.add(reference.canonical);
       let walked;

@@ -20,6 +20,7 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { writeAt, type BlobStore } from "../storage/blob-store.ts";
+import { UpstreamResolver, type ImageReference, type RoutedUpstream } from "../config/upstream-resolver.ts";
 import { walkManifests } from "../cache/image-walker.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
@@ -28,7 +29,6 @@ import { imageBlobs, indexEntries, parseManifest, type Descriptor } from "../oci
 import { MediaType } from "../oci/media-types.ts";
 import { isSha256Digest } from "../oci/reference.ts";
 import { blobDigestOf, CONTAINERD_NAME_ANNOTATION, entryName, INDEX_FILE, LAYOUT_FILE, REF_NAME_ANNOTATION, REFERENCE_ANNOTATION } from "./bundle-layout.ts";
-import { parseImageReference, type ImageReference, type NamedUpstream } from "../oci/image-reference.ts";
 import { TarReader, type TarEntry } from "./tar-reader.ts";
 
 export interface ImportedImage {
@@ -93,20 +93,23 @@ export interface ImporterOptions {
   /** Room for a blob of this size (evicting unpinned content if need be)? Absent: no budget. */
   admit?: (size: number) => Promise<boolean>;
   pins: PinList;
-  upstreams: readonly NamedUpstream[];
+  upstreams: readonly RoutedUpstream[];
   manifestMaxBytes: number;
   log: Logger;
 }
 
 export class Importer {
   private readonly opts: ImporterOptions;
+  /** Names the references in a bundle's index.json: each must start with a configured upstream. */
+  private readonly resolver: UpstreamResolver;
 
   constructor(opts: ImporterOptions) {
     this.opts = opts;
+    this.resolver = new UpstreamResolver(opts.upstreams);
   }
 
   async import(source: AsyncIterable<Buffer | Uint8Array | string>, opts: { pin?: boolean; onProgress?: (p: ImportProgress) => void } = {}): Promise<ImportReport> {
-    const run = new ImportRun(this.opts, opts.pin === true, opts.onProgress);
+    const run = new ImportRun(this.opts, this.resolver, opts.pin === true, opts.onProgress);
     const report = await run.execute(source);
     this.opts.log.info(
       { images: report.images.length, imported: report.images.filter((i) => i.status === "imported").length, refused: report.refused.length, blobsAdded: report.blobs.added, bytes: report.blobs.bytes, error: report.error },
@@ -119,6 +122,7 @@ export class Importer {
 /** The state of one import. */
 class ImportRun {
   private readonly o: ImporterOptions;
+  private readonly resolver: UpstreamResolver;
   private readonly pin: boolean;
   private readonly onProgress: ((p: ImportProgress) => void) | undefined;
   private readonly declared = new Map<string, Declared>();
@@ -132,8 +136,9 @@ class ImportRun {
   private readonly report: ImportReport = { ok: false, images: [], manifests: { added: 0, present: 0 }, blobs: { added: 0, present: 0, bytes: 0 }, refused: [] };
   private readonly progress: ImportProgress = { bytesRead: 0, entries: 0, bytesAdded: 0 };
 
-  constructor(o: ImporterOptions, pin: boolean, onProgress: ((p: ImportProgress) => void) | undefined) {
+  constructor(o: ImporterOptions, resolver: UpstreamResolver, pin: boolean, onProgress: ((p: ImportProgress) => void) | undefined) {
     this.o = o;
+    this.resolver = resolver;
     this.pin = pin;
     this.onProgress = onProgress;
   }
@@ -242,7 +247,7 @@ class ImportRun {
     const a = d.annotations ?? {};
     const text = a[REFERENCE_ANNOTATION] ?? a[CONTAINERD_NAME_ANNOTATION] ?? a[REF_NAME_ANNOTATION];
     if (text === undefined) throw new Error(`no ${REFERENCE_ANNOTATION} or ${REF_NAME_ANNOTATION} annotation: the image has no name to import it under`);
-    const ref = parseImageReference(text, this.o.upstreams, { requireUpstream: true });
+    const ref = this.resolver.reference(text, { requireUpstream: true });
     if (ref.reference.kind === "digest" && ref.reference.digest !== d.digest) throw new Error(`${ref.canonical} names another digest than its descriptor (${d.digest})`);
     return ref;
   }

@@ -15,7 +15,7 @@ import { AcceptSet } from "../../../src/oci/media-types.ts";
 import { parseRange, resolveRange } from "../../../src/oci/range.ts";
 import { assertDigest, isSha256Digest, isValidName, isValidTag, parseManifestReference } from "../../../src/oci/reference.ts";
 import { compilePattern } from "../../../src/oci/repository-pattern.ts";
-import { UpstreamResolver } from "../../../src/registry/upstream-resolver.ts";
+import { UpstreamResolver } from "../../../src/config/upstream-resolver.ts";
 import { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
 import { parseWwwAuthenticate } from "../../../src/upstream/www-authenticate.ts";
 
@@ -100,6 +100,42 @@ describe("request paths and upstream routing", () => {
           expect(origins.has(new URL(target.upstream.config.url).origin)).toBe(true);
           expect(isValidName(target.repo)).toBe(true);
         });
+      }),
+    );
+  });
+});
+
+describe("image references and pins", () => {
+  const config = parseConfig({
+    upstreams: { "docker.io": { url: "https://registry-1.docker.io", default: true, aliases: ["index.docker.io"] }, "ghcr.io": { url: "https://ghcr.io" } },
+  });
+  const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u));
+  const resolver = new UpstreamResolver(upstreams);
+  const text = fc.oneof(nasty, mixed, fc.tuple(fc.constantFrom("", "docker.io/", "Index.Docker.IO/", "ghcr.io/", "evil.example/"), mixed, fc.constantFrom("", ":v1", ":", "@sha256:", `@sha256:${"a".repeat(64)}`)).map((p) => p.join("")));
+
+  it("a reference is refused with an OCI error or names a configured upstream, a valid repository and a valid tag or digest", () => {
+    fc.assert(
+      fc.property(text, fc.boolean(), (t, requireUpstream) => {
+        ownErrorOnly(() => {
+          const ref = resolver.reference(t, { requireUpstream });
+          expect(upstreams).toContain(ref.upstream);
+          expect(isValidName(ref.repository)).toBe(true);
+          expect(ref.reference.kind === "tag" ? isValidTag(ref.reference.tag) : isSha256Digest(ref.reference.digest)).toBe(true);
+        });
+      }),
+    );
+  });
+
+  it("a pin is refused with a message or names a configured upstream, a valid repository and a valid tag or every tag", () => {
+    fc.assert(
+      fc.property(text, (t) => {
+        let pin;
+        try {
+          pin = resolver.pin(t);
+        } catch (err) {
+          return err instanceof Error && err.message.startsWith(`pin ${JSON.stringify(t)}`);
+        }
+        return upstreams.some((u) => u.name === pin.upstream) && isValidName(pin.repository) && (pin.tag === undefined || isValidTag(pin.tag));
       }),
     );
   });
