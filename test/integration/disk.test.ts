@@ -73,10 +73,15 @@ describe("disk budget", () => {
     for (const [i, image] of images.entries()) await pushImage(upstream.url, `team/parallel${i}`, "v1", image);
     const budget = 1_000_000;
     const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: relay.url, default: true } }, extra: { storage: { maxSize: budget, highWatermark: 0.9, lowWatermark: 0.5 } } }));
+    // Committed plus temp bytes, from one instant: a blob committed (renamed out of tmp/) while the temp files are
+    // summed would count twice, so a sum during which the index changed is taken again.
     const onDisk = async () => {
-      let temp = 0;
-      for (const name of await readdir(join(m.dataDir, "tmp"))) temp += (await stat(join(m.dataDir, "tmp", name)).catch(() => ({ size: 0 }))).size;
-      return m.mirror.blobStore.index.bytes + temp;
+      for (;;) {
+        const committed = m.mirror.blobStore.index.bytes;
+        let temp = 0;
+        for (const name of await readdir(join(m.dataDir, "tmp"))) temp += (await stat(join(m.dataDir, "tmp", name)).catch(() => ({ size: 0 }))).size;
+        if (m.mirror.blobStore.index.bytes === committed) return committed + temp;
+      }
     };
     for (const [i, image] of images.entries()) {
       const res = await fetchRaw(`${m.url}/v2/team/parallel${i}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
