@@ -8,6 +8,7 @@ import Router, { type RouterContext } from "@koa/router";
 import type Koa from "koa";
 import { RegistryError } from "../oci/errors.ts";
 import type { AdminHandler } from "../registry/admin-handler.ts";
+import { readCappedBody } from "../upstream/response-body.ts";
 import type { RequestState } from "./request-context.ts";
 
 const MAX_BODY = 64 * 1024;
@@ -80,16 +81,10 @@ function checkToken(ctx: Koa.Context, expected: Buffer | undefined): void {
 }
 
 async function readJson(ctx: Koa.Context): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of ctx.req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw new RegistryError("SIZE_INVALID", `request body over ${MAX_BODY} bytes`, { status: 413 });
-    chunks.push(chunk as Buffer);
-  }
-  if (size === 0) return {};
+  const bytes = await readCappedBody(ctx.req, MAX_BODY, () => new RegistryError("SIZE_INVALID", `request body over ${MAX_BODY} bytes`, { status: 413 }));
+  if (bytes.length === 0) return {};
   try {
-    return JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    return JSON.parse(bytes.toString("utf8"));
   } catch {
     throw new RegistryError("UNSUPPORTED", "request body must be JSON", { status: 400 });
   }

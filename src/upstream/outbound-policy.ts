@@ -21,7 +21,8 @@ import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "nod
 import { BlockList, isIP } from "node:net";
 import { buildConnector, type Dispatcher } from "undici";
 import { RegistryError } from "../oci/errors.ts";
-import { discardBody, headerValue } from "./upstream-errors.ts";
+import { discardBody } from "./response-body.ts";
+import { headerValue } from "./upstream-errors.ts";
 
 export interface OutboundPolicyOptions {
   upstream: string;

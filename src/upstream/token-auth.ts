@@ -16,7 +16,8 @@ import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { OutboundPolicy } from "./outbound-policy.ts";
-import { discardBody, upstreamFailure } from "./upstream-errors.ts";
+import { discardBody, readCappedBody } from "./response-body.ts";
+import { upstreamFailure } from "./upstream-errors.ts";
 import type { Challenge } from "./www-authenticate.ts";
 
 export interface Credentials {
@@ -191,16 +192,15 @@ export class UpstreamAuth {
         detail: { upstream: this.upstream, status: res.statusCode },
       });
     }
-    let body: string;
+    let body: Buffer;
     try {
-      body = await readCapped(res.body, service);
+      body = await readCappedBody(res.body, TOKEN_BODY_CAP, () => new RegistryError("UPSTREAM_ERROR", `${service} sent a response larger than ${TOKEN_BODY_CAP} bytes`));
     } catch (err) {
-      discardBody(res.body);
       throw upstreamFailure(this.upstream, err, service);
     }
     let parsed: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
     try {
-      parsed = JSON.parse(body) as typeof parsed;
+      parsed = JSON.parse(body.toString("utf8")) as typeof parsed;
     } catch {
       throw new RegistryError("UPSTREAM_ERROR", `${service} sent invalid JSON`);
     }
@@ -235,18 +235,4 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): 
 
 function basic(c: Credentials): string {
   return `Basic ${Buffer.from(`${c.username}:${c.password}`).toString("base64")}`;
-}
-
-async function readCapped(body: Dispatcher.ResponseData["body"], service: string): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > TOKEN_BODY_CAP) {
-      discardBody(body);
-      throw new RegistryError("UPSTREAM_ERROR", `${service} sent a response larger than ${TOKEN_BODY_CAP} bytes`);
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks).toString("utf8");
 }

@@ -27,7 +27,8 @@ import { MediaType, UPSTREAM_MANIFEST_ACCEPT } from "../oci/media-types.ts";
 import { isValidTag } from "../oci/reference.ts";
 import { OutboundPolicy } from "./outbound-policy.ts";
 import { UpstreamAuth } from "./token-auth.ts";
-import { discardBody, headerValue, upstreamFailure, upstreamStatusError } from "./upstream-errors.ts";
+import { discardBody, readCappedBody } from "./response-body.ts";
+import { headerValue, upstreamFailure, upstreamStatusError } from "./upstream-errors.ts";
 import { UpstreamHealth } from "./upstream-health.ts";
 import { parseWwwAuthenticate } from "./www-authenticate.ts";
 
@@ -287,21 +288,11 @@ export class UpstreamClient {
   }
 
   private async readCapped(body: Readable, maxBytes: number, what: string): Promise<Buffer> {
-    const chunks: Buffer[] = [];
-    let size = 0;
     try {
-      for await (const chunk of body) {
-        size += (chunk as Buffer).length;
-        if (size > maxBytes) {
-          throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a ${what} larger than the limit of ${maxBytes} bytes`);
-        }
-        chunks.push(chunk as Buffer);
-      }
+      return await readCappedBody(body, maxBytes, () => new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a ${what} larger than the limit of ${maxBytes} bytes`));
     } catch (err) {
-      discardBody(body);
       throw upstreamFailure(this.name, err);
     }
-    return Buffer.concat(chunks, size);
   }
 }
 

@@ -5,6 +5,10 @@
  */
 import type { Readable } from "node:stream";
 import { RegistryError, type ErrorCode } from "../oci/errors.ts";
+import { readCappedBody } from "./response-body.ts";
+
+// Where fill-coordinator.ts still imports it from; its home is response-body.ts.
+export { discardBody } from "./response-body.ts";
 
 /** Transport failures that mean "the upstream could not be reached or did not answer in time". */
 const UNAVAILABLE_CODES = new Set([
@@ -67,37 +71,24 @@ export function upstreamFailure(upstream: string, err: unknown, service = `upstr
   return new RegistryError("UPSTREAM_ERROR", `request to ${service} failed`, { detail: { upstream, code }, cause });
 }
 
-/**
- * Releases an undici body we do not want. Destroying an unfinished undici body emits an AbortError, which would
- * be an uncaught exception without a listener, so one is attached first.
- */
-export function discardBody(body: Readable): void {
-  body.on("error", () => undefined);
-  body.destroy();
-}
-
 export function headerValue(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const value = headers[name];
   return Array.isArray(value) ? value[0] : value;
 }
 
-/** Reads at most ERROR_BODY_CAP bytes of an error body and extracts its OCI error codes, if any. */
+/**
+ * The OCI error codes of an error body, if it has any: an empty list for a body that is not an OCI error
+ * envelope, breaks off, or is larger than ERROR_BODY_CAP (not read past the cap).
+ */
 async function readErrorCodes(body: Readable): Promise<string[]> {
-  const chunks: Buffer[] = [];
-  let size = 0;
+  let bytes: Buffer;
   try {
-    for await (const chunk of body) {
-      chunks.push(chunk as Buffer);
-      size += (chunk as Buffer).length;
-      if (size > ERROR_BODY_CAP) break;
-    }
+    bytes = await readCappedBody(body, ERROR_BODY_CAP, () => new Error(`error body over ${ERROR_BODY_CAP} bytes`));
   } catch {
     return [];
-  } finally {
-    discardBody(body);
   }
   try {
-    const parsed = JSON.parse(Buffer.concat(chunks).toString("utf8")) as { errors?: Array<{ code?: unknown }> };
+    const parsed = JSON.parse(bytes.toString("utf8")) as { errors?: Array<{ code?: unknown }> };
     return (parsed.errors ?? []).map((e) => e.code).filter((c): c is string => typeof c === "string").slice(0, 5);
   } catch {
     return [];

@@ -14,8 +14,11 @@ let base: string;
 const seen: IncomingMessage[] = [];
 let expiresIn: number | undefined = 300;
 let delayMs = 0;
-/** How the next token bodies break: cut off by a reset, or stalled, after a few bytes; or trickled forever. */
-let bodyFault: "reset" | "stall" | "trickle" | undefined;
+/**
+ * How the next token bodies break: cut off by a reset, or stalled, after a few bytes; trickled forever; or
+ * endless at full speed (a token service that sends far more than a token).
+ */
+let bodyFault: "reset" | "stall" | "trickle" | "endless" | undefined;
 /** Token requests whose connection closed before their answer was complete (the client gave up). */
 let closedEarly = 0;
 const agent = new Agent();
@@ -37,6 +40,16 @@ beforeAll(async () => {
       res.writeHead(200, { "content-type": "application/json" });
       const timer = setInterval(() => res.write(" "), 50); // well under any idle timeout
       res.on("close", () => clearInterval(timer));
+      return;
+    }
+    if (bodyFault === "endless") {
+      res.writeHead(200, { "content-type": "application/json" });
+      const chunk = Buffer.alloc(16 * 1024, 0x20);
+      const more = () => {
+        while (!res.destroyed && res.write(chunk));
+      };
+      res.on("drain", more);
+      more();
       return;
     }
     if (bodyFault !== undefined) {
@@ -223,6 +236,21 @@ describe("UpstreamAuth", () => {
         message: expect.stringMatching(/^token service of upstream up is unavailable \((ECONNRESET|UND_ERR_SOCKET|UND_ERR_BODY_TIMEOUT)\)$/) as string,
         detail: { upstream: "up", code: expect.stringMatching(code) as string },
       });
+    } finally {
+      bodyFault = undefined;
+    }
+  });
+
+  it("refuses a token answer over 64 KiB, and stops reading it there", async () => {
+    bodyFault = "endless";
+    closedEarly = 0;
+    try {
+      await expect(auth().answer(challenge(`${base}/token`), "repository:big:pull")).rejects.toMatchObject({
+        code: "UPSTREAM_ERROR",
+        status: 502,
+        message: "token service of upstream up sent a response larger than 65536 bytes",
+      });
+      await vi.waitFor(() => expect(closedEarly).toBe(1), { timeout: 5_000 });
     } finally {
       bodyFault = undefined;
     }

@@ -56,6 +56,28 @@ describe("UpstreamClient", () => {
     });
   });
 
+  it("refuses a tag list larger than the cap", async () => {
+    routes.set("GET /v2/a/tags/list", (res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ name: "a", tags: Array.from({ length: 200 }, (_, i) => `t${i}`) }));
+    });
+    await expect(client.getTags("a", "", 1000)).rejects.toMatchObject({
+      code: "UPSTREAM_ERROR",
+      status: 502,
+      message: "upstream up sent a tag list larger than the limit of 1000 bytes",
+    });
+  });
+
+  it("maps an error body over 16 KiB by its status alone, without reading it all", async () => {
+    const envelope = (pad: number) => JSON.stringify({ errors: [{ code: "DENIED", message: "x".repeat(pad) }] });
+    routes.set("GET /v2/a/manifests/denied-small", (res) => res.writeHead(403, { "content-type": "application/json" }).end(envelope(100)));
+    routes.set("GET /v2/a/manifests/denied-large", (res) => res.writeHead(403, { "content-type": "application/json" }).end(envelope(16 * 1024)));
+    await expect(client.getManifest("a", "denied-small", 1 << 20)).rejects.toMatchObject({ code: "DENIED", detail: { upstream: "up", status: 403, upstreamErrors: ["DENIED"] } });
+    const large = await client.getManifest("a", "denied-large", 1 << 20).catch((err: unknown) => err);
+    expect(large).toMatchObject({ code: "DENIED", message: "upstream up denied access", detail: { upstream: "up", status: 403 } });
+    expect((large as { detail: object }).detail).not.toHaveProperty("upstreamErrors");
+  });
+
   it("refuses a manifest without a media type", async () => {
     routes.set("GET /v2/a/manifests/untyped", (res) => res.writeHead(200).end("{}"));
     await expect(client.getManifest("a", "untyped", 1 << 20)).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
