@@ -27,7 +27,7 @@ export class BlobHandler {
       const cache: CacheResult = source === "cached" ? "hit" : "miss";
       const headers = baseHeaders(req.digest, cache);
       if (size !== undefined) headers["Content-Length"] = String(size);
-      return { status: 200, headers, cache, upstream: upstream.name };
+      return { status: 200, headers, cache };
     }
 
     const source = await this.cache.open(upstream, repo, req.digest);
@@ -37,7 +37,7 @@ export class BlobHandler {
       const headers = baseHeaders(req.digest, "miss");
       headers["X-Mirror-Cache"] = "uncached";
       if (source.size !== undefined) headers["Content-Length"] = String(source.size);
-      return { status: 200, headers, body: source.body, cache: "miss", upstream: upstream.name, uncached: true };
+      return { status: 200, headers, body: source.body, cache: "miss" };
     }
     const cacheResult: CacheResult = source.kind === "cached" ? "hit" : source.kind === "fill" && source.joined ? "coalesced" : "miss";
     const size = source.kind === "cached" ? source.size : source.kind === "fill" ? source.fill.size : undefined;
@@ -76,7 +76,7 @@ export class BlobHandler {
     } else {
       throw new Error(`unreachable: GET opened a ${source.kind} source`);
     }
-    return { status, headers, body, cache: cacheResult, upstream: upstream.name };
+    return { status, headers, body, cache: cacheResult };
   }
 }
 

@@ -35,7 +35,6 @@ export class ManifestHandler {
       },
       body: req.method === "GET" ? manifest.bytes : undefined,
       cache: source,
-      upstream: req.target.upstream.name,
     };
   }
 }

@@ -11,7 +11,4 @@ export interface RegistryResponse {
   body?: Buffer | Readable;
   /** How the content was obtained (hit, miss, coalesced, revalidated, stale), for logs and metrics. */
   cache?: CacheResult;
-  upstream?: string;
-  /** A blob streamed without being cached (no room). */
-  uncached?: boolean;
 }

@@ -39,7 +39,7 @@ export class TagsHandler {
       // The upstream's header, not the client's request, is at fault: answer the page we have, without a next one.
       this.log.warn({ upstream: upstream.name, repo, link: result.link?.slice(0, 500) }, "upstream sent a malformed Link header on tags/list; treated as absent");
     } else if (link !== undefined) headers.Link = link;
-    return { status: 200, headers, body, upstream: upstream.name };
+    return { status: 200, headers, body };
   }
 }
 

@@ -48,7 +48,6 @@ export interface FetchedManifest {
 export interface RateLimit {
   limit: number | undefined;
   remaining: number | undefined;
-  updatedAt: number;
 }
 
 interface UpstreamResponse {
@@ -279,7 +278,7 @@ export class UpstreamClient {
   private recordRateLimit(headers: Record<string, string | string[] | undefined>): void {
     const limit = parseRateLimit(headerValue(headers, "ratelimit-limit"));
     const remaining = parseRateLimit(headerValue(headers, "ratelimit-remaining"));
-    if (limit !== undefined || remaining !== undefined) this.rateLimit = { limit, remaining, updatedAt: Date.now() };
+    if (limit !== undefined || remaining !== undefined) this.rateLimit = { limit, remaining };
   }
 
   private async expectOk(res: UpstreamResponse, notFound: ErrorCode): Promise<void> {
