@@ -1,7 +1,7 @@
 // podman and skopeo (Debian's 4.3 and 1.9, both on containers/image) as real registry clients, with
 // configuration of their own: nothing is read from or written to the machine's containers setup.
 //
-// What they need on these machines (../../../shared/TEST-ENV.md):
+// What they need on these machines (found by running them here):
 //   - containers.conf: runc (crun fails on these cgroups), cgroupfs, a file events logger, no network
 //     namespace setup (netns none), nofile/nproc limits below the hard limit;
 //   - storage.conf: vfs under a private graph root and run root (no overlay mounts to leak);
