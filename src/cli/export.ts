@@ -13,7 +13,7 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { parseArgs } from "node:util";
 import { Registry } from "prom-client";
-import { createCacheLayer } from "../app.ts";
+import { createCacheLayer } from "../cache-layer.ts";
 import { DataDirLockedError } from "../storage/data-dir-lock.ts";
 import { Metrics } from "../observability/metrics.ts";
 import { Exporter } from "../transfer/exporter.ts";

@@ -12,7 +12,7 @@ import { Transform, type Readable } from "node:stream";
 import { parseArgs } from "node:util";
 import { Registry } from "prom-client";
 import { request } from "undici";
-import { createCacheLayer, createImporter } from "../app.ts";
+import { createCacheLayer, createImporter } from "../cache-layer.ts";
 import { Metrics } from "../observability/metrics.ts";
 import type { ImportReport } from "../transfer/importer.ts";
 import { adminToken, CommandError, commandConfig, commandLogger, runCli } from "./command-context.ts";

@@ -9,7 +9,7 @@ import { rename, stat, writeFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { Registry } from "prom-client";
 import { request } from "undici";
-import { createCacheLayer } from "../app.ts";
+import { createCacheLayer } from "../cache-layer.ts";
 import { Metrics } from "../observability/metrics.ts";
 import { parseInventory, takeInventory, type Inventory } from "../transfer/inventory.ts";
 import { adminToken, CommandError, commandConfig, commandLogger, runCli } from "./command-context.ts";

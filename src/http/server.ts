@@ -56,3 +56,10 @@ export async function createRegistryServer(config: Config, handler: RequestListe
   server.maxConnections = config.limits.maxConnections;
   return { server, stopWatching };
 }
+
+/** `host:port`, `[v6]:port` or `:port` (all interfaces) as the schema accepts them for `listen` and `metrics.listen`. */
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
+  if (!m) throw new Error(`invalid listen address ${listen}`);
+  return { host: m[1] ?? (m[2] || "0.0.0.0"), port: Number(m[3]) };
+}

@@ -16,6 +16,21 @@ export type RequestKind = "manifest" | "blob" | "tags" | "other";
  * or with an error / nothing cache-related (none). */
 export type CacheResult = "hit" | "miss" | "coalesced" | "revalidated" | "stale" | "none";
 
+/**
+ * What the scrape-time gauges read, asked at every scrape: the parts' own state, described here by shape (the
+ * janitor, the fill coordinator, the upstream clients fit it) so this module imports no other layer.
+ */
+export interface LiveState {
+  metadataStore(): { store: string; degraded: boolean };
+  cache: { readonly state: { bytes: number; objects: number; maxSize: number | undefined; writable: boolean; evictionBlocked: string | undefined } };
+  fills: { readonly inFlight: number; readonly readers: number };
+  upstreams: ReadonlyArray<{
+    readonly name: string;
+    readonly health: { readonly state: string };
+    readonly rateLimit: { limit: number | undefined; remaining: number | undefined } | undefined;
+  }>;
+}
+
 export class Metrics {
   readonly registry: Registry;
   readonly requests: Counter<"upstream" | "kind" | "result" | "status_class">;
@@ -113,6 +128,30 @@ export class Metrics {
   /** Registers a function that sets gauges from live state just before each scrape. */
   onScrape(collect: () => void): void {
     this.collectors.push(collect);
+  }
+
+  /**
+   * Shows the mirror's live state in the gauges that describe it (metadata store, cache size and budget, fills,
+   * upstream health and rate limits), set from `live` just before each scrape.
+   */
+  showOnScrape(live: LiveState): void {
+    this.onScrape(() => {
+      const state = live.metadataStore();
+      this.metadataStoreUp.set({ store: state.store }, state.degraded ? 0 : 1);
+      const cache = live.cache.state;
+      this.cacheBytes.set(cache.bytes);
+      this.cacheObjects.set(cache.objects);
+      if (cache.maxSize !== undefined) this.cacheBudgetBytes.set(cache.maxSize);
+      this.cacheWritable.set(cache.writable ? 1 : 0);
+      this.evictionBlocked.set(cache.evictionBlocked !== undefined ? 1 : 0);
+      this.fillsInFlight.set(live.fills.inFlight);
+      this.fillReaders.set(live.fills.readers);
+      for (const u of live.upstreams) {
+        this.upstreamUp.set({ upstream: u.name }, u.health.state === "up" ? 1 : 0);
+        if (u.rateLimit?.limit !== undefined) this.rateLimitLimit.set({ upstream: u.name }, u.rateLimit.limit);
+        if (u.rateLimit?.remaining !== undefined) this.rateLimitRemaining.set({ upstream: u.name }, u.rateLimit.remaining);
+      }
+    });
   }
 
   /** The exposition text, after refreshing scrape-time gauges. */

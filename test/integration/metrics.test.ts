@@ -91,4 +91,22 @@ describe("metrics", () => {
       }
     }
   });
+
+  it("are served on their own listener with metrics.listen, and not on the registry port", async () => {
+    const separate = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { metrics: { listen: "127.0.0.1:0" } } });
+    try {
+      const address = separate.mirror.metricsAddress;
+      expect(address?.address).toBe("127.0.0.1");
+      expect(address?.port).not.toBe(separate.port);
+      const scraped = await fetchRaw(`http://127.0.0.1:${address!.port}/metrics`);
+      expect(scraped.status).toBe(200);
+      const samples = parsePrometheusText(scraped.body.toString());
+      // Scrape-time gauges are set on this listener too.
+      expect(valueOf(samples, "mirror_cache_writable")).toBe(1);
+      expect(valueOf(samples, "mirror_upstream_up", { upstream: "docker.io" })).toBe(1);
+      expect((await fetchRaw(`${separate.url}/metrics`)).status).toBe(404);
+    } finally {
+      await separate.stop();
+    }
+  });
 });

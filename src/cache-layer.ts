@@ -1,0 +1,144 @@
+/**
+ * The lower half of the composition root: everything below HTTP, over one data directory. The mirror builds
+ * its HTTP side on it (app.ts); the CLI commands that work on a data directory (`mirror export|import|inventory
+ * --data-dir`) use it alone. It sits beside app.ts, not inside a layer's folder, because it wires the layers
+ * together (storage, fill, metadata, upstream clients, the caches, and the importer over them), which only the
+ * composition root does.
+ */
+import type { Logger } from "pino";
+import { BlobCache } from "./cache/blob-cache.ts";
+import { Janitor } from "./cache/janitor.ts";
+import { ManifestCache } from "./cache/manifest-cache.ts";
+import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
+import type { Config } from "./config/schema.ts";
+import { configuredPins } from "./config/upstream-resolver.ts";
+import { FillCoordinator } from "./fill/fill-coordinator.ts";
+import type { MetadataStore } from "./metadata/metadata-store.ts";
+import { openMetadataStore, type MetadataStoreState } from "./metadata/open-metadata-store.ts";
+import type { Metrics } from "./observability/metrics.ts";
+import { BlobStore } from "./storage/blob-store.ts";
+import { DataDirLock } from "./storage/data-dir-lock.ts";
+import { ManifestStore } from "./storage/manifest-store.ts";
+import { PinList } from "./storage/pin-list.ts";
+import { Importer } from "./transfer/importer.ts";
+import { UpstreamClient } from "./upstream/upstream-client.ts";
+
+/** The cache layer without the HTTP server: what the mirror and the CLI commands that work on a cache share. */
+export interface CacheLayer {
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly blobStore: BlobStore;
+  readonly manifestStore: ManifestStore;
+  readonly metadata: MetadataStore;
+  readonly janitor: Janitor;
+  readonly fills: FillCoordinator;
+  readonly upstreams: readonly UpstreamClient[];
+  readonly manifestCache: ManifestCache;
+  readonly blobCache: BlobCache;
+  /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
+  readonly pins: PinList;
+  readonly describeState: () => MetadataStoreState;
+  /** Stops the janitor, lets running fills finish (bounded by `shutdownGrace`), closes upstream pools and the metadata store, releases the lock. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the stores, the janitor, the fill coordinator, one client per upstream and the read-through caches
+ * over `config.storage.path`, after taking that directory's lock (DataDirLockedError if another process holds
+ * it): the mirror at start, and `mirror export|import|inventory` working on a data directory.
+ */
+export async function createCacheLayer(config: Config, opts: { log: Logger; metrics: Metrics; purpose?: string }): Promise<CacheLayer> {
+  const { log, metrics } = opts;
+  // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
+  const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
+  try {
+    const blobStore = new BlobStore(config.storage.path);
+    const scan = await blobStore.init();
+    log.info({ ...scan }, "cache index rebuilt");
+    if (scan.removedTempFiles > 0) log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
+    const manifestStore = new ManifestStore(blobStore);
+    await manifestStore.init();
+    const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
+    const pins = new PinList(config.storage.path);
+    const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
+    const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
+    const janitor: Janitor = new Janitor({
+      store: blobStore,
+      manifests: manifestStore,
+      metadata,
+      budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
+      pins: configuredPins(config),
+      pinList: pins,
+      // A pinned tag whose pointer is gone is fetched again from its upstream at the next periodic check.
+      resolvePin: manifestCachePinResolver(manifestCache, upstreams),
+      manifestMaxBytes: config.limits.manifestMaxBytes,
+      log,
+      metrics,
+    });
+    const fills = new FillCoordinator(blobStore, {
+      timeoutMs: config.fill.timeout,
+      log,
+      metrics,
+      policy: { admit: (size) => janitor.admit(size), noSpace: (err) => janitor.noteNoSpace(err) },
+      limits: { maxFills: (upstream) => config.upstreams[upstream]?.maxConcurrentFills ?? 16, maxQueued: config.limits.maxQueuedFills },
+    });
+    blobStore.onCommit(() => janitor.committed());
+    janitor.start(config.storage.checkInterval);
+    // Not waiting on upstreams: a down one would hold up the start for its whole deadline. A pinned tag whose
+    // pointer is gone is asked at the first periodic check (eviction waits for it if nothing is recorded).
+    await janitor.check({ askResolver: false });
+    for (const u of upstreams) {
+      if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
+      if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
+    }
+    const blobCache = new BlobCache({ store: blobStore, fills, metadata, metrics });
+    let closing: Promise<void> | undefined;
+    return {
+      log,
+      metrics,
+      blobStore,
+      manifestStore,
+      metadata,
+      janitor,
+      fills,
+      upstreams,
+      manifestCache,
+      blobCache,
+      pins,
+      describeState,
+      close() {
+        closing ??= (async () => {
+          janitor.stop();
+          await fills.drain(config.shutdownGrace);
+          await Promise.all(upstreams.map((u) => u.close()));
+          await closeMetadata();
+          await lock.release();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+/** The bundle importer over a cache layer: the admin endpoint and `mirror import --data-dir` use the same one. */
+export function createImporter(layer: CacheLayer, config: Config): Importer {
+  return new Importer({
+    store: layer.blobStore,
+    manifests: layer.manifestStore,
+    metadata: layer.metadata,
+    // A room check, not a held reservation: the importer writes one blob at a time and does not say when it is
+    // done with one (fills, which run many at once, hold theirs until commit).
+    admit: async (size) => {
+      const reservation = await layer.janitor.admit(size);
+      reservation?.release();
+      return reservation !== undefined;
+    },
+    pins: layer.pins,
+    upstreams: layer.upstreams,
+    manifestMaxBytes: config.limits.manifestMaxBytes,
+    log: layer.log,
+  });
+}
