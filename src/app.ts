@@ -39,7 +39,11 @@ export interface Mirror {
   readonly log: Logger;
   /** Starts listening on `config.listen`; resolves with the bound address (port 0 picks a free one). */
   listen(): Promise<AddressInfo>;
-  /** Stops accepting requests, lets in-flight fills finish (bounded by `shutdownGrace`), closes upstream pools, unlocks the data directory. */
+  /**
+   * Shuts down, each part once and in this order: stops accepting connections; lets running fills finish
+   * (bounded by `shutdownGrace`); cuts off clients still connected; closes the upstream pools, the metadata
+   * store, and unlocks the data directory. Calling it again waits for the same shutdown.
+   */
   close(): Promise<void>;
   /** Fills still downloading (for shutdown and tests). */
   readonly fillsInFlight: number;
@@ -119,6 +123,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   let server: Server | undefined;
   let stopWatchingTls: () => void = () => undefined;
   let metricsServer: Server | undefined;
+  let closing: Promise<void> | undefined;
   return {
     app,
     config,
@@ -148,19 +153,25 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       log.info({ address: address.address, port: address.port, upstreams: upstreams.map((u) => u.name) }, "mirror listening");
       return address;
     },
-    async close() {
-      const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
-      server?.closeIdleConnections();
-      stopWatchingTls();
-      janitor.stop();
-      metricsServer?.close();
-      metricsServer?.closeAllConnections();
-      await fills.drain(config.shutdownGrace);
-      server?.closeAllConnections();
-      await closed;
-      adminTokenFile?.close();
-      await clientAuth?.close();
-      await layer.close();
+    close() {
+      closing ??= (async () => {
+        // 1. Stop accepting: both listeners close, idle keep-alive connections go now.
+        const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
+        server?.closeIdleConnections();
+        stopWatchingTls();
+        metricsServer?.close();
+        metricsServer?.closeAllConnections();
+        // 2. Drain: the janitor stops, running fills get shutdownGrace to finish (so the next start has them).
+        await layer.drain();
+        // 3. Clients still connected are cut off, and the HTTP side's own parts close.
+        server?.closeAllConnections();
+        await closed;
+        adminTokenFile?.close();
+        await clientAuth?.close();
+        // 4. Below HTTP: the upstream pools, the metadata store, the data directory's lock.
+        await layer.close();
+      })();
+      return closing;
     },
   };
 }

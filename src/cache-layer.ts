@@ -38,7 +38,12 @@ export interface CacheLayer {
   /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
   readonly pins: PinList;
   readonly describeState: () => MetadataStoreState;
-  /** Stops the janitor, lets running fills finish (bounded by `shutdownGrace`), closes upstream pools and the metadata store, releases the lock. */
+  /** Stops the janitor and lets running fills finish, bounded by `shutdownGrace`. Done once, however often asked. */
+  drain(): Promise<void>;
+  /**
+   * After drain(): closes the upstream pools (cutting off what still runs past the grace), then the metadata
+   * store, then releases the data directory's lock. Each part is stopped once, however often this is called.
+   */
   close(): Promise<void>;
 }
 
@@ -92,6 +97,14 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
       if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
     const blobCache = new BlobCache({ store: blobStore, fills, metadata, metrics });
+    let draining: Promise<void> | undefined;
+    const drain = () => {
+      draining ??= (async () => {
+        janitor.stop();
+        await fills.drain(config.shutdownGrace);
+      })();
+      return draining;
+    };
     let closing: Promise<void> | undefined;
     return {
       log,
@@ -106,10 +119,10 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
       blobCache,
       pins,
       describeState,
+      drain,
       close() {
         closing ??= (async () => {
-          janitor.stop();
-          await fills.drain(config.shutdownGrace);
+          await drain();
           await Promise.all(upstreams.map((u) => u.close()));
           await closeMetadata();
           await lock.release();

@@ -183,8 +183,12 @@ export class UpstreamClient {
     });
   }
 
+  /**
+   * Closes the pool. Exchanges still in flight are cut off, not waited for: at shutdown the fills had their
+   * grace already (a graceful close would wait for a stalled download until its idle or fill timeout).
+   */
   async close(): Promise<void> {
-    await this.agent.close();
+    await this.agent.destroy();
   }
 
   /**
