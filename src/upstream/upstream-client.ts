@@ -32,10 +32,9 @@ import { headerValue, upstreamFailure, upstreamStatusError } from "./upstream-er
 import { UpstreamHealth } from "./upstream-health.ts";
 import { parseWwwAuthenticate } from "./www-authenticate.ts";
 
+/** What revalidation needs from a manifest HEAD: the digest the reference points at, when the upstream says. */
 export interface ManifestHead {
   digest: string | undefined;
-  mediaType: string | undefined;
-  size: number | undefined;
 }
 
 export interface FetchedManifest {
@@ -118,12 +117,7 @@ export class UpstreamClient {
       const res = await this.send("HEAD", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT }, signal);
       await this.expectOk(res, "MANIFEST_UNKNOWN");
       discardBody(res.body);
-      const length = headerValue(res.headers, "content-length");
-      return {
-        digest: headerValue(res.headers, "docker-content-digest"),
-        mediaType: mediaTypeOf(res.headers),
-        size: length !== undefined ? Number(length) : undefined,
-      };
+      return { digest: headerValue(res.headers, "docker-content-digest") };
     });
   }
 
