@@ -12,7 +12,8 @@
 import { createHash } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { RegistryError } from "../oci/errors.ts";
-import { isSha256Digest, type ManifestReference } from "../oci/reference.ts";
+import { type ManifestReference } from "../oci/reference.ts";
+import { isSha256Digest } from "../oci/digest.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";

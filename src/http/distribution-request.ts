@@ -7,7 +7,8 @@
 import { RegistryError } from "../oci/errors.ts";
 import { AcceptSet } from "../oci/media-types.ts";
 import { parseRange, type ByteRangeSpec } from "../oci/range.ts";
-import { assertDigest, isValidName, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
+import { isValidName, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
+import { assertDigest } from "../oci/digest.ts";
 
 interface Common {
   method: "GET" | "HEAD";

@@ -10,8 +10,8 @@
  * `fsLayers[].blobSum`, no config). A manifest is whatever its upstream or bundle wrote: every field is checked
  * for its type here, and what has the wrong type is read as absent.
  */
+import { isSha256Digest } from "./digest.ts";
 import { isIndexType } from "./media-types.ts";
-import { isSha256Digest } from "./reference.ts";
 
 /** `os/architecture[/variant]` of an index entry (the OCI image index `platform` object). */
 export interface Platform {

@@ -15,7 +15,7 @@ import { randomBytes } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import { digestHex } from "../oci/reference.ts";
+import { digestHex } from "../oci/digest.ts";
 import { CacheIndex } from "./cache-index.ts";
 
 export interface OpenedBlob {

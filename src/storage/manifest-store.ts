@@ -14,7 +14,7 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { LRUCache } from "lru-cache";
-import { digestHex } from "../oci/reference.ts";
+import { digestHex } from "../oci/digest.ts";
 import { isNotFound, writeAt, type BlobStore } from "./blob-store.ts";
 
 export interface StoredManifest {

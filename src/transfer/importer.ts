@@ -27,7 +27,7 @@ import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { PinEntry, PinList } from "../storage/pin-list.ts";
 import { imageBlobs, indexEntries, parseManifest, type Descriptor } from "../oci/manifest.ts";
 import { MediaType } from "../oci/media-types.ts";
-import { isSha256Digest } from "../oci/reference.ts";
+import { isSha256Digest } from "../oci/digest.ts";
 import { blobDigestOf, CONTAINERD_NAME_ANNOTATION, entryName, INDEX_FILE, LAYOUT_FILE, REF_NAME_ANNOTATION, REFERENCE_ANNOTATION } from "./bundle-layout.ts";
 import { TarReader, type TarEntry } from "./tar-reader.ts";
 

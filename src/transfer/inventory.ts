@@ -12,7 +12,7 @@
  */
 import type { BlobStore } from "../storage/blob-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
-import { isSha256Digest } from "../oci/reference.ts";
+import { isSha256Digest } from "../oci/digest.ts";
 
 export const INVENTORY_MEDIA_TYPE = "application/vnd.registry-mirror.inventory.v1+json";
 

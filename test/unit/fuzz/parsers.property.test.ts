@@ -13,7 +13,8 @@ import { parseDistributionRequest } from "../../../src/http/distribution-request
 import { RegistryError } from "../../../src/oci/errors.ts";
 import { AcceptSet } from "../../../src/oci/media-types.ts";
 import { parseRange, resolveRange } from "../../../src/oci/range.ts";
-import { assertDigest, isSha256Digest, isValidName, isValidTag, parseManifestReference } from "../../../src/oci/reference.ts";
+import { isValidName, isValidTag, parseManifestReference } from "../../../src/oci/reference.ts";
+import { assertDigest, isSha256Digest } from "../../../src/oci/digest.ts";
 import { compilePattern } from "../../../src/oci/repository-pattern.ts";
 import { UpstreamResolver } from "../../../src/config/upstream-resolver.ts";
 import { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
