@@ -25,6 +25,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { syncDirectory } from "../storage/durable-replace.ts";
 import type { TagPointer } from "./metadata-store.ts";
 
 export type JournalRecord =
@@ -375,16 +376,6 @@ async function writeAll(handle: FileHandle, text: string): Promise<void> {
   for (let offset = 0; offset < bytes.length; ) {
     const { bytesWritten } = await handle.write(bytes, offset, bytes.length - offset);
     offset += bytesWritten;
-  }
-}
-
-/** Makes a rename in `dir` durable: without it a power cut can bring back the old file. */
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

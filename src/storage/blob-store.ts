@@ -27,8 +27,9 @@ export class BlobStore {
   readonly root: string;
   /** Every committed object with its size, in recency order: kept in step by commit, open and delete. */
   readonly index: CacheIndex;
+  /** Where writes in progress live: emptied by `init()`, on the same filesystem as the content. */
+  readonly tempDir: string;
   private readonly blobsDir: string;
-  private readonly tmpDir: string;
   /** Open read handles per digest: content being served is never evicted. */
   private readonly readers = new Map<string, number>();
   private readonly commitListeners: Array<(digest: string, size: number) => void> = [];
@@ -37,7 +38,7 @@ export class BlobStore {
   constructor(root: string, opts: { touchIntervalMs?: number } = {}) {
     this.root = root;
     this.blobsDir = join(root, "blobs", "sha256");
-    this.tmpDir = join(root, "tmp");
+    this.tempDir = join(root, "tmp");
     this.index = new CacheIndex(this, opts);
   }
 
@@ -47,9 +48,9 @@ export class BlobStore {
    */
   async init(): Promise<{ removedTempFiles: number; objects: number; bytes: number; scanMs: number }> {
     await mkdir(this.blobsDir, { recursive: true });
-    await mkdir(this.tmpDir, { recursive: true });
-    const leftovers = await readdir(this.tmpDir);
-    await Promise.all(leftovers.map((name) => rm(join(this.tmpDir, name), { force: true, recursive: true })));
+    await mkdir(this.tempDir, { recursive: true });
+    const leftovers = await readdir(this.tempDir);
+    await Promise.all(leftovers.map((name) => rm(join(this.tempDir, name), { force: true, recursive: true })));
     const scan = await this.index.rebuild();
     return { removedTempFiles: leftovers.length, objects: scan.objects, bytes: scan.bytes, scanMs: scan.ms };
   }
@@ -123,7 +124,7 @@ export class BlobStore {
 
   /** A new temp file for writing `digest`, opened read-write so in-flight readers can read it through the handle. */
   async createTemp(digest: string): Promise<{ path: string; handle: FileHandle }> {
-    const path = join(this.tmpDir, `${digestHex(digest)}.${randomBytes(6).toString("hex")}`);
+    const path = join(this.tempDir, `${digestHex(digest)}.${randomBytes(6).toString("hex")}`);
     const handle = await open(path, "wx+");
     return { path, handle };
   }
@@ -172,7 +173,7 @@ export class BlobStore {
 
   /** Names of temp files present now (tests assert none are left behind). */
   async tempFiles(): Promise<string[]> {
-    return readdir(this.tmpDir);
+    return readdir(this.tempDir);
   }
 }
 

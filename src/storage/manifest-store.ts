@@ -4,18 +4,19 @@
  * manifest HEAD fails, finds them too); the media type lives in a small sidecar written after the bytes, so a
  * manifest is only servable once both exist. Hot manifests are kept in memory: the tag-hit path touches no disk.
  *
- * A sidecar is written like content: to a temp file of its own (concurrent puts of one manifest never share
- * one), fsynced, then renamed into place. One that is damaged all the same (empty, torn, not ours) reads as
+ * A sidecar is replaced crash-safely (durable-replace.ts: a temp file of its own, so concurrent puts of one
+ * manifest never share one, fsynced, renamed into place, the directory fsynced). One that is damaged all the same (empty, torn, not ours) reads as
  * absent, never as an error: the manifest is then fetched again and its next put rewrites the sidecar, and
  * nothing that asks (a pull, an eviction sweep) is stuck on it meanwhile. A walk that needs only what a
  * manifest names (what a pin keeps) reads its bytes without the sidecar (`bytesOf`).
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { LRUCache } from "lru-cache";
 import { digestHex } from "../oci/digest.ts";
-import { isNotFound, writeAt, type BlobStore } from "./blob-store.ts";
+import { isNotFound, type BlobStore } from "./blob-store.ts";
+import { replaceFileDurably } from "./durable-replace.ts";
 
 export interface StoredManifest {
   digest: string;
@@ -49,19 +50,8 @@ export class ManifestStore {
     const actual = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
     if (actual !== digest) throw new Error(`manifest bytes hash to ${actual}, not ${digest}`);
     if ((await this.blobs.size(digest)) !== bytes.length) await this.blobs.putVerified(digest, bytes);
-    const metaPath = this.metaPath(digest);
-    await mkdir(join(metaPath, ".."), { recursive: true });
-    const { path, handle } = await this.blobs.createTemp(digest);
-    try {
-      await writeAt(handle, [Buffer.from(JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar))], 0);
-      await handle.sync();
-      await handle.close();
-      await rename(path, metaPath);
-    } catch (err) {
-      await handle.close().catch(() => undefined);
-      await this.blobs.discard(path);
-      throw err;
-    }
+    // Its temp file goes where the store's do, so one a crash leaves behind is swept at the next start.
+    await replaceFileDurably(this.metaPath(digest), JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar), { tempDir: this.blobs.tempDir });
     this.memory.set(digest, { digest, mediaType, bytes });
   }
 

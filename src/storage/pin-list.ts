@@ -11,13 +11,14 @@
  *   to (see Janitor), so that losing a tag pointer (embedded store bound, Redis restart or key expiry) does not
  *   unpin its content.
  *
- * Each file is small JSON, replaced crash-safely (temp file, fsync, rename, fsync of the directory: after a
- * power cut it holds the old list or the new one, whole) and re-read at every eviction sweep. A file that is
- * absent holds no pins; one that cannot be read or does not parse throws: nobody can tell what it pinned, and
- * reading it as "no pins" would let the janitor evict exactly what it protects.
+ * Each file is small JSON, replaced crash-safely (durable-replace.ts: after a power cut it holds the old list or
+ * the new one, whole) and re-read at every eviction sweep. A file that is absent holds no pins; one that cannot
+ * be read or does not parse throws: nobody can tell what it pinned, and reading it as "no pins" would let the
+ * janitor evict exactly what it protects.
  */
-import { mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { replaceFileDurably } from "./durable-replace.ts";
 
 export const PIN_FILE = "pins.json";
 export const CONFIG_PIN_FILE = "config-pins.json";
@@ -120,30 +121,6 @@ export class PinList {
     });
     this.writing = run.catch(() => undefined);
     return run;
-  }
-}
-
-/**
- * Replaces `path` so that a crash or power cut leaves either the old content or the new, whole: the new content
- * is written to a temp file and fsynced before the rename, and the directory is fsynced after it (without that,
- * the rename itself may not survive a power cut).
- */
-async function replaceFileDurably(path: string, text: string): Promise<void> {
-  const dir = dirname(path);
-  await mkdir(dir, { recursive: true });
-  const tmp = `${path}.${process.pid}.tmp`;
-  try {
-    await writeFile(tmp, text, { flush: true }); // flush: fsync before the file is closed
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 
