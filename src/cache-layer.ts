@@ -142,13 +142,8 @@ export function createImporter(layer: CacheLayer, config: Config): Importer {
     store: layer.blobStore,
     manifests: layer.manifestStore,
     metadata: layer.metadata,
-    // A room check, not a held reservation: the importer writes one blob at a time and does not say when it is
-    // done with one (fills, which run many at once, hold theirs until commit).
-    admit: async (size) => {
-      const reservation = await layer.janitor.admit(size);
-      reservation?.release();
-      return reservation !== undefined;
-    },
+    // Held by each blob's writer until it commits or is closed, as fills hold theirs.
+    admit: (size) => layer.janitor.admit(size),
     pins: layer.pins,
     upstreams: layer.upstreams,
     manifestMaxBytes: config.limits.manifestMaxBytes,

@@ -5,21 +5,20 @@
  * is not enough to read it through another name. When this upstream never served the content itself, its bytes
  * are fetched from it, verified and passed through, rather than trusting its word (a HEAD) for another's copy.
  */
-import type { FileHandle } from "node:fs/promises";
 import { pipeline, type Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { recordServed, servesUnrecordedLink, standingOf, type Standing } from "./access-proof.ts";
-import type { BlobStore } from "../storage/blob-store.ts";
+import type { ContentStore, StoredContent } from "../storage/content-store.ts";
 import type { Fill, FillCoordinator, UpstreamBlob } from "../fill/fill-coordinator.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { VerifyStream } from "../fill/verify-stream.ts";
 
 /** Where a blob response's bytes come from. */
 export type BlobSource =
-  /** Committed content; the caller owns (and must close) the handle. */
-  | { kind: "cached"; size: number; handle: FileHandle }
+  /** Committed content; the caller owns (and must read or close) it. */
+  | { kind: "cached"; size: number; content: StoredContent }
   /** A fill in progress (started by this request: `joined` false; or by another: true). */
   | { kind: "fill"; fill: Fill; joined: boolean }
   /** HEAD of a blob not cached: the upstream confirmed it exists. */
@@ -31,13 +30,13 @@ export type BlobSource =
   | { kind: "direct"; size: number | undefined; body: Readable; why: "no-room" | "proving" };
 
 export class BlobCache {
-  private readonly store: BlobStore;
+  private readonly store: ContentStore;
   private readonly fills: FillCoordinator;
   private readonly metadata: MetadataStore;
 
   private readonly metrics: Metrics | undefined;
 
-  constructor(opts: { store: BlobStore; fills: FillCoordinator; metadata: MetadataStore; metrics?: Metrics }) {
+  constructor(opts: { store: ContentStore; fills: FillCoordinator; metadata: MetadataStore; metrics?: Metrics }) {
     this.metrics = opts.metrics;
     this.store = opts.store;
     this.fills = opts.fills;
@@ -58,26 +57,26 @@ export class BlobCache {
     const standing = await this.standing(upstream, repo, digest);
     const cached = await this.store.open(digest);
     if (cached) {
-      if (standing === "granted") return { kind: "cached", ...cached };
+      if (standing === "granted") return { kind: "cached", size: cached.size, content: cached };
       if (standing === "confirm-repository") {
         try {
           await this.confirmRepository(upstream, repo, digest);
         } catch (err) {
-          await cached.handle.close();
+          await cached.close();
           throw err;
         }
-        return { kind: "cached", ...cached };
+        return { kind: "cached", size: cached.size, content: cached };
       }
       try {
         const proof = await this.passThrough(upstream, repo, digest);
-        await cached.handle.close();
+        await cached.close();
         return proof;
       } catch (err) {
         if (await servesUnrecordedLink(this.metadata, upstream, repo, digest, err)) {
           this.metrics?.staleServed.inc({ upstream: upstream.name, reason: (err as RegistryError).code });
-          return { kind: "cached", ...cached };
+          return { kind: "cached", size: cached.size, content: cached };
         }
-        await cached.handle.close();
+        await cached.close();
         throw err;
       }
     }
@@ -129,7 +128,7 @@ export class BlobCache {
       case "committed": {
         const cached = await this.store.open(digest);
         // Evicted the moment it was committed (no room for it after all): the upstream is still there.
-        return cached ? { kind: "cached", ...cached } : this.passThrough(upstream, repo, digest, "no-room");
+        return cached ? { kind: "cached", size: cached.size, content: cached } : this.passThrough(upstream, repo, digest, "no-room");
       }
       case "uncached": {
         this.metrics?.uncachedServed.inc({ upstream: upstream.name });

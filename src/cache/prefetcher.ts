@@ -127,7 +127,7 @@ export class Prefetcher {
     const source = await this.blobs.open(upstream, repo, digest);
     switch (source.kind) {
       case "cached":
-        await source.handle.close();
+        await source.content.close();
         return;
       case "fill":
         await source.fill.done;

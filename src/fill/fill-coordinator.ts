@@ -1,17 +1,16 @@
 /**
  * One upstream download per digest at a time, shared by every reader.
  *
- * A `Fill` owns the upstream response. It writes to a temp file in the store, hashing and counting as it goes,
- * and wakes its readers after every write. Each reader streams the temp file through the fill's own file handle
- * (positional reads), from its start offset up to what has been written, then waits for more: a late joiner gets
- * what is already on disk at disk speed, then follows the download.
+ * A `Fill` owns the upstream response. It writes it into a writer of the content store (content-store.ts), and
+ * wakes its readers after every write. Each reader reads what the writer holds (positional reads of its temp
+ * file, on the filesystem), from its start offset up to what has been written, then waits for more: a late
+ * joiner gets what is already on disk at disk speed, then follows the download.
  *
- * When the upstream ends, size and sha256 are checked, the file is fsynced and renamed to its content-addressed
- * path; readers keep reading through the open handle. Large downloads are hashed by a worker thread that reads
- * the temp file back (hash-worker.ts), and flushed to disk in steps as they arrive, so that neither the hash nor
- * the final fsync stands between the last byte received and the commit for longer than a few MiB take. On any
- * mismatch or upstream error, readers are destroyed (clients see a broken transfer and retry) and the temp file is
- * deleted: nothing is committed.
+ * When the upstream ends, the writer's commit checks size and sha256 and makes the content visible under its
+ * digest; readers keep reading through the writer until they are done. (How the store hashes and flushes a
+ * large download so that the commit follows the last byte closely is the store's business: blob-store.ts.) On
+ * any mismatch or upstream error, readers are destroyed (clients see a broken transfer and retry) and the
+ * writer discards what it held: nothing is committed.
  *
  * No reader completes before the content is verified: every reader holds back its own last byte (the end of its
  * range, not only the blob's last byte) until the fill has committed, and a reader with nothing to read (the
@@ -27,8 +26,6 @@
  * fails. One of unknown size that outgrows what can be reserved goes on for its readers, verified as ever, but
  * is not committed (`reserve`). Every failure after the upstream answered releases its body at once.
  */
-import { createHash } from "node:crypto";
-import type { FileHandle } from "node:fs/promises";
 import { type Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
@@ -37,9 +34,9 @@ import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import { receivePacer } from "./receive-pacer.ts";
 import { discardBody } from "../upstream/upstream-errors.ts";
-import { writeAt, type BlobStore } from "../storage/blob-store.ts";
+import { EMPTY_DIGEST } from "../oci/digest.ts";
+import { ContentMismatchError, type ContentStore, type ContentWriter, type WriteReservation } from "../storage/content-store.ts";
 import { BufferPool, FileRangeStream } from "../storage/file-range-stream.ts";
-import { FileHasher } from "../storage/hash-worker.ts";
 
 export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */
@@ -58,18 +55,17 @@ export type OpenUpstreamBlob = (signal: AbortSignal) => Promise<UpstreamBlob>;
  */
 export type FillState = "connecting" | "streaming" | "passing" | "committed" | "passed" | "failed" | "direct";
 
-/** Room held for a download being cached (the janitor's Reservation). */
-export interface FillReservation {
+/**
+ * Room held for a download being cached (the janitor's Reservation). The fill's writer is told what is written
+ * and releases it once the download is committed (its bytes are counted as cached by then) or discarded.
+ */
+export interface FillReservation extends WriteReservation {
   /** Bytes held now. */
   readonly bytes: number;
   /** Holds room for `total` bytes in all; false (nothing changed) when there is none. */
   grow(total: number): Promise<boolean>;
-  /** The temp file holds this many bytes now. */
-  wrote(written: number): void;
   /** The download will not be committed: its room stops counting against the budget (the disk only). */
   stopCaching(): void;
-  /** The download was committed (its bytes are counted as cached now), failed, or went by uncached. */
-  release(): void;
 }
 
 export interface FillPolicy {
@@ -85,60 +81,21 @@ export interface FillOrigin {
   repo: string;
 }
 
-/** The sha256 of zero bytes: the one digest a 0-byte blob can have. */
-const EMPTY_BLOB_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-/** Downloads at least this large (or of unknown size) are hashed by the worker; smaller ones inline. */
-const WORKER_HASH_FROM = 8 * 1024 * 1024;
-/** The temp file is flushed to disk (fdatasync, in the background) every this many bytes. */
-const SYNC_STEP = 64 * 1024 * 1024;
-
-/** The sha256 of a download in progress, inline or in the worker. */
-interface DownloadHash {
-  /** Chunks about to be written (inline hashing). */
-  update(chunks: readonly Buffer[]): void;
-  /** The temp file is written up to here (worker hashing). */
-  extend(written: number): void;
-  finish(size: number): Promise<string>;
-  abort(): void;
-}
-
-function inlineHash(): DownloadHash {
-  const hash = createHash("sha256");
-  return {
-    update: (chunks) => {
-      for (const chunk of chunks) hash.update(chunk);
-    },
-    extend: () => undefined,
-    finish: async () => `sha256:${hash.digest("hex")}`,
-    abort: () => undefined,
-  };
-}
-
-function workerHash(hasher: FileHasher, path: string): DownloadHash {
-  const hash = hasher.open(path);
-  return { update: () => undefined, extend: (written) => hash.extend(written), finish: (size) => hash.finish(size), abort: () => hash.abort() };
-}
-
 export class Fill {
   readonly digest: string;
   readonly origin: FillOrigin;
   state: FillState = "connecting";
   /** Size announced by the upstream; `undefined` until `ready`, and when the upstream sent none. */
   size: number | undefined;
-  /** Bytes written to the temp file so far: what readers may read. */
-  written = 0;
   error: Error | undefined;
   /** Resolves when the upstream has answered 200 and the temp file exists; rejects with the upstream's error. */
   readonly ready: Promise<void>;
   /** Resolves once committed, rejects when the fill failed. */
   readonly done: Promise<void>;
 
-  private handle: FileHandle | undefined;
+  /** The download's write into the store, from `ready` on; readers read it through `readAt`. */
+  private writer: ContentWriter | undefined;
   private readonly buffers: BufferPool;
-  /** Bytes known to be on disk (fdatasync'ed), and the background flush running now. */
-  private syncedTo = 0;
-  private syncing: Promise<void> | undefined;
   /** The fill itself holds one reference until it ends; each reader holds one while open. */
   private refs = 1;
   private readerCount = 0;
@@ -165,6 +122,11 @@ export class Fill {
     // Failures are delivered to whoever awaits; these keep an unobserved rejection from crashing the process.
     this.ready.catch(() => undefined);
     this.done.catch(() => undefined);
+  }
+
+  /** Bytes written so far: what readers may read. */
+  get written(): number {
+    return this.writer?.written ?? 0;
   }
 
   /** Readers attached now (for metrics). */
@@ -201,7 +163,7 @@ export class Fill {
    * `ready` and before the fill has committed (after that, read the committed file instead).
    */
   createReader(start: number, end: number | undefined, maxReaders = Infinity): Readable {
-    if (this.handle === undefined || this.ended) throw new Error(`fill ${this.digest} is ${this.state}, not readable`);
+    if (this.writer === undefined || this.ended) throw new Error(`fill ${this.digest} is ${this.state}, not readable`);
     if (this.readerCount >= maxReaders) {
       throw new RegistryError("TOOMANYREQUESTS", `too many clients are reading this download (${maxReaders})`, { headers: { "Retry-After": "5" } });
     }
@@ -211,9 +173,9 @@ export class Fill {
     return new FillReader(this, this.buffers, start, end);
   }
 
-  /** @internal the reader's view: reads up to `length` bytes at `position` of the temp file into `buffer`. */
-  async readInto(buffer: Buffer, length: number, position: number): Promise<number> {
-    return (await this.handle!.read(buffer, 0, length, position)).bytesRead;
+  /** @internal the reader's view: reads up to `length` written bytes at `position` into `buffer`. */
+  readInto(buffer: Buffer, length: number, position: number): Promise<number> {
+    return this.writer!.readAt(buffer, length, position);
   }
 
   /** @internal resolves at the next write, commit or failure. */
@@ -239,11 +201,7 @@ export class Fill {
 
   private release(): void {
     this.refs--;
-    if (this.refs === 0 && this.handle !== undefined) {
-      const handle = this.handle;
-      this.handle = undefined;
-      handle.close().catch(() => undefined);
-    }
+    if (this.refs === 0 && this.writer !== undefined) this.writer.close().catch(() => undefined);
   }
 
   /** @internal */
@@ -261,12 +219,10 @@ export class Fill {
   }
 
   /** @internal called by the coordinator; the whole download → verify → commit lifecycle. */
-  async run(store: BlobStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined, slots: Slots | undefined, hasher: FileHasher): Promise<void> {
+  async run(store: ContentStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined, slots: Slots | undefined): Promise<void> {
     const abort = this.abort;
-    let hash: DownloadHash | undefined;
     const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timerDelay(timeoutMs));
     timer.unref();
-    let tempPath: string | undefined;
     let slot: (() => void) | undefined;
     /** The upstream response while this fill owns it: every failure must release its body (and connection). */
     let upstream: UpstreamBlob | undefined;
@@ -276,7 +232,7 @@ export class Fill {
       // Content announced for the empty blob cannot verify: refused before anything is downloaded. (The other
       // impossible announcement, 0 bytes for any other digest, costs nothing to download and fails verification
       // at once; its readers hold their end until then, as every reader does.)
-      if (this.digest === EMPTY_BLOB_DIGEST && upstream.size !== undefined && upstream.size > 0) {
+      if (this.digest === EMPTY_DIGEST && upstream.size !== undefined && upstream.size > 0) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for the empty blob ${this.digest}`);
       }
       this.size = upstream.size;
@@ -292,34 +248,21 @@ export class Fill {
         this.resolveReady();
         return;
       }
-      const temp = await store.createTemp(this.digest);
-      tempPath = temp.path;
-      this.handle = temp.handle;
+      // The store verifies length and digest in the writer's commit; the reservation is the writer's to release.
+      this.writer = await store.createWriter(this.digest, { expectedSize: upstream.size, reservation: this.reservation });
       this.state = "streaming";
       this.resolveReady();
 
-      hash = this.size !== undefined && this.size < WORKER_HASH_FROM ? inlineHash() : workerHash(hasher, tempPath);
-      await pipeline(upstream.body, this.sink(hash, metrics, log), { signal: abort.signal });
-      if (this.size !== undefined && this.written !== this.size) {
-        throw new RegistryError("UPSTREAM_ERROR", `upstream sent ${this.written} of ${this.size} bytes for ${this.digest}`);
-      }
-      // The hash catches up (worker) while the last background flush finishes.
-      const [actual] = await Promise.all([hash.finish(this.written), this.syncing]);
-      hash = undefined;
-      if (actual !== this.digest) {
-        throw new RegistryError("UPSTREAM_ERROR", `upstream content for ${this.digest} hashes to ${actual}`);
-      }
+      await pipeline(upstream.body, this.sink(this.writer, metrics, log), { signal: abort.signal });
       if (!this.caching) {
-        // Verified: its readers may now have the last byte, through the open handle. Never stored.
-        await store.discard(tempPath);
-        tempPath = undefined;
+        // Verified: its readers may now have the last byte, through the writer. Never stored.
+        await upstreamVerified(this.writer.verify(), this.digest);
+        await this.writer.abort();
         this.state = "passed";
         log.info({ digest: this.digest, bytes: this.written }, "blob served uncached: its download outgrew the cache budget");
         return;
       }
-      await this.handle.sync();
-      await store.commit(tempPath, this.digest, this.written);
-      tempPath = undefined;
+      await upstreamVerified(this.writer.commit(), this.digest);
       this.size = this.written;
       this.state = "committed";
       log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
@@ -327,45 +270,23 @@ export class Fill {
       // Whatever failed (admission, the temp file, the download, verification), the upstream body is released
       // now, not at undici's body-idle timeout. One that was read to its end or already destroyed is unaffected.
       if (upstream) discardBody(upstream.body);
-      hash?.abort();
       if ((err as NodeJS.ErrnoException).code === "ENOSPC") policy?.noSpace(err as Error);
-      // Clean up first: once `failed` is visible, nothing of this fill may remain on disk.
-      if (tempPath !== undefined) await store.discard(tempPath).catch(() => undefined);
+      // Clean up first: once `failed` is visible, nothing of this fill may remain in the store.
+      await this.writer?.abort().catch(() => undefined);
       // Aborted (timeout, readers gone): the reason says why; pipeline only reports "The operation was aborted".
       this.error = toError(abort.signal.aborted ? abort.signal.reason : err);
       this.state = "failed";
       this.rejectReady(this.error);
       log.warn({ digest: this.digest, err: this.error.message, bytes: this.written }, "blob fill failed; nothing committed");
     } finally {
-      // After the commit, not before: the committed bytes are counted in the index by now.
-      this.reservation?.release();
+      // A writer has released the reservation by now (committed or discarded); without one, it is released here.
+      if (this.writer === undefined) this.reservation?.release();
       slot?.();
       clearTimeout(timer);
       if (this.state !== "direct") metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "passed" ? "uncached" : this.state === "committed" ? "committed" : "failed" });
       this.notify();
       this.release();
     }
-  }
-
-  /**
-   * Starts an fdatasync once SYNC_STEP more bytes have been written, one at a time, not awaited by the write
-   * path: the disk writes back while the download goes on, and the fsync before commit has little left to do.
-   * Its errors are not lost: the final fsync reports the same failure.
-   */
-  private flushInBackground(): void {
-    if (this.syncing !== undefined || this.written - this.syncedTo < SYNC_STEP || this.handle === undefined) return;
-    const upTo = this.written;
-    this.syncing = this.handle
-      .datasync()
-      .then(
-        () => {
-          this.syncedTo = upTo;
-        },
-        () => undefined,
-      )
-      .finally(() => {
-        this.syncing = undefined;
-      });
   }
 
   private waitUntilEnded(resolve: () => void, reject: (err: Error) => void): void {
@@ -398,23 +319,18 @@ export class Fill {
     throw new RegistryError("UNAVAILABLE", `no room on the disk for the download of ${this.digest} (${total} bytes so far)`);
   }
 
-  /** Hashes and writes each batch of chunks at the current end of the temp file, then wakes readers. */
-  private sink(hash: DownloadHash, metrics: Metrics | undefined, log: Logger): Writable {
+  /** Writes each batch of chunks into the store (which hashes them as it writes), then wakes readers. */
+  private sink(writer: ContentWriter, metrics: Metrics | undefined, log: Logger): Writable {
     const pacer = receivePacer();
     const write = async (chunks: Buffer[]): Promise<void> => {
       let total = 0;
       for (const chunk of chunks) total += chunk.length;
-      if (this.size !== undefined && this.written + total > this.size) {
+      if (this.size !== undefined && writer.written + total > this.size) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.size} bytes for ${this.digest}`);
       }
       // Only a download of unknown size outgrows its reservation (the check above stops any other).
-      if (this.reservation && this.written + total > this.reservation.bytes) await this.reserve(this.reservation, this.written + total, metrics, log);
-      hash.update(chunks);
-      await writeAt(this.handle!, chunks, this.written);
-      this.written += total;
-      this.reservation?.wrote(this.written);
-      hash.extend(this.written);
-      this.flushInBackground();
+      if (this.reservation && writer.written + total > this.reservation.bytes) await this.reserve(this.reservation, writer.written + total, metrics, log);
+      await writer.write(chunks);
       pacer.received(total); // these chunks are garbage now: see receive-pacer.ts
       metrics?.upstreamFetchedBytes.inc({ upstream: this.origin.upstream, kind: "blob" }, total);
       this.notify();
@@ -478,7 +394,7 @@ class FillReader extends FileRangeStream {
 }
 
 export class FillCoordinator {
-  private readonly store: BlobStore;
+  private readonly store: ContentStore;
   private readonly timeoutMs: number;
   private readonly log: Logger;
   /** In-flight fills, and committed ones for a short grace period (see `start`). */
@@ -488,13 +404,12 @@ export class FillCoordinator {
   private readonly policy: FillPolicy | undefined;
 
   private readonly slots = new Map<string, Slots>();
-  /** Shared by every fill: the hash worker, and the read buffers of fill readers. */
-  private readonly hasher = new FileHasher();
+  /** Shared by every fill: the read buffers of fill readers. */
   private readonly buffers = new BufferPool();
   private readonly limits: { maxFills: (upstream: string) => number; maxQueued: number } | undefined;
 
   constructor(
-    store: BlobStore,
+    store: ContentStore,
     opts: {
       timeoutMs: number;
       log: Logger;
@@ -533,7 +448,7 @@ export class FillCoordinator {
     if (existing) return existing;
     const fill = new Fill(digest, origin, this.buffers);
     this.fills.set(digest, fill);
-    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics, this.policy, this.slotsFor(origin.upstream), this.hasher).finally(() => {
+    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics, this.policy, this.slotsFor(origin.upstream)).finally(() => {
       if (fill.state !== "committed") {
         if (this.fills.get(digest) === fill) this.fills.delete(digest);
         return;
@@ -615,6 +530,19 @@ export class Slots {
       if (next) next(); // the slot passes straight to the next waiter
       else this.running--;
     };
+  }
+}
+
+/** The store found the content is not what its digest names: the upstream sent it, so the error is the upstream's. */
+async function upstreamVerified(verification: Promise<void>, digest: string): Promise<void> {
+  try {
+    await verification;
+  } catch (err) {
+    if (!(err instanceof ContentMismatchError)) throw err;
+    throw new RegistryError(
+      "UPSTREAM_ERROR",
+      err.actualDigest !== undefined ? `upstream content for ${digest} hashes to ${err.actualDigest}` : `upstream sent ${err.size} of ${err.expectedSize} bytes for ${digest}`,
+    );
   }
 }
 

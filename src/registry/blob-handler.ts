@@ -1,7 +1,6 @@
 /** `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single byte ranges on cached, in-flight and cold blobs. */
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
-import { BufferPool, FileHandleRangeStream } from "../storage/file-range-stream.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { CacheResult } from "../observability/metrics.ts";
 import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";
@@ -12,8 +11,6 @@ import type { UpstreamClient } from "../upstream/upstream-client.ts";
 export class BlobHandler {
   private readonly cache: BlobCache;
   private readonly maxReadersPerFill: number;
-  /** Read buffers for cached blobs, reused across responses (file-range-stream.ts). */
-  private readonly buffers = new BufferPool();
 
   constructor(cache: BlobCache, opts: { maxReadersPerFill?: number } = {}) {
     this.cache = cache;
@@ -49,7 +46,7 @@ export class BlobHandler {
     if (req.range !== undefined && size !== undefined) {
       const resolved = resolveRange(req.range, size);
       if (resolved === "unsatisfiable") {
-        if (source.kind === "cached") await source.handle.close();
+        if (source.kind === "cached") await source.content.close();
         throw new RegistryError("RANGE_INVALID", `range not satisfiable for a blob of ${size} bytes`, { headers: { "Content-Range": `bytes */${size}` } });
       }
       ({ start, end } = resolved);
@@ -62,10 +59,10 @@ export class BlobHandler {
 
     let body: Readable | Buffer;
     if (source.kind === "cached" && size === 0) {
-      await source.handle.close();
+      await source.content.close();
       body = Buffer.alloc(0);
     } else if (source.kind === "cached") {
-      body = new FileHandleRangeStream(this.buffers, source.handle, start, end ?? source.size - 1);
+      body = source.content.read({ start, end: end ?? source.size - 1 });
     } else if (source.kind === "fill" && size === 0) {
       // Headers alone make a 0-byte response complete, so it is sent only once the content verified; an
       // upstream that announced 0 bytes for other content gets its error answered instead.

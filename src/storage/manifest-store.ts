@@ -5,17 +5,20 @@
  * manifest is only servable once both exist. Hot manifests are kept in memory: the tag-hit path touches no disk.
  *
  * A sidecar is replaced crash-safely (durable-replace.ts: a temp file of its own, so concurrent puts of one
- * manifest never share one, fsynced, renamed into place, the directory fsynced). One that is damaged all the same (empty, torn, not ours) reads as
- * absent, never as an error: the manifest is then fetched again and its next put rewrites the sidecar, and
- * nothing that asks (a pull, an eviction sweep) is stuck on it meanwhile. A walk that needs only what a
- * manifest names (what a pin keeps) reads its bytes without the sidecar (`bytesOf`).
+ * manifest never share one; fsynced, renamed into place, the directory fsynced). One that is damaged all the
+ * same (empty, torn, not ours) reads as absent, never as an error: the manifest is then fetched again and its
+ * next put rewrites the sidecar, and nothing that asks (a pull, an eviction sweep) is stuck on it meanwhile. A
+ * walk that needs only what a manifest names (what a pin keeps) reads its bytes without the sidecar (`bytesOf`).
+ *
+ * The bytes go through the content store's interface; the sidecars are files beside it (`<root>/manifests`),
+ * which is why this takes the filesystem store.
  */
-import { createHash } from "node:crypto";
 import { mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { LRUCache } from "lru-cache";
-import { digestHex } from "../oci/digest.ts";
+import { digestHex, digestOf } from "../oci/digest.ts";
 import { isNotFound, type BlobStore } from "./blob-store.ts";
+import { putContent } from "./content-store.ts";
 import { replaceFileDurably } from "./durable-replace.ts";
 
 export interface StoredManifest {
@@ -45,11 +48,15 @@ export class ManifestStore {
     await mkdir(this.metaDir, { recursive: true });
   }
 
-  /** Stores verified bytes; throws if `bytes` do not hash to `digest` (a programming error upstream of here). */
+  /**
+   * Stores a manifest; throws if `bytes` do not hash to `digest` (a programming error upstream of here). The
+   * store's writer verifies what it commits; the check here is for the memory copy, which is served like the
+   * stored bytes and is kept even when those were stored already.
+   */
   async put(digest: string, mediaType: string, bytes: Buffer): Promise<void> {
-    const actual = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+    const actual = digestOf(bytes);
     if (actual !== digest) throw new Error(`manifest bytes hash to ${actual}, not ${digest}`);
-    if ((await this.blobs.size(digest)) !== bytes.length) await this.blobs.putVerified(digest, bytes);
+    if ((await this.blobs.size(digest)) !== bytes.length) await putContent(this.blobs, digest, bytes);
     // Its temp file goes where the store's do, so one a crash leaves behind is swept at the next start.
     await replaceFileDurably(this.metaPath(digest), JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar), { tempDir: this.blobs.tempDir });
     this.memory.set(digest, { digest, mediaType, bytes });
@@ -75,17 +82,15 @@ export class ManifestStore {
     }
     const meta = parseSidecar(text);
     if (meta === undefined) return undefined; // damaged: absent until the next put rewrites it
-    const opened = await this.blobs.open(digest);
-    if (!opened) return undefined;
-    try {
-      if (opened.size !== meta.size) return undefined;
-      const bytes = await opened.handle.readFile();
-      const manifest = { digest, mediaType: meta.mediaType, bytes };
-      this.memory.set(digest, manifest);
-      return manifest;
-    } finally {
-      await opened.handle.close();
+    const stored = await this.blobs.open(digest);
+    if (!stored) return undefined;
+    if (stored.size !== meta.size) {
+      await stored.close();
+      return undefined;
     }
+    const manifest = { digest, mediaType: meta.mediaType, bytes: await stored.bytes() };
+    this.memory.set(digest, manifest);
+    return manifest;
   }
 
   /**
@@ -97,13 +102,13 @@ export class ManifestStore {
   async bytesOf(digest: string, maxBytes: number): Promise<Buffer | undefined> {
     const manifest = await this.get(digest);
     if (manifest) return manifest.bytes;
-    const opened = await this.blobs.open(digest);
-    if (!opened) return undefined;
-    try {
-      return opened.size <= maxBytes ? await opened.handle.readFile() : undefined;
-    } finally {
-      await opened.handle.close();
+    const stored = await this.blobs.open(digest);
+    if (!stored) return undefined;
+    if (stored.size > maxBytes) {
+      await stored.close();
+      return undefined;
     }
+    return stored.bytes();
   }
 
   /** Eviction or purge removed the bytes: drop the memory copy and the sidecar too. */

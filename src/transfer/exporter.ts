@@ -7,7 +7,6 @@
  * bundle never carries content the cache has let rot.
  */
 import { createHash } from "node:crypto";
-import type { FileHandle } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
 import { UpstreamResolver, type ImageReference } from "../config/upstream-resolver.ts";
@@ -67,7 +66,6 @@ export interface ExportProgress {
 
 /** Blobs prepared (opened, or downloading) ahead of the one being written. */
 const LOOKAHEAD = 3;
-const READ_CHUNK = 1024 * 1024;
 
 interface ReadySource {
   chunks(): AsyncIterable<Buffer>;
@@ -225,12 +223,12 @@ export class Exporter {
     const source = await this.blobs.open(blob.upstream, blob.repository, blob.digest);
     switch (source.kind) {
       case "cached":
-        return fromHandle(source.handle);
+        return fromStream(source.content.read());
       case "fill": {
         await source.fill.done;
         const opened = await this.store.open(blob.digest);
         if (!opened) throw new Error(`${blob.digest} was evicted right after it was downloaded: the cache budget is too small for this export`);
-        return fromHandle(opened.handle);
+        return fromStream(opened.read());
       }
       case "direct":
         // Not cached (no room), or cached but not yet proved by this upstream: the upstream body, verified as it
@@ -240,21 +238,6 @@ export class Exporter {
         throw new Error(`${blob.digest}: the blob cache answered without content`);
     }
   }
-}
-
-/** Positional reads into fresh buffers (each chunk is handed downstream and may be held there). */
-function fromHandle(handle: FileHandle): ReadySource {
-  return {
-    async *chunks() {
-      for (let position = 0; ; ) {
-        const { bytesRead, buffer } = await handle.read({ buffer: Buffer.allocUnsafe(READ_CHUNK), position });
-        if (bytesRead === 0) return;
-        position += bytesRead;
-        yield bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
-      }
-    },
-    close: () => handle.close(),
-  };
 }
 
 function fromStream(body: Readable): ReadySource {

@@ -2,13 +2,16 @@
  * Reads a bundle (an OCI image layout in a tar, from a file, stdin or an HTTP request body) into the cache.
  *
  * Nothing enters the cache unverified. Manifests are hashed before the manifest store takes them; every other
- * blob is streamed into a temp file of the blob store while it is hashed and counted, and committed (fsync,
- * rename) only when its digest and its size match both its file name and the descriptor that references it.
- * Content referenced by nothing in the bundle is refused too: an import adds images, not loose bytes.
+ * blob is streamed into a writer of the content store, which verifies its digest and size (its file name, and
+ * the tar entry's size) before committing it; it is committed only when its size also matches the descriptor
+ * that references it. Content referenced by nothing in the bundle is refused too: an import adds images, not
+ * loose bytes.
  *
  * Bundles written by `mirror export` put index.json and the manifests first, so each blob is checked and
- * committed as it arrives. Other tools (skopeo's oci-archive) write blobs before index.json; those wait in temp
- * files until the metadata shows what they are, then are committed or refused in the same way.
+ * committed as it arrives. Other tools (skopeo's oci-archive) write blobs before index.json; those wait,
+ * verified, in their open writers until the metadata shows what they are, then are committed or refused in the
+ * same way. Each blob's room in the cache budget is held from its admission until its writer commits or is
+ * closed, so blobs waiting for their metadata count against the budget too.
  *
  * Then, per reference in index.json: if every manifest and blob of the image is now in the cache (from this
  * bundle or already held, as with a delta bundle), its tag pointer is set, its repository is linked to all of
@@ -16,10 +19,8 @@
  * gets no tag pointer and is reported with what it lacks; the tag keeps pointing at what it pointed at before.
  * Every refused entry is reported by name with the reason.
  */
-import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
-import { writeAt, type BlobStore } from "../storage/blob-store.ts";
+import { ContentMismatchError, type ContentStore, type ContentWriter, type WriteReservation } from "../storage/content-store.ts";
 import { UpstreamResolver, type ImageReference, type RoutedUpstream } from "../config/upstream-resolver.ts";
 import { walkManifests } from "../cache/image-walker.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
@@ -27,7 +28,7 @@ import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { PinEntry, PinList } from "../storage/pin-list.ts";
 import { imageBlobs, indexEntries, parseManifest, type Descriptor } from "../oci/manifest.ts";
 import { MediaType } from "../oci/media-types.ts";
-import { isSha256Digest } from "../oci/digest.ts";
+import { digestOf, isSha256Digest } from "../oci/digest.ts";
 import { blobDigestOf, CONTAINERD_NAME_ANNOTATION, entryName, INDEX_FILE, LAYOUT_FILE, REF_NAME_ANNOTATION, REFERENCE_ANNOTATION } from "./bundle-layout.ts";
 import { TarReader, type TarEntry } from "./tar-reader.ts";
 
@@ -87,11 +88,14 @@ interface ImageContents {
 const MAX_INDEX_BYTES = 16 * 1024 * 1024;
 
 export interface ImporterOptions {
-  store: BlobStore;
+  store: ContentStore;
   manifests: ManifestStore;
   metadata: MetadataStore;
-  /** Room for a blob of this size (evicting unpinned content if need be)? Absent: no budget. */
-  admit?: (size: number) => Promise<boolean>;
+  /**
+   * Room for a blob of this size (evicting unpinned content if need be), held until its write is committed or
+   * discarded; undefined when there is none. Absent: no budget.
+   */
+  admit?: (size: number) => Promise<WriteReservation | undefined>;
   pins: PinList;
   upstreams: readonly RoutedUpstream[];
   manifestMaxBytes: number;
@@ -128,8 +132,8 @@ class ImportRun {
   private readonly declared = new Map<string, Declared>();
   /** Entries of this bundle by digest: accepted (stored or already present) or refused. */
   private readonly seen = new Map<string, "accepted" | "refused">();
-  /** Verified blobs that arrived before anything referenced them: temp file path and size. */
-  private readonly pending = new Map<string, { path: string; size: number }>();
+  /** Verified blobs that arrived before anything referenced them, in their writers (open, not committed). */
+  private readonly pending = new Map<string, ContentWriter>();
   private tops: Top[] = [];
   private sawIndex = false;
   private pinsBefore: Map<string, PinEntry | undefined> | undefined;
@@ -163,14 +167,14 @@ class ImportRun {
     try {
       if (!this.sawIndex && this.report.error === undefined) this.report.error = `the bundle has no ${INDEX_FILE}: it is not an OCI image layout`;
       await this.resolvePending();
-      for (const [digest, p] of this.pending) {
-        await this.o.store.discard(p.path);
+      for (const [digest, writer] of this.pending) {
+        await writer.close();
         this.refuse(`blobs/${digest.replace(":", "/")}`, digest, "not referenced by index.json or by any verified manifest in the bundle");
       }
       this.pending.clear();
       for (const top of this.tops) this.report.images.push(await this.finish(top));
     } finally {
-      for (const p of this.pending.values()) await this.o.store.discard(p.path);
+      for (const writer of this.pending.values()) await writer.close();
     }
     const r = this.report;
     r.ok = r.error === undefined && r.refused.length === 0 && r.images.every((i) => i.status === "imported");
@@ -258,7 +262,7 @@ class ImportRun {
       return;
     }
     const bytes = await readAll(entry, this.o.manifestMaxBytes, name);
-    const actual = sha256(bytes);
+    const actual = digestOf(bytes);
     if (actual !== digest) {
       this.refuse(name, digest, `content hashes to ${actual}`);
       return;
@@ -289,44 +293,43 @@ class ImportRun {
       this.report.blobs.present++;
       return;
     }
-    if (this.o.admit && !(await this.o.admit(entry.size))) {
+    const reservation = this.o.admit ? await this.o.admit(entry.size) : undefined;
+    if (this.o.admit && reservation === undefined) {
       this.refuse(name, digest, `no room in the cache for ${entry.size} bytes (storage.maxSize, or the disk is full)`);
       return;
     }
-    const { path, handle } = await this.o.store.createTemp(digest);
+    let writer: ContentWriter;
+    try {
+      writer = await this.o.store.createWriter(digest, { expectedSize: entry.size, reservation });
+    } catch (err) {
+      reservation?.release();
+      throw err;
+    }
+    // From here the reservation is the writer's: released when it commits or is closed.
     let kept = false;
     try {
-      const hash = createHash("sha256");
-      let size = 0;
       try {
-        for await (const chunk of entry.body()) {
-          hash.update(chunk);
-          await writeAt(handle, [chunk], size); // all of it, or the reason why not (a bare write may stop short)
-          size += chunk.length;
-        }
+        for await (const chunk of entry.body()) await writer.write([chunk]);
       } catch (err) {
         this.refuse(name, digest, (err as Error).message);
         throw err; // the bundle cannot be read past this point (or, on a write error, stored)
       }
-      const actual = `sha256:${hash.digest("hex")}`;
-      if (actual !== digest) {
-        this.refuse(name, digest, `content hashes to ${actual}`);
+      try {
+        await writer.verify();
+      } catch (err) {
+        if (!(err instanceof ContentMismatchError)) throw err;
+        this.refuse(name, digest, err.actualDigest !== undefined ? `content hashes to ${err.actualDigest}` : `${err.size} bytes, but its tar entry says ${entry.size}`);
         return;
       }
-      await handle.sync();
-      await handle.close();
       if (declared) {
-        await this.o.store.commit(path, digest, size);
-        this.accepted(digest, size);
+        await writer.commit();
+        this.accepted(digest, entry.size);
       } else {
-        this.pending.set(digest, { path, size });
+        this.pending.set(digest, writer);
+        kept = true;
       }
-      kept = true;
     } finally {
-      if (!kept) {
-        await handle.close().catch(() => undefined);
-        await this.o.store.discard(path);
-      }
+      if (!kept) await writer.close();
     }
   }
 
@@ -334,27 +337,36 @@ class ImportRun {
   private async resolvePending(): Promise<void> {
     for (let changed = true; changed; ) {
       changed = false;
-      for (const [digest, p] of this.pending) {
+      for (const [digest, writer] of this.pending) {
         const declared = this.declared.get(digest);
         if (declared === undefined) continue;
         this.pending.delete(digest);
         changed = true;
         const name = `blobs/sha256/${digest.slice(7)}`;
-        if (declared.size !== p.size) {
-          await this.o.store.discard(p.path);
-          this.refuse(name, digest, `${p.size} bytes, but the descriptor that references it says ${declared.size}`);
+        const size = writer.written;
+        if (declared.size !== size) {
+          await writer.close();
+          this.refuse(name, digest, `${size} bytes, but the descriptor that references it says ${declared.size}`);
         } else if (declared.kind === "manifest") {
-          if (p.size > this.o.manifestMaxBytes) {
-            await this.o.store.discard(p.path);
-            this.refuse(name, digest, `a manifest of ${p.size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`);
+          if (size > this.o.manifestMaxBytes) {
+            await writer.close();
+            this.refuse(name, digest, `a manifest of ${size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`);
             continue;
           }
-          const bytes = await readFile(p.path);
-          await this.o.store.discard(p.path);
+          let bytes: Buffer;
+          try {
+            bytes = await readWritten(writer);
+          } finally {
+            await writer.close();
+          }
           await this.storeManifest(digest, bytes, declared);
         } else {
-          await this.o.store.commit(p.path, digest, p.size);
-          this.accepted(digest, p.size);
+          try {
+            await writer.commit();
+          } finally {
+            await writer.close();
+          }
+          this.accepted(digest, size);
         }
         break; // the map changed under the iterator
       }
@@ -453,6 +465,13 @@ async function readAll(entry: TarEntry, max: number, what: string): Promise<Buff
   return Buffer.concat(parts);
 }
 
-function sha256(bytes: Buffer): string {
-  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+/** What a writer holds so far, read back whole (a manifest that arrived before anything referenced it). */
+async function readWritten(writer: ContentWriter): Promise<Buffer> {
+  const bytes = Buffer.allocUnsafe(writer.written);
+  for (let at = 0; at < bytes.length; ) {
+    const n = await writer.readAt(bytes.subarray(at), bytes.length - at, at);
+    if (n === 0) throw new Error(`${writer.digest}: its temp file ended at ${at} of ${bytes.length} bytes`);
+    at += n;
+  }
+  return bytes;
 }

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { putContent } from "../../../src/storage/content-store.ts";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { Janitor, type FsUsage, type PinResolver } from "../../../src/cache/janitor.ts";
 import { ManifestStore } from "../../../src/storage/manifest-store.ts";
@@ -38,7 +39,7 @@ describe("CacheIndex and Janitor", () => {
   async function put(size: number): Promise<string> {
     const bytes = randomBytes(size);
     const digest = digestOf(bytes);
-    await store.putVerified(digest, bytes);
+    await putContent(store, digest, bytes);
     return digest;
   }
   type Pins = Array<{ upstream: string; repository: string; tag: string | undefined }>;
@@ -83,7 +84,7 @@ describe("CacheIndex and Janitor", () => {
     await utimes(store.pathOf(a), old, old);
     await utimes(store.pathOf(b), old + 1, old + 1);
     const opened = await store.open(a); // a becomes the most recent
-    await opened!.handle.close();
+    await opened!.close();
     await new Promise((r) => setTimeout(r, 50));
     const restarted = new BlobStore(dir);
     await restarted.init();
@@ -93,7 +94,7 @@ describe("CacheIndex and Janitor", () => {
   it("evicts least recently used content from above the high watermark to under the low one", async () => {
     const digests: string[] = [];
     for (let i = 0; i < 10; i++) digests.push(await put(100 * KB));
-    (await store.open(digests[0]!))!.handle.close().catch(() => undefined); // the oldest becomes the newest
+    (await store.open(digests[0]!))!.close().catch(() => undefined); // the oldest becomes the newest
     await new Promise((r) => setTimeout(r, 10));
     const j = janitor(1000 * KB); // 1000 KB budget, 1000 KB used: over 90 %
     await j.check();
@@ -108,7 +109,7 @@ describe("CacheIndex and Janitor", () => {
     const image = { layer: await put(200 * KB) };
     const config = Buffer.from(JSON.stringify({ architecture: "amd64" }));
     const configDigest = digestOf(config);
-    await store.putVerified(configDigest, config);
+    await putContent(store, configDigest, config);
     const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { digest: configDigest }, layers: [{ digest: image.layer }] }));
     const manifestDigest = digestOf(manifest);
     await manifests.put(manifestDigest, "application/vnd.oci.image.manifest.v1+json", manifest);
@@ -121,8 +122,7 @@ describe("CacheIndex and Janitor", () => {
     for (const kept of [image.layer, configDigest, manifestDigest, reading]) expect(store.index.has(kept)).toBe(true);
     for (const gone of others) expect(store.index.has(gone)).toBe(false);
     // The reader still gets every byte of what it opened.
-    expect((await open!.handle.readFile()).length).toBe(200 * KB);
-    await open!.handle.close();
+    expect((await open!.bytes()).length).toBe(200 * KB);
   });
 
   it("admits a download when there is room, evicting first if that makes room, and refuses it otherwise", async () => {
@@ -190,7 +190,7 @@ describe("CacheIndex and Janitor", () => {
     const j = janitor(1000 * KB);
     expect(await j.admit(300 * KB)).toBeUndefined(); // 200 KB could go, 300 KB are needed
     expect(store.index.bytes).toBe(1000 * KB);
-    for (const o of open) await o!.handle.close();
+    for (const o of open) await o!.close();
   });
 
   it("grows a reservation of unknown size as it is written, evicting like an admission, up to what the budget can hold", async () => {

@@ -14,7 +14,7 @@ import { ManifestCache } from "../../../src/cache/manifest-cache.ts";
 import { EmbeddedMetadataStore } from "../../../src/metadata/embedded-metadata-store.ts";
 import { Metrics } from "../../../src/observability/metrics.ts";
 import { RegistryError, type ErrorCode } from "../../../src/oci/errors.ts";
-import { isSha256Digest } from "../../../src/oci/reference.ts";
+import { isSha256Digest } from "../../../src/oci/digest.ts";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { ManifestStore } from "../../../src/storage/manifest-store.ts";
 import type { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
