@@ -113,7 +113,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       ],
       resolver,
       manifests: new ManifestHandler(manifestCache),
-      blobs: new BlobHandler(blobCache, { maxReadersPerFill: config.limits.maxReadersPerFill }),
+      blobs: new BlobHandler(blobCache),
       tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, log }),
       storagePath: config.storage.path,
     }),

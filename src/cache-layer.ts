@@ -13,11 +13,13 @@ import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
 import type { Config } from "./config/schema.ts";
 import { configuredPins } from "./config/upstream-resolver.ts";
 import { FillCoordinator } from "./fill/fill-coordinator.ts";
+import { ReceivePacer } from "./fill/receive-pacer.ts";
 import type { MetadataStore } from "./metadata/metadata-store.ts";
 import { openMetadataStore, type MetadataStoreState } from "./metadata/open-metadata-store.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import { BlobStore } from "./storage/blob-store.ts";
 import { DataDirLock } from "./storage/data-dir-lock.ts";
+import { BufferPool } from "./storage/file-range-stream.ts";
 import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
 import { Importer } from "./transfer/importer.ts";
@@ -80,13 +82,21 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
       log,
       metrics,
     });
-    const fills = new FillCoordinator(blobStore, {
-      timeoutMs: config.fill.timeout,
-      log,
-      metrics,
-      policy: { admit: (size) => janitor.admit(size), noSpace: (err) => janitor.noteNoSpace(err) },
-      limits: { maxFills: (upstream) => config.upstreams[upstream]?.maxConcurrentFills ?? 16, maxQueued: config.limits.maxQueuedFills },
-    });
+    // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
+    const pacer = new ReceivePacer();
+    const fills = new FillCoordinator(
+      {
+        store: blobStore,
+        buffers: new BufferPool(),
+        pacer,
+        admission: { admit: (size) => janitor.admit(size), noSpace: (err) => janitor.noteNoSpace(err) },
+        timeoutMs: config.fill.timeout,
+        maxReaders: config.limits.maxReadersPerFill,
+        log,
+        metrics,
+      },
+      { limits: { maxFills: (upstream) => config.upstreams[upstream]?.maxConcurrentFills ?? 16, maxQueued: config.limits.maxQueuedFills } },
+    );
     blobStore.onCommit(() => janitor.committed());
     janitor.start(config.storage.checkInterval);
     // Not waiting on upstreams: a down one would hold up the start for its whole deadline. A pinned tag whose
@@ -96,7 +106,7 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
       if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
       if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const blobCache = new BlobCache({ store: blobStore, fills, metadata, metrics });
+    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics });
     let draining: Promise<void> | undefined;
     const drain = () => {
       draining ??= (async () => {

@@ -13,6 +13,7 @@ import { recordServed, servesUnrecordedLink, standingOf, type Standing } from ".
 import type { ContentStore, StoredContent } from "../storage/content-store.ts";
 import type { Fill, FillCoordinator, UpstreamBlob } from "../fill/fill-coordinator.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
+import type { ReceivePacer } from "../fill/receive-pacer.ts";
 import { VerifyStream } from "../fill/verify-stream.ts";
 
 /** Where a blob response's bytes come from. */
@@ -35,9 +36,11 @@ export class BlobCache {
   private readonly metadata: MetadataStore;
 
   private readonly metrics: Metrics | undefined;
+  private readonly pacer: ReceivePacer;
 
-  constructor(opts: { store: ContentStore; fills: FillCoordinator; metadata: MetadataStore; metrics?: Metrics }) {
+  constructor(opts: { store: ContentStore; fills: FillCoordinator; metadata: MetadataStore; pacer: ReceivePacer; metrics?: Metrics }) {
     this.metrics = opts.metrics;
+    this.pacer = opts.pacer;
     this.store = opts.store;
     this.fills = opts.fills;
     this.metadata = opts.metadata;
@@ -132,7 +135,7 @@ export class BlobCache {
       }
       case "uncached": {
         this.metrics?.uncachedServed.inc({ upstream: upstream.name });
-        const body = fill.takeDirect();
+        const body = fill.takeUncached();
         return body ? this.verified(upstream, repo, digest, body, "no-room") : this.passThrough(upstream, repo, digest, "no-room");
       }
     }
@@ -146,7 +149,7 @@ export class BlobCache {
   }
 
   private verified(upstream: UpstreamClient, repo: string, digest: string, response: UpstreamBlob, why: "no-room" | "proving"): BlobSource {
-    const verified = new VerifyStream(digest, response.size, { stallTimeoutMs: upstream.config.timeouts.bodyIdle });
+    const verified = new VerifyStream(digest, response.size, { stallTimeoutMs: upstream.config.timeouts.bodyIdle, pacer: this.pacer });
     // A Transform finishes only after its flush accepted the bytes: the upstream has proved it holds them.
     verified.once("finish", () => void recordServed(this.metadata, upstream.name, repo, [digest]).catch(() => undefined));
     // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
@@ -189,7 +192,7 @@ export class BlobCache {
 function readableAs(fill: Fill): "download" | "committed" | "uncached" {
   if (fill.state === "failed") throw fill.error ?? new Error(`blob fill of ${fill.digest} failed`);
   if (fill.committed) return "committed";
-  return fill.state === "direct" || fill.state === "passed" ? "uncached" : "download";
+  return fill.state === "uncached" || fill.state === "passed" ? "uncached" : "download";
 }
 
 /** An upstream that is offline by configuration means "not cached" here: BLOB_UNKNOWN, not an outage. */

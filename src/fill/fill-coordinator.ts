@@ -22,7 +22,7 @@
  * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
  * client, so the next pull is a hit.
  *
- * A download is cached only in room the janitor reserved for it (FillPolicy), held until it is committed or
+ * A download is cached only in room the janitor reserved for it (FillAdmission), held until it is committed or
  * fails. One of unknown size that outgrows what can be reserved goes on for its readers, verified as ever, but
  * is not committed (`reserve`). Every failure after the upstream answered releases its body at once.
  */
@@ -32,11 +32,11 @@ import type { Logger } from "pino";
 import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
-import { receivePacer } from "./receive-pacer.ts";
+import type { ReceivePacer } from "./receive-pacer.ts";
 import { discardBody } from "../upstream/upstream-errors.ts";
 import { EMPTY_DIGEST } from "../oci/digest.ts";
 import { ContentMismatchError, type ContentStore, type ContentWriter, type WriteReservation } from "../storage/content-store.ts";
-import { BufferPool, FileRangeStream } from "../storage/file-range-stream.ts";
+import { FileRangeStream, type BufferPool } from "../storage/file-range-stream.ts";
 
 export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */
@@ -48,12 +48,12 @@ export interface UpstreamBlob {
 export type OpenUpstreamBlob = (signal: AbortSignal) => Promise<UpstreamBlob>;
 
 /**
- * `direct`: there was no room to cache; the upstream body goes to one client, verified, and is not stored.
+ * `uncached`: there was no room to cache; the upstream body goes to one client, verified, and is not stored.
  * `passing`: a download of unknown size outgrew the room the budget could reserve; it goes on for its readers,
- * through the temp file as before, but will not be committed. `passed`: such a download, verified; its temp
- * file is deleted, and its readers finish reading through the open handle.
+ * through its writer as before, but will not be committed. `passed`: such a download, verified; the writer has
+ * discarded it, and its readers finish reading through the writer.
  */
-export type FillState = "connecting" | "streaming" | "passing" | "committed" | "passed" | "failed" | "direct";
+export type FillState = "connecting" | "streaming" | "passing" | "committed" | "passed" | "failed" | "uncached";
 
 /**
  * Room held for a download being cached (the janitor's Reservation). The fill's writer is told what is written
@@ -68,11 +68,30 @@ export interface FillReservation extends WriteReservation {
   stopCaching(): void;
 }
 
-export interface FillPolicy {
+/** Room in the cache budget for downloads (the janitor). */
+export interface FillAdmission {
   /** Room to cache a download of this size (undefined: unknown), or undefined: no room, do not cache it. */
   admit(size: number | undefined): Promise<FillReservation | undefined>;
   /** A write failed for lack of space. */
   noSpace(err: Error): void;
+}
+
+/** What every fill works with: built once by the composition root, shared by all the coordinator's fills. */
+export interface FillContext {
+  /** Where downloads are written, verified and committed. */
+  store: ContentStore;
+  /** Read buffers of the readers following downloads (file-range-stream.ts). */
+  buffers: BufferPool;
+  /** Asks for young-generation collections as upstream bytes arrive (receive-pacer.ts). */
+  pacer: ReceivePacer;
+  /** Room in the cache budget; without it every download is cached. */
+  admission?: FillAdmission;
+  /** How long one download may take, whoever reads it. */
+  timeoutMs: number;
+  /** Clients reading one download at a time before 429; unbounded when absent. */
+  maxReaders?: number;
+  log: Logger;
+  metrics?: Metrics;
 }
 
 /** Who started a fill: readers from the same upstream repository may join it without a further check. */
@@ -81,39 +100,42 @@ export interface FillOrigin {
   repo: string;
 }
 
+/**
+ * One download. Its state is read-only to everyone else: a caller asks it a question (`state`, `verified`,
+ * `createReader`) at one instant and acts on the answer before its next await.
+ */
 export class Fill {
   readonly digest: string;
   readonly origin: FillOrigin;
-  state: FillState = "connecting";
-  /** Size announced by the upstream; `undefined` until `ready`, and when the upstream sent none. */
-  size: number | undefined;
-  error: Error | undefined;
   /** Resolves when the upstream has answered 200 and the temp file exists; rejects with the upstream's error. */
   readonly ready: Promise<void>;
   /** Resolves once committed, rejects when the fill failed. */
   readonly done: Promise<void>;
 
+  private readonly context: FillContext;
+  private phase: FillState = "connecting";
+  private announcedSize: number | undefined;
+  private failure: Error | undefined;
   /** The download's write into the store, from `ready` on; readers read it through `readAt`. */
   private writer: ContentWriter | undefined;
-  private readonly buffers: BufferPool;
   /** The fill itself holds one reference until it ends; each reader holds one while open. */
   private refs = 1;
   private readerCount = 0;
   private waiters: Array<() => void> = [];
   private resolveReady!: () => void;
-  /** In `direct` state: the upstream response, for the one request that takes it. */
-  private direct: UpstreamBlob | undefined;
+  /** In `uncached` state: the upstream response, for the one request that takes it. */
+  private uncachedResponse: UpstreamBlob | undefined;
   private rejectReady!: (err: Error) => void;
-  /** Room held for the download while it is cached (or passing through); none without a policy. */
+  /** Room held for the download while it is cached (or passing through); none without admission. */
   private reservation: FillReservation | undefined;
   /** Ends the download: its timeout, or (passing) the last reader going away. */
   private readonly abort = new AbortController();
   private hadReaders = false;
 
-  constructor(digest: string, origin: FillOrigin, buffers: BufferPool) {
+  constructor(digest: string, origin: FillOrigin, context: FillContext) {
     this.digest = digest;
     this.origin = origin;
-    this.buffers = buffers;
+    this.context = context;
     this.ready = new Promise((resolve, reject) => {
       this.resolveReady = resolve;
       this.rejectReady = reject;
@@ -122,6 +144,20 @@ export class Fill {
     // Failures are delivered to whoever awaits; these keep an unobserved rejection from crashing the process.
     this.ready.catch(() => undefined);
     this.done.catch(() => undefined);
+  }
+
+  get state(): FillState {
+    return this.phase;
+  }
+
+  /** Size announced by the upstream (the size committed, once it is); `undefined` until `ready`, and when the upstream sent none. */
+  get size(): number | undefined {
+    return this.announcedSize;
+  }
+
+  /** Why the fill failed, once it has. */
+  get error(): Error | undefined {
+    return this.failure;
   }
 
   /** Bytes written so far: what readers may read. */
@@ -155,22 +191,24 @@ export class Fill {
   }
 
   private get ended(): boolean {
-    return this.state === "committed" || this.state === "passed" || this.state === "failed" || this.state === "direct";
+    return this.state === "committed" || this.state === "passed" || this.state === "failed" || this.state === "uncached";
   }
 
   /**
    * A stream of bytes `[start, end]` (inclusive; `end` undefined = to the end of the blob). Only valid after
-   * `ready` and before the fill has committed (after that, read the committed file instead).
+   * `ready` and before the fill has committed (after that, read the committed content instead). Throws
+   * TOOMANYREQUESTS when `maxReaders` clients are reading it already.
    */
-  createReader(start: number, end: number | undefined, maxReaders = Infinity): Readable {
+  createReader(start: number, end: number | undefined): Readable {
     if (this.writer === undefined || this.ended) throw new Error(`fill ${this.digest} is ${this.state}, not readable`);
+    const maxReaders = this.context.maxReaders ?? Infinity;
     if (this.readerCount >= maxReaders) {
       throw new RegistryError("TOOMANYREQUESTS", `too many clients are reading this download (${maxReaders})`, { headers: { "Retry-After": "5" } });
     }
     this.refs++;
     this.readerCount++;
     this.hadReaders = true;
-    return new FillReader(this, this.buffers, start, end);
+    return new FillReader(this, this.context.buffers, start, end);
   }
 
   /** @internal the reader's view: reads up to `length` written bytes at `position` into `buffer`. */
@@ -211,15 +249,16 @@ export class Fill {
     for (const wake of waiters) wake();
   }
 
-  /** In `direct` state, hands the upstream response to the first caller; later callers get undefined. */
-  takeDirect(): UpstreamBlob | undefined {
-    const direct = this.direct;
-    this.direct = undefined;
-    return direct;
+  /** In `uncached` state, hands the upstream response to the first caller; later callers get undefined. */
+  takeUncached(): UpstreamBlob | undefined {
+    const response = this.uncachedResponse;
+    this.uncachedResponse = undefined;
+    return response;
   }
 
   /** @internal called by the coordinator; the whole download → verify → commit lifecycle. */
-  async run(store: ContentStore, open: OpenUpstreamBlob, timeoutMs: number, log: Logger, metrics: Metrics | undefined, policy: FillPolicy | undefined, slots: Slots | undefined): Promise<void> {
+  async run(open: OpenUpstreamBlob, slots: Slots | undefined): Promise<void> {
+    const { store, admission, timeoutMs, log, metrics } = this.context;
     const abort = this.abort;
     const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timerDelay(timeoutMs));
     timer.unref();
@@ -235,55 +274,55 @@ export class Fill {
       if (this.digest === EMPTY_DIGEST && upstream.size !== undefined && upstream.size > 0) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for the empty blob ${this.digest}`);
       }
-      this.size = upstream.size;
-      this.reservation = await policy?.admit(upstream.size);
-      if (policy && !this.reservation) {
+      this.announcedSize = upstream.size;
+      this.reservation = await admission?.admit(upstream.size);
+      if (admission && !this.reservation) {
         // No room: the response goes to one client uncached. The overall fill timeout no longer applies (the
         // client's own connection paces it); a client that stops reading is cut off by the pass-through's stall
         // watchdog (verify-stream.ts), since undici's body-idle timeout does not run while the body is paused.
         clearTimeout(timer);
-        this.direct = upstream;
+        this.uncachedResponse = upstream;
         upstream = undefined;
-        this.state = "direct";
+        this.phase = "uncached";
         this.resolveReady();
         return;
       }
       // The store verifies length and digest in the writer's commit; the reservation is the writer's to release.
       this.writer = await store.createWriter(this.digest, { expectedSize: upstream.size, reservation: this.reservation });
-      this.state = "streaming";
+      this.phase = "streaming";
       this.resolveReady();
 
-      await pipeline(upstream.body, this.sink(this.writer, metrics, log), { signal: abort.signal });
+      await pipeline(upstream.body, this.sink(this.writer), { signal: abort.signal });
       if (!this.caching) {
         // Verified: its readers may now have the last byte, through the writer. Never stored.
         await upstreamVerified(this.writer.verify(), this.digest);
         await this.writer.abort();
-        this.state = "passed";
+        this.phase = "passed";
         log.info({ digest: this.digest, bytes: this.written }, "blob served uncached: its download outgrew the cache budget");
         return;
       }
       await upstreamVerified(this.writer.commit(), this.digest);
-      this.size = this.written;
-      this.state = "committed";
+      this.announcedSize = this.written;
+      this.phase = "committed";
       log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
     } catch (err) {
       // Whatever failed (admission, the temp file, the download, verification), the upstream body is released
       // now, not at undici's body-idle timeout. One that was read to its end or already destroyed is unaffected.
       if (upstream) discardBody(upstream.body);
-      if ((err as NodeJS.ErrnoException).code === "ENOSPC") policy?.noSpace(err as Error);
+      if ((err as NodeJS.ErrnoException).code === "ENOSPC") admission?.noSpace(err as Error);
       // Clean up first: once `failed` is visible, nothing of this fill may remain in the store.
       await this.writer?.abort().catch(() => undefined);
       // Aborted (timeout, readers gone): the reason says why; pipeline only reports "The operation was aborted".
-      this.error = toError(abort.signal.aborted ? abort.signal.reason : err);
-      this.state = "failed";
-      this.rejectReady(this.error);
-      log.warn({ digest: this.digest, err: this.error.message, bytes: this.written }, "blob fill failed; nothing committed");
+      this.failure = toError(abort.signal.aborted ? abort.signal.reason : err);
+      this.phase = "failed";
+      this.rejectReady(this.failure);
+      log.warn({ digest: this.digest, err: this.failure.message, bytes: this.written }, "blob fill failed; nothing committed");
     } finally {
       // A writer has released the reservation by now (committed or discarded); without one, it is released here.
       if (this.writer === undefined) this.reservation?.release();
       slot?.();
       clearTimeout(timer);
-      if (this.state !== "direct") metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "passed" ? "uncached" : this.state === "committed" ? "committed" : "failed" });
+      if (this.state !== "uncached") metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "passed" ? "uncached" : this.state === "committed" ? "committed" : "failed" });
       this.notify();
       this.release();
     }
@@ -291,7 +330,7 @@ export class Fill {
 
   private waitUntilEnded(resolve: () => void, reject: (err: Error) => void): void {
     if (this.state === "committed") resolve();
-    else if (this.state === "failed") reject(this.error!);
+    else if (this.state === "failed") reject(this.failure!);
     else if (this.state === "passed") reject(new Error(`blob ${this.digest} was served but not cached: its download outgrew the cache budget`));
     else void this.changed().then(() => this.waitUntilEnded(resolve, reject));
   }
@@ -306,13 +345,13 @@ export class Fill {
    * them all; the file is bounded by the disk's headroom instead of the budget, and lives only as long as the
    * download and its readers.
    */
-  private async reserve(reservation: FillReservation, total: number, metrics: Metrics | undefined, log: Logger): Promise<void> {
+  private async reserve(reservation: FillReservation, total: number): Promise<void> {
     if (await reservation.grow(total)) return;
     if (this.state === "streaming") {
       reservation.stopCaching();
-      this.state = "passing";
-      metrics?.uncachedServed.inc({ upstream: this.origin.upstream });
-      log.info({ digest: this.digest, bytes: total }, "download of unknown size outgrew the cache budget: passing it through uncached");
+      this.phase = "passing";
+      this.context.metrics?.uncachedServed.inc({ upstream: this.origin.upstream });
+      this.context.log.info({ digest: this.digest, bytes: total }, "download of unknown size outgrew the cache budget: passing it through uncached");
       if (this.unread) throw this.unreadError();
       if (await reservation.grow(total)) return;
     }
@@ -320,8 +359,8 @@ export class Fill {
   }
 
   /** Writes each batch of chunks into the store (which hashes them as it writes), then wakes readers. */
-  private sink(writer: ContentWriter, metrics: Metrics | undefined, log: Logger): Writable {
-    const pacer = receivePacer();
+  private sink(writer: ContentWriter): Writable {
+    const { pacer, metrics } = this.context;
     const write = async (chunks: Buffer[]): Promise<void> => {
       let total = 0;
       for (const chunk of chunks) total += chunk.length;
@@ -329,7 +368,7 @@ export class Fill {
         throw new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.size} bytes for ${this.digest}`);
       }
       // Only a download of unknown size outgrows its reservation (the check above stops any other).
-      if (this.reservation && writer.written + total > this.reservation.bytes) await this.reserve(this.reservation, writer.written + total, metrics, log);
+      if (this.reservation && writer.written + total > this.reservation.bytes) await this.reserve(this.reservation, writer.written + total);
       await writer.write(chunks);
       pacer.received(total); // these chunks are garbage now: see receive-pacer.ts
       metrics?.upstreamFetchedBytes.inc({ upstream: this.origin.upstream, kind: "blob" }, total);
@@ -394,49 +433,34 @@ class FillReader extends FileRangeStream {
 }
 
 export class FillCoordinator {
-  private readonly store: ContentStore;
-  private readonly timeoutMs: number;
-  private readonly log: Logger;
+  private readonly context: FillContext;
   /** In-flight fills, and committed ones for a short grace period (see `start`). */
   private readonly fills = new Map<string, Fill>();
   private readonly graceMs: number;
-  private readonly metrics: Metrics | undefined;
-  private readonly policy: FillPolicy | undefined;
-
   private readonly slots = new Map<string, Slots>();
-  /** Shared by every fill: the read buffers of fill readers. */
-  private readonly buffers = new BufferPool();
   private readonly limits: { maxFills: (upstream: string) => number; maxQueued: number } | undefined;
 
   constructor(
-    store: ContentStore,
+    context: FillContext,
     opts: {
-      timeoutMs: number;
-      log: Logger;
       committedGraceMs?: number;
-      metrics?: Metrics;
-      policy?: FillPolicy;
       /** Concurrent downloads per upstream, and how many may wait for a slot before 429. */
       limits?: { maxFills: (upstream: string) => number; maxQueued: number };
-    },
+    } = {},
   ) {
+    this.context = context;
     this.limits = opts.limits;
-    this.metrics = opts.metrics;
-    this.policy = opts.policy;
-    // A committed fill kept for its grace period must not point requests at a file that was just evicted.
-    store.onDelete((digest) => {
+    this.graceMs = opts.committedGraceMs ?? 5_000;
+    // A committed fill kept for its grace period must not point requests at content that was just evicted.
+    context.store.onDelete((digest) => {
       if (this.fills.get(digest)?.committed) this.fills.delete(digest);
     });
-    this.store = store;
-    this.timeoutMs = opts.timeoutMs;
-    this.log = opts.log;
-    this.graceMs = opts.committedGraceMs ?? 5_000;
   }
 
   /** The fill for `digest` if one is running (or committed moments ago); failed fills are never returned. */
   current(digest: string): Fill | undefined {
     const fill = this.fills.get(digest);
-    return fill && fill.state !== "failed" && fill.state !== "direct" && fill.state !== "passed" ? fill : undefined;
+    return fill && fill.state !== "failed" && fill.state !== "uncached" && fill.state !== "passed" ? fill : undefined;
   }
 
   /**
@@ -446,9 +470,9 @@ export class FillCoordinator {
   start(digest: string, origin: FillOrigin, open: OpenUpstreamBlob): Fill {
     const existing = this.current(digest);
     if (existing) return existing;
-    const fill = new Fill(digest, origin, this.buffers);
+    const fill = new Fill(digest, origin, this.context);
     this.fills.set(digest, fill);
-    void fill.run(this.store, open, this.timeoutMs, this.log, this.metrics, this.policy, this.slotsFor(origin.upstream)).finally(() => {
+    void fill.run(open, this.slotsFor(origin.upstream)).finally(() => {
       if (fill.state !== "committed") {
         if (this.fills.get(digest) === fill) this.fills.delete(digest);
         return;

@@ -13,6 +13,9 @@
  * The collection is requested through V8's `gc` extension, enabled at run time (`--expose-gc` set from here,
  * the function taken from a fresh context, so no global `gc` appears in the application). Where that is not
  * available the pacer does nothing and only the speed and memory gain is lost.
+ *
+ * One pacer per mirror, made by the composition root and handed to everything that receives upstream bodies
+ * (fills, verified pass-throughs), so that all their received bytes count towards the same collections.
  */
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -58,11 +61,4 @@ export class ReceivePacer {
     this.collections++;
     this.gc({ type: "minor" });
   }
-}
-
-let shared: ReceivePacer | undefined;
-
-/** The process-wide pacer: received bytes of every download count towards the same collections. */
-export function receivePacer(): ReceivePacer {
-  return (shared ??= new ReceivePacer());
 }

@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
 import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { receivePacer } from "./receive-pacer.ts";
+import type { ReceivePacer } from "./receive-pacer.ts";
 
 /** The default stall timeout: the default of `upstreams.<name>.timeouts.bodyIdle`. */
 const DEFAULT_STALL_TIMEOUT_MS = 60_000;
@@ -22,6 +22,7 @@ export class VerifyStream extends Transform {
   private readonly digest: string;
   private readonly expectedSize: number | undefined;
   private readonly stallTimeoutMs: number;
+  private readonly pacer: ReceivePacer | undefined;
   private readonly hash = createHash("sha256");
   private held: Buffer | undefined;
   bytesRead = 0;
@@ -29,17 +30,18 @@ export class VerifyStream extends Transform {
   /** Running while the output is full and waiting for the reader. */
   private stallTimer: NodeJS.Timeout | undefined;
 
-  constructor(digest: string, expectedSize: number | undefined, opts: { stallTimeoutMs?: number } = {}) {
+  constructor(digest: string, expectedSize: number | undefined, opts: { stallTimeoutMs?: number; pacer?: ReceivePacer } = {}) {
     super({ highWaterMark: 1024 * 1024 });
     this.digest = digest;
     this.expectedSize = expectedSize;
     this.stallTimeoutMs = opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    this.pacer = opts.pacer;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.hash.update(chunk);
     this.seen += chunk.length;
-    receivePacer().received(chunk.length); // upstream bytes passing through, garbage once sent: receive-pacer.ts
+    this.pacer?.received(chunk.length); // upstream bytes passing through, garbage once sent: receive-pacer.ts
     if (this.expectedSize !== undefined && this.seen > this.expectedSize) {
       cb(new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.expectedSize} bytes for ${this.digest}`));
       return;

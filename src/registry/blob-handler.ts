@@ -10,11 +10,9 @@ import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
 export class BlobHandler {
   private readonly cache: BlobCache;
-  private readonly maxReadersPerFill: number;
 
-  constructor(cache: BlobCache, opts: { maxReadersPerFill?: number } = {}) {
+  constructor(cache: BlobCache) {
     this.cache = cache;
-    this.maxReadersPerFill = opts.maxReadersPerFill ?? Infinity;
   }
 
   async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository<UpstreamClient>; digest: string; range: ByteRangeSpec | undefined }): Promise<RegistryResponse> {
@@ -69,7 +67,7 @@ export class BlobHandler {
       await source.fill.done;
       body = Buffer.alloc(0);
     } else if (source.kind === "fill") {
-      body = source.fill.createReader(start, end, this.maxReadersPerFill);
+      body = source.fill.createReader(start, end);
     } else {
       throw new Error(`unreachable: GET opened a ${source.kind} source`);
     }

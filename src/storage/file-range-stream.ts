@@ -70,14 +70,14 @@ export class BufferPool {
   }
 }
 
-/** A destination written to directly: one that is done with a chunk when its write callback runs. */
-type DirectDestination = ServerResponse | Socket;
+/** A destination the stream writes into itself: one that is done with a chunk when its write callback runs. */
+type CallbackDestination = ServerResponse | Socket;
 
 /**
  * Sockets and HTTP responses have sent a chunk's bytes to the kernel when its write callback runs. (A
  * ServerResponse is not a stream.Writable subclass, so this cannot be an instanceof Writable check.)
  */
-function consumesOnCallback(dest: unknown): dest is DirectDestination {
+function consumesOnCallback(dest: unknown): dest is CallbackDestination {
   return dest instanceof ServerResponse || dest instanceof Socket;
 }
 
@@ -88,7 +88,7 @@ export abstract class FileRangeStream extends Readable {
   protected position: number;
   private readonly pool: BufferPool;
   /** Writing straight into a piped destination (see the file comment). */
-  private direct = false;
+  private pumping = false;
   /**
    * Send an HTTP response's headers as soon as it is piped, before the first chunk is read. For content that
    * is still downloading, the first chunk may be a while; a client should not wait for the status meanwhile.
@@ -116,7 +116,7 @@ export abstract class FileRangeStream extends Readable {
   protected abstract release(): void;
 
   override _read(): void {
-    if (this.direct) return;
+    if (this.pumping) return;
     this.readChunk().then(
       (chunk) => this.push(chunk),
       (err: unknown) => this.destroy(toError(err)),
@@ -135,17 +135,17 @@ export abstract class FileRangeStream extends Readable {
   }
 
   override pipe<T extends NodeJS.WritableStream>(dest: T, options?: { end?: boolean }): T {
-    // Only a fresh stream into a socket-like destination takes the direct path; everything else is a Readable.
-    const fresh = !this.direct && this.readableFlowing === null && this.readableLength === 0 && !this.destroyed;
+    // Only a fresh stream into a socket-like destination is pumped by the stream itself; everything else is a Readable.
+    const fresh = !this.pumping && this.readableFlowing === null && this.readableLength === 0 && !this.destroyed;
     if (!fresh || !consumesOnCallback(dest)) return super.pipe(dest, options);
-    this.direct = true;
+    this.pumping = true;
     dest.emit("pipe", this);
     if (this.flushHeadersOnPipe && dest instanceof ServerResponse && !dest.headersSent) dest.flushHeaders();
     void this.pump(dest, options?.end !== false);
     return dest;
   }
 
-  private async pump(dest: DirectDestination, end: boolean): Promise<void> {
+  private async pump(dest: CallbackDestination, end: boolean): Promise<void> {
     try {
       for (;;) {
         const available = await this.available(this.position);
@@ -184,7 +184,7 @@ export abstract class FileRangeStream extends Readable {
   }
 
   /** Resolves when `chunk` has been written (or the stream was destroyed); recycles `buffer` only after a successful write. */
-  private write(dest: DirectDestination, chunk: Buffer, buffer: Buffer): Promise<void> {
+  private write(dest: CallbackDestination, chunk: Buffer, buffer: Buffer): Promise<void> {
     let settle!: () => void;
     const written = new Promise<void>((resolve) => (settle = resolve));
     this.pendingWrites.set(written, settle);

@@ -6,7 +6,9 @@ import { PassThrough, type Readable } from "node:stream";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
-import { FillCoordinator, type Fill, type FillPolicy, type FillReservation } from "../../../src/fill/fill-coordinator.ts";
+import { FillCoordinator, type Fill, type FillAdmission, type FillContext, type FillReservation } from "../../../src/fill/fill-coordinator.ts";
+import { ReceivePacer } from "../../../src/fill/receive-pacer.ts";
+import { BufferPool } from "../../../src/storage/file-range-stream.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -38,6 +40,16 @@ function readAtLeast(reader: Readable, n: number, sink: Buffer[]): Promise<void>
 
 const tick = () => new Promise((r) => setTimeout(r, 20));
 
+/** What the composition root gives every fill, over `store`. */
+const contextOf = (store: BlobStore, more: Partial<FillContext> = {}): FillContext => ({
+  store,
+  buffers: new BufferPool(),
+  pacer: new ReceivePacer({ gc: null }),
+  timeoutMs: 10_000,
+  log: pino({ level: "silent" }),
+  ...more,
+});
+
 describe("FillCoordinator", () => {
   let dir: string;
   let store: BlobStore;
@@ -47,7 +59,7 @@ describe("FillCoordinator", () => {
     dir = await mkdtemp(join(tmpdir(), "fill-"));
     store = new BlobStore(dir);
     await store.init();
-    fills = new FillCoordinator(store, { timeoutMs: 10_000, log: pino({ level: "silent" }), committedGraceMs: 50 });
+    fills = new FillCoordinator(contextOf(store), { committedGraceMs: 50 });
   });
   afterEach(async () => {
     await rm(dir, { recursive: true, force: true });
@@ -249,7 +261,7 @@ describe("FillCoordinator", () => {
   });
 
   it("abandons a fill that exceeds its timeout, committing nothing", async () => {
-    const slow = new FillCoordinator(store, { timeoutMs: 100, log: pino({ level: "silent" }) });
+    const slow = new FillCoordinator(contextOf(store, { timeoutMs: 100 }));
     const content = randomBytes(1000);
     const body = new PassThrough();
     const fill = slow.start(digestOf(content), origin, async (signal) => {
@@ -259,6 +271,36 @@ describe("FillCoordinator", () => {
     await fill.ready;
     body.write(content.subarray(0, 10));
     await expect(fill.done).rejects.toThrow(/fill timeout/);
+    expect(await store.tempFiles()).toEqual([]);
+  });
+
+  it("takes its collaborators from the context: the pacer counts what is received, maxReaders bounds readers", async () => {
+    const collections: unknown[] = [];
+    const pacer = new ReceivePacer({ everyBytes: 100_000, gc: (opts) => collections.push(opts) });
+    const limited = new FillCoordinator(contextOf(store, { pacer, maxReaders: 1 }));
+    const content = randomBytes(250_000);
+    const body = new PassThrough();
+    const fill = limited.start(digestOf(content), origin, async () => ({ size: content.length, body }));
+    await fill.ready;
+    const reader = collect(fill.createReader(0, undefined));
+    expect(() => fill.createReader(0, undefined)).toThrow(expect.objectContaining({ code: "TOOMANYREQUESTS" }) as Error);
+    body.end(content);
+    expect((await reader).bytes.equals(content)).toBe(true);
+    expect(collections).toContainEqual({ type: "minor" }); // 250 000 bytes received, past the 100 000 of one interval
+  });
+
+  it("hands a download there is no room for to one request, uncached, and stores nothing", async () => {
+    const content = randomBytes(1000);
+    const body = new PassThrough();
+    const full = new FillCoordinator(contextOf(store, { admission: { admit: async () => undefined, noSpace: () => undefined } }));
+    const fill = full.start(digestOf(content), origin, async () => ({ size: content.length, body }));
+    await fill.ready;
+    expect(fill.state).toBe("uncached");
+    expect(full.current(digestOf(content))).toBeUndefined(); // the next request starts its own
+    const taken = fill.takeUncached();
+    expect(taken?.body).toBe(body);
+    expect(fill.takeUncached()).toBeUndefined(); // one request only
+    body.destroy();
     expect(await store.tempFiles()).toEqual([]);
   });
 
@@ -302,9 +344,9 @@ describe("FillCoordinator", () => {
   describe("in a budget (room reserved by the policy)", () => {
     type Held = FillReservation & { released: boolean; stateAtRelease: string | undefined };
     /** Reservations as the janitor makes them: up to `room` bytes cached, up to `disk` bytes passing through. */
-    function budget(room: number, disk = Infinity, observe: () => string = () => ""): { policy: FillPolicy; reservations: Held[] } {
+    function budget(room: number, disk = Infinity, observe: () => string = () => ""): { policy: FillAdmission; reservations: Held[] } {
       const reservations: Held[] = [];
-      const policy: FillPolicy = {
+      const policy: FillAdmission = {
         admit: async (size) => {
           if ((size ?? 0) > room) return undefined;
           let diskOnly = false;
@@ -333,7 +375,7 @@ describe("FillCoordinator", () => {
       };
       return { policy, reservations };
     }
-    const coordinator = (policy: FillPolicy) => new FillCoordinator(store, { timeoutMs: 10_000, log: pino({ level: "silent" }), committedGraceMs: 50, policy });
+    const coordinator = (admission: FillAdmission) => new FillCoordinator(contextOf(store, { admission }), { committedGraceMs: 50 });
 
     it("releases the upstream body at once when admission fails", async () => {
       const failing = coordinator({ admit: () => Promise.reject(new Error("statfs: EIO")), noSpace: () => undefined });

@@ -5,15 +5,15 @@ import { pipeline, Readable } from "node:stream";
 import { Agent, request } from "undici";
 import { afterEach, describe, expect, it } from "vitest";
 import { VerifyStream } from "../../../src/fill/verify-stream.ts";
-import { receivePacer } from "../../../src/fill/receive-pacer.ts";
+import { ReceivePacer } from "../../../src/fill/receive-pacer.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
 /** Pipes `content` in 64 KiB chunks through a VerifyStream; what came out, and the error if it failed. */
-async function run(content: Buffer, digest: string, size: number | undefined): Promise<{ out: Buffer; error?: Error }> {
+async function run(content: Buffer, digest: string, size: number | undefined, pacer?: ReceivePacer): Promise<{ out: Buffer; error?: Error }> {
   const chunks: Buffer[] = [];
   for (let at = 0; at < content.length; at += 64 * 1024) chunks.push(content.subarray(at, at + 64 * 1024));
-  const verify = new VerifyStream(digest, size);
+  const verify = new VerifyStream(digest, size, { pacer });
   Readable.from(chunks).pipe(verify);
   const out: Buffer[] = [];
   try {
@@ -28,9 +28,9 @@ describe("VerifyStream", () => {
   const content = randomBytes(12 * 1024 * 1024 + 5);
 
   it("passes verified content through whole, and counts it towards the receive pacer's minor GCs", async () => {
-    const pacer = receivePacer();
+    const pacer = new ReceivePacer();
     const before = pacer.collections;
-    const { out, error } = await run(content, digestOf(content), content.length);
+    const { out, error } = await run(content, digestOf(content), content.length, pacer);
     expect(error).toBeUndefined();
     expect(out.equals(content)).toBe(true);
     expect(pacer.active).toBe(true);
