@@ -1,12 +1,19 @@
 /**
- * Read-through blobs. A request for a digest is answered, in order, from: the committed file in the store; the
- * fill already downloading it; or a new fill. Blobs are stored once for every repository and upstream, but are
- * only served under a repository and upstream that are on record for them (access-proof.ts): knowing a digest
- * is not enough to read it through another name. When this upstream never served the content itself, its bytes
- * are fetched from it, verified and passed through, rather than trusting its word (a HEAD) for another's copy.
+ * Read-through blobs. A request for a digest is answered, in order, from: the committed content in the store;
+ * the fill already downloading it; or a new fill. Blobs are stored once for every repository and upstream, but
+ * are only served under a repository and upstream that are on record for them (access-proof.ts): knowing a
+ * digest is not enough to read it through another name. When this upstream never served the content itself, its
+ * bytes are fetched from it, verified and passed through, rather than trusting its word (a HEAD) for another's
+ * copy.
+ *
+ * A GET is answered with everything a response needs (`BlobResponse`: size, the range sent, a body, how it was
+ * obtained), or RANGE_INVALID. What a source is, and what is read from it, is decided at one instant: a fill is
+ * read only if, at that instant, it is still downloading; one that committed meanwhile is read from the store.
  */
+import { finished } from "node:stream/promises";
 import { pipeline, type Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
+import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { recordServed, servesUnrecordedLink, standingOf, type Standing } from "./access-proof.ts";
@@ -16,25 +23,49 @@ import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { ReceivePacer } from "../fill/receive-pacer.ts";
 import { VerifyStream } from "../fill/verify-stream.ts";
 
-/** Where a blob response's bytes come from. */
-export type BlobSource =
-  /** Committed content; the caller owns (and must read or close) it. */
-  | { kind: "cached"; size: number; content: StoredContent }
-  /** A fill in progress (started by this request: `joined` false; or by another: true). */
-  | { kind: "fill"; fill: Fill; joined: boolean }
-  /** HEAD of a blob not cached: the upstream confirmed it exists. */
-  | { kind: "upstream"; size: number | undefined }
-  /**
-   * The upstream body, verified as it streams, not stored: there was no room to cache it (`no-room`), or it is
-   * cached but this upstream has to prove it holds it (`proving`; recorded once the bytes verified).
-   */
-  | { kind: "direct"; size: number | undefined; body: Readable; why: "no-room" | "proving" };
+/**
+ * How a blob response was obtained: `hit` from the store; `miss` from a download this request started;
+ * `coalesced` from a download another request started; `uncached` from the upstream, verified as it streams and
+ * not stored (no room to cache it, or this upstream proving it holds content cached from elsewhere).
+ */
+export type BlobResult = "hit" | "miss" | "coalesced" | "uncached";
+
+/** The answer to a blob GET. */
+export interface BlobResponse {
+  /** The blob's size; undefined when the upstream announced none (the body then runs to the end of the blob). */
+  size: number | undefined;
+  /** The bytes sent (inclusive), when a range was answered: a partial response. */
+  range: { start: number; end: number } | undefined;
+  /** A stream of exactly the bytes to send, or, for a 0-byte blob, nothing (an empty Buffer). */
+  body: Readable | Buffer;
+  result: BlobResult;
+}
+
+/** The answer to a blob HEAD: `hit` when the store holds it, `miss` otherwise (a download, or the upstream's HEAD). */
+export interface BlobHead {
+  size: number | undefined;
+  result: "hit" | "miss";
+}
+
+/**
+ * What a caller does with each kind of source, called at the instant the source is decided (`download` before
+ * any await, so a reader made there is valid).
+ */
+interface SourceHandler<T> {
+  /** Committed content; the handler owns it (reads or closes it). */
+  stored(content: StoredContent): Promise<T>;
+  /** A download in progress, started by this request (`joined` false) or by another (true). */
+  download(fill: Fill, joined: boolean): Promise<T>;
+  /** The upstream body, verified as it streams, not stored: no room to cache it, or this upstream proving it. */
+  uncached(body: Readable, size: number | undefined, why: "no-room" | "proving"): Promise<T>;
+}
+
+const EMPTY = Buffer.alloc(0);
 
 export class BlobCache {
   private readonly store: ContentStore;
   private readonly fills: FillCoordinator;
   private readonly metadata: MetadataStore;
-
   private readonly metrics: Metrics | undefined;
   private readonly pacer: ReceivePacer;
 
@@ -46,21 +77,53 @@ export class BlobCache {
     this.metadata = opts.metadata;
   }
 
-  /** For GET: an open source of the blob's bytes. Throws BLOB_UNKNOWN (or the upstream's error) otherwise. */
-  async open(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
-    return offlineAsUnknown(upstream, digest, () => this.openOnline(upstream, repo, digest));
+  /**
+   * For GET: the blob's bytes (the `range` of them, when given and the size is known), or BLOB_UNKNOWN (or the
+   * upstream's error); RANGE_INVALID when the range is not satisfiable. Bytes that pass through uncached are
+   * always the whole blob (RFC 9110 allows answering a Range request with the full content).
+   */
+  async get(upstream: UpstreamClient, repo: string, digest: string, range?: ByteRangeSpec): Promise<BlobResponse> {
+    return this.serve(upstream, repo, digest, {
+      stored: (content) => fromStore(content, range, "hit"),
+      download: (fill, joined) => fromDownload(fill, range, joined ? "coalesced" : "miss"),
+      uncached: async (body, size) => ({ size, range: undefined, body, result: "uncached" }),
+    });
+  }
+
+  /**
+   * For prefetching: resolves once the blob is committed here (already cached, or a download, this one's or a
+   * client's, finished) and servable under `repo`; throws when it cannot be cached (no room).
+   */
+  async ensureCached(upstream: UpstreamClient, repo: string, digest: string): Promise<void> {
+    return this.serve(upstream, repo, digest, {
+      stored: (content) => content.close(),
+      download: (fill) => fill.done,
+      uncached: async (body, _size, why) => {
+        if (why === "proving") {
+          // Cached already, from elsewhere: reading this upstream's bytes to the end is what proves it here.
+          await finished(body.resume());
+          return;
+        }
+        body.destroy();
+        throw new Error("not cached: no room in the cache (disk full or over budget)");
+      },
+    });
   }
 
   /** For HEAD: the blob's size, from the store, a running fill, or an upstream HEAD (no download is started). */
-  async size(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined; source: "cached" | "fill" | "upstream" }> {
-    return offlineAsUnknown(upstream, digest, () => this.sizeOnline(upstream, repo, digest));
+  async head(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobHead> {
+    return offlineAsUnknown(upstream, digest, () => this.headOnline(upstream, repo, digest));
   }
 
-  private async openOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
+  private serve<T>(upstream: UpstreamClient, repo: string, digest: string, handler: SourceHandler<T>): Promise<T> {
+    return offlineAsUnknown(upstream, digest, () => this.serveOnline(upstream, repo, digest, handler));
+  }
+
+  private async serveOnline<T>(upstream: UpstreamClient, repo: string, digest: string, handler: SourceHandler<T>): Promise<T> {
     const standing = await this.standing(upstream, repo, digest);
     const cached = await this.store.open(digest);
     if (cached) {
-      if (standing === "granted") return { kind: "cached", size: cached.size, content: cached };
+      if (standing === "granted") return handler.stored(cached);
       if (standing === "confirm-repository") {
         try {
           await this.confirmRepository(upstream, repo, digest);
@@ -68,29 +131,33 @@ export class BlobCache {
           await cached.close();
           throw err;
         }
-        return { kind: "cached", size: cached.size, content: cached };
+        return handler.stored(cached);
       }
+      let proof: { body: Readable; size: number | undefined };
       try {
-        const proof = await this.passThrough(upstream, repo, digest);
-        await cached.close();
-        return proof;
+        proof = await this.passThrough(upstream, repo, digest);
       } catch (err) {
         if (await servesUnrecordedLink(this.metadata, upstream, repo, digest, err)) {
           this.metrics?.staleServed.inc({ upstream: upstream.name, reason: (err as RegistryError).code });
-          return { kind: "cached", size: cached.size, content: cached };
+          return handler.stored(cached);
         }
         await cached.close();
         throw err;
       }
+      await cached.close();
+      return handler.uncached(proof.body, proof.size, "proving");
     }
     const running = this.fills.current(digest);
     // Nobody has it: this upstream's own download proves the content and the repository.
-    if (running === undefined) return this.download(upstream, repo, digest);
+    if (running === undefined) return this.download(upstream, repo, digest, handler);
     const fromHere = running.origin.upstream === upstream.name;
     // Another upstream's download proves nothing about this one.
-    if (standing === "prove-content" && !fromHere) return this.passThrough(upstream, repo, digest);
+    if (standing === "prove-content" && !fromHere) {
+      const proof = await this.passThrough(upstream, repo, digest);
+      return handler.uncached(proof.body, proof.size, "proving");
+    }
     if (standing !== "granted" && !(fromHere && running.origin.repo === repo)) await this.confirmRepository(upstream, repo, digest);
-    return this.read(running, upstream, repo, digest, true);
+    return this.read(running, upstream, repo, digest, true, handler);
   }
 
   /**
@@ -107,7 +174,7 @@ export class BlobCache {
   }
 
   /** Starts the one download of a blob nobody has; once it commits, its upstream has served it for its repository. */
-  private async download(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobSource> {
+  private async download<T>(upstream: UpstreamClient, repo: string, digest: string, handler: SourceHandler<T>): Promise<T> {
     const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) => upstream.getBlob(repo, digest, signal));
     const { origin } = fill;
     // A record that fails to be written only costs a later request a verified download: nothing to report here.
@@ -115,64 +182,67 @@ export class BlobCache {
       () => recordServed(this.metadata, origin.upstream, origin.repo, [digest]).catch(() => undefined),
       () => undefined,
     );
-    return this.read(fill, upstream, repo, digest, false);
+    return this.read(fill, upstream, repo, digest, false, handler);
   }
 
   /**
-   * Reads a fill once it is ready: following the download; the committed file, if it committed meanwhile; or,
-   * when there was no room to cache it, the upstream body (the first request takes the fill's, each other
+   * Reads a fill once it is ready: following the download; the committed content, if it committed meanwhile;
+   * or, when there was no room to cache it, the upstream body (the first request takes the fill's, each other
    * request gets its own). Nothing here loops: every outcome is an answer.
    */
-  private async read(fill: Fill, upstream: UpstreamClient, repo: string, digest: string, joined: boolean): Promise<BlobSource> {
+  private async read<T>(fill: Fill, upstream: UpstreamClient, repo: string, digest: string, joined: boolean, handler: SourceHandler<T>): Promise<T> {
     await fill.ready;
     switch (readableAs(fill)) {
       case "download":
-        return { kind: "fill", fill, joined };
+        return handler.download(fill, joined);
       case "committed": {
         const cached = await this.store.open(digest);
+        if (cached) return handler.stored(cached);
         // Evicted the moment it was committed (no room for it after all): the upstream is still there.
-        return cached ? { kind: "cached", size: cached.size, content: cached } : this.passThrough(upstream, repo, digest, "no-room");
+        const response = await this.passThrough(upstream, repo, digest);
+        return handler.uncached(response.body, response.size, "no-room");
       }
       case "uncached": {
         this.metrics?.uncachedServed.inc({ upstream: upstream.name });
-        const body = fill.takeUncached();
-        return body ? this.verified(upstream, repo, digest, body, "no-room") : this.passThrough(upstream, repo, digest, "no-room");
+        const taken = fill.takeUncached();
+        const response = taken ? this.verified(upstream, repo, digest, taken) : await this.passThrough(upstream, repo, digest);
+        return handler.uncached(response.body, response.size, "no-room");
       }
     }
   }
 
   /** This request's own GET from the upstream, verified as it streams and not stored. */
-  private async passThrough(upstream: UpstreamClient, repo: string, digest: string, why: "no-room" | "proving" = "proving"): Promise<BlobSource> {
+  private async passThrough(upstream: UpstreamClient, repo: string, digest: string): Promise<{ body: Readable; size: number | undefined }> {
     // A signal nobody aborts: the client's stream is made from the response, and destroying it releases the body.
     const response = await upstream.getBlob(repo, digest, new AbortController().signal);
-    return this.verified(upstream, repo, digest, response, why);
+    return this.verified(upstream, repo, digest, response);
   }
 
-  private verified(upstream: UpstreamClient, repo: string, digest: string, response: UpstreamBlob, why: "no-room" | "proving"): BlobSource {
+  private verified(upstream: UpstreamClient, repo: string, digest: string, response: UpstreamBlob): { body: Readable; size: number | undefined } {
     const verified = new VerifyStream(digest, response.size, { stallTimeoutMs: upstream.config.timeouts.bodyIdle, pacer: this.pacer });
     // A Transform finishes only after its flush accepted the bytes: the upstream has proved it holds them.
     verified.once("finish", () => void recordServed(this.metadata, upstream.name, repo, [digest]).catch(() => undefined));
     // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
     // release the upstream body.
     pipeline(response.body, verified, () => undefined);
-    return { kind: "direct", size: response.size, body: verified, why };
+    return { body: verified, size: response.size };
   }
 
-  private async sizeOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined; source: "cached" | "fill" | "upstream" }> {
+  private async headOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobHead> {
     const standing = await this.standing(upstream, repo, digest);
     // Not granted: this repository is confirmed by the upstream's HEAD; if the upstream never proved the content,
     // that HEAD is also the whole answer (a HEAD reveals the size, and no bytes).
     const head = standing === "granted" ? undefined : await this.confirmRepository(upstream, repo, digest);
     if (standing !== "prove-content") {
       const size = await this.store.size(digest);
-      if (size !== undefined) return { size, source: "cached" };
+      if (size !== undefined) return { size, result: "hit" };
       const running = this.fills.current(digest);
       if (running) {
         await running.ready;
-        if (running.size !== undefined) return { size: running.size, source: "fill" };
+        if (running.size !== undefined) return { size: running.size, result: "miss" };
       }
     }
-    return { size: (head ?? (await this.confirmRepository(upstream, repo, digest))).size, source: "upstream" };
+    return { size: (head ?? (await this.confirmRepository(upstream, repo, digest))).size, result: "miss" };
   }
 
   /** The upstream's HEAD says `repo` holds the blob: remembered as a link (it proves the repository, not the bytes). */
@@ -183,11 +253,54 @@ export class BlobCache {
   }
 }
 
+/** Committed content as a response: the range of it asked for, or all of it. */
+async function fromStore(content: StoredContent, spec: ByteRangeSpec | undefined, result: BlobResult): Promise<BlobResponse> {
+  let range: { start: number; end: number } | undefined;
+  try {
+    range = rangeToSend(spec, content.size);
+  } catch (err) {
+    await content.close();
+    throw err;
+  }
+  if (content.size === 0) {
+    await content.close();
+    return { size: 0, range, body: EMPTY, result };
+  }
+  return { size: content.size, range, body: content.read(range), result };
+}
+
 /**
- * What a new reader of a ready fill gets, decided at one instant: the download in progress, the committed file,
- * or nothing of the fill's (no room to cache: the fill handed its body to one request and is done, or it passed
- * its download through to its readers and kept nothing). A fill that failed since it was ready answers with its
- * error, as its readers do.
+ * A download in progress as a response: a reader following it, made before any await (the fill is readable
+ * now). Without a known size a range cannot be resolved yet: the whole blob is sent.
+ */
+async function fromDownload(fill: Fill, spec: ByteRangeSpec | undefined, result: BlobResult): Promise<BlobResponse> {
+  const size = fill.size;
+  const range = size === undefined ? undefined : rangeToSend(spec, size);
+  if (size === 0) {
+    // Headers alone make a 0-byte response complete, so it is answered only once the content verified; an
+    // upstream that announced 0 bytes for other content gets its error answered instead.
+    await fill.done;
+    return { size, range, body: EMPTY, result };
+  }
+  const body = range ? fill.createReader(range.start, range.end) : fill.createReader(0, size === undefined ? undefined : size - 1);
+  return { size, range, body, result };
+}
+
+/** The bytes to send for `spec` of a `size`-byte blob: undefined for all of them; RANGE_INVALID when unsatisfiable. */
+function rangeToSend(spec: ByteRangeSpec | undefined, size: number): { start: number; end: number } | undefined {
+  if (spec === undefined) return undefined;
+  const resolved = resolveRange(spec, size);
+  if (resolved === "unsatisfiable") {
+    throw new RegistryError("RANGE_INVALID", `range not satisfiable for a blob of ${size} bytes`, { headers: { "Content-Range": `bytes */${size}` } });
+  }
+  return resolved;
+}
+
+/**
+ * What a new reader of a ready fill gets, decided at one instant: the download in progress, the committed
+ * content, or nothing of the fill's (no room to cache: the fill handed its body to one request and is done, or it
+ * passed its download through to its readers and kept nothing). A fill that failed since it was ready answers
+ * with its error, as its readers do.
  */
 function readableAs(fill: Fill): "download" | "committed" | "uncached" {
   if (fill.state === "failed") throw fill.error ?? new Error(`blob fill of ${fill.digest} failed`);

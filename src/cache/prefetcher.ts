@@ -4,7 +4,6 @@
  * whose progress can be polled; blob downloads already running for clients are joined, not repeated.
  */
 import { randomUUID } from "node:crypto";
-import { finished } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { ManifestReference } from "../oci/reference.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
@@ -124,24 +123,6 @@ export class Prefetcher {
 
   /** Makes sure a blob is committed: already cached, or a download (ours or a client's) finished. */
   private async fetchBlob(upstream: UpstreamClient, repo: string, digest: string): Promise<void> {
-    const source = await this.blobs.open(upstream, repo, digest);
-    switch (source.kind) {
-      case "cached":
-        await source.content.close();
-        return;
-      case "fill":
-        await source.fill.done;
-        return;
-      case "direct":
-        if (source.why === "proving") {
-          // Cached already, from elsewhere: reading this upstream's bytes to the end is what proves it here.
-          await finished(source.body.resume());
-          return;
-        }
-        source.body.destroy();
-        throw new Error("not cached: no room in the cache (disk full or over budget)");
-      case "upstream":
-        throw new Error("not cached: the blob cache answered without content");
-    }
+    await this.blobs.ensureCached(upstream, repo, digest);
   }
 }

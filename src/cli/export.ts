@@ -69,7 +69,7 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
     const output = values.output;
     const partial = `${output}.partial`;
     try {
-      const exporter = new Exporter({ manifests: layer.manifestCache, blobs: layer.blobCache, store: layer.blobStore, upstreams: layer.upstreams });
+      const exporter = new Exporter({ manifests: layer.manifestCache, blobs: layer.blobCache, upstreams: layer.upstreams });
       const progress = new Progress(err, "export", "items");
       let manifests = 0;
       const plan = await exporter.plan(references, { platforms, exclude, onManifest: () => progress.update({ items: { done: ++manifests }, bytes: { done: 0 } }) });

@@ -7,10 +7,9 @@
  * bundle never carries content the cache has let rot.
  */
 import { createHash } from "node:crypto";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import type { BlobCache } from "../cache/blob-cache.ts";
 import { UpstreamResolver, type ImageReference } from "../config/upstream-resolver.ts";
-import type { BlobStore } from "../storage/blob-store.ts";
 import { walkImage } from "../cache/image-walker.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
 import type { StoredManifest } from "../storage/manifest-store.ts";
@@ -75,13 +74,11 @@ interface ReadySource {
 export class Exporter {
   private readonly manifests: ManifestCache;
   private readonly blobs: BlobCache;
-  private readonly store: BlobStore;
   private readonly resolver: UpstreamResolver<UpstreamClient>;
 
-  constructor(opts: { manifests: ManifestCache; blobs: BlobCache; store: BlobStore; upstreams: readonly UpstreamClient[] }) {
+  constructor(opts: { manifests: ManifestCache; blobs: BlobCache; upstreams: readonly UpstreamClient[] }) {
     this.manifests = opts.manifests;
     this.blobs = opts.blobs;
-    this.store = opts.store;
     this.resolver = new UpstreamResolver(opts.upstreams);
   }
 
@@ -218,25 +215,14 @@ export class Exporter {
     return Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
   }
 
-  /** Gets a blob committed (or, with no room to cache, a verified pass-through stream) and opens it. */
+  /**
+   * The blob's bytes as the blob cache answers a GET: committed content, a download followed as it arrives, or
+   * (no room to cache it, or cached but not yet proved by this upstream) the upstream body, verified as it streams
+   * (VerifyStream), straight into the bundle.
+   */
   private async prepare(blob: PlannedBlob): Promise<ReadySource> {
-    const source = await this.blobs.open(blob.upstream, blob.repository, blob.digest);
-    switch (source.kind) {
-      case "cached":
-        return fromStream(source.content.read());
-      case "fill": {
-        await source.fill.done;
-        const opened = await this.store.open(blob.digest);
-        if (!opened) throw new Error(`${blob.digest} was evicted right after it was downloaded: the cache budget is too small for this export`);
-        return fromStream(opened.read());
-      }
-      case "direct":
-        // Not cached (no room), or cached but not yet proved by this upstream: the upstream body, verified as it
-        // streams (VerifyStream), straight into the bundle.
-        return fromStream(source.body);
-      case "upstream":
-        throw new Error(`${blob.digest}: the blob cache answered without content`);
-    }
+    const { body } = await this.blobs.get(blob.upstream, blob.repository, blob.digest);
+    return Buffer.isBuffer(body) ? fromStream(Readable.from([body])) : fromStream(body);
   }
 }
 

@@ -1,10 +1,9 @@
 import { createHash } from "node:crypto";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
-import type { BlobCache, BlobSource } from "../../../src/cache/blob-cache.ts";
+import type { BlobCache } from "../../../src/cache/blob-cache.ts";
 import type { ManifestCache } from "../../../src/cache/manifest-cache.ts";
 import { Prefetcher, type JobStatus } from "../../../src/cache/prefetcher.ts";
-import type { Fill } from "../../../src/fill/fill-coordinator.ts";
 import { MediaType } from "../../../src/oci/media-types.ts";
 import type { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
 
@@ -21,7 +20,7 @@ function fixture() {
     },
   } as unknown as ManifestCache;
   const blobs = {
-    open: async (_upstream: unknown, repo: string): Promise<BlobSource> => ({ kind: "fill", joined: false, fill: { done: repo === "slow" ? held : Promise.resolve() } as unknown as Fill }),
+    ensureCached: (_upstream: unknown, repo: string): Promise<void> => (repo === "slow" ? held : Promise.resolve()),
   } as unknown as BlobCache;
   const prefetcher = new Prefetcher({ manifests, blobs, log: pino({ level: "silent" }), finishedJobsKept: 3 });
   const upstream = { name: "docker.io" } as UpstreamClient;
