@@ -15,7 +15,7 @@
  * No reader completes before the content is verified: every reader holds back its own last byte (the end of its
  * range, not only the blob's last byte) until the fill has committed, and a reader with nothing to read (the
  * empty blob) ends only then. A client therefore never receives a complete-looking response, 200 or 206, of
- * content that failed verification. (A 0-byte response is complete the moment its headers leave: the blob handler
+ * content that failed verification. (A 0-byte response is complete the moment its headers leave: the blob cache
  * answers one only once the fill has verified.) Content announced for the empty blob is refused before it is
  * downloaded.
  *
@@ -107,7 +107,7 @@ export interface FillOrigin {
 export class Fill {
   readonly digest: string;
   readonly origin: FillOrigin;
-  /** Resolves when the upstream has answered 200 and the temp file exists; rejects with the upstream's error. */
+  /** Resolves when the upstream has answered 200 and the writer exists; rejects with the upstream's error. */
   readonly ready: Promise<void>;
   /** Resolves once committed, rejects when the fill failed. */
   readonly done: Promise<void>;
@@ -150,7 +150,7 @@ export class Fill {
     return this.phase;
   }
 
-  /** Size announced by the upstream (the size committed, once it is); `undefined` until `ready`, and when the upstream sent none. */
+  /** Size announced by the upstream (the size committed, once it is); undefined until `ready`, or when none was. */
   get size(): number | undefined {
     return this.announcedSize;
   }
