@@ -33,7 +33,7 @@ import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { ReceivePacer } from "./receive-pacer.ts";
-import { discardBody } from "../upstream/upstream-errors.ts";
+import { discardBody } from "../upstream/response-body.ts";
 import { EMPTY_DIGEST } from "../oci/digest.ts";
 import { ContentMismatchError, type ContentStore, type ContentWriter, type WriteReservation } from "../storage/content-store.ts";
 import { FileRangeStream, type BufferPool } from "../storage/file-range-stream.ts";

@@ -1,6 +1,6 @@
 /**
  * Manifest media types and `Accept` negotiation.
- * Clients differ (../shared/PROTOCOL.md): dockerd and containers/image send several separate Accept headers,
+ * Clients differ: dockerd and containers/image send several separate Accept headers,
  * containerd one comma-joined header ending in `*\/*`. Both are treated as one set of media ranges.
  */
 

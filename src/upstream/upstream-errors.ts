@@ -7,9 +7,6 @@ import type { Readable } from "node:stream";
 import { RegistryError, type ErrorCode } from "../oci/errors.ts";
 import { readCappedBody } from "./response-body.ts";
 
-// Where fill-coordinator.ts still imports it from; its home is response-body.ts.
-export { discardBody } from "./response-body.ts";
-
 /** Transport failures that mean "the upstream could not be reached or did not answer in time". */
 const UNAVAILABLE_CODES = new Set([
   "ECONNREFUSED",
