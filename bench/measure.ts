@@ -17,7 +17,11 @@ export interface Download {
   bytesPerSecond: number;
 }
 
-function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string }> {
+function run(
+  cmd: string,
+  args: string[],
+  timeoutMs: number,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
     const out: Buffer[] = [];
@@ -31,28 +35,51 @@ function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: nu
     });
     child.once("close", (code) => {
       clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
+      resolve({
+        code: code ?? -1,
+        stdout: Buffer.concat(out).toString("utf8"),
+        stderr: Buffer.concat(err).toString("utf8"),
+      });
     });
   });
 }
 
 /** One GET with curl, body discarded. Throws unless the answer is 200 with `expectBytes` bytes (when given). */
-export async function download(url: string, opts: { expectBytes?: number; timeoutMs?: number; headers?: Record<string, string> } = {}): Promise<Download> {
+export async function download(
+  url: string,
+  opts: { expectBytes?: number; timeoutMs?: number; headers?: Record<string, string> } = {},
+): Promise<Download> {
   const timeoutMs = opts.timeoutMs ?? 300_000;
   const { code, stdout, stderr } = await run(
     "curl",
-    ["-sS", "-o", "/dev/null", ...Object.entries(opts.headers ?? {}).flatMap(([k, v]) => ["-H", `${k}: ${v}`]), "--max-time", String(Math.ceil(timeoutMs / 1000)), "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total} %{speed_download}", url],
+    [
+      "-sS",
+      "-o",
+      "/dev/null",
+      ...Object.entries(opts.headers ?? {}).flatMap(([k, v]) => ["-H", `${k}: ${v}`]),
+      "--max-time",
+      String(Math.ceil(timeoutMs / 1000)),
+      "-w",
+      "%{http_code} %{size_download} %{time_starttransfer} %{time_total} %{speed_download}",
+      url,
+    ],
     timeoutMs + 5_000,
   );
   const [status = 0, bytes = 0, ttfb = 0, total = 0, speed = 0] = stdout.trim().split(/\s+/).map(Number);
   if (code !== 0 || status !== 200 || (opts.expectBytes !== undefined && bytes !== opts.expectBytes)) {
-    throw new Error(`GET ${url}: curl exit ${code}, HTTP ${status}, ${bytes} bytes${opts.expectBytes !== undefined ? ` (expected ${opts.expectBytes})` : ""}: ${stderr.trim()}`);
+    throw new Error(
+      `GET ${url}: curl exit ${code}, HTTP ${status}, ${bytes} bytes${opts.expectBytes !== undefined ? ` (expected ${opts.expectBytes})` : ""}: ${stderr.trim()}`,
+    );
   }
   return { status, bytes, ttfb, total, bytesPerSecond: speed };
 }
 
 /** `clients` simultaneous downloads of `url`; wall time is from launching the first to the last one ending. */
-export async function concurrentDownloads(url: string, clients: number, opts: { expectBytes?: number; timeoutMs?: number } = {}): Promise<{ wall: number; downloads: Download[] }> {
+export async function concurrentDownloads(
+  url: string,
+  clients: number,
+  opts: { expectBytes?: number; timeoutMs?: number } = {},
+): Promise<{ wall: number; downloads: Download[] }> {
   const started = performance.now();
   const downloads = await Promise.all(Array.from({ length: clients }, () => download(url, opts)));
   return { wall: (performance.now() - started) / 1000, downloads };
@@ -72,7 +99,11 @@ export interface LoadResult {
  * wrk for `seconds` with `connections` connections, cycling through `paths` (one Lua-scripted request list).
  * The Lua script also prints the latency percentiles in microseconds, which are parsed here.
  */
-export async function load(baseUrl: string, paths: string[], opts: { connections: number; threads: number; seconds: number; headers?: Record<string, string>; scriptPath: string }): Promise<LoadResult> {
+export async function load(
+  baseUrl: string,
+  paths: string[],
+  opts: { connections: number; threads: number; seconds: number; headers?: Record<string, string>; scriptPath: string },
+): Promise<LoadResult> {
   const lua = `
 local paths = { ${paths.map((p) => JSON.stringify(p)).join(", ")} }
 local headers = { ${Object.entries(opts.headers ?? {})
@@ -91,12 +122,38 @@ end
   await writeFile(opts.scriptPath, lua);
   const { code, stdout, stderr } = await run(
     "wrk",
-    ["-t", String(opts.threads), "-c", String(opts.connections), "-d", `${opts.seconds}s`, "--timeout", "10s", "-s", opts.scriptPath, baseUrl],
+    [
+      "-t",
+      String(opts.threads),
+      "-c",
+      String(opts.connections),
+      "-d",
+      `${opts.seconds}s`,
+      "--timeout",
+      "10s",
+      "-s",
+      opts.scriptPath,
+      baseUrl,
+    ],
     (opts.seconds + 30) * 1000,
   );
   const line = /^BENCH (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$/m.exec(stdout);
   if (code !== 0 || line === null) throw new Error(`wrk exit ${code}: ${stdout}\n${stderr}`);
-  const [requests, bytes, durationUs, p50, p99, errors] = line.slice(1).map(Number) as [number, number, number, number, number, number];
+  const [requests, bytes, durationUs, p50, p99, errors] = line.slice(1).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const seconds = durationUs / 1e6;
-  return { requestsPerSecond: requests / seconds, bytesPerSecond: bytes / seconds, p50ms: p50 / 1000, p99ms: p99 / 1000, requests, errors };
+  return {
+    requestsPerSecond: requests / seconds,
+    bytesPerSecond: bytes / seconds,
+    p50ms: p50 / 1000,
+    p99ms: p99 / 1000,
+    requests,
+    errors,
+  };
 }

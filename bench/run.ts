@@ -122,13 +122,16 @@ async function main(): Promise<void> {
     // --- the world -------------------------------------------------------------------------------------
     const upstream = await startRegistry({ rootDir: join(workDir, "upstream-storage") });
     cleanup.push(() => upstream.dispose());
-    progress(`upstream ${upstream.url}; seeding ${int("big-mib")} MiB + ${Math.max(1, reps)} × ${int("medium-mib")} MiB + ${smallCount} × 1 MiB`);
+    progress(
+      `upstream ${upstream.url}; seeding ${int("big-mib")} MiB + ${Math.max(1, reps)} × ${int("medium-mib")} MiB + ${smallCount} × 1 MiB`,
+    );
     const seedDir = join(workDir, "seed");
     await mkdir(seedDir);
     const big = await seed(upstream, join(seedDir, "big"), bigSize);
     // S3 takes a never-fetched 100 MiB blob in every repetition: cold for both caches without restarting them.
     const mediums: SeededBlob[] = [];
-    for (let i = 0; i < Math.max(1, reps); i++) mediums.push(await seed(upstream, join(seedDir, `medium-${i}`), mediumSize));
+    for (let i = 0; i < Math.max(1, reps); i++)
+      mediums.push(await seed(upstream, join(seedDir, `medium-${i}`), mediumSize));
     const medium = mediums[0]!;
     const small: SeededBlob[] = [];
     for (let i = 0; i < smallCount; i++) small.push(await seed(upstream, join(seedDir, `small-${i}`), MiB));
@@ -137,18 +140,45 @@ async function main(): Promise<void> {
     await rm(seedDir, { recursive: true, force: true }); // the upstream has its own copies; nginx serves those
 
     const entry = args.compiled ? await compile(repoRoot) : resolve(repoRoot, "src/main.ts");
-    const mirror = new MirrorTarget({ repoRoot, entry, workDir, port: await freePort(), upstreamUrl: upstream.url, nodeArgs: args["mirror-node-arg"], env: mirrorEnv });
+    const mirror = new MirrorTarget({
+      repoRoot,
+      entry,
+      workDir,
+      port: await freePort(),
+      upstreamUrl: upstream.url,
+      nodeArgs: args["mirror-node-arg"],
+      env: mirrorEnv,
+    });
     const proxy = new ProxyRegistryTarget({ workDir, port: await freePort(), upstreamUrl: upstream.url });
     const nginx = new NginxTarget({ workDir, port: await freePort(), upstreamStorage: upstream.rootDir });
-    cleanup.push(() => mirror.stop(), () => proxy.stop(), () => nginx.stop());
+    cleanup.push(
+      () => mirror.stop(),
+      () => proxy.stop(),
+      () => nginx.stop(),
+    );
     await nginx.addManifest(REPO, "large", largeImage.bytes);
     await Promise.all([mirror.start(), proxy.start(), nginx.start()]);
-    progress(`mirror ${mirror.url} (pid ${mirror.process!.pid}), distribution proxy ${proxy.url} (pid ${proxy.process!.pid}), nginx ${nginx.url} (pid ${nginx.process!.pid})`);
+    progress(
+      `mirror ${mirror.url} (pid ${mirror.process!.pid}), distribution proxy ${proxy.url} (pid ${proxy.process!.pid}), nginx ${nginx.url} (pid ${nginx.process!.pid})`,
+    );
 
     const blobPath = (b: { digest: string }) => `/v2/${REPO}/blobs/${b.digest}`;
     const storedPath = {
-      mirror: (b: { digest: string }) => join(mirror.dataDir, "blobs", "sha256", b.digest.slice(7, 9), b.digest.slice(7)),
-      proxy: (b: { digest: string }) => join(workDir, "proxy-storage", "docker", "registry", "v2", "blobs", "sha256", b.digest.slice(7, 9), b.digest.slice(7), "data"),
+      mirror: (b: { digest: string }) =>
+        join(mirror.dataDir, "blobs", "sha256", b.digest.slice(7, 9), b.digest.slice(7)),
+      proxy: (b: { digest: string }) =>
+        join(
+          workDir,
+          "proxy-storage",
+          "docker",
+          "registry",
+          "v2",
+          "blobs",
+          "sha256",
+          b.digest.slice(7, 9),
+          b.digest.slice(7),
+          "data",
+        ),
     };
 
     /**
@@ -187,7 +217,9 @@ async function main(): Promise<void> {
           record("S1", `${target}-ttfb-ms`, d.ttfb * 1000);
           record("S1", `${target}-upstream-x`, (await upstreamBytesAfter(target, big)) / big.size);
           if (server) record("MEM", `${target}-S1-MiB`, (await server.process!.memory()).peak / MiB);
-          progress(`S1 rep ${rep + 1}/${reps} ${target}: ${(d.bytesPerSecond / 1e6).toFixed(0)} MB/s, TTFB ${(d.ttfb * 1000).toFixed(1)} ms`);
+          progress(
+            `S1 rep ${rep + 1}/${reps} ${target}: ${(d.bytesPerSecond / 1e6).toFixed(0)} MB/s, TTFB ${(d.ttfb * 1000).toFixed(1)} ms`,
+          );
         }
       }
     }
@@ -203,7 +235,9 @@ async function main(): Promise<void> {
           const d = await download(`${targets[target]}${blobPath(big)}`, { expectBytes: big.size });
           record("S2", `${target}-MBps`, d.bytesPerSecond / 1e6);
           record("S2", `${target}-ttfb-ms`, d.ttfb * 1000);
-          progress(`S2 rep ${rep + 1}/${reps} ${target}: ${(d.bytesPerSecond / 1e6).toFixed(0)} MB/s, TTFB ${(d.ttfb * 1000).toFixed(2)} ms`);
+          progress(
+            `S2 rep ${rep + 1}/${reps} ${target}: ${(d.bytesPerSecond / 1e6).toFixed(0)} MB/s, TTFB ${(d.ttfb * 1000).toFixed(2)} ms`,
+          );
         }
       }
     }
@@ -220,9 +254,14 @@ async function main(): Promise<void> {
         const blob = mediums[rep]!;
         for (const target of rotation(["mirror", "proxy", "direct"] as const, rep)) {
           noteLoad("S3");
-          const server: RestartableTarget | undefined = target === "mirror" ? mirror : target === "proxy" ? proxy : undefined;
+          const server: RestartableTarget | undefined =
+            target === "mirror" ? mirror : target === "proxy" ? proxy : undefined;
           upstream.clearRequests();
-          const { wall, downloads } = await concurrentDownloads(`${server?.url ?? upstream.url}${blobPath(blob)}`, clients, { expectBytes: blob.size });
+          const { wall, downloads } = await concurrentDownloads(
+            `${server?.url ?? upstream.url}${blobPath(blob)}`,
+            clients,
+            { expectBytes: blob.size },
+          );
           const ttfbs = summarize(downloads.map((d) => d.ttfb * 1000))!;
           record("S3", `${target}-wall-s`, wall);
           record("S3", `${target}-ttfb-min-ms`, ttfbs.min);
@@ -230,7 +269,9 @@ async function main(): Promise<void> {
           record("S3", `${target}-ttfb-max-ms`, ttfbs.max);
           record("S3", `${target}-upstream-x`, (await upstreamBytesAfter(target, blob)) / blob.size);
           if (server) record("MEM", `${target}-S3-MiB`, (await server.process!.memory()).peak / MiB);
-          progress(`S3 rep ${rep + 1}/${reps} ${target}: wall ${wall.toFixed(2)} s, TTFB median ${ttfbs.median.toFixed(1)} ms (max ${ttfbs.max.toFixed(1)})`);
+          progress(
+            `S3 rep ${rep + 1}/${reps} ${target}: wall ${wall.toFixed(2)} s, TTFB median ${ttfbs.median.toFixed(1)} ms (max ${ttfbs.max.toFixed(1)})`,
+          );
         }
       }
     }
@@ -240,7 +281,12 @@ async function main(): Promise<void> {
     const manifestPaths = [`/v2/${REPO}/manifests/large`];
     const smallPaths = small.map(blobPath);
     const accept = { Accept: OCI_MANIFEST };
-    const loadOpts = (name: string) => ({ connections, threads: wrkThreads, seconds, scriptPath: join(workDir, `${name}.lua`) });
+    const loadOpts = (name: string) => ({
+      connections,
+      threads: wrkThreads,
+      seconds,
+      scriptPath: join(workDir, `${name}.lua`),
+    });
     async function loadScenario(name: "S4" | "S5", paths: string[], headers: Record<string, string>): Promise<void> {
       for (const base of Object.values(targets)) {
         for (const p of paths) await download(`${base}${p}`, { headers }); // warm: every path once
@@ -255,7 +301,9 @@ async function main(): Promise<void> {
           record(name, `${target}-p50-ms`, r.p50ms);
           record(name, `${target}-p99-ms`, r.p99ms);
           record(name, `${target}-errors`, r.errors);
-          progress(`${name} rep ${rep + 1}/${loadReps} ${target}: ${r.requestsPerSecond.toFixed(0)} req/s, p50 ${r.p50ms.toFixed(2)} ms, p99 ${r.p99ms.toFixed(2)} ms, errors ${r.errors}`);
+          progress(
+            `${name} rep ${rep + 1}/${loadReps} ${target}: ${r.requestsPerSecond.toFixed(0)} req/s, p50 ${r.p50ms.toFixed(2)} ms, p99 ${r.p99ms.toFixed(2)} ms, errors ${r.errors}`,
+          );
         }
       }
     }
@@ -272,26 +320,42 @@ async function main(): Promise<void> {
       const dataDir = join(workDir, "startup-data");
       progress(`generating a store of ${startupBlobs} blobs`);
       await generateStore(dataDir, startupBlobs);
-      const starter = new MirrorTarget({ repoRoot, entry, workDir, port: await freePort(), upstreamUrl: upstream.url, nodeArgs: [], dataDir });
+      const starter = new MirrorTarget({
+        repoRoot,
+        entry,
+        workDir,
+        port: await freePort(),
+        upstreamUrl: upstream.url,
+        nodeArgs: [],
+        dataDir,
+      });
       cleanup.push(() => starter.stop());
       for (let rep = 0; rep < startupReps; rep++) {
         noteLoad("START");
         const ms = await starter.start();
         const scan = await starter.indexScan();
         await starter.stop();
-        if (scan && scan.objects !== startupBlobs) throw new Error(`the mirror indexed ${scan.objects} objects, not ${startupBlobs}`);
+        if (scan && scan.objects !== startupBlobs)
+          throw new Error(`the mirror indexed ${scan.objects} objects, not ${startupBlobs}`);
         record("START", "mirror-full-ms", ms);
         if (scan) record("START", "mirror-scan-ms", scan.scanMs);
-        progress(`start-up rep ${rep + 1}/${startupReps}: ready in ${ms.toFixed(0)} ms (index scan ${scan?.scanMs.toFixed(0) ?? "?"} ms)`);
+        progress(
+          `start-up rep ${rep + 1}/${startupReps}: ready in ${ms.toFixed(0)} ms (index scan ${scan?.scanMs.toFixed(0) ?? "?"} ms)`,
+        );
       }
     }
 
     const loadAtEnd = loadavg();
     const report = renderReport({ loadAtStart, loadAtEnd });
     console.log(report);
-    if (args["json-out"] !== undefined) await writeFile(args["json-out"], JSON.stringify({ machine: machine(), loadAtStart, loadAtEnd, loads, results }, null, 2));
+    if (args["json-out"] !== undefined)
+      await writeFile(
+        args["json-out"],
+        JSON.stringify({ machine: machine(), loadAtStart, loadAtEnd, loads, results }, null, 2),
+      );
   } finally {
-    for (const step of cleanup.reverse()) await step().catch((err: unknown) => progress(`cleanup: ${(err as Error).message}`));
+    for (const step of cleanup.reverse())
+      await step().catch((err: unknown) => progress(`cleanup: ${(err as Error).message}`));
     if (!args.keep) await rm(workDir, { recursive: true, force: true });
     else progress(`kept ${workDir}`);
   }
@@ -302,7 +366,17 @@ async function compile(root: string): Promise<string> {
   const outDir = join(root, ".tmp", "bench-dist");
   await rm(outDir, { recursive: true, force: true });
   progress(`compiling ${root}/src to ${outDir}`);
-  execFileSync(process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", join(root, "tsconfig.build.json"), "--outDir", outDir], { stdio: "inherit", timeout: 300_000 });
+  execFileSync(
+    process.execPath,
+    [
+      join(root, "node_modules", "typescript", "bin", "tsc"),
+      "-p",
+      join(root, "tsconfig.build.json"),
+      "--outDir",
+      outDir,
+    ],
+    { stdio: "inherit", timeout: 300_000 },
+  );
   return join(outDir, "main.js");
 }
 
@@ -325,7 +399,12 @@ async function waitForFile(path: string, size: number, timeoutMs: number): Promi
 function machine(): Record<string, string> {
   const version = (cmd: string, a: string[]) => {
     const r = spawnSync(cmd, a, { encoding: "utf8", timeout: 5_000 });
-    return `${r.stdout ?? ""}\n${r.stderr ?? ""}`.split("\n").find((l) => l.trim() !== "")?.trim() ?? "?";
+    return (
+      `${r.stdout ?? ""}\n${r.stderr ?? ""}`
+        .split("\n")
+        .find((l) => l.trim() !== "")
+        ?.trim() ?? "?"
+    );
   };
   return {
     cpu: `${cpus()[0]?.model ?? "?"} × ${cpus().length}`,
@@ -346,38 +425,166 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
   const rows: string[][] = [];
   const row = (...cells: string[]) => rows.push(cells);
   if (results["S1"]) {
-    row("S1 cold 1 GiB: throughput MB/s", s("S1", "mirror-MBps"), s("S1", "proxy-MBps"), `direct ${s("S1", "direct-MBps")}`, r("S1", "mirror-MBps", "direct-MBps"), r("S1", "proxy-MBps", "direct-MBps"), "≥ 0.8× direct");
-    row("S1 cold 1 GiB: TTFB ms", s("S1", "mirror-ttfb-ms", 1), s("S1", "proxy-ttfb-ms", 1), `direct ${s("S1", "direct-ttfb-ms", 1)}`, r("S1", "mirror-ttfb-ms", "direct-ttfb-ms"), r("S1", "proxy-ttfb-ms", "direct-ttfb-ms"), "");
-    row("S1 cold 1 GiB: upstream bytes ÷ blob", s("S1", "mirror-upstream-x", 2), s("S1", "proxy-upstream-x", 2), `direct ${s("S1", "direct-upstream-x", 2)}`, "", "", "exactly 1×");
+    row(
+      "S1 cold 1 GiB: throughput MB/s",
+      s("S1", "mirror-MBps"),
+      s("S1", "proxy-MBps"),
+      `direct ${s("S1", "direct-MBps")}`,
+      r("S1", "mirror-MBps", "direct-MBps"),
+      r("S1", "proxy-MBps", "direct-MBps"),
+      "≥ 0.8× direct",
+    );
+    row(
+      "S1 cold 1 GiB: TTFB ms",
+      s("S1", "mirror-ttfb-ms", 1),
+      s("S1", "proxy-ttfb-ms", 1),
+      `direct ${s("S1", "direct-ttfb-ms", 1)}`,
+      r("S1", "mirror-ttfb-ms", "direct-ttfb-ms"),
+      r("S1", "proxy-ttfb-ms", "direct-ttfb-ms"),
+      "",
+    );
+    row(
+      "S1 cold 1 GiB: upstream bytes ÷ blob",
+      s("S1", "mirror-upstream-x", 2),
+      s("S1", "proxy-upstream-x", 2),
+      `direct ${s("S1", "direct-upstream-x", 2)}`,
+      "",
+      "",
+      "exactly 1×",
+    );
   }
   if (results["S2"]) {
-    row("S2 warm 1 GiB: throughput MB/s", s("S2", "mirror-MBps"), s("S2", "proxy-MBps"), `nginx ${s("S2", "nginx-MBps")}`, r("S2", "mirror-MBps", "nginx-MBps"), r("S2", "proxy-MBps", "nginx-MBps"), "≥ 0.95× nginx");
-    row("S2 warm 1 GiB: TTFB ms", s("S2", "mirror-ttfb-ms", 2), s("S2", "proxy-ttfb-ms", 2), `nginx ${s("S2", "nginx-ttfb-ms", 2)}`, r("S2", "mirror-ttfb-ms", "nginx-ttfb-ms"), r("S2", "proxy-ttfb-ms", "nginx-ttfb-ms"), "");
+    row(
+      "S2 warm 1 GiB: throughput MB/s",
+      s("S2", "mirror-MBps"),
+      s("S2", "proxy-MBps"),
+      `nginx ${s("S2", "nginx-MBps")}`,
+      r("S2", "mirror-MBps", "nginx-MBps"),
+      r("S2", "proxy-MBps", "nginx-MBps"),
+      "≥ 0.95× nginx",
+    );
+    row(
+      "S2 warm 1 GiB: TTFB ms",
+      s("S2", "mirror-ttfb-ms", 2),
+      s("S2", "proxy-ttfb-ms", 2),
+      `nginx ${s("S2", "nginx-ttfb-ms", 2)}`,
+      r("S2", "mirror-ttfb-ms", "nginx-ttfb-ms"),
+      r("S2", "proxy-ttfb-ms", "nginx-ttfb-ms"),
+      "",
+    );
   }
   if (results["S3"]) {
-    row(`S3 ${clients} clients cold 100 MiB: wall s`, s("S3", "mirror-wall-s", 2), s("S3", "proxy-wall-s", 2), `direct ${s("S3", "direct-wall-s", 2)}`, r("S3", "mirror-wall-s", "direct-wall-s"), r("S3", "proxy-wall-s", "direct-wall-s"), "");
-    row("S3 per-client TTFB min ms", s("S3", "mirror-ttfb-min-ms", 1), s("S3", "proxy-ttfb-min-ms", 1), `direct ${s("S3", "direct-ttfb-min-ms", 1)}`, r("S3", "mirror-ttfb-min-ms", "direct-ttfb-min-ms"), r("S3", "proxy-ttfb-min-ms", "direct-ttfb-min-ms"), "");
-    row("S3 per-client TTFB median ms", s("S3", "mirror-ttfb-median-ms", 1), s("S3", "proxy-ttfb-median-ms", 1), `direct ${s("S3", "direct-ttfb-median-ms", 1)}`, r("S3", "mirror-ttfb-median-ms", "direct-ttfb-median-ms"), r("S3", "proxy-ttfb-median-ms", "direct-ttfb-median-ms"), "≤ 1.5× direct");
-    row("S3 per-client TTFB max ms", s("S3", "mirror-ttfb-max-ms", 1), s("S3", "proxy-ttfb-max-ms", 1), `direct ${s("S3", "direct-ttfb-max-ms", 1)}`, r("S3", "mirror-ttfb-max-ms", "direct-ttfb-max-ms"), r("S3", "proxy-ttfb-max-ms", "direct-ttfb-max-ms"), "");
-    row("S3 upstream bytes ÷ blob", s("S3", "mirror-upstream-x", 2), s("S3", "proxy-upstream-x", 2), `direct ${s("S3", "direct-upstream-x", 2)}`, "", "", "exactly 1×");
+    row(
+      `S3 ${clients} clients cold 100 MiB: wall s`,
+      s("S3", "mirror-wall-s", 2),
+      s("S3", "proxy-wall-s", 2),
+      `direct ${s("S3", "direct-wall-s", 2)}`,
+      r("S3", "mirror-wall-s", "direct-wall-s"),
+      r("S3", "proxy-wall-s", "direct-wall-s"),
+      "",
+    );
+    row(
+      "S3 per-client TTFB min ms",
+      s("S3", "mirror-ttfb-min-ms", 1),
+      s("S3", "proxy-ttfb-min-ms", 1),
+      `direct ${s("S3", "direct-ttfb-min-ms", 1)}`,
+      r("S3", "mirror-ttfb-min-ms", "direct-ttfb-min-ms"),
+      r("S3", "proxy-ttfb-min-ms", "direct-ttfb-min-ms"),
+      "",
+    );
+    row(
+      "S3 per-client TTFB median ms",
+      s("S3", "mirror-ttfb-median-ms", 1),
+      s("S3", "proxy-ttfb-median-ms", 1),
+      `direct ${s("S3", "direct-ttfb-median-ms", 1)}`,
+      r("S3", "mirror-ttfb-median-ms", "direct-ttfb-median-ms"),
+      r("S3", "proxy-ttfb-median-ms", "direct-ttfb-median-ms"),
+      "≤ 1.5× direct",
+    );
+    row(
+      "S3 per-client TTFB max ms",
+      s("S3", "mirror-ttfb-max-ms", 1),
+      s("S3", "proxy-ttfb-max-ms", 1),
+      `direct ${s("S3", "direct-ttfb-max-ms", 1)}`,
+      r("S3", "mirror-ttfb-max-ms", "direct-ttfb-max-ms"),
+      r("S3", "proxy-ttfb-max-ms", "direct-ttfb-max-ms"),
+      "",
+    );
+    row(
+      "S3 upstream bytes ÷ blob",
+      s("S3", "mirror-upstream-x", 2),
+      s("S3", "proxy-upstream-x", 2),
+      `direct ${s("S3", "direct-upstream-x", 2)}`,
+      "",
+      "",
+      "exactly 1×",
+    );
   }
   if (results["S4"]) {
-    row(`S4 warm manifest by tag, ${connections} conns: req/s`, s("S4", "mirror-rps"), s("S4", "proxy-rps"), `nginx ${s("S4", "nginx-rps")}`, r("S4", "mirror-rps", "nginx-rps"), r("S4", "proxy-rps", "nginx-rps"), `≥ 100× proxy (${r("S4", "mirror-rps", "proxy-rps")}), ≥ 0.25× nginx`);
-    row("S4 p50 / p99 ms", `${s("S4", "mirror-p50-ms", 2)} / ${s("S4", "mirror-p99-ms", 2)}`, `${s("S4", "proxy-p50-ms", 1)} / ${s("S4", "proxy-p99-ms", 1)}`, `nginx ${s("S4", "nginx-p50-ms", 2)} / ${s("S4", "nginx-p99-ms", 2)}`, "", "", "");
+    row(
+      `S4 warm manifest by tag, ${connections} conns: req/s`,
+      s("S4", "mirror-rps"),
+      s("S4", "proxy-rps"),
+      `nginx ${s("S4", "nginx-rps")}`,
+      r("S4", "mirror-rps", "nginx-rps"),
+      r("S4", "proxy-rps", "nginx-rps"),
+      `≥ 100× proxy (${r("S4", "mirror-rps", "proxy-rps")}), ≥ 0.25× nginx`,
+    );
+    row(
+      "S4 p50 / p99 ms",
+      `${s("S4", "mirror-p50-ms", 2)} / ${s("S4", "mirror-p99-ms", 2)}`,
+      `${s("S4", "proxy-p50-ms", 1)} / ${s("S4", "proxy-p99-ms", 1)}`,
+      `nginx ${s("S4", "nginx-p50-ms", 2)} / ${s("S4", "nginx-p99-ms", 2)}`,
+      "",
+      "",
+      "",
+    );
   }
   if (results["S5"]) {
-    row(`S5 warm 1 MiB blobs, ${connections} conns: req/s`, s("S5", "mirror-rps"), s("S5", "proxy-rps"), `nginx ${s("S5", "nginx-rps")}`, r("S5", "mirror-rps", "nginx-rps"), r("S5", "proxy-rps", "nginx-rps"), "≥ 0.6× nginx");
+    row(
+      `S5 warm 1 MiB blobs, ${connections} conns: req/s`,
+      s("S5", "mirror-rps"),
+      s("S5", "proxy-rps"),
+      `nginx ${s("S5", "nginx-rps")}`,
+      r("S5", "mirror-rps", "nginx-rps"),
+      r("S5", "proxy-rps", "nginx-rps"),
+      "≥ 0.6× nginx",
+    );
     row("S5 MB/s", s("S5", "mirror-MBps"), s("S5", "proxy-MBps"), `nginx ${s("S5", "nginx-MBps")}`, "", "", "");
-    row("S5 p50 / p99 ms", `${s("S5", "mirror-p50-ms", 1)} / ${s("S5", "mirror-p99-ms", 1)}`, `${s("S5", "proxy-p50-ms", 1)} / ${s("S5", "proxy-p99-ms", 1)}`, `nginx ${s("S5", "nginx-p50-ms", 1)} / ${s("S5", "nginx-p99-ms", 1)}`, "", "", "");
+    row(
+      "S5 p50 / p99 ms",
+      `${s("S5", "mirror-p50-ms", 1)} / ${s("S5", "mirror-p99-ms", 1)}`,
+      `${s("S5", "proxy-p50-ms", 1)} / ${s("S5", "proxy-p99-ms", 1)}`,
+      `nginx ${s("S5", "nginx-p50-ms", 1)} / ${s("S5", "nginx-p99-ms", 1)}`,
+      "",
+      "",
+      "",
+    );
   }
   if (results["MEM"]) {
     row("Peak RSS MiB, S1 (1 GiB cold)", s("MEM", "mirror-S1-MiB"), s("MEM", "proxy-S1-MiB"), "", "", "", "≤ 150 MiB");
-    row(`Peak RSS MiB, S3 (${clients} clients)`, s("MEM", "mirror-S3-MiB"), s("MEM", "proxy-S3-MiB"), "", "", "", "≤ 150 MiB");
+    row(
+      `Peak RSS MiB, S3 (${clients} clients)`,
+      s("MEM", "mirror-S3-MiB"),
+      s("MEM", "proxy-S3-MiB"),
+      "",
+      "",
+      "",
+      "≤ 150 MiB",
+    );
   }
   if (results["START"]) {
     row(`Start-up, ${startupBlobs} cached blobs: ready ms`, s("START", "mirror-full-ms"), "", "", "", "", "");
     row("Start-up: index scan ms (mirror's log)", s("START", "mirror-scan-ms"), "", "", "", "", "");
-    row("Start-up, empty store: ready ms", s("START", "mirror-empty-ms"), s("START", "distribution-proxy-empty-ms"), "", "", "", "");
+    row(
+      "Start-up, empty store: ready ms",
+      s("START", "mirror-empty-ms"),
+      s("START", "distribution-proxy-empty-ms"),
+      "",
+      "",
+      "",
+      "",
+    );
   }
   const header = ["scenario", "mirror", "distribution proxy", "baseline", "mirror ratio", "proxy ratio", "target"];
   const table = [header, header.map(() => "---"), ...rows].map((cells) => `| ${cells.join(" | ")} |`).join("\n");
@@ -385,7 +592,9 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
     "",
     `Machine: ${m.cpu}, ${m.memory} RAM, Linux ${m.kernel}; Node ${m.node}; ${m.distribution}; ${m.nginx}; ${m.wrk}`,
     `Load average (1/5/15 min) at start ${opts.loadAtStart.map((x) => x.toFixed(2)).join(" / ")}, at end ${opts.loadAtEnd.map((x) => x.toFixed(2)).join(" / ")}; ` +
-      `1-min load per scenario (median, min–max): ${Object.keys(loads).map((k) => `${k} ${loadOf(k)}`).join(", ")}`,
+      `1-min load per scenario (median, min–max): ${Object.keys(loads)
+        .map((k) => `${k} ${loadOf(k)}`)
+        .join(", ")}`,
     `Mirror run as ${args["mirror-env"].length > 0 ? `${args["mirror-env"].join(" ")} ` : ""}${args.compiled ? "compiled JavaScript (node dist/main.js, as in the container image)" : "node src/main.ts (type stripping)"}. Repetitions: S1–S3 ${reps}, S4/S5 ${loadReps} × ${seconds} s (wrk ${wrkThreads} threads), start-up ${startupReps}. Values: median (min–max). Ratios: mirror or proxy median ÷ baseline median.`,
     "",
     table,

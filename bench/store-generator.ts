@@ -10,7 +10,9 @@ const CONCURRENCY = 64;
 
 export async function generateStore(dataDir: string, count: number): Promise<void> {
   const root = join(dataDir, "blobs", "sha256");
-  await Promise.all(Array.from({ length: 256 }, (_, i) => mkdir(join(root, i.toString(16).padStart(2, "0")), { recursive: true })));
+  await Promise.all(
+    Array.from({ length: 256 }, (_, i) => mkdir(join(root, i.toString(16).padStart(2, "0")), { recursive: true })),
+  );
   let next = 0;
   const worker = async () => {
     for (let i = next++; i < count; i = next++) {

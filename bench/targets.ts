@@ -38,7 +38,12 @@ export class BenchProcess {
     });
   }
 
-  static start(name: string, cmd: string, args: string[], opts: { env: Record<string, string>; cwd: string; logPath: string }): BenchProcess {
+  static start(
+    name: string,
+    cmd: string,
+    args: string[],
+    opts: { env: Record<string, string>; cwd: string; logPath: string },
+  ): BenchProcess {
     const fd = openSync(opts.logPath, "a");
     try {
       const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: ["ignore", fd, fd] });
@@ -89,7 +94,8 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
 export async function waitReady(url: string, proc: BenchProcess, since: number, intervalMs = 10): Promise<number> {
   const deadline = since + READY_TIMEOUT_MS;
   for (;;) {
-    if (!proc.running) throw new Error(`${proc.name} exited while starting; log: ${proc.logPath}\n${(await proc.log()).slice(-4000)}`);
+    if (!proc.running)
+      throw new Error(`${proc.name} exited while starting; log: ${proc.logPath}\n${(await proc.log()).slice(-4000)}`);
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
       await res.arrayBuffer();
@@ -97,7 +103,8 @@ export async function waitReady(url: string, proc: BenchProcess, since: number, 
     } catch {
       // not listening yet
     }
-    if (performance.now() > deadline) throw new Error(`${proc.name} not ready at ${url} after ${READY_TIMEOUT_MS} ms; log: ${proc.logPath}`);
+    if (performance.now() > deadline)
+      throw new Error(`${proc.name} not ready at ${url} after ${READY_TIMEOUT_MS} ms; log: ${proc.logPath}`);
     await sleep(intervalMs);
   }
 }
@@ -162,11 +169,16 @@ export class MirrorTarget implements RestartableTarget {
       ].join("\n"),
     );
     const since = performance.now();
-    this.process = BenchProcess.start("mirror", process.execPath, [...this.opts.nodeArgs, this.opts.entry, "--config", this.configPath], {
-      cwd: this.opts.repoRoot,
-      env: { PATH: CLEAN_PATH, HOME: this.opts.workDir, NODE_ENV: "production", ...this.opts.env },
-      logPath: join(this.opts.workDir, `mirror-${this.opts.port}-${++this.starts}.log`),
-    });
+    this.process = BenchProcess.start(
+      "mirror",
+      process.execPath,
+      [...this.opts.nodeArgs, this.opts.entry, "--config", this.configPath],
+      {
+        cwd: this.opts.repoRoot,
+        env: { PATH: CLEAN_PATH, HOME: this.opts.workDir, NODE_ENV: "production", ...this.opts.env },
+        logPath: join(this.opts.workDir, `mirror-${this.opts.port}-${++this.starts}.log`),
+      },
+    );
     return waitReady(`${this.url}/readyz`, this.process, since);
   }
 

@@ -7,6 +7,7 @@ source scripts/ensure-test-deps.sh
 npm ci --no-audit --no-fund
 npm run typecheck
 npm run lint
+npm run format:check
 mkdir -p .tmp
 status=0
 npm test -- --reporter=default --reporter=json --outputFile=.tmp/vitest-report.json || status=$?

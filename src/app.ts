@@ -53,7 +53,10 @@ export interface Mirror {
   readonly metricsAddress: AddressInfo | undefined;
 }
 
-export async function createMirror(config: Config, opts: { log?: Logger; processMetrics?: boolean } = {}): Promise<Mirror> {
+export async function createMirror(
+  config: Config,
+  opts: { log?: Logger; processMetrics?: boolean } = {},
+): Promise<Mirror> {
   const log = opts.log ?? pino({ level: config.log.level });
   // "fill.timeout: 25d" is kept as written, but every timer waits at most 24.8 days: say so once, naming the key.
   for (const long of longDurationWarnings(config)) log.warn({ key: long.key, ms: long.ms }, long.message);
@@ -68,7 +71,19 @@ export async function createMirror(config: Config, opts: { log?: Logger; process
 
 /** The HTTP side over a cache layer: handlers, routers, the Koa app and the listeners. */
 async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror> {
-  const { log, metrics, blobStore, manifestStore, metadata, describeState, janitor, fills, upstreams, manifestCache, blobCache } = layer;
+  const {
+    log,
+    metrics,
+    blobStore,
+    manifestStore,
+    metadata,
+    describeState,
+    janitor,
+    fills,
+    upstreams,
+    manifestCache,
+    blobCache,
+  } = layer;
   metrics.showOnScrape({ metadataStore: describeState, cache: janitor, fills, upstreams });
 
   const resolver = new UpstreamResolver(upstreams);
@@ -81,7 +96,9 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   // secret disables its credential, is logged and listed by /readyz, and is re-read when it changes
   // (secret-file.ts). An inline secret the schema refused has already stopped the start-up.
   const adminTokenFile =
-    config.admin.tokenFile !== undefined ? await SecretFile.open({ path: config.admin.tokenFile, key: "admin.tokenFile", what: "the admin token", log }) : undefined;
+    config.admin.tokenFile !== undefined
+      ? await SecretFile.open({ path: config.admin.tokenFile, key: "admin.tokenFile", what: "the admin token", log })
+      : undefined;
   let clientAuth: ClientAuth | undefined;
   try {
     clientAuth = config.access ? await ClientAuth.load(config.access, { log }) : undefined;
@@ -91,9 +108,19 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   }
   const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
-  const adminDigest = config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
+  const adminDigest =
+    config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
   if (adminDigest !== undefined || adminTokenFile !== undefined) {
-    const handler = new AdminHandler({ upstreams, manifests: manifestCache, manifestStore, store: blobStore, metadata, janitor, prefetcher, importer: createImporter(layer, config) });
+    const handler = new AdminHandler({
+      upstreams,
+      manifests: manifestCache,
+      manifestStore,
+      store: blobStore,
+      metadata,
+      janitor,
+      prefetcher,
+      importer: createImporter(layer, config),
+    });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }
   app.use(
@@ -103,12 +130,22 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
         // A disabled credential is reported, but the mirror serves everyone else: still ready.
-        ...secretFiles.map((file) => () => (file.problem !== undefined ? { ready: true, reason: file.problem } : undefined)),
-        () => (janitor.noSpace !== undefined ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` } : undefined),
-        () => (janitor.evictionBlocked !== undefined ? { ready: true, reason: `eviction stopped: ${janitor.evictionBlocked}` } : undefined),
+        ...secretFiles.map(
+          (file) => () => (file.problem !== undefined ? { ready: true, reason: file.problem } : undefined),
+        ),
+        () =>
+          janitor.noSpace !== undefined
+            ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` }
+            : undefined,
+        () =>
+          janitor.evictionBlocked !== undefined
+            ? { ready: true, reason: `eviction stopped: ${janitor.evictionBlocked}` }
+            : undefined,
         () => {
           const state = describeState();
-          return state.degraded ? { ready: true, reason: `metadata store degraded (serving from the embedded store): ${state.reason}` } : undefined;
+          return state.degraded
+            ? { ready: true, reason: `metadata store degraded (serving from the embedded store): ${state.reason}` }
+            : undefined;
         },
       ],
       resolver,
@@ -150,7 +187,10 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         metricsServer = await listenMetrics(metrics, parseListen(config.metrics.listen));
         log.info({ address: metricsServer.address() }, "metrics listening");
       }
-      log.info({ address: address.address, port: address.port, upstreams: upstreams.map((u) => u.name) }, "mirror listening");
+      log.info(
+        { address: address.address, port: address.port, upstreams: upstreams.map((u) => u.name) },
+        "mirror listening",
+      );
       return address;
     },
     close() {

@@ -54,7 +54,10 @@ export interface CacheLayer {
  * over `config.storage.path`, after taking that directory's lock (DataDirLockedError if another process holds
  * it): the mirror at start, and `mirror export|import|inventory` working on a data directory.
  */
-export async function createCacheLayer(config: Config, opts: { log: Logger; metrics: Metrics; purpose?: string }): Promise<CacheLayer> {
+export async function createCacheLayer(
+  config: Config,
+  opts: { log: Logger; metrics: Metrics; purpose?: string },
+): Promise<CacheLayer> {
   const { log, metrics } = opts;
   // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
   const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
@@ -62,13 +65,20 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
     const blobStore = new BlobStore(config.storage.path);
     const scan = await blobStore.init();
     log.info({ ...scan }, "cache index rebuilt");
-    if (scan.removedTempFiles > 0) log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
+    if (scan.removedTempFiles > 0)
+      log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
     const manifestStore = new ManifestStore(blobStore);
     await manifestStore.init();
     const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
     const pins = new PinList(config.storage.path);
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
-    const manifestCache = new ManifestCache({ manifests: manifestStore, metadata, maxBytes: config.limits.manifestMaxBytes, metrics, onNoSpace: (err) => janitor.noteNoSpace(err) });
+    const manifestCache = new ManifestCache({
+      manifests: manifestStore,
+      metadata,
+      maxBytes: config.limits.manifestMaxBytes,
+      metrics,
+      onNoSpace: (err) => janitor.noteNoSpace(err),
+    });
     const janitor: Janitor = new Janitor({
       store: blobStore,
       manifests: manifestStore,
@@ -95,7 +105,12 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
         log,
         metrics,
       },
-      { limits: { maxFills: (upstream) => config.upstreams[upstream]?.maxConcurrentFills ?? 16, maxQueued: config.limits.maxQueuedFills } },
+      {
+        limits: {
+          maxFills: (upstream) => config.upstreams[upstream]?.maxConcurrentFills ?? 16,
+          maxQueued: config.limits.maxQueuedFills,
+        },
+      },
     );
     blobStore.onCommit(() => janitor.committed());
     janitor.start(config.storage.checkInterval);
@@ -103,8 +118,10 @@ export async function createCacheLayer(config: Config, opts: { log: Logger; metr
     // pointer is gone is asked at the first periodic check (eviction waits for it if nothing is recorded).
     await janitor.check({ askResolver: false });
     for (const u of upstreams) {
-      if (u.config.tls.insecure) log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
-      if (u.config.offline) log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
+      if (u.config.tls.insecure)
+        log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");
+      if (u.config.offline)
+        log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
     const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics });
     let draining: Promise<void> | undefined;

@@ -46,7 +46,9 @@ async function main(): Promise<number> {
     }
     return command.run(process.argv.slice(3));
   }
-  const { values } = parseArgs({ options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } } });
+  const { values } = parseArgs({
+    options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
+  });
   if (values.help) {
     console.log(USAGE);
     return 0;

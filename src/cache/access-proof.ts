@@ -35,15 +35,28 @@ import type { MetadataStore } from "../metadata/metadata-store.ts";
 export type Standing = "granted" | "confirm-repository" | "prove-content";
 
 /** Where a request for `digest` through `upstream`/`repo` stands, from the metadata store's records. */
-export async function standingOf(metadata: MetadataStore, upstream: UpstreamClient, repo: string, digest: string): Promise<Standing> {
-  const [linked, servedBy] = await Promise.all([metadata.hasLink(upstream.name, repo, digest), metadata.provenance(digest)]);
+export async function standingOf(
+  metadata: MetadataStore,
+  upstream: UpstreamClient,
+  repo: string,
+  digest: string,
+): Promise<Standing> {
+  const [linked, servedBy] = await Promise.all([
+    metadata.hasLink(upstream.name, repo, digest),
+    metadata.provenance(digest),
+  ]);
   const proven = servedBy.includes(upstream.name) || (upstream.config.offline && linked && servedBy.length === 0);
   if (!proven) return "prove-content";
   return linked ? "granted" : "confirm-repository";
 }
 
 /** The upstream served `digests` for `repo` and they verified: the repository is linked, the upstream proven. */
-export async function recordServed(metadata: MetadataStore, upstream: string, repo: string, digests: readonly string[]): Promise<void> {
+export async function recordServed(
+  metadata: MetadataStore,
+  upstream: string,
+  repo: string,
+  digests: readonly string[],
+): Promise<void> {
   await Promise.all([metadata.addProvenance(upstream, digests), metadata.addLinks(upstream, repo, digests)]);
 }
 
@@ -51,8 +64,17 @@ export async function recordServed(metadata: MetadataStore, upstream: string, re
  * Whether content this upstream could not prove just now (`err`: why not) may be served from the cache anyway:
  * only when the upstream is unwell, and the content was linked here before any upstream was on record for it.
  */
-export async function servesUnrecordedLink(metadata: MetadataStore, upstream: UpstreamClient, repo: string, digest: string, err: unknown): Promise<boolean> {
+export async function servesUnrecordedLink(
+  metadata: MetadataStore,
+  upstream: UpstreamClient,
+  repo: string,
+  digest: string,
+  err: unknown,
+): Promise<boolean> {
   if (!isUpstreamUnwell(err)) return false;
-  const [linked, servedBy] = await Promise.all([metadata.hasLink(upstream.name, repo, digest), metadata.provenance(digest)]);
+  const [linked, servedBy] = await Promise.all([
+    metadata.hasLink(upstream.name, repo, digest),
+    metadata.provenance(digest),
+  ]);
   return linked && servedBy.length === 0;
 }

@@ -69,7 +69,13 @@ export class BlobCache {
   private readonly metrics: Metrics | undefined;
   private readonly pacer: ReceivePacer;
 
-  constructor(opts: { store: ContentStore; fills: FillCoordinator; metadata: MetadataStore; pacer: ReceivePacer; metrics?: Metrics }) {
+  constructor(opts: {
+    store: ContentStore;
+    fills: FillCoordinator;
+    metadata: MetadataStore;
+    pacer: ReceivePacer;
+    metrics?: Metrics;
+  }) {
     this.metrics = opts.metrics;
     this.pacer = opts.pacer;
     this.store = opts.store;
@@ -119,7 +125,12 @@ export class BlobCache {
     return offlineAsUnknown(upstream, digest, () => this.serveOnline(upstream, repo, digest, handler));
   }
 
-  private async serveOnline<T>(upstream: UpstreamClient, repo: string, digest: string, handler: SourceHandler<T>): Promise<T> {
+  private async serveOnline<T>(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    handler: SourceHandler<T>,
+  ): Promise<T> {
     const standing = await this.standing(upstream, repo, digest);
     const cached = await this.store.open(digest);
     if (cached) {
@@ -156,7 +167,8 @@ export class BlobCache {
       const proof = await this.passThrough(upstream, repo, digest);
       return handler.uncached(proof.body, proof.size, "proving");
     }
-    if (standing !== "granted" && !(fromHere && running.origin.repo === repo)) await this.confirmRepository(upstream, repo, digest);
+    if (standing !== "granted" && !(fromHere && running.origin.repo === repo))
+      await this.confirmRepository(upstream, repo, digest);
     return this.read(running, upstream, repo, digest, true, handler);
   }
 
@@ -174,8 +186,15 @@ export class BlobCache {
   }
 
   /** Starts the one download of a blob nobody has; once it commits, its upstream has served it for its repository. */
-  private async download<T>(upstream: UpstreamClient, repo: string, digest: string, handler: SourceHandler<T>): Promise<T> {
-    const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) => upstream.getBlob(repo, digest, signal));
+  private async download<T>(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    handler: SourceHandler<T>,
+  ): Promise<T> {
+    const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) =>
+      upstream.getBlob(repo, digest, signal),
+    );
     const { origin } = fill;
     // A record that fails to be written only costs a later request a verified download: nothing to report here.
     void fill.done.then(
@@ -190,7 +209,14 @@ export class BlobCache {
    * or, when there was no room to cache it, the upstream body (the first request takes the fill's, each other
    * request gets its own). Nothing here loops: every outcome is an answer.
    */
-  private async read<T>(fill: Fill, upstream: UpstreamClient, repo: string, digest: string, joined: boolean, handler: SourceHandler<T>): Promise<T> {
+  private async read<T>(
+    fill: Fill,
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    joined: boolean,
+    handler: SourceHandler<T>,
+  ): Promise<T> {
     await fill.ready;
     switch (readableAs(fill)) {
       case "download":
@@ -205,23 +231,40 @@ export class BlobCache {
       case "uncached": {
         this.metrics?.uncachedServed.inc({ upstream: upstream.name });
         const taken = fill.takeUncached();
-        const response = taken ? this.verified(upstream, repo, digest, taken) : await this.passThrough(upstream, repo, digest);
+        const response = taken
+          ? this.verified(upstream, repo, digest, taken)
+          : await this.passThrough(upstream, repo, digest);
         return handler.uncached(response.body, response.size, "no-room");
       }
     }
   }
 
   /** This request's own GET from the upstream, verified as it streams and not stored. */
-  private async passThrough(upstream: UpstreamClient, repo: string, digest: string): Promise<{ body: Readable; size: number | undefined }> {
+  private async passThrough(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+  ): Promise<{ body: Readable; size: number | undefined }> {
     // A signal nobody aborts: the client's stream is made from the response, and destroying it releases the body.
     const response = await upstream.getBlob(repo, digest, new AbortController().signal);
     return this.verified(upstream, repo, digest, response);
   }
 
-  private verified(upstream: UpstreamClient, repo: string, digest: string, response: UpstreamBlob): { body: Readable; size: number | undefined } {
-    const verified = new VerifyStream(digest, response.size, { stallTimeoutMs: upstream.config.timeouts.bodyIdle, pacer: this.pacer });
+  private verified(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    response: UpstreamBlob,
+  ): { body: Readable; size: number | undefined } {
+    const verified = new VerifyStream(digest, response.size, {
+      stallTimeoutMs: upstream.config.timeouts.bodyIdle,
+      pacer: this.pacer,
+    });
     // A Transform finishes only after its flush accepted the bytes: the upstream has proved it holds them.
-    verified.once("finish", () => void recordServed(this.metadata, upstream.name, repo, [digest]).catch(() => undefined));
+    verified.once(
+      "finish",
+      () => void recordServed(this.metadata, upstream.name, repo, [digest]).catch(() => undefined),
+    );
     // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
     // release the upstream body.
     pipeline(response.body, verified, () => undefined);
@@ -246,7 +289,11 @@ export class BlobCache {
   }
 
   /** The upstream's HEAD says `repo` holds the blob: remembered as a link (it proves the repository, not the bytes). */
-  private async confirmRepository(upstream: UpstreamClient, repo: string, digest: string): Promise<{ size: number | undefined }> {
+  private async confirmRepository(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+  ): Promise<{ size: number | undefined }> {
     const head = await upstream.headBlob(repo, digest);
     await this.metadata.addLinks(upstream.name, repo, [digest]);
     return head;
@@ -254,7 +301,11 @@ export class BlobCache {
 }
 
 /** Committed content as a response: the range of it asked for, or all of it. */
-async function fromStore(content: StoredContent, spec: ByteRangeSpec | undefined, result: BlobResult): Promise<BlobResponse> {
+async function fromStore(
+  content: StoredContent,
+  spec: ByteRangeSpec | undefined,
+  result: BlobResult,
+): Promise<BlobResponse> {
   let range: { start: number; end: number } | undefined;
   try {
     range = rangeToSend(spec, content.size);
@@ -282,7 +333,9 @@ async function fromDownload(fill: Fill, spec: ByteRangeSpec | undefined, result:
     await fill.done;
     return { size, range, body: EMPTY, result };
   }
-  const body = range ? fill.createReader(range.start, range.end) : fill.createReader(0, size === undefined ? undefined : size - 1);
+  const body = range
+    ? fill.createReader(range.start, range.end)
+    : fill.createReader(0, size === undefined ? undefined : size - 1);
   return { size, range, body, result };
 }
 
@@ -291,7 +344,9 @@ function rangeToSend(spec: ByteRangeSpec | undefined, size: number): { start: nu
   if (spec === undefined) return undefined;
   const resolved = resolveRange(spec, size);
   if (resolved === "unsatisfiable") {
-    throw new RegistryError("RANGE_INVALID", `range not satisfiable for a blob of ${size} bytes`, { headers: { "Content-Range": `bytes */${size}` } });
+    throw new RegistryError("RANGE_INVALID", `range not satisfiable for a blob of ${size} bytes`, {
+      headers: { "Content-Range": `bytes */${size}` },
+    });
   }
   return resolved;
 }
@@ -314,7 +369,11 @@ async function offlineAsUnknown<T>(upstream: UpstreamClient, digest: string, wor
     return await work();
   } catch (err) {
     if (upstream.config.offline && err instanceof RegistryError && err.code === "UNAVAILABLE") {
-      throw new RegistryError("BLOB_UNKNOWN", `blob ${digest} is not cached here, and upstream ${upstream.name} is offline`, { detail: { upstream: upstream.name, offline: true } });
+      throw new RegistryError(
+        "BLOB_UNKNOWN",
+        `blob ${digest} is not cached here, and upstream ${upstream.name} is offline`,
+        { detail: { upstream: upstream.name, offline: true } },
+      );
     }
     throw err;
   }

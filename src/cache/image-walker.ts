@@ -51,7 +51,8 @@ export async function walkManifests(
   const visit = async (manifest: StoredManifest, depth: number): Promise<void> => {
     const doc = parseManifest(manifest.bytes);
     if (isIndexManifest(manifest.mediaType, doc)) {
-      if (depth > MAX_INDEX_DEPTH) throw new Error(`${manifest.digest}: indexes nested more than ${MAX_INDEX_DEPTH} levels deep`);
+      if (depth > MAX_INDEX_DEPTH)
+        throw new Error(`${manifest.digest}: indexes nested more than ${MAX_INDEX_DEPTH} levels deep`);
       for (const d of doc.manifests ?? []) {
         if (visited.has(d.digest) || !wantedChild(d, platforms)) continue;
         visited.add(d.digest);
@@ -67,7 +68,8 @@ export async function walkManifests(
       return;
     }
     const blobs = imageBlobs(doc);
-    if (blobs.length === 0) throw new Error(`${manifest.digest} lists neither child manifests nor a config: not an image manifest`);
+    if (blobs.length === 0)
+      throw new Error(`${manifest.digest} lists neither child manifests nor a config: not an image manifest`);
     walked.images.push(manifest);
     for (const d of blobs) if (!walked.blobs.has(d.digest)) walked.blobs.set(d.digest, d);
   };
@@ -89,10 +91,15 @@ export async function walkImage(
 ): Promise<WalkedImage> {
   const top = (await manifests.get(upstream, repository, reference)).manifest;
   onManifest();
-  const fetchChild: ChildSource = async (d) => (await manifests.get(upstream, repository, { kind: "digest", digest: d.digest })).manifest;
+  const fetchChild: ChildSource = async (d) =>
+    (await manifests.get(upstream, repository, { kind: "digest", digest: d.digest })).manifest;
   const walked = await walkManifests(top, fetchChild, { platforms, onManifest });
   if (walked.images.length === 0) {
-    throw new Error(platforms.length > 0 ? `no manifest of the index matches the platforms ${platforms.join(", ")}` : `the index ${top.digest} reaches no image manifest`);
+    throw new Error(
+      platforms.length > 0
+        ? `no manifest of the index matches the platforms ${platforms.join(", ")}`
+        : `the index ${top.digest} reaches no image manifest`,
+    );
   }
   return walked;
 }

@@ -55,7 +55,11 @@ export type FsUsage = (path: string) => Promise<{ total: number; free: number }>
  * What a configured pin's tag stands for, asked when its tag pointer is gone: `digest`, or `missing` (why)
  * when the upstream says the tag does not exist. Throws when it cannot find out (upstream down, offline).
  */
-export type PinResolver = (pin: { upstream: string; repository: string; tag: string }) => Promise<{ digest: string } | { missing: string }>;
+export type PinResolver = (pin: {
+  upstream: string;
+  repository: string;
+  tag: string;
+}) => Promise<{ digest: string } | { missing: string }>;
 
 /** A walk reads a pinned manifest's bytes without its sidecar up to this size: `limits.manifestMaxBytes`' default. */
 const DEFAULT_MANIFEST_MAX_BYTES = 8 * 1024 * 1024;
@@ -201,7 +205,8 @@ export class Janitor {
   }
 
   noteNoSpace(err: Error): void {
-    if (this.noSpace === undefined) this.log.error({ err: err.message }, "disk full: streaming misses without caching until space returns");
+    if (this.noSpace === undefined)
+      this.log.error({ err: err.message }, "disk full: streaming misses without caching until space returns");
     this.noSpace = err.message;
   }
 
@@ -273,7 +278,14 @@ export class Janitor {
     return this.pendingCheck;
   }
 
-  get state(): { bytes: number; objects: number; reserved: number; maxSize: number | undefined; writable: boolean; evictionBlocked: string | undefined } {
+  get state(): {
+    bytes: number;
+    objects: number;
+    reserved: number;
+    maxSize: number | undefined;
+    writable: boolean;
+    evictionBlocked: string | undefined;
+  } {
     return {
       bytes: this.store.index.bytes,
       objects: this.store.index.objects,
@@ -309,7 +321,8 @@ export class Janitor {
   private roomWithoutEvicting(fs: { total: number; free: number }, cached: boolean): number {
     let room = fs.free - this.unwritten() - headroomOf(fs);
     const { maxSize } = this.budget;
-    if (cached && maxSize !== undefined) room = Math.min(room, maxSize - this.store.index.bytes - this.reservedForCache());
+    if (cached && maxSize !== undefined)
+      room = Math.min(room, maxSize - this.store.index.bytes - this.reservedForCache());
     return room;
   }
 
@@ -404,7 +417,8 @@ export class Janitor {
       this.metrics?.evictedBytes.inc(bytes);
       this.log.info({ evicted, bytes, cacheBytes: this.store.index.bytes }, "evicted least recently used content");
     }
-    if (bytes < need) this.log.warn({ need, freed: bytes }, "could not free enough space: the rest is pinned or in use");
+    if (bytes < need)
+      this.log.warn({ need, freed: bytes }, "could not free enough space: the rest is pinned or in use");
   }
 
   /**
@@ -420,7 +434,8 @@ export class Janitor {
       for (const digest of await this.configuredPins(askResolver)) await this.addReachable(digest, pinned, true);
     } catch (err) {
       const reason = (err as Error).message;
-      if (this.evictionBlocked !== reason) this.log.error({ err: reason }, "eviction stopped: cannot tell what is pinned");
+      if (this.evictionBlocked !== reason)
+        this.log.error({ err: reason }, "eviction stopped: cannot tell what is pinned");
       this.evictionBlocked = reason;
       return undefined;
     }
@@ -444,9 +459,14 @@ export class Janitor {
   private async configuredPins(askResolver: boolean): Promise<string[]> {
     if (this.pins.length === 0) return [];
     const covered = (reference: string) =>
-      this.pins.some((p) => (p.tag === undefined ? reference.startsWith(`${p.upstream}/${p.repository}:`) : reference === `${p.upstream}/${p.repository}:${p.tag}`));
+      this.pins.some((p) =>
+        p.tag === undefined
+          ? reference.startsWith(`${p.upstream}/${p.repository}:`)
+          : reference === `${p.upstream}/${p.repository}:${p.tag}`,
+      );
     const recorded = new Map<string, string>();
-    for (const entry of await this.configPinList.list()) if (covered(entry.reference)) recorded.set(entry.reference, entry.digest);
+    for (const entry of await this.configPinList.list())
+      if (covered(entry.reference)) recorded.set(entry.reference, entry.digest);
     const resolved = new Map<string, string>();
     const unresolved: string[] = [];
     const seen = new Set<string>(); // a tag named by two entries (a repository pin and a tag pin) is asked once
@@ -454,10 +474,14 @@ export class Janitor {
       const repository = `${pin.upstream}/${pin.repository}`;
       let tags = pin.tag !== undefined ? [pin.tag] : await this.metadata.listTags(pin.upstream, pin.repository);
       if (pin.tag === undefined) {
-        const recordedTags = [...recorded.keys()].filter((r) => r.startsWith(`${repository}:`)).map((r) => r.slice(repository.length + 1));
+        const recordedTags = [...recorded.keys()]
+          .filter((r) => r.startsWith(`${repository}:`))
+          .map((r) => r.slice(repository.length + 1));
         tags = [...new Set([...tags, ...recordedTags])];
         if (tags.length === 0) {
-          unresolved.push(`${repository} (every tag): no tag of it is known here (none pulled yet, or their pointers were lost before they were recorded); pull the tags to keep, or remove the entry`);
+          unresolved.push(
+            `${repository} (every tag): no tag of it is known here (none pulled yet, or their pointers were lost before they were recorded); pull the tags to keep, or remove the entry`,
+          );
           continue;
         }
       }
@@ -467,7 +491,10 @@ export class Janitor {
         seen.add(reference);
         const digest = await this.resolveTag(pin.upstream, pin.repository, tag, askResolver, recorded.has(reference));
         if (digest !== undefined) resolved.set(reference, digest);
-        else if (!recorded.has(reference)) unresolved.push(`${reference}: ${this.unresolvedWhy.get(reference) ?? "no tag pointer, and nothing recorded for it"}`);
+        else if (!recorded.has(reference))
+          unresolved.push(
+            `${reference}: ${this.unresolvedWhy.get(reference) ?? "no tag pointer, and nothing recorded for it"}`,
+          );
       }
     }
     const inForce = new Map([...recorded, ...resolved]);
@@ -477,7 +504,8 @@ export class Janitor {
       // This sweep still honours them (inForce); only a restart before the next successful write could not.
       this.log.error({ err: (err as Error).message }, "cannot record what the configured pins resolve to");
     }
-    if (unresolved.length > 0) throw new Error(`storage.pinned names content that cannot be told: ${unresolved.join("; ")}`);
+    if (unresolved.length > 0)
+      throw new Error(`storage.pinned names content that cannot be told: ${unresolved.join("; ")}`);
     return [...inForce.values()];
   }
 
@@ -487,7 +515,13 @@ export class Janitor {
    * is `recorded` for the tag). A tag the upstream says does not exist but that is recorded (deleted upstream
    * after it was pinned) stays pinned to what was recorded, with a warning naming it.
    */
-  private async resolveTag(upstream: string, repository: string, tag: string, askResolver: boolean, recorded: boolean): Promise<string | undefined> {
+  private async resolveTag(
+    upstream: string,
+    repository: string,
+    tag: string,
+    askResolver: boolean,
+    recorded: boolean,
+  ): Promise<string | undefined> {
     const reference = `${upstream}/${repository}:${tag}`;
     const pointer = await this.metadata.getTag(upstream, repository, tag);
     if (pointer) {
@@ -505,7 +539,10 @@ export class Janitor {
       // A typo in storage.pinned, or a tag deleted upstream.
       why = `upstream ${upstream} says it does not exist (${answer.missing}); correct or remove the entry`;
       if (recorded && this.unresolvedWhy.get(reference) !== why) {
-        this.log.warn({ pin: reference, reason: answer.missing }, "a storage.pinned tag no longer exists upstream: what was recorded for it stays pinned until the entry is removed");
+        this.log.warn(
+          { pin: reference, reason: answer.missing },
+          "a storage.pinned tag no longer exists upstream: what was recorded for it stays pinned until the entry is removed",
+        );
       }
     } catch (err) {
       why = `no tag pointer, nothing recorded for it, and the upstream could not be asked (${(err as Error).message})`;
@@ -522,7 +559,9 @@ export class Janitor {
   private async addReachable(digest: string, into: Set<string>, isManifest: boolean): Promise<void> {
     if (into.has(digest)) return;
     into.add(digest);
-    const bytes = isManifest ? await this.manifests.bytesOf(digest, this.manifestMaxBytes) : (await this.manifests.get(digest))?.bytes;
+    const bytes = isManifest
+      ? await this.manifests.bytesOf(digest, this.manifestMaxBytes)
+      : (await this.manifests.get(digest))?.bytes;
     if (bytes === undefined) return;
     const manifests = new Set(reachableManifests(bytes));
     for (const child of reachableDigests(bytes)) await this.addReachable(child, into, manifests.has(child));

@@ -50,7 +50,14 @@ export class ManifestCache {
   private readonly metrics: Metrics | undefined;
   private readonly onNoSpace: ((err: Error) => void) | undefined;
 
-  constructor(opts: { manifests: ManifestStore; metadata: MetadataStore; maxBytes: number; now?: () => number; metrics?: Metrics; onNoSpace?: (err: Error) => void }) {
+  constructor(opts: {
+    manifests: ManifestStore;
+    metadata: MetadataStore;
+    maxBytes: number;
+    now?: () => number;
+    metrics?: Metrics;
+    onNoSpace?: (err: Error) => void;
+  }) {
     this.metrics = opts.metrics;
     this.onNoSpace = opts.onNoSpace;
     this.manifests = opts.manifests;
@@ -65,7 +72,9 @@ export class ManifestCache {
       if (cached && (await this.mayServe(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
       await this.refuseKnownMissing(upstream, repo, ref.digest);
       try {
-        return await this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () => this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)));
+        return await this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () =>
+          this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)),
+        );
       } catch (err) {
         if (!cached || !(await servesUnrecordedLink(this.metadata, upstream, repo, ref.digest, err))) throw err;
         this.metrics?.staleServed.inc({ upstream: upstream.name, reason: (err as RegistryError).code });
@@ -78,11 +87,15 @@ export class ManifestCache {
       if (cached) return { manifest: cached, source: "hit" };
       // Fresh in a shared store (another replica confirmed it) but not on this node's disk: fetch the bytes by
       // digest. The tag itself needs no revalidation.
-      const byDigest = await this.get(upstream, repo, { kind: "digest", digest: pointer.digest }).catch(() => undefined);
+      const byDigest = await this.get(upstream, repo, { kind: "digest", digest: pointer.digest }).catch(
+        () => undefined,
+      );
       if (byDigest) return byDigest;
     }
     await this.refuseKnownMissing(upstream, repo, ref.tag);
-    return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () => this.revalidateOnce(upstream, repo, ref.tag));
+    return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () =>
+      this.revalidateOnce(upstream, repo, ref.tag),
+    );
   }
 
   /**
@@ -102,7 +115,9 @@ export class ManifestCache {
   async refresh(upstream: UpstreamClient, repo: string, tag: string): Promise<ManifestResult> {
     await this.metadata.clearMissing(upstream.name, repo, tag);
     const pointer = await this.metadata.getTag(upstream.name, repo, tag);
-    return this.shared(`${upstream.name}\u0000${repo}\u0000${tag}`, () => this.guard(upstream, repo, tag, () => this.revalidate(upstream, repo, tag, pointer)));
+    return this.shared(`${upstream.name}\u0000${repo}\u0000${tag}`, () =>
+      this.guard(upstream, repo, tag, () => this.revalidate(upstream, repo, tag, pointer)),
+    );
   }
 
   private isFresh(upstream: UpstreamClient, pointer: TagPointer): boolean {
@@ -112,7 +127,10 @@ export class ManifestCache {
   /** A recent upstream 404 for this reference answers at once, without asking again. */
   private async refuseKnownMissing(upstream: UpstreamClient, repo: string, reference: string): Promise<void> {
     if (await this.metadata.isMissing(upstream.name, repo, reference)) {
-      throw new RegistryError("MANIFEST_UNKNOWN", `upstream ${upstream.name} has no manifest ${reference} in ${repo} (remembered)`);
+      throw new RegistryError(
+        "MANIFEST_UNKNOWN",
+        `upstream ${upstream.name} has no manifest ${reference} in ${repo} (remembered)`,
+      );
     }
   }
 
@@ -143,7 +161,8 @@ export class ManifestCache {
   private async revalidateOnce(upstream: UpstreamClient, repo: string, tag: string): Promise<ManifestResult> {
     const lockName = `revalidate\u0000${upstream.name}\u0000${repo}\u0000${tag}`;
     const before = await this.metadata.getTag(upstream.name, repo, tag);
-    const token = before && !upstream.config.offline ? await this.metadata.tryLock(lockName, REVALIDATION_LOCK_MS) : undefined;
+    const token =
+      before && !upstream.config.offline ? await this.metadata.tryLock(lockName, REVALIDATION_LOCK_MS) : undefined;
     if (before && !upstream.config.offline && token === undefined) {
       const deadline = this.now() + REVALIDATION_WAIT_MS;
       while (this.now() < deadline) {
@@ -163,7 +182,12 @@ export class ManifestCache {
     }
   }
 
-  private async revalidate(upstream: UpstreamClient, repo: string, tag: string, pointer: TagPointer | undefined): Promise<ManifestResult> {
+  private async revalidate(
+    upstream: UpstreamClient,
+    repo: string,
+    tag: string,
+    pointer: TagPointer | undefined,
+  ): Promise<ManifestResult> {
     try {
       // The answer is at least as new as the request: the pointer is stamped with when it was sent.
       const askedAt = this.now();
@@ -173,7 +197,11 @@ export class ManifestCache {
         // The tag's HEAD confirms the repository, but only bytes this upstream served itself prove the content:
         // otherwise a Docker-Content-Digest could name another upstream's manifest (access-proof.ts).
         if (cached && (await standingOf(this.metadata, upstream, repo, cached.digest)) !== "prove-content") {
-          await this.metadata.putTag(upstream.name, repo, tag, { digest: cached.digest, mediaType: cached.mediaType, checkedAt: askedAt });
+          await this.metadata.putTag(upstream.name, repo, tag, {
+            digest: cached.digest,
+            mediaType: cached.mediaType,
+            checkedAt: askedAt,
+          });
           await this.metadata.addLinks(upstream.name, repo, [cached.digest]);
           return { manifest: cached, source: "revalidated" };
         }
@@ -185,7 +213,8 @@ export class ManifestCache {
       return await this.fetch(upstream, repo, tag, tag);
     } catch (err) {
       // The upstream says the tag is gone: forget the pointer rather than serve a deleted tag later.
-      if (pointer && err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN") await this.metadata.deleteTag(upstream.name, repo, tag);
+      if (pointer && err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN")
+        await this.metadata.deleteTag(upstream.name, repo, tag);
       if (pointer && isUpstreamUnwell(err)) {
         const cached = await this.manifests.get(pointer.digest);
         if (cached) {
@@ -202,7 +231,12 @@ export class ManifestCache {
    * that is offline by configuration means "not cached", which the client should hear as MANIFEST_UNKNOWN at
    * once rather than as an outage.
    */
-  private async guard(upstream: UpstreamClient, repo: string, reference: string, work: () => Promise<ManifestResult>): Promise<ManifestResult> {
+  private async guard(
+    upstream: UpstreamClient,
+    repo: string,
+    reference: string,
+    work: () => Promise<ManifestResult>,
+  ): Promise<ManifestResult> {
     try {
       return await work();
     } catch (err) {
@@ -210,7 +244,11 @@ export class ManifestCache {
         await this.metadata.putMissing(upstream.name, repo, reference, upstream.config.negativeTtl);
       }
       if (upstream.config.offline && err instanceof RegistryError && err.code === "UNAVAILABLE") {
-        throw new RegistryError("MANIFEST_UNKNOWN", `manifest ${reference} of ${repo} is not cached, and upstream ${upstream.name} is offline`, { detail: { upstream: upstream.name, offline: true } });
+        throw new RegistryError(
+          "MANIFEST_UNKNOWN",
+          `manifest ${reference} of ${repo} is not cached, and upstream ${upstream.name} is offline`,
+          { detail: { upstream: upstream.name, offline: true } },
+        );
       }
       throw err;
     }
@@ -221,15 +259,27 @@ export class ManifestCache {
    * registry had to hold there to accept it (confirmedDigests), never to whatever else the manifest names; and
    * the upstream is on record as having served the manifest itself (not what it names).
    */
-  private async fetch(upstream: UpstreamClient, repo: string, reference: string, tag: string | undefined, askedAt = this.now()): Promise<ManifestResult> {
+  private async fetch(
+    upstream: UpstreamClient,
+    repo: string,
+    reference: string,
+    tag: string | undefined,
+    askedAt = this.now(),
+  ): Promise<ManifestResult> {
     // `askedAt`: when the upstream was asked what `tag` points at (this GET, unless a HEAD answered it before).
     const fetched = await upstream.getManifest(repo, reference, this.maxBytes);
     const digest = `sha256:${createHash("sha256").update(fetched.bytes).digest("hex")}`;
     if (isSha256Digest(reference) && digest !== reference) {
-      throw new RegistryError("UPSTREAM_ERROR", `upstream ${upstream.name} sent a manifest for ${reference} that hashes to ${digest}`);
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${upstream.name} sent a manifest for ${reference} that hashes to ${digest}`,
+      );
     }
     if (fetched.digest !== undefined && isSha256Digest(fetched.digest) && fetched.digest !== digest) {
-      throw new RegistryError("UPSTREAM_ERROR", `upstream ${upstream.name} sent a manifest whose Docker-Content-Digest ${fetched.digest} does not match its bytes (${digest})`);
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${upstream.name} sent a manifest whose Docker-Content-Digest ${fetched.digest} does not match its bytes (${digest})`,
+      );
     }
     try {
       await this.manifests.put(digest, fetched.mediaType, fetched.bytes);
@@ -242,7 +292,11 @@ export class ManifestCache {
     await this.metadata.addLinks(upstream.name, repo, [digest, ...confirmedDigests(fetched.bytes)]);
     await this.metadata.addProvenance(upstream.name, [digest]);
     if (tag !== undefined) {
-      await this.metadata.putTag(upstream.name, repo, tag, { digest, mediaType: fetched.mediaType, checkedAt: askedAt });
+      await this.metadata.putTag(upstream.name, repo, tag, {
+        digest,
+        mediaType: fetched.mediaType,
+        checkedAt: askedAt,
+      });
       await this.metadata.clearMissing(upstream.name, repo, tag);
     }
     return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };

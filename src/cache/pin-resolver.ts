@@ -15,11 +15,13 @@ export function manifestCachePinResolver(manifests: ManifestCache, upstreams: re
     if (upstream === undefined) throw new Error(`no upstream ${name} is configured`);
     // Offline, the manifest cache would answer MANIFEST_UNKNOWN for any tag it has no pointer for: that says
     // nothing about the upstream, so it must not read as "the tag does not exist".
-    if (upstream.config.offline) throw new Error(`upstream ${name} is offline by configuration (importing the tag again restores its pointer)`);
+    if (upstream.config.offline)
+      throw new Error(`upstream ${name} is offline by configuration (importing the tag again restores its pointer)`);
     try {
       return { digest: (await manifests.get(upstream, repository, { kind: "tag", tag })).manifest.digest };
     } catch (err) {
-      if (err instanceof RegistryError && (err.code === "MANIFEST_UNKNOWN" || err.code === "NAME_UNKNOWN")) return { missing: err.message };
+      if (err instanceof RegistryError && (err.code === "MANIFEST_UNKNOWN" || err.code === "NAME_UNKNOWN"))
+        return { missing: err.message };
       throw err;
     }
   };

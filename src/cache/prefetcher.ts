@@ -65,22 +65,27 @@ export class Prefetcher {
       startedAt: new Date().toISOString(),
     };
     this.jobs.set(job.id, job);
-    void this.run(req, job).then(
-      () => {
-        job.state = job.errors.length > 0 ? "failed" : "done";
-      },
-      (err: unknown) => {
-        job.errors.push((err as Error).message);
-        job.state = "failed";
-      },
-    ).finally(() => {
-      job.finishedAt = new Date().toISOString();
-      // Re-inserted, so finished jobs are in the order they finished: the one that just ended is dropped last.
-      this.jobs.delete(job.id);
-      this.jobs.set(job.id, job);
-      this.forgetOldFinishedJobs();
-      this.log.info({ job: job.id, reference: job.reference, state: job.state, bytes: job.bytes.done, errors: job.errors.length }, "prefetch finished");
-    });
+    void this.run(req, job)
+      .then(
+        () => {
+          job.state = job.errors.length > 0 ? "failed" : "done";
+        },
+        (err: unknown) => {
+          job.errors.push((err as Error).message);
+          job.state = "failed";
+        },
+      )
+      .finally(() => {
+        job.finishedAt = new Date().toISOString();
+        // Re-inserted, so finished jobs are in the order they finished: the one that just ended is dropped last.
+        this.jobs.delete(job.id);
+        this.jobs.set(job.id, job);
+        this.forgetOldFinishedJobs();
+        this.log.info(
+          { job: job.id, reference: job.reference, state: job.state, bytes: job.bytes.done, errors: job.errors.length },
+          "prefetch finished",
+        );
+      });
     return job;
   }
 
@@ -101,7 +106,14 @@ export class Prefetcher {
 
   private async run(req: PrefetchRequest, job: JobStatus): Promise<void> {
     const { upstream, repository } = req;
-    const walked = await walkImage(this.manifests, upstream, repository, req.reference, req.platforms, () => job.manifests++);
+    const walked = await walkImage(
+      this.manifests,
+      upstream,
+      repository,
+      req.reference,
+      req.platforms,
+      () => job.manifests++,
+    );
     const blobs = new Map([...walked.blobs].map(([digest, d]) => [digest, d.size ?? 0]));
     job.blobs.total = blobs.size;
     job.bytes.total = [...blobs.values()].reduce((a, b) => a + b, 0);

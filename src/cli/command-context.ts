@@ -35,9 +35,17 @@ export function commandLogger(): Logger {
   return pino({ level: "warn" }, pino.destination(2));
 }
 
-export async function adminToken(values: { token?: string | undefined; "token-file"?: string | undefined }): Promise<string> {
-  const token = values.token ?? (values["token-file"] !== undefined ? (await readFile(values["token-file"], "utf8")).trim() : process.env.MIRROR_ADMIN_TOKEN);
-  if (!token) throw new CommandError("an admin token is required with --url (--token, --token-file or MIRROR_ADMIN_TOKEN)", 2);
+export async function adminToken(values: {
+  token?: string | undefined;
+  "token-file"?: string | undefined;
+}): Promise<string> {
+  const token =
+    values.token ??
+    (values["token-file"] !== undefined
+      ? (await readFile(values["token-file"], "utf8")).trim()
+      : process.env.MIRROR_ADMIN_TOKEN);
+  if (!token)
+    throw new CommandError("an admin token is required with --url (--token, --token-file or MIRROR_ADMIN_TOKEN)", 2);
   return token;
 }
 

@@ -52,27 +52,42 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
     });
     const references = [...positionals];
     if (values.file !== undefined) references.push(...referencesIn(await readFile(values.file, "utf8")));
-    if (references.length === 0 || values.output === undefined) throw new CommandError(`no references or no --output\n${EXPORT_USAGE}`, 2);
+    if (references.length === 0 || values.output === undefined)
+      throw new CommandError(`no references or no --output\n${EXPORT_USAGE}`, 2);
     const platforms = values.platform ?? [];
     const badPlatform = platforms.find((p) => !PLATFORM_RE.test(p));
-    if (badPlatform !== undefined) throw new CommandError(`--platform ${badPlatform}: expected os/arch[/variant], e.g. linux/arm64/v8`, 2);
+    if (badPlatform !== undefined)
+      throw new CommandError(`--platform ${badPlatform}: expected os/arch[/variant], e.g. linux/arm64/v8`, 2);
     let exclude: Map<string, number> | undefined;
     if (values["exclude-listing"] !== undefined) {
       const listing = parseInventory(await readFile(values["exclude-listing"], "utf8"), values["exclude-listing"]);
       exclude = new Map(listing.blobs.map((b) => [b.digest, b.size]));
     }
     const config = commandConfig(values.config, values["data-dir"]);
-    const layer = await createCacheLayer(config, { log: commandLogger(), metrics: new Metrics(new Registry()), purpose: "mirror export" }).catch((e: unknown) => {
-      if (e instanceof DataDirLockedError) throw new CommandError(`${e.message} (export needs a cache directory of its own: give --data-dir)`);
+    const layer = await createCacheLayer(config, {
+      log: commandLogger(),
+      metrics: new Metrics(new Registry()),
+      purpose: "mirror export",
+    }).catch((e: unknown) => {
+      if (e instanceof DataDirLockedError)
+        throw new CommandError(`${e.message} (export needs a cache directory of its own: give --data-dir)`);
       throw e;
     });
     const output = values.output;
     const partial = `${output}.partial`;
     try {
-      const exporter = new Exporter({ manifests: layer.manifestCache, blobs: layer.blobCache, upstreams: layer.upstreams });
+      const exporter = new Exporter({
+        manifests: layer.manifestCache,
+        blobs: layer.blobCache,
+        upstreams: layer.upstreams,
+      });
       const progress = new Progress(err, "export", "items");
       let manifests = 0;
-      const plan = await exporter.plan(references, { platforms, exclude, onManifest: () => progress.update({ items: { done: ++manifests }, bytes: { done: 0 } }) });
+      const plan = await exporter.plan(references, {
+        platforms,
+        exclude,
+        onManifest: () => progress.update({ items: { done: ++manifests }, bytes: { done: 0 } }),
+      });
       for (const image of plan.images) {
         const n = image.children.length > 0 ? image.images.length : 0;
         const platformsNote = n > 0 ? ` (${n} platform${n === 1 ? "" : "s"})` : "";
@@ -81,7 +96,10 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
       const totals = exporter.totals(plan);
       const target = output === "-" ? process.stdout : createWriteStream(partial, { flags: "w", flush: true });
       try {
-        await pipeline(Readable.from(exporter.write(plan, { progress: totals, onProgress: (p) => progress.update(p) })), target);
+        await pipeline(
+          Readable.from(exporter.write(plan, { progress: totals, onProgress: (p) => progress.update(p) })),
+          target,
+        );
         if (output !== "-") await rename(partial, output);
       } catch (e) {
         if (output !== "-") await rm(partial, { force: true });
@@ -91,7 +109,9 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
       const leftOut = plan.excluded.reduce((n, b) => n + b.size, 0);
       err.write(
         `export: wrote ${output === "-" ? "the bundle to stdout" : output}: ${plan.images.length} references, ${plan.manifests.length} manifests, ${plan.blobs.length} blobs, ${mib(totals.bytes.total)} MiB` +
-          (plan.excluded.length > 0 ? `; left out ${plan.excluded.length} blobs (${mib(leftOut)} MiB) the destination holds` : "") +
+          (plan.excluded.length > 0
+            ? `; left out ${plan.excluded.length} blobs (${mib(leftOut)} MiB) the destination holds`
+            : "") +
           "\n",
       );
       return 0;

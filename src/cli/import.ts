@@ -32,7 +32,11 @@ that end up complete get their tags and are served with no upstream.
 
 const CHUNK = 1024 * 1024;
 
-export async function importCommand(argv: string[], err: NodeJS.WriteStream = process.stderr, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+export async function importCommand(
+  argv: string[],
+  err: NodeJS.WriteStream = process.stderr,
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<number> {
   return runCli("import", err, async () => {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -47,8 +51,10 @@ export async function importCommand(argv: string[], err: NodeJS.WriteStream = pr
         config: { type: "string", short: "c" },
       },
     });
-    if (positionals.length !== 1) throw new CommandError(`one bundle file (or - for stdin) is required\n${IMPORT_USAGE}`, 2);
-    if (values.url !== undefined && values["data-dir"] !== undefined) throw new CommandError("--url and --data-dir exclude each other", 2);
+    if (positionals.length !== 1)
+      throw new CommandError(`one bundle file (or - for stdin) is required\n${IMPORT_USAGE}`, 2);
+    if (values.url !== undefined && values["data-dir"] !== undefined)
+      throw new CommandError("--url and --data-dir exclude each other", 2);
     const file = positionals[0]!;
     const size = file === "-" ? undefined : (await stat(file)).size;
     const source: Readable = file === "-" ? process.stdin : createReadStream(file, { highWaterMark: CHUNK });
@@ -58,7 +64,11 @@ export async function importCommand(argv: string[], err: NodeJS.WriteStream = pr
       report = await viaAdminApi(values.url, await adminToken(values), source, values.pin, size, progress);
     } else {
       const config = commandConfig(values.config, values["data-dir"]);
-      const layer = await createCacheLayer(config, { log: commandLogger(), metrics: new Metrics(new Registry()), purpose: "mirror import" });
+      const layer = await createCacheLayer(config, {
+        log: commandLogger(),
+        metrics: new Metrics(new Registry()),
+        purpose: "mirror import",
+      });
       try {
         report = await createImporter(layer, config).import(source, {
           pin: values.pin,
@@ -76,7 +86,14 @@ export async function importCommand(argv: string[], err: NodeJS.WriteStream = pr
 }
 
 /** Streams the bundle as the request body; progress counts the bytes sent (the server counts the entries). */
-async function viaAdminApi(url: string, token: string, source: Readable, pin: boolean, size: number | undefined, progress: Progress): Promise<ImportReport> {
+async function viaAdminApi(
+  url: string,
+  token: string,
+  source: Readable,
+  pin: boolean,
+  size: number | undefined,
+  progress: Progress,
+): Promise<ImportReport> {
   let sent = 0;
   const counted = source.pipe(
     new Transform({
@@ -108,7 +125,10 @@ export function describeReport(r: ImportReport): string {
   for (const image of r.images) {
     const short = image.digest.slice(0, 19);
     if (image.status === "imported") {
-      const notes = [image.pinned ? "pinned" : "", image.platformsLeftOut ? `${image.platformsLeftOut} platforms not in the bundle` : ""].filter(Boolean);
+      const notes = [
+        image.pinned ? "pinned" : "",
+        image.platformsLeftOut ? `${image.platformsLeftOut} platforms not in the bundle` : "",
+      ].filter(Boolean);
       lines.push(`imported ${image.reference} ${short}${notes.length > 0 ? ` (${notes.join(", ")})` : ""}`);
     } else if (image.status === "incomplete") {
       lines.push(`incomplete ${image.reference} ${short}: missing ${image.missing?.join(", ")}; its tag was not set`);

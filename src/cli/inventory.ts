@@ -22,7 +22,11 @@ Lists what a mirror holds (tags with their digests, every blob with its size): t
   --data-dir DIR   a stopped mirror's cache directory (default: the config's storage.path)
   --output F       where to write it (default: stdout)`;
 
-export async function inventoryCommand(argv: string[], err: NodeJS.WriteStream = process.stderr, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+export async function inventoryCommand(
+  argv: string[],
+  err: NodeJS.WriteStream = process.stderr,
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<number> {
   return runCli("inventory", err, async () => {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -37,21 +41,33 @@ export async function inventoryCommand(argv: string[], err: NodeJS.WriteStream =
       },
     });
     if (positionals.length > 0) throw new CommandError(`unexpected argument ${positionals[0]}\n${INVENTORY_USAGE}`, 2);
-    if (values.url !== undefined && values["data-dir"] !== undefined) throw new CommandError("--url and --data-dir exclude each other", 2);
+    if (values.url !== undefined && values["data-dir"] !== undefined)
+      throw new CommandError("--url and --data-dir exclude each other", 2);
     let inventory: Inventory;
     if (values.url !== undefined) {
       const base = values.url.replace(/\/+$/, "");
-      const res = await request(`${base}/admin/v1/inventory`, { headers: { authorization: `Bearer ${await adminToken(values)}` } });
+      const res = await request(`${base}/admin/v1/inventory`, {
+        headers: { authorization: `Bearer ${await adminToken(values)}` },
+      });
       const text = await res.body.text();
       if (res.statusCode !== 200) throw new CommandError(`${base} answered ${res.statusCode}: ${text.slice(0, 2000)}`);
       inventory = parseInventory(text, `${base}/admin/v1/inventory`);
     } else {
       const config = commandConfig(values.config, values["data-dir"]);
       // Taking the lock would create the directory: a mistyped path must not list an empty, new cache.
-      if (!(await stat(config.storage.path).catch(() => undefined))?.isDirectory()) throw new CommandError(`${config.storage.path} is not a directory`);
-      const layer = await createCacheLayer(config, { log: commandLogger(), metrics: new Metrics(new Registry()), purpose: "mirror inventory" });
+      if (!(await stat(config.storage.path).catch(() => undefined))?.isDirectory())
+        throw new CommandError(`${config.storage.path} is not a directory`);
+      const layer = await createCacheLayer(config, {
+        log: commandLogger(),
+        metrics: new Metrics(new Registry()),
+        purpose: "mirror inventory",
+      });
       try {
-        inventory = await takeInventory({ store: layer.blobStore, metadata: layer.metadata, upstreams: layer.upstreams.map((u) => u.name) });
+        inventory = await takeInventory({
+          store: layer.blobStore,
+          metadata: layer.metadata,
+          upstreams: layer.upstreams.map((u) => u.name),
+        });
       } finally {
         await layer.close();
       }
@@ -64,7 +80,9 @@ export async function inventoryCommand(argv: string[], err: NodeJS.WriteStream =
       await rename(`${values.output}.partial`, values.output);
     }
     const bytes = inventory.blobs.reduce((n, b) => n + b.size, 0);
-    err.write(`inventory: ${inventory.references.length} references, ${inventory.blobs.length} blobs (${(bytes / (1024 * 1024)).toFixed(1)} MiB)\n`);
+    err.write(
+      `inventory: ${inventory.references.length} references, ${inventory.blobs.length} blobs (${(bytes / (1024 * 1024)).toFixed(1)} MiB)\n`,
+    );
     return 0;
   });
 }

@@ -37,14 +37,19 @@ export async function prefetchCommand(argv: string[], out: NodeJS.WriteStream = 
     out.write(`prefetch: --poll-ms ${values["poll-ms"]}: expected whole milliseconds from 10 to 60000\n`);
     return 2;
   }
-  const token = values.token ?? (values["token-file"] ? (await readFile(values["token-file"], "utf8")).trim() : process.env.MIRROR_ADMIN_TOKEN);
+  const token =
+    values.token ??
+    (values["token-file"] ? (await readFile(values["token-file"], "utf8")).trim() : process.env.MIRROR_ADMIN_TOKEN);
   if (!token) {
     out.write("prefetch: an admin token is required (--token, --token-file or MIRROR_ADMIN_TOKEN)\n");
     return 2;
   }
   const base = values.url.replace(/\/+$/, "");
   const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
-  const started = await call(`${base}/admin/v1/prefetch`, "POST", headers, { reference: positionals[0], platforms: values.platform ?? [] });
+  const started = await call(`${base}/admin/v1/prefetch`, "POST", headers, {
+    reference: positionals[0],
+    platforms: values.platform ?? [],
+  });
   if (started.status !== 202) {
     out.write(`prefetch: ${started.status} ${started.text}\n`);
     return 1;
@@ -80,7 +85,12 @@ function progressLine(job: JobStatus, seconds: number): string {
   return `${job.reference} ${job.state}: ${job.manifests} manifests, blobs ${job.blobs.done}/${job.blobs.total}, ${mib(job.bytes.done)}/${mib(job.bytes.total)} MiB, ${mib(rate)} MiB/s`;
 }
 
-async function call(url: string, method: "GET" | "POST", headers: Record<string, string>, body?: unknown): Promise<{ status: number; text: string }> {
+async function call(
+  url: string,
+  method: "GET" | "POST",
+  headers: Record<string, string>,
+  body?: unknown,
+): Promise<{ status: number; text: string }> {
   const res = await request(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   return { status: res.statusCode, text: await res.body.text() };
 }

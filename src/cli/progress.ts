@@ -24,7 +24,12 @@ export class Progress {
   private drawn = false;
   private state: ProgressState = { items: { done: 0 }, bytes: { done: 0 } };
 
-  constructor(out: NodeJS.WritableStream & { isTTY?: boolean }, label: string, itemName: string, opts: { intervalMs?: number } = {}) {
+  constructor(
+    out: NodeJS.WritableStream & { isTTY?: boolean },
+    label: string,
+    itemName: string,
+    opts: { intervalMs?: number } = {},
+  ) {
     this.out = out;
     this.label = label;
     this.itemName = itemName;
@@ -58,7 +63,10 @@ export class Progress {
     const seconds = Math.max((performance.now() - this.started) / 1000, 0.001);
     const { items, bytes } = this.state;
     const of = (n: number | undefined, f: (x: number) => string) => (n === undefined ? "" : `/${f(n)}`);
-    const itemPart = items === undefined ? "" : `${items.done}${of(items.total, String)} ${this.itemName} (${(items.done / seconds).toFixed(1)}/s), `;
+    const itemPart =
+      items === undefined
+        ? ""
+        : `${items.done}${of(items.total, String)} ${this.itemName} (${(items.done / seconds).toFixed(1)}/s), `;
     return `${this.label}: ${itemPart}${mib(bytes.done)}${of(bytes.total, mib)} MiB (${mib(bytes.done / seconds)} MiB/s), ${seconds.toFixed(1)} s`;
   }
 

@@ -14,7 +14,14 @@ import { readFileSync } from "node:fs";
 import ms from "ms";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { configSchema, crossUpstreamProblems, durationUseOf, UPSTREAM_PRESETS, type Config, type UpstreamConfig } from "./schema.ts";
+import {
+  configSchema,
+  crossUpstreamProblems,
+  durationUseOf,
+  UPSTREAM_PRESETS,
+  type Config,
+  type UpstreamConfig,
+} from "./schema.ts";
 import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
 
@@ -63,7 +70,9 @@ function finish(raw: unknown, problems: string[]): Config {
   let upstreams: Record<string, UpstreamConfig> = {};
   if (result.success) {
     // An upstream with credentials behind an open mirror is a door to private images: refuse unless explicit.
-    const withCredentials = Object.entries(result.data.upstreams).filter(([, u]) => u.credentials !== undefined).map(([n]) => n);
+    const withCredentials = Object.entries(result.data.upstreams)
+      .filter(([, u]) => u.credentials !== undefined)
+      .map(([n]) => n);
     if (withCredentials.length > 0 && result.data.access?.anonymous === undefined) {
       problems.push(
         `access.anonymous: upstream ${withCredentials.join(", ")} has credentials, so anonymous access must be decided explicitly: set access.anonymous to false (clients log in) or true (anyone who reaches the mirror pulls with those credentials)`,
@@ -102,7 +111,10 @@ function upstreamsOf(data: z.output<typeof configSchema>): Record<string, Upstre
       libraryPrefix: upstream.libraryPrefix ?? preset?.libraryPrefix ?? null,
       authHosts: upstream.authHosts ?? preset?.authHosts ?? [],
       redirectHosts: upstream.redirectHosts ?? preset?.redirectHosts ?? [],
-      timeouts: { ...upstream.timeouts, total: upstream.timeouts.total ?? upstream.timeouts.headers + 2 * upstream.timeouts.bodyIdle },
+      timeouts: {
+        ...upstream.timeouts,
+        total: upstream.timeouts.total ?? upstream.timeouts.headers + 2 * upstream.timeouts.bodyIdle,
+      },
       offline: upstream.offline || data.offline,
     };
   }
@@ -131,7 +143,11 @@ export function longDurationWarnings(config: Config): LongDuration[] {
     if (durationUseOf(inner) === "timer") {
       if (typeof value === "number" && value > MAX_TIMER_MS) {
         const key = path.join(".");
-        found.push({ key, ms: value, message: `${key} ${ms(value)} (${value} ms) is longer than the longest timer Node can set (${longest}): it is used as ${longest}` });
+        found.push({
+          key,
+          ms: value,
+          message: `${key} ${ms(value)} (${value} ms) is longer than the longest timer Node can set (${longest}): it is used as ${longest}`,
+        });
       }
     } else if (inner instanceof z.ZodObject && isRecord(value)) {
       for (const [key, child] of Object.entries<z.ZodType>(inner.shape)) visit(child, value[key], [...path, key]);
@@ -150,7 +166,13 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 /** Looks through default/optional wrappers only (unwrap below also looks into pipes, where a duration's metadata is not). */
 function unwrapOptional(schema: z.ZodType): z.ZodType {
   let s = schema;
-  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodPrefault) s = s.unwrap() as z.ZodType;
+  while (
+    s instanceof z.ZodDefault ||
+    s instanceof z.ZodOptional ||
+    s instanceof z.ZodNullable ||
+    s instanceof z.ZodPrefault
+  )
+    s = s.unwrap() as z.ZodType;
   return s;
 }
 
@@ -177,12 +199,16 @@ function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv,
       const matches = candidates.filter((k) => envSegment(k) === segment);
       // `registry-a.example.com` and `registry.a.example.com` are both REGISTRY_A_EXAMPLE_COM: never pick one.
       if (matches.length > 1) {
-        problems.push(`${variable}: ${segment} is ambiguous: it names ${matches.join(" and ")}; set the value in the file instead`);
+        problems.push(
+          `${variable}: ${segment} is ambiguous: it names ${matches.join(" and ")}; set the value in the file instead`,
+        );
         break;
       }
       const key = matches[0];
       if (key === undefined || (!shape && !recordValues)) {
-        problems.push(`${variable}: ${segment} names no configuration key${shape || recordValues ? ` (known here: ${candidates.map(envSegment).join(", ") || "none"})` : ""}`);
+        problems.push(
+          `${variable}: ${segment} names no configuration key${shape || recordValues ? ` (known here: ${candidates.map(envSegment).join(", ") || "none"})` : ""}`,
+        );
         break;
       }
       if (i === segments.length - 1) {
@@ -214,13 +240,13 @@ function parseEnvValue(value: string): unknown {
 }
 
 function defaultOf(schema: z.ZodType | undefined): unknown {
-  return schema instanceof z.ZodDefault ? (schema.def.defaultValue) : undefined;
+  return schema instanceof z.ZodDefault ? schema.def.defaultValue : undefined;
 }
 
 /** Looks through default/optional/pipe wrappers to the object schema underneath, if any. */
 function objectShape(schema: z.ZodType | undefined): Record<string, z.ZodType> | undefined {
   const inner = unwrap(schema);
-  return inner instanceof z.ZodObject ? (inner.shape) : undefined;
+  return inner instanceof z.ZodObject ? inner.shape : undefined;
 }
 
 function recordValueSchema(schema: z.ZodType | undefined): z.ZodType | undefined {
@@ -231,7 +257,13 @@ function recordValueSchema(schema: z.ZodType | undefined): z.ZodType | undefined
 function unwrap(schema: z.ZodType | undefined): z.ZodType | undefined {
   let s = schema;
   for (let i = 0; i < 10 && s !== undefined; i++) {
-    if (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodPrefault) s = s.unwrap() as z.ZodType;
+    if (
+      s instanceof z.ZodDefault ||
+      s instanceof z.ZodOptional ||
+      s instanceof z.ZodNullable ||
+      s instanceof z.ZodPrefault
+    )
+      s = s.unwrap() as z.ZodType;
     else if (s instanceof z.ZodPipe) s = s.in as z.ZodType;
     else break;
   }

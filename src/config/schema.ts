@@ -63,19 +63,35 @@ const duration = durationIn();
  * Sizes: bytes as a number, or a string with a unit. KB/MB/GB/TB are decimal, KiB/MiB/GiB/TiB binary (the
  * `bytes` package treats both as binary and knows no GiB, so this small parser is ours).
  */
-const UNITS: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+const UNITS: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+};
 const size = z.union([z.number().int().positive(), z.string()]).transform((value, ctx) => {
   if (typeof value === "number") return value;
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
   const unit = UNITS[(m?.[2] || "b").toLowerCase()];
   if (!m || unit === undefined) {
-    ctx.addIssue({ code: "custom", message: `invalid size ${JSON.stringify(value)} (examples: 50GiB, 500MB, 1073741824)` });
+    ctx.addIssue({
+      code: "custom",
+      message: `invalid size ${JSON.stringify(value)} (examples: 50GiB, 500MB, 1073741824)`,
+    });
     return z.NEVER;
   }
   // Checked after the unit is applied and rounded down: "0.5" is 0 bytes, which is no size.
   const bytes = Math.floor(Number(m[1]) * unit);
   if (bytes < 1 || !Number.isSafeInteger(bytes)) {
-    const why = bytes < 1 ? `is ${bytes} bytes once rounded down to whole bytes: at least 1 byte` : `is more than ${Number.MAX_SAFE_INTEGER} bytes`;
+    const why =
+      bytes < 1
+        ? `is ${bytes} bytes once rounded down to whole bytes: at least 1 byte`
+        : `is more than ${Number.MAX_SAFE_INTEGER} bytes`;
     ctx.addIssue({ code: "custom", message: `size ${JSON.stringify(value)} ${why}` });
     return z.NEVER;
   }
@@ -96,7 +112,10 @@ const listenAddress = z
 /** A registry host as clients name it: what containerd sends as `?ns=` and what path-prefix mirrors use. */
 const registryHost = z
   .string()
-  .regex(/^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/, "expected a lower-case registry host such as docker.io or registry.example.com:5000")
+  .regex(
+    /^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/,
+    "expected a lower-case registry host such as docker.io or registry.example.com:5000",
+  )
   .refine((h) => !h.includes(":") || portInRange(h, false), "the port must be 1 to 65535");
 
 /** The URL, or undefined when it does not parse (the `url()` check reports that; refinements still run). */
@@ -108,14 +127,26 @@ const parsedUrl = (u: string): URL | undefined => (URL.canParse(u) ? new URL(u) 
  */
 const hostPattern = z
   .string()
-  .regex(/^[a-z0-9*-]+(?:\.[a-z0-9*-]+)*(?::\d{1,5})?$/, "expected a lower-case host pattern such as production.cloudflare.docker.com, *.cloudfront.net or 127.0.0.1:9000")
-  .refine((p) => !p.replace(/:\d+$/, "").split(".").at(-1)!.includes("*"), "the last label of a host pattern must be literal (e.g. *.cloudfront.net, not cdn.*)");
+  .regex(
+    /^[a-z0-9*-]+(?:\.[a-z0-9*-]+)*(?::\d{1,5})?$/,
+    "expected a lower-case host pattern such as production.cloudflare.docker.com, *.cloudfront.net or 127.0.0.1:9000",
+  )
+  .refine(
+    (p) => !p.replace(/:\d+$/, "").split(".").at(-1)!.includes("*"),
+    "the last label of a host pattern must be literal (e.g. *.cloudfront.net, not cdn.*)",
+  );
 
 const upstreamUrl = z
   .string()
   .url()
-  .refine((u) => parsedUrl(u) === undefined || /^https?:$/.test(parsedUrl(u)!.protocol), "upstream url must be http:// or https://")
-  .refine((u) => parsedUrl(u) === undefined || (["", "/"].includes(parsedUrl(u)!.pathname) && parsedUrl(u)!.search === ""), "upstream url must be an origin (no path or query)");
+  .refine(
+    (u) => parsedUrl(u) === undefined || /^https?:$/.test(parsedUrl(u)!.protocol),
+    "upstream url must be http:// or https://",
+  )
+  .refine(
+    (u) => parsedUrl(u) === undefined || (["", "/"].includes(parsedUrl(u)!.pathname) && parsedUrl(u)!.search === ""),
+    "upstream url must be an origin (no path or query)",
+  );
 
 export const upstreamSchema = z
   .object({
@@ -135,7 +166,11 @@ export const upstreamSchema = z
      * Prefix for single-component names (`alpine` → `library/alpine`), as Docker Hub needs. When absent it comes
      * from the preset for the upstream's host (see UPSTREAM_PRESETS), otherwise none.
      */
-    libraryPrefix: z.string().regex(/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/).nullable().optional(),
+    libraryPrefix: z
+      .string()
+      .regex(/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/)
+      .nullable()
+      .optional(),
     timeouts: z
       .object({
         /** TCP + TLS connection set-up. */
@@ -182,8 +217,14 @@ export const upstreamSchema = z
         passwordFile: z.string().min(1).optional(),
       })
       .strict()
-      .refine((c) => (c.username === undefined) !== (c.usernameFile === undefined), "set exactly one of username, usernameFile")
-      .refine((c) => (c.password === undefined) !== (c.passwordFile === undefined), "set exactly one of password, passwordFile")
+      .refine(
+        (c) => (c.username === undefined) !== (c.usernameFile === undefined),
+        "set exactly one of username, usernameFile",
+      )
+      .refine(
+        (c) => (c.password === undefined) !== (c.passwordFile === undefined),
+        "set exactly one of password, passwordFile",
+      )
       .optional(),
     /**
      * Hosts besides the upstream's own that its token realm may name (Docker Hub: auth.docker.io, from the
@@ -272,11 +313,24 @@ export const configSchema = z
     limits: z
       .object({
         /** Largest manifest accepted from an upstream (the spec requires at least 4 MiB). */
-        manifestMaxBytes: z.number().int().min(4 * 1024 * 1024).default(8 * 1024 * 1024),
+        manifestMaxBytes: z
+          .number()
+          .int()
+          .min(4 * 1024 * 1024)
+          .default(8 * 1024 * 1024),
         /** Largest tags/list body passed through from an upstream. */
-        tagListMaxBytes: z.number().int().positive().default(4 * 1024 * 1024),
+        tagListMaxBytes: z
+          .number()
+          .int()
+          .positive()
+          .default(4 * 1024 * 1024),
         /** Request line plus headers a client may send (Node's maxHeaderSize): bounds URL and header sizes. */
-        maxHeaderBytes: z.number().int().min(4096).max(1024 * 1024).default(16 * 1024),
+        maxHeaderBytes: z
+          .number()
+          .int()
+          .min(4096)
+          .max(1024 * 1024)
+          .default(16 * 1024),
         /**
          * A client must finish sending its request headers within this time (slowloris). Node compares it with
          * each connection's start at every connection check: an age, no timer of its own.
@@ -308,7 +362,10 @@ export const configSchema = z
     /** Never contact any upstream: serve only what is cached (air-gapped mode); overrides every upstream's `offline`. */
     offline: z.boolean().default(false),
     /** TLS termination: both files PEM; reloaded when they change, so certificates rotate without a restart. */
-    tls: z.object({ certFile: z.string().min(1), keyFile: z.string().min(1) }).strict().optional(),
+    tls: z
+      .object({ certFile: z.string().min(1), keyFile: z.string().min(1) })
+      .strict()
+      .optional(),
     /**
      * Who may pull what. Without this section every client is anonymous and allowed, unless an upstream has
      * credentials: then `anonymous` must be set explicitly (the mirror would otherwise open private images to
@@ -331,12 +388,18 @@ export const configSchema = z
                 name: z.string().min(1),
                 token: z
                   .string()
-                  .refine((t) => Buffer.byteLength(t) >= MIN_SECRET_BYTES, `a token must be at least ${MIN_SECRET_BYTES} bytes`)
+                  .refine(
+                    (t) => Buffer.byteLength(t) >= MIN_SECRET_BYTES,
+                    `a token must be at least ${MIN_SECRET_BYTES} bytes`,
+                  )
                   .optional(),
                 tokenFile: z.string().min(1).optional(),
               })
               .strict()
-              .refine((t) => (t.token === undefined) !== (t.tokenFile === undefined), "set exactly one of token, tokenFile"),
+              .refine(
+                (t) => (t.token === undefined) !== (t.tokenFile === undefined),
+                "set exactly one of token, tokenFile",
+              ),
           )
           .default([]),
         /**
@@ -420,7 +483,9 @@ export const configSchema = z
 export function crossUpstreamProblems(rawUpstreams: unknown): string[] {
   if (rawUpstreams === null || typeof rawUpstreams !== "object" || Array.isArray(rawUpstreams)) return [];
   const problems: string[] = [];
-  const entries = Object.entries(rawUpstreams as Record<string, unknown>).map(([name, u]) => [name, (u ?? {}) as { default?: unknown; aliases?: unknown }] as const);
+  const entries = Object.entries(rawUpstreams as Record<string, unknown>).map(
+    ([name, u]) => [name, (u ?? {}) as { default?: unknown; aliases?: unknown }] as const,
+  );
   const defaults = entries.filter(([, u]) => u.default === true).map(([name]) => name);
   if (defaults.length > 1) problems.push(`upstreams: only one upstream may be default, got ${defaults.join(", ")}`);
   const owners = new Map<string, string>();
@@ -428,7 +493,8 @@ export function crossUpstreamProblems(rawUpstreams: unknown): string[] {
     const aliases = Array.isArray(u.aliases) ? u.aliases.filter((a): a is string => typeof a === "string") : [];
     for (const alias of [name, ...aliases]) {
       const owner = owners.get(alias.toLowerCase());
-      if (owner !== undefined && owner !== name) problems.push(`upstreams.${name}.aliases: ${alias} already names upstream ${owner}`);
+      if (owner !== undefined && owner !== name)
+        problems.push(`upstreams.${name}.aliases: ${alias} already names upstream ${owner}`);
       owners.set(alias.toLowerCase(), name);
     }
   }
@@ -451,15 +517,40 @@ export const UPSTREAM_PRESETS: ReadonlyArray<{
       libraryPrefix: "library",
       authHosts: ["auth.docker.io"],
       // Cloudflare and CloudFront in front of its storage; R2 and S3 buckets directly for some clients.
-      redirectHosts: ["production.cloudflare.docker.com", "production.cloudfront.docker.com", "docker-images-prod.*.r2.cloudflarestorage.com", "docker-images-prod*.**.amazonaws.com"],
+      redirectHosts: [
+        "production.cloudflare.docker.com",
+        "production.cloudfront.docker.com",
+        "docker-images-prod.*.r2.cloudflarestorage.com",
+        "docker-images-prod*.**.amazonaws.com",
+      ],
     },
   },
-  { hosts: ["ghcr.io"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["pkg-containers.githubusercontent.com"] } },
-  { hosts: ["quay.io"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["cdn*.quay.io", "quayio-production-s3.**.amazonaws.com"] } },
+  {
+    hosts: ["ghcr.io"],
+    defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["pkg-containers.githubusercontent.com"] },
+  },
+  {
+    hosts: ["quay.io"],
+    defaults: {
+      libraryPrefix: null,
+      authHosts: [],
+      redirectHosts: ["cdn*.quay.io", "quayio-production-s3.**.amazonaws.com"],
+    },
+  },
   // Red Hat's registries serve their blobs from quay.io's CDN.
-  { hosts: ["registry.redhat.io", "registry.access.redhat.com"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["cdn*.quay.io"] } },
+  {
+    hosts: ["registry.redhat.io", "registry.access.redhat.com"],
+    defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["cdn*.quay.io"] },
+  },
   // registry.k8s.io redirects to Artifact Registry regions and to per-region S3 buckets.
-  { hosts: ["registry.k8s.io"], defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["*.pkg.dev", "prod-registry-k8s-io-*.**.amazonaws.com"] } },
+  {
+    hosts: ["registry.k8s.io"],
+    defaults: {
+      libraryPrefix: null,
+      authHosts: [],
+      redirectHosts: ["*.pkg.dev", "prod-registry-k8s-io-*.**.amazonaws.com"],
+    },
+  },
   {
     hosts: ["gcr.io", "us.gcr.io", "eu.gcr.io", "asia.gcr.io", "k8s.gcr.io", "mirror.gcr.io"],
     defaults: { libraryPrefix: null, authHosts: [], redirectHosts: ["storage.googleapis.com", "*.pkg.dev"] },

@@ -40,7 +40,11 @@ async function readSecretFile(
   }
   let end = bytes.length;
   if (bytes[end - 1] === 0x0a) end -= bytes[end - 2] === 0x0d ? 2 : 1;
-  if (end < MIN_SECRET_BYTES) return { problem: `${key}: ${path} holds a secret of ${end} bytes; at least ${MIN_SECRET_BYTES} are required`, bytes: end };
+  if (end < MIN_SECRET_BYTES)
+    return {
+      problem: `${key}: ${path} holds a secret of ${end} bytes; at least ${MIN_SECRET_BYTES} are required`,
+      bytes: end,
+    };
   const secret = bytes.subarray(0, end);
   const refused = check?.(secret);
   return refused === undefined ? { secret } : { problem: `${key}: ${path}: ${refused}`, bytes: end };
@@ -85,7 +89,9 @@ export class SecretFile {
 
   /** Why the secret is disabled (naming the key, the file and what it holds), or undefined while it is usable. */
   get problem(): string | undefined {
-    return this.content !== undefined && "problem" in this.content ? `${this.opts.what} is disabled: ${this.content.problem}` : undefined;
+    return this.content !== undefined && "problem" in this.content
+      ? `${this.opts.what} is disabled: ${this.content.problem}`
+      : undefined;
   }
 
   close(): void {
@@ -104,8 +110,10 @@ export class SecretFile {
         const digest = createHash("sha256").update(read.secret).digest();
         this.content = { digest };
         // Silent at start when all is well; loud on every change of state after that.
-        if (before !== undefined && "problem" in before) log.info({ key, file: path }, `${what} is enabled: ${key} holds a usable secret`);
-        else if (before !== undefined && !before.digest.equals(digest)) log.info({ key, file: path }, `${what} reloaded from ${key}`);
+        if (before !== undefined && "problem" in before)
+          log.info({ key, file: path }, `${what} is enabled: ${key} holds a usable secret`);
+        else if (before !== undefined && !before.digest.equals(digest))
+          log.info({ key, file: path }, `${what} reloaded from ${key}`);
       } else {
         this.content = { problem: read.problem };
         if (before === undefined || !("problem" in before) || before.problem !== read.problem) {

@@ -77,13 +77,20 @@ export class UpstreamResolver<U extends RoutedUpstream = RoutedUpstream> {
     if (ns !== undefined) {
       const upstream = this.byName.get(ns.toLowerCase());
       if (!upstream) {
-        throw new RegistryError("NAME_UNKNOWN", `ns=${JSON.stringify(ns.slice(0, 255))} names no upstream configured on this mirror`, { detail: { ns: ns.slice(0, 255) } });
+        throw new RegistryError(
+          "NAME_UNKNOWN",
+          `ns=${JSON.stringify(ns.slice(0, 255))} names no upstream configured on this mirror`,
+          { detail: { ns: ns.slice(0, 255) } },
+        );
       }
       return { upstream, repo: this.repository(upstream, prefixed?.upstream === upstream ? prefixed.rest : name) };
     }
     if (prefixed) return { upstream: prefixed.upstream, repo: this.repository(prefixed.upstream, prefixed.rest) };
     if (!this.fallback) {
-      throw new RegistryError("NAME_UNKNOWN", "no default upstream is configured; use ?ns=<registry> or a /v2/<registry>/<repository> path");
+      throw new RegistryError(
+        "NAME_UNKNOWN",
+        "no default upstream is configured; use ?ns=<registry> or a /v2/<registry>/<repository> path",
+      );
     }
     return { upstream: this.fallback, repo: this.repository(this.fallback, name) };
   }
@@ -99,9 +106,17 @@ export class UpstreamResolver<U extends RoutedUpstream = RoutedUpstream> {
     let upstream = prefixed?.upstream;
     if (!upstream) {
       const names = this.upstreams.map((u) => u.name).join(", ");
-      if (opts.requireUpstream) throw new RegistryError("NAME_UNKNOWN", `${JSON.stringify(trimmed.slice(0, 300))} does not start with a configured upstream (${names})`);
+      if (opts.requireUpstream)
+        throw new RegistryError(
+          "NAME_UNKNOWN",
+          `${JSON.stringify(trimmed.slice(0, 300))} does not start with a configured upstream (${names})`,
+        );
       upstream = this.fallback;
-      if (!upstream) throw new RegistryError("NAME_UNKNOWN", `${JSON.stringify(trimmed.slice(0, 300))} does not start with a configured upstream (${names}), and none is the default`);
+      if (!upstream)
+        throw new RegistryError(
+          "NAME_UNKNOWN",
+          `${JSON.stringify(trimmed.slice(0, 300))} does not start with a configured upstream (${names}), and none is the default`,
+        );
     }
     const repository = this.repository(upstream, prefixed ? prefixed.rest : split.name);
     const reference = parseManifestReference(split.reference ?? "latest");
@@ -113,11 +128,18 @@ export class UpstreamResolver<U extends RoutedUpstream = RoutedUpstream> {
     const trimmed = text.trim();
     const split = splitImageReference(trimmed);
     const prefixed = this.prefixed(split.name);
-    if (!prefixed) throw new Error(`pin ${JSON.stringify(text)} must start with a configured upstream name (${this.upstreams.map((u) => u.name).join(", ")})`);
-    if (trimmed.includes("@")) throw new Error(`pin ${JSON.stringify(text)} names a digest: a pin names a tag, or a repository for every tag of it`);
+    if (!prefixed)
+      throw new Error(
+        `pin ${JSON.stringify(text)} must start with a configured upstream name (${this.upstreams.map((u) => u.name).join(", ")})`,
+      );
+    if (trimmed.includes("@"))
+      throw new Error(
+        `pin ${JSON.stringify(text)} names a digest: a pin names a tag, or a repository for every tag of it`,
+      );
     try {
       const repository = this.repository(prefixed.upstream, prefixed.rest);
-      if (split.reference !== undefined && !isValidTag(split.reference)) throw new RegistryError("TAG_INVALID", `invalid tag: ${JSON.stringify(split.reference.slice(0, 300))}`);
+      if (split.reference !== undefined && !isValidTag(split.reference))
+        throw new RegistryError("TAG_INVALID", `invalid tag: ${JSON.stringify(split.reference.slice(0, 300))}`);
       return { upstream: prefixed.upstream.name, repository, tag: split.reference };
     } catch (err) {
       throw new Error(`pin ${JSON.stringify(text)}: ${(err as Error).message}`);

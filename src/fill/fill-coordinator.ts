@@ -35,7 +35,12 @@ import type { Metrics } from "../observability/metrics.ts";
 import type { ReceivePacer } from "./receive-pacer.ts";
 import { discardBody } from "../upstream/response-body.ts";
 import { EMPTY_DIGEST } from "../oci/digest.ts";
-import { ContentMismatchError, type ContentStore, type ContentWriter, type WriteReservation } from "../storage/content-store.ts";
+import {
+  ContentMismatchError,
+  type ContentStore,
+  type ContentWriter,
+  type WriteReservation,
+} from "../storage/content-store.ts";
 import { FileRangeStream, type BufferPool } from "../storage/file-range-stream.ts";
 
 export interface UpstreamBlob {
@@ -191,7 +196,9 @@ export class Fill {
   }
 
   private get ended(): boolean {
-    return this.state === "committed" || this.state === "passed" || this.state === "failed" || this.state === "uncached";
+    return (
+      this.state === "committed" || this.state === "passed" || this.state === "failed" || this.state === "uncached"
+    );
   }
 
   /**
@@ -203,7 +210,9 @@ export class Fill {
     if (this.writer === undefined || this.ended) throw new Error(`fill ${this.digest} is ${this.state}, not readable`);
     const maxReaders = this.context.maxReaders ?? Infinity;
     if (this.readerCount >= maxReaders) {
-      throw new RegistryError("TOOMANYREQUESTS", `too many clients are reading this download (${maxReaders})`, { headers: { "Retry-After": "5" } });
+      throw new RegistryError("TOOMANYREQUESTS", `too many clients are reading this download (${maxReaders})`, {
+        headers: { "Retry-After": "5" },
+      });
     }
     this.refs++;
     this.readerCount++;
@@ -260,7 +269,10 @@ export class Fill {
   async run(open: OpenUpstreamBlob, slots: Slots | undefined): Promise<void> {
     const { store, admission, timeoutMs, log, metrics } = this.context;
     const abort = this.abort;
-    const timer = setTimeout(() => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)), timerDelay(timeoutMs));
+    const timer = setTimeout(
+      () => abort.abort(new RegistryError("UNAVAILABLE", `blob download exceeded the fill timeout (${timeoutMs} ms)`)),
+      timerDelay(timeoutMs),
+    );
     timer.unref();
     let slot: (() => void) | undefined;
     /** The upstream response while this fill owns it: every failure must release its body (and connection). */
@@ -272,7 +284,10 @@ export class Fill {
       // impossible announcement, 0 bytes for any other digest, costs nothing to download and fails verification
       // at once; its readers hold their end until then, as every reader does.)
       if (this.digest === EMPTY_DIGEST && upstream.size !== undefined && upstream.size > 0) {
-        throw new RegistryError("UPSTREAM_ERROR", `upstream announced ${upstream.size} bytes for the empty blob ${this.digest}`);
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream announced ${upstream.size} bytes for the empty blob ${this.digest}`,
+        );
       }
       this.announcedSize = upstream.size;
       this.reservation = await admission?.admit(upstream.size);
@@ -288,7 +303,10 @@ export class Fill {
         return;
       }
       // The store verifies length and digest in the writer's commit; the reservation is the writer's to release.
-      this.writer = await store.createWriter(this.digest, { expectedSize: upstream.size, reservation: this.reservation });
+      this.writer = await store.createWriter(this.digest, {
+        expectedSize: upstream.size,
+        reservation: this.reservation,
+      });
       this.phase = "streaming";
       this.resolveReady();
 
@@ -298,7 +316,10 @@ export class Fill {
         await upstreamVerified(this.writer.verify(), this.digest);
         await this.writer.abort();
         this.phase = "passed";
-        log.info({ digest: this.digest, bytes: this.written }, "blob served uncached: its download outgrew the cache budget");
+        log.info(
+          { digest: this.digest, bytes: this.written },
+          "blob served uncached: its download outgrew the cache budget",
+        );
         return;
       }
       await upstreamVerified(this.writer.commit(), this.digest);
@@ -316,13 +337,20 @@ export class Fill {
       this.failure = toError(abort.signal.aborted ? abort.signal.reason : err);
       this.phase = "failed";
       this.rejectReady(this.failure);
-      log.warn({ digest: this.digest, err: this.failure.message, bytes: this.written }, "blob fill failed; nothing committed");
+      log.warn(
+        { digest: this.digest, err: this.failure.message, bytes: this.written },
+        "blob fill failed; nothing committed",
+      );
     } finally {
       // A writer has released the reservation by now (committed or discarded); without one, it is released here.
       if (this.writer === undefined) this.reservation?.release();
       slot?.();
       clearTimeout(timer);
-      if (this.state !== "uncached") metrics?.fills.inc({ upstream: this.origin.upstream, result: this.state === "passed" ? "uncached" : this.state === "committed" ? "committed" : "failed" });
+      if (this.state !== "uncached")
+        metrics?.fills.inc({
+          upstream: this.origin.upstream,
+          result: this.state === "passed" ? "uncached" : this.state === "committed" ? "committed" : "failed",
+        });
       this.notify();
       this.release();
     }
@@ -331,7 +359,8 @@ export class Fill {
   private waitUntilEnded(resolve: () => void, reject: (err: Error) => void): void {
     if (this.state === "committed") resolve();
     else if (this.state === "failed") reject(this.failure!);
-    else if (this.state === "passed") reject(new Error(`blob ${this.digest} was served but not cached: its download outgrew the cache budget`));
+    else if (this.state === "passed")
+      reject(new Error(`blob ${this.digest} was served but not cached: its download outgrew the cache budget`));
     else void this.changed().then(() => this.waitUntilEnded(resolve, reject));
   }
 
@@ -351,11 +380,17 @@ export class Fill {
       reservation.stopCaching();
       this.phase = "passing";
       this.context.metrics?.uncachedServed.inc({ upstream: this.origin.upstream });
-      this.context.log.info({ digest: this.digest, bytes: total }, "download of unknown size outgrew the cache budget: passing it through uncached");
+      this.context.log.info(
+        { digest: this.digest, bytes: total },
+        "download of unknown size outgrew the cache budget: passing it through uncached",
+      );
       if (this.unread) throw this.unreadError();
       if (await reservation.grow(total)) return;
     }
-    throw new RegistryError("UNAVAILABLE", `no room on the disk for the download of ${this.digest} (${total} bytes so far)`);
+    throw new RegistryError(
+      "UNAVAILABLE",
+      `no room on the disk for the download of ${this.digest} (${total} bytes so far)`,
+    );
   }
 
   /** Writes each batch of chunks into the store (which hashes them as it writes), then wakes readers. */
@@ -365,10 +400,14 @@ export class Fill {
       let total = 0;
       for (const chunk of chunks) total += chunk.length;
       if (this.size !== undefined && writer.written + total > this.size) {
-        throw new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.size} bytes for ${this.digest}`);
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream sent more than the announced ${this.size} bytes for ${this.digest}`,
+        );
       }
       // Only a download of unknown size outgrows its reservation (the check above stops any other).
-      if (this.reservation && writer.written + total > this.reservation.bytes) await this.reserve(this.reservation, writer.written + total);
+      if (this.reservation && writer.written + total > this.reservation.bytes)
+        await this.reserve(this.reservation, writer.written + total);
       await writer.write(chunks);
       pacer.received(total); // these chunks are garbage now: see receive-pacer.ts
       metrics?.upstreamFetchedBytes.inc({ upstream: this.origin.upstream, kind: "blob" }, total);
@@ -540,7 +579,11 @@ export class Slots {
   async acquire(): Promise<() => void> {
     if (this.running >= this.max) {
       if (this.queue.length >= this.maxQueued) {
-        throw new RegistryError("TOOMANYREQUESTS", `too many downloads are waiting for this upstream (${this.maxQueued})`, { headers: { "Retry-After": "5" } });
+        throw new RegistryError(
+          "TOOMANYREQUESTS",
+          `too many downloads are waiting for this upstream (${this.maxQueued})`,
+          { headers: { "Retry-After": "5" } },
+        );
       }
       await new Promise<void>((resolve) => this.queue.push(resolve));
     } else {
@@ -551,7 +594,8 @@ export class Slots {
       if (released) return;
       released = true;
       const next = this.queue.shift();
-      if (next) next(); // the slot passes straight to the next waiter
+      if (next)
+        next(); // the slot passes straight to the next waiter
       else this.running--;
     };
   }
@@ -565,7 +609,9 @@ async function upstreamVerified(verification: Promise<void>, digest: string): Pr
     if (!(err instanceof ContentMismatchError)) throw err;
     throw new RegistryError(
       "UPSTREAM_ERROR",
-      err.actualDigest !== undefined ? `upstream content for ${digest} hashes to ${err.actualDigest}` : `upstream sent ${err.size} of ${err.expectedSize} bytes for ${digest}`,
+      err.actualDigest !== undefined
+        ? `upstream content for ${digest} hashes to ${err.actualDigest}`
+        : `upstream sent ${err.size} of ${err.expectedSize} bytes for ${digest}`,
     );
   }
 }

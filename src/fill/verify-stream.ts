@@ -30,7 +30,11 @@ export class VerifyStream extends Transform {
   /** Running while the output is full and waiting for the reader. */
   private stallTimer: NodeJS.Timeout | undefined;
 
-  constructor(digest: string, expectedSize: number | undefined, opts: { stallTimeoutMs?: number; pacer?: ReceivePacer } = {}) {
+  constructor(
+    digest: string,
+    expectedSize: number | undefined,
+    opts: { stallTimeoutMs?: number; pacer?: ReceivePacer } = {},
+  ) {
     super({ highWaterMark: 1024 * 1024 });
     this.digest = digest;
     this.expectedSize = expectedSize;
@@ -43,7 +47,12 @@ export class VerifyStream extends Transform {
     this.seen += chunk.length;
     this.pacer?.received(chunk.length); // upstream bytes passing through, garbage once sent: receive-pacer.ts
     if (this.expectedSize !== undefined && this.seen > this.expectedSize) {
-      cb(new RegistryError("UPSTREAM_ERROR", `upstream sent more than the announced ${this.expectedSize} bytes for ${this.digest}`));
+      cb(
+        new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream sent more than the announced ${this.expectedSize} bytes for ${this.digest}`,
+        ),
+      );
       return;
     }
     const out = this.held;
@@ -63,7 +72,12 @@ export class VerifyStream extends Transform {
   override _flush(cb: TransformCallback): void {
     const actual = `sha256:${this.hash.digest("hex")}`;
     if (this.expectedSize !== undefined && this.seen !== this.expectedSize) {
-      cb(new RegistryError("UPSTREAM_ERROR", `upstream sent ${this.seen} of ${this.expectedSize} bytes for ${this.digest}`));
+      cb(
+        new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream sent ${this.seen} of ${this.expectedSize} bytes for ${this.digest}`,
+        ),
+      );
       return;
     }
     if (actual !== this.digest) {
@@ -83,7 +97,11 @@ export class VerifyStream extends Transform {
     if (this.stallTimer !== undefined || this.destroyed) return;
     this.stallTimer = setTimeout(() => {
       this.stallTimer = undefined;
-      this.destroy(new Error(`the client read nothing for ${this.stallTimeoutMs} ms: uncached transfer of ${this.digest} abandoned, upstream connection released`));
+      this.destroy(
+        new Error(
+          `the client read nothing for ${this.stallTimeoutMs} ms: uncached transfer of ${this.digest} abandoned, upstream connection released`,
+        ),
+      );
     }, timerDelay(this.stallTimeoutMs));
     this.stallTimer.unref();
   }

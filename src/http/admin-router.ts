@@ -18,10 +18,18 @@ const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
 type AdminContext = RouterContext<RequestState>;
 
 /** `tokenDigest` is the sha256 of the admin token's bytes, or undefined while the token is disabled. */
-export function adminRouter(handler: AdminHandler, tokenDigest: () => Buffer | undefined): Koa.Middleware<RequestState> {
+export function adminRouter(
+  handler: AdminHandler,
+  tokenDigest: () => Buffer | undefined,
+): Koa.Middleware<RequestState> {
   // Paths match exactly as written: case matters and a trailing slash makes another path.
   const router = new Router<RequestState>({ prefix: "/admin/v1", strict: true, sensitive: true });
-  const route = (method: "GET" | "POST" | "DELETE", path: string, run: (ctx: AdminContext) => unknown, status = 200) => {
+  const route = (
+    method: "GET" | "POST" | "DELETE",
+    path: string,
+    run: (ctx: AdminContext) => unknown,
+    status = 200,
+  ) => {
     router.register(path, [method], async (ctx, next) => {
       // @koa/router answers HEAD with a GET route; the admin API has no HEAD.
       if (ctx.method !== method) {
@@ -75,13 +83,22 @@ function checkToken(ctx: Koa.Context, expected: Buffer | undefined): void {
   const presented = /^Bearer (.+)$/.exec(ctx.get("authorization"))?.[1] ?? "";
   // Both sides hashed, so the comparison is constant-time whatever the lengths; the header's bytes as sent (Node
   // hands them over as latin1), to compare with the token's UTF-8 bytes.
-  if (expected === undefined || !timingSafeEqual(createHash("sha256").update(Buffer.from(presented, "latin1")).digest(), expected)) {
-    throw new RegistryError("UNAUTHORIZED", "admin API requires the configured admin token", { headers: { "WWW-Authenticate": 'Bearer realm="registry-mirror-admin"' } });
+  if (
+    expected === undefined ||
+    !timingSafeEqual(createHash("sha256").update(Buffer.from(presented, "latin1")).digest(), expected)
+  ) {
+    throw new RegistryError("UNAUTHORIZED", "admin API requires the configured admin token", {
+      headers: { "WWW-Authenticate": 'Bearer realm="registry-mirror-admin"' },
+    });
   }
 }
 
 async function readJson(ctx: Koa.Context): Promise<unknown> {
-  const bytes = await readCappedBody(ctx.req, MAX_BODY, () => new RegistryError("SIZE_INVALID", `request body over ${MAX_BODY} bytes`, { status: 413 }));
+  const bytes = await readCappedBody(
+    ctx.req,
+    MAX_BODY,
+    () => new RegistryError("SIZE_INVALID", `request body over ${MAX_BODY} bytes`, { status: 413 }),
+  );
   if (bytes.length === 0) return {};
   try {
     return JSON.parse(bytes.toString("utf8"));

@@ -36,7 +36,9 @@ export class AuthFailureLimit {
     const window = this.current(client);
     if (window === undefined || window.failures < this.max) return;
     const seconds = Math.max(1, Math.ceil((window.endsAt - this.now()) / 1000));
-    throw new RegistryError("TOOMANYREQUESTS", `too many failed logins from this address; retry in ${seconds} s`, { headers: { "Retry-After": String(seconds) } });
+    throw new RegistryError("TOOMANYREQUESTS", `too many failed logins from this address; retry in ${seconds} s`, {
+      headers: { "Retry-After": String(seconds) },
+    });
   }
 
   /** Counts a failed check by `client`. */

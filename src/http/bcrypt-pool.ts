@@ -45,7 +45,11 @@ export class BcryptPool {
     if (this.closed) return Promise.reject(new Error("bcrypt pool is closed"));
     const worker = this.idle.pop() ?? (this.running.size < this.size ? this.spawn() : undefined);
     if (worker === undefined && this.queue.length >= this.maxQueued) {
-      return Promise.reject(new RegistryError("TOOMANYREQUESTS", "too many logins being checked; retry shortly", { headers: { "Retry-After": "1" } }));
+      return Promise.reject(
+        new RegistryError("TOOMANYREQUESTS", "too many logins being checked; retry shortly", {
+          headers: { "Retry-After": "1" },
+        }),
+      );
     }
     return new Promise<boolean>((resolve, reject) => {
       const job: Job = { id: this.nextId++, password, hash, resolve, reject };
@@ -127,4 +131,5 @@ function runWorker(port: NonNullable<typeof parentPort>): void {
   });
 }
 
-if (!isMainThread && parentPort && (workerData as { role?: unknown } | undefined)?.role === WORKER_ROLE) runWorker(parentPort);
+if (!isMainThread && parentPort && (workerData as { role?: unknown } | undefined)?.role === WORKER_ROLE)
+  runWorker(parentPort);

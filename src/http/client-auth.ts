@@ -60,7 +60,14 @@ export class ClientAuth {
   /** Comparisons running, by credential hash, so a burst of requests with one credential runs bcrypt once. */
   private readonly checking = new Map<string, Promise<boolean>>();
 
-  private constructor(opts: { users: Map<string, string>; dummyHash: string; tokens: Token[]; tokenFiles: SecretFile[]; pool: BcryptPool; failures: AuthFailureLimit }) {
+  private constructor(opts: {
+    users: Map<string, string>;
+    dummyHash: string;
+    tokens: Token[];
+    tokenFiles: SecretFile[];
+    pool: BcryptPool;
+    failures: AuthFailureLimit;
+  }) {
     this.users = opts.users;
     this.dummyHash = opts.dummyHash;
     this.tokens = opts.tokens;
@@ -73,7 +80,10 @@ export class ClientAuth {
    * Reads the htpasswd file and the token files, and watches the token files. Throws, naming the key, for an
    * unusable htpasswd file or inline token; a token file that holds no usable token only disables that token.
    */
-  static async load(access: AccessConfig, opts: { log: Logger; pool?: BcryptPool; now?: () => number }): Promise<ClientAuth> {
+  static async load(
+    access: AccessConfig,
+    opts: { log: Logger; pool?: BcryptPool; now?: () => number },
+  ): Promise<ClientAuth> {
     const users = new Map<string, string>();
     const costs = new Map<number, number>();
     if (access.htpasswdFile !== undefined) {
@@ -84,7 +94,9 @@ export class ClientAuth {
         const hash = trimmed.slice(colon + 1);
         const entry = BCRYPT_HASH.exec(hash);
         if (colon <= 0 || !entry) {
-          throw new Error(`access.htpasswdFile: ${access.htpasswdFile}:${n + 1}: only bcrypt entries (htpasswd -B) are accepted`);
+          throw new Error(
+            `access.htpasswdFile: ${access.htpasswdFile}:${n + 1}: only bcrypt entries (htpasswd -B) are accepted`,
+          );
         }
         users.set(trimmed.slice(0, colon), hash);
         const cost = Number(entry[1]);
@@ -94,7 +106,8 @@ export class ClientAuth {
     // Inline tokens first (their length is checked by the schema): a bad one stops the start-up before any file
     // is watched.
     for (const [i, t] of access.tokens.entries()) {
-      if (t.token !== undefined && !TOKEN_CHARACTERS.test(t.token)) throw new Error(`access.tokens.${i}.token: ${TOKEN_CHARACTERS_RULE}`);
+      if (t.token !== undefined && !TOKEN_CHARACTERS.test(t.token))
+        throw new Error(`access.tokens.${i}.token: ${TOKEN_CHARACTERS_RULE}`);
     }
     const tokens: Token[] = [];
     const tokenFiles: SecretFile[] = [];
@@ -115,7 +128,10 @@ export class ClientAuth {
       tokens.push({ name: t.name, digest: () => file.digest });
     }
     // The cost most entries use (the higher on a tie): an unknown name then takes as long as most known ones.
-    const [cost] = [...costs].reduce((best, c) => (c[1] > best[1] || (c[1] === best[1] && c[0] > best[0]) ? c : best), [10, 0]);
+    const [cost] = [...costs].reduce(
+      (best, c) => (c[1] > best[1] || (c[1] === best[1] && c[0] > best[0]) ? c : best),
+      [10, 0],
+    );
     return new ClientAuth({
       users,
       dummyHash: dummyBcryptHash(cost),
@@ -178,7 +194,9 @@ export class ClientAuth {
     if (this.verified.get(key) === name) return name;
     let check = this.checking.get(key);
     if (check === undefined) {
-      check = this.pool.compare(decoded.slice(colon + 1), this.users.get(name) ?? this.dummyHash).finally(() => this.checking.delete(key));
+      check = this.pool
+        .compare(decoded.slice(colon + 1), this.users.get(name) ?? this.dummyHash)
+        .finally(() => this.checking.delete(key));
       this.checking.set(key, check);
     }
     if (!(await check) || !this.users.has(name)) return undefined;

@@ -25,7 +25,9 @@ export function clientConcurrency(maxPerClient: number): Koa.Middleware<RequestS
     const client = clientKey(ctx.req.socket.remoteAddress);
     const count = open.get(client) ?? 0;
     if (count >= maxPerClient) {
-      throw new RegistryError("TOOMANYREQUESTS", `more than ${maxPerClient} requests in progress from this address`, { headers: { "Retry-After": "1" } });
+      throw new RegistryError("TOOMANYREQUESTS", `more than ${maxPerClient} requests in progress from this address`, {
+        headers: { "Retry-After": "1" },
+      });
     }
     open.set(client, count + 1);
     ctx.res.once("close", () => {

@@ -43,9 +43,13 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
   const route = ROUTES.map((r) => ({ kind: r.kind, m: r.re.exec(raw.path) })).find((r) => r.m !== null);
   if (!route?.m) return undefined;
   if (route.kind === "upload" || (raw.method !== "GET" && raw.method !== "HEAD")) {
-    throw new RegistryError("UNSUPPORTED", `${raw.method} is not supported: this registry is a read-only pull-through mirror`, {
-      headers: { Allow: route.kind === "tags" ? "GET" : "GET, HEAD" },
-    });
+    throw new RegistryError(
+      "UNSUPPORTED",
+      `${raw.method} is not supported: this registry is a read-only pull-through mirror`,
+      {
+        headers: { Allow: route.kind === "tags" ? "GET" : "GET, HEAD" },
+      },
+    );
   }
   const method = raw.method;
   const name = route.m[1]!;
@@ -56,7 +60,12 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
   const common = { method, name, ns } as const;
   switch (route.kind) {
     case "manifest":
-      return { ...common, kind: "manifest", reference: parseManifestReference(route.m[2]!), accept: AcceptSet.parse(raw.headers.accept) };
+      return {
+        ...common,
+        kind: "manifest",
+        reference: parseManifestReference(route.m[2]!),
+        accept: AcceptSet.parse(raw.headers.accept),
+      };
     case "blob": {
       const digest = route.m[2]!;
       assertDigest(digest);
@@ -64,7 +73,8 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
       return { ...common, kind: "blob", digest, range: parseRange(Array.isArray(range) ? undefined : range) };
     }
     case "tags":
-      if (method !== "GET") throw new RegistryError("UNSUPPORTED", "tags/list answers GET only", { headers: { Allow: "GET" } });
+      if (method !== "GET")
+        throw new RegistryError("UNSUPPORTED", "tags/list answers GET only", { headers: { Allow: "GET" } });
       return { ...common, kind: "tags", n: raw.query.get("n") ?? undefined, last: raw.query.get("last") ?? undefined };
   }
 }

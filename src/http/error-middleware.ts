@@ -14,13 +14,15 @@ export function errorMiddleware(): Koa.Middleware<RequestState> {
       await next();
     } catch (thrown) {
       const err =
-        thrown instanceof RegistryError
-          ? thrown
-          : new RegistryError("UNKNOWN", "internal error", { cause: thrown });
+        thrown instanceof RegistryError ? thrown : new RegistryError("UNKNOWN", "internal error", { cause: thrown });
       const log = ctx.state.log;
       // Our own errors are expected outcomes (an upstream down, a bad name): no stack. Anything else is a bug.
       if (!(thrown instanceof RegistryError)) log?.error({ err: thrown }, "unhandled error");
-      else if (err.status >= 500) log?.warn({ code: err.code, detail: err.detail, cause: (err.cause as Error | undefined)?.message }, err.message);
+      else if (err.status >= 500)
+        log?.warn(
+          { code: err.code, detail: err.detail, cause: (err.cause as Error | undefined)?.message },
+          err.message,
+        );
       else log?.info({ code: err.code }, err.message);
       if (ctx.headerSent) {
         ctx.res.destroy();
@@ -28,7 +30,8 @@ export function errorMiddleware(): Koa.Middleware<RequestState> {
       }
       // Headers a handler set before failing belong to the answer that was not sent.
       for (const name of Object.keys(ctx.response.headers)) {
-        if (name.toLowerCase() !== "x-request-id" && name.toLowerCase() !== "docker-distribution-api-version") ctx.remove(name);
+        if (name.toLowerCase() !== "x-request-id" && name.toLowerCase() !== "docker-distribution-api-version")
+          ctx.remove(name);
       }
       ctx.status = err.status;
       ctx.set(err.headers);

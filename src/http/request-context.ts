@@ -41,7 +41,8 @@ export function requestContext(log: Logger, metrics: Metrics): Koa.Middleware<Re
       const upstream = ctx.state.upstream ?? "none";
       metrics.requests.inc({ upstream, kind, result, status_class: statusClass(status) });
       metrics.requestDuration.observe({ kind, result }, seconds);
-      if (bytes > 0 && status < 300) metrics.sentBytes.inc({ upstream, kind, source: FROM_CACHE.has(result) ? "cache" : "upstream" }, bytes);
+      if (bytes > 0 && status < 300)
+        metrics.sentBytes.inc({ upstream, kind, source: FROM_CACHE.has(result) ? "cache" : "upstream" }, bytes);
       const line = {
         method: ctx.method,
         path: ctx.path,

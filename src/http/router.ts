@@ -47,7 +47,9 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     // The ping is where clients learn they must log in (docker login checks it).
     const who = await identify(ctx);
     if (who.kind === "anonymous" && !deps.policy.anonymousAllowedAnywhere) {
-      throw new RegistryError("UNAUTHORIZED", "authentication required", { headers: { "WWW-Authenticate": CHALLENGE } });
+      throw new RegistryError("UNAUTHORIZED", "authentication required", {
+        headers: { "WWW-Authenticate": CHALLENGE },
+      });
     }
     ctx.status = 200;
     ctx.type = "application/json";
@@ -70,7 +72,10 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     const ready = problems.every((p) => p.ready);
     ctx.status = ready ? 200 : 503;
     // Degraded-but-serving (e.g. Redis down, answering from the embedded store) stays ready, with the reason.
-    ctx.body = { status: !ready ? "unready" : problems.length > 0 ? "degraded" : "ready", reasons: problems.map((p) => p.reason) };
+    ctx.body = {
+      status: !ready ? "unready" : problems.length > 0 ? "degraded" : "ready",
+      reasons: problems.map((p) => p.reason),
+    };
   });
   if (deps.metrics) {
     const metrics = deps.metrics;
@@ -84,7 +89,10 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
 
   async function identify(ctx: Koa.ParameterizedContext<RequestState>): Promise<Identity> {
     if (!deps.clientAuth) return ANONYMOUS;
-    const who = await deps.clientAuth.identify(ctx.get("authorization") || undefined, clientKey(ctx.req.socket.remoteAddress));
+    const who = await deps.clientAuth.identify(
+      ctx.get("authorization") || undefined,
+      clientKey(ctx.req.socket.remoteAddress),
+    );
     if (who.kind === "user") ctx.state.user = who.name;
     return who;
   }
@@ -97,7 +105,8 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     });
     if (request === undefined) {
       await routes(ctx, next);
-      if (ctx.body === undefined && ctx.status === 404) throw new RegistryError("UNSUPPORTED", `no such endpoint: ${ctx.path.slice(0, 200)}`, { status: 404 });
+      if (ctx.body === undefined && ctx.status === 404)
+        throw new RegistryError("UNSUPPORTED", `no such endpoint: ${ctx.path.slice(0, 200)}`, { status: 404 });
       return;
     }
     ctx.state.kind = request.kind;
@@ -108,13 +117,29 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     let response: RegistryResponse;
     switch (request.kind) {
       case "manifest":
-        response = await deps.manifests.handle({ method: request.method, target, reference: request.reference, accept: request.accept });
+        response = await deps.manifests.handle({
+          method: request.method,
+          target,
+          reference: request.reference,
+          accept: request.accept,
+        });
         break;
       case "blob":
-        response = await deps.blobs.handle({ method: request.method, target, digest: request.digest, range: request.range });
+        response = await deps.blobs.handle({
+          method: request.method,
+          target,
+          digest: request.digest,
+          range: request.range,
+        });
         break;
       case "tags":
-        response = await deps.tags.handle({ target, clientName: request.name, n: request.n, last: request.last, ns: request.ns });
+        response = await deps.tags.handle({
+          target,
+          clientName: request.name,
+          n: request.n,
+          last: request.last,
+          ns: request.ns,
+        });
         break;
     }
     send(ctx, response);

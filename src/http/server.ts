@@ -18,7 +18,11 @@ export interface ListeningServer {
   stopWatching: () => void;
 }
 
-export async function createRegistryServer(config: Config, handler: RequestListener, log: Logger): Promise<ListeningServer> {
+export async function createRegistryServer(
+  config: Config,
+  handler: RequestListener,
+  log: Logger,
+): Promise<ListeningServer> {
   const limits = {
     maxHeaderSize: config.limits.maxHeaderBytes,
     headersTimeout: config.limits.headersTimeout,
@@ -42,7 +46,12 @@ export async function createRegistryServer(config: Config, handler: RequestListe
           https.setSecureContext({ cert: c, key: k });
           log.info({ certFile }, "TLS certificate reloaded");
         })
-        .catch((err: unknown) => log.error({ err: (err as Error).message, certFile }, "TLS certificate reload failed; keeping the previous one"));
+        .catch((err: unknown) =>
+          log.error(
+            { err: (err as Error).message, certFile },
+            "TLS certificate reload failed; keeping the previous one",
+          ),
+        );
     };
     stopWatching = watchFiles([certFile, keyFile], reload);
     server = https;

@@ -69,7 +69,10 @@ export class EmbeddedMetadataStore implements MetadataStore {
       },
     });
     this.links = new LRUCache({ maxSize: opts.maxLinks ?? 1_000_000, sizeCalculation: () => 1 });
-    this.servedBy = new LRUCache({ maxSize: opts.maxProvenance ?? 1_000_000, sizeCalculation: (upstreams) => upstreams.size });
+    this.servedBy = new LRUCache({
+      maxSize: opts.maxProvenance ?? 1_000_000,
+      sizeCalculation: (upstreams) => upstreams.size,
+    });
     this.missing = new LRUCache({ max: opts.maxMissing ?? 10_000 });
     this.onError = opts.onError ?? ((err) => process.emitWarning(err));
     const dir = opts.dir;
@@ -292,7 +295,8 @@ export class EmbeddedMetadataStore implements MetadataStore {
       }
     }
     for (const [upstream, digests] of byUpstream) {
-      for (let i = 0; i < digests.length; i += PROVENANCE_RECORD_DIGESTS) yield { op: "provenance", upstream, digests: digests.slice(i, i + PROVENANCE_RECORD_DIGESTS) };
+      for (let i = 0; i < digests.length; i += PROVENANCE_RECORD_DIGESTS)
+        yield { op: "provenance", upstream, digests: digests.slice(i, i + PROVENANCE_RECORD_DIGESTS) };
     }
   }
 

@@ -57,7 +57,9 @@ const LOCAL_TOKEN = "local:";
 const MAX_UNSYNCED = 100_000;
 
 /** A tag or link written to the fallback only. The object's identity marks one write (see replay). */
-type Unsynced = { kind: "tag"; upstream: string; repo: string; tag: string } | { kind: "link"; upstream: string; repo: string; digest: string };
+type Unsynced =
+  | { kind: "tag"; upstream: string; repo: string; tag: string }
+  | { kind: "link"; upstream: string; repo: string; digest: string };
 
 export class FailoverMetadataStore implements MetadataStore {
   private readonly primary: RedisMetadataStore;
@@ -128,7 +130,12 @@ export class FailoverMetadataStore implements MetadataStore {
       await this.fromPrimary("putTag", (s) => s.putTag(upstream, repo, tag, local));
       return local;
     }
-    if (pointer !== undefined && (local?.digest !== pointer.digest || local.mediaType !== pointer.mediaType || local.checkedAt !== pointer.checkedAt)) {
+    if (
+      pointer !== undefined &&
+      (local?.digest !== pointer.digest ||
+        local.mediaType !== pointer.mediaType ||
+        local.checkedAt !== pointer.checkedAt)
+    ) {
       await this.fallback.putTag(upstream, repo, tag, pointer);
     }
     return pointer;
@@ -157,11 +164,13 @@ export class FailoverMetadataStore implements MetadataStore {
     const remote = await this.fromPrimary("hasLink", (s) => s.hasLink(upstream, repo, digest));
     if (!remote.ok) return this.fallback.hasLink(upstream, repo, digest);
     if (remote.value) {
-      if (!(await this.fallback.hasLink(upstream, repo, digest))) await this.fallback.addLinks(upstream, repo, [digest]);
+      if (!(await this.fallback.hasLink(upstream, repo, digest)))
+        await this.fallback.addLinks(upstream, repo, [digest]);
       return true;
     }
     // Recorded here while Redis was away and not replayed yet: the local copy knows.
-    if (this.unsynced.has(unsyncedKey({ kind: "link", upstream, repo, digest }))) return this.fallback.hasLink(upstream, repo, digest);
+    if (this.unsynced.has(unsyncedKey({ kind: "link", upstream, repo, digest })))
+      return this.fallback.hasLink(upstream, repo, digest);
     return false;
   }
 
@@ -206,7 +215,8 @@ export class FailoverMetadataStore implements MetadataStore {
   async unlock(name: string, token: string): Promise<void> {
     if (token.startsWith(LOCAL_TOKEN)) return this.fallback.unlock(name, token.slice(LOCAL_TOKEN.length));
     // A Redis lock left while degraded is not chased: it expires by itself.
-    if (token.startsWith(REMOTE_TOKEN)) await this.fromPrimary("unlock", (s) => s.unlock(name, token.slice(REMOTE_TOKEN.length)));
+    if (token.startsWith(REMOTE_TOKEN))
+      await this.fromPrimary("unlock", (s) => s.unlock(name, token.slice(REMOTE_TOKEN.length)));
   }
 
   async deleteRepository(upstream: string, repo: string): Promise<void> {
@@ -225,7 +235,10 @@ export class FailoverMetadataStore implements MetadataStore {
   }
 
   /** Redis's answer when ok and it answers in time; otherwise `ok: false`, having switched to degraded. */
-  private async fromPrimary<T>(op: string, call: (s: RedisMetadataStore) => Promise<T>): Promise<{ ok: true; value: T } | { ok: false }> {
+  private async fromPrimary<T>(
+    op: string,
+    call: (s: RedisMetadataStore) => Promise<T>,
+  ): Promise<{ ok: true; value: T } | { ok: false }> {
     if (this.current !== "ok") return { ok: false };
     try {
       return { ok: true, value: await this.bounded(op, call(this.primary)) };
@@ -262,9 +275,12 @@ export class FailoverMetadataStore implements MetadataStore {
         let synced = true;
         if (write.kind === "tag") {
           const local = await this.fallback.getTag(write.upstream, write.repo, write.tag);
-          if (local !== undefined) synced = (await this.fromPrimary("putTag", (s) => s.putTag(write.upstream, write.repo, write.tag, local))).ok;
+          if (local !== undefined)
+            synced = (await this.fromPrimary("putTag", (s) => s.putTag(write.upstream, write.repo, write.tag, local)))
+              .ok;
         } else if (await this.fallback.hasLink(write.upstream, write.repo, write.digest)) {
-          synced = (await this.fromPrimary("addLinks", (s) => s.addLinks(write.upstream, write.repo, [write.digest]))).ok;
+          synced = (await this.fromPrimary("addLinks", (s) => s.addLinks(write.upstream, write.repo, [write.digest])))
+            .ok;
         }
         if (!synced) return;
         if (this.unsynced.get(key) === write) this.unsynced.delete(key);
@@ -275,7 +291,10 @@ export class FailoverMetadataStore implements MetadataStore {
   private async bounded<T>(op: string, work: Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`redis ${op} took longer than ${this.timeoutMs} ms`)), timerDelay(this.timeoutMs));
+      timer = setTimeout(
+        () => reject(new Error(`redis ${op} took longer than ${this.timeoutMs} ms`)),
+        timerDelay(this.timeoutMs),
+      );
     });
     try {
       return await Promise.race([

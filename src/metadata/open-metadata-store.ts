@@ -30,7 +30,11 @@ export async function openMetadataStore(
   const report = await embedded.loadReport();
   if (report) log.info({ ...report }, "metadata journal loaded");
   if (config.redis === undefined) {
-    return { metadata: embedded, describeState: () => ({ store: "embedded", degraded: false, reason: "" }), closeMetadata: () => embedded.close() };
+    return {
+      metadata: embedded,
+      describeState: () => ({ store: "embedded", degraded: false, reason: "" }),
+      closeMetadata: () => embedded.close(),
+    };
   }
   // The client and the failover store are made in one tick: the store's listeners must exist before ioredis
   // reports its first connection error.

@@ -157,10 +157,21 @@ export class RedisMetadataStore implements MetadataStore {
   async putTag(upstream: string, repo: string, tag: string, pointer: TagPointer): Promise<void> {
     const k = this.keys(upstream, repo);
     const { digest, mediaType, checkedAt } = pointer;
-    await this.client.eval(PUT_TAG_SCRIPT, 2, k.tag(tag), k.tags, JSON.stringify({ digest, mediaType, checkedAt }), String(checkedAt), this.retentionMs, tag);
+    await this.client.eval(
+      PUT_TAG_SCRIPT,
+      2,
+      k.tag(tag),
+      k.tags,
+      JSON.stringify({ digest, mediaType, checkedAt }),
+      String(checkedAt),
+      this.retentionMs,
+      tag,
+    );
     // The per-upstream repository index lives in another hash slot, so it cannot join the script; it is an
     // index only, pruned by listRepositories when a repository has no tags left.
-    await run(this.client.multi().sadd(this.reposKey(upstream), repo).pexpire(this.reposKey(upstream), this.retentionMs));
+    await run(
+      this.client.multi().sadd(this.reposKey(upstream), repo).pexpire(this.reposKey(upstream), this.retentionMs),
+    );
   }
 
   async listRepositories(upstream: string): Promise<string[]> {
@@ -188,7 +199,18 @@ export class RedisMetadataStore implements MetadataStore {
   async hasLink(upstream: string, repo: string, digest: string): Promise<boolean> {
     const k = this.keys(upstream, repo);
     const refreshAge = Math.ceil(this.retentionMs * LINK_USE_REFRESH_FRACTION);
-    return (await this.client.eval(HAS_LINK_SCRIPT, 2, k.linked, k.oldLinks, digest, Date.now(), this.retentionMs, refreshAge)) === 1;
+    return (
+      (await this.client.eval(
+        HAS_LINK_SCRIPT,
+        2,
+        k.linked,
+        k.oldLinks,
+        digest,
+        Date.now(),
+        this.retentionMs,
+        refreshAge,
+      )) === 1
+    );
   }
 
   async addLinks(upstream: string, repo: string, digests: readonly string[]): Promise<void> {
@@ -355,13 +377,16 @@ export async function checkRedisVersion(client: Pick<Redis, "info">): Promise<vo
   const [major, minor] = MIN_REDIS_VERSION.split(".").map(Number) as [number, number];
   const [, foundMajor, foundMinor] = found.map(Number) as [number, number, number];
   if (foundMajor > major || (foundMajor === major && foundMinor >= minor)) return;
-  throw new Error(`Redis ${found[0].slice("redis_version:".length)} is older than ${MIN_REDIS_VERSION}, which the metadata store needs (PEXPIRE … NX/GT)`);
+  throw new Error(
+    `Redis ${found[0].slice("redis_version:".length)} is older than ${MIN_REDIS_VERSION}, which the metadata store needs (PEXPIRE … NX/GT)`,
+  );
 }
 
 function parsePointer(raw: string): TagPointer | undefined {
   try {
     const value = JSON.parse(raw) as Partial<TagPointer> | null;
-    if (typeof value?.digest !== "string" || typeof value.mediaType !== "string" || typeof value.checkedAt !== "number") return undefined;
+    if (typeof value?.digest !== "string" || typeof value.mediaType !== "string" || typeof value.checkedAt !== "number")
+      return undefined;
     return { digest: value.digest, mediaType: value.mediaType, checkedAt: value.checkedAt };
   } catch {
     return undefined;
@@ -380,7 +405,9 @@ async function run(multi: ChainableCommander): Promise<void> {
  * commands time out after `commandTimeoutMs`, nothing is queued while disconnected, in-flight commands are not
  * retried across reconnects, and reconnection goes on forever with a capped, jittered back-off.
  */
-export function failFastRedisOptions(opts: { commandTimeoutMs?: number; connectTimeoutMs?: number; maxReconnectDelayMs?: number } = {}): RedisOptions {
+export function failFastRedisOptions(
+  opts: { commandTimeoutMs?: number; connectTimeoutMs?: number; maxReconnectDelayMs?: number } = {},
+): RedisOptions {
   const maxDelay = opts.maxReconnectDelayMs ?? 2_000;
   return {
     commandTimeout: timerDelay(opts.commandTimeoutMs ?? 500),

@@ -98,7 +98,12 @@ export class TagJournal {
   private compactDeferredUntil = 0;
   private closing: Promise<void> | undefined;
 
-  private constructor(opts: TagJournalOptions, path: string, handle: FileHandle, loaded: JournalLoadReport & { entries: number; torn: boolean }) {
+  private constructor(
+    opts: TagJournalOptions,
+    path: string,
+    handle: FileHandle,
+    loaded: JournalLoadReport & { entries: number; torn: boolean },
+  ) {
     this.dir = opts.dir;
     this.path = path;
     this.handle = handle;
@@ -214,7 +219,10 @@ export class TagJournal {
   private maybeCompact(): void {
     if (this.compaction || this.closing) return;
     const total = this.entries + this.pendingEntries;
-    const threshold = Math.max(this.compactRatio * Math.max(this.liveEntries(), this.compactMinEntries), this.compactDeferredUntil);
+    const threshold = Math.max(
+      this.compactRatio * Math.max(this.liveEntries(), this.compactMinEntries),
+      this.compactDeferredUntil,
+    );
     if (total > threshold) this.startCompaction();
   }
 
@@ -242,7 +250,7 @@ export class TagJournal {
     // Opened for appending: after the rename this same descriptor is the journal's, with nothing to reopen.
     let out: FileHandle | undefined = await open(temp, "ax");
     try {
-      for (let i = 0; i < lines.length; ) {
+      for (let i = 0; i < lines.length;) {
         let chunk = "";
         while (i < lines.length && chunk.length < WRITE_CHUNK_CHARS) chunk += lines[i++];
         await writeAll(out, chunk);
@@ -264,7 +272,9 @@ export class TagJournal {
         // A background fsync may still be using the old descriptor.
         await this.syncing;
         await old.close().catch(() => undefined);
-        await syncDirectory(this.dir).catch((err: unknown) => this.onError(asError(err, `fsync of ${this.dir} failed`)));
+        await syncDirectory(this.dir).catch((err: unknown) =>
+          this.onError(asError(err, `fsync of ${this.dir} failed`)),
+        );
       });
     } finally {
       this.capture = undefined;
@@ -305,7 +315,8 @@ export function decodeRecord(line: string): JournalRecord | undefined {
   if (!Array.isArray(value)) return undefined;
   if (value[0] === "provenance") {
     const [, upstream, ...digests] = value as unknown[];
-    if (typeof upstream !== "string" || digests.length === 0 || !digests.every((d) => typeof d === "string")) return undefined;
+    if (typeof upstream !== "string" || digests.length === 0 || !digests.every((d) => typeof d === "string"))
+      return undefined;
     return { op: "provenance", upstream, digests };
   }
   const [op, upstream, repo, ...rest] = value as unknown[];
@@ -313,7 +324,8 @@ export function decodeRecord(line: string): JournalRecord | undefined {
   switch (op) {
     case "tag": {
       const [tag, digest, mediaType, checkedAt] = rest;
-      if (rest.length !== 4 || typeof tag !== "string" || typeof digest !== "string" || typeof mediaType !== "string") return undefined;
+      if (rest.length !== 4 || typeof tag !== "string" || typeof digest !== "string" || typeof mediaType !== "string")
+        return undefined;
       if (typeof checkedAt !== "number" || !Number.isFinite(checkedAt)) return undefined;
       return { op, upstream, repo, tag, pointer: { digest, mediaType, checkedAt } };
     }
@@ -322,7 +334,9 @@ export function decodeRecord(line: string): JournalRecord | undefined {
       return rest.length === 1 && typeof tag === "string" ? { op, upstream, repo, tag } : undefined;
     }
     case "link":
-      return rest.length > 0 && rest.every((d) => typeof d === "string") ? { op, upstream, repo, digests: rest } : undefined;
+      return rest.length > 0 && rest.every((d) => typeof d === "string")
+        ? { op, upstream, repo, digests: rest }
+        : undefined;
     case "purge":
       return rest.length === 0 ? { op, upstream, repo } : undefined;
     default:
@@ -335,7 +349,10 @@ function weight(record: JournalRecord): number {
   return record.op === "link" || record.op === "provenance" ? record.digests.length : 1;
 }
 
-async function replay(path: string, apply: (record: JournalRecord) => void): Promise<{ records: number; skipped: number; entries: number; torn: boolean }> {
+async function replay(
+  path: string,
+  apply: (record: JournalRecord) => void,
+): Promise<{ records: number; skipped: number; entries: number; torn: boolean }> {
   const result = { records: 0, skipped: 0, entries: 0, torn: false };
   let handle: FileHandle;
   try {
@@ -350,7 +367,10 @@ async function replay(path: string, apply: (record: JournalRecord) => void): Pro
     const last = Buffer.alloc(1);
     await handle.read(last, 0, 1, size - 1);
     result.torn = last[0] !== 0x0a;
-    const lines = createInterface({ input: handle.createReadStream({ autoClose: false, encoding: "utf8" }), crlfDelay: Infinity });
+    const lines = createInterface({
+      input: handle.createReadStream({ autoClose: false, encoding: "utf8" }),
+      crlfDelay: Infinity,
+    });
     for await (const line of lines) {
       // Empty lines are the fresh starts written after a torn line: not damage.
       if (line === "") continue;
@@ -373,7 +393,7 @@ async function replay(path: string, apply: (record: JournalRecord) => void): Pro
 async function writeAll(handle: FileHandle, text: string): Promise<void> {
   if (text === "") return;
   const bytes = Buffer.from(text, "utf8");
-  for (let offset = 0; offset < bytes.length; ) {
+  for (let offset = 0; offset < bytes.length;) {
     const { bytesWritten } = await handle.write(bytes, offset, bytes.length - offset);
     offset += bytesWritten;
   }

@@ -22,7 +22,15 @@ export type CacheResult = "hit" | "miss" | "coalesced" | "revalidated" | "stale"
  */
 export interface LiveState {
   metadataStore(): { store: string; degraded: boolean };
-  cache: { readonly state: { bytes: number; objects: number; maxSize: number | undefined; writable: boolean; evictionBlocked: string | undefined } };
+  cache: {
+    readonly state: {
+      bytes: number;
+      objects: number;
+      maxSize: number | undefined;
+      writable: boolean;
+      evictionBlocked: string | undefined;
+    };
+  };
   fills: { readonly inFlight: number; readonly readers: number };
   upstreams: ReadonlyArray<{
     readonly name: string;
@@ -98,28 +106,95 @@ export class Metrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
     });
-    this.upstreamUp = new Gauge({ name: "mirror_upstream_up", help: "1 while the upstream is considered healthy, 0 while it is marked down.", labelNames: ["upstream"], registers });
-    this.rateLimitLimit = new Gauge({ name: "mirror_upstream_ratelimit_limit", help: "Latest ratelimit-limit header from the upstream (pulls per window).", labelNames: ["upstream"], registers });
-    this.rateLimitRemaining = new Gauge({ name: "mirror_upstream_ratelimit_remaining", help: "Latest ratelimit-remaining header from the upstream.", labelNames: ["upstream"], registers });
-    this.tokenRequests = new Counter({ name: "mirror_upstream_token_requests_total", help: "Token requests sent to upstream token services.", labelNames: ["upstream", "result"], registers });
-    this.fillsInFlight = new Gauge({ name: "mirror_fills_in_flight", help: "Blob downloads from upstreams in progress.", registers });
-    this.fillReaders = new Gauge({ name: "mirror_fill_readers", help: "Client responses currently reading from in-progress downloads.", registers });
-    this.fills = new Counter({ name: "mirror_fills_total", help: "Blob downloads ended, by result (committed, failed, or uncached: an unknown-size download that outgrew the budget, served verified but not stored).", labelNames: ["upstream", "result"], registers });
+    this.upstreamUp = new Gauge({
+      name: "mirror_upstream_up",
+      help: "1 while the upstream is considered healthy, 0 while it is marked down.",
+      labelNames: ["upstream"],
+      registers,
+    });
+    this.rateLimitLimit = new Gauge({
+      name: "mirror_upstream_ratelimit_limit",
+      help: "Latest ratelimit-limit header from the upstream (pulls per window).",
+      labelNames: ["upstream"],
+      registers,
+    });
+    this.rateLimitRemaining = new Gauge({
+      name: "mirror_upstream_ratelimit_remaining",
+      help: "Latest ratelimit-remaining header from the upstream.",
+      labelNames: ["upstream"],
+      registers,
+    });
+    this.tokenRequests = new Counter({
+      name: "mirror_upstream_token_requests_total",
+      help: "Token requests sent to upstream token services.",
+      labelNames: ["upstream", "result"],
+      registers,
+    });
+    this.fillsInFlight = new Gauge({
+      name: "mirror_fills_in_flight",
+      help: "Blob downloads from upstreams in progress.",
+      registers,
+    });
+    this.fillReaders = new Gauge({
+      name: "mirror_fill_readers",
+      help: "Client responses currently reading from in-progress downloads.",
+      registers,
+    });
+    this.fills = new Counter({
+      name: "mirror_fills_total",
+      help: "Blob downloads ended, by result (committed, failed, or uncached: an unknown-size download that outgrew the budget, served verified but not stored).",
+      labelNames: ["upstream", "result"],
+      registers,
+    });
     this.staleServed = new Counter({
       name: "mirror_stale_served_total",
       help: "Tags answered from a pointer the upstream could not confirm, by reason (the upstream error code).",
       labelNames: ["upstream", "reason"],
       registers,
     });
-    this.metadataStoreUp = new Gauge({ name: "mirror_metadata_store_up", help: "1 while the metadata store answers, 0 while degraded (answering from the embedded fallback).", labelNames: ["store"], registers });
-    this.cacheBytes = new Gauge({ name: "mirror_cache_size_bytes", help: "Bytes of committed content in the cache.", registers });
-    this.cacheObjects = new Gauge({ name: "mirror_cache_objects", help: "Committed objects (blobs and manifests) in the cache.", registers });
-    this.cacheBudgetBytes = new Gauge({ name: "mirror_cache_budget_bytes", help: "storage.maxSize, the cache's budget (absent when unbounded).", registers });
-    this.cacheWritable = new Gauge({ name: "mirror_cache_writable", help: "1 while downloads are cached; 0 in no-space mode (misses streamed uncached).", registers });
-    this.evictionBlocked = new Gauge({ name: "mirror_eviction_blocked", help: "1 while eviction is stopped because what is pinned cannot be told (a damaged pin file, a storage.pinned entry that resolves to nothing): downloads that need eviction are served uncached.", registers });
-    this.evictions = new Counter({ name: "mirror_evictions_total", help: "Objects evicted to keep the cache within its budget and the disk's watermarks.", registers });
+    this.metadataStoreUp = new Gauge({
+      name: "mirror_metadata_store_up",
+      help: "1 while the metadata store answers, 0 while degraded (answering from the embedded fallback).",
+      labelNames: ["store"],
+      registers,
+    });
+    this.cacheBytes = new Gauge({
+      name: "mirror_cache_size_bytes",
+      help: "Bytes of committed content in the cache.",
+      registers,
+    });
+    this.cacheObjects = new Gauge({
+      name: "mirror_cache_objects",
+      help: "Committed objects (blobs and manifests) in the cache.",
+      registers,
+    });
+    this.cacheBudgetBytes = new Gauge({
+      name: "mirror_cache_budget_bytes",
+      help: "storage.maxSize, the cache's budget (absent when unbounded).",
+      registers,
+    });
+    this.cacheWritable = new Gauge({
+      name: "mirror_cache_writable",
+      help: "1 while downloads are cached; 0 in no-space mode (misses streamed uncached).",
+      registers,
+    });
+    this.evictionBlocked = new Gauge({
+      name: "mirror_eviction_blocked",
+      help: "1 while eviction is stopped because what is pinned cannot be told (a damaged pin file, a storage.pinned entry that resolves to nothing): downloads that need eviction are served uncached.",
+      registers,
+    });
+    this.evictions = new Counter({
+      name: "mirror_evictions_total",
+      help: "Objects evicted to keep the cache within its budget and the disk's watermarks.",
+      registers,
+    });
     this.evictedBytes = new Counter({ name: "mirror_evicted_bytes_total", help: "Bytes evicted.", registers });
-    this.uncachedServed = new Counter({ name: "mirror_uncached_blobs_total", help: "Blob misses streamed to a client without caching (no space, or over budget).", labelNames: ["upstream"], registers });
+    this.uncachedServed = new Counter({
+      name: "mirror_uncached_blobs_total",
+      help: "Blob misses streamed to a client without caching (no space, or over budget).",
+      labelNames: ["upstream"],
+      registers,
+    });
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry });
   }
 
@@ -149,7 +224,8 @@ export class Metrics {
       for (const u of live.upstreams) {
         this.upstreamUp.set({ upstream: u.name }, u.health.state === "up" ? 1 : 0);
         if (u.rateLimit?.limit !== undefined) this.rateLimitLimit.set({ upstream: u.name }, u.rateLimit.limit);
-        if (u.rateLimit?.remaining !== undefined) this.rateLimitRemaining.set({ upstream: u.name }, u.rateLimit.remaining);
+        if (u.rateLimit?.remaining !== undefined)
+          this.rateLimitRemaining.set({ upstream: u.name }, u.rateLimit.remaining);
       }
     });
   }

@@ -34,7 +34,10 @@ export function isSha256Digest(value: string): boolean {
 export function assertDigest(value: string): void {
   if (isSha256Digest(value)) return;
   if (isDigestLike(value) && !value.startsWith("sha256:")) {
-    throw new RegistryError("DIGEST_INVALID", `unsupported digest algorithm: ${value.split(":")[0]}; only sha256 is supported`);
+    throw new RegistryError(
+      "DIGEST_INVALID",
+      `unsupported digest algorithm: ${value.split(":")[0]}; only sha256 is supported`,
+    );
   }
   throw new RegistryError("DIGEST_INVALID", `invalid digest: ${JSON.stringify(value.slice(0, 300))}`);
 }

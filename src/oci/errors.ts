@@ -61,6 +61,10 @@ export interface ErrorEnvelope {
 
 export function renderErrors(errors: RegistryError[]): ErrorEnvelope {
   return {
-    errors: errors.map((e) => (e.detail === undefined ? { code: e.code, message: e.message } : { code: e.code, message: e.message, detail: e.detail })),
+    errors: errors.map((e) =>
+      e.detail === undefined
+        ? { code: e.code, message: e.message }
+        : { code: e.code, message: e.message, detail: e.detail },
+    ),
   };
 }

@@ -170,10 +170,13 @@ function descriptorOf(value: unknown): Descriptor | undefined {
   if (v.platform !== undefined) {
     const p = (v.platform !== null && typeof v.platform === "object" ? v.platform : {}) as Record<string, unknown>;
     d.platform = {};
-    for (const key of ["os", "architecture", "variant"] as const) if (typeof p[key] === "string") d.platform[key] = p[key];
+    for (const key of ["os", "architecture", "variant"] as const)
+      if (typeof p[key] === "string") d.platform[key] = p[key];
   }
   if (v.annotations !== null && typeof v.annotations === "object") {
-    d.annotations = Object.fromEntries(Object.entries(v.annotations).filter((e): e is [string, string] => typeof e[1] === "string"));
+    d.annotations = Object.fromEntries(
+      Object.entries(v.annotations).filter((e): e is [string, string] => typeof e[1] === "string"),
+    );
   }
   return d;
 }

@@ -74,7 +74,9 @@ export class AcceptSet {
   }
 
   toString(): string {
-    return this.ranges === undefined ? "*/*" : this.ranges.map((r) => `${r.type}/${r.subtype}${r.q === 1 ? "" : `;q=${r.q}`}`).join(", ");
+    return this.ranges === undefined
+      ? "*/*"
+      : this.ranges.map((r) => `${r.type}/${r.subtype}${r.q === 1 ? "" : `;q=${r.q}`}`).join(", ");
   }
 }
 

@@ -52,15 +52,24 @@ export class AccessPolicy {
   check(who: Identity, upstream: string, repo: string): void {
     const allow = this.upstreamAllow.get(upstream);
     if ((allow && !allow(repo)) || this.upstreamDeny.get(upstream)?.(repo)) {
-      throw new RegistryError("DENIED", `repository ${repo} may not be pulled through upstream ${upstream} on this mirror`);
+      throw new RegistryError(
+        "DENIED",
+        `repository ${repo} may not be pulled through upstream ${upstream} on this mirror`,
+      );
     }
     const subject = who.kind === "anonymous" ? "anonymous" : who.name;
     const rule = this.rules.find(
-      (r) => (r.subjects.has(subject) || r.subjects.has("*")) && (!r.upstreams || r.upstreams.has(upstream)) && (!r.repositories || r.repositories(repo)),
+      (r) =>
+        (r.subjects.has(subject) || r.subjects.has("*")) &&
+        (!r.upstreams || r.upstreams.has(upstream)) &&
+        (!r.repositories || r.repositories(repo)),
     );
     const allowed = rule ? rule.allow : who.kind === "user" || this.anonymous;
     if (allowed) return;
-    if (who.kind === "anonymous") throw new RegistryError("UNAUTHORIZED", "authentication required", { headers: { "WWW-Authenticate": CHALLENGE } });
+    if (who.kind === "anonymous")
+      throw new RegistryError("UNAUTHORIZED", "authentication required", {
+        headers: { "WWW-Authenticate": CHALLENGE },
+      });
     throw new RegistryError("DENIED", `user ${who.name} may not pull ${repo} from ${upstream}`);
   }
 }

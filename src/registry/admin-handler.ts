@@ -60,7 +60,8 @@ export class AdminHandler {
   async import(bundle: AsyncIterable<Buffer>, query: URLSearchParams): Promise<ImportReport> {
     if (!this.importer) throw new RegistryError("UNSUPPORTED", "this mirror cannot import bundles", { status: 404 });
     const pin = query.get("pin");
-    if (pin !== null && !["true", "false", "1", "0"].includes(pin)) throw new RegistryError("UNSUPPORTED", "pin must be true or false", { status: 400 });
+    if (pin !== null && !["true", "false", "1", "0"].includes(pin))
+      throw new RegistryError("UNSUPPORTED", "pin must be true or false", { status: 400 });
     return this.importer.import(bundle, { pin: pin === "true" || pin === "1" });
   }
 
@@ -77,7 +78,11 @@ export class AdminHandler {
 
   async refresh(body: unknown): Promise<{ refreshed: TagTarget; digest: string; mediaType: string; source: string }> {
     const target = this.parse(body, true);
-    const { manifest, source } = await this.manifests.refresh(this.upstreams.get(target.upstream)!, target.repository, target.tag!);
+    const { manifest, source } = await this.manifests.refresh(
+      this.upstreams.get(target.upstream)!,
+      target.repository,
+      target.tag!,
+    );
     return { refreshed: target, digest: manifest.digest, mediaType: manifest.mediaType, source };
   }
 
@@ -86,7 +91,9 @@ export class AdminHandler {
     return { bytes: s.bytes, objects: s.objects, maxSize: s.maxSize ?? null, writable: s.writable };
   }
 
-  async repositories(query: URLSearchParams): Promise<{ repositories: Array<{ upstream: string; repository: string; tags: number }> }> {
+  async repositories(
+    query: URLSearchParams,
+  ): Promise<{ repositories: Array<{ upstream: string; repository: string; tags: number }> }> {
     const only = query.get("upstream");
     if (only !== null) this.upstream(only);
     const out: Array<{ upstream: string; repository: string; tags: number }> = [];
@@ -98,7 +105,16 @@ export class AdminHandler {
     return { repositories: out };
   }
 
-  async tags(query: URLSearchParams): Promise<{ tags: Array<{ tag: string; digest: string; mediaType: string; checkedAt: string; cached: boolean; size: number | null }> }> {
+  async tags(query: URLSearchParams): Promise<{
+    tags: Array<{
+      tag: string;
+      digest: string;
+      mediaType: string;
+      checkedAt: string;
+      cached: boolean;
+      size: number | null;
+    }>;
+  }> {
     const upstream = this.upstream(query.get("upstream") ?? "").name;
     const repository = query.get("repository") ?? "";
     assertName(repository);
@@ -107,7 +123,14 @@ export class AdminHandler {
       const p = await this.metadata.getTag(upstream, repository, tag);
       if (!p) continue;
       const size = this.store.index.sizeOf(p.digest);
-      out.push({ tag, digest: p.digest, mediaType: p.mediaType, checkedAt: new Date(p.checkedAt).toISOString(), cached: size !== undefined, size: size ?? null });
+      out.push({
+        tag,
+        digest: p.digest,
+        mediaType: p.mediaType,
+        checkedAt: new Date(p.checkedAt).toISOString(),
+        cached: size !== undefined,
+        size: size ?? null,
+      });
     }
     return { tags: out };
   }
@@ -134,10 +157,16 @@ export class AdminHandler {
   /** `{"reference": "docker.io/library/alpine:3.20", "platforms": ["linux/amd64"]}` (platforms optional). */
   prefetch(body: unknown): JobStatus {
     const b = (body ?? {}) as { reference?: unknown; platforms?: unknown };
-    if (typeof b.reference !== "string") throw new RegistryError("NAME_INVALID", "reference is required, e.g. docker.io/library/alpine:3.20");
+    if (typeof b.reference !== "string")
+      throw new RegistryError("NAME_INVALID", "reference is required, e.g. docker.io/library/alpine:3.20");
     const platforms = b.platforms === undefined ? [] : b.platforms;
-    if (!Array.isArray(platforms) || !platforms.every((p) => typeof p === "string" && /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/.test(p))) {
-      throw new RegistryError("UNSUPPORTED", "platforms must be a list like [\"linux/amd64\", \"linux/arm64/v8\"]", { status: 400 });
+    if (
+      !Array.isArray(platforms) ||
+      !platforms.every((p) => typeof p === "string" && /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/.test(p))
+    ) {
+      throw new RegistryError("UNSUPPORTED", 'platforms must be a list like ["linux/amd64", "linux/arm64/v8"]', {
+        status: 400,
+      });
     }
     const { upstream, repository, reference } = this.resolver.reference(b.reference, { requireUpstream: true });
     return this.prefetcher.start({ upstream, repository, reference, platforms: platforms as string[] });
@@ -151,7 +180,11 @@ export class AdminHandler {
 
   private upstream(name: string): UpstreamClient {
     const upstream = this.upstreams.get(name);
-    if (!upstream) throw new RegistryError("NAME_UNKNOWN", `upstream must name a configured upstream (${[...this.upstreams.keys()].join(", ")})`);
+    if (!upstream)
+      throw new RegistryError(
+        "NAME_UNKNOWN",
+        `upstream must name a configured upstream (${[...this.upstreams.keys()].join(", ")})`,
+      );
     return upstream;
   }
 
@@ -160,9 +193,11 @@ export class AdminHandler {
     const upstream = this.upstream(typeof b.upstream === "string" ? b.upstream : "").name;
     const repository = typeof b.repository === "string" ? b.repository : undefined;
     const tag = typeof b.tag === "string" ? b.tag : undefined;
-    if (repository === undefined) throw new RegistryError("NAME_INVALID", "repository is required, as the upstream names it (e.g. library/alpine)");
+    if (repository === undefined)
+      throw new RegistryError("NAME_INVALID", "repository is required, as the upstream names it (e.g. library/alpine)");
     assertName(repository);
-    if (tag !== undefined && !isValidTag(tag)) throw new RegistryError("TAG_INVALID", `invalid tag: ${JSON.stringify(tag.slice(0, 200))}`);
+    if (tag !== undefined && !isValidTag(tag))
+      throw new RegistryError("TAG_INVALID", `invalid tag: ${JSON.stringify(tag.slice(0, 200))}`);
     if (tagRequired && tag === undefined) throw new RegistryError("TAG_INVALID", "tag is required");
     return { upstream, repository, tag };
   }

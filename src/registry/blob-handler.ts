@@ -13,7 +13,12 @@ export class BlobHandler {
     this.cache = cache;
   }
 
-  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository<UpstreamClient>; digest: string; range: ByteRangeSpec | undefined }): Promise<RegistryResponse> {
+  async handle(req: {
+    method: "GET" | "HEAD";
+    target: ResolvedRepository<UpstreamClient>;
+    digest: string;
+    range: ByteRangeSpec | undefined;
+  }): Promise<RegistryResponse> {
     const { upstream, repo } = req.target;
     if (req.method === "HEAD") {
       const { size, result } = await this.cache.head(upstream, repo, req.digest);

@@ -14,13 +14,22 @@ export class ManifestHandler {
     this.cache = cache;
   }
 
-  async handle(req: { method: "GET" | "HEAD"; target: ResolvedRepository<UpstreamClient>; reference: ManifestReference; accept: AcceptSet }): Promise<RegistryResponse> {
+  async handle(req: {
+    method: "GET" | "HEAD";
+    target: ResolvedRepository<UpstreamClient>;
+    reference: ManifestReference;
+    accept: AcceptSet;
+  }): Promise<RegistryResponse> {
     const { manifest, source } = await this.cache.get(req.target.upstream, req.target.repo, req.reference);
     // The mirror asks upstreams for every manifest type; it must still never send a type the client excluded.
     if (!req.accept.accepts(manifest.mediaType)) {
-      throw new RegistryError("MANIFEST_UNKNOWN", `the manifest is ${manifest.mediaType}, which the request's Accept header does not allow`, {
-        detail: { mediaType: manifest.mediaType, accept: req.accept.toString() },
-      });
+      throw new RegistryError(
+        "MANIFEST_UNKNOWN",
+        `the manifest is ${manifest.mediaType}, which the request's Accept header does not allow`,
+        {
+          detail: { mediaType: manifest.mediaType, accept: req.accept.toString() },
+        },
+      );
     }
     return {
       status: 200,

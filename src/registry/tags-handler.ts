@@ -19,10 +19,17 @@ export class TagsHandler {
   }
 
   /** `clientName` is the name as the client wrote it, so pagination links lead back through this mirror. */
-  async handle(req: { target: ResolvedRepository<UpstreamClient>; clientName: string; n: string | undefined; last: string | undefined; ns: string | undefined }): Promise<RegistryResponse> {
+  async handle(req: {
+    target: ResolvedRepository<UpstreamClient>;
+    clientName: string;
+    n: string | undefined;
+    last: string | undefined;
+    ns: string | undefined;
+  }): Promise<RegistryResponse> {
     const params = new URLSearchParams();
     if (req.n !== undefined) {
-      if (!/^\d{1,6}$/.test(req.n)) throw new RegistryError("UNSUPPORTED", "n must be a non-negative integer", { status: 400 });
+      if (!/^\d{1,6}$/.test(req.n))
+        throw new RegistryError("UNSUPPORTED", "n must be a non-negative integer", { status: 400 });
       params.set("n", req.n);
     }
     if (req.last !== undefined) {
@@ -33,11 +40,17 @@ export class TagsHandler {
     const { upstream, repo } = req.target;
     const result = await upstream.getTags(repo, query, this.maxBytes);
     const body = Buffer.from(JSON.stringify({ name: repo, tags: result.tags }));
-    const headers: Record<string, string> = { "Content-Type": "application/json", "Content-Length": String(body.length) };
+    const headers: Record<string, string> = {
+      "Content-Type": "application/json",
+      "Content-Length": String(body.length),
+    };
     const link = result.link !== undefined ? rewriteLink(result.link, req.clientName, req.ns) : undefined;
     if (link === null) {
       // The upstream's header, not the client's request, is at fault: answer the page we have, without a next one.
-      this.log.warn({ upstream: upstream.name, repo, link: result.link?.slice(0, 500) }, "upstream sent a malformed Link header on tags/list; treated as absent");
+      this.log.warn(
+        { upstream: upstream.name, repo, link: result.link?.slice(0, 500) },
+        "upstream sent a malformed Link header on tags/list; treated as absent",
+      );
     } else if (link !== undefined) headers.Link = link;
     return { status: 200, headers, body };
   }

@@ -24,7 +24,14 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { digestHex } from "../oci/digest.ts";
 import { CacheIndex } from "./cache-index.ts";
-import { ContentMismatchError, type ContentStore, type ContentWriter, type StoredContent, type WriteReservation, type WriterOptions } from "./content-store.ts";
+import {
+  ContentMismatchError,
+  type ContentStore,
+  type ContentWriter,
+  type StoredContent,
+  type WriteReservation,
+  type WriterOptions,
+} from "./content-store.ts";
 import { BufferPool, FileHandleRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
 
@@ -75,7 +82,9 @@ export class BlobStore implements ContentStore {
    */
   async scan(): Promise<Array<{ digest: string; size: number; lastAccess: number }>> {
     const found: Array<{ digest: string; size: number; lastAccess: number }> = [];
-    const shards = readdirSync(this.blobsDir, { withFileTypes: true }).filter((d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name));
+    const shards = readdirSync(this.blobsDir, { withFileTypes: true }).filter(
+      (d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name),
+    );
     for (const shard of shards) {
       const dir = join(this.blobsDir, shard.name);
       for (const file of readdirSync(dir, { withFileTypes: true })) {
@@ -163,8 +172,18 @@ export class BlobStore implements ContentStore {
     const path = join(this.tempDir, `${digestHex(digest)}.${randomBytes(6).toString("hex")}`);
     const handle = await open(path, "wx+");
     try {
-      const hash = opts.expectedSize !== undefined && opts.expectedSize < WORKER_HASH_FROM ? inlineHash() : workerHash(this.hasher, path);
-      return new FileWriter(this, { digest, path, handle, hash, expectedSize: opts.expectedSize, reservation: opts.reservation });
+      const hash =
+        opts.expectedSize !== undefined && opts.expectedSize < WORKER_HASH_FROM
+          ? inlineHash()
+          : workerHash(this.hasher, path);
+      return new FileWriter(this, {
+        digest,
+        path,
+        handle,
+        hash,
+        expectedSize: opts.expectedSize,
+        reservation: opts.reservation,
+      });
     } catch (err) {
       await handle.close();
       await rm(path, { force: true });
@@ -240,7 +259,12 @@ function inlineHash(): WriteHash {
 
 function workerHash(hasher: FileHasher, path: string): WriteHash {
   const hash = hasher.open(path);
-  return { update: () => undefined, extend: (written) => hash.extend(written), finish: (size) => hash.finish(size), abort: () => hash.abort() };
+  return {
+    update: () => undefined,
+    extend: (written) => hash.extend(written),
+    finish: (size) => hash.finish(size),
+    abort: () => hash.abort(),
+  };
 }
 
 /**
@@ -265,7 +289,14 @@ class FileWriter implements ContentWriter {
 
   constructor(
     store: BlobStore,
-    opts: { digest: string; path: string; handle: FileHandle; hash: WriteHash; expectedSize: number | undefined; reservation: WriteReservation | undefined },
+    opts: {
+      digest: string;
+      path: string;
+      handle: FileHandle;
+      hash: WriteHash;
+      expectedSize: number | undefined;
+      reservation: WriteReservation | undefined;
+    },
   ) {
     this.store = store;
     this.digest = opts.digest;
@@ -281,7 +312,8 @@ class FileWriter implements ContentWriter {
   }
 
   async write(chunks: readonly Uint8Array[]): Promise<void> {
-    if (this.outcome !== "writing" || this.verification !== undefined) throw new Error(`the write of ${this.digest} is finished: nothing more can be written`);
+    if (this.outcome !== "writing" || this.verification !== undefined)
+      throw new Error(`the write of ${this.digest} is finished: nothing more can be written`);
     let total = 0;
     for (const chunk of chunks) total += chunk.length;
     this.hash.update(chunks);
@@ -312,7 +344,12 @@ class FileWriter implements ContentWriter {
       }
       // The hash catches up (worker) while the last background flush finishes.
       const [actual] = await Promise.all([this.hash.finish(this.bytes), this.syncing]);
-      if (actual !== this.digest) throw new ContentMismatchError(this.digest, { size: this.bytes, expectedSize: this.expectedSize, actualDigest: actual });
+      if (actual !== this.digest)
+        throw new ContentMismatchError(this.digest, {
+          size: this.bytes,
+          expectedSize: this.expectedSize,
+          actualDigest: actual,
+        });
     } catch (err) {
       await this.abort();
       throw err;
@@ -330,7 +367,10 @@ class FileWriter implements ContentWriter {
     try {
       await this.handle.sync();
       const onDisk = (await this.handle.stat()).size;
-      if (onDisk !== this.bytes) throw new Error(`temp file for ${this.digest} holds ${onDisk} bytes, not the ${this.bytes} that were verified: not committed`);
+      if (onDisk !== this.bytes)
+        throw new Error(
+          `temp file for ${this.digest} holds ${onDisk} bytes, not the ${this.bytes} that were verified: not committed`,
+        );
       const finalPath = this.store.pathOf(this.digest);
       await mkdir(join(finalPath, ".."), { recursive: true });
       await rename(this.path, finalPath);
@@ -394,14 +434,19 @@ export async function writeAt(handle: FileHandle, chunks: readonly Uint8Array[],
 }
 
 /** Continues a write of `chunks` at `position` of which the first `done` bytes are stored. */
-async function writeRest(handle: FileHandle, chunks: readonly Uint8Array[], position: number, done: number): Promise<void> {
+async function writeRest(
+  handle: FileHandle,
+  chunks: readonly Uint8Array[],
+  position: number,
+  done: number,
+): Promise<void> {
   let skip = done;
   for (const chunk of chunks) {
     if (skip >= chunk.length) {
       skip -= chunk.length;
       continue;
     }
-    for (let offset = skip; offset < chunk.length; ) {
+    for (let offset = skip; offset < chunk.length;) {
       const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, position + done);
       if (bytesWritten === 0) throw new Error(`no byte could be written at offset ${position + done}`);
       offset += bytesWritten;

@@ -34,7 +34,10 @@ export class CacheIndex {
     this.touchIntervalMs = opts.touchIntervalMs ?? 10 * 60_000;
     this.now = opts.now ?? Date.now;
     // No bound: the index must hold every committed object (≈100 bytes each), or it could not account for them.
-    this.entries = new LRUCache<string, Entry>({ maxSize: Number.MAX_SAFE_INTEGER, sizeCalculation: (e) => Math.max(1, e.size) });
+    this.entries = new LRUCache<string, Entry>({
+      maxSize: Number.MAX_SAFE_INTEGER,
+      sizeCalculation: (e) => Math.max(1, e.size),
+    });
   }
 
   /** Rebuilds the index from a scan of the store, oldest access first, so recency order is restored. */

@@ -33,8 +33,13 @@ export class DataDirLockedError extends Error {
   readonly path: string;
   readonly owner: Partial<LockOwner>;
   constructor(path: string, owner: Partial<LockOwner>) {
-    const who = owner.pid !== undefined ? `process ${owner.pid}${owner.hostname && owner.hostname !== hostname() ? ` on ${owner.hostname}` : ""} (${owner.purpose ?? "unknown"}, since ${owner.since ?? "?"})` : "another process";
-    super(`the data directory is in use by ${who}: ${path} exists. Stop that process first; if it is not running, delete the lock file.`);
+    const who =
+      owner.pid !== undefined
+        ? `process ${owner.pid}${owner.hostname && owner.hostname !== hostname() ? ` on ${owner.hostname}` : ""} (${owner.purpose ?? "unknown"}, since ${owner.since ?? "?"})`
+        : "another process";
+    super(
+      `the data directory is in use by ${who}: ${path} exists. Stop that process first; if it is not running, delete the lock file.`,
+    );
     this.name = "DataDirLockedError";
     this.path = path;
     this.owner = owner;
@@ -58,7 +63,14 @@ export class DataDirLock {
   static async acquire(dir: string, purpose: string): Promise<DataDirLock> {
     await mkdir(dir, { recursive: true });
     const path = join(dir, LOCK_FILE);
-    const owner: LockOwner = { pid: process.pid, hostname: hostname(), startTime: processStartTime(process.pid), purpose, since: new Date().toISOString(), token: randomBytes(12).toString("hex") };
+    const owner: LockOwner = {
+      pid: process.pid,
+      hostname: hostname(),
+      startTime: processStartTime(process.pid),
+      purpose,
+      since: new Date().toISOString(),
+      token: randomBytes(12).toString("hex"),
+    };
     // Two rounds: a stale lock is broken once, then the O_EXCL create decides between any racing processes.
     for (let attempt = 0; attempt < 2; attempt++) {
       try {

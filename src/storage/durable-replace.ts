@@ -12,7 +12,11 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
-export async function replaceFileDurably(path: string, data: string | Uint8Array, opts: { tempDir?: string } = {}): Promise<void> {
+export async function replaceFileDurably(
+  path: string,
+  data: string | Uint8Array,
+  opts: { tempDir?: string } = {},
+): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true });
   const temp = join(opts.tempDir ?? dir, `${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);

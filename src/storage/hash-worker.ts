@@ -194,4 +194,5 @@ function runWorker(port: NonNullable<typeof parentPort>): void {
   });
 }
 
-if (!isMainThread && parentPort && (workerData as { role?: unknown } | undefined)?.role === WORKER_ROLE) runWorker(parentPort);
+if (!isMainThread && parentPort && (workerData as { role?: unknown } | undefined)?.role === WORKER_ROLE)
+  runWorker(parentPort);

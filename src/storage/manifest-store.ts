@@ -41,7 +41,10 @@ export class ManifestStore {
   constructor(blobs: BlobStore, opts: { memoryBytes?: number } = {}) {
     this.blobs = blobs;
     this.metaDir = join(blobs.root, "manifests", "sha256");
-    this.memory = new LRUCache({ maxSize: opts.memoryBytes ?? 64 * 1024 * 1024, sizeCalculation: (m) => m.bytes.length + 256 });
+    this.memory = new LRUCache({
+      maxSize: opts.memoryBytes ?? 64 * 1024 * 1024,
+      sizeCalculation: (m) => m.bytes.length + 256,
+    });
   }
 
   async init(): Promise<void> {
@@ -58,7 +61,11 @@ export class ManifestStore {
     if (actual !== digest) throw new Error(`manifest bytes hash to ${actual}, not ${digest}`);
     if ((await this.blobs.size(digest)) !== bytes.length) await putContent(this.blobs, digest, bytes);
     // Its temp file goes where the store's do, so one a crash leaves behind is swept at the next start.
-    await replaceFileDurably(this.metaPath(digest), JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar), { tempDir: this.blobs.tempDir });
+    await replaceFileDurably(
+      this.metaPath(digest),
+      JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar),
+      { tempDir: this.blobs.tempDir },
+    );
     this.memory.set(digest, { digest, mediaType, bytes });
   }
 

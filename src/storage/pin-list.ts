@@ -38,7 +38,9 @@ interface PinFile {
 /** A pin file exists but cannot be read or parsed: what it pins is unknown. */
 export class PinFileDamagedError extends Error {
   constructor(path: string, reason: string) {
-    super(`pin file ${path} is damaged (${reason}): what it pins is unknown, so nothing is evicted until it is repaired`);
+    super(
+      `pin file ${path} is damaged (${reason}): what it pins is unknown, so nothing is evicted until it is repaired`,
+    );
   }
 }
 
@@ -116,7 +118,11 @@ export class PinList {
       const after = [...pins.values()].sort((a, b) => a.reference.localeCompare(b.reference));
       const read = new Set(current);
       const unchanged = after.length === current.length && after.every((p) => read.has(p)); // the same entries, untouched
-      if (!unchanged) await replaceFileDurably(this.path, `${JSON.stringify({ version: 1, pins: after } satisfies PinFile, null, 2)}\n`);
+      if (!unchanged)
+        await replaceFileDurably(
+          this.path,
+          `${JSON.stringify({ version: 1, pins: after } satisfies PinFile, null, 2)}\n`,
+        );
       return result;
     });
     this.writing = run.catch(() => undefined);

@@ -86,7 +86,10 @@ export class Exporter {
    * Resolves every reference (fetching manifests through the cache) and decides what the bundle holds.
    * `exclude`: digest → size of blobs the destination already has (from its inventory).
    */
-  async plan(references: readonly string[], opts: { platforms?: readonly string[]; exclude?: ReadonlyMap<string, number>; onManifest?: () => void } = {}): Promise<ExportPlan> {
+  async plan(
+    references: readonly string[],
+    opts: { platforms?: readonly string[]; exclude?: ReadonlyMap<string, number>; onManifest?: () => void } = {},
+  ): Promise<ExportPlan> {
     const platforms = opts.platforms ?? [];
     const images: ExportedImage[] = [];
     const seen = new Set<string>();
@@ -96,7 +99,14 @@ export class Exporter {
       seen.add(reference.canonical);
       let walked;
       try {
-        walked = await walkImage(this.manifests, reference.upstream, reference.repository, reference.reference, platforms, opts.onManifest);
+        walked = await walkImage(
+          this.manifests,
+          reference.upstream,
+          reference.repository,
+          reference.reference,
+          platforms,
+          opts.onManifest,
+        );
       } catch (err) {
         throw new Error(`${reference.canonical}: ${(err as Error).message}`, { cause: err });
       }
@@ -108,18 +118,32 @@ export class Exporter {
       images.push({ reference, top, children, images: included, blobs });
     }
     const manifests = new Map<string, StoredManifest>();
-    for (const image of images) for (const m of [image.top, ...image.children]) if (!manifests.has(m.digest)) manifests.set(m.digest, m);
+    for (const image of images)
+      for (const m of [image.top, ...image.children]) if (!manifests.has(m.digest)) manifests.set(m.digest, m);
     const blobs = new Map<string, PlannedBlob>();
     const excluded = new Map<string, number>();
     for (const image of images) {
       for (const [digest, d] of image.blobs) {
         if (blobs.has(digest) || excluded.has(digest)) continue;
-        if (typeof d.size !== "number" || !Number.isSafeInteger(d.size) || d.size < 0) throw new Error(`${image.reference.canonical}: descriptor of ${digest} has no valid size`);
+        if (typeof d.size !== "number" || !Number.isSafeInteger(d.size) || d.size < 0)
+          throw new Error(`${image.reference.canonical}: descriptor of ${digest} has no valid size`);
         if (opts.exclude?.get(digest) === d.size) excluded.set(digest, d.size);
-        else blobs.set(digest, { digest, size: d.size, upstream: image.reference.upstream, repository: image.reference.repository });
+        else
+          blobs.set(digest, {
+            digest,
+            size: d.size,
+            upstream: image.reference.upstream,
+            repository: image.reference.repository,
+          });
       }
     }
-    return { images, platforms, manifests: [...manifests.values()], blobs: [...blobs.values()], excluded: [...excluded].map(([digest, size]) => ({ digest, size })) };
+    return {
+      images,
+      platforms,
+      manifests: [...manifests.values()],
+      blobs: [...blobs.values()],
+      excluded: [...excluded].map(([digest, size]) => ({ digest, size })),
+    };
   }
 
   /** What writing the plan will put in the bundle (items and bytes), for progress. */
@@ -133,7 +157,10 @@ export class Exporter {
    * an error) on anything that would make the bundle wrong: a blob that cannot be fetched, or content that does
    * not match its digest or size. Stopping the iteration early releases every blob prepared ahead.
    */
-  async *write(plan: ExportPlan, opts: { progress?: ExportProgress; onProgress?: (p: ExportProgress) => void } = {}): AsyncGenerator<Buffer> {
+  async *write(
+    plan: ExportPlan,
+    opts: { progress?: ExportProgress; onProgress?: (p: ExportProgress) => void } = {},
+  ): AsyncGenerator<Buffer> {
     const progress = opts.progress ?? this.totals(plan);
     const report = () => opts.onProgress?.(progress);
     const mtime = Math.floor(Date.now() / 1000);
@@ -173,15 +200,20 @@ export class Exporter {
           let written = 0;
           for await (const chunk of source.chunks()) {
             written += chunk.length;
-            if (written > blob.size) throw new Error(`${blob.digest} is larger than its descriptor says (${blob.size} bytes)`);
+            if (written > blob.size)
+              throw new Error(`${blob.digest} is larger than its descriptor says (${blob.size} bytes)`);
             hash.update(chunk);
             yield chunk;
             progress.bytes.done += chunk.length;
             report();
           }
           const actual = `sha256:${hash.digest("hex")}`;
-          if (written !== blob.size) throw new Error(`${blob.digest}: ${written} bytes, but its descriptor says ${blob.size}`);
-          if (actual !== blob.digest) throw new Error(`${blob.digest}: the cached content hashes to ${actual} (damaged on disk? delete it with DELETE /admin/v1/blobs/${blob.digest})`);
+          if (written !== blob.size)
+            throw new Error(`${blob.digest}: ${written} bytes, but its descriptor says ${blob.size}`);
+          if (actual !== blob.digest)
+            throw new Error(
+              `${blob.digest}: the cached content hashes to ${actual} (damaged on disk? delete it with DELETE /admin/v1/blobs/${blob.digest})`,
+            );
           yield padding(blob.size);
           progress.items.done++;
           report();
@@ -192,7 +224,11 @@ export class Exporter {
       yield endOfArchive();
     } finally {
       // Sources prepared beyond the point reached (an error, or the consumer stopped) still hold handles or bodies.
-      for (const p of prepared.slice(next + 1)) void p.then((s) => s.close(), () => undefined);
+      for (const p of prepared.slice(next + 1))
+        void p.then(
+          (s) => s.close(),
+          () => undefined,
+        );
     }
   }
 

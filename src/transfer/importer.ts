@@ -20,7 +20,12 @@
  * Every refused entry is reported by name with the reason.
  */
 import type { Logger } from "pino";
-import { ContentMismatchError, type ContentStore, type ContentWriter, type WriteReservation } from "../storage/content-store.ts";
+import {
+  ContentMismatchError,
+  type ContentStore,
+  type ContentWriter,
+  type WriteReservation,
+} from "../storage/content-store.ts";
 import { UpstreamResolver, type ImageReference, type RoutedUpstream } from "../config/upstream-resolver.ts";
 import { walkManifests } from "../cache/image-walker.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
@@ -29,7 +34,15 @@ import type { PinEntry, PinList } from "../storage/pin-list.ts";
 import { imageBlobs, indexEntries, parseManifest, type Descriptor } from "../oci/manifest.ts";
 import { MediaType } from "../oci/media-types.ts";
 import { digestOf, isSha256Digest } from "../oci/digest.ts";
-import { blobDigestOf, CONTAINERD_NAME_ANNOTATION, entryName, INDEX_FILE, LAYOUT_FILE, REF_NAME_ANNOTATION, REFERENCE_ANNOTATION } from "./bundle-layout.ts";
+import {
+  blobDigestOf,
+  CONTAINERD_NAME_ANNOTATION,
+  entryName,
+  INDEX_FILE,
+  LAYOUT_FILE,
+  REF_NAME_ANNOTATION,
+  REFERENCE_ANNOTATION,
+} from "./bundle-layout.ts";
 import { TarReader, type TarEntry } from "./tar-reader.ts";
 
 export interface ImportedImage {
@@ -112,11 +125,21 @@ export class Importer {
     this.resolver = new UpstreamResolver(opts.upstreams);
   }
 
-  async import(source: AsyncIterable<Buffer | Uint8Array | string>, opts: { pin?: boolean; onProgress?: (p: ImportProgress) => void } = {}): Promise<ImportReport> {
+  async import(
+    source: AsyncIterable<Buffer | Uint8Array | string>,
+    opts: { pin?: boolean; onProgress?: (p: ImportProgress) => void } = {},
+  ): Promise<ImportReport> {
     const run = new ImportRun(this.opts, this.resolver, opts.pin === true, opts.onProgress);
     const report = await run.execute(source);
     this.opts.log.info(
-      { images: report.images.length, imported: report.images.filter((i) => i.status === "imported").length, refused: report.refused.length, blobsAdded: report.blobs.added, bytes: report.blobs.bytes, error: report.error },
+      {
+        images: report.images.length,
+        imported: report.images.filter((i) => i.status === "imported").length,
+        refused: report.refused.length,
+        blobsAdded: report.blobs.added,
+        bytes: report.blobs.bytes,
+        error: report.error,
+      },
       "bundle imported",
     );
     return report;
@@ -137,10 +160,21 @@ class ImportRun {
   private tops: Top[] = [];
   private sawIndex = false;
   private pinsBefore: Map<string, PinEntry | undefined> | undefined;
-  private readonly report: ImportReport = { ok: false, images: [], manifests: { added: 0, present: 0 }, blobs: { added: 0, present: 0, bytes: 0 }, refused: [] };
+  private readonly report: ImportReport = {
+    ok: false,
+    images: [],
+    manifests: { added: 0, present: 0 },
+    blobs: { added: 0, present: 0, bytes: 0 },
+    refused: [],
+  };
   private readonly progress: ImportProgress = { bytesRead: 0, entries: 0, bytesAdded: 0 };
 
-  constructor(o: ImporterOptions, resolver: UpstreamResolver, pin: boolean, onProgress: ((p: ImportProgress) => void) | undefined) {
+  constructor(
+    o: ImporterOptions,
+    resolver: UpstreamResolver,
+    pin: boolean,
+    onProgress: ((p: ImportProgress) => void) | undefined,
+  ) {
     this.o = o;
     this.resolver = resolver;
     this.pin = pin;
@@ -162,14 +196,20 @@ class ImportRun {
     } catch (err) {
       this.report.error = (err as Error).message;
       // The entry being read when the bundle broke off (or could not be stored) is refused, by name.
-      if (current !== undefined && !this.report.refused.some((r) => r.entry === current)) this.refuse(current, blobDigestOf(current), this.report.error);
+      if (current !== undefined && !this.report.refused.some((r) => r.entry === current))
+        this.refuse(current, blobDigestOf(current), this.report.error);
     }
     try {
-      if (!this.sawIndex && this.report.error === undefined) this.report.error = `the bundle has no ${INDEX_FILE}: it is not an OCI image layout`;
+      if (!this.sawIndex && this.report.error === undefined)
+        this.report.error = `the bundle has no ${INDEX_FILE}: it is not an OCI image layout`;
       await this.resolvePending();
       for (const [digest, writer] of this.pending) {
         await writer.close();
-        this.refuse(`blobs/${digest.replace(":", "/")}`, digest, "not referenced by index.json or by any verified manifest in the bundle");
+        this.refuse(
+          `blobs/${digest.replace(":", "/")}`,
+          digest,
+          "not referenced by index.json or by any verified manifest in the bundle",
+        );
       }
       this.pending.clear();
       for (const top of this.tops) this.report.images.push(await this.finish(top));
@@ -213,7 +253,8 @@ class ImportRun {
     } catch {
       version = undefined;
     }
-    if (typeof version !== "string" || !version.startsWith("1.")) throw new Error(`${LAYOUT_FILE} names layout version ${JSON.stringify(version)}; only 1.x is understood`);
+    if (typeof version !== "string" || !version.startsWith("1."))
+      throw new Error(`${LAYOUT_FILE} names layout version ${JSON.stringify(version)}; only 1.x is understood`);
   }
 
   private async indexFile(entry: TarEntry): Promise<void> {
@@ -223,7 +264,11 @@ class ImportRun {
     if (entries === undefined) throw new Error(`${INDEX_FILE} is not an image index`);
     for (const d of entries) {
       if (d === undefined || !isSha256Digest(d.digest) || d.size === undefined) {
-        this.tops.push({ descriptor: { digest: String(d?.digest) }, reference: undefined, problem: "descriptor without a sha256 digest and a size" });
+        this.tops.push({
+          descriptor: { digest: String(d?.digest) },
+          reference: undefined,
+          problem: "descriptor without a sha256 digest and a size",
+        });
         continue;
       }
       const top: Top = { descriptor: d, reference: undefined, problem: undefined };
@@ -237,7 +282,9 @@ class ImportRun {
     }
     if (this.pin) {
       // Pinned before any content arrives: a budget sweep during a long import must not evict its first images.
-      const entries = this.tops.filter((t) => t.reference !== undefined).map((t) => ({ reference: t.reference!.canonical, digest: t.descriptor.digest }));
+      const entries = this.tops
+        .filter((t) => t.reference !== undefined)
+        .map((t) => ({ reference: t.reference!.canonical, digest: t.descriptor.digest }));
       if (entries.length > 0) this.pinsBefore = await this.o.pins.set(entries);
     }
     await this.resolvePending();
@@ -250,15 +297,23 @@ class ImportRun {
   private referenceOf(d: Descriptor): ImageReference {
     const a = d.annotations ?? {};
     const text = a[REFERENCE_ANNOTATION] ?? a[CONTAINERD_NAME_ANNOTATION] ?? a[REF_NAME_ANNOTATION];
-    if (text === undefined) throw new Error(`no ${REFERENCE_ANNOTATION} or ${REF_NAME_ANNOTATION} annotation: the image has no name to import it under`);
+    if (text === undefined)
+      throw new Error(
+        `no ${REFERENCE_ANNOTATION} or ${REF_NAME_ANNOTATION} annotation: the image has no name to import it under`,
+      );
     const ref = this.resolver.reference(text, { requireUpstream: true });
-    if (ref.reference.kind === "digest" && ref.reference.digest !== d.digest) throw new Error(`${ref.canonical} names another digest than its descriptor (${d.digest})`);
+    if (ref.reference.kind === "digest" && ref.reference.digest !== d.digest)
+      throw new Error(`${ref.canonical} names another digest than its descriptor (${d.digest})`);
     return ref;
   }
 
   private async manifestEntry(name: string, digest: string, entry: TarEntry, declared: Declared): Promise<void> {
     if (entry.size > this.o.manifestMaxBytes) {
-      this.refuse(name, digest, `a manifest of ${entry.size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`);
+      this.refuse(
+        name,
+        digest,
+        `a manifest of ${entry.size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`,
+      );
       return;
     }
     const bytes = await readAll(entry, this.o.manifestMaxBytes, name);
@@ -272,7 +327,8 @@ class ImportRun {
 
   private async storeManifest(digest: string, bytes: Buffer, declared: Declared): Promise<void> {
     const doc = parseManifest(bytes);
-    const mediaType = declared.mediaType ?? doc.mediaType ?? (doc.manifests !== undefined ? MediaType.ociIndex : MediaType.ociManifest);
+    const mediaType =
+      declared.mediaType ?? doc.mediaType ?? (doc.manifests !== undefined ? MediaType.ociIndex : MediaType.ociManifest);
     const had = await this.o.manifests.get(digest);
     if (had && had.mediaType === mediaType) this.report.manifests.present++;
     else {
@@ -281,12 +337,19 @@ class ImportRun {
       this.progress.bytesAdded += bytes.length;
     }
     this.seen.set(digest, "accepted");
-    for (const child of doc.manifests ?? []) if (child.size !== undefined) this.expectContent(child.digest, "manifest", child.size, child.mediaType);
-    for (const blob of imageBlobs(doc)) if (blob.size !== undefined) this.expectContent(blob.digest, "blob", blob.size, blob.mediaType);
+    for (const child of doc.manifests ?? [])
+      if (child.size !== undefined) this.expectContent(child.digest, "manifest", child.size, child.mediaType);
+    for (const blob of imageBlobs(doc))
+      if (blob.size !== undefined) this.expectContent(blob.digest, "blob", blob.size, blob.mediaType);
     await this.resolvePending();
   }
 
-  private async blobEntry(name: string, digest: string, entry: TarEntry, declared: Declared | undefined): Promise<void> {
+  private async blobEntry(
+    name: string,
+    digest: string,
+    entry: TarEntry,
+    declared: Declared | undefined,
+  ): Promise<void> {
     if ((await this.o.store.size(digest)) === entry.size) {
       // Already cached, and what is cached was verified when it was committed.
       this.seen.set(digest, "accepted");
@@ -318,7 +381,13 @@ class ImportRun {
         await writer.verify();
       } catch (err) {
         if (!(err instanceof ContentMismatchError)) throw err;
-        this.refuse(name, digest, err.actualDigest !== undefined ? `content hashes to ${err.actualDigest}` : `${err.size} bytes, but its tar entry says ${entry.size}`);
+        this.refuse(
+          name,
+          digest,
+          err.actualDigest !== undefined
+            ? `content hashes to ${err.actualDigest}`
+            : `${err.size} bytes, but its tar entry says ${entry.size}`,
+        );
         return;
       }
       if (declared) {
@@ -335,7 +404,7 @@ class ImportRun {
 
   /** Commits (or stores as manifests) the waiting blobs that something now references, until none changes. */
   private async resolvePending(): Promise<void> {
-    for (let changed = true; changed; ) {
+    for (let changed = true; changed;) {
       changed = false;
       for (const [digest, writer] of this.pending) {
         const declared = this.declared.get(digest);
@@ -350,7 +419,11 @@ class ImportRun {
         } else if (declared.kind === "manifest") {
           if (size > this.o.manifestMaxBytes) {
             await writer.close();
-            this.refuse(name, digest, `a manifest of ${size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`);
+            this.refuse(
+              name,
+              digest,
+              `a manifest of ${size} bytes, over limits.manifestMaxBytes (${this.o.manifestMaxBytes})`,
+            );
             continue;
           }
           let bytes: Buffer;
@@ -398,7 +471,13 @@ class ImportRun {
     const digest = top.descriptor.digest;
     const ref = top.reference;
     if (ref === undefined) {
-      return { reference: top.descriptor.annotations?.[REF_NAME_ANNOTATION] ?? digest, digest, status: "refused", pinned: false, reason: top.problem };
+      return {
+        reference: top.descriptor.annotations?.[REF_NAME_ANNOTATION] ?? digest,
+        digest,
+        status: "refused",
+        pinned: false,
+        reason: top.problem,
+      };
     }
     let walk: ImageContents;
     try {
@@ -411,20 +490,40 @@ class ImportRun {
     const pinned = this.pin && this.pinsBefore !== undefined;
     if (walk.missing.length > 0) {
       if (pinned) await this.unpin(ref.canonical);
-      return { reference: ref.canonical, digest, status: "incomplete", pinned: false, missing: walk.missing, platformsLeftOut: walk.leftOut || undefined };
+      return {
+        reference: ref.canonical,
+        digest,
+        status: "incomplete",
+        pinned: false,
+        missing: walk.missing,
+        platformsLeftOut: walk.leftOut || undefined,
+      };
     }
     const { upstream, repository, reference } = ref;
     const manifest = await this.o.manifests.get(digest);
     await this.o.metadata.addLinks(upstream.name, repository, walk.stored);
     // What the bundle carried is this upstream's content by the operator's word; what was already held (a delta
     // bundle) keeps the provenance it had (access-proof.ts).
-    await this.o.metadata.addProvenance(upstream.name, walk.stored.filter((d) => this.seen.get(d) === "accepted"));
+    await this.o.metadata.addProvenance(
+      upstream.name,
+      walk.stored.filter((d) => this.seen.get(d) === "accepted"),
+    );
     await this.o.metadata.clearMissing(upstream.name, repository, digest);
     if (reference.kind === "tag") {
-      await this.o.metadata.putTag(upstream.name, repository, reference.tag, { digest, mediaType: manifest!.mediaType, checkedAt: Date.now() });
+      await this.o.metadata.putTag(upstream.name, repository, reference.tag, {
+        digest,
+        mediaType: manifest!.mediaType,
+        checkedAt: Date.now(),
+      });
       await this.o.metadata.clearMissing(upstream.name, repository, reference.tag);
     }
-    return { reference: ref.canonical, digest, status: "imported", pinned, platformsLeftOut: walk.leftOut || undefined };
+    return {
+      reference: ref.canonical,
+      digest,
+      status: "imported",
+      pinned,
+      platformsLeftOut: walk.leftOut || undefined,
+    };
   }
 
   /**
@@ -439,7 +538,11 @@ class ImportRun {
     const walked = await walkManifests(top, async (d) => await this.o.manifests.get(d.digest));
     const refused = walked.absent.filter((d) => this.seen.has(d.digest)).map((d) => d.digest);
     const leftOut = walked.absent.filter((d) => !this.seen.has(d.digest)).map((d) => d.digest);
-    const into: ImageContents = { stored: [top.digest, ...walked.children.map((m) => m.digest)], missing: refused, leftOut: leftOut.length };
+    const into: ImageContents = {
+      stored: [top.digest, ...walked.children.map((m) => m.digest)],
+      missing: refused,
+      leftOut: leftOut.length,
+    };
     // No image manifest here at all (every platform left out, at any depth): the image cannot be pulled.
     if (walked.images.length === 0) {
       if (walked.absent.length === 0) throw new Error(`the index ${digest} reaches no image manifest`);
@@ -468,7 +571,7 @@ async function readAll(entry: TarEntry, max: number, what: string): Promise<Buff
 /** What a writer holds so far, read back whole (a manifest that arrived before anything referenced it). */
 async function readWritten(writer: ContentWriter): Promise<Buffer> {
   const bytes = Buffer.allocUnsafe(writer.written);
-  for (let at = 0; at < bytes.length; ) {
+  for (let at = 0; at < bytes.length;) {
     const n = await writer.readAt(bytes.subarray(at), bytes.length - at, at);
     if (n === 0) throw new Error(`${writer.digest}: its temp file ended at ${at} of ${bytes.length} bytes`);
     at += n;

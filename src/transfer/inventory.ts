@@ -30,7 +30,11 @@ export interface Inventory {
 }
 
 /** Lists the tags of every configured upstream and every object in the store (sorted, so listings diff well). */
-export async function takeInventory(opts: { store: BlobStore; metadata: MetadataStore; upstreams: readonly string[] }): Promise<Inventory> {
+export async function takeInventory(opts: {
+  store: BlobStore;
+  metadata: MetadataStore;
+  upstreams: readonly string[];
+}): Promise<Inventory> {
   const references: InventoryReference[] = [];
   for (const upstream of opts.upstreams) {
     for (const repository of await opts.metadata.listRepositories(upstream)) {
@@ -38,7 +42,11 @@ export async function takeInventory(opts: { store: BlobStore; metadata: Metadata
         const pointer = await opts.metadata.getTag(upstream, repository, tag);
         // A pointer to a manifest no longer on disk is not something this mirror can serve.
         if (pointer && opts.store.index.has(pointer.digest)) {
-          references.push({ reference: `${upstream}/${repository}:${tag}`, digest: pointer.digest, mediaType: pointer.mediaType });
+          references.push({
+            reference: `${upstream}/${repository}:${tag}`,
+            digest: pointer.digest,
+            mediaType: pointer.mediaType,
+          });
         }
       }
     }
@@ -57,13 +65,27 @@ export function parseInventory(text: string, source: string): Inventory {
   } catch (err) {
     throw new Error(`${source}: not JSON (${(err as Error).message})`);
   }
-  if (doc?.mediaType !== INVENTORY_MEDIA_TYPE) throw new Error(`${source}: not an inventory (mediaType must be ${INVENTORY_MEDIA_TYPE}; write one with \`mirror inventory\`)`);
+  if (doc?.mediaType !== INVENTORY_MEDIA_TYPE)
+    throw new Error(
+      `${source}: not an inventory (mediaType must be ${INVENTORY_MEDIA_TYPE}; write one with \`mirror inventory\`)`,
+    );
   if (!Array.isArray(doc.blobs)) throw new Error(`${source}: "blobs" must be a list`);
   for (const b of doc.blobs as unknown[]) {
     const blob = b as { digest?: unknown; size?: unknown } | null;
-    if (typeof blob?.digest !== "string" || !isSha256Digest(blob.digest) || typeof blob.size !== "number" || !Number.isSafeInteger(blob.size) || blob.size < 0) {
+    if (
+      typeof blob?.digest !== "string" ||
+      !isSha256Digest(blob.digest) ||
+      typeof blob.size !== "number" ||
+      !Number.isSafeInteger(blob.size) ||
+      blob.size < 0
+    ) {
       throw new Error(`${source}: invalid blob entry ${JSON.stringify(b).slice(0, 200)}`);
     }
   }
-  return { mediaType: INVENTORY_MEDIA_TYPE, createdAt: String(doc.createdAt ?? ""), references: Array.isArray(doc.references) ? doc.references : [], blobs: doc.blobs };
+  return {
+    mediaType: INVENTORY_MEDIA_TYPE,
+    createdAt: String(doc.createdAt ?? ""),
+    references: Array.isArray(doc.references) ? doc.references : [],
+    blobs: doc.blobs,
+  };
 }

@@ -51,7 +51,8 @@ export class TarReader {
     for (;;) {
       const headerAt = this.position;
       const block = await this.readBlock();
-      if (block === undefined) throw new TarError(`the bundle ends at byte ${headerAt} without the end-of-archive marker: it is truncated`);
+      if (block === undefined)
+        throw new TarError(`the bundle ends at byte ${headerAt} without the end-of-archive marker: it is truncated`);
       if (block.every((b) => b === 0)) return; // end of archive (the second zero block and any padding need no reading)
       const h = parseHeader(block, headerAt);
       let size = h.size;
@@ -60,7 +61,8 @@ export class TarReader {
       if (pax?.has("path")) name = pax.get("path")!;
       if (longName !== undefined) name = longName;
       if (h.typeflag === "x" || h.typeflag === "g" || h.typeflag === "L" || h.typeflag === "K") {
-        if (h.size > MAX_META_BYTES) throw new TarError(`tar metadata record of ${h.size} bytes at byte ${headerAt}: too large`);
+        if (h.size > MAX_META_BYTES)
+          throw new TarError(`tar metadata record of ${h.size} bytes at byte ${headerAt}: too large`);
         const data = await this.readPadded(h.size, `metadata record at byte ${headerAt}`);
         if (h.typeflag === "x") pax = parsePax(data, headerAt);
         else if (h.typeflag === "L") longName = data.toString("utf8").replace(/\0+$/, "");
@@ -69,7 +71,12 @@ export class TarReader {
       longName = undefined;
       pax = undefined;
       if (!Number.isSafeInteger(size) || size < 0) throw new TarError(`invalid size of ${name} at byte ${headerAt}`);
-      const type = h.typeflag === "0" || h.typeflag === "\0" || h.typeflag === "7" ? "file" : h.typeflag === "5" ? "directory" : "other";
+      const type =
+        h.typeflag === "0" || h.typeflag === "\0" || h.typeflag === "7"
+          ? "file"
+          : h.typeflag === "5"
+            ? "directory"
+            : "other";
       // Links and devices carry no content even when a size is recorded (hard links in some writers).
       const contentSize = type === "other" && (h.typeflag === "1" || h.typeflag === "2") ? 0 : size;
       const content = { name, size: contentSize, left: contentSize, started: false };
@@ -84,14 +91,18 @@ export class TarReader {
   }
 
   /** An entry's remaining content; `rest` reads on after a consumer that stopped early. */
-  private async *content(c: { name: string; size: number; left: number; started: boolean }, rest = false): AsyncGenerator<Buffer> {
+  private async *content(
+    c: { name: string; size: number; left: number; started: boolean },
+    rest = false,
+  ): AsyncGenerator<Buffer> {
     if (!rest) {
       if (c.started) throw new Error(`the content of ${c.name} was already read`);
       c.started = true;
     }
     while (c.left > 0) {
       const chunk = await this.take(c.left);
-      if (chunk === undefined) throw new TarError(`the bundle ends inside ${c.name}: ${c.size - c.left} of ${c.size} bytes`);
+      if (chunk === undefined)
+        throw new TarError(`the bundle ends inside ${c.name}: ${c.size - c.left} of ${c.size} bytes`);
       c.left -= chunk.length;
       yield chunk;
     }
@@ -152,7 +163,12 @@ export class TarReader {
         this.ended = true;
         return false;
       }
-      const chunk = typeof next.value === "string" ? Buffer.from(next.value) : Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value);
+      const chunk =
+        typeof next.value === "string"
+          ? Buffer.from(next.value)
+          : Buffer.isBuffer(next.value)
+            ? next.value
+            : Buffer.from(next.value);
       if (chunk.length > 0) {
         this.pending = chunk;
         return true;
@@ -179,7 +195,9 @@ function parseHeader(h: Buffer, at: number): Header {
   }
   // Some old writers summed signed bytes; both are accepted, as GNU tar does.
   if (stored !== unsigned && stored !== signed) {
-    throw new TarError(`corrupt tar header at byte ${at} (checksum ${stored}, computed ${unsigned}): not a tar stream, or damaged`);
+    throw new TarError(
+      `corrupt tar header at byte ${at} (checksum ${stored}, computed ${unsigned}): not a tar stream, or damaged`,
+    );
   }
   let name = cString(h, 0, 100);
   // The prefix field exists in POSIX ustar only; GNU's "ustar  " headers use those bytes for other things.
@@ -206,9 +224,13 @@ function parseNumber(h: Buffer, offset: number, length: number, at: number): num
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new TarError(`number too large in tar header at byte ${at}`);
     return Number(v);
   }
-  const text = h.toString("latin1", offset, offset + length).replace(/[\0 ]+$/, "").trim();
+  const text = h
+    .toString("latin1", offset, offset + length)
+    .replace(/[\0 ]+$/, "")
+    .trim();
   if (text === "") return 0;
-  if (!/^[0-7]+$/.test(text)) throw new TarError(`corrupt tar header at byte ${at}: ${JSON.stringify(text)} is not an octal number`);
+  if (!/^[0-7]+$/.test(text))
+    throw new TarError(`corrupt tar header at byte ${at}: ${JSON.stringify(text)} is not an octal number`);
   return Number.parseInt(text, 8);
 }
 

@@ -60,7 +60,9 @@ export class OutboundPolicy {
     this.url = new URL(opts.url);
     this.authHosts = new Set(opts.authHosts.map((h) => h.toLowerCase()));
     this.redirectPatterns = opts.redirectHosts.map(hostPattern);
-    this.namedHostnames = new Set([this.url.hostname, ...[...this.authHosts].map((h) => new URL(`http://${h}`).hostname)].map(bare));
+    this.namedHostnames = new Set(
+      [this.url.hostname, ...[...this.authHosts].map((h) => new URL(`http://${h}`).hostname)].map(bare),
+    );
     this.allowPrivate = opts.allowPrivateRedirects;
     this.maxRedirects = opts.maxRedirects;
   }
@@ -68,16 +70,24 @@ export class OutboundPolicy {
   /** Throws unless a token realm at `realm` may be asked for this upstream's tokens. */
   checkRealm(realm: URL): void {
     if ((realm.protocol !== "https:" && realm.protocol !== "http:") || !this.isOwnOrAuthHost(realm)) {
-      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} points at token realm host ${realm.host}, which is not allowed for it (list it in authHosts)`, {
-        detail: { upstream: this.upstream, realmHost: realm.host },
-      });
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${this.upstream} points at token realm host ${realm.host}, which is not allowed for it (list it in authHosts)`,
+        {
+          detail: { upstream: this.upstream, realmHost: realm.host },
+        },
+      );
     }
     if (this.url.protocol === "https:" && realm.protocol !== "https:") {
       // Named without its query: the realm is the upstream's, the query could carry anything.
       const named = `${realm.origin}${realm.pathname}`;
-      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} names token realm ${named}, which is not https like the upstream: credentials would cross the network in cleartext`, {
-        detail: { upstream: this.upstream, realm: named },
-      });
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${this.upstream} names token realm ${named}, which is not https like the upstream: credentials would cross the network in cleartext`,
+        {
+          detail: { upstream: this.upstream, realm: named },
+        },
+      );
     }
   }
 
@@ -101,7 +111,8 @@ export class OutboundPolicy {
   async request(dispatcher: Dispatcher, req: OutboundRequest): Promise<Dispatcher.ResponseData> {
     let url = req.url;
     for (let redirects = 0; ; redirects++) {
-      const authorization = req.authorization !== undefined && url.origin === req.url.origin ? { authorization: req.authorization } : {};
+      const authorization =
+        req.authorization !== undefined && url.origin === req.url.origin ? { authorization: req.authorization } : {};
       const res = await dispatcher.request({
         origin: url.origin,
         path: `${url.pathname}${url.search}`,
@@ -112,7 +123,8 @@ export class OutboundPolicy {
       const location = REDIRECT_STATUSES.has(res.statusCode) ? headerValue(res.headers, "location") : undefined;
       if (location === undefined) return res;
       discardBody(res.body);
-      if (redirects >= this.maxRedirects) throw this.refusal(`redirected more than ${this.maxRedirects} times (maxRedirects)`, url);
+      if (redirects >= this.maxRedirects)
+        throw this.refusal(`redirected more than ${this.maxRedirects} times (maxRedirects)`, url);
       const next = URL.parse(location, url.href);
       if (next === null) throw this.refusal("sent a redirect to an invalid URL", url);
       this.checkRedirect(url, next);
@@ -132,7 +144,8 @@ export class OutboundPolicy {
       const hostname = bare(opts.hostname);
       if (this.namedHostnames.has(hostname)) return direct(opts, callback);
       // An address literal is connected to without a lookup: check it here.
-      if (isIP(hostname) !== 0 && !isPublicAddress(hostname)) return callback(this.privateAddress(hostname, hostname), null);
+      if (isIP(hostname) !== 0 && !isPublicAddress(hostname))
+        return callback(this.privateAddress(hostname, hostname), null);
       guarded(opts, (...args) => {
         const socket = args[1];
         // The lookup already kept only public addresses; this checks the peer the socket actually reached.
@@ -148,11 +161,16 @@ export class OutboundPolicy {
   }
 
   /** A DNS lookup (net.connect's `lookup` option) that keeps only public addresses. */
-  private readonly publicLookup = (hostname: string, options: LookupOptions, callback: (err: Error | null, address: string | LookupAddress[], family?: number) => void): void => {
+  private readonly publicLookup = (
+    hostname: string,
+    options: LookupOptions,
+    callback: (err: Error | null, address: string | LookupAddress[], family?: number) => void,
+  ): void => {
     dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, []);
       const usable = addresses.filter((a) => isPublicAddress(a.address));
-      if (usable.length === 0) return callback(this.privateAddress(hostname, addresses.map((a) => a.address).join(", ")), []);
+      if (usable.length === 0)
+        return callback(this.privateAddress(hostname, addresses.map((a) => a.address).join(", ")), []);
       if (options.all === true) return callback(null, usable);
       callback(null, usable[0]!.address, usable[0]!.family);
     });
@@ -164,7 +182,9 @@ export class OutboundPolicy {
   }
 
   private refusal(what: string, to: URL): RegistryError {
-    return new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} ${what}`, { detail: { upstream: this.upstream, host: to.host } });
+    return new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} ${what}`, {
+      detail: { upstream: this.upstream, host: to.host },
+    });
   }
 
   private privateAddress(hostname: string, address: string): RegistryError {
@@ -185,7 +205,9 @@ export function hostPattern(pattern: string): RegExp {
   const source = pattern
     .toLowerCase()
     .split(/(\*\*|\*)/)
-    .map((part) => (part === "**" ? "[a-z0-9-]+(?:\\.[a-z0-9-]+)*" : part === "*" ? "[a-z0-9-]*" : part.replace(/[.]/g, "\\.")))
+    .map((part) =>
+      part === "**" ? "[a-z0-9-]+(?:\\.[a-z0-9-]+)*" : part === "*" ? "[a-z0-9-]*" : part.replace(/[.]/g, "\\."),
+    )
     .join("");
   return new RegExp(`^${source}$`, "i");
 }

@@ -93,10 +93,18 @@ export class UpstreamAuth {
    * call gives up with its reason; the fetch goes on for the others still waiting.
    */
   async answer(challenge: Challenge | undefined, scope: string, signal?: AbortSignal): Promise<string> {
-    if (challenge === undefined) throw new RegistryError("UNAUTHORIZED", `upstream ${this.upstream} requires authentication but sent no usable challenge`);
+    if (challenge === undefined)
+      throw new RegistryError(
+        "UNAUTHORIZED",
+        `upstream ${this.upstream} requires authentication but sent no usable challenge`,
+      );
     if (challenge.scheme === "basic") {
       const creds = await this.readCredentials();
-      if (!creds) throw new RegistryError("UNAUTHORIZED", `upstream ${this.upstream} requires credentials, and none are configured`);
+      if (!creds)
+        throw new RegistryError(
+          "UNAUTHORIZED",
+          `upstream ${this.upstream} requires credentials, and none are configured`,
+        );
       const value = basic(creds);
       this.headers.set("*", { value, expiresAt: Number.MAX_SAFE_INTEGER });
       return value;
@@ -111,7 +119,12 @@ export class UpstreamAuth {
       if (inflight.waiting === 0 && !inflight.settled) {
         // Nobody wants this token any more: stop fetching it. A later request starts afresh.
         this.fetching.delete(scope);
-        inflight.cancel.abort(new RegistryError("UNAVAILABLE", `token fetch from upstream ${this.upstream} abandoned: every request waiting for it went away`));
+        inflight.cancel.abort(
+          new RegistryError(
+            "UNAVAILABLE",
+            `token fetch from upstream ${this.upstream} abandoned: every request waiting for it went away`,
+          ),
+        );
       }
     }
   }
@@ -121,9 +134,13 @@ export class UpstreamAuth {
     const cancel = new AbortController();
     const timer = setTimeout(() => {
       cancel.abort(
-        new RegistryError("UNAVAILABLE", `token service of upstream ${this.upstream} did not finish answering within ${this.deadlineMs / 1000} s (timeouts.total)`, {
-          detail: { upstream: this.upstream, timeout: "total" },
-        }),
+        new RegistryError(
+          "UNAVAILABLE",
+          `token service of upstream ${this.upstream} did not finish answering within ${this.deadlineMs / 1000} s (timeouts.total)`,
+          {
+            detail: { upstream: this.upstream, timeout: "total" },
+          },
+        ),
       );
     }, timerDelay(this.deadlineMs));
     const promise = this.fetchToken(challenge, scope, cancel.signal)
@@ -162,7 +179,10 @@ export class UpstreamAuth {
     try {
       url = new URL(realm ?? "");
     } catch {
-      throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.upstream} sent a bearer challenge without a valid realm`);
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${this.upstream} sent a bearer challenge without a valid realm`,
+      );
     }
     this.policy.checkRealm(url);
     if (challenge.params.service !== undefined) url.searchParams.set("service", challenge.params.service);
@@ -188,13 +208,21 @@ export class UpstreamAuth {
     if (res.statusCode !== 200) {
       discardBody(res.body);
       const code = res.statusCode === 401 || res.statusCode === 403 ? "UNAUTHORIZED" : "UPSTREAM_ERROR";
-      throw new RegistryError(code, `${service} answered ${res.statusCode}${creds ? " (check the configured credentials)" : ""}`, {
-        detail: { upstream: this.upstream, status: res.statusCode },
-      });
+      throw new RegistryError(
+        code,
+        `${service} answered ${res.statusCode}${creds ? " (check the configured credentials)" : ""}`,
+        {
+          detail: { upstream: this.upstream, status: res.statusCode },
+        },
+      );
     }
     let body: Buffer;
     try {
-      body = await readCappedBody(res.body, TOKEN_BODY_CAP, () => new RegistryError("UPSTREAM_ERROR", `${service} sent a response larger than ${TOKEN_BODY_CAP} bytes`));
+      body = await readCappedBody(
+        res.body,
+        TOKEN_BODY_CAP,
+        () => new RegistryError("UPSTREAM_ERROR", `${service} sent a response larger than ${TOKEN_BODY_CAP} bytes`),
+      );
     } catch (err) {
       throw upstreamFailure(this.upstream, err, service);
     }
@@ -204,9 +232,16 @@ export class UpstreamAuth {
     } catch {
       throw new RegistryError("UPSTREAM_ERROR", `${service} sent invalid JSON`);
     }
-    const token = typeof parsed.token === "string" ? parsed.token : typeof parsed.access_token === "string" ? parsed.access_token : undefined;
+    const token =
+      typeof parsed.token === "string"
+        ? parsed.token
+        : typeof parsed.access_token === "string"
+          ? parsed.access_token
+          : undefined;
     if (!token) throw new RegistryError("UPSTREAM_ERROR", `${service} sent no token`);
-    const lifetimeMs = (typeof parsed.expires_in === "number" && parsed.expires_in > 0 ? parsed.expires_in : DEFAULT_TOKEN_LIFETIME_S) * 1000;
+    const lifetimeMs =
+      (typeof parsed.expires_in === "number" && parsed.expires_in > 0 ? parsed.expires_in : DEFAULT_TOKEN_LIFETIME_S) *
+      1000;
     const value = `Bearer ${token}`;
     this.headers.set(scope, { value, expiresAt: requested + lifetimeMs - Math.min(EXPIRY_MARGIN_MS, lifetimeMs / 2) });
     return value;
@@ -216,7 +251,8 @@ export class UpstreamAuth {
     const c = this.credentials;
     if (!c) return undefined;
     const username = c.username ?? (c.usernameFile ? (await readFile(c.usernameFile, "utf8")).trim() : undefined);
-    const password = c.password ?? (c.passwordFile ? (await readFile(c.passwordFile, "utf8")).replace(/\r?\n$/, "") : undefined);
+    const password =
+      c.password ?? (c.passwordFile ? (await readFile(c.passwordFile, "utf8")).replace(/\r?\n$/, "") : undefined);
     if (username === undefined || password === undefined) return undefined;
     return { username, password };
   }

@@ -114,7 +114,13 @@ export class UpstreamClient {
 
   async headManifest(repo: string, reference: string): Promise<ManifestHead> {
     return this.withDeadline(undefined, async (signal) => {
-      const res = await this.send("HEAD", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT }, signal);
+      const res = await this.send(
+        "HEAD",
+        repo,
+        `/v2/${repo}/manifests/${reference}`,
+        { accept: UPSTREAM_MANIFEST_ACCEPT },
+        signal,
+      );
       await this.expectOk(res, "MANIFEST_UNKNOWN");
       discardBody(res.body);
       return { digest: headerValue(res.headers, "docker-content-digest") };
@@ -123,15 +129,25 @@ export class UpstreamClient {
 
   async getManifest(repo: string, reference: string, maxBytes: number): Promise<FetchedManifest> {
     return this.withDeadline(undefined, async (signal) => {
-      const res = await this.send("GET", repo, `/v2/${repo}/manifests/${reference}`, { accept: UPSTREAM_MANIFEST_ACCEPT }, signal);
+      const res = await this.send(
+        "GET",
+        repo,
+        `/v2/${repo}/manifests/${reference}`,
+        { accept: UPSTREAM_MANIFEST_ACCEPT },
+        signal,
+      );
       await this.expectOk(res, "MANIFEST_UNKNOWN");
       const bytes = await this.readCapped(res.body, maxBytes, "manifest");
       this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "manifest" }, bytes.length);
       const mediaType = mediaTypeOf(res.headers);
-      if (mediaType === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest without Content-Type`);
+      if (mediaType === undefined)
+        throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest without Content-Type`);
       // Only a manifest type is relayed: not whatever JSON (or HTML) an upstream, or a host it redirected to, sent.
       if (!MANIFEST_TYPES.has(mediaType)) {
-        throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a manifest of type ${mediaType.slice(0, 100)}, which is not a manifest type`);
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream ${this.name} sent a manifest of type ${mediaType.slice(0, 100)}, which is not a manifest type`,
+        );
       }
       return { bytes, mediaType, digest: headerValue(res.headers, "docker-content-digest") };
     });
@@ -152,7 +168,11 @@ export class UpstreamClient {
    * Opens a blob download; the caller owns (and must consume or destroy) the body. The deadline covers the
    * exchange up to the body (token fetch, redirects, an error body); the body itself is the caller's to bound.
    */
-  async getBlob(repo: string, digest: string, signal: AbortSignal): Promise<{ size: number | undefined; body: Readable }> {
+  async getBlob(
+    repo: string,
+    digest: string,
+    signal: AbortSignal,
+  ): Promise<{ size: number | undefined; body: Readable }> {
     return this.withDeadline(signal, async (exchange) => {
       const res = await this.send("GET", repo, `/v2/${repo}/blobs/${digest}`, {}, exchange);
       await this.expectOk(res, "BLOB_UNKNOWN");
@@ -172,7 +192,11 @@ export class UpstreamClient {
       const body = await this.readCapped(res.body, maxBytes, "tag list");
       this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "tags" }, body.length);
       const tags = parseTagList(body);
-      if (tags === undefined) throw new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`);
+      if (tags === undefined)
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`,
+        );
       return { tags, link: headerValue(res.headers, "link") };
     });
   }
@@ -191,14 +215,21 @@ export class UpstreamClient {
    * aborted and the exchange fails with UNAVAILABLE naming the deadline. The deadline ends when `work` returns:
    * a body handed on to the caller (a blob) is not cut off by it.
    */
-  private async withDeadline<T>(signal: AbortSignal | undefined, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  private async withDeadline<T>(
+    signal: AbortSignal | undefined,
+    work: (signal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
     const ms = this.config.timeouts.total;
     const deadline = new AbortController();
     const timer = setTimeout(() => {
       deadline.abort(
-        new RegistryError("UNAVAILABLE", `upstream ${this.name} did not finish answering within ${ms / 1000} s (timeouts.total)`, {
-          detail: { upstream: this.name, timeout: "total" },
-        }),
+        new RegistryError(
+          "UNAVAILABLE",
+          `upstream ${this.name} did not finish answering within ${ms / 1000} s (timeouts.total)`,
+          {
+            detail: { upstream: this.name, timeout: "total" },
+          },
+        ),
       );
     }, timerDelay(ms));
     try {
@@ -216,14 +247,28 @@ export class UpstreamClient {
    * before any response, and answers one 401 challenge. Returns any response that arrived (callers map
    * statuses); throws RegistryError for transport failures.
    */
-  private async send(method: "GET" | "HEAD", repo: string, path: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
+  private async send(
+    method: "GET" | "HEAD",
+    repo: string,
+    path: string,
+    headers: Record<string, string>,
+    signal: AbortSignal,
+  ): Promise<UpstreamResponse> {
     if (this.config.offline) {
-      throw new RegistryError("UNAVAILABLE", `upstream ${this.name} is offline by configuration; only cached content is served`, { detail: { upstream: this.name, offline: true } });
+      throw new RegistryError(
+        "UNAVAILABLE",
+        `upstream ${this.name} is offline by configuration; only cached content is served`,
+        { detail: { upstream: this.name, offline: true } },
+      );
     }
     if (!this.health.allow()) {
-      throw new RegistryError("UNAVAILABLE", `upstream ${this.name} is marked down after repeated failures; next attempt in ${Math.ceil(this.health.retryInMs() / 1000)} s`, {
-        detail: { upstream: this.name },
-      });
+      throw new RegistryError(
+        "UNAVAILABLE",
+        `upstream ${this.name} is marked down after repeated failures; next attempt in ${Math.ceil(this.health.retryInMs() / 1000)} s`,
+        {
+          detail: { upstream: this.name },
+        },
+      );
     }
     const scope = `repository:${repo}:pull`;
     let answeredChallenge = false;
@@ -232,7 +277,13 @@ export class UpstreamClient {
       let res: Dispatcher.ResponseData;
       const started = performance.now();
       try {
-        res = await this.policy.request(this.agent, { url: new URL(path, this.url), method, headers: { "user-agent": "registry-mirror", ...headers }, authorization, signal });
+        res = await this.policy.request(this.agent, {
+          url: new URL(path, this.url),
+          method,
+          headers: { "user-agent": "registry-mirror", ...headers },
+          authorization,
+          signal,
+        });
       } catch (err) {
         this.observe(method, undefined, started);
         if (err instanceof RegistryError && err.code === "UPSTREAM_ERROR") {
@@ -242,7 +293,9 @@ export class UpstreamClient {
         const code = (err as { code?: string }).code;
         if (attempt < this.config.retries && code !== undefined && RETRYABLE.has(code) && !signal.aborted) {
           // An abort during the pause makes the next attempt fail at once, with the abort's reason.
-          await sleep(RETRY_BASE_MS * 2 ** attempt * (0.5 + Math.random()), undefined, { signal }).catch(() => undefined);
+          await sleep(RETRY_BASE_MS * 2 ** attempt * (0.5 + Math.random()), undefined, { signal }).catch(
+            () => undefined,
+          );
           continue;
         }
         this.health.failure();
@@ -286,7 +339,15 @@ export class UpstreamClient {
 
   private async readCapped(body: Readable, maxBytes: number, what: string): Promise<Buffer> {
     try {
-      return await readCappedBody(body, maxBytes, () => new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent a ${what} larger than the limit of ${maxBytes} bytes`));
+      return await readCappedBody(
+        body,
+        maxBytes,
+        () =>
+          new RegistryError(
+            "UPSTREAM_ERROR",
+            `upstream ${this.name} sent a ${what} larger than the limit of ${maxBytes} bytes`,
+          ),
+      );
     } catch (err) {
       throw upstreamFailure(this.name, err);
     }

@@ -38,7 +38,8 @@ export async function upstreamStatusError(
   const upstreamCodes = await readErrorCodes(body);
   const detail = { upstream, status, ...(upstreamCodes.length > 0 ? { upstreamErrors: upstreamCodes } : {}) };
   if (status === 404) return new RegistryError(notFound, undefined, { detail });
-  if (status === 401) return new RegistryError("UNAUTHORIZED", `upstream ${upstream} requires authentication`, { detail });
+  if (status === 401)
+    return new RegistryError("UNAUTHORIZED", `upstream ${upstream} requires authentication`, { detail });
   if (status === 403) return new RegistryError("DENIED", `upstream ${upstream} denied access`, { detail });
   if (status === 429) {
     const retryAfter = headerValue(headers, "retry-after");
@@ -60,7 +61,10 @@ export function upstreamFailure(upstream: string, err: unknown, service = `upstr
   const code = (err as { code?: string } | undefined)?.code;
   const cause = err instanceof Error ? err : undefined;
   if (code !== undefined && UNAVAILABLE_CODES.has(code)) {
-    return new RegistryError("UNAVAILABLE", `${service} is unavailable (${code})`, { detail: { upstream, code }, cause });
+    return new RegistryError("UNAVAILABLE", `${service} is unavailable (${code})`, {
+      detail: { upstream, code },
+      cause,
+    });
   }
   if ((err as Error | undefined)?.name === "AbortError" || code === "UND_ERR_ABORTED") {
     return new RegistryError("UNAVAILABLE", `request to ${service} was aborted`, { detail: { upstream }, cause });
@@ -86,7 +90,10 @@ async function readErrorCodes(body: Readable): Promise<string[]> {
   }
   try {
     const parsed = JSON.parse(bytes.toString("utf8")) as { errors?: Array<{ code?: unknown }> };
-    return (parsed.errors ?? []).map((e) => e.code).filter((c): c is string => typeof c === "string").slice(0, 5);
+    return (parsed.errors ?? [])
+      .map((e) => e.code)
+      .filter((c): c is string => typeof c === "string")
+      .slice(0, 5);
   } catch {
     return [];
   }
@@ -97,5 +104,8 @@ async function readErrorCodes(body: Readable): Promise<string[]> {
  * gone: what the cache already holds may still answer, marked stale.
  */
 export function isUpstreamUnwell(err: unknown): err is RegistryError {
-  return err instanceof RegistryError && (err.code === "UNAVAILABLE" || err.code === "UPSTREAM_ERROR" || err.code === "TOOMANYREQUESTS");
+  return (
+    err instanceof RegistryError &&
+    (err.code === "UNAVAILABLE" || err.code === "UPSTREAM_ERROR" || err.code === "TOOMANYREQUESTS")
+  );
 }

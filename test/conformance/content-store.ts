@@ -6,7 +6,12 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { ContentMismatchError, putContent, type ContentStore, type WriteReservation } from "../../src/storage/content-store.ts";
+import {
+  ContentMismatchError,
+  putContent,
+  type ContentStore,
+  type WriteReservation,
+} from "../../src/storage/content-store.ts";
 
 export interface ContentStoreFixture {
   store: ContentStore;
@@ -101,7 +106,10 @@ export function describeContentStore(name: string, factory: () => Promise<Conten
         const wrong = Buffer.from(bytes);
         wrong[size - 1] = wrong[size - 1]! ^ 0xff;
         const reservation = watchedReservation(() => "released");
-        const writer = await store.createWriter(digestOf(bytes), { expectedSize: announced ? size : undefined, reservation });
+        const writer = await store.createWriter(digestOf(bytes), {
+          expectedSize: announced ? size : undefined,
+          reservation,
+        });
         await writer.write([wrong]);
         const failure = writer.commit();
         await expect(failure).rejects.toBeInstanceOf(ContentMismatchError);

@@ -25,7 +25,8 @@ describeMetadataStore("memory with a journal", async () => {
     dirs: [dir],
     async cleanup() {
       await rm(dir, { recursive: true, force: true });
-      if (errors.length > 0) throw new AggregateError(errors, `journal reported ${errors.length} error(s): ${errors[0]?.message}`);
+      if (errors.length > 0)
+        throw new AggregateError(errors, `journal reported ${errors.length} error(s): ${errors[0]?.message}`);
     },
   };
 });

@@ -47,7 +47,10 @@ describeMetadataStore("failover (redis healthy)", async () => {
       const keys = await allKeys(client);
       await client.flushdb();
       await rm(dir, { recursive: true, force: true });
-      expect(keys.filter((key) => !key.startsWith(keyPrefix)), "keys outside the store's prefix").toEqual([]);
+      expect(
+        keys.filter((key) => !key.startsWith(keyPrefix)),
+        "keys outside the store's prefix",
+      ).toEqual([]);
       expect(errors).toEqual([]);
       // Healthy Redis throughout: every answer came from it, none from the fallback.
       expect(changes).toEqual([]);

@@ -59,7 +59,10 @@ export function describeMetadataStore(name: string, factory: () => Promise<Metad
         await current.cleanup();
       }
       expect(leftovers, "temp files left in the store's directories").toEqual([]);
-      expect(dirs.filter((dir) => existsSync(dir)), "directories cleanup did not remove").toEqual([]);
+      expect(
+        dirs.filter((dir) => existsSync(dir)),
+        "directories cleanup did not remove",
+      ).toEqual([]);
     });
 
     describe("tag pointers", () => {
@@ -170,7 +173,11 @@ export function describeMetadataStore(name: string, factory: () => Promise<Metad
       });
 
       it("applies a put and a delete of the same tag in call order", async () => {
-        const done = [store.putTag(UP, "r", "t", pointer("a")), store.deleteTag(UP, "r", "t"), store.putTag(UP, "r", "u", pointer("b"))];
+        const done = [
+          store.putTag(UP, "r", "t", pointer("a")),
+          store.deleteTag(UP, "r", "t"),
+          store.putTag(UP, "r", "u", pointer("b")),
+        ];
         done.push(store.deleteTag(UP, "r", "u"), store.putTag(UP, "r", "u", pointer("c")));
         await Promise.all(done);
         expect(await store.getTag(UP, "r", "t")).toBeUndefined();

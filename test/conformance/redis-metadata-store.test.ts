@@ -27,7 +27,10 @@ describeMetadataStore("redis", async () => {
     async cleanup() {
       const keys = await allKeys(client);
       await client.flushdb();
-      expect(keys.filter((key) => !key.startsWith(keyPrefix)), "keys outside the store's prefix").toEqual([]);
+      expect(
+        keys.filter((key) => !key.startsWith(keyPrefix)),
+        "keys outside the store's prefix",
+      ).toEqual([]);
     },
   };
 });

@@ -75,7 +75,8 @@ export class ClientCommandError extends Error {
 
 /** Throws ClientCommandError unless the command exited 0; returns its stdout. */
 export function expectSuccess(command: string, result: { code: number; stdout: string; stderr: string }): string {
-  if (result.code !== 0) throw new ClientCommandError(command, result.code, `stdout: ${result.stdout}\nstderr: ${result.stderr}`);
+  if (result.code !== 0)
+    throw new ClientCommandError(command, result.code, `stdout: ${result.stdout}\nstderr: ${result.stderr}`);
   return result.stdout;
 }
 
@@ -88,7 +89,9 @@ export function formatRef(ref: ImageRef): string {
 }
 
 /** The child of an OCI index / Docker manifest list a linux/amd64 client takes. */
-export function amd64Child(index: { manifests?: Array<{ digest: string; platform?: { os?: string; architecture?: string } }> }): string {
+export function amd64Child(index: {
+  manifests?: Array<{ digest: string; platform?: { os?: string; architecture?: string } }>;
+}): string {
   const child = index.manifests?.find((m) => m.platform?.os === "linux" && m.platform.architecture === "amd64");
   if (child === undefined) throw new Error("index has no linux/amd64 child");
   return child.digest;

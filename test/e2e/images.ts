@@ -76,16 +76,38 @@ export function buildCatalogue(): Catalogue {
     cmd: say(`tools-${run}`),
   });
   const amd64 = buildImage({ format: "oci", layers: [busybox, sharedLayer], cmd: say(`multi-amd64-${run}`) });
-  const arm64 = buildImage({ format: "oci", architecture: "arm64", layers: [randomLayer(150_000), randomLayer(50_000)] });
+  const arm64 = buildImage({
+    format: "oci",
+    architecture: "arm64",
+    layers: [randomLayer(150_000), randomLayer(50_000)],
+  });
   const index = buildIndex([amd64, arm64]);
-  const sharedHub = buildImage({ format: "oci", layers: [busybox, randomLayer(60_000)], cmd: say(`shared-from-docker.io-${run}`) });
-  const sharedGhcr = buildImage({ format: "oci", layers: [busybox, randomLayer(60_000)], cmd: say(`shared-from-ghcr.io-${run}`) });
-  const teamToolImage = buildImage({ format: "oci", layers: [busybox, sharedLayer, randomLayer(80_000)], cmd: say(`team-tool-${run}`) });
+  const sharedHub = buildImage({
+    format: "oci",
+    layers: [busybox, randomLayer(60_000)],
+    cmd: say(`shared-from-docker.io-${run}`),
+  });
+  const sharedGhcr = buildImage({
+    format: "oci",
+    layers: [busybox, randomLayer(60_000)],
+    cmd: say(`shared-from-ghcr.io-${run}`),
+  });
+  const teamToolImage = buildImage({
+    format: "oci",
+    layers: [busybox, sharedLayer, randomLayer(80_000)],
+    cmd: say(`team-tool-${run}`),
+  });
   // Small on purpose: the TTL scenario times its pulls against the tag TTL.
   const retagBeforeImage = buildImage({ format: "oci", layers: [randomLayer(20_000)], labels: { version: "before" } });
   const retagAfterImage = buildImage({ format: "oci", layers: [randomLayer(20_000)], labels: { version: "after" } });
 
-  const image = (registry: RegistryName, repo: string, tag: string, built: BuiltImage, output?: string): CatalogueImage => ({
+  const image = (
+    registry: RegistryName,
+    repo: string,
+    tag: string,
+    built: BuiltImage,
+    output?: string,
+  ): CatalogueImage => ({
     registry,
     repo,
     tag,

@@ -24,11 +24,23 @@ import { buildCatalogue } from "./images.ts";
 import { defineClientScenarios } from "./scenarios.ts";
 import { ScenarioTable } from "./summary.ts";
 
-const ALL_CLIENTS: ClientFactory[] = [dockerdClient, containerdClient, podmanClient, skopeoRegistriesConfClient, skopeoDirectClient];
+const ALL_CLIENTS: ClientFactory[] = [
+  dockerdClient,
+  containerdClient,
+  podmanClient,
+  skopeoRegistriesConfClient,
+  skopeoDirectClient,
+];
 
-const wanted = process.env["E2E_CLIENTS"]?.split(",").map((s) => s.trim()).filter((s) => s !== "");
+const wanted = process.env["E2E_CLIENTS"]
+  ?.split(",")
+  .map((s) => s.trim())
+  .filter((s) => s !== "");
 const clients = wanted === undefined ? ALL_CLIENTS : ALL_CLIENTS.filter((c) => wanted.includes(c.name));
-if (clients.length === 0) throw new Error(`E2E_CLIENTS=${process.env["E2E_CLIENTS"]} names none of ${ALL_CLIENTS.map((c) => c.name).join(", ")}`);
+if (clients.length === 0)
+  throw new Error(
+    `E2E_CLIENTS=${process.env["E2E_CLIENTS"]} names none of ${ALL_CLIENTS.map((c) => c.name).join(", ")}`,
+  );
 
 const catalogue = buildCatalogue();
 const table = new ScenarioTable();

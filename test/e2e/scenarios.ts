@@ -51,7 +51,11 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
    * errors, silently for some, so an error a client recovered from is still a bug), except the 4xx refusals
    * a scenario asks for (`refusals`), which are noted.
    */
-  const scenario = (name: string, work: (note: (text: string) => void) => Promise<void>, opts: { refusals?: boolean } = {}): void => {
+  const scenario = (
+    name: string,
+    work: (note: (text: string) => void) => Promise<void>,
+    opts: { refusals?: boolean } = {},
+  ): void => {
     table.expect(factory.name, name);
     const note = (text: string) => table.note(factory.name, name, text);
     it(name, { timeout: SCENARIO_TIMEOUT_MS }, () =>
@@ -74,9 +78,19 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
   const context = (): string => {
     const lines: string[] = [];
     for (const u of Object.values(world.upstreams)) {
-      const upstream = u.registry.requests().slice(-25).map((r) => `  ${r.method} ${r.path} ${r.status}`);
-      const relayed = u.relay.requests.slice(-25).map((r) => `  ${r.method} ${r.path} ${r.status ?? "-"}${r.fault ? ` (${r.fault})` : ""}`);
-      lines.push(`${u.name} upstream requests (latest):`, ...upstream, `${u.name} relay requests (latest):`, ...relayed);
+      const upstream = u.registry
+        .requests()
+        .slice(-25)
+        .map((r) => `  ${r.method} ${r.path} ${r.status}`);
+      const relayed = u.relay.requests
+        .slice(-25)
+        .map((r) => `  ${r.method} ${r.path} ${r.status ?? "-"}${r.fault ? ` (${r.fault})` : ""}`);
+      lines.push(
+        `${u.name} upstream requests (latest):`,
+        ...upstream,
+        `${u.name} relay requests (latest):`,
+        ...relayed,
+      );
     }
     const log = client.log();
     return [...lines, ...(log === "" ? [] : [`${client.name} log (tail):`, log])].join("\n");
@@ -87,9 +101,15 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     try {
       pulled = await client.pull(ref);
     } catch (err) {
-      throw new Error(`${client.name} could not pull ${formatRef(ref)}: ${err instanceof Error ? err.message : String(err)}\n${context()}`, { cause: err });
+      throw new Error(
+        `${client.name} could not pull ${formatRef(ref)}: ${err instanceof Error ? err.message : String(err)}\n${context()}`,
+        { cause: err },
+      );
     }
-    expect(pulled, `${client.name} pulled ${formatRef(ref)}`).toEqual({ digest: img.digest, configDigest: img.configDigest });
+    expect(pulled, `${client.name} pulled ${formatRef(ref)}`).toEqual({
+      digest: img.digest,
+      configDigest: img.configDigest,
+    });
   };
 
   const runAndCheck = async (ref: ImageRef, img: CatalogueImage): Promise<void> => {
@@ -103,7 +123,10 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
       (pulled) => pulled,
       (err: unknown) => err,
     );
-    expect(outcome, `${client.name} pulling ${formatRef(ref)} must fail, since that digest belongs to the other registry`).toBeInstanceOf(ClientCommandError);
+    expect(
+      outcome,
+      `${client.name} pulling ${formatRef(ref)} must fail, since that digest belongs to the other registry`,
+    ).toBeInstanceOf(ClientCommandError);
   };
 
   /**
@@ -118,8 +141,10 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
         const started = performance.now();
         await pullAndCheck(ref, img);
         const took = performance.now() - started;
-        if (took > slowest.ms) slowest = { ms: took, ref: formatRef(ref).replace(/(sha256:[0-9a-f]{12})[0-9a-f]{52}/, "$1…") };
-        if (boundMs !== undefined) expect(took, `${client.name} pull of ${formatRef(ref)} took ${took.toFixed(0)} ms`).toBeLessThan(boundMs);
+        if (took > slowest.ms)
+          slowest = { ms: took, ref: formatRef(ref).replace(/(sha256:[0-9a-f]{12})[0-9a-f]{52}/, "$1…") };
+        if (boundMs !== undefined)
+          expect(took, `${client.name} pull of ${formatRef(ref)} took ${took.toFixed(0)} ms`).toBeLessThan(boundMs);
       }
     }
     for (const img of cachedSet) await runAndCheck(byTag(img), img);
@@ -137,7 +162,12 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     }
     await world.syncUpstreams();
     for (const img of basics) {
-      const gets = world.upstreams[img.registry].registry.count({ method: "GET", kind: "manifests", repo: img.repo, status: 200 });
+      const gets = world.upstreams[img.registry].registry.count({
+        method: "GET",
+        kind: "manifests",
+        repo: img.repo,
+        status: 200,
+      });
       expect(gets, `manifest GETs of ${img.repo} at ${img.registry}`).toBeGreaterThanOrEqual(1);
     }
     // Each blob came from each upstream that serves it exactly once, layers shared between images included:
@@ -146,18 +176,30 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     // docs/security.md "What a repository name unlocks".) Clients with a content store of their own (dockerd,
     // containerd, podman) may not ask for a layer twice at all; those that do (skopeo) must not cause a second GET.
     for (const blob of distinctBlobs(basics)) {
-      const servedBy = new Set(basics.filter((img) => img.blobs.some((b) => b.digest === blob.digest)).map((img) => img.registry));
+      const servedBy = new Set(
+        basics.filter((img) => img.blobs.some((b) => b.digest === blob.digest)).map((img) => img.registry),
+      );
       const gets = world.upstreamBlobGets(blob.digest);
       expect(gets, `upstream GETs of ${blob.mediaType} ${blob.digest}\n${context()}`).toBeGreaterThanOrEqual(1);
-      expect(gets, `upstream GETs of ${blob.mediaType} ${blob.digest}\n${context()}`).toBeLessThanOrEqual(servedBy.size);
+      expect(gets, `upstream GETs of ${blob.mediaType} ${blob.digest}\n${context()}`).toBeLessThanOrEqual(
+        servedBy.size,
+      );
       for (const registry of servedBy) {
-        const here = world.upstreams[registry].registry.count({ method: "GET", kind: "blobs", status: 200, pathIncludes: blob.digest });
+        const here = world.upstreams[registry].registry.count({
+          method: "GET",
+          kind: "blobs",
+          status: 200,
+          pathIncludes: blob.digest,
+        });
         expect(here, `GETs of ${blob.digest} at ${registry}\n${context()}`).toBeLessThanOrEqual(1);
       }
     }
     // The upstreams demand bearer tokens: the mirror got them from each one's token server.
     for (const registry of new Set(basics.map((img) => img.registry))) {
-      expect(world.upstreams[registry].tokens.count({ status: 200 }), `tokens issued to the mirror by ${registry}'s token server`).toBeGreaterThan(0);
+      expect(
+        world.upstreams[registry].tokens.count({ status: 200 }),
+        `tokens issued to the mirror by ${registry}'s token server`,
+      ).toBeGreaterThan(0);
     }
     note(`${basics.length} images, ${distinctBlobs(basics).length} blobs each fetched once per upstream serving it`);
   });
@@ -177,7 +219,8 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     expect(all.digest).toBe(multi.digest);
     expect([...all.configDigests].sort()).toEqual([multi.amd64.config.digest, multi.arm64.config.digest].sort());
     await world.syncUpstreams();
-    for (const blob of multi.arm64.blobs()) expect(world.upstreamBlobGets(blob.digest), `upstream GETs of arm64 blob ${blob.digest}`).toBe(1);
+    for (const blob of multi.arm64.blobs())
+      expect(world.upstreamBlobGets(blob.digest), `upstream GETs of arm64 blob ${blob.digest}`).toBe(1);
     note("all platforms copied too");
   });
 
@@ -187,19 +230,24 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     for (const img of cachedSet) await runAndCheck(byDigest(img), img);
   });
 
-  scenario("same name, two upstreams", async () => {
-    // Both upstreams have e2e/shared:v1, with different content; the mirror ends up holding both.
-    if (reachable(sharedOnGhcr)) {
-      await pullAndCheck(byTag(sharedOnGhcr), sharedOnGhcr);
-      await runAndCheck(byTag(sharedOnGhcr), sharedOnGhcr);
-    } else {
-      await primeThroughMirror(world, sharedOnGhcr);
-    }
-    await pullAndCheck(byTag(sharedOnDockerHub), sharedOnDockerHub);
-    await runAndCheck(byTag(sharedOnDockerHub), sharedOnDockerHub);
-    await expectRefused({ registry: "docker.io", repo: sharedOnDockerHub.repo, digest: sharedOnGhcr.digest });
-    if (reachable(sharedOnGhcr)) await expectRefused({ registry: "ghcr.io", repo: sharedOnGhcr.repo, digest: sharedOnDockerHub.digest });
-  }, { refusals: true });
+  scenario(
+    "same name, two upstreams",
+    async () => {
+      // Both upstreams have e2e/shared:v1, with different content; the mirror ends up holding both.
+      if (reachable(sharedOnGhcr)) {
+        await pullAndCheck(byTag(sharedOnGhcr), sharedOnGhcr);
+        await runAndCheck(byTag(sharedOnGhcr), sharedOnGhcr);
+      } else {
+        await primeThroughMirror(world, sharedOnGhcr);
+      }
+      await pullAndCheck(byTag(sharedOnDockerHub), sharedOnDockerHub);
+      await runAndCheck(byTag(sharedOnDockerHub), sharedOnDockerHub);
+      await expectRefused({ registry: "docker.io", repo: sharedOnDockerHub.repo, digest: sharedOnGhcr.digest });
+      if (reachable(sharedOnGhcr))
+        await expectRefused({ registry: "ghcr.io", repo: sharedOnGhcr.repo, digest: sharedOnDockerHub.digest });
+    },
+    { refusals: true },
+  );
 
   scenario("warm pull", async (note) => {
     const warmSet = [...cachedSet, sharedOnDockerHub, sharedOnGhcr].filter(reachable);
@@ -213,7 +261,9 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     expect(world.upstreamBlobGets(), `blob GETs at the upstreams during a warm pull\n${context()}`).toBe(0);
     // The client did fetch every blob again, from the mirror's cache.
     const hits = (await world.mirrorCounter("mirror_requests_total", { kind: "blob", result: "hit" })) - hitsBefore;
-    expect(hits, "blob requests the mirror answered from its cache").toBeGreaterThanOrEqual(distinctBlobs(warmSet).length);
+    expect(hits, "blob requests the mirror answered from its cache").toBeGreaterThanOrEqual(
+      distinctBlobs(warmSet).length,
+    );
     note(`${warmSet.length} images, ${hits} blob requests served from cache, 0 upstream blob GETs`);
   });
 
@@ -225,10 +275,14 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     await pullAndCheck(byTag(retagBefore), retagBefore);
     // Only meaningful if that second pull asked while the mirror's pointer was still fresh.
     const secondDone = Date.now() - started;
-    expect(secondDone, "the second pull must finish within the tag TTL for 'not before' to be tested").toBeLessThan(MIRROR_TIMING.tagTtlMs);
+    expect(secondDone, "the second pull must finish within the tag TTL for 'not before' to be tested").toBeLessThan(
+      MIRROR_TIMING.tagTtlMs,
+    );
     await sleepUntil(firstPulled + MIRROR_TIMING.tagTtlMs + 1_000);
     await pullAndCheck(byTag(retagAfter), retagAfter);
-    note(`old digest at +${(secondDone / 1000).toFixed(1)} s, new at +${((Date.now() - started) / 1000).toFixed(1)} s (TTL ${MIRROR_TIMING.tagTtlMs / 1000} s)`);
+    note(
+      `old digest at +${(secondDone / 1000).toFixed(1)} s, new at +${((Date.now() - started) / 1000).toFixed(1)} s (TTL ${MIRROR_TIMING.tagTtlMs / 1000} s)`,
+    );
   });
 
   scenario("upstreams hanging", async (note) => {
@@ -237,26 +291,39 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
     world.hangUpstreams();
     const staleBefore = await world.mirrorCounter("mirror_stale_served_total");
     note(await pullCachedSet(HANG_PULL_BOUND_MS));
-    const stalled = Object.values(world.upstreams).reduce((n, u) => n + u.relay.requests.filter((r) => r.fault === "stallHeaders").length, 0);
+    const stalled = Object.values(world.upstreams).reduce(
+      (n, u) => n + u.relay.requests.filter((r) => r.fault === "stallHeaders").length,
+      0,
+    );
     expect(stalled, "requests the mirror sent to the hanging upstreams").toBeGreaterThan(0);
     note(`${stalled} upstream requests hung`);
-    expect((await world.mirrorCounter("mirror_stale_served_total")) - staleBefore, "tags served stale").toBeGreaterThan(0);
+    expect((await world.mirrorCounter("mirror_stale_served_total")) - staleBefore, "tags served stale").toBeGreaterThan(
+      0,
+    );
   });
 
   scenario("upstreams stopped", async (note) => {
     await world.stopUpstreams();
     for (const u of Object.values(world.upstreams)) {
-      await expect(fetch(`${u.relay.url}/v2/`, { signal: AbortSignal.timeout(5_000) }), `${u.name} should be unreachable`).rejects.toThrow();
+      await expect(
+        fetch(`${u.relay.url}/v2/`, { signal: AbortSignal.timeout(5_000) }),
+        `${u.name} should be unreachable`,
+      ).rejects.toThrow();
     }
     const staleBefore = await world.mirrorCounter("mirror_stale_served_total");
     note(await pullCachedSet());
-    expect((await world.mirrorCounter("mirror_stale_served_total")) - staleBefore, "tags served stale").toBeGreaterThan(0);
+    expect((await world.mirrorCounter("mirror_stale_served_total")) - staleBefore, "tags served stale").toBeGreaterThan(
+      0,
+    );
   });
 
   scenario("mirror restart, upstreams down", async (note) => {
     await world.restartMirror();
     note(await pullCachedSet());
-    expect(await world.mirrorCounter("mirror_stale_served_total"), "tags the restarted mirror served stale").toBeGreaterThan(0);
+    expect(
+      await world.mirrorCounter("mirror_stale_served_total"),
+      "tags the restarted mirror served stale",
+    ).toBeGreaterThan(0);
   });
 }
 
@@ -266,7 +333,11 @@ export function defineClientScenarios(factory: ClientFactory, catalogue: Catalog
  */
 async function primeThroughMirror(world: World, img: CatalogueImage): Promise<void> {
   const base = `${world.endpoint.url}/v2/${img.registry}/${img.repo}`;
-  const accept = ["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"].join(", ");
+  const accept = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+  ].join(", ");
   const manifest = await fetch(`${base}/manifests/${img.tag}`, { headers: { accept } });
   expect(manifest.status, `GET ${base}/manifests/${img.tag}`).toBe(200);
   expect(sha256(Buffer.from(await manifest.arrayBuffer()))).toBe(img.digest);

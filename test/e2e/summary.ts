@@ -53,7 +53,13 @@ export class ScenarioTable {
 
   render(): string {
     const header = ["client", "scenario", "result", "seconds", "notes"];
-    const body = this.rows.map((r) => [r.client, r.scenario, r.outcome, r.seconds === undefined ? "-" : r.seconds.toFixed(1), r.note ?? ""]);
+    const body = this.rows.map((r) => [
+      r.client,
+      r.scenario,
+      r.outcome,
+      r.seconds === undefined ? "-" : r.seconds.toFixed(1),
+      r.note ?? "",
+    ]);
     const widths = header.map((h, i) => Math.max(h.length, ...body.map((cells) => (cells[i] ?? "").length)));
     const line = (cells: string[]) =>
       cells
@@ -61,7 +67,9 @@ export class ScenarioTable {
         .join(" | ")
         .trimEnd();
     const passed = this.rows.filter((r) => r.outcome === "pass").length;
-    const failures = this.rows.filter((r) => r.failure !== undefined).map((r) => `  ${r.client} × ${r.scenario}: ${r.failure}`);
+    const failures = this.rows
+      .filter((r) => r.failure !== undefined)
+      .map((r) => `  ${r.client} × ${r.scenario}: ${r.failure}`);
     return [
       "",
       "end-to-end clients × scenarios",

@@ -14,7 +14,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startDockerd } from "../harness/dockerd.ts";
-import { buildImage, buildIndex, busyboxLayer, pushImage, pushIndex, randomLayer, type BuiltImage, type BuiltIndex } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  buildIndex,
+  busyboxLayer,
+  pushImage,
+  pushIndex,
+  randomLayer,
+  type BuiltImage,
+  type BuiltIndex,
+} from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { prepareContainersTools, type ContainersTools } from "../harness/podman.ts";
 import { runCommand, Teardown, type CommandResult } from "../harness/processes.ts";
@@ -28,7 +37,11 @@ const marker = `transfer-e2e-${randomUUID()}`;
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
 /** A Docker Hub name dockerd will ask the mirror for (docker.io/library/transfer-hello:latest). */
-const hello: BuiltImage = buildImage({ format: "docker", layers: [busyboxLayer("docker")], cmd: ["/bin/sh", "-c", `echo ${marker}`] });
+const hello: BuiltImage = buildImage({
+  format: "docker",
+  layers: [busyboxLayer("docker")],
+  cmd: ["/bin/sh", "-c", `echo ${marker}`],
+});
 const multi: BuiltIndex = buildIndex([
   buildImage({ format: "oci", architecture: "amd64", layers: [randomLayer(80_000)], labels: { image: "multi" } }),
   buildImage({ format: "oci", architecture: "arm64", layers: [randomLayer(70_000)], labels: { image: "multi" } }),
@@ -75,20 +88,38 @@ beforeAll(async () => {
     ].join("\n"),
   );
   bundle = join(work, "bundle.tar");
-  const exported = await runCommand(process.execPath, ["src/main.ts", "export", ...IMAGES.map((i) => i.ref), "--config", config, "--output", bundle], { timeoutMs: 60_000 });
+  const exported = await runCommand(
+    process.execPath,
+    ["src/main.ts", "export", ...IMAGES.map((i) => i.ref), "--config", config, "--output", bundle],
+    { timeoutMs: 60_000 },
+  );
   expectOk("mirror export", exported);
   dockerBundle = join(work, "docker-only.tar");
-  expectOk("mirror export (docker image alone)", await runCommand(process.execPath, ["src/main.ts", "export", IMAGES[0].ref, "--config", config, "--output", dockerBundle], { timeoutMs: 60_000 }));
+  expectOk(
+    "mirror export (docker image alone)",
+    await runCommand(
+      process.execPath,
+      ["src/main.ts", "export", IMAGES[0].ref, "--config", config, "--output", dockerBundle],
+      { timeoutMs: 60_000 },
+    ),
+  );
 
   // The air-gapped side: every upstream offline, so content can only come from the bundle.
   airGapped = teardown.track(
     await startTestMirror({
-      upstreams: { "docker.io": { url: upstream.url, default: true, libraryPrefix: "library", offline: true }, "ghcr.io": { url: upstream.url, offline: true } },
+      upstreams: {
+        "docker.io": { url: upstream.url, default: true, libraryPrefix: "library", offline: true },
+        "ghcr.io": { url: upstream.url, offline: true },
+      },
       extra: { admin: { token: TOKEN } },
     }),
     "air-gapped mirror",
   );
-  const imported = await runCommand(process.execPath, ["src/main.ts", "import", bundle, "--url", airGapped.url, "--token", TOKEN, "--pin"], { timeoutMs: 60_000 });
+  const imported = await runCommand(
+    process.execPath,
+    ["src/main.ts", "import", bundle, "--url", airGapped.url, "--token", TOKEN, "--pin"],
+    { timeoutMs: 60_000 },
+  );
   expectOk("mirror import", imported);
   expect(imported.stdout).toMatch(/^imported docker\.io\/library\/transfer-hello:latest /m);
 
@@ -99,14 +130,18 @@ beforeAll(async () => {
 async function expectCopiedToDir(dest: string, image: BuiltImage | BuiltIndex): Promise<void> {
   expect(sha256(await readFile(join(dest, "manifest.json")))).toBe(image.digest);
   for (const child of "children" in image ? image.children : [image]) {
-    for (const blob of child.blobs()) expect(sha256(await readFile(join(dest, blob.digest.slice(7)))), `${dest}: ${blob.digest}`).toBe(blob.digest);
+    for (const blob of child.blobs())
+      expect(sha256(await readFile(join(dest, blob.digest.slice(7)))), `${dest}: ${blob.digest}`).toBe(blob.digest);
   }
 }
 
 describe("air-gapped transfer with real clients", () => {
   it("skopeo reads the bundle directly as an oci-archive", async () => {
     const readable = [
-      ...IMAGES.filter((i) => i.image.mediaType.startsWith("application/vnd.oci.")).map((i) => ({ archive: `oci-archive:${bundle}:${i.ref}`, image: i.image })),
+      ...IMAGES.filter((i) => i.image.mediaType.startsWith("application/vnd.oci.")).map((i) => ({
+        archive: `oci-archive:${bundle}:${i.ref}`,
+        image: i.image,
+      })),
       { archive: `oci-archive:${dockerBundle}`, image: hello },
     ];
     expect(readable).toHaveLength(3);
@@ -124,20 +159,36 @@ describe("air-gapped transfer with real clients", () => {
       expectOk(`skopeo inspect --raw ${source}`, raw);
       expect(sha256(Buffer.from(raw.stdout))).toBe(image.digest);
       const dest = join(work, `from-mirror-${sha256(Buffer.from(mirrorPath)).slice(7, 19)}`);
-      expectOk(`skopeo copy --all ${source}`, await tools.skopeo(["copy", "--all", "--quiet", "--src-tls-verify=false", source, `dir:${dest}`]));
+      expectOk(
+        `skopeo copy --all ${source}`,
+        await tools.skopeo(["copy", "--all", "--quiet", "--src-tls-verify=false", source, `dir:${dest}`]),
+      );
       await expectCopiedToDir(dest, image);
     }
   });
 
-  it("dockerd pulls a Docker Hub name through registry-mirrors and runs it with no network", { timeout: 180_000 }, async () => {
-    const dockerd = teardown.track(await startDockerd({ registryMirror: airGapped.url, insecureRegistries: [airGapped.host] }), "dockerd");
-    const pull = await dockerd.docker(["pull", "transfer-hello"]);
-    expectOk("docker pull transfer-hello", pull);
-    const inspect = await dockerd.docker(["image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", "transfer-hello"]);
-    expect(inspect.stdout.trim()).toBe(`${hello.config.digest} ["transfer-hello@${hello.digest}"]`);
-    const run = await dockerd.docker(["run", "--rm", "--network", "none", "transfer-hello"]);
-    expectOk("docker run", run);
-    expect(run.stdout).toBe(`${marker}\n`);
-    await dockerd.stop();
-  });
+  it(
+    "dockerd pulls a Docker Hub name through registry-mirrors and runs it with no network",
+    { timeout: 180_000 },
+    async () => {
+      const dockerd = teardown.track(
+        await startDockerd({ registryMirror: airGapped.url, insecureRegistries: [airGapped.host] }),
+        "dockerd",
+      );
+      const pull = await dockerd.docker(["pull", "transfer-hello"]);
+      expectOk("docker pull transfer-hello", pull);
+      const inspect = await dockerd.docker([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}} {{json .RepoDigests}}",
+        "transfer-hello",
+      ]);
+      expect(inspect.stdout.trim()).toBe(`${hello.config.digest} ["transfer-hello@${hello.digest}"]`);
+      const run = await dockerd.docker(["run", "--rm", "--network", "none", "transfer-hello"]);
+      expectOk("docker run", run);
+      expect(run.stdout).toBe(`${marker}\n`);
+      await dockerd.stop();
+    },
+  );
 });

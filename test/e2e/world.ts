@@ -59,7 +59,10 @@ export interface World {
   /** Registry API answers of the running mirror so far, by status class ("2xx", "4xx", ...). */
   mirrorAnswers(): Promise<Record<string, number>>;
   /** A counter of the running mirror, summed over the series matching `labels`. */
-  mirrorCounter(name: "mirror_requests_total" | "mirror_stale_served_total", labels?: Record<string, string>): Promise<number>;
+  mirrorCounter(
+    name: "mirror_requests_total" | "mirror_stale_served_total",
+    labels?: Record<string, string>,
+  ): Promise<number>;
 }
 
 export async function startWorld(teardown: Teardown, catalogue: Catalogue): Promise<World> {
@@ -79,7 +82,11 @@ export async function startWorld(teardown: Teardown, catalogue: Catalogue): Prom
   });
   const config = {
     upstreams: {
-      "docker.io": { ...upstreamConfig(upstreams["docker.io"]), default: true, aliases: ["registry-1.docker.io", "index.docker.io"] },
+      "docker.io": {
+        ...upstreamConfig(upstreams["docker.io"]),
+        default: true,
+        aliases: ["registry-1.docker.io", "index.docker.io"],
+      },
       "ghcr.io": upstreamConfig(upstreams["ghcr.io"]),
     },
     dataDir,
@@ -121,7 +128,17 @@ export async function startWorld(teardown: Teardown, catalogue: Catalogue): Prom
       for (const r of registries()) r.clearRequests();
     },
     upstreamBlobGets: (digest) =>
-      registries().reduce((n, r) => n + r.count({ method: "GET", kind: "blobs", status: 200, ...(digest === undefined ? {} : { pathIncludes: digest }) }), 0),
+      registries().reduce(
+        (n, r) =>
+          n +
+          r.count({
+            method: "GET",
+            kind: "blobs",
+            status: 200,
+            ...(digest === undefined ? {} : { pathIncludes: digest }),
+          }),
+        0,
+      ),
     async mirrorAnswers() {
       const metric = mirror.mirror.metrics.registry.getSingleMetric("mirror_requests_total");
       const answers: Record<string, number> = {};
@@ -135,13 +152,18 @@ export async function startWorld(teardown: Teardown, catalogue: Catalogue): Prom
       const metric = mirror.mirror.metrics.registry.getSingleMetric(name);
       if (metric === undefined) throw new Error(`the mirror has no metric ${name}`);
       const { values } = await metric.get();
-      return values.filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want)).reduce((n, v) => n + v.value, 0);
+      return values
+        .filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want))
+        .reduce((n, v) => n + v.value, 0);
     },
   };
 }
 
 async function startUpstream(name: RegistryName, teardown: Teardown): Promise<Upstream> {
-  const tokens = teardown.track(await startTokenServer({ users: { [ADMIN.username]: ADMIN.password }, admins: [ADMIN.username] }), `token server (${name})`);
+  const tokens = teardown.track(
+    await startTokenServer({ users: { [ADMIN.username]: ADMIN.password }, admins: [ADMIN.username] }),
+    `token server (${name})`,
+  );
   const registry = teardown.track(await startRegistry({ auth: { token: tokens } }), `registry (${name})`);
   const relay = teardown.track(await startRelay(registry.url), `relay (${name})`);
   return { name, tokens, registry, relay };

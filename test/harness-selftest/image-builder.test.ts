@@ -5,7 +5,15 @@ import { readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import * as tar from "tar-stream";
 import { describe, expect, it } from "vitest";
-import { buildImage, buildIndex, busyboxLayer, MediaTypes, randomLayer, sha256, type Blob } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  buildIndex,
+  busyboxLayer,
+  MediaTypes,
+  randomLayer,
+  sha256,
+  type Blob,
+} from "../harness/image-builder.ts";
 
 interface ReadEntry {
   name: string;

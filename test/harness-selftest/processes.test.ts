@@ -37,14 +37,20 @@ describe("startProcess", () => {
 
   it("passes exactly the given environment", async () => {
     const lines: string[] = [];
-    const proc = startProcess("/usr/bin/env", [], { name: "env", env: { ONLY_THIS: "1" }, onLine: (l) => lines.push(l) });
+    const proc = startProcess("/usr/bin/env", [], {
+      name: "env",
+      env: { ONLY_THIS: "1" },
+      onLine: (l) => lines.push(l),
+    });
     await proc.exited;
     expect(lines).toEqual(["ONLY_THIS=1"]);
   });
 
   it("keeps only the last ~64 KiB of output", async () => {
     // 200 KiB of output ending in a recognisable line.
-    const proc = startProcess("sh", ["-c", "head -c 204800 /dev/zero | tr '\\0' x; echo; echo the-end"], { name: "chatty" });
+    const proc = startProcess("sh", ["-c", "head -c 204800 /dev/zero | tr '\\0' x; echo; echo the-end"], {
+      name: "chatty",
+    });
     await proc.exited;
     const out = proc.output();
     expect(out.length).toBeLessThanOrEqual(64 * 1024);
@@ -65,7 +71,10 @@ describe("startProcess", () => {
 
   it("stop() falls back to SIGKILL when SIGTERM is ignored", async () => {
     const proc = teardown.track(
-      startProcess("sh", ["-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"], { name: "ignores-term", stopTimeoutMs: 500 }),
+      startProcess("sh", ["-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"], {
+        name: "ignores-term",
+        stopTimeoutMs: 500,
+      }),
     );
     await waitFor(async () => proc.output().includes("ready"), { timeoutMs: 5_000, what: "the trap to be installed" });
     const t0 = Date.now();
@@ -78,7 +87,9 @@ describe("startProcess", () => {
   });
 
   it("throws at once for a command that does not exist", () => {
-    expect(() => startProcess("/nonexistent/harness-binary", [], { name: "missing" })).toThrow(/missing: could not start/);
+    expect(() => startProcess("/nonexistent/harness-binary", [], { name: "missing" })).toThrow(
+      /missing: could not start/,
+    );
   });
 });
 
@@ -141,7 +152,10 @@ describe("Teardown", () => {
       throw new Error("boom");
     });
     t.track({ name: "tracked", stop: async () => void order.push("tracked.stop") });
-    t.track({ stop: async () => void order.push("never"), dispose: async () => void order.push("disposed") }, "disposable");
+    t.track(
+      { stop: async () => void order.push("never"), dispose: async () => void order.push("disposed") },
+      "disposable",
+    );
     await expect(t.run()).rejects.toThrow(/teardown step "broken" failed: boom/);
     expect(order).toEqual(["disposed", "tracked.stop", "first"]);
     await t.run(); // nothing left to run

@@ -3,7 +3,17 @@
 // read back byte-exact; refused requests appear in the request log as 401s; the harness's own requests
 // (readiness, sync) need no credentials from the test.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { blobOf, buildImage, buildIndex, MediaTypes, pushBlob, pushImage, pushIndex, randomLayer, sha256 } from "../harness/image-builder.ts";
+import {
+  blobOf,
+  buildImage,
+  buildIndex,
+  MediaTypes,
+  pushBlob,
+  pushImage,
+  pushIndex,
+  randomLayer,
+  sha256,
+} from "../harness/image-builder.ts";
 import { Teardown } from "../harness/processes.ts";
 import {
   basicAuthorization,
@@ -42,10 +52,14 @@ describe("startRegistry with auth: htpasswd", () => {
 
   it("accepts every user's right password (bcrypt hashes) and refuses wrong ones", async () => {
     for (const [username, password] of Object.entries(users)) {
-      const ok = await fetch(`${registry.url}/v2/`, { headers: { authorization: basicAuthorization({ username, password }) } });
+      const ok = await fetch(`${registry.url}/v2/`, {
+        headers: { authorization: basicAuthorization({ username, password }) },
+      });
       expect(ok.status, username).toBe(200);
       await ok.arrayBuffer();
-      const bad = await fetch(`${registry.url}/v2/`, { headers: { authorization: basicAuthorization({ username, password: `${password}x` }) } });
+      const bad = await fetch(`${registry.url}/v2/`, {
+        headers: { authorization: basicAuthorization({ username, password: `${password}x` }) },
+      });
       expect(bad.status, username).toBe(401);
       await bad.arrayBuffer();
     }
@@ -68,19 +82,29 @@ describe("startRegistry with auth: htpasswd", () => {
     const loose = blobOf(Buffer.from("a loose blob"));
     await pushBlob(registry.url, "selftest/basic", loose, admin);
 
-    const m = await registryFetch(registry, `/v2/selftest/basic/manifests/v1`, { auth: admin, headers: { accept: ACCEPT } });
+    const m = await registryFetch(registry, `/v2/selftest/basic/manifests/v1`, {
+      auth: admin,
+      headers: { accept: ACCEPT },
+    });
     expect(m.status).toBe(200);
     expect(Buffer.from(await m.arrayBuffer()).equals(image.manifest)).toBe(true);
-    const i = await registryFetch(registry, `/v2/selftest/basic-multi/manifests/latest`, { auth: admin, headers: { accept: ACCEPT } });
+    const i = await registryFetch(registry, `/v2/selftest/basic-multi/manifests/latest`, {
+      auth: admin,
+      headers: { accept: ACCEPT },
+    });
     expect(i.headers.get("docker-content-digest")).toBe(index.digest);
     await i.arrayBuffer();
-    const b = await registryFetch(registry, `/v2/selftest/basic/blobs/${loose.digest}`, { auth: { username: "reader.one", password: users["reader.one"] } });
+    const b = await registryFetch(registry, `/v2/selftest/basic/blobs/${loose.digest}`, {
+      auth: { username: "reader.one", password: users["reader.one"] },
+    });
     expect(sha256(Buffer.from(await b.arrayBuffer()))).toBe(loose.digest);
 
-    await expect(pushImage(registry.url, "selftest/basic", "v2", buildImage({ layers: [randomLayer(10)], format: "oci" }))).rejects.toThrow(
-      /answered 401.*Basic realm/s,
-    );
-    await expect(pushBlob(registry.url, "selftest/basic", blobOf(Buffer.from("x")), { username: "admin", password: "nope" })).rejects.toThrow(/401/);
+    await expect(
+      pushImage(registry.url, "selftest/basic", "v2", buildImage({ layers: [randomLayer(10)], format: "oci" })),
+    ).rejects.toThrow(/answered 401.*Basic realm/s);
+    await expect(
+      pushBlob(registry.url, "selftest/basic", blobOf(Buffer.from("x")), { username: "admin", password: "nope" }),
+    ).rejects.toThrow(/401/);
   });
 
   it("logs refused requests as 401s with the reason, and sync() works without a test's credentials", async () => {
@@ -88,8 +112,14 @@ describe("startRegistry with auth: htpasswd", () => {
     registry.clearRequests();
     await (await fetch(`${registry.url}/v2/selftest/basic/manifests/v1`)).arrayBuffer();
     const wrong = basicAuthorization({ username: "admin", password: "wrong" });
-    await (await fetch(`${registry.url}/v2/selftest/basic/tags/list`, { headers: { authorization: wrong } })).arrayBuffer();
-    await (await registryFetch(registry, "/v2/selftest/basic/tags/list", { auth: { username: "admin", password: users.admin } })).arrayBuffer();
+    await (
+      await fetch(`${registry.url}/v2/selftest/basic/tags/list`, { headers: { authorization: wrong } })
+    ).arrayBuffer();
+    await (
+      await registryFetch(registry, "/v2/selftest/basic/tags/list", {
+        auth: { username: "admin", password: users.admin },
+      })
+    ).arrayBuffer();
     await registry.sync();
     expect(registry.requests().map((r) => `${r.method} ${r.kind} ${r.status}`)).toEqual([
       "GET manifests 401",
@@ -97,8 +127,12 @@ describe("startRegistry with auth: htpasswd", () => {
       "GET tags 401", // registryFetch: first try without credentials...
       "GET tags 200", // ...then with them
     ]);
-    expect(registry.requests()[0]?.authError).toBe(`basic authentication challenge for realm "${HTPASSWD_REALM}": invalid authorization credential`);
-    expect(registry.requests()[1]?.authError).toBe(`basic authentication challenge for realm "${HTPASSWD_REALM}": authentication failure`);
+    expect(registry.requests()[0]?.authError).toBe(
+      `basic authentication challenge for realm "${HTPASSWD_REALM}": invalid authorization credential`,
+    );
+    expect(registry.requests()[1]?.authError).toBe(
+      `basic authentication challenge for realm "${HTPASSWD_REALM}": authentication failure`,
+    );
     expect(registry.count({ status: 401 })).toBe(3);
   });
 
@@ -157,15 +191,17 @@ describe("startRegistry with auth: token", () => {
   });
 
   it("without credentials a push fails with the challenge in the error (anonymous tokens only pull)", async () => {
-    await expect(pushImage(registry.url, "selftest/token-anon", "v1", buildImage({ layers: [randomLayer(10)], format: "oci" }))).rejects.toThrow(
-      /POST .* answered 401.*insufficient_scope/s,
-    );
+    await expect(
+      pushImage(registry.url, "selftest/token-anon", "v1", buildImage({ layers: [randomLayer(10)], format: "oci" })),
+    ).rejects.toThrow(/POST .* answered 401.*insufficient_scope/s);
   });
 
   it("harnessAuthorization() mints tokens without touching the token server", async () => {
     tokens.clearRequests();
     await registry.sync();
-    const res = await fetch(`${registry.url}/v2/selftest/token-single/tags/list`, { headers: { authorization: registry.harnessAuthorization("selftest/token-single") ?? "" } });
+    const res = await fetch(`${registry.url}/v2/selftest/token-single/tags/list`, {
+      headers: { authorization: registry.harnessAuthorization("selftest/token-single") ?? "" },
+    });
     expect(await res.json()).toEqual({ name: "selftest/token-single", tags: ["v1"] });
     expect(tokens.count()).toBe(0);
   });
@@ -173,11 +209,23 @@ describe("startRegistry with auth: token", () => {
 
 describe("RegistryAuthenticator and parseChallenge", () => {
   it("parses challenges with quoted commas, escapes and bare values", () => {
-    expect(parseChallenge('Bearer realm="http://127.0.0.1:1/token",service="reg",scope="repository:a/b:pull,push",error="insufficient_scope"')).toEqual({
+    expect(
+      parseChallenge(
+        'Bearer realm="http://127.0.0.1:1/token",service="reg",scope="repository:a/b:pull,push",error="insufficient_scope"',
+      ),
+    ).toEqual({
       scheme: "bearer",
-      params: { realm: "http://127.0.0.1:1/token", service: "reg", scope: "repository:a/b:pull,push", error: "insufficient_scope" },
+      params: {
+        realm: "http://127.0.0.1:1/token",
+        service: "reg",
+        scope: "repository:a/b:pull,push",
+        error: "insufficient_scope",
+      },
     });
-    expect(parseChallenge('Basic realm="a \\"quoted\\" realm"')).toEqual({ scheme: "basic", params: { realm: 'a "quoted" realm' } });
+    expect(parseChallenge('Basic realm="a \\"quoted\\" realm"')).toEqual({
+      scheme: "basic",
+      params: { realm: 'a "quoted" realm' },
+    });
     expect(parseChallenge("Bearer realm=http://127.0.0.1:1/token, service=x")).toEqual({
       scheme: "bearer",
       params: { realm: "http://127.0.0.1:1/token", service: "x" },
@@ -194,7 +242,9 @@ describe("RegistryAuthenticator and parseChallenge", () => {
     await new Promise<void>((resolve) => server.listen({ host: "127.0.0.1", port: 0 }, resolve));
     teardown.add("challenge server", () => new Promise<void>((resolve) => server.close(() => resolve())));
     const { port } = server.address() as { port: number };
-    await expect(new RegistryAuthenticator().fetch(`http://127.0.0.1:${port}/v2/`)).rejects.toThrow(/non-loopback realm/);
+    await expect(new RegistryAuthenticator().fetch(`http://127.0.0.1:${port}/v2/`)).rejects.toThrow(
+      /non-loopback realm/,
+    );
   });
 
   it("parseLogLine reads distribution's auth refusals as 401 requests", () => {
@@ -211,6 +261,8 @@ describe("RegistryAuthenticator and parseChallenge", () => {
       startedAt: expect.closeTo(Date.parse("2026-11-23T19:08:04.243Z") + 0.270979, 3) as number,
     });
     // "authorized request" (info) lines are not requests of their own: the "response completed" line is.
-    expect(parseLogLine('{"http.request.method":"GET","http.request.uri":"/v2/","level":"info","msg":"authorized request"}')).toBeUndefined();
+    expect(
+      parseLogLine('{"http.request.method":"GET","http.request.uri":"/v2/","level":"info","msg":"authorized request"}'),
+    ).toBeUndefined();
   });
 });

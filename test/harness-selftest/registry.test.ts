@@ -2,7 +2,17 @@
 // image builder read back byte-exact, the request log counts exactly what was sent, and stop()/start()
 // keeps port and content.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildImage, buildIndex, busyboxLayer, MediaTypes, pushImage, pushIndex, randomLayer, sha256, type BuiltImage } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  buildIndex,
+  busyboxLayer,
+  MediaTypes,
+  pushImage,
+  pushIndex,
+  randomLayer,
+  sha256,
+  type BuiltImage,
+} from "../harness/image-builder.ts";
 import { parseGoDuration, parseLogLine, startRegistry, type Registry } from "../harness/registry.ts";
 import { Teardown } from "../harness/processes.ts";
 
@@ -10,9 +20,18 @@ const teardown = new Teardown();
 afterAll(() => teardown.run());
 
 /** Every manifest type a client may ask for, like dockerd's Accept set. */
-const ACCEPT_ALL = [MediaTypes.ociIndex, MediaTypes.ociManifest, MediaTypes.dockerManifestList, MediaTypes.dockerManifest].join(", ");
+const ACCEPT_ALL = [
+  MediaTypes.ociIndex,
+  MediaTypes.ociManifest,
+  MediaTypes.dockerManifestList,
+  MediaTypes.dockerManifest,
+].join(", ");
 
-async function getManifest(registry: Registry, repo: string, ref: string): Promise<{ status: number; body: Buffer; type: string | null; digest: string | null }> {
+async function getManifest(
+  registry: Registry,
+  repo: string,
+  ref: string,
+): Promise<{ status: number; body: Buffer; type: string | null; digest: string | null }> {
   const res = await fetch(`${registry.url}/v2/${repo}/manifests/${ref}`, { headers: { accept: ACCEPT_ALL } });
   return {
     status: res.status,
@@ -22,9 +41,17 @@ async function getManifest(registry: Registry, repo: string, ref: string): Promi
   };
 }
 
-async function getBlob(registry: Registry, repo: string, digest: string): Promise<{ status: number; body: Buffer; digest: string | null }> {
+async function getBlob(
+  registry: Registry,
+  repo: string,
+  digest: string,
+): Promise<{ status: number; body: Buffer; digest: string | null }> {
   const res = await fetch(`${registry.url}/v2/${repo}/blobs/${digest}`);
-  return { status: res.status, body: Buffer.from(await res.arrayBuffer()), digest: res.headers.get("docker-content-digest") };
+  return {
+    status: res.status,
+    body: Buffer.from(await res.arrayBuffer()),
+    digest: res.headers.get("docker-content-digest"),
+  };
 }
 
 describe("startRegistry", () => {
@@ -58,7 +85,10 @@ describe("startRegistry", () => {
   });
 
   it("stores pushed OCI and Docker images byte-exact", async () => {
-    for (const [repo, image] of [["selftest/oci", oci], ["selftest/docker", docker]] as const) {
+    for (const [repo, image] of [
+      ["selftest/oci", oci],
+      ["selftest/docker", docker],
+    ] as const) {
       for (const ref of ["v1", image.digest]) {
         const m = await getManifest(registry, repo, ref);
         expect(m.status).toBe(200);
@@ -139,7 +169,10 @@ describe("startRegistry", () => {
 
   it("answers by the Accept header, as distribution 2.8 does (quirks a mirror must forward Accept for)", async () => {
     const status = async (repo: string, ref: string, accept?: string): Promise<number> => {
-      const res = await fetch(`${registry.url}/v2/${repo}/manifests/${ref}`, accept === undefined ? {} : { headers: { accept } });
+      const res = await fetch(
+        `${registry.url}/v2/${repo}/manifests/${ref}`,
+        accept === undefined ? {} : { headers: { accept } },
+      );
       await res.arrayBuffer();
       return res.status;
     };
@@ -192,7 +225,12 @@ describe("parseLogLine", () => {
       startedAt: expect.closeTo(Date.parse("2026-11-23T18:43:55.881Z") + 0.552692 - 1005.795752, 3) as number,
     });
     expect(parseLogLine(err)).toMatchObject({ status: 404, kind: "manifests", repo: "foo" });
-    expect(parseLogLine(upload)).toMatchObject({ method: "PUT", kind: "uploads", repo: "a/b", path: "/v2/a/b/blobs/uploads/u?_state=x&digest=sha256:1" });
+    expect(parseLogLine(upload)).toMatchObject({
+      method: "PUT",
+      kind: "uploads",
+      repo: "a/b",
+      path: "/v2/a/b/blobs/uploads/u?_state=x&digest=sha256:1",
+    });
     expect(parseLogLine('{"level":"info","msg":"listening on 127.0.0.1:15999"}')).toBeUndefined();
     expect(parseLogLine("not json")).toBeUndefined();
   });

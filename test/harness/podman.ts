@@ -63,7 +63,14 @@ export async function prepareContainersTools(opts: ContainersToolsOptions): Prom
     varLib: join(dir, "var-lib-containers"),
     runContainers: join(dir, "run-containers"),
   };
-  for (const d of [join(home, ".config", "containers"), paths.tmp, paths.graphRoot, paths.runRoot, paths.varLib, paths.runContainers]) {
+  for (const d of [
+    join(home, ".config", "containers"),
+    paths.tmp,
+    paths.graphRoot,
+    paths.runRoot,
+    paths.varLib,
+    paths.runContainers,
+  ]) {
     await mkdir(d, { recursive: true });
   }
   await writeFile(paths.containersConf, containersConf(dir, paths.tmp));
@@ -97,7 +104,8 @@ export async function prepareContainersTools(opts: ContainersToolsOptions): Prom
     dir,
     registriesConf: paths.registriesConf,
     podman: (args, o = {}) => run("podman", args, o.timeoutMs ?? DEFAULT_CLI_TIMEOUT_MS),
-    skopeo: (args, o = {}) => run("skopeo", ["--registries-conf", paths.registriesConf, ...args], o.timeoutMs ?? DEFAULT_CLI_TIMEOUT_MS),
+    skopeo: (args, o = {}) =>
+      run("skopeo", ["--registries-conf", paths.registriesConf, ...args], o.timeoutMs ?? DEFAULT_CLI_TIMEOUT_MS),
     stop() {
       stopping ??= (async () => {
         // Containers started with --rm are gone already; one left by a failed test still has a conmon.
@@ -133,15 +141,26 @@ function containersConf(dir: string, tmp: string): string {
 }
 
 function storageConf(graphRoot: string, runRoot: string): string {
-  return ["[storage]", 'driver = "vfs"', `graphroot = ${JSON.stringify(graphRoot)}`, `runroot = ${JSON.stringify(runRoot)}`, ""].join("\n");
+  return [
+    "[storage]",
+    'driver = "vfs"',
+    `graphroot = ${JSON.stringify(graphRoot)}`,
+    `runroot = ${JSON.stringify(runRoot)}`,
+    "",
+  ].join("\n");
 }
 
 /** registries.conf v2; no search registries, so a short name can never be sent anywhere by guesswork. */
 export function registriesConf(rules: RegistryRule[]): string {
   const lines = ["unqualified-search-registries = []", ""];
   for (const rule of rules) {
-    lines.push("[[registry]]", `prefix = ${JSON.stringify(rule.prefix)}`, `location = ${JSON.stringify(rule.location)}`);
-    for (const mirror of rule.mirrors) lines.push("[[registry.mirror]]", `location = ${JSON.stringify(mirror)}`, "insecure = true");
+    lines.push(
+      "[[registry]]",
+      `prefix = ${JSON.stringify(rule.prefix)}`,
+      `location = ${JSON.stringify(rule.location)}`,
+    );
+    for (const mirror of rule.mirrors)
+      lines.push("[[registry.mirror]]", `location = ${JSON.stringify(mirror)}`, "insecure = true");
     lines.push("");
   }
   return lines.join("\n");

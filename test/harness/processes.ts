@@ -130,7 +130,9 @@ export function startProcess(cmd: string, args: string[], opts: StartProcessOpti
       // recycled PID can never be hit.
       child.kill("SIGTERM");
       if (await exitsWithin(exited, stopTimeoutMs)) return;
-      tail.append(Buffer.from(`\n[harness] ${opts.name}: no exit ${stopTimeoutMs} ms after SIGTERM; sending SIGKILL\n`));
+      tail.append(
+        Buffer.from(`\n[harness] ${opts.name}: no exit ${stopTimeoutMs} ms after SIGTERM; sending SIGKILL\n`),
+      );
       child.kill("SIGKILL");
       if (!(await exitsWithin(exited, KILL_WAIT_MS))) {
         throw new Error(`${opts.name} (pid ${pid}) did not exit after SIGKILL`);
@@ -184,7 +186,9 @@ export async function waitFor(check: () => Promise<boolean>, opts: WaitForOption
     if (Date.now() + intervalMs > deadline) {
       const reason = lastError === undefined ? "" : `; last error: ${describeError(lastError)}`;
       const output = proc === undefined ? "" : `\n--- ${proc.name} output ---\n${proc.output()}`;
-      throw new Error(`timed out after ${opts.timeoutMs} ms (${attempt} checks) waiting for ${opts.what}${reason}${output}`);
+      throw new Error(
+        `timed out after ${opts.timeoutMs} ms (${attempt} checks) waiting for ${opts.what}${reason}${output}`,
+      );
     }
     await sleep(intervalMs);
   }
@@ -226,7 +230,11 @@ export async function runCommand(
       const stdout = Buffer.concat(out).toString("utf8");
       const stderr = Buffer.concat(err).toString("utf8");
       if (timedOut) {
-        reject(new Error(`${cmd} ${args.join(" ")} timed out after ${opts.timeoutMs} ms\nstdout: ${stdout}\nstderr: ${stderr}`));
+        reject(
+          new Error(
+            `${cmd} ${args.join(" ")} timed out after ${opts.timeoutMs} ms\nstdout: ${stdout}\nstderr: ${stderr}`,
+          ),
+        );
         return;
       }
       // A signal death has no exit code; report it the way a shell would (128 + signal number).
@@ -316,7 +324,11 @@ class OutputTail {
     this.chunks.push(chunk);
     this.bytes += chunk.length;
     // Drop whole chunks only while the rest still fills the budget; toString() trims the excess.
-    for (let first = this.chunks[0]; first !== undefined && this.bytes - first.length >= this.limit; first = this.chunks[0]) {
+    for (
+      let first = this.chunks[0];
+      first !== undefined && this.bytes - first.length >= this.limit;
+      first = this.chunks[0]
+    ) {
       this.chunks.shift();
       this.bytes -= first.length;
     }

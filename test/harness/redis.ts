@@ -42,11 +42,30 @@ export async function startRedis(opts: { port?: number } = {}): Promise<RedisSer
   const start = async (): Promise<void> => {
     if (proc?.running()) return;
     if (proc !== undefined) previousOutput = (previousOutput + proc.output()).slice(-64 * 1024);
-    const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workDir, "--daemonize", "no", "--logfile", ""];
+    const args = [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      workDir,
+      "--daemonize",
+      "no",
+      "--logfile",
+      "",
+    ];
     const started = startProcess("redis-server", args, { name, cwd: workDir, stopTimeoutMs: 5_000 });
     proc = started;
     try {
-      await waitFor(() => answersPing(port), { timeoutMs: STARTUP_TIMEOUT_MS, what: `${name} to answer PING`, whileRunning: started });
+      await waitFor(() => answersPing(port), {
+        timeoutMs: STARTUP_TIMEOUT_MS,
+        what: `${name} to answer PING`,
+        whileRunning: started,
+      });
     } catch (err) {
       await started.stop();
       throw err;

@@ -184,11 +184,15 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     proc = started;
     try {
       // With auth this also proves the auth configuration works: the harness's own credentials get in.
-      await waitFor(async () => (await fetch(`${url}/v2/`, { headers: authHeaders(), signal: AbortSignal.timeout(2_000) })).status === 200, {
-        timeoutMs: STARTUP_TIMEOUT_MS,
-        what: `docker-registry to answer GET ${url}/v2/ with 200${auth === undefined ? "" : " to the harness's credentials"}`,
-        whileRunning: started,
-      });
+      await waitFor(
+        async () =>
+          (await fetch(`${url}/v2/`, { headers: authHeaders(), signal: AbortSignal.timeout(2_000) })).status === 200,
+        {
+          timeoutMs: STARTUP_TIMEOUT_MS,
+          what: `docker-registry to answer GET ${url}/v2/ with 200${auth === undefined ? "" : " to the harness's credentials"}`,
+          whileRunning: started,
+        },
+      );
     } catch (err) {
       await started.stop();
       throw err;
@@ -224,9 +228,16 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     count: (filter) => requests().filter((r) => matches(r, filter)).length,
     async sync() {
       const id = `${process.pid}-${++syncCounter}`;
-      const res = await fetch(`${url}/v2/?${SYNC_MARKER}${id}`, { headers: authHeaders(), signal: AbortSignal.timeout(SYNC_TIMEOUT_MS) });
+      const res = await fetch(`${url}/v2/?${SYNC_MARKER}${id}`, {
+        headers: authHeaders(),
+        signal: AbortSignal.timeout(SYNC_TIMEOUT_MS),
+      });
       await res.arrayBuffer();
-      await waitFor(async () => syncSeen.has(id), { timeoutMs: SYNC_TIMEOUT_MS, what: `registry log line of sync request ${id}`, intervalMs: 10 });
+      await waitFor(async () => syncSeen.has(id), {
+        timeoutMs: SYNC_TIMEOUT_MS,
+        what: `registry log line of sync request ${id}`,
+        intervalMs: 10,
+      });
       syncSeen.delete(id);
       const quietUntil = Date.now() + SYNC_QUIET_MAX_MS;
       while (Date.now() - lastLineAt < SYNC_QUIET_MS && Date.now() < quietUntil) {
@@ -305,7 +316,8 @@ function htpasswdAuthConfig(path: string): string[] {
 function htpasswdFile(users: Record<string, string>): string {
   return Object.entries(users)
     .map(([user, password]) => {
-      if (user.includes(":") || user.includes("\n")) throw new Error(`htpasswd: invalid user name ${JSON.stringify(user)}`);
+      if (user.includes(":") || user.includes("\n"))
+        throw new Error(`htpasswd: invalid user name ${JSON.stringify(user)}`);
       return `${user}:${bcrypt.hashSync(password, 4)}\n`;
     })
     .join("");
@@ -372,13 +384,15 @@ export class RegistryAuthenticator {
 
   /** The Authorization header value that answers a challenge, or undefined when there is none to give. */
   private async answer(challenge: AuthChallenge | undefined): Promise<string | undefined> {
-    if (challenge?.scheme === "basic") return this.credentials === undefined ? undefined : basicAuthorization(this.credentials);
+    if (challenge?.scheme === "basic")
+      return this.credentials === undefined ? undefined : basicAuthorization(this.credentials);
     if (challenge?.scheme !== "bearer") return undefined;
     const realm = challenge.params["realm"];
     if (realm === undefined) return undefined;
     const tokenUrl = new URL(realm);
     // Test traffic stays on loopback, whatever a challenge says.
-    if (tokenUrl.hostname !== "127.0.0.1") throw new Error(`refusing to fetch a token from a non-loopback realm: ${realm}`);
+    if (tokenUrl.hostname !== "127.0.0.1")
+      throw new Error(`refusing to fetch a token from a non-loopback realm: ${realm}`);
     const { service, scope } = challenge.params;
     if (service !== undefined) tokenUrl.searchParams.set("service", service);
     if (scope !== undefined) for (const s of scope.split(" ")) tokenUrl.searchParams.append("scope", s);
@@ -479,7 +493,7 @@ function parseTime(time: string): number {
 
 /** Go's time.Duration.String() format ("4.956718ms", "1.005795752s", "850µs", "1m2.5s") to milliseconds. */
 export function parseGoDuration(text: string): number {
-  const unitMs: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, "μs": 1e-3, ms: 1, s: 1e3, m: 60e3, h: 3600e3 };
+  const unitMs: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1e3, m: 60e3, h: 3600e3 };
   let total = 0;
   for (const [, value = "0", unit = ""] of text.matchAll(/([\d.]+)(ns|us|µs|μs|ms|s|m|h)/g)) {
     total += Number(value) * (unitMs[unit] ?? 0);

@@ -7,7 +7,14 @@
 //   - any request (chosen by a RegExp over "METHOD path"): answered with an error status instead of being
 //     forwarded, its connection reset, left without an answer, or its body stalled part-way.
 // Bodies stream through chunk by chunk; nothing is buffered whole.
-import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http";
+import {
+  Agent,
+  createServer,
+  request as httpRequest,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type ServerResponse,
+} from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -116,7 +123,10 @@ const REQUEST_FAULTS: ReadonlySet<FaultKind> = new Set(["stallHeaders", "status"
  * `tls`: listen with HTTPS using this certificate and key (for an upstream reached over TLS, the way every public
  * registry is); the target is still plain HTTP.
  */
-export async function startRelay(targetUrl: string, opts: { tls?: { cert: string | Buffer; key: string | Buffer } } = {}): Promise<Relay> {
+export async function startRelay(
+  targetUrl: string,
+  opts: { tls?: { cert: string | Buffer; key: string | Buffer } } = {},
+): Promise<Relay> {
   const target = new URL(targetUrl);
   if (target.protocol !== "http:") throw new Error(`relay: only http:// targets are supported, got ${targetUrl}`);
   // Own agent so stop() can close the upstream connections this relay opened, and only those.
@@ -166,7 +176,11 @@ export async function startRelay(targetUrl: string, opts: { tls?: { cert: string
       if (early.kind === "redirect") {
         req.resume();
         record.status = 302;
-        res.writeHead(302, { location: early.location, "content-length": "0", "docker-distribution-api-version": "registry/2.0" });
+        res.writeHead(302, {
+          location: early.location,
+          "content-length": "0",
+          "docker-distribution-api-version": "registry/2.0",
+        });
         res.end();
         return;
       }
@@ -194,7 +208,14 @@ export async function startRelay(targetUrl: string, opts: { tls?: { cert: string
           if (status < 200 || status > 299) {
             // The registry's refusal (401 with its challenge, 404, 416), as a GET would have had it; a HEAD
             // answer has no body, so the OCI error body is made here.
-            sendError(res, method, status, passedHeaders(upstreamRes.headers), `the registry answered ${status}`, BLOB_ERROR_CODES[status]);
+            sendError(
+              res,
+              method,
+              status,
+              passedHeaders(upstreamRes.headers),
+              `the registry answered ${status}`,
+              BLOB_ERROR_CODES[status],
+            );
             return;
           }
           record.fault = "redirectBlobs";
@@ -202,7 +223,11 @@ export async function startRelay(targetUrl: string, opts: { tls?: { cert: string
           const { repo, digest } = blobRef(path);
           const location = new URL(redirect.to.signedUrl(repo, digest));
           if (redirect.hostname !== undefined) location.hostname = redirect.hostname;
-          res.writeHead(307, { location: location.href, "content-length": "0", "docker-distribution-api-version": "registry/2.0" });
+          res.writeHead(307, {
+            location: location.href,
+            "content-length": "0",
+            "docker-distribution-api-version": "registry/2.0",
+          });
           res.end();
           return;
         }
@@ -229,7 +254,10 @@ export async function startRelay(targetUrl: string, opts: { tls?: { cert: string
     });
     req.pipe(upstreamReq);
   };
-  const server = opts.tls !== undefined ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handle) : createServer(handle);
+  const server =
+    opts.tls !== undefined
+      ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handle)
+      : createServer(handle);
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -345,13 +373,19 @@ function sendError(
 function passedHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
   const out: IncomingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
-    if (!HOP_BY_HOP.has(name) && name !== "content-length" && name !== "content-type" && value !== undefined) out[name] = value;
+    if (!HOP_BY_HOP.has(name) && name !== "content-length" && name !== "content-type" && value !== undefined)
+      out[name] = value;
   }
   return out;
 }
 
 /** Copies status, headers and body from the upstream response to the client, applying `fault` to the body. */
-async function relayResponse(upstream: IncomingMessage, res: ServerResponse, fault: Fault | null, method: string): Promise<void> {
+async function relayResponse(
+  upstream: IncomingMessage,
+  res: ServerResponse,
+  fault: Fault | null,
+  method: string,
+): Promise<void> {
   const headers: IncomingHttpHeaders = {};
   for (const [name, value] of Object.entries(upstream.headers)) {
     if (!HOP_BY_HOP.has(name) && value !== undefined) headers[name] = value;

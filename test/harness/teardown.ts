@@ -48,7 +48,11 @@ export class Teardown {
       try {
         await withTimeout(Promise.resolve().then(step.run), STEP_TIMEOUT_MS, step.label);
       } catch (err) {
-        failures.push(new Error(`teardown step "${step.label}" failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err }));
+        failures.push(
+          new Error(`teardown step "${step.label}" failed: ${err instanceof Error ? err.message : String(err)}`, {
+            cause: err,
+          }),
+        );
       }
     }
     const [only] = failures;

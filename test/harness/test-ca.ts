@@ -21,15 +21,56 @@ async function openssl(args: string[]): Promise<void> {
 export async function createTestCa(dir: string, cn = "mirror-test-ca"): Promise<TestCa> {
   const certPath = join(dir, "ca.crt");
   const caKey = join(dir, "ca.key");
-  await openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", caKey, "-out", certPath, "-days", "2", "-subj", `/CN=${cn}`]);
+  await openssl([
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    caKey,
+    "-out",
+    certPath,
+    "-days",
+    "2",
+    "-subj",
+    `/CN=${cn}`,
+  ]);
   return {
     certPath,
     async issue(name) {
       const keyPath = join(dir, `${name}.key`);
       const crt = join(dir, `${name}.crt`);
-      await openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", keyPath, "-out", join(dir, `${name}.csr`), "-subj", `/CN=${name}`]);
+      await openssl([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        keyPath,
+        "-out",
+        join(dir, `${name}.csr`),
+        "-subj",
+        `/CN=${name}`,
+      ]);
       await writeFile(join(dir, `${name}.ext`), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
-      await openssl(["x509", "-req", "-in", join(dir, `${name}.csr`), "-CA", certPath, "-CAkey", caKey, "-CAcreateserial", "-days", "2", "-extfile", join(dir, `${name}.ext`), "-out", crt]);
+      await openssl([
+        "x509",
+        "-req",
+        "-in",
+        join(dir, `${name}.csr`),
+        "-CA",
+        certPath,
+        "-CAkey",
+        caKey,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        join(dir, `${name}.ext`),
+        "-out",
+        crt,
+      ]);
       return { certPath: crt, keyPath };
     },
   };

@@ -13,7 +13,15 @@
 //   - `exp` and `nbf` with 60 s of leeway each way: a token is accepted until exp + 60 s, and from nbf - 60 s;
 //   - `access` granting the scope the route needs (pull for GET/HEAD, pull+push for uploads and manifest PUT).
 // `sub`, `iat` and `jti` are carried but not checked.
-import { createHash, createPrivateKey, createPublicKey, randomUUID, sign, X509Certificate, type KeyObject } from "node:crypto";
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  randomUUID,
+  sign,
+  X509Certificate,
+  type KeyObject,
+} from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -53,7 +61,10 @@ export type TokenRequestFilter = Partial<Pick<TokenRequest, "authorization" | "u
  *   - resetBody: stops after `afterBytes` bytes, and the connection is reset;
  *   - trickle: is never sent; a space (JSON whitespace) goes out every `intervalMs` instead, forever.
  */
-export type TokenFault = { kind: "stallBody"; afterBytes: number } | { kind: "resetBody"; afterBytes: number } | { kind: "trickle"; intervalMs: number };
+export type TokenFault =
+  | { kind: "stallBody"; afterBytes: number }
+  | { kind: "resetBody"; afterBytes: number }
+  | { kind: "trickle"; intervalMs: number };
 
 /** How a token names its signing key in the JWT header. */
 export type KeyReference = "x5c" | "kid";
@@ -154,7 +165,10 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
   const mintToken = (mint: MintOptions = {}): string => {
     const now = Math.floor(Date.now() / 1000);
     const keyReference = mint.keyReference ?? defaultKeyReference;
-    const header = keyReference === "x5c" ? { typ: "JWT", alg: "RS256", x5c: [keys.certDerBase64] } : { typ: "JWT", alg: "RS256", kid: keys.keyId };
+    const header =
+      keyReference === "x5c"
+        ? { typ: "JWT", alg: "RS256", x5c: [keys.certDerBase64] }
+        : { typ: "JWT", alg: "RS256", kid: keys.keyId };
     const claims = {
       iss: mint.issuer ?? issuer,
       sub: mint.subject ?? "",
@@ -194,15 +208,28 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
     const who = identify(req.headers.authorization, users);
     record.authorization = who.authorization;
     if (who.user !== undefined) record.user = who.user;
-    if (who.authorization === "basic-bad" || who.authorization === "other" || (who.authorization === "none" && !anonymous)) {
+    if (
+      who.authorization === "basic-bad" ||
+      who.authorization === "other" ||
+      (who.authorization === "none" && !anonymous)
+    ) {
       record.status = 401;
       const message = who.authorization === "none" ? "authentication required" : "incorrect username or password";
-      sendJson(res, 401, { errors: [{ code: "UNAUTHORIZED", message }] }, { "www-authenticate": `Basic realm="${BASIC_REALM}"` });
+      sendJson(
+        res,
+        401,
+        { errors: [{ code: "UNAUTHORIZED", message }] },
+        { "www-authenticate": `Basic realm="${BASIC_REALM}"` },
+      );
       return;
     }
     if (requestedService !== null && requestedService !== service) {
       record.status = 400;
-      sendJson(res, 400, { errors: [{ code: "DENIED", message: `unknown service ${requestedService}; this server issues tokens for ${service}` }] });
+      sendJson(res, 400, {
+        errors: [
+          { code: "DENIED", message: `unknown service ${requestedService}; this server issues tokens for ${service}` },
+        ],
+      });
       return;
     }
 
@@ -249,7 +276,9 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
       log.length = 0;
     },
     count: (filter = {}) =>
-      log.filter((r) => Object.entries(filter).every(([k, v]) => v === undefined || r[k as keyof TokenRequestFilter] === v)).length,
+      log.filter((r) =>
+        Object.entries(filter).every(([k, v]) => v === undefined || r[k as keyof TokenRequestFilter] === v),
+      ).length,
     setExpiresIn: (seconds) => {
       expiresIn = seconds;
     },
@@ -284,13 +313,33 @@ async function createSigningKey(dir: string): Promise<SigningKey> {
   const certPath = join(dir, "root-cert-bundle.pem");
   const result = await runCommand(
     "openssl",
-    ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "7", "-subj", "/CN=harness token issuer", "-keyout", keyPath, "-out", certPath],
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-sha256",
+      "-days",
+      "7",
+      "-subj",
+      "/CN=harness token issuer",
+      "-keyout",
+      keyPath,
+      "-out",
+      certPath,
+    ],
     { timeoutMs: 30_000 },
   );
   if (result.code !== 0) throw new Error(`openssl req failed (${result.code}): ${result.stderr}`);
   const privateKey = createPrivateKey(await readFile(keyPath));
   const cert = new X509Certificate(await readFile(certPath));
-  return { privateKey, certPath, certDerBase64: cert.raw.toString("base64"), keyId: libtrustKeyId(createPublicKey(privateKey)) };
+  return {
+    privateKey,
+    certPath,
+    certDerBase64: cert.raw.toString("base64"),
+    keyId: libtrustKeyId(createPublicKey(privateKey)),
+  };
 }
 
 /**
@@ -328,7 +377,10 @@ function base64url(data: string | Buffer): string {
 }
 
 /** Who sent the request: nobody, a user with the right password, or wrong/malformed credentials. */
-function identify(header: string | undefined, users: Record<string, string>): { authorization: TokenAuthorization; user?: string } {
+function identify(
+  header: string | undefined,
+  users: Record<string, string>,
+): { authorization: TokenAuthorization; user?: string } {
   if (header === undefined || header.trim() === "") return { authorization: "none" };
   const m = /^basic\s+(\S+)\s*$/i.exec(header);
   if (m === null) return { authorization: "other" };
@@ -355,9 +407,18 @@ function grant(scopes: string[], admin: boolean): TokenAccess[] {
     if (first === -1 || last === first) continue;
     const type = scope.slice(0, first).replace(/\(.*\)$/, ""); // "repository(plugin)" → "repository"
     const name = scope.slice(first + 1, last);
-    const requested = scope.slice(last + 1).split(",").filter((a) => a !== "");
+    const requested = scope
+      .slice(last + 1)
+      .split(",")
+      .filter((a) => a !== "");
     const allowed =
-      type === "repository" ? (admin ? ["pull", "push", "delete", "*"] : ["pull"]) : type === "registry" && admin ? ["*"] : [];
+      type === "repository"
+        ? admin
+          ? ["pull", "push", "delete", "*"]
+          : ["pull"]
+        : type === "registry" && admin
+          ? ["*"]
+          : [];
     const actions = requested.filter((a) => allowed.includes(a));
     if (actions.length > 0) out.push({ type, name, actions });
   }

@@ -45,13 +45,21 @@ function explain(what: string, result: CommandResult, extra = ""): string {
   return `${what} exited ${result.code}\nstdout: ${result.stdout.slice(-4000)}\nstderr: ${result.stderr.slice(-4000)}${extra}`;
 }
 
-async function mustDocker(d: { docker: Dockerd["docker"] }, args: string[], timeoutMs = 120_000): Promise<CommandResult> {
+async function mustDocker(
+  d: { docker: Dockerd["docker"] },
+  args: string[],
+  timeoutMs = 120_000,
+): Promise<CommandResult> {
   const result = await d.docker(args, { timeoutMs });
   if (result.code !== 0) throw new Error(explain(`docker ${args.join(" ")}`, result));
   return result;
 }
 
-async function containerState(): Promise<{ Status: string; ExitCode: number; Health?: { Status: string; Log: Array<{ ExitCode: number; Output: string }> } }> {
+async function containerState(): Promise<{
+  Status: string;
+  ExitCode: number;
+  Health?: { Status: string; Log: Array<{ ExitCode: number; Output: string }> };
+}> {
   const result = await mustDocker(dockerd, ["inspect", "--format", "{{json .State}}", CONTAINER]);
   return JSON.parse(result.stdout) as Awaited<ReturnType<typeof containerState>>;
 }
@@ -63,7 +71,9 @@ async function waitHealthy(): Promise<void> {
     what: `container ${CONTAINER} to report healthy`,
   }).catch(async (err: unknown) => {
     const logs = await dockerd.docker(["logs", "--tail", "50", CONTAINER]);
-    throw new Error(`${(err as Error).message}\nstate: ${JSON.stringify(await containerState())}\nlogs:\n${logs.stdout}${logs.stderr}`);
+    throw new Error(
+      `${(err as Error).message}\nstate: ${JSON.stringify(await containerState())}\nlogs:\n${logs.stdout}${logs.stderr}`,
+    );
   });
 }
 
@@ -77,11 +87,17 @@ beforeAll(async () => {
   progress(`docker build ${ROOT} (npm ci and tsc inside the build)`);
   // BuildKit, as current Docker uses by default; --network host for the npm registry, since this daemon
   // has no bridge network.
-  const built = await build.docker(["build", "--network", "host", "--tag", IMAGE, ROOT], { timeoutMs: 15 * 60_000, env: { DOCKER_BUILDKIT: "1" } });
+  const built = await build.docker(["build", "--network", "host", "--tag", IMAGE, ROOT], {
+    timeoutMs: 15 * 60_000,
+    env: { DOCKER_BUILDKIT: "1" },
+  });
   if (built.code !== 0) throw new Error(explain("docker build", built));
-  const size = async (ref: string): Promise<number> => Number((await mustDocker(build, ["image", "inspect", "--format", "{{.Size}}", ref])).stdout.trim());
+  const size = async (ref: string): Promise<number> =>
+    Number((await mustDocker(build, ["image", "inspect", "--format", "{{.Size}}", ref])).stdout.trim());
   sizes = { base: await size(BASE_IMAGE), image: await size(IMAGE) };
-  progress(`image ${IMAGE}: ${(sizes.image / 1e6).toFixed(1)} MB, of which the Dockerfile adds ${((sizes.image - sizes.base) / 1e6).toFixed(1)} MB`);
+  progress(
+    `image ${IMAGE}: ${(sizes.image / 1e6).toFixed(1)} MB, of which the Dockerfile adds ${((sizes.image - sizes.base) / 1e6).toFixed(1)} MB`,
+  );
   const archive = join(workDir, "image.tar");
   await mustDocker(build, ["save", "--output", archive, IMAGE], 5 * 60_000);
   // The build daemon (machine DNS) is gone before anything pulls through the mirror.
@@ -93,13 +109,19 @@ beforeAll(async () => {
 
   mirrorPort = await freePort();
   const mirrorHost = `127.0.0.1:${mirrorPort}`;
-  dockerd = teardown.track(await startDockerd({ registryMirror: `http://${mirrorHost}`, insecureRegistries: [mirrorHost] }), "client dockerd");
+  dockerd = teardown.track(
+    await startDockerd({ registryMirror: `http://${mirrorHost}`, insecureRegistries: [mirrorHost] }),
+    "client dockerd",
+  );
   await mustDocker(dockerd, ["load", "--input", archive], 5 * 60_000);
 
   // The configuration a user would mount: one upstream, Docker Hub's stand-in on loopback, as the default.
   const configDir = join(workDir, "config");
   await mkdir(configDir);
-  await writeFile(join(configDir, "config.yaml"), `upstreams:\n  docker.io:\n    url: ${registry.url}\n    default: true\n    tagTtl: 1m\nshutdownGrace: 5s\n`);
+  await writeFile(
+    join(configDir, "config.yaml"),
+    `upstreams:\n  docker.io:\n    url: ${registry.url}\n    default: true\n    tagTtl: 1m\nshutdownGrace: 5s\n`,
+  );
   // mkdtemp makes 0700 directories; the container's uid 1000 must be able to read the mounted file.
   await chmod(workDir, 0o755);
   await chmod(configDir, 0o755);
@@ -140,23 +162,43 @@ describe("the container image", () => {
     const dockerfile = await readFile(join(ROOT, "Dockerfile"), "utf8");
     // The stand-in was imported under this exact name, so a build elsewhere uses the real image unchanged.
     expect(dockerfile).toMatch(new RegExp(`^ARG NODE_IMAGE=${BASE_IMAGE.replace(/[.]/g, "\\.")}$`, "m"));
-    expect(dockerfile.match(/^FROM .*/gm)).toEqual(["FROM ${NODE_IMAGE} AS build", "FROM ${NODE_IMAGE} AS prod-deps", "FROM ${NODE_IMAGE}"]);
+    expect(dockerfile.match(/^FROM .*/gm)).toEqual([
+      "FROM ${NODE_IMAGE} AS build",
+      "FROM ${NODE_IMAGE} AS prod-deps",
+      "FROM ${NODE_IMAGE}",
+    ]);
 
-    const ls = await mustDocker(dockerd, ["run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", IMAGE, "-c", "ls -A /app; echo ---; find /app/dist -type f ! -name '*.js' ! -name '*.js.map'; echo ---; ls /app/node_modules"]);
+    const ls = await mustDocker(dockerd, [
+      "run",
+      "--rm",
+      "--network",
+      "none",
+      "--entrypoint",
+      "/bin/sh",
+      IMAGE,
+      "-c",
+      "ls -A /app; echo ---; find /app/dist -type f ! -name '*.js' ! -name '*.js.map'; echo ---; ls /app/node_modules",
+    ]);
     const [appDir = "", strayFiles = "", modules = ""] = ls.stdout.split("---\n");
     expect(appDir.trim().split("\n")).toEqual(["dist", "node_modules", "package.json"]);
     expect(strayFiles.trim(), "files in dist/ other than compiled JavaScript").toBe("");
     const installed = modules.trim().split("\n");
-    for (const dep of Object.keys((JSON.parse(await readFile(join(ROOT, "package.json"), "utf8")) as { dependencies: Record<string, string> }).dependencies)) {
+    for (const dep of Object.keys(
+      (JSON.parse(await readFile(join(ROOT, "package.json"), "utf8")) as { dependencies: Record<string, string> })
+        .dependencies,
+    )) {
       expect(installed, `production dependency ${dep}`).toContain(dep.split("/")[0]);
     }
-    for (const devOnly of ["typescript", "vitest", "eslint", "ajv"]) expect(installed, `dev dependency ${devOnly}`).not.toContain(devOnly);
+    for (const devOnly of ["typescript", "vitest", "eslint", "ajv"])
+      expect(installed, `dev dependency ${devOnly}`).not.toContain(devOnly);
 
     expect(sizes.image - sizes.base, `bytes added on top of ${BASE_IMAGE}`).toBeLessThan(MAX_ADDED_BYTES);
   });
 
   it("runs as uid 1000, not root, and reports healthy through its HEALTHCHECK", async () => {
-    const config = JSON.parse((await mustDocker(dockerd, ["image", "inspect", "--format", "{{json .Config}}", IMAGE])).stdout) as {
+    const config = JSON.parse(
+      (await mustDocker(dockerd, ["image", "inspect", "--format", "{{json .Config}}", IMAGE])).stdout,
+    ) as {
       User: string;
       Volumes: Record<string, unknown>;
       Healthcheck: { Test: string[]; Interval: number };
@@ -183,14 +225,25 @@ describe("the container image", () => {
   it("serves a real docker pull through the container from the upstream", { timeout: 180_000 }, async () => {
     const pull = await dockerd.docker(["pull", PULLED]);
     expect(pull.code, explain("docker pull", pull, `\ndockerd log:\n${dockerd.output().slice(-3000)}`)).toBe(0);
-    const inspect = await mustDocker(dockerd, ["image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", PULLED]);
+    const inspect = await mustDocker(dockerd, [
+      "image",
+      "inspect",
+      "--format",
+      "{{.Id}} {{json .RepoDigests}}",
+      PULLED,
+    ]);
     expect(inspect.stdout.trim()).toBe(`${pushed.config.digest} ["${PULLED}@${pushed.digest}"]`);
 
     // The upstream served the manifest and every blob: the pull went through the container.
     await registry.sync();
-    expect(registry.count({ method: "GET", kind: "manifests", repo: `library/${PULLED}`, status: 200 })).toBeGreaterThanOrEqual(1);
+    expect(
+      registry.count({ method: "GET", kind: "manifests", repo: `library/${PULLED}`, status: 200 }),
+    ).toBeGreaterThanOrEqual(1);
     for (const blob of pushed.blobs()) {
-      expect(registry.count({ method: "GET", kind: "blobs", pathIncludes: blob.digest, status: 200 }), `upstream GETs of ${blob.digest}`).toBeGreaterThanOrEqual(1);
+      expect(
+        registry.count({ method: "GET", kind: "blobs", pathIncludes: blob.digest, status: 200 }),
+        `upstream GETs of ${blob.digest}`,
+      ).toBeGreaterThanOrEqual(1);
     }
 
     const run = await dockerd.docker(["run", "--rm", "--network", "none", PULLED]);
@@ -210,21 +263,28 @@ describe("the container image", () => {
     expect(logs.stdout).toMatch(/"signal":"SIGTERM".*"msg":"shutting down"/);
   });
 
-  it("keeps its cache in the /data volume: restarted with the upstream down, it still serves the image", { timeout: 180_000 }, async () => {
-    await registry.stop();
-    await mustDocker(dockerd, ["start", CONTAINER]);
-    await waitHealthy();
+  it(
+    "keeps its cache in the /data volume: restarted with the upstream down, it still serves the image",
+    { timeout: 180_000 },
+    async () => {
+      await registry.stop();
+      await mustDocker(dockerd, ["start", CONTAINER]);
+      await waitHealthy();
 
-    // A second client with an empty store, so every manifest and blob has to come from the mirror.
-    const mirrorHost = `127.0.0.1:${mirrorPort}`;
-    const fresh = teardown.track(await startDockerd({ registryMirror: `http://${mirrorHost}`, insecureRegistries: [mirrorHost] }), "fresh client dockerd");
-    const pull = await fresh.docker(["pull", PULLED]);
-    expect(pull.code, explain("docker pull (upstream down)", pull)).toBe(0);
-    const inspect = await mustDocker(fresh, ["image", "inspect", "--format", "{{.Id}}", PULLED]);
-    expect(inspect.stdout.trim()).toBe(pushed.config.digest);
-    await fresh.stop();
+      // A second client with an empty store, so every manifest and blob has to come from the mirror.
+      const mirrorHost = `127.0.0.1:${mirrorPort}`;
+      const fresh = teardown.track(
+        await startDockerd({ registryMirror: `http://${mirrorHost}`, insecureRegistries: [mirrorHost] }),
+        "fresh client dockerd",
+      );
+      const pull = await fresh.docker(["pull", PULLED]);
+      expect(pull.code, explain("docker pull (upstream down)", pull)).toBe(0);
+      const inspect = await mustDocker(fresh, ["image", "inspect", "--format", "{{.Id}}", PULLED]);
+      expect(inspect.stdout.trim()).toBe(pushed.config.digest);
+      await fresh.stop();
 
-    await mustDocker(dockerd, ["stop", "--time", "30", CONTAINER]);
-    expect((await containerState()).ExitCode).toBe(0);
-  });
+      await mustDocker(dockerd, ["stop", "--time", "30", CONTAINER]);
+      expect((await containerState()).ExitCode).toBe(0);
+    },
+  );
 });

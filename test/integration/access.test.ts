@@ -31,7 +31,12 @@ const logLines: string[] = [];
 beforeAll(async () => {
   upstream = teardown.track(await startRegistry());
   for (const repo of ["library/open", "team/app", "team/secret", "blocked/thing"]) {
-    await pushImage(upstream.url, repo, "v1", buildImage({ format: "oci", layers: [randomLayer(2_000)], labels: { repo } }));
+    await pushImage(
+      upstream.url,
+      repo,
+      "v1",
+      buildImage({ format: "oci", layers: [randomLayer(2_000)], labels: { repo } }),
+    );
   }
   const dir = await mkdtemp(join(tmpdir(), "access-"));
   const htpasswd = join(dir, "htpasswd");
@@ -63,7 +68,9 @@ beforeAll(async () => {
 });
 
 const pull = (repo: string, authorization?: string) =>
-  fetchRaw(`${url}/v2/${repo}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES, ...(authorization ? { authorization } : {}) } });
+  fetchRaw(`${url}/v2/${repo}/manifests/v1`, {
+    headers: { accept: ALL_MANIFEST_TYPES, ...(authorization ? { authorization } : {}) },
+  });
 
 describe("client access control", () => {
   it("lets anonymous clients pull what the rules allow, and challenges them for the rest", async () => {
@@ -100,7 +107,9 @@ describe("client access control", () => {
       const res = await pull("blocked/thing", authorization);
       expect(res.status).toBe(403);
       expect(errorCode(res)).toBe("DENIED");
-      const blob = await fetchRaw(`${url}/v2/blocked/thing/blobs/sha256:${"a".repeat(64)}`, { headers: authorization ? { authorization } : {} });
+      const blob = await fetchRaw(`${url}/v2/blocked/thing/blobs/sha256:${"a".repeat(64)}`, {
+        headers: authorization ? { authorization } : {},
+      });
       expect(errorCode(blob)).toBe("DENIED");
     }
     await upstream.sync();
@@ -143,27 +152,49 @@ describe("client access control", () => {
         const body = JSON.parse(res.body.toString()) as { status: string; reasons: string[] };
         return { http: res.status, status: body.status, reasons: body.reasons };
       };
-      const problem = /^client token "ci" is disabled: access\.tokens\.0\.tokenFile: .*ci-token holds a secret of 0 bytes; at least 16 are required$/;
+      const problem =
+        /^client token "ci" is disabled: access\.tokens\.0\.tokenFile: .*ci-token holds a secret of 0 bytes; at least 16 are required$/;
       // Loud: an error at start naming the key, the file, what it holds and the minimum...
       const errors = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.level === 50);
-      expect(errors).toEqual([expect.objectContaining({ key: "access.tokens.0.tokenFile", file: tokenFile, bytes: 0, minBytes: 16, msg: expect.stringMatching(problem) as string })]);
+      expect(errors).toEqual([
+        expect.objectContaining({
+          key: "access.tokens.0.tokenFile",
+          file: tokenFile,
+          bytes: 0,
+          minBytes: 16,
+          msg: expect.stringMatching(problem) as string,
+        }),
+      ]);
       // ...and /readyz lists it, without taking the mirror out of service for everyone else.
       expect(await readiness()).toEqual({ http: 200, status: "degraded", reasons: [expect.stringMatching(problem)] });
       // The disabled token matches nothing.
-      for (const authorization of ["Bearer \u00a0", `Bearer ${CI_TOKEN}`]) expect((await ping(authorization)).status, authorization).toBe(401);
+      for (const authorization of ["Bearer \u00a0", `Bearer ${CI_TOKEN}`])
+        expect((await ping(authorization)).status, authorization).toBe(401);
 
       // The Secret is populated: the token works without a restart.
       await writeFile(tokenFile, `${CI_TOKEN}\n`);
       // (Waiting on /readyz, not on pings: wrong credentials count against the client's failure limit.)
-      await waitFor(async () => (await readiness()).reasons.length === 0, { timeoutMs: 10_000, intervalMs: 100, what: "the token file to be re-read" });
+      await waitFor(async () => (await readiness()).reasons.length === 0, {
+        timeoutMs: 10_000,
+        intervalMs: 100,
+        what: "the token file to be re-read",
+      });
       expect(await readiness()).toEqual({ http: 200, status: "ready", reasons: [] });
       expect((await ping(`Bearer ${CI_TOKEN}`)).status).toBe(200);
       expect((await ping("Bearer \u00a0")).status).toBe(401);
 
       // Emptied again (a broken rotation): disabled again, and said so again.
       await writeFile(tokenFile, "");
-      await waitFor(async () => (await readiness()).reasons.length > 0, { timeoutMs: 10_000, intervalMs: 100, what: "the token file to be re-read" });
-      expect(await readiness()).toEqual({ http: 200, status: "degraded", reasons: [expect.stringMatching(/ci-token holds a secret of 0 bytes/)] });
+      await waitFor(async () => (await readiness()).reasons.length > 0, {
+        timeoutMs: 10_000,
+        intervalMs: 100,
+        what: "the token file to be re-read",
+      });
+      expect(await readiness()).toEqual({
+        http: 200,
+        status: "degraded",
+        reasons: [expect.stringMatching(/ci-token holds a secret of 0 bytes/)],
+      });
       expect((await ping(`Bearer ${CI_TOKEN}`)).status).toBe(401);
       expect((await ping("Bearer \u00a0")).status).toBe(401);
     } finally {
@@ -186,9 +217,12 @@ describe("client access control", () => {
     try {
       const base = `http://127.0.0.1:${(await limited.listen()).port}`;
       const ping = (authorization: string) => fetchRaw(`${base}/v2/`, { headers: { authorization } });
-      for (const guess of ["guess-1", "guess-2", "guess-3"]) expect((await ping(basic("alice", guess))).status).toBe(401);
+      for (const guess of ["guess-1", "guess-2", "guess-3"])
+        expect((await ping(basic("alice", guess))).status).toBe(401);
       // A flood of further guesses: all refused before any bcrypt work, while probes are answered.
-      const flood = await Promise.all(Array.from({ length: 40 }, (_, i) => ping(basic(i % 2 ? "alice" : "mallory", `guess-${i + 4}`))));
+      const flood = await Promise.all(
+        Array.from({ length: 40 }, (_, i) => ping(basic(i % 2 ? "alice" : "mallory", `guess-${i + 4}`))),
+      );
       expect(new Set(flood.map((r) => r.status))).toEqual(new Set([429]));
       expect(errorCode(flood[0]!)).toBe("TOOMANYREQUESTS");
       expect(Number(flood[0]!.headers["retry-after"])).toBeGreaterThan(500); // the rest of the 10-minute window
@@ -203,7 +237,15 @@ describe("client access control", () => {
   });
 
   it("refuses to start with an upstream's credentials open to anonymous clients unless that is explicit", () => {
-    const base = { upstreams: { "docker.io": { url: "https://registry-1.docker.io", default: true, credentials: { username: "u", password: "p" } } } };
+    const base = {
+      upstreams: {
+        "docker.io": {
+          url: "https://registry-1.docker.io",
+          default: true,
+          credentials: { username: "u", password: "p" },
+        },
+      },
+    };
     expect(() => parseConfig(base)).toThrow(ConfigError);
     expect(() => parseConfig(base)).toThrow(/access\.anonymous/);
     expect(parseConfig({ ...base, access: { anonymous: false } }).access?.anonymous).toBe(false);

@@ -14,7 +14,11 @@ export interface Fetched {
 
 export async function fetchRaw(
   url: string,
-  opts: { method?: "GET" | "HEAD" | "PUT" | "DELETE" | "POST"; headers?: Record<string, string | string[]>; body?: Buffer } = {},
+  opts: {
+    method?: "GET" | "HEAD" | "PUT" | "DELETE" | "POST";
+    headers?: Record<string, string | string[]>;
+    body?: Buffer;
+  } = {},
 ): Promise<Fetched> {
   const res = await request(url, { method: opts.method ?? "GET", headers: opts.headers, body: opts.body });
   const chunks: Buffer[] = [];

@@ -10,7 +10,15 @@ import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { JOURNAL_FILE } from "../../src/metadata/tag-journal.ts";
-import { buildImage, pushBlob, pushImage, randomLayer, sha256, type Blob, type BuiltImage } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  pushBlob,
+  pushImage,
+  randomLayer,
+  sha256,
+  type Blob,
+  type BuiltImage,
+} from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
@@ -41,14 +49,27 @@ beforeAll(async () => {
   mirror = teardown.track(await startTestMirror({ upstreams: upstreams() }));
   // Someone allowed to read team/secret pulls it: every part of it is now cached.
   expect((await getManifest(`${mirror.url}/v2/team/secret/manifests/v1`)).status).toBe(200);
-  for (const blob of secret.blobs()) expect(sha256((await fetchRaw(`${mirror.url}/v2/team/secret/blobs/${blob.digest}`)).body)).toBe(blob.digest);
+  for (const blob of secret.blobs())
+    expect(sha256((await fetchRaw(`${mirror.url}/v2/team/secret/blobs/${blob.digest}`)).body)).toBe(blob.digest);
 });
 
 /** Pushes `image` with extra top-level manifest fields (the registry stores them byte-exact); returns its digest. */
-async function pushWithExtraFields(registryUrl: string, repo: string, tag: string, image: BuiltImage, extra: Record<string, unknown>): Promise<string> {
+async function pushWithExtraFields(
+  registryUrl: string,
+  repo: string,
+  tag: string,
+  image: BuiltImage,
+  extra: Record<string, unknown>,
+): Promise<string> {
   for (const blob of image.blobs()) await pushBlob(registryUrl, repo, blob);
-  const manifest = Buffer.from(JSON.stringify({ ...(JSON.parse(image.manifest.toString("utf8")) as object), ...extra }));
-  const put = await fetchRaw(`${registryUrl}/v2/${repo}/manifests/${tag}`, { method: "PUT", headers: { "content-type": image.mediaType }, body: manifest });
+  const manifest = Buffer.from(
+    JSON.stringify({ ...(JSON.parse(image.manifest.toString("utf8")) as object), ...extra }),
+  );
+  const put = await fetchRaw(`${registryUrl}/v2/${repo}/manifests/${tag}`, {
+    method: "PUT",
+    headers: { "content-type": image.mediaType },
+    body: manifest,
+  });
   expect(put.status, put.body.toString()).toBe(201);
   return sha256(manifest);
 }
@@ -69,7 +90,10 @@ describe("repositories of one upstream", () => {
     // A repository of its own whose manifest names the secret layer as `subject` and in `blobs`; its registry
     // accepts that (a subject need not exist) although public/evil holds no such blob.
     const own = buildImage({ format: "oci", layers: [sharedLayer, randomLayer(5_000)], labels: { image: "evil" } });
-    await pushWithExtraFields(corp.url, "public/evil", "v1", own, { subject: { ...descriptorOf(secretLayer), mediaType: "application/vnd.oci.image.manifest.v1+json" }, blobs: [descriptorOf(secretLayer)] });
+    await pushWithExtraFields(corp.url, "public/evil", "v1", own, {
+      subject: { ...descriptorOf(secretLayer), mediaType: "application/vnd.oci.image.manifest.v1+json" },
+      blobs: [descriptorOf(secretLayer)],
+    });
     await corp.sync();
     corp.clearRequests();
 
@@ -86,7 +110,9 @@ describe("repositories of one upstream", () => {
     }
     await corp.sync();
     expect(corp.count({ kind: "blobs", repo: "public/evil", pathIncludes: sharedLayer.digest })).toBe(0);
-    const asked = corp.requests().filter((r) => r.kind === "blobs" && r.repo === "public/evil" && r.path.includes(secretLayer.digest));
+    const asked = corp
+      .requests()
+      .filter((r) => r.kind === "blobs" && r.repo === "public/evil" && r.path.includes(secretLayer.digest));
     expect(asked.length).toBeGreaterThan(0);
     expect(asked.every((r) => r.status === 404)).toBe(true);
   });
@@ -102,14 +128,21 @@ describe("upstreams", () => {
       expect(res.body.includes(secretLayer.bytes)).toBe(false);
       // Its own bytes were asked for, and it had none.
       await other.sync();
-      expect(other.count({ method: "GET", kind: "blobs", repo: "x/y", pathIncludes: secretLayer.digest, status: 404 })).toBe(1);
+      expect(
+        other.count({ method: "GET", kind: "blobs", repo: "x/y", pathIncludes: secretLayer.digest, status: 404 }),
+      ).toBe(1);
     } finally {
       otherRelay.setFault(null);
     }
   });
 
   it("another upstream's Docker-Content-Digest does not unlock a manifest it never served, by tag or by digest", async () => {
-    otherRelay.setFault({ kind: "status", status: 200, headers: { "docker-content-digest": secret.digest }, match: /^HEAD \/v2\/.+\/manifests\// });
+    otherRelay.setFault({
+      kind: "status",
+      status: 200,
+      headers: { "docker-content-digest": secret.digest },
+      match: /^HEAD \/v2\/.+\/manifests\//,
+    });
     try {
       for (const reference of ["latest", secret.digest]) {
         const res = await getManifest(`${mirror.url}/v2/other/x/y/manifests/${reference}`);
@@ -122,7 +155,12 @@ describe("upstreams", () => {
   });
 
   it("serves content both upstreams hold through the second once its own bytes verified, then from the cache", async () => {
-    await pushImage(other.url, "lib/base", "v1", buildImage({ format: "oci", layers: [sharedLayer], labels: { image: "base" } }));
+    await pushImage(
+      other.url,
+      "lib/base",
+      "v1",
+      buildImage({ format: "oci", layers: [sharedLayer], labels: { image: "base" } }),
+    );
     await other.sync();
     other.clearRequests();
     expect((await getManifest(`${mirror.url}/v2/other/lib/base/manifests/v1`)).status).toBe(200);
@@ -153,7 +191,10 @@ describe("content cached before provenance was recorded", () => {
     const lines = (await readFile(journal, "utf8")).split("\n");
     await writeFile(journal, lines.filter((line) => !line.startsWith('["provenance"')).join("\n"));
 
-    const offline = await startTestMirror({ upstreams: { ...upstreams(), corp: { url: corp.url, default: true, offline: true } }, dataDir });
+    const offline = await startTestMirror({
+      upstreams: { ...upstreams(), corp: { url: corp.url, default: true, offline: true } },
+      dataDir,
+    });
     try {
       const res = await fetchRaw(`${offline.url}/v2/team/legacy/blobs/${layer.digest}`);
       expect(res.headers["x-mirror-cache"]).toBe("hit");
@@ -163,7 +204,10 @@ describe("content cached before provenance was recorded", () => {
     }
 
     // The upstream is down when the upgraded mirror first meets the content: served from the cache, as stale.
-    const down = await startTestMirror({ upstreams: { ...upstreams(), corp: { url: await closedPortUrl(), default: true } }, dataDir });
+    const down = await startTestMirror({
+      upstreams: { ...upstreams(), corp: { url: await closedPortUrl(), default: true } },
+      dataDir,
+    });
     try {
       const res = await fetchRaw(`${down.url}/v2/team/legacy/blobs/${layer.digest}`);
       expect(res.status).toBe(200);

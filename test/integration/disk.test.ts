@@ -45,7 +45,9 @@ describe("disk budget", () => {
     const m = teardown.track(
       await startTestMirror({
         upstreams: { "docker.io": { url: upstream.url, default: true } },
-        extra: { storage: { maxSize: 1_300_000, highWatermark: 0.9, lowWatermark: 0.7, pinned: ["docker.io/team/budget0:v1"] } },
+        extra: {
+          storage: { maxSize: 1_300_000, highWatermark: 0.9, lowWatermark: 0.7, pinned: ["docker.io/team/budget0:v1"] },
+        },
       }),
     );
     for (let i = 0; i < 6; i++) await pull(m.url, `team/budget${i}`, images[i]!);
@@ -69,28 +71,40 @@ describe("disk budget", () => {
 
   it("parallel misses never take the cache (committed plus in-flight bytes) over its budget", async () => {
     const relay = teardown.track(await startRelay(upstream.url));
-    const images = Array.from({ length: 4 }, (_, i) => buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { parallel: String(i) } }));
+    const images = Array.from({ length: 4 }, (_, i) =>
+      buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { parallel: String(i) } }),
+    );
     for (const [i, image] of images.entries()) await pushImage(upstream.url, `team/parallel${i}`, "v1", image);
     const budget = 1_000_000;
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: relay.url, default: true } }, extra: { storage: { maxSize: budget, highWatermark: 0.9, lowWatermark: 0.5 } } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: relay.url, default: true } },
+        extra: { storage: { maxSize: budget, highWatermark: 0.9, lowWatermark: 0.5 } },
+      }),
+    );
     // Committed plus temp bytes, from one instant: a blob committed (renamed out of tmp/) while the temp files are
     // summed would count twice, so a sum during which the index changed is taken again.
     const onDisk = async () => {
       for (;;) {
         const committed = m.mirror.blobStore.index.bytes;
         let temp = 0;
-        for (const name of await readdir(join(m.dataDir, "tmp"))) temp += (await stat(join(m.dataDir, "tmp", name)).catch(() => ({ size: 0 }))).size;
+        for (const name of await readdir(join(m.dataDir, "tmp")))
+          temp += (await stat(join(m.dataDir, "tmp", name)).catch(() => ({ size: 0 }))).size;
         if (m.mirror.blobStore.index.bytes === committed) return committed + temp;
       }
     };
     for (const [i, image] of images.entries()) {
-      const res = await fetchRaw(`${m.url}/v2/team/parallel${i}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      const res = await fetchRaw(`${m.url}/v2/team/parallel${i}/manifests/v1`, {
+        headers: { accept: ALL_MANIFEST_TYPES },
+      });
       expect(res.status).toBe(200);
       await fetchRaw(`${m.url}/v2/team/parallel${i}/blobs/${image.config.digest}`);
     }
     relay.setFault({ kind: "throttle", bytesPerSecond: 600_000 }); // the four downloads overlap for about half a second
     let pulling = true;
-    const pulls = Promise.all(images.map((image, i) => fetchRaw(`${m.url}/v2/team/parallel${i}/blobs/${image.layers[0]!.digest}`))).finally(() => (pulling = false));
+    const pulls = Promise.all(
+      images.map((image, i) => fetchRaw(`${m.url}/v2/team/parallel${i}/blobs/${image.layers[0]!.digest}`)),
+    ).finally(() => (pulling = false));
     let peak = 0;
     for (let n = 0; pulling && n < 500; n++) {
       peak = Math.max(peak, await onDisk());
@@ -113,7 +127,12 @@ describe("disk budget", () => {
     const image = buildImage({ format: "oci", layers: [big] });
     await pushImage(upstream.url, "team/nolength", "v1", image);
     relay.setFault({ kind: "noLength" }); // every blob comes without Content-Length
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: relay.url, default: true } }, extra: { storage: { maxSize: 1_000_000 } } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: relay.url, default: true } },
+        extra: { storage: { maxSize: 1_000_000 } },
+      }),
+    );
     await pull(m.url, "team/nolength", image); // every blob arrives whole and verified
     expect(relay.requests.some((r) => r.fault === "noLength")).toBe(true);
     const store = m.mirror.blobStore;
@@ -128,7 +147,9 @@ describe("disk budget", () => {
   it("keeps pinned content when Redis restarts empty and the mirror restarts over budget", async () => {
     const redis = teardown.track(await startRedis());
     const pinned = buildImage({ format: "oci", layers: [randomLayer(500_000)], labels: { pinned: "yes" } });
-    const others = [0, 1].map((i) => buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { other: String(i) } }));
+    const others = [0, 1].map((i) =>
+      buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { other: String(i) } }),
+    );
     await pushImage(upstream.url, "team/pinned", "v1", pinned);
     for (const [i, image] of others.entries()) await pushImage(upstream.url, `team/other${i}`, "v1", image);
     const dataDir = await mkdtemp(join(tmpdir(), "pins-redis-"));
@@ -136,17 +157,25 @@ describe("disk budget", () => {
     const config = (storage: Record<string, unknown>) => ({
       upstreams: { "docker.io": { url: upstream.url, default: true } },
       dataDir,
-      extra: { redis: { url: redis.url, keyPrefix: "pins-test:" }, storage: { pinned: ["docker.io/team/pinned:v1"], checkInterval: "1s", ...storage } },
+      extra: {
+        redis: { url: redis.url, keyPrefix: "pins-test:" },
+        storage: { pinned: ["docker.io/team/pinned:v1"], checkInterval: "1s", ...storage },
+      },
     });
     const first = await startTestMirror(config({}));
     await pull(first.url, "team/pinned", pinned); // oldest of all: the first to go, were it not pinned
     for (const [i, image] of others.entries()) await pull(first.url, `team/other${i}`, image);
     // The running mirror records what the pin resolves to (at every check).
-    await waitFor(async () => (await readFile(join(dataDir, "config-pins.json"), "utf8")).includes(pinned.digest), { timeoutMs: 10_000, what: "the pin's digest in config-pins.json" });
+    await waitFor(async () => (await readFile(join(dataDir, "config-pins.json"), "utf8")).includes(pinned.digest), {
+      timeoutMs: 10_000,
+      what: "the pin's digest in config-pins.json",
+    });
     await first.stop();
     await redis.stop();
     await redis.start(); // empty: the tag pointer is gone
-    const second = teardown.track(await startTestMirror(config({ maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 })));
+    const second = teardown.track(
+      await startTestMirror(config({ maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 })),
+    );
     const store = second.mirror.blobStore; // the start-up check has evicted down to the low mark
     expect(store.index.bytes).toBeLessThanOrEqual(1_000_000 * 0.9);
     expect(store.index.has(pinned.layers[0]!.digest)).toBe(true);
@@ -159,7 +188,9 @@ describe("disk budget", () => {
     const redis = teardown.track(await startRedis());
     const relay = teardown.track(await startRelay(upstream.url));
     const pinned = buildImage({ format: "oci", layers: [randomLayer(500_000)], labels: { resolved: "yes" } });
-    const others = [0, 1].map((i) => buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { unrecorded: String(i) } }));
+    const others = [0, 1].map((i) =>
+      buildImage({ format: "oci", layers: [randomLayer(300_000)], labels: { unrecorded: String(i) } }),
+    );
     await pushImage(upstream.url, "team/unrecorded", "v1", pinned);
     for (const [i, image] of others.entries()) await pushImage(upstream.url, `team/unrecorded${i}`, "v1", image);
     const dataDir = await mkdtemp(join(tmpdir(), "pins-unrecorded-"));
@@ -180,12 +211,22 @@ describe("disk budget", () => {
     await redis.start();
     await rm(join(dataDir, "metadata"), { recursive: true, force: true });
     relay.requests.length = 0;
-    const second = teardown.track(await startTestMirror(config({ pinned: ["docker.io/team/unrecorded:v1"], maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 })));
+    const second = teardown.track(
+      await startTestMirror(
+        config({ pinned: ["docker.io/team/unrecorded:v1"], maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 }),
+      ),
+    );
     const store = second.mirror.blobStore;
     // The periodic check asks the upstream what the tag is, records it, and eviction goes on around it.
-    await waitFor(async () => (await readFile(join(dataDir, "config-pins.json"), "utf8").catch(() => "")).includes(pinned.digest), { timeoutMs: 10_000, what: "the pin's digest in config-pins.json" });
+    await waitFor(
+      async () => (await readFile(join(dataDir, "config-pins.json"), "utf8").catch(() => "")).includes(pinned.digest),
+      { timeoutMs: 10_000, what: "the pin's digest in config-pins.json" },
+    );
     expect(relay.requests.some((r) => /^\/v2\/team\/unrecorded\/manifests\/v1\b/.test(r.path))).toBe(true);
-    await waitFor(async () => store.index.bytes <= 1_000_000 * 0.9, { timeoutMs: 10_000, what: "eviction down to the budget" });
+    await waitFor(async () => store.index.bytes <= 1_000_000 * 0.9, {
+      timeoutMs: 10_000,
+      what: "eviction down to the budget",
+    });
     expect(store.index.has(pinned.layers[0]!.digest)).toBe(true);
     expect(store.index.has(pinned.config.digest)).toBe(true);
     expect(store.index.has(pinned.digest)).toBe(true);
@@ -196,12 +237,22 @@ describe("disk budget", () => {
   });
 
   it("a pinned tag the upstream does not have stops eviction, and says so, while the mirror stays ready", async () => {
-    const images = [0, 1, 2].map((i) => buildImage({ format: "oci", layers: [randomLayer(400_000)], labels: { typo: String(i) } }));
+    const images = [0, 1, 2].map((i) =>
+      buildImage({ format: "oci", layers: [randomLayer(400_000)], labels: { typo: String(i) } }),
+    );
     for (const [i, image] of images.entries()) await pushImage(upstream.url, `team/typo${i}`, "v1", image);
     const m = teardown.track(
       await startTestMirror({
         upstreams: { "docker.io": { url: upstream.url, default: true } },
-        extra: { storage: { pinned: ["docker.io/team/no-such-repo:v1"], checkInterval: "1s", maxSize: 1_000_000, highWatermark: 0.9, lowWatermark: 0.5 } },
+        extra: {
+          storage: {
+            pinned: ["docker.io/team/no-such-repo:v1"],
+            checkInterval: "1s",
+            maxSize: 1_000_000,
+            highWatermark: 0.9,
+            lowWatermark: 0.5,
+          },
+        },
       }),
     );
     const reasons = async () => {
@@ -209,7 +260,11 @@ describe("disk budget", () => {
       expect(res.status).toBe(200); // still serving: ready, with the reason
       return (JSON.parse(res.body.toString()) as { status: string; reasons: string[] }).reasons.join("\n");
     };
-    await waitFor(async () => (await reasons()).includes("docker.io/team/no-such-repo:v1: upstream docker.io says it does not exist"), { timeoutMs: 10_000, what: "the unresolved pin in /readyz" });
+    await waitFor(
+      async () =>
+        (await reasons()).includes("docker.io/team/no-such-repo:v1: upstream docker.io says it does not exist"),
+      { timeoutMs: 10_000, what: "the unresolved pin in /readyz" },
+    );
     expect(await reasons()).toMatch(/^eviction stopped: /);
     expect((await fetchRaw(`${m.url}/metrics`)).body.toString()).toMatch(/^mirror_eviction_blocked 1$/m);
     for (const [i, image] of images.entries()) await pull(m.url, `team/typo${i}`, image); // the third would need eviction
@@ -226,19 +281,34 @@ describe("disk budget", () => {
     teardown.add("crash data dir", () => rm(dataDir, { recursive: true, force: true }));
     const port = await freePort();
     const configFile = join(dataDir, "..", `crash-${port}.yaml`);
-    await writeFile(configFile, `listen: "127.0.0.1:${port}"\nstorage: { path: ${JSON.stringify(dataDir)} }\nlog: { level: warn }\nupstreams:\n  docker.io: { url: ${JSON.stringify(relay.url)}, default: true }\n`);
+    await writeFile(
+      configFile,
+      `listen: "127.0.0.1:${port}"\nstorage: { path: ${JSON.stringify(dataDir)} }\nlog: { level: warn }\nupstreams:\n  docker.io: { url: ${JSON.stringify(relay.url)}, default: true }\n`,
+    );
     teardown.add("crash config", () => rm(configFile, { force: true }));
     const start = () => {
-      const p = startProcess(process.execPath, ["src/main.ts", "--config", configFile], { name: "mirror", env: { ...process.env } as Record<string, string> });
+      const p = startProcess(process.execPath, ["src/main.ts", "--config", configFile], {
+        name: "mirror",
+        env: { ...process.env } as Record<string, string>,
+      });
       return p;
     };
     let proc = start();
     const url = `http://127.0.0.1:${port}`;
-    await waitFor(async () => (await fetchRaw(`${url}/healthz`).catch(() => undefined))?.status === 200, { timeoutMs: 20_000, what: "mirror process ready", whileRunning: proc });
-    expect((await fetchRaw(`${url}/v2/team/crash/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+    await waitFor(async () => (await fetchRaw(`${url}/healthz`).catch(() => undefined))?.status === 200, {
+      timeoutMs: 20_000,
+      what: "mirror process ready",
+      whileRunning: proc,
+    });
+    expect(
+      (await fetchRaw(`${url}/v2/team/crash/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status,
+    ).toBe(200);
     relay.setFault({ kind: "throttle", bytesPerSecond: 2 * 1024 * 1024 });
     const inflight = fetchRaw(`${url}/v2/team/crash/blobs/${layer.digest}`).catch((err: Error) => err);
-    await waitFor(async () => (await readdir(join(dataDir, "tmp"))).length > 0, { timeoutMs: 10_000, what: "a temp file being written" });
+    await waitFor(async () => (await readdir(join(dataDir, "tmp"))).length > 0, {
+      timeoutMs: 10_000,
+      what: "a temp file being written",
+    });
     await new Promise((r) => setTimeout(r, 300));
     process.kill(proc.pid, "SIGKILL");
     await proc.exited;
@@ -247,7 +317,11 @@ describe("disk budget", () => {
     relay.setFault(null);
     proc = start();
     teardown.add("mirror process", () => proc.stop());
-    await waitFor(async () => (await fetchRaw(`${url}/healthz`).catch(() => undefined))?.status === 200, { timeoutMs: 20_000, what: "mirror process ready again", whileRunning: proc });
+    await waitFor(async () => (await fetchRaw(`${url}/healthz`).catch(() => undefined))?.status === 200, {
+      timeoutMs: 20_000,
+      what: "mirror process ready again",
+      whileRunning: proc,
+    });
     expect(await readdir(join(dataDir, "tmp"))).toEqual([]);
     const hex = layer.digest.slice(7);
     expect(await readdir(join(dataDir, "blobs", "sha256", hex.slice(0, 2))).catch(() => [])).not.toContain(hex);
@@ -259,11 +333,20 @@ describe("disk budget", () => {
     const big = randomLayer(2 * 1024 * 1024);
     const image = buildImage({ format: "oci", layers: [big] });
     await pushImage(upstream.url, "team/overbudget", "v1", image);
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { storage: { maxSize: 1_000_000 } } }));
-    expect((await fetchRaw(`${m.url}/v2/team/overbudget/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: upstream.url, default: true } },
+        extra: { storage: { maxSize: 1_000_000 } },
+      }),
+    );
+    expect(
+      (await fetchRaw(`${m.url}/v2/team/overbudget/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status,
+    ).toBe(200);
     await upstream.sync();
     upstream.clearRequests();
-    const pulls = await Promise.all(Array.from({ length: 8 }, () => fetchRaw(`${m.url}/v2/team/overbudget/blobs/${big.digest}`)));
+    const pulls = await Promise.all(
+      Array.from({ length: 8 }, () => fetchRaw(`${m.url}/v2/team/overbudget/blobs/${big.digest}`)),
+    );
     expect(pulls.map((res) => res.status)).toEqual(Array(8).fill(200));
     for (const res of pulls) {
       expect(res.broken).toBeUndefined();
@@ -288,7 +371,12 @@ describe("disk budget", () => {
     const small = randomLayer(100_000);
     const image = buildImage({ format: "oci", layers: [big, small] });
     await pushImage(upstream.url, "team/fulldisk", "v1", image);
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, dataDir: join(dir, "cache") }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: upstream.url, default: true } },
+        dataDir: join(dir, "cache"),
+      }),
+    );
     await pull(m.url, "team/fulldisk", image);
     const res = await fetchRaw(`${m.url}/v2/team/fulldisk/blobs/${big.digest}`);
     expect(res.headers["x-mirror-cache"]).toBe("uncached");

@@ -24,13 +24,20 @@ afterAll(async () => {
   await upstream?.dispose();
 });
 
-async function mirrorWith(upstreamOptions: Record<string, unknown>, extra?: Record<string, unknown>): Promise<TestMirror> {
-  const m = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true, ...upstreamOptions } }, extra });
+async function mirrorWith(
+  upstreamOptions: Record<string, unknown>,
+  extra?: Record<string, unknown>,
+): Promise<TestMirror> {
+  const m = await startTestMirror({
+    upstreams: { "docker.io": { url: upstream.url, default: true, ...upstreamOptions } },
+    extra,
+  });
   mirrors.push(m);
   return m;
 }
 
-const getTag = (m: TestMirror, repo: string, tag: string) => fetchRaw(`${m.url}/v2/${repo}/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+const getTag = (m: TestMirror, repo: string, tag: string) =>
+  fetchRaw(`${m.url}/v2/${repo}/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
 
 async function upstreamCounts(repo: string) {
   await upstream.sync();
@@ -103,14 +110,18 @@ describe("tag freshness", () => {
     for (const blob of v1.blobs()) await fetchRaw(`${online.url}/v2/team/offline/blobs/${blob.digest}`);
     await online.stop();
     // A restart over the same cache directory, now offline: tags and links come back from the journal.
-    const offline = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true, offline: true } }, dataDir });
+    const offline = await startTestMirror({
+      upstreams: { "docker.io": { url: upstream.url, default: true, offline: true } },
+      dataDir,
+    });
     mirrors.push(offline);
     await upstream.sync();
     upstream.clearRequests();
     const cached = await getTag(offline, "team/offline", "v1");
     expect(cached.status).toBe(200);
     expect(cached.body.equals(v1.manifest)).toBe(true);
-    for (const blob of v1.blobs()) expect((await fetchRaw(`${offline.url}/v2/team/offline/blobs/${blob.digest}`)).status).toBe(200);
+    for (const blob of v1.blobs())
+      expect((await fetchRaw(`${offline.url}/v2/team/offline/blobs/${blob.digest}`)).status).toBe(200);
     const started = Date.now();
     const missing = await getTag(offline, "team/offline", "v2");
     expect(missing.status).toBe(404);
@@ -128,19 +139,26 @@ describe("tag freshness", () => {
     const dataDir = await mkdtemp(join(tmpdir(), "restart-"));
     const v1 = image("restart");
     await pushImage(upstream.url, "team/restart", "v1", v1);
-    const first = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1ms", timeouts: { connect: "1s" } } }, dataDir });
+    const first = await startTestMirror({
+      upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1ms", timeouts: { connect: "1s" } } },
+      dataDir,
+    });
     await getTag(first, "team/restart", "v1");
     for (const blob of v1.blobs()) await fetchRaw(`${first.url}/v2/team/restart/blobs/${blob.digest}`);
     await first.stop();
     await upstream.stop();
     try {
-      const second = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1ms", timeouts: { connect: "1s" } } }, dataDir });
+      const second = await startTestMirror({
+        upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1ms", timeouts: { connect: "1s" } } },
+        dataDir,
+      });
       mirrors.push(second);
       const res = await getTag(second, "team/restart", "v1");
       expect(res.status).toBe(200);
       expect(res.body.equals(v1.manifest)).toBe(true);
       expect(res.headers["x-mirror-cache"]).toBe("stale");
-      for (const blob of v1.blobs()) expect((await fetchRaw(`${second.url}/v2/team/restart/blobs/${blob.digest}`)).status).toBe(200);
+      for (const blob of v1.blobs())
+        expect((await fetchRaw(`${second.url}/v2/team/restart/blobs/${blob.digest}`)).status).toBe(200);
     } finally {
       await upstream.start();
     }

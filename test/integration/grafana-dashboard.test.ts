@@ -30,11 +30,15 @@ afterAll(async () => {
 
 describe("grafana dashboard", () => {
   it("is importable with the datasource as a variable, and queries only exported metrics", async () => {
-    const dashboard = JSON.parse(await readFile(new URL("../../grafana/registry-mirror.json", import.meta.url), "utf8")) as {
+    const dashboard = JSON.parse(
+      await readFile(new URL("../../grafana/registry-mirror.json", import.meta.url), "utf8"),
+    ) as {
       templating: { list: Array<{ name: string; type: string }> };
       panels: Panel[];
     };
-    expect(dashboard.templating.list).toContainEqual(expect.objectContaining({ name: "datasource", type: "datasource" }));
+    expect(dashboard.templating.list).toContainEqual(
+      expect.objectContaining({ name: "datasource", type: "datasource" }),
+    );
     const queried = dashboard.panels.filter((p) => p.type !== "row");
     expect(queried.length).toBeGreaterThan(10);
     for (const p of queried) expect(p.datasource?.uid, p.title).toBe("${datasource}");

@@ -45,7 +45,8 @@ function rawSocket(port = mirror.port): Promise<Socket> {
     s.once("error", reject);
   });
 }
-const closed = (s: Socket) => new Promise<void>((resolve) => (s.destroyed ? resolve() : s.once("close", () => resolve())));
+const closed = (s: Socket) =>
+  new Promise<void>((resolve) => (s.destroyed ? resolve() : s.once("close", () => resolve())));
 
 describe("hostile input", () => {
   it("a slowloris client is cut off after the headers timeout and delays no one", async () => {
@@ -88,7 +89,10 @@ describe("hostile input", () => {
   });
 
   it("closes connections beyond limits.maxConnections as they arrive, and accepts again once one has closed", async () => {
-    const capped = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { limits: { maxConnections: 3 } } });
+    const capped = await startTestMirror({
+      upstreams: { "docker.io": { url: upstream.url, default: true } },
+      extra: { limits: { maxConnections: 3 } },
+    });
     const open: Socket[] = [];
     try {
       // Idle connections count too. One after the other: the server accepts them in the order they arrive.
@@ -98,10 +102,16 @@ describe("hostile input", () => {
       let received = 0;
       extra.on("data", (d: Buffer) => (received += d.length));
       extra.write("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
-      await waitFor(async () => extra.destroyed || extra.readableEnded, { timeoutMs: 10_000, what: "the extra connection to be closed" });
+      await waitFor(async () => extra.destroyed || extra.readableEnded, {
+        timeoutMs: 10_000,
+        what: "the extra connection to be closed",
+      });
       expect(received).toBe(0); // closed by the server, unanswered
       open.pop()!.destroy();
-      await waitFor(async () => (await fetchRaw(`${capped.url}/v2/`).catch(() => undefined))?.status === 200, { timeoutMs: 10_000, what: "a connection accepted again" });
+      await waitFor(async () => (await fetchRaw(`${capped.url}/v2/`).catch(() => undefined))?.status === 200, {
+        timeoutMs: 10_000,
+        what: "a connection accepted again",
+      });
     } finally {
       for (const s of open) s.destroy();
       await capped.stop();
@@ -111,28 +121,43 @@ describe("hostile input", () => {
   it("answers requests beyond limits.maxRequestsPerClient with 429 and Retry-After, and still answers probes", async () => {
     const stalling = teardown.track(await startRelay(upstream.url));
     stalling.setFault({ kind: "stallHeaders", match: /manifests\/stalled-\d$/ });
-    const capped = await startTestMirror({ upstreams: { "docker.io": { url: stalling.url, default: true } }, extra: { limits: { maxRequestsPerClient: 2 } } });
+    const capped = await startTestMirror({
+      upstreams: { "docker.io": { url: stalling.url, default: true } },
+      extra: { limits: { maxRequestsPerClient: 2 } },
+    });
     const hanging: Socket[] = [];
     try {
       for (let i = 0; i < 2; i++) {
         const s = await rawSocket(capped.port);
         s.on("error", () => undefined);
         // Two tags, so the mirror does not coalesce them into one upstream request.
-        s.write(`GET /v2/team/target/manifests/stalled-${i} HTTP/1.1\r\nHost: x\r\nAccept: ${ALL_MANIFEST_TYPES}\r\n\r\n`);
+        s.write(
+          `GET /v2/team/target/manifests/stalled-${i} HTTP/1.1\r\nHost: x\r\nAccept: ${ALL_MANIFEST_TYPES}\r\n\r\n`,
+        );
         hanging.push(s);
       }
-      await waitFor(async () => stalling.requests.filter((r) => /manifests\/stalled-\d$/.test(r.path)).length === 2, { timeoutMs: 10_000, what: "both requests waiting on the upstream" });
-      const refused = await fetchRaw(`${capped.url}/v2/team/target/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      await waitFor(async () => stalling.requests.filter((r) => /manifests\/stalled-\d$/.test(r.path)).length === 2, {
+        timeoutMs: 10_000,
+        what: "both requests waiting on the upstream",
+      });
+      const refused = await fetchRaw(`${capped.url}/v2/team/target/manifests/v1`, {
+        headers: { accept: ALL_MANIFEST_TYPES },
+      });
       expect(refused.status).toBe(429);
       expect(errorCode(refused)).toBe("TOOMANYREQUESTS");
       expect(refused.headers["retry-after"]).toBe("1");
       expect((await fetchRaw(`${capped.url}/healthz`)).status).toBe(200);
       expect((await fetchRaw(`${capped.url}/readyz`)).status).toBe(200);
       hanging.pop()!.destroy(); // its request ends, and with it its slot
-      await waitFor(async () => (await fetchRaw(`${capped.url}/v2/team/target/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status === 200, {
-        timeoutMs: 10_000,
-        what: "a request accepted again",
-      });
+      await waitFor(
+        async () =>
+          (await fetchRaw(`${capped.url}/v2/team/target/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } }))
+            .status === 200,
+        {
+          timeoutMs: 10_000,
+          what: "a request accepted again",
+        },
+      );
     } finally {
       for (const s of hanging) s.destroy();
       await stalling.stop(); // first: the mirror's close waits for its upstream requests
@@ -166,7 +191,9 @@ describe("hostile input", () => {
       expect(res.status, path).toBeLessThan(500);
       expect(errorCode(res), path).toMatch(/^(NAME_INVALID|DIGEST_INVALID|TAG_INVALID|NAME_UNKNOWN|UNSUPPORTED)$/);
     }
-    const range = await fetchRaw(`${mirror.url}/v2/team/target/blobs/${small.digest}`, { headers: { range: `bytes=-${"9".repeat(30)}` } });
+    const range = await fetchRaw(`${mirror.url}/v2/team/target/blobs/${small.digest}`, {
+      headers: { range: `bytes=-${"9".repeat(30)}` },
+    });
     expect(range.status).toBe(200); // an absurd Range is ignored, not allocated
     await upstream.sync();
     expect(upstream.requests()).toEqual([]);
@@ -174,7 +201,9 @@ describe("hostile input", () => {
   });
 
   it("refuses oversized request headers before any work", async () => {
-    const res = await fetchRaw(`${mirror.url}/v2/team/target/manifests/v1`, { headers: { "x-filler": "a".repeat(20_000) } }).catch((err: Error) => err);
+    const res = await fetchRaw(`${mirror.url}/v2/team/target/manifests/v1`, {
+      headers: { "x-filler": "a".repeat(20_000) },
+    }).catch((err: Error) => err);
     if (res instanceof Error) expect(res.message).toMatch(/other side closed|socket|reset/i);
     else expect(res.status).toBe(431);
     const long = await fetchRaw(`${mirror.url}/v2/${"a".repeat(10_000)}/manifests/v1`).catch((err: Error) => err);

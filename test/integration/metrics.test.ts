@@ -17,7 +17,9 @@ let mirror: TestMirror;
 beforeAll(async () => {
   upstream = await startRegistry();
   relay = await startRelay(upstream.url);
-  mirror = await startTestMirror({ upstreams: { "docker.io": { url: relay.url, default: true, tagTtl: "400ms", timeouts: { connect: "1s" } } } });
+  mirror = await startTestMirror({
+    upstreams: { "docker.io": { url: relay.url, default: true, tagTtl: "400ms", timeouts: { connect: "1s" } } },
+  });
 });
 afterAll(async () => {
   await mirror?.stop();
@@ -29,7 +31,9 @@ afterAll(async () => {
 async function scrape(requests: number): Promise<Sample[]> {
   for (let i = 0; i < 50; i++) {
     const samples = parsePrometheusText((await fetchRaw(`${mirror.url}/metrics`)).body.toString());
-    const seen = valueOf(samples, "mirror_requests_total", { kind: "manifest" }) + valueOf(samples, "mirror_requests_total", { kind: "blob" });
+    const seen =
+      valueOf(samples, "mirror_requests_total", { kind: "manifest" }) +
+      valueOf(samples, "mirror_requests_total", { kind: "blob" });
     if (seen >= requests) return samples;
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -51,15 +55,25 @@ describe("metrics", () => {
     relay.setFault({ kind: "throttle", bytesPerSecond: 4 * 1024 * 1024 });
     const concurrent = await Promise.all([0, 1, 2].map(() => fetchRaw(`${api}/blobs/${big.digest}`))); // 1 miss + 2 coalesced
     relay.setFault(null);
-    expect([coldManifest, coldSmall, warmSmall, warmManifest].map((r) => r.headers["x-mirror-cache"])).toEqual(["miss", "miss", "hit", "hit"]);
-    expect(concurrent.map((r) => String(r.headers["x-mirror-cache"])).sort()).toEqual(["coalesced", "coalesced", "miss"]);
+    expect([coldManifest, coldSmall, warmSmall, warmManifest].map((r) => r.headers["x-mirror-cache"])).toEqual([
+      "miss",
+      "miss",
+      "hit",
+      "hit",
+    ]);
+    expect(concurrent.map((r) => String(r.headers["x-mirror-cache"])).sort()).toEqual([
+      "coalesced",
+      "coalesced",
+      "miss",
+    ]);
     await new Promise((r) => setTimeout(r, 450)); // past the tag TTL
     await relay.stop(); // the upstream is now unreachable: the tag is served stale
     const stale = await fetchRaw(`${api}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(stale.headers["x-mirror-cache"]).toBe("stale");
 
     const s = await scrape(8);
-    const req = (kind: string, result: string) => valueOf(s, "mirror_requests_total", { upstream: "docker.io", kind, result, status_class: "2xx" });
+    const req = (kind: string, result: string) =>
+      valueOf(s, "mirror_requests_total", { upstream: "docker.io", kind, result, status_class: "2xx" });
     expect(req("manifest", "miss")).toBe(1);
     expect(req("manifest", "hit")).toBe(1);
     expect(req("manifest", "stale")).toBe(1);
@@ -68,20 +82,29 @@ describe("metrics", () => {
     expect(req("blob", "coalesced")).toBe(2);
 
     const m = image.manifest.length;
-    const sent = (kind: string, source: string) => valueOf(s, "mirror_sent_bytes_total", { upstream: "docker.io", kind, source });
+    const sent = (kind: string, source: string) =>
+      valueOf(s, "mirror_sent_bytes_total", { upstream: "docker.io", kind, source });
     expect(sent("blob", "upstream")).toBe(small.bytes.length + big.bytes.length);
     expect(sent("blob", "cache")).toBe(small.bytes.length + 2 * big.bytes.length);
     expect(sent("manifest", "upstream")).toBe(m);
     expect(sent("manifest", "cache")).toBe(2 * m);
     // Each byte came from the upstream exactly once.
-    expect(valueOf(s, "mirror_upstream_fetched_bytes_total", { upstream: "docker.io", kind: "blob" })).toBe(small.bytes.length + big.bytes.length);
+    expect(valueOf(s, "mirror_upstream_fetched_bytes_total", { upstream: "docker.io", kind: "blob" })).toBe(
+      small.bytes.length + big.bytes.length,
+    );
     expect(valueOf(s, "mirror_upstream_fetched_bytes_total", { upstream: "docker.io", kind: "manifest" })).toBe(m);
     expect(valueOf(s, "mirror_fills_total", { upstream: "docker.io", result: "committed" })).toBe(2);
     expect(valueOf(s, "mirror_stale_served_total", { upstream: "docker.io" })).toBe(1);
     expect(valueOf(s, "mirror_fills_in_flight")).toBe(0);
-    expect(valueOf(s, "mirror_upstream_requests_total", { upstream: "docker.io", method: "GET", status_class: "2xx" })).toBe(3); // manifest + 2 blobs
-    expect(valueOf(s, "mirror_upstream_requests_total", { upstream: "docker.io", method: "HEAD", status_class: "2xx" })).toBe(1); // tag HEAD of the first pull
-    expect(valueOf(s, "mirror_upstream_requests_total", { upstream: "docker.io", status_class: "error" })).toBeGreaterThanOrEqual(1);
+    expect(
+      valueOf(s, "mirror_upstream_requests_total", { upstream: "docker.io", method: "GET", status_class: "2xx" }),
+    ).toBe(3); // manifest + 2 blobs
+    expect(
+      valueOf(s, "mirror_upstream_requests_total", { upstream: "docker.io", method: "HEAD", status_class: "2xx" }),
+    ).toBe(1); // tag HEAD of the first pull
+    expect(
+      valueOf(s, "mirror_upstream_requests_total", { upstream: "docker.io", status_class: "error" }),
+    ).toBeGreaterThanOrEqual(1);
     expect(valueOf(s, "mirror_request_duration_seconds_count", { kind: "blob" })).toBe(5);
 
     // No label value names a repository or a digest.
@@ -93,7 +116,10 @@ describe("metrics", () => {
   });
 
   it("are served on their own listener with metrics.listen, and not on the registry port", async () => {
-    const separate = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { metrics: { listen: "127.0.0.1:0" } } });
+    const separate = await startTestMirror({
+      upstreams: { "docker.io": { url: upstream.url, default: true } },
+      extra: { metrics: { listen: "127.0.0.1:0" } },
+    });
     try {
       const address = separate.mirror.metricsAddress;
       expect(address?.address).toBe("127.0.0.1");

@@ -4,7 +4,16 @@
  */
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildImage, buildIndex, pushBlob, pushImage, pushIndex, randomLayer, type BuiltImage, type BuiltIndex } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  buildIndex,
+  pushBlob,
+  pushImage,
+  pushIndex,
+  randomLayer,
+  type BuiltImage,
+  type BuiltIndex,
+} from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { startRedis } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
@@ -21,7 +30,10 @@ let index: BuiltIndex;
 
 beforeAll(async () => {
   upstream = await startRegistry();
-  dockerImage = buildImage({ format: "docker", layers: [randomLayer(300_000, { format: "docker" }), randomLayer(2_000_000, { format: "docker" })] });
+  dockerImage = buildImage({
+    format: "docker",
+    layers: [randomLayer(300_000, { format: "docker" }), randomLayer(2_000_000, { format: "docker" })],
+  });
   ociImage = buildImage({ format: "oci", layers: [randomLayer(150_000), randomLayer(80_000), randomLayer(1_200_000)] });
   const amd64 = buildImage({ format: "oci", architecture: "amd64", layers: [randomLayer(100_000)] });
   const arm64 = buildImage({ format: "oci", architecture: "arm64", layers: [randomLayer(100_000)] });
@@ -47,14 +59,19 @@ describe("pull-through: content", () => {
   });
 
   it("serves manifests byte-exact by tag and by digest, and every blob byte-exact", async () => {
-    for (const [repo, image] of [["library/schema2", dockerImage], ["team/oci", ociImage]] as const) {
+    for (const [repo, image] of [
+      ["library/schema2", dockerImage],
+      ["team/oci", ociImage],
+    ] as const) {
       const byTag = await fetchRaw(api(`${repo}/manifests/v1`), { headers: { accept: ALL_MANIFEST_TYPES } });
       expect(byTag.status).toBe(200);
       expect(byTag.body.equals(image.manifest)).toBe(true);
       expect(byTag.headers["content-type"]).toBe(image.mediaType);
       expect(byTag.headers["docker-content-digest"]).toBe(image.digest);
       expect(byTag.headers["content-length"]).toBe(String(image.manifest.length));
-      const byDigest = await fetchRaw(api(`${repo}/manifests/${image.digest}`), { headers: { accept: image.mediaType } });
+      const byDigest = await fetchRaw(api(`${repo}/manifests/${image.digest}`), {
+        headers: { accept: image.mediaType },
+      });
       expect(byDigest.body.equals(image.manifest)).toBe(true);
       for (const blob of image.blobs()) {
         const res = await fetchRaw(api(`${repo}/blobs/${blob.digest}`));
@@ -71,22 +88,35 @@ describe("pull-through: content", () => {
     expect(res.body.equals(index.manifest)).toBe(true);
     expect(res.headers["content-type"]).toBe("application/vnd.oci.image.index.v1+json");
     for (const child of index.children) {
-      const m = await fetchRaw(api(`team/multi/manifests/${child.digest}`), { headers: { accept: ALL_MANIFEST_TYPES } });
+      const m = await fetchRaw(api(`team/multi/manifests/${child.digest}`), {
+        headers: { accept: ALL_MANIFEST_TYPES },
+      });
       expect(m.body.equals(child.manifest)).toBe(true);
-      for (const blob of child.blobs()) expect(sha256((await fetchRaw(api(`team/multi/blobs/${blob.digest}`))).body)).toBe(blob.digest);
+      for (const blob of child.blobs())
+        expect(sha256((await fetchRaw(api(`team/multi/blobs/${blob.digest}`))).body)).toBe(blob.digest);
     }
   });
 
   it("answers HEAD with the headers of GET and no body", async () => {
-    const m = await fetchRaw(api("library/schema2/manifests/v1"), { method: "HEAD", headers: { accept: ALL_MANIFEST_TYPES } });
+    const m = await fetchRaw(api("library/schema2/manifests/v1"), {
+      method: "HEAD",
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
     expect(m.status).toBe(200);
     expect(m.body.length).toBe(0);
-    expect(m.headers).toMatchObject({ "content-length": String(dockerImage.manifest.length), "docker-content-digest": dockerImage.digest, "content-type": dockerImage.mediaType });
+    expect(m.headers).toMatchObject({
+      "content-length": String(dockerImage.manifest.length),
+      "docker-content-digest": dockerImage.digest,
+      "content-type": dockerImage.mediaType,
+    });
     const layer = dockerImage.layers[1]!;
     const b = await fetchRaw(api(`library/schema2/blobs/${layer.digest}`), { method: "HEAD" });
     expect(b.status).toBe(200);
     expect(b.body.length).toBe(0);
-    expect(b.headers).toMatchObject({ "content-length": String(layer.bytes.length), "docker-content-digest": layer.digest });
+    expect(b.headers).toMatchObject({
+      "content-length": String(layer.bytes.length),
+      "docker-content-digest": layer.digest,
+    });
   });
 
   it("HEAD of a blob not yet cached asks the upstream without downloading it", async () => {
@@ -126,7 +156,9 @@ describe("pull-through: content", () => {
   });
 
   it("never sends a manifest type the client's Accept excludes", async () => {
-    const res = await fetchRaw(api("library/schema2/manifests/v1"), { headers: { accept: "application/vnd.oci.image.manifest.v1+json" } });
+    const res = await fetchRaw(api("library/schema2/manifests/v1"), {
+      headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+    });
     expect(res.status).toBe(404);
     expect(errorCode(res)).toBe("MANIFEST_UNKNOWN");
     expect(res.body.toString()).toMatch(/Accept/);
@@ -141,7 +173,9 @@ describe("pull-through: cache", () => {
       const m = await fetchRaw(api("library/offline/manifests/v1"), { headers: { accept: ALL_MANIFEST_TYPES } });
       expect(m.status).toBe(200);
       expect(m.body.equals(image.manifest)).toBe(true);
-      const byDigest = await fetchRaw(api(`library/offline/manifests/${image.digest}`), { headers: { accept: ALL_MANIFEST_TYPES } });
+      const byDigest = await fetchRaw(api(`library/offline/manifests/${image.digest}`), {
+        headers: { accept: ALL_MANIFEST_TYPES },
+      });
       expect(byDigest.body.equals(image.manifest)).toBe(true);
       for (const blob of image.blobs()) {
         const b = await fetchRaw(api(`library/offline/blobs/${blob.digest}`));
@@ -170,7 +204,9 @@ describe("pull-through: cache", () => {
       relay.setFault({ kind: "throttle", bytesPerSecond: 8 * 1024 * 1024 }); // ~0.5 s fill: the requests overlap it
       await upstream.sync();
       upstream.clearRequests();
-      const results = await Promise.all(Array.from({ length: 16 }, () => fetchRaw(`${viaRelay.url}/v2/team/concurrent/blobs/${layer.digest}`)));
+      const results = await Promise.all(
+        Array.from({ length: 16 }, () => fetchRaw(`${viaRelay.url}/v2/team/concurrent/blobs/${layer.digest}`)),
+      );
       for (const res of results) {
         expect(res.status).toBe(200);
         expect(res.broken).toBeUndefined();
@@ -210,7 +246,8 @@ describe("pull-through: cache", () => {
       expect(received).toBeLessThan(layer.bytes.length);
       // The fill goes on without the client; wait for the commit, then prove it is served with no upstream.
       const deadline = Date.now() + 10_000;
-      while ((await viaRelay.mirror.blobStore.size(layer.digest)) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      while ((await viaRelay.mirror.blobStore.size(layer.digest)) === undefined && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
       expect(await viaRelay.mirror.blobStore.size(layer.digest)).toBe(layer.bytes.length);
       await relay.stop();
       const again = await fetchRaw(`${viaRelay.url}/v2/team/abort/blobs/${layer.digest}`);
@@ -224,8 +261,18 @@ describe("pull-through: cache", () => {
 
   it("shares one stored blob across repositories, but only serves it where the upstream confirms it", async () => {
     const shared = randomLayer(200_000);
-    await pushImage(upstream.url, "team/first", "v1", buildImage({ format: "oci", layers: [shared], labels: { n: "1" } }));
-    await pushImage(upstream.url, "team/second", "v1", buildImage({ format: "oci", layers: [shared], labels: { n: "2" } }));
+    await pushImage(
+      upstream.url,
+      "team/first",
+      "v1",
+      buildImage({ format: "oci", layers: [shared], labels: { n: "1" } }),
+    );
+    await pushImage(
+      upstream.url,
+      "team/second",
+      "v1",
+      buildImage({ format: "oci", layers: [shared], labels: { n: "2" } }),
+    );
     await fetchRaw(api("team/first/manifests/v1"), { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(sha256((await fetchRaw(api(`team/first/blobs/${shared.digest}`))).body)).toBe(shared.digest);
     await upstream.sync();
@@ -256,14 +303,28 @@ describe("pull-through: a bad upstream never gets content committed", () => {
     await relay?.stop();
   });
 
-  for (const fault of [{ kind: "corrupt" }, { kind: "truncate", afterBytes: 100_000 }, { kind: "wrongLength" }] as const) {
+  for (const fault of [
+    { kind: "corrupt" },
+    { kind: "truncate", afterBytes: 100_000 },
+    { kind: "wrongLength" },
+  ] as const) {
     it(`${fault.kind}: the client's transfer breaks, nothing is committed, the next pull is correct`, async () => {
       const layer = randomLayer(600_000);
-      await pushImage(upstream.url, `team/${fault.kind.toLowerCase()}`, "v1", buildImage({ format: "oci", layers: [layer] }));
+      await pushImage(
+        upstream.url,
+        `team/${fault.kind.toLowerCase()}`,
+        "v1",
+        buildImage({ format: "oci", layers: [layer] }),
+      );
       const base = `${viaRelay.url}/v2/team/${fault.kind.toLowerCase()}`;
       await fetchRaw(`${base}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
       relay.setFault(fault);
-      const bad = await fetchRaw(`${base}/blobs/${layer.digest}`).catch((err: Error) => ({ status: 0, broken: err, body: Buffer.alloc(0), headers: {} }));
+      const bad = await fetchRaw(`${base}/blobs/${layer.digest}`).catch((err: Error) => ({
+        status: 0,
+        broken: err,
+        body: Buffer.alloc(0),
+        headers: {},
+      }));
       relay.setFault(null);
       // Whatever the client saw, it was never a complete, correct-looking copy of wrong content.
       const looksComplete = bad.status === 200 && bad.broken === undefined;
@@ -298,7 +359,9 @@ describe("pull-through: a bad upstream never gets content committed", () => {
     // a tag's manifest requested under the digest of a different manifest is exactly that case upstream-side.
     const image = buildImage({ format: "oci", layers: [randomLayer(1000)] });
     await pushImage(upstream.url, "team/mdigest", "v1", image);
-    const res = await fetchRaw(`${viaRelay.url}/v2/team/mdigest/manifests/${sha256(Buffer.from("not this"))}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    const res = await fetchRaw(`${viaRelay.url}/v2/team/mdigest/manifests/${sha256(Buffer.from("not this"))}`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
     expect(res.status).toBe(404);
     expect(errorCode(res)).toBe("MANIFEST_UNKNOWN");
   });
@@ -315,7 +378,9 @@ describe("pull-through: ranges", () => {
     expect(res.body.equals(layer.bytes.subarray(1000, 2000))).toBe(true);
     const suffix = await fetchRaw(api(`library/schema2/blobs/${layer.digest}`), { headers: { range: "bytes=-10" } });
     expect(suffix.body.equals(layer.bytes.subarray(layer.bytes.length - 10))).toBe(true);
-    const bad = await fetchRaw(api(`library/schema2/blobs/${layer.digest}`), { headers: { range: `bytes=${layer.bytes.length}-` } });
+    const bad = await fetchRaw(api(`library/schema2/blobs/${layer.digest}`), {
+      headers: { range: `bytes=${layer.bytes.length}-` },
+    });
     expect(bad.status).toBe(416);
     expect(bad.headers["content-range"]).toBe(`bytes */${layer.bytes.length}`);
     expect(errorCode(bad)).toBe("RANGE_INVALID");
@@ -391,7 +456,11 @@ describe("pull-through: errors", () => {
     const manifest = JSON.parse(base.manifest.toString()) as Record<string, unknown>;
     manifest.annotations = { pad: "y".repeat(4_100_000) };
     const bytes = Buffer.from(JSON.stringify(manifest));
-    const put = await fetchRaw(`${upstream.url}/v2/team/big/manifests/v1`, { method: "PUT", headers: { "content-type": base.mediaType }, body: bytes });
+    const put = await fetchRaw(`${upstream.url}/v2/team/big/manifests/v1`, {
+      method: "PUT",
+      headers: { "content-type": base.mediaType },
+      body: bytes,
+    });
     expect(put.status).toBe(201);
     const got = await fetchRaw(api("team/big/manifests/v1"), { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(got.status).toBe(200);
@@ -413,11 +482,25 @@ describe("pull-through: durations longer than a timer", () => {
     const image = buildImage({ format: "oci", layers: [randomLayer(3_000_000)] });
     await pushImage(upstream.url, "library/patient", "v1", image);
     const patient = await startTestMirror({
-      upstreams: { "docker.io": { url: upstream.url, default: true, timeouts: { connect: "25d", headers: "25d", bodyIdle: "25d" } } },
-      extra: { fill: { timeout: "25d" }, storage: { checkInterval: "30d" }, limits: { idleTimeout: "25d" }, redis: { url: redis.url, commandTimeout: "25d" }, shutdownGrace: "25d" },
+      upstreams: {
+        "docker.io": {
+          url: upstream.url,
+          default: true,
+          timeouts: { connect: "25d", headers: "25d", bodyIdle: "25d" },
+        },
+      },
+      extra: {
+        fill: { timeout: "25d" },
+        storage: { checkInterval: "30d" },
+        limits: { idleTimeout: "25d" },
+        redis: { url: redis.url, commandTimeout: "25d" },
+        shutdownGrace: "25d",
+      },
     });
     try {
-      const manifest = await fetchRaw(`${patient.url}/v2/library/patient/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      const manifest = await fetchRaw(`${patient.url}/v2/library/patient/manifests/v1`, {
+        headers: { accept: ALL_MANIFEST_TYPES },
+      });
       expect(manifest.status).toBe(200);
       const layer = image.blobs().reduce((a, b) => (b.bytes.length > a.bytes.length ? b : a));
       for (const pull of ["cold", "cached"]) {

@@ -26,18 +26,23 @@ beforeAll(async () => {
   const replica = () =>
     startTestMirror({
       upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1500ms" } },
-      extra: { redis: { url: redis.url, keyPrefix: "replicas-test:", commandTimeout: "300ms" }, admin: { token: ADMIN } },
+      extra: {
+        redis: { url: redis.url, keyPrefix: "replicas-test:", commandTimeout: "300ms" },
+        admin: { token: ADMIN },
+      },
     });
   a = teardown.track(await replica());
   b = teardown.track(await replica());
 });
 
-const getTag = (m: TestMirror, repo: string, tag: string) => fetchRaw(`${m.url}/v2/${repo}/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+const getTag = (m: TestMirror, repo: string, tag: string) =>
+  fetchRaw(`${m.url}/v2/${repo}/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
 const heads = async (repo: string) => {
   await upstream.sync();
   return upstream.count({ method: "HEAD", kind: "manifests", repo });
 };
-const readiness = async (m: TestMirror) => (JSON.parse((await fetchRaw(`${m.url}/readyz`)).body.toString()) as { status: string }).status;
+const readiness = async (m: TestMirror) =>
+  (JSON.parse((await fetchRaw(`${m.url}/readyz`)).body.toString()) as { status: string }).status;
 /** Waits (bounded) until the replica reports ready again, i.e. sees Redis. */
 async function untilReady(m: TestMirror): Promise<void> {
   const deadline = Date.now() + 10_000;
@@ -88,7 +93,9 @@ describe("replicas on one Redis", () => {
       const body = JSON.parse(ready.body.toString()) as { status: string; reasons: string[] };
       expect(body.status).toBe("degraded");
       expect(body.reasons.join(" ")).toMatch(/metadata store degraded/);
-      expect((await fetchRaw(`${a.url}/metrics`)).body.toString()).toMatch(/mirror_metadata_store_up\{store="redis"\} 0/);
+      expect((await fetchRaw(`${a.url}/metrics`)).body.toString()).toMatch(
+        /mirror_metadata_store_up\{store="redis"\} 0/,
+      );
     } finally {
       await redis.start();
     }
@@ -122,12 +129,17 @@ describe("replicas on one Redis", () => {
   });
 
   it("serves blobs pulled while Redis was down after it returns empty, with the upstream down", async () => {
-    const image = buildImage({ format: "oci", layers: [randomLayer(20_000), randomLayer(10_000)], labels: { r: "links" } });
+    const image = buildImage({
+      format: "oci",
+      layers: [randomLayer(20_000), randomLayer(10_000)],
+      labels: { r: "links" },
+    });
     await pushImage(upstream.url, "team/links", "v1", image);
     await redis.kill();
     try {
       expect((await getTag(a, "team/links", "v1")).status).toBe(200);
-      for (const blob of image.blobs()) expect((await fetchRaw(`${a.url}/v2/team/links/blobs/${blob.digest}`)).status).toBe(200);
+      for (const blob of image.blobs())
+        expect((await fetchRaw(`${a.url}/v2/team/links/blobs/${blob.digest}`)).status).toBe(200);
     } finally {
       await redis.start();
     }
@@ -148,7 +160,11 @@ describe("replicas on one Redis", () => {
 
 describe("admin purge and refresh", () => {
   const admin = (m: TestMirror, path: string, body: unknown, token = ADMIN) =>
-    fetchRaw(`${m.url}/admin/v1/${path}`, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: Buffer.from(JSON.stringify(body)) });
+    fetchRaw(`${m.url}/admin/v1/${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: Buffer.from(JSON.stringify(body)),
+    });
 
   it("refuses requests without the token", async () => {
     for (const token of ["", "wrong-token-0123456789"]) {
@@ -179,7 +195,9 @@ describe("admin purge and refresh", () => {
     expect((await admin(a, "purge", { upstream: "docker.io", repository: "team/purge", tag: "v1" })).status).toBe(200);
     await getTag(a, "team/purge", "v1");
     expect(await heads("team/purge")).toBe(1); // asked the upstream again
-    expect(errorCode(await admin(a, "purge", { upstream: "evil.example", repository: "team/purge" }))).toBe("NAME_UNKNOWN");
+    expect(errorCode(await admin(a, "purge", { upstream: "evil.example", repository: "team/purge" }))).toBe(
+      "NAME_UNKNOWN",
+    );
     expect(errorCode(await admin(a, "purge", { upstream: "docker.io", repository: "../etc" }))).toBe("NAME_INVALID");
   });
 });

@@ -44,7 +44,10 @@ describe("shutdown", () => {
     const layer = randomLayer(1024 * 1024);
     await pushImage(upstream.url, "team/shutdown", "v1", buildImage({ format: "oci", layers: [layer] }));
     // No idle timeout to end the stall below: shutdown must not wait for it once the grace is over.
-    const mirror = await startTestMirror({ upstreams: { "docker.io": { url: relay.url, default: true, timeouts: { bodyIdle: "10m" } } }, extra: { shutdownGrace: "1s" } });
+    const mirror = await startTestMirror({
+      upstreams: { "docker.io": { url: relay.url, default: true, timeouts: { bodyIdle: "10m" } } },
+      extra: { shutdownGrace: "1s" },
+    });
     // The download stalls part-way: the fill is running when the shutdown begins, and outlasts its grace.
     relay.setFault({ kind: "stallBody", afterBytes: 64 * 1024, match: /^GET .*\/blobs\// });
     const events: string[] = [];
@@ -68,7 +71,10 @@ describe("shutdown", () => {
         events.push("janitor stopped");
         original.stop.call(this);
       }),
-      vi.spyOn(FillCoordinator.prototype, "drain").mockImplementation(async function (this: FillCoordinator, ms: number) {
+      vi.spyOn(FillCoordinator.prototype, "drain").mockImplementation(async function (
+        this: FillCoordinator,
+        ms: number,
+      ) {
         events.push(`fills draining, new connections accepted: ${await accepts(mirror.port)}`);
         await original.drain.call(this, ms);
         events.push("fills drained");
@@ -77,7 +83,9 @@ describe("shutdown", () => {
         events.push("upstream pool closed");
         await original.upstreamClose.call(this);
       }),
-      vi.spyOn(EmbeddedMetadataStore.prototype, "close").mockImplementation(async function (this: EmbeddedMetadataStore) {
+      vi.spyOn(EmbeddedMetadataStore.prototype, "close").mockImplementation(async function (
+        this: EmbeddedMetadataStore,
+      ) {
         events.push("metadata store closed");
         await original.metadataClose.call(this);
       }),

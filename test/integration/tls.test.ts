@@ -42,7 +42,10 @@ beforeAll(async () => {
   const upstream = teardown.track(await startRegistry());
   await pushImage(upstream.url, "library/secure", "v1", image);
   mirror = teardown.track(
-    await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } }, extra: { tls: { certFile: join(dir, "cert.pem"), keyFile: join(dir, "key.pem") } } }),
+    await startTestMirror({
+      upstreams: { "docker.io": { url: upstream.url, default: true } },
+      extra: { tls: { certFile: join(dir, "cert.pem"), keyFile: join(dir, "key.pem") } },
+    }),
   );
 });
 
@@ -51,14 +54,22 @@ describe("TLS termination", () => {
     const certDir = join(dir, "client-certs");
     await runCommand("mkdir", ["-p", certDir], { timeoutMs: 5_000 });
     await copyFile(join(dir, "ca.crt"), join(certDir, "ca.crt"));
-    const res = await runCommand("skopeo", ["inspect", "--raw", "--cert-dir", certDir, `docker://127.0.0.1:${mirror.port}/library/secure:v1`], {
-      timeoutMs: 60_000,
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: dir },
-    });
+    const res = await runCommand(
+      "skopeo",
+      ["inspect", "--raw", "--cert-dir", certDir, `docker://127.0.0.1:${mirror.port}/library/secure:v1`],
+      {
+        timeoutMs: 60_000,
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: dir },
+      },
+    );
     expect(res.code, res.stderr).toBe(0);
     expect(res.stdout).toBe(image.manifest.toString());
     // Without the CA, verification fails: the certificate really is checked.
-    const untrusted = await runCommand("skopeo", ["inspect", "--raw", `docker://127.0.0.1:${mirror.port}/library/secure:v1`], { timeoutMs: 60_000, env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: dir } });
+    const untrusted = await runCommand(
+      "skopeo",
+      ["inspect", "--raw", `docker://127.0.0.1:${mirror.port}/library/secure:v1`],
+      { timeoutMs: 60_000, env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: dir } },
+    );
     expect(untrusted.code).not.toBe(0);
     expect(untrusted.stderr).toMatch(/certificate/);
   });

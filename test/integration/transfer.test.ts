@@ -16,7 +16,18 @@ import { parseConfig } from "../../src/config/load.ts";
 import type { ImportReport } from "../../src/transfer/importer.ts";
 import { TarError, TarReader } from "../../src/transfer/tar-reader.ts";
 import { endOfArchive, fileHeader } from "../../src/transfer/tar-writer.ts";
-import { buildImage, buildIndex, buildNestedIndex, pushImage, pushIndex, pushNestedIndex, randomLayer, type BuiltImage, type BuiltIndex, type BuiltNestedIndex } from "../harness/image-builder.ts";
+import {
+  buildImage,
+  buildIndex,
+  buildNestedIndex,
+  pushImage,
+  pushIndex,
+  pushNestedIndex,
+  randomLayer,
+  type BuiltImage,
+  type BuiltIndex,
+  type BuiltNestedIndex,
+} from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { freePort, runCommand, Teardown, type CommandResult } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
@@ -34,10 +45,18 @@ let nowhere: string;
 let bundle: string;
 
 const multi: BuiltIndex = buildIndex([
-  buildImage({ format: "oci", architecture: "amd64", layers: [randomLayer(120_000), randomLayer(40_000)], labels: { image: "multi" } }),
+  buildImage({
+    format: "oci",
+    architecture: "amd64",
+    layers: [randomLayer(120_000), randomLayer(40_000)],
+    labels: { image: "multi" },
+  }),
   buildImage({ format: "oci", architecture: "arm64", layers: [randomLayer(110_000)], labels: { image: "multi" } }),
 ]);
-const dockerImage: BuiltImage = buildImage({ format: "docker", layers: [randomLayer(150_000, { format: "docker" }), randomLayer(30_000, { format: "docker" })] });
+const dockerImage: BuiltImage = buildImage({
+  format: "docker",
+  layers: [randomLayer(150_000, { format: "docker" }), randomLayer(30_000, { format: "docker" })],
+});
 const tool: BuiltImage = buildImage({ format: "oci", layers: [randomLayer(60_000)], labels: { image: "tool" } });
 const base = randomLayer(90_000);
 const appV1: BuiltImage = buildImage({ format: "oci", layers: [base, randomLayer(20_000)], labels: { version: "1" } });
@@ -45,11 +64,39 @@ const appV2: BuiltImage = buildImage({ format: "oci", layers: [base, randomLayer
 
 /** The references exported in the first bundle, and where each image lives upstream. */
 const EXPORTED = [
-  { ref: "docker.io/team/multi:v1", canonical: "docker.io/team/multi:v1", repo: "team/multi", tag: "v1", path: "team/multi", image: multi },
+  {
+    ref: "docker.io/team/multi:v1",
+    canonical: "docker.io/team/multi:v1",
+    repo: "team/multi",
+    tag: "v1",
+    path: "team/multi",
+    image: multi,
+  },
   // No upstream named: the default one, with Docker Hub's library/ prefix.
-  { ref: "dockerimg:v1", canonical: "docker.io/library/dockerimg:v1", repo: "library/dockerimg", tag: "v1", path: "library/dockerimg", image: dockerImage },
-  { ref: "ghcr.io/team/tool:v1", canonical: "ghcr.io/team/tool:v1", repo: "team/tool", tag: "v1", path: "ghcr.io/team/tool", image: tool },
-  { ref: "docker.io/team/app:v1", canonical: "docker.io/team/app:v1", repo: "team/app", tag: "v1", path: "team/app", image: appV1 },
+  {
+    ref: "dockerimg:v1",
+    canonical: "docker.io/library/dockerimg:v1",
+    repo: "library/dockerimg",
+    tag: "v1",
+    path: "library/dockerimg",
+    image: dockerImage,
+  },
+  {
+    ref: "ghcr.io/team/tool:v1",
+    canonical: "ghcr.io/team/tool:v1",
+    repo: "team/tool",
+    tag: "v1",
+    path: "ghcr.io/team/tool",
+    image: tool,
+  },
+  {
+    ref: "docker.io/team/app:v1",
+    canonical: "docker.io/team/app:v1",
+    repo: "team/app",
+    tag: "v1",
+    path: "team/app",
+    image: appV1,
+  },
 ] as const;
 
 function imagesOf(image: BuiltImage | BuiltIndex): BuiltImage[] {
@@ -91,13 +138,20 @@ async function readBundle(path: string): Promise<Map<string, Buffer>> {
 }
 
 /** Every manifest and blob of an image pulled through `mirror` byte for byte, as a client would. */
-async function expectServed(mirror: TestMirror, path: string, tag: string, image: BuiltImage | BuiltIndex): Promise<void> {
+async function expectServed(
+  mirror: TestMirror,
+  path: string,
+  tag: string,
+  image: BuiltImage | BuiltIndex,
+): Promise<void> {
   const top = await fetchRaw(`${mirror.url}/v2/${path}/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
   expect(top.status, `${path}:${tag}: ${top.body.toString()}`).toBe(200);
   expect(top.body.equals(image.manifest)).toBe(true);
   expect(top.headers["content-type"]).toBe(image.mediaType);
   for (const child of imagesOf(image)) {
-    const m = await fetchRaw(`${mirror.url}/v2/${path}/manifests/${child.digest}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    const m = await fetchRaw(`${mirror.url}/v2/${path}/manifests/${child.digest}`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
     expect(m.body.equals(child.manifest), `${path}@${child.digest}`).toBe(true);
     for (const blob of child.blobs()) {
       const res = await fetchRaw(`${mirror.url}/v2/${path}/blobs/${blob.digest}`);
@@ -110,7 +164,16 @@ async function expectServed(mirror: TestMirror, path: string, tag: string, image
 async function unreachableMirror(opts: { dataDir?: string } = {}): Promise<TestMirror> {
   return teardown.track(
     await startTestMirror({
-      upstreams: { "docker.io": { url: nowhere, default: true, aliases: ["registry-1.docker.io"], libraryPrefix: "library", retries: 0 }, "ghcr.io": { url: nowhere, retries: 0 } },
+      upstreams: {
+        "docker.io": {
+          url: nowhere,
+          default: true,
+          aliases: ["registry-1.docker.io"],
+          libraryPrefix: "library",
+          retries: 0,
+        },
+        "ghcr.io": { url: nowhere, retries: 0 },
+      },
       extra: { admin: { token: TOKEN } },
       ...opts,
     }),
@@ -141,7 +204,14 @@ describe("mirror export", () => {
     try {
       // Seed the source mirror's cache with one image, as client pulls would.
       await expectServed(source, "library/dockerimg", "v1", dockerImage);
-      const refused = await cli(["export", "docker.io/team/app:v1", "--config", config, "--output", join(work, "never.tar")]);
+      const refused = await cli([
+        "export",
+        "docker.io/team/app:v1",
+        "--config",
+        config,
+        "--output",
+        join(work, "never.tar"),
+      ]);
       expect(refused.code).toBe(1);
       expect(refused.stderr).toMatch(new RegExp(`in use by process ${process.pid} `));
       await expect(stat(join(work, "never.tar"))).rejects.toThrow();
@@ -151,12 +221,21 @@ describe("mirror export", () => {
     await upstream.sync();
     upstream.clearRequests();
     const refs = join(work, "refs.txt");
-    await writeFile(refs, `# every image of the first transfer\n${EXPORTED.slice(1).map((e) => e.ref).join("\n")}\n`);
+    await writeFile(
+      refs,
+      `# every image of the first transfer\n${EXPORTED.slice(1)
+        .map((e) => e.ref)
+        .join("\n")}\n`,
+    );
     const res = await cli(["export", EXPORTED[0].ref, "--file", refs, "--config", config, "--output", bundle]);
     expect(res.code, res.stderr).toBe(0);
     expect(res.stderr).toMatch(/export: wrote .*bundle\.tar: 4 references, 6 manifests, 13 blobs/);
     await upstream.sync();
-    for (const blob of dockerImage.blobs()) expect(upstream.count({ method: "GET", kind: "blobs", pathIncludes: blob.digest }), "cached blob fetched again").toBe(0);
+    for (const blob of dockerImage.blobs())
+      expect(
+        upstream.count({ method: "GET", kind: "blobs", pathIncludes: blob.digest }),
+        "cached blob fetched again",
+      ).toBe(0);
     expect(upstream.count({ method: "GET", kind: "blobs", pathIncludes: tool.layers[0]!.digest })).toBe(1);
     await expect(stat(`${bundle}.partial`)).rejects.toThrow();
   });
@@ -164,9 +243,14 @@ describe("mirror export", () => {
   it("writes a standard OCI image layout: oci-layout, annotated index.json, every manifest and blob by digest", async () => {
     const entries = await readBundle(bundle);
     expect(JSON.parse(entries.get("oci-layout")!.toString())).toEqual({ imageLayoutVersion: "1.0.0" });
-    const index = JSON.parse(entries.get("index.json")!.toString()) as { schemaVersion: number; manifests: Array<{ mediaType: string; digest: string; size: number; annotations: Record<string, string> }> };
+    const index = JSON.parse(entries.get("index.json")!.toString()) as {
+      schemaVersion: number;
+      manifests: Array<{ mediaType: string; digest: string; size: number; annotations: Record<string, string> }>;
+    };
     expect(index.schemaVersion).toBe(2);
-    expect(index.manifests.map((d) => d.annotations["io.registry-mirror.reference"])).toEqual(EXPORTED.map((e) => e.canonical));
+    expect(index.manifests.map((d) => d.annotations["io.registry-mirror.reference"])).toEqual(
+      EXPORTED.map((e) => e.canonical),
+    );
     for (const [i, e] of EXPORTED.entries()) {
       const d = index.manifests[i]!;
       expect(d).toMatchObject({ mediaType: e.image.mediaType, digest: e.image.digest, size: e.image.manifest.length });
@@ -182,7 +266,8 @@ describe("mirror export", () => {
     }
     const blobs = [...entries.keys()].filter((n) => n.startsWith("blobs/"));
     expect(blobs.sort()).toEqual([...expected.keys()].map((d) => `blobs/sha256/${d.slice(7)}`).sort());
-    for (const [digest, bytes] of expected) expect(entries.get(`blobs/sha256/${digest.slice(7)}`)!.equals(bytes), digest).toBe(true);
+    for (const [digest, bytes] of expected)
+      expect(entries.get(`blobs/sha256/${digest.slice(7)}`)!.equals(bytes), digest).toBe(true);
   });
 
   it("refuses a reference the upstream does not have, and leaves no bundle behind", async () => {
@@ -207,12 +292,18 @@ describe("mirror import", () => {
     const r = report(res);
     expect(r.ok).toBe(true);
     expect(r.refused).toEqual([]);
-    expect(r.images.map((i) => [i.reference, i.status, i.pinned])).toEqual(EXPORTED.map((e) => [e.canonical, "imported", true]));
+    expect(r.images.map((i) => [i.reference, i.status, i.pinned])).toEqual(
+      EXPORTED.map((e) => [e.canonical, "imported", true]),
+    );
     expect(r.blobs.added).toBe(13);
     expect(r.manifests.added).toBe(6);
     for (const e of EXPORTED) await expectServed(running, e.path, e.tag, e.image);
-    const pins = JSON.parse(await readFile(join(running.dataDir, "pins.json"), "utf8")) as { pins: Array<{ reference: string; digest: string }> };
-    expect(pins.pins.map((p) => [p.reference, p.digest]).sort()).toEqual(EXPORTED.map((e) => [e.canonical, e.image.digest]).sort());
+    const pins = JSON.parse(await readFile(join(running.dataDir, "pins.json"), "utf8")) as {
+      pins: Array<{ reference: string; digest: string }>;
+    };
+    expect(pins.pins.map((p) => [p.reference, p.digest]).sort()).toEqual(
+      EXPORTED.map((e) => [e.canonical, e.image.digest]).sort(),
+    );
     expect(await running.mirror.blobStore.tempFiles()).toEqual([]);
   });
 
@@ -222,7 +313,10 @@ describe("mirror import", () => {
     await running.stop();
     const tiny = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: nowhere, default: true, retries: 0 }, "ghcr.io": { url: nowhere, retries: 0 } },
+        upstreams: {
+          "docker.io": { url: nowhere, default: true, retries: 0 },
+          "ghcr.io": { url: nowhere, retries: 0 },
+        },
         dataDir: running.dataDir,
         extra: { storage: { maxSize: 1 } },
       }),
@@ -239,7 +333,15 @@ describe("mirror import", () => {
     const res = await cli(["import", bundle, "--config", config, "--json"]);
     expect(res.code, res.stderr).toBe(0);
     expect(report(res).images.every((i) => i.status === "imported" && !i.pinned)).toBe(true);
-    const offline = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: nowhere, default: true, offline: true }, "ghcr.io": { url: nowhere, offline: true } }, dataDir }));
+    const offline = teardown.track(
+      await startTestMirror({
+        upstreams: {
+          "docker.io": { url: nowhere, default: true, offline: true },
+          "ghcr.io": { url: nowhere, offline: true },
+        },
+        dataDir,
+      }),
+    );
     for (const e of EXPORTED) await expectServed(offline, e.path, e.tag, e.image);
     await offline.stop();
   });
@@ -247,7 +349,11 @@ describe("mirror import", () => {
   it("reads a bundle from stdin", async () => {
     const dataDir = join(work, "stdin-cache");
     const config = await writeConfig("stdin", dataDir, nowhere);
-    const res = await runCommand("sh", ["-c", `"${process.execPath}" src/main.ts import - --config "${config}" < "${bundle}"`], { timeoutMs: 60_000 });
+    const res = await runCommand(
+      "sh",
+      ["-c", `"${process.execPath}" src/main.ts import - --config "${config}" < "${bundle}"`],
+      { timeoutMs: 60_000 },
+    );
     expect(res.code, res.stderr).toBe(0);
     expect(res.stdout).toMatch(/^imported docker\.io\/team\/multi:v1 sha256:/m);
     expect(res.stdout).toMatch(/added 6 manifests and 13 blobs/);
@@ -265,15 +371,26 @@ describe("mirror import", () => {
     const res = await cli(["import", damaged, "--url", target.url, "--token", TOKEN, "--json"]);
     expect(res.code).toBe(1);
     const r = report(res);
-    expect(r.refused).toEqual([{ entry: `blobs/sha256/${victim.digest.slice(7)}`, reason: expect.stringMatching(/^content hashes to sha256:[0-9a-f]{64}$/) as unknown }]);
+    expect(r.refused).toEqual([
+      {
+        entry: `blobs/sha256/${victim.digest.slice(7)}`,
+        reason: expect.stringMatching(/^content hashes to sha256:[0-9a-f]{64}$/) as unknown,
+      },
+    ]);
     expect(r.error).toBeUndefined();
     const byRef = new Map(r.images.map((i) => [i.reference, i]));
-    expect(byRef.get("docker.io/library/dockerimg:v1")).toMatchObject({ status: "incomplete", missing: [victim.digest] });
-    for (const e of EXPORTED.filter((x) => x.image !== dockerImage)) expect(byRef.get(e.canonical)?.status).toBe("imported");
+    expect(byRef.get("docker.io/library/dockerimg:v1")).toMatchObject({
+      status: "incomplete",
+      missing: [victim.digest],
+    });
+    for (const e of EXPORTED.filter((x) => x.image !== dockerImage))
+      expect(byRef.get(e.canonical)?.status).toBe("imported");
     expect(await target.mirror.blobStore.size(victim.digest)).toBeUndefined();
     expect(await target.mirror.blobStore.tempFiles()).toEqual([]);
     for (const e of EXPORTED.filter((x) => x.image !== dockerImage)) await expectServed(target, e.path, e.tag, e.image);
-    const tag = await fetchRaw(`${target.url}/v2/library/dockerimg/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    const tag = await fetchRaw(`${target.url}/v2/library/dockerimg/manifests/v1`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
     expect(tag.status).toBeGreaterThanOrEqual(400);
     const layer = await fetchRaw(`${target.url}/v2/library/dockerimg/blobs/${victim.digest}`);
     expect(layer.status).toBeGreaterThanOrEqual(400);
@@ -287,7 +404,13 @@ describe("mirror import", () => {
     const truncated = join(work, "truncated.tar");
     await writeFile(truncated, bytes.subarray(0, header + 512 + 5000));
     const dataDir = join(work, "truncated-cache");
-    const res = await cli(["import", truncated, "--config", await writeConfig("truncated", dataDir, nowhere), "--json"]);
+    const res = await cli([
+      "import",
+      truncated,
+      "--config",
+      await writeConfig("truncated", dataDir, nowhere),
+      "--json",
+    ]);
     expect(res.code).toBe(1);
     const r = report(res);
     expect(r.error).toMatch(/ends inside blobs\/sha256\//);
@@ -312,37 +435,60 @@ describe("mirror import", () => {
     const content = new Map<string, number>();
     for (const e of EXPORTED) {
       content.set(e.image.digest, e.image.manifest.length);
-      for (const image of imagesOf(e.image)) for (const b of [{ digest: image.digest, bytes: image.manifest }, ...image.blobs()]) content.set(b.digest, b.bytes.length);
+      for (const image of imagesOf(e.image))
+        for (const b of [{ digest: image.digest, bytes: image.manifest }, ...image.blobs()])
+          content.set(b.digest, b.bytes.length);
     }
     expect([...content].filter(([, size]) => size >= limit)).toEqual([[victim.digest, victim.bytes.length]]);
     const dataDir = join(work, "fsize-cache");
     const config = await writeConfig("fsize", dataDir, nowhere);
-    const res = await runCommand("prlimit", [`--fsize=${limit}`, "--", process.execPath, "src/main.ts", "import", bundle, "--config", config, "--json"], { timeoutMs: 60_000 });
+    const res = await runCommand(
+      "prlimit",
+      [`--fsize=${limit}`, "--", process.execPath, "src/main.ts", "import", bundle, "--config", config, "--json"],
+      { timeoutMs: 60_000 },
+    );
     expect(res.code, res.stderr + res.stdout).toBe(1);
     const r = report(res);
     expect(r.error).toMatch(/EFBIG/);
     expect(r.refused).toEqual([{ entry: `blobs/sha256/${victim.digest.slice(7)}`, reason: r.error }]);
-    expect(r.images.find((i) => i.reference === "docker.io/library/dockerimg:v1")).toMatchObject({ status: "incomplete", missing: expect.arrayContaining([victim.digest]) as unknown });
+    expect(r.images.find((i) => i.reference === "docker.io/library/dockerimg:v1")).toMatchObject({
+      status: "incomplete",
+      missing: expect.arrayContaining([victim.digest]) as unknown,
+    });
     const shards = await readdir(join(dataDir, "blobs", "sha256"));
     for (const shard of shards) {
       for (const name of await readdir(join(dataDir, "blobs", "sha256", shard))) {
         expect(sha256(await readFile(join(dataDir, "blobs", "sha256", shard, name)))).toBe(`sha256:${name}`);
       }
     }
-    await expect(stat(join(dataDir, "blobs", "sha256", victim.digest.slice(7, 9), victim.digest.slice(7)))).rejects.toThrow(/ENOENT/);
+    await expect(
+      stat(join(dataDir, "blobs", "sha256", victim.digest.slice(7, 9), victim.digest.slice(7))),
+    ).rejects.toThrow(/ENOENT/);
     expect(await readdir(join(dataDir, "tmp"))).toEqual([]);
   });
 
   it("imports an OCI archive written by skopeo (blobs before index.json) under its full reference name", async () => {
     const archive = join(work, "skopeo.tar");
-    const copied = await runCommand("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${upstream.host}/team/tool:v1`, `oci-archive:${archive}:ghcr.io/team/tool:v1`], {
-      timeoutMs: 60_000,
-    });
+    const copied = await runCommand(
+      "skopeo",
+      [
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        `docker://${upstream.host}/team/tool:v1`,
+        `oci-archive:${archive}:ghcr.io/team/tool:v1`,
+      ],
+      {
+        timeoutMs: 60_000,
+      },
+    );
     expect(copied.code, copied.stderr).toBe(0);
     const dataDir = join(work, "skopeo-cache");
     const res = await cli(["import", archive, "--config", await writeConfig("skopeo", dataDir, nowhere), "--json"]);
     expect(res.code, res.stdout + res.stderr).toBe(0);
-    expect(report(res).images).toEqual([expect.objectContaining({ reference: "ghcr.io/team/tool:v1", status: "imported", digest: tool.digest })]);
+    expect(report(res).images).toEqual([
+      expect.objectContaining({ reference: "ghcr.io/team/tool:v1", status: "imported", digest: tool.digest }),
+    ]);
   });
 });
 
@@ -354,18 +500,35 @@ describe("delta transfer", () => {
     const listing = join(work, "inventory.json");
     const inv = await cli(["inventory", "--url", target.url, "--token", TOKEN, "--output", listing]);
     expect(inv.code, inv.stderr).toBe(0);
-    const inventory = JSON.parse(await readFile(listing, "utf8")) as { references: Array<{ reference: string; digest: string }>; blobs: Array<{ digest: string; size: number }> };
-    expect(inventory.references).toContainEqual(expect.objectContaining({ reference: "docker.io/team/app:v1", digest: appV1.digest }));
+    const inventory = JSON.parse(await readFile(listing, "utf8")) as {
+      references: Array<{ reference: string; digest: string }>;
+      blobs: Array<{ digest: string; size: number }>;
+    };
+    expect(inventory.references).toContainEqual(
+      expect.objectContaining({ reference: "docker.io/team/app:v1", digest: appV1.digest }),
+    );
     expect(inventory.blobs).toContainEqual({ digest: base.digest, size: base.bytes.length });
     expect(inventory.blobs).toHaveLength(19); // 13 blobs and 6 manifests
 
     await pushImage(upstream.url, "team/app", "v2", appV2);
     const delta = join(work, "delta.tar");
-    const res = await cli(["export", "docker.io/team/app:v2", "docker.io/team/multi:v1", "--exclude-listing", listing, "--config", await writeConfig("delta", join(work, "delta-cache"), upstream.url), "--output", delta]);
+    const res = await cli([
+      "export",
+      "docker.io/team/app:v2",
+      "docker.io/team/multi:v1",
+      "--exclude-listing",
+      listing,
+      "--config",
+      await writeConfig("delta", join(work, "delta-cache"), upstream.url),
+      "--output",
+      delta,
+    ]);
     expect(res.code, res.stderr).toBe(0);
     expect(res.stderr).toMatch(/left out 6 blobs/);
     const entries = await readBundle(delta);
-    const carried = [...entries.keys()].filter((n) => n.startsWith("blobs/")).map((n) => `sha256:${n.slice("blobs/sha256/".length)}`);
+    const carried = [...entries.keys()]
+      .filter((n) => n.startsWith("blobs/"))
+      .map((n) => `sha256:${n.slice("blobs/sha256/".length)}`);
     // Manifests always travel (they describe the images); of the blobs, only app v2's config and new layer.
     const manifests = [appV2.digest, multi.digest, ...multi.children.map((c) => c.digest)];
     expect(carried.sort()).toEqual([...manifests, appV2.config.digest, appV2.layers[1]!.digest].sort());
@@ -380,8 +543,13 @@ describe("delta transfer", () => {
     const empty = await unreachableMirror();
     const wrong = await cli(["import", delta, "--url", empty.url, "--token", TOKEN, "--json"]);
     expect(wrong.code).toBe(1);
-    expect(report(wrong).images.find((i) => i.reference === "docker.io/team/app:v2")).toMatchObject({ status: "incomplete", missing: [base.digest] });
-    expect((await fetchRaw(`${empty.url}/v2/team/app/manifests/v2`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBeGreaterThanOrEqual(400);
+    expect(report(wrong).images.find((i) => i.reference === "docker.io/team/app:v2")).toMatchObject({
+      status: "incomplete",
+      missing: [base.digest],
+    });
+    expect(
+      (await fetchRaw(`${empty.url}/v2/team/app/manifests/v2`, { headers: { accept: ALL_MANIFEST_TYPES } })).status,
+    ).toBeGreaterThanOrEqual(400);
   });
 });
 
@@ -396,39 +564,77 @@ describe("an index whose child is another index", () => {
   const REF = "docker.io/team/nested:v1";
 
   async function expectNestedServed(mirror: TestMirror): Promise<void> {
-    const top = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    const top = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/v1`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
     expect(top.status, top.body.toString()).toBe(200);
     expect(top.body.equals(nested.manifest)).toBe(true);
-    const inner = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/${nested.inner.digest}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    const inner = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/${nested.inner.digest}`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
     expect(inner.body.equals(nested.inner.manifest)).toBe(true);
     for (const image of images) {
-      const m = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/${image.digest}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+      const m = await fetchRaw(`${mirror.url}/v2/team/nested/manifests/${image.digest}`, {
+        headers: { accept: ALL_MANIFEST_TYPES },
+      });
       expect(m.body.equals(image.manifest), image.digest).toBe(true);
-      for (const blob of image.blobs()) expect(sha256((await fetchRaw(`${mirror.url}/v2/team/nested/blobs/${blob.digest}`)).body), blob.digest).toBe(blob.digest);
+      for (const blob of image.blobs())
+        expect(sha256((await fetchRaw(`${mirror.url}/v2/team/nested/blobs/${blob.digest}`)).body), blob.digest).toBe(
+          blob.digest,
+        );
     }
   }
 
   it("is exported with every level, platform and layer, and imported complete: served with no upstream", async () => {
     await pushNestedIndex(upstream.url, "team/nested", "v1", nested);
     const out = join(work, "nested.tar");
-    const res = await cli(["export", REF, "--config", await writeConfig("nested", join(work, "nested-cache"), upstream.url), "--output", out]);
+    const res = await cli([
+      "export",
+      REF,
+      "--config",
+      await writeConfig("nested", join(work, "nested-cache"), upstream.url),
+      "--output",
+      out,
+    ]);
     expect(res.code, res.stderr).toBe(0);
     expect(res.stderr).toMatch(/1 references, 4 manifests, 4 blobs/);
-    const carried = [...(await readBundle(out)).keys()].filter((n) => n.startsWith("blobs/")).map((n) => `sha256:${n.slice("blobs/sha256/".length)}`);
-    const expected = [nested.digest, nested.inner.digest, ...images.flatMap((i) => [i.digest, ...i.blobs().map((b) => b.digest)])];
+    const carried = [...(await readBundle(out)).keys()]
+      .filter((n) => n.startsWith("blobs/"))
+      .map((n) => `sha256:${n.slice("blobs/sha256/".length)}`);
+    const expected = [
+      nested.digest,
+      nested.inner.digest,
+      ...images.flatMap((i) => [i.digest, ...i.blobs().map((b) => b.digest)]),
+    ];
     expect(carried.sort()).toEqual(expected.sort());
     const target = await unreachableMirror();
     const imported = await cli(["import", out, "--url", target.url, "--token", TOKEN, "--json"]);
     expect(imported.code, imported.stdout).toBe(0);
-    expect(report(imported).images).toEqual([expect.objectContaining({ reference: REF, status: "imported", digest: nested.digest })]);
+    expect(report(imported).images).toEqual([
+      expect.objectContaining({ reference: REF, status: "imported", digest: nested.digest }),
+    ]);
     await expectNestedServed(target);
   });
 
   it("is refused a tag when a bundle carries its indexes but none of its images, naming what is missing", async () => {
     // The bundle an exporter that walked one level deep wrote: both indexes, no image manifest, no layer.
     const mtime = 0;
-    const file = (name: string, bytes: Buffer) => [fileHeader({ name, size: bytes.length, mtime }), bytes, Buffer.alloc((512 - (bytes.length % 512)) % 512)];
-    const index = { schemaVersion: 2, manifests: [{ mediaType: nested.mediaType, digest: nested.digest, size: nested.manifest.length, annotations: { "io.registry-mirror.reference": REF } }] };
+    const file = (name: string, bytes: Buffer) => [
+      fileHeader({ name, size: bytes.length, mtime }),
+      bytes,
+      Buffer.alloc((512 - (bytes.length % 512)) % 512),
+    ];
+    const index = {
+      schemaVersion: 2,
+      manifests: [
+        {
+          mediaType: nested.mediaType,
+          digest: nested.digest,
+          size: nested.manifest.length,
+          annotations: { "io.registry-mirror.reference": REF },
+        },
+      ],
+    };
     const partial = join(work, "nested-partial.tar");
     await writeFile(
       partial,
@@ -443,8 +649,12 @@ describe("an index whose child is another index", () => {
     const target = await unreachableMirror();
     const res = await cli(["import", partial, "--url", target.url, "--token", TOKEN, "--json"]);
     expect(res.code, res.stdout).toBe(1);
-    expect(report(res).images).toEqual([expect.objectContaining({ reference: REF, status: "incomplete", missing: images.map((i) => i.digest) })]);
-    const tag = await fetchRaw(`${target.url}/v2/team/nested/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(report(res).images).toEqual([
+      expect.objectContaining({ reference: REF, status: "incomplete", missing: images.map((i) => i.digest) }),
+    ]);
+    const tag = await fetchRaw(`${target.url}/v2/team/nested/manifests/v1`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
     expect(tag.status).toBeGreaterThanOrEqual(400);
   });
 });
@@ -453,7 +663,9 @@ describe("data directory lock", () => {
   it("refuses a second opener (CLI, mirror process, in-process mirror) and breaks a lock whose process is gone", async () => {
     const dataDir = join(work, "locked-cache");
     const config = await writeConfig("locked", dataDir, nowhere, `listen: "127.0.0.1:${await freePort()}"`);
-    const holder = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: nowhere, default: true } }, dataDir }));
+    const holder = teardown.track(
+      await startTestMirror({ upstreams: { "docker.io": { url: nowhere, default: true } }, dataDir }),
+    );
     const lock = JSON.parse(await readFile(join(dataDir, "mirror.lock"), "utf8")) as { pid: number };
     expect(lock.pid).toBe(process.pid);
 
@@ -463,21 +675,45 @@ describe("data directory lock", () => {
     const server = await cli(["--config", config], 30_000);
     expect(server.code).toBe(1);
     expect(server.stderr).toMatch(/data directory is in use/);
-    await expect(createMirror(parseConfig({ storage: { path: dataDir }, upstreams: { "docker.io": { url: nowhere, default: true } } }))).rejects.toBeInstanceOf(DataDirLockedError);
+    await expect(
+      createMirror(
+        parseConfig({ storage: { path: dataDir }, upstreams: { "docker.io": { url: nowhere, default: true } } }),
+      ),
+    ).rejects.toBeInstanceOf(DataDirLockedError);
     await holder.stop();
     await expect(stat(join(dataDir, "mirror.lock"))).rejects.toThrow();
 
     // A lock left by a process that no longer exists (a SIGKILLed mirror) does not block the next opener.
     const gone = await runCommand("sh", ["-c", "echo $$"], { timeoutMs: 10_000 });
-    await writeFile(join(dataDir, "mirror.lock"), JSON.stringify({ pid: Number(gone.stdout.trim()), hostname: hostname(), purpose: "mirror", since: "x", token: "dead" }));
-    const inv = await cli(["inventory", "--data-dir", dataDir, "--config", config, "--output", join(work, "after-stale.json")]);
+    await writeFile(
+      join(dataDir, "mirror.lock"),
+      JSON.stringify({
+        pid: Number(gone.stdout.trim()),
+        hostname: hostname(),
+        purpose: "mirror",
+        since: "x",
+        token: "dead",
+      }),
+    );
+    const inv = await cli([
+      "inventory",
+      "--data-dir",
+      dataDir,
+      "--config",
+      config,
+      "--output",
+      join(work, "after-stale.json"),
+    ]);
     expect(inv.code, inv.stderr).toBe(0);
     await expect(stat(join(dataDir, "mirror.lock"))).rejects.toThrow();
   });
 });
 
 describe("bundle tar format", () => {
-  async function entriesOf(bytes: Buffer, chunk = 700): Promise<Array<{ name: string; type: string; content: Buffer }>> {
+  async function entriesOf(
+    bytes: Buffer,
+    chunk = 700,
+  ): Promise<Array<{ name: string; type: string; content: Buffer }>> {
     // Odd-sized chunks: headers and content straddle chunk boundaries, as they do on a socket.
     const chunks = async function* () {
       for (let i = 0; i < bytes.length; i += chunk) yield bytes.subarray(i, i + chunk);
@@ -521,7 +757,9 @@ describe("bundle tar format", () => {
     // GNU tar lists the entry (then complains that its content is missing, which is the point of the test).
     const gnu = await runCommand("tar", ["-tvf", file], { timeoutMs: 10_000 });
     expect(gnu.stdout).toContain(` ${size} `);
-    await expect(entriesOf(Buffer.concat([header, Buffer.alloc(512)]))).rejects.toThrow(/ends inside blobs\/sha256\/huge: 512 of 9663676421 bytes/);
+    await expect(entriesOf(Buffer.concat([header, Buffer.alloc(512)]))).rejects.toThrow(
+      /ends inside blobs\/sha256\/huge: 512 of 9663676421 bytes/,
+    );
   });
 
   it("rejects a damaged header, and a stream without the end-of-archive marker", async () => {

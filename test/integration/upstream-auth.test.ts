@@ -38,16 +38,25 @@ async function pullAll(m: TestMirror, repo: string, tag: string, image: BuiltIma
 describe("token auth (Docker token flow)", () => {
   let tokens: TokenServer;
   let registry: Registry;
-  const image = buildImage({ format: "oci", layers: [randomLayer(100_000), randomLayer(200_000), randomLayer(300_000)] });
+  const image = buildImage({
+    format: "oci",
+    layers: [randomLayer(100_000), randomLayer(200_000), randomLayer(300_000)],
+  });
 
   beforeAll(async () => {
-    tokens = teardown.track(await startTokenServer({ users: { alice: "alice-pw", admin: admin.password }, admins: ["admin"] }));
+    tokens = teardown.track(
+      await startTokenServer({ users: { alice: "alice-pw", admin: admin.password }, admins: ["admin"] }),
+    );
     registry = teardown.track(await startRegistry({ auth: { token: tokens } }));
     await pushImage(registry.url, "team/private", "v1", image, admin);
   });
 
   it("pulls anonymously, with one token fetch reused for the manifest and every blob", async () => {
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host] } } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host] } },
+      }),
+    );
     tokens.clearRequests();
     await pullAll(m, "team/private", "v1", image);
     expect(tokens.count({ authorization: "none", scope: "repository:team/private:pull" })).toBe(1);
@@ -60,7 +69,16 @@ describe("token auth (Docker token flow)", () => {
   it("pulls with configured credentials, sent only to the token service", async () => {
     const m = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "alice-pw" } } }, extra: { access: { anonymous: true } } }),
+        upstreams: {
+          "docker.io": {
+            url: registry.url,
+            default: true,
+            authHosts: [new URL(tokens.url).host],
+            credentials: { username: "alice", password: "alice-pw" },
+          },
+        },
+        extra: { access: { anonymous: true } },
+      }),
     );
     tokens.clearRequests();
     await pullAll(m, "team/private", "v1", image);
@@ -69,12 +87,18 @@ describe("token auth (Docker token flow)", () => {
   });
 
   it("refreshes a token that is about to expire", async () => {
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host] } } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host] } },
+      }),
+    );
     tokens.setExpiresIn(2); // the mirror refreshes after half the lifetime when the lifetime is that short
     try {
       tokens.clearRequests();
       const blob = image.layers[0]!;
-      expect((await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+      expect(
+        (await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status,
+      ).toBe(200);
       expect((await fetchRaw(`${m.url}/v2/team/private/blobs/${blob.digest}`)).status).toBe(200);
       expect(tokens.count()).toBe(1);
       await new Promise((r) => setTimeout(r, 1200));
@@ -88,7 +112,16 @@ describe("token auth (Docker token flow)", () => {
   it("gives the client a clear UNAUTHORIZED for wrong credentials, not a 500", async () => {
     const m = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "wrong" } } }, extra: { access: { anonymous: true } } }),
+        upstreams: {
+          "docker.io": {
+            url: registry.url,
+            default: true,
+            authHosts: [new URL(tokens.url).host],
+            credentials: { username: "alice", password: "wrong" },
+          },
+        },
+        extra: { access: { anonymous: true } },
+      }),
     );
     const res = await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(res.status).toBe(401);
@@ -101,11 +134,19 @@ describe("token auth (Docker token flow)", () => {
     teardown.add("tls dir", () => rm(dir, { recursive: true, force: true }));
     const ca = await createTestCa(dir, "realm-test-ca");
     const { certPath, keyPath } = await ca.issue("upstream");
-    const tlsRelay = teardown.track(await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }));
+    const tlsRelay = teardown.track(
+      await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }),
+    );
     const m = teardown.track(
       await startTestMirror({
         upstreams: {
-          "docker.io": { url: tlsRelay.url, default: true, tls: { caFile: ca.certPath }, authHosts: [new URL(tokens.url).host], credentials: { username: "alice", password: "alice-pw" } },
+          "docker.io": {
+            url: tlsRelay.url,
+            default: true,
+            tls: { caFile: ca.certPath },
+            authHosts: [new URL(tokens.url).host],
+            credentials: { username: "alice", password: "alice-pw" },
+          },
         },
         extra: { access: { anonymous: true } },
       }),
@@ -120,9 +161,19 @@ describe("token auth (Docker token flow)", () => {
 
   it("answers 503 naming the token service when a token body breaks mid-way, and recovers", async () => {
     const m = teardown.track(
-      await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], timeouts: { bodyIdle: "1s" } } } }),
+      await startTestMirror({
+        upstreams: {
+          "docker.io": {
+            url: registry.url,
+            default: true,
+            authHosts: [new URL(tokens.url).host],
+            timeouts: { bodyIdle: "1s" },
+          },
+        },
+      }),
     );
-    const manifest = () => fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    const manifest = () =>
+      fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
     try {
       for (const [fault, code] of [
         [{ kind: "stallBody", afterBytes: 10 }, /UND_ERR_BODY_TIMEOUT/],
@@ -144,7 +195,14 @@ describe("token auth (Docker token flow)", () => {
   it("a token body trickling in under the idle timeout fails every request sharing it at timeouts.total", async () => {
     const m = teardown.track(
       await startTestMirror({
-        upstreams: { "docker.io": { url: registry.url, default: true, authHosts: [new URL(tokens.url).host], timeouts: { bodyIdle: "1s", total: "2s" } } },
+        upstreams: {
+          "docker.io": {
+            url: registry.url,
+            default: true,
+            authHosts: [new URL(tokens.url).host],
+            timeouts: { bodyIdle: "1s", total: "2s" },
+          },
+        },
       }),
     );
     tokens.clearRequests();
@@ -164,11 +222,15 @@ describe("token auth (Docker token flow)", () => {
     } finally {
       tokens.setFault(null);
     }
-    expect((await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status).toBe(200);
+    expect(
+      (await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } })).status,
+    ).toBe(200);
   });
 
   it("refuses a realm on a host not allowed for the upstream, without contacting it", async () => {
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true } } }));
+    const m = teardown.track(
+      await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true } } }),
+    );
     tokens.clearRequests();
     const res = await fetchRaw(`${m.url}/v2/team/private/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(res.status).toBe(502);
@@ -181,18 +243,32 @@ describe("Basic auth (htpasswd)", () => {
   let registry: Registry;
   const image = buildImage({ format: "docker", layers: [randomLayer(120_000, { format: "docker" })] });
   beforeAll(async () => {
-    registry = teardown.track(await startRegistry({ auth: { htpasswd: { [admin.username]: admin.password, bob: "bob-pw" } } }));
+    registry = teardown.track(
+      await startRegistry({ auth: { htpasswd: { [admin.username]: admin.password, bob: "bob-pw" } } }),
+    );
     await pushImage(registry.url, "team/basic", "v1", image, admin);
   });
 
   it("pulls with configured Basic credentials", async () => {
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, credentials: { username: "bob", password: "bob-pw" } } }, extra: { access: { anonymous: true } } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: {
+          "docker.io": { url: registry.url, default: true, credentials: { username: "bob", password: "bob-pw" } },
+        },
+        extra: { access: { anonymous: true } },
+      }),
+    );
     await pullAll(m, "team/basic", "v1", image);
   });
 
   it("answers UNAUTHORIZED without credentials and with wrong ones", async () => {
     for (const credentials of [undefined, { username: "bob", password: "nope" }]) {
-      const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, ...(credentials ? { credentials } : {}) } }, extra: { access: { anonymous: true } } }));
+      const m = teardown.track(
+        await startTestMirror({
+          upstreams: { "docker.io": { url: registry.url, default: true, ...(credentials ? { credentials } : {}) } },
+          extra: { access: { anonymous: true } },
+        }),
+      );
       const res = await fetchRaw(`${m.url}/v2/team/basic/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
       expect(res.status).toBe(401);
       expect(errorCode(res)).toBe("UNAUTHORIZED");
@@ -208,7 +284,9 @@ describe("redirects", () => {
   const image = buildImage({ format: "oci", layers: [layer] });
 
   beforeAll(async () => {
-    tokens = teardown.track(await startTokenServer({ users: { admin: admin.password, carol: "carol-pw" }, admins: ["admin"] }));
+    tokens = teardown.track(
+      await startTokenServer({ users: { admin: admin.password, carol: "carol-pw" }, admins: ["admin"] }),
+    );
     registry = teardown.track(await startRegistry({ auth: { token: tokens } }));
     await pushImage(registry.url, "team/cdn", "v1", image, admin);
     blobHost = teardown.track(await startBlobHost(registry));
@@ -220,14 +298,22 @@ describe("redirects", () => {
     const m = teardown.track(
       await startTestMirror({
         upstreams: {
-          "docker.io": { url: relay.url, default: true, authHosts: [new URL(tokens.url).host], redirectHosts: [blobHost.host], credentials: { username: "carol", password: "carol-pw" } },
+          "docker.io": {
+            url: relay.url,
+            default: true,
+            authHosts: [new URL(tokens.url).host],
+            redirectHosts: [blobHost.host],
+            credentials: { username: "carol", password: "carol-pw" },
+          },
         },
         extra: { access: { anonymous: true } },
       }),
     );
     await pullAll(m, "team/cdn", "v1", image);
     // A range on a cold blob, through the redirect too.
-    const ranged = await fetchRaw(`${m.url}/v2/team/cdn/blobs/${image.config.digest}`, { headers: { range: "bytes=0-9" } });
+    const ranged = await fetchRaw(`${m.url}/v2/team/cdn/blobs/${image.config.digest}`, {
+      headers: { range: "bytes=0-9" },
+    });
     expect(ranged.status).toBe(206);
     expect(ranged.body.equals(image.config.bytes.subarray(0, 10))).toBe(true);
     const blobGets = blobHost.requests.filter((r) => r.method === "GET");
@@ -260,7 +346,9 @@ describe("redirects the configuration does not allow", () => {
     const res = await blob(m);
     expect(res.status).toBe(502);
     expect(errorCode(res)).toBe("UPSTREAM_ERROR");
-    expect(res.body.toString()).toContain(`redirected to host ${blobHost.host}, which is not allowed for it (list it in redirectHosts)`);
+    expect(res.body.toString()).toContain(
+      `redirected to host ${blobHost.host}, which is not allowed for it (list it in redirectHosts)`,
+    );
     expect(res.body.toString()).not.toContain("sig="); // the presigned part of the URL is never repeated
     expect(blobHost.requests).toEqual([]);
     expect(await m.mirror.blobStore.size(layer.digest)).toBeUndefined();
@@ -268,7 +356,11 @@ describe("redirects the configuration does not allow", () => {
 
   it("never fetches, let alone relays, what an unlisted address answers on tags/list", async () => {
     // Where an upstream could point the mirror: a cloud metadata path on another local port.
-    relay.setFault({ kind: "redirect", location: `${blobHost.url}/latest/meta-data/iam/security-credentials/`, match: /tags\/list/ });
+    relay.setFault({
+      kind: "redirect",
+      location: `${blobHost.url}/latest/meta-data/iam/security-credentials/`,
+      match: /tags\/list/,
+    });
     blobHost.requests.length = 0;
     const m = teardown.track(await startTestMirror({ upstreams: { up: { url: relay.url, default: true } } }));
     const res = await fetchRaw(`${m.url}/v2/team/redirected/tags/list`);
@@ -286,10 +378,14 @@ describe("redirects the configuration does not allow", () => {
     const refused = await blob(refusing);
     expect(refused.status).toBe(502);
     expect(errorCode(refused)).toBe("UPSTREAM_ERROR");
-    expect(refused.body.toString()).toMatch(/redirected to localhost, which is at a non-public address .*allowPrivateRedirects/);
+    expect(refused.body.toString()).toMatch(
+      /redirected to localhost, which is at a non-public address .*allowPrivateRedirects/,
+    );
     expect(blobHost.requests).toEqual([]);
 
-    const allowing = teardown.track(await startTestMirror({ upstreams: { up: { ...upstream, allowPrivateRedirects: true } } }));
+    const allowing = teardown.track(
+      await startTestMirror({ upstreams: { up: { ...upstream, allowPrivateRedirects: true } } }),
+    );
     const allowed = await blob(allowing);
     expect(allowed.status).toBe(200);
     expect(allowed.body.equals(layer.bytes)).toBe(true);
@@ -301,10 +397,18 @@ describe("redirects the configuration does not allow", () => {
     teardown.add("tls dir", () => rm(dir, { recursive: true, force: true }));
     const ca = await createTestCa(dir, "redirect-test-ca");
     const { certPath, keyPath } = await ca.issue("upstream");
-    const tlsRelay = teardown.track(await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }));
+    const tlsRelay = teardown.track(
+      await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }),
+    );
     tlsRelay.setFault({ kind: "redirectBlobs", to: blobHost });
     blobHost.requests.length = 0;
-    const m = teardown.track(await startTestMirror({ upstreams: { up: { url: tlsRelay.url, default: true, tls: { caFile: ca.certPath }, redirectHosts: [blobHost.host] } } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: {
+          up: { url: tlsRelay.url, default: true, tls: { caFile: ca.certPath }, redirectHosts: [blobHost.host] },
+        },
+      }),
+    );
     const res = await blob(m);
     expect(res.status).toBe(502);
     expect(res.body.toString()).toContain(`redirected from https to http://${blobHost.host}`);

@@ -28,12 +28,15 @@ beforeAll(async () => {
   relay = teardown.track(await startRelay(registry.url));
   mirror = teardown.track(
     await startTestMirror({
-      upstreams: { "docker.io": { url: relay.url, default: true, tagTtl: "1ms", timeouts, health: { failureThreshold: 100 } } },
+      upstreams: {
+        "docker.io": { url: relay.url, default: true, tagTtl: "1ms", timeouts, health: { failureThreshold: 100 } },
+      },
     }),
   );
 });
 
-const manifest = (m: TestMirror, tag = "v1") => fetchRaw(`${m.url}/v2/team/faults/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
+const manifest = (m: TestMirror, tag = "v1") =>
+  fetchRaw(`${m.url}/v2/team/faults/manifests/${tag}`, { headers: { accept: ALL_MANIFEST_TYPES } });
 const timed = async <T>(work: () => Promise<T>) => {
   const started = Date.now();
   const result = await work();
@@ -42,7 +45,11 @@ const timed = async <T>(work: () => Promise<T>) => {
 
 describe("upstream faults", () => {
   it("connection refused: 503 UNAVAILABLE at once", async () => {
-    const m = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: `http://127.0.0.1:${await freePort()}`, default: true, timeouts } } }));
+    const m = teardown.track(
+      await startTestMirror({
+        upstreams: { "docker.io": { url: `http://127.0.0.1:${await freePort()}`, default: true, timeouts } },
+      }),
+    );
     const { result, ms } = await timed(() => manifest(m));
     expect(result.status).toBe(503);
     expect(errorCode(result)).toBe("UNAVAILABLE");
@@ -131,7 +138,16 @@ describe("upstream faults", () => {
   it("an answer trickling in under the idle timeout: 503 at timeouts.total, for manifests, error bodies and tag lists", async () => {
     const r = teardown.track(await startRelay(registry.url));
     const m = teardown.track(
-      await startTestMirror({ upstreams: { "docker.io": { url: r.url, default: true, timeouts: { ...timeouts, total: "2s" }, health: { failureThreshold: 100 } } } }),
+      await startTestMirror({
+        upstreams: {
+          "docker.io": {
+            url: r.url,
+            default: true,
+            timeouts: { ...timeouts, total: "2s" },
+            health: { failureThreshold: 100 },
+          },
+        },
+      }),
     );
     // Two bytes a second: never a second's pause (bodyIdle), and never done (a manifest alone would take minutes).
     r.setFault({ kind: "throttle", bytesPerSecond: 2, match: /manifests|tags/ });
@@ -145,13 +161,25 @@ describe("upstream faults", () => {
       expect(errorCode(res)).toBe("UNAVAILABLE");
       expect(res.body.toString()).toContain("upstream docker.io did not finish answering within 2 s (timeouts.total)");
     }
-    expect(r.requests.filter((q) => q.fault === "throttle" && q.method === "GET").map((q) => q.status)).toEqual([200, 404, 200]);
+    expect(r.requests.filter((q) => q.fault === "throttle" && q.method === "GET").map((q) => q.status)).toEqual([
+      200, 404, 200,
+    ]);
   });
 
   it("marks a failing upstream down and then answers from cache at once, without waiting on it", async () => {
     const r = teardown.track(await startRelay(registry.url));
     const m = teardown.track(
-      await startTestMirror({ upstreams: { "docker.io": { url: r.url, default: true, tagTtl: "1ms", timeouts, health: { failureThreshold: 2, initialBackoff: "30s" } } } }),
+      await startTestMirror({
+        upstreams: {
+          "docker.io": {
+            url: r.url,
+            default: true,
+            tagTtl: "1ms",
+            timeouts,
+            health: { failureThreshold: 2, initialBackoff: "30s" },
+          },
+        },
+      }),
     );
     expect((await manifest(m)).status).toBe(200);
     r.setFault({ kind: "stallHeaders" });

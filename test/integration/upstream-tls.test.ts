@@ -30,10 +30,14 @@ beforeAll(async () => {
   const { certPath, keyPath } = await ca.issue("upstream");
   const registry = teardown.track(await startRegistry());
   await pushImage(registry.url, "team/app", "v1", image);
-  relay = teardown.track(await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }));
+  relay = teardown.track(
+    await startRelay(registry.url, { tls: { cert: await readFile(certPath), key: await readFile(keyPath) } }),
+  );
 });
 
-async function pull(mirrorUrl: string): Promise<{ manifest: Awaited<ReturnType<typeof fetchRaw>>; blob: Awaited<ReturnType<typeof fetchRaw>> }> {
+async function pull(
+  mirrorUrl: string,
+): Promise<{ manifest: Awaited<ReturnType<typeof fetchRaw>>; blob: Awaited<ReturnType<typeof fetchRaw>> }> {
   const manifest = await fetchRaw(`${mirrorUrl}/v2/team/app/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
   const blob = await fetchRaw(`${mirrorUrl}/v2/team/app/blobs/${layer.digest}`);
   return { manifest, blob };
@@ -42,7 +46,11 @@ async function pull(mirrorUrl: string): Promise<{ manifest: Awaited<ReturnType<t
 describe("an HTTPS upstream", () => {
   it("is pulled through when its CA is given in tls.caFile", async () => {
     expect(relay.url.startsWith("https://127.0.0.1:")).toBe(true);
-    const mirror = teardown.track(await startTestMirror({ upstreams: { private: { url: relay.url, default: true, tls: { caFile: ca.certPath } } } }));
+    const mirror = teardown.track(
+      await startTestMirror({
+        upstreams: { private: { url: relay.url, default: true, tls: { caFile: ca.certPath } } },
+      }),
+    );
     const { manifest, blob } = await pull(mirror.url);
     expect(manifest.status).toBe(200);
     expect(manifest.body.equals(image.manifest)).toBe(true);
@@ -58,7 +66,8 @@ describe("an HTTPS upstream", () => {
     const { manifest, blob } = await pull(mirror.url);
     expect(manifest.status).toBe(502);
     expect(errorCode(manifest)).toBe("UPSTREAM_ERROR");
-    const detail = (JSON.parse(manifest.body.toString("utf8")) as { errors: Array<{ detail?: { code?: string } }> }).errors[0]?.detail;
+    const detail = (JSON.parse(manifest.body.toString("utf8")) as { errors: Array<{ detail?: { code?: string } }> })
+      .errors[0]?.detail;
     expect(detail?.code).toMatch(/CERT|VERIFY|SIGNATURE/);
     expect(blob.status).toBeGreaterThanOrEqual(500);
     expect(await mirror.mirror.blobStore.size(layer.digest)).toBeUndefined();
@@ -66,7 +75,9 @@ describe("an HTTPS upstream", () => {
   });
 
   it("is taken without verification when tls.insecure is set", async () => {
-    const mirror = teardown.track(await startTestMirror({ upstreams: { private: { url: relay.url, default: true, tls: { insecure: true } } } }));
+    const mirror = teardown.track(
+      await startTestMirror({ upstreams: { private: { url: relay.url, default: true, tls: { insecure: true } } } }),
+    );
     const { manifest, blob } = await pull(mirror.url);
     expect(manifest.status).toBe(200);
     expect(manifest.body.equals(image.manifest)).toBe(true);

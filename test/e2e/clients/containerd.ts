@@ -5,7 +5,16 @@
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { startContainerd, writeHostsToml, type Containerd } from "../../harness/containerd.ts";
-import { amd64Child, expectSuccess, formatRef, INDEX_MEDIA_TYPES, type Client, type ClientFactory, type ImageRef, type PulledImage } from "../client.ts";
+import {
+  amd64Child,
+  expectSuccess,
+  formatRef,
+  INDEX_MEDIA_TYPES,
+  type Client,
+  type ClientFactory,
+  type ImageRef,
+  type PulledImage,
+} from "../client.ts";
 
 /** The registries' real API servers, where containerd falls back to (and the namespace stops it). */
 const SERVERS = { "docker.io": "https://registry-1.docker.io", "ghcr.io": "https://ghcr.io" } as const;
@@ -20,7 +29,8 @@ export const containerdClient: ClientFactory = {
       // Not "hosts": that is the loopback namespace's /etc/hosts in the same dir.
       const hostsDir = join(containerd.dir, "registry-hosts");
       await mkdir(hostsDir);
-      for (const [registry, server] of Object.entries(SERVERS)) await writeHostsToml(hostsDir, registry, { server, mirrors: [mirror.url] });
+      for (const [registry, server] of Object.entries(SERVERS))
+        await writeHostsToml(hostsDir, registry, { server, mirrors: [mirror.url] });
       return new ContainerdClient(containerd, hostsDir);
     } catch (err) {
       await containerd.stop();
@@ -71,7 +81,14 @@ class ContainerdClient implements Client {
   }
 
   async run(ref: ImageRef): Promise<string> {
-    return this.ctr(["run", "--rm", "--runtime", "io.containerd.runc.v2", formatRef(ref), `e2e-${process.pid}-${++this.runCount}`]);
+    return this.ctr([
+      "run",
+      "--rm",
+      "--runtime",
+      "io.containerd.runc.v2",
+      formatRef(ref),
+      `e2e-${process.pid}-${++this.runCount}`,
+    ]);
   }
 
   async reset(): Promise<void> {
@@ -110,5 +127,8 @@ class ContainerdClient implements Client {
 }
 
 function isIndex(m: Manifest): boolean {
-  return (m.mediaType !== undefined && INDEX_MEDIA_TYPES.has(m.mediaType)) || (m.manifests !== undefined && m.config === undefined);
+  return (
+    (m.mediaType !== undefined && INDEX_MEDIA_TYPES.has(m.mediaType)) ||
+    (m.manifests !== undefined && m.config === undefined)
+  );
 }

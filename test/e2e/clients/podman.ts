@@ -3,7 +3,15 @@
 //   ghcr.io   → a path-prefix location (127.0.0.1:PORT/ghcr.io): requests arrive as /v2/ghcr.io/<repo>/...
 // vfs storage, runc, no network; everything private to the instance (harness/podman.ts).
 import { prepareContainersTools, type ContainersTools, type RegistryRule } from "../../harness/podman.ts";
-import { expectSuccess, formatRef, type Client, type ClientFactory, type ImageRef, type MirrorEndpoint, type PulledImage } from "../client.ts";
+import {
+  expectSuccess,
+  formatRef,
+  type Client,
+  type ClientFactory,
+  type ImageRef,
+  type MirrorEndpoint,
+  type PulledImage,
+} from "../client.ts";
 
 /** registries.conf rules for the two registries, both mirrored by one mirror: plain and path-prefix style. */
 export function mirrorRules(mirror: MirrorEndpoint): RegistryRule[] {
@@ -33,10 +41,15 @@ class PodmanClient implements Client {
   async pull(ref: ImageRef): Promise<PulledImage> {
     const name = formatRef(ref);
     await this.podman(["pull", "--quiet", name]);
-    const [digest = "", id = "", repoDigests = "[]"] = (await this.podman(["image", "inspect", "--format", "{{.Digest}} {{.Id}} {{json .RepoDigests}}", name])).trim().split(" ");
+    const [digest = "", id = "", repoDigests = "[]"] = (
+      await this.podman(["image", "inspect", "--format", "{{.Digest}} {{.Id}} {{json .RepoDigests}}", name])
+    )
+      .trim()
+      .split(" ");
     // podman records the digest it pulled by (the index, for a multi-arch tag) among the repository's digests.
     const repo = `${ref.registry}/${ref.repo}@`;
-    if (!(JSON.parse(repoDigests) as string[]).includes(`${repo}${digest}`)) throw new Error(`podman pulled ${name} as ${digest} but recorded repo digests ${repoDigests}`);
+    if (!(JSON.parse(repoDigests) as string[]).includes(`${repo}${digest}`))
+      throw new Error(`podman pulled ${name} as ${digest} but recorded repo digests ${repoDigests}`);
     return { digest, configDigest: `sha256:${id}` };
   }
 

@@ -10,7 +10,16 @@ import { createHash } from "node:crypto";
 import { mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { prepareContainersTools, type ContainersTools } from "../../harness/podman.ts";
-import { expectSuccess, formatRef, INDEX_MEDIA_TYPES, type Client, type ClientFactory, type ImageRef, type MirrorEndpoint, type PulledImage } from "../client.ts";
+import {
+  expectSuccess,
+  formatRef,
+  INDEX_MEDIA_TYPES,
+  type Client,
+  type ClientFactory,
+  type ImageRef,
+  type MirrorEndpoint,
+  type PulledImage,
+} from "../client.ts";
 import { mirrorRules } from "./podman.ts";
 
 type Addressing = "registries.conf" | "direct";
@@ -60,7 +69,9 @@ class SkopeoClient implements Client {
   async pull(ref: ImageRef): Promise<PulledImage> {
     const source = this.source(ref);
     // inspect's Digest is that of the manifest the reference names (the index, for a multi-arch tag).
-    const digest = (await this.skopeo(["inspect", "--no-tags", ...this.tlsFlag("--tls-verify"), "--format", "{{.Digest}}", source])).trim();
+    const digest = (
+      await this.skopeo(["inspect", "--no-tags", ...this.tlsFlag("--tls-verify"), "--format", "{{.Digest}}", source])
+    ).trim();
     // dir: keeps the manifest byte-exact (an oci: layout would convert a Docker schema 2 manifest, and with it
     // the config). Without --all skopeo copies the one image for this platform.
     const dest = await this.freshDestination();
@@ -80,7 +91,8 @@ class SkopeoClient implements Client {
     // The layout's one entry is the index itself, copied as is (OCI to OCI needs no conversion).
     const layout = parse(await readFile(join(dest, "index.json")));
     const top = layout.manifests?.[0];
-    if (top?.mediaType === undefined || !INDEX_MEDIA_TYPES.has(top.mediaType)) throw new Error(`skopeo copy --all of ${source} wrote no index`);
+    if (top?.mediaType === undefined || !INDEX_MEDIA_TYPES.has(top.mediaType))
+      throw new Error(`skopeo copy --all of ${source} wrote no index`);
     const blob = (digest: string) => readVerified(join(dest, "blobs", "sha256", hex(digest)), digest);
     const index = parse(await blob(top.digest));
     const configDigests: string[] = [];

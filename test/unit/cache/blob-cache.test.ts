@@ -37,7 +37,14 @@ interface FakeUpstream {
 }
 
 function fakeUpstream(name: string, opts: { offline?: boolean } = {}): FakeUpstream {
-  const fake: FakeUpstream = { client: undefined as unknown as UpstreamClient, gets: 0, heads: 0, blobs: new Map(), failWith: undefined, held: undefined };
+  const fake: FakeUpstream = {
+    client: undefined as unknown as UpstreamClient,
+    gets: 0,
+    heads: 0,
+    blobs: new Map(),
+    failWith: undefined,
+    held: undefined,
+  };
   const lookup = (digest: string): Buffer => {
     if (fake.failWith) throw fake.failWith;
     const bytes = fake.blobs.get(digest);
@@ -59,7 +66,10 @@ function fakeUpstream(name: string, opts: { offline?: boolean } = {}): FakeUpstr
         fake.held.push(body);
         return { size: bytes.length, body };
       }
-      return { size: bytes.length, body: Readable.from([bytes.subarray(0, bytes.length >> 1), bytes.subarray(bytes.length >> 1)]) };
+      return {
+        size: bytes.length,
+        body: Readable.from([bytes.subarray(0, bytes.length >> 1), bytes.subarray(bytes.length >> 1)]),
+      };
     },
   } as unknown as UpstreamClient;
   return fake;
@@ -100,7 +110,18 @@ describe("BlobCache", () => {
   /** A cache over the store with its own coordinator; `admission` as the janitor's (none: everything is cached). */
   function cacheWith(admission?: FillAdmission): { cache: BlobCache; fills: FillCoordinator } {
     const pacer = new ReceivePacer({ gc: null });
-    const fills = new FillCoordinator({ store, buffers: new BufferPool(), pacer, admission, timeoutMs: 10_000, log: pino({ level: "silent" }), metrics }, { committedGraceMs: 5_000 });
+    const fills = new FillCoordinator(
+      {
+        store,
+        buffers: new BufferPool(),
+        pacer,
+        admission,
+        timeoutMs: 10_000,
+        log: pino({ level: "silent" }),
+        metrics,
+      },
+      { committedGraceMs: 5_000 },
+    );
     coordinators.push(fills);
     return { cache: new BlobCache({ store, fills, metadata, pacer, metrics }), fills };
   }
@@ -205,7 +226,9 @@ describe("BlobCache", () => {
       const stale = await cache.get(upstream.client, "team/app", legacy);
       expect(stale.result).toBe("hit");
       expect((await bytesOf(stale.body)).bytes.equals(content)).toBe(true);
-      expect(await metrics.staleServed.get()).toMatchObject({ values: [{ value: 1, labels: { upstream: "hub", reason: "UNAVAILABLE" } }] });
+      expect(await metrics.staleServed.get()).toMatchObject({
+        values: [{ value: 1, labels: { upstream: "hub", reason: "UNAVAILABLE" } }],
+      });
       // Another upstream is on record for this one: its bytes stay unreadable here.
       await expect(cache.get(upstream.client, "team/app", otherDigest)).rejects.toMatchObject({ code: "UNAVAILABLE" });
     });
@@ -219,7 +242,10 @@ describe("BlobCache", () => {
       expect(served.result).toBe("hit");
       await bytesOf(served.body);
       const absent = digestOf(Buffer.from("never cached"));
-      await expect(cache.get(offline.client, "team/app", absent)).rejects.toMatchObject({ code: "BLOB_UNKNOWN", detail: { offline: true } });
+      await expect(cache.get(offline.client, "team/app", absent)).rejects.toMatchObject({
+        code: "BLOB_UNKNOWN",
+        detail: { offline: true },
+      });
       expect(offline.gets + offline.heads).toBe(1); // only the attempt for what is not cached
     });
 
@@ -229,7 +255,11 @@ describe("BlobCache", () => {
       const first = await cache.get(upstream.client, "team/app", digest);
       expect(first).toMatchObject({ size: content.length, range: undefined, result: "miss" });
       upstream.held[0]!.write(content.subarray(0, 100_000));
-      const joined = await cache.get(upstream.client, "team/app", digest, { kind: "from", start: 200_000, end: undefined });
+      const joined = await cache.get(upstream.client, "team/app", digest, {
+        kind: "from",
+        start: 200_000,
+        end: undefined,
+      });
       expect(joined).toMatchObject({ range: { start: 200_000, end: content.length - 1 }, result: "coalesced" });
       const reads = [bytesOf(first.body), bytesOf(joined.body)];
       upstream.held[0]!.end(content.subarray(100_000));
@@ -266,8 +296,13 @@ describe("BlobCache", () => {
 
     it("passes a blob there is no room for through to every request, verified, each with its own download", async () => {
       const { cache } = cacheWith({ admit: async () => undefined, noSpace: () => undefined });
-      const answers = await Promise.all(Array.from({ length: 6 }, () => cache.get(upstream.client, "team/app", digest, { kind: "from", start: 0, end: 9 })));
-      for (const answer of answers) expect(answer).toMatchObject({ size: content.length, range: undefined, result: "uncached" });
+      const answers = await Promise.all(
+        Array.from({ length: 6 }, () =>
+          cache.get(upstream.client, "team/app", digest, { kind: "from", start: 0, end: 9 }),
+        ),
+      );
+      for (const answer of answers)
+        expect(answer).toMatchObject({ size: content.length, range: undefined, result: "uncached" });
       const bodies = await Promise.all(answers.map((a: BlobResponse) => bytesOf(a.body)));
       for (const body of bodies) expect(body.bytes.equals(content)).toBe(true);
       expect(upstream.gets).toBe(6);
@@ -287,7 +322,9 @@ describe("BlobCache", () => {
       await until(() => !store.inUse(digest), "the opened content to be released");
       const cold = randomBytes(1000);
       upstream.blobs.set(digestOf(cold), cold);
-      await expect(cache.get(upstream.client, "team/app", digestOf(cold), { kind: "suffix", length: 0 })).rejects.toMatchObject({ code: "RANGE_INVALID" });
+      await expect(
+        cache.get(upstream.client, "team/app", digestOf(cold), { kind: "suffix", length: 0 }),
+      ).rejects.toMatchObject({ code: "RANGE_INVALID" });
     });
 
     it("answers the empty blob with an empty body, from the store and from a download once verified", async () => {

@@ -24,7 +24,11 @@ class Manifests {
   }
 
   image(name: string) {
-    const blob = (kind: string) => ({ mediaType: "application/octet-stream", digest: digestOf(Buffer.from(`${name}-${kind}`)), size: 10 });
+    const blob = (kind: string) => ({
+      mediaType: "application/octet-stream",
+      digest: digestOf(Buffer.from(`${name}-${kind}`)),
+      size: 10,
+    });
     return this.add(MediaType.ociManifest, { config: blob("config"), layers: [blob("layer")] });
   }
 
@@ -81,7 +85,9 @@ describe("walkManifests", () => {
     let chain: ReturnType<Manifests["add"]> = m.image("deep");
     for (let level = 0; level < MAX_INDEX_DEPTH; level++) chain = m.index([chain]);
     expect((await walkManifests(m.index([chain]), m.source)).images).toHaveLength(1);
-    await expect(walkManifests(m.index([m.index([chain])]), m.source)).rejects.toThrow(`indexes nested more than ${MAX_INDEX_DEPTH} levels deep`);
+    await expect(walkManifests(m.index([m.index([chain])]), m.source)).rejects.toThrow(
+      `indexes nested more than ${MAX_INDEX_DEPTH} levels deep`,
+    );
   });
 
   it("reads fields of the wrong type as absent: an index without a list reaches nothing, an image without blobs is refused", async () => {
@@ -89,13 +95,18 @@ describe("walkManifests", () => {
     const listless = m.add(MediaType.ociIndex, { manifests: { digest: m.image("x").digest } });
     expect(await walkManifests(listless, m.source)).toMatchObject({ children: [], images: [], absent: [] });
     const odd = m.add(MediaType.ociManifest, { config: "none", layers: { digest: "sha256:0" } });
-    await expect(walkManifests(odd, m.source)).rejects.toThrow(`${odd.digest} lists neither child manifests nor a config`);
+    await expect(walkManifests(odd, m.source)).rejects.toThrow(
+      `${odd.digest} lists neither child manifests nor a config`,
+    );
   });
 
   it("walks a schema 1 manifest's fsLayers as its blobs", async () => {
     const m = new Manifests();
     const layer = `sha256:${"c".repeat(64)}`;
-    const schema1 = m.add(MediaType.dockerSchema1Signed, { schemaVersion: 1, fsLayers: [{ blobSum: layer }, { blobSum: layer }] });
+    const schema1 = m.add(MediaType.dockerSchema1Signed, {
+      schemaVersion: 1,
+      fsLayers: [{ blobSum: layer }, { blobSum: layer }],
+    });
     const walked = await walkManifests(schema1, m.source);
     expect(walked.images.map((i) => i.digest)).toEqual([schema1.digest]);
     expect([...walked.blobs.keys()]).toEqual([layer]);
@@ -104,6 +115,8 @@ describe("walkManifests", () => {
   it("refuses a manifest that is neither an index nor an image", async () => {
     const m = new Manifests();
     const odd = m.add(MediaType.ociManifest, { layers: [] });
-    await expect(walkManifests(m.index([odd]), m.source)).rejects.toThrow(`${odd.digest} lists neither child manifests nor a config`);
+    await expect(walkManifests(m.index([odd]), m.source)).rejects.toThrow(
+      `${odd.digest} lists neither child manifests nor a config`,
+    );
   });
 });

@@ -43,7 +43,16 @@ describe("CacheIndex and Janitor", () => {
     return digest;
   }
   type Pins = Array<{ upstream: string; repository: string; tag: string | undefined }>;
-  const janitor = (maxSize: number | undefined, pins: Pins = [], opts: { metadata?: EmbeddedMetadataStore; pinList?: PinList; resolvePin?: PinResolver; manifests?: ManifestStore } = {}) =>
+  const janitor = (
+    maxSize: number | undefined,
+    pins: Pins = [],
+    opts: {
+      metadata?: EmbeddedMetadataStore;
+      pinList?: PinList;
+      resolvePin?: PinResolver;
+      manifests?: ManifestStore;
+    } = {},
+  ) =>
     new Janitor({
       store,
       manifests: opts.manifests ?? manifests,
@@ -59,10 +68,21 @@ describe("CacheIndex and Janitor", () => {
   /** An image manifest with one layer of `size` bytes, stored; the tag `docker.io/team/app:<tag>` points at it. */
   async function putImage(size: number, tag: string): Promise<{ manifest: string; layer: string }> {
     const layer = await put(size);
-    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: { digest: layer, size }, layers: [] }));
+    const bytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        config: { digest: layer, size },
+        layers: [],
+      }),
+    );
     const manifest = digestOf(bytes);
     await manifests.put(manifest, "application/vnd.oci.image.manifest.v1+json", bytes);
-    await metadata.putTag("docker.io", "team/app", tag, { digest: manifest, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: Date.now() });
+    await metadata.putTag("docker.io", "team/app", tag, {
+      digest: manifest,
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      checkedAt: Date.now(),
+    });
     return { manifest, layer };
   }
   const appPin: Pins = [{ upstream: "docker.io", repository: "team/app", tag: "1" }];
@@ -110,10 +130,16 @@ describe("CacheIndex and Janitor", () => {
     const config = Buffer.from(JSON.stringify({ architecture: "amd64" }));
     const configDigest = digestOf(config);
     await putContent(store, configDigest, config);
-    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { digest: configDigest }, layers: [{ digest: image.layer }] }));
+    const manifest = Buffer.from(
+      JSON.stringify({ schemaVersion: 2, config: { digest: configDigest }, layers: [{ digest: image.layer }] }),
+    );
     const manifestDigest = digestOf(manifest);
     await manifests.put(manifestDigest, "application/vnd.oci.image.manifest.v1+json", manifest);
-    await metadata.putTag("docker.io", "team/keep", "v1", { digest: manifestDigest, mediaType: "x", checkedAt: Date.now() });
+    await metadata.putTag("docker.io", "team/keep", "v1", {
+      digest: manifestDigest,
+      mediaType: "x",
+      checkedAt: Date.now(),
+    });
     const reading = await put(200 * KB);
     const open = await store.open(reading);
     const others = [await put(200 * KB), await put(200 * KB)];
@@ -226,7 +252,9 @@ describe("CacheIndex and Janitor", () => {
     expect(store.index.has(app.manifest)).toBe(true);
     expect(store.index.has(app.layer)).toBe(true);
     expect(others.filter((d) => store.index.has(d)).length).toBeLessThan(others.length);
-    const recorded = JSON.parse(await readFile(join(dir, CONFIG_PIN_FILE), "utf8")) as { pins: Array<{ reference: string; digest: string }> };
+    const recorded = JSON.parse(await readFile(join(dir, CONFIG_PIN_FILE), "utf8")) as {
+      pins: Array<{ reference: string; digest: string }>;
+    };
     expect(recorded.pins.map((p) => [p.reference, p.digest])).toEqual([["docker.io/team/app:1", app.manifest]]);
   });
 
@@ -281,19 +309,26 @@ describe("CacheIndex and Janitor", () => {
     expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app:1: no tag pointer, and nothing recorded for it/);
     expect(await j.admit(100 * KB)).toBeUndefined(); // it would need eviction: streamed uncached instead
     // The tag is pulled again: the pin resolves, is recorded, and eviction resumes around it.
-    await empty.putTag("docker.io", "team/app", "1", { digest: app.manifest, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: Date.now() });
+    await empty.putTag("docker.io", "team/app", "1", {
+      digest: app.manifest,
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      checkedAt: Date.now(),
+    });
     await j.check();
     expect(j.state.evictionBlocked).toBeUndefined();
     expect(store.index.bytes).toBeLessThanOrEqual(500 * KB + (await manifestBytes(app.manifest)));
     expect(store.index.has(app.layer)).toBe(true);
-    expect(await new PinList(dir, CONFIG_PIN_FILE).list()).toMatchObject([{ reference: "docker.io/team/app:1", digest: app.manifest }]);
+    expect(await new PinList(dir, CONFIG_PIN_FILE).list()).toMatchObject([
+      { reference: "docker.io/team/app:1", digest: app.manifest },
+    ]);
     await empty.close();
   });
 
   it("asks the resolver for a pinned tag whose pointer is lost, at the periodic check and never in a sweep", async () => {
     const app = await putImage(300 * KB, "1");
     const asked: string[] = [];
-    let answer: () => Promise<Awaited<ReturnType<PinResolver>>> = () => Promise.reject(new Error("upstream docker.io is unreachable"));
+    let answer: () => Promise<Awaited<ReturnType<PinResolver>>> = () =>
+      Promise.reject(new Error("upstream docker.io is unreachable"));
     const resolvePin: PinResolver = (pin) => {
       asked.push(`${pin.upstream}/${pin.repository}:${pin.tag}`);
       return answer();
@@ -307,7 +342,9 @@ describe("CacheIndex and Janitor", () => {
     expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app:1/); // ...and cannot tell what is pinned
     await j.check(); // the upstream is down: still unresolved, and the reason says why
     expect(asked).toEqual(["docker.io/team/app:1"]);
-    expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app:1: no tag pointer, nothing recorded for it, and the upstream could not be asked \(upstream docker\.io is unreachable\)/);
+    expect(j.state.evictionBlocked).toMatch(
+      /docker\.io\/team\/app:1: no tag pointer, nothing recorded for it, and the upstream could not be asked \(upstream docker\.io is unreachable\)/,
+    );
     expect(others.every((d) => store.index.has(d))).toBe(true);
     answer = async () => ({ digest: app.manifest }); // the upstream is back
     await j.check();
@@ -316,7 +353,9 @@ describe("CacheIndex and Janitor", () => {
     expect(store.index.has(app.layer)).toBe(true);
     expect(store.index.has(app.manifest)).toBe(true);
     expect(others.filter((d) => store.index.has(d)).length).toBeLessThan(others.length);
-    expect(await new PinList(dir, CONFIG_PIN_FILE).list()).toMatchObject([{ reference: "docker.io/team/app:1", digest: app.manifest }]);
+    expect(await new PinList(dir, CONFIG_PIN_FILE).list()).toMatchObject([
+      { reference: "docker.io/team/app:1", digest: app.manifest },
+    ]);
     // A pin whose pointer is there is not asked about.
     await janitor(1000 * KB, appPin, { resolvePin }).check();
     expect(asked).toHaveLength(2);
@@ -330,7 +369,9 @@ describe("CacheIndex and Janitor", () => {
     const typo: Pins = [...appPin, { upstream: "docker.io", repository: "team/ap", tag: "1" }];
     const j = janitor(1000 * KB, typo, { resolvePin });
     await j.check();
-    expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/ap:1: upstream docker\.io says it does not exist \(upstream docker\.io has no manifest 1 in team\/app\)/);
+    expect(j.state.evictionBlocked).toMatch(
+      /docker\.io\/team\/ap:1: upstream docker\.io says it does not exist \(upstream docker\.io has no manifest 1 in team\/app\)/,
+    );
     expect(j.state.evictionBlocked).not.toMatch(/team\/app:1/); // the entry that resolves is not blamed
     expect(store.index.bytes).toBe(1000 * KB + (await manifestBytes(app.manifest)));
     // A tag deleted upstream after its pin was recorded: what it pinned is known, and stays pinned.
@@ -347,11 +388,17 @@ describe("CacheIndex and Janitor", () => {
     const app = await putImage(300 * KB, "1");
     for (let i = 0; i < 7; i++) await put(100 * KB);
     const empty = new EmbeddedMetadataStore();
-    const j = janitor(1000 * KB, [{ upstream: "docker.io", repository: "team/app", tag: undefined }], { metadata: empty });
+    const j = janitor(1000 * KB, [{ upstream: "docker.io", repository: "team/app", tag: undefined }], {
+      metadata: empty,
+    });
     await j.check();
     expect(j.state.evictionBlocked).toMatch(/docker\.io\/team\/app \(every tag\): no tag of it is known/);
     expect(store.index.bytes).toBe(1000 * KB + (await manifestBytes(app.manifest)));
-    await empty.putTag("docker.io", "team/app", "1", { digest: app.manifest, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: Date.now() });
+    await empty.putTag("docker.io", "team/app", "1", {
+      digest: app.manifest,
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      checkedAt: Date.now(),
+    });
     await j.check();
     expect(j.state.evictionBlocked).toBeUndefined();
     expect(store.index.has(app.layer)).toBe(true);
@@ -362,11 +409,28 @@ describe("CacheIndex and Janitor", () => {
   it("keeps everything a pinned manifest reaches when manifest sidecars are damaged", async () => {
     const layer = await put(200 * KB);
     const config = await put(KB);
-    const image = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json", config: { digest: config, size: KB }, layers: [{ digest: layer, size: 200 * KB }] }));
+    const image = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        config: { digest: config, size: KB },
+        layers: [{ digest: layer, size: 200 * KB }],
+      }),
+    );
     await manifests.put(digestOf(image), "application/vnd.oci.image.manifest.v1+json", image);
-    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json", manifests: [{ digest: digestOf(image), size: image.length }] }));
+    const index = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: "application/vnd.oci.image.index.v1+json",
+        manifests: [{ digest: digestOf(image), size: image.length }],
+      }),
+    );
     await manifests.put(digestOf(index), "application/vnd.oci.image.index.v1+json", index);
-    await metadata.putTag("docker.io", "team/app", "1", { digest: digestOf(index), mediaType: "application/vnd.oci.image.index.v1+json", checkedAt: Date.now() });
+    await metadata.putTag("docker.io", "team/app", "1", {
+      digest: digestOf(index),
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      checkedAt: Date.now(),
+    });
     for (const digest of [digestOf(index), digestOf(image)]) {
       const hex = digest.slice("sha256:".length);
       await writeFile(join(dir, "manifests", "sha256", hex.slice(0, 2), `${hex}.json`), ""); // what a power cut can leave

@@ -17,7 +17,8 @@ const MT = "application/vnd.oci.image.manifest.v1+json";
 const TTL_MS = 60_000;
 const LATEST = { kind: "tag", tag: "latest" } as const;
 
-const manifest = (n: number) => Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT, annotations: { n: String(n) }, layers: [] }));
+const manifest = (n: number) =>
+  Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT, annotations: { n: String(n) }, layers: [] }));
 const digestOf = (bytes: Buffer) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 
 /** An upstream whose tag points at `answer`; each request runs `during` (advance a clock, wait for a release). */
@@ -70,7 +71,11 @@ describe("ManifestCache revalidation", () => {
     const sentAt = clock;
     const slowHead = upstream(m1, () => void (clock += 30_000));
     expect((await cache.get(slowHead.client, "app", LATEST)).source).toBe("revalidated");
-    expect(await metadata.getTag("u", "app", "latest")).toEqual({ digest: digestOf(m1), mediaType: MT, checkedAt: sentAt });
+    expect(await metadata.getTag("u", "app", "latest")).toEqual({
+      digest: digestOf(m1),
+      mediaType: MT,
+      checkedAt: sentAt,
+    });
 
     // Moved tag: HEAD, then a GET (by the digest the HEAD named) sent 5 s later. The HEAD said where the tag
     // points, when it was sent; the GET only brings the bytes.
@@ -90,7 +95,11 @@ describe("ManifestCache revalidation", () => {
     await manifests.put(digestOf(m1), MT, m1);
     await manifests.put(digestOf(m2), MT, m2);
     await metadata.addProvenance("u", [digestOf(m1), digestOf(m2)]); // both fetched from this upstream earlier
-    await metadata.putTag("u", "app", "latest", { digest: digestOf(m1), mediaType: MT, checkedAt: Date.now() - 2 * TTL_MS });
+    await metadata.putTag("u", "app", "latest", {
+      digest: digestOf(m1),
+      mediaType: MT,
+      checkedAt: Date.now() - 2 * TTL_MS,
+    });
 
     // A asks while the tag still points at m1; its answer is held back (a slow upstream, retries...).
     let release!: () => void;
@@ -110,7 +119,10 @@ describe("ManifestCache revalidation", () => {
     expect((await aDone).manifest.digest).toBe(digestOf(m1));
     expect(await metadata.getTag("u", "app", "latest")).toEqual(newer);
     const fresh = upstream(m2);
-    expect(await replicaA.get(fresh.client, "app", LATEST)).toMatchObject({ source: "hit", manifest: { digest: digestOf(m2) } });
+    expect(await replicaA.get(fresh.client, "app", LATEST)).toMatchObject({
+      source: "hit",
+      manifest: { digest: digestOf(m2) },
+    });
     expect(fresh.asked).toEqual([]);
   });
   it("a revalidation that must fetch the bytes keeps the HEAD's time, so a late GET cannot move the tag back", async () => {
@@ -119,7 +131,11 @@ describe("ManifestCache revalidation", () => {
     const replicaB = new ManifestCache({ manifests, metadata, maxBytes: 1 << 20 });
     await manifests.put(digestOf(m1), MT, m1);
     await manifests.put(digestOf(m2), MT, m2);
-    await metadata.putTag("u", "app", "latest", { digest: digestOf(m1), mediaType: MT, checkedAt: Date.now() - 2 * TTL_MS });
+    await metadata.putTag("u", "app", "latest", {
+      digest: digestOf(m1),
+      mediaType: MT,
+      checkedAt: Date.now() - 2 * TTL_MS,
+    });
 
     // A's HEAD (answered m1) is held back; B revalidates meanwhile and stores m2.
     let release!: () => void;

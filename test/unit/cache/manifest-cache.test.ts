@@ -95,10 +95,14 @@ class FakeUpstream {
   private async answer(request: string, reference: string): Promise<Buffer> {
     this.asked.push(request);
     await this.during(request);
-    if (this.config.offline) throw new RegistryError("UNAVAILABLE", `upstream ${this.name} is offline by configuration`, { detail: { upstream: this.name, offline: true } });
+    if (this.config.offline)
+      throw new RegistryError("UNAVAILABLE", `upstream ${this.name} is offline by configuration`, {
+        detail: { upstream: this.name, offline: true },
+      });
     if (this.failure) throw this.failure;
     const bytes = isSha256Digest(reference) ? this.content.get(reference) : this.tags.get(reference);
-    if (bytes === undefined) throw new RegistryError("MANIFEST_UNKNOWN", undefined, { detail: { upstream: this.name, status: 404 } });
+    if (bytes === undefined)
+      throw new RegistryError("MANIFEST_UNKNOWN", undefined, { detail: { upstream: this.name, status: 404 } });
     return bytes;
   }
 }
@@ -131,7 +135,14 @@ beforeEach(async () => {
   metrics = new Metrics(new Registry(), { processMetrics: false });
   noSpace = [];
   clock = 1_700_000_000_000;
-  cache = new ManifestCache({ manifests, metadata, maxBytes: 1 << 20, now: () => clock, metrics, onNoSpace: (err) => noSpace.push(err) });
+  cache = new ManifestCache({
+    manifests,
+    metadata,
+    maxBytes: 1 << 20,
+    now: () => clock,
+    metrics,
+    onNoSpace: (err) => noSpace.push(err),
+  });
   up = new FakeUpstream();
 });
 afterEach(async () => {
@@ -141,7 +152,10 @@ afterEach(async () => {
 });
 
 /** Puts `bytes` in the store as if cached earlier, with the records given (none: content cached before provenance). */
-async function cached(bytes: Buffer, records: { servedBy?: string[]; linkedIn?: Array<[upstream: string, repo: string]> } = {}): Promise<void> {
+async function cached(
+  bytes: Buffer,
+  records: { servedBy?: string[]; linkedIn?: Array<[upstream: string, repo: string]> } = {},
+): Promise<void> {
   await manifests.put(digestOf(bytes), MT, bytes);
   for (const upstream of records.servedBy ?? []) await metadata.addProvenance(upstream, [digestOf(bytes)]);
   for (const [upstream, repo] of records.linkedIn ?? []) await metadata.addLinks(upstream, repo, [digestOf(bytes)]);
@@ -155,12 +169,18 @@ function pointTag(tag: string, bytes: Buffer, ageMs: number): Promise<void> {
 /** mirror_stale_served_total for upstream u and `reason`. */
 async function staleServed(reason: string): Promise<number> {
   const { values } = await metrics.staleServed.get();
-  return values.filter((v) => v.labels.upstream === "u" && v.labels.reason === reason).reduce((sum, v) => sum + v.value, 0);
+  return values
+    .filter((v) => v.labels.upstream === "u" && v.labels.reason === reason)
+    .reduce((sum, v) => sum + v.value, 0);
 }
 
 /** Resolves once `count` calls to the metadata store's isMissing have answered: each caller is then past its checks. */
 async function callersPastChecks(isMissing: { mock: { settledResults: unknown[] } }, count: number): Promise<void> {
-  await waitFor(async () => isMissing.mock.settledResults.length >= count, { timeoutMs: 5_000, intervalMs: 10, what: `${count} requests to reach the upstream step` });
+  await waitFor(async () => isMissing.mock.settledResults.length >= count, {
+    timeoutMs: 5_000,
+    intervalMs: 10,
+    what: `${count} requests to reach the upstream step`,
+  });
   await new Promise((resolve) => setImmediate(resolve));
 }
 
@@ -216,7 +236,13 @@ describe("ManifestCache.get by digest", () => {
 
   it("content this upstream never served is fetched from it, not trusted on its HEAD", async () => {
     // Another upstream served it; this one only named it (a link), which is its word, not its proof.
-    await cached(m1, { servedBy: ["other"], linkedIn: [["other", "app"], ["u", "app"]] });
+    await cached(m1, {
+      servedBy: ["other"],
+      linkedIn: [
+        ["other", "app"],
+        ["u", "app"],
+      ],
+    });
     up.hold(m1);
     const result = await cache.get(up.client, "app", byDigest(d1));
     expect(result).toMatchObject({ source: "miss", manifest: { digest: d1 } });
@@ -226,7 +252,13 @@ describe("ManifestCache.get by digest", () => {
   });
 
   it("content this upstream never served is not served for it when it does not have it, nor when it is unwell", async () => {
-    await cached(m1, { servedBy: ["other"], linkedIn: [["other", "app"], ["u", "app"]] });
+    await cached(m1, {
+      servedBy: ["other"],
+      linkedIn: [
+        ["other", "app"],
+        ["u", "app"],
+      ],
+    });
     await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN" });
     up.failure = new RegistryError("UNAVAILABLE");
     await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "UNAVAILABLE" });
@@ -242,15 +274,18 @@ describe("ManifestCache.get by digest", () => {
     expect(await metadata.provenance(d1)).toEqual(["u"]);
   });
 
-  it.each(UNWELL)("legacy content linked here is served stale while the upstream fails with %s, and counted", async (code) => {
-    await cached(m1, { linkedIn: [["u", "app"]] });
-    up.failure = new RegistryError(code);
-    const result = await cache.get(up.client, "app", byDigest(d1));
-    expect(result.source).toBe("stale");
-    expect(result.manifest.bytes.equals(m1)).toBe(true);
-    expect(await staleServed(code)).toBe(1);
-    expect(await metadata.provenance(d1)).toEqual([]);
-  });
+  it.each(UNWELL)(
+    "legacy content linked here is served stale while the upstream fails with %s, and counted",
+    async (code) => {
+      await cached(m1, { linkedIn: [["u", "app"]] });
+      up.failure = new RegistryError(code);
+      const result = await cache.get(up.client, "app", byDigest(d1));
+      expect(result.source).toBe("stale");
+      expect(result.manifest.bytes.equals(m1)).toBe(true);
+      expect(await staleServed(code)).toBe(1);
+      expect(await metadata.provenance(d1)).toEqual([]);
+    },
+  );
 
   it("legacy content is not served for a repository it was never linked to, nor when the upstream refuses", async () => {
     await cached(m1, { linkedIn: [["u", "app"]] });
@@ -264,7 +299,10 @@ describe("ManifestCache.get by digest", () => {
   it("bytes that do not hash to the digest asked for are refused as UPSTREAM_ERROR, and nothing is stored or recorded", async () => {
     up.hold(m1);
     up.tamper = { bytes: m2, digest: d2 };
-    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "UPSTREAM_ERROR", status: 502 });
+    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({
+      code: "UPSTREAM_ERROR",
+      status: 502,
+    });
     for (const digest of [d1, d2]) {
       expect(await manifests.get(digest)).toBeUndefined();
       expect(await metadata.provenance(digest)).toEqual([]);
@@ -282,9 +320,15 @@ describe("ManifestCache.get by digest", () => {
   it("remembers a 404 for negativeTtl: asked once, refused at once meanwhile, asked again after", async () => {
     up.config.negativeTtl = 1_000;
     await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN" });
-    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN", status: 404 });
+    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({
+      code: "MANIFEST_UNKNOWN",
+      status: 404,
+    });
     expect(up.asked).toEqual([`GET ${d1}`]);
-    await waitFor(async () => !(await metadata.isMissing("u", "app", d1)), { timeoutMs: 10_000, what: "the 404 record to expire" });
+    await waitFor(async () => !(await metadata.isMissing("u", "app", d1)), {
+      timeoutMs: 10_000,
+      what: "the 404 record to expire",
+    });
     up.hold(m1);
     expect((await cache.get(up.client, "app", byDigest(d1))).source).toBe("miss");
     expect(up.asked).toEqual([`GET ${d1}`, `GET ${d1}`]);
@@ -303,13 +347,18 @@ describe("ManifestCache.get by digest", () => {
     const results = Array.from({ length: 5 }, () => cache.get(up.client, "app", byDigest(d1)));
     await callersPastChecks(isMissing, 5);
     held.open();
-    for (const result of await Promise.all(results)) expect(result).toMatchObject({ source: "miss", manifest: { digest: d1 } });
+    for (const result of await Promise.all(results))
+      expect(result).toMatchObject({ source: "miss", manifest: { digest: d1 } });
     expect(up.asked).toEqual([`GET ${d1}`]);
   });
 
   it("an upstream offline by configuration makes a digest not cached MANIFEST_UNKNOWN (404), not an outage", async () => {
     up.config.offline = true;
-    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN", status: 404, detail: { upstream: "u", offline: true } });
+    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({
+      code: "MANIFEST_UNKNOWN",
+      status: 404,
+      detail: { upstream: "u", offline: true },
+    });
   });
 
   it("an upstream offline by configuration serves legacy content linked here from the store", async () => {
@@ -333,7 +382,9 @@ describe("ManifestCache.get by digest", () => {
 
   it("a storage failure other than ENOSPC fails the request", async () => {
     up.hold(m1);
-    vi.spyOn(manifests, "put").mockRejectedValueOnce(Object.assign(new Error("EIO: i/o error, write"), { code: "EIO" }));
+    vi.spyOn(manifests, "put").mockRejectedValueOnce(
+      Object.assign(new Error("EIO: i/o error, write"), { code: "EIO" }),
+    );
     await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "EIO" });
     expect(noSpace).toEqual([]);
   });
@@ -394,7 +445,10 @@ describe("ManifestCache.get by tag", () => {
     up.tag("latest", m1);
     await cache.get(up.client, "app", LATEST);
     clock += TTL_MS;
-    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "revalidated", manifest: { digest: d1 } });
+    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({
+      source: "revalidated",
+      manifest: { digest: d1 },
+    });
     expect(up.asked).toEqual(["HEAD latest", `GET ${d1}`, "HEAD latest"]);
     expect(await metadata.getTag("u", "app", "latest")).toEqual({ digest: d1, mediaType: MT, checkedAt: clock });
   });
@@ -415,7 +469,10 @@ describe("ManifestCache.get by tag", () => {
     await cache.get(up.client, "app", byDigest(d2));
     up.tag("latest", m2);
     clock += TTL_MS;
-    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "revalidated", manifest: { digest: d2 } });
+    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({
+      source: "revalidated",
+      manifest: { digest: d2 },
+    });
     expect(up.asked.slice(3)).toEqual(["HEAD latest"]);
     expect((await metadata.getTag("u", "app", "latest"))?.digest).toBe(d2);
   });
@@ -428,18 +485,21 @@ describe("ManifestCache.get by tag", () => {
     expect((await metadata.provenance(d2)).sort()).toEqual(["other", "u"]);
   });
 
-  it.each(UNWELL)("past its TTL, while the upstream fails with %s, the last known manifest is served stale and counted", async (code) => {
-    up.tag("latest", m1);
-    await cache.get(up.client, "app", LATEST);
-    const checked = await metadata.getTag("u", "app", "latest");
-    clock += TTL_MS;
-    up.failure = new RegistryError(code);
-    const result = await cache.get(up.client, "app", LATEST);
-    expect(result.source).toBe("stale");
-    expect(result.manifest.bytes.equals(m1)).toBe(true);
-    expect(await staleServed(code)).toBe(1);
-    expect(await metadata.getTag("u", "app", "latest")).toEqual(checked); // unconfirmed: not restamped
-  });
+  it.each(UNWELL)(
+    "past its TTL, while the upstream fails with %s, the last known manifest is served stale and counted",
+    async (code) => {
+      up.tag("latest", m1);
+      await cache.get(up.client, "app", LATEST);
+      const checked = await metadata.getTag("u", "app", "latest");
+      clock += TTL_MS;
+      up.failure = new RegistryError(code);
+      const result = await cache.get(up.client, "app", LATEST);
+      expect(result.source).toBe("stale");
+      expect(result.manifest.bytes.equals(m1)).toBe(true);
+      expect(await staleServed(code)).toBe(1);
+      expect(await metadata.getTag("u", "app", "latest")).toEqual(checked); // unconfirmed: not restamped
+    },
+  );
 
   it("an upstream that refuses (UNAUTHORIZED) is passed on, not hidden behind a stale answer", async () => {
     up.tag("latest", m1);
@@ -473,7 +533,10 @@ describe("ManifestCache.get by tag", () => {
     await expect(cache.get(up.client, "app", LATEST)).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN" });
     await expect(cache.get(up.client, "app", LATEST)).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN", status: 404 });
     expect(up.asked).toEqual(["HEAD latest"]);
-    await waitFor(async () => !(await metadata.isMissing("u", "app", "latest")), { timeoutMs: 10_000, what: "the 404 record to expire" });
+    await waitFor(async () => !(await metadata.isMissing("u", "app", "latest")), {
+      timeoutMs: 10_000,
+      what: "the 404 record to expire",
+    });
     up.tag("latest", m1);
     expect((await cache.get(up.client, "app", LATEST)).source).toBe("miss");
     expect(up.asked).toEqual(["HEAD latest", "HEAD latest", `GET ${d1}`]);
@@ -484,7 +547,11 @@ describe("ManifestCache.get by tag", () => {
     await cache.get(up.client, "app", LATEST);
     clock += TTL_MS;
     up.config.offline = true;
-    await expect(cache.get(up.client, "app", { kind: "tag", tag: "new" })).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN", status: 404, detail: { offline: true } });
+    await expect(cache.get(up.client, "app", { kind: "tag", tag: "new" })).rejects.toMatchObject({
+      code: "MANIFEST_UNKNOWN",
+      status: 404,
+      detail: { offline: true },
+    });
     expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "stale", manifest: { digest: d1 } });
     expect(await staleServed("UNAVAILABLE")).toBe(1);
   });
@@ -511,7 +578,8 @@ describe("ManifestCache.get by tag", () => {
     const results = Array.from({ length: 5 }, () => cache.get(up.client, "app", LATEST));
     await callersPastChecks(isMissing, 5);
     held.open();
-    for (const result of await Promise.all(results)) expect(result).toMatchObject({ source: "miss", manifest: { digest: d1 } });
+    for (const result of await Promise.all(results))
+      expect(result).toMatchObject({ source: "miss", manifest: { digest: d1 } });
     expect(up.asked).toEqual(["HEAD latest", `GET ${d1}`]);
   });
 
@@ -532,11 +600,19 @@ describe("ManifestCache.get by tag", () => {
     const aDone = replicaA.get(upstreamOfA.client, "app", LATEST);
     await waitFor(async () => upstreamOfA.asked.length === 1, { timeoutMs: 5_000, what: "A's HEAD to be sent" });
     const bDone = replicaB.get(upstreamOfB.client, "app", LATEST);
-    await waitFor(async () => tryLock.mock.settledResults.length === 2, { timeoutMs: 5_000, intervalMs: 10, what: "B to try the lock" });
+    await waitFor(async () => tryLock.mock.settledResults.length === 2, {
+      timeoutMs: 5_000,
+      intervalMs: 10,
+      what: "B to try the lock",
+    });
     expect(tryLock.mock.settledResults[1]).toEqual({ type: "fulfilled", value: undefined }); // held by A
     // B looks in the shared store a few times, finding only the old pointer, before A's answer lands.
     const looked = getTag.mock.calls.length;
-    await waitFor(async () => getTag.mock.calls.length >= looked + 3, { timeoutMs: 5_000, intervalMs: 10, what: "B to look for A's answer" });
+    await waitFor(async () => getTag.mock.calls.length >= looked + 3, {
+      timeoutMs: 5_000,
+      intervalMs: 10,
+      what: "B to look for A's answer",
+    });
     held.open();
 
     expect(await aDone).toMatchObject({ source: "miss", manifest: { digest: d2 } });
@@ -582,7 +658,12 @@ describe("ManifestCache.purge and refresh", () => {
 
   it("purging a repository forgets all its tags and no other repository's; the content stays stored", async () => {
     up.tag("latest", m1).tag("v1", m2);
-    for (const [repo, tag] of [["app", "latest"], ["app", "v1"], ["other", "latest"]] as const) await cache.get(up.client, repo, { kind: "tag", tag });
+    for (const [repo, tag] of [
+      ["app", "latest"],
+      ["app", "v1"],
+      ["other", "latest"],
+    ] as const)
+      await cache.get(up.client, repo, { kind: "tag", tag });
     await cache.purge(up.client, "app", undefined);
     expect(await metadata.listTags("u", "app")).toEqual([]);
     expect(await metadata.listTags("u", "other")).toEqual(["latest"]);
@@ -605,7 +686,10 @@ describe("ManifestCache.purge and refresh", () => {
     await cache.get(up.client, "app", byDigest(d1)); // stored, and served by this upstream
     await expect(cache.get(up.client, "app", LATEST)).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN" });
     up.tag("latest", m1);
-    expect(await cache.refresh(up.client, "app", "latest")).toMatchObject({ source: "revalidated", manifest: { digest: d1 } });
+    expect(await cache.refresh(up.client, "app", "latest")).toMatchObject({
+      source: "revalidated",
+      manifest: { digest: d1 },
+    });
     // Past the TTL, the next pull revalidates the tag rather than repeat the old 404.
     clock += TTL_MS;
     expect((await cache.get(up.client, "app", LATEST)).source).toBe("revalidated");

@@ -15,7 +15,13 @@ function fixture() {
   const held = new Promise<void>((resolve) => (release = resolve));
   const manifests = {
     get: async (_upstream: unknown, repo: string) => {
-      const bytes = Buffer.from(JSON.stringify({ mediaType: MediaType.ociManifest, config: { digest: digestOf(Buffer.from(repo)), size: repo.length }, layers: [] }));
+      const bytes = Buffer.from(
+        JSON.stringify({
+          mediaType: MediaType.ociManifest,
+          config: { digest: digestOf(Buffer.from(repo)), size: repo.length },
+          layers: [],
+        }),
+      );
       return { manifest: { digest: digestOf(bytes), mediaType: MediaType.ociManifest, bytes } };
     },
   } as unknown as ManifestCache;
@@ -24,7 +30,8 @@ function fixture() {
   } as unknown as BlobCache;
   const prefetcher = new Prefetcher({ manifests, blobs, log: pino({ level: "silent" }), finishedJobsKept: 3 });
   const upstream = { name: "docker.io" } as UpstreamClient;
-  const start = (repository: string) => prefetcher.start({ upstream, repository, reference: { kind: "tag", tag: "v1" }, platforms: [] });
+  const start = (repository: string) =>
+    prefetcher.start({ upstream, repository, reference: { kind: "tag", tag: "v1" }, platforms: [] });
   return { prefetcher, start, release };
 }
 
@@ -43,7 +50,12 @@ describe("Prefetcher jobs", () => {
       await finished(quick[i]!);
     }
     expect(prefetcher.status(slow.id)).toMatchObject({ state: "running" });
-    expect(quick.map((j) => prefetcher.status(j.id) !== undefined)).toEqual([...Array<boolean>(7).fill(false), true, true, true]);
+    expect(quick.map((j) => prefetcher.status(j.id) !== undefined)).toEqual([
+      ...Array<boolean>(7).fill(false),
+      true,
+      true,
+      true,
+    ]);
     release();
     await finished(slow);
     expect(prefetcher.status(slow.id)?.state).toBe("done");

@@ -21,7 +21,12 @@ describe("configuration", () => {
     expect(config.storage.path).toBe("./data");
     expect(config.redis).toBeUndefined();
     const hub = config.upstreams["docker.io"]!;
-    expect(hub).toMatchObject({ url: "https://registry-1.docker.io", default: true, libraryPrefix: "library", tagTtl: 300_000 });
+    expect(hub).toMatchObject({
+      url: "https://registry-1.docker.io",
+      default: true,
+      libraryPrefix: "library",
+      tagTtl: 300_000,
+    });
     expect(Object.isFrozen(config) && Object.isFrozen(hub)).toBe(true);
   });
 
@@ -43,7 +48,12 @@ upstreams:
     expect(config.redis?.url).toBe("redis://127.0.0.1:6379");
     expect(Object.keys(config.upstreams)).toEqual(["docker.io", "ghcr.io"]);
     expect(config.upstreams["docker.io"]!.libraryPrefix).toBe("library");
-    expect(config.upstreams["ghcr.io"]).toMatchObject({ default: false, libraryPrefix: null, tagTtl: 300_000, aliases: [] });
+    expect(config.upstreams["ghcr.io"]).toMatchObject({
+      default: false,
+      libraryPrefix: null,
+      tagTtl: 300_000,
+      aliases: [],
+    });
   });
 
   it("gives well-known registries the hosts they redirect blob downloads to, unless an upstream lists its own", () => {
@@ -72,7 +82,11 @@ upstreams:
   it("rejects redirectHosts patterns that are no hosts or that would match any host", () => {
     let problems: readonly string[] = [];
     try {
-      parseConfig({ upstreams: { a: { url: "https://a.example", redirectHosts: ["cdn.*", "**", "https://cdn.example", "ok.example"] } } });
+      parseConfig({
+        upstreams: {
+          a: { url: "https://a.example", redirectHosts: ["cdn.*", "**", "https://cdn.example", "ok.example"] },
+        },
+      });
       expect.unreachable();
     } catch (err) {
       problems = (err as ConfigError).problems;
@@ -87,21 +101,34 @@ upstreams:
   it("reads MIRROR_CONFIG and applies MIRROR_* overrides by path", async () => {
     const file = await yamlFile("upstreams:\n  ghcr.io:\n    url: https://ghcr.io\n");
     const config = loadConfig({
-      env: { MIRROR_CONFIG: file, MIRROR_LISTEN: "127.0.0.1:6000", MIRROR_UPSTREAMS__GHCR_IO__TAG_TTL: "1h", MIRROR_UPSTREAMS__GHCR_IO__DEFAULT: "true" },
+      env: {
+        MIRROR_CONFIG: file,
+        MIRROR_LISTEN: "127.0.0.1:6000",
+        MIRROR_UPSTREAMS__GHCR_IO__TAG_TTL: "1h",
+        MIRROR_UPSTREAMS__GHCR_IO__DEFAULT: "true",
+      },
     });
     expect(config.listen).toBe("127.0.0.1:6000");
     expect(config.upstreams["ghcr.io"]).toMatchObject({ tagTtl: 3_600_000, default: true });
   });
 
   it("lets an override change one field of a default-valued section", () => {
-    const config = loadConfig({ env: { MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL: "10m", MIRROR_STORAGE__PATH: "/srv/cache" } });
+    const config = loadConfig({
+      env: { MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL: "10m", MIRROR_STORAGE__PATH: "/srv/cache" },
+    });
     expect(config.upstreams["docker.io"]!.tagTtl).toBe(600_000);
     expect(config.upstreams["docker.io"]!.url).toBe("https://registry-1.docker.io");
     expect(config.storage.path).toBe("/srv/cache");
   });
 
   it("passes values of string-only keys verbatim, even when they would parse as YAML", () => {
-    const config = loadConfig({ env: { MIRROR_REDIS__URL: "redis://127.0.0.1:6379", MIRROR_REDIS__KEY_PREFIX: "mirror:", MIRROR_STORAGE__PATH: "[not-a-list]" } });
+    const config = loadConfig({
+      env: {
+        MIRROR_REDIS__URL: "redis://127.0.0.1:6379",
+        MIRROR_REDIS__KEY_PREFIX: "mirror:",
+        MIRROR_STORAGE__PATH: "[not-a-list]",
+      },
+    });
     expect(config.redis?.keyPrefix).toBe("mirror:");
     expect(config.storage.path).toBe("[not-a-list]");
   });
@@ -134,7 +161,12 @@ upstreams:
 
   it("refuses an alias claimed by two upstreams and a manifest cap under 4 MiB", () => {
     expect(() =>
-      parseConfig({ upstreams: { a: { url: "http://a.example", aliases: ["x.io"] }, b: { url: "http://b.example", aliases: ["x.io"] } } }),
+      parseConfig({
+        upstreams: {
+          a: { url: "http://a.example", aliases: ["x.io"] },
+          b: { url: "http://b.example", aliases: ["x.io"] },
+        },
+      }),
     ).toThrow(/x\.io already names upstream a/);
     expect(() => parseConfig({ limits: { manifestMaxBytes: 1024 } })).toThrow(/limits\.manifestMaxBytes/);
   });
@@ -158,21 +190,35 @@ function problemsOf(input: unknown): readonly string[] {
 
 function unwrap(schema: z.ZodType): z.ZodType {
   let s = schema;
-  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodPrefault) s = s.unwrap() as z.ZodType;
+  while (
+    s instanceof z.ZodDefault ||
+    s instanceof z.ZodOptional ||
+    s instanceof z.ZodNullable ||
+    s instanceof z.ZodPrefault
+  )
+    s = s.unwrap() as z.ZodType;
   return s;
 }
 
 /** Every duration key of the schema (a number-or-string input that reads "1s" as 1000), with `u.example` for an upstream's name. */
 function durationKeys(schema: z.ZodType = configSchema, path: string[] = []): string[][] {
   const inner = unwrap(schema);
-  if (inner instanceof z.ZodObject) return Object.entries(inner.shape as Record<string, z.ZodType>).flatMap(([key, child]) => durationKeys(child, [...path, key]));
+  if (inner instanceof z.ZodObject)
+    return Object.entries(inner.shape as Record<string, z.ZodType>).flatMap(([key, child]) =>
+      durationKeys(child, [...path, key]),
+    );
   if (inner instanceof z.ZodRecord) return durationKeys(inner.valueType as z.ZodType, [...path, "u.example"]);
-  return inner instanceof z.ZodPipe && inner.in instanceof z.ZodUnion && inner.safeParse("1s").data === 1000 ? [path] : [];
+  return inner instanceof z.ZodPipe && inner.in instanceof z.ZodUnion && inner.safeParse("1s").data === 1000
+    ? [path]
+    : [];
 }
 
 /** A valid configuration with `value` at `path` (sections that need a field get it). */
 function withValue(path: string[], value: unknown): Record<string, unknown> {
-  const input: Record<string, unknown> = { redis: { url: "redis://127.0.0.1:6379" }, upstreams: { "u.example": { url: "https://u.example" } } };
+  const input: Record<string, unknown> = {
+    redis: { url: "redis://127.0.0.1:6379" },
+    upstreams: { "u.example": { url: "https://u.example" } },
+  };
   let target = input;
   for (const key of path.slice(0, -1)) target = (target[key] ??= {}) as Record<string, unknown>;
   target[path.at(-1)!] = value;
@@ -189,11 +235,25 @@ describe("durations", () => {
   /** The keys where 0 means off; configuration.md says what 0 does for each. */
   const ZERO_MEANS_OFF = ["upstreams.u.example.tagTtl", "upstreams.u.example.negativeTtl", "shutdownGrace"];
   /** The keys only compared with elapsed time, never a timer delay: honoured at any length. */
-  const AGES = ["upstreams.u.example.tagTtl", "upstreams.u.example.negativeTtl", "upstreams.u.example.health.initialBackoff", "upstreams.u.example.health.maxBackoff", "limits.headersTimeout"];
+  const AGES = [
+    "upstreams.u.example.tagTtl",
+    "upstreams.u.example.negativeTtl",
+    "upstreams.u.example.health.initialBackoff",
+    "upstreams.u.example.health.maxBackoff",
+    "limits.headersTimeout",
+  ];
   const DAY = 86_400_000;
 
   it("finds the schema's duration keys", () => {
-    expect(keys.map((k) => k.join("."))).toEqual(expect.arrayContaining(["fill.timeout", "storage.checkInterval", "shutdownGrace", "upstreams.u.example.timeouts.headers", ...AGES]));
+    expect(keys.map((k) => k.join("."))).toEqual(
+      expect.arrayContaining([
+        "fill.timeout",
+        "storage.checkInterval",
+        "shutdownGrace",
+        "upstreams.u.example.timeouts.headers",
+        ...AGES,
+      ]),
+    );
   });
 
   it("accepts, at every duration key, a value longer than a timer can wait, and keeps it as written", () => {
@@ -210,7 +270,9 @@ describe("durations", () => {
     for (const key of keys) {
       const name = key.join(".");
       const range = `from ${name === "storage.checkInterval" ? "1s" : "1ms"} up to 100 years${ZERO_MEANS_OFF.includes(name) ? ", or 0 for off" : ""}`;
-      expect(problemsOf(withValue(key, "101y")), name).toEqual([`${name}: duration "101y" (${101 * 365.25 * DAY} ms) is out of range: ${range}`]);
+      expect(problemsOf(withValue(key, "101y")), name).toEqual([
+        `${name}: duration "101y" (${101 * 365.25 * DAY} ms) is out of range: ${range}`,
+      ]);
     }
   });
 
@@ -224,29 +286,47 @@ describe("durations", () => {
         const row = docs.split("\n").find((line) => line.startsWith(`| \`${name.replace("u.example", "<name>")}\``));
         expect(row, `the docs row of ${name}`).toMatch(/`0`/);
       } else {
-        expect(problems.join("\n"), name).toMatch(new RegExp(`^${name.replace(/\./g, "\\.")}: duration 0 ms is out of range`));
+        expect(problems.join("\n"), name).toMatch(
+          new RegExp(`^${name.replace(/\./g, "\\.")}: duration 0 ms is out of range`),
+        );
       }
     }
   });
 
   it("derives an upstream's overall deadline from its other timeouts unless it sets one", () => {
-    const derived = parseConfig({ upstreams: { u: { url: "http://127.0.0.1:1", timeouts: { headers: "1s", bodyIdle: "1s" } } } });
+    const derived = parseConfig({
+      upstreams: { u: { url: "http://127.0.0.1:1", timeouts: { headers: "1s", bodyIdle: "1s" } } },
+    });
     expect(derived.upstreams.u!.timeouts.total).toBe(3_000);
     expect(parseConfig({}).upstreams["docker.io"]!.timeouts.total).toBe(150_000);
-    const set = parseConfig({ upstreams: { u: { url: "http://127.0.0.1:1", timeouts: { headers: "1s", total: "10m" } } } });
+    const set = parseConfig({
+      upstreams: { u: { url: "http://127.0.0.1:1", timeouts: { headers: "1s", total: "10m" } } },
+    });
     expect(set.upstreams.u!.timeouts.total).toBe(600_000);
   });
 
   it("rounds a fraction of a millisecond before the range check", () => {
     expect(parseConfig({ fill: { timeout: "1.5ms" } }).fill.timeout).toBe(2);
-    expect(problemsOf({ fill: { timeout: "0.4ms" } })).toEqual(['fill.timeout: duration "0.4ms" (0 ms) is out of range: from 1ms up to 100 years']);
+    expect(problemsOf({ fill: { timeout: "0.4ms" } })).toEqual([
+      'fill.timeout: duration "0.4ms" (0 ms) is out of range: from 1ms up to 100 years',
+    ]);
     expect(parseConfig({ fill: { timeout: "24d" } }).fill.timeout).toBe(24 * DAY);
   });
 
   it("warns about each timer duration longer than the longest timer, naming the key, the value and what it waits", () => {
     expect(longDurationWarnings(parseConfig({ fill: { timeout: "25d" }, storage: { checkInterval: "30d" } }))).toEqual([
-      { key: "storage.checkInterval", ms: 30 * DAY, message: "storage.checkInterval 30d (2592000000 ms) is longer than the longest timer Node can set (24.8 days): it is used as 24.8 days" },
-      { key: "fill.timeout", ms: 25 * DAY, message: "fill.timeout 25d (2160000000 ms) is longer than the longest timer Node can set (24.8 days): it is used as 24.8 days" },
+      {
+        key: "storage.checkInterval",
+        ms: 30 * DAY,
+        message:
+          "storage.checkInterval 30d (2592000000 ms) is longer than the longest timer Node can set (24.8 days): it is used as 24.8 days",
+      },
+      {
+        key: "fill.timeout",
+        ms: 25 * DAY,
+        message:
+          "fill.timeout 25d (2160000000 ms) is longer than the longest timer Node can set (24.8 days): it is used as 24.8 days",
+      },
     ]);
     expect(longDurationWarnings(parseConfig({}))).toEqual([]);
   });
@@ -258,7 +338,10 @@ describe("durations", () => {
       const derived = /\.timeouts\.(headers|bodyIdle)$/.test(name) ? ["upstreams.u.example.timeouts.total"] : [];
       const warned = longDurationWarnings(parseConfig(withValue(key, "25d"))).map((w) => w.key);
       expect(warned.sort(), name).toEqual(AGES.includes(name) ? [] : [name, ...derived].sort());
-      expect(longDurationWarnings(parseConfig(withValue(key, MAX_TIMER_MS))).filter((w) => !derived.includes(w.key)), name).toEqual([]);
+      expect(
+        longDurationWarnings(parseConfig(withValue(key, MAX_TIMER_MS))).filter((w) => !derived.includes(w.key)),
+        name,
+      ).toEqual([]);
     }
   });
 });
@@ -266,28 +349,45 @@ describe("durations", () => {
 describe("sizes, ports and environment names", () => {
   it("refuses a size that is 0 bytes once rounded down, or too large to count, naming the key", () => {
     expect(parseConfig({ storage: { maxSize: "1.5KiB" } }).storage.maxSize).toBe(1536);
-    expect(problemsOf({ storage: { maxSize: "0.5" } })).toEqual(['storage.maxSize: size "0.5" is 0 bytes once rounded down to whole bytes: at least 1 byte']);
-    expect(problemsOf({ storage: { maxSize: "0.0001KB" } })).toEqual(['storage.maxSize: size "0.0001KB" is 0 bytes once rounded down to whole bytes: at least 1 byte']);
-    expect(problemsOf({ storage: { maxSize: "99999999TiB" } })).toEqual([`storage.maxSize: size "99999999TiB" is more than ${Number.MAX_SAFE_INTEGER} bytes`]);
+    expect(problemsOf({ storage: { maxSize: "0.5" } })).toEqual([
+      'storage.maxSize: size "0.5" is 0 bytes once rounded down to whole bytes: at least 1 byte',
+    ]);
+    expect(problemsOf({ storage: { maxSize: "0.0001KB" } })).toEqual([
+      'storage.maxSize: size "0.0001KB" is 0 bytes once rounded down to whole bytes: at least 1 byte',
+    ]);
+    expect(problemsOf({ storage: { maxSize: "99999999TiB" } })).toEqual([
+      `storage.maxSize: size "99999999TiB" is more than ${Number.MAX_SAFE_INTEGER} bytes`,
+    ]);
     expect(problemsOf({ storage: { maxSize: 0 } }).join("\n")).toMatch(/^storage\.maxSize: /);
   });
 
   it("refuses a port over 65535 wherever the config takes one, naming the key; listen port 0 means any free port", () => {
     expect(problemsOf({ listen: "0.0.0.0:99999" })).toEqual(["listen: the port must be 0 to 65535 (0: any free port)"]);
-    expect(problemsOf({ metrics: { listen: "127.0.0.1:65536" } })).toEqual(["metrics.listen: the port must be 0 to 65535 (0: any free port)"]);
+    expect(problemsOf({ metrics: { listen: "127.0.0.1:65536" } })).toEqual([
+      "metrics.listen: the port must be 0 to 65535 (0: any free port)",
+    ]);
     expect(parseConfig({ listen: "127.0.0.1:0", metrics: { listen: "[::1]:65535" } }).listen).toBe("127.0.0.1:0");
     const upstream = { url: "https://r.example" };
-    expect(problemsOf({ upstreams: { "r.example:70000": upstream } }).join("\n")).toMatch(/^upstreams\.r\.example:70000: /);
-    expect(problemsOf({ upstreams: { "r.example": { ...upstream, aliases: ["r.example:0"] } } })).toEqual(["upstreams.r.example.aliases.0: the port must be 1 to 65535"]);
+    expect(problemsOf({ upstreams: { "r.example:70000": upstream } }).join("\n")).toMatch(
+      /^upstreams\.r\.example:70000: /,
+    );
+    expect(problemsOf({ upstreams: { "r.example": { ...upstream, aliases: ["r.example:0"] } } })).toEqual([
+      "upstreams.r.example.aliases.0: the port must be 1 to 65535",
+    ]);
     expect(parseConfig({ upstreams: { "r.example:5000": upstream } }).upstreams["r.example:5000"]).toBeDefined();
   });
 
   it("reports an upstream url that does not parse as a configuration problem, with the others", () => {
-    expect(problemsOf({ listen: "x", upstreams: { a: { url: "not a url" } } })).toEqual(["listen: expected host:port, e.g. 0.0.0.0:5000 or [::1]:5000", "upstreams.a.url: Invalid URL"]);
+    expect(problemsOf({ listen: "x", upstreams: { a: { url: "not a url" } } })).toEqual([
+      "listen: expected host:port, e.g. 0.0.0.0:5000 or [::1]:5000",
+      "upstreams.a.url: Invalid URL",
+    ]);
   });
 
   it("refuses an environment override whose segment names two upstreams, applying it to neither", async () => {
-    const file = await yamlFile("upstreams:\n  registry-a.example.com:\n    url: https://a.example.com\n  registry.a.example.com:\n    url: https://b.example.com\n");
+    const file = await yamlFile(
+      "upstreams:\n  registry-a.example.com:\n    url: https://a.example.com\n  registry.a.example.com:\n    url: https://b.example.com\n",
+    );
     const env = { MIRROR_UPSTREAMS__REGISTRY_A_EXAMPLE_COM__OFFLINE: "true" };
     expect(() => loadConfig({ file, env })).toThrow(
       "MIRROR_UPSTREAMS__REGISTRY_A_EXAMPLE_COM__OFFLINE: REGISTRY_A_EXAMPLE_COM is ambiguous: it names registry-a.example.com and registry.a.example.com; set the value in the file instead",
@@ -297,4 +397,3 @@ describe("sizes, ports and environment names", () => {
     expect(loadConfig({ file: single, env }).upstreams["registry-a.example.com"]!.offline).toBe(true);
   });
 });
-

@@ -24,7 +24,13 @@ describe("SecretFile", () => {
         cb();
       },
     });
-    const file = await SecretFile.open({ path, key: "some.tokenFile", what: "the test token", log: pino({ level: "info" }, sink), ...opts });
+    const file = await SecretFile.open({
+      path,
+      key: "some.tokenFile",
+      what: "the test token",
+      log: pino({ level: "info" }, sink),
+      ...opts,
+    });
     opened.push(file);
     return file;
   };
@@ -42,7 +48,10 @@ describe("SecretFile", () => {
       [`${SECRET}\n`, SECRET],
       [`${SECRET}\r\n`, SECRET],
       [` ${SECRET} \n\n`, ` ${SECRET} \n`], // only the last newline is the file's: nothing else is trimmed
-      ["", /^the test token is disabled: some\.tokenFile: .*-token holds a secret of 0 bytes; at least 16 are required$/],
+      [
+        "",
+        /^the test token is disabled: some\.tokenFile: .*-token holds a secret of 0 bytes; at least 16 are required$/,
+      ],
       ["\n", /holds a secret of 0 bytes; at least 16 are required/],
       ["\r\n", /holds a secret of 0 bytes/],
       ["fifteen-bytes!!\n", /holds a secret of 15 bytes/],
@@ -62,7 +71,13 @@ describe("SecretFile", () => {
         // Loud at start: an error naming the key, the file, what it holds and the minimum.
         const errors = logs.filter((l) => l.level === 50);
         expect(errors).toHaveLength(1);
-        expect(errors[0]).toMatchObject({ key: "some.tokenFile", file: path, bytes: Buffer.byteLength(content.replace(/\r?\n$/, "")), minBytes: MIN_SECRET_BYTES, msg: file.problem });
+        expect(errors[0]).toMatchObject({
+          key: "some.tokenFile",
+          file: path,
+          bytes: Buffer.byteLength(content.replace(/\r?\n$/, "")),
+          minBytes: MIN_SECRET_BYTES,
+          msg: file.problem,
+        });
       }
     }
   });
@@ -71,10 +86,14 @@ describe("SecretFile", () => {
     logs = [];
     const missing = await open(join(dir, "missing-token"));
     expect(missing.digest).toBeUndefined();
-    expect(missing.problem).toMatch(/^the test token is disabled: some\.tokenFile: cannot read .*missing-token: ENOENT/);
+    expect(missing.problem).toMatch(
+      /^the test token is disabled: some\.tokenFile: cannot read .*missing-token: ENOENT/,
+    );
     expect(logs.filter((l) => l.level === 50).map((l) => l.msg)).toEqual([missing.problem]);
     await writeFile(join(dir, "spaced-token"), "sixteen bytes ok\n");
-    const refused = await open(join(dir, "spaced-token"), { check: (s) => (s.includes(0x20) ? "no spaces" : undefined) });
+    const refused = await open(join(dir, "spaced-token"), {
+      check: (s) => (s.includes(0x20) ? "no spaces" : undefined),
+    });
     expect(refused.digest).toBeUndefined();
     expect(refused.problem).toMatch(/some\.tokenFile: .*spaced-token: no spaces$/);
   });
@@ -89,7 +108,12 @@ describe("SecretFile", () => {
     await waitFor(async () => file.digest !== undefined, { ...RELOAD, what: "the secret to be read" });
     expect(file.digest).toEqual(digestOf(SECRET));
     expect(file.problem).toBeUndefined();
-    expect(logs.at(-1)).toMatchObject({ level: 30, key: "some.tokenFile", file: path, msg: "the test token is enabled: some.tokenFile holds a usable secret" });
+    expect(logs.at(-1)).toMatchObject({
+      level: 30,
+      key: "some.tokenFile",
+      file: path,
+      msg: "the test token is enabled: some.tokenFile holds a usable secret",
+    });
 
     await writeFile(path, "short\n");
     await waitFor(async () => file.digest === undefined, { ...RELOAD, what: "the secret to be disabled" });

@@ -9,7 +9,11 @@ function resolver(upstreams: Record<string, unknown>): UpstreamResolver {
 }
 
 const hubAndGhcr = {
-  "docker.io": { url: "https://registry-1.docker.io", default: true, aliases: ["registry-1.docker.io", "index.docker.io"] },
+  "docker.io": {
+    url: "https://registry-1.docker.io",
+    default: true,
+    aliases: ["registry-1.docker.io", "index.docker.io"],
+  },
   "ghcr.io": { url: "https://ghcr.io" },
   "registry.local:5000": { url: "http://127.0.0.1:5999" },
 };
@@ -43,12 +47,16 @@ describe("UpstreamResolver", () => {
   });
   it("never lets ns name a host the config did not", () => {
     for (const ns of ["evil.example", "127.0.0.1:22", "ghcr.io.evil", "", "registry-1.docker.io:443"]) {
-      expect(() => r.resolve("library/alpine", ns), ns).toThrow(expect.objectContaining({ code: "NAME_UNKNOWN", status: 404 }) as Error);
+      expect(() => r.resolve("library/alpine", ns), ns).toThrow(
+        expect.objectContaining({ code: "NAME_UNKNOWN", status: 404 }) as Error,
+      );
     }
   });
   it("without a default upstream, a plain path is NAME_UNKNOWN, not a guess", () => {
     const noDefault = resolver({ "ghcr.io": { url: "https://ghcr.io" } });
-    expect(() => noDefault.resolve("library/alpine", undefined)).toThrow(expect.objectContaining({ code: "NAME_UNKNOWN" }) as Error);
+    expect(() => noDefault.resolve("library/alpine", undefined)).toThrow(
+      expect.objectContaining({ code: "NAME_UNKNOWN" }) as Error,
+    );
     expect(noDefault.resolve("ghcr.io/a/b", undefined).repo).toBe("a/b");
   });
   it("does not add library/ on upstreams without a library prefix", () => {
@@ -85,8 +93,12 @@ describe("UpstreamResolver.reference (export, prefetch, bundle names)", () => {
   });
 
   it("with requireUpstream, refuses a name that does not start with an upstream instead of giving it to the default", () => {
-    expect(() => r.reference("latest", { requireUpstream: true })).toThrow(expect.objectContaining({ code: "NAME_UNKNOWN", status: 404 }) as Error);
-    expect(() => r.reference("evil.example/team/app:1", { requireUpstream: true })).toThrow(/does not start with a configured upstream \(docker\.io, ghcr\.io, registry\.local:5000\)/);
+    expect(() => r.reference("latest", { requireUpstream: true })).toThrow(
+      expect.objectContaining({ code: "NAME_UNKNOWN", status: 404 }) as Error,
+    );
+    expect(() => r.reference("evil.example/team/app:1", { requireUpstream: true })).toThrow(
+      /does not start with a configured upstream \(docker\.io, ghcr\.io, registry\.local:5000\)/,
+    );
     expect(canonical("index.docker.io/alpine:3", { requireUpstream: true })).toBe("docker.io/library/alpine:3");
   });
 
@@ -100,7 +112,9 @@ describe("UpstreamResolver.reference (export, prefetch, bundle names)", () => {
     expect(() => r.reference("docker.io/Team/App")).toThrow(expect.objectContaining({ code: "NAME_INVALID" }) as Error);
     expect(() => r.reference("docker.io/")).toThrow(expect.objectContaining({ code: "NAME_INVALID" }) as Error);
     expect(() => r.reference("alpine:-bad")).toThrow(expect.objectContaining({ code: "TAG_INVALID" }) as Error);
-    expect(() => r.reference("alpine@sha512:abc")).toThrow(expect.objectContaining({ code: "DIGEST_INVALID" }) as Error);
+    expect(() => r.reference("alpine@sha512:abc")).toThrow(
+      expect.objectContaining({ code: "DIGEST_INVALID" }) as Error,
+    );
   });
 });
 
@@ -108,20 +122,34 @@ describe("UpstreamResolver.pin (storage.pinned)", () => {
   const r = resolver(hubAndGhcr);
 
   it("reads <upstream>/<repository>[:tag], a repository without a tag standing for every tag", () => {
-    expect(r.pin("docker.io/library/alpine:3.20")).toEqual({ upstream: "docker.io", repository: "library/alpine", tag: "3.20" });
+    expect(r.pin("docker.io/library/alpine:3.20")).toEqual({
+      upstream: "docker.io",
+      repository: "library/alpine",
+      tag: "3.20",
+    });
     expect(r.pin("ghcr.io/team/tool")).toEqual({ upstream: "ghcr.io", repository: "team/tool", tag: undefined });
-    expect(r.pin("registry.local:5000/x/y:1")).toEqual({ upstream: "registry.local:5000", repository: "x/y", tag: "1" });
+    expect(r.pin("registry.local:5000/x/y:1")).toEqual({
+      upstream: "registry.local:5000",
+      repository: "x/y",
+      tag: "1",
+    });
   });
 
   it("reads the upstream as references do: aliases and any case name the upstream, single names get its library prefix", () => {
-    expect(r.pin("Index.Docker.IO/alpine:3")).toEqual({ upstream: "docker.io", repository: "library/alpine", tag: "3" });
+    expect(r.pin("Index.Docker.IO/alpine:3")).toEqual({
+      upstream: "docker.io",
+      repository: "library/alpine",
+      tag: "3",
+    });
     expect(r.pin("docker.io/alpine")).toEqual({ upstream: "docker.io", repository: "library/alpine", tag: undefined });
     expect(r.pin("ghcr.io/tool:1")).toEqual({ upstream: "ghcr.io", repository: "tool", tag: "1" });
   });
 
   it("refuses a pin that does not start with a configured upstream: there is no default for pins", () => {
     for (const pin of ["alpine:3", "library/alpine", "evil.example/team/app:1"]) {
-      expect(() => r.pin(pin), pin).toThrow(`pin ${JSON.stringify(pin)} must start with a configured upstream name (docker.io, ghcr.io, registry.local:5000)`);
+      expect(() => r.pin(pin), pin).toThrow(
+        `pin ${JSON.stringify(pin)} must start with a configured upstream name (docker.io, ghcr.io, registry.local:5000)`,
+      );
     }
   });
 
@@ -150,7 +178,10 @@ describe("configured pins", () => {
   });
 
   it("resolve against the configured upstreams and their presets (Docker Hub's library prefix)", () => {
-    const config = parseConfig({ upstreams: { hub: { url: "https://registry-1.docker.io", aliases: ["docker.io"] } }, storage: { pinned: ["docker.io/alpine:3", "hub/team/app"] } });
+    const config = parseConfig({
+      upstreams: { hub: { url: "https://registry-1.docker.io", aliases: ["docker.io"] } },
+      storage: { pinned: ["docker.io/alpine:3", "hub/team/app"] },
+    });
     expect(configuredPins(config)).toEqual([
       { upstream: "hub", repository: "library/alpine", tag: "3" },
       { upstream: "hub", repository: "team/app", tag: undefined },

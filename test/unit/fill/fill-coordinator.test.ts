@@ -6,7 +6,13 @@ import { PassThrough, type Readable } from "node:stream";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
-import { FillCoordinator, type Fill, type FillAdmission, type FillContext, type FillReservation } from "../../../src/fill/fill-coordinator.ts";
+import {
+  FillCoordinator,
+  type Fill,
+  type FillAdmission,
+  type FillContext,
+  type FillReservation,
+} from "../../../src/fill/fill-coordinator.ts";
 import { ReceivePacer } from "../../../src/fill/receive-pacer.ts";
 import { BufferPool } from "../../../src/storage/file-range-stream.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
@@ -65,7 +71,10 @@ describe("FillCoordinator", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  function startFill(content: Buffer, opts: { announce?: number | undefined; digest?: string } = {}): { fill: Fill; body: PassThrough } {
+  function startFill(
+    content: Buffer,
+    opts: { announce?: number | undefined; digest?: string } = {},
+  ): { fill: Fill; body: PassThrough } {
     const body = new PassThrough();
     const size = "announce" in opts ? opts.announce : content.length;
     const fill = fills.start(opts.digest ?? digestOf(content), origin, async () => ({ size, body }));
@@ -283,7 +292,9 @@ describe("FillCoordinator", () => {
     const fill = limited.start(digestOf(content), origin, async () => ({ size: content.length, body }));
     await fill.ready;
     const reader = collect(fill.createReader(0, undefined));
-    expect(() => fill.createReader(0, undefined)).toThrow(expect.objectContaining({ code: "TOOMANYREQUESTS" }) as Error);
+    expect(() => fill.createReader(0, undefined)).toThrow(
+      expect.objectContaining({ code: "TOOMANYREQUESTS" }) as Error,
+    );
     body.end(content);
     expect((await reader).bytes.equals(content)).toBe(true);
     expect(collections).toContainEqual({ type: "minor" }); // 250 000 bytes received, past the 100 000 of one interval
@@ -292,7 +303,9 @@ describe("FillCoordinator", () => {
   it("hands a download there is no room for to one request, uncached, and stores nothing", async () => {
     const content = randomBytes(1000);
     const body = new PassThrough();
-    const full = new FillCoordinator(contextOf(store, { admission: { admit: async () => undefined, noSpace: () => undefined } }));
+    const full = new FillCoordinator(
+      contextOf(store, { admission: { admit: async () => undefined, noSpace: () => undefined } }),
+    );
     const fill = full.start(digestOf(content), origin, async () => ({ size: content.length, body }));
     await fill.ready;
     expect(fill.state).toBe("uncached");
@@ -344,7 +357,11 @@ describe("FillCoordinator", () => {
   describe("in a budget (room reserved by the policy)", () => {
     type Held = FillReservation & { released: boolean; stateAtRelease: string | undefined };
     /** Reservations as the janitor makes them: up to `room` bytes cached, up to `disk` bytes passing through. */
-    function budget(room: number, disk = Infinity, observe: () => string = () => ""): { policy: FillAdmission; reservations: Held[] } {
+    function budget(
+      room: number,
+      disk = Infinity,
+      observe: () => string = () => "",
+    ): { policy: FillAdmission; reservations: Held[] } {
       const reservations: Held[] = [];
       const policy: FillAdmission = {
         admit: async (size) => {
@@ -375,7 +392,8 @@ describe("FillCoordinator", () => {
       };
       return { policy, reservations };
     }
-    const coordinator = (admission: FillAdmission) => new FillCoordinator(contextOf(store, { admission }), { committedGraceMs: 50 });
+    const coordinator = (admission: FillAdmission) =>
+      new FillCoordinator(contextOf(store, { admission }), { committedGraceMs: 50 });
 
     it("releases the upstream body at once when admission fails", async () => {
       const failing = coordinator({ admit: () => Promise.reject(new Error("statfs: EIO")), noSpace: () => undefined });
@@ -388,7 +406,9 @@ describe("FillCoordinator", () => {
 
     it("holds its reservation until the content is committed", async () => {
       const content = randomBytes(100_000);
-      const { policy, reservations } = budget(1_000_000, Infinity, () => (store.index.has(digestOf(content)) ? "in the index" : "not in the index"));
+      const { policy, reservations } = budget(1_000_000, Infinity, () =>
+        store.index.has(digestOf(content)) ? "in the index" : "not in the index",
+      );
       const body = new PassThrough();
       const fill = coordinator(policy).start(digestOf(content), origin, async () => ({ size: content.length, body }));
       await fill.ready;

@@ -10,7 +10,12 @@ import { ReceivePacer } from "../../../src/fill/receive-pacer.ts";
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
 /** Pipes `content` in 64 KiB chunks through a VerifyStream; what came out, and the error if it failed. */
-async function run(content: Buffer, digest: string, size: number | undefined, pacer?: ReceivePacer): Promise<{ out: Buffer; error?: Error }> {
+async function run(
+  content: Buffer,
+  digest: string,
+  size: number | undefined,
+  pacer?: ReceivePacer,
+): Promise<{ out: Buffer; error?: Error }> {
   const chunks: Buffer[] = [];
   for (let at = 0; at < content.length; at += 64 * 1024) chunks.push(content.subarray(at, at + 64 * 1024));
   const verify = new VerifyStream(digest, size, { pacer });
@@ -46,7 +51,9 @@ describe("VerifyStream", () => {
   });
 
   it("fails content longer or shorter than announced", async () => {
-    expect((await run(content, digestOf(content), content.length - 1)).error?.message).toMatch(/more than the announced/);
+    expect((await run(content, digestOf(content), content.length - 1)).error?.message).toMatch(
+      /more than the announced/,
+    );
     expect((await run(content, digestOf(content), content.length + 1)).error?.message).toMatch(/of .* bytes/);
   });
 
@@ -79,17 +86,23 @@ describe("VerifyStream", () => {
       agent = new Agent({ bodyTimeout: 10 * 60_000 });
       const res = await request(url, { dispatcher: agent });
       const verify = new VerifyStream(digestOf(body), body.length, { stallTimeoutMs: 300 });
-      const failed = new Promise<Error | undefined>((resolve) => pipeline(res.body, verify, (err) => resolve(err ?? undefined)));
+      const failed = new Promise<Error | undefined>((resolve) =>
+        pipeline(res.body, verify, (err) => resolve(err ?? undefined)),
+      );
       verify.once("data", () => verify.pause()); // takes one chunk, then nothing more
       let timer: NodeJS.Timeout | undefined;
-      const bounded = new Promise<Error>((resolve) => (timer = setTimeout(() => resolve(new Error("the transfer was still held after 10 s")), 10_000)));
+      const bounded = new Promise<Error>(
+        (resolve) => (timer = setTimeout(() => resolve(new Error("the transfer was still held after 10 s")), 10_000)),
+      );
       const err = await Promise.race([failed, bounded]);
       clearTimeout(timer);
       expect(err?.message).toMatch(/read nothing for 300 ms/);
       expect(res.body.destroyed).toBe(true);
       expect(sockets).toHaveLength(1);
       // The upstream sees its connection closed: it is not held for the rest of a transfer nobody reads.
-      await new Promise<void>((resolve) => (sockets[0]!.destroyed ? resolve() : sockets[0]!.once("close", () => resolve())));
+      await new Promise<void>((resolve) =>
+        sockets[0]!.destroyed ? resolve() : sockets[0]!.once("close", () => resolve()),
+      );
       expect(sockets[0]!.destroyed).toBe(true);
     });
 

@@ -23,14 +23,19 @@ import { parseWwwAuthenticate } from "../../../src/upstream/www-authenticate.ts"
 fc.configureGlobal({ seed: 20261123, numRuns: 400 });
 
 const component = fc.stringMatching(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/, { maxLength: 20 });
-const validName = fc.array(component, { minLength: 1, maxLength: 4 }).map((parts) => parts.join("/")).filter((n) => n.length <= 255);
+const validName = fc
+  .array(component, { minLength: 1, maxLength: 4 })
+  .map((parts) => parts.join("/"))
+  .filter((n) => n.length <= 255);
 const hex64 = fc.stringMatching(/^[a-f0-9]{64}$/);
 const nasty = fc.oneof(
   fc.string({ maxLength: 300 }),
   fc.string({ unit: "binary", maxLength: 100 }),
   fc.constantFrom("..", "../", "%2e%2e", "%2F", "/", "//", "\u0000", "sha256:", "*", "?", "#", " ", "\\"),
 );
-const mixed = fc.array(fc.oneof(nasty, component, fc.constantFrom("manifests", "blobs", "tags", "list", "uploads")), { maxLength: 8 }).map((p) => p.join("/"));
+const mixed = fc
+  .array(fc.oneof(nasty, component, fc.constantFrom("manifests", "blobs", "tags", "list", "uploads")), { maxLength: 8 })
+  .map((p) => p.join("/"));
 
 function ownErrorOnly(run: () => unknown): void {
   try {
@@ -54,17 +59,23 @@ describe("names, tags and digests", () => {
   it("turns only sha256 digests into file names, always inside the store", () => {
     const store = new BlobStore("/cache");
     fc.assert(
-      fc.property(fc.oneof(nasty, hex64.map((h) => `sha256:${h}`)), (d) => {
-        let accepted = true;
-        try {
-          assertDigest(d);
-        } catch (err) {
-          if (!(err instanceof RegistryError) || err.code !== "DIGEST_INVALID") throw err;
-          accepted = false;
-        }
-        if (!accepted) return !isSha256Digest(d);
-        return resolve(store.pathOf(d)).startsWith("/cache/blobs/sha256/");
-      }),
+      fc.property(
+        fc.oneof(
+          nasty,
+          hex64.map((h) => `sha256:${h}`),
+        ),
+        (d) => {
+          let accepted = true;
+          try {
+            assertDigest(d);
+          } catch (err) {
+            if (!(err instanceof RegistryError) || err.code !== "DIGEST_INVALID") throw err;
+            accepted = false;
+          }
+          if (!accepted) return !isSha256Digest(d);
+          return resolve(store.pathOf(d)).startsWith("/cache/blobs/sha256/");
+        },
+      ),
     );
   });
 
@@ -84,7 +95,10 @@ describe("names, tags and digests", () => {
 
 describe("request paths and upstream routing", () => {
   const config = parseConfig({
-    upstreams: { "docker.io": { url: "https://registry-1.docker.io", default: true, aliases: ["index.docker.io"] }, "ghcr.io": { url: "https://ghcr.io" } },
+    upstreams: {
+      "docker.io": { url: "https://registry-1.docker.io", default: true, aliases: ["index.docker.io"] },
+      "ghcr.io": { url: "https://ghcr.io" },
+    },
   });
   const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u));
   const resolver = new UpstreamResolver(upstreams);
@@ -92,27 +106,50 @@ describe("request paths and upstream routing", () => {
 
   it("either rejects a path with an OCI error or yields a valid name routed to a configured upstream", () => {
     fc.assert(
-      fc.property(mixed, fc.constantFrom("GET", "HEAD", "PUT", "DELETE", "POST"), fc.option(nasty, { nil: undefined }), (path, method, ns) => {
-        ownErrorOnly(() => {
-          const req = parseDistributionRequest({ method, path: `/v2/${path}`, query: new URLSearchParams(ns === undefined ? "" : { ns }), headers: {} });
-          if (!req) return;
-          expect(isValidName(req.name)).toBe(true);
-          const target = resolver.resolve(req.name, req.ns);
-          expect(origins.has(new URL(target.upstream.config.url).origin)).toBe(true);
-          expect(isValidName(target.repo)).toBe(true);
-        });
-      }),
+      fc.property(
+        mixed,
+        fc.constantFrom("GET", "HEAD", "PUT", "DELETE", "POST"),
+        fc.option(nasty, { nil: undefined }),
+        (path, method, ns) => {
+          ownErrorOnly(() => {
+            const req = parseDistributionRequest({
+              method,
+              path: `/v2/${path}`,
+              query: new URLSearchParams(ns === undefined ? "" : { ns }),
+              headers: {},
+            });
+            if (!req) return;
+            expect(isValidName(req.name)).toBe(true);
+            const target = resolver.resolve(req.name, req.ns);
+            expect(origins.has(new URL(target.upstream.config.url).origin)).toBe(true);
+            expect(isValidName(target.repo)).toBe(true);
+          });
+        },
+      ),
     );
   });
 });
 
 describe("image references and pins", () => {
   const config = parseConfig({
-    upstreams: { "docker.io": { url: "https://registry-1.docker.io", default: true, aliases: ["index.docker.io"] }, "ghcr.io": { url: "https://ghcr.io" } },
+    upstreams: {
+      "docker.io": { url: "https://registry-1.docker.io", default: true, aliases: ["index.docker.io"] },
+      "ghcr.io": { url: "https://ghcr.io" },
+    },
   });
   const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u));
   const resolver = new UpstreamResolver(upstreams);
-  const text = fc.oneof(nasty, mixed, fc.tuple(fc.constantFrom("", "docker.io/", "Index.Docker.IO/", "ghcr.io/", "evil.example/"), mixed, fc.constantFrom("", ":v1", ":", "@sha256:", `@sha256:${"a".repeat(64)}`)).map((p) => p.join("")));
+  const text = fc.oneof(
+    nasty,
+    mixed,
+    fc
+      .tuple(
+        fc.constantFrom("", "docker.io/", "Index.Docker.IO/", "ghcr.io/", "evil.example/"),
+        mixed,
+        fc.constantFrom("", ":v1", ":", "@sha256:", `@sha256:${"a".repeat(64)}`),
+      )
+      .map((p) => p.join("")),
+  );
 
   it("a reference is refused with an OCI error or names a configured upstream, a valid repository and a valid tag or digest", () => {
     fc.assert(
@@ -121,7 +158,9 @@ describe("image references and pins", () => {
           const ref = resolver.reference(t, { requireUpstream });
           expect(upstreams).toContain(ref.upstream);
           expect(isValidName(ref.repository)).toBe(true);
-          expect(ref.reference.kind === "tag" ? isValidTag(ref.reference.tag) : isSha256Digest(ref.reference.digest)).toBe(true);
+          expect(
+            ref.reference.kind === "tag" ? isValidTag(ref.reference.tag) : isSha256Digest(ref.reference.digest),
+          ).toBe(true);
         });
       }),
     );
@@ -136,7 +175,11 @@ describe("image references and pins", () => {
         } catch (err) {
           return err instanceof Error && err.message.startsWith(`pin ${JSON.stringify(t)}`);
         }
-        return upstreams.some((u) => u.name === pin.upstream) && isValidName(pin.repository) && (pin.tag === undefined || isValidTag(pin.tag));
+        return (
+          upstreams.some((u) => u.name === pin.upstream) &&
+          isValidName(pin.repository) &&
+          (pin.tag === undefined || isValidTag(pin.tag))
+        );
       }),
     );
   });
@@ -145,26 +188,38 @@ describe("image references and pins", () => {
 describe("Range", () => {
   it("yields nothing or a single range that resolves inside the blob", () => {
     fc.assert(
-      fc.property(fc.oneof(nasty, fc.tuple(fc.nat(), fc.option(fc.nat())).map(([a, b]) => `bytes=${a}-${b ?? ""}`), fc.nat().map((n) => `bytes=-${n}`)), fc.nat({ max: 2 ** 40 }), (header, size) => {
-        const spec = parseRange(header);
-        if (spec === undefined) return true;
-        const r = resolveRange(spec, size);
-        return r === "unsatisfiable" || (r.start >= 0 && r.start <= r.end && r.end < size);
-      }),
+      fc.property(
+        fc.oneof(
+          nasty,
+          fc.tuple(fc.nat(), fc.option(fc.nat())).map(([a, b]) => `bytes=${a}-${b ?? ""}`),
+          fc.nat().map((n) => `bytes=-${n}`),
+        ),
+        fc.nat({ max: 2 ** 40 }),
+        (header, size) => {
+          const spec = parseRange(header);
+          if (spec === undefined) return true;
+          const r = resolveRange(spec, size);
+          return r === "unsatisfiable" || (r.start >= 0 && r.start <= r.end && r.end < size);
+        },
+      ),
     );
   });
 });
 
 describe("headers from clients and upstreams", () => {
   it("WWW-Authenticate: never throws, and round-trips challenges it is given", () => {
-    fc.assert(fc.property(fc.oneof(nasty, fc.array(nasty, { maxLength: 3 })), (h) => {
-      parseWwwAuthenticate(h);
-      return true;
-    }));
+    fc.assert(
+      fc.property(fc.oneof(nasty, fc.array(nasty, { maxLength: 3 })), (h) => {
+        parseWwwAuthenticate(h);
+        return true;
+      }),
+    );
     const value = fc.string({ maxLength: 40 }).filter((v) => !v.includes("\\"));
     fc.assert(
       fc.property(fc.constantFrom("Bearer", "bearer", "Basic"), value, value, (scheme, realm, service) => {
-        const parsed = parseWwwAuthenticate(`${scheme} realm="${realm.replace(/"/g, '\\"')}",service="${service.replace(/"/g, '\\"')}"`);
+        const parsed = parseWwwAuthenticate(
+          `${scheme} realm="${realm.replace(/"/g, '\\"')}",service="${service.replace(/"/g, '\\"')}"`,
+        );
         return parsed?.params.realm === realm && parsed.params.service === service;
       }),
     );
@@ -172,27 +227,42 @@ describe("headers from clients and upstreams", () => {
 
   it("Accept: never throws, and an Accept naming a type accepts it", () => {
     fc.assert(
-      fc.property(fc.oneof(nasty, fc.array(nasty, { maxLength: 4 })), fc.stringMatching(/^[a-z]+\/[a-z.+-]+$/), (h, type) => {
-        AcceptSet.parse(h).accepts(type);
-        const combined = Array.isArray(h) ? [...h, type] : [h, type];
-        return AcceptSet.parse(combined).accepts(type);
-      }),
+      fc.property(
+        fc.oneof(nasty, fc.array(nasty, { maxLength: 4 })),
+        fc.stringMatching(/^[a-z]+\/[a-z.+-]+$/),
+        (h, type) => {
+          AcceptSet.parse(h).accepts(type);
+          const combined = Array.isArray(h) ? [...h, type] : [h, type];
+          return AcceptSet.parse(combined).accepts(type);
+        },
+      ),
     );
   });
 });
 
 describe("manifest JSON from upstreams", () => {
-  const descriptor = fc.record({ digest: fc.oneof(nasty, hex64.map((h) => `sha256:${h}`)) });
+  const descriptor = fc.record({
+    digest: fc.oneof(
+      nasty,
+      hex64.map((h) => `sha256:${h}`),
+    ),
+  });
   const manifest = fc.oneof(
     fc.json(),
     fc.string({ maxLength: 200 }),
-    fc.record({ config: fc.anything(), layers: fc.anything(), manifests: fc.array(descriptor), subject: fc.oneof(descriptor, fc.anything()), blobs: fc.array(descriptor) }),
+    fc.record({
+      config: fc.anything(),
+      layers: fc.anything(),
+      manifests: fc.array(descriptor),
+      subject: fc.oneof(descriptor, fc.anything()),
+      blobs: fc.array(descriptor),
+    }),
   );
 
   it("never throws, only ever yields valid sha256 digests, and confirms nothing it does not reach", () => {
     fc.assert(
       fc.property(manifest, (doc) => {
-        const bytes = Buffer.from(typeof doc === "string" ? doc : JSON.stringify(doc) ?? "");
+        const bytes = Buffer.from(typeof doc === "string" ? doc : (JSON.stringify(doc) ?? ""));
         const reachable = reachableDigests(bytes);
         const confirmed = confirmedDigests(bytes);
         return reachable.every(isSha256Digest) && confirmed.every((d) => reachable.includes(d));
@@ -204,14 +274,24 @@ describe("manifest JSON from upstreams", () => {
 describe("config", () => {
   it("either loads or reports ConfigError, for any input", () => {
     fc.assert(
-      fc.property(fc.oneof(fc.anything(), fc.record({ listen: fc.anything(), storage: fc.anything(), upstreams: fc.dictionary(fc.string({ maxLength: 15 }), fc.anything()) })), (input) => {
-        try {
-          parseConfig(input);
-        } catch (err) {
-          if (!(err instanceof ConfigError)) throw err;
-        }
-        return true;
-      }),
+      fc.property(
+        fc.oneof(
+          fc.anything(),
+          fc.record({
+            listen: fc.anything(),
+            storage: fc.anything(),
+            upstreams: fc.dictionary(fc.string({ maxLength: 15 }), fc.anything()),
+          }),
+        ),
+        (input) => {
+          try {
+            parseConfig(input);
+          } catch (err) {
+            if (!(err instanceof ConfigError)) throw err;
+          }
+          return true;
+        },
+      ),
       { numRuns: 200 },
     );
   });
@@ -219,11 +299,19 @@ describe("config", () => {
 
 describe("repository patterns", () => {
   it("never throw, and a literal pattern matches exactly itself", () => {
-    fc.assert(fc.property(nasty, (p) => {
-      compilePattern(p)(p.replace(/\*/g, ""));
-      return true;
-    }));
+    fc.assert(
+      fc.property(nasty, (p) => {
+        compilePattern(p)(p.replace(/\*/g, ""));
+        return true;
+      }),
+    );
     fc.assert(fc.property(validName, validName, (a, b) => compilePattern(a)(b) === (a === b)));
-    fc.assert(fc.property(component, component, (org, repo) => compilePattern(`${org}/*`)(`${org}/${repo}`) && !compilePattern(`${org}/*`)(`${org}/${repo}/x`)));
+    fc.assert(
+      fc.property(
+        component,
+        component,
+        (org, repo) => compilePattern(`${org}/*`)(`${org}/${repo}`) && !compilePattern(`${org}/*`)(`${org}/${repo}/x`),
+      ),
+    );
   });
 });

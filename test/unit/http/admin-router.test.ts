@@ -88,12 +88,26 @@ async function send(
   return { status: res.statusCode, headers: res.headers, json: text === "" ? undefined : JSON.parse(text) };
 }
 
-const error = (code: string, message?: string) => ({ errors: [{ code, ...(message !== undefined ? { message } : {}) }] });
+const error = (code: string, message?: string) => ({
+  errors: [{ code, ...(message !== undefined ? { message } : {}) }],
+});
 
 describe("admin router", () => {
   it.each([
-    ["POST", "/admin/v1/purge", '{"upstream":"u","repository":"r"}', 200, ["purge", { upstream: "u", repository: "r" }]],
-    ["POST", "/admin/v1/refresh", '{"upstream":"u","repository":"r","tag":"t"}', 200, ["refresh", { upstream: "u", repository: "r", tag: "t" }]],
+    [
+      "POST",
+      "/admin/v1/purge",
+      '{"upstream":"u","repository":"r"}',
+      200,
+      ["purge", { upstream: "u", repository: "r" }],
+    ],
+    [
+      "POST",
+      "/admin/v1/refresh",
+      '{"upstream":"u","repository":"r","tag":"t"}',
+      200,
+      ["refresh", { upstream: "u", repository: "r", tag: "t" }],
+    ],
     ["POST", "/admin/v1/prefetch", '{"reference":"u/r:t"}', 202, ["prefetch", { reference: "u/r:t" }]],
     ["POST", "/admin/v1/purge", undefined, 200, ["purge", {}]],
     ["GET", "/admin/v1/jobs/0f3c-Ab9", undefined, 200, ["job", "0f3c-Ab9"]],

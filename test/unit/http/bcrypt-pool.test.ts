@@ -12,7 +12,11 @@ describe("BcryptPool", () => {
     const hash = bcrypt.hashSync("right", 12); // ~0.3 s of CPU per comparison here
     await pool.compare("warm-up", bcrypt.hashSync("x", 4)); // the worker's start-up is not what is measured
     const before = process.threadCpuUsage();
-    const results = await Promise.all([pool.compare("right", hash), pool.compare("wrong", hash), pool.compare("", hash)]);
+    const results = await Promise.all([
+      pool.compare("right", hash),
+      pool.compare("wrong", hash),
+      pool.compare("", hash),
+    ]);
     const used = process.threadCpuUsage(before);
     expect(results).toEqual([true, false, false]);
     // Three cost-12 comparisons on this thread would take about a second of its CPU time.

@@ -10,7 +10,14 @@ describe("clientKey", () => {
 
   it("is the /64 for IPv6, however the address is written", () => {
     const key = "2001:db8:0:1::/64";
-    for (const address of ["2001:db8:0:1::1", "2001:0db8:0000:0001:ffff:ffff:ffff:ffff", "2001:db8::1:0:0:0:9", "2001:DB8:0:1:a:b:c:d", "2001:db8:0:1::192.0.2.1", "2001:db8:0:1::1%eth0"]) {
+    for (const address of [
+      "2001:db8:0:1::1",
+      "2001:0db8:0000:0001:ffff:ffff:ffff:ffff",
+      "2001:db8::1:0:0:0:9",
+      "2001:DB8:0:1:a:b:c:d",
+      "2001:db8:0:1::192.0.2.1",
+      "2001:db8:0:1::1%eth0",
+    ]) {
       expect(clientKey(address), address).toBe(key);
     }
     expect(clientKey("2001:db8:0:2::1")).toBe("2001:db8:0:2::/64");

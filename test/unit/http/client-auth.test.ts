@@ -47,7 +47,10 @@ describe("ClientAuth", () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), "client-auth-"));
     htpasswd = join(dir, "htpasswd");
-    await writeFile(htpasswd, `# users\nalice:${bcrypt.hashSync("alice-secret-pw", 5)}\nbob:${bcrypt.hashSync("bob-secret-pw", 5)}\n`);
+    await writeFile(
+      htpasswd,
+      `# users\nalice:${bcrypt.hashSync("alice-secret-pw", 5)}\nbob:${bcrypt.hashSync("bob-secret-pw", 5)}\n`,
+    );
   });
   afterEach(async () => {
     await Promise.all(opened.splice(0).map((a) => a.close()));
@@ -56,7 +59,10 @@ describe("ClientAuth", () => {
 
   it("leaves a token disabled while its file is empty, too short or holds whitespace, naming the key; inline tokens still refuse to start", async () => {
     const cases: Array<[string, RegExp]> = [
-      ["\n", /^client token "ci" is disabled: access\.tokens\.1\.tokenFile: .*token holds a secret of 0 bytes; at least 16 are required$/],
+      [
+        "\n",
+        /^client token "ci" is disabled: access\.tokens\.1\.tokenFile: .*token holds a secret of 0 bytes; at least 16 are required$/,
+      ],
       ["", /access\.tokens\.1\.tokenFile: .* 0 bytes/],
       ["fifteen-bytes!!\n", /access\.tokens\.1\.tokenFile: .* 15 bytes/],
       ["sixteen bytes ok\n", /access\.tokens\.1\.tokenFile: .* whitespace/],
@@ -70,17 +76,33 @@ describe("ClientAuth", () => {
         { name: "ci", tokenFile: file },
       ];
       const auth = await load({ anonymous: false, tokens });
-      expect(auth.tokenFiles.map((f) => f.problem), JSON.stringify(content)).toEqual([expect.stringMatching(problem)]);
+      expect(
+        auth.tokenFiles.map((f) => f.problem),
+        JSON.stringify(content),
+      ).toEqual([expect.stringMatching(problem)]);
       // The disabled token matches nothing: not the empty credential, not what the file holds.
-      for (const presented of ["Bearer \xa0", "Bearer \u00a0\u00a0", `Bearer ${content.trimEnd()}`, `Bearer ${TOKEN}`, "Bearer fifteen-bytes!!"]) {
-        expect(await outcome(auth, presented, `198.51.100.${presented.length}`), JSON.stringify([content, presented])).toBe("UNAUTHORIZED");
+      for (const presented of [
+        "Bearer \xa0",
+        "Bearer \u00a0\u00a0",
+        `Bearer ${content.trimEnd()}`,
+        `Bearer ${TOKEN}`,
+        "Bearer fifteen-bytes!!",
+      ]) {
+        expect(
+          await outcome(auth, presented, `198.51.100.${presented.length}`),
+          JSON.stringify([content, presented]),
+        ).toBe("UNAUTHORIZED");
       }
       expect(await outcome(auth, "Bearer inline-token-0123456789")).toBe("user inline");
     }
     // An inline token is held to the same rules, and a short one stops the start-up: the config is read once, so
     // nothing could enable it later.
-    expect(() => parseConfig({ access: { tokens: [{ name: "ci", token: "short" }] } })).toThrow(/access\.tokens\.0\.token: a token must be at least 16 bytes/);
-    await expect(load({ tokens: [{ name: "ci", token: "a token with spaces in it" }] })).rejects.toThrow(/access\.tokens\.0\.token: a token cannot contain whitespace/);
+    expect(() => parseConfig({ access: { tokens: [{ name: "ci", token: "short" }] } })).toThrow(
+      /access\.tokens\.0\.token: a token must be at least 16 bytes/,
+    );
+    await expect(load({ tokens: [{ name: "ci", token: "a token with spaces in it" }] })).rejects.toThrow(
+      /access\.tokens\.0\.token: a token cannot contain whitespace/,
+    );
   });
 
   it("enables a token when its file is written after start, and disables it again when the file becomes short", async () => {
@@ -92,12 +114,20 @@ describe("ClientAuth", () => {
     expect(await outcome(auth, `Bearer ${TOKEN}`, "192.0.2.10")).toBe("UNAUTHORIZED");
 
     await writeFile(file, `${TOKEN}\n`);
-    await waitFor(async () => tokenFile!.problem === undefined, { timeoutMs: 10_000, intervalMs: 50, what: "the token file to be re-read" });
+    await waitFor(async () => tokenFile!.problem === undefined, {
+      timeoutMs: 10_000,
+      intervalMs: 50,
+      what: "the token file to be re-read",
+    });
     expect(await outcome(auth, `Bearer ${TOKEN}`, "192.0.2.11")).toBe("user ci");
     expect(await outcome(auth, "Bearer \xa0", "192.0.2.11")).toBe("UNAUTHORIZED");
 
     await writeFile(file, "short-token\n");
-    await waitFor(async () => tokenFile!.problem !== undefined, { timeoutMs: 10_000, intervalMs: 50, what: "the token file to be re-read" });
+    await waitFor(async () => tokenFile!.problem !== undefined, {
+      timeoutMs: 10_000,
+      intervalMs: 50,
+      what: "the token file to be re-read",
+    });
     expect(tokenFile!.problem).toMatch(/11 bytes; at least 16 are required/);
     for (const presented of [`Bearer ${TOKEN}`, "Bearer short-token", "Bearer \xa0"]) {
       expect(await outcome(auth, presented, "192.0.2.12"), presented).toBe("UNAUTHORIZED");
@@ -111,12 +141,28 @@ describe("ClientAuth", () => {
     expect(await outcome(auth, `Bearer ${TOKEN}`)).toBe("user ci");
     expect(await outcome(auth, `bearer   ${TOKEN}`)).toBe("user ci"); // the scheme is case-insensitive, then 1*SP
     expect(await outcome(auth, undefined)).toBe("anonymous");
-    for (const wrong of ["Bearer \xa0", `Bearer ${TOKEN}\xa0`, `Bearer \xa0${TOKEN}`, `Bearer ${TOKEN}\t`, `Bearer\t${TOKEN}`, `Bearer${TOKEN}`, "Bearer", `Bearer ${TOKEN.slice(0, -1)}`]) {
+    for (const wrong of [
+      "Bearer \xa0",
+      `Bearer ${TOKEN}\xa0`,
+      `Bearer \xa0${TOKEN}`,
+      `Bearer ${TOKEN}\t`,
+      `Bearer\t${TOKEN}`,
+      `Bearer${TOKEN}`,
+      "Bearer",
+      `Bearer ${TOKEN.slice(0, -1)}`,
+    ]) {
       expect(await outcome(auth, wrong, `198.51.100.${wrong.length}`), JSON.stringify(wrong)).toBe("UNAUTHORIZED");
     }
     expect(await outcome(auth, basic("alice", "alice-secret-pw"))).toBe("user alice");
     const encoded = Buffer.from("alice:alice-secret-pw").toString("base64");
-    for (const wrong of [basic("alice", "alice-secret-pw "), basic("alice ", "alice-secret-pw"), `Basic ${encoded}\xa0`, `Basic ${encoded}!`, basic("", "alice-secret-pw"), `Basic ${Buffer.from("alice").toString("base64")}`]) {
+    for (const wrong of [
+      basic("alice", "alice-secret-pw "),
+      basic("alice ", "alice-secret-pw"),
+      `Basic ${encoded}\xa0`,
+      `Basic ${encoded}!`,
+      basic("", "alice-secret-pw"),
+      `Basic ${Buffer.from("alice").toString("base64")}`,
+    ]) {
       expect(await outcome(auth, wrong, "203.0.113.9"), JSON.stringify(wrong)).toBe("UNAUTHORIZED");
     }
   });
@@ -139,7 +185,15 @@ describe("ClientAuth", () => {
   it("answers 429 with Retry-After, without checking, once a client has failed too often in its window", async () => {
     let now = 1_000_000;
     const pool = new RecordingPool({ workers: 1 });
-    const auth = await load({ anonymous: false, htpasswdFile: htpasswd, tokens: [{ name: "ci", token: TOKEN }], failedAuth: { max: 3, window: "1m" } }, { pool, now: () => now });
+    const auth = await load(
+      {
+        anonymous: false,
+        htpasswdFile: htpasswd,
+        tokens: [{ name: "ci", token: TOKEN }],
+        failedAuth: { max: 3, window: "1m" },
+      },
+      { pool, now: () => now },
+    );
     const attacker = "192.0.2.66";
     expect(await outcome(auth, basic("alice", "guess-1"), attacker)).toBe("UNAUTHORIZED");
     expect(await outcome(auth, basic("mallory", "guess-2"), attacker)).toBe("UNAUTHORIZED");

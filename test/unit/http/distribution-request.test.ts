@@ -19,7 +19,9 @@ const code = (r: RawRequest) => {
 
 describe("parseDistributionRequest", () => {
   it("parses manifests, blobs and tags endpoints", () => {
-    expect(parseDistributionRequest(req("GET", "/v2/library/alpine/manifests/3.20", { accept: "a/b" }, "ns=docker.io"))).toMatchObject({
+    expect(
+      parseDistributionRequest(req("GET", "/v2/library/alpine/manifests/3.20", { accept: "a/b" }, "ns=docker.io")),
+    ).toMatchObject({
       kind: "manifest",
       name: "library/alpine",
       ns: "docker.io",
@@ -32,7 +34,11 @@ describe("parseDistributionRequest", () => {
       digest: D,
       range: { kind: "from", start: 1, end: 2 },
     });
-    expect(parseDistributionRequest(req("GET", "/v2/x/tags/list", {}, "n=5&last=a"))).toMatchObject({ kind: "tags", n: "5", last: "a" });
+    expect(parseDistributionRequest(req("GET", "/v2/x/tags/list", {}, "n=5&last=a"))).toMatchObject({
+      kind: "tags",
+      n: "5",
+      last: "a",
+    });
   });
   it("returns undefined for paths that are not distribution endpoints", () => {
     expect(parseDistributionRequest(req("GET", "/v2/"))).toBeUndefined();
@@ -47,7 +53,14 @@ describe("parseDistributionRequest", () => {
     expect(code(req("HEAD", "/v2/a/tags/list"))).toBe("405 UNSUPPORTED");
   });
   it("refuses traversal and encoded names with NAME_INVALID before any I/O", () => {
-    for (const path of ["/v2/../etc/manifests/x", "/v2/a/../../manifests/x", "/v2/a%2F..%2Fb/manifests/x", "/v2/%2e%2e/blobs/" + D, "/v2//abs/manifests/x", `/v2/${"a".repeat(256)}/manifests/x`]) {
+    for (const path of [
+      "/v2/../etc/manifests/x",
+      "/v2/a/../../manifests/x",
+      "/v2/a%2F..%2Fb/manifests/x",
+      "/v2/%2e%2e/blobs/" + D,
+      "/v2//abs/manifests/x",
+      `/v2/${"a".repeat(256)}/manifests/x`,
+    ]) {
       expect(code(req("GET", path)), path).toBe("400 NAME_INVALID");
     }
   });

@@ -5,7 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { EmbeddedMetadataStore, type EmbeddedMetadataStoreOptions } from "../../../src/metadata/embedded-metadata-store.ts";
+import {
+  EmbeddedMetadataStore,
+  type EmbeddedMetadataStoreOptions,
+} from "../../../src/metadata/embedded-metadata-store.ts";
 import type { TagPointer } from "../../../src/metadata/metadata-store.ts";
 import { JOURNAL_FILE } from "../../../src/metadata/tag-journal.ts";
 import { startProcess, Teardown, waitFor } from "../../harness/processes.ts";
@@ -24,7 +27,11 @@ async function tempDir(): Promise<string> {
 }
 
 const UP = "docker.io";
-const pointer = (n: number): TagPointer => ({ digest: `sha256:${n.toString(16).padStart(64, "0")}`, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: 1_700_000_000_000 + n });
+const pointer = (n: number): TagPointer => ({
+  digest: `sha256:${n.toString(16).padStart(64, "0")}`,
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  checkedAt: 1_700_000_000_000 + n,
+});
 
 /** Opens a store whose journal errors fail the test instead of becoming process warnings. */
 async function openStore(dir: string, opts: EmbeddedMetadataStoreOptions = {}): Promise<EmbeddedMetadataStore> {
@@ -76,7 +83,10 @@ describe("EmbeddedMetadataStore persistence", () => {
     // Enough tag churn to compact: the snapshot must carry provenance over.
     for (let i = 0; i < 200; i++) await reopened.putTag(UP, "r", `t${i % 5}`, pointer(i));
     await reopened.close();
-    expect((await readFile(join(dir, JOURNAL_FILE), "utf8")).trim().split("\n").length, "the journal was compacted").toBeLessThan(100);
+    expect(
+      (await readFile(join(dir, JOURNAL_FILE), "utf8")).trim().split("\n").length,
+      "the journal was compacted",
+    ).toBeLessThan(100);
 
     const third = await openStore(dir);
     expect(await third.loadReport()).toMatchObject({ skipped: 0 });
@@ -134,7 +144,10 @@ describe("EmbeddedMetadataStore persistence", () => {
     expect((await readFile(join(dir, JOURNAL_FILE), "utf8")).trim().split("\n")).toHaveLength(1);
     // An older line after a newer one, as written when the store had dropped the newer pointer from its LRU.
     const { digest, mediaType, checkedAt } = pointer(1);
-    await appendFile(join(dir, JOURNAL_FILE), `${JSON.stringify(["tag", UP, "r", "t", digest, mediaType, checkedAt])}\n`);
+    await appendFile(
+      join(dir, JOURNAL_FILE),
+      `${JSON.stringify(["tag", UP, "r", "t", digest, mediaType, checkedAt])}\n`,
+    );
 
     const reopened = await openStore(dir);
     expect(await reopened.loadReport()).toMatchObject({ records: 2, skipped: 0 });
@@ -232,7 +245,11 @@ describe("EmbeddedMetadataStore persistence", () => {
 
     const reopened = await openStore(dir);
     expect((await reopened.listTags("docker.io", "library/app")).length).toBe(200);
-    expect(await reopened.getTag("docker.io", "library/app", "t199")).toEqual({ digest: `sha256:${"199".padStart(64, "0")}`, mediaType: "m", checkedAt: 199 });
+    expect(await reopened.getTag("docker.io", "library/app", "t199")).toEqual({
+      digest: `sha256:${"199".padStart(64, "0")}`,
+      mediaType: "m",
+      checkedAt: 199,
+    });
     expect(await reopened.hasLink("docker.io", "library/app", `sha256:${"0".padStart(64, "0")}`)).toBe(true);
     await reopened.close();
   });

@@ -25,7 +25,11 @@ const PREFIX = "failover:";
 const TIMEOUT_MS = 300;
 /** Scheduling slack on a loaded 2-core machine, on top of the timeout a call may legitimately take. */
 const SLACK_MS = 400;
-const pointer = (n: number): TagPointer => ({ digest: `sha256:${n.toString(16).padStart(64, "0")}`, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: 1_700_000_000_000 + n });
+const pointer = (n: number): TagPointer => ({
+  digest: `sha256:${n.toString(16).padStart(64, "0")}`,
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  checkedAt: 1_700_000_000_000 + n,
+});
 
 interface Setup {
   redis: RedisServer;
@@ -47,9 +51,16 @@ async function setup(opts: { redis?: RedisServer; maxUnsynced?: number } = {}): 
   const client = new Redis(redis.url, failFastRedisOptions({ commandTimeoutMs: TIMEOUT_MS, maxReconnectDelayMs: 500 }));
   teardown.add("redis client", () => client.disconnect());
   // Built in the same tick as the client, so the store's error listener is there before the first connect fails.
-  const store = new FailoverMetadataStore({ primary: new RedisMetadataStore(client, { keyPrefix: PREFIX }), fallback, timeoutMs: TIMEOUT_MS, probeIntervalMs: 200, maxUnsynced: opts.maxUnsynced });
+  const store = new FailoverMetadataStore({
+    primary: new RedisMetadataStore(client, { keyPrefix: PREFIX }),
+    fallback,
+    timeoutMs: TIMEOUT_MS,
+    probeIntervalMs: 200,
+    maxUnsynced: opts.maxUnsynced,
+  });
   teardown.add("store", () => store.close());
-  if (opts.redis === undefined) await waitFor(async () => store.state === "ok", { timeoutMs: 5_000, what: "the store to see Redis" });
+  if (opts.redis === undefined)
+    await waitFor(async () => store.state === "ok", { timeoutMs: 5_000, what: "the store to see Redis" });
   const changes: MetadataStoreStateChange[] = [];
   store.onStateChange((change) => changes.push(change));
   return { redis, client, store, fallback, shared: new RedisMetadataStore(client, { keyPrefix: PREFIX }), changes };
@@ -126,7 +137,9 @@ describe("FailoverMetadataStore", () => {
     await waitFor(async () => store.state === "ok", { timeoutMs: 10_000, what: "state ok after the restart" });
     const recoveredMs = performance.now() - restartAt;
     expect(changes.map((c) => c.state)).toEqual(["degraded", "ok"]);
-    console.info(`redis killed → degraded in ${detectedMs.toFixed(0)} ms; first read after the kill took ${read.ms.toFixed(0)} ms; restarted → ok in ${recoveredMs.toFixed(0)} ms`);
+    console.info(
+      `redis killed → degraded in ${detectedMs.toFixed(0)} ms; first read after the kill took ${read.ms.toFixed(0)} ms; restarted → ok in ${recoveredMs.toFixed(0)} ms`,
+    );
 
     // Redis is the one answering again (it restarted empty), and writes reach it.
     expect(await store.getTag(UP, "library/app", "before")).toBeUndefined();
@@ -152,7 +165,9 @@ describe("FailoverMetadataStore", () => {
     const resumedAt = performance.now();
     redis.resume();
     await waitFor(async () => store.state === "ok", { timeoutMs: 5_000, what: "state ok after SIGCONT" });
-    console.info(`hung redis: first call answered from the fallback after ${first.ms.toFixed(0)} ms; SIGCONT → ok in ${(performance.now() - resumedAt).toFixed(0)} ms`);
+    console.info(
+      `hung redis: first call answered from the fallback after ${first.ms.toFixed(0)} ms; SIGCONT → ok in ${(performance.now() - resumedAt).toFixed(0)} ms`,
+    );
     expect(changes.map((c) => c.state)).toEqual(["degraded", "ok"]);
     expect(await store.getTag(UP, "r", "t")).toEqual(pointer(1));
   });
@@ -181,7 +196,10 @@ describe("FailoverMetadataStore", () => {
 
     expect(await store.getTag(UP, "library/app", "latest")).toEqual(pointer(2));
     expect(await fallback.getTag(UP, "library/app", "latest")).toEqual(pointer(2));
-    await replayed(async () => (await shared.getTag(UP, "library/app", "latest"))?.digest === pointer(2).digest, "Redis to hold the newer pointer");
+    await replayed(
+      async () => (await shared.getTag(UP, "library/app", "latest"))?.digest === pointer(2).digest,
+      "Redis to hold the newer pointer",
+    );
   });
 
   it("takes a pointer another replica checked later from Redis, over the one written locally while degraded", async () => {
@@ -207,7 +225,12 @@ describe("FailoverMetadataStore", () => {
     await continueAndRecover(s);
 
     expect(await store.hasLink(UP, "library/app", pointer(7).digest)).toBe(true);
-    await replayed(async () => (await shared.hasLink(UP, "library/app", pointer(8).digest)) && (await shared.getTag(UP, "library/app", "new")) !== undefined, "the links and the tag to reach Redis");
+    await replayed(
+      async () =>
+        (await shared.hasLink(UP, "library/app", pointer(8).digest)) &&
+        (await shared.getTag(UP, "library/app", "new")) !== undefined,
+      "the links and the tag to reach Redis",
+    );
     expect(await shared.hasLink(UP, "library/app", pointer(7).digest)).toBe(true);
     expect(await shared.getTag(UP, "library/app", "new")).toEqual(pointer(7));
   });
@@ -225,7 +248,11 @@ describe("FailoverMetadataStore", () => {
     await redis.start();
     await waitFor(async () => store.state === "ok", { timeoutMs: 10_000, what: "state ok after the restart" });
 
-    await replayed(async () => (await shared.getTag(UP, "r", "during")) !== undefined && (await shared.hasLink(UP, "r", pointer(2).digest)), "the outage's writes to reach Redis");
+    await replayed(
+      async () =>
+        (await shared.getTag(UP, "r", "during")) !== undefined && (await shared.hasLink(UP, "r", pointer(2).digest)),
+      "the outage's writes to reach Redis",
+    );
     expect(await shared.getTag(UP, "r", "during")).toEqual(pointer(2));
     // Written before the outage (Redis lost it, as it would a deletion by another replica): Redis's "none" holds.
     expect(await store.getTag(UP, "r", "before")).toBeUndefined();
@@ -239,7 +266,11 @@ describe("FailoverMetadataStore", () => {
     await hang(s);
     await store.addLinks(UP, "r", [pointer(1).digest, pointer(2).digest, pointer(3).digest]);
     await continueAndRecover(s);
-    await replayed(async () => (await shared.hasLink(UP, "r", pointer(2).digest)) && (await shared.hasLink(UP, "r", pointer(3).digest)), "the two most recent links to reach Redis");
+    await replayed(
+      async () =>
+        (await shared.hasLink(UP, "r", pointer(2).digest)) && (await shared.hasLink(UP, "r", pointer(3).digest)),
+      "the two most recent links to reach Redis",
+    );
     expect(await shared.hasLink(UP, "r", pointer(1).digest)).toBe(false);
     expect(await store.hasLink(UP, "r", pointer(1).digest)).toBe(false); // costs its caller one upstream HEAD
   });

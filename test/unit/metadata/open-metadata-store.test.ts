@@ -20,7 +20,11 @@ afterEach(async () => {
 });
 
 const log = pino({ level: "silent" });
-const pointer: TagPointer = { digest: `sha256:${"a".repeat(64)}`, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: 1_700_000_000_000 };
+const pointer: TagPointer = {
+  digest: `sha256:${"a".repeat(64)}`,
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  checkedAt: 1_700_000_000_000,
+};
 
 async function storageDir(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "open-metadata-"));
@@ -52,13 +56,20 @@ describe("openMetadataStore", () => {
     const config = parseConfig({ storage: { path: dir }, redis: { url: redis.url, commandTimeout: "300ms" } });
     const opened = await openMetadataStore(config, log);
     teardown.add("metadata store", () => opened.closeMetadata());
-    await waitFor(async () => (await opened.metadata.listTags("docker.io", "probe"), !opened.describeState().degraded), { timeoutMs: 5_000, what: "Redis to answer" });
+    await waitFor(
+      async () => (await opened.metadata.listTags("docker.io", "probe"), !opened.describeState().degraded),
+      { timeoutMs: 5_000, what: "Redis to answer" },
+    );
     expect(opened.describeState()).toMatchObject({ store: "redis", degraded: false });
     await opened.metadata.putTag("docker.io", "library/app", "v1", pointer);
 
     await redis.kill();
     expect(await opened.metadata.getTag("docker.io", "library/app", "v1")).toEqual(pointer);
     await waitFor(async () => opened.describeState().degraded, { timeoutMs: 5_000, what: "the state to say degraded" });
-    expect(opened.describeState()).toMatchObject({ store: "redis", degraded: true, reason: expect.stringMatching(/./) as string });
+    expect(opened.describeState()).toMatchObject({
+      store: "redis",
+      degraded: true,
+      reason: expect.stringMatching(/./) as string,
+    });
   });
 });

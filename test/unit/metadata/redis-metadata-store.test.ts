@@ -23,7 +23,11 @@ afterEach(async () => {
 
 const UP = "docker.io";
 const DAY_MS = 24 * 60 * 60 * 1000;
-const pointer = (n: number): TagPointer => ({ digest: `sha256:${n.toString(16).padStart(64, "0")}`, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: 1_700_000_000_000 + n });
+const pointer = (n: number): TagPointer => ({
+  digest: `sha256:${n.toString(16).padStart(64, "0")}`,
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  checkedAt: 1_700_000_000_000 + n,
+});
 
 describe("RedisMetadataStore", () => {
   it("keeps every key under its prefix, in the documented layout, with the documented expiries", async () => {
@@ -46,7 +50,11 @@ describe("RedisMetadataStore", () => {
     const [linked, used] = await client.zrange("m:linked:{docker.io/library/alpine}", 0, -1, "WITHSCORES");
     expect(linked).toBe(pointer(1).digest);
     expect(Math.abs(Number(used) - Date.now())).toBeLessThan(60_000); // when it was last used: now
-    for (const key of ["m:tag:{docker.io/library/alpine}:3.20", "m:tags:{docker.io/library/alpine}", "m:linked:{docker.io/library/alpine}"]) {
+    for (const key of [
+      "m:tag:{docker.io/library/alpine}:3.20",
+      "m:tags:{docker.io/library/alpine}",
+      "m:linked:{docker.io/library/alpine}",
+    ]) {
       const ttl = await client.pttl(key);
       expect(ttl, key).toBeGreaterThan(29 * DAY_MS);
       expect(ttl, key).toBeLessThanOrEqual(30 * DAY_MS);
@@ -140,7 +148,11 @@ describe("RedisMetadataStore", () => {
     for (let i = 0; i < 600; i++) await store.putMissing(UP, "big", `m${i}`, 60_000);
     await store.putTag(UP, "big/child", "t", pointer(1));
     await store.deleteRepository(UP, "big");
-    expect((await allKeys(client)).sort()).toEqual(["m:repos:{docker.io}", "m:tag:{docker.io/big/child}:t", "m:tags:{docker.io/big/child}"]);
+    expect((await allKeys(client)).sort()).toEqual([
+      "m:repos:{docker.io}",
+      "m:tag:{docker.io/big/child}:t",
+      "m:tags:{docker.io/big/child}",
+    ]);
     expect(await client.smembers("m:repos:{docker.io}")).toEqual(["big/child"]);
   });
 
@@ -185,10 +197,12 @@ describe("RedisMetadataStore", () => {
     // This machine has no Redis 6: the real server answers everything but INFO, which says what a 6.2 says.
     let version = "6.2.14";
     const realInfo = old.info.bind(old);
-    old.info = (async () => (await realInfo("server")).replace(/^redis_version:.*$/m, `redis_version:${version}`));
+    old.info = async () => (await realInfo("server")).replace(/^redis_version:.*$/m, `redis_version:${version}`);
     try {
       const store = new RedisMetadataStore(old, { keyPrefix: "m:" });
-      await expect(store.ping()).rejects.toThrow("Redis 6.2.14 is older than 7.0, which the metadata store needs (PEXPIRE … NX/GT)");
+      await expect(store.ping()).rejects.toThrow(
+        "Redis 6.2.14 is older than 7.0, which the metadata store needs (PEXPIRE … NX/GT)",
+      );
       await expect(store.ping()).rejects.toThrow("Redis 6.2.14 is older than 7.0");
       version = "7.2.4";
       await expect(store.ping()).resolves.toBeUndefined();
@@ -198,7 +212,9 @@ describe("RedisMetadataStore", () => {
       old.disconnect(true);
       await new Promise<void>((resolve) => old.once("ready", () => resolve()));
       await expect(store.ping()).rejects.toThrow("Redis 6.0.0 is older than 7.0");
-      await expect(checkRedisVersion({ info: async () => "# Server\r\nredis_version:10.0.1\r\n" })).resolves.toBeUndefined();
+      await expect(
+        checkRedisVersion({ info: async () => "# Server\r\nredis_version:10.0.1\r\n" }),
+      ).resolves.toBeUndefined();
     } finally {
       old.disconnect();
     }

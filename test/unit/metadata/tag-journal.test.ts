@@ -3,7 +3,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import type { TagPointer } from "../../../src/metadata/metadata-store.ts";
-import { decodeRecord, encodeRecord, JOURNAL_FILE, TagJournal, type JournalRecord, type TagJournalOptions } from "../../../src/metadata/tag-journal.ts";
+import {
+  decodeRecord,
+  encodeRecord,
+  JOURNAL_FILE,
+  TagJournal,
+  type JournalRecord,
+  type TagJournalOptions,
+} from "../../../src/metadata/tag-journal.ts";
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -16,7 +23,11 @@ async function tempDir(): Promise<string> {
   return dir;
 }
 
-const pointer = (n: number): TagPointer => ({ digest: `sha256:${n.toString(16).padStart(64, "0")}`, mediaType: "application/vnd.oci.image.manifest.v1+json", checkedAt: 1_700_000_000_000 + n });
+const pointer = (n: number): TagPointer => ({
+  digest: `sha256:${n.toString(16).padStart(64, "0")}`,
+  mediaType: "application/vnd.oci.image.manifest.v1+json",
+  checkedAt: 1_700_000_000_000 + n,
+});
 
 /** The journal's user in miniature: state that records set, and a snapshot of it. */
 class Model {
@@ -47,7 +58,11 @@ class Model {
   }
 }
 
-async function openWith(dir: string, model: Model, extra: Partial<TagJournalOptions> = {}): Promise<{ journal: TagJournal; errors: Error[] }> {
+async function openWith(
+  dir: string,
+  model: Model,
+  extra: Partial<TagJournalOptions> = {},
+): Promise<{ journal: TagJournal; errors: Error[] }> {
   const errors: Error[] = [];
   const journal = await TagJournal.open({
     dir,
@@ -140,7 +155,10 @@ describe("TagJournal", () => {
     await write(model, journal, { op: "tag", upstream: "u", repo: "r", tag: "b", pointer: pointer(2) });
     await journal.close();
     // What a crash in the middle of a write leaves: half a line, no newline.
-    await appendFile(join(dir, JOURNAL_FILE), encodeRecord({ op: "tag", upstream: "u", repo: "r", tag: "c", pointer: pointer(3) }).slice(0, 20));
+    await appendFile(
+      join(dir, JOURNAL_FILE),
+      encodeRecord({ op: "tag", upstream: "u", repo: "r", tag: "c", pointer: pointer(3) }).slice(0, 20),
+    );
 
     const second = new Model();
     const { journal: reopened, errors } = await openWith(dir, second);
@@ -199,14 +217,20 @@ describe("TagJournal", () => {
       compactions++;
       return model.snapshot();
     };
-    const { journal, errors } = await openWith(dir, model, { compactRatio: 2, compactMinEntries: 4, syncIntervalMs: 1, snapshot });
+    const { journal, errors } = await openWith(dir, model, {
+      compactRatio: 2,
+      compactMinEntries: 4,
+      syncIntervalMs: 1,
+      snapshot,
+    });
     // Unawaited bursts: appends keep arriving while compactions are writing their snapshots.
     const writes: Promise<void>[] = [];
     for (let i = 0; i < 2_000; i++) {
       const tag = `t${i % 37}`;
       if (i % 11 === 0) writes.push(write(model, journal, { op: "untag", upstream: "u", repo: "r", tag }));
       else writes.push(write(model, journal, { op: "tag", upstream: "u", repo: "r", tag, pointer: pointer(i) }));
-      if (i % 3 === 0) writes.push(write(model, journal, { op: "link", upstream: "u", repo: `r${i % 13}`, digests: [`sha256:${i}`] }));
+      if (i % 3 === 0)
+        writes.push(write(model, journal, { op: "link", upstream: "u", repo: `r${i % 13}`, digests: [`sha256:${i}`] }));
       if (i % 97 === 0) writes.push(write(model, journal, { op: "purge", upstream: "u", repo: `r${i % 13}` }));
       if (i % 100 === 0) await Promise.all(writes.splice(0));
     }

@@ -3,11 +3,23 @@ import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import { Metrics, type LiveState } from "../../../src/observability/metrics.ts";
 
-function live(): LiveState & { cache: { state: LiveState["cache"]["state"] }; fills: { inFlight: number; readers: number }; degraded: boolean } {
+function live(): LiveState & {
+  cache: { state: LiveState["cache"]["state"] };
+  fills: { inFlight: number; readers: number };
+  degraded: boolean;
+} {
   const state = {
     degraded: false,
     metadataStore: () => ({ store: "redis", degraded: state.degraded }),
-    cache: { state: { bytes: 1000, objects: 3, maxSize: 5000 as number | undefined, writable: true, evictionBlocked: undefined as string | undefined } },
+    cache: {
+      state: {
+        bytes: 1000,
+        objects: 3,
+        maxSize: 5000 as number | undefined,
+        writable: true,
+        evictionBlocked: undefined as string | undefined,
+      },
+    },
     fills: { inFlight: 2, readers: 5 },
     upstreams: [
       { name: "docker.io", health: { state: "up" }, rateLimit: { limit: 100, remaining: 42 } },
@@ -39,7 +51,9 @@ describe("Metrics.showOnScrape", () => {
         'mirror_upstream_ratelimit_remaining{upstream="docker.io"} 42',
       ]),
     );
-    expect(lines(await metrics.render()).filter((l) => l.includes('upstream="ghcr.io"') && l.includes("ratelimit"))).toEqual([]);
+    expect(
+      lines(await metrics.render()).filter((l) => l.includes('upstream="ghcr.io"') && l.includes("ratelimit")),
+    ).toEqual([]);
   });
 
   it("reads the state again at every scrape", async () => {
@@ -48,10 +62,22 @@ describe("Metrics.showOnScrape", () => {
     metrics.showOnScrape(state);
     await metrics.render();
     state.degraded = true;
-    state.cache.state = { bytes: 0, objects: 0, maxSize: undefined, writable: false, evictionBlocked: "pin file damaged" };
+    state.cache.state = {
+      bytes: 0,
+      objects: 0,
+      maxSize: undefined,
+      writable: false,
+      evictionBlocked: "pin file damaged",
+    };
     state.fills.inFlight = 0;
     expect(lines(await metrics.render())).toEqual(
-      expect.arrayContaining(['mirror_metadata_store_up{store="redis"} 0', "mirror_cache_size_bytes 0", "mirror_cache_writable 0", "mirror_eviction_blocked 1", "mirror_fills_in_flight 0"]),
+      expect.arrayContaining([
+        'mirror_metadata_store_up{store="redis"} 0',
+        "mirror_cache_size_bytes 0",
+        "mirror_cache_writable 0",
+        "mirror_eviction_blocked 1",
+        "mirror_fills_in_flight 0",
+      ]),
     );
   });
 });

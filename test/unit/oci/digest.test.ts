@@ -6,7 +6,14 @@ const D = `sha256:${"a".repeat(64)}`;
 
 describe("digests", () => {
   it("refuses malformed digests with DIGEST_INVALID", () => {
-    for (const bad of ["sha256:abc", `sha256:${"A".repeat(64)}`, `sha256:${"a".repeat(65)}`, "sha256:", ":abc", `sha256:${"g".repeat(64)}`]) {
+    for (const bad of [
+      "sha256:abc",
+      `sha256:${"A".repeat(64)}`,
+      `sha256:${"a".repeat(65)}`,
+      "sha256:",
+      ":abc",
+      `sha256:${"g".repeat(64)}`,
+    ]) {
       expect(() => assertDigest(bad), bad).toThrow(expect.objectContaining({ code: "DIGEST_INVALID" }) as Error);
     }
   });
@@ -25,7 +32,9 @@ describe("digests", () => {
   });
   it("hashes whole content to the sha256 digest that names it", () => {
     expect(digestOf(Buffer.alloc(0))).toBe(EMPTY_DIGEST);
-    expect(digestOf(Buffer.from("hello"))).toBe("sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+    expect(digestOf(Buffer.from("hello"))).toBe(
+      "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+    );
     expect(isSha256Digest(digestOf(Buffer.from("x")))).toBe(true);
     expect(verifies(Buffer.from("hello"), digestOf(Buffer.from("hello")))).toBe(true);
     expect(verifies(Buffer.from("hello!"), digestOf(Buffer.from("hello")))).toBe(false);

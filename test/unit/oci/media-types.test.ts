@@ -23,6 +23,8 @@ describe("AcceptSet", () => {
     expect(AcceptSet.parse("text/*").accepts(MediaType.ociIndex)).toBe(false);
   });
   it("ignores parameters and case on the response type", () => {
-    expect(AcceptSet.parse(MediaType.ociManifest).accepts(`${MediaType.ociManifest.toUpperCase()}; charset=utf-8`)).toBe(true);
+    expect(
+      AcceptSet.parse(MediaType.ociManifest).accepts(`${MediaType.ociManifest.toUpperCase()}; charset=utf-8`),
+    ).toBe(true);
   });
 });

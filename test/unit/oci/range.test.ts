@@ -8,7 +8,15 @@ describe("Range", () => {
     expect(parseRange("bytes=-10")).toEqual({ kind: "suffix", length: 10 });
   });
   it("ignores what it does not support, serving the whole blob", () => {
-    for (const h of [undefined, "bytes=0-1,5-6", "items=0-1", "bytes=5-2", "bytes=-", "bytes=a-b", `bytes=${"9".repeat(20)}-`]) {
+    for (const h of [
+      undefined,
+      "bytes=0-1,5-6",
+      "items=0-1",
+      "bytes=5-2",
+      "bytes=-",
+      "bytes=a-b",
+      `bytes=${"9".repeat(20)}-`,
+    ]) {
       expect(parseRange(h), String(h)).toBeUndefined();
     }
   });

@@ -4,10 +4,30 @@ import { isValidName, isValidTag, parseManifestReference } from "../../../src/oc
 const D = `sha256:${"a".repeat(64)}`;
 
 describe("repository names", () => {
-  it.each(["alpine", "library/alpine", "a/b/c", "my-org/my_app", "a__b", "a--b", "ghcr.io/team/tool", "x.y/z"])("accepts %s", (n) => {
-    expect(isValidName(n)).toBe(true);
-  });
-  it.each(["", "Alpine", "a//b", "/a", "a/", "..", "a/../b", "a/./b", "a%2Fb", "-a", "a-", "a_", "a:b", "a b", "a___b", "a/b\u0000"])("refuses %j", (n) => {
+  it.each(["alpine", "library/alpine", "a/b/c", "my-org/my_app", "a__b", "a--b", "ghcr.io/team/tool", "x.y/z"])(
+    "accepts %s",
+    (n) => {
+      expect(isValidName(n)).toBe(true);
+    },
+  );
+  it.each([
+    "",
+    "Alpine",
+    "a//b",
+    "/a",
+    "a/",
+    "..",
+    "a/../b",
+    "a/./b",
+    "a%2Fb",
+    "-a",
+    "a-",
+    "a_",
+    "a:b",
+    "a b",
+    "a___b",
+    "a/b\u0000",
+  ])("refuses %j", (n) => {
     expect(isValidName(n)).toBe(false);
   });
   it("refuses names over 255 characters", () => {
@@ -34,6 +54,8 @@ describe("manifest references", () => {
     expect(parseManifestReference(D)).toEqual({ kind: "digest", digest: D });
   });
   it("refuses an invalid tag with TAG_INVALID", () => {
-    expect(() => parseManifestReference("-bad")).toThrow(expect.objectContaining({ code: "TAG_INVALID", status: 400 }) as Error);
+    expect(() => parseManifestReference("-bad")).toThrow(
+      expect.objectContaining({ code: "TAG_INVALID", status: 400 }) as Error,
+    );
   });
 });

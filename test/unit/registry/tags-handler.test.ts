@@ -19,7 +19,9 @@ const logLines: Array<{ level: number; msg: string } & Record<string, unknown>> 
 beforeAll(async () => {
   server = createServer((_req, res) => res.writeHead(200, answer.headers).end(answer.body));
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const config = parseConfig({ upstreams: { up: { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` } } });
+  const config = parseConfig({
+    upstreams: { up: { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` } },
+  });
   upstream = new UpstreamClient(config.upstreams.up!);
 });
 afterAll(async () => {
@@ -29,7 +31,10 @@ afterAll(async () => {
 });
 beforeEach(() => {
   logLines.length = 0;
-  answer = { headers: { "content-type": "application/json" }, body: JSON.stringify({ name: "team/app", tags: ["v1", "v2"] }) };
+  answer = {
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "team/app", tags: ["v1", "v2"] }),
+  };
 });
 
 const sink = new Writable({
@@ -40,7 +45,13 @@ const sink = new Writable({
 });
 const handler = new TagsHandler({ maxBytes: 1 << 20, log: pino({ level: "info" }, sink) });
 const list = (query: { n?: string; last?: string; ns?: string } = {}) =>
-  handler.handle({ target: { upstream, repo: "team/app" }, clientName: "team/app", n: query.n, last: query.last, ns: query.ns });
+  handler.handle({
+    target: { upstream, repo: "team/app" },
+    clientName: "team/app",
+    n: query.n,
+    last: query.last,
+    ns: query.ns,
+  });
 
 describe("TagsHandler", () => {
   it("points the upstream's next-page link at this mirror, keeping only n and last", async () => {
@@ -82,6 +93,10 @@ describe("TagsHandler", () => {
     expect(res.headers.Link).toBeUndefined();
     expect(JSON.parse((res.body as Buffer).toString())).toEqual({ name: "team/app", tags: ["v1", "v2"] });
     const warning = logLines.find((l) => /Link/.test(l.msg));
-    expect(warning, JSON.stringify(logLines)).toMatchObject({ level: 40, upstream: "up", link: '<http://[x>; rel="next"' });
+    expect(warning, JSON.stringify(logLines)).toMatchObject({
+      level: 40,
+      upstream: "up",
+      link: '<http://[x>; rel="next"',
+    });
   });
 });

@@ -100,7 +100,10 @@ describe("writeAt", () => {
       return n;
     };
     const handle = {
-      writev: async (chunks: Uint8Array[], position: number) => ({ bytesWritten: store(Buffer.concat(chunks), position, limits.writev), buffers: chunks }),
+      writev: async (chunks: Uint8Array[], position: number) => ({
+        bytesWritten: store(Buffer.concat(chunks), position, limits.writev),
+        buffers: chunks,
+      }),
       write: async (buffer: Uint8Array, offset: number, length: number, position: number) => ({
         bytesWritten: store(buffer.subarray(offset, offset + length), position, limits.write),
         buffer,
@@ -111,13 +114,19 @@ describe("writeAt", () => {
 
   it("writes every byte, in order, at the position given, when each write stores only part of what it is given", async () => {
     const file = shortWritingFile({ writev: 15, write: 4 }); // writev stops inside the second chunk
-    await writeAt(file.handle, [Buffer.from("first chunk "), Buffer.from("second chunk "), Buffer.from(""), Buffer.from("third")], 5);
+    await writeAt(
+      file.handle,
+      [Buffer.from("first chunk "), Buffer.from("second chunk "), Buffer.from(""), Buffer.from("third")],
+      5,
+    );
     expect(file.bytes().length).toBe(5 + 30);
     expect(file.bytes().subarray(5).toString()).toBe("first chunk second chunk third");
   });
 
   it("fails when a write stores nothing, rather than looping", async () => {
     const file = shortWritingFile({ writev: 3, write: 0 });
-    await expect(writeAt(file.handle, [Buffer.from("abcd"), Buffer.from("ef")], 10)).rejects.toThrow(/no byte could be written at offset 13/);
+    await expect(writeAt(file.handle, [Buffer.from("abcd"), Buffer.from("ef")], 10)).rejects.toThrow(
+      /no byte could be written at offset 13/,
+    );
   });
 });

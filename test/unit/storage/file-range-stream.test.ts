@@ -6,7 +6,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { BufferPool, FileHandleRangeStream, MAX_IN_FLIGHT, READ_CHUNK } from "../../../src/storage/file-range-stream.ts";
+import {
+  BufferPool,
+  FileHandleRangeStream,
+  MAX_IN_FLIGHT,
+  READ_CHUNK,
+} from "../../../src/storage/file-range-stream.ts";
 import { waitFor } from "../../harness/processes.ts";
 
 describe("FileHandleRangeStream", () => {
@@ -32,7 +37,11 @@ describe("FileHandleRangeStream", () => {
    * Serves [start, end] of the file (`path` unless `file` names another) the way Koa does (stream.pipeline into the
    * response); resolves with the URL. `onStream` sees each response's stream and the file handle it owns.
    */
-  async function serve(start: number, end: number, opts: { file?: string; onStream?: (stream: FileHandleRangeStream, handle: FileHandle) => void } = {}): Promise<string> {
+  async function serve(
+    start: number,
+    end: number,
+    opts: { file?: string; onStream?: (stream: FileHandleRangeStream, handle: FileHandle) => void } = {},
+  ): Promise<string> {
     server = createServer((_req, res) => {
       void open(opts.file ?? path, "r").then((handle) => {
         res.writeHead(200, { "content-length": String(end - start + 1) });
@@ -71,7 +80,8 @@ describe("FileHandleRangeStream", () => {
   it("reads plainly for any other consumer", async () => {
     const handle = await open(path, "r");
     const chunks: Buffer[] = [];
-    for await (const chunk of new FileHandleRangeStream(pool, handle, 7, content.length - 2)) chunks.push(chunk as Buffer);
+    for await (const chunk of new FileHandleRangeStream(pool, handle, 7, content.length - 2))
+      chunks.push(chunk as Buffer);
     expect(Buffer.concat(chunks).equals(content.subarray(7, content.length - 1))).toBe(true);
   });
 
@@ -84,7 +94,9 @@ describe("FileHandleRangeStream", () => {
     let handleClosed: Promise<void> | undefined;
     server = createServer((_req, res) => {
       void open(big, "r").then((handle) => {
-        handleClosed = new Promise((resolve) => (handle as unknown as NodeJS.EventEmitter).once("close", () => resolve()));
+        handleClosed = new Promise((resolve) =>
+          (handle as unknown as NodeJS.EventEmitter).once("close", () => resolve()),
+        );
         res.writeHead(200, { "content-length": String(48 * 1024 * 1024) });
         stream = new FileHandleRangeStream(own, handle, 0, 48 * 1024 * 1024 - 1);
         pipeline(stream, res, () => undefined);
@@ -118,7 +130,10 @@ describe("FileHandleRangeStream", () => {
       client.destroy();
     }
     await handleClosed;
-    await waitFor(async () => own.lentCount === 0, { timeoutMs: 10_000, what: "the stalled write's buffer to be released" });
+    await waitFor(async () => own.lentCount === 0, {
+      timeoutMs: 10_000,
+      what: "the stalled write's buffer to be released",
+    });
   });
 
   it("closes its file when the client goes away mid-transfer", async () => {

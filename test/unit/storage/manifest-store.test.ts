@@ -18,7 +18,14 @@ describe("ManifestStore", () => {
   let dir: string;
   let store: BlobStore;
   let manifests: ManifestStore;
-  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { digest: `sha256:${"c".repeat(64)}`, size: 2 }, layers: [] }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { digest: `sha256:${"c".repeat(64)}`, size: 2 },
+      layers: [],
+    }),
+  );
   const digest = digestOf(manifest);
 
   beforeEach(async () => {
@@ -43,9 +50,14 @@ describe("ManifestStore", () => {
   }
 
   it("stores concurrent puts of one manifest, each of them, and leaves no temp file", async () => {
-    const results = await Promise.allSettled(Array.from({ length: 8 }, () => manifests.put(digest, OCI_MANIFEST, manifest)));
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, () => manifests.put(digest, OCI_MANIFEST, manifest)),
+    );
     expect(results.filter((r) => r.status === "rejected")).toEqual([]);
-    expect(JSON.parse(await readFile(sidecarOf(digest), "utf8"))).toEqual({ mediaType: OCI_MANIFEST, size: manifest.length });
+    expect(JSON.parse(await readFile(sidecarOf(digest), "utf8"))).toEqual({
+      mediaType: OCI_MANIFEST,
+      size: manifest.length,
+    });
     expect(await readdir(join(sidecarOf(digest), ".."))).toEqual([`${digest.slice(7)}.json`]);
     expect(await store.tempFiles()).toEqual([]);
     expect((await (await restarted()).get(digest))?.bytes.equals(manifest)).toBe(true);

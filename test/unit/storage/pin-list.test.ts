@@ -34,7 +34,9 @@ describe("PinList", () => {
       const pins = new PinList(dir);
       await expect(pins.list()).rejects.toBeInstanceOf(PinFileDamagedError);
       await expect(pins.list()).rejects.toThrow(/pins\.json is damaged/);
-      await expect(pins.set([{ reference: "docker.io/team/app:2", digest: B }])).rejects.toBeInstanceOf(PinFileDamagedError);
+      await expect(pins.set([{ reference: "docker.io/team/app:2", digest: B }])).rejects.toBeInstanceOf(
+        PinFileDamagedError,
+      );
       expect(await readFile(join(dir, PIN_FILE), "utf8")).toBe(content);
     });
   }
@@ -49,7 +51,10 @@ describe("PinList", () => {
     await pins.set([{ reference: "docker.io/team/app:1", digest: A }]);
     await pins.set([{ reference: "docker.io/team/app:2", digest: B }]);
     expect(await readdir(dir)).toEqual([PIN_FILE]);
-    const doc = JSON.parse(await readFile(join(dir, PIN_FILE), "utf8")) as { version: number; pins: Array<{ reference: string }> };
+    const doc = JSON.parse(await readFile(join(dir, PIN_FILE), "utf8")) as {
+      version: number;
+      pins: Array<{ reference: string }>;
+    };
     expect(doc.version).toBe(1);
     expect(doc.pins.map((p) => p.reference)).toEqual(["docker.io/team/app:1", "docker.io/team/app:2"]);
   });

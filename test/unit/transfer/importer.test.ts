@@ -19,7 +19,11 @@ import { Importer } from "../../../src/transfer/importer.ts";
 import { buildTar, type TarEntry } from "../../harness/tar-writer.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-const blobEntry = (bytes: Buffer): TarEntry => ({ type: "file", name: `blobs/sha256/${digestOf(bytes).slice(7)}`, content: bytes });
+const blobEntry = (bytes: Buffer): TarEntry => ({
+  type: "file",
+  name: `blobs/sha256/${digestOf(bytes).slice(7)}`,
+  content: bytes,
+});
 
 describe("Importer writes", () => {
   let dir: string;
@@ -44,14 +48,25 @@ describe("Importer writes", () => {
       JSON.stringify({
         schemaVersion: 2,
         mediaType: MediaType.ociManifest,
-        config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: digestOf(config), size: config.length },
+        config: {
+          mediaType: "application/vnd.oci.image.config.v1+json",
+          digest: digestOf(config),
+          size: config.length,
+        },
         layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar", digest: digestOf(layer), size: layer.length }],
       }),
     );
     const index = Buffer.from(
       JSON.stringify({
         schemaVersion: 2,
-        manifests: [{ mediaType: MediaType.ociManifest, digest: digestOf(manifest), size: manifest.length, annotations: { "org.opencontainers.image.ref.name": "docker.io/team/app:v1" } }],
+        manifests: [
+          {
+            mediaType: MediaType.ociManifest,
+            digest: digestOf(manifest),
+            size: manifest.length,
+            annotations: { "org.opencontainers.image.ref.name": "docker.io/team/app:v1" },
+          },
+        ],
       }),
     );
     // As skopeo writes an oci-archive: every blob first, index.json last.
@@ -63,7 +78,10 @@ describe("Importer writes", () => {
       blobEntry(manifest),
       { type: "file", name: "index.json", content: index },
     ]);
-    const held = new Map<number, { size: number; released: boolean; committedAtRelease: boolean | undefined; wrote: number }>();
+    const held = new Map<
+      number,
+      { size: number; released: boolean; committedAtRelease: boolean | undefined; wrote: number }
+    >();
     let next = 0;
     const admit = async (size: number): Promise<WriteReservation> => {
       const id = next++;
@@ -73,7 +91,9 @@ describe("Importer writes", () => {
         wrote: (n) => void (entry.wrote = n),
         release: () => {
           entry.released = true;
-          entry.committedAtRelease = [layer, config, loose, manifest].some((b) => b.length === size && store.index.has(digestOf(b)));
+          entry.committedAtRelease = [layer, config, loose, manifest].some(
+            (b) => b.length === size && store.index.has(digestOf(b)),
+          );
         },
       };
     };
@@ -89,10 +109,13 @@ describe("Importer writes", () => {
     });
     const report = await importer.import(Readable.from([bundle]));
     expect(report.images.map((i) => i.status)).toEqual(["imported"]);
-    expect(report.refused.map((r) => r.reason)).toEqual(["not referenced by index.json or by any verified manifest in the bundle"]);
+    expect(report.refused.map((r) => r.reason)).toEqual([
+      "not referenced by index.json or by any verified manifest in the bundle",
+    ]);
     const bySize = (b: Buffer) => [...held.values()].find((h) => h.size === b.length)!;
     // Each reservation was told what its writer wrote, and released only once its bytes were in the index.
-    for (const blob of [layer, config]) expect(bySize(blob)).toEqual({ size: blob.length, released: true, committedAtRelease: true, wrote: blob.length });
+    for (const blob of [layer, config])
+      expect(bySize(blob)).toEqual({ size: blob.length, released: true, committedAtRelease: true, wrote: blob.length });
     // The manifest waited in a writer too; it is stored as a manifest (by the manifest store), its writer closed.
     expect(bySize(manifest)).toMatchObject({ released: true, wrote: manifest.length });
     expect(bySize(loose)).toMatchObject({ released: true, committedAtRelease: false });

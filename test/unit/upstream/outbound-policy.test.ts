@@ -7,10 +7,23 @@ import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { hostPattern, isPublicAddress, OutboundPolicy, type OutboundPolicyOptions } from "../../../src/upstream/outbound-policy.ts";
+import {
+  hostPattern,
+  isPublicAddress,
+  OutboundPolicy,
+  type OutboundPolicyOptions,
+} from "../../../src/upstream/outbound-policy.ts";
 
 const policy = (opts: Partial<OutboundPolicyOptions> = {}) =>
-  new OutboundPolicy({ upstream: "up", url: "https://registry.example", authHosts: ["auth.example"], redirectHosts: [], allowPrivateRedirects: false, maxRedirects: 5, ...opts });
+  new OutboundPolicy({
+    upstream: "up",
+    url: "https://registry.example",
+    authHosts: ["auth.example"],
+    redirectHosts: [],
+    allowPrivateRedirects: false,
+    maxRedirects: 5,
+    ...opts,
+  });
 
 describe("hostPattern", () => {
   it.each([
@@ -67,24 +80,40 @@ describe("OutboundPolicy rules", () => {
     const p = policy();
     expect(() => p.checkRealm(new URL("https://registry.example/token"))).not.toThrow();
     expect(() => p.checkRealm(new URL("https://auth.example/token"))).not.toThrow();
-    expect(() => p.checkRealm(new URL("https://elsewhere.example/token"))).toThrow(/token realm host elsewhere.example, which is not allowed/);
+    expect(() => p.checkRealm(new URL("https://elsewhere.example/token"))).toThrow(
+      /token realm host elsewhere.example, which is not allowed/,
+    );
     expect(() => p.checkRealm(new URL("file:///etc/passwd"))).toThrow(/not allowed/);
   });
 
   it("refuses a realm whose scheme is weaker than the upstream's", () => {
-    expect(() => policy().checkRealm(new URL("http://auth.example/token"))).toThrow(/token realm http:\/\/auth.example\/token, which is not https like the upstream/);
-    expect(() => policy({ url: "http://registry.example" }).checkRealm(new URL("http://auth.example/token"))).not.toThrow();
-    expect(() => policy({ url: "http://registry.example" }).checkRealm(new URL("https://auth.example/token"))).not.toThrow();
+    expect(() => policy().checkRealm(new URL("http://auth.example/token"))).toThrow(
+      /token realm http:\/\/auth.example\/token, which is not https like the upstream/,
+    );
+    expect(() =>
+      policy({ url: "http://registry.example" }).checkRealm(new URL("http://auth.example/token")),
+    ).not.toThrow();
+    expect(() =>
+      policy({ url: "http://registry.example" }).checkRealm(new URL("https://auth.example/token")),
+    ).not.toThrow();
   });
 
   it("allows redirects to the upstream's own host, its authHosts and its redirectHosts patterns only", () => {
     const p = policy({ redirectHosts: ["*.cloudfront.net"] });
     const from = new URL("https://registry.example/v2/a/blobs/sha256:x");
-    for (const to of ["https://registry.example/other", "https://auth.example/x", "https://d1.cloudfront.net/blob?sig=s"]) {
+    for (const to of [
+      "https://registry.example/other",
+      "https://auth.example/x",
+      "https://d1.cloudfront.net/blob?sig=s",
+    ]) {
       expect(() => p.checkRedirect(from, new URL(to)), to).not.toThrow();
     }
     expect(() => p.checkRedirect(from, new URL("https://169.254.169.254/latest/meta-data/?sig=secret"))).toThrow(
-      expect.objectContaining({ code: "UPSTREAM_ERROR", message: "upstream up redirected to host 169.254.169.254, which is not allowed for it (list it in redirectHosts)" }),
+      expect.objectContaining({
+        code: "UPSTREAM_ERROR",
+        message:
+          "upstream up redirected to host 169.254.169.254, which is not allowed for it (list it in redirectHosts)",
+      }),
     );
     expect(() => p.checkRedirect(from, new URL("https://registry.example:8443/"))).toThrow(/not allowed/);
     expect(() => p.checkRedirect(from, new URL("ftp://registry.example/"))).toThrow(/ftp:/);
@@ -92,16 +121,27 @@ describe("OutboundPolicy rules", () => {
 
   it("never follows https to http, even to an allowed host", () => {
     const p = policy({ redirectHosts: ["cdn.example"] });
-    expect(() => p.checkRedirect(new URL("https://registry.example/"), new URL("http://cdn.example/blob"))).toThrow(/from https to http:\/\/cdn.example/);
+    expect(() => p.checkRedirect(new URL("https://registry.example/"), new URL("http://cdn.example/blob"))).toThrow(
+      /from https to http:\/\/cdn.example/,
+    );
     const plain = policy({ url: "http://registry.example", redirectHosts: ["cdn.example"] });
-    expect(() => plain.checkRedirect(new URL("http://registry.example/"), new URL("https://cdn.example/blob"))).not.toThrow();
-    expect(() => plain.checkRedirect(new URL("https://cdn.example/"), new URL("http://cdn.example/blob"))).toThrow(/from https to http/);
+    expect(() =>
+      plain.checkRedirect(new URL("http://registry.example/"), new URL("https://cdn.example/blob")),
+    ).not.toThrow();
+    expect(() => plain.checkRedirect(new URL("https://cdn.example/"), new URL("http://cdn.example/blob"))).toThrow(
+      /from https to http/,
+    );
   });
 });
 
 describe("OutboundPolicy.request and its connector", () => {
   /** Each server answers from its `answers` list by path; every request is recorded. */
-  const servers: Array<{ server: Server; port: number; seen: Array<{ path: string; headers: IncomingHttpHeaders }>; answers: Map<string, { status: number; location?: string }> }> = [];
+  const servers: Array<{
+    server: Server;
+    port: number;
+    seen: Array<{ path: string; headers: IncomingHttpHeaders }>;
+    answers: Map<string, { status: number; location?: string }>;
+  }> = [];
   const agents: Agent[] = [];
 
   beforeAll(async () => {
@@ -110,7 +150,9 @@ describe("OutboundPolicy.request and its connector", () => {
       entry.server = createServer((req, res) => {
         entry.seen.push({ path: req.url ?? "", headers: req.headers });
         const answer = entry.answers.get(req.url ?? "") ?? { status: 200 };
-        res.writeHead(answer.status, answer.location !== undefined ? { location: answer.location } : {}).end(`from ${i}`);
+        res
+          .writeHead(answer.status, answer.location !== undefined ? { location: answer.location } : {})
+          .end(`from ${i}`);
       });
       await new Promise<void>((r) => entry.server.listen(0, "127.0.0.1", r));
       entry.port = (entry.server.address() as AddressInfo).port;
@@ -138,7 +180,12 @@ describe("OutboundPolicy.request and its connector", () => {
     upstream.answers.set("/blob", { status: 307, location: `http://127.0.0.1:${cdn.port}/stored?sig=s` });
     cdn.seen.length = 0;
     const { p, agent } = client(`http://127.0.0.1:${upstream.port}`, { redirectHosts: [`127.0.0.1:${cdn.port}`] });
-    const res = await p.request(agent, { url: new URL(`http://127.0.0.1:${upstream.port}/blob`), method: "GET", headers: {}, authorization: "Bearer secret" });
+    const res = await p.request(agent, {
+      url: new URL(`http://127.0.0.1:${upstream.port}/blob`),
+      method: "GET",
+      headers: {},
+      authorization: "Bearer secret",
+    });
     expect(res.statusCode).toBe(200);
     expect(await res.body.text()).toBe("from 1");
     expect(upstream.seen.at(-1)?.headers.authorization).toBe("Bearer secret");
@@ -150,7 +197,9 @@ describe("OutboundPolicy.request and its connector", () => {
     upstream.answers.set("/loop", { status: 302, location: "/loop" });
     upstream.seen.length = 0;
     const { p, agent } = client(`http://127.0.0.1:${upstream.port}`, { maxRedirects: 3 });
-    await expect(p.request(agent, { url: new URL(`http://127.0.0.1:${upstream.port}/loop`), method: "GET", headers: {} })).rejects.toMatchObject({
+    await expect(
+      p.request(agent, { url: new URL(`http://127.0.0.1:${upstream.port}/loop`), method: "GET", headers: {} }),
+    ).rejects.toMatchObject({
       code: "UPSTREAM_ERROR",
       message: "upstream up redirected more than 3 times (maxRedirects)",
     });
@@ -164,14 +213,26 @@ describe("OutboundPolicy.request and its connector", () => {
     const redirectHosts = [`127.0.0.1:${internal.port}`];
     internal.seen.length = 0;
     const refusing = client(`http://localhost:${upstream.port}`, { redirectHosts });
-    await expect(refusing.p.request(refusing.agent, { url: new URL(`http://localhost:${upstream.port}/by-address`), method: "GET", headers: {} })).rejects.toMatchObject({
+    await expect(
+      refusing.p.request(refusing.agent, {
+        url: new URL(`http://localhost:${upstream.port}/by-address`),
+        method: "GET",
+        headers: {},
+      }),
+    ).rejects.toMatchObject({
       code: "UPSTREAM_ERROR",
-      message: expect.stringMatching(/redirected to 127\.0\.0\.1, which is at a non-public address \(127\.0\.0\.1\); set allowPrivateRedirects/) as string,
+      message: expect.stringMatching(
+        /redirected to 127\.0\.0\.1, which is at a non-public address \(127\.0\.0\.1\); set allowPrivateRedirects/,
+      ) as string,
     });
     expect(internal.seen).toEqual([]);
 
     const allowing = client(`http://localhost:${upstream.port}`, { redirectHosts, allowPrivateRedirects: true });
-    const res = await allowing.p.request(allowing.agent, { url: new URL(`http://localhost:${upstream.port}/by-address`), method: "GET", headers: {} });
+    const res = await allowing.p.request(allowing.agent, {
+      url: new URL(`http://localhost:${upstream.port}/by-address`),
+      method: "GET",
+      headers: {},
+    });
     expect(res.statusCode).toBe(200);
     await res.body.dump();
     expect(internal.seen).toHaveLength(1);
@@ -182,7 +243,9 @@ describe("OutboundPolicy.request and its connector", () => {
     upstream.answers.set("/to-localhost", { status: 302, location: `http://localhost:${internal.port}/meta-data` });
     internal.seen.length = 0;
     const { p, agent } = client(`http://127.0.0.1:${upstream.port}`, { redirectHosts: [`localhost:${internal.port}`] });
-    await expect(p.request(agent, { url: new URL(`http://127.0.0.1:${upstream.port}/to-localhost`), method: "GET", headers: {} })).rejects.toMatchObject({
+    await expect(
+      p.request(agent, { url: new URL(`http://127.0.0.1:${upstream.port}/to-localhost`), method: "GET", headers: {} }),
+    ).rejects.toMatchObject({
       code: "UPSTREAM_ERROR",
       message: expect.stringMatching(/redirected to localhost, which is at a non-public address/) as string,
     });

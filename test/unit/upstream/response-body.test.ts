@@ -65,7 +65,9 @@ describe("readCappedBody", () => {
   });
 
   it("is over the cap by one byte", async () => {
-    await expect(readCappedBody(Readable.from([Buffer.alloc(3), Buffer.alloc(2)]), 4, tooLarge)).rejects.toThrow("too large");
+    await expect(readCappedBody(Readable.from([Buffer.alloc(3), Buffer.alloc(2)]), 4, tooLarge)).rejects.toThrow(
+      "too large",
+    );
     expect((await readCappedBody(Readable.from([Buffer.alloc(3), Buffer.alloc(1)]), 4, tooLarge)).length).toBe(4);
   });
 

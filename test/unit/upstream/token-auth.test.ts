@@ -60,7 +60,9 @@ beforeAll(async () => {
     }
     setTimeout(() => {
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ token: `t${seen.length}`, ...(expiresIn !== undefined ? { expires_in: expiresIn } : {}) }));
+      res.end(
+        JSON.stringify({ token: `t${seen.length}`, ...(expiresIn !== undefined ? { expires_in: expiresIn } : {}) }),
+      );
     }, delayMs);
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
@@ -99,7 +101,10 @@ function auth(
     now: opts.now,
   });
 }
-const challenge = (realm: string, scope = "repository:a/b:pull") => ({ scheme: "bearer" as const, params: { realm, service: "svc", scope } });
+const challenge = (realm: string, scope = "repository:a/b:pull") => ({
+  scheme: "bearer" as const,
+  params: { realm, service: "svc", scope },
+});
 
 describe("UpstreamAuth", () => {
   it("fetches an anonymous token with service and scope, and caches it per scope", async () => {
@@ -117,7 +122,9 @@ describe("UpstreamAuth", () => {
     seen.length = 0;
     delayMs = 100;
     const a = auth();
-    const headers = await Promise.all(Array.from({ length: 10 }, () => a.answer(challenge(`${base}/token`), "repository:x:pull")));
+    const headers = await Promise.all(
+      Array.from({ length: 10 }, () => a.answer(challenge(`${base}/token`), "repository:x:pull")),
+    );
     delayMs = 0;
     expect(new Set(headers).size).toBe(1);
     expect(seen).toHaveLength(1);
@@ -165,7 +172,10 @@ describe("UpstreamAuth", () => {
     closedEarly = 0;
     try {
       const a = auth({ dispatcher: impatient, deadlineMs: 500 });
-      const callers = [a.answer(challenge(`${base}/token`), "repository:slow:pull"), a.answer(challenge(`${base}/token`), "repository:slow:pull")];
+      const callers = [
+        a.answer(challenge(`${base}/token`), "repository:slow:pull"),
+        a.answer(challenge(`${base}/token`), "repository:slow:pull"),
+      ];
       for (const c of callers) {
         await expect(c).rejects.toMatchObject({
           code: "UNAVAILABLE",
@@ -187,7 +197,10 @@ describe("UpstreamAuth", () => {
     await a.answer(challenge(`${base}/token`), "repository:a/b:pull");
     expect(seen[0]!.headers.authorization).toBe(`Basic ${Buffer.from("alice:s3cret").toString("base64")}`);
     await writeFile(file, "wrong\n");
-    await expect(a.answer(challenge(`${base}/token`), "repository:c:pull")).rejects.toMatchObject({ code: "UNAUTHORIZED", message: expect.stringMatching(/check the configured credentials/) as string });
+    await expect(a.answer(challenge(`${base}/token`), "repository:c:pull")).rejects.toMatchObject({
+      code: "UNAUTHORIZED",
+      message: expect.stringMatching(/check the configured credentials/) as string,
+    });
   });
 
   it("refreshes a token before it expires", async () => {
@@ -208,7 +221,10 @@ describe("UpstreamAuth", () => {
   it("refuses a realm on a host not allowed for the upstream, without contacting it", async () => {
     seen.length = 0;
     const a = auth({ authHosts: ["auth.docker.io"] });
-    await expect(a.answer(challenge(`${base}/token`), "s")).rejects.toMatchObject({ code: "UPSTREAM_ERROR", message: expect.stringMatching(/not allowed/) as string });
+    await expect(a.answer(challenge(`${base}/token`), "s")).rejects.toMatchObject({
+      code: "UPSTREAM_ERROR",
+      message: expect.stringMatching(/not allowed/) as string,
+    });
     await expect(a.answer(challenge("file:///etc/passwd"), "s")).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
     expect(seen).toHaveLength(0);
   });
@@ -227,19 +243,26 @@ describe("UpstreamAuth", () => {
   it.each([
     ["reset", /^(ECONNRESET|UND_ERR_SOCKET)$/],
     ["stall", /^UND_ERR_BODY_TIMEOUT$/],
-  ] as const)("maps a token body that breaks mid-way (%s) to UNAVAILABLE naming the token service", async (fault, code) => {
-    bodyFault = fault;
-    try {
-      await expect(auth({ dispatcher: impatient }).answer(challenge(`${base}/token`), "repository:broken:pull")).rejects.toMatchObject({
-        code: "UNAVAILABLE",
-        status: 503,
-        message: expect.stringMatching(/^token service of upstream up is unavailable \((ECONNRESET|UND_ERR_SOCKET|UND_ERR_BODY_TIMEOUT)\)$/) as string,
-        detail: { upstream: "up", code: expect.stringMatching(code) as string },
-      });
-    } finally {
-      bodyFault = undefined;
-    }
-  });
+  ] as const)(
+    "maps a token body that breaks mid-way (%s) to UNAVAILABLE naming the token service",
+    async (fault, code) => {
+      bodyFault = fault;
+      try {
+        await expect(
+          auth({ dispatcher: impatient }).answer(challenge(`${base}/token`), "repository:broken:pull"),
+        ).rejects.toMatchObject({
+          code: "UNAVAILABLE",
+          status: 503,
+          message: expect.stringMatching(
+            /^token service of upstream up is unavailable \((ECONNRESET|UND_ERR_SOCKET|UND_ERR_BODY_TIMEOUT)\)$/,
+          ) as string,
+          detail: { upstream: "up", code: expect.stringMatching(code) as string },
+        });
+      } finally {
+        bodyFault = undefined;
+      }
+    },
+  );
 
   it("refuses a token answer over 64 KiB, and stops reading it there", async () => {
     bodyFault = "endless";
@@ -269,7 +292,9 @@ describe("UpstreamAuth", () => {
       await a.answer(challenge(`${base}/token`), "s");
       expect.unreachable();
     } catch (err) {
-      expect(JSON.stringify({ m: (err as Error).message, d: (err as { detail?: unknown }).detail })).not.toMatch(/hunter2|alice/);
+      expect(JSON.stringify({ m: (err as Error).message, d: (err as { detail?: unknown }).detail })).not.toMatch(
+        /hunter2|alice/,
+      );
     }
   });
 });

@@ -70,11 +70,22 @@ describe("UpstreamClient", () => {
 
   it("maps an error body over 16 KiB by its status alone, without reading it all", async () => {
     const envelope = (pad: number) => JSON.stringify({ errors: [{ code: "DENIED", message: "x".repeat(pad) }] });
-    routes.set("GET /v2/a/manifests/denied-small", (res) => res.writeHead(403, { "content-type": "application/json" }).end(envelope(100)));
-    routes.set("GET /v2/a/manifests/denied-large", (res) => res.writeHead(403, { "content-type": "application/json" }).end(envelope(16 * 1024)));
-    await expect(client.getManifest("a", "denied-small", 1 << 20)).rejects.toMatchObject({ code: "DENIED", detail: { upstream: "up", status: 403, upstreamErrors: ["DENIED"] } });
+    routes.set("GET /v2/a/manifests/denied-small", (res) =>
+      res.writeHead(403, { "content-type": "application/json" }).end(envelope(100)),
+    );
+    routes.set("GET /v2/a/manifests/denied-large", (res) =>
+      res.writeHead(403, { "content-type": "application/json" }).end(envelope(16 * 1024)),
+    );
+    await expect(client.getManifest("a", "denied-small", 1 << 20)).rejects.toMatchObject({
+      code: "DENIED",
+      detail: { upstream: "up", status: 403, upstreamErrors: ["DENIED"] },
+    });
     const large = await client.getManifest("a", "denied-large", 1 << 20).catch((err: unknown) => err);
-    expect(large).toMatchObject({ code: "DENIED", message: "upstream up denied access", detail: { upstream: "up", status: 403 } });
+    expect(large).toMatchObject({
+      code: "DENIED",
+      message: "upstream up denied access",
+      detail: { upstream: "up", status: 403 },
+    });
     expect((large as { detail: object }).detail).not.toHaveProperty("upstreamErrors");
   });
 
@@ -84,7 +95,9 @@ describe("UpstreamClient", () => {
   });
 
   it("refuses a manifest whose type is not a manifest type", async () => {
-    routes.set("GET /v2/a/manifests/json", (res) => res.writeHead(200, { "content-type": "application/json" }).end('{"AccessKeyId":"AKIA"}'));
+    routes.set("GET /v2/a/manifests/json", (res) =>
+      res.writeHead(200, { "content-type": "application/json" }).end('{"AccessKeyId":"AKIA"}'),
+    );
     await expect(client.getManifest("a", "json", 1 << 20)).rejects.toMatchObject({
       code: "UPSTREAM_ERROR",
       message: "upstream up sent a manifest of type application/json, which is not a manifest type",
@@ -93,26 +106,39 @@ describe("UpstreamClient", () => {
 
   it("maps 404 to the request's own code and keeps the upstream's error codes as detail", async () => {
     await expect(client.headManifest("a", "missing")).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN", status: 404 });
-    await expect(client.getManifest("a", "missing", 1 << 20)).rejects.toMatchObject({ detail: { upstreamErrors: ["MANIFEST_UNKNOWN"] } });
+    await expect(client.getManifest("a", "missing", 1 << 20)).rejects.toMatchObject({
+      detail: { upstreamErrors: ["MANIFEST_UNKNOWN"] },
+    });
   });
 
   it("passes 429 on as TOOMANYREQUESTS with Retry-After", async () => {
     routes.set("HEAD /v2/a/manifests/limited", (res) => res.writeHead(429, { "retry-after": "30" }).end());
-    await expect(client.headManifest("a", "limited")).rejects.toMatchObject({ code: "TOOMANYREQUESTS", headers: { "Retry-After": "30" } });
+    await expect(client.headManifest("a", "limited")).rejects.toMatchObject({
+      code: "TOOMANYREQUESTS",
+      headers: { "Retry-After": "30" },
+    });
   });
 
   it.each([
     ["a manifest body", "GET /v2/a/manifests/trickle", () => hurried.getManifest("a", "trickle", 1 << 20), 200],
-    ["an error body", "GET /v2/a/manifests/trickle-error", () => hurried.getManifest("a", "trickle-error", 1 << 20), 500],
+    [
+      "an error body",
+      "GET /v2/a/manifests/trickle-error",
+      () => hurried.getManifest("a", "trickle-error", 1 << 20),
+      500,
+    ],
     ["a tag list", "GET /v2/a/tags/list", () => hurried.getTags("a", "", 1 << 20), 200],
-  ] as const)("cuts off %s trickling in under the idle timeout at timeouts.total", async (_what, route, call, status) => {
-    routes.set(route, trickle(status, JSON.stringify({ errors: [{ code: "UNKNOWN", message: "x".repeat(200) }] })));
-    await expect(call()).rejects.toMatchObject({
-      code: "UNAVAILABLE",
-      status: 503,
-      message: "upstream up did not finish answering within 1 s (timeouts.total)",
-    });
-  });
+  ] as const)(
+    "cuts off %s trickling in under the idle timeout at timeouts.total",
+    async (_what, route, call, status) => {
+      routes.set(route, trickle(status, JSON.stringify({ errors: [{ code: "UNKNOWN", message: "x".repeat(200) }] })));
+      await expect(call()).rejects.toMatchObject({
+        code: "UNAVAILABLE",
+        status: 503,
+        message: "upstream up did not finish answering within 1 s (timeouts.total)",
+      });
+    },
+  );
 
   it("gives UNAVAILABLE when the upstream does not answer within the headers timeout", async () => {
     routes.set("HEAD /v2/a/manifests/stall", () => undefined); // never answers
