@@ -31,6 +31,7 @@ import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
+import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
 
 export interface Mirror {
@@ -82,6 +83,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     fills,
     upstreams,
     manifestCache,
+    referrersCache,
     blobCache,
   } = layer;
   metrics.showOnScrape({ metadataStore: describeState, cache: janitor, fills, upstreams });
@@ -152,6 +154,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       manifests: new ManifestHandler(manifestCache),
       blobs: new BlobHandler(blobCache),
       tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, log }),
+      referrers: new ReferrersHandler(referrersCache),
       storagePath: config.storage.path,
     }),
   );

@@ -10,6 +10,7 @@ import { BlobCache } from "./cache/blob-cache.ts";
 import { Janitor } from "./cache/janitor.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
+import { ReferrersCache } from "./cache/referrers-cache.ts";
 import type { Config } from "./config/schema.ts";
 import { configuredPins } from "./config/upstream-resolver.ts";
 import { FillCoordinator } from "./fill/fill-coordinator.ts";
@@ -36,6 +37,8 @@ export interface CacheLayer {
   readonly fills: FillCoordinator;
   readonly upstreams: readonly UpstreamClient[];
   readonly manifestCache: ManifestCache;
+  /** Referrers lists (OCI 1.1), cached like tags beside them. */
+  readonly referrersCache: ReferrersCache;
   readonly blobCache: BlobCache;
   /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
   readonly pins: PinList;
@@ -73,6 +76,14 @@ export async function createCacheLayer(
     const pins = new PinList(config.storage.path);
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
     const manifestCache = new ManifestCache({
+      manifests: manifestStore,
+      metadata,
+      maxBytes: config.limits.manifestMaxBytes,
+      metrics,
+      onNoSpace: (err) => janitor.noteNoSpace(err),
+    });
+    const referrersCache = new ReferrersCache({
+      manifestCache,
       manifests: manifestStore,
       metadata,
       maxBytes: config.limits.manifestMaxBytes,
@@ -143,6 +154,7 @@ export async function createCacheLayer(
       fills,
       upstreams,
       manifestCache,
+      referrersCache,
       blobCache,
       pins,
       describeState,

@@ -41,6 +41,7 @@ import { reachableDigests, reachableManifests } from "../oci/manifest.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { CONFIG_PIN_FILE, PinList } from "../storage/pin-list.ts";
+import { isValidTag } from "../oci/reference.ts";
 
 export interface Budget {
   /** Bytes; undefined means only the filesystem's watermarks apply. */
@@ -472,7 +473,11 @@ export class Janitor {
     const seen = new Set<string>(); // a tag named by two entries (a repository pin and a tag pin) is asked once
     for (const pin of this.pins) {
       const repository = `${pin.upstream}/${pin.repository}`;
-      let tags = pin.tag !== undefined ? [pin.tag] : await this.metadata.listTags(pin.upstream, pin.repository);
+      // Only tags: other pointers kept beside them (a referrers list, referrers-cache.ts) are no tag to pin.
+      let tags =
+        pin.tag !== undefined
+          ? [pin.tag]
+          : (await this.metadata.listTags(pin.upstream, pin.repository)).filter(isValidTag);
       if (pin.tag === undefined) {
         const recordedTags = [...recorded.keys()]
           .filter((r) => r.startsWith(`${repository}:`))

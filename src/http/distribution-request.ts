@@ -9,6 +9,7 @@ import { AcceptSet } from "../oci/media-types.ts";
 import { parseRange, type ByteRangeSpec } from "../oci/range.ts";
 import { isValidName, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
 import { assertDigest } from "../oci/digest.ts";
+import { assertArtifactType } from "../oci/referrers.ts";
 
 interface Common {
   method: "GET" | "HEAD";
@@ -21,7 +22,8 @@ interface Common {
 export type DistributionRequest =
   | (Common & { kind: "manifest"; reference: ManifestReference; accept: AcceptSet })
   | (Common & { kind: "blob"; digest: string; range: ByteRangeSpec | undefined })
-  | (Common & { kind: "tags"; n: string | undefined; last: string | undefined });
+  | (Common & { kind: "tags"; n: string | undefined; last: string | undefined })
+  | (Common & { kind: "referrers"; digest: string; artifactType: string | undefined });
 
 export interface RawRequest {
   method: string;
@@ -31,11 +33,12 @@ export interface RawRequest {
   headers: Record<string, string | string[] | undefined>;
 }
 
-const ROUTES: ReadonlyArray<{ re: RegExp; kind: "manifest" | "blob" | "tags" | "upload" }> = [
+const ROUTES: ReadonlyArray<{ re: RegExp; kind: "manifest" | "blob" | "tags" | "upload" | "referrers" }> = [
   { re: /^\/v2\/(.+)\/manifests\/([^/]+)$/, kind: "manifest" },
   { re: /^\/v2\/(.+)\/blobs\/uploads(?:\/.*)?$/, kind: "upload" },
   { re: /^\/v2\/(.+)\/blobs\/([^/]+)$/, kind: "blob" },
   { re: /^\/v2\/(.+)\/tags\/list$/, kind: "tags" },
+  { re: /^\/v2\/(.+)\/referrers\/([^/]+)$/, kind: "referrers" },
 ];
 
 /** Returns `undefined` when the path is not a distribution endpoint at all. */
@@ -47,7 +50,7 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
       "UNSUPPORTED",
       `${raw.method} is not supported: this registry is a read-only pull-through mirror`,
       {
-        headers: { Allow: route.kind === "tags" ? "GET" : "GET, HEAD" },
+        headers: { Allow: route.kind === "tags" || route.kind === "referrers" ? "GET" : "GET, HEAD" },
       },
     );
   }
@@ -76,5 +79,15 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
       if (method !== "GET")
         throw new RegistryError("UNSUPPORTED", "tags/list answers GET only", { headers: { Allow: "GET" } });
       return { ...common, kind: "tags", n: raw.query.get("n") ?? undefined, last: raw.query.get("last") ?? undefined };
+    case "referrers": {
+      // https://github.com/opencontainers/distribution-spec/blob/main/spec.md#listing-referrers (GET only)
+      if (method !== "GET")
+        throw new RegistryError("UNSUPPORTED", "referrers answers GET only", { headers: { Allow: "GET" } });
+      const digest = route.m[2]!;
+      assertDigest(digest);
+      const artifactType = raw.query.get("artifactType") ?? undefined;
+      if (artifactType !== undefined) assertArtifactType(artifactType);
+      return { ...common, kind: "referrers", digest, artifactType };
+    }
   }
 }

@@ -17,6 +17,7 @@ import { ANONYMOUS, CHALLENGE, type AccessPolicy, type Identity } from "../regis
 import { clientKey } from "./client-address.ts";
 import type { ClientAuth } from "./client-auth.ts";
 import type { TagsHandler } from "../registry/tags-handler.ts";
+import type { ReferrersHandler } from "../registry/referrers-handler.ts";
 import type { UpstreamResolver } from "../config/upstream-resolver.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { parseDistributionRequest } from "./distribution-request.ts";
@@ -34,6 +35,7 @@ export interface RouterDeps {
   manifests: ManifestHandler;
   blobs: BlobHandler;
   tags: TagsHandler;
+  referrers: ReferrersHandler;
   storagePath: string;
 }
 
@@ -140,6 +142,9 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
           last: request.last,
           ns: request.ns,
         });
+        break;
+      case "referrers":
+        response = await deps.referrers.handle({ target, digest: request.digest, artifactType: request.artifactType });
         break;
     }
     send(ctx, response);

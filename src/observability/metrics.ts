@@ -10,7 +10,7 @@
  */
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
 
-export type RequestKind = "manifest" | "blob" | "tags" | "other";
+export type RequestKind = "manifest" | "blob" | "tags" | "referrers" | "other";
 /** How a request was answered: from cache (hit), by fetching (miss), by joining a running fill (coalesced),
  * after a HEAD confirmed the cached pointer (revalidated), from a pointer the upstream could not confirm (stale),
  * or with an error / nothing cache-related (none). */
@@ -70,7 +70,7 @@ export class Metrics {
     const registers = [registry];
     this.requests = new Counter({
       name: "mirror_requests_total",
-      help: "Registry API requests answered, by upstream, kind (manifest, blob, tags), cache result and status class.",
+      help: "Registry API requests answered, by upstream, kind (manifest, blob, tags, referrers), cache result and status class.",
       labelNames: ["upstream", "kind", "result", "status_class"],
       registers,
     });

@@ -99,7 +99,11 @@ export class AdminHandler {
     const out: Array<{ upstream: string; repository: string; tags: number }> = [];
     for (const name of only !== null ? [only] : [...this.upstreams.keys()]) {
       for (const repository of (await this.metadata.listRepositories(name)).sort()) {
-        out.push({ upstream: name, repository, tags: (await this.metadata.listTags(name, repository)).length });
+        out.push({
+          upstream: name,
+          repository,
+          tags: (await this.metadata.listTags(name, repository)).filter(isValidTag).length,
+        });
       }
     }
     return { repositories: out };
@@ -119,7 +123,7 @@ export class AdminHandler {
     const repository = query.get("repository") ?? "";
     assertName(repository);
     const out = [];
-    for (const tag of (await this.metadata.listTags(upstream, repository)).sort()) {
+    for (const tag of (await this.metadata.listTags(upstream, repository)).filter(isValidTag).sort()) {
       const p = await this.metadata.getTag(upstream, repository, tag);
       if (!p) continue;
       const size = this.store.index.sizeOf(p.digest);

@@ -13,6 +13,7 @@
 import type { BlobStore } from "../storage/blob-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { isSha256Digest } from "../oci/digest.ts";
+import { isValidTag } from "../oci/reference.ts";
 
 export const INVENTORY_MEDIA_TYPE = "application/vnd.registry-mirror.inventory.v1+json";
 
@@ -38,7 +39,7 @@ export async function takeInventory(opts: {
   const references: InventoryReference[] = [];
   for (const upstream of opts.upstreams) {
     for (const repository of await opts.metadata.listRepositories(upstream)) {
-      for (const tag of await opts.metadata.listTags(upstream, repository)) {
+      for (const tag of (await opts.metadata.listTags(upstream, repository)).filter(isValidTag)) {
         const pointer = await opts.metadata.getTag(upstream, repository, tag);
         // A pointer to a manifest no longer on disk is not something this mirror can serve.
         if (pointer && opts.store.index.has(pointer.digest)) {

@@ -25,6 +25,7 @@ import { statusClass, type Metrics } from "../observability/metrics.ts";
 import { RegistryError, type ErrorCode } from "../oci/errors.ts";
 import { MediaType, UPSTREAM_MANIFEST_ACCEPT } from "../oci/media-types.ts";
 import { isValidTag } from "../oci/reference.ts";
+import { parseReferrersIndex, type ReferrerDescriptor } from "../oci/referrers.ts";
 import { OutboundPolicy } from "./outbound-policy.ts";
 import { UpstreamAuth } from "./token-auth.ts";
 import { discardBody, readCappedBody } from "./response-body.ts";
@@ -198,6 +199,44 @@ export class UpstreamClient {
           `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`,
         );
       return { tags, link: headerValue(res.headers, "link") };
+    });
+  }
+
+  /**
+   * `GET /v2/<repo>/referrers/<digest>` (OCI 1.1), unfiltered: the caller keeps one list per subject and filters
+   * it itself. A 404 is the upstream saying it has no referrers API (distribution 2.8 answers any unknown route
+   * so; the spec forbids a registry with the API to answer 404 for a digest it knows nothing of), for the caller
+   * to fall back to the tag schema. Only a referrers index (oci/referrers.ts) under the manifest cap is accepted.
+   */
+  async getReferrers(
+    repo: string,
+    digest: string,
+    maxBytes: number,
+  ): Promise<{ kind: "index"; referrers: ReferrerDescriptor[] } | { kind: "no-api" }> {
+    return this.withDeadline(undefined, async (signal) => {
+      const res = await this.send(
+        "GET",
+        repo,
+        `/v2/${repo}/referrers/${digest}`,
+        { accept: MediaType.ociIndex },
+        signal,
+      );
+      if (res.statusCode === 404) {
+        discardBody(res.body);
+        return { kind: "no-api" };
+      }
+      await this.expectOk(res, "MANIFEST_UNKNOWN");
+      const bytes = await this.readCapped(res.body, maxBytes, "referrers list");
+      this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "referrers" }, bytes.length);
+      const mediaType = mediaTypeOf(res.headers);
+      const referrers = mediaType === MediaType.ociIndex ? parseReferrersIndex(bytes) : undefined;
+      if (referrers === undefined)
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream ${this.name} answered the referrers of ${digest} with something that is not an OCI image index of descriptors (${(mediaType ?? "no Content-Type").slice(0, 100)})`,
+          { detail: { upstream: this.name } },
+        );
+      return { kind: "index", referrers };
     });
   }
 

@@ -235,6 +235,98 @@ export async function pushIndex(
   await pushManifest(client, registryUrl, repo, ref, index.manifest, index.mediaType, index.digest);
 }
 
+/** The OCI 1.1 empty descriptor's content: what an artifact without a config of its own names as config. */
+export const EMPTY_CONFIG: Blob = blobOf(Buffer.from("{}"), "application/vnd.oci.empty.v1+json");
+
+/** An OCI 1.1 artifact (a signature, an SBOM): an image manifest with `artifactType` and a `subject`. */
+export interface BuiltArtifact {
+  manifest: Buffer;
+  mediaType: string;
+  digest: string;
+  artifactType: string;
+  annotations: Record<string, string>;
+  /** The empty config, then the payload layer. */
+  blobs(): Blob[];
+}
+
+/**
+ * An artifact manifest as oras and cosign push one: `artifactType`, the empty config `{}`, one payload layer,
+ * and `subject` naming the manifest it refers to (an image, or another artifact).
+ */
+export function buildArtifact(opts: {
+  subject: { mediaType: string; digest: string; manifest: Buffer };
+  artifactType: string;
+  payload: Buffer;
+  annotations?: Record<string, string>;
+}): BuiltArtifact {
+  const payload = blobOf(opts.payload, "application/octet-stream");
+  const annotations = opts.annotations ?? {};
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociManifest,
+      artifactType: opts.artifactType,
+      config: descriptor(EMPTY_CONFIG),
+      layers: [descriptor(payload)],
+      subject: { mediaType: opts.subject.mediaType, digest: opts.subject.digest, size: opts.subject.manifest.length },
+      ...(Object.keys(annotations).length > 0 ? { annotations } : {}),
+    }),
+  );
+  return {
+    manifest,
+    mediaType: MediaTypes.ociManifest,
+    digest: sha256(manifest),
+    artifactType: opts.artifactType,
+    annotations,
+    blobs: () => [EMPTY_CONFIG, payload],
+  };
+}
+
+/** The descriptor a referrers list gives an artifact. */
+export function referrerDescriptor(artifact: BuiltArtifact): Record<string, unknown> {
+  return {
+    mediaType: artifact.mediaType,
+    digest: artifact.digest,
+    size: artifact.manifest.length,
+    artifactType: artifact.artifactType,
+    ...(Object.keys(artifact.annotations).length > 0 ? { annotations: artifact.annotations } : {}),
+  };
+}
+
+/** Pushes an artifact's blobs, then its manifest by digest (referrers are not tagged). */
+export async function pushArtifact(registryUrl: string, repo: string, artifact: BuiltArtifact): Promise<void> {
+  await pushImageWith(new RegistryAuthenticator(), registryUrl, repo, artifact.digest, artifact);
+}
+
+/**
+ * Pushes the OCI 1.1 fallback index of `subject`'s referrers under the tag `sha256-<hex>`, as oras and cosign do
+ * against a registry without the referrers API (the spec's "Unavailable Referrers API"). Returns its bytes.
+ */
+export async function pushReferrersFallback(
+  registryUrl: string,
+  repo: string,
+  subject: string,
+  artifacts: BuiltArtifact[],
+): Promise<Buffer> {
+  const index = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociIndex,
+      manifests: artifacts.map(referrerDescriptor),
+    }),
+  );
+  await pushManifest(
+    new RegistryAuthenticator(),
+    registryUrl,
+    repo,
+    subject.replace(":", "-"),
+    index,
+    MediaTypes.ociIndex,
+    sha256(index),
+  );
+  return index;
+}
+
 /** Monolithic upload: POST to open an upload, PUT the whole body to its Location with ?digest=. */
 export async function pushBlob(registryUrl: string, repo: string, blob: Blob, auth?: Credentials): Promise<void> {
   await pushBlobWith(new RegistryAuthenticator(auth), registryUrl, repo, blob);
@@ -245,7 +337,7 @@ async function pushImageWith(
   registryUrl: string,
   repo: string,
   ref: string,
-  image: BuiltImage,
+  image: Pick<BuiltImage, "manifest" | "mediaType" | "digest" | "blobs">,
 ): Promise<void> {
   for (const blob of image.blobs()) await pushBlobWith(client, registryUrl, repo, blob);
   await pushManifest(client, registryUrl, repo, ref, image.manifest, image.mediaType, image.digest);

@@ -70,4 +70,32 @@ describe("parseDistributionRequest", () => {
     expect(code(req("GET", "/v2/a/manifests/sha256:..%2f"))).toBe("400 DIGEST_INVALID");
     expect(code(req("GET", "/v2/a/manifests/.bad"))).toBe("400 TAG_INVALID");
   });
+  it("parses the referrers endpoint: GET only, a sha256 digest, an artifactType that is a media type", () => {
+    expect(
+      parseDistributionRequest(req("GET", `/v2/a/b/referrers/${D}`, {}, "artifactType=application/vnd.x.sig%2Bjson")),
+    ).toEqual({
+      method: "GET",
+      name: "a/b",
+      ns: undefined,
+      kind: "referrers",
+      digest: D,
+      artifactType: "application/vnd.x.sig+json",
+    });
+    expect(parseDistributionRequest(req("GET", `/v2/a/referrers/${D}`))).toMatchObject({ artifactType: undefined });
+    // A repository may be named `referrers`: its manifests are still manifests.
+    expect(parseDistributionRequest(req("GET", "/v2/a/referrers/manifests/v1"))).toMatchObject({
+      kind: "manifest",
+      name: "a/referrers",
+    });
+    expect(code(req("HEAD", `/v2/a/referrers/${D}`))).toBe("405 UNSUPPORTED");
+    expect(code(req("DELETE", `/v2/a/referrers/${D}`))).toBe("405 UNSUPPORTED");
+    expect(code(req("GET", "/v2/a/referrers/sha256:123"))).toBe("400 DIGEST_INVALID");
+    expect(code(req("GET", "/v2/a/referrers/latest"))).toBe("400 DIGEST_INVALID");
+    expect(code(req("GET", `/v2/a/referrers/sha512:${"a".repeat(128)}`))).toBe("400 DIGEST_INVALID");
+    for (const bad of ["sig", "a/b/c", "a/b;x=1", "/b", "a/", `a/${"b".repeat(200)}`])
+      expect(code(req("GET", `/v2/a/referrers/${D}`, {}, `artifactType=${encodeURIComponent(bad)}`)), bad).toBe(
+        "400 UNSUPPORTED",
+      );
+    expect(code(req("GET", `/v2/A/referrers/${D}`))).toBe("400 NAME_INVALID");
+  });
 });
