@@ -150,6 +150,20 @@ export function describeMetadataStore(name: string, factory: () => Promise<Metad
         expect(await store.listTags(UP, "unknown")).toEqual([]);
       });
 
+      it("keeps pointers under keys outside the tag grammar (the referrers lists' `referrers:sha256:<hex>`) as any tag", async () => {
+        // referrers-cache.ts relies on this: its key cannot collide with a tag, and callers that list tags filter it.
+        const key = `referrers:${digestOf("subject")}`;
+        await store.putTag(UP, "r", key, pointer("list", 1_700_000_000_000, INDEX));
+        await store.putTag(UP, "r", "latest", pointer("image"));
+        expect(await store.getTag(UP, "r", key)).toEqual(pointer("list", 1_700_000_000_000, INDEX));
+        expect((await store.listTags(UP, "r")).sort()).toEqual(["latest", key]);
+        await store.deleteTag(UP, "r", key);
+        expect(await store.getTag(UP, "r", key)).toBeUndefined();
+        await store.putTag(UP, "r", key, pointer("list", 1_700_000_000_001, INDEX));
+        await store.deleteRepository(UP, "r");
+        expect(await store.getTag(UP, "r", key)).toBeUndefined();
+      });
+
       it("lists the repositories of an upstream that have tags, and only those", async () => {
         expect(await store.listRepositories(UP)).toEqual([]);
         await store.putTag(UP, "a/one", "v1", pointer("1"));
