@@ -184,6 +184,7 @@ export function createImporter(layer: CacheLayer, config: Config): Importer {
     // Held by each blob's writer until it commits or is closed, as fills hold theirs.
     admit: (size) => layer.janitor.admit(size),
     pins: layer.pins,
+    referrers: layer.referrersCache,
     upstreams: layer.upstreams,
     manifestMaxBytes: config.limits.manifestMaxBytes,
     log: layer.log,

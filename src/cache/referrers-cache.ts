@@ -82,11 +82,23 @@ export class ReferrersCache {
   }
 
   /**
-   * Stores a list as the known referrers of `subject`, confirmed at `checkedAt` (an import: the bundle's
-   * manifests, whose `subject` fields say what they refer to).
+   * Adds `referrers` to what is known of the referrers of `subject`, confirmed at `checkedAt`: an import, whose
+   * bundle carried these manifests with `subject` naming it. What was known before stays listed (a bundle may
+   * carry fewer referrers than the mirror has seen); a digest listed in both takes the new descriptor. Returns
+   * the digest of the list's index (what a pin of the list names).
    */
-  async put(upstream: string, repo: string, subject: string, referrers: ReferrerDescriptor[], checkedAt: number) {
-    const bytes = renderReferrersIndex(referrers);
+  async record(
+    upstream: string,
+    repo: string,
+    subject: string,
+    referrers: readonly ReferrerDescriptor[],
+    checkedAt: number,
+  ): Promise<string> {
+    const pointer = await this.metadata.getTag(upstream, repo, referrersKey(subject));
+    const known = pointer ? ((await this.read(pointer)) ?? []) : [];
+    const merged = new Map(known.map((d) => [d.digest, d]));
+    for (const d of referrers) merged.set(d.digest, d);
+    const bytes = renderReferrersIndex([...merged.values()]);
     const digest = digestOf(bytes);
     await this.manifests.put(digest, MediaType.ociIndex, bytes);
     await this.metadata.putTag(upstream, repo, referrersKey(subject), {
@@ -94,6 +106,7 @@ export class ReferrersCache {
       mediaType: MediaType.ociIndex,
       checkedAt,
     });
+    return digest;
   }
 
   /** The list a pointer names, when its index is still stored (and is one: it was rendered here). */

@@ -1,6 +1,6 @@
 /**
  * `mirror export <reference>... [--file refs.txt] [--platform os/arch]... [--exclude-listing inventory.json]
- *                --output bundle.tar|- [--config mirror.yaml] [--data-dir DIR]`
+ *                [--no-referrers] --output bundle.tar|- [--config mirror.yaml] [--data-dir DIR]`
  *
  * Fetches images through the same cache and upstream code the mirror serves with (the cache directory of the
  * config, or --data-dir, locked while the command runs) and writes a bundle (src/transfer/bundle-layout.ts).
@@ -22,7 +22,8 @@ import { CommandError, commandConfig, commandLogger, runCli } from "./command-co
 import { Progress } from "./progress.ts";
 
 export const EXPORT_USAGE = `usage: mirror export <reference>... [--file refs.txt] [--platform os/arch]...
-                    [--exclude-listing inventory.json] --output bundle.tar|- [--config mirror.yaml] [--data-dir DIR]
+                    [--exclude-listing inventory.json] [--no-referrers] --output bundle.tar|-
+                    [--config mirror.yaml] [--data-dir DIR]
 
 Fetches images from the configured upstreams through a cache directory (the config's storage.path, or
 --data-dir; no mirror may be running on it) and writes a bundle: an OCI image layout in a tar.
@@ -32,6 +33,8 @@ Fetches images from the configured upstreams through a cache directory (the conf
   --file F              more references, one per line (# starts a comment)
   --platform os/arch    only these platforms of a multi-platform image (repeatable; default: all)
   --exclude-listing F   leave out the blobs listed in F, the destination's \`mirror inventory\` (a delta bundle)
+  --no-referrers        leave out the images' OCI 1.1 referrers (signatures, SBOMs, attestations), which are
+                        otherwise carried, with theirs, so the destination can verify them offline
   --output F            the bundle file, or - for stdout`;
 
 const PLATFORM_RE = /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/;
@@ -45,6 +48,7 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
         file: { type: "string" },
         platform: { type: "string", multiple: true },
         "exclude-listing": { type: "string" },
+        "no-referrers": { type: "boolean" },
         output: { type: "string", short: "o" },
         config: { type: "string", short: "c" },
         "data-dir": { type: "string" },
@@ -79,6 +83,7 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
       const exporter = new Exporter({
         manifests: layer.manifestCache,
         blobs: layer.blobCache,
+        referrers: layer.referrersCache,
         upstreams: layer.upstreams,
       });
       const progress = new Progress(err, "export", "items");
@@ -86,9 +91,16 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
       const plan = await exporter.plan(references, {
         platforms,
         exclude,
+        referrers: values["no-referrers"] !== true,
         onManifest: () => progress.update({ items: { done: ++manifests }, bytes: { done: 0 } }),
       });
+      for (const skipped of plan.skippedReferrers)
+        progress.note(`${skipped.reference}: referrer left out: ${skipped.reason}`);
       for (const image of plan.images) {
+        if (image.referrerOf !== undefined) {
+          progress.note(`${image.reference.canonical} (referrer of ${image.referrerOf})`);
+          continue;
+        }
         const n = image.children.length > 0 ? image.images.length : 0;
         const platformsNote = n > 0 ? ` (${n} platform${n === 1 ? "" : "s"})` : "";
         progress.note(`${image.reference.canonical} ${image.top.digest}${platformsNote}`);
@@ -106,9 +118,11 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
         throw e;
       }
       progress.finish(totals);
+      const referrers = plan.images.filter((i) => i.referrerOf !== undefined).length;
+      const exported = plan.images.length - referrers;
       const leftOut = plan.excluded.reduce((n, b) => n + b.size, 0);
       err.write(
-        `export: wrote ${output === "-" ? "the bundle to stdout" : output}: ${plan.images.length} references, ${plan.manifests.length} manifests, ${plan.blobs.length} blobs, ${mib(totals.bytes.total)} MiB` +
+        `export: wrote ${output === "-" ? "the bundle to stdout" : output}: ${exported} references, ${referrers === 0 ? "" : `${referrers} referrers, `}${plan.manifests.length} manifests, ${plan.blobs.length} blobs, ${mib(totals.bytes.total)} MiB` +
           (plan.excluded.length > 0
             ? `; left out ${plan.excluded.length} blobs (${mib(leftOut)} MiB) the destination holds`
             : "") +

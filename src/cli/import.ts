@@ -128,6 +128,7 @@ export function describeReport(r: ImportReport): string {
       const notes = [
         image.pinned ? "pinned" : "",
         image.platformsLeftOut ? `${image.platformsLeftOut} platforms not in the bundle` : "",
+        image.referrerOf !== undefined ? `referrer of ${image.referrerOf.slice(0, 19)}` : "",
       ].filter(Boolean);
       lines.push(`imported ${image.reference} ${short}${notes.length > 0 ? ` (${notes.join(", ")})` : ""}`);
     } else if (image.status === "incomplete") {
@@ -140,7 +141,8 @@ export function describeReport(r: ImportReport): string {
   if (r.error !== undefined) lines.push(`error: ${r.error}`);
   lines.push(
     `added ${r.manifests.added} manifests and ${r.blobs.added} blobs (${(r.blobs.bytes / (1024 * 1024)).toFixed(1)} MiB); ` +
-      `${r.manifests.present + r.blobs.present} were already cached; ${r.refused.length} entries refused`,
+      `${r.manifests.present + r.blobs.present} were already cached; ${r.refused.length} entries refused` +
+      (r.referrers.lists > 0 ? `; referrers recorded for ${r.referrers.lists} manifests` : ""),
   );
   return `${lines.join("\n")}\n`;
 }

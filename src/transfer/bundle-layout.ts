@@ -3,7 +3,8 @@
  * in a tar, so any OCI tool reads it (`skopeo copy oci-archive:bundle.tar:<ref> …`).
  *
  *   oci-layout                {"imageLayoutVersion": "1.0.0"}
- *   index.json                one descriptor per exported reference (annotations below)
+ *   index.json                one descriptor per exported reference (annotations below), then one per referrer
+ *                             (OCI 1.1: a signature, an SBOM) of an exported manifest, named by digest
  *   blobs/sha256/<hex>        manifests, then configs and layers (a delta bundle leaves out the blobs the
  *                             destination listed as held; manifests are always included)
  *
@@ -22,6 +23,17 @@ export const REFERENCE_ANNOTATION = "io.registry-mirror.reference";
 export const CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name";
 /** On index.json itself: the selected platforms, when the export was limited to some. */
 export const PLATFORMS_ANNOTATION = "io.registry-mirror.platforms";
+/**
+ * On index.json itself: "included" when the export carried the referrers of its images (`mirror export`
+ * without `--no-referrers`), so an importer knows an image without any in the bundle had none.
+ */
+export const REFERRERS_ANNOTATION = "io.registry-mirror.referrers";
+/**
+ * On a referrer's descriptor: the digest of the manifest it refers to (its `subject`). Informational: the
+ * importer recomputes who refers to what from the referrers' own `subject` fields, which the digest verifies.
+ * A referrer's descriptor carries no `ref.name` (it is no image to run), only the full reference by digest.
+ */
+export const REFERRER_OF_ANNOTATION = "io.registry-mirror.referrer-of";
 
 /** `blobs/sha256/<hex>`. */
 export function blobPath(digest: string): string {

@@ -12,6 +12,7 @@ import type { BlobCache } from "../cache/blob-cache.ts";
 import { UpstreamResolver, type ImageReference } from "../config/upstream-resolver.ts";
 import { walkImage } from "../cache/image-walker.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
+import type { ReferrersCache } from "../cache/referrers-cache.ts";
 import type { StoredManifest } from "../storage/manifest-store.ts";
 import type { Descriptor } from "../oci/manifest.ts";
 import { MediaType } from "../oci/media-types.ts";
@@ -25,6 +26,8 @@ import {
   PLATFORMS_ANNOTATION,
   REF_NAME_ANNOTATION,
   REFERENCE_ANNOTATION,
+  REFERRER_OF_ANNOTATION,
+  REFERRERS_ANNOTATION,
 } from "./bundle-layout.ts";
 import { directoryHeader, endOfArchive, fileHeader, padding } from "./tar-writer.ts";
 
@@ -37,6 +40,8 @@ export interface ExportedImage {
   images: StoredManifest[];
   /** Config and layer descriptors of the included images. */
   blobs: Map<string, Descriptor>;
+  /** For a referrer (OCI 1.1), the digest of the manifest it refers to; undefined for the references asked for. */
+  referrerOf?: string;
 }
 
 interface PlannedBlob {
@@ -48,8 +53,13 @@ interface PlannedBlob {
 }
 
 export interface ExportPlan {
+  /** The references asked for, then the referrers found for them (`referrerOf` set). */
   images: ExportedImage[];
   platforms: readonly string[];
+  /** Whether the referrers of the exported manifests were looked up and included. */
+  referrers: boolean;
+  /** Referrers that could not be included (a manifest that is no image, e.g. the old artifact manifest type). */
+  skippedReferrers: Array<{ reference: string; reason: string }>;
   /** Every manifest, each once, tops first in reference order. */
   manifests: StoredManifest[];
   /** Configs and layers to write, each once. */
@@ -66,6 +76,12 @@ export interface ExportProgress {
 /** Blobs prepared (opened, or downloading) ahead of the one being written. */
 const LOOKAHEAD = 3;
 
+/**
+ * How many levels of referrers are followed below an exported image: its signatures and SBOMs (1), their own
+ * signatures (2), and so on. Bounded, so a chain of artifacts referring to each other cannot make an endless walk.
+ */
+export const MAX_REFERRER_DEPTH = 4;
+
 interface ReadySource {
   chunks(): AsyncIterable<Buffer>;
   close(): Promise<void>;
@@ -74,21 +90,35 @@ interface ReadySource {
 export class Exporter {
   private readonly manifests: ManifestCache;
   private readonly blobs: BlobCache;
+  private readonly referrers: ReferrersCache | undefined;
   private readonly resolver: UpstreamResolver<UpstreamClient>;
 
-  constructor(opts: { manifests: ManifestCache; blobs: BlobCache; upstreams: readonly UpstreamClient[] }) {
+  /** Without `referrers`, no referrers are ever included. */
+  constructor(opts: {
+    manifests: ManifestCache;
+    blobs: BlobCache;
+    referrers?: ReferrersCache;
+    upstreams: readonly UpstreamClient[];
+  }) {
     this.manifests = opts.manifests;
     this.blobs = opts.blobs;
+    this.referrers = opts.referrers;
     this.resolver = new UpstreamResolver(opts.upstreams);
   }
 
   /**
    * Resolves every reference (fetching manifests through the cache) and decides what the bundle holds.
-   * `exclude`: digest → size of blobs the destination already has (from its inventory).
+   * `exclude`: digest → size of blobs the destination already has (from its inventory). `referrers` (default
+   * true): also carry the referrers of every exported manifest, and theirs, MAX_REFERRER_DEPTH levels down.
    */
   async plan(
     references: readonly string[],
-    opts: { platforms?: readonly string[]; exclude?: ReadonlyMap<string, number>; onManifest?: () => void } = {},
+    opts: {
+      platforms?: readonly string[];
+      exclude?: ReadonlyMap<string, number>;
+      referrers?: boolean;
+      onManifest?: () => void;
+    } = {},
   ): Promise<ExportPlan> {
     const platforms = opts.platforms ?? [];
     const images: ExportedImage[] = [];
@@ -117,6 +147,8 @@ export class Exporter {
       }
       images.push({ reference, top, children, images: included, blobs });
     }
+    const withReferrers = opts.referrers !== false && this.referrers !== undefined;
+    const skippedReferrers = withReferrers ? await this.addReferrers(images, opts.onManifest) : [];
     const manifests = new Map<string, StoredManifest>();
     for (const image of images)
       for (const m of [image.top, ...image.children]) if (!manifests.has(m.digest)) manifests.set(m.digest, m);
@@ -140,10 +172,72 @@ export class Exporter {
     return {
       images,
       platforms,
+      referrers: withReferrers,
+      skippedReferrers,
       manifests: [...manifests.values()],
       blobs: [...blobs.values()],
       excluded: [...excluded].map(([digest, size]) => ({ digest, size })),
     };
+  }
+
+  /**
+   * Appends to `images` the referrers of every manifest they hold (the top and every child: a signature may be
+   * of one platform's manifest), looked up through the referrers cache in the same repository, then the
+   * referrers of those, MAX_REFERRER_DEPTH levels down; each referrer once. A referrer that cannot be walked as
+   * an image (no config, no layers) is left out and reported; a lookup that fails fails the export.
+   */
+  private async addReferrers(
+    images: ExportedImage[],
+    onManifest: (() => void) | undefined,
+  ): Promise<Array<{ reference: string; reason: string }>> {
+    const referrers = this.referrers!;
+    const skipped: Array<{ reference: string; reason: string }> = [];
+    // Each manifest once per repository: `<upstream>/<repository>@<digest>`.
+    const where = (image: ExportedImage, digest: string) =>
+      `${image.reference.upstream.name}/${image.reference.repository}@${digest}`;
+    const included = new Set(images.flatMap((i) => [i.top, ...i.children].map((m) => where(i, m.digest))));
+    let level = images.slice();
+    for (let depth = 1; depth <= MAX_REFERRER_DEPTH && level.length > 0; depth++) {
+      const next: ExportedImage[] = [];
+      for (const image of level) {
+        const { upstream, repository } = image.reference;
+        for (const subject of [image.top, ...image.children]) {
+          let found;
+          try {
+            found = await referrers.get(upstream, repository, subject.digest);
+          } catch (err) {
+            throw new Error(
+              `${image.reference.canonical}: cannot list the referrers of ${subject.digest}: ${(err as Error).message} (--no-referrers leaves them out)`,
+              { cause: err },
+            );
+          }
+          for (const d of found.referrers) {
+            const reference = this.resolver.reference(`${upstream.name}/${repository}@${d.digest}`);
+            if (included.has(reference.canonical)) continue;
+            included.add(reference.canonical);
+            let walked;
+            try {
+              walked = await walkImage(this.manifests, upstream, repository, reference.reference, [], onManifest);
+            } catch (err) {
+              skipped.push({ reference: reference.canonical, reason: (err as Error).message });
+              continue;
+            }
+            const referrer: ExportedImage = {
+              reference,
+              top: walked.top,
+              children: walked.children,
+              images: walked.images,
+              blobs: walked.blobs,
+              referrerOf: subject.digest,
+            };
+            images.push(referrer);
+            next.push(referrer);
+          }
+        }
+      }
+      level = next;
+    }
+    return skipped;
   }
 
   /** What writing the plan will put in the bundle (items and bytes), for progress. */
@@ -240,14 +334,21 @@ export class Exporter {
         mediaType: image.top.mediaType,
         digest: image.top.digest,
         size: image.top.bytes.length,
-        annotations: {
-          [REF_NAME_ANNOTATION]: image.reference.canonical,
-          [REFERENCE_ANNOTATION]: image.reference.canonical,
-          [CONTAINERD_NAME_ANNOTATION]: image.reference.canonical,
-        },
+        annotations:
+          image.referrerOf !== undefined
+            ? { [REFERENCE_ANNOTATION]: image.reference.canonical, [REFERRER_OF_ANNOTATION]: image.referrerOf }
+            : {
+                [REF_NAME_ANNOTATION]: image.reference.canonical,
+                [REFERENCE_ANNOTATION]: image.reference.canonical,
+                [CONTAINERD_NAME_ANNOTATION]: image.reference.canonical,
+              },
       })),
-      ...(plan.platforms.length > 0 ? { annotations: { [PLATFORMS_ANNOTATION]: plan.platforms.join(",") } } : {}),
     };
+    const annotations = {
+      ...(plan.platforms.length > 0 ? { [PLATFORMS_ANNOTATION]: plan.platforms.join(",") } : {}),
+      ...(plan.referrers ? { [REFERRERS_ANNOTATION]: "included" } : {}),
+    };
+    if (Object.keys(annotations).length > 0) Object.assign(index, { annotations });
     return Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
   }
 

@@ -18,6 +18,12 @@
  * it (so the mirror serves it with no upstream), and, with `pin`, it is pinned. An image that is not complete
  * gets no tag pointer and is reported with what it lacks; the tag keeps pointing at what it pointed at before.
  * Every refused entry is reported by name with the reason.
+ *
+ * Referrers (OCI 1.1 signatures, SBOMs) are ordinary references in the bundle, by digest. Who refers to what is
+ * recomputed from the `subject` field of every imported manifest (verified by its digest), not taken from an
+ * annotation: each subject's referrers list (referrers-cache.ts) gains them, so the mirror answers
+ * `GET /v2/<name>/referrers/<digest>` with them, upstream or not. When index.json says referrers were included
+ * (REFERRERS_ANNOTATION), an imported image without any gets an empty list: the exporter looked, and found none.
  */
 import type { Logger } from "pino";
 import {
@@ -30,6 +36,8 @@ import { UpstreamResolver, type ImageReference, type RoutedUpstream } from "../c
 import { walkManifests } from "../cache/image-walker.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
+import type { ReferrersCache } from "../cache/referrers-cache.ts";
+import { referrerOf, type ReferrerDescriptor } from "../oci/referrers.ts";
 import type { PinEntry, PinList } from "../storage/pin-list.ts";
 import { imageBlobs, indexEntries, parseManifest, type Descriptor } from "../oci/manifest.ts";
 import { MediaType } from "../oci/media-types.ts";
@@ -42,6 +50,8 @@ import {
   LAYOUT_FILE,
   REF_NAME_ANNOTATION,
   REFERENCE_ANNOTATION,
+  REFERRER_OF_ANNOTATION,
+  REFERRERS_ANNOTATION,
 } from "./bundle-layout.ts";
 import { TarReader, type TarEntry } from "./tar-reader.ts";
 
@@ -55,6 +65,8 @@ export interface ImportedImage {
   missing?: string[];
   /** Child manifests of an index neither in the bundle nor in the cache (platforms not exported). */
   platformsLeftOut?: number;
+  /** For a referrer (OCI 1.1), the digest of the manifest it refers to, as its index.json entry says. */
+  referrerOf?: string;
   reason?: string;
 }
 
@@ -65,6 +77,8 @@ export interface ImportReport {
   manifests: { added: number; present: number };
   blobs: { added: number; present: number; bytes: number };
   refused: Array<{ entry: string; reason: string }>;
+  /** Referrers lists set or extended: one per subject (and repository) that has referrers, or had none. */
+  referrers: { lists: number };
   /** Why the bundle could not be read to its end (truncated, not a tar, …). */
   error?: string;
 }
@@ -92,6 +106,8 @@ interface Top {
 
 /** What an image in the bundle reaches: digests the cache holds, digests it lacks, child manifests left out at export. */
 interface ImageContents {
+  /** The manifests: the top, then every child reached. */
+  manifests: string[];
   stored: string[];
   missing: string[];
   leftOut: number;
@@ -110,6 +126,8 @@ export interface ImporterOptions {
    */
   admit?: (size: number) => Promise<WriteReservation | undefined>;
   pins: PinList;
+  /** Where the referrers of imported manifests are recorded; absent: they are imported as content only. */
+  referrers?: Pick<ReferrersCache, "record">;
   upstreams: readonly RoutedUpstream[];
   manifestMaxBytes: number;
   log: Logger;
@@ -166,7 +184,17 @@ class ImportRun {
     manifests: { added: 0, present: 0 },
     blobs: { added: 0, present: 0, bytes: 0 },
     refused: [],
+    referrers: { lists: 0 },
   };
+  /** index.json says the exporter included referrers (REFERRERS_ANNOTATION). */
+  private referrersIncluded = false;
+  /** Per imported reference: where, its manifests, and whether it is a referrer (for recordReferrers). */
+  private readonly importedManifests: Array<{
+    upstream: string;
+    repository: string;
+    digests: string[];
+    referrer: boolean;
+  }> = [];
   private readonly progress: ImportProgress = { bytesRead: 0, entries: 0, bytesAdded: 0 };
 
   constructor(
@@ -213,6 +241,7 @@ class ImportRun {
       }
       this.pending.clear();
       for (const top of this.tops) this.report.images.push(await this.finish(top));
+      await this.recordReferrers();
     } finally {
       for (const writer of this.pending.values()) await writer.close();
     }
@@ -260,8 +289,10 @@ class ImportRun {
   private async indexFile(entry: TarEntry): Promise<void> {
     if (this.sawIndex) throw new Error(`the bundle holds ${INDEX_FILE} twice`);
     this.sawIndex = true;
-    const entries = indexEntries(await readAll(entry, MAX_INDEX_BYTES, INDEX_FILE));
+    const bytes = await readAll(entry, MAX_INDEX_BYTES, INDEX_FILE);
+    const entries = indexEntries(bytes);
     if (entries === undefined) throw new Error(`${INDEX_FILE} is not an image index`);
+    this.referrersIncluded = annotationOf(bytes, REFERRERS_ANNOTATION) === "included";
     for (const d of entries) {
       if (d === undefined || !isSha256Digest(d.digest) || d.size === undefined) {
         this.tops.push({
@@ -509,6 +540,13 @@ class ImportRun {
       walk.stored.filter((d) => this.seen.get(d) === "accepted"),
     );
     await this.o.metadata.clearMissing(upstream.name, repository, digest);
+    const referrerOfAnnotation = top.descriptor.annotations?.[REFERRER_OF_ANNOTATION];
+    this.importedManifests.push({
+      upstream: upstream.name,
+      repository,
+      digests: walk.manifests,
+      referrer: referrerOfAnnotation !== undefined,
+    });
     if (reference.kind === "tag") {
       await this.o.metadata.putTag(upstream.name, repository, reference.tag, {
         digest,
@@ -523,7 +561,50 @@ class ImportRun {
       status: "imported",
       pinned,
       platformsLeftOut: walk.leftOut || undefined,
+      ...(referrerOfAnnotation !== undefined ? { referrerOf: referrerOfAnnotation } : {}),
     };
+  }
+
+  /**
+   * Records the referrers among the imported manifests: each manifest whose `subject` names a sha256 digest is
+   * added to that subject's list in its repository; and when the bundle says referrers were included, each
+   * manifest of an imported image (not of a referrer: the exporter follows referrers only so deep) gets a list,
+   * empty if the bundle carried none for it. With `pin`, each list is pinned under
+   * `<upstream>/<repository>@<subject> (referrers)`, so a re-import moves that pin to the new list.
+   */
+  private async recordReferrers(): Promise<void> {
+    const recorder = this.o.referrers;
+    if (recorder === undefined) return;
+    const lists = new Map<
+      string,
+      { upstream: string; repository: string; subject: string; referrers: ReferrerDescriptor[] }
+    >();
+    const listOf = (upstream: string, repository: string, subject: string) => {
+      const key = `${upstream}\u0000${repository}\u0000${subject}`;
+      let list = lists.get(key);
+      if (list === undefined) lists.set(key, (list = { upstream, repository, subject, referrers: [] }));
+      return list;
+    };
+    for (const imported of this.importedManifests) {
+      for (const digest of imported.digests) {
+        if (this.referrersIncluded && !imported.referrer) listOf(imported.upstream, imported.repository, digest);
+        const manifest = await this.o.manifests.get(digest);
+        const subject = manifest ? parseManifest(manifest.bytes).subject?.digest : undefined;
+        if (manifest === undefined || subject === undefined || !isSha256Digest(subject)) continue;
+        const descriptor = referrerOf(manifest, subject);
+        if (descriptor !== undefined)
+          listOf(imported.upstream, imported.repository, subject).referrers.push(descriptor);
+      }
+    }
+    const checkedAt = Date.now();
+    const pins: Array<{ reference: string; digest: string }> = [];
+    for (const list of lists.values()) {
+      const digest = await recorder.record(list.upstream, list.repository, list.subject, list.referrers, checkedAt);
+      this.report.referrers.lists++;
+      // Pinned with the images, or eviction could take the list and leave a pinned signature undiscoverable.
+      pins.push({ reference: `${list.upstream}/${list.repository}@${list.subject} (referrers)`, digest });
+    }
+    if (this.pin && pins.length > 0) await this.o.pins.set(pins);
   }
 
   /**
@@ -534,12 +615,14 @@ class ImportRun {
    */
   private async contents(digest: string): Promise<ImageContents> {
     const top = await this.o.manifests.get(digest);
-    if (!top) return { stored: [], missing: [digest], leftOut: 0 };
+    if (!top) return { manifests: [], stored: [], missing: [digest], leftOut: 0 };
     const walked = await walkManifests(top, async (d) => await this.o.manifests.get(d.digest));
     const refused = walked.absent.filter((d) => this.seen.has(d.digest)).map((d) => d.digest);
     const leftOut = walked.absent.filter((d) => !this.seen.has(d.digest)).map((d) => d.digest);
+    const manifests = [top.digest, ...walked.children.map((m) => m.digest)];
     const into: ImageContents = {
-      stored: [top.digest, ...walked.children.map((m) => m.digest)],
+      manifests,
+      stored: [...manifests],
       missing: refused,
       leftOut: leftOut.length,
     };
@@ -559,6 +642,14 @@ class ImportRun {
     const before = this.pinsBefore?.get(reference);
     await this.o.pins.restore(new Map([[reference, before]]));
   }
+}
+
+/** A string annotation of index.json itself (entries were already read by indexEntries: the JSON parses). */
+function annotationOf(bytes: Buffer, key: string): string | undefined {
+  const annotations = (JSON.parse(bytes.toString("utf8")) as { annotations?: unknown }).annotations;
+  if (annotations === null || typeof annotations !== "object") return undefined;
+  const value = (annotations as Record<string, unknown>)[key];
+  return typeof value === "string" ? value : undefined;
 }
 
 async function readAll(entry: TarEntry, max: number, what: string): Promise<Buffer> {

@@ -301,8 +301,19 @@ describe("mirror import", () => {
     const pins = JSON.parse(await readFile(join(running.dataDir, "pins.json"), "utf8")) as {
       pins: Array<{ reference: string; digest: string }>;
     };
-    expect(pins.pins.map((p) => [p.reference, p.digest]).sort()).toEqual(
-      EXPORTED.map((e) => [e.canonical, e.image.digest]).sort(),
+    const referrerLists = pins.pins.filter((p) => p.reference.endsWith(" (referrers)"));
+    expect(
+      pins.pins
+        .filter((p) => !referrerLists.includes(p))
+        .map((p) => [p.reference, p.digest])
+        .sort(),
+    ).toEqual(EXPORTED.map((e) => [e.canonical, e.image.digest]).sort());
+    // The (empty) referrers list the import recorded for every image manifest is pinned with it.
+    expect(referrerLists.map((p) => p.reference.split("@")[1]!.replace(" (referrers)", "")).sort()).toEqual(
+      EXPORTED.flatMap((e) => [
+        e.image.digest,
+        ...("children" in e.image ? e.image.children.map((c) => c.digest) : []),
+      ]).sort(),
     );
     expect(await running.mirror.blobStore.tempFiles()).toEqual([]);
   });
@@ -508,7 +519,8 @@ describe("delta transfer", () => {
       expect.objectContaining({ reference: "docker.io/team/app:v1", digest: appV1.digest }),
     );
     expect(inventory.blobs).toContainEqual({ digest: base.digest, size: base.bytes.length });
-    expect(inventory.blobs).toHaveLength(19); // 13 blobs and 6 manifests
+    // 13 blobs, 6 manifests, and the referrers list the import recorded for each image manifest (all empty: one).
+    expect(inventory.blobs).toHaveLength(20);
 
     await pushImage(upstream.url, "team/app", "v2", appV2);
     const delta = join(work, "delta.tar");
