@@ -19,6 +19,7 @@ import { compilePattern } from "../../../src/oci/repository-pattern.ts";
 import { UpstreamResolver } from "../../../src/config/upstream-resolver.ts";
 import { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
 import { parseWwwAuthenticate } from "../../../src/upstream/www-authenticate.ts";
+import { isMediaType, parseReferrersIndex, renderReferrersIndex } from "../../../src/oci/referrers.ts";
 
 fc.configureGlobal({ seed: 20261123, numRuns: 400 });
 
@@ -266,6 +267,48 @@ describe("manifest JSON from upstreams", () => {
         const reachable = reachableDigests(bytes);
         const confirmed = confirmedDigests(bytes);
         return reachable.every(isSha256Digest) && confirmed.every((d) => reachable.includes(d));
+      }),
+    );
+  });
+});
+
+describe("referrers indexes from upstreams", () => {
+  const descriptor = fc.record(
+    {
+      mediaType: fc.oneof(nasty, fc.constant("application/vnd.oci.image.manifest.v1+json")),
+      digest: fc.oneof(
+        nasty,
+        hex64.map((h) => `sha256:${h}`),
+      ),
+      size: fc.oneof(fc.integer({ min: -5, max: 1 << 20 }), fc.double(), fc.anything()),
+      artifactType: fc.oneof(nasty, fc.anything()),
+      annotations: fc.oneof(fc.dictionary(fc.string({ maxLength: 10 }), fc.string({ maxLength: 10 })), fc.anything()),
+    },
+    { requiredKeys: [] },
+  );
+  const index = fc.oneof(
+    fc.json(),
+    fc.string({ maxLength: 200 }),
+    fc.record(
+      {
+        schemaVersion: fc.oneof(fc.constant(2), fc.anything()),
+        mediaType: fc.oneof(fc.constant("application/vnd.oci.image.index.v1+json"), nasty),
+        manifests: fc.oneof(fc.array(descriptor, { maxLength: 5 }), fc.anything()),
+      },
+      { requiredKeys: [] },
+    ),
+  );
+
+  it("never throws; what it accepts has only sha256 digests, media types and sizes, and renders back to itself", () => {
+    fc.assert(
+      fc.property(index, (doc) => {
+        const bytes = Buffer.from(typeof doc === "string" ? doc : (JSON.stringify(doc) ?? ""));
+        const list = parseReferrersIndex(bytes);
+        if (list === undefined) return true;
+        expect(list.every((d) => isSha256Digest(d.digest) && isMediaType(d.mediaType))).toBe(true);
+        expect(list.every((d) => Number.isSafeInteger(d.size) && d.size >= 0)).toBe(true);
+        expect(parseReferrersIndex(renderReferrersIndex(list))).toEqual(list);
+        return true;
       }),
     );
   });
