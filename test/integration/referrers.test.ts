@@ -169,6 +169,37 @@ describe("referrers from the fallback tag (upstream without the referrers API)",
     }
   });
 
+  it("the admin API lists the repository's tags without the referrers list kept beside them; a purge forgets it", async () => {
+    const token = "referrers-admin-token-0123";
+    const m = await startTestMirror({
+      upstreams: { "docker.io": { url: upstream.url, default: true, tagTtl: "1h" } },
+      extra: { admin: { token } },
+    });
+    mirrors.push(m);
+    const { image } = await signedImage("team/listed", "listed");
+    const pulled = await fetchRaw(`${m.url}/v2/team/listed/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(pulled.status).toBe(200);
+    expect(manifestsOf(await referrers(m, "team/listed", image.digest))).toHaveLength(2);
+    const admin = (path: string, body?: unknown) =>
+      fetchRaw(`${m.url}/admin/v1/${path}`, {
+        method: body === undefined ? "GET" : "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        ...(body === undefined ? {} : { body: Buffer.from(JSON.stringify(body)) }),
+      });
+    // The fallback tag is a real tag of the upstream, read through the manifest cache: it is listed.
+    const tags = JSON.parse((await admin("tags?upstream=docker.io&repository=team/listed")).body.toString()) as {
+      tags: Array<{ tag: string }>;
+    };
+    expect(tags.tags.map((t) => t.tag)).toEqual([image.digest.replace(":", "-"), "v1"]);
+    const repos = JSON.parse((await admin("repositories?upstream=docker.io")).body.toString()) as {
+      repositories: Array<{ repository: string; tags: number }>;
+    };
+    expect(repos.repositories.find((r) => r.repository === "team/listed")?.tags).toBe(2);
+    expect((await referrers(m, "team/listed", image.digest)).headers["x-mirror-cache"]).toBe("hit");
+    expect((await admin("purge", { upstream: "docker.io", repository: "team/listed" })).status).toBe(200);
+    expect((await referrers(m, "team/listed", image.digest)).headers["x-mirror-cache"]).toBe("miss");
+  });
+
   it("refuses bad input with OCI errors, never asking the upstream", async () => {
     const m = await mirrorOf(upstream.url);
     await upstream.sync();
