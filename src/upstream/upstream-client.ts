@@ -206,7 +206,10 @@ export class UpstreamClient {
    * `GET /v2/<repo>/referrers/<digest>` (OCI 1.1), unfiltered: the caller keeps one list per subject and filters
    * it itself. A 404 is the upstream saying it has no referrers API (distribution 2.8 answers any unknown route
    * so; the spec forbids a registry with the API to answer 404 for a digest it knows nothing of), for the caller
-   * to fall back to the tag schema. Only a referrers index (oci/referrers.ts) under the manifest cap is accepted.
+   * to fall back to the tag schema. Only a referrers index (oci/referrers.ts) is accepted. A paged answer
+   * (`Link: <…>; rel="next"`) is followed, up to MAX_REFERRER_PAGES pages, only to the same endpoint of the same
+   * origin, and the pages together are held to `maxBytes` (the manifest cap): a list cut short would hide a
+   * signature, so a next page that cannot be followed fails the whole answer.
    */
   async getReferrers(
     repo: string,
@@ -214,30 +217,53 @@ export class UpstreamClient {
     maxBytes: number,
   ): Promise<{ kind: "index"; referrers: ReferrerDescriptor[] } | { kind: "no-api" }> {
     return this.withDeadline(undefined, async (signal) => {
-      const res = await this.send(
-        "GET",
-        repo,
-        `/v2/${repo}/referrers/${digest}`,
-        { accept: MediaType.ociIndex },
-        signal,
-      );
-      if (res.statusCode === 404) {
-        discardBody(res.body);
-        return { kind: "no-api" };
+      const endpoint = `/v2/${repo}/referrers/${digest}`;
+      const referrers: ReferrerDescriptor[] = [];
+      let next: string | undefined = endpoint;
+      let budget = maxBytes;
+      for (let page = 0; next !== undefined; page++) {
+        const refuse = (why: string) =>
+          new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} answered the referrers of ${digest} ${why}`, {
+            detail: { upstream: this.name },
+          });
+        if (page === MAX_REFERRER_PAGES) throw refuse(`in more than ${MAX_REFERRER_PAGES} pages`);
+        const res = await this.send("GET", repo, next, { accept: MediaType.ociIndex }, signal);
+        if (res.statusCode === 404 && page === 0) {
+          discardBody(res.body);
+          return { kind: "no-api" };
+        }
+        await this.expectOk(res, "MANIFEST_UNKNOWN");
+        const bytes = await this.readCapped(res.body, budget, "referrers list");
+        budget -= bytes.length;
+        this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "referrers" }, bytes.length);
+        const mediaType = mediaTypeOf(res.headers);
+        const list = mediaType === MediaType.ociIndex ? parseReferrersIndex(bytes) : undefined;
+        if (list === undefined)
+          throw refuse(
+            `with something that is not an OCI image index of descriptors (${(mediaType ?? "no Content-Type").slice(0, 100)})`,
+          );
+        referrers.push(...list);
+        const following = this.nextPage(headerValue(res.headers, "link"), endpoint);
+        if (following === null) throw refuse("with a next page (Link) elsewhere than its referrers endpoint");
+        next = following;
       }
-      await this.expectOk(res, "MANIFEST_UNKNOWN");
-      const bytes = await this.readCapped(res.body, maxBytes, "referrers list");
-      this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "referrers" }, bytes.length);
-      const mediaType = mediaTypeOf(res.headers);
-      const referrers = mediaType === MediaType.ociIndex ? parseReferrersIndex(bytes) : undefined;
-      if (referrers === undefined)
-        throw new RegistryError(
-          "UPSTREAM_ERROR",
-          `upstream ${this.name} answered the referrers of ${digest} with something that is not an OCI image index of descriptors (${(mediaType ?? "no Content-Type").slice(0, 100)})`,
-          { detail: { upstream: this.name } },
-        );
       return { kind: "index", referrers };
     });
+  }
+
+  /**
+   * The path and query of the `rel="next"` page a Link header names: undefined without one, null when it points
+   * anywhere but `endpoint` on this upstream's origin (a client-visible answer never makes the mirror call an
+   * address the configuration does not name).
+   */
+  private nextPage(link: string | undefined, endpoint: string): string | undefined | null {
+    const m = link === undefined ? null : /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
+    if (!m) return undefined;
+    const base = new URL(endpoint, this.url);
+    const target = URL.parse(m[1]!, base.href);
+    if (target === null || target.origin !== this.url.origin) return null;
+    if (target.pathname !== base.pathname) return null;
+    return `${target.pathname}${target.search}`;
   }
 
   /**
@@ -394,6 +420,9 @@ export class UpstreamClient {
 }
 
 const MANIFEST_TYPES: ReadonlySet<string> = new Set(Object.values(MediaType));
+
+/** The most pages of one referrers answer followed (each also counts against the manifest cap). */
+const MAX_REFERRER_PAGES = 16;
 
 /** The tags of a `tags/list` body, or undefined when it is not one. `"tags": null` (no tags) is an empty list. */
 function parseTagList(body: Buffer): string[] | undefined {

@@ -83,6 +83,31 @@ function manifestsOf(res: { body: Buffer }): unknown[] {
   return doc.manifests;
 }
 
+/**
+ * A loopback registry whose referrers route answers what `answer` returns for each request (its path and query),
+ * recording every request to it; everything else is a 404 OCI error.
+ */
+async function referrersServer(
+  answer: (url: string) => { type: string; body: Buffer; link?: string },
+): Promise<{ url: string; asked: string[] }> {
+  const asked: string[] = [];
+  const server = createServer((req, res) => {
+    const url = req.url ?? "";
+    if (/^\/v2\/.+\/referrers\//.test(url)) {
+      asked.push(url);
+      const { type, body, link } = answer(url);
+      res.writeHead(200, { "content-type": type, "content-length": body.length, ...(link ? { link } : {}) });
+      res.end(body);
+      return;
+    }
+    res.writeHead(404, { "content-type": "application/json" });
+    res.end('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}');
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, asked };
+}
+
 describe("referrers from the fallback tag (upstream without the referrers API)", () => {
   it("lists the referrers of an image, filters by artifactType, and serves the referrers by digest", async () => {
     const m = await mirrorOf(upstream.url);
@@ -259,20 +284,8 @@ describe("referrers passed through from an upstream with the referrers API (chai
 describe("an upstream whose referrers answer is not a referrers index", () => {
   /** A loopback registry that answers the referrers route with `answer`, counting how often it was asked. */
   async function badUpstream(answer: { type: string; body: Buffer }): Promise<{ url: string; asked: () => number }> {
-    let asked = 0;
-    const server = createServer((req, res) => {
-      if (/^\/v2\/.+\/referrers\//.test(req.url ?? "")) {
-        asked++;
-        res.writeHead(200, { "content-type": answer.type, "content-length": answer.body.length });
-        res.end(answer.body);
-        return;
-      }
-      res.writeHead(404, { "content-type": "application/json" });
-      res.end('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}');
-    });
-    servers.push(server);
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, asked: () => asked };
+    const up = await referrersServer(() => ({ type: answer.type, body: answer.body }));
+    return { url: up.url, asked: () => up.asked.length };
   }
   const digest = `sha256:${"b".repeat(64)}`;
   const descriptor = { mediaType: "application/vnd.oci.image.manifest.v1+json", digest, size: 10 };
@@ -313,4 +326,60 @@ describe("an upstream whose referrers answer is not a referrers index", () => {
       }
     });
   }
+});
+
+describe("an upstream that pages its referrers answer (Link: rel=next)", () => {
+  const subject = `sha256:${"c".repeat(64)}`;
+  const endpoint = `/v2/team/paged/referrers/${subject}`;
+  const d = (n: number) => ({
+    mediaType: "application/vnd.oci.image.manifest.v1+json",
+    digest: `sha256:${String(n).repeat(64)}`,
+    size: 100 + n,
+    artifactType: SIGNATURE,
+  });
+  const page = (...items: unknown[]) =>
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: items }));
+
+  it("follows the next pages of the same endpoint and answers the whole list", async () => {
+    const up = await referrersServer((url) =>
+      url === endpoint
+        ? { type: INDEX, body: page(d(1), d(2)), link: `<${endpoint}?n=2&last=x>; rel="next"` }
+        : url === `${endpoint}?n=2&last=x`
+          ? { type: INDEX, body: page(d(3)), link: `<${up.url}${endpoint}?n=2&last=y>; rel="next"` }
+          : { type: INDEX, body: page(d(4)) },
+    );
+    const m = await mirrorOf(up.url);
+    const res = await referrers(m, "team/paged", subject);
+    expect(res.status, res.body.toString()).toBe(200);
+    expect(manifestsOf(res)).toEqual([d(1), d(2), d(3), d(4)]);
+    expect(up.asked).toEqual([endpoint, `${endpoint}?n=2&last=x`, `${endpoint}?n=2&last=y`]);
+  });
+
+  it("refuses a next page elsewhere (another origin, another path) or an endless chain: 502, nothing cached", async () => {
+    const elsewhere = await referrersServer(() => ({ type: INDEX, body: page() }));
+    for (const link of [
+      `<${elsewhere.url}${endpoint}?n=1>; rel="next"`,
+      `</v2/team/other/referrers/${subject}?n=1>; rel="next"`,
+    ]) {
+      const up = await referrersServer(() => ({ type: INDEX, body: page(d(1)), link }));
+      const m = await mirrorOf(up.url);
+      for (const attempt of [1, 2]) {
+        const res = await referrers(m, "team/paged", subject);
+        expect(res.status).toBe(502);
+        expect(errorCode(res)).toBe("UPSTREAM_ERROR");
+        expect(up.asked).toHaveLength(attempt);
+      }
+    }
+    expect(elsewhere.asked).toEqual([]);
+    const endless = await referrersServer(() => ({
+      type: INDEX,
+      body: page(d(1)),
+      link: `<${endpoint}?n=1>; rel="next"`,
+    }));
+    const m = await mirrorOf(endless.url);
+    const res = await referrers(m, "team/paged", subject);
+    expect(res.status).toBe(502);
+    expect(res.body.toString()).toMatch(/more than 16 pages/);
+    expect(endless.asked).toHaveLength(16);
+  });
 });
