@@ -1,6 +1,7 @@
 /**
  * Parses a `/v2/...` request once, before any I/O, into an immutable validated value. Bad input becomes an OCI
- * error here (`NAME_INVALID`, `DIGEST_INVALID`, `TAG_INVALID`, `UNSUPPORTED`), never a bare 404 later.
+ * error here (`NAME_INVALID`, `DIGEST_INVALID`, `UNSUPPORTED`; `MANIFEST_UNKNOWN` for a manifest reference that
+ * cannot exist), never a bare 404 later.
  * Paths are matched undecoded: no valid name, tag or digest contains `%`, so encoded slashes or dots cannot
  * smuggle anything past the grammar.
  */
@@ -63,7 +64,7 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
       return {
         ...common,
         kind: "manifest",
-        reference: parseManifestReference(route.m[2]!),
+        reference: manifestReferenceOf(route.m[2]!),
         accept: AcceptSet.parse(raw.headers.accept),
       };
     case "blob": {
@@ -76,5 +77,21 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
       if (method !== "GET")
         throw new RegistryError("UNSUPPORTED", "tags/list answers GET only", { headers: { Allow: "GET" } });
       return { ...common, kind: "tags", n: raw.query.get("n") ?? undefined, last: raw.query.get("last") ?? undefined };
+  }
+}
+
+/**
+ * A manifest reference that is neither a valid tag nor a digest of a supported form names a manifest that cannot
+ * exist: 404 MANIFEST_UNKNOWN, as the distribution spec's conformance suite expects (it asks for
+ * `.INVALID_MANIFEST_NAME`), and never a request to the upstream.
+ */
+function manifestReferenceOf(value: string): ManifestReference {
+  try {
+    return parseManifestReference(value);
+  } catch (err) {
+    if (!(err instanceof RegistryError)) throw err;
+    throw new RegistryError("MANIFEST_UNKNOWN", `no manifest can be named ${JSON.stringify(value.slice(0, 300))}`, {
+      detail: { reason: err.message },
+    });
   }
 }

@@ -67,7 +67,12 @@ describe("parseDistributionRequest", () => {
   it("refuses bad digests and tags", () => {
     expect(code(req("GET", "/v2/a/blobs/sha256:123"))).toBe("400 DIGEST_INVALID");
     expect(code(req("GET", "/v2/a/blobs/latest"))).toBe("400 DIGEST_INVALID");
-    expect(code(req("GET", "/v2/a/manifests/sha256:..%2f"))).toBe("400 DIGEST_INVALID");
-    expect(code(req("GET", "/v2/a/manifests/.bad"))).toBe("400 TAG_INVALID");
+  });
+  it("answers a manifest reference that cannot exist as an unknown manifest (404), tags and digests alike", () => {
+    for (const reference of [".INVALID_MANIFEST_NAME", ".bad", "-v1", "a".repeat(129), "sha256:..%2f", "sha256:123"]) {
+      expect(code(req("GET", `/v2/a/manifests/${reference}`)), reference).toBe("404 MANIFEST_UNKNOWN");
+      expect(code(req("HEAD", `/v2/a/manifests/${reference}`)), reference).toBe("404 MANIFEST_UNKNOWN");
+    }
+    expect(code(req("GET", `/v2/a/manifests/sha512:${"a".repeat(128)}`))).toBe("404 MANIFEST_UNKNOWN");
   });
 });
