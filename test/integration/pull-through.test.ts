@@ -419,7 +419,10 @@ describe("pull-through: errors", () => {
     ["invalid name", "/v2/Bad_Name/manifests/v1", {}, 400, "NAME_INVALID"],
     ["traversal", "/v2/a/..%2F..%2Fetc/manifests/v1", {}, 400, "NAME_INVALID"],
     ["invalid digest", "/v2/team/oci/blobs/sha256:1234", {}, 400, "DIGEST_INVALID"],
-    ["invalid tag", "/v2/team/oci/manifests/-v1", {}, 400, "TAG_INVALID"],
+    ["invalid tag", "/v2/team/oci/manifests/-v1", {}, 404, "MANIFEST_UNKNOWN"],
+    ["conformance's invalid name", "/v2/team/oci/manifests/.INVALID_MANIFEST_NAME", {}, 404, "MANIFEST_UNKNOWN"],
+    ["conformance's invalid name (HEAD)", "/v2/team/oci/manifests/.INVALID_MANIFEST_NAME", { method: "HEAD" }, 404, ""],
+    ["unsupported digest", `/v2/team/oci/manifests/sha512:${"0".repeat(128)}`, {}, 404, "MANIFEST_UNKNOWN"],
     ["unknown tag", "/v2/team/oci/manifests/nope", {}, 404, "MANIFEST_UNKNOWN"],
     ["unknown repository", "/v2/team/none/manifests/v1", {}, 404, "MANIFEST_UNKNOWN"],
     ["unknown blob", `/v2/team/oci/blobs/sha256:${"0".repeat(64)}`, {}, 404, "BLOB_UNKNOWN"],
@@ -448,6 +451,18 @@ describe("pull-through: errors", () => {
     } finally {
       await dead.stop();
     }
+  });
+
+  it("a layer digest asked for as a manifest (distribution answers 500) is MANIFEST_UNKNOWN when the mirror holds the layer", async () => {
+    const layer = ociImage.layers[1]!;
+    const direct = await fetchRaw(`${upstream.url}/v2/team/oci/manifests/${layer.digest}`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
+    expect(direct.status).toBeGreaterThanOrEqual(500); // the upstream's own answer, which the mirror must not relay
+    expect((await fetchRaw(api(`team/oci/blobs/${layer.digest}`))).status).toBe(200);
+    const res = await fetchRaw(api(`team/oci/manifests/${layer.digest}`), { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(res.status).toBe(404);
+    expect(errorCode(res)).toBe("MANIFEST_UNKNOWN");
   });
 
   it("passes a manifest of nearly 4 MiB through byte-exact (the spec's floor; distribution refuses larger pushes)", async () => {
