@@ -151,7 +151,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       resolver,
       manifests: new ManifestHandler(manifestCache),
       blobs: new BlobHandler(blobCache),
-      tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, log }),
+      tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, metadata, log }),
       storagePath: config.storage.path,
     }),
   );

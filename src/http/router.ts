@@ -136,8 +136,7 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
         response = await deps.tags.handle({
           target,
           clientName: request.name,
-          n: request.n,
-          last: request.last,
+          page: request.page,
           ns: request.ns,
         });
         break;
