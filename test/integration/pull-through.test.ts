@@ -430,7 +430,7 @@ describe("pull-through: errors", () => {
     ["push", "/v2/team/oci/manifests/v1", { method: "PUT" }, 405, "UNSUPPORTED"],
     ["delete", `/v2/team/oci/blobs/sha256:${"0".repeat(64)}`, { method: "DELETE" }, 405, "UNSUPPORTED"],
     ["upload", "/v2/team/oci/blobs/uploads/", { method: "POST" }, 405, "UNSUPPORTED"],
-    ["unknown endpoint", "/v2/_catalog", {}, 404, "UNSUPPORTED"],
+    ["unknown endpoint", "/v2/_unknown", {}, 404, "UNSUPPORTED"],
   ];
   it.each(cases)("%s: %s %o", async (_what, path, opts, status, code) => {
     const res = await fetchRaw(`${mirror.url}${path}`, opts);
