@@ -216,7 +216,7 @@ export class UpstreamClient {
         tags.push(...pageTags);
         const next = this.nextTagsQuery(headerValue(res.headers, "link"), path);
         if (next === undefined) return tags;
-        // A link back to a page already read would walk in circles until the page cap: the list ends here.
+        // A link back to a page already read would go round in circles until the page cap: refused at once.
         if (seen.has(next)) throw this.badTagsLink(`a next-page link that repeats an earlier page`);
         seen.add(next);
         if (page >= MAX_TAG_LIST_PAGES)
