@@ -331,7 +331,7 @@ export const configSchema = z
           .int()
           .min(4 * 1024 * 1024)
           .default(8 * 1024 * 1024),
-        /** Largest tags/list body passed through from an upstream. */
+        /** Most bytes of an upstream's tag list, all its pages together (the mirror reads it whole, then pages it). */
         tagListMaxBytes: z
           .number()
           .int()

@@ -8,7 +8,8 @@
 import { RegistryError } from "../oci/errors.ts";
 import { AcceptSet } from "../oci/media-types.ts";
 import { parseRange, type ByteRangeSpec } from "../oci/range.ts";
-import { isValidName, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
+import { parsePageRequest, type PageRequest } from "../oci/pagination.ts";
+import { isValidName, isValidTag, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
 import { assertDigest } from "../oci/digest.ts";
 
 interface Common {
@@ -22,7 +23,7 @@ interface Common {
 export type DistributionRequest =
   | (Common & { kind: "manifest"; reference: ManifestReference; accept: AcceptSet })
   | (Common & { kind: "blob"; digest: string; range: ByteRangeSpec | undefined })
-  | (Common & { kind: "tags"; n: string | undefined; last: string | undefined });
+  | (Common & { kind: "tags"; page: PageRequest });
 
 export interface RawRequest {
   method: string;
@@ -76,7 +77,7 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
     case "tags":
       if (method !== "GET")
         throw new RegistryError("UNSUPPORTED", "tags/list answers GET only", { headers: { Allow: "GET" } });
-      return { ...common, kind: "tags", n: raw.query.get("n") ?? undefined, last: raw.query.get("last") ?? undefined };
+      return { ...common, kind: "tags", page: parsePageRequest(listQuery(raw.query), isValidTag, tagInvalid) };
   }
 }
 
@@ -94,4 +95,12 @@ function manifestReferenceOf(value: string): ManifestReference {
       detail: { reason: err.message },
     });
   }
+}
+
+const tagInvalid = (last: string) =>
+  new RegistryError("TAG_INVALID", `last must be a tag: ${JSON.stringify(last.slice(0, 300))}`);
+
+/** The raw `n` and `last` of a list endpoint's query (tags/list, _catalog). */
+export function listQuery(query: URLSearchParams): { n: string | undefined; last: string | undefined } {
+  return { n: query.get("n") ?? undefined, last: query.get("last") ?? undefined };
 }

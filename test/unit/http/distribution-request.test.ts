@@ -36,8 +36,19 @@ describe("parseDistributionRequest", () => {
     });
     expect(parseDistributionRequest(req("GET", "/v2/x/tags/list", {}, "n=5&last=a"))).toMatchObject({
       kind: "tags",
-      n: "5",
-      last: "a",
+      page: { n: 5, last: "a" },
+    });
+    expect(parseDistributionRequest(req("GET", "/v2/x/tags/list"))).toMatchObject({
+      page: { n: undefined, last: undefined },
+    });
+  });
+  it("refuses a tags/list n that is no non-negative integer, and a last that is no tag, before any I/O", () => {
+    for (const n of ["-1", "", "1.5", "abc"])
+      expect(code(req("GET", "/v2/x/tags/list", {}, `n=${n}`)), n).toBe("400 UNSUPPORTED");
+    for (const last of ["", ".a", "a".repeat(129), "a/b", "a%2Fb"])
+      expect(code(req("GET", "/v2/x/tags/list", {}, `last=${encodeURIComponent(last)}`)), last).toBe("400 TAG_INVALID");
+    expect(parseDistributionRequest(req("GET", "/v2/x/tags/list", {}, "n=99999999"))).toMatchObject({
+      page: { n: 10_000 },
     });
   });
   it("returns undefined for paths that are not distribution endpoints", () => {
