@@ -31,6 +31,7 @@ import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
+import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
 
@@ -125,10 +126,11 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }
+  const policy = new AccessPolicy(config);
   app.use(
     createRouter({
       clientAuth,
-      policy: new AccessPolicy(config),
+      policy,
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
         // A disabled credential is reported, but the mirror serves everyone else: still ready.
@@ -153,7 +155,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       resolver,
       manifests: new ManifestHandler(manifestCache),
       blobs: new BlobHandler(blobCache),
-      tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, log }),
+      tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, metadata, log }),
+      catalog: new CatalogHandler({ upstreams, resolver, metadata, policy, log }),
       referrers: new ReferrersHandler(referrersCache),
       storagePath: config.storage.path,
     }),

@@ -71,7 +71,19 @@ export async function servesUnrecordedLink(
   digest: string,
   err: unknown,
 ): Promise<boolean> {
-  if (!isUpstreamUnwell(err)) return false;
+  return isUpstreamUnwell(err) && (await linkedWithoutRecord(metadata, upstream, repo, digest));
+}
+
+/**
+ * Whether `digest` is linked here and no upstream at all is on record for it: content that `servesUnrecordedLink`
+ * lets the cache serve when this upstream cannot prove it.
+ */
+export async function linkedWithoutRecord(
+  metadata: MetadataStore,
+  upstream: UpstreamClient,
+  repo: string,
+  digest: string,
+): Promise<boolean> {
   const [linked, servedBy] = await Promise.all([
     metadata.hasLink(upstream.name, repo, digest),
     metadata.provenance(digest),

@@ -16,7 +16,8 @@ import { RegistryError } from "../oci/errors.ts";
 import { resolveRange, type ByteRangeSpec } from "../oci/range.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
-import { recordServed, servesUnrecordedLink, standingOf, type Standing } from "./access-proof.ts";
+import { linkedWithoutRecord, recordServed, servesUnrecordedLink, standingOf, type Standing } from "./access-proof.ts";
+import { confirmationLate, LATE, settleWithin } from "./answer-deadline.ts";
 import type { ContentStore, StoredContent } from "../storage/content-store.ts";
 import type { Fill, FillCoordinator, UpstreamBlob } from "../fill/fill-coordinator.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
@@ -137,7 +138,7 @@ export class BlobCache {
       if (standing === "granted") return handler.stored(cached);
       if (standing === "confirm-repository") {
         try {
-          await this.confirmRepository(upstream, repo, digest);
+          await this.confirmCached(upstream, repo, digest);
         } catch (err) {
           await cached.close();
           throw err;
@@ -146,7 +147,7 @@ export class BlobCache {
       }
       let proof: { body: Readable; size: number | undefined };
       try {
-        proof = await this.passThrough(upstream, repo, digest);
+        proof = await this.proveCached(upstream, repo, digest);
       } catch (err) {
         if (await servesUnrecordedLink(this.metadata, upstream, repo, digest, err)) {
           this.metrics?.staleServed.inc({ upstream: upstream.name, reason: (err as RegistryError).code });
@@ -273,11 +274,17 @@ export class BlobCache {
 
   private async headOnline(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobHead> {
     const standing = await this.standing(upstream, repo, digest);
+    const stored = standing === "prove-content" ? undefined : await this.store.size(digest);
     // Not granted: this repository is confirmed by the upstream's HEAD; if the upstream never proved the content,
     // that HEAD is also the whole answer (a HEAD reveals the size, and no bytes).
-    const head = standing === "granted" ? undefined : await this.confirmRepository(upstream, repo, digest);
+    const head =
+      standing === "granted"
+        ? undefined
+        : stored !== undefined
+          ? await this.confirmCached(upstream, repo, digest)
+          : await this.confirmRepository(upstream, repo, digest);
     if (standing !== "prove-content") {
-      const size = await this.store.size(digest);
+      const size = stored ?? (await this.store.size(digest));
       if (size !== undefined) return { size, result: "hit" };
       const running = this.fills.current(digest);
       if (running) {
@@ -286,6 +293,44 @@ export class BlobCache {
       }
     }
     return { size: (head ?? (await this.confirmRepository(upstream, repo, digest))).size, result: "miss" };
+  }
+
+  /**
+   * confirmRepository for a blob the store holds: the client waits for the upstream up to `revalidateTimeout`,
+   * then hears UNAVAILABLE; the HEAD goes on, and its answer is remembered for the next request.
+   */
+  private async confirmCached(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+  ): Promise<{ size: number | undefined }> {
+    const outcome = await settleWithin(
+      this.confirmRepository(upstream, repo, digest),
+      upstream.config.revalidateTimeout,
+    );
+    if (outcome === LATE) throw confirmationLate(upstream, `blob ${digest} in ${repo}`);
+    return outcome;
+  }
+
+  /**
+   * This upstream's own GET of a blob the store holds but it never proved (passThrough). When the cache may
+   * serve it without that proof (linkedWithoutRecord), the client waits up to `revalidateTimeout`; a response
+   * arriving later is released unread.
+   */
+  private async proveCached(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+  ): Promise<{ body: Readable; size: number | undefined }> {
+    const proof = this.passThrough(upstream, repo, digest);
+    if (!(await linkedWithoutRecord(this.metadata, upstream, repo, digest))) return proof;
+    const outcome = await settleWithin(proof, upstream.config.revalidateTimeout);
+    if (outcome !== LATE) return outcome;
+    void proof.then(
+      (late) => late.body.destroy(),
+      () => undefined,
+    );
+    throw confirmationLate(upstream, `blob ${digest} in ${repo}`);
   }
 
   /** The upstream's HEAD says `repo` holds the blob: remembered as a link (it proves the repository, not the bytes). */

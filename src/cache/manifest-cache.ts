@@ -4,7 +4,9 @@
  * against its rate limit) and refetched only when the digest changed.
  *
  * When revalidation fails (upstream down, timing out, 5xx, 429, or offline by configuration) and a pointer is
- * known, the last known manifest is served and marked stale. An upstream 404 is remembered for `negativeTtl`, so
+ * known, the last known manifest is served and marked stale. A client never waits on the upstream longer than
+ * `revalidateTimeout` for a manifest the cache holds (answer-deadline.ts): the revalidation goes on in the
+ * background and its answer lands in the stores; with `staleWhileRevalidate` the client does not wait at all. An upstream 404 is remembered for `negativeTtl`, so
  * a storm of requests for a missing tag reaches the upstream once. Concurrent misses in this process share one
  * upstream request, and replicas sharing a metadata store take a short lock per tag so that one of them asks the
  * upstream per tag per TTL.
@@ -17,7 +19,8 @@ import { isSha256Digest } from "../oci/digest.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
-import { servesUnrecordedLink, standingOf } from "./access-proof.ts";
+import { linkedWithoutRecord, servesUnrecordedLink, standingOf } from "./access-proof.ts";
+import { confirmationLate, LATE, settleWithin } from "./answer-deadline.ts";
 import { confirmedDigests } from "../oci/manifest.ts";
 import type { ManifestStore, StoredManifest } from "../storage/manifest-store.ts";
 import type { MetadataStore, TagPointer } from "../metadata/metadata-store.ts";
@@ -28,6 +31,12 @@ export type ManifestSource = "hit" | "miss" | "revalidated" | "stale";
 export interface ManifestResult {
   manifest: StoredManifest;
   source: ManifestSource;
+}
+
+/** An upstream exchange requests share, and when it started (performance.now()). */
+interface SharedWork {
+  result: Promise<ManifestResult>;
+  since: number;
 }
 
 /**
@@ -46,7 +55,7 @@ export class ManifestCache {
   private readonly metadata: MetadataStore;
   private readonly maxBytes: number;
   private readonly now: () => number;
-  private readonly inflight = new Map<string, Promise<ManifestResult>>();
+  private readonly inflight = new Map<string, SharedWork>();
   private readonly metrics: Metrics | undefined;
   private readonly onNoSpace: ((err: Error) => void) | undefined;
 
@@ -71,19 +80,29 @@ export class ManifestCache {
       const cached = await this.manifests.get(ref.digest);
       if (cached && (await this.mayServe(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
       await this.refuseKnownMissing(upstream, repo, ref.digest);
+      const fetching = this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () =>
+        this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)),
+      );
       try {
-        return await this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () =>
-          this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)),
-        );
+        // Only content the cache may serve without this upstream's proof (access-proof.ts) bounds the wait.
+        if (!cached || !(await linkedWithoutRecord(this.metadata, upstream, repo, ref.digest)))
+          return await fetching.result;
+        const outcome = await settleWithin(fetching.result, upstream.config.revalidateTimeout, fetching.since);
+        if (outcome === LATE) throw confirmationLate(upstream, `manifest ${ref.digest} in ${repo}`);
+        return outcome;
       } catch (err) {
+        if (!cached && (await this.isStoredBlob(ref.digest, err)))
+          throw new RegistryError("MANIFEST_UNKNOWN", `${ref.digest} is a blob, not a manifest`, {
+            detail: (err as RegistryError).detail,
+          });
         if (!cached || !(await servesUnrecordedLink(this.metadata, upstream, repo, ref.digest, err))) throw err;
         this.metrics?.staleServed.inc({ upstream: upstream.name, reason: (err as RegistryError).code });
         return { manifest: cached, source: "stale" };
       }
     }
     const pointer = await this.metadata.getTag(upstream.name, repo, ref.tag);
+    const cached = pointer ? await this.manifests.get(pointer.digest) : undefined;
     if (pointer && this.isFresh(upstream, pointer)) {
-      const cached = await this.manifests.get(pointer.digest);
       if (cached) return { manifest: cached, source: "hit" };
       // Fresh in a shared store (another replica confirmed it) but not on this node's disk: fetch the bytes by
       // digest. The tag itself needs no revalidation.
@@ -93,9 +112,26 @@ export class ManifestCache {
       if (byDigest) return byDigest;
     }
     await this.refuseKnownMissing(upstream, repo, ref.tag);
-    return this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () =>
+    const revalidation = this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () =>
       this.revalidateOnce(upstream, repo, ref.tag),
     );
+    // Nothing cached to answer with: the client waits for the upstream, as long as its timeouts allow.
+    if (!cached) return revalidation.result;
+    if (upstream.config.staleWhileRevalidate) {
+      revalidation.result.catch(() => undefined); // the next request sees its outcome; nobody waits for it here
+      return this.servedStale(upstream, cached, "BACKGROUND");
+    }
+    const outcome = await settleWithin(revalidation.result, upstream.config.revalidateTimeout, revalidation.since);
+    return outcome === LATE ? this.servedStale(upstream, cached, "DEADLINE") : outcome;
+  }
+
+  /**
+   * The cached manifest of a tag whose revalidation has not answered (yet): `reason` is the metric's label,
+   * DEADLINE when it outlasted `revalidateTimeout`, BACKGROUND under `staleWhileRevalidate`.
+   */
+  private servedStale(upstream: UpstreamClient, cached: StoredManifest, reason: string): ManifestResult {
+    this.metrics?.staleServed.inc({ upstream: upstream.name, reason });
+    return { manifest: cached, source: "stale" };
   }
 
   /**
@@ -117,11 +153,22 @@ export class ManifestCache {
     const pointer = await this.metadata.getTag(upstream.name, repo, tag);
     return this.shared(`${upstream.name}\u0000${repo}\u0000${tag}`, () =>
       this.guard(upstream, repo, tag, () => this.revalidate(upstream, repo, tag, pointer)),
-    );
+    ).result;
   }
 
   private isFresh(upstream: UpstreamClient, pointer: TagPointer): boolean {
     return this.now() - pointer.checkedAt < upstream.config.tagTtl;
+  }
+
+  /**
+   * Whether a manifest request's upstream failure is the upstream's way of saying "not a manifest": distribution
+   * answers 500 when a layer digest is asked for as a manifest. When the store holds that digest as a blob (with
+   * no manifest sidecar, so it is not a manifest here), the answer is MANIFEST_UNKNOWN, not an upstream outage.
+   */
+  private async isStoredBlob(digest: string, err: unknown): Promise<boolean> {
+    if (!(err instanceof RegistryError) || err.code !== "UPSTREAM_ERROR") return false;
+    const status = (err.detail as { status?: unknown } | undefined)?.status;
+    return typeof status === "number" && status >= 500 && (await this.manifests.holdsBytes(digest));
   }
 
   /** A recent upstream 404 for this reference answers at once, without asking again. */
@@ -143,6 +190,15 @@ export class ManifestCache {
   private async mayServe(upstream: UpstreamClient, repo: string, digest: string): Promise<boolean> {
     const standing = await standingOf(this.metadata, upstream, repo, digest);
     if (standing !== "confirm-repository") return standing === "granted";
+    // The upstream's answer is recorded whenever it comes; the client waits for it up to revalidateTimeout.
+    const confirmation = this.confirmRepository(upstream, repo, digest);
+    const outcome = await settleWithin(confirmation, upstream.config.revalidateTimeout);
+    if (outcome === LATE) throw confirmationLate(upstream, `manifest ${digest} in ${repo}`);
+    return outcome;
+  }
+
+  /** Whether the upstream's HEAD says `repo` holds manifest `digest`; a yes is remembered as a link. */
+  private async confirmRepository(upstream: UpstreamClient, repo: string, digest: string): Promise<boolean> {
     try {
       const head = await upstream.headManifest(repo, digest);
       if (head.digest !== undefined && head.digest !== digest) return false;
@@ -302,11 +358,12 @@ export class ManifestCache {
     return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
   }
 
-  private shared(key: string, work: () => Promise<ManifestResult>): Promise<ManifestResult> {
+  /** One upstream exchange per key in this process: a request joins the running one (`since`: when it started). */
+  private shared(key: string, work: () => Promise<ManifestResult>): SharedWork {
     const running = this.inflight.get(key);
     if (running) return running;
-    const promise = work().finally(() => this.inflight.delete(key));
-    this.inflight.set(key, promise);
-    return promise;
+    const shared = { result: work().finally(() => this.inflight.delete(key)), since: performance.now() };
+    this.inflight.set(key, shared);
+    return shared;
   }
 }

@@ -158,6 +158,19 @@ export const upstreamSchema = z
     aliases: z.array(registryHost).default([]),
     /** How long a tag → digest pointer is trusted without asking the upstream; 0: revalidated on every request. */
     tagTtl: durationIn({ zeroMeansOff: true, use: "age" }).default(5 * 60_000),
+    /**
+     * How long a request for content the mirror holds waits on this upstream: revalidating a tag past its TTL,
+     * confirming a cached blob or manifest for a repository not yet linked to it. When it passes, the cached answer
+     * is served (marked stale) or, where the cache may not answer alone, the request fails with UNAVAILABLE; the
+     * upstream request goes on in the background under its own timeouts and updates the cache when it answers.
+     * Requests for content the mirror does not hold wait for the upstream as long as `timeouts` allow.
+     */
+    revalidateTimeout: duration.default(2_000),
+    /**
+     * Past its TTL, serve a tag's cached pointer at once and revalidate it in the background (the next request
+     * sees the result), instead of waiting up to `revalidateTimeout` for the upstream.
+     */
+    staleWhileRevalidate: z.boolean().default(false),
     /** How long an upstream 404 for a tag or manifest is remembered, so a storm of misses reaches it once; 0: not remembered. */
     negativeTtl: durationIn({ zeroMeansOff: true, use: "age" }).default(30_000),
     /** Never contact this upstream: serve only what is cached (air-gapped mode). */
@@ -318,7 +331,7 @@ export const configSchema = z
           .int()
           .min(4 * 1024 * 1024)
           .default(8 * 1024 * 1024),
-        /** Largest tags/list body passed through from an upstream. */
+        /** Most bytes of an upstream's tag list, all its pages together (the mirror reads it whole, then pages it). */
         tagListMaxBytes: z
           .number()
           .int()
@@ -461,6 +474,8 @@ export const configSchema = z
         aliases: ["registry-1.docker.io", "index.docker.io"],
         tagTtl: 5 * 60_000,
         negativeTtl: 30_000,
+        revalidateTimeout: 2_000,
+        staleWhileRevalidate: false,
         offline: false,
         timeouts: { connect: 10_000, headers: 30_000, bodyIdle: 60_000 },
         repositories: { deny: [] },

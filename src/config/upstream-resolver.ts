@@ -1,6 +1,6 @@
 /**
  * Which configured upstream a name refers to, and what the repository is called there: the one place that
- * decides it, for the three kinds of names the mirror is given.
+ * decides it, for the three kinds of names the mirror is given, and the way back for listings.
  *
  * - A request (`resolve`): the repository path of `/v2/<name>/...` and containerd's `?ns=` value.
  *   1. `?ns=<host>` names an upstream by name or alias; a path prefix naming the same upstream is dropped
@@ -12,6 +12,7 @@
  *   `<upstream>/<repository>[:tag|@sha256:…]`, the upstream by name or alias; without one, the default upstream
  *   (`alpine:3.20`, as with docker), unless the caller requires it to be named (`requireUpstream`).
  * - A `storage.pinned` entry (`pin`): `<upstream>/<repository>[:tag]`; the upstream must be named.
+ * - A listing (`pathName`, for `_catalog`): the inverse of `resolve`, checked by running it.
  *
  * For all of them: names and aliases match in any case; a single-component repository gets its upstream's
  * `libraryPrefix` (`alpine` → `library/alpine` on Docker Hub); the repository that results must be a valid name.
@@ -20,7 +21,13 @@
  */
 import { RegistryError } from "../oci/errors.ts";
 import { formatReference, splitImageReference } from "../oci/image-reference.ts";
-import { assertName, isValidTag, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
+import {
+  assertName,
+  isValidName,
+  isValidTag,
+  parseManifestReference,
+  type ManifestReference,
+} from "../oci/reference.ts";
 import type { Config, UpstreamConfig } from "./schema.ts";
 
 /** What choosing an upstream needs to know of one (an UpstreamClient has it). */
@@ -93,6 +100,29 @@ export class UpstreamResolver<U extends RoutedUpstream = RoutedUpstream> {
       );
     }
     return { upstream: this.fallback, repo: this.repository(this.fallback, name) };
+  }
+
+  /**
+   * The name a client pulls `repo` of `upstream` by through this mirror (`/v2/<name>/...` without `ns`), for
+   * listings such as `_catalog`: the repository itself on the default upstream (`library/alpine`), otherwise
+   * prefixed by the upstream's name or an alias (`ghcr.io/team/tool`). Only a name that `resolve` maps back to
+   * this same upstream and repository is given; undefined when there is none (a default-upstream repository whose
+   * first component names another upstream gets the prefixed form; a name too long for the grammar gets none).
+   */
+  pathName(upstream: U, repo: string): string | undefined {
+    const candidates = [
+      ...(upstream === this.fallback ? [repo] : []),
+      ...[upstream.name, ...upstream.config.aliases].map((prefix) => `${prefix.toLowerCase()}/${repo}`),
+    ];
+    return candidates.find((name) => {
+      if (!isValidName(name)) return false;
+      try {
+        const back = this.resolve(name, undefined);
+        return back.upstream === upstream && back.repo === repo;
+      } catch {
+        return false;
+      }
+    });
   }
 
   /**

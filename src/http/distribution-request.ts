@@ -1,13 +1,15 @@
 /**
  * Parses a `/v2/...` request once, before any I/O, into an immutable validated value. Bad input becomes an OCI
- * error here (`NAME_INVALID`, `DIGEST_INVALID`, `TAG_INVALID`, `UNSUPPORTED`), never a bare 404 later.
+ * error here (`NAME_INVALID`, `DIGEST_INVALID`, `UNSUPPORTED`; `MANIFEST_UNKNOWN` for a manifest reference that
+ * cannot exist), never a bare 404 later.
  * Paths are matched undecoded: no valid name, tag or digest contains `%`, so encoded slashes or dots cannot
  * smuggle anything past the grammar.
  */
 import { RegistryError } from "../oci/errors.ts";
 import { AcceptSet } from "../oci/media-types.ts";
 import { parseRange, type ByteRangeSpec } from "../oci/range.ts";
-import { isValidName, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
+import { parsePageRequest, type PageRequest } from "../oci/pagination.ts";
+import { isValidName, isValidTag, parseManifestReference, type ManifestReference } from "../oci/reference.ts";
 import { assertDigest } from "../oci/digest.ts";
 import { assertArtifactType } from "../oci/referrers.ts";
 
@@ -22,7 +24,7 @@ interface Common {
 export type DistributionRequest =
   | (Common & { kind: "manifest"; reference: ManifestReference; accept: AcceptSet })
   | (Common & { kind: "blob"; digest: string; range: ByteRangeSpec | undefined })
-  | (Common & { kind: "tags"; n: string | undefined; last: string | undefined })
+  | (Common & { kind: "tags"; page: PageRequest })
   | (Common & { kind: "referrers"; digest: string; artifactType: string | undefined });
 
 export interface RawRequest {
@@ -66,7 +68,7 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
       return {
         ...common,
         kind: "manifest",
-        reference: parseManifestReference(route.m[2]!),
+        reference: manifestReferenceOf(route.m[2]!),
         accept: AcceptSet.parse(raw.headers.accept),
       };
     case "blob": {
@@ -78,7 +80,7 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
     case "tags":
       if (method !== "GET")
         throw new RegistryError("UNSUPPORTED", "tags/list answers GET only", { headers: { Allow: "GET" } });
-      return { ...common, kind: "tags", n: raw.query.get("n") ?? undefined, last: raw.query.get("last") ?? undefined };
+      return { ...common, kind: "tags", page: parsePageRequest(listQuery(raw.query), isValidTag, tagInvalid) };
     case "referrers": {
       // https://github.com/opencontainers/distribution-spec/blob/main/spec.md#listing-referrers (GET only)
       if (method !== "GET")
@@ -90,4 +92,28 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
       return { ...common, kind: "referrers", digest, artifactType };
     }
   }
+}
+
+/**
+ * A manifest reference that is neither a valid tag nor a digest of a supported form names a manifest that cannot
+ * exist: 404 MANIFEST_UNKNOWN, as the distribution spec's conformance suite expects (it asks for
+ * `.INVALID_MANIFEST_NAME`), and never a request to the upstream.
+ */
+function manifestReferenceOf(value: string): ManifestReference {
+  try {
+    return parseManifestReference(value);
+  } catch (err) {
+    if (!(err instanceof RegistryError)) throw err;
+    throw new RegistryError("MANIFEST_UNKNOWN", `no manifest can be named ${JSON.stringify(value.slice(0, 300))}`, {
+      detail: { reason: err.message },
+    });
+  }
+}
+
+const tagInvalid = (last: string) =>
+  new RegistryError("TAG_INVALID", `last must be a tag: ${JSON.stringify(last.slice(0, 300))}`);
+
+/** The raw `n` and `last` of a list endpoint's query (tags/list, _catalog). */
+export function listQuery(query: URLSearchParams): { n: string | undefined; last: string | undefined } {
+  return { n: query.get("n") ?? undefined, last: query.get("last") ?? undefined };
 }

@@ -9,7 +9,10 @@ import { Readable } from "node:stream";
 import Router from "@koa/router";
 import type Koa from "koa";
 import { RegistryError } from "../oci/errors.ts";
+import { parsePageRequest } from "../oci/pagination.ts";
+import { isValidName } from "../oci/reference.ts";
 import type { BlobHandler } from "../registry/blob-handler.ts";
+import type { CatalogHandler } from "../registry/catalog-handler.ts";
 import type { ManifestHandler } from "../registry/manifest-handler.ts";
 import type { RegistryResponse } from "../registry/response.ts";
 import type { Metrics } from "../observability/metrics.ts";
@@ -20,7 +23,7 @@ import type { TagsHandler } from "../registry/tags-handler.ts";
 import type { ReferrersHandler } from "../registry/referrers-handler.ts";
 import type { UpstreamResolver } from "../config/upstream-resolver.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
-import { parseDistributionRequest } from "./distribution-request.ts";
+import { listQuery, parseDistributionRequest } from "./distribution-request.ts";
 import type { RequestState } from "./request-context.ts";
 
 export interface RouterDeps {
@@ -35,6 +38,7 @@ export interface RouterDeps {
   manifests: ManifestHandler;
   blobs: BlobHandler;
   tags: TagsHandler;
+  catalog: CatalogHandler;
   referrers: ReferrersHandler;
   storagePath: string;
 }
@@ -56,6 +60,24 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     ctx.status = 200;
     ctx.type = "application/json";
     ctx.body = "{}";
+  });
+  // Not a repository path: `_catalog` is no valid name, so parseDistributionRequest leaves it to this router.
+  router.all("/v2/_catalog", async (ctx) => {
+    if (ctx.method !== "GET")
+      throw new RegistryError("UNSUPPORTED", "_catalog answers GET only", { headers: { Allow: "GET" } });
+    const page = parsePageRequest(
+      listQuery(new URLSearchParams(ctx.querystring)),
+      isValidName,
+      (last) =>
+        new RegistryError("NAME_INVALID", `last must be a repository name: ${JSON.stringify(last.slice(0, 300))}`),
+    );
+    const who = await identify(ctx);
+    if (who.kind === "anonymous" && !deps.policy.anonymousAllowedAnywhere) {
+      throw new RegistryError("UNAUTHORIZED", "authentication required", {
+        headers: { "WWW-Authenticate": CHALLENGE },
+      });
+    }
+    send(ctx, await deps.catalog.handle({ who, page }));
   });
   router.get("/healthz", (ctx) => {
     ctx.body = { status: "ok" };
@@ -138,8 +160,7 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
         response = await deps.tags.handle({
           target,
           clientName: request.name,
-          n: request.n,
-          last: request.last,
+          page: request.page,
           ns: request.ns,
         });
         break;

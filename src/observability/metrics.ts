@@ -148,7 +148,7 @@ export class Metrics {
     });
     this.staleServed = new Counter({
       name: "mirror_stale_served_total",
-      help: "Tags answered from a pointer the upstream could not confirm, by reason (the upstream error code).",
+      help: "Cached content answered without the upstream's confirmation, by reason: the upstream's error code, DEADLINE (no answer within revalidateTimeout) or BACKGROUND (staleWhileRevalidate).",
       labelNames: ["upstream", "reason"],
       registers,
     });

@@ -1,75 +1,89 @@
 /**
- * `GET /v2/<name>/tags/list`, passed through to the upstream with `n` and `last`; not cached. The answer is
- * rendered here from the tags the upstream client accepted, never the upstream's body relayed as it came.
+ * `GET /v2/<name>/tags/list`, per the distribution spec: lexical order, `n`, `last` and a `Link` to the next page
+ * (oci/pagination.ts). The mirror reads the upstream's whole list (every page of it, upstream-client.ts) and pages
+ * it itself, so the order and the paging are the spec's whatever the upstream does. The answer is rendered here
+ * from the tags the upstream client accepted, never the upstream's body relayed as it came.
+ *
+ * When the upstream cannot answer (down, timing out, 5xx, 429, or offline by configuration) the tags the mirror
+ * holds pointers for answer instead, paged the same way and marked stale (`X-Mirror-Cache: stale` and a
+ * `Warning`, as for manifests); an upstream that has not answered within `revalidateTimeout` counts as one that
+ * cannot, when there are cached tags to answer with. An upstream 404 stands: cached tags are not served for a repository the upstream
+ * says does not exist. Nothing is cached from a tag list itself.
  */
 import type { Logger } from "pino";
+import { confirmationLate, LATE, settleWithin } from "../cache/answer-deadline.ts";
+import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { isValidTag } from "../oci/reference.ts";
+import { nextPageLink, paginate, type PageRequest } from "../oci/pagination.ts";
 import type { RegistryResponse } from "./response.ts";
 import type { ResolvedRepository } from "../config/upstream-resolver.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
 
 export class TagsHandler {
   private readonly maxBytes: number;
+  private readonly metadata: MetadataStore;
   private readonly log: Logger;
 
-  constructor(opts: { maxBytes: number; log: Logger }) {
+  constructor(opts: { maxBytes: number; metadata: MetadataStore; log: Logger }) {
     this.maxBytes = opts.maxBytes;
+    this.metadata = opts.metadata;
     this.log = opts.log;
   }
 
-  /** `clientName` is the name as the client wrote it, so pagination links lead back through this mirror. */
+  /**
+   * `page` is the validated `n`/`last` (distribution-request.ts); `clientName` the name as the client wrote it,
+   * so the next-page link leads back through this mirror by the same route, with containerd's `ns` kept.
+   */
   async handle(req: {
     target: ResolvedRepository<UpstreamClient>;
     clientName: string;
-    n: string | undefined;
-    last: string | undefined;
+    page: PageRequest;
     ns: string | undefined;
   }): Promise<RegistryResponse> {
-    const params = new URLSearchParams();
-    if (req.n !== undefined) {
-      if (!/^\d{1,6}$/.test(req.n))
-        throw new RegistryError("UNSUPPORTED", "n must be a non-negative integer", { status: 400 });
-      params.set("n", req.n);
-    }
-    if (req.last !== undefined) {
-      if (!isValidTag(req.last)) throw new RegistryError("TAG_INVALID", "last must be a tag");
-      params.set("last", req.last);
-    }
-    const query = params.size > 0 ? `?${params.toString()}` : "";
     const { upstream, repo } = req.target;
-    const result = await upstream.getTags(repo, query, this.maxBytes);
-    const body = Buffer.from(JSON.stringify({ name: repo, tags: result.tags }));
+    let tags: string[];
+    let stale = false;
+    const cached = await this.metadata.listTags(upstream.name, repo);
+    try {
+      const fetching = upstream.getTags(repo, this.maxBytes);
+      // With tags to answer from, the upstream gets revalidateTimeout, as for a tag (answer-deadline.ts).
+      const outcome =
+        cached.length > 0 ? await settleWithin(fetching, upstream.config.revalidateTimeout) : await fetching;
+      if (outcome === LATE) throw confirmationLate(upstream, `the tags of ${repo}`);
+      tags = outcome;
+    } catch (err) {
+      if (!isUpstreamUnwell(err)) throw err;
+      if (cached.length === 0) {
+        if (upstream.config.offline && err.code === "UNAVAILABLE")
+          throw new RegistryError(
+            "NAME_UNKNOWN",
+            `no tags of ${repo} are cached, and upstream ${upstream.name} is offline`,
+            { detail: { upstream: upstream.name, offline: true } },
+          );
+        throw err;
+      }
+      this.log.info(
+        { upstream: upstream.name, repo, code: err.code, reason: err.message },
+        "tags/list answered from the cached tags: the upstream could not answer",
+      );
+      tags = cached;
+      stale = true;
+    }
+    const page = paginate(tags, req.page);
+    const body = Buffer.from(JSON.stringify({ name: repo, tags: page.entries }));
     const headers: Record<string, string> = {
       "Content-Type": "application/json",
       "Content-Length": String(body.length),
+      "X-Mirror-Cache": stale ? "stale" : "miss",
+      ...(stale ? { Warning: '110 - "Response is Stale"' } : {}),
     };
-    const link = result.link !== undefined ? rewriteLink(result.link, req.clientName, req.ns) : undefined;
-    if (link === null) {
-      // The upstream's header, not the client's request, is at fault: answer the page we have, without a next one.
-      this.log.warn(
-        { upstream: upstream.name, repo, link: result.link?.slice(0, 500) },
-        "upstream sent a malformed Link header on tags/list; treated as absent",
+    if (page.next !== undefined)
+      headers.Link = nextPageLink(
+        `/v2/${req.clientName}/tags/list`,
+        page.next,
+        req.ns !== undefined ? { ns: req.ns } : {},
       );
-    } else if (link !== undefined) headers.Link = link;
-    return { status: 200, headers, body };
+    return { status: 200, headers, body, cache: stale ? "stale" : "miss" };
   }
-}
-
-/**
- * Keeps only the upstream's `n`/`last` from its next-page link and points it at this mirror's path. Undefined
- * when there is no next page; null when the link is malformed (the upstream's URL does not parse).
- */
-function rewriteLink(link: string, clientName: string, ns: string | undefined): string | undefined | null {
-  const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
-  if (!m) return undefined;
-  const target = URL.parse(m[1]!, "http://upstream.invalid");
-  if (target === null) return null;
-  const params = new URLSearchParams();
-  for (const key of ["n", "last"]) {
-    const value = target.searchParams.get(key);
-    if (value !== null) params.set(key, value);
-  }
-  if (ns !== undefined) params.set("ns", ns);
-  return `</v2/${clientName}/tags/list?${params.toString()}>; rel="next"`;
 }

@@ -69,6 +69,11 @@ export class ManifestStore {
     this.memory.set(digest, { digest, mediaType, bytes });
   }
 
+  /** Whether the content store holds these bytes, as a manifest or not (a blob has no sidecar). */
+  async holdsBytes(digest: string): Promise<boolean> {
+    return (await this.blobs.size(digest)) !== undefined;
+  }
+
   async get(digest: string): Promise<StoredManifest | undefined> {
     const hot = this.memory.get(digest);
     if (hot) {

@@ -59,6 +59,11 @@ interface UpstreamResponse {
 /** Transport failures worth retrying: nothing was received, so the request cannot have had an effect. */
 const RETRYABLE = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CONNECT_TIMEOUT"]);
 const RETRY_BASE_MS = 100;
+/**
+ * The most tag-list pages read from an upstream for one answer, whatever their size; the byte cap
+ * (`limits.tagListMaxBytes`, over all pages) and `timeouts.total` bound the walk too.
+ */
+export const MAX_TAG_LIST_PAGES = 100;
 
 export class UpstreamClient {
   readonly config: UpstreamConfig;
@@ -183,22 +188,76 @@ export class UpstreamClient {
   }
 
   /**
-   * `GET /v2/<repo>/tags/list`, with the client's `n`/`last` query passed through. Returns the tags, not the
-   * body: only a tag list (`{"name": ..., "tags": [...]}` with valid tags) is accepted, for the caller to render.
+   * The whole tag list of `repo`: `GET /v2/<repo>/tags/list`, then the pages its `Link rel="next"` headers lead
+   * to, in the upstream's order (the caller sorts and pages). Only a tag list (`{"name": ..., "tags": [...]}` with
+   * valid tags) is accepted. A next-page link only supplies `n` and `last`: it must stay on this upstream's origin
+   * and this repository's path (anything else is UPSTREAM_ERROR), and the request is built here as every other
+   * one is, so no host or path ever comes from the header. Bounded: at most MAX_TAG_LIST_PAGES pages, `maxBytes`
+   * for all pages together, and one `timeouts.total` deadline for the whole walk.
    */
-  async getTags(repo: string, query: string, maxBytes: number): Promise<{ tags: string[]; link: string | undefined }> {
+  async getTags(repo: string, maxBytes: number): Promise<string[]> {
     return this.withDeadline(undefined, async (signal) => {
-      const res = await this.send("GET", repo, `/v2/${repo}/tags/list${query}`, { accept: "application/json" }, signal);
-      await this.expectOk(res, "NAME_UNKNOWN");
-      const body = await this.readCapped(res.body, maxBytes, "tag list");
-      this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "tags" }, body.length);
-      const tags = parseTagList(body);
-      if (tags === undefined)
-        throw new RegistryError(
-          "UPSTREAM_ERROR",
-          `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`,
-        );
-      return { tags, link: headerValue(res.headers, "link") };
+      const path = `/v2/${repo}/tags/list`;
+      const tags: string[] = [];
+      let budget = maxBytes;
+      let query = "";
+      const seen = new Set<string>();
+      for (let page = 1; ; page++) {
+        const res = await this.send("GET", repo, `${path}${query}`, { accept: "application/json" }, signal);
+        await this.expectOk(res, "NAME_UNKNOWN");
+        const body = await this.readCapped(res.body, budget, "tag list");
+        budget -= body.length;
+        this.metrics?.upstreamFetchedBytes.inc({ upstream: this.name, kind: "tags" }, body.length);
+        const pageTags = parseTagList(body);
+        if (pageTags === undefined)
+          throw new RegistryError(
+            "UPSTREAM_ERROR",
+            `upstream ${this.name} sent a tag list that is not one (expected {"name": ..., "tags": [...]})`,
+          );
+        tags.push(...pageTags);
+        const next = this.nextTagsQuery(headerValue(res.headers, "link"), path);
+        if (next === undefined) return tags;
+        // A link back to a page already read would go round in circles until the page cap: refused at once.
+        if (seen.has(next)) throw this.badTagsLink(`a next-page link that repeats an earlier page`);
+        seen.add(next);
+        if (page >= MAX_TAG_LIST_PAGES)
+          throw new RegistryError(
+            "UPSTREAM_ERROR",
+            `upstream ${this.name} sent a tag list of more than ${MAX_TAG_LIST_PAGES} pages, the most the mirror reads`,
+            { detail: { upstream: this.name } },
+          );
+        query = next;
+      }
+    });
+  }
+
+  /**
+   * The query (`?n=..&last=..`) of the next tag-list page a `Link` header names, or undefined when it names none.
+   * The link may be relative or absolute, but only on this upstream's origin and `path`; its `n` and `last` must
+   * be a number and a tag.
+   */
+  private nextTagsQuery(link: string | undefined, path: string): string | undefined {
+    if (link === undefined) return undefined;
+    const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
+    if (!m) return undefined;
+    const target = URL.parse(m[1]!, new URL(path, this.url).href);
+    if (target === null || target.origin !== this.url.origin || target.pathname !== path)
+      throw this.badTagsLink(`a next-page link off its own origin and repository path`);
+    const params = new URLSearchParams();
+    const n = target.searchParams.get("n");
+    const last = target.searchParams.get("last");
+    if (n !== null) {
+      if (!/^\d{1,9}$/.test(n)) throw this.badTagsLink("a next-page link whose n is not a number");
+      params.set("n", n);
+    }
+    if (last === null || !isValidTag(last)) throw this.badTagsLink("a next-page link whose last is not a tag");
+    params.set("last", last);
+    return `?${params.toString()}`;
+  }
+
+  private badTagsLink(what: string): RegistryError {
+    return new RegistryError("UPSTREAM_ERROR", `upstream ${this.name} sent ${what} on tags/list`, {
+      detail: { upstream: this.name },
     });
   }
 

@@ -23,9 +23,15 @@ import { pushCatalogueImage, type Catalogue, type CatalogueImage } from "./image
 export const MIRROR_TIMING = {
   /** Short enough that the TTL and hang scenarios do not wait long, long enough to outlast two quick pulls. */
   tagTtlMs: 10_000,
-  /** A hanging upstream costs a tag request at most this long (then the cached pointer is served). */
-  headersTimeoutMs: 2_000,
+  /**
+   * A hanging upstream keeps each of the mirror's requests for 10 s (5 × the default `revalidateTimeout`, and
+   * more than the scenarios' bound on a pull): what bounds a client's wait for a cached tag is the mirror's
+   * `revalidateTimeout` (2 s by default), not this.
+   */
+  headersTimeoutMs: 10_000,
   connectTimeoutMs: 2_000,
+  /** Down after one failure and probed again within seconds, so the hang scenario runs through probes. */
+  health: { failureThreshold: 1, initialBackoff: 1_000, maxBackoff: 4_000 },
 } as const;
 
 const ADMIN: Credentials = { username: "admin", password: "admin-pw" };
@@ -79,6 +85,7 @@ export async function startWorld(teardown: Teardown, catalogue: Catalogue): Prom
     authHosts: [new URL(u.tokens.url).host],
     tagTtl: MIRROR_TIMING.tagTtlMs,
     timeouts: { connect: MIRROR_TIMING.connectTimeoutMs, headers: MIRROR_TIMING.headersTimeoutMs, bodyIdle: 10_000 },
+    health: MIRROR_TIMING.health,
   });
   const config = {
     upstreams: {

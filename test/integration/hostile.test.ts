@@ -189,7 +189,7 @@ describe("hostile input", () => {
       const res = await fetchRaw(`${mirror.url}${path}`, { headers: { accept: ALL_MANIFEST_TYPES } });
       expect(res.status, path).toBeGreaterThanOrEqual(400);
       expect(res.status, path).toBeLessThan(500);
-      expect(errorCode(res), path).toMatch(/^(NAME_INVALID|DIGEST_INVALID|TAG_INVALID|NAME_UNKNOWN|UNSUPPORTED)$/);
+      expect(errorCode(res), path).toMatch(/^(NAME_INVALID|DIGEST_INVALID|MANIFEST_UNKNOWN|NAME_UNKNOWN|UNSUPPORTED)$/);
     }
     const range = await fetchRaw(`${mirror.url}/v2/team/target/blobs/${small.digest}`, {
       headers: { range: `bytes=-${"9".repeat(30)}` },

@@ -141,18 +141,20 @@ describe("pull-through: content", () => {
     expect(sha256(byPrefix.body)).toBe(layer.digest);
   });
 
-  it("passes tags/list through with n and last", async () => {
+  it("answers tags/list from the upstream's whole list, paging it itself", async () => {
     await pushImage(upstream.url, "team/oci", "v2", ociImage);
     await pushImage(upstream.url, "team/oci", "v3", ociImage);
     const all = await fetchRaw(api("team/oci/tags/list"));
     expect(JSON.parse(all.body.toString())).toEqual({ name: "team/oci", tags: ["v1", "v2", "v3"] });
-    // distribution 2.8 ignores n/last itself; what matters here is that they reach the upstream intact.
     await upstream.sync();
     upstream.clearRequests();
     const page = await fetchRaw(api("team/oci/tags/list?n=1&last=v1"));
-    expect(page.status).toBe(200);
+    expect(JSON.parse(page.body.toString())).toEqual({ name: "team/oci", tags: ["v2"] });
+    expect(page.headers.link).toBe('</v2/team/oci/tags/list?n=1&last=v2>; rel="next"');
+    // The client's n and last are the mirror's to apply: the upstream is asked for the whole list.
     await upstream.sync();
-    expect(upstream.count({ method: "GET", kind: "tags", pathIncludes: "n=1&last=v1" })).toBe(1);
+    expect(upstream.count({ method: "GET", kind: "tags" })).toBe(1);
+    expect(upstream.count({ method: "GET", kind: "tags", pathIncludes: "last=" })).toBe(0);
   });
 
   it("never sends a manifest type the client's Accept excludes", async () => {
@@ -419,7 +421,10 @@ describe("pull-through: errors", () => {
     ["invalid name", "/v2/Bad_Name/manifests/v1", {}, 400, "NAME_INVALID"],
     ["traversal", "/v2/a/..%2F..%2Fetc/manifests/v1", {}, 400, "NAME_INVALID"],
     ["invalid digest", "/v2/team/oci/blobs/sha256:1234", {}, 400, "DIGEST_INVALID"],
-    ["invalid tag", "/v2/team/oci/manifests/-v1", {}, 400, "TAG_INVALID"],
+    ["invalid tag", "/v2/team/oci/manifests/-v1", {}, 404, "MANIFEST_UNKNOWN"],
+    ["conformance's invalid name", "/v2/team/oci/manifests/.INVALID_MANIFEST_NAME", {}, 404, "MANIFEST_UNKNOWN"],
+    ["conformance's invalid name (HEAD)", "/v2/team/oci/manifests/.INVALID_MANIFEST_NAME", { method: "HEAD" }, 404, ""],
+    ["unsupported digest", `/v2/team/oci/manifests/sha512:${"0".repeat(128)}`, {}, 404, "MANIFEST_UNKNOWN"],
     ["unknown tag", "/v2/team/oci/manifests/nope", {}, 404, "MANIFEST_UNKNOWN"],
     ["unknown repository", "/v2/team/none/manifests/v1", {}, 404, "MANIFEST_UNKNOWN"],
     ["unknown blob", `/v2/team/oci/blobs/sha256:${"0".repeat(64)}`, {}, 404, "BLOB_UNKNOWN"],
@@ -428,7 +433,7 @@ describe("pull-through: errors", () => {
     ["push", "/v2/team/oci/manifests/v1", { method: "PUT" }, 405, "UNSUPPORTED"],
     ["delete", `/v2/team/oci/blobs/sha256:${"0".repeat(64)}`, { method: "DELETE" }, 405, "UNSUPPORTED"],
     ["upload", "/v2/team/oci/blobs/uploads/", { method: "POST" }, 405, "UNSUPPORTED"],
-    ["unknown endpoint", "/v2/_catalog", {}, 404, "UNSUPPORTED"],
+    ["unknown endpoint", "/v2/_unknown", {}, 404, "UNSUPPORTED"],
   ];
   it.each(cases)("%s: %s %o", async (_what, path, opts, status, code) => {
     const res = await fetchRaw(`${mirror.url}${path}`, opts);
@@ -448,6 +453,18 @@ describe("pull-through: errors", () => {
     } finally {
       await dead.stop();
     }
+  });
+
+  it("a layer digest asked for as a manifest (distribution answers 500) is MANIFEST_UNKNOWN when the mirror holds the layer", async () => {
+    const layer = ociImage.layers[1]!;
+    const direct = await fetchRaw(`${upstream.url}/v2/team/oci/manifests/${layer.digest}`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
+    expect(direct.status).toBeGreaterThanOrEqual(500); // the upstream's own answer, which the mirror must not relay
+    expect((await fetchRaw(api(`team/oci/blobs/${layer.digest}`))).status).toBe(200);
+    const res = await fetchRaw(api(`team/oci/manifests/${layer.digest}`), { headers: { accept: ALL_MANIFEST_TYPES } });
+    expect(res.status).toBe(404);
+    expect(errorCode(res)).toBe("MANIFEST_UNKNOWN");
   });
 
   it("passes a manifest of nearly 4 MiB through byte-exact (the spec's floor; distribution refuses larger pushes)", async () => {

@@ -34,6 +34,8 @@ interface FakeUpstream {
   failWith: RegistryError | undefined;
   /** Bodies are written by the test instead of served whole (a download that stays running). */
   held: PassThrough[] | undefined;
+  /** When set, every request waits for it before answering (an upstream that accepts and does not reply). */
+  hang: Promise<void> | undefined;
 }
 
 function fakeUpstream(name: string, opts: { offline?: boolean } = {}): FakeUpstream {
@@ -44,6 +46,7 @@ function fakeUpstream(name: string, opts: { offline?: boolean } = {}): FakeUpstr
     blobs: new Map(),
     failWith: undefined,
     held: undefined,
+    hang: undefined,
   };
   const lookup = (digest: string): Buffer => {
     if (fake.failWith) throw fake.failWith;
@@ -53,13 +56,15 @@ function fakeUpstream(name: string, opts: { offline?: boolean } = {}): FakeUpstr
   };
   fake.client = {
     name,
-    config: { offline: opts.offline === true, timeouts: { bodyIdle: 60_000 } },
+    config: { offline: opts.offline === true, timeouts: { bodyIdle: 60_000 }, revalidateTimeout: 60_000 },
     headBlob: async (_repo: string, digest: string) => {
       fake.heads++;
+      await fake.hang;
       return { size: lookup(digest).length };
     },
     getBlob: async (_repo: string, digest: string) => {
       fake.gets++;
+      await fake.hang;
       const bytes = lookup(digest);
       if (fake.held) {
         const body = new PassThrough();
@@ -231,6 +236,56 @@ describe("BlobCache", () => {
       });
       // Another upstream is on record for this one: its bytes stay unreadable here.
       await expect(cache.get(upstream.client, "team/app", otherDigest)).rejects.toMatchObject({ code: "UNAVAILABLE" });
+    });
+
+    describe("with an upstream that accepts and does not answer (revalidateTimeout)", () => {
+      let release: () => void;
+      beforeEach(() => {
+        upstream.hang = new Promise((resolve) => (release = resolve));
+        (upstream.client.config as { revalidateTimeout: number }).revalidateTimeout = 50;
+      });
+      afterEach(() => release());
+
+      it("a stored blob needing this repository confirmed: UNAVAILABLE at the deadline, the late HEAD still links it", async () => {
+        await cached(content, { linked: ["team/app"], servedBy: ["hub"] });
+        const { cache } = cacheWith();
+        await expect(cache.get(upstream.client, "team/other", digest)).rejects.toMatchObject({
+          code: "UNAVAILABLE",
+          detail: { timeout: "revalidateTimeout" },
+        });
+        await expect(cache.head(upstream.client, "team/other", digest)).rejects.toMatchObject({ code: "UNAVAILABLE" });
+        await until(() => !store.inUse(digest), "the opened content to be released");
+        release();
+        await until(() => metadata.hasLink("hub", "team/other", digest), "the late HEAD to link the repository");
+        const served = await cache.get(upstream.client, "team/other", digest);
+        expect(served.result).toBe("hit");
+        expect((await bytesOf(served.body)).bytes.equals(content)).toBe(true);
+        expect(upstream.gets).toBe(0);
+      });
+
+      it("legacy content whose proving GET outlasts the deadline is served from the store, and counted stale", async () => {
+        await cached(content, { linked: ["team/app"] });
+        const { cache } = cacheWith();
+        const stale = await cache.get(upstream.client, "team/app", digest);
+        expect(stale.result).toBe("hit");
+        expect((await bytesOf(stale.body)).bytes.equals(content)).toBe(true);
+        expect(await metrics.staleServed.get()).toMatchObject({
+          values: [{ value: 1, labels: { upstream: "hub", reason: "UNAVAILABLE" } }],
+        });
+      });
+
+      it("content the upstream must prove, with nothing to serve meanwhile, waits for it past the deadline", async () => {
+        await cached(content, { linked: ["team/app"], servedBy: ["elsewhere"] });
+        const { cache } = cacheWith();
+        let settled = false;
+        const pending = cache.get(upstream.client, "team/app", digest).finally(() => (settled = true));
+        await new Promise((resolve) => setTimeout(resolve, 200)); // four deadlines
+        expect(settled).toBe(false);
+        release();
+        const proof = await pending;
+        expect(proof.result).toBe("uncached");
+        expect((await bytesOf(proof.body)).bytes.equals(content)).toBe(true);
+      });
     });
 
     it("serves linked content from an upstream that is offline by configuration, and answers BLOB_UNKNOWN for the rest", async () => {

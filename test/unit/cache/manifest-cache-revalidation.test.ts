@@ -26,7 +26,7 @@ function upstream(answer: Buffer, during: (method: "HEAD" | "GET") => Promise<vo
   const asked: string[] = [];
   const client = {
     name: "u",
-    config: { tagTtl: TTL_MS, offline: false, negativeTtl: 0 },
+    config: { tagTtl: TTL_MS, offline: false, negativeTtl: 0, revalidateTimeout: 60_000, staleWhileRevalidate: false },
     headManifest: async () => {
       asked.push("HEAD");
       await during("HEAD");

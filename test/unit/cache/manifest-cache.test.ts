@@ -16,6 +16,7 @@ import { Metrics } from "../../../src/observability/metrics.ts";
 import { RegistryError, type ErrorCode } from "../../../src/oci/errors.ts";
 import { isSha256Digest } from "../../../src/oci/digest.ts";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
+import { putContent } from "../../../src/storage/content-store.ts";
 import { ManifestStore } from "../../../src/storage/manifest-store.ts";
 import type { UpstreamClient } from "../../../src/upstream/upstream-client.ts";
 import { waitFor } from "../../harness/processes.ts";
@@ -47,7 +48,14 @@ const manifest = (n: number) =>
  */
 class FakeUpstream {
   readonly name: string;
-  readonly config = { tagTtl: TTL_MS, offline: false, negativeTtl: 0 };
+  /** revalidateTimeout long by default: a held request is waited for, unless a test is about the deadline. */
+  readonly config = {
+    tagTtl: TTL_MS,
+    offline: false,
+    negativeTtl: 0,
+    revalidateTimeout: 60_000,
+    staleWhileRevalidate: false,
+  };
   readonly asked: string[] = [];
   /** When set, every request fails with it (an outage, a 5xx, a rate limit, a refusal). */
   failure: RegistryError | undefined;
@@ -116,6 +124,7 @@ function gate(): { opened: Promise<void>; open: () => void } {
 
 let dir: string;
 let manifests: ManifestStore;
+let blobs: BlobStore;
 let metadata: EmbeddedMetadataStore;
 let metrics: Metrics;
 let noSpace: Error[];
@@ -127,7 +136,7 @@ const [d1, d2] = [digestOf(m1), digestOf(m2)];
 
 beforeEach(async () => {
   dir = await mkdtemp(join(tmpdir(), "manifest-cache-"));
-  const blobs = new BlobStore(dir);
+  blobs = new BlobStore(dir);
   await blobs.init();
   manifests = new ManifestStore(blobs);
   await manifests.init();
@@ -366,6 +375,24 @@ describe("ManifestCache.get by digest", () => {
     await cached(m1, { linkedIn: [["u", "app"]] });
     expect(await cache.get(up.client, "app", byDigest(d1))).toMatchObject({ source: "hit", manifest: { digest: d1 } });
     expect(up.asked).toEqual([]);
+  });
+
+  it("a digest the store holds as a blob, which the upstream answers 5xx for as a manifest: MANIFEST_UNKNOWN", async () => {
+    const layer = Buffer.from("layer bytes");
+    await putContent(blobs, digestOf(layer), layer);
+    up.failure = new RegistryError("UPSTREAM_ERROR", "upstream u answered 500", {
+      detail: { upstream: "u", status: 500 },
+    });
+    await expect(cache.get(up.client, "app", byDigest(digestOf(layer)))).rejects.toMatchObject({
+      code: "MANIFEST_UNKNOWN",
+      status: 404,
+      detail: { upstream: "u", status: 500 },
+    });
+    // Not a blob here: the upstream's 5xx stands.
+    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({ code: "UPSTREAM_ERROR" });
+    // Transport failures are outages whatever the store holds.
+    up.failure = new RegistryError("UNAVAILABLE", "unreachable");
+    await expect(cache.get(up.client, "app", byDigest(digestOf(layer)))).rejects.toMatchObject({ code: "UNAVAILABLE" });
   });
 
   it("with no room on disk, serves the fetched manifest uncached and reports it", async () => {
@@ -635,6 +662,167 @@ describe("ManifestCache.get by tag", () => {
     await pastTtl();
     expect((await replicaB.get(up.client, "app", LATEST)).source).toBe("revalidated");
     expect(tryLock.mock.settledResults.map((r) => typeof r.value)).toEqual(["string", "string"]); // a token each time
+  });
+});
+
+describe("ManifestCache: a cached answer does not wait on the upstream beyond revalidateTimeout", () => {
+  /** An upstream that, once `hang()` is called, holds every request until `release()`. */
+  function hanging(): { hang: () => void; release: () => void } {
+    let held: ReturnType<typeof gate> | undefined;
+    up.during = () => held?.opened;
+    return {
+      hang: () => (held = gate()),
+      release: () => {
+        held?.open();
+        held = undefined;
+      },
+    };
+  }
+
+  it("past its TTL, a tag whose revalidation hangs is served stale at the deadline; the revalidation lands later", async () => {
+    const upstream = hanging();
+    up.tag("latest", m1);
+    await cache.get(up.client, "app", LATEST);
+    up.tag("latest", m2);
+    clock += TTL_MS;
+    up.config.revalidateTimeout = 50;
+    upstream.hang();
+    const result = await cache.get(up.client, "app", LATEST);
+    expect(result).toMatchObject({ source: "stale", manifest: { digest: d1 } });
+    expect(await staleServed("DEADLINE")).toBe(1);
+    expect(up.asked.slice(2)).toEqual(["HEAD latest"]); // asked, not answered yet
+    // The upstream answers afterwards: the background revalidation moves the tag, for the next request.
+    upstream.release();
+    await waitFor(async () => (await metadata.getTag("u", "app", "latest"))?.digest === d2, {
+      timeoutMs: 5_000,
+      intervalMs: 10,
+      what: "the background revalidation to move the tag",
+    });
+    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "hit", manifest: { digest: d2 } });
+  });
+
+  it("requests arriving while a revalidation hangs share it: one upstream request, each answered stale", async () => {
+    const upstream = hanging();
+    up.tag("latest", m1);
+    await cache.get(up.client, "app", LATEST);
+    clock += TTL_MS;
+    up.config.revalidateTimeout = 50;
+    upstream.hang();
+    expect((await cache.get(up.client, "app", LATEST)).source).toBe("stale");
+    const later = await Promise.all([1, 2, 3].map(() => cache.get(up.client, "app", LATEST)));
+    expect(later.map((r) => r.source)).toEqual(["stale", "stale", "stale"]);
+    expect(later.every((r) => r.manifest.digest === d1)).toBe(true);
+    expect(up.asked.slice(2)).toEqual(["HEAD latest"]);
+    expect(await staleServed("DEADLINE")).toBe(4);
+    upstream.release();
+  });
+
+  it("an upstream answering within the deadline is waited for: a revalidated answer, not a stale one", async () => {
+    const upstream = hanging();
+    up.tag("latest", m1);
+    await cache.get(up.client, "app", LATEST);
+    up.tag("latest", m2);
+    clock += TTL_MS;
+    up.config.revalidateTimeout = 5_000;
+    upstream.hang();
+    const pending = cache.get(up.client, "app", LATEST);
+    await waitFor(async () => up.asked.length === 3, { timeoutMs: 5_000, intervalMs: 5, what: "the HEAD" });
+    upstream.release();
+    expect(await pending).toMatchObject({ source: "miss", manifest: { digest: d2 } });
+    expect(await staleServed("DEADLINE")).toBe(0);
+  });
+
+  it("a tag never cached waits for the upstream whatever the deadline", async () => {
+    const upstream = hanging();
+    up.tag("latest", m1);
+    up.config.revalidateTimeout = 20;
+    upstream.hang();
+    const pending = cache.get(up.client, "app", LATEST);
+    let settled = false;
+    void pending.finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 100)); // five deadlines: nothing to serve, so still waiting
+    expect(settled).toBe(false);
+    upstream.release();
+    expect(await pending).toMatchObject({ source: "miss", manifest: { digest: d1 } });
+  });
+
+  it("an upstream failing fast within the deadline still gets its own error handling (a deleted tag is not served)", async () => {
+    up.tag("latest", m1);
+    await cache.get(up.client, "app", LATEST);
+    up.untag("latest");
+    clock += TTL_MS;
+    up.config.revalidateTimeout = 5_000;
+    await expect(cache.get(up.client, "app", LATEST)).rejects.toMatchObject({ code: "MANIFEST_UNKNOWN" });
+    expect(await metadata.getTag("u", "app", "latest")).toBeUndefined();
+  });
+
+  it("staleWhileRevalidate: past its TTL the cached pointer is served at once, and the revalidation moves it after", async () => {
+    const upstream = hanging();
+    up.tag("latest", m1);
+    await cache.get(up.client, "app", LATEST);
+    up.tag("latest", m2);
+    clock += TTL_MS;
+    up.config.staleWhileRevalidate = true;
+    upstream.hang();
+    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "stale", manifest: { digest: d1 } });
+    expect(await staleServed("BACKGROUND")).toBe(1);
+    upstream.release();
+    await waitFor(async () => (await metadata.getTag("u", "app", "latest"))?.digest === d2, {
+      timeoutMs: 5_000,
+      intervalMs: 10,
+      what: "the background revalidation to move the tag",
+    });
+    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "hit", manifest: { digest: d2 } });
+  });
+
+  it("a stored digest that needs this repository confirmed: UNAVAILABLE at the deadline; the HEAD's answer is kept", async () => {
+    const upstream = hanging();
+    await cached(m1, { servedBy: ["u"], linkedIn: [["u", "other"]] });
+    up.hold(m1);
+    up.config.revalidateTimeout = 50;
+    upstream.hang();
+    await expect(cache.get(up.client, "app", byDigest(d1))).rejects.toMatchObject({
+      code: "UNAVAILABLE",
+      detail: { timeout: "revalidateTimeout" },
+    });
+    expect(up.asked).toEqual([`HEAD ${d1}`]);
+    upstream.release();
+    await waitFor(async () => metadata.hasLink("u", "app", d1), {
+      timeoutMs: 5_000,
+      intervalMs: 10,
+      what: "the late HEAD to link the repository",
+    });
+    expect(await cache.get(up.client, "app", byDigest(d1))).toMatchObject({ source: "hit" });
+    expect(up.asked).toEqual([`HEAD ${d1}`]);
+  });
+
+  it("legacy content (linked here, no upstream on record) is served stale when the proving GET outlasts the deadline", async () => {
+    const upstream = hanging();
+    await cached(m1, { linkedIn: [["u", "app"]] });
+    up.hold(m1);
+    up.config.revalidateTimeout = 50;
+    upstream.hang();
+    expect(await cache.get(up.client, "app", byDigest(d1))).toMatchObject({
+      source: "stale",
+      manifest: { digest: d1 },
+    });
+    expect(up.asked).toEqual([`GET ${d1}`]);
+    upstream.release();
+  });
+
+  it("content this upstream never served and nothing links here: its GET is waited for, whatever the deadline", async () => {
+    const upstream = hanging();
+    await cached(m1, { servedBy: ["other"], linkedIn: [["other", "app"]] });
+    up.hold(m1);
+    up.config.revalidateTimeout = 20;
+    upstream.hang();
+    const pending = cache.get(up.client, "app", byDigest(d1));
+    let settled = false;
+    void pending.finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(settled).toBe(false);
+    upstream.release();
+    expect(await pending).toMatchObject({ source: "miss", manifest: { digest: d1 } });
   });
 });
 

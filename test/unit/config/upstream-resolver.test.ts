@@ -188,3 +188,56 @@ describe("configured pins", () => {
     ]);
   });
 });
+
+describe("UpstreamResolver.pathName (_catalog names)", () => {
+  const r = resolver({
+    ...hubAndGhcr,
+    "quay.io": { url: "https://quay.io", aliases: ["quay.example"] },
+    "ports:1": { url: "http://127.0.0.1:5998", aliases: ["ports.example"] },
+  });
+  const upstream = (name: string) => r.resolve("x/y", name).upstream;
+  /** The name, and what resolving it (as a client's `/v2/<name>/...` without ns) comes back to. */
+  const roundTrip = (upstreamName: string, repo: string) => {
+    const name = r.pathName(upstream(upstreamName), repo);
+    if (name === undefined) return undefined;
+    const back = r.resolve(name, undefined);
+    return { name, back: `${back.upstream.name} ${back.repo}` };
+  };
+
+  it("names default-upstream repositories as clients pull them, the others with their upstream's prefix", () => {
+    expect(roundTrip("docker.io", "library/alpine")).toEqual({
+      name: "library/alpine",
+      back: "docker.io library/alpine",
+    });
+    expect(roundTrip("docker.io", "bitnami/redis")).toEqual({ name: "bitnami/redis", back: "docker.io bitnami/redis" });
+    expect(roundTrip("ghcr.io", "team/tool")).toEqual({ name: "ghcr.io/team/tool", back: "ghcr.io team/tool" });
+    expect(roundTrip("ghcr.io", "tool")).toEqual({ name: "ghcr.io/tool", back: "ghcr.io tool" });
+  });
+
+  it("prefixes a default-upstream repository whose first component names another upstream", () => {
+    expect(roundTrip("docker.io", "ghcr.io/team")).toEqual({
+      name: "docker.io/ghcr.io/team",
+      back: "docker.io ghcr.io/team",
+    });
+  });
+
+  it("uses an alias when the name cannot be a path prefix, and gives none when nothing can", () => {
+    expect(roundTrip("ports:1", "x/y")).toEqual({ name: "ports.example/x/y", back: "ports:1 x/y" });
+    expect(roundTrip("quay.io", "a/b")).toEqual({ name: "quay.io/a/b", back: "quay.io a/b" });
+    expect(roundTrip("registry.local:5000", "x/y")).toBeUndefined();
+    // Too long for the grammar once prefixed.
+    expect(roundTrip("ghcr.io", `a/${"b".repeat(250)}`)).toBeUndefined();
+  });
+
+  it("round-trips every name it gives, for every upstream and a spread of repositories", () => {
+    const repos = ["library/alpine", "alpine", "a/b/c", "ghcr.io/x", "docker.io/x", "quay.example/z", "library"];
+    for (const u of ["docker.io", "ghcr.io", "quay.io", "ports:1", "registry.local:5000"]) {
+      for (const repo of repos) {
+        const trip = roundTrip(u, repo);
+        // Every repository of an upstream whose name is a valid prefix has a name.
+        if (u === "ghcr.io" || u === "quay.io") expect(trip, repo).toBeDefined();
+        if (trip !== undefined) expect(trip.back, trip.name).toBe(`${u} ${repo}`);
+      }
+    }
+  });
+});

@@ -12,6 +12,7 @@ import { ConfigError, parseConfig } from "../../../src/config/load.ts";
 import { parseDistributionRequest } from "../../../src/http/distribution-request.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
 import { AcceptSet } from "../../../src/oci/media-types.ts";
+import { MAX_PAGE_SIZE, paginate, parsePageRequest } from "../../../src/oci/pagination.ts";
 import { parseRange, resolveRange } from "../../../src/oci/range.ts";
 import { isValidName, isValidTag, parseManifestReference } from "../../../src/oci/reference.ts";
 import { assertDigest, isSha256Digest } from "../../../src/oci/digest.ts";
@@ -125,6 +126,43 @@ describe("request paths and upstream routing", () => {
             expect(origins.has(new URL(target.upstream.config.url).origin)).toBe(true);
             expect(isValidName(target.repo)).toBe(true);
           });
+        },
+      ),
+    );
+  });
+});
+
+describe("list paging (tags/list, _catalog)", () => {
+  const query = fc.oneof(nasty, fc.stringMatching(/^\d{1,30}$/), fc.integer({ min: -5, max: 20_000 }).map(String));
+
+  it("reads n as an integer within 0..MAX_PAGE_SIZE or refuses it with 400, and last only when it is a tag", () => {
+    fc.assert(
+      fc.property(fc.option(query, { nil: undefined }), fc.option(nasty, { nil: undefined }), (n, last) => {
+        try {
+          const page = parsePageRequest({ n, last }, isValidTag, () => new RegistryError("TAG_INVALID"));
+          if (page.n !== undefined)
+            expect(Number.isInteger(page.n) && page.n >= 0 && page.n <= MAX_PAGE_SIZE).toBe(true);
+          if (page.last !== undefined) expect(isValidTag(page.last)).toBe(true);
+        } catch (err) {
+          expect(err).toBeInstanceOf(RegistryError);
+          expect((err as RegistryError).status).toBe(400);
+        }
+      }),
+    );
+  });
+
+  it("cuts sorted, distinct pages strictly after last, at most n long, linked only while entries follow", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.string({ maxLength: 6 }), { maxLength: 30 }),
+        fc.option(fc.nat(35), { nil: undefined }),
+        fc.option(fc.string({ maxLength: 6 }), { nil: undefined }),
+        (entries, n, last) => {
+          const page = paginate(entries, { n, last });
+          const rest = [...new Set(entries)].sort().filter((e) => last === undefined || e > last);
+          expect(page.entries).toEqual(n === undefined ? rest : rest.slice(0, n));
+          expect(page.next !== undefined).toBe(n !== undefined && n > 0 && rest.length > n);
+          if (page.next) expect(page.next).toEqual({ n, last: page.entries.at(-1) });
         },
       ),
     );

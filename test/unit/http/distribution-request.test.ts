@@ -36,8 +36,19 @@ describe("parseDistributionRequest", () => {
     });
     expect(parseDistributionRequest(req("GET", "/v2/x/tags/list", {}, "n=5&last=a"))).toMatchObject({
       kind: "tags",
-      n: "5",
-      last: "a",
+      page: { n: 5, last: "a" },
+    });
+    expect(parseDistributionRequest(req("GET", "/v2/x/tags/list"))).toMatchObject({
+      page: { n: undefined, last: undefined },
+    });
+  });
+  it("refuses a tags/list n that is no non-negative integer, and a last that is no tag, before any I/O", () => {
+    for (const n of ["-1", "", "1.5", "abc"])
+      expect(code(req("GET", "/v2/x/tags/list", {}, `n=${n}`)), n).toBe("400 UNSUPPORTED");
+    for (const last of ["", ".a", "a".repeat(129), "a/b", "a%2Fb"])
+      expect(code(req("GET", "/v2/x/tags/list", {}, `last=${encodeURIComponent(last)}`)), last).toBe("400 TAG_INVALID");
+    expect(parseDistributionRequest(req("GET", "/v2/x/tags/list", {}, "n=99999999"))).toMatchObject({
+      page: { n: 10_000 },
     });
   });
   it("returns undefined for paths that are not distribution endpoints", () => {
@@ -67,8 +78,13 @@ describe("parseDistributionRequest", () => {
   it("refuses bad digests and tags", () => {
     expect(code(req("GET", "/v2/a/blobs/sha256:123"))).toBe("400 DIGEST_INVALID");
     expect(code(req("GET", "/v2/a/blobs/latest"))).toBe("400 DIGEST_INVALID");
-    expect(code(req("GET", "/v2/a/manifests/sha256:..%2f"))).toBe("400 DIGEST_INVALID");
-    expect(code(req("GET", "/v2/a/manifests/.bad"))).toBe("400 TAG_INVALID");
+  });
+  it("answers a manifest reference that cannot exist as an unknown manifest (404), tags and digests alike", () => {
+    for (const reference of [".INVALID_MANIFEST_NAME", ".bad", "-v1", "a".repeat(129), "sha256:..%2f", "sha256:123"]) {
+      expect(code(req("GET", `/v2/a/manifests/${reference}`)), reference).toBe("404 MANIFEST_UNKNOWN");
+      expect(code(req("HEAD", `/v2/a/manifests/${reference}`)), reference).toBe("404 MANIFEST_UNKNOWN");
+    }
+    expect(code(req("GET", `/v2/a/manifests/sha512:${"a".repeat(128)}`))).toBe("404 MANIFEST_UNKNOWN");
   });
   it("parses the referrers endpoint: GET only, a sha256 digest, an artifactType that is a media type", () => {
     expect(

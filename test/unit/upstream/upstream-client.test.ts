@@ -61,7 +61,7 @@ describe("UpstreamClient", () => {
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify({ name: "a", tags: Array.from({ length: 200 }, (_, i) => `t${i}`) }));
     });
-    await expect(client.getTags("a", "", 1000)).rejects.toMatchObject({
+    await expect(client.getTags("a", 1000)).rejects.toMatchObject({
       code: "UPSTREAM_ERROR",
       status: 502,
       message: "upstream up sent a tag list larger than the limit of 1000 bytes",
@@ -127,7 +127,7 @@ describe("UpstreamClient", () => {
       () => hurried.getManifest("a", "trickle-error", 1 << 20),
       500,
     ],
-    ["a tag list", "GET /v2/a/tags/list", () => hurried.getTags("a", "", 1 << 20), 200],
+    ["a tag list", "GET /v2/a/tags/list", () => hurried.getTags("a", 1 << 20), 200],
   ] as const)(
     "cuts off %s trickling in under the idle timeout at timeouts.total",
     async (_what, route, call, status) => {
