@@ -4,7 +4,8 @@
  * by its digest, and pointed at by a tag pointer under a reserved key, `referrers:<digest>`: a key that no real
  * tag can be (`:` is outside the tag grammar), so it never collides with one, and every place that lists tags
  * leaves it out by the same rule (`isValidTag`). The pointer is trusted for the upstream's `tagTtl`, then asked
- * again; when the upstream is unwell, the last known list is served and marked stale, as a tag is.
+ * again; when the upstream is unwell or slower than `revalidateTimeout`, the last known list is served and marked
+ * stale, as a tag is.
  *
  * Where the list comes from: the upstream's referrers API; when that answers 404 (a registry without the API,
  * such as distribution 2.8, answers 404 to any unknown route), the fallback tag `sha256-<hex>` of the spec's
@@ -26,6 +27,7 @@ import type { MetadataStore, TagPointer } from "../metadata/metadata-store.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
+import { LATE, settleWithin } from "./answer-deadline.ts";
 import type { ManifestCache, ManifestSource } from "./manifest-cache.ts";
 
 /** The metadata key under which the referrers list of `subject` is pointed at, beside the repository's tags. */
@@ -46,7 +48,8 @@ export class ReferrersCache {
   private readonly now: () => number;
   private readonly metrics: Metrics | undefined;
   private readonly onNoSpace: ((err: Error) => void) | undefined;
-  private readonly inflight = new Map<string, Promise<ReferrersResult>>();
+  /** Requests to the upstream in flight, one per list, with when each started (for the shared deadline). */
+  private readonly inflight = new Map<string, { result: Promise<ReferrersResult>; since: number }>();
 
   constructor(opts: {
     manifestCache: ManifestCache;
@@ -66,19 +69,37 @@ export class ReferrersCache {
     this.onNoSpace = opts.onNoSpace;
   }
 
-  /** The referrers of `subject` (a sha256 digest) in `repo`, unfiltered. */
+  /**
+   * The referrers of `subject` (a sha256 digest) in `repo`, unfiltered. Past the TTL, a known list waits on the
+   * upstream at most `revalidateTimeout` (not at all with `staleWhileRevalidate`) and is then served stale, as a
+   * tag is (answer-deadline.ts); the request goes on and records its answer when it comes.
+   */
   async get(upstream: UpstreamClient, repo: string, subject: string): Promise<ReferrersResult> {
     const pointer = await this.metadata.getTag(upstream.name, repo, referrersKey(subject));
-    if (pointer && this.now() - pointer.checkedAt < upstream.config.tagTtl) {
-      const cached = await this.read(pointer);
-      if (cached) return { referrers: cached, source: "hit" };
-    }
+    const cached = pointer ? await this.read(pointer) : undefined;
+    if (pointer && cached && this.now() - pointer.checkedAt < upstream.config.tagTtl)
+      return { referrers: cached, source: "hit" };
     const key = `${upstream.name}\u0000${repo}\u0000${subject}`;
-    const running = this.inflight.get(key);
-    if (running) return running;
-    const promise = this.refresh(upstream, repo, subject, pointer).finally(() => this.inflight.delete(key));
-    this.inflight.set(key, promise);
-    return promise;
+    let refreshing = this.inflight.get(key);
+    if (refreshing === undefined) {
+      refreshing = {
+        result: this.refresh(upstream, repo, subject, pointer).finally(() => this.inflight.delete(key)),
+        since: performance.now(),
+      };
+      this.inflight.set(key, refreshing);
+    }
+    if (!cached) return refreshing.result;
+    if (upstream.config.staleWhileRevalidate) {
+      refreshing.result.catch(() => undefined); // the next request sees its outcome
+      return this.servedStale(upstream, cached, "BACKGROUND");
+    }
+    const outcome = await settleWithin(refreshing.result, upstream.config.revalidateTimeout, refreshing.since);
+    return outcome === LATE ? this.servedStale(upstream, cached, "DEADLINE") : outcome;
+  }
+
+  private servedStale(upstream: UpstreamClient, cached: ReferrerDescriptor[], reason: string): ReferrersResult {
+    this.metrics?.staleServed.inc({ upstream: upstream.name, reason });
+    return { referrers: cached, source: "stale" };
   }
 
   /**
@@ -129,10 +150,7 @@ export class ReferrersCache {
     } catch (err) {
       if (pointer && isUpstreamUnwell(err)) {
         const cached = await this.read(pointer);
-        if (cached) {
-          this.metrics?.staleServed.inc({ upstream: upstream.name, reason: err.code });
-          return { referrers: cached, source: "stale" };
-        }
+        if (cached) return this.servedStale(upstream, cached, err.code);
       }
       // Offline by configuration and nothing imported or cached: the mirror is all there is, and it knows of none.
       if (upstream.config.offline && err instanceof RegistryError && err.code === "UNAVAILABLE")

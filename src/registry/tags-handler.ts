@@ -14,6 +14,7 @@ import type { Logger } from "pino";
 import { confirmationLate, LATE, settleWithin } from "../cache/answer-deadline.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { RegistryError } from "../oci/errors.ts";
+import { isValidTag } from "../oci/reference.ts";
 import { nextPageLink, paginate, type PageRequest } from "../oci/pagination.ts";
 import type { RegistryResponse } from "./response.ts";
 import type { ResolvedRepository } from "../config/upstream-resolver.ts";
@@ -44,7 +45,8 @@ export class TagsHandler {
     const { upstream, repo } = req.target;
     let tags: string[];
     let stale = false;
-    const cached = await this.metadata.listTags(upstream.name, repo);
+    // Only tags: the store also keeps pointers that are none beside them (referrers lists, referrers-cache.ts).
+    const cached = (await this.metadata.listTags(upstream.name, repo)).filter(isValidTag);
     try {
       const fetching = upstream.getTags(repo, this.maxBytes);
       // With tags to answer from, the upstream gets revalidateTimeout, as for a tag (answer-deadline.ts).

@@ -189,9 +189,35 @@ describe("referrers from the fallback tag (upstream without the referrers API)",
       expect(res.headers["x-mirror-cache"]).toBe("stale");
       expect(res.headers.warning).toBe('110 - "Response is Stale"');
       expect(manifestsOf(res)).toEqual([sbom, attestation].map(referrerDescriptor));
+      // tags/list answered from the cached tags lists the fallback tag (a real tag), not the referrers list.
+      const tags = await fetchRaw(`${m.url}/v2/team/stale/tags/list`);
+      expect(tags.headers["x-mirror-cache"]).toBe("stale");
+      expect(JSON.parse(tags.body.toString())).toEqual({ name: "team/stale", tags: [image.digest.replace(":", "-")] });
     } finally {
       await upstream.start();
     }
+  });
+
+  it("an upstream that accepts and never answers: a known list is served stale after revalidateTimeout, not the upstream's timeouts", async () => {
+    const relay = await startRelay(upstream.url);
+    relays.push(relay);
+    const m = await mirrorOf(relay.url, { tagTtl: "200ms", revalidateTimeout: "300ms", timeouts: { headers: "50s" } });
+    const { image, sig, sbom } = await signedImage("team/hanging", "hanging");
+    expect(manifestsOf(await referrers(m, "team/hanging", image.digest))).toHaveLength(2);
+    await sleep(250);
+    relay.setFault({ kind: "stallHeaders" });
+    relay.requests.length = 0;
+    const res = await referrers(m, "team/hanging", image.digest);
+    expect(res.status).toBe(200);
+    expect(res.headers["x-mirror-cache"]).toBe("stale");
+    expect(manifestsOf(res)).toEqual([referrerDescriptor(sig), referrerDescriptor(sbom)]);
+    // Answered while the upstream still holds the mirror's request, for the deadline's reason.
+    expect(relay.requests.map((r) => [r.path, r.status])).toEqual([
+      [`/v2/team/hanging/referrers/${image.digest}`, undefined],
+    ]);
+    const metrics = (await fetchRaw(`${m.url}/metrics`)).body.toString();
+    expect(metrics).toMatch(/mirror_stale_served_total\{upstream="docker.io",reason="DEADLINE"\} 1/);
+    relay.setFault(null);
   });
 
   it("the admin API lists the repository's tags without the referrers list kept beside them; a purge forgets it", async () => {

@@ -34,7 +34,7 @@ const ref = (n: number, artifactType = "application/vnd.x.sig"): ReferrerDescrip
 /** The upstream's referrers API: a list, "no-api" (404), or a failure; each call recorded. */
 class FakeUpstream {
   readonly name = "u";
-  readonly config = { tagTtl: TTL_MS, offline: false };
+  readonly config = { tagTtl: TTL_MS, offline: false, revalidateTimeout: 2_000, staleWhileRevalidate: false };
   readonly asked: string[] = [];
   answer: ReferrerDescriptor[] | "no-api" | RegistryError = "no-api";
   during: () => Promise<void> | void = () => undefined;
@@ -107,6 +107,13 @@ afterEach(async () => {
 });
 
 const get = () => cache.get(up.client, "app", SUBJECT);
+
+/** Polls `check` until it holds, at most 2 s. */
+async function waitUntil(check: () => Promise<boolean>): Promise<void> {
+  for (const started = Date.now(); Date.now() - started < 2_000; await new Promise((r) => setTimeout(r, 10)))
+    if (await check()) return;
+  throw new Error("condition not met within 2 s");
+}
 
 describe("where a list comes from", () => {
   it("the upstream's referrers API, when it has one: stored, pointed at, and trusted for the TTL", async () => {
@@ -187,6 +194,29 @@ describe("past the TTL", () => {
       const { values } = await metrics.staleServed.get();
       expect(values.find((v) => v.labels.reason === code)?.value).toBe(1);
     });
+
+  it("waits at most revalidateTimeout, then serves the known list stale; the late answer is recorded when it comes", async () => {
+    up.config.revalidateTimeout = 50;
+    let release!: () => void;
+    up.during = () => new Promise<void>((r) => (release = r));
+    up.answer = [ref(1), ref(2)];
+    expect(await get()).toEqual({ referrers: [ref(1)], source: "stale" });
+    const { values } = await metrics.staleServed.get();
+    expect(values.find((v) => v.labels.reason === "DEADLINE")?.value).toBe(1);
+    release();
+    up.during = () => undefined;
+    await waitUntil(async () => (await get()).source === "hit");
+    expect((await get()).referrers).toEqual([ref(1), ref(2)]);
+    expect(up.asked).toHaveLength(2);
+  });
+
+  it("with staleWhileRevalidate, serves the known list at once and refreshes it in the background", async () => {
+    up.config.staleWhileRevalidate = true;
+    up.answer = [ref(3)];
+    expect(await get()).toEqual({ referrers: [ref(1)], source: "stale" });
+    await waitUntil(async () => (await get()).source === "hit");
+    expect((await get()).referrers).toEqual([ref(3)]);
+  });
 
   it("passes on what is not an outage (a refusal), stale list or not", async () => {
     up.answer = new RegistryError("DENIED");
