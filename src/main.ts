@@ -11,9 +11,10 @@ import { IMPORT_USAGE, importCommand } from "./cli/import.ts";
 import { INVENTORY_USAGE, inventoryCommand } from "./cli/inventory.ts";
 import { PREFETCH_USAGE, prefetchCommand } from "./cli/prefetch.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
+import { listenProblem, startUpProblems } from "./start-up-checks.ts";
 
 const USAGE = `usage: mirror [--config FILE]
-       mirror prefetch <upstream>/<repository>[:tag|@digest] [--platform os/arch]... (see mirror prefetch --help)
+       mirror prefetch <reference> [--platform os/arch]... [--url URL]  (see mirror prefetch --help)
        mirror export <reference>... --output bundle.tar      (air-gapped transfer: see docs/air-gapped-transfer.md)
        mirror import <bundle.tar | -> [--pin] [--url URL | --data-dir DIR]
        mirror inventory [--url URL | --data-dir DIR] [--output inventory.json]
@@ -53,6 +54,8 @@ async function main(): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  // A configuration or environment the mirror cannot start with is one line per problem, all at once, and exit
+  // status 2: the operator has something to fix, and a stack trace would bury it. A stack is kept for bugs.
   let config;
   try {
     config = loadConfig({ file: values.config });
@@ -63,6 +66,11 @@ async function main(): Promise<number> {
     }
     throw err;
   }
+  const problems = await startUpProblems(config);
+  if (problems.length > 0) {
+    console.error(cannotStart(problems));
+    return 2;
+  }
   let mirror;
   try {
     mirror = await createMirror(config);
@@ -71,9 +79,22 @@ async function main(): Promise<number> {
       console.error(err.message);
       return 1;
     }
+    if (err instanceof ConfigError) {
+      console.error(err.message);
+      return 2;
+    }
     throw err;
   }
-  await mirror.listen();
+  try {
+    await mirror.listen();
+  } catch (err) {
+    // The port was free when checked, and taken by the time the mirror listened.
+    const problem = listenProblem(config, err);
+    if (problem === undefined) throw err;
+    console.error(cannotStart([problem]));
+    await mirror.close();
+    return 2;
+  }
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       mirror.log.info({ signal, fillsInFlight: mirror.fillsInFlight }, "shutting down");
@@ -84,6 +105,10 @@ async function main(): Promise<number> {
   });
   await mirror.close();
   return 0;
+}
+
+function cannotStart(problems: readonly string[]): string {
+  return `cannot start:\n${problems.map((p) => `  - ${p}`).join("\n")}`;
 }
 
 main().then(
