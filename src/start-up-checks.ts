@@ -26,11 +26,7 @@ export async function startUpProblems(config: Config): Promise<string[]> {
   file("access.htpasswdFile", config.access?.htpasswdFile);
   for (const [i, t] of (config.access?.tokens ?? []).entries()) file(`access.tokens.${i}.tokenFile`, t.tokenFile);
   file("admin.tokenFile", config.admin.tokenFile);
-  for (const [name, u] of Object.entries(config.upstreams)) {
-    file(`upstreams.${name}.tls.caFile`, u.tls.caFile);
-    file(`upstreams.${name}.credentials.usernameFile`, u.credentials?.usernameFile);
-    file(`upstreams.${name}.credentials.passwordFile`, u.credentials?.passwordFile);
-  }
+  checks.push(...upstreamFileProblems(config));
   const [main, metrics] = listenAddresses(config);
   checks.push(portProblem(main![0], main![1]));
   if (metrics !== undefined) {
@@ -40,6 +36,23 @@ export async function startUpProblems(config: Config): Promise<string[]> {
     );
   }
   return (await Promise.all(checks)).flat().filter((p): p is string => p !== undefined);
+}
+
+/**
+ * The files the upstreams' keys name (CA bundles, credentials): what the mirror needs to reach its upstreams,
+ * and the transfer commands too (src/cli), which check them with their cache directory.
+ */
+export function upstreamFileProblems(config: Pick<Config, "upstreams">): Array<Promise<string | undefined>> {
+  const checks: Array<Promise<string | undefined>> = [];
+  const file = (key: string, path: string | undefined) => {
+    if (path !== undefined) checks.push(readableFileProblem(key, path));
+  };
+  for (const [name, u] of Object.entries(config.upstreams)) {
+    file(`upstreams.${name}.tls.caFile`, u.tls.caFile);
+    file(`upstreams.${name}.credentials.usernameFile`, u.credentials?.usernameFile);
+    file(`upstreams.${name}.credentials.passwordFile`, u.credentials?.passwordFile);
+  }
+  return checks;
 }
 
 /** Each address the mirror listens on, with its key. */

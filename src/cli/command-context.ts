@@ -10,6 +10,7 @@ import { pino, type Logger } from "pino";
 import { readableFileProblem, writableDirectoryProblem, writableFileProblem } from "../config/file-checks.ts";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import type { Config } from "../config/schema.ts";
+import { upstreamFileProblems } from "../start-up-checks.ts";
 
 /** Exit statuses: 1 for a failed run, 2 for a command line or configuration that cannot work. */
 export class CommandError extends Error {
@@ -36,13 +37,20 @@ export function commandConfig(file: string | undefined, dataDir: string | undefi
   return dataDir === undefined ? config : { ...config, storage: { ...config.storage, path: resolve(dataDir) } };
 }
 
-/** The cache directory a command opens (`--data-dir`, or the config's `storage.path`), checked before it is. */
+/**
+ * What a command that opens a cache directory needs of the machine, checked before it is opened: the directory
+ * (`--data-dir`, or the config's `storage.path`) and the files the upstreams' keys name. Every problem, one line
+ * each, in one CommandError.
+ */
 export async function checkDataDir(config: Config, dataDir: string | undefined): Promise<void> {
-  const problem = await writableDirectoryProblem(
-    dataDir !== undefined ? "--data-dir" : "storage.path",
-    config.storage.path,
-  );
-  if (problem !== undefined) throw new CommandError(problem, 2);
+  const problems = (
+    await Promise.all([
+      writableDirectoryProblem(dataDir !== undefined ? "--data-dir" : "storage.path", config.storage.path),
+      ...upstreamFileProblems(config),
+    ])
+  ).filter((p) => p !== undefined);
+  if (problems.length === 1) throw new CommandError(problems[0]!, 2);
+  if (problems.length > 1) throw new CommandError(`cannot run:\n${problems.map((p) => `  - ${p}`).join("\n")}`, 2);
 }
 
 /** A file named on the command line, read whole; a missing or unreadable one is `<flag> <absolute path>: why`. */

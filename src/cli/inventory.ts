@@ -12,7 +12,15 @@ import { request } from "undici";
 import { createCacheLayer } from "../cache-layer.ts";
 import { Metrics } from "../observability/metrics.ts";
 import { parseInventory, takeInventory, type Inventory } from "../transfer/inventory.ts";
-import { adminToken, checkWritable, CommandError, commandConfig, commandLogger, runCli } from "./command-context.ts";
+import {
+  adminToken,
+  checkDataDir,
+  checkWritable,
+  CommandError,
+  commandConfig,
+  commandLogger,
+  runCli,
+} from "./command-context.ts";
 
 export const INVENTORY_USAGE = `usage: mirror inventory [--url http://mirror:5000 [--token T | --token-file F]] [--data-dir DIR]
                        [--config mirror.yaml] [--output inventory.json|-]
@@ -61,6 +69,7 @@ export async function inventoryCommand(
           `${values["data-dir"] !== undefined ? "--data-dir" : "storage.path"} ${config.storage.path}: is not a directory`,
           2,
         );
+      await checkDataDir(config, values["data-dir"]);
       const layer = await createCacheLayer(config, {
         log: commandLogger(),
         metrics: new Metrics(new Registry()),

@@ -290,6 +290,18 @@ describe("scripts/start.sh from the user's own directory", () => {
     expect(await cli(["export", "alpine:3", "--output", "b.tar", "--data-dir", "a-file/d"])).toBe(
       `export: --data-dir ${home}/a-file/d: ${home}/a-file is not a directory`,
     );
+    // The cache directory and the upstreams' files, checked together before the cache is opened.
+    await writeFile(
+      join(home, "ca.yaml"),
+      "storage: { path: a-file/d }\nupstreams: { r.example: { url: 'https://r.example', default: true, tls: { caFile: ca.pem } } }\n",
+    );
+    expect(await cli(["export", "alpine:3", "--output", "b.tar", "--config", "ca.yaml"])).toBe(
+      [
+        "export: cannot run:",
+        `  - storage.path ${home}/a-file/d: ${home}/a-file is not a directory`,
+        `  - upstreams.r.example.tls.caFile ${home}/ca.pem: ${gone}`,
+      ].join("\n"),
+    );
     expect(await cli(["import", "bundle.tar", "--config", "mirror.yaml"])).toBe(
       `import: bundle ${home}/bundle.tar: ${gone}`,
     );
