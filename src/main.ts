@@ -1,6 +1,8 @@
 /**
  * CLI entry: `node src/main.ts [--config FILE]`. Loads the configuration (file, then MIRROR_* environment),
- * starts the mirror, and shuts down gracefully on SIGTERM/SIGINT, letting running fills finish.
+ * checks what it needs of the machine (start-up-checks.ts), starts the mirror, and shuts down gracefully on
+ * SIGTERM/SIGINT, letting running fills finish. Exit status 2: a command line, configuration or machine the
+ * mirror cannot start with, one line per problem and no stack trace; 1: anything else.
  */
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
@@ -45,11 +47,16 @@ async function main(): Promise<number> {
       console.log(command.usage);
       return 0;
     }
-    return command.run(process.argv.slice(3));
+    return command.run(process.argv.slice(3)).catch((err: unknown) => usageError(process.argv[2]!, err));
   }
-  const { values } = parseArgs({
-    options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
+    }));
+  } catch (err) {
+    return usageError("mirror", err);
+  }
   if (values.help) {
     console.log(USAGE);
     return 0;
@@ -105,6 +112,14 @@ async function main(): Promise<number> {
   });
   await mirror.close();
   return 0;
+}
+
+/** An unknown or malformed flag (node:util parseArgs) is one line and status 2; anything else goes on up. */
+function usageError(name: string, err: unknown): number {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (typeof code !== "string" || !code.startsWith("ERR_PARSE_ARGS")) throw err;
+  console.error(`${name}: ${(err as Error).message} (see mirror${name === "mirror" ? "" : ` ${name}`} --help)`);
+  return 2;
 }
 
 function cannotStart(problems: readonly string[]): string {

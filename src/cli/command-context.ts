@@ -97,7 +97,13 @@ export async function runCli(name: string, err: NodeJS.WritableStream, body: () 
   try {
     return await body();
   } catch (e) {
-    err.write(`${name}: ${e instanceof Error ? e.message : String(e)}\n`);
+    // An unknown or malformed flag (node:util parseArgs) is a command line that cannot work, as CommandError(2).
+    const code = (e as NodeJS.ErrnoException | null)?.code;
+    const badFlag = typeof code === "string" && code.startsWith("ERR_PARSE_ARGS");
+    err.write(
+      `${name}: ${e instanceof Error ? e.message : String(e)}${badFlag ? ` (see mirror ${name} --help)` : ""}\n`,
+    );
+    if (badFlag) return 2;
     return e instanceof CommandError ? e.status : 1;
   }
 }

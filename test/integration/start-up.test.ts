@@ -209,6 +209,27 @@ upstreams:
   });
 });
 
+describe("a command line that cannot work", () => {
+  it("is one line naming the flag, exit 2, no stack: for the mirror and for each command", async () => {
+    for (const [args, line] of [
+      [["--confg", "mirror.yaml"], /^mirror: Unknown option '--confg'.* \(see mirror --help\)$/],
+      [
+        ["export", "alpine:3", "--outptu", "b.tar"],
+        /^export: Unknown option '--outptu'.* \(see mirror export --help\)$/,
+      ],
+      [["prefetch", "alpine:3", "--urll", "x"], /^prefetch: Unknown option '--urll'.* \(see mirror prefetch --help\)$/],
+      [
+        ["inventory", "--data-dir"],
+        /^inventory: Option '--data-dir <value>' argument missing \(see mirror inventory --help\)$/,
+      ],
+    ] as const) {
+      const res = await mirrorIn(work, [...args]);
+      expect(res.code, res.stderr).toBe(2);
+      expect(res.stderr.trimEnd().split("\n")).toEqual([expect.stringMatching(line)]);
+    }
+  });
+});
+
 describe("scripts/start.sh from the user's own directory", () => {
   it("reads --config from the caller's directory and the config's paths from the config's directory", async () => {
     const home = await mkdtemp(join(work, "home-"));
