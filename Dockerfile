@@ -9,6 +9,9 @@
 #   docker run ... -v "$PWD/mirror.yaml:/etc/registry-mirror/config.yaml:ro" \
 #                  -e MIRROR_CONFIG=/etc/registry-mirror/config.yaml registry-mirror
 #
+# A relative path in that file is relative to the file's directory (/etc/registry-mirror), so a file that sets
+# storage.path names the volume absolutely: `storage: { path: /data }` (without the key, ./data of / is /data).
+#
 # Two build stages (compiled output; production dependencies), then a runtime stage that holds only those
 # two and package.json: no TypeScript sources, no dev dependencies, no npm cache.
 

@@ -1,6 +1,8 @@
 /**
  * CLI entry: `node src/main.ts [--config FILE]`. Loads the configuration (file, then MIRROR_* environment),
- * starts the mirror, and shuts down gracefully on SIGTERM/SIGINT, letting running fills finish.
+ * checks what it needs of the machine (start-up-checks.ts), starts the mirror, and shuts down gracefully on
+ * SIGTERM/SIGINT, letting running fills finish. Exit status 2: a command line, configuration or machine the
+ * mirror cannot start with, one line per problem and no stack trace; 1: anything else.
  */
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
@@ -11,9 +13,10 @@ import { IMPORT_USAGE, importCommand } from "./cli/import.ts";
 import { INVENTORY_USAGE, inventoryCommand } from "./cli/inventory.ts";
 import { PREFETCH_USAGE, prefetchCommand } from "./cli/prefetch.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
+import { listenProblem, startUpProblems } from "./start-up-checks.ts";
 
 const USAGE = `usage: mirror [--config FILE]
-       mirror prefetch <upstream>/<repository>[:tag|@digest] [--platform os/arch]... (see mirror prefetch --help)
+       mirror prefetch <reference> [--platform os/arch]... [--url URL]  (see mirror prefetch --help)
        mirror export <reference>... --output bundle.tar      (air-gapped transfer: see docs/air-gapped-transfer.md)
        mirror import <bundle.tar | -> [--pin] [--url URL | --data-dir DIR]
        mirror inventory [--url URL | --data-dir DIR] [--output inventory.json]
@@ -44,15 +47,22 @@ async function main(): Promise<number> {
       console.log(command.usage);
       return 0;
     }
-    return command.run(process.argv.slice(3));
+    return command.run(process.argv.slice(3)).catch((err: unknown) => usageError(process.argv[2]!, err));
   }
-  const { values } = parseArgs({
-    options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
+    }));
+  } catch (err) {
+    return usageError("mirror", err);
+  }
   if (values.help) {
     console.log(USAGE);
     return 0;
   }
+  // A configuration or environment the mirror cannot start with is one line per problem, all at once, and exit
+  // status 2: the operator has something to fix, and a stack trace would bury it. A stack is kept for bugs.
   let config;
   try {
     config = loadConfig({ file: values.config });
@@ -63,6 +73,11 @@ async function main(): Promise<number> {
     }
     throw err;
   }
+  const problems = await startUpProblems(config);
+  if (problems.length > 0) {
+    console.error(cannotStart(problems));
+    return 2;
+  }
   let mirror;
   try {
     mirror = await createMirror(config);
@@ -71,9 +86,22 @@ async function main(): Promise<number> {
       console.error(err.message);
       return 1;
     }
+    if (err instanceof ConfigError) {
+      console.error(err.message);
+      return 2;
+    }
     throw err;
   }
-  await mirror.listen();
+  try {
+    await mirror.listen();
+  } catch (err) {
+    // The port was free when checked, and taken by the time the mirror listened.
+    const problem = listenProblem(config, err);
+    if (problem === undefined) throw err;
+    console.error(cannotStart([problem]));
+    await mirror.close();
+    return 2;
+  }
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       mirror.log.info({ signal, fillsInFlight: mirror.fillsInFlight }, "shutting down");
@@ -84,6 +112,18 @@ async function main(): Promise<number> {
   });
   await mirror.close();
   return 0;
+}
+
+/** An unknown or malformed flag (node:util parseArgs) is one line and status 2; anything else goes on up. */
+function usageError(name: string, err: unknown): number {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (typeof code !== "string" || !code.startsWith("ERR_PARSE_ARGS")) throw err;
+  console.error(`${name}: ${(err as Error).message} (see mirror${name === "mirror" ? "" : ` ${name}`} --help)`);
+  return 2;
+}
+
+function cannotStart(problems: readonly string[]): string {
+  return `cannot start:\n${problems.map((p) => `  - ${p}`).join("\n")}`;
 }
 
 main().then(

@@ -8,7 +8,7 @@
  * never leaves a file that looks like a bundle.
  */
 import { createWriteStream } from "node:fs";
-import { readFile, rename, rm } from "node:fs/promises";
+import { rename, rm } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { parseArgs } from "node:util";
@@ -18,7 +18,15 @@ import { DataDirLockedError } from "../storage/data-dir-lock.ts";
 import { Metrics } from "../observability/metrics.ts";
 import { Exporter } from "../transfer/exporter.ts";
 import { parseInventory } from "../transfer/inventory.ts";
-import { CommandError, commandConfig, commandLogger, runCli } from "./command-context.ts";
+import {
+  checkDataDir,
+  checkWritable,
+  CommandError,
+  commandConfig,
+  commandLogger,
+  readFlagFile,
+  runCli,
+} from "./command-context.ts";
 import { Progress } from "./progress.ts";
 
 export const EXPORT_USAGE = `usage: mirror export <reference>... [--file refs.txt] [--platform os/arch]...
@@ -55,7 +63,7 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
       },
     });
     const references = [...positionals];
-    if (values.file !== undefined) references.push(...referencesIn(await readFile(values.file, "utf8")));
+    if (values.file !== undefined) references.push(...referencesIn(await readFlagFile("--file", values.file)));
     if (references.length === 0 || values.output === undefined)
       throw new CommandError(`no references or no --output\n${EXPORT_USAGE}`, 2);
     const platforms = values.platform ?? [];
@@ -64,10 +72,15 @@ export async function exportCommand(argv: string[], err: NodeJS.WriteStream = pr
       throw new CommandError(`--platform ${badPlatform}: expected os/arch[/variant], e.g. linux/arm64/v8`, 2);
     let exclude: Map<string, number> | undefined;
     if (values["exclude-listing"] !== undefined) {
-      const listing = parseInventory(await readFile(values["exclude-listing"], "utf8"), values["exclude-listing"]);
+      const listing = parseInventory(
+        await readFlagFile("--exclude-listing", values["exclude-listing"]),
+        values["exclude-listing"],
+      );
       exclude = new Map(listing.blobs.map((b) => [b.digest, b.size]));
     }
+    if (values.output !== "-") await checkWritable("--output", values.output);
     const config = commandConfig(values.config, values["data-dir"]);
+    await checkDataDir(config, values["data-dir"]);
     const layer = await createCacheLayer(config, {
       log: commandLogger(),
       metrics: new Metrics(new Registry()),

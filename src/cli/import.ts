@@ -15,7 +15,15 @@ import { request } from "undici";
 import { createCacheLayer, createImporter } from "../cache-layer.ts";
 import { Metrics } from "../observability/metrics.ts";
 import type { ImportReport } from "../transfer/importer.ts";
-import { adminToken, CommandError, commandConfig, commandLogger, runCli } from "./command-context.ts";
+import {
+  adminToken,
+  checkDataDir,
+  checkReadable,
+  CommandError,
+  commandConfig,
+  commandLogger,
+  runCli,
+} from "./command-context.ts";
 import { Progress } from "./progress.ts";
 
 export const IMPORT_USAGE = `usage: mirror import <bundle.tar | -> [--pin] [--json]
@@ -56,6 +64,7 @@ export async function importCommand(
     if (values.url !== undefined && values["data-dir"] !== undefined)
       throw new CommandError("--url and --data-dir exclude each other", 2);
     const file = positionals[0]!;
+    if (file !== "-") await checkReadable("bundle", file);
     const size = file === "-" ? undefined : (await stat(file)).size;
     const source: Readable = file === "-" ? process.stdin : createReadStream(file, { highWaterMark: CHUNK });
     const progress = new Progress(err, "import", "entries");
@@ -64,6 +73,7 @@ export async function importCommand(
       report = await viaAdminApi(values.url, await adminToken(values), source, values.pin, size, progress);
     } else {
       const config = commandConfig(values.config, values["data-dir"]);
+      await checkDataDir(config, values["data-dir"]);
       const layer = await createCacheLayer(config, {
         log: commandLogger(),
         metrics: new Metrics(new Registry()),

@@ -12,7 +12,15 @@ import { request } from "undici";
 import { createCacheLayer } from "../cache-layer.ts";
 import { Metrics } from "../observability/metrics.ts";
 import { parseInventory, takeInventory, type Inventory } from "../transfer/inventory.ts";
-import { adminToken, CommandError, commandConfig, commandLogger, runCli } from "./command-context.ts";
+import {
+  adminToken,
+  checkDataDir,
+  checkWritable,
+  CommandError,
+  commandConfig,
+  commandLogger,
+  runCli,
+} from "./command-context.ts";
 
 export const INVENTORY_USAGE = `usage: mirror inventory [--url http://mirror:5000 [--token T | --token-file F]] [--data-dir DIR]
                        [--config mirror.yaml] [--output inventory.json|-]
@@ -43,6 +51,7 @@ export async function inventoryCommand(
     if (positionals.length > 0) throw new CommandError(`unexpected argument ${positionals[0]}\n${INVENTORY_USAGE}`, 2);
     if (values.url !== undefined && values["data-dir"] !== undefined)
       throw new CommandError("--url and --data-dir exclude each other", 2);
+    if (values.output !== "-") await checkWritable("--output", values.output);
     let inventory: Inventory;
     if (values.url !== undefined) {
       const base = values.url.replace(/\/+$/, "");
@@ -56,7 +65,11 @@ export async function inventoryCommand(
       const config = commandConfig(values.config, values["data-dir"]);
       // Taking the lock would create the directory: a mistyped path must not list an empty, new cache.
       if (!(await stat(config.storage.path).catch(() => undefined))?.isDirectory())
-        throw new CommandError(`${config.storage.path} is not a directory`);
+        throw new CommandError(
+          `${values["data-dir"] !== undefined ? "--data-dir" : "storage.path"} ${config.storage.path}: is not a directory`,
+          2,
+        );
+      await checkDataDir(config, values["data-dir"]);
       const layer = await createCacheLayer(config, {
         log: commandLogger(),
         metrics: new Metrics(new Registry()),

@@ -1,18 +1,20 @@
 /**
- * `mirror prefetch <upstream>/<repository>[:tag|@digest] [--platform os/arch]... [--url URL] [--token-file F]`
+ * `mirror prefetch <reference> [--platform os/arch]... [--url URL] [--token-file F]`
  *
  * Asks a running mirror (its admin API) to pull an image into its cache, and follows the job: a progress line
  * that rewrites itself on a terminal, plain log lines otherwise. Exits 0 when every blob is cached.
  */
-import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { request } from "undici";
 import type { JobStatus } from "../cache/prefetcher.ts";
+import { CommandError, readFlagFile } from "./command-context.ts";
 
-export const PREFETCH_USAGE = `usage: mirror prefetch <upstream>/<repository>[:tag|@digest] [--platform os/arch]...
+export const PREFETCH_USAGE = `usage: mirror prefetch <reference> [--platform os/arch]...
                       [--url http://127.0.0.1:5000] [--token TOKEN | --token-file FILE]
 
 Pulls an image (every platform of an index unless --platform is given) into a running mirror's cache.
+  <reference>   <upstream>/<repository>[:tag|@sha256:...], e.g. docker.io/library/alpine:3.20; a name
+                without a configured upstream belongs to the default one (alpine:3.20), as with mirror export
 The admin token may also come from MIRROR_ADMIN_TOKEN.`;
 
 export async function prefetchCommand(argv: string[], out: NodeJS.WriteStream = process.stderr): Promise<number> {
@@ -37,9 +39,18 @@ export async function prefetchCommand(argv: string[], out: NodeJS.WriteStream = 
     out.write(`prefetch: --poll-ms ${values["poll-ms"]}: expected whole milliseconds from 10 to 60000\n`);
     return 2;
   }
-  const token =
-    values.token ??
-    (values["token-file"] ? (await readFile(values["token-file"], "utf8")).trim() : process.env.MIRROR_ADMIN_TOKEN);
+  let token: string | undefined;
+  try {
+    token =
+      values.token ??
+      (values["token-file"]
+        ? (await readFlagFile("--token-file", values["token-file"])).trim()
+        : process.env.MIRROR_ADMIN_TOKEN);
+  } catch (err) {
+    if (!(err instanceof CommandError)) throw err;
+    out.write(`prefetch: ${err.message}\n`);
+    return err.status;
+  }
   if (!token) {
     out.write("prefetch: an admin token is required (--token, --token-file or MIRROR_ADMIN_TOKEN)\n");
     return 2;

@@ -11,6 +11,7 @@
  *   MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL=10m
  */
 import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import ms from "ms";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
@@ -18,10 +19,12 @@ import {
   configSchema,
   crossUpstreamProblems,
   durationUseOf,
+  isFilePath,
   UPSTREAM_PRESETS,
   type Config,
   type UpstreamConfig,
 } from "./schema.ts";
+import { fileErrorText } from "./file-checks.ts";
 import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
 
@@ -35,40 +38,62 @@ export class ConfigError extends Error {
 }
 
 export interface LoadOptions {
-  /** Path of a YAML file; when absent `env.MIRROR_CONFIG` is used, and when that is absent too, defaults only. */
+  /** Path of a YAML file (`--config`); when absent `env.MIRROR_CONFIG` is used, and when that is absent too, defaults only. */
   file?: string | undefined;
   env?: NodeJS.ProcessEnv;
+  /** What relative paths (the file's name, environment values, defaults) are relative to: the working directory. */
+  cwd?: string;
 }
 
+/**
+ * Paths: the file's name, and paths given by `MIRROR_*` variables or defaults, are relative to the working
+ * directory; a relative path written in the file is relative to the file's directory. The configuration that
+ * results holds absolute paths only (filePath in schema.ts marks the keys).
+ */
 export function loadConfig(opts: LoadOptions = {}): Config {
   const env = opts.env ?? process.env;
+  const cwd = opts.cwd ?? process.cwd();
   const problems: string[] = [];
   let raw: Record<string, unknown> = {};
   const file = opts.file ?? env.MIRROR_CONFIG;
   if (file !== undefined && file !== "") {
+    const label = `${opts.file !== undefined ? "--config" : "MIRROR_CONFIG"} ${resolve(cwd, file)}`;
+    let text: string | undefined;
     try {
-      const parsed: unknown = parseYaml(readFileSync(file, "utf8"));
-      if (parsed === null || parsed === undefined) raw = {};
-      else if (typeof parsed === "object" && !Array.isArray(parsed)) raw = parsed as Record<string, unknown>;
-      else problems.push(`${file}: the top level must be a mapping`);
+      text = readFileSync(resolve(cwd, file), "utf8");
     } catch (err) {
-      problems.push(`${file}: ${(err as Error).message}`);
+      problems.push(`${label}: ${fileErrorText(err)}`);
+    }
+    if (text !== undefined) {
+      try {
+        const parsed: unknown = parseYaml(text);
+        if (parsed === null || parsed === undefined) raw = {};
+        else if (typeof parsed === "object" && !Array.isArray(parsed)) {
+          raw = parsed as Record<string, unknown>;
+          resolvePaths(configSchema, raw, dirname(resolve(cwd, file)));
+        } else problems.push(`${label}: the top level must be a mapping`);
+      } catch (err) {
+        // The YAML parser's message goes on with a excerpt of the file over several lines: its first line says it.
+        problems.push(`${label}: ${(err as Error).message.split("\n")[0]}`);
+      }
     }
   }
   applyEnvOverrides(raw, env, problems);
-  return finish(raw, problems);
+  return finish(raw, problems, cwd);
 }
 
 /** Builds a configuration from an in-memory object (tests, embedding), with the same checks as a file. */
 export function parseConfig(input: unknown): Config {
-  return finish(input, []);
+  return finish(input, [], process.cwd());
 }
 
-function finish(raw: unknown, problems: string[]): Config {
+function finish(raw: unknown, problems: string[], cwd: string): Config {
   const result = configSchema.safeParse(raw);
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
   let upstreams: Record<string, UpstreamConfig> = {};
   if (result.success) {
+    // What the file wrote is already absolute (loadConfig); the rest is the working directory's.
+    resolvePaths(configSchema, result.data, cwd);
     // An upstream with credentials behind an open mirror is a door to private images: refuse unless explicit.
     const withCredentials = Object.entries(result.data.upstreams)
       .filter(([, u]) => u.credentials !== undefined)
@@ -157,6 +182,27 @@ export function longDurationWarnings(config: Config): LongDuration[] {
   };
   visit(configSchema, config, []);
   return found;
+}
+
+/**
+ * Makes every relative path (the keys schema.ts marks with filePath) in `value` absolute against `base`, in
+ * place. Walks the raw file as well as the parsed result, so it leaves alone anything of the wrong type (the
+ * schema reports that).
+ */
+function resolvePaths(schema: z.ZodType, value: unknown, base: string): void {
+  const inner = unwrapOptional(schema);
+  if (inner instanceof z.ZodObject && isRecord(value)) {
+    for (const [key, child] of Object.entries<z.ZodType>(inner.shape)) {
+      const v = value[key];
+      if (isFilePath(unwrapOptional(child))) {
+        if (typeof v === "string" && v !== "") value[key] = resolve(base, v);
+      } else resolvePaths(child, v, base);
+    }
+  } else if (inner instanceof z.ZodRecord && isRecord(value)) {
+    for (const child of Object.values(value)) resolvePaths(inner.valueType as z.ZodType, child, base);
+  } else if (inner instanceof z.ZodArray && Array.isArray(value)) {
+    for (const child of value) resolvePaths(inner.element as z.ZodType, child, base);
+  }
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -136,17 +136,38 @@ const hostPattern = z
     "the last label of a host pattern must be literal (e.g. *.cloudfront.net, not cdn.*)",
   );
 
-const upstreamUrl = z
-  .string()
-  .url()
-  .refine(
-    (u) => parsedUrl(u) === undefined || /^https?:$/.test(parsedUrl(u)!.protocol),
-    "upstream url must be http:// or https://",
-  )
-  .refine(
-    (u) => parsedUrl(u) === undefined || (["", "/"].includes(parsedUrl(u)!.pathname) && parsedUrl(u)!.search === ""),
-    "upstream url must be an origin (no path or query)",
-  );
+/**
+ * An upstream's origin. One message per value, naming what to write: the check never throws (a URL that does
+ * not parse is an issue like any other), so every other problem in the file is reported with it.
+ */
+const upstreamUrl = z.string().superRefine((u, ctx) => {
+  const url = parsedUrl(u);
+  if (url === undefined || !/^https?:$/.test(url.protocol) || !u.includes("://")) {
+    // `ghcr.io` and `ghcr.io:443` parse as a scheme or not at all: suggest the origin that was probably meant.
+    const hint = /^[A-Za-z0-9.-]+(?::\d+)?$/.test(u) ? ` (did you mean https://${u}?)` : "";
+    ctx.addIssue({
+      code: "custom",
+      message: `${JSON.stringify(u.slice(0, 200))} is not an http:// or https:// URL${hint}`,
+    });
+  } else if (!["", "/"].includes(url.pathname) || url.search !== "" || url.hash !== "") {
+    ctx.addIssue({
+      code: "custom",
+      message: `${JSON.stringify(u.slice(0, 200))} must be an origin, e.g. https://ghcr.io (no path, query or fragment)`,
+    });
+  }
+});
+
+/**
+ * A file or directory path. Marked so that loading (load.ts: resolvePaths) finds every such key: a relative
+ * path written in a config file is relative to that file's directory, any other (environment, the default
+ * `./data`) to the working directory; the loaded configuration holds absolute paths only.
+ */
+const filePath = z.string().min(1).meta({ filePath: true });
+
+/** Whether a schema (under its default/optional wrappers already) is a path: see filePath. */
+export function isFilePath(schema: z.ZodType): boolean {
+  return schema.meta()?.filePath === true;
+}
 
 export const upstreamSchema = z
   .object({
@@ -225,9 +246,9 @@ export const upstreamSchema = z
     credentials: z
       .object({
         username: z.string().min(1).optional(),
-        usernameFile: z.string().min(1).optional(),
+        usernameFile: filePath.optional(),
         password: z.string().optional(),
-        passwordFile: z.string().min(1).optional(),
+        passwordFile: filePath.optional(),
       })
       .strict()
       .refine(
@@ -274,7 +295,7 @@ export const upstreamSchema = z
     tls: z
       .object({
         /** PEM bundle of CAs to trust for this upstream (private registries), instead of the system's. */
-        caFile: z.string().min(1).optional(),
+        caFile: filePath.optional(),
         /** Skip certificate verification. Only for registries you control; logged as a warning at start. */
         insecure: z.boolean().default(false),
       })
@@ -290,7 +311,7 @@ export const configSchema = z
     storage: z
       .object({
         /** Cache directory: blobs, manifests, temp files, metadata journal. */
-        path: z.string().min(1).default("./data"),
+        path: filePath.default("./data"),
         /** Budget for cached content (e.g. 50GiB). Absent: only the filesystem's watermarks apply. */
         maxSize: size.optional(),
         /** Eviction starts above this fraction of the budget (and of the filesystem)... */
@@ -375,10 +396,7 @@ export const configSchema = z
     /** Never contact any upstream: serve only what is cached (air-gapped mode); overrides every upstream's `offline`. */
     offline: z.boolean().default(false),
     /** TLS termination: both files PEM; reloaded when they change, so certificates rotate without a restart. */
-    tls: z
-      .object({ certFile: z.string().min(1), keyFile: z.string().min(1) })
-      .strict()
-      .optional(),
+    tls: z.object({ certFile: filePath, keyFile: filePath }).strict().optional(),
     /**
      * Who may pull what. Without this section every client is anonymous and allowed, unless an upstream has
      * credentials: then `anonymous` must be set explicitly (the mirror would otherwise open private images to
@@ -387,7 +405,7 @@ export const configSchema = z
     access: z
       .object({
         /** An htpasswd file with bcrypt entries (`htpasswd -B`): users who log in with Basic auth. */
-        htpasswdFile: z.string().min(1).optional(),
+        htpasswdFile: filePath.optional(),
         /**
          * Static bearer tokens (e.g. for CI): `Authorization: Bearer <token>` acts as user `name`. A token, inline
          * or from its file (one trailing newline dropped), has at least 16 bytes and no whitespace. An inline one
@@ -406,7 +424,7 @@ export const configSchema = z
                     `a token must be at least ${MIN_SECRET_BYTES} bytes`,
                   )
                   .optional(),
-                tokenFile: z.string().min(1).optional(),
+                tokenFile: filePath.optional(),
               })
               .strict()
               .refine(
@@ -451,7 +469,7 @@ export const configSchema = z
       .object({
         token: z.string().min(16, "admin token must be at least 16 characters").optional(),
         /** File holding the token (Kubernetes secret); re-read when it changes, the admin API closed while it holds no usable token. */
-        tokenFile: z.string().min(1).optional(),
+        tokenFile: filePath.optional(),
       })
       .strict()
       .refine((a) => a.token === undefined || a.tokenFile === undefined, "set token or tokenFile, not both")

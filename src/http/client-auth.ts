@@ -22,6 +22,7 @@ import bcrypt from "bcryptjs";
 import { LRUCache } from "lru-cache";
 import type { Logger } from "pino";
 import type { Config } from "../config/schema.ts";
+import { ConfigError } from "../config/load.ts";
 import { SecretFile } from "../config/secret-file.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { ANONYMOUS, CHALLENGE, type Identity } from "../registry/access-policy.ts";
@@ -94,9 +95,9 @@ export class ClientAuth {
         const hash = trimmed.slice(colon + 1);
         const entry = BCRYPT_HASH.exec(hash);
         if (colon <= 0 || !entry) {
-          throw new Error(
-            `access.htpasswdFile: ${access.htpasswdFile}:${n + 1}: only bcrypt entries (htpasswd -B) are accepted`,
-          );
+          throw new ConfigError([
+            `access.htpasswdFile ${access.htpasswdFile}:${n + 1}: only bcrypt entries (htpasswd -B) are accepted`,
+          ]);
         }
         users.set(trimmed.slice(0, colon), hash);
         const cost = Number(entry[1]);
@@ -107,7 +108,7 @@ export class ClientAuth {
     // is watched.
     for (const [i, t] of access.tokens.entries()) {
       if (t.token !== undefined && !TOKEN_CHARACTERS.test(t.token))
-        throw new Error(`access.tokens.${i}.token: ${TOKEN_CHARACTERS_RULE}`);
+        throw new ConfigError([`access.tokens.${i}.token: ${TOKEN_CHARACTERS_RULE}`]);
     }
     const tokens: Token[] = [];
     const tokenFiles: SecretFile[] = [];

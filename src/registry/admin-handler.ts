@@ -158,7 +158,10 @@ export class AdminHandler {
     return { deleted: digest, bytes: size };
   }
 
-  /** `{"reference": "docker.io/library/alpine:3.20", "platforms": ["linux/amd64"]}` (platforms optional). */
+  /**
+   * `{"reference": "docker.io/library/alpine:3.20", "platforms": ["linux/amd64"]}` (platforms optional); the
+   * reference as `mirror export` reads it (`alpine:3.20` is the default upstream's).
+   */
   prefetch(body: unknown): JobStatus {
     const b = (body ?? {}) as { reference?: unknown; platforms?: unknown };
     if (typeof b.reference !== "string")
@@ -172,7 +175,8 @@ export class AdminHandler {
         status: 400,
       });
     }
-    const { upstream, repository, reference } = this.resolver.reference(b.reference, { requireUpstream: true });
+    // The grammar of `mirror export` and of docker: a name without a configured upstream is the default one's.
+    const { upstream, repository, reference } = this.resolver.reference(b.reference);
     return this.prefetcher.start({ upstream, repository, reference, platforms: platforms as string[] });
   }
 

@@ -1,4 +1,4 @@
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readFileSync } from "node:fs";
@@ -16,9 +16,9 @@ async function yamlFile(text: string): Promise<string> {
 
 describe("configuration", () => {
   it("has embedded defaults: port 5000, ./data, Docker Hub as default upstream with library/ names", () => {
-    const config = loadConfig({ env: {} });
+    const config = loadConfig({ env: {}, cwd: "/srv/mirror" });
     expect(config.listen).toBe("0.0.0.0:5000");
-    expect(config.storage.path).toBe("./data");
+    expect(config.storage.path).toBe("/srv/mirror/data"); // ./data of the working directory
     expect(config.redis).toBeUndefined();
     const hub = config.upstreams["docker.io"]!;
     expect(hub).toMatchObject({
@@ -128,9 +128,10 @@ upstreams:
         MIRROR_REDIS__KEY_PREFIX: "mirror:",
         MIRROR_STORAGE__PATH: "[not-a-list]",
       },
+      cwd: "/srv",
     });
     expect(config.redis?.keyPrefix).toBe("mirror:");
-    expect(config.storage.path).toBe("[not-a-list]");
+    expect(config.storage.path).toBe("/srv/[not-a-list]");
   });
 
   it("rejects unknown keys and reports every problem at once", async () => {
@@ -153,7 +154,7 @@ upstreams:
     expect(text).toMatch(/MIRROR_NOPE/);
     expect(text).toMatch(/^listen:/m);
     expect(text).toMatch(/storage: Unrecognized key: "colour"/);
-    expect(text).toMatch(/upstreams\.a\.url: upstream url must be http/);
+    expect(text).toMatch(/upstreams\.a\.url: "ftp:\/\/a\.example\/x" is not an http:\/\/ or https:\/\/ URL$/m);
     expect(text).toMatch(/upstreams\.b\.tagTtl: invalid duration "soon"/);
     expect(text).toMatch(/only one upstream may be default/);
     expect(problems.length).toBeGreaterThanOrEqual(6);
@@ -380,8 +381,38 @@ describe("sizes, ports and environment names", () => {
   it("reports an upstream url that does not parse as a configuration problem, with the others", () => {
     expect(problemsOf({ listen: "x", upstreams: { a: { url: "not a url" } } })).toEqual([
       "listen: expected host:port, e.g. 0.0.0.0:5000 or [::1]:5000",
-      "upstreams.a.url: Invalid URL",
+      'upstreams.a.url: "not a url" is not an http:// or https:// URL',
     ]);
+  });
+
+  it("reports each upstream url that is no http(s) origin in one line, suggesting the origin a bare host meant", () => {
+    const cases: Array<[string, string]> = [
+      ["ghcr.io", '"ghcr.io" is not an http:// or https:// URL (did you mean https://ghcr.io?)'],
+      ["ghcr.io:443", '"ghcr.io:443" is not an http:// or https:// URL (did you mean https://ghcr.io:443?)'],
+      ["localhost:5000", '"localhost:5000" is not an http:// or https:// URL (did you mean https://localhost:5000?)'],
+      ["http:ghcr.io", '"http:ghcr.io" is not an http:// or https:// URL'],
+      ["http://", '"http://" is not an http:// or https:// URL'],
+      ["", '"" is not an http:// or https:// URL'],
+      [
+        "https://ghcr.io/v2/",
+        '"https://ghcr.io/v2/" must be an origin, e.g. https://ghcr.io (no path, query or fragment)',
+      ],
+      [
+        "https://ghcr.io?x=1",
+        '"https://ghcr.io?x=1" must be an origin, e.g. https://ghcr.io (no path, query or fragment)',
+      ],
+    ];
+    for (const [url, message] of cases)
+      expect(problemsOf({ upstreams: { a: { url }, b: { url: "https://b.example", bogus: 1 } } }), url).toEqual([
+        `upstreams.a.url: ${message}`,
+        'upstreams.b: Unrecognized key: "bogus"',
+      ]);
+    expect(parseConfig({ upstreams: { a: { url: "https://ghcr.io/" } } }).upstreams.a!.url).toBe("https://ghcr.io/");
+  });
+
+  it("never throws from inside the schema, whatever the url key holds", () => {
+    for (const url of ["%", "http://[::1", "http://a b", "\u0000", "://", "https://", "x:", 5, null, [], {}])
+      expect(() => configSchema.safeParse({ upstreams: { a: { url } } }), JSON.stringify(url)).not.toThrow();
   });
 
   it("refuses an environment override whose segment names two upstreams, applying it to neither", async () => {
@@ -395,5 +426,71 @@ describe("sizes, ports and environment names", () => {
     // One upstream of that name alone: the override applies.
     const single = await yamlFile("upstreams:\n  registry-a.example.com:\n    url: https://a.example.com\n");
     expect(loadConfig({ file: single, env }).upstreams["registry-a.example.com"]!.offline).toBe(true);
+  });
+});
+
+describe("paths", () => {
+  it("reads a relative path in a config file from the file's directory, every other one from the working directory", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "cfg-paths-"));
+    await mkdir(join(dir, "conf"));
+    const file = join(dir, "conf", "mirror.yaml");
+    await writeFile(
+      file,
+      `storage: { path: cache }
+tls: { certFile: tls/cert.pem, keyFile: /etc/mirror/key.pem }
+admin: { tokenFile: ../secrets/admin }
+access:
+  anonymous: false
+  htpasswdFile: htpasswd
+  tokens: [{ name: ci, tokenFile: ci-token }]
+upstreams:
+  ghcr.io:
+    url: https://ghcr.io
+    credentials: { usernameFile: user, passwordFile: ./pass }
+    tls: { caFile: ca.pem }
+`,
+    );
+    // The file named relative to the working directory, as `--config conf/mirror.yaml` from `dir`.
+    const config = loadConfig({ file: "conf/mirror.yaml", cwd: dir, env: {} });
+    const conf = join(dir, "conf");
+    expect(config.storage.path).toBe(join(conf, "cache"));
+    expect(config.tls).toEqual({ certFile: join(conf, "tls/cert.pem"), keyFile: "/etc/mirror/key.pem" });
+    expect(config.admin.tokenFile).toBe(join(dir, "secrets/admin"));
+    expect(config.access?.htpasswdFile).toBe(join(conf, "htpasswd"));
+    expect(config.access?.tokens[0]?.tokenFile).toBe(join(conf, "ci-token"));
+    const ghcr = config.upstreams["ghcr.io"]!;
+    expect(ghcr.credentials).toEqual({ usernameFile: join(conf, "user"), passwordFile: join(conf, "pass") });
+    expect(ghcr.tls.caFile).toBe(join(conf, "ca.pem"));
+    // An environment override is the working directory's, even over a key the file set.
+    const overridden = loadConfig({ file, cwd: "/srv", env: { MIRROR_STORAGE__PATH: "other" } });
+    expect(overridden.storage.path).toBe("/srv/other");
+    // A file without storage.path: the default ./data is the working directory's (the image runs in /).
+    await writeFile(file, "listen: 127.0.0.1:5000\n");
+    expect(loadConfig({ file, cwd: "/", env: {} }).storage.path).toBe("/data");
+  });
+
+  it("names the flag or variable and the absolute path of a config file it cannot read, in one line", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "cfg-missing-"));
+    const problemsWith = (opts: Parameters<typeof loadConfig>[0]) => {
+      try {
+        loadConfig(opts);
+        return [];
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        return (err as ConfigError).problems;
+      }
+    };
+    expect(problemsWith({ file: "mirror.yaml", cwd: dir, env: {} })).toEqual([
+      `--config ${join(dir, "mirror.yaml")}: no such file or directory`,
+    ]);
+    expect(problemsWith({ cwd: dir, env: { MIRROR_CONFIG: "conf.yaml" } })).toEqual([
+      `MIRROR_CONFIG ${join(dir, "conf.yaml")}: no such file or directory`,
+    ]);
+    expect(problemsWith({ file: dir, env: {} })).toEqual([`--config ${dir}: is a directory, not a file`]);
+    await writeFile(join(dir, "broken.yaml"), "upstreams: [\n  a: b\n");
+    const [broken, ...rest] = problemsWith({ file: join(dir, "broken.yaml"), env: {} });
+    expect(rest).toEqual([]);
+    expect(broken).toMatch(new RegExp(`^--config ${join(dir, "broken.yaml")}: .+`));
+    expect(broken).not.toContain("\n");
   });
 });
