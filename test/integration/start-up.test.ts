@@ -6,7 +6,7 @@
  * it); and the commands' file errors name the flag and the absolute path.
  */
 import { spawn } from "node:child_process";
-import { chmod, chown, mkdir, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -163,29 +163,41 @@ upstreams:
     );
   });
 
-  it("refuses a storage.path it cannot write (run as an unprivileged user when the test runs as root)", async () => {
-    // chmod does not stop root from writing: as root, the mirror runs as nobody, the directory owned by nobody.
+  it("refuses a storage.path it cannot write (as root: a read-only bind mount, which root cannot write either)", async () => {
+    // chmod does not stop root from writing. Running the mirror as another user would need that user to read the
+    // checkout, wherever CI cloned it; so as root the directory is made read-only by a bind mount in a private
+    // mount namespace (what a read-only volume is), and as anyone else by its mode.
     const asRoot = process.getuid?.() === 0;
-    const user = asRoot ? { uid: 65534, gid: 65534 } : undefined;
+    const why = asRoot ? "read-only file system" : "permission denied";
     const dir = await mkdtemp(join(work, "ro-"));
-    await chmod(dir, 0o755);
-    await chmod(work, 0o755);
     const readOnly = join(dir, "cache");
     await mkdir(readOnly);
-    if (user) await chown(readOnly, user.uid, user.gid);
-    await chmod(readOnly, 0o500);
+    if (!asRoot) await chmod(readOnly, 0o500);
     await writeFile(
       join(dir, "mirror.yaml"),
       "listen: 127.0.0.1:0\nstorage: { path: cache }\nupstreams: { r.example: { url: 'https://r.example', default: true } }\n",
     );
-    await chmod(join(dir, "mirror.yaml"), 0o644);
     const run = (config: string) =>
       new Promise<CommandResult>((res, rej) => {
-        const child = spawn(process.execPath, [MAIN, "--config", config], {
-          cwd: dir,
-          stdio: ["ignore", "pipe", "pipe"],
-          ...(user ?? {}),
-        });
+        const [command, args] = asRoot
+          ? [
+              "unshare",
+              [
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" "$3" --config "$4"',
+                "sh",
+                readOnly,
+                process.execPath,
+                MAIN,
+                config,
+              ],
+            ]
+          : [process.execPath, [MAIN, "--config", config]];
+        const child = spawn(command, args, { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
         let stdout = "";
         let stderr = "";
         child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
@@ -198,13 +210,12 @@ upstreams:
         });
       });
     expect(refusal(await run("mirror.yaml"), "cannot start:")).toEqual([
-      `storage.path ${readOnly}: not writable: permission denied`,
+      `storage.path ${readOnly}: not writable: ${why}`,
     ]);
     // A directory still to be created, inside one it cannot write.
     await writeFile(join(dir, "deeper.yaml"), "listen: 127.0.0.1:0\nstorage: { path: cache/new }\n");
-    await chmod(join(dir, "deeper.yaml"), 0o644);
     expect(refusal(await run("deeper.yaml"), "cannot start:")).toEqual([
-      `storage.path ${readOnly}/new: not writable (it would be created in ${readOnly}): permission denied`,
+      `storage.path ${readOnly}/new: not writable (it would be created in ${readOnly}): ${why}`,
     ]);
   });
 });
