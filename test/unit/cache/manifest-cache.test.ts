@@ -679,6 +679,27 @@ describe("ManifestCache: a cached answer does not wait on the upstream beyond re
     };
   }
 
+  /** The revalidation left running in the background moves latest to `digest`; the next request is a hit on it. */
+  async function backgroundMovesLatestTo(digest: string): Promise<void> {
+    await waitFor(async () => (await metadata.getTag("u", "app", "latest"))?.digest === digest, {
+      timeoutMs: 5_000,
+      intervalMs: 10,
+      what: "the background revalidation to move the tag",
+    });
+    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "hit", manifest: { digest } });
+  }
+
+  /** Whether `pending` has not settled after `ms` (several deadlines: a request with nothing to serve waits). */
+  async function stillPendingAfter(pending: Promise<unknown>, ms: number): Promise<boolean> {
+    let settled = false;
+    void pending.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    return !settled;
+  }
+
   it("past its TTL, a tag whose revalidation hangs is served stale at the deadline; the revalidation lands later", async () => {
     const upstream = hanging();
     up.tag("latest", m1);
@@ -693,12 +714,7 @@ describe("ManifestCache: a cached answer does not wait on the upstream beyond re
     expect(up.asked.slice(2)).toEqual(["HEAD latest"]); // asked, not answered yet
     // The upstream answers afterwards: the background revalidation moves the tag, for the next request.
     upstream.release();
-    await waitFor(async () => (await metadata.getTag("u", "app", "latest"))?.digest === d2, {
-      timeoutMs: 5_000,
-      intervalMs: 10,
-      what: "the background revalidation to move the tag",
-    });
-    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "hit", manifest: { digest: d2 } });
+    await backgroundMovesLatestTo(d2);
   });
 
   it("requests arriving while a revalidation hangs share it: one upstream request, each answered stale", async () => {
@@ -738,10 +754,7 @@ describe("ManifestCache: a cached answer does not wait on the upstream beyond re
     up.config.revalidateTimeout = 20;
     upstream.hang();
     const pending = cache.get(up.client, "app", LATEST);
-    let settled = false;
-    void pending.finally(() => (settled = true));
-    await new Promise((resolve) => setTimeout(resolve, 100)); // five deadlines: nothing to serve, so still waiting
-    expect(settled).toBe(false);
+    expect(await stillPendingAfter(pending, 100)).toBe(true); // five deadlines: nothing to serve, so still waiting
     upstream.release();
     expect(await pending).toMatchObject({ source: "miss", manifest: { digest: d1 } });
   });
@@ -767,12 +780,7 @@ describe("ManifestCache: a cached answer does not wait on the upstream beyond re
     expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "stale", manifest: { digest: d1 } });
     expect(await staleServed("BACKGROUND")).toBe(1);
     upstream.release();
-    await waitFor(async () => (await metadata.getTag("u", "app", "latest"))?.digest === d2, {
-      timeoutMs: 5_000,
-      intervalMs: 10,
-      what: "the background revalidation to move the tag",
-    });
-    expect(await cache.get(up.client, "app", LATEST)).toMatchObject({ source: "hit", manifest: { digest: d2 } });
+    await backgroundMovesLatestTo(d2);
   });
 
   it("a stored digest that needs this repository confirmed: UNAVAILABLE at the deadline; the HEAD's answer is kept", async () => {
@@ -817,10 +825,7 @@ describe("ManifestCache: a cached answer does not wait on the upstream beyond re
     up.config.revalidateTimeout = 20;
     upstream.hang();
     const pending = cache.get(up.client, "app", byDigest(d1));
-    let settled = false;
-    void pending.finally(() => (settled = true));
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(settled).toBe(false);
+    expect(await stillPendingAfter(pending, 100)).toBe(true);
     upstream.release();
     expect(await pending).toMatchObject({ source: "miss", manifest: { digest: d1 } });
   });
