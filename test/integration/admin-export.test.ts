@@ -235,6 +235,7 @@ describe("GET|POST /admin/v1/export", () => {
     const runs = [
       { name: "full", args: [...REFS] },
       { name: "delta", args: [...REFS, "--exclude-listing", listing, "--platform", "linux/amd64"] },
+      { name: "one-platform", args: [IMAGES[0].ref, "--platform", "linux/arm64", "--no-referrers"] },
     ];
     const viaUrl = new Map<string, Buffer>();
     for (const run of runs) {
@@ -245,8 +246,17 @@ describe("GET|POST /admin/v1/export", () => {
       viaUrl.set(run.name, await readFile(out));
       await expect(stat(`${out}.partial`)).rejects.toThrow(/ENOENT/);
     }
-    // The endpoint's GET answer and the CLI's POST one are the same bundle.
+    // The endpoint's GET answer and the CLI's POST one are the same bundle, with the same options.
     expect(viaUrl.get("full")!.equals(endpointBundle)).toBe(true);
+    const onePlatform = await fetchRaw(exportQuery([IMAGES[0].ref], "&platform=linux/arm64&referrers=false"), {
+      headers: auth,
+    });
+    expect(onePlatform.status).toBe(200);
+    expect(onePlatform.body.equals(viaUrl.get("one-platform")!)).toBe(true);
+    expect(endpointBundle.includes("io.registry-mirror.referrers")).toBe(true);
+    expect(onePlatform.body.includes("io.registry-mirror.referrers")).toBe(false);
+    expect(onePlatform.body.includes(`blobs/sha256/${multi.children[1]!.layers[0]!.digest.slice(7)}`)).toBe(true);
+    expect(onePlatform.body.includes(`blobs/sha256/${multi.children[0]!.layers[0]!.digest.slice(7)}`)).toBe(false);
     const delta = viaUrl.get("delta")!;
     expect(delta.length).toBeLessThan(endpointBundle.length);
     for (const blob of single.blobs()) expect(delta.includes(`blobs/sha256/${blob.digest.slice(7)}`)).toBe(false);
