@@ -34,6 +34,7 @@ import { TagsHandler } from "./registry/tags-handler.ts";
 import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
+import { Exporter } from "./transfer/exporter.ts";
 
 export interface Mirror {
   readonly app: Koa<RequestState>;
@@ -123,6 +124,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       janitor,
       prefetcher,
       importer: createImporter(layer, config),
+      exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }

@@ -4,7 +4,8 @@
  * Reads a bundle into a mirror's cache, verified entry by entry (src/transfer/importer.ts): with --url into a
  * running mirror, streamed to its admin endpoint (POST /admin/v1/import); otherwise into a stopped mirror's
  * data directory, which is locked for the duration. Prints what was imported and every refused entry; exit
- * status 0 only when everything in the bundle was accepted and every image is complete.
+ * status 0 only when everything in the bundle was accepted (every entry hashed to its digest, also one the cache
+ * already held) and every image is complete, 1 otherwise, 2 for a command line or configuration that cannot work.
  */
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
@@ -30,8 +31,9 @@ export const IMPORT_USAGE = `usage: mirror import <bundle.tar | -> [--pin] [--js
                     [--url http://mirror:5000 [--token T | --token-file F]] [--data-dir DIR] [--config mirror.yaml]
 
 Reads a bundle (from \`mirror export\`, or any OCI image layout tar whose references name a configured
-upstream) into a mirror's cache. Every blob is verified (sha256 and size) before it enters the cache; images
-that end up complete get their tags and are served with no upstream.
+upstream) into a mirror's cache. Every entry is verified (sha256 and size), also one the cache already holds;
+images that end up complete get their tags and are served with no upstream. Exit status 0 when every entry was
+accepted and every image is complete, 1 otherwise (a damaged entry is named), 2 for a bad command line.
 
   --url URL        a running mirror (its admin API; token from --token, --token-file or MIRROR_ADMIN_TOKEN)
   --data-dir DIR   a stopped mirror's cache directory (default: the config's storage.path)

@@ -4,14 +4,17 @@
  * (`admin.tokenFile` holds no usable token, see secret-file.ts). Documented in docs/admin-api.md.
  */
 import { timingSafeEqual, createHash } from "node:crypto";
+import { Readable } from "node:stream";
 import Router, { type RouterContext } from "@koa/router";
 import type Koa from "koa";
 import { RegistryError } from "../oci/errors.ts";
-import type { AdminHandler } from "../registry/admin-handler.ts";
+import type { AdminHandler, ExportBundle } from "../registry/admin-handler.ts";
 import { readCappedBody } from "../upstream/response-body.ts";
 import type { RequestState } from "./request-context.ts";
 
 const MAX_BODY = 64 * 1024;
+/** An export request may carry the destination's inventory (about 100 bytes per object it holds). */
+const MAX_EXPORT_BODY = 64 * 1024 * 1024;
 /** Job ids as the prefetcher makes them (UUIDs), checked on the path as the client sent it. */
 const JOB_ID = /^[A-Za-z0-9-]{1,64}$/;
 
@@ -60,6 +63,18 @@ export function adminRouter(
   route("DELETE", "/blobs/:digest", (ctx) => handler.deleteBlob(segment(ctx)));
   route("POST", "/import", (ctx) => handler.import(ctx.req as AsyncIterable<Buffer>, query(ctx)));
   route("GET", "/inventory", () => handler.inventory());
+  // A bundle, streamed (docs/admin-api.md): GET for references in the query, POST for a JSON body (a delta's inventory).
+  router.register("/export", ["GET", "POST"], async (ctx, next) => {
+    if (ctx.method !== "GET" && ctx.method !== "POST") {
+      await next();
+      return;
+    }
+    const request =
+      ctx.method === "POST"
+        ? handler.exportBody(await readJson(ctx, MAX_EXPORT_BODY))
+        : handler.exportQuery(query(ctx));
+    sendBundle(ctx, await handler.exportBundle(request));
+  });
   const routes = router.routes() as unknown as Koa.Middleware<RequestState>;
 
   return async (ctx, next) => {
@@ -93,11 +108,31 @@ function checkToken(ctx: Koa.Context, expected: Buffer | undefined): void {
   }
 }
 
-async function readJson(ctx: Koa.Context): Promise<unknown> {
+/**
+ * Streams a bundle with its exact length. Once bytes flow no error can be answered: a failure (a blob that cannot
+ * be fetched, content that does not match its digest) destroys the response, so the client sees a broken
+ * transfer, short of its Content-Length, and never a tar that looks complete.
+ */
+function sendBundle(ctx: AdminContext, bundle: ExportBundle): void {
+  // Bytes, not objects: at most about 1 MiB waits in the stream for a slow client (padding may be empty: skipped).
+  const body = Readable.from(nonEmpty(bundle.chunks), { objectMode: false, highWaterMark: 1024 * 1024 });
+  body.once("error", () => ctx.res.destroy());
+  ctx.status = 200;
+  ctx.type = "application/x-tar";
+  ctx.set("Content-Disposition", 'attachment; filename="bundle.tar"');
+  ctx.body = body;
+  ctx.length = bundle.size;
+}
+
+async function* nonEmpty(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  for await (const chunk of chunks) if (chunk.length > 0) yield chunk;
+}
+
+async function readJson(ctx: Koa.Context, max = MAX_BODY): Promise<unknown> {
   const bytes = await readCappedBody(
     ctx.req,
-    MAX_BODY,
-    () => new RegistryError("SIZE_INVALID", `request body over ${MAX_BODY} bytes`, { status: 413 }),
+    max,
+    () => new RegistryError("SIZE_INVALID", `request body over ${max} bytes`, { status: 413 }),
   );
   if (bytes.length === 0) return {};
   try {

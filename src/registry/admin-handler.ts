@@ -14,8 +14,9 @@ import { RegistryError } from "../oci/errors.ts";
 import { UpstreamResolver } from "../config/upstream-resolver.ts";
 import { assertDigest } from "../oci/digest.ts";
 import { assertName, isValidTag } from "../oci/reference.ts";
+import type { Exporter, ExportPlan } from "../transfer/exporter.ts";
 import type { Importer, ImportReport } from "../transfer/importer.ts";
-import { takeInventory, type Inventory } from "../transfer/inventory.ts";
+import { inventoryFrom, takeInventory, type Inventory } from "../transfer/inventory.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
 export interface TagTarget {
@@ -23,6 +24,25 @@ export interface TagTarget {
   repository: string;
   tag?: string | undefined;
 }
+
+/** What `/admin/v1/export` is asked for, validated: the options of `mirror export`. */
+export interface ExportRequest {
+  references: string[];
+  platforms: string[];
+  referrers: boolean;
+  /** Digest → size of the blobs the destination holds (its inventory): left out of the bundle. */
+  exclude: Map<string, number> | undefined;
+}
+
+/** A bundle ready to stream: everything it holds is decided, so its length is known before the first byte. */
+export interface ExportBundle {
+  size: number;
+  chunks: AsyncIterable<Buffer>;
+}
+
+/** References one export request may name (each is resolved, manifests fetched, before the first byte). */
+const MAX_EXPORT_REFERENCES = 1000;
+const PLATFORM = /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/;
 
 export class AdminHandler {
   private readonly upstreams: ReadonlyMap<string, UpstreamClient>;
@@ -34,6 +54,7 @@ export class AdminHandler {
   private readonly janitor: Janitor;
   private readonly prefetcher: Prefetcher;
   private readonly importer: Importer | undefined;
+  private readonly exporter: Exporter | undefined;
 
   constructor(opts: {
     upstreams: readonly UpstreamClient[];
@@ -44,6 +65,8 @@ export class AdminHandler {
     janitor: Janitor;
     prefetcher: Prefetcher;
     importer?: Importer;
+    /** Writes bundles from this mirror's caches (`/admin/v1/export`); absent: the endpoint answers 404. */
+    exporter?: Exporter;
   }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
     this.resolver = new UpstreamResolver(opts.upstreams);
@@ -54,6 +77,95 @@ export class AdminHandler {
     this.janitor = opts.janitor;
     this.prefetcher = opts.prefetcher;
     this.importer = opts.importer;
+    this.exporter = opts.exporter;
+  }
+
+  /** `GET /admin/v1/export?reference=…&reference=…[&platform=os/arch…][&referrers=false]` (no delta: see exportBody). */
+  exportQuery(query: URLSearchParams): ExportRequest {
+    const referrers = query.get("referrers");
+    if (referrers !== null && !["true", "false", "1", "0"].includes(referrers))
+      throw new RegistryError("UNSUPPORTED", "referrers must be true or false", { status: 400 });
+    return this.exportRequest({
+      references: query.getAll("reference"),
+      platforms: query.getAll("platform"),
+      referrers: referrers === null || referrers === "true" || referrers === "1",
+    });
+  }
+
+  /**
+   * `POST /admin/v1/export` with `{"references": [...], "platforms"?: [...], "referrers"?: bool,
+   * "excludeListing"?: <the destination's inventory>}`: the options of `mirror export`, a delta included.
+   */
+  exportBody(body: unknown): ExportRequest {
+    const b = (body ?? {}) as Record<string, unknown>;
+    if (b.referrers !== undefined && typeof b.referrers !== "boolean")
+      throw new RegistryError("UNSUPPORTED", "referrers must be true or false", { status: 400 });
+    let exclude: Map<string, number> | undefined;
+    if (b.excludeListing !== undefined) {
+      let listing: Inventory;
+      try {
+        listing = inventoryFrom(b.excludeListing, "excludeListing");
+      } catch (err) {
+        throw new RegistryError("UNSUPPORTED", (err as Error).message, { status: 400 });
+      }
+      exclude = new Map(listing.blobs.map((blob) => [blob.digest, blob.size]));
+    }
+    return {
+      ...this.exportRequest({
+        references: b.references,
+        platforms: b.platforms ?? [],
+        referrers: b.referrers !== false,
+      }),
+      exclude,
+    };
+  }
+
+  private exportRequest(r: { references: unknown; platforms: unknown; referrers: boolean }): ExportRequest {
+    const { references, platforms } = r;
+    if (
+      !Array.isArray(references) ||
+      references.length === 0 ||
+      !references.every((ref) => typeof ref === "string" && ref !== "")
+    )
+      throw new RegistryError(
+        "NAME_INVALID",
+        "one reference or more is required, e.g. docker.io/library/alpine:3.20 (reference=… in the query, or references: [...] in the body)",
+      );
+    if (references.length > MAX_EXPORT_REFERENCES)
+      throw new RegistryError("UNSUPPORTED", `at most ${MAX_EXPORT_REFERENCES} references per export`, {
+        status: 400,
+      });
+    if (!Array.isArray(platforms) || !platforms.every((p) => typeof p === "string" && PLATFORM.test(p)))
+      throw new RegistryError("UNSUPPORTED", 'platforms must be a list like ["linux/amd64", "linux/arm64/v8"]', {
+        status: 400,
+      });
+    return {
+      references: references as string[],
+      platforms: platforms as string[],
+      referrers: r.referrers,
+      exclude: undefined,
+    };
+  }
+
+  /**
+   * Plans a bundle through this mirror's caches (every manifest fetched or read now, so an unknown reference is
+   * an error answered before any byte), then hands out its chunks: blobs are read from the cache or filled
+   * through it as the stream is consumed, exactly as `mirror export` does on a data directory.
+   */
+  async exportBundle(request: ExportRequest): Promise<ExportBundle> {
+    const exporter = this.exporter;
+    if (!exporter) throw new RegistryError("UNSUPPORTED", "this mirror cannot export bundles", { status: 404 });
+    let plan: ExportPlan;
+    try {
+      plan = await exporter.plan(request.references, {
+        platforms: request.platforms,
+        exclude: request.exclude,
+        referrers: request.referrers,
+      });
+    } catch (err) {
+      throw exportError(err);
+    }
+    return { size: exporter.size(plan), chunks: exporter.write(plan) };
   }
 
   /** A bundle (tar stream) into the cache; `?pin=true` pins what it imports. Answers with the import report. */
@@ -209,4 +321,21 @@ export class AdminHandler {
     if (tagRequired && tag === undefined) throw new RegistryError("TAG_INVALID", "tag is required");
     return { upstream, repository, tag };
   }
+}
+
+/**
+ * Why a reference cannot be exported, as the admin API's error JSON: the registry error behind it (an unknown
+ * manifest, an upstream down) keeps its code and status, with the exporter's message naming the reference;
+ * anything else is something the reference names that cannot be carried (schema 1, no platform selected).
+ */
+function exportError(err: unknown): RegistryError {
+  const message = (err as Error).message;
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    // An upstream that refused the mirror's credentials is the upstream's problem, not the admin token's.
+    if (e instanceof RegistryError)
+      return e.code === "UNAUTHORIZED" || e.code === "DENIED"
+        ? new RegistryError("UPSTREAM_ERROR", message, { cause: err })
+        : new RegistryError(e.code, message, { status: e.status, cause: err });
+  }
+  return new RegistryError("MANIFEST_INVALID", message, { cause: err });
 }

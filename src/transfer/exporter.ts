@@ -5,6 +5,10 @@
  * download already running). A few blobs are prepared ahead of the one being written, so downloads overlap
  * with writing; each blob's bytes pass through once, checked against its digest and size on the way out, so a
  * bundle never carries content the cache has let rot.
+ *
+ * The bundle's bytes depend only on what it carries: entries in plan order with a fixed modification time, so the
+ * same references and content give the same file whoever writes it (the CLI from a data directory, or a running
+ * mirror's `/admin/v1/export`), and its length is known before the first byte (`size`).
  */
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
@@ -72,6 +76,15 @@ export interface ExportProgress {
   items: { done: number; total: number };
   bytes: { done: number; total: number };
 }
+
+/**
+ * The modification time of every entry: fixed (the epoch), so a bundle is a function of its content. The dates an
+ * importer cares about are in the content itself (image configs); a tar date would only make equal bundles differ.
+ */
+const ENTRY_MTIME = 0;
+
+/** Tar blocks: an entry's header and padded content. */
+const BLOCK = 512;
 
 /** Blobs prepared (opened, or downloading) ahead of the one being written. */
 const LOOKAHEAD = 3;
@@ -246,6 +259,15 @@ export class Exporter {
     return { items: { done: 0, total: plan.manifests.length + plan.blobs.length }, bytes: { done: 0, total: bytes } };
   }
 
+  /** The exact length of the bundle `write` produces for `plan` (a Content-Length before the first byte). */
+  size(plan: ExportPlan): number {
+    const entry = (n: number) => BLOCK + Math.ceil(n / BLOCK) * BLOCK;
+    let total = entry(layoutJson().length) + entry(this.indexJson(plan).length) + 2 * BLOCK; // + blobs/, blobs/sha256/
+    for (const m of plan.manifests) total += entry(m.bytes.length);
+    for (const b of plan.blobs) total += entry(b.size);
+    return total + 2 * BLOCK; // the end-of-archive marker
+  }
+
   /**
    * The bundle as a stream of chunks, for `pipeline(Readable.from(…), output)`. Throws (ending the stream with
    * an error) on anything that would make the bundle wrong: a blob that cannot be fetched, or content that does
@@ -257,13 +279,13 @@ export class Exporter {
   ): AsyncGenerator<Buffer> {
     const progress = opts.progress ?? this.totals(plan);
     const report = () => opts.onProgress?.(progress);
-    const mtime = Math.floor(Date.now() / 1000);
+    const mtime = ENTRY_MTIME;
     const small = function* (name: string, bytes: Buffer): Generator<Buffer> {
       yield fileHeader({ name, size: bytes.length, mtime });
       yield bytes;
       yield padding(bytes.length);
     };
-    yield* small(LAYOUT_FILE, Buffer.from(`${JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION })}\n`));
+    yield* small(LAYOUT_FILE, layoutJson());
     yield* small(INDEX_FILE, this.indexJson(plan));
     yield directoryHeader("blobs", mtime);
     yield directoryHeader("blobs/sha256", mtime);
@@ -361,6 +383,10 @@ export class Exporter {
     const { body } = await this.blobs.get(blob.upstream, blob.repository, blob.digest);
     return Buffer.isBuffer(body) ? fromStream(Readable.from([body])) : fromStream(body);
   }
+}
+
+function layoutJson(): Buffer {
+  return Buffer.from(`${JSON.stringify({ imageLayoutVersion: LAYOUT_VERSION })}\n`);
 }
 
 function fromStream(body: Readable): ReadySource {

@@ -5,7 +5,8 @@
  * blob is streamed into a writer of the content store, which verifies its digest and size (its file name, and
  * the tar entry's size) before committing it; it is committed only when its size also matches the descriptor
  * that references it. Content referenced by nothing in the bundle is refused too: an import adds images, not
- * loose bytes.
+ * loose bytes. Every entry is hashed, streamed, also one whose content the cache already holds or the bundle
+ * carries twice (nothing is written then): a damaged bundle is reported whatever the cache holds.
  *
  * Bundles written by `mirror export` put index.json and the manifests first, so each blob is checked and
  * committed as it arrives. Other tools (skopeo's oci-archive) write blobs before index.json; those wait,
@@ -25,6 +26,7 @@
  * `GET /v2/<name>/referrers/<digest>` with them, upstream or not. When index.json says referrers were included
  * (REFERRERS_ANNOTATION), an imported image without any gets an empty list: the exporter looked, and found none.
  */
+import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import {
   ContentMismatchError,
@@ -264,7 +266,11 @@ class ImportRun {
       this.refuse(name, undefined, "only sha256 content can be verified, so only sha256 content is imported");
       return;
     }
-    if (this.seen.get(digest) === "accepted" || this.pending.has(digest)) return; // a duplicate entry
+    // A second copy of an entry already accepted: nothing to store, but its bytes are checked all the same.
+    if (this.seen.get(digest) === "accepted" || this.pending.has(digest)) {
+      await this.checkCopy(name, digest, entry);
+      return;
+    }
     const declared = this.declared.get(digest);
     if (declared !== undefined && declared.size !== entry.size) {
       this.refuse(name, digest, `${entry.size} bytes, but the descriptor that references it says ${declared.size}`);
@@ -382,7 +388,9 @@ class ImportRun {
     declared: Declared | undefined,
   ): Promise<void> {
     if ((await this.o.store.size(digest)) === entry.size) {
-      // Already cached, and what is cached was verified when it was committed.
+      // Already cached (verified when it was committed): nothing is written, but the bundle's copy is hashed too,
+      // so a damaged bundle is reported whatever the cache already holds.
+      if (!(await this.checkCopy(name, digest, entry))) return;
       this.seen.set(digest, "accepted");
       this.report.blobs.present++;
       return;
@@ -431,6 +439,32 @@ class ImportRun {
     } finally {
       if (!kept) await writer.close();
     }
+  }
+
+  /**
+   * Hashes an entry whose content needs no writing (the cache or this bundle already holds it), streamed: a
+   * damaged copy is refused by name and changes nothing. A copy cut short by the end of the bundle is refused
+   * too, and the bundle's error ends the import. True when the copy hashes to its digest.
+   */
+  private async checkCopy(name: string, digest: string, entry: TarEntry): Promise<boolean> {
+    const hash = createHash("sha256");
+    try {
+      for await (const chunk of entry.body()) hash.update(chunk);
+    } catch (err) {
+      this.refuseCopy(name, digest, (err as Error).message);
+      throw err; // the bundle cannot be read past this point
+    }
+    const actual = `sha256:${hash.digest("hex")}`;
+    if (actual === digest) return true;
+    this.refuseCopy(name, digest, `content hashes to ${actual}`);
+    return false;
+  }
+
+  /** A damaged copy of content that is (or may be) accepted from elsewhere: reported without undoing that. */
+  private refuseCopy(name: string, digest: string, reason: string): void {
+    if (this.seen.get(digest) === "accepted" || this.pending.has(digest))
+      this.report.refused.push({ entry: name, reason });
+    else this.refuse(name, digest, reason);
   }
 
   /** Commits (or stores as manifests) the waiting blobs that something now references, until none changes. */

@@ -60,12 +60,18 @@ export async function takeInventory(opts: {
 
 /** Reads an inventory file; throws an Error naming `source` and what is wrong. */
 export function parseInventory(text: string, source: string): Inventory {
-  let doc: Partial<Inventory>;
+  let doc: unknown;
   try {
-    doc = JSON.parse(text) as Partial<Inventory>;
+    doc = JSON.parse(text);
   } catch (err) {
     throw new Error(`${source}: not JSON (${(err as Error).message})`);
   }
+  return inventoryFrom(doc, source);
+}
+
+/** An inventory already parsed as JSON (a file's, or one sent to /admin/v1/export), checked the same way. */
+export function inventoryFrom(parsed: unknown, source: string): Inventory {
+  const doc = (parsed ?? {}) as Partial<Inventory>;
   if (doc?.mediaType !== INVENTORY_MEDIA_TYPE)
     throw new Error(
       `${source}: not an inventory (mediaType must be ${INVENTORY_MEDIA_TYPE}; write one with \`mirror inventory\`)`,

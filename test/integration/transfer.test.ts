@@ -408,6 +408,87 @@ describe("mirror import", () => {
     expect(errorCode(layer)).toMatch(/BLOB_UNKNOWN|UNAVAILABLE/);
   });
 
+  it("on a warm mirror, still hashes every entry: a flipped byte, a shortened entry and a cut bundle are each reported, nothing changes", async () => {
+    const target = await unreachableMirror();
+    const good = await cli(["import", bundle, "--url", target.url, "--token", TOKEN, "--json"]);
+    expect(good.code, good.stderr + good.stdout).toBe(0);
+    /** Every committed file of the cache by name, with what it hashes to. */
+    const holdings = async (): Promise<Map<string, string>> => {
+      const out = new Map<string, string>();
+      const root = join(target.dataDir, "blobs", "sha256");
+      for (const shard of await readdir(root))
+        for (const name of await readdir(join(root, shard)))
+          out.set(name, sha256(await readFile(join(root, shard, name))));
+      return out;
+    };
+    const before = await holdings();
+    expect([...before].every(([name, digest]) => digest === `sha256:${name}`)).toBe(true);
+    const bytes = await readFile(bundle);
+    const entryAt = (digest: string) => {
+      const at = bytes.indexOf(`blobs/sha256/${digest.slice(7)}`);
+      expect(at % 512).toBe(0);
+      return at;
+    };
+
+    // One flipped byte inside a layer the mirror already holds.
+    const flipped = dockerImage.layers[0]!;
+    const flippedBytes = Buffer.from(bytes);
+    flippedBytes[entryAt(flipped.digest) + 512 + 1000]! ^= 0x01;
+    // A layer entry shortened by 1000 bytes in a well-formed tar (header size rewritten).
+    const shortened = appV1.layers[1]!;
+    const at = entryAt(shortened.digest);
+    const padded = (n: number) => Math.ceil(n / 512) * 512;
+    const shorter = shortened.bytes.length - 1000;
+    const shortenedBytes = Buffer.concat([
+      bytes.subarray(0, at),
+      fileHeader({ name: `blobs/sha256/${shortened.digest.slice(7)}`, size: shorter, mtime: 0 }),
+      shortened.bytes.subarray(0, shorter),
+      Buffer.alloc(padded(shorter) - shorter),
+      bytes.subarray(at + 512 + padded(shortened.bytes.length)),
+    ]);
+    // The bundle cut off inside a layer the mirror already holds.
+    const cut = tool.layers[0]!;
+    const cutBytes = bytes.subarray(0, entryAt(cut.digest) + 512 + 5000);
+
+    const cases = [
+      {
+        file: "warm-flipped.tar",
+        content: flippedBytes,
+        digest: flipped.digest,
+        reason: /^content hashes to sha256:[0-9a-f]{64}$/,
+      },
+      {
+        file: "warm-shortened.tar",
+        content: shortenedBytes,
+        digest: shortened.digest,
+        reason: new RegExp(`^${shorter} bytes, but the descriptor`),
+      },
+      { file: "warm-cut.tar", content: cutBytes, digest: cut.digest, reason: /ends inside blobs\/sha256\// },
+    ];
+    for (const c of cases) {
+      const path = join(work, c.file);
+      await writeFile(path, c.content);
+      const res = await cli(["import", path, "--url", target.url, "--token", TOKEN, "--json"]);
+      expect(res.code, `${c.file}: ${res.stderr}`).toBe(1);
+      const r = report(res);
+      expect(r.ok).toBe(false);
+      expect(r.refused, c.file).toEqual([
+        { entry: `blobs/sha256/${c.digest.slice(7)}`, reason: expect.stringMatching(c.reason) as unknown },
+      ]);
+      expect(r.blobs.added, c.file).toBe(0);
+      expect(r.manifests.added, c.file).toBe(0);
+      // The text report names the entry too.
+      const text = await cli(["import", path, "--url", target.url, "--token", TOKEN]);
+      expect(text.code).toBe(1);
+      expect(text.stdout).toContain(`refused entry blobs/sha256/${c.digest.slice(7)}: `);
+      expect(text.stdout).toMatch(/; 1 entries refused/);
+    }
+    // Nothing in the store changed, nothing half written is left, and every image is still served byte-exact.
+    expect(await holdings()).toEqual(before);
+    expect(await target.mirror.blobStore.tempFiles()).toEqual([]);
+    for (const e of EXPORTED) await expectServed(target, e.path, e.tag, e.image);
+  });
+
   it("keeps what was verified from a truncated bundle, refuses the cut entry, and tags only complete images", async () => {
     const bytes = await readFile(bundle);
     const cutIn = tool.layers[0]!;

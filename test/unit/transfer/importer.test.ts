@@ -123,4 +123,77 @@ describe("Importer writes", () => {
     expect(await store.tempFiles()).toEqual([]);
     expect(await store.size(digestOf(loose))).toBeUndefined();
   });
+
+  it("hashes every entry, also one the cache already holds or the bundle repeats: a damaged copy is refused, nothing changes", async () => {
+    const layer = randomBytes(300_000);
+    const config = Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux" }));
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.ociManifest,
+        config: {
+          mediaType: "application/vnd.oci.image.config.v1+json",
+          digest: digestOf(config),
+          size: config.length,
+        },
+        layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar", digest: digestOf(layer), size: layer.length }],
+      }),
+    );
+    const index = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [
+          {
+            mediaType: MediaType.ociManifest,
+            digest: digestOf(manifest),
+            size: manifest.length,
+            annotations: { "org.opencontainers.image.ref.name": "docker.io/team/app:v1" },
+          },
+        ],
+      }),
+    );
+    const layerName = `blobs/sha256/${digestOf(layer).slice(7)}`;
+    const damaged = Buffer.from(layer);
+    damaged[123_456]! ^= 0x40;
+    // As mirror export writes one: metadata first, then the manifest, config and layer.
+    const bundleWith = (...layers: Buffer[]) =>
+      buildTar([
+        { type: "file", name: "oci-layout", content: Buffer.from('{"imageLayoutVersion": "1.0.0"}') },
+        { type: "file", name: "index.json", content: index },
+        blobEntry(manifest),
+        blobEntry(config),
+        ...layers.map((content): TarEntry => ({ type: "file", name: layerName, content })),
+      ]);
+    const importer = new Importer({
+      store,
+      manifests: new ManifestStore(store),
+      metadata,
+      pins: new PinList(dir),
+      upstreams: [{ name: "docker.io", config: { aliases: [], default: true, libraryPrefix: "library" } }],
+      manifestMaxBytes: 4 * 1024 * 1024,
+      log: pino({ level: "silent" }),
+    });
+    const good = await importer.import(Readable.from([bundleWith(layer)]));
+    expect(good.ok).toBe(true);
+    expect(good.blobs.added).toBe(2);
+    const damage = [{ entry: layerName, reason: `content hashes to ${digestOf(damaged)}` }];
+
+    // Warm cache, damaged copy: nothing to write, and still reported.
+    const warm = await importer.import(Readable.from([bundleWith(damaged)]));
+    expect(warm.ok).toBe(false);
+    expect(warm.refused).toEqual(damage);
+    expect(warm.blobs).toEqual({ added: 0, present: 1, bytes: 0 });
+
+    // A good copy, then a damaged repeat of it, in one bundle: the repeat is reported too.
+    const repeated = await importer.import(Readable.from([bundleWith(layer, damaged)]));
+    expect(repeated.ok).toBe(false);
+    expect(repeated.refused).toEqual(damage);
+    expect(repeated.blobs).toEqual({ added: 0, present: 2, bytes: 0 });
+
+    // The cache still holds the good copy, and nothing was left half written.
+    const stored = await store.open(digestOf(layer));
+    expect(stored).toBeDefined();
+    expect((await stored!.bytes()).equals(layer)).toBe(true);
+    expect(await store.tempFiles()).toEqual([]);
+  });
 });
