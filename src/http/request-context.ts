@@ -5,7 +5,7 @@
 import { randomUUID } from "node:crypto";
 import type Koa from "koa";
 import type { Logger } from "pino";
-import { statusClass, type CacheResult, type Metrics, type RequestKind } from "../observability/metrics.ts";
+import { FROM_CACHE, statusClass, type CacheResult, type Metrics, type RequestKind } from "../observability/metrics.ts";
 
 export interface RequestState {
   log: Logger;
@@ -17,9 +17,6 @@ export interface RequestState {
   upstream?: string;
   cache?: CacheResult;
 }
-
-/** Results whose bytes did not need an upstream transfer for this request. */
-const FROM_CACHE: ReadonlySet<string> = new Set(["hit", "coalesced", "revalidated", "stale"]);
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 
@@ -41,7 +38,8 @@ export function requestContext(log: Logger, metrics: Metrics): Koa.Middleware<Re
       const upstream = ctx.state.upstream ?? "none";
       metrics.requests.inc({ upstream, kind, result, status_class: statusClass(status) });
       metrics.requestDuration.observe({ kind, result }, seconds);
-      if (bytes > 0 && status < 300)
+      // Content bytes only: a ping, a catalog, a probe or an error came from neither the cache nor an upstream.
+      if (bytes > 0 && status < 300 && result !== "none")
         metrics.sentBytes.inc({ upstream, kind, source: FROM_CACHE.has(result) ? "cache" : "upstream" }, bytes);
       const line = {
         method: ctx.method,
