@@ -34,6 +34,7 @@ import { TagsHandler } from "./registry/tags-handler.ts";
 import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
+import { TrustedProxies } from "./http/client-address.ts";
 
 export interface Mirror {
   readonly app: Koa<RequestState>;
@@ -92,7 +93,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   const resolver = new UpstreamResolver(upstreams);
 
   const app = new Koa<RequestState>();
-  app.use(requestContext(log, metrics));
+  app.use(requestContext(log, metrics, new TrustedProxies(config.trustedProxies)));
   app.use(errorMiddleware());
   app.use(clientConcurrency(config.limits.maxRequestsPerClient));
   // Secrets from files may be written after start (a Kubernetes Secret populated late): one that holds no usable
