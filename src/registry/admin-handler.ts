@@ -17,6 +17,7 @@ import { assertName, isValidTag } from "../oci/reference.ts";
 import type { Importer, ImportReport } from "../transfer/importer.ts";
 import { takeInventory, type Inventory } from "../transfer/inventory.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import type { TrafficReport, TrafficTotals } from "../observability/traffic-totals.ts";
 
 export interface TagTarget {
   upstream: string;
@@ -34,6 +35,7 @@ export class AdminHandler {
   private readonly janitor: Janitor;
   private readonly prefetcher: Prefetcher;
   private readonly importer: Importer | undefined;
+  private readonly traffic: TrafficTotals | undefined;
 
   constructor(opts: {
     upstreams: readonly UpstreamClient[];
@@ -44,6 +46,7 @@ export class AdminHandler {
     janitor: Janitor;
     prefetcher: Prefetcher;
     importer?: Importer;
+    traffic?: TrafficTotals;
   }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
     this.resolver = new UpstreamResolver(opts.upstreams);
@@ -54,6 +57,7 @@ export class AdminHandler {
     this.janitor = opts.janitor;
     this.prefetcher = opts.prefetcher;
     this.importer = opts.importer;
+    this.traffic = opts.traffic;
   }
 
   /** A bundle (tar stream) into the cache; `?pin=true` pins what it imports. Answers with the import report. */
@@ -86,9 +90,22 @@ export class AdminHandler {
     return { refreshed: target, digest: manifest.digest, mediaType: manifest.mediaType, source };
   }
 
-  totals(): { bytes: number; objects: number; maxSize: number | null; writable: boolean } {
+  /** What the cache holds, and the traffic totals (docs/metrics.md#totals) since start and in all. */
+  async totals(): Promise<{
+    bytes: number;
+    objects: number;
+    maxSize: number | null;
+    writable: boolean;
+    traffic?: TrafficReport;
+  }> {
     const s = this.janitor.state;
-    return { bytes: s.bytes, objects: s.objects, maxSize: s.maxSize ?? null, writable: s.writable };
+    return {
+      bytes: s.bytes,
+      objects: s.objects,
+      maxSize: s.maxSize ?? null,
+      writable: s.writable,
+      ...(this.traffic ? { traffic: await this.traffic.report() } : {}),
+    };
   }
 
   async repositories(
