@@ -26,6 +26,7 @@ import { createRouter } from "./http/router.ts";
 import { createRegistryServer, parseListen } from "./http/server.ts";
 import { listenMetrics } from "./observability/metrics-listener.ts";
 import { Metrics } from "./observability/metrics.ts";
+import { TrafficTotals } from "./observability/traffic-totals.ts";
 import { AccessPolicy } from "./registry/access-policy.ts";
 import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
@@ -35,6 +36,11 @@ import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
 import { Exporter } from "./transfer/exporter.ts";
+import { TrafficFile } from "./storage/traffic-file.ts";
+import { TrustedProxies } from "./http/client-address.ts";
+
+/** How often the traffic totals are saved besides at shutdown: what a crash can lose of them. */
+const TRAFFIC_SAVE_MS = 60_000;
 
 export interface Mirror {
   readonly app: Koa<RequestState>;
@@ -72,6 +78,30 @@ export async function createMirror(
   });
 }
 
+/**
+ * The traffic totals, continuing from what `<storage.path>/traffic.json` held; once the mirror listens, saved
+ * every TRAFFIC_SAVE_MS and at shutdown. A damaged file is reported and counting starts anew: lost totals cost
+ * less than a mirror that does not start.
+ */
+async function openTrafficTotals(
+  config: Config,
+  metrics: Metrics,
+  log: Logger,
+): Promise<{ traffic: TrafficTotals; startSaving: () => void }> {
+  const file = new TrafficFile(config.storage.path);
+  const found = await file.read();
+  if ("damaged" in found)
+    log.warn({ path: file.path, reason: found.damaged }, "traffic totals unreadable: counting starts anew");
+  const traffic = new TrafficTotals(metrics, { earlier: "traffic" in found ? found.traffic : undefined });
+  const startSaving = () =>
+    traffic.saveEvery(
+      TRAFFIC_SAVE_MS,
+      (t) => file.write(t),
+      (err) => log.warn({ path: file.path, err }, "traffic totals not saved"),
+    );
+  return { traffic, startSaving };
+}
+
 /** The HTTP side over a cache layer: handlers, routers, the Koa app and the listeners. */
 async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror> {
   const {
@@ -93,7 +123,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   const resolver = new UpstreamResolver(upstreams);
 
   const app = new Koa<RequestState>();
-  app.use(requestContext(log, metrics));
+  app.use(requestContext(log, metrics, new TrustedProxies(config.trustedProxies)));
+  const { traffic, startSaving } = await openTrafficTotals(config, metrics, log);
   app.use(errorMiddleware());
   app.use(clientConcurrency(config.limits.maxRequestsPerClient));
   // Secrets from files may be written after start (a Kubernetes Secret populated late): one that holds no usable
@@ -125,6 +156,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       prefetcher,
       importer: createImporter(layer, config),
       exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
+      traffic,
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }
@@ -191,6 +223,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         server!.listen(port, host, () => resolve());
       });
       const address = server.address() as AddressInfo;
+      startSaving();
       if (config.metrics.enabled && config.metrics.listen !== undefined) {
         metricsServer = await listenMetrics(metrics, parseListen(config.metrics.listen));
         log.info({ address: metricsServer.address() }, "metrics listening");
@@ -214,6 +247,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         // 3. Clients still connected are cut off, and the HTTP side's own parts close.
         server?.closeAllConnections();
         await closed;
+        // Every request has been counted now (access lines land when a response closes).
+        await traffic.stop();
         adminTokenFile?.close();
         await clientAuth?.close();
         // 4. Below HTTP: the upstream pools, the metadata store, the data directory's lock.

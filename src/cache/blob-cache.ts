@@ -268,7 +268,10 @@ export class BlobCache {
     );
     // pipeline, not pipe: an upstream failure must break the client's stream, and a client leaving must
     // release the upstream body.
-    pipeline(response.body, verified, () => undefined);
+    // Counted when the transfer ends, however it ends: these bytes came from the upstream, as a fill's do.
+    pipeline(response.body, verified, () =>
+      this.metrics?.upstreamFetchedBytes.inc({ upstream: upstream.name, kind: "blob" }, verified.received),
+    );
     return { body: verified, size: response.size };
   }
 

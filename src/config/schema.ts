@@ -3,6 +3,7 @@
  * YAML file is an error, not a silently ignored setting. Durations accept `ms` strings ("5m", "30s") or
  * milliseconds; sizes accept bytes.
  */
+import { isIP } from "node:net";
 import ms from "ms";
 import { z } from "zod";
 import { MIN_SECRET_BYTES } from "./secret-file.ts";
@@ -304,10 +305,25 @@ export const upstreamSchema = z
   })
   .strict();
 
+/** An IP address, or a CIDR range (`10.0.0.0/8`, `fd00::/8`). */
+const addressOrRange = z.string().refine((value) => {
+  const [address, prefix, ...rest] = value.split("/");
+  const family = isIP(address ?? "");
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}, "expected an IP address or a CIDR range such as 10.0.0.0/8");
+
 export const configSchema = z
   .object({
     /** Address the registry API listens on. */
     listen: listenAddress.default("0.0.0.0:5000"),
+    /**
+     * Proxies and load balancers whose `X-Forwarded-For` is believed: addresses or CIDR ranges. A request whose
+     * connection comes from one of them is logged with the client that header names; from anyone else the
+     * header is ignored. Only the access log uses it: the per-client limits count the connection's peer.
+     */
+    trustedProxies: z.array(addressOrRange).default([]),
     storage: z
       .object({
         /** Cache directory: blobs, manifests, temp files, metadata journal. */

@@ -27,6 +27,10 @@ export class VerifyStream extends Transform {
   private held: Buffer | undefined;
   bytesRead = 0;
   private seen = 0;
+  /** Bytes received from the upstream so far (bytesRead: those handed on to the reader). */
+  get received(): number {
+    return this.seen;
+  }
   /** Running while the output is full and waiting for the reader. */
   private stallTimer: NodeJS.Timeout | undefined;
 

@@ -1,11 +1,14 @@
 /**
  * Per-request context: an id (echoed as `X-Request-Id`), a child logger carrying it, and one access line per
- * request when the response has finished or the client went away.
+ * request when the response has finished or the client went away: with the client's address (and the one a
+ * trusted proxy forwarded for), its user agent, and at debug level for the probes and scrapes, which would
+ * otherwise fill the log.
  */
 import { randomUUID } from "node:crypto";
 import type Koa from "koa";
 import type { Logger } from "pino";
-import { statusClass, type CacheResult, type Metrics, type RequestKind } from "../observability/metrics.ts";
+import { FROM_CACHE, statusClass, type CacheResult, type Metrics, type RequestKind } from "../observability/metrics.ts";
+import { plainAddress, TrustedProxies } from "./client-address.ts";
 
 export interface RequestState {
   log: Logger;
@@ -18,12 +21,18 @@ export interface RequestState {
   cache?: CacheResult;
 }
 
-/** Results whose bytes did not need an upstream transfer for this request. */
-const FROM_CACHE: ReadonlySet<string> = new Set(["hit", "coalesced", "revalidated", "stale"]);
+/** Asked every few seconds by monitoring: logged at debug, not info. */
+const QUIET_PATHS: ReadonlySet<string> = new Set(["/metrics", "/healthz", "/readyz"]);
+/** The most of a User-Agent header logged. */
+const MAX_USER_AGENT = 256;
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 
-export function requestContext(log: Logger, metrics: Metrics): Koa.Middleware<RequestState> {
+export function requestContext(
+  log: Logger,
+  metrics: Metrics,
+  trustedProxies: TrustedProxies = new TrustedProxies([]),
+): Koa.Middleware<RequestState> {
   return async (ctx, next) => {
     const started = process.hrtime.bigint();
     const incoming = ctx.get("x-request-id");
@@ -41,8 +50,10 @@ export function requestContext(log: Logger, metrics: Metrics): Koa.Middleware<Re
       const upstream = ctx.state.upstream ?? "none";
       metrics.requests.inc({ upstream, kind, result, status_class: statusClass(status) });
       metrics.requestDuration.observe({ kind, result }, seconds);
-      if (bytes > 0 && status < 300)
+      // Content bytes only: a ping, a catalog, a probe or an error came from neither the cache nor an upstream.
+      if (bytes > 0 && status < 300 && result !== "none")
         metrics.sentBytes.inc({ upstream, kind, source: FROM_CACHE.has(result) ? "cache" : "upstream" }, bytes);
+      const peer = ctx.req.socket.remoteAddress;
       const line = {
         method: ctx.method,
         path: ctx.path,
@@ -54,8 +65,12 @@ export function requestContext(log: Logger, metrics: Metrics): Koa.Middleware<Re
         upstream: ctx.state.upstream,
         cache: ctx.state.cache,
         user: ctx.state.user,
+        client: plainAddress(peer),
+        forwardedFor: trustedProxies.forwardedClient(peer, ctx.get("x-forwarded-for") || undefined),
+        userAgent: ctx.get("user-agent").slice(0, MAX_USER_AGENT) || undefined,
       };
-      if (status >= 500) ctx.state.log.error(line, "request");
+      if (QUIET_PATHS.has(ctx.path)) ctx.state.log.debug(line, "request");
+      else if (status >= 500) ctx.state.log.error(line, "request");
       else ctx.state.log.info(line, "request");
     });
     await next();

@@ -4,9 +4,8 @@
  * suffix; labels are low-cardinality only (upstream name, kind, result, status class), never a repository name
  * or a digest.
  *
- * Bandwidth saved, as PromQL:
- *   sum(rate(mirror_sent_bytes_total{source="cache"}[5m]))                       bytes served without upstream traffic
- *   sum(rate(mirror_sent_bytes_total{source="cache"}[5m])) / sum(rate(mirror_sent_bytes_total[5m]))   as a ratio
+ * docs/metrics.md lists every metric defined here (a test holds it to this file), and gives the PromQL and
+ * recording rules for hit ratio and bandwidth saved.
  */
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
 
@@ -15,6 +14,11 @@ export type RequestKind = "manifest" | "blob" | "tags" | "referrers" | "other";
  * after a HEAD confirmed the cached pointer (revalidated), from a pointer the upstream could not confirm (stale),
  * or with an error / nothing cache-related (none). */
 export type CacheResult = "hit" | "miss" | "coalesced" | "revalidated" | "stale" | "none";
+/** The results of a content answer (a manifest, blob, tag list or referrers list), `none` excepted. */
+export const CONTENT_RESULTS = ["hit", "coalesced", "revalidated", "stale", "miss"] as const;
+export type ContentResult = (typeof CONTENT_RESULTS)[number];
+/** Content results whose bytes needed no upstream transfer of their own: what the cache saved. */
+export const FROM_CACHE: ReadonlySet<CacheResult> = new Set(["hit", "coalesced", "revalidated", "stale"]);
 
 /**
  * What the scrape-time gauges read, asked at every scrape: the parts' own state, described here by shape (the
@@ -168,10 +172,12 @@ export class Metrics {
       help: "Committed objects (blobs and manifests) in the cache.",
       registers,
     });
+    // Registered only while there is a budget (showOnScrape): a gauge without labels is otherwise exported as 0,
+    // which a dashboard would read as a budget of nothing.
     this.cacheBudgetBytes = new Gauge({
       name: "mirror_cache_budget_bytes",
       help: "storage.maxSize, the cache's budget (absent when unbounded).",
-      registers,
+      registers: [],
     });
     this.cacheWritable = new Gauge({
       name: "mirror_cache_writable",
@@ -216,7 +222,7 @@ export class Metrics {
       const cache = live.cache.state;
       this.cacheBytes.set(cache.bytes);
       this.cacheObjects.set(cache.objects);
-      if (cache.maxSize !== undefined) this.cacheBudgetBytes.set(cache.maxSize);
+      this.showBudget(cache.maxSize);
       this.cacheWritable.set(cache.writable ? 1 : 0);
       this.evictionBlocked.set(cache.evictionBlocked !== undefined ? 1 : 0);
       this.fillsInFlight.set(live.fills.inFlight);
@@ -228,6 +234,17 @@ export class Metrics {
           this.rateLimitRemaining.set({ upstream: u.name }, u.rateLimit.remaining);
       }
     });
+  }
+
+  private showBudget(maxSize: number | undefined): void {
+    const name = "mirror_cache_budget_bytes";
+    const registered = this.registry.getSingleMetric(name) !== undefined;
+    if (maxSize === undefined) {
+      if (registered) this.registry.removeSingleMetric(name);
+      return;
+    }
+    if (!registered) this.registry.registerMetric(this.cacheBudgetBytes);
+    this.cacheBudgetBytes.set(maxSize);
   }
 
   /** The exposition text, after refreshing scrape-time gauges. */

@@ -18,6 +18,7 @@ import type { Exporter, ExportPlan } from "../transfer/exporter.ts";
 import type { Importer, ImportReport } from "../transfer/importer.ts";
 import { inventoryFrom, takeInventory, type Inventory } from "../transfer/inventory.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import type { TrafficReport, TrafficTotals } from "../observability/traffic-totals.ts";
 
 export interface TagTarget {
   upstream: string;
@@ -55,6 +56,7 @@ export class AdminHandler {
   private readonly prefetcher: Prefetcher;
   private readonly importer: Importer | undefined;
   private readonly exporter: Exporter | undefined;
+  private readonly traffic: TrafficTotals | undefined;
 
   constructor(opts: {
     upstreams: readonly UpstreamClient[];
@@ -67,6 +69,7 @@ export class AdminHandler {
     importer?: Importer;
     /** Writes bundles from this mirror's caches (`/admin/v1/export`); absent: the endpoint answers 404. */
     exporter?: Exporter;
+    traffic?: TrafficTotals;
   }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
     this.resolver = new UpstreamResolver(opts.upstreams);
@@ -78,6 +81,7 @@ export class AdminHandler {
     this.prefetcher = opts.prefetcher;
     this.importer = opts.importer;
     this.exporter = opts.exporter;
+    this.traffic = opts.traffic;
   }
 
   /** `GET /admin/v1/export?reference=…&reference=…[&platform=os/arch…][&referrers=false]` (no delta: see exportBody). */
@@ -198,9 +202,22 @@ export class AdminHandler {
     return { refreshed: target, digest: manifest.digest, mediaType: manifest.mediaType, source };
   }
 
-  totals(): { bytes: number; objects: number; maxSize: number | null; writable: boolean } {
+  /** What the cache holds, and the traffic totals (docs/metrics.md#totals) since start and in all. */
+  async totals(): Promise<{
+    bytes: number;
+    objects: number;
+    maxSize: number | null;
+    writable: boolean;
+    traffic?: TrafficReport;
+  }> {
     const s = this.janitor.state;
-    return { bytes: s.bytes, objects: s.objects, maxSize: s.maxSize ?? null, writable: s.writable };
+    return {
+      bytes: s.bytes,
+      objects: s.objects,
+      maxSize: s.maxSize ?? null,
+      writable: s.writable,
+      ...(this.traffic ? { traffic: await this.traffic.report() } : {}),
+    };
   }
 
   async repositories(

@@ -356,6 +356,17 @@ describe("disk budget", () => {
     expect(await m.mirror.blobStore.size(big.digest)).toBeUndefined();
     await upstream.sync();
     expect(upstream.count({ method: "GET", kind: "blobs", pathIncludes: big.digest })).toBe(8);
+    // Streamed uncached, but still received from the upstream: eight times the blob, in the upstream bytes.
+    const fetchedBlobBytes = async () =>
+      (await m.mirror.metrics.upstreamFetchedBytes.get()).values
+        .filter((v) => v.labels.kind === "blob")
+        .reduce((sum, v) => sum + v.value, 0);
+    await waitFor(async () => (await fetchedBlobBytes()) >= 8 * big.bytes.length, {
+      timeoutMs: 5_000,
+      intervalMs: 20,
+      what: "the uncached downloads counted",
+    });
+    expect(await fetchedBlobBytes()).toBe(8 * big.bytes.length);
   });
 
   it("keeps pulls working on a full filesystem, streaming what does not fit without caching it", async () => {

@@ -21,7 +21,11 @@ let upstream: Registry;
 let mirror: TestMirror;
 beforeAll(async () => {
   upstream = await startRegistry();
-  mirror = await startTestMirror({ upstreams: { "docker.io": { url: upstream.url, default: true } } });
+  // With a budget: mirror_cache_budget_bytes, which the dashboard shows, is exported only for a bounded cache.
+  mirror = await startTestMirror({
+    upstreams: { "docker.io": { url: upstream.url, default: true } },
+    extra: { storage: { maxSize: "1GiB" } },
+  });
 });
 afterAll(async () => {
   await mirror?.stop();

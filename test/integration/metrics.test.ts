@@ -71,6 +71,10 @@ describe("metrics", () => {
     const stale = await fetchRaw(`${api}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(stale.headers["x-mirror-cache"]).toBe("stale");
 
+    // Answers that are no content: a ping, a catalog, probes, an unknown path (the scrapes below are more).
+    for (const path of ["/v2/", "/v2/_catalog", "/healthz", "/readyz", "/v2/nothing/here"])
+      await fetchRaw(`${mirror.url}${path}`);
+
     const s = await scrape(8);
     const req = (kind: string, result: string) =>
       valueOf(s, "mirror_requests_total", { upstream: "docker.io", kind, result, status_class: "2xx" });
@@ -88,6 +92,9 @@ describe("metrics", () => {
     expect(sent("blob", "cache")).toBe(small.bytes.length + 2 * big.bytes.length);
     expect(sent("manifest", "upstream")).toBe(m);
     expect(sent("manifest", "cache")).toBe(2 * m);
+    // Those were sent too, but from neither the cache nor an upstream: not counted as sent bytes at all.
+    expect(valueOf(s, "mirror_sent_bytes_total", { kind: "other" })).toBe(0);
+    expect(valueOf(s, "mirror_sent_bytes_total")).toBe(2 * small.bytes.length + 3 * big.bytes.length + 3 * m);
     // Each byte came from the upstream exactly once.
     expect(valueOf(s, "mirror_upstream_fetched_bytes_total", { upstream: "docker.io", kind: "blob" })).toBe(
       small.bytes.length + big.bytes.length,

@@ -64,6 +64,9 @@ describe("token auth (Docker token flow)", () => {
     const samples = parsePrometheusText((await fetchRaw(`${m.url}/metrics`)).body.toString());
     expect(valueOf(samples, "mirror_upstream_token_requests_total", { upstream: "docker.io", result: "ok" })).toBe(1);
     expect(valueOf(samples, "mirror_upstream_token_requests_total", { result: "error" })).toBe(0);
+    // The 401 challenges and the token answer are no content: the upstream bytes are exactly the image's.
+    const content = image.manifest.length + image.blobs().reduce((sum, b) => sum + b.bytes.length, 0);
+    expect(valueOf(samples, "mirror_upstream_fetched_bytes_total", { upstream: "docker.io" })).toBe(content);
   });
 
   it("pulls with configured credentials, sent only to the token service", async () => {

@@ -172,6 +172,17 @@ upstreams:
     expect(() => parseConfig({ limits: { manifestMaxBytes: 1024 } })).toThrow(/limits\.manifestMaxBytes/);
   });
 
+  it("takes trustedProxies as addresses and CIDR ranges, none by default, and refuses anything else", () => {
+    expect(parseConfig({}).trustedProxies).toEqual([]);
+    const list = ["10.0.0.0/8", "192.0.2.7", "fd00::/8", "::1"];
+    expect(parseConfig({ trustedProxies: list }).trustedProxies).toEqual(list);
+    for (const bad of ["10.0.0.0/33", "fd00::/129", "proxy.internal", "10.0.0.0/8/1", "10.0.0.0/x", "*"]) {
+      expect(() => parseConfig({ trustedProxies: [bad] }), bad).toThrow(
+        /trustedProxies\.0: expected an IP address or a CIDR range/,
+      );
+    }
+  });
+
   it("reports a YAML syntax error with the file name", async () => {
     const file = await yamlFile("listen: [unclosed\n");
     expect(() => loadConfig({ file, env: {} })).toThrow(new RegExp(file.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")));

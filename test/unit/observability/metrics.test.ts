@@ -79,5 +79,22 @@ describe("Metrics.showOnScrape", () => {
         "mirror_fills_in_flight 0",
       ]),
     );
+    // The budget went away: so does its gauge (not a budget of 0).
+    expect(lines(await metrics.render()).filter((l) => l.startsWith("mirror_cache_budget_bytes"))).toEqual([]);
+  });
+
+  it("exports no budget gauge for an unbounded cache, as docs/metrics.md says, and exports it once there is one", async () => {
+    const metrics = new Metrics(new Registry(), { processMetrics: false });
+    const state = live();
+    state.cache.state = { ...state.cache.state, maxSize: undefined };
+    metrics.showOnScrape(state);
+    const text = await metrics.render();
+    expect(text).not.toContain("mirror_cache_budget_bytes");
+    expect(lines(text)).toContain("mirror_cache_size_bytes 1000");
+    state.cache.state = { ...state.cache.state, maxSize: 7000 };
+    expect(lines(await metrics.render())).toContain("mirror_cache_budget_bytes 7000");
+    expect(lines(await metrics.render()).filter((l) => l.startsWith("mirror_cache_budget_bytes"))).toEqual([
+      "mirror_cache_budget_bytes 7000",
+    ]);
   });
 });
