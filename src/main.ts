@@ -2,8 +2,9 @@
  * CLI entry: `node src/main.ts [--config FILE]`. Loads the configuration (file, then MIRROR_* environment),
  * checks what it needs of the machine (start-up-checks.ts), starts the mirror, and shuts down gracefully on
  * SIGTERM/SIGINT, letting client responses and running fills finish within `shutdownGrace` (app.ts, close);
- * exit status 0 when it has, whether or not something was cut at the end of the grace. Exit status 2: a command line, configuration or machine the
- * mirror cannot start with, one line per problem and no stack trace; 1: anything else.
+ * exit status 0 after that, whether or not something was cut at the end of the grace. Exit status 2: a command
+ * line, configuration or machine the mirror cannot start with, one line per problem and no stack trace; 1:
+ * anything else.
  */
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
