@@ -22,6 +22,7 @@ import { ClientAuth } from "./http/client-auth.ts";
 import { clientConcurrency } from "./http/client-concurrency.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
 import { requestContext, type RequestState } from "./http/request-context.ts";
+import { ResponseDrain } from "./http/response-drain.ts";
 import { createRouter } from "./http/router.ts";
 import { createRegistryServer, parseListen } from "./http/server.ts";
 import { listenMetrics } from "./observability/metrics-listener.ts";
@@ -49,13 +50,18 @@ export interface Mirror {
   /** Starts listening on `config.listen`; resolves with the bound address (port 0 picks a free one). */
   listen(): Promise<AddressInfo>;
   /**
-   * Shuts down, each part once and in this order: stops accepting connections; lets running fills finish
-   * (bounded by `shutdownGrace`); cuts off clients still connected; closes the upstream pools, the metadata
-   * store, and unlocks the data directory. Calling it again waits for the same shutdown.
+   * Shuts down, each part once and in this order: readiness fails and both listeners stop accepting (idle
+   * connections are closed); client responses in progress and running fills get `shutdownGrace` to finish;
+   * clients still connected then are cut off; the upstream pools close (abandoning the fills still running:
+   * nothing unverified is committed), then the metadata store, and the data directory is unlocked. Logs one
+   * line when it starts (`signal`: what asked for it) and one when it is done, saying what was cut. Calling it
+   * again waits for the same shutdown.
    */
-  close(): Promise<void>;
+  close(opts?: { signal?: string }): Promise<void>;
   /** Fills still downloading (for shutdown and tests). */
   readonly fillsInFlight: number;
+  /** Client responses in progress. */
+  readonly responsesInFlight: number;
   readonly blobStore: BlobStore;
   readonly metrics: Metrics;
   /** The separate metrics listener's address, when `metrics.listen` is set (after `listen()`). */
@@ -123,6 +129,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   const resolver = new UpstreamResolver(upstreams);
 
   const app = new Koa<RequestState>();
+  const responses = new ResponseDrain();
+  app.use(responses.middleware<RequestState>());
   app.use(requestContext(log, metrics, new TrustedProxies(config.trustedProxies)));
   const { traffic, startSaving } = await openTrafficTotals(config, metrics, log);
   app.use(errorMiddleware());
@@ -167,6 +175,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       policy,
       metrics: config.metrics.enabled && config.metrics.listen === undefined ? metrics : undefined,
       readiness: [
+        () => (responses.shuttingDown ? { ready: false, reason: "shutting down" } : undefined),
         // A disabled credential is reported, but the mirror serves everyone else: still ready.
         ...secretFiles.map(
           (file) => () => (file.problem !== undefined ? { ready: true, reason: file.problem } : undefined),
@@ -213,6 +222,9 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     get fillsInFlight() {
       return fills.inFlight;
     },
+    get responsesInFlight() {
+      return responses.inFlight;
+    },
     async listen() {
       const { host, port } = parseListen(config.listen);
       const created = await createRegistryServer(config, app.callback(), log);
@@ -234,16 +246,32 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       );
       return address;
     },
-    close() {
+    close(opts = {}) {
       closing ??= (async () => {
-        // 1. Stop accepting: both listeners close, idle keep-alive connections go now.
+        const started = process.hrtime.bigint();
+        // 1. Readiness fails; both listeners stop accepting, idle keep-alive connections go now. A request on a
+        //    connection still busy is answered, with `Connection: close` (response-drain.ts says why).
+        responses.begin();
         const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
         server?.closeIdleConnections();
         stopWatchingTls();
         metricsServer?.close();
         metricsServer?.closeAllConnections();
-        // 2. Drain: the janitor stops, running fills get shutdownGrace to finish (so the next start has them).
-        await layer.drain();
+        log.info(
+          {
+            signal: opts.signal,
+            responses: responses.inFlight,
+            fills: fills.inFlight,
+            graceMs: config.shutdownGrace,
+          },
+          "shutting down",
+        );
+        // 2. Drain, both within shutdownGrace: client responses in progress (cached blobs, blobs following a
+        //    fill, manifests); and running fills, whether or not a client still reads them, so that the next
+        //    start has them. The janitor stops.
+        await Promise.all([layer.drain(), responses.settled(config.shutdownGrace)]);
+        const responsesCut = responses.inFlight;
+        const fillsCut = fills.inFlight;
         // 3. Clients still connected are cut off, and the HTTP side's own parts close.
         server?.closeAllConnections();
         await closed;
@@ -251,8 +279,16 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         await traffic.stop();
         adminTokenFile?.close();
         await clientAuth?.close();
-        // 4. Below HTTP: the upstream pools, the metadata store, the data directory's lock.
+        // 4. Below HTTP: the upstream pools (fills still running are abandoned, their temp files discarded), the
+        //    metadata store, the data directory's lock.
         await layer.close();
+        const report = { ms: Math.round(Number(process.hrtime.bigint() - started) / 1e6), responsesCut, fillsCut };
+        if (responsesCut === 0 && fillsCut === 0) log.info({ ...report, drained: true }, "shut down: drained");
+        else
+          log.warn(
+            { ...report, drained: false },
+            `shut down: grace over, cut ${responsesCut} client response(s) and ${fillsCut} download(s)`,
+          );
       })();
       return closing;
     },

@@ -1,8 +1,10 @@
 /**
  * CLI entry: `node src/main.ts [--config FILE]`. Loads the configuration (file, then MIRROR_* environment),
  * checks what it needs of the machine (start-up-checks.ts), starts the mirror, and shuts down gracefully on
- * SIGTERM/SIGINT, letting running fills finish. Exit status 2: a command line, configuration or machine the
- * mirror cannot start with, one line per problem and no stack trace; 1: anything else.
+ * SIGTERM/SIGINT, letting client responses and running fills finish within `shutdownGrace` (app.ts, close);
+ * exit status 0 after that, whether or not something was cut at the end of the grace. Exit status 2: a command
+ * line, configuration or machine the mirror cannot start with, one line per problem and no stack trace; 1:
+ * anything else.
  */
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
@@ -102,15 +104,21 @@ async function main(): Promise<number> {
     await mirror.close();
     return 2;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      mirror.log.info({ signal, fillsInFlight: mirror.fillsInFlight }, "shutting down");
-      resolve();
+  // Caught once: after the first SIGTERM or SIGINT, a second one is not caught and ends the process at once
+  // (Ctrl-C twice), as any kill would; nothing unverified is committed either way.
+  const signal = await new Promise<string>((resolve) => {
+    const stop = (name: string) => {
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      resolve(name);
     };
-    process.once("SIGTERM", stop);
-    process.once("SIGINT", stop);
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
   });
-  await mirror.close();
+  // Exit status 0 also when the grace ran out and clients or downloads were cut: the stop was asked for and
+  // went as configured, and service managers (systemd, docker) would report a failed stop otherwise. What was
+  // cut is in the last log line.
+  await mirror.close({ signal });
   return 0;
 }
 

@@ -46,6 +46,7 @@ interface Values {
   serviceMonitor: { enabled: boolean; labels: Labels };
   grafanaDashboard: { enabled: boolean };
   containerdHosts: { enabled: boolean; hostPath: string; mirrorUrl: string; removeFiles: boolean };
+  preStopSleepSeconds: number;
 }
 
 const defaults = parseYaml11(readFileSync(join(CHART, "values.yaml"), "utf8")) as Record<string, unknown>;
@@ -290,8 +291,13 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
     expect(container.livenessProbe?.httpGet).toEqual({ path: "/healthz", port: "http", scheme });
     expect(container.readinessProbe?.httpGet).toEqual({ path: "/readyz", port: "http", scheme });
     expect(container.ports).toContainEqual({ name: "http", containerPort: 5000, protocol: "TCP" });
-    // SIGTERM lets downloads finish for shutdownGrace; Kubernetes must wait longer than that.
-    expect((pod.terminationGracePeriodSeconds ?? 30) * 1000).toBeGreaterThan(loadShutdownGrace(chart));
+    // The preStop sleep keeps the pod serving while it leaves the Service; then SIGTERM lets responses and
+    // downloads finish for shutdownGrace. Kubernetes counts both against its grace period, so it must be longer.
+    const sleep = container.lifecycle?.preStop?.exec?.command;
+    const sleepSeconds = sleep === undefined ? 0 : Number(sleep[1]);
+    if (sleep !== undefined) expect(sleep).toEqual(["sleep", String(merged.preStopSleepSeconds)]);
+    expect(sleepSeconds).toBe(merged.preStopSleepSeconds);
+    expect((pod.terminationGracePeriodSeconds ?? 30) * 1000).toBeGreaterThan(sleepSeconds * 1000 + loadShutdownGrace(chart));
   });
 
   it("selects the mirror pods (and only them) from the Service, the PodDisruptionBudget and the ServiceMonitor", () => {
