@@ -1,5 +1,5 @@
 # Sourced by scripts/test.sh: installs the Debian packages the tests run for real
-# (the reference registry as upstream, Redis, skopeo, dockerd, the static busybox
+# (the reference registry as upstream, Redis, Ceph's S3 gateway, skopeo, dockerd, the static busybox
 # that the harness puts into the images it builds, and debootstrap for the Dockerfile
 # test's base image), only when something is missing.
 _need=()
@@ -13,6 +13,11 @@ command -v dockerd         >/dev/null || _need+=(docker.io)
 command -v containerd      >/dev/null || _need+=(containerd)
 command -v runc            >/dev/null || _need+=(runc)
 command -v podman          >/dev/null || _need+=(podman)
+# The S3 server of the tests (test/harness/s3.ts) is Ceph's RADOS Gateway on a one-node cluster.
+command -v ceph-mon        >/dev/null || _need+=(ceph-mon)
+command -v ceph-osd        >/dev/null || _need+=(ceph-osd)
+command -v radosgw         >/dev/null || _need+=(radosgw)
+command -v ceph            >/dev/null || _need+=(ceph-common)
 # The Dockerfile test builds its stand-in base image (node:24-bookworm-slim) from a debootstrapped rootfs.
 [ -x /usr/sbin/debootstrap ]          || _need+=(debootstrap)
 if [ "${#_need[@]}" -gt 0 ]; then
