@@ -9,6 +9,28 @@ import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 
+/** An upstream exchange that requests share, and when it started (performance.now(), for `settleWithin`). */
+export interface SharedExchange<T> {
+  result: Promise<T>;
+  since: number;
+}
+
+/**
+ * One upstream exchange per key in this process: a request for a key already being asked joins that exchange
+ * (and its deadline, which runs from when the exchange started); the key is free again once it settles.
+ */
+export class SharedExchanges<T> {
+  private readonly running = new Map<string, SharedExchange<T>>();
+
+  join(key: string, work: () => Promise<T>): SharedExchange<T> {
+    const running = this.running.get(key);
+    if (running) return running;
+    const shared = { result: work().finally(() => this.running.delete(key)), since: performance.now() };
+    this.running.set(key, shared);
+    return shared;
+  }
+}
+
 /** `work` did not settle in time; it goes on in the background. */
 export const LATE = Symbol("late");
 

@@ -20,7 +20,7 @@ import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
 import { linkedWithoutRecord, servesUnrecordedLink, standingOf } from "./access-proof.ts";
-import { confirmationLate, LATE, settleWithin } from "./answer-deadline.ts";
+import { confirmationLate, LATE, settleWithin, SharedExchanges } from "./answer-deadline.ts";
 import { confirmedDigests } from "../oci/manifest.ts";
 import type { ManifestStore, StoredManifest } from "../storage/manifest-store.ts";
 import type { MetadataStore, TagPointer } from "../metadata/metadata-store.ts";
@@ -31,12 +31,6 @@ export type ManifestSource = "hit" | "miss" | "revalidated" | "stale";
 export interface ManifestResult {
   manifest: StoredManifest;
   source: ManifestSource;
-}
-
-/** An upstream exchange requests share, and when it started (performance.now()). */
-interface SharedWork {
-  result: Promise<ManifestResult>;
-  since: number;
 }
 
 /**
@@ -55,7 +49,8 @@ export class ManifestCache {
   private readonly metadata: MetadataStore;
   private readonly maxBytes: number;
   private readonly now: () => number;
-  private readonly inflight = new Map<string, SharedWork>();
+  /** One upstream exchange per tag or digest in this process (concurrent misses share it). */
+  private readonly inflight = new SharedExchanges<ManifestResult>();
   private readonly metrics: Metrics | undefined;
   private readonly onNoSpace: ((err: Error) => void) | undefined;
 
@@ -80,7 +75,7 @@ export class ManifestCache {
       const cached = await this.manifests.get(ref.digest);
       if (cached && (await this.mayServe(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
       await this.refuseKnownMissing(upstream, repo, ref.digest);
-      const fetching = this.shared(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () =>
+      const fetching = this.inflight.join(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () =>
         this.guard(upstream, repo, ref.digest, () => this.fetch(upstream, repo, ref.digest, undefined)),
       );
       try {
@@ -112,7 +107,7 @@ export class ManifestCache {
       if (byDigest) return byDigest;
     }
     await this.refuseKnownMissing(upstream, repo, ref.tag);
-    const revalidation = this.shared(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () =>
+    const revalidation = this.inflight.join(`${upstream.name}\u0000${repo}\u0000${ref.tag}`, () =>
       this.revalidateOnce(upstream, repo, ref.tag),
     );
     // Nothing cached to answer with: the client waits for the upstream, as long as its timeouts allow.
@@ -151,7 +146,7 @@ export class ManifestCache {
   async refresh(upstream: UpstreamClient, repo: string, tag: string): Promise<ManifestResult> {
     await this.metadata.clearMissing(upstream.name, repo, tag);
     const pointer = await this.metadata.getTag(upstream.name, repo, tag);
-    return this.shared(`${upstream.name}\u0000${repo}\u0000${tag}`, () =>
+    return this.inflight.join(`${upstream.name}\u0000${repo}\u0000${tag}`, () =>
       this.guard(upstream, repo, tag, () => this.revalidate(upstream, repo, tag, pointer)),
     ).result;
   }
@@ -356,14 +351,5 @@ export class ManifestCache {
       await this.metadata.clearMissing(upstream.name, repo, tag);
     }
     return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
-  }
-
-  /** One upstream exchange per key in this process: a request joins the running one (`since`: when it started). */
-  private shared(key: string, work: () => Promise<ManifestResult>): SharedWork {
-    const running = this.inflight.get(key);
-    if (running) return running;
-    const shared = { result: work().finally(() => this.inflight.delete(key)), since: performance.now() };
-    this.inflight.set(key, shared);
-    return shared;
   }
 }

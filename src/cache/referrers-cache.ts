@@ -27,7 +27,7 @@ import type { MetadataStore, TagPointer } from "../metadata/metadata-store.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
-import { LATE, settleWithin } from "./answer-deadline.ts";
+import { LATE, settleWithin, SharedExchanges } from "./answer-deadline.ts";
 import type { ManifestCache, ManifestSource } from "./manifest-cache.ts";
 
 /** The metadata key under which the referrers list of `subject` is pointed at, beside the repository's tags. */
@@ -49,7 +49,7 @@ export class ReferrersCache {
   private readonly metrics: Metrics | undefined;
   private readonly onNoSpace: ((err: Error) => void) | undefined;
   /** Requests to the upstream in flight, one per list, with when each started (for the shared deadline). */
-  private readonly inflight = new Map<string, { result: Promise<ReferrersResult>; since: number }>();
+  private readonly inflight = new SharedExchanges<ReferrersResult>();
 
   constructor(opts: {
     manifestCache: ManifestCache;
@@ -80,14 +80,7 @@ export class ReferrersCache {
     if (pointer && cached && this.now() - pointer.checkedAt < upstream.config.tagTtl)
       return { referrers: cached, source: "hit" };
     const key = `${upstream.name}\u0000${repo}\u0000${subject}`;
-    let refreshing = this.inflight.get(key);
-    if (refreshing === undefined) {
-      refreshing = {
-        result: this.refresh(upstream, repo, subject, pointer).finally(() => this.inflight.delete(key)),
-        since: performance.now(),
-      };
-      this.inflight.set(key, refreshing);
-    }
+    const refreshing = this.inflight.join(key, () => this.refresh(upstream, repo, subject, pointer));
     if (!cached) return refreshing.result;
     if (upstream.config.staleWhileRevalidate) {
       refreshing.result.catch(() => undefined); // the next request sees its outcome
