@@ -18,6 +18,8 @@ import type { Config } from "./config/schema.ts";
 import { SecretFile } from "./config/secret-file.ts";
 import { UpstreamResolver } from "./config/upstream-resolver.ts";
 import { adminRouter } from "./http/admin-router.ts";
+import { peerRouter } from "./http/peer-router.ts";
+import { PeerFillHandler } from "./registry/peer-fill-handler.ts";
 import { ClientAuth } from "./http/client-auth.ts";
 import { clientConcurrency } from "./http/client-concurrency.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
@@ -123,6 +125,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     manifestCache,
     referrersCache,
     blobCache,
+    cluster,
   } = layer;
   metrics.showOnScrape({ metadataStore: describeState, cache: janitor, fills, upstreams });
 
@@ -134,6 +137,9 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   app.use(requestContext(log, metrics, new TrustedProxies(config.trustedProxies)));
   const { traffic, startSaving } = await openTrafficTotals(config, metrics, log);
   app.use(errorMiddleware());
+  // The other replicas stream downloads running here: signed requests only, whatever client access allows, and
+  // not counted per client (a replica following many downloads is one address).
+  if (cluster) app.use(peerRouter(new PeerFillHandler({ fills, store: blobStore }), cluster.peerKey));
   app.use(clientConcurrency(config.limits.maxRequestsPerClient));
   // Secrets from files may be written after start (a Kubernetes Secret populated late): one that holds no usable
   // secret disables its credential, is logged and listed by /readyz, and is re-read when it changes
@@ -180,6 +186,10 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         ...secretFiles.map(
           (file) => () => (file.problem !== undefined ? { ready: true, reason: file.problem } : undefined),
         ),
+        () => {
+          const problem = cluster?.problem();
+          return problem !== undefined ? { ready: true, reason: `downloads are not shared: ${problem}` } : undefined;
+        },
         () =>
           janitor.noSpace !== undefined
             ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` }

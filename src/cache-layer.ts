@@ -25,6 +25,12 @@ import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
+import { PeerClient } from "./upstream/peer-client.ts";
+import { FillLeases } from "./fill/fill-lease.ts";
+import { FleetFills } from "./fill/fleet-fills.ts";
+import { SecretFile } from "./config/secret-file.ts";
+import { createHash } from "node:crypto";
+import type { Redis } from "ioredis";
 
 /** The cache layer without the HTTP server: what the mirror and the CLI commands that work on a cache share. */
 export interface CacheLayer {
@@ -43,6 +49,8 @@ export interface CacheLayer {
   /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
   readonly pins: PinList;
   readonly describeState: () => MetadataStoreState;
+  /** With `cluster`: the replicas' shared secret (the sha256 of it, while usable) for the peer endpoint. */
+  readonly cluster: ClusterMembership | undefined;
   /** Stops the janitor and lets running fills finish, bounded by `shutdownGrace`. Done once, however often asked. */
   drain(): Promise<void>;
   /**
@@ -72,7 +80,7 @@ export async function createCacheLayer(
       log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
     const manifestStore = new ManifestStore(blobStore);
     await manifestStore.init();
-    const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
+    const { metadata, describeState, closeMetadata, redis } = await openMetadataStore(config, log);
     const pins = new PinList(config.storage.path);
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
     const manifestCache = new ManifestCache({
@@ -134,7 +142,8 @@ export async function createCacheLayer(
       if (u.config.offline)
         log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics });
+    const cluster = await openCluster(config, { redis, log, metrics });
+    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics, fleet: cluster?.fleet });
     let draining: Promise<void> | undefined;
     const drain = () => {
       draining ??= (async () => {
@@ -158,11 +167,13 @@ export async function createCacheLayer(
       blobCache,
       pins,
       describeState,
+      cluster,
       drain,
       close() {
         closing ??= (async () => {
           await drain();
           await Promise.all(upstreams.map((u) => u.close()));
+          await cluster?.close();
           await closeMetadata();
           await lock.release();
         })();
@@ -189,4 +200,51 @@ export function createImporter(layer: CacheLayer, config: Config): Importer {
     manifestMaxBytes: config.limits.manifestMaxBytes,
     log: layer.log,
   });
+}
+
+/** This replica's part in a fleet (`cluster`): where its downloads come from, and the secret its peers sign with. */
+export interface ClusterMembership {
+  readonly fleet: FleetFills;
+  /** The sha256 of the cluster secret, or undefined while `cluster.secretFile` holds none usable. */
+  readonly peerKey: () => Buffer | undefined;
+  /** Why the secret is unusable (then this replica neither serves nor follows peers), for /readyz. */
+  readonly problem: () => string | undefined;
+  close(): Promise<void>;
+}
+
+/** The fleet's parts when `cluster` is configured (the config loader made sure `redis` is too); else undefined. */
+async function openCluster(
+  config: Config,
+  opts: { redis: Redis | undefined; log: Logger; metrics: Metrics },
+): Promise<ClusterMembership | undefined> {
+  const { cluster, redis: redisConfig } = config;
+  if (cluster === undefined || opts.redis === undefined || redisConfig === undefined) return undefined;
+  const inline = cluster.secret !== undefined ? createHash("sha256").update(cluster.secret).digest() : undefined;
+  const file =
+    cluster.secretFile !== undefined
+      ? await SecretFile.open({
+          path: cluster.secretFile,
+          key: "cluster.secretFile",
+          what: "the cluster secret",
+          log: opts.log,
+        })
+      : undefined;
+  const peerKey = () => inline ?? file?.digest;
+  const peers = new PeerClient({ key: peerKey, connectTimeoutMs: 5_000, bodyIdleMs: 60_000 });
+  const leases = new FillLeases({
+    redis: opts.redis,
+    keyPrefix: redisConfig.keyPrefix,
+    ttlMs: cluster.leaseTtl,
+    advertiseUrl: cluster.advertiseUrl,
+    log: opts.log,
+  });
+  return {
+    fleet: new FleetFills({ leases, peers, log: opts.log, metrics: opts.metrics }),
+    peerKey,
+    problem: () => file?.problem,
+    async close() {
+      file?.close();
+      await peers.close();
+    },
+  };
 }

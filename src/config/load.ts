@@ -103,6 +103,8 @@ function finish(raw: unknown, problems: string[], cwd: string): Config {
         `access.anonymous: upstream ${withCredentials.join(", ")} has credentials, so anonymous access must be decided explicitly: set access.anonymous to false (clients log in) or true (anyone who reaches the mirror pulls with those credentials)`,
       );
     }
+    if (result.data.cluster !== undefined && result.data.redis === undefined)
+      problems.push("cluster: replicas share downloads through Redis: set redis.url too");
     upstreams = upstreamsOf(result.data);
     // Pins are read as the upstream resolver reads them (aliases, library prefix), so over the finished upstreams.
     const resolver = UpstreamResolver.ofConfig(upstreams);

@@ -356,6 +356,34 @@ export const configSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * Several replicas sharing one cache (with `redis`): a cold blob wanted on several replicas at once is
+     * downloaded from its upstream by one of them, which holds a lease in Redis naming `advertiseUrl`; the others
+     * stream that download from it, authenticated with the shared secret, and verify it as if it came from the
+     * upstream. Absent: every replica downloads for itself.
+     */
+    cluster: z
+      .object({
+        /** How the other replicas reach this one (e.g. http://<pod IP>:5000): its own listener, seen from them. */
+        advertiseUrl: z
+          .url({ protocol: /^https?$/, error: "expected an http:// or https:// URL" })
+          .refine(
+            (u) => !URL.canParse(u) || (new URL(u).pathname === "/" && !new URL(u).search),
+            "expected no path or query",
+          ),
+        /** The secret every replica shares (at least 16 bytes), inline... */
+        secret: z.string().min(16, "cluster secret must be at least 16 characters").optional(),
+        /** ...or in a file (a Kubernetes Secret), re-read when it changes. */
+        secretFile: filePath.optional(),
+        /**
+         * How long a download's lease outlives its holder: renewed every third of it while the download runs,
+         * so a replica that dies mid-download holds up the others' retries this long at most.
+         */
+        leaseTtl: durationIn({ min: 3_000 }).default(15_000),
+      })
+      .strict()
+      .refine((c) => (c.secret === undefined) !== (c.secretFile === undefined), "set exactly one of secret, secretFile")
+      .optional(),
     log: z
       .object({ level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info") })
       .strict()

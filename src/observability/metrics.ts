@@ -68,6 +68,7 @@ export class Metrics {
   readonly evictions: Counter;
   readonly evictedBytes: Counter;
   readonly uncachedServed: Counter<"upstream">;
+  readonly fleetFills: Counter<"source">;
 
   constructor(registry: Registry, opts: { processMetrics?: boolean } = {}) {
     this.registry = registry;
@@ -199,6 +200,12 @@ export class Metrics {
       name: "mirror_uncached_blobs_total",
       help: "Blob misses streamed to a client without caching (no space, or over budget).",
       labelNames: ["upstream"],
+      registers,
+    });
+    this.fleetFills = new Counter({
+      name: "mirror_fleet_fill_sources_total",
+      help: "Where a replica of a fleet got a blob it downloaded: the upstream (holding the lease, or why without it) or a peer replica.",
+      labelNames: ["source"],
       registers,
     });
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry });
