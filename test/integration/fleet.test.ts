@@ -12,13 +12,16 @@
  *  - the internal endpoint serves only signed requests from replicas with the same secret.
  */
 import { createHash } from "node:crypto";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { get as httpGet } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { peerSignature } from "../../src/upstream/peer-client.ts";
 import { pushBlob, randomLayer } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
-import { freePort, waitFor } from "../harness/processes.ts";
+import { freePort, startProcess, waitFor } from "../harness/processes.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { allKeys, startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
@@ -56,8 +59,14 @@ beforeAll(async () => {
   replicas = [await startReplica(), await startReplica(), await startReplica()];
 }, 60_000);
 
-/** GETs `url`, hashing the body as it streams: the status, the body's sha256 and size, or how it broke. */
-function pull(url: string): Promise<{ status: number; digest: string; bytes: number; broken?: string }> {
+/**
+ * GETs `url`, hashing the body as it streams: the status, the body's sha256 and size, or that it broke.
+ * `onBytes` hears the running count.
+ */
+function pull(
+  url: string,
+  onBytes?: (bytes: number) => void,
+): Promise<{ status: number; digest: string; bytes: number; broken?: boolean }> {
   return new Promise((resolve) => {
     const req = httpGet(url, (res) => {
       const hash = createHash("sha256");
@@ -65,12 +74,18 @@ function pull(url: string): Promise<{ status: number; digest: string; bytes: num
       res.on("data", (chunk: Buffer) => {
         hash.update(chunk);
         bytes += chunk.length;
+        onBytes?.(bytes);
       });
-      res.on("end", () => resolve({ status: res.statusCode!, digest: `sha256:${hash.digest("hex")}`, bytes }));
-      res.on("error", (err) => resolve({ status: res.statusCode!, digest: "", bytes, broken: err.message }));
-      res.on("aborted", () => resolve({ status: res.statusCode!, digest: "", bytes, broken: "aborted" }));
+      res.on("error", () => undefined); // a cut transfer: told by `complete` below
+      res.once("close", () =>
+        resolve(
+          res.complete
+            ? { status: res.statusCode!, digest: `sha256:${hash.digest("hex")}`, bytes }
+            : { status: res.statusCode!, digest: "", bytes, broken: true },
+        ),
+      );
     });
-    req.on("error", (err) => resolve({ status: 0, digest: "", bytes: 0, broken: err.message }));
+    req.on("error", () => resolve({ status: 0, digest: "", bytes: 0, broken: true }));
   });
 }
 
@@ -192,5 +207,102 @@ describe("a fleet of three replicas", () => {
       headers: { "x-mirror-peer": peerSignature(key(SECRET), layer.digest, now) },
     });
     expect(none.status).toBe(404);
+  });
+});
+
+describe("a replica killed in the middle of a download others follow", () => {
+  /** A mirror process (`node src/main.ts`) in the fleet, on a port chosen here; its data directory. */
+  async function replicaProcess(
+    keyPrefix: string,
+  ): Promise<{ url: string; pid: number; dataDir: string; exited: Promise<unknown> }> {
+    const dataDir = await mkdtemp(join(tmpdir(), "fleet-kill-"));
+    teardown.add("data dir", () => rm(dataDir, { recursive: true, force: true }));
+    const port = await freePort();
+    const configFile = `${dataDir}.yaml`;
+    await writeFile(
+      configFile,
+      [
+        `listen: "127.0.0.1:${port}"`,
+        `storage: { path: ${JSON.stringify(dataDir)} }`,
+        `redis: { url: ${JSON.stringify(redis.url)}, keyPrefix: ${JSON.stringify(keyPrefix)} }`,
+        `cluster: { advertiseUrl: "http://127.0.0.1:${port}", secret: ${JSON.stringify(SECRET)}, leaseTtl: 3s }`,
+        `log: { level: info }`,
+        `upstreams:`,
+        `  docker.io: { url: ${JSON.stringify(relay.url)}, default: true }`,
+        "",
+      ].join("\n"),
+    );
+    teardown.add("config", () => rm(configFile, { force: true }));
+    let listening = false;
+    const proc = teardown.track(
+      startProcess(process.execPath, ["src/main.ts", "--config", configFile], {
+        name: "mirror replica",
+        onLine: (line) => {
+          if (line.includes('"mirror listening"')) listening = true;
+        },
+      }),
+    );
+    await waitFor(async () => listening, { timeoutMs: 30_000, what: "the replica to listen" });
+    return { url: `http://127.0.0.1:${port}`, pid: proc.pid, dataDir, exited: proc.exited };
+  }
+
+  it("gives its followers a broken transfer, never wrong bytes; commits nothing partial; a retry succeeds", async () => {
+    const layer = randomLayer(24 * 1024 * 1024);
+    await pushBlob(upstream.url, "team/kill", layer);
+    const holder = await replicaProcess("kill:");
+    const follower = teardown.track(
+      await (async () => {
+        const port = await freePort();
+        return startTestMirror({
+          upstreams: { "docker.io": { url: relay.url, default: true } },
+          extra: {
+            listen: `127.0.0.1:${port}`,
+            redis: { url: redis.url, keyPrefix: "kill:" },
+            cluster: { advertiseUrl: `http://127.0.0.1:${port}`, secret: SECRET, leaseTtl: "3s" },
+          },
+        });
+      })(),
+    );
+    const leaseKey = `kill:fill:${layer.digest}`;
+    relay.setFault({ kind: "throttle", bytesPerSecond: 3 * 1024 * 1024 });
+    let followed = 0;
+    let results: Array<{ status: number; digest: string; bytes: number; broken?: boolean }>;
+    try {
+      const atHolder = pull(`${holder.url}/v2/team/kill/blobs/${layer.digest}`);
+      await waitFor(async () => (await redisClient.exists(leaseKey)) === 1, {
+        timeoutMs: 10_000,
+        what: "the holder's lease",
+      });
+      const atFollower = pull(`${follower.url}/v2/team/kill/blobs/${layer.digest}`, (n) => (followed = n));
+      // Half the blob has reached the follower's client through the holder: then the holder dies.
+      await waitFor(async () => followed >= layer.bytes.length / 2, {
+        timeoutMs: 30_000,
+        what: "half the blob at the follower's client",
+      });
+      process.kill(holder.pid, "SIGKILL");
+      await holder.exited;
+      results = await Promise.all([atHolder, atFollower]);
+    } finally {
+      relay.setFault(null);
+    }
+    // Whatever arrived, no client has a complete transfer of other bytes.
+    for (const r of results) {
+      if (!r.broken) expect(r).toEqual({ status: 200, digest: layer.digest, bytes: layer.bytes.length });
+    }
+    expect(results[1]!.broken).toBe(true);
+    // Nothing unverified committed: not at the holder (its temp file is not the blob), not at the follower.
+    const hex = layer.digest.slice("sha256:".length);
+    const holderFiles = await readdir(join(holder.dataDir, "blobs", "sha256", hex.slice(0, 2))).catch(() => []);
+    expect(holderFiles).not.toContain(hex);
+    expect(await follower.mirror.blobStore.size(layer.digest)).toBeUndefined();
+    // The retry finds the dead holder's lease, cannot reach it, takes it over and downloads.
+    const retry = await pull(`${follower.url}/v2/team/kill/blobs/${layer.digest}`);
+    expect(retry).toEqual({ status: 200, digest: layer.digest, bytes: layer.bytes.length });
+    expect(await counter(follower, "mirror_fleet_fill_sources_total", { source: "upstream-takeover" })).toBe(1);
+    expect(await follower.mirror.blobStore.size(layer.digest)).toBe(layer.bytes.length);
+    await waitFor(async () => (await redisClient.exists(leaseKey)) === 0, {
+      timeoutMs: 5_000,
+      what: "the lease to be released",
+    });
   });
 });
