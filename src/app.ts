@@ -13,6 +13,7 @@ import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { createCacheLayer, createImporter, type CacheLayer } from "./cache-layer.ts";
 import { Prefetcher } from "./cache/prefetcher.ts";
+import { WarmupSets } from "./cache/warmup.ts";
 import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
 import { SecretFile } from "./config/secret-file.ts";
@@ -157,6 +158,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   }
   const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
+  const warmup = new WarmupSets({ sets: config.warmup, prefetcher, resolver, pins: layer.pins, metrics, log });
   const adminDigest =
     config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
   if (adminDigest !== undefined || adminTokenFile !== undefined) {
@@ -171,6 +173,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       importer: createImporter(layer, config),
       exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
       traffic,
+      warmup,
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }
@@ -246,6 +249,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       });
       const address = server.address() as AddressInfo;
       startSaving();
+      await warmup.start();
       if (config.metrics.enabled && config.metrics.listen !== undefined) {
         metricsServer = await listenMetrics(metrics, parseListen(config.metrics.listen));
         log.info({ address: metricsServer.address() }, "metrics listening");
@@ -265,6 +269,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
         server?.closeIdleConnections();
         stopWatchingTls();
+        warmup.close();
         metricsServer?.close();
         metricsServer?.closeAllConnections();
         log.info(

@@ -27,6 +27,7 @@ import {
 import { fileErrorText } from "./file-checks.ts";
 import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
+import { inlineWarmupProblems, warmupNameProblems } from "./warmup-list.ts";
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -90,6 +91,7 @@ export function parseConfig(input: unknown): Config {
 function finish(raw: unknown, problems: string[], cwd: string): Config {
   const result = configSchema.safeParse(raw);
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
+  problems.push(...warmupNameProblems((raw as { warmup?: unknown } | null)?.warmup));
   let upstreams: Record<string, UpstreamConfig> = {};
   if (result.success) {
     // What the file wrote is already absolute (loadConfig); the rest is the working directory's.
@@ -115,6 +117,7 @@ function finish(raw: unknown, problems: string[], cwd: string): Config {
         problems.push(`storage.pinned: ${(err as Error).message}`);
       }
     }
+    problems.push(...inlineWarmupProblems({ upstreams, warmup: result.data.warmup }));
   }
   if (!result.success) {
     for (const issue of result.error.issues) {
