@@ -36,6 +36,7 @@ import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
+import { UpstreamFallbacks } from "./registry/upstream-fallback.ts";
 import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
@@ -178,6 +179,11 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }
   const policy = new AccessPolicy(config);
+  const fallbacks = new UpstreamFallbacks({
+    upstreams,
+    permits: (upstream, repo) => policy.upstreamPermits(upstream, repo),
+    metrics,
+  });
   app.use(
     createRouter({
       clientAuth,
@@ -209,8 +215,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         },
       ],
       resolver,
-      manifests: new ManifestHandler(manifestCache),
-      blobs: new BlobHandler(blobCache),
+      manifests: new ManifestHandler(manifestCache, fallbacks),
+      blobs: new BlobHandler(blobCache, fallbacks),
       tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, metadata, log }),
       catalog: new CatalogHandler({ upstreams, resolver, metadata, policy, log }),
       referrers: new ReferrersHandler(referrersCache),

@@ -28,6 +28,7 @@ import { fileErrorText } from "./file-checks.ts";
 import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
 import { inlineWarmupProblems, warmupNameProblems } from "./warmup-list.ts";
+import { fallbackProblems } from "./upstream-fallbacks.ts";
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -92,6 +93,7 @@ function finish(raw: unknown, problems: string[], cwd: string): Config {
   const result = configSchema.safeParse(raw);
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
   problems.push(...warmupNameProblems((raw as { warmup?: unknown } | null)?.warmup));
+  problems.push(...fallbackProblems((raw as { upstreams?: unknown } | null)?.upstreams));
   let upstreams: Record<string, UpstreamConfig> = {};
   if (result.success) {
     // What the file wrote is already absolute (loadConfig); the rest is the working directory's.

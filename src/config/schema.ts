@@ -293,6 +293,12 @@ export const upstreamSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Other configured upstreams asked, in order, when this one cannot answer: down (unreachable, or marked down
+     * by `health`), rate-limiting (429) or timing out. Same repository names; content verified by digest as
+     * always; a fallback's own `repositories` rules apply. Checked at start-up (upstream-fallbacks.ts).
+     */
+    fallbacks: z.array(registryHost).default([]),
     tls: z
       .object({
         /** PEM bundle of CAs to trust for this upstream (private registries), instead of the system's. */
@@ -586,6 +592,7 @@ export const configSchema = z
         maxRedirects: 5,
         health: { failureThreshold: 3, initialBackoff: 5_000, maxBackoff: 5 * 60_000 },
         tls: { insecure: false },
+        fallbacks: [],
       },
     }),
   })
