@@ -185,6 +185,8 @@ export function longDurationWarnings(config: Config): LongDuration[] {
       for (const [key, child] of Object.entries<z.ZodType>(inner.shape)) visit(child, value[key], [...path, key]);
     } else if (inner instanceof z.ZodRecord && isRecord(value)) {
       for (const [key, child] of Object.entries(value)) visit(inner.valueType as z.ZodType, child, [...path, key]);
+    } else if (inner instanceof z.ZodArray && Array.isArray(value)) {
+      for (const [i, child] of value.entries()) visit(inner.element as z.ZodType, child, [...path, String(i)]);
     }
   };
   visit(configSchema, config, []);

@@ -3,9 +3,12 @@
  * and entry it is in, and the file format (one reference per line, comments).
  */
 import { describe, expect, it } from "vitest";
-import { ConfigError, parseConfig } from "../../../src/config/load.ts";
+import { ConfigError, longDurationWarnings, parseConfig } from "../../../src/config/load.ts";
 import { UpstreamResolver } from "../../../src/config/upstream-resolver.ts";
-import { parseWarmupText } from "../../../src/config/warmup-list.ts";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseWarmupText, warmupFileProblems } from "../../../src/config/warmup-list.ts";
 
 const upstreams = {
   "docker.io": { url: "https://registry-1.docker.io", default: true },
@@ -70,6 +73,11 @@ describe("warmup config", () => {
     expect(refs[2]).toMatch(/^warmup\.1 \(other\): images\[0\]: /);
   });
 
+  it("warns about an `every` longer than a timer can wait, naming the set's key (timer-delay.ts)", () => {
+    const config = parseConfig({ upstreams, warmup: [{ name: "a", images: ["alpine"], every: "30d" }] });
+    expect(longDurationWarnings(config).map((w) => w.key)).toEqual(["warmup.0.every"]);
+  });
+
   it("reads a file's lines: comments and blank lines skipped, duplicates once, each problem with its line", () => {
     const resolver = UpstreamResolver.ofConfig(parseConfig({ upstreams }).upstreams);
     expect(
@@ -78,5 +86,27 @@ describe("warmup config", () => {
     const bad = parseWarmupText("alpine:3.20\nNOT VALID\n", resolver);
     expect(bad.problems).toEqual([expect.stringMatching(/^line 2: "NOT VALID": /)]);
     expect(parseWarmupText("# nothing\n", resolver).problems).toEqual(["no references"]);
+  });
+
+  it("checks each set's file at start-up: missing, or with a line that does not parse, each named", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "warmup-list-"));
+    try {
+      await writeFile(join(dir, "good.txt"), "alpine:3.20\n");
+      await writeFile(join(dir, "bad.txt"), "alpine:3.20\n\nBAD REF\n");
+      const config = parseConfig({
+        upstreams,
+        warmup: [
+          { name: "good", file: join(dir, "good.txt") },
+          { name: "bad", file: join(dir, "bad.txt") },
+          { name: "gone", file: join(dir, "gone.txt") },
+        ],
+      });
+      const problems = await warmupFileProblems(config);
+      expect(problems).toHaveLength(2);
+      expect(problems[0]).toMatch(/^warmup\.1\.file \(bad\): .*bad\.txt: line 3: "BAD REF": /);
+      expect(problems[1]).toMatch(/^warmup\.2\.file \(gone\): cannot read .*gone\.txt: ENOENT/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
