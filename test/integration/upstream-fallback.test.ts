@@ -6,12 +6,15 @@
  * like anyone's.
  */
 import { createHash } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, busyboxLayer, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
-import { Teardown } from "../harness/processes.ts";
+import { runCommand, Teardown } from "../harness/processes.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
 import { parsePrometheusText, valueOf } from "./prometheus-text.ts";
 
@@ -156,5 +159,34 @@ describe("ordered fallbacks", () => {
     expect(await fallbacksCounted({ upstream: "docker.io", fallback: "mirror.gcr.io", reason: "down" })).toBe(
       2 + image.blobs().length,
     );
+  });
+
+  it("refuse to start (the mirror process, exit 2) on a bad fallback or warm-up list, listing every problem", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fallback-config-"));
+    try {
+      await writeFile(
+        join(dir, "mirror.yaml"),
+        [
+          `storage: { path: ${join(dir, "data")} }`,
+          "listen: 127.0.0.1:0",
+          "upstreams:",
+          `  docker.io: { url: ${primary.url}, default: true, fallbacks: [mirror.gcr.io, nosuch, docker.io] }`,
+          `  mirror.gcr.io: { url: ${fallback.url}, fallbacks: [docker.io] }`,
+          "warmup:",
+          '  - { name: base, images: ["library/busybox:stopped", "Not A Reference"] }',
+          "",
+        ].join("\n"),
+      );
+      const res = await runCommand(process.execPath, [resolve("src/main.ts"), "--config", join(dir, "mirror.yaml")], {
+        timeoutMs: 30_000,
+      });
+      expect(res.code, res.stderr).toBe(2);
+      expect(res.stderr).toContain("upstreams.docker.io.fallbacks.1: nosuch names no configured upstream");
+      expect(res.stderr).toContain("upstreams.docker.io.fallbacks.2: docker.io is this upstream itself");
+      expect(res.stderr).toContain("upstreams.docker.io.fallbacks: docker.io → mirror.gcr.io → docker.io form a cycle");
+      expect(res.stderr).toMatch(/warmup\.0 \(base\): images\[1\]: "Not A Reference"/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
