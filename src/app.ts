@@ -13,6 +13,7 @@ import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { createCacheLayer, createImporter, type CacheLayer } from "./cache-layer.ts";
 import { Prefetcher } from "./cache/prefetcher.ts";
+import { WarmupSets } from "./cache/warmup.ts";
 import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
 import { SecretFile } from "./config/secret-file.ts";
@@ -35,6 +36,7 @@ import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
+import { UpstreamFallbacks } from "./registry/upstream-fallback.ts";
 import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { BlobStore } from "./storage/blob-store.ts";
@@ -157,6 +159,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   }
   const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
+  const warmup = new WarmupSets({ sets: config.warmup, prefetcher, resolver, pins: layer.pins, metrics, log });
   const adminDigest =
     config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
   if (adminDigest !== undefined || adminTokenFile !== undefined) {
@@ -171,10 +174,16 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       importer: createImporter(layer, config),
       exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
       traffic,
+      warmup,
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }
   const policy = new AccessPolicy(config);
+  const fallbacks = new UpstreamFallbacks({
+    upstreams,
+    permits: (upstream, repo) => policy.upstreamPermits(upstream, repo),
+    metrics,
+  });
   app.use(
     createRouter({
       clientAuth,
@@ -206,8 +215,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         },
       ],
       resolver,
-      manifests: new ManifestHandler(manifestCache),
-      blobs: new BlobHandler(blobCache),
+      manifests: new ManifestHandler(manifestCache, fallbacks),
+      blobs: new BlobHandler(blobCache, fallbacks),
       tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, metadata, log }),
       catalog: new CatalogHandler({ upstreams, resolver, metadata, policy, log }),
       referrers: new ReferrersHandler(referrersCache),
@@ -246,6 +255,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       });
       const address = server.address() as AddressInfo;
       startSaving();
+      await warmup.start();
       if (config.metrics.enabled && config.metrics.listen !== undefined) {
         metricsServer = await listenMetrics(metrics, parseListen(config.metrics.listen));
         log.info({ address: metricsServer.address() }, "metrics listening");
@@ -265,6 +275,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
         server?.closeIdleConnections();
         stopWatchingTls();
+        warmup.close();
         metricsServer?.close();
         metricsServer?.closeAllConnections();
         log.info(
