@@ -11,6 +11,7 @@ import { Janitor } from "./cache/janitor.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
 import { ReferrersCache } from "./cache/referrers-cache.ts";
+import { CacheRules } from "./config/cache-rules.ts";
 import type { Config } from "./config/schema.ts";
 import { configuredPins } from "./config/upstream-resolver.ts";
 import { FillCoordinator } from "./fill/fill-coordinator.ts";
@@ -65,7 +66,8 @@ export async function createCacheLayer(
   // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
   const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
   try {
-    const blobStore = new BlobStore(config.storage.path);
+    const rules = new CacheRules(config);
+    const blobStore = new BlobStore(config.storage.path, { touchIntervalMs: touchIntervalFor(config, rules) });
     const scan = await blobStore.init();
     log.info({ ...scan }, "cache index rebuilt");
     if (scan.removedTempFiles > 0)
@@ -81,6 +83,8 @@ export async function createCacheLayer(
       maxBytes: config.limits.manifestMaxBytes,
       metrics,
       onNoSpace: (err) => janitor.noteNoSpace(err),
+      rules,
+      noteIdleLimit: (digest, ms) => janitor.noteIdleLimit(digest, ms),
     });
     const referrersCache = new ReferrersCache({
       manifestCache,
@@ -102,6 +106,8 @@ export async function createCacheLayer(
       manifestMaxBytes: config.limits.manifestMaxBytes,
       log,
       metrics,
+      maxIdle: config.storage.maxIdle,
+      upstreamNames: upstreams.map((u) => u.name),
     });
     // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
     const pacer = new ReceivePacer();
@@ -134,7 +140,15 @@ export async function createCacheLayer(
       if (u.config.offline)
         log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics });
+    const blobCache = new BlobCache({
+      store: blobStore,
+      fills,
+      metadata,
+      pacer,
+      metrics,
+      rules,
+      noteIdleLimit: (digest, ms) => janitor.noteIdleLimit(digest, ms),
+    });
     let draining: Promise<void> | undefined;
     const drain = () => {
       draining ??= (async () => {
@@ -189,4 +203,14 @@ export function createImporter(layer: CacheLayer, config: Config): Importer {
     manifestMaxBytes: config.limits.manifestMaxBytes,
     log: layer.log,
   });
+}
+
+/**
+ * How often a pull is recorded as the object's access time (the file's mtime, cache-index.ts): every 10 minutes
+ * at most, and at least ten times per idle limit, so that after a restart an object's idle time is off by at
+ * most a tenth of its limit (while running, the index knows each last use exactly).
+ */
+function touchIntervalFor(config: Config, rules: CacheRules): number {
+  const limits = [config.storage.maxIdle, ...rules.maxIdles].filter((l): l is number => l !== undefined && l > 0);
+  return Math.max(100, Math.min(10 * 60_000, ...limits.map((l) => Math.floor(l / 10))));
 }
