@@ -93,6 +93,7 @@ export async function createCacheLayer(
       maxBytes: config.limits.manifestMaxBytes,
       metrics,
       onNoSpace: (err) => janitor.noteNoSpace(err),
+      rules,
     });
     const janitor: Janitor = new Janitor({
       store: blobStore,

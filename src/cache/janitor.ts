@@ -314,6 +314,10 @@ export class Janitor {
         { path: this.idleLimits.path, reason: damaged.damaged },
         "idle limits set by rules unreadable: storage.maxIdle applies until the content is pulled again",
       );
+    const fromRules = this.idleLimits.shortest();
+    // No limit anywhere (the default): nothing to walk, not even the pins.
+    if (this.maxIdle === undefined && fromRules === undefined) return this.saveIdleLimits();
+    const shortest = Math.min(this.maxIdle ?? Infinity, fromRules ?? Infinity);
     let exempt: Set<string>;
     try {
       exempt = await this.idleExemptDigests();
@@ -327,6 +331,8 @@ export class Janitor {
       const now = this.now();
       const victims: Array<{ digest: string; size: number }> = [];
       for (const entry of this.store.index.leastRecentlyUsed()) {
+        // Least recently used first: once an entry is younger than every limit, so is the rest.
+        if (now - entry.usedAt < shortest) break;
         const limit = this.idleLimits.get(entry.digest) ?? this.maxIdle;
         if (limit === undefined || limit === 0 || now - entry.usedAt < limit) continue;
         if (pinned.has(entry.digest) || exempt.has(entry.digest) || this.store.inUse(entry.digest)) continue;
@@ -335,12 +341,16 @@ export class Janitor {
       if (victims.length > 0) await this.evict(victims, 0, "idle");
       return victims.map((v) => v.digest);
     });
+    await this.saveIdleLimits();
+    if (gone.length > 0) await this.forgetPointersTo(new Set(gone));
+  }
+
+  private async saveIdleLimits(): Promise<void> {
     try {
       await this.idleLimits.save();
     } catch (err) {
       this.log.warn({ path: this.idleLimits.path, err: (err as Error).message }, "idle limits not saved");
     }
-    if (gone.length > 0) await this.forgetPointersTo(new Set(gone));
   }
 
   /** Everything the `idleExempt` hook names, with what it reaches. */

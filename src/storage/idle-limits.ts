@@ -68,6 +68,13 @@ export class IdleLimits {
     return this.limits.get(digest);
   }
 
+  /** The shortest limit a rule set for any digest (0, never, is no limit); undefined when there is none. */
+  shortest(): number | undefined {
+    let shortest: number | undefined;
+    for (const ms of this.limits.values()) if (ms > 0 && (shortest === undefined || ms < shortest)) shortest = ms;
+    return shortest;
+  }
+
   /** The content left the store. */
   forget(digest: string): void {
     if (this.limits.delete(digest)) this.dirty = true;

@@ -181,7 +181,12 @@ describe("per-repository rules", () => {
     const head = await fetchRaw(`${m.url}/v2/private/passed/blobs/${layer.digest}`, { method: "HEAD" });
     expect(head.status).toBe(200);
     expect(head.headers["content-length"]).toBe(String(layer.bytes.length));
+    // Referrers lists (rendered as an index, stored for other repositories) are not kept either.
+    const referrers = await fetchRaw(`${m.url}/v2/private/passed/referrers/${passed.digest}`);
+    expect(referrers.status).toBe(200);
+    expect(JSON.parse(referrers.body.toString())).toMatchObject({ manifests: [] });
     const store = m.mirror.blobStore;
+    expect(store.index.objects).toBe(0);
     expect(contentOf(passed).some((d) => store.index.has(d))).toBe(false);
     expect(await adminTags(m, "private/passed")).toEqual([]);
     // Another repository, without the rule, is cached as usual: the store is not simply broken.
