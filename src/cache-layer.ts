@@ -155,6 +155,7 @@ export async function createCacheLayer(
       draining ??= (async () => {
         janitor.stop();
         await fills.drain(config.shutdownGrace);
+        await janitor.flush();
       })();
       return draining;
     };

@@ -234,6 +234,11 @@ export class Janitor {
     clearInterval(this.timer);
   }
 
+  /** Writes what rules' idle limits were learnt since the last check (at shutdown: they would be lost). */
+  async flush(): Promise<void> {
+    await this.saveIdleLimits();
+  }
+
   /**
    * Called after content is committed: evict if that crossed a watermark. Deferred to the next turn of the
    * event loop, by when the committing download has released its reservation (its bytes would count twice).

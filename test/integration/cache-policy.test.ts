@@ -4,7 +4,8 @@
  * nothing stored, a rule's `maxIdle`. Upstream traffic is counted in the upstream's own log.
  */
 import { createHash } from "node:crypto";
-import { readdir } from "node:fs/promises";
+import { mkdtemp, readdir, rm, utimes } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
@@ -118,6 +119,38 @@ describe("idle expiry (storage.maxIdle)", () => {
       what: "content without a rule to be expired",
     });
     expect(contentOf(forever).every((d) => store.index.has(d))).toBe(true);
+  });
+});
+
+describe("idle expiry across a restart", () => {
+  it("reads last pulls and rule limits back: time stopped counts, a rule's longer limit still holds", async () => {
+    const plain = image("restart-plain");
+    const kept = image("restart-kept");
+    await pushImage(upstream.url, "restart/plain", "v1", plain);
+    await pushImage(upstream.url, "keep/long", "v1", kept);
+    const dataDir = await mkdtemp(join(tmpdir(), "cache-policy-"));
+    teardown.add("restart data dir", () => rm(dataDir, { recursive: true, force: true }));
+    const start = () =>
+      startTestMirror({
+        upstreams: { "docker.io": { url: upstream.url, default: true } },
+        dataDir,
+        extra: { storage: { maxIdle: "1h" }, rules: [{ match: "docker.io/keep/*", maxIdle: "3h" }] },
+      });
+    const first = await start();
+    await pull(first, "restart/plain", "v1", plain);
+    await pull(first, "keep/long", "v1", kept);
+    const pathOf = (d: string) => first.mirror.blobStore.pathOf(d);
+    const all = [...contentOf(plain), ...contentOf(kept)];
+    const paths = new Map(all.map((d) => [d, pathOf(d)]));
+    await first.stop();
+    // Two hours pass while the mirror is stopped: every recorded last pull is two hours old.
+    const then = (Date.now() - 2 * 3_600_000) / 1000;
+    for (const path of paths.values()) await utimes(path, then, then);
+    const second = teardown.track(await start());
+    // The check at start-up expired what was idle past storage.maxIdle; the rule's 3 h came back from disk.
+    const store = second.mirror.blobStore;
+    expect(contentOf(plain).filter((d) => store.index.has(d))).toEqual([]);
+    expect(contentOf(kept).every((d) => store.index.has(d))).toBe(true);
   });
 });
 
