@@ -56,7 +56,8 @@ export interface CacheLayer {
 /**
  * Builds the stores, the janitor, the fill coordinator, one client per upstream and the read-through caches
  * over `config.storage.path`, after taking that directory's lock (DataDirLockedError if another process holds
- * it): the mirror at start, and `mirror export|import|inventory` working on a data directory.
+ * it): the mirror at start, and `mirror export|import|inventory` working on a data directory (`purpose`, which
+ * the lock names; only the mirror itself, without one, expires idle content).
  */
 export async function createCacheLayer(
   config: Config,
@@ -107,7 +108,10 @@ export async function createCacheLayer(
       manifestMaxBytes: config.limits.manifestMaxBytes,
       log,
       metrics,
+      // Only the mirror itself expires idle content: `mirror inventory|export|import --data-dir` on a stopped
+      // mirror's directory must not delete what nobody pulled while it was stopped.
       maxIdle: config.storage.maxIdle,
+      idleExpiry: opts.purpose === undefined,
       upstreamNames: upstreams.map((u) => u.name),
     });
     // One pacer for every body received from an upstream, fills and verified pass-throughs alike.

@@ -162,6 +162,7 @@ export class Janitor {
   private readonly idleLimits: IdleLimits;
   private readonly idleExempt: (() => Promise<Iterable<string>>) | undefined;
   private readonly upstreamNames: readonly string[];
+  private readonly idleExpiry: boolean;
   private readonly now: () => number;
 
   constructor(opts: {
@@ -190,6 +191,8 @@ export class Janitor {
      * check: the warm-up sets feed it. Pins are exempt without it. A throw stops idle expiry for that check.
      */
     idleExempt?: () => Promise<Iterable<string>>;
+    /** false: no idle expiry at all, rules' limits included (commands working on a data directory). */
+    idleExpiry?: boolean;
     /** The configured upstreams: where tag pointers to idle-expired manifests are looked for. */
     upstreamNames?: readonly string[];
     now?: () => number;
@@ -210,6 +213,7 @@ export class Janitor {
     this.idleLimits = new IdleLimits(opts.store.root, opts.store.tempDir);
     this.idleExempt = opts.idleExempt;
     this.upstreamNames = opts.upstreamNames ?? [];
+    this.idleExpiry = opts.idleExpiry ?? true;
     this.now = opts.now ?? Date.now;
     opts.store.onDelete((digest) => this.idleLimits.forget(digest));
   }
@@ -304,7 +308,10 @@ export class Janitor {
     // Outside the queue of decisions: metadata lookups (a slow Redis) and the resolver (an upstream) must not
     // hold up admissions.
     await this.pinnedDigests(opts.askResolver ?? true);
-    await this.expireIdle();
+    if (this.idleExpiry)
+      await this.expireIdle().catch((err: unknown) =>
+        this.log.warn({ err: (err as Error).message }, "idle expiry failed: it is tried again at the next check"),
+      );
     await this.checkWatermarks();
   }
 

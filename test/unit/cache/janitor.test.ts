@@ -463,6 +463,7 @@ describe("CacheIndex and Janitor", () => {
       now?: () => number;
       idleExempt?: () => Promise<Iterable<string>>;
       metrics?: Metrics;
+      idleExpiry?: boolean;
     }) =>
       new Janitor({
         store,
@@ -477,6 +478,7 @@ describe("CacheIndex and Janitor", () => {
         upstreamNames: ["docker.io"],
         now: opts.now,
         metrics: opts.metrics,
+        idleExpiry: opts.idleExpiry,
       });
 
     it("evicts what was not used for maxIdle (after a restart too), keeps pinned and recent content, forgets tag pointers that went", async () => {
@@ -497,11 +499,14 @@ describe("CacheIndex and Janitor", () => {
       expect(text).toContain(`mirror_evicted_bytes_total{reason="idle"} ${idleBytes}`);
     });
 
-    it("does nothing without maxIdle, and counts a use as the last use", async () => {
+    it("does nothing without maxIdle or with idle expiry off, and counts a use as the last use", async () => {
       const a = await put(KB);
       const b = await put(KB);
       await ageAndRestart([a, b], 2 * HOUR);
       await idleJanitor({}).check();
+      expect(store.index.has(a) && store.index.has(b)).toBe(true);
+      // A command working on the data directory (idleExpiry: false) leaves it alone whatever maxIdle says.
+      await idleJanitor({ maxIdle: HOUR, idleExpiry: false }).check();
       expect(store.index.has(a) && store.index.has(b)).toBe(true);
       await (await store.open(a))!.close(); // pulled now
       await idleJanitor({ maxIdle: HOUR }).check();
