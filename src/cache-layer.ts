@@ -112,7 +112,10 @@ export async function createCacheLayer(
       // mirror's directory must not delete what nobody pulled while it was stopped.
       maxIdle: config.storage.maxIdle,
       idleExpiry: opts.purpose === undefined,
-      upstreamNames: upstreams.map((u) => u.name),
+      // Tag pointers in a shared Redis are every replica's: one replica's idle expiry does not forget them (the
+      // others may hold the manifest; a pointer without its manifest costs a fetch by digest, and Redis expires
+      // unused pointers itself).
+      upstreamNames: config.redis === undefined ? upstreams.map((u) => u.name) : [],
     });
     // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
     const pacer = new ReceivePacer();

@@ -193,7 +193,7 @@ export class Janitor {
     idleExempt?: () => Promise<Iterable<string>>;
     /** false: no idle expiry at all, rules' limits included (commands working on a data directory). */
     idleExpiry?: boolean;
-    /** The configured upstreams: where tag pointers to idle-expired manifests are looked for. */
+    /** Where tag pointers to idle-expired manifests are looked for (and forgotten); none: they are kept. */
     upstreamNames?: readonly string[];
     now?: () => number;
   }) {
