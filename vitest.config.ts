@@ -5,7 +5,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
-    // MIRROR_TEST_SERVICES=containers: the Docker engine and service images for the run (host mode: nothing).
+    // TEST_SERVICES=containers: the Docker engine and service images for the run (host mode: nothing).
     globalSetup: ["test/global-setup.ts"],
     fileParallelism: false,
     testTimeout: 60_000,

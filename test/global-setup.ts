@@ -1,4 +1,4 @@
-// vitest's global setup: with MIRROR_TEST_SERVICES=containers, the Docker engine and the service images for
+// vitest's global setup: with TEST_SERVICES=containers, the Docker engine and the service images for
 // the whole run (test/harness/services.ts). Host mode (the default) needs nothing here.
 //
 // The engine is the one DOCKER_HOST names; without one, a private dockerd of the harness (dockerd.ts: no bridge,

@@ -2,7 +2,7 @@
 // registry (open and token-authenticated) run as containers of the locally built images, started through
 // testcontainers on a private dockerd, and behave as the host processes do: same ports on 127.0.0.1, the
 // registry's request log, storage on the host that survives a restart, Redis paused, killed and restarted.
-// It runs in every suite run, whatever MIRROR_TEST_SERVICES says, so CI keeps the mode working.
+// It runs in every suite run, whatever TEST_SERVICES says, so CI keeps the mode working.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Redis } from "ioredis";
@@ -41,11 +41,11 @@ async function containersOf(image: string): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  // In a run with MIRROR_TEST_SERVICES=containers the global setup has an engine ready; otherwise a private one.
-  if (process.env.MIRROR_TEST_SERVICES !== "containers") {
+  // In a run with TEST_SERVICES=containers the global setup has an engine ready; otherwise a private one.
+  if (process.env.TEST_SERVICES !== "containers") {
     dockerd = teardown.track(await startServicesDockerd(), "dockerd");
     useDockerd(dockerd);
-    process.env.MIRROR_TEST_SERVICES = "containers";
+    process.env.TEST_SERVICES = "containers";
     teardown.add("environment", () => {
       for (const key of Object.keys(process.env)) if (!(key in saved)) delete process.env[key];
       Object.assign(process.env, saved);

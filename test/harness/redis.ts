@@ -1,7 +1,7 @@
 // A real redis-server for tests: on a free loopback port, no persistence (`--save '' --appendonly no`), its own
 // temp dir, stopped by PID. It can be stopped and started again on the same port (an outage), killed (a crash)
 // or paused with SIGSTOP (a hung server: the connection stays up, nothing answers). A host process, or with
-// MIRROR_TEST_SERVICES=containers a container of the same Debian package (services.ts).
+// TEST_SERVICES=containers a container of the same Debian package (services.ts).
 import { mkdtemp, rm } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";

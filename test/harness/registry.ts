@@ -1,7 +1,7 @@
 // The upstream registry for integration tests: Debian's `docker-registry` (CNCF distribution 2.8) on a
 // free loopback port with filesystem storage in a temp dir. Its JSON log is parsed so tests can count
 // the requests that actually reached the upstream ("exactly one GET of this blob"). A host process, or with
-// MIRROR_TEST_SERVICES=containers a container of the same Debian package (services.ts), its log read the same way.
+// TEST_SERVICES=containers a container of the same Debian package (services.ts), its log read the same way.
 //
 // It can require authentication, as real upstreams do: `auth: { token }` (the Docker token flow, with a
 // harness token server as the realm) or `auth: { htpasswd }` (Basic). RegistryAuthenticator and

@@ -1,4 +1,4 @@
-// Images for the services the tests run in containers (MIRROR_TEST_SERVICES=containers, see services.ts),
+// Images for the services the tests run in containers (TEST_SERVICES=containers, see services.ts),
 // built locally because these machines cannot pull from Docker Hub:
 //
 //   - one Debian bookworm root filesystem from `debootstrap --variant=minbase --include=redis-server,

@@ -1,6 +1,8 @@
 // Where the harness runs the services the tests talk to (Redis, the upstream registry): as host processes
-// (the default; Debian's redis-server and docker-registry) or, with MIRROR_TEST_SERVICES=containers, as
+// (the default; Debian's redis-server and docker-registry) or, with TEST_SERVICES=containers, as
 // containers started through testcontainers from the locally built images of service-images.ts.
+// (Not MIRROR_TEST_SERVICES: the mirror reads every MIRROR_* variable as configuration and refuses unknown
+// ones, which would break every CLI run the tests make with the inherited environment.)
 //
 // Containers use the host's network (`--network host`: the private dockerd of the tests runs with
 // --bridge=none, and the services must listen on 127.0.0.1 as the host processes do), so ports, URLs and
@@ -18,9 +20,9 @@ import { startProcess, type ManagedProcess, type StartProcessOptions } from "./p
 export type ServiceMode = "host" | "containers";
 
 export function serviceMode(): ServiceMode {
-  const mode = process.env.MIRROR_TEST_SERVICES ?? "host";
+  const mode = process.env.TEST_SERVICES ?? "host";
   if (mode !== "host" && mode !== "containers")
-    throw new Error(`MIRROR_TEST_SERVICES must be "host" or "containers", not ${JSON.stringify(mode)}`);
+    throw new Error(`TEST_SERVICES must be "host" or "containers", not ${JSON.stringify(mode)}`);
   return mode;
 }
 
