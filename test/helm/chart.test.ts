@@ -14,7 +14,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import type { IServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import type { IDaemonSet, IStatefulSet } from "kubernetes-models/apps/v1";
 import type { IPodDisruptionBudget } from "kubernetes-models/policy/v1";
-import type { IConfigMap, IContainer, IPodSpec, IService, IVolume } from "kubernetes-models/v1";
+import type { IConfigMap, IContainer, IPodSpec, ISecret, IService, IVolume } from "kubernetes-models/v1";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Ajv } from "ajv";
@@ -168,7 +168,6 @@ describe("values.schema.json", () => {
     ["several replicas without Redis", { replicaCount: 3 }],
     ["Redis without a host", { redis: { enabled: true } }],
     ["replicas sharing downloads without Redis", { cluster: { enabled: true, existingSecret: "mirror-cluster" } }],
-    ["replicas sharing downloads without their secret", { cluster: { enabled: true }, redis: { enabled: true, host: "redis" } }],
     ["a misspelt top-level key", { replicas: 2 }],
     ["a replica count that is not a number", { replicaCount: "two" }],
     ["credentials inside the ConfigMap", { config: { upstreams: { "docker.io": { credentials: { username: "u", password: "p" } } } } }],
@@ -218,6 +217,35 @@ describe("Helm's checks before it renders", () => {
     expect(kubeVersion).toBe(">=1.25.0-0");
     expect(renderChart(CHART, { kubeVersion: "v1.25.0" }).manifests.length).toBeGreaterThan(0);
     expect(() => renderChart(CHART, { kubeVersion: "v1.24.17" })).toThrow(/chart requires kubeVersion: >=1\.25\.0-0 which is incompatible with Kubernetes v1\.24\.17/);
+  });
+});
+
+describe("replicas sharing downloads", () => {
+  const fleet = { replicaCount: 3, redis: { enabled: true, host: "redis.example" }, cluster: { enabled: true } };
+
+  it("generates the replicas' secret when none is given, kept across upgrades and uninstalls, and mounts it", () => {
+    const chart = renderChart(CHART, { values: [fleet], release: { name: "mirror", namespace: "registry" } });
+    const secret = find<ISecret>(chart, "Secret", "-cluster");
+    expect(secret.metadata?.name).toBe("mirror-registry-mirror-cluster");
+    expect(secret.metadata?.annotations?.["helm.sh/resource-policy"]).toBe("keep");
+    const value = Buffer.from(secret.data!.secret!, "base64").toString("utf8");
+    expect(value).toMatch(/^[A-Za-z0-9]{48}$/);
+    const pod = find<IStatefulSet>(chart, "StatefulSet").spec!.template.spec!;
+    const container = pod.containers.find((c) => c.name === "mirror")!;
+    const file = podEnvironment(container).MIRROR_CLUSTER__SECRET_FILE!;
+    expect(mountedFile(pod, container, file)).toMatchObject({
+      volume: { secret: { secretName: "mirror-registry-mirror-cluster" } },
+      key: "secret",
+    });
+  });
+
+  it("uses an existing Secret as it is, and generates none", () => {
+    const chart = renderChart(CHART, { values: [fleet, { cluster: { existingSecret: "mine", secretKey: "token" } }] });
+    expect(all<ISecret>(chart, "Secret")).toEqual([]);
+    const pod = find<IStatefulSet>(chart, "StatefulSet").spec!.template.spec!;
+    const container = pod.containers.find((c) => c.name === "mirror")!;
+    const file = podEnvironment(container).MIRROR_CLUSTER__SECRET_FILE!;
+    expect(mountedFile(pod, container, file)).toMatchObject({ volume: { secret: { secretName: "mine" } }, key: "token" });
   });
 });
 
