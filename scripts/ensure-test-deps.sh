@@ -1,7 +1,7 @@
 # Sourced by scripts/test.sh: installs the Debian packages the tests run for real
 # (the reference registry as upstream, Redis, Ceph's S3 gateway, skopeo, dockerd, the static busybox
-# that the harness puts into the images it builds, and debootstrap for the Dockerfile
-# test's base image), only when something is missing.
+# that the harness puts into the images it builds, Chromium for the console's browser tests, and debootstrap for
+# the Dockerfile test's base image), only when something is missing.
 _need=()
 command -v docker-registry >/dev/null || _need+=(docker-registry)
 command -v redis-server    >/dev/null || _need+=(redis-server)
@@ -18,6 +18,8 @@ command -v ceph-mon        >/dev/null || _need+=(ceph-mon)
 command -v ceph-osd        >/dev/null || _need+=(ceph-osd)
 command -v radosgw         >/dev/null || _need+=(radosgw)
 command -v ceph            >/dev/null || _need+=(ceph-common)
+# The console's browser tests (test/browser/) drive Debian's headless Chromium through puppeteer-core.
+command -v chromium        >/dev/null || _need+=(chromium)
 # The Dockerfile test builds its stand-in base image (node:24-bookworm-slim) from a debootstrapped rootfs.
 [ -x /usr/sbin/debootstrap ]          || _need+=(debootstrap)
 if [ "${#_need[@]}" -gt 0 ]; then

@@ -39,6 +39,8 @@ import type { BlobStore } from "./storage/blob-store.ts";
 import { Exporter } from "./transfer/exporter.ts";
 import { TrafficFile } from "./storage/traffic-file.ts";
 import { TrustedProxies } from "./http/client-address.ts";
+import { ConsoleHistory } from "./console/console-history.ts";
+import { consoleRouter } from "./console/console-router.ts";
 
 /** How often the traffic totals are saved besides at shutdown: what a crash can lose of them. */
 const TRAFFIC_SAVE_MS = 60_000;
@@ -149,6 +151,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     adminTokenFile?.close();
     throw err;
   }
+  let consoleHistory: ConsoleHistory | undefined;
+  const historyError = (err: unknown) => log.warn({ err }, "console history not saved");
   const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
   const adminDigest =
@@ -167,6 +171,28 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       traffic,
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
+    if (config.console.enabled) {
+      consoleHistory = new ConsoleHistory(config.storage.path);
+      const damaged = await consoleHistory.load();
+      if (damaged !== undefined)
+        log.warn({ path: consoleHistory.path, reason: damaged }, "console history unreadable: it starts anew");
+      app.use(
+        consoleRouter({
+          admin: adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest),
+          tokenDigest: () => adminDigest ?? adminTokenFile?.digest,
+          status: {
+            upstreams,
+            cache: janitor,
+            fills,
+            watermarks: { high: config.storage.highWatermark, low: config.storage.lowWatermark },
+          },
+          history: consoleHistory,
+        }),
+      );
+    }
+  } else if (config.console.enabled) {
+    await clientAuth?.close();
+    throw new Error("console.enabled needs the admin token (admin.token or admin.tokenFile): it signs in with it");
   }
   const policy = new AccessPolicy(config);
   app.use(
@@ -236,6 +262,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       });
       const address = server.address() as AddressInfo;
       startSaving();
+      consoleHistory?.every(config.console.historyInterval, () => traffic.stored(), historyError);
       if (config.metrics.enabled && config.metrics.listen !== undefined) {
         metricsServer = await listenMetrics(metrics, parseListen(config.metrics.listen));
         log.info({ address: metricsServer.address() }, "metrics listening");
@@ -276,6 +303,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         server?.closeAllConnections();
         await closed;
         // Every request has been counted now (access lines land when a response closes).
+        await consoleHistory?.stop(() => traffic.stored(), historyError);
         await traffic.stop();
         adminTokenFile?.close();
         await clientAuth?.close();
