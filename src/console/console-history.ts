@@ -7,6 +7,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { timerDelay } from "../config/timer-delay.ts";
 import { FROM_CACHE, CONTENT_RESULTS } from "../observability/metrics.ts";
 import type { StoredTraffic } from "../observability/traffic-totals.ts";
 import { replaceFileDurably } from "../storage/durable-replace.ts";
@@ -128,7 +129,7 @@ export class ConsoleHistory {
 
   every(ms: number, traffic: () => Promise<StoredTraffic>, onError: (err: unknown) => void): void {
     void this.record(traffic, onError);
-    this.timer = setInterval(() => void this.record(traffic, onError), ms);
+    this.timer = setInterval(() => void this.record(traffic, onError), timerDelay(ms));
     this.timer.unref();
   }
 
