@@ -169,6 +169,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       importer: createImporter(layer, config),
       exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
       traffic,
+      pins: layer.pins,
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
     if (config.console.enabled) {

@@ -6,7 +6,7 @@
  * token is refused (plain HTTP, no browser). Every request the browser made must have gone to the mirror's
  * origin. Screenshots of every page, at desktop and phone width, go to test-artifacts/console/ (gitignored).
  */
-import { mkdir } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Page } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -17,6 +17,7 @@ import {
   pushImage,
   pushIndex,
   randomLayer,
+  type BuiltImage,
   type BuiltIndex,
 } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
@@ -37,6 +38,7 @@ let mirror: TestMirror;
 let chromium: TestBrowser;
 let page: Page;
 let one: BuiltIndex;
+let two: BuiltImage;
 
 beforeAll(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
@@ -46,7 +48,8 @@ beforeAll(async () => {
     buildImage({ format: "oci", architecture: "arm64", layers: [randomLayer(100_000)] }),
   ]);
   await pushIndex(upstream.url, "team/one", "1.0", one);
-  await pushImage(upstream.url, "team/two", "2.0", buildImage({ format: "oci", layers: [randomLayer(300_000)] }));
+  two = buildImage({ format: "oci", layers: [randomLayer(300_000)] });
+  await pushImage(upstream.url, "team/two", "2.0", two);
   mirror = teardown.track(
     await startTestMirror({
       upstreams: { [UPSTREAM]: { url: upstream.url, default: true } },
@@ -124,6 +127,12 @@ const attributes = (selector: string, name: string) =>
   inPage<string[]>(
     `[...document.querySelectorAll(${JSON.stringify(selector)})].map((el) => el.getAttribute(${JSON.stringify(name)}))`,
   );
+
+async function adminJson<T>(path: string): Promise<T> {
+  const res = await fetchRaw(`${mirror.url}/admin/v1/${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  expect(res.status, path).toBe(200);
+  return JSON.parse(res.body.toString("utf8")) as T;
+}
 
 const sessionCookie = async () => (await page.cookies()).find((c) => c.name === "mirror_console");
 
@@ -272,6 +281,36 @@ describe("console", () => {
     await page.click("#prefetch button[type=submit]");
     await page.waitForSelector("#notice.error");
     expect((await texts("#notice"))[0]).toBe(`Prefetch Bad//Name failed: ${direct.status} ${code}: ${message}`);
+  });
+
+  it("refreshes, pins and unpins a tag, each through the admin API", async () => {
+    await loaded(`${mirror.url}/console/browse?upstream=${UPSTREAM}&repository=team/two`);
+    await page.click('tr[data-tag="2.0"] button[data-action="refresh"]');
+    await page.waitForFunction('document.getElementById("notice")?.textContent === "Refresh 2.0: done"');
+    await page.click('tr[data-tag="2.0"] button[data-action="pin"]');
+    await page.waitForSelector('tr[data-tag="2.0"] .badge.pinned');
+    const reference = `${UPSTREAM}/team/two:2.0`;
+    expect((await adminJson<{ pins: unknown[] }>("pins")).pins).toMatchObject([{ reference, digest: two.digest }]);
+    // Recorded where the janitor reads pins (and `mirror import --pin` writes them).
+    expect(await readFile(join(mirror.dataDir, "pins.json"), "utf8")).toContain(reference);
+    await shoot("repository-pinned");
+    await page.click('tr[data-tag="2.0"] button[data-action="unpin"]');
+    await page.waitForSelector('tr[data-tag="2.0"] button[data-action="pin"]');
+    expect((await adminJson<{ pins: unknown[] }>("pins")).pins).toEqual([]);
+    // A tag that is not cached cannot be pinned.
+    const refused = await fetchRaw(`${mirror.url}/admin/v1/pin`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+      body: Buffer.from(JSON.stringify({ upstream: UPSTREAM, repository: "team/two", tag: "9.9" })),
+    });
+    expect(refused.status).toBe(404);
+    expect(errorCode(refused)).toBe("MANIFEST_UNKNOWN");
+    const notPinned = await fetchRaw(`${mirror.url}/admin/v1/unpin`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+      body: Buffer.from(JSON.stringify({ reference })),
+    });
+    expect(notPinned.status).toBe(404);
   });
 
   it("refuses an action without the CSRF token; purges through the admin API with it", async () => {

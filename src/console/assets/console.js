@@ -477,11 +477,13 @@
       let tags;
       let status;
       let recent;
+      let pins;
       try {
-        [tags, status, recent] = await Promise.all([
+        [tags, status, recent, pins] = await Promise.all([
           api(`tags?upstream=${encodeURIComponent(upstream)}&repository=${encodeURIComponent(repository)}`),
           request("/console/status.json"),
           api("blobs?limit=10000"),
+          api("pins"),
         ]);
       } catch (err) {
         notice(`Listing failed: ${err.message}`, true);
@@ -489,6 +491,7 @@
         return;
       }
       const ttl = status.upstreams.find((u) => u.name === upstream)?.tagTtlMs ?? 0;
+      const pinned = new Set(pins.pins.map((p) => p.reference));
       const lastAccess = new Map(recent.blobs.map((b) => [b.digest, b.lastAccess]));
       put(
         table,
@@ -542,6 +545,21 @@
                     )
                       await load();
                   });
+                  const reference = `${upstream}/${repository}:${t.tag}`;
+                  const isPinned = pinned.has(reference);
+                  const pin = h(
+                    "button",
+                    { type: "button", "data-action": isPinned ? "unpin" : "pin" },
+                    isPinned ? "Unpin" : "Pin",
+                  );
+                  pin.addEventListener("click", async () => {
+                    const done = isPinned
+                      ? await act(`Unpin ${t.tag}`, () => api("unpin", { method: "POST", body: { reference } }))
+                      : await act(`Pin ${t.tag}`, () =>
+                          api("pin", { method: "POST", body: { upstream, repository, tag: t.tag } }),
+                        );
+                    if (done) await load();
+                  });
                   const exportLink = h(
                     "a",
                     {
@@ -558,6 +576,7 @@
                       "td",
                       {},
                       h("a", { href: image }, t.tag),
+                      isPinned ? h("span", { class: "badge pinned", title: "never evicted" }, "pinned") : null,
                       stale
                         ? h(
                             "span",
@@ -570,7 +589,7 @@
                     h("td", {}, t.cached ? bytes(t.size) : "not cached"),
                     h("td", {}, when(lastAccess.get(t.digest))),
                     h("td", {}, when(t.checkedAt)),
-                    h("td", { class: "actions" }, refresh, purge, del, exportLink),
+                    h("td", { class: "actions" }, refresh, pin, purge, del, exportLink),
                   );
                 }),
               ),
