@@ -23,6 +23,7 @@ import {
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
+import { startRelay, type Relay } from "../harness/relay.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "../integration/client.ts";
 
 const TOKEN = "console-admin-token-0123456789";
@@ -39,6 +40,10 @@ let chromium: TestBrowser;
 let page: Page;
 let one: BuiltIndex;
 let two: BuiltImage;
+let three: BuiltImage;
+/** In front of the same registry, as a second upstream whose bodies and answers a test can hold up. */
+let relay: Relay;
+const SLOW = "slow.test";
 
 beforeAll(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
@@ -50,9 +55,12 @@ beforeAll(async () => {
   await pushIndex(upstream.url, "team/one", "1.0", one);
   two = buildImage({ format: "oci", layers: [randomLayer(300_000)] });
   await pushImage(upstream.url, "team/two", "2.0", two);
+  three = buildImage({ format: "oci", layers: [randomLayer(2_000_000)] });
+  await pushImage(upstream.url, "team/three", "3.0", three);
+  relay = teardown.track(await startRelay(upstream.url));
   mirror = teardown.track(
     await startTestMirror({
-      upstreams: { [UPSTREAM]: { url: upstream.url, default: true } },
+      upstreams: { [UPSTREAM]: { url: upstream.url, default: true }, [SLOW]: { url: relay.url } },
       extra: {
         admin: { token: TOKEN },
         console: { enabled: true, historyInterval: "1s" },
@@ -287,8 +295,10 @@ describe("console", () => {
     await loaded(`${mirror.url}/console/browse?upstream=${UPSTREAM}&repository=team/two`);
     await page.click('tr[data-tag="2.0"] button[data-action="refresh"]');
     await page.waitForFunction('document.getElementById("notice")?.textContent === "Refresh 2.0: done"');
+    await page.waitForSelector("main[data-loaded]");
     await page.click('tr[data-tag="2.0"] button[data-action="pin"]');
     await page.waitForSelector('tr[data-tag="2.0"] .badge.pinned');
+    await page.waitForSelector("main[data-loaded]");
     const reference = `${UPSTREAM}/team/two:2.0`;
     expect((await adminJson<{ pins: unknown[] }>("pins")).pins).toMatchObject([{ reference, digest: two.digest }]);
     // Recorded where the janitor reads pins (and `mirror import --pin` writes them).
@@ -342,6 +352,40 @@ describe("console", () => {
       headers: { authorization: `Bearer ${TOKEN}` },
     });
     expect((JSON.parse(gone.body.toString("utf8")) as { tags: unknown[] }).tags).toEqual([]);
+  });
+
+  it("shows a download in flight with its progress, and an upstream's last error", async () => {
+    const layer = three.layers[0]!;
+    relay.setFault([
+      { kind: "stallBody", afterBytes: 100_000, match: /\/blobs\// },
+      { kind: "status", status: 503, match: /\/manifests\/broken/ },
+    ]);
+    const failed = await fetchRaw(`${mirror.url}/v2/${SLOW}/team/three/manifests/broken`, {
+      headers: { accept: ALL_MANIFEST_TYPES },
+    });
+    expect(failed.status).toBeGreaterThanOrEqual(500);
+    // A client starts the layer's download, which the relay holds after 100 kB; it gives up when the test is done.
+    const client = new AbortController();
+    const pulling = fetch(`${mirror.url}/v2/${SLOW}/team/three/blobs/${layer.digest}`, { signal: client.signal })
+      .then((res) => res.arrayBuffer())
+      .catch(() => undefined);
+    try {
+      await loaded(`${mirror.url}/console/`);
+      await page.waitForSelector("#fills progress", { timeout: 15_000 });
+      const [item] = await texts("#fills li");
+      expect(item).toContain(`${SLOW}/team/three@${layer.digest.slice(0, 19)}`);
+      await page.waitForFunction('Number(document.querySelector("#fills progress")?.getAttribute("value")) >= 100000', {
+        timeout: 15_000,
+      });
+      expect(await attributes("#fills progress", "max")).toEqual([String(layer.bytes.length)]);
+      const [lastError] = await texts(`tr[data-upstream="${SLOW}"] td:last-child`);
+      expect(lastError).toMatch(/answered 503$/);
+      await shoot("overview-downloading");
+    } finally {
+      client.abort();
+      relay.setFault(null);
+      await pulling;
+    }
   });
 
   it("signs out: the session no longer opens the API", async () => {

@@ -81,13 +81,19 @@
     box.className = isError ? "error" : "ok";
     box.textContent = text;
   }
+  /**
+   * Runs an action and says how it went. `data-loaded` is off from the start of an action until the page has
+   * redrawn after it (the caller's reload sets it again), so tests and scripts know when the page is settled.
+   */
   async function act(label, run) {
+    delete main.dataset.loaded;
     try {
       const out = await run();
       notice(`${label}: done`, false);
       return out;
     } catch (err) {
       notice(`${label} failed: ${err.message}`, true);
+      main.dataset.loaded = "true";
       return undefined;
     }
   }
@@ -422,6 +428,7 @@
         );
         if (job) void followJob(job, out);
       }
+      main.dataset.loaded = "true";
     });
     return form;
   }
