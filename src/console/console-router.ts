@@ -75,7 +75,8 @@ export function consoleRouter(opts: ConsoleOptions): Koa.Middleware<RequestState
     }
     ctx.set("Content-Security-Policy", CSP);
     ctx.set("X-Content-Type-Options", "nosniff");
-    ctx.set("Referrer-Policy", "no-referrer");
+    // same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on this origin's own forms.
+    ctx.set("Referrer-Policy", "same-origin");
     ctx.set("X-Frame-Options", "DENY");
     ctx.set("Cache-Control", "no-store");
     const sessionId = ctx.cookies.get(COOKIE);
@@ -182,8 +183,9 @@ function notFound(ctx: Koa.Context): RegistryError {
 
 /** A form posted from a page of this origin: browsers send Origin on every POST; a form from elsewhere is refused. */
 function sameOrigin(ctx: Koa.Context): boolean {
+  // Koa 3's ctx.origin is the Origin header itself: this origin is built from the request's scheme and Host.
   const origin = ctx.get("origin");
-  return origin === "" || origin === ctx.origin;
+  return origin === "" || origin === `${ctx.protocol}://${ctx.host}`;
 }
 
 async function readForm(ctx: Koa.Context): Promise<URLSearchParams> {
