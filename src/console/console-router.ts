@@ -13,6 +13,8 @@ import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import type Koa from "koa";
+import { AuthFailureLimit } from "../http/auth-failure-limit.ts";
+import { clientKey } from "../http/client-address.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { readCappedBody } from "../upstream/response-body.ts";
 import type { RequestState } from "../http/request-context.ts";
@@ -25,6 +27,8 @@ export const COOKIE = "mirror_console";
 /** Idle time after which a session ends. */
 const SESSION_IDLE_MS = 8 * 3_600_000;
 const MAX_FORM = 4096;
+/** Wrong tokens one client address (IPv6: its /64) may try per window before sign-in answers 429 unchecked. */
+const SIGN_IN_FAILURES = { max: 10, windowMs: 60_000 };
 /** Admin API paths the proxy passes on: an endpoint name and at most one segment (a job id, a digest). */
 const API_PATH = /^[a-z]+(?:\/[A-Za-z0-9:._-]{1,200})?$/;
 const SPANS: Record<string, number> = { hour: 3_600_000, day: 86_400_000, month: 30 * 86_400_000 };
@@ -61,6 +65,7 @@ export interface ConsoleOptions {
 
 export function consoleRouter(opts: ConsoleOptions): Koa.Middleware<RequestState> {
   const sessions = new ConsoleSessions({ ttlMs: SESSION_IDLE_MS });
+  const failures = new AuthFailureLimit(SIGN_IN_FAILURES);
   const assets = new Map<string, Buffer>();
   const asset = async (name: string) => {
     let bytes = assets.get(name);
@@ -98,8 +103,17 @@ export function consoleRouter(opts: ConsoleOptions): Koa.Middleware<RequestState
     }
     if (path === "/login" && method === "POST") {
       if (!sameOrigin(ctx)) throw new RegistryError("DENIED", "sign-in from another origin refused");
+      const client = clientKey(ctx.req.socket.remoteAddress);
+      try {
+        failures.check(client);
+      } catch (err) {
+        const refusal = err as RegistryError;
+        ctx.set(refusal.headers);
+        return html(ctx, refusal.status, loginPage({ error: refusal.message }));
+      }
       const token = (await readForm(ctx)).get("token") ?? "";
       if (!tokenMatches(token, opts.tokenDigest())) {
+        failures.failed(client);
         ctx.state.log.info({ path: ctx.path }, "console sign-in refused: wrong admin token");
         return html(ctx, 401, loginPage({ error: "Wrong token." }));
       }

@@ -63,6 +63,19 @@ describe("console over TLS", () => {
     expect(await page.body.text()).toContain('<meta name="csrf-token"');
   });
 
+  it("answers 429 after 10 wrong tokens from one address, without checking the next (even the right one)", async () => {
+    for (let i = 0; i < 10; i++) {
+      const wrong = await signIn(`wrong-token-number-${i}-0123456789`);
+      expect(wrong.statusCode).toBe(401);
+      await wrong.body.dump();
+    }
+    const refused = await signIn(TOKEN);
+    expect(refused.statusCode).toBe(429);
+    expect(Number(refused.headers["retry-after"])).toBeGreaterThan(0);
+    expect(refused.headers["set-cookie"]).toBeUndefined();
+    expect(await refused.body.text()).toMatch(/too many failed logins from this address; retry in \d+ s/);
+  });
+
   it("refuses a sign-in form posted from another origin, even with the right token", async () => {
     const res = await signIn(TOKEN, { origin: "https://elsewhere.example" });
     expect(res.statusCode).toBe(403);
