@@ -14,6 +14,8 @@ export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 export interface TestBrowser {
   readonly name: string;
   readonly browser: Browser;
+  /** The browser process's PID (what stop() ends, if closing does not). */
+  readonly pid: number | undefined;
   /** Every URL any page of this browser requested, in order. */
   readonly requests: string[];
   /** Messages the pages logged at level error (CSP violations land here), and uncaught page errors. */
@@ -38,6 +40,7 @@ export async function startBrowser(): Promise<TestBrowser> {
   return {
     name: "chromium",
     browser,
+    pid,
     requests,
     pageErrors,
     async newPage(opts = { width: 1280, height: 900 }) {
