@@ -323,6 +323,27 @@ describe("console", () => {
     expect(notPinned.status).toBe(404);
   });
 
+  it("downloads an export bundle and deletes a digest, through the admin API", async () => {
+    await loaded(`${mirror.url}/console/browse?upstream=${UPSTREAM}&repository=team/two`);
+    const [href] = await attributes('tr[data-tag="2.0"] a.button', "href");
+    expect(href).toBe(`/console/api/export?reference=${encodeURIComponent(`${UPSTREAM}/team/two:2.0`)}`);
+    const cookie = `mirror_console=${(await sessionCookie())!.value}`;
+    const bundle = await fetchRaw(`${mirror.url}${href}`, { headers: { cookie } });
+    expect(bundle.status).toBe(200);
+    expect(bundle.headers["content-type"]).toBe("application/x-tar");
+    expect(Number(bundle.headers["content-length"])).toBe(bundle.body.length);
+    for (const blob of two.blobs()) expect(bundle.body.indexOf(blob.bytes), blob.digest).toBeGreaterThan(0);
+
+    await page.click('tr[data-tag="2.0"] button[data-action="delete-digest"]');
+    await page.waitForFunction(
+      `document.getElementById("notice")?.textContent === "Delete ${two.digest.slice(0, 19)}: done"`,
+    );
+    await page.waitForSelector("main[data-loaded]");
+    expect(await texts('tr[data-tag="2.0"] td:nth-child(3)')).toEqual(["not cached"]);
+    const blobs = await adminJson<{ blobs: Array<{ digest: string }> }>("blobs?limit=10000");
+    expect(blobs.blobs.map((b) => b.digest)).not.toContain(two.digest);
+  });
+
   it("refuses an action without the CSRF token; purges through the admin API with it", async () => {
     const cookie = `mirror_console=${(await sessionCookie())!.value}`;
     const purge = (headers: Record<string, string>) =>
