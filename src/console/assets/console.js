@@ -592,10 +592,10 @@
                           )
                         : null,
                     ),
-                    h("td", {}, h("code", { title: t.digest }, `${t.digest.slice(0, 19)}…`)),
-                    h("td", {}, t.cached ? bytes(t.size) : "not cached"),
-                    h("td", {}, when(lastAccess.get(t.digest))),
-                    h("td", {}, when(t.checkedAt)),
+                    h("td", { "data-label": "Digest" }, h("code", { title: t.digest }, `${t.digest.slice(0, 19)}…`)),
+                    h("td", { "data-label": "Size" }, t.cached ? bytes(t.size) : "not cached"),
+                    h("td", { "data-label": "Last pulled" }, when(lastAccess.get(t.digest))),
+                    h("td", { "data-label": "Checked" }, when(t.checkedAt)),
                     h("td", { class: "actions" }, refresh, pin, purge, del, exportLink),
                   );
                 }),
