@@ -228,15 +228,19 @@
                 ),
                 h(
                   "td",
-                  { class: u.up ? "up" : "down" },
+                  { class: u.up ? "up" : "down", "data-label": "State" },
                   u.up ? "up" : `down (retry in ${Math.ceil(u.retryInMs / 1000)} s)`,
                 ),
                 h(
                   "td",
-                  {},
+                  { "data-label": "Rate limit left" },
                   u.rateLimit.remaining !== null ? `${u.rateLimit.remaining} / ${u.rateLimit.limit ?? "?"}` : "—",
                 ),
-                h("td", {}, u.lastError ? `${when(u.lastError.at)}: ${u.lastError.message}` : "—"),
+                h(
+                  "td",
+                  { "data-label": "Last error" },
+                  u.lastError ? `${when(u.lastError.at)}: ${u.lastError.message}` : "—",
+                ),
               ),
             ),
           ),
