@@ -308,7 +308,7 @@
       ratio.push(answers > 0 ? ((b.fromCache - a.fromCache) / answers) * 100 : null);
     }
     const width = Math.max(260, bytesEl.clientWidth || 600);
-    const axisBytes = { values: (_u, ticks) => ticks.map(bytes), size: 70 };
+    const axisBytes = { values: (_u, ticks) => ticks.map(bytes), size: 84 };
     charts.push(
       new uPlot(
         {
