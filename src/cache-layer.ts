@@ -11,6 +11,7 @@ import { Janitor } from "./cache/janitor.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
 import { ReferrersCache } from "./cache/referrers-cache.ts";
+import { CacheRules } from "./config/cache-rules.ts";
 import type { Config } from "./config/schema.ts";
 import { configuredPins } from "./config/upstream-resolver.ts";
 import { FillCoordinator } from "./fill/fill-coordinator.ts";
@@ -25,6 +26,12 @@ import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
+import { PeerClient } from "./upstream/peer-client.ts";
+import { FillLeases } from "./fill/fill-lease.ts";
+import { FleetFills } from "./fill/fleet-fills.ts";
+import { SecretFile } from "./config/secret-file.ts";
+import { createHash } from "node:crypto";
+import type { Redis } from "ioredis";
 
 /** The cache layer without the HTTP server: what the mirror and the CLI commands that work on a cache share. */
 export interface CacheLayer {
@@ -42,7 +49,11 @@ export interface CacheLayer {
   readonly blobCache: BlobCache;
   /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
   readonly pins: PinList;
+  /** Adds what idle expiry must keep besides pins (warm-up sets): manifest digests, with everything they reach. */
+  keepFromIdleExpiry(source: () => Iterable<string>): void;
   readonly describeState: () => MetadataStoreState;
+  /** With `cluster`: the replicas' shared secret (the sha256 of it, while usable) for the peer endpoint. */
+  readonly cluster: ClusterMembership | undefined;
   /** Stops the janitor and lets running fills finish, bounded by `shutdownGrace`. Done once, however often asked. */
   drain(): Promise<void>;
   /**
@@ -55,7 +66,8 @@ export interface CacheLayer {
 /**
  * Builds the stores, the janitor, the fill coordinator, one client per upstream and the read-through caches
  * over `config.storage.path`, after taking that directory's lock (DataDirLockedError if another process holds
- * it): the mirror at start, and `mirror export|import|inventory` working on a data directory.
+ * it): the mirror at start, and `mirror export|import|inventory` working on a data directory (`purpose`, which
+ * the lock names; only the mirror itself, without one, expires idle content).
  */
 export async function createCacheLayer(
   config: Config,
@@ -65,14 +77,15 @@ export async function createCacheLayer(
   // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
   const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
   try {
-    const blobStore = new BlobStore(config.storage.path);
+    const rules = new CacheRules(config);
+    const blobStore = new BlobStore(config.storage.path, { touchIntervalMs: touchIntervalFor(config, rules) });
     const scan = await blobStore.init();
     log.info({ ...scan }, "cache index rebuilt");
     if (scan.removedTempFiles > 0)
       log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
     const manifestStore = new ManifestStore(blobStore);
     await manifestStore.init();
-    const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
+    const { metadata, describeState, closeMetadata, redis } = await openMetadataStore(config, log);
     const pins = new PinList(config.storage.path);
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
     const manifestCache = new ManifestCache({
@@ -81,6 +94,8 @@ export async function createCacheLayer(
       maxBytes: config.limits.manifestMaxBytes,
       metrics,
       onNoSpace: (err) => janitor.noteNoSpace(err),
+      rules,
+      noteIdleLimit: (digest, ms) => janitor.noteIdleLimit(digest, ms),
     });
     const referrersCache = new ReferrersCache({
       manifestCache,
@@ -89,7 +104,10 @@ export async function createCacheLayer(
       maxBytes: config.limits.manifestMaxBytes,
       metrics,
       onNoSpace: (err) => janitor.noteNoSpace(err),
+      rules,
     });
+    // What idle expiry keeps besides pins, added once the sources exist (warm-up sets: app.ts).
+    const keptFromIdleExpiry: Array<() => Iterable<string>> = [];
     const janitor: Janitor = new Janitor({
       store: blobStore,
       manifests: manifestStore,
@@ -102,6 +120,15 @@ export async function createCacheLayer(
       manifestMaxBytes: config.limits.manifestMaxBytes,
       log,
       metrics,
+      // Only the mirror itself expires idle content: `mirror inventory|export|import --data-dir` on a stopped
+      // mirror's directory must not delete what nobody pulled while it was stopped.
+      maxIdle: config.storage.maxIdle,
+      idleExpiry: opts.purpose === undefined,
+      // Tag pointers in a shared Redis are every replica's: one replica's idle expiry does not forget them (the
+      // others may hold the manifest; a pointer without its manifest costs a fetch by digest, and Redis expires
+      // unused pointers itself).
+      upstreamNames: config.redis === undefined ? upstreams.map((u) => u.name) : [],
+      idleExempt: async () => keptFromIdleExpiry.flatMap((source) => [...source()]),
     });
     // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
     const pacer = new ReceivePacer();
@@ -134,12 +161,23 @@ export async function createCacheLayer(
       if (u.config.offline)
         log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics });
+    const cluster = await openCluster(config, { redis, log, metrics });
+    const blobCache = new BlobCache({
+      store: blobStore,
+      fills,
+      metadata,
+      pacer,
+      metrics,
+      rules,
+      noteIdleLimit: (digest, ms) => janitor.noteIdleLimit(digest, ms),
+      fleet: cluster?.fleet,
+    });
     let draining: Promise<void> | undefined;
     const drain = () => {
       draining ??= (async () => {
         janitor.stop();
         await fills.drain(config.shutdownGrace);
+        await janitor.flush();
       })();
       return draining;
     };
@@ -158,11 +196,14 @@ export async function createCacheLayer(
       blobCache,
       pins,
       describeState,
+      cluster,
+      keepFromIdleExpiry: (source) => void keptFromIdleExpiry.push(source),
       drain,
       close() {
         closing ??= (async () => {
           await drain();
           await Promise.all(upstreams.map((u) => u.close()));
+          await cluster?.close();
           await closeMetadata();
           await lock.release();
         })();
@@ -189,4 +230,61 @@ export function createImporter(layer: CacheLayer, config: Config): Importer {
     manifestMaxBytes: config.limits.manifestMaxBytes,
     log: layer.log,
   });
+}
+
+/** This replica's part in a fleet (`cluster`): where its downloads come from, and the secret its peers sign with. */
+export interface ClusterMembership {
+  readonly fleet: FleetFills;
+  /** The sha256 of the cluster secret, or undefined while `cluster.secretFile` holds none usable. */
+  readonly peerKey: () => Buffer | undefined;
+  /** Why the secret is unusable (then this replica neither serves nor follows peers), for /readyz. */
+  readonly problem: () => string | undefined;
+  close(): Promise<void>;
+}
+
+/** The fleet's parts when `cluster` is configured (the config loader made sure `redis` is too); else undefined. */
+async function openCluster(
+  config: Config,
+  opts: { redis: Redis | undefined; log: Logger; metrics: Metrics },
+): Promise<ClusterMembership | undefined> {
+  const { cluster, redis: redisConfig } = config;
+  if (cluster === undefined || opts.redis === undefined || redisConfig === undefined) return undefined;
+  const inline = cluster.secret !== undefined ? createHash("sha256").update(cluster.secret).digest() : undefined;
+  const file =
+    cluster.secretFile !== undefined
+      ? await SecretFile.open({
+          path: cluster.secretFile,
+          key: "cluster.secretFile",
+          what: "the cluster secret",
+          log: opts.log,
+        })
+      : undefined;
+  const peerKey = () => inline ?? file?.digest;
+  const peers = new PeerClient({ key: peerKey, connectTimeoutMs: 5_000, bodyIdleMs: 60_000 });
+  const leases = new FillLeases({
+    redis: opts.redis,
+    keyPrefix: redisConfig.keyPrefix,
+    ttlMs: cluster.leaseTtl,
+    advertiseUrl: cluster.advertiseUrl,
+    log: opts.log,
+  });
+  return {
+    fleet: new FleetFills({ leases, peers, log: opts.log, metrics: opts.metrics }),
+    peerKey,
+    problem: () => file?.problem,
+    async close() {
+      file?.close();
+      await peers.close();
+    },
+  };
+}
+
+/**
+ * How often a pull is recorded as the object's access time (the file's mtime, cache-index.ts): every 10 minutes
+ * at most, and at least ten times per idle limit, so that after a restart an object's idle time is off by at
+ * most a tenth of its limit (while running, the index knows each last use exactly).
+ */
+function touchIntervalFor(config: Config, rules: CacheRules): number {
+  const limits = [config.storage.maxIdle, ...rules.maxIdles].filter((l): l is number => l !== undefined && l > 0);
+  return Math.max(100, Math.min(10 * 60_000, ...limits.map((l) => Math.floor(l / 10))));
 }

@@ -14,6 +14,7 @@ import { createSecureContext } from "node:tls";
 import { readableFileProblem, writableDirectoryProblem } from "./config/file-checks.ts";
 import type { Config } from "./config/schema.ts";
 import { parseListen } from "./http/server.ts";
+import { warmupFileProblems } from "./config/warmup-list.ts";
 
 export async function startUpProblems(config: Config): Promise<string[]> {
   const checks: Array<Promise<string | undefined | string[]>> = [
@@ -27,6 +28,7 @@ export async function startUpProblems(config: Config): Promise<string[]> {
   for (const [i, t] of (config.access?.tokens ?? []).entries()) file(`access.tokens.${i}.tokenFile`, t.tokenFile);
   file("admin.tokenFile", config.admin.tokenFile);
   checks.push(...upstreamFileProblems(config));
+  checks.push(warmupFileProblems(config));
   const [main, metrics] = listenAddresses(config);
   checks.push(portProblem(main![0], main![1]));
   if (metrics !== undefined) {

@@ -7,7 +7,12 @@
  * copy.
  *
  * A GET is answered with everything a response needs (`BlobResponse`: size, the range sent, a body, how it was
- * obtained), or RANGE_INVALID. What a source is, and what is read from it, is decided at one instant: a fill is
+ * obtained), or RANGE_INVALID.
+ *
+ * A repository whose cache rule (cache-rules.ts) says `cache: false` is passed through: every GET is this
+ * request's own upstream GET, verified as it streams (the pass-through a full disk uses), and nothing is stored
+ * or read from the store; a HEAD is the upstream's HEAD. A rule's `maxIdle` is handed to the janitor for each
+ * blob served under it. What a source is, and what is read from it, is decided at one instant: a fill is
  * read only if, at that instant, it is still downloading; one that committed meanwhile is read from the store.
  */
 import { finished } from "node:stream/promises";
@@ -23,6 +28,9 @@ import type { Fill, FillCoordinator, UpstreamBlob } from "../fill/fill-coordinat
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { ReceivePacer } from "../fill/receive-pacer.ts";
 import { VerifyStream } from "../fill/verify-stream.ts";
+import { CommittedElsewhereError, type FleetFills } from "../fill/fleet-fills.ts";
+import type { FillLease } from "../fill/fill-lease.ts";
+import type { CacheRule, CacheRules } from "../config/cache-rules.ts";
 
 /**
  * How a blob response was obtained: `hit` from the store; `miss` from a download this request started;
@@ -69,6 +77,9 @@ export class BlobCache {
   private readonly metadata: MetadataStore;
   private readonly metrics: Metrics | undefined;
   private readonly pacer: ReceivePacer;
+  private readonly fleet: FleetFills | undefined;
+  private readonly rules: CacheRules | undefined;
+  private readonly noteIdleLimit: ((digest: string, ms: number) => void) | undefined;
 
   constructor(opts: {
     store: ContentStore;
@@ -76,7 +87,16 @@ export class BlobCache {
     metadata: MetadataStore;
     pacer: ReceivePacer;
     metrics?: Metrics;
+    /** Replicas sharing downloads (fleet-fills.ts); absent: every download comes from the upstream. */
+    fleet?: FleetFills;
+    /** Per-repository rules (`rules:`); none: every blob is cached. */
+    rules?: CacheRules;
+    /** Told each blob served under a rule with `maxIdle` (the janitor's noteIdleLimit). */
+    noteIdleLimit?: (digest: string, ms: number) => void;
   }) {
+    this.fleet = opts.fleet;
+    this.rules = opts.rules;
+    this.noteIdleLimit = opts.noteIdleLimit;
     this.metrics = opts.metrics;
     this.pacer = opts.pacer;
     this.store = opts.store;
@@ -89,12 +109,30 @@ export class BlobCache {
    * upstream's error); RANGE_INVALID when the range is not satisfiable. Bytes that pass through uncached are
    * always the whole blob (RFC 9110 allows answering a Range request with the full content).
    */
-  async get(upstream: UpstreamClient, repo: string, digest: string, range?: ByteRangeSpec): Promise<BlobResponse> {
-    return this.serve(upstream, repo, digest, {
+  async get(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    range?: ByteRangeSpec,
+    rule: CacheRule | undefined = this.ruleFor(upstream, repo),
+  ): Promise<BlobResponse> {
+    if (rule?.cache === false)
+      return offlineAsUnknown(upstream, digest, async (): Promise<BlobResponse> => {
+        const { body, size } = await this.passThrough(upstream, repo, digest);
+        return { size, range: undefined, body, result: "uncached" };
+      });
+    const response = await this.serve<BlobResponse>(upstream, repo, digest, {
       stored: (content) => fromStore(content, range, "hit"),
       download: (fill, joined) => fromDownload(fill, range, joined ? "coalesced" : "miss"),
       uncached: async (body, size) => ({ size, range: undefined, body, result: "uncached" }),
     });
+    if (rule?.maxIdle !== undefined) this.noteIdleLimit?.(digest, rule.maxIdle);
+    return response;
+  }
+
+  /** The rule a blob request falls under (blobs carry no tag), matched once per request. */
+  ruleFor(upstream: UpstreamClient, repo: string): CacheRule | undefined {
+    return this.rules?.match(upstream.name, repo, undefined);
   }
 
   /**
@@ -102,6 +140,9 @@ export class BlobCache {
    * client's, finished) and servable under `repo`; throws when it cannot be cached (no room).
    */
   async ensureCached(upstream: UpstreamClient, repo: string, digest: string): Promise<void> {
+    const rule = this.ruleFor(upstream, repo);
+    if (rule?.cache === false) throw new Error(`not cached: rules[${rule.index}] says cache: false for ${repo}`);
+    if (rule?.maxIdle !== undefined) this.noteIdleLimit?.(digest, rule.maxIdle);
     return this.serve(upstream, repo, digest, {
       stored: (content) => content.close(),
       download: (fill) => fill.done,
@@ -118,7 +159,17 @@ export class BlobCache {
   }
 
   /** For HEAD: the blob's size, from the store, a running fill, or an upstream HEAD (no download is started). */
-  async head(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobHead> {
+  async head(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    rule: CacheRule | undefined = this.ruleFor(upstream, repo),
+  ): Promise<BlobHead> {
+    if (rule?.cache === false)
+      return offlineAsUnknown(upstream, digest, async (): Promise<BlobHead> => ({
+        size: (await upstream.headBlob(repo, digest)).size,
+        result: "miss",
+      }));
     return offlineAsUnknown(upstream, digest, () => this.headOnline(upstream, repo, digest));
   }
 
@@ -193,10 +244,22 @@ export class BlobCache {
     digest: string,
     handler: SourceHandler<T>,
   ): Promise<T> {
+    let lease: FillLease | undefined;
+    const fleet = this.fleet;
     const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) =>
-      upstream.getBlob(repo, digest, signal),
+      fleet === undefined
+        ? upstream.getBlob(repo, digest, signal)
+        : fleet.open(digest, { upstream: upstream.name, repo }, signal, {
+            upstream: () => upstream.getBlob(repo, digest, signal),
+            confirmRepository: () => this.confirmRepository(upstream, repo, digest),
+            committed: async () => (await this.store.size(digest)) !== undefined,
+            leased: (taken) => (lease = taken),
+          }),
     );
     const { origin } = fill;
+    // The fleet's lease on this download (when this replica holds it) ends with the fill, committed or not.
+    const release = () => void lease?.release();
+    void fill.done.then(release, release);
     // A record that fails to be written only costs a later request a verified download: nothing to report here.
     void fill.done.then(
       () => recordServed(this.metadata, origin.upstream, origin.repo, [digest]).catch(() => undefined),
@@ -218,7 +281,17 @@ export class BlobCache {
     joined: boolean,
     handler: SourceHandler<T>,
   ): Promise<T> {
-    await fill.ready;
+    try {
+      await fill.ready;
+    } catch (err) {
+      // Another replica committed it to the shared store while this one was about to download it.
+      if (!(err instanceof CommittedElsewhereError)) throw err;
+      const cached = await this.store.open(digest);
+      if (cached) return handler.stored(cached);
+      throw new RegistryError("UNAVAILABLE", `blob ${digest} was committed by another replica and is gone again`, {
+        headers: { "Retry-After": "1" },
+      });
+    }
     switch (readableAs(fill)) {
       case "download":
         return handler.download(fill, joined);
@@ -291,8 +364,17 @@ export class BlobCache {
       if (size !== undefined) return { size, result: "hit" };
       const running = this.fills.current(digest);
       if (running) {
-        await running.ready;
-        if (running.size !== undefined) return { size: running.size, result: "miss" };
+        const ready = await running.ready.then(
+          () => true,
+          (err: unknown) => {
+            if (err instanceof CommittedElsewhereError) return false;
+            throw err;
+          },
+        );
+        if (!ready) {
+          const committed = await this.store.size(digest);
+          if (committed !== undefined) return { size: committed, result: "hit" };
+        } else if (running.size !== undefined) return { size: running.size, result: "miss" };
       }
     }
     return { size: (head ?? (await this.confirmRepository(upstream, repo, digest))).size, result: "miss" };

@@ -6,6 +6,7 @@
 import { isIP } from "node:net";
 import ms from "ms";
 import { z } from "zod";
+import { matchProblem, tagRegexProblem } from "./cache-rules.ts";
 import { MIN_SECRET_BYTES } from "./secret-file.ts";
 
 /**
@@ -293,6 +294,12 @@ export const upstreamSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Other configured upstreams asked, in order, when this one cannot answer: down (unreachable, or marked down
+     * by `health`), rate-limiting (429) or timing out. Same repository names; content verified by digest as
+     * always; a fallback's own `repositories` rules apply. Checked at start-up (upstream-fallbacks.ts).
+     */
+    fallbacks: z.array(registryHost).default([]),
     tls: z
       .object({
         /** PEM bundle of CAs to trust for this upstream (private registries), instead of the system's. */
@@ -305,6 +312,36 @@ export const upstreamSchema = z
   })
   .strict();
 
+/**
+ * One per-repository cache rule (`rules:`). Field checks here (each reported with the rule's index in its path);
+ * checks across fields and against the upstreams are in cache-rules.ts (ruleProblems), on the raw input.
+ */
+const cacheRuleSchema = z
+  .object({
+    /** `<upstream>/<repository glob>`: `*` within one path component, `**` across them (repository-pattern.ts). */
+    match: z.string().superRefine((m, ctx) => {
+      const problem = matchProblem(m);
+      if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+    }),
+    /** A regular expression over the tag; a rule with `tags` applies only to manifest requests by tag. */
+    tags: z
+      .string()
+      .superRefine((t, ctx) => {
+        const problem = tagRegexProblem(t);
+        if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+      })
+      .optional(),
+    /** Overrides the upstream's `tagTtl` for matching tags; 0: revalidated on every request. */
+    tagTtl: durationIn({ zeroMeansOff: true, use: "age" }).optional(),
+    /** A cached matching tag is never revalidated: served from the cache with no upstream request, ever. */
+    immutable: z.boolean().default(false),
+    /** false: pass through, verified, never stored (blobs and manifests). */
+    cache: z.boolean().default(true),
+    /** Overrides `storage.maxIdle` for content pulled through matching repositories; 0: never idle-expired. */
+    maxIdle: durationIn({ zeroMeansOff: true, use: "age" }).optional(),
+  })
+  .strict();
+
 /** An IP address, or a CIDR range (`10.0.0.0/8`, `fd00::/8`). */
 const addressOrRange = z.string().refine((value) => {
   const [address, prefix, ...rest] = value.split("/");
@@ -313,6 +350,42 @@ const addressOrRange = z.string().refine((value) => {
   if (prefix === undefined) return true;
   return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
 }, "expected an IP address or a CIDR range such as 10.0.0.0/8");
+
+/** A platform as the prefetcher selects it: `os/architecture[/variant]`. */
+const platformName = z
+  .string()
+  .regex(/^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/, "expected os/architecture[/variant], e.g. linux/amd64");
+
+/**
+ * A warm-up set (`warmup:`): images pulled into the cache on a schedule, through the same machinery as the admin
+ * prefetch. The images are listed inline or read from a file (one reference per line, `#` comments), which is
+ * re-read when it changes (a Kubernetes ConfigMap); the references are checked at start-up as `mirror export`
+ * reads them (the config loader lists every one that does not parse).
+ */
+export const warmupSetSchema = z
+  .object({
+    /** Names the set in the admin API, the CLI, logs and metrics. */
+    name: z
+      .string()
+      .regex(
+        /^[a-z0-9][a-z0-9._-]{0,62}$/,
+        "expected a lower-case name of letters, digits, '.', '_', '-' (at most 63)",
+      ),
+    /** How long from the end of one run to the start of the next (runs of one set never overlap). */
+    every: durationIn({ min: 1_000 }).default(6 * 60 * 60_000),
+    /** How long after start-up the first run begins. */
+    firstRunAfter: durationIn({ zeroMeansOff: true }).default(30_000),
+    /** The references: `<upstream>/<repository>[:tag|@sha256:...]` (a name without an upstream is the default one's). */
+    images: z.array(z.string().min(1)).optional(),
+    /** A file of references instead, one per line; blank lines and `#` comments are skipped. */
+    file: filePath.optional(),
+    /** Which platforms of an index to fetch: `all` (every one) or a list such as [linux/amd64]. */
+    platforms: z.union([z.literal("all"), z.array(platformName).min(1)]).default("all"),
+    /** Pin what each run fetched (as `mirror import --pin` does): kept through eviction, moved on the next run. */
+    pin: z.boolean().default(false),
+  })
+  .strict()
+  .refine((w) => (w.images === undefined) !== (w.file === undefined), "set exactly one of images, file");
 
 export const configSchema = z
   .object({
@@ -341,6 +414,12 @@ export const configSchema = z
          * everything those tags reach (index children, configs, layers). Air-gapped sites pin what they must keep.
          */
         pinned: z.array(z.string()).default([]),
+        /**
+         * Idle expiry: content (blobs, manifests, and the tag pointers whose manifest goes) not pulled for this
+         * long is evicted by the janitor's periodic check, whatever the budget. Pinned content is exempt. Absent:
+         * off (content leaves only under disk or budget pressure). A rule's `maxIdle` overrides it.
+         */
+        maxIdle: durationIn({ use: "age" }).optional(),
       })
       .strict()
       .refine((st) => st.lowWatermark < st.highWatermark, "lowWatermark must be below highWatermark")
@@ -355,6 +434,34 @@ export const configSchema = z
         commandTimeout: duration.default(500),
       })
       .strict()
+      .optional(),
+    /**
+     * Several replicas sharing one cache (with `redis`): a cold blob wanted on several replicas at once is
+     * downloaded from its upstream by one of them, which holds a lease in Redis naming `advertiseUrl`; the others
+     * stream that download from it, authenticated with the shared secret, and verify it as if it came from the
+     * upstream. Absent: every replica downloads for itself.
+     */
+    cluster: z
+      .object({
+        /** How the other replicas reach this one (e.g. http://<pod IP>:5000): its own listener, seen from them. */
+        advertiseUrl: z
+          .url({ protocol: /^https?$/, error: "expected an http:// or https:// URL" })
+          .refine(
+            (u) => !URL.canParse(u) || (new URL(u).pathname === "/" && !new URL(u).search),
+            "expected no path or query",
+          ),
+        /** The secret every replica shares (at least 16 bytes), inline... */
+        secret: z.string().min(16, "cluster secret must be at least 16 characters").optional(),
+        /** ...or in a file (a Kubernetes Secret), re-read when it changes. */
+        secretFile: filePath.optional(),
+        /**
+         * How long a download's lease outlives its holder: renewed every third of it while the download runs,
+         * so a replica that dies mid-download holds up the others' retries this long at most.
+         */
+        leaseTtl: durationIn({ min: 3_000 }).default(15_000),
+      })
+      .strict()
+      .refine((c) => (c.secret === undefined) !== (c.secretFile === undefined), "set exactly one of secret, secretFile")
       .optional(),
     log: z
       .object({ level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info") })
@@ -508,6 +615,10 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Warm-up sets: images kept in the cache ahead of need (warmupSetSchema); names are unique (warmup-list.ts). */
+    warmup: z.array(warmupSetSchema).default([]),
+    /** Per-repository cache rules (cache-rules.ts): the first whose `match` and `tags` fit a request decides. */
+    rules: z.array(cacheRuleSchema).default([]),
     /** How long a graceful shutdown waits for in-flight fills and responses; 0: it does not wait. */
     shutdownGrace: durationIn({ zeroMeansOff: true }).default(25_000),
     upstreams: z.record(registryHost, upstreamSchema).default({
@@ -529,6 +640,7 @@ export const configSchema = z
         maxRedirects: 5,
         health: { failureThreshold: 3, initialBackoff: 5_000, maxBackoff: 5 * 60_000 },
         tls: { insecure: false },
+        fallbacks: [],
       },
     }),
   })

@@ -10,6 +10,7 @@ import type { ManifestCache } from "../cache/manifest-cache.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { JobStatus, Prefetcher } from "../cache/prefetcher.ts";
+import type { WarmupSets, WarmupSetStatus } from "../cache/warmup.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { UpstreamResolver } from "../config/upstream-resolver.ts";
 import { assertDigest } from "../oci/digest.ts";
@@ -59,6 +60,7 @@ export class AdminHandler {
   private readonly exporter: Exporter | undefined;
   private readonly traffic: TrafficTotals | undefined;
   private readonly pinList: PinList | undefined;
+  private readonly warmup: WarmupSets | undefined;
 
   constructor(opts: {
     upstreams: readonly UpstreamClient[];
@@ -74,6 +76,8 @@ export class AdminHandler {
     traffic?: TrafficTotals;
     /** The run-time pins (`<storage.path>/pins.json`, as `mirror import --pin` writes): `/admin/v1/pin`, `unpin`, `pins`. */
     pins?: PinList;
+    /** The configured warm-up sets (`/admin/v1/warmup`). */
+    warmup?: WarmupSets;
   }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
     this.resolver = new UpstreamResolver(opts.upstreams);
@@ -87,6 +91,26 @@ export class AdminHandler {
     this.exporter = opts.exporter;
     this.traffic = opts.traffic;
     this.pinList = opts.pins;
+    this.warmup = opts.warmup;
+  }
+
+  /** `GET /admin/v1/warmup`: every warm-up set, with its last run's per-image results. */
+  warmupSets(): { sets: WarmupSetStatus[] } {
+    return { sets: this.warmup?.list() ?? [] };
+  }
+
+  /** `GET /admin/v1/warmup/<name>`: one set. */
+  warmupSet(name: string): WarmupSetStatus {
+    const set = this.warmup?.get(name);
+    if (set === undefined) throw noWarmupSet(name);
+    return set;
+  }
+
+  /** `POST /admin/v1/warmup/<name>`: runs the set now, or says which run is already going (runs never overlap). */
+  runWarmup(name: string): { set: string; started: boolean; run: number } {
+    const started = this.warmup?.runNow(name);
+    if (started === undefined) throw noWarmupSet(name);
+    return { set: name, ...started };
   }
 
   /** `GET /admin/v1/export?reference=…&reference=…[&platform=os/arch…][&referrers=false]` (no delta: see exportBody). */
@@ -402,4 +426,10 @@ function exportError(err: unknown): RegistryError {
         : new RegistryError(e.code, message, { status: e.status, cause: err });
   }
   return new RegistryError("MANIFEST_INVALID", message, { cause: err });
+}
+
+function noWarmupSet(name: string): RegistryError {
+  return new RegistryError("UNSUPPORTED", `no warm-up set ${JSON.stringify(name.slice(0, 64))} is configured`, {
+    status: 404,
+  });
 }

@@ -2,13 +2,14 @@
 //   - values.schema.json is a valid JSON schema (ajv, strict) that accepts values.yaml and every example,
 //     and refuses the mistakes it exists to catch;
 //   - every key in values.yaml carries a comment;
-//   - the chart renders (render.ts: Helm's semantics for the template subset the chart uses) with the
-//     defaults and with each example, and every manifest passes the Kubernetes schemas (kubernetes-models)
+//   - the chart renders through Helm's template engine (tools/helm-render, see helm.ts), which also judges the
+//     values by values.schema.json and the cluster by kubeVersion, with the defaults and with each example, and every manifest passes the Kubernetes schemas (kubernetes-models)
 //     and TypeScript's excess-property check against the same API types;
 //   - what the pod would load is a valid mirror configuration: the rendered config file plus the container's
 //     environment go through the mirror's own loader;
 //   - the pieces fit together: selectors, ports, mounts of the files the config names, the dashboard.
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import type { IServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import type { IDaemonSet, IStatefulSet } from "kubernetes-models/apps/v1";
@@ -23,7 +24,7 @@ import { z } from "zod";
 import { loadConfig } from "../../src/config/load.ts";
 import { configSchema, upstreamSchema } from "../../src/config/schema.ts";
 import { typecheckManifests, validateManifest } from "./kubernetes.ts";
-import { mergeValues, parseYaml11, renderChart, type RenderedChart } from "./render.ts";
+import { computeValues, HelmError, parseYaml11, renderChart, type RenderedChart } from "./helm.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const CHART = join(ROOT, "helm");
@@ -49,14 +50,24 @@ interface Values {
   preStopSleepSeconds: number;
 }
 
-const defaults = parseYaml11(readFileSync(join(CHART, "values.yaml"), "utf8")) as Record<string, unknown>;
-const example = (file: string): Record<string, unknown> => parseYaml11(readFileSync(join(CHART, "examples", file), "utf8")) as Record<string, unknown>;
-
 /** Every configuration the tests render: the defaults and each example, as `helm install -f` would. */
-const CASES: Array<{ name: string; values: Record<string, unknown> }> = [
-  { name: "values.yaml", values: {} },
-  ...EXAMPLES.map((f) => ({ name: `examples/${f}`, values: example(f) })),
+const CASES: Array<{ name: string; values: string[] }> = [
+  { name: "values.yaml", values: [] },
+  ...EXAMPLES.map((f) => ({ name: `examples/${f}`, values: [join(CHART, "examples", f)] })),
 ];
+
+/** The values Helm would validate: `overrides` coalesced over values.yaml by Helm's engine, unjudged. */
+const merged = (...overrides: Array<string | Record<string, unknown>>): Record<string, unknown> => computeValues(CHART, { values: overrides }, true);
+/** Helm's own verdict on the values (gojsonschema against values.schema.json): its error, or "" when it accepts. */
+function helmVerdict(...overrides: Array<string | Record<string, unknown>>): string {
+  try {
+    computeValues(CHART, { values: overrides });
+    return "";
+  } catch (err) {
+    if (err instanceof HelmError) return err.message;
+    throw err;
+  }
+}
 
 function schemaValidator() {
   // Strict: unknown keywords and malformed schemas are errors. strictTypes is off: it demands a "type" beside
@@ -86,6 +97,8 @@ const configFile = (chart: RenderedChart): string => find<IConfigMap>(chart, "Co
 
 /** Fake Secret contents for the pod's environment: values a real Secret could hold, percent-encoded. */
 const SECRET_VALUE = "s3cr3t%2Fpass";
+/** The pod's IP as the downward API gives it. */
+const POD_IP = "10.42.0.17";
 
 /**
  * The environment the mirror process would see: the container's env list, with secretKeyRef values filled
@@ -94,7 +107,11 @@ const SECRET_VALUE = "s3cr3t%2Fpass";
 function podEnvironment(container: IContainer): Record<string, string> {
   const env: Record<string, string> = {};
   for (const e of container.env ?? []) {
-    const raw = e.valueFrom?.secretKeyRef ? SECRET_VALUE : (e.value ?? "");
+    const raw = e.valueFrom?.secretKeyRef
+      ? SECRET_VALUE
+      : e.valueFrom?.fieldRef?.fieldPath === "status.podIP"
+        ? POD_IP
+        : (e.value ?? "");
     env[e.name] = raw.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name: string) => env[name] ?? whole);
   }
   return env;
@@ -136,18 +153,24 @@ describe("values.schema.json", () => {
   it("accepts values.yaml and every example (merged over the defaults, as Helm validates)", () => {
     expect(EXAMPLES.length).toBeGreaterThanOrEqual(3);
     for (const { name, values } of CASES) {
-      expect(validate(mergeValues(defaults, values)), `${name}: ${errors()}`).toBe(true);
+      expect(validate(merged(...values)), `${name}: ${errors()}`).toBe(true);
+      expect(helmVerdict(...values), name).toBe("");
     }
   });
 
   it("accepts a duration longer than a timer can wait, as the mirror does (it waits 24.8 days)", () => {
-    expect(validate(mergeValues(defaults, { config: { storage: { checkInterval: 30 * 86_400_000 } } })), errors()).toBe(true);
+    const values = { config: { storage: { checkInterval: 30 * 86_400_000 } } };
+    expect(validate(merged(values)), errors()).toBe(true);
+    expect(helmVerdict(values)).toBe("");
   });
 
   it.each([
     ["several replicas without Redis", { replicaCount: 3 }],
     ["Redis without a host", { redis: { enabled: true } }],
+    ["replicas sharing downloads without Redis", { cluster: { enabled: true, existingSecret: "mirror-cluster" } }],
+    ["replicas sharing downloads without their secret", { cluster: { enabled: true }, redis: { enabled: true, host: "redis" } }],
     ["a misspelt top-level key", { replicas: 2 }],
+    ["a replica count that is not a number", { replicaCount: "two" }],
     ["credentials inside the ConfigMap", { config: { upstreams: { "docker.io": { credentials: { username: "u", password: "p" } } } } }],
     ["chart-owned keys in config", { config: { listen: "0.0.0.0:6000" } }],
     ["a storage size that is not a Kubernetes quantity", { persistence: { size: "50GB" } }],
@@ -157,7 +180,8 @@ describe("values.schema.json", () => {
     ["a containerd-hosts refresh period longer than a timer can wait", { containerdHosts: { refreshSeconds: 2147484 } }],
     ["a duration longer than 100 years (the mirror's bound; longer than a timer is accepted and waits 24.8 days)", { config: { shutdownGrace: 3155760000001 } }],
   ])("refuses %s", (_label, values) => {
-    expect(validate(mergeValues(defaults, values))).toBe(false);
+    expect(validate(merged(values))).toBe(false);
+    expect(helmVerdict(values)).toMatch(/^Error: values don't meet the specifications of the schema\(s\)/);
   });
 
   it("describes exactly the mirror's config keys that the chart does not set itself", () => {
@@ -165,10 +189,35 @@ describe("values.schema.json", () => {
     type Properties = { properties: Record<string, Properties>; additionalProperties: Properties };
     const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8")) as Properties;
     const config = schema.properties.config!;
-    const chartOwned = ["listen", "redis", "admin"];
+    const chartOwned = ["listen", "redis", "admin", "cluster"];
     expect(Object.keys(config.properties).sort()).toEqual(zodKeys(configSchema).filter((k) => !chartOwned.includes(k)));
     expect(Object.keys(config.properties.storage!.properties).sort()).toEqual(zodKeys(configSchema.shape.storage).filter((k) => k !== "path"));
     expect(Object.keys(config.properties.upstreams!.additionalProperties.properties).sort()).toEqual(zodKeys(upstreamSchema).filter((k) => k !== "credentials"));
+  });
+});
+
+describe("Helm's checks before it renders", () => {
+  it("refuses values that break values.schema.json, with the schema's message (helm template --set replicaCount=two)", () => {
+    expect(() => renderChart(CHART, { set: ["replicaCount=two"] })).toThrow(HelmError);
+    expect(() => renderChart(CHART, { set: ["replicaCount=two"] })).toThrow(/replicaCount: Invalid type\. Expected: integer, given: string/);
+    // --set types a number as Helm does (int64), and the schema accepts it (with Redis, as several replicas need).
+    const values = renderChart(CHART, { set: ["replicaCount=2", "redis.enabled=true", "redis.host=redis.example"] }).values;
+    expect(values.replicaCount).toBe(2);
+  });
+
+  it("writes config.yaml with Helm's toYaml (sigs.k8s.io/yaml: sequences compact, at their key's indentation)", () => {
+    // Our former subset renderer indented them ("  - x"), so its text and checksum/config differed from Helm's.
+    const text = configFile(renderChart(CHART, { values: [join(CHART, "examples", "replicated-redis.yaml")] }));
+    expect(text).toContain("\n    aliases:\n    - registry-1.docker.io\n    - index.docker.io\n");
+    // ...and a string YAML would misread plain is single-quoted (go-yaml v2), where the subset wrote "*".
+    expect(text).toContain("\n    subjects:\n    - '*'\n");
+  });
+
+  it("renders for the oldest Kubernetes that Chart.yaml's kubeVersion admits, and refuses an older one", () => {
+    const kubeVersion = (parseYaml11(readFileSync(join(CHART, "Chart.yaml"), "utf8")) as { kubeVersion: string }).kubeVersion;
+    expect(kubeVersion).toBe(">=1.25.0-0");
+    expect(renderChart(CHART, { kubeVersion: "v1.25.0" }).manifests.length).toBeGreaterThan(0);
+    expect(() => renderChart(CHART, { kubeVersion: "v1.24.17" })).toThrow(/chart requires kubeVersion: >=1\.25\.0-0 which is incompatible with Kubernetes v1\.24\.17/);
   });
 });
 
@@ -235,6 +284,16 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
         expect(configFile(chart)).not.toContain("redis");
       } else {
         expect(config.redis).toBeUndefined();
+      }
+      const cluster = (chart.values as { cluster: { enabled: boolean; existingSecret: string } }).cluster;
+      if (cluster.enabled) {
+        // Each replica advertises its own pod IP, on the scheme it serves; its secret comes from the Secret.
+        const scheme = merged.config.tls !== undefined ? "https" : "http";
+        expect(config.cluster?.advertiseUrl).toBe(`${scheme}://${POD_IP}:5000`);
+        const secret = mountedFile(pod, container, config.cluster!.secretFile!);
+        expect(secret?.volume.secret?.secretName).toBe(cluster.existingSecret);
+      } else {
+        expect(config.cluster).toBeUndefined();
       }
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -353,6 +412,15 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
     // The script the DaemonSet runs is the chart's file, byte for byte.
     const scripts = find<IConfigMap>(chart, "ConfigMap", "-containerd-hosts");
     expect(scripts.data?.["containerd-hosts.mjs"]).toBe(readFileSync(join(CHART, "files", "containerd-hosts.mjs"), "utf8"));
+  });
+
+  it("rolls the pods when the configuration changes: checksum/config is the SHA-256 of the ConfigMap's config.yaml", () => {
+    // The ConfigMap holds the config as a `|` block, which adds the one newline the hashed text lacks.
+    const text = configFile(chart);
+    expect(text.endsWith("\n")).toBe(true);
+    const sum = createHash("sha256").update(text.slice(0, -1)).digest("hex");
+    expect(sts.spec!.template.metadata?.annotations?.["checksum/config"]).toBe(sum);
+    if (daemonSet) expect(daemonSet.spec?.template.metadata?.annotations?.["checksum/config"]).toBe(sum);
   });
 
   it("renders its NOTES", () => {
