@@ -27,6 +27,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+# `npm run build` also copies the console's browser files (src/console/assets/) beside its compiled code;
+# uPlot's come from node_modules, a production dependency.
 RUN npm run build
 
 # --- prod-deps: production dependencies alone, from the same lockfile --------------------------------------

@@ -17,4 +17,26 @@ export default tseslint.config(
     },
   },
   { files: ["eslint.config.js"], extends: [tseslint.configs.disableTypeChecked] },
+  // The console's browser script (src/console/): plain JavaScript served as is, run by browsers.
+  {
+    files: ["src/console/assets/**/*.js"],
+    extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: {
+      sourceType: "script",
+      globals: Object.fromEntries(
+        [
+          "document",
+          "location",
+          "fetch",
+          "navigator",
+          "getSelection",
+          "setTimeout",
+          "setInterval",
+          "URLSearchParams",
+          "Node",
+          "uPlot",
+        ].map((name) => [name, "readonly"]),
+      ),
+    },
+  },
 );

@@ -43,6 +43,8 @@ import type { BlobStore } from "./storage/blob-store.ts";
 import { Exporter } from "./transfer/exporter.ts";
 import { TrafficFile } from "./storage/traffic-file.ts";
 import { TrustedProxies } from "./http/client-address.ts";
+import { ConsoleHistory } from "./console/console-history.ts";
+import { consoleRouter } from "./console/console-router.ts";
 
 /** How often the traffic totals are saved besides at shutdown: what a crash can lose of them. */
 const TRAFFIC_SAVE_MS = 60_000;
@@ -157,6 +159,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     adminTokenFile?.close();
     throw err;
   }
+  let consoleHistory: ConsoleHistory | undefined;
+  const historyError = (err: unknown) => log.warn({ err }, "console history not saved");
   const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
   const warmup = new WarmupSets({ sets: config.warmup, prefetcher, resolver, pins: layer.pins, metrics, log });
@@ -176,9 +180,32 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       importer: createImporter(layer, config),
       exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
       traffic,
+      pins: layer.pins,
       warmup,
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
+    if (config.console.enabled) {
+      consoleHistory = new ConsoleHistory(config.storage.path);
+      const damaged = await consoleHistory.load();
+      if (damaged !== undefined)
+        log.warn({ path: consoleHistory.path, reason: damaged }, "console history unreadable: it starts anew");
+      app.use(
+        consoleRouter({
+          admin: adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest),
+          tokenDigest: () => adminDigest ?? adminTokenFile?.digest,
+          status: {
+            upstreams,
+            cache: janitor,
+            fills,
+            watermarks: { high: config.storage.highWatermark, low: config.storage.lowWatermark },
+          },
+          history: consoleHistory,
+        }),
+      );
+    }
+  } else if (config.console.enabled) {
+    await clientAuth?.close();
+    throw new Error("console.enabled needs the admin token (admin.token or admin.tokenFile): it signs in with it");
   }
   const policy = new AccessPolicy(config);
   const fallbacks = new UpstreamFallbacks({
@@ -257,6 +284,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       });
       const address = server.address() as AddressInfo;
       startSaving();
+      consoleHistory?.every(config.console.historyInterval, () => traffic.stored(), historyError);
       await warmup.start();
       if (config.metrics.enabled && config.metrics.listen !== undefined) {
         metricsServer = await listenMetrics(metrics, parseListen(config.metrics.listen));
@@ -299,6 +327,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         server?.closeAllConnections();
         await closed;
         // Every request has been counted now (access lines land when a response closes).
+        await consoleHistory?.stop(() => traffic.stored(), historyError);
         await traffic.stop();
         adminTokenFile?.close();
         await clientAuth?.close();

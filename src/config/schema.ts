@@ -597,6 +597,15 @@ export const configSchema = z
       .strict()
       .refine((a) => a.token === undefined || a.tokenFile === undefined, "set token or tokenFile, not both")
       .prefault({}),
+    /** The web console at /console/ (src/console/): off unless enabled; it signs in with the admin token. */
+    console: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** How often the traffic history behind the console's charts is sampled (kept in `<storage.path>/console-history.json`). */
+        historyInterval: durationIn({ min: 1_000 }).default(60_000),
+      })
+      .strict()
+      .prefault({}),
     metrics: z
       .object({
         /** Serve `/metrics` at all. */

@@ -547,6 +547,29 @@ export class FillCoordinator {
     return n;
   }
 
+  /** The downloads running now, with their progress (for the console's overview). */
+  downloading(): Array<{
+    digest: string;
+    upstream: string;
+    repository: string;
+    written: number;
+    size: number | undefined;
+    readers: number;
+  }> {
+    const out = [];
+    for (const fill of this.fills.values())
+      if (fill.downloading)
+        out.push({
+          digest: fill.digest,
+          upstream: fill.origin.upstream,
+          repository: fill.origin.repo,
+          written: fill.written,
+          size: fill.size,
+          readers: fill.readers,
+        });
+    return out;
+  }
+
   /** Waits (bounded) for running fills to end, for a graceful shutdown. */
   async drain(timeoutMs: number): Promise<void> {
     const running = [...this.fills.values()].filter((f) => f.downloading);

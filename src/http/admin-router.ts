@@ -66,6 +66,9 @@ export function adminRouter(
   route("DELETE", "/blobs/:digest", (ctx) => handler.deleteBlob(segment(ctx)));
   route("POST", "/import", (ctx) => handler.import(ctx.req as AsyncIterable<Buffer>, query(ctx)));
   route("GET", "/inventory", () => handler.inventory());
+  route("GET", "/pins", () => handler.pins());
+  route("POST", "/pin", async (ctx) => handler.pin(await readJson(ctx)));
+  route("POST", "/unpin", async (ctx) => handler.unpin(await readJson(ctx)));
   // A bundle, streamed (docs/admin-api.md): GET for references in the query, POST for a JSON body (a delta's inventory).
   router.register("/export", ["GET", "POST"], async (ctx, next) => {
     if (ctx.method !== "GET" && ctx.method !== "POST") {

@@ -20,6 +20,7 @@ import type { Importer, ImportReport } from "../transfer/importer.ts";
 import { inventoryFrom, takeInventory, type Inventory } from "../transfer/inventory.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { TrafficReport, TrafficTotals } from "../observability/traffic-totals.ts";
+import type { PinEntry, PinList } from "../storage/pin-list.ts";
 
 export interface TagTarget {
   upstream: string;
@@ -58,6 +59,7 @@ export class AdminHandler {
   private readonly importer: Importer | undefined;
   private readonly exporter: Exporter | undefined;
   private readonly traffic: TrafficTotals | undefined;
+  private readonly pinList: PinList | undefined;
   private readonly warmup: WarmupSets | undefined;
 
   constructor(opts: {
@@ -72,6 +74,8 @@ export class AdminHandler {
     /** Writes bundles from this mirror's caches (`/admin/v1/export`); absent: the endpoint answers 404. */
     exporter?: Exporter;
     traffic?: TrafficTotals;
+    /** The run-time pins (`<storage.path>/pins.json`, as `mirror import --pin` writes): `/admin/v1/pin`, `unpin`, `pins`. */
+    pins?: PinList;
     /** The configured warm-up sets (`/admin/v1/warmup`). */
     warmup?: WarmupSets;
   }) {
@@ -86,6 +90,7 @@ export class AdminHandler {
     this.importer = opts.importer;
     this.exporter = opts.exporter;
     this.traffic = opts.traffic;
+    this.pinList = opts.pins;
     this.warmup = opts.warmup;
   }
 
@@ -337,6 +342,48 @@ export class AdminHandler {
     const job = this.prefetcher.status(id);
     if (!job) throw new RegistryError("UNSUPPORTED", `no job ${id.slice(0, 64)}`, { status: 404 });
     return job;
+  }
+
+  /** The run-time pins in force (`pins.json`); configured pins (`storage.pinned`) are in the config. */
+  async pins(): Promise<{ pins: PinEntry[] }> {
+    return { pins: await this.pinFile().list() };
+  }
+
+  /**
+   * `{"upstream", "repository", "tag"}`: pins the content the cached tag points at now, recorded as
+   * `<upstream>/<repository>:<tag>` exactly as `mirror import --pin` does (pinning again moves the pin to the
+   * tag's current digest). A tag that is not cached cannot be pinned: prefetch it first.
+   */
+  async pin(body: unknown): Promise<{ pinned: PinEntry }> {
+    const pins = this.pinFile();
+    const target = this.parse(body, true);
+    const pointer = await this.metadata.getTag(target.upstream, target.repository, target.tag!);
+    if (!pointer || this.store.index.sizeOf(pointer.digest) === undefined)
+      throw new RegistryError(
+        "MANIFEST_UNKNOWN",
+        `${target.upstream}/${target.repository}:${target.tag} is not cached: prefetch it first`,
+      );
+    const reference = `${target.upstream}/${target.repository}:${target.tag}`;
+    await pins.set([{ reference, digest: pointer.digest }]);
+    const pinned = (await pins.list()).find((p) => p.reference === reference)!;
+    return { pinned };
+  }
+
+  /** `{"reference": "<upstream>/<repository>:<tag>"}` as `pins` lists it: the content may be evicted again. */
+  async unpin(body: unknown): Promise<{ unpinned: string }> {
+    const pins = this.pinFile();
+    const reference = (body as { reference?: unknown } | null)?.reference;
+    if (typeof reference !== "string" || !(await pins.list()).some((p) => p.reference === reference))
+      throw new RegistryError("UNSUPPORTED", `not pinned: ${JSON.stringify(String(reference).slice(0, 300))}`, {
+        status: 404,
+      });
+    await pins.restore(new Map([[reference, undefined]]));
+    return { unpinned: reference };
+  }
+
+  private pinFile(): PinList {
+    if (!this.pinList) throw new RegistryError("UNSUPPORTED", "this mirror keeps no pin list", { status: 404 });
+    return this.pinList;
   }
 
   private upstream(name: string): UpstreamClient {

@@ -422,8 +422,9 @@ export class UpstreamClient {
           );
           continue;
         }
-        this.health.failure();
-        throw upstreamFailure(this.name, err);
+        const failure = upstreamFailure(this.name, err);
+        this.health.failure(failure.message);
+        throw failure;
       }
       this.observe(method, res.statusCode, started);
       this.recordRateLimit(res.headers);
@@ -437,7 +438,7 @@ export class UpstreamClient {
         attempt--; // the challenge round trip is not a retry
         continue;
       }
-      if (res.statusCode >= 500) this.health.failure();
+      if (res.statusCode >= 500) this.health.failure(`${method} answered ${res.statusCode}`);
       else this.health.success();
       return { statusCode: res.statusCode, headers: res.headers, body: res.body };
     }

@@ -17,6 +17,8 @@ export class UpstreamHealth {
   private downUntil = 0;
   private probing = false;
   state: HealthState = "up";
+  /** The last failure counted, for operators (the console): when, and what it was. */
+  lastError: { at: number; message: string } | undefined;
 
   constructor(opts: { failureThreshold: number; initialBackoffMs: number; maxBackoffMs: number; now?: () => number }) {
     this.threshold = opts.failureThreshold;
@@ -46,7 +48,8 @@ export class UpstreamHealth {
     this.backoffMs = this.initialBackoffMs;
   }
 
-  failure(): void {
+  failure(message = "failed"): void {
+    this.lastError = { at: this.now(), message };
     this.failures++;
     if (this.state === "down") {
       // A failed probe: stay down, for longer.

@@ -40,7 +40,7 @@ interface Values {
   config: { offline: boolean; tls?: unknown; upstreams: Record<string, unknown> };
   upstreamCredentials: Record<string, { existingSecret: string; usernameKey?: string; passwordKey?: string }>;
   redis: { enabled: boolean; host: string };
-  admin: { existingSecret: string; tokenKey: string };
+  admin: { existingSecret: string; tokenKey: string; console: boolean };
   service: { port: number };
   persistence: { size: string };
   podDisruptionBudget: { enabled: boolean };
@@ -357,8 +357,11 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
         const token = mountedFile(pod, container, config.admin.tokenFile!);
         expect(token?.volume.secret?.secretName).toBe(merged.admin.existingSecret);
         expect(token?.key).toBe(merged.admin.tokenKey);
+        // The web console is on by default wherever the admin token is (it signs in with it).
+        expect(config.console.enabled).toBe(merged.admin.console);
       } else {
         expect(config.admin.tokenFile).toBeUndefined();
+        expect(config.console.enabled).toBe(false);
       }
     } finally {
       await rm(dir, { recursive: true, force: true });

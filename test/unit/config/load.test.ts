@@ -296,7 +296,7 @@ describe("durations", () => {
   it("refuses, at every duration key, more than 100 years, naming the key", () => {
     for (const key of keys) {
       const name = key.join(".");
-      const range = `from ${name === "storage.checkInterval" ? "1s" : "1ms"} up to 100 years${ZERO_MEANS_OFF.includes(name) ? ", or 0 for off" : ""}`;
+      const range = `from ${["storage.checkInterval", "console.historyInterval"].includes(name) ? "1s" : "1ms"} up to 100 years${ZERO_MEANS_OFF.includes(name) ? ", or 0 for off" : ""}`;
       expect(problemsOf(withValue(key, "101y")), name).toEqual([
         `${name}: duration "101y" (${101 * 365.25 * DAY} ms) is out of range: ${range}`,
       ]);

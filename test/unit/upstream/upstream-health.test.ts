@@ -8,6 +8,15 @@ function health() {
 }
 
 describe("UpstreamHealth", () => {
+  it("remembers the last failure, when and what, also after a success", () => {
+    const { h, advance } = health();
+    expect(h.lastError).toBeUndefined();
+    h.failure("upstream u is unavailable (ECONNREFUSED)");
+    advance(500);
+    h.failure("GET answered 503");
+    h.success();
+    expect(h.lastError).toEqual({ at: 1_000_500, message: "GET answered 503" });
+  });
   it("stays up below the threshold, and a success resets the count", () => {
     const { h } = health();
     h.failure();
