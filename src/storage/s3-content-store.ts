@@ -53,6 +53,7 @@ import {
   type WriterOptions,
 } from "./content-store.ts";
 import { FileHasher } from "./hash-worker.ts";
+import type { MediaTypeRecords } from "./manifest-store.ts";
 
 const MiB = 1024 * 1024;
 /** S3's smallest part (all but the last). */
@@ -337,6 +338,51 @@ export class S3ContentStore implements ContentStore {
     const local = await readdir(this.tempDir);
     const uploads = await this.listUploads();
     return [...local, ...uploads.map((u) => `s3://${this.bucket}/${u.key} (upload ${u.id})`)];
+  }
+}
+
+/**
+ * Manifests' media types in the bucket beside the content (`<prefix>manifests/sha256/<hex>.json`), one small
+ * object each, written after the bytes (manifest-store.ts): every replica on the bucket sees the same.
+ */
+export class S3MediaTypes implements MediaTypeRecords {
+  private readonly store: S3ContentStore;
+
+  constructor(store: S3ContentStore) {
+    this.store = store;
+  }
+
+  async init(): Promise<void> {}
+
+  private keyOf(digest: string): string {
+    return `${this.store.prefix}manifests/sha256/${digestHex(digest)}.json`;
+  }
+
+  async read(digest: string): Promise<string | undefined> {
+    try {
+      const res = await this.store.client.send(
+        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.keyOf(digest) }),
+      );
+      return await res.Body!.transformToString("utf8");
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async write(digest: string, text: string): Promise<void> {
+    await this.store.client.send(
+      new PutObjectCommand({
+        Bucket: this.store.bucket,
+        Key: this.keyOf(digest),
+        Body: text,
+        ContentType: "application/json",
+      }),
+    );
+  }
+
+  async remove(digest: string): Promise<void> {
+    await this.store.client.send(new DeleteObjectCommand({ Bucket: this.store.bucket, Key: this.keyOf(digest) }));
   }
 }
 

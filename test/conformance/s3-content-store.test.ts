@@ -18,7 +18,8 @@ import {
 } from "@aws-sdk/client-s3";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { putContent } from "../../src/storage/content-store.ts";
-import { createS3Client, S3ContentStore } from "../../src/storage/s3-content-store.ts";
+import { ManifestStore } from "../../src/storage/manifest-store.ts";
+import { createS3Client, S3ContentStore, S3MediaTypes } from "../../src/storage/s3-content-store.ts";
 import { startS3, type S3Server } from "../harness/s3.ts";
 import { describeContentStore } from "./content-store.ts";
 
@@ -149,5 +150,56 @@ describe("S3 content store, as the server sees it", () => {
     const found = await restarted.init();
     expect(found).toMatchObject({ removedTempFiles: 1, objects: 1, bytes: 1000 });
     expect((await serverHolds(prefix)).uploads).toEqual([]);
+  });
+});
+
+describe("ManifestStore over the S3 store", () => {
+  let made: Awaited<ReturnType<typeof newStore>> | undefined;
+  afterEach(async () => {
+    if (made === undefined) return;
+    await emptyPrefix(made.prefix);
+    await rm(made.dir, { recursive: true, force: true });
+    made = undefined;
+  });
+  const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, layers: [] }));
+  const digest = digestOf(manifest);
+  const hex = digest.slice("sha256:".length);
+
+  it("keeps the media type in the bucket: a restarted process (no memory copy) serves the manifest as stored", async () => {
+    made = await newStore();
+    const manifests = new ManifestStore(made.store, { mediaTypes: new S3MediaTypes(made.store) });
+    await manifests.init();
+    await manifests.put(digest, OCI_MANIFEST, manifest);
+    expect((await serverHolds(made.prefix)).objects.sort()).toEqual([
+      [`blobs/sha256/${hex}`, manifest.length],
+      [`manifests/sha256/${hex}.json`, expect.any(Number)],
+    ]);
+    const restartedStore = made.again();
+    await restartedStore.init();
+    const restarted = new ManifestStore(restartedStore, { mediaTypes: new S3MediaTypes(restartedStore) });
+    await restarted.init();
+    const got = await restarted.get(digest);
+    expect(got?.mediaType).toBe(OCI_MANIFEST);
+    expect(got?.bytes.equals(manifest)).toBe(true);
+    await restarted.forget(digest);
+    await restartedStore.delete(digest);
+    expect(await restarted.get(digest)).toBeUndefined();
+    expect(await serverHolds(made.prefix)).toEqual({ objects: [], uploads: [] });
+  });
+
+  it("serves bytes stored as a blob (no media type recorded) to walks only, never as a manifest", async () => {
+    made = await newStore();
+    await putContent(made.store, digest, manifest);
+    const manifests = new ManifestStore(made.store, { mediaTypes: new S3MediaTypes(made.store) });
+    expect(await manifests.get(digest)).toBeUndefined();
+    expect((await manifests.bytesOf(digest, 1024 * 1024))?.equals(manifest)).toBe(true);
+    expect(await manifests.holdsBytes(digest)).toBe(true);
+  });
+
+  it("needs to be told where the media types go over a store other than the filesystem", async () => {
+    made = await newStore();
+    const store = made.store;
+    expect(() => new ManifestStore(store)).toThrow(/mediaTypes/);
   });
 });
