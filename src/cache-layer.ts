@@ -29,6 +29,9 @@ import { createS3Client, S3ContentStore, S3MediaTypes } from "./storage/s3-conte
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
 
+/** How long a presigned GET a client is redirected to stays valid (`storage.s3.redirect`): it starts at once. */
+const S3_REDIRECT_SECONDS = 300;
+
 /** The cache layer without the HTTP server: what the mirror and the CLI commands that work on a cache share. */
 export interface CacheLayer {
   readonly log: Logger;
@@ -75,7 +78,13 @@ export async function createCacheLayer(
     s3Client = s3 ? await createS3Client(s3) : undefined;
     const blobStore =
       s3 && s3Client
-        ? new S3ContentStore({ client: s3Client, bucket: s3.bucket, prefix: s3.prefix, root: config.storage.path })
+        ? new S3ContentStore({
+            client: s3Client,
+            bucket: s3.bucket,
+            prefix: s3.prefix,
+            root: config.storage.path,
+            ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
+          })
         : new BlobStore(config.storage.path);
     const scan = await blobStore.init();
     log.info({ ...scan, ...(s3 ? { bucket: s3.bucket, prefix: s3.prefix } : {}) }, "cache index rebuilt");

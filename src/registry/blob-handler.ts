@@ -27,7 +27,20 @@ export class BlobHandler {
       return { status: 200, headers, cache: result };
     }
 
-    const { size, range, body, result } = await this.cache.get(upstream, repo, req.digest, req.range);
+    const { size, range, body, result, redirect } = await this.cache.get(upstream, repo, req.digest, req.range);
+    if (redirect !== undefined) {
+      // A hit the client fetches from the object store itself (storage.s3.redirect): the URL is short-lived.
+      return {
+        status: 307,
+        headers: {
+          Location: redirect,
+          "Docker-Content-Digest": req.digest,
+          "Cache-Control": "no-store",
+          "X-Mirror-Cache": result,
+        },
+        cache: "hit",
+      };
+    }
     const headers = baseHeaders(req.digest, result);
     if (range !== undefined) {
       headers["Content-Range"] = `bytes ${range.start}-${range.end}/${size}`;

@@ -41,6 +41,7 @@ import {
   S3Client,
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
+import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { digestHex } from "../oci/digest.ts";
 import { inlineHash, workerHash, WORKER_HASH_FROM, writeAt, type WriteHash } from "./blob-store.ts";
 import { CacheIndex } from "./cache-index.ts";
@@ -77,6 +78,8 @@ export interface S3ContentStoreOptions {
   partsInFlight?: number;
   touchIntervalMs?: number;
   hasher?: FileHasher;
+  /** Readers may send clients to the object itself: a presigned GET valid this many seconds (`directUrl`). */
+  redirectSeconds?: number;
 }
 
 /** The settings of `storage.s3` an S3 client is made from. */
@@ -132,6 +135,8 @@ export class S3ContentStore implements ContentStore {
   readonly partSize: number;
   /** @internal read by the writers */
   readonly partsInFlight: number;
+  /** @internal read by StoredObject: presigned GETs for clients, valid this long (seconds); none when undefined. */
+  readonly redirectSeconds: number | undefined;
   private readonly hasher: FileHasher;
   private readonly readers = new Map<string, number>();
   /** Deleted content still held open by a reader here: reads as absent, removed from S3 when the reader is done. */
@@ -151,6 +156,7 @@ export class S3ContentStore implements ContentStore {
     if (this.partSize < MIN_PART_SIZE) throw new Error(`S3 parts are at least ${MIN_PART_SIZE} bytes`);
     this.partsInFlight = Math.max(1, opts.partsInFlight ?? DEFAULT_PARTS_IN_FLIGHT);
     this.hasher = opts.hasher ?? new FileHasher();
+    this.redirectSeconds = opts.redirectSeconds;
     this.index = new CacheIndex(this, opts);
   }
 
@@ -399,6 +405,22 @@ class StoredObject implements StoredContent {
     this.digest = digest;
     this.size = size;
     this.release = release;
+    if (store.redirectSeconds !== undefined) this.directUrl = () => this.presign(store.redirectSeconds!);
+  }
+
+  readonly directUrl?: () => Promise<string>;
+
+  /** A presigned GET of the object, valid `seconds`; the content is released (the client reads it elsewhere). */
+  private async presign(seconds: number): Promise<string> {
+    try {
+      return await getSignedUrl(
+        this.store.client,
+        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
+        { expiresIn: seconds },
+      );
+    } finally {
+      this.done();
+    }
   }
 
   private done(): void {

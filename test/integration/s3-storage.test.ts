@@ -203,6 +203,41 @@ describe("content in S3", () => {
   });
 });
 
+describe("storage.s3.redirect", () => {
+  it("answers a warm blob GET with a 307 to a presigned GET that serves the bytes, by Range too", async () => {
+    const ownDir = await mkdtemp(join(tmpdir(), "mirror-s3-redirect-"));
+    teardown.add("redirect data dir", () => rm(ownDir, { recursive: true, force: true }));
+    const redirecting = await startTestMirror({
+      dataDir: ownDir,
+      upstreams: { "docker.io": { url: relay.url, default: true } },
+      extra: { storage: { s3: s3Settings({ prefix: "redirect/", redirect: true }) } },
+    });
+    teardown.add("redirecting mirror", () => redirecting.stop());
+    const cold = await fetchRaw(blobUrl(redirecting, big.digest)); // a miss is streamed as it downloads
+    expect(cold.status).toBe(200);
+    expect(sha256(cold.body)).toBe(big.digest);
+    await fillsSettled(redirecting);
+
+    const warm = await fetchRaw(blobUrl(redirecting, big.digest));
+    expect(warm.status).toBe(307);
+    expect(warm.headers["x-mirror-cache"]).toBe("hit");
+    const location = new URL(String(warm.headers.location));
+    expect(location.origin).toBe(s3.endpoint); // the object store itself, not the mirror
+    expect(location.pathname).toBe(`/${BUCKET}/redirect/blobs/sha256/${big.digest.slice(7)}`);
+    expect(Number(location.searchParams.get("X-Amz-Expires"))).toBeLessThanOrEqual(600);
+    const direct = await fetchRaw(location.href); // no credentials: the signature is the permission
+    expect(direct.status).toBe(200);
+    expect(sha256(direct.body)).toBe(big.digest);
+    const ranged = await fetchRaw(location.href, { headers: { range: "bytes=100-199" } });
+    expect(ranged.status).toBe(206);
+    expect(ranged.body.equals(big.bytes.subarray(100, 200))).toBe(true);
+    // HEAD is still answered by the mirror.
+    const head = await fetchRaw(blobUrl(redirecting, big.digest), { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(Number(head.headers["content-length"])).toBe(big.bytes.length);
+  });
+});
+
 describe("start-up probe of the object store", () => {
   const problemsWith = async (overrides: Record<string, unknown>) =>
     startUpProblems(
