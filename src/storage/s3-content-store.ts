@@ -61,6 +61,8 @@ const MiB = 1024 * 1024;
 export const MIN_PART_SIZE = 5 * MiB;
 /** 8 MiB parts: 10,000 parts (S3's maximum) hold 78 GiB, more than any layer. */
 const DEFAULT_PART_SIZE = 8 * MiB;
+/** S3's most parts in one upload: with 8 MiB parts, 78 GiB; a longer announced length gets larger parts. */
+const MAX_PARTS = 10_000;
 /** Parts uploaded at once per write: memory per write ≈ this × the part size. */
 const DEFAULT_PARTS_IN_FLIGHT = 3;
 /** Listing pages followed at most (1,000 keys each): a bound on every listing loop. */
@@ -115,6 +117,14 @@ export async function createS3Client(settings: S3ClientSettings): Promise<S3Clie
     requestChecksumCalculation: "WHEN_REQUIRED",
     responseChecksumValidation: "WHEN_REQUIRED",
   });
+}
+
+/**
+ * The part size for a write of `expectedSize` bytes: `base`, or, when that would take more than S3's 10,000 parts,
+ * the smallest whole number of MiB that fits in 10,000. A write of unknown length uses `base` (8 MiB: 78 GiB).
+ */
+export function partSizeFor(expectedSize: number | undefined, base: number): number {
+  return Math.max(base, Math.ceil((expectedSize ?? 0) / MAX_PARTS / MiB) * MiB);
 }
 
 /** Whether an S3 error means "no such object" (HEAD answers a bare 404). */
@@ -523,6 +533,8 @@ class S3Writer implements ContentWriter {
   private readonly hash: WriteHash;
   private readonly expectedSize: number | undefined;
   private readonly reservation: WriteReservation | undefined;
+  /** This write's part size: the store's, or larger when the announced length needs more than MAX_PARTS of those. */
+  private readonly partSize: number;
   private bytes = 0;
   /** The multipart upload, once the first whole part was written. */
   private upload: Promise<string> | undefined;
@@ -556,6 +568,7 @@ class S3Writer implements ContentWriter {
     this.hash = opts.hash;
     this.expectedSize = opts.expectedSize;
     this.reservation = opts.reservation;
+    this.partSize = partSizeFor(opts.expectedSize, store.partSize);
   }
 
   get written(): number {
@@ -572,7 +585,7 @@ class S3Writer implements ContentWriter {
     this.bytes += total;
     this.reservation?.wrote(this.bytes);
     this.hash.extend(this.bytes);
-    const size = this.store.partSize;
+    const size = this.partSize;
     while (this.bytes - this.queuedTo >= size) {
       this.queue.push({ number: this.partNumber(this.queuedTo), start: this.queuedTo, end: this.queuedTo + size });
       this.queuedTo += size;
@@ -582,7 +595,7 @@ class S3Writer implements ContentWriter {
 
   /** Part numbers follow the byte ranges: part n covers [(n-1)·size, n·size). */
   private partNumber(start: number): number {
-    return start / this.store.partSize + 1;
+    return start / this.partSize + 1;
   }
 
   /** Starts queued parts while fewer than `partsInFlight` run. */
@@ -688,7 +701,7 @@ class S3Writer implements ContentWriter {
         await this.drained();
         if (this.failure) throw this.failure;
         const parts = [...this.etags.entries()].sort(([a], [b]) => a - b);
-        const count = Math.ceil(this.bytes / this.store.partSize);
+        const count = Math.ceil(this.bytes / this.partSize);
         if (parts.length !== count || parts.some(([n], i) => n !== i + 1))
           throw new Error(`upload of ${this.digest} holds ${parts.length} parts, not ${count}: not committed`);
         const uploadId = await this.upload!;
