@@ -80,6 +80,12 @@ export interface S3ContentStoreOptions {
   partsInFlight?: number;
   touchIntervalMs?: number;
   hasher?: FileHasher;
+  /**
+   * `init()` aborts the uploads under the prefix started at least this long ago (default 0: every one, right for
+   * a single mirror on its prefix). Replicas sharing a prefix set it above the fill timeout, so that a replica
+   * starting never aborts another's upload in progress; younger leftovers go by the bucket's lifecycle rule.
+   */
+  leftoverUploadAfterMs?: number;
   /** Readers may send clients to the object itself: a presigned GET valid this many seconds (`directUrl`). */
   redirectSeconds?: number;
 }
@@ -145,6 +151,7 @@ export class S3ContentStore implements ContentStore {
   readonly partSize: number;
   /** @internal read by the writers */
   readonly partsInFlight: number;
+  private readonly leftoverAfterMs: number;
   /** @internal read by StoredObject: presigned GETs for clients, valid this long (seconds); none when undefined. */
   readonly redirectSeconds: number | undefined;
   private readonly hasher: FileHasher;
@@ -167,6 +174,7 @@ export class S3ContentStore implements ContentStore {
     this.partsInFlight = Math.max(1, opts.partsInFlight ?? DEFAULT_PARTS_IN_FLIGHT);
     this.hasher = opts.hasher ?? new FileHasher();
     this.redirectSeconds = opts.redirectSeconds;
+    this.leftoverAfterMs = opts.leftoverUploadAfterMs ?? 0;
     this.index = new CacheIndex(this, opts);
   }
 
@@ -183,7 +191,8 @@ export class S3ContentStore implements ContentStore {
     await mkdir(this.tempDir, { recursive: true });
     const leftovers = await readdir(this.tempDir);
     await Promise.all(leftovers.map((name) => rm(join(this.tempDir, name), { force: true, recursive: true })));
-    const uploads = await this.listUploads();
+    const before = Date.now() - this.leftoverAfterMs;
+    const uploads = (await this.listUploads()).filter((u) => u.initiated <= before);
     for (const u of uploads)
       await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.id }));
     const scan = await this.index.rebuild();
@@ -216,8 +225,8 @@ export class S3ContentStore implements ContentStore {
   }
 
   /** Multipart uploads in progress under the prefix (this process's and any other's). */
-  private async listUploads(): Promise<Array<{ key: string; id: string }>> {
-    const found: Array<{ key: string; id: string }> = [];
+  private async listUploads(): Promise<Array<{ key: string; id: string; initiated: number }>> {
+    const found: Array<{ key: string; id: string; initiated: number }> = [];
     let keyMarker: string | undefined;
     let idMarker: string | undefined;
     for (let page = 0; page < MAX_LIST_PAGES; page++) {
@@ -229,7 +238,8 @@ export class S3ContentStore implements ContentStore {
           UploadIdMarker: idMarker,
         }),
       );
-      for (const u of res.Uploads ?? []) if (u.Key && u.UploadId) found.push({ key: u.Key, id: u.UploadId });
+      for (const u of res.Uploads ?? [])
+        if (u.Key && u.UploadId) found.push({ key: u.Key, id: u.UploadId, initiated: u.Initiated?.getTime() ?? 0 });
       if (!res.IsTruncated) return found;
       keyMarker = res.NextKeyMarker;
       idMarker = res.NextUploadIdMarker;

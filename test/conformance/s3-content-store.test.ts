@@ -146,6 +146,17 @@ describe("S3 content store, as the server sees it", () => {
     );
     const kept = randomBytes(1000);
     await putContent(made.store, digestOf(kept), kept);
+    // A replica sharing the prefix that only aborts uploads older than its fill timeout leaves this one alone...
+    const patient = new S3ContentStore({
+      client,
+      bucket: BUCKET,
+      prefix,
+      root: made.dir,
+      leftoverUploadAfterMs: 3_600_000,
+    });
+    expect(await patient.init()).toMatchObject({ removedTempFiles: 0, objects: 1 });
+    expect((await serverHolds(prefix)).uploads).toHaveLength(1);
+    // ...and a single mirror restarting aborts it.
     const restarted = again();
     const found = await restarted.init();
     expect(found).toMatchObject({ removedTempFiles: 1, objects: 1, bytes: 1000 });
