@@ -271,16 +271,27 @@ export class S3ContentStore implements ContentStore {
     }
   }
 
+  /**
+   * The reader is counted before the object is looked up, so that a delete meanwhile waits for it (and is then
+   * seen here: the content reads as absent) instead of removing the object under a reader about to start.
+   */
   async open(digest: string): Promise<StoredContent | undefined> {
     if (this.pendingDeletes.has(digest) || this.deleting.has(digest)) return undefined;
-    const found = await this.head(digest);
-    if (found === undefined) {
-      this.index.remove(digest); // deleted behind our back (or never indexed): keep the accounting true
+    this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
+    let found: { size: number } | undefined;
+    try {
+      found = await this.head(digest);
+    } catch (err) {
+      this.released(digest);
+      throw err;
+    }
+    if (found === undefined || this.pendingDeletes.has(digest)) {
+      this.released(digest);
+      if (found === undefined) this.index.remove(digest); // deleted behind our back: keep the accounting true
       return undefined;
     }
     if (!this.index.has(digest)) this.index.add(digest, found.size);
     this.index.touch(digest);
-    this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
     return new StoredObject(this, digest, found.size, () => this.released(digest));
   }
 

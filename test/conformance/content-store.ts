@@ -199,6 +199,18 @@ export function describeContentStore(name: string, factory: () => Promise<Conten
       await until(() => !store.inUse(digest), "the reader to be released at its end");
     });
 
+    it("an open racing a delete yields nothing or every byte, never a reader that breaks", async () => {
+      for (let round = 0; round < 5; round++) {
+        const bytes = randomBytes(200_000);
+        const digest = digestOf(bytes);
+        await putContent(store, digest, bytes);
+        const [reader] = await Promise.all([store.open(digest), store.delete(digest)]);
+        if (reader) expect((await readAll(reader.read())).equals(bytes)).toBe(true);
+        expect(await store.size(digest)).toBeUndefined();
+        await until(() => !store.inUse(digest), "the reader to be released");
+      }
+    });
+
     it("is found again after a restart: every committed object, none of the unfinished writes", async () => {
       const kept = [randomBytes(1000), randomBytes(2000)];
       for (const bytes of kept) await putContent(store, digestOf(bytes), bytes);
