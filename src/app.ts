@@ -13,11 +13,14 @@ import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { createCacheLayer, createImporter, type CacheLayer } from "./cache-layer.ts";
 import { Prefetcher } from "./cache/prefetcher.ts";
+import { WarmupSets } from "./cache/warmup.ts";
 import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
 import { SecretFile } from "./config/secret-file.ts";
 import { UpstreamResolver } from "./config/upstream-resolver.ts";
 import { adminRouter } from "./http/admin-router.ts";
+import { peerRouter } from "./http/peer-router.ts";
+import { PeerFillHandler } from "./registry/peer-fill-handler.ts";
 import { ClientAuth } from "./http/client-auth.ts";
 import { clientConcurrency } from "./http/client-concurrency.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
@@ -33,6 +36,7 @@ import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
+import { UpstreamFallbacks } from "./registry/upstream-fallback.ts";
 import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { ContentStore } from "./storage/content-store.ts";
@@ -123,6 +127,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     manifestCache,
     referrersCache,
     blobCache,
+    cluster,
   } = layer;
   metrics.showOnScrape({ metadataStore: describeState, cache: janitor, fills, upstreams });
 
@@ -134,6 +139,9 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   app.use(requestContext(log, metrics, new TrustedProxies(config.trustedProxies)));
   const { traffic, startSaving } = await openTrafficTotals(config, metrics, log);
   app.use(errorMiddleware());
+  // The other replicas stream downloads running here: signed requests only, whatever client access allows, and
+  // not counted per client (a replica following many downloads is one address).
+  if (cluster) app.use(peerRouter(new PeerFillHandler({ fills, store: blobStore }), cluster.peerKey));
   app.use(clientConcurrency(config.limits.maxRequestsPerClient));
   // Secrets from files may be written after start (a Kubernetes Secret populated late): one that holds no usable
   // secret disables its credential, is logged and listed by /readyz, and is re-read when it changes
@@ -151,6 +159,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   }
   const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
+  const warmup = new WarmupSets({ sets: config.warmup, prefetcher, resolver, pins: layer.pins, metrics, log });
   const adminDigest =
     config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
   if (adminDigest !== undefined || adminTokenFile !== undefined) {
@@ -165,10 +174,16 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       importer: createImporter(layer, config),
       exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
       traffic,
+      warmup,
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
   }
   const policy = new AccessPolicy(config);
+  const fallbacks = new UpstreamFallbacks({
+    upstreams,
+    permits: (upstream, repo) => policy.upstreamPermits(upstream, repo),
+    metrics,
+  });
   app.use(
     createRouter({
       clientAuth,
@@ -180,6 +195,10 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         ...secretFiles.map(
           (file) => () => (file.problem !== undefined ? { ready: true, reason: file.problem } : undefined),
         ),
+        () => {
+          const problem = cluster?.problem();
+          return problem !== undefined ? { ready: true, reason: `downloads are not shared: ${problem}` } : undefined;
+        },
         () =>
           janitor.noSpace !== undefined
             ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` }
@@ -196,8 +215,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         },
       ],
       resolver,
-      manifests: new ManifestHandler(manifestCache),
-      blobs: new BlobHandler(blobCache),
+      manifests: new ManifestHandler(manifestCache, fallbacks),
+      blobs: new BlobHandler(blobCache, fallbacks),
       tags: new TagsHandler({ maxBytes: config.limits.tagListMaxBytes, metadata, log }),
       catalog: new CatalogHandler({ upstreams, resolver, metadata, policy, log }),
       referrers: new ReferrersHandler(referrersCache),
@@ -236,6 +255,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       });
       const address = server.address() as AddressInfo;
       startSaving();
+      await warmup.start();
       if (config.metrics.enabled && config.metrics.listen !== undefined) {
         metricsServer = await listenMetrics(metrics, parseListen(config.metrics.listen));
         log.info({ address: metricsServer.address() }, "metrics listening");
@@ -255,6 +275,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
         server?.closeIdleConnections();
         stopWatchingTls();
+        warmup.close();
         metricsServer?.close();
         metricsServer?.closeAllConnections();
         log.info(

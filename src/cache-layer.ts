@@ -28,6 +28,12 @@ import { PinList } from "./storage/pin-list.ts";
 import { createS3Client, S3ContentStore, S3MediaTypes } from "./storage/s3-content-store.ts";
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
+import { PeerClient } from "./upstream/peer-client.ts";
+import { FillLeases } from "./fill/fill-lease.ts";
+import { FleetFills } from "./fill/fleet-fills.ts";
+import { SecretFile } from "./config/secret-file.ts";
+import { createHash } from "node:crypto";
+import type { Redis } from "ioredis";
 
 /** How long a presigned GET a client is redirected to stays valid (`storage.s3.redirect`): it starts at once. */
 const S3_REDIRECT_SECONDS = 300;
@@ -50,6 +56,8 @@ export interface CacheLayer {
   /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
   readonly pins: PinList;
   readonly describeState: () => MetadataStoreState;
+  /** With `cluster`: the replicas' shared secret (the sha256 of it, while usable) for the peer endpoint. */
+  readonly cluster: ClusterMembership | undefined;
   /** Stops the janitor and lets running fills finish, bounded by `shutdownGrace`. Done once, however often asked. */
   drain(): Promise<void>;
   /**
@@ -84,6 +92,9 @@ export async function createCacheLayer(
             prefix: s3.prefix,
             root: config.storage.path,
             ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
+            // Replicas share the prefix: one starting must not abort another's upload in progress (none outlives
+            // its fill's timeout); younger leftovers go by the bucket's lifecycle rule.
+            ...(config.cluster ? { leftoverUploadAfterMs: config.fill.timeout + 60_000 } : {}),
           })
         : new BlobStore(config.storage.path);
     const scan = await blobStore.init();
@@ -98,7 +109,7 @@ export async function createCacheLayer(
         ? new ManifestStore(blobStore, { mediaTypes: new S3MediaTypes(blobStore) })
         : new ManifestStore(blobStore);
     await manifestStore.init();
-    const { metadata, describeState, closeMetadata } = await openMetadataStore(config, log);
+    const { metadata, describeState, closeMetadata, redis } = await openMetadataStore(config, log);
     const pins = new PinList(config.storage.path);
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
     const manifestCache = new ManifestCache({
@@ -162,7 +173,8 @@ export async function createCacheLayer(
       if (u.config.offline)
         log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics });
+    const cluster = await openCluster(config, { redis, log, metrics });
+    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics, fleet: cluster?.fleet });
     let draining: Promise<void> | undefined;
     const drain = () => {
       draining ??= (async () => {
@@ -186,11 +198,13 @@ export async function createCacheLayer(
       blobCache,
       pins,
       describeState,
+      cluster,
       drain,
       close() {
         closing ??= (async () => {
           await drain();
           await Promise.all(upstreams.map((u) => u.close()));
+          await cluster?.close();
           await closeMetadata();
           s3Client?.destroy();
           await lock.release();
@@ -219,4 +233,51 @@ export function createImporter(layer: CacheLayer, config: Config): Importer {
     manifestMaxBytes: config.limits.manifestMaxBytes,
     log: layer.log,
   });
+}
+
+/** This replica's part in a fleet (`cluster`): where its downloads come from, and the secret its peers sign with. */
+export interface ClusterMembership {
+  readonly fleet: FleetFills;
+  /** The sha256 of the cluster secret, or undefined while `cluster.secretFile` holds none usable. */
+  readonly peerKey: () => Buffer | undefined;
+  /** Why the secret is unusable (then this replica neither serves nor follows peers), for /readyz. */
+  readonly problem: () => string | undefined;
+  close(): Promise<void>;
+}
+
+/** The fleet's parts when `cluster` is configured (the config loader made sure `redis` is too); else undefined. */
+async function openCluster(
+  config: Config,
+  opts: { redis: Redis | undefined; log: Logger; metrics: Metrics },
+): Promise<ClusterMembership | undefined> {
+  const { cluster, redis: redisConfig } = config;
+  if (cluster === undefined || opts.redis === undefined || redisConfig === undefined) return undefined;
+  const inline = cluster.secret !== undefined ? createHash("sha256").update(cluster.secret).digest() : undefined;
+  const file =
+    cluster.secretFile !== undefined
+      ? await SecretFile.open({
+          path: cluster.secretFile,
+          key: "cluster.secretFile",
+          what: "the cluster secret",
+          log: opts.log,
+        })
+      : undefined;
+  const peerKey = () => inline ?? file?.digest;
+  const peers = new PeerClient({ key: peerKey, connectTimeoutMs: 5_000, bodyIdleMs: 60_000 });
+  const leases = new FillLeases({
+    redis: opts.redis,
+    keyPrefix: redisConfig.keyPrefix,
+    ttlMs: cluster.leaseTtl,
+    advertiseUrl: cluster.advertiseUrl,
+    log: opts.log,
+  });
+  return {
+    fleet: new FleetFills({ leases, peers, log: opts.log, metrics: opts.metrics }),
+    peerKey,
+    problem: () => file?.problem,
+    async close() {
+      file?.close();
+      await peers.close();
+    },
+  };
 }

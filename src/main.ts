@@ -14,11 +14,13 @@ import { EXPORT_USAGE, exportCommand } from "./cli/export.ts";
 import { IMPORT_USAGE, importCommand } from "./cli/import.ts";
 import { INVENTORY_USAGE, inventoryCommand } from "./cli/inventory.ts";
 import { PREFETCH_USAGE, prefetchCommand } from "./cli/prefetch.ts";
+import { WARMUP_USAGE, warmupCommand } from "./cli/warmup.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 import { listenProblem, startUpProblems } from "./start-up-checks.ts";
 
 const USAGE = `usage: mirror [--config FILE]
        mirror prefetch <reference> [--platform os/arch]... [--url URL]  (see mirror prefetch --help)
+       mirror warmup <set> [--url URL]                     (run a warm-up set now: see mirror warmup --help)
        mirror export <reference>... --output bundle.tar      (air-gapped transfer: see docs/air-gapped-transfer.md)
        mirror import <bundle.tar | -> [--pin] [--url URL | --data-dir DIR]
        mirror inventory [--url URL | --data-dir DIR] [--output inventory.json]
@@ -30,6 +32,7 @@ and mirrors Docker Hub. MIRROR_CONFIG names a config file too; MIRROR_* variable
 /** Subcommands: the first argument names one. */
 const COMMANDS = new Map<string, { usage: string; run: (argv: string[]) => Promise<number> }>([
   ["prefetch", { usage: PREFETCH_USAGE, run: (argv) => prefetchCommand(argv) }],
+  ["warmup", { usage: WARMUP_USAGE, run: (argv) => warmupCommand(argv) }],
   ["export", { usage: EXPORT_USAGE, run: (argv) => exportCommand(argv) }],
   ["import", { usage: IMPORT_USAGE, run: (argv) => importCommand(argv) }],
   ["inventory", { usage: INVENTORY_USAGE, run: (argv) => inventoryCommand(argv) }],

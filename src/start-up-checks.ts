@@ -19,6 +19,7 @@ import { createSecureContext } from "node:tls";
 import { readableFileProblem, writableDirectoryProblem } from "./config/file-checks.ts";
 import type { Config } from "./config/schema.ts";
 import { parseListen } from "./http/server.ts";
+import { warmupFileProblems } from "./config/warmup-list.ts";
 import { createS3Client } from "./storage/s3-content-store.ts";
 
 export async function startUpProblems(config: Config): Promise<string[]> {
@@ -33,6 +34,7 @@ export async function startUpProblems(config: Config): Promise<string[]> {
   for (const [i, t] of (config.access?.tokens ?? []).entries()) file(`access.tokens.${i}.tokenFile`, t.tokenFile);
   file("admin.tokenFile", config.admin.tokenFile);
   checks.push(...upstreamFileProblems(config));
+  checks.push(warmupFileProblems(config));
   if (config.storage.s3) checks.push(s3Problems(config.storage.s3));
   const [main, metrics] = listenAddresses(config);
   checks.push(portProblem(main![0], main![1]));

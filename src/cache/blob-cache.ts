@@ -23,6 +23,8 @@ import type { Fill, FillCoordinator, UpstreamBlob } from "../fill/fill-coordinat
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { ReceivePacer } from "../fill/receive-pacer.ts";
 import { VerifyStream } from "../fill/verify-stream.ts";
+import { CommittedElsewhereError, type FleetFills } from "../fill/fleet-fills.ts";
+import type { FillLease } from "../fill/fill-lease.ts";
 
 /**
  * How a blob response was obtained: `hit` from the store; `miss` from a download this request started;
@@ -71,6 +73,7 @@ export class BlobCache {
   private readonly metadata: MetadataStore;
   private readonly metrics: Metrics | undefined;
   private readonly pacer: ReceivePacer;
+  private readonly fleet: FleetFills | undefined;
 
   constructor(opts: {
     store: ContentStore;
@@ -78,7 +81,10 @@ export class BlobCache {
     metadata: MetadataStore;
     pacer: ReceivePacer;
     metrics?: Metrics;
+    /** Replicas sharing downloads (fleet-fills.ts); absent: every download comes from the upstream. */
+    fleet?: FleetFills;
   }) {
+    this.fleet = opts.fleet;
     this.metrics = opts.metrics;
     this.pacer = opts.pacer;
     this.store = opts.store;
@@ -195,10 +201,22 @@ export class BlobCache {
     digest: string,
     handler: SourceHandler<T>,
   ): Promise<T> {
+    let lease: FillLease | undefined;
+    const fleet = this.fleet;
     const fill = this.fills.start(digest, { upstream: upstream.name, repo }, (signal) =>
-      upstream.getBlob(repo, digest, signal),
+      fleet === undefined
+        ? upstream.getBlob(repo, digest, signal)
+        : fleet.open(digest, { upstream: upstream.name, repo }, signal, {
+            upstream: () => upstream.getBlob(repo, digest, signal),
+            confirmRepository: () => this.confirmRepository(upstream, repo, digest),
+            committed: async () => (await this.store.size(digest)) !== undefined,
+            leased: (taken) => (lease = taken),
+          }),
     );
     const { origin } = fill;
+    // The fleet's lease on this download (when this replica holds it) ends with the fill, committed or not.
+    const release = () => void lease?.release();
+    void fill.done.then(release, release);
     // A record that fails to be written only costs a later request a verified download: nothing to report here.
     void fill.done.then(
       () => recordServed(this.metadata, origin.upstream, origin.repo, [digest]).catch(() => undefined),
@@ -220,7 +238,17 @@ export class BlobCache {
     joined: boolean,
     handler: SourceHandler<T>,
   ): Promise<T> {
-    await fill.ready;
+    try {
+      await fill.ready;
+    } catch (err) {
+      // Another replica committed it to the shared store while this one was about to download it.
+      if (!(err instanceof CommittedElsewhereError)) throw err;
+      const cached = await this.store.open(digest);
+      if (cached) return handler.stored(cached);
+      throw new RegistryError("UNAVAILABLE", `blob ${digest} was committed by another replica and is gone again`, {
+        headers: { "Retry-After": "1" },
+      });
+    }
     switch (readableAs(fill)) {
       case "download":
         return handler.download(fill, joined);
@@ -293,8 +321,17 @@ export class BlobCache {
       if (size !== undefined) return { size, result: "hit" };
       const running = this.fills.current(digest);
       if (running) {
-        await running.ready;
-        if (running.size !== undefined) return { size: running.size, result: "miss" };
+        const ready = await running.ready.then(
+          () => true,
+          (err: unknown) => {
+            if (err instanceof CommittedElsewhereError) return false;
+            throw err;
+          },
+        );
+        if (!ready) {
+          const committed = await this.store.size(digest);
+          if (committed !== undefined) return { size: committed, result: "hit" };
+        } else if (running.size !== undefined) return { size: running.size, result: "miss" };
       }
     }
     return { size: (head ?? (await this.confirmRepository(upstream, repo, digest))).size, result: "miss" };

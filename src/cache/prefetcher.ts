@@ -27,6 +27,8 @@ export interface JobStatus {
   blobs: { total: number; done: number };
   bytes: { total: number; done: number };
   errors: string[];
+  /** The digest the reference named when its manifest was fetched (absent until then). */
+  digest?: string;
   startedAt: string;
   finishedAt?: string;
 }
@@ -43,6 +45,8 @@ export class Prefetcher {
   /** Every running job (in start order) and the last `finishedJobsKept` finished ones (in the order they finished). */
   private readonly jobs = new Map<string, JobStatus>();
   private readonly finishedJobsKept: number;
+  /** Each job's end, for callers that wait on it (warm-up sets) rather than poll. */
+  private readonly endings = new WeakMap<JobStatus, Promise<JobStatus>>();
 
   constructor(opts: { manifests: ManifestCache; blobs: BlobCache; log: Logger; finishedJobsKept?: number }) {
     this.manifests = opts.manifests;
@@ -65,7 +69,7 @@ export class Prefetcher {
       startedAt: new Date().toISOString(),
     };
     this.jobs.set(job.id, job);
-    void this.run(req, job)
+    const ending = this.runJob(req, job)
       .then(
         () => {
           job.state = job.errors.length > 0 ? "failed" : "done";
@@ -85,8 +89,16 @@ export class Prefetcher {
           { job: job.id, reference: job.reference, state: job.state, bytes: job.bytes.done, errors: job.errors.length },
           "prefetch finished",
         );
-      });
+      })
+      .then(() => job);
+    this.endings.set(job, ending);
     return job;
+  }
+
+  /** Runs a job to its end: the same job as `start` (listed, pollable), awaited. Never rejects. */
+  run(req: PrefetchRequest): Promise<JobStatus> {
+    const job = this.start(req);
+    return this.endings.get(job)!;
   }
 
   status(id: string): JobStatus | undefined {
@@ -104,7 +116,7 @@ export class Prefetcher {
     }
   }
 
-  private async run(req: PrefetchRequest, job: JobStatus): Promise<void> {
+  private async runJob(req: PrefetchRequest, job: JobStatus): Promise<void> {
     const { upstream, repository } = req;
     const walked = await walkImage(
       this.manifests,
@@ -114,6 +126,7 @@ export class Prefetcher {
       req.platforms,
       () => job.manifests++,
     );
+    job.digest = walked.top.digest;
     const blobs = new Map([...walked.blobs].map(([digest, d]) => [digest, d.size ?? 0]));
     job.blobs.total = blobs.size;
     job.bytes.total = [...blobs.values()].reduce((a, b) => a + b, 0);

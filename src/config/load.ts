@@ -27,6 +27,8 @@ import {
 import { fileErrorText } from "./file-checks.ts";
 import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
+import { inlineWarmupProblems, warmupNameProblems } from "./warmup-list.ts";
+import { fallbackProblems } from "./upstream-fallbacks.ts";
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -90,6 +92,8 @@ export function parseConfig(input: unknown): Config {
 function finish(raw: unknown, problems: string[], cwd: string): Config {
   const result = configSchema.safeParse(raw);
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
+  problems.push(...warmupNameProblems((raw as { warmup?: unknown } | null)?.warmup));
+  problems.push(...fallbackProblems((raw as { upstreams?: unknown } | null)?.upstreams));
   let upstreams: Record<string, UpstreamConfig> = {};
   if (result.success) {
     // What the file wrote is already absolute (loadConfig); the rest is the working directory's.
@@ -103,6 +107,8 @@ function finish(raw: unknown, problems: string[], cwd: string): Config {
         `access.anonymous: upstream ${withCredentials.join(", ")} has credentials, so anonymous access must be decided explicitly: set access.anonymous to false (clients log in) or true (anyone who reaches the mirror pulls with those credentials)`,
       );
     }
+    if (result.data.cluster !== undefined && result.data.redis === undefined)
+      problems.push("cluster: replicas share downloads through Redis: set redis.url too");
     upstreams = upstreamsOf(result.data);
     // Pins are read as the upstream resolver reads them (aliases, library prefix), so over the finished upstreams.
     const resolver = UpstreamResolver.ofConfig(upstreams);
@@ -113,6 +119,7 @@ function finish(raw: unknown, problems: string[], cwd: string): Config {
         problems.push(`storage.pinned: ${(err as Error).message}`);
       }
     }
+    problems.push(...inlineWarmupProblems({ upstreams, warmup: result.data.warmup }));
   }
   if (!result.success) {
     for (const issue of result.error.issues) {
@@ -178,6 +185,8 @@ export function longDurationWarnings(config: Config): LongDuration[] {
       for (const [key, child] of Object.entries<z.ZodType>(inner.shape)) visit(child, value[key], [...path, key]);
     } else if (inner instanceof z.ZodRecord && isRecord(value)) {
       for (const [key, child] of Object.entries(value)) visit(inner.valueType as z.ZodType, child, [...path, key]);
+    } else if (inner instanceof z.ZodArray && Array.isArray(value)) {
+      for (const [i, child] of value.entries()) visit(inner.element as z.ZodType, child, [...path, String(i)]);
     }
   };
   visit(configSchema, config, []);

@@ -293,6 +293,12 @@ export const upstreamSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Other configured upstreams asked, in order, when this one cannot answer: down (unreachable, or marked down
+     * by `health`), rate-limiting (429) or timing out. Same repository names; content verified by digest as
+     * always; a fallback's own `repositories` rules apply. Checked at start-up (upstream-fallbacks.ts).
+     */
+    fallbacks: z.array(registryHost).default([]),
     tls: z
       .object({
         /** PEM bundle of CAs to trust for this upstream (private registries), instead of the system's. */
@@ -313,6 +319,42 @@ const addressOrRange = z.string().refine((value) => {
   if (prefix === undefined) return true;
   return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
 }, "expected an IP address or a CIDR range such as 10.0.0.0/8");
+
+/** A platform as the prefetcher selects it: `os/architecture[/variant]`. */
+const platformName = z
+  .string()
+  .regex(/^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/, "expected os/architecture[/variant], e.g. linux/amd64");
+
+/**
+ * A warm-up set (`warmup:`): images pulled into the cache on a schedule, through the same machinery as the admin
+ * prefetch. The images are listed inline or read from a file (one reference per line, `#` comments), which is
+ * re-read when it changes (a Kubernetes ConfigMap); the references are checked at start-up as `mirror export`
+ * reads them (the config loader lists every one that does not parse).
+ */
+export const warmupSetSchema = z
+  .object({
+    /** Names the set in the admin API, the CLI, logs and metrics. */
+    name: z
+      .string()
+      .regex(
+        /^[a-z0-9][a-z0-9._-]{0,62}$/,
+        "expected a lower-case name of letters, digits, '.', '_', '-' (at most 63)",
+      ),
+    /** How long from the end of one run to the start of the next (runs of one set never overlap). */
+    every: durationIn({ min: 1_000 }).default(6 * 60 * 60_000),
+    /** How long after start-up the first run begins. */
+    firstRunAfter: durationIn({ zeroMeansOff: true }).default(30_000),
+    /** The references: `<upstream>/<repository>[:tag|@sha256:...]` (a name without an upstream is the default one's). */
+    images: z.array(z.string().min(1)).optional(),
+    /** A file of references instead, one per line; blank lines and `#` comments are skipped. */
+    file: filePath.optional(),
+    /** Which platforms of an index to fetch: `all` (every one) or a list such as [linux/amd64]. */
+    platforms: z.union([z.literal("all"), z.array(platformName).min(1)]).default("all"),
+    /** Pin what each run fetched (as `mirror import --pin` does): kept through eviction, moved on the next run. */
+    pin: z.boolean().default(false),
+  })
+  .strict()
+  .refine((w) => (w.images === undefined) !== (w.file === undefined), "set exactly one of images, file");
 
 export const configSchema = z
   .object({
@@ -394,6 +436,34 @@ export const configSchema = z
         commandTimeout: duration.default(500),
       })
       .strict()
+      .optional(),
+    /**
+     * Several replicas sharing one cache (with `redis`): a cold blob wanted on several replicas at once is
+     * downloaded from its upstream by one of them, which holds a lease in Redis naming `advertiseUrl`; the others
+     * stream that download from it, authenticated with the shared secret, and verify it as if it came from the
+     * upstream. Absent: every replica downloads for itself.
+     */
+    cluster: z
+      .object({
+        /** How the other replicas reach this one (e.g. http://<pod IP>:5000): its own listener, seen from them. */
+        advertiseUrl: z
+          .url({ protocol: /^https?$/, error: "expected an http:// or https:// URL" })
+          .refine(
+            (u) => !URL.canParse(u) || (new URL(u).pathname === "/" && !new URL(u).search),
+            "expected no path or query",
+          ),
+        /** The secret every replica shares (at least 16 bytes), inline... */
+        secret: z.string().min(16, "cluster secret must be at least 16 characters").optional(),
+        /** ...or in a file (a Kubernetes Secret), re-read when it changes. */
+        secretFile: filePath.optional(),
+        /**
+         * How long a download's lease outlives its holder: renewed every third of it while the download runs,
+         * so a replica that dies mid-download holds up the others' retries this long at most.
+         */
+        leaseTtl: durationIn({ min: 3_000 }).default(15_000),
+      })
+      .strict()
+      .refine((c) => (c.secret === undefined) !== (c.secretFile === undefined), "set exactly one of secret, secretFile")
       .optional(),
     log: z
       .object({ level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info") })
@@ -538,6 +608,8 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Warm-up sets: images kept in the cache ahead of need (warmupSetSchema); names are unique (warmup-list.ts). */
+    warmup: z.array(warmupSetSchema).default([]),
     /** How long a graceful shutdown waits for in-flight fills and responses; 0: it does not wait. */
     shutdownGrace: durationIn({ zeroMeansOff: true }).default(25_000),
     upstreams: z.record(registryHost, upstreamSchema).default({
@@ -559,6 +631,7 @@ export const configSchema = z
         maxRedirects: 5,
         health: { failureThreshold: 3, initialBackoff: 5_000, maxBackoff: 5 * 60_000 },
         tls: { insecure: false },
+        fallbacks: [],
       },
     }),
   })

@@ -56,6 +56,9 @@ export function adminRouter(
     if (!JOB_ID.test(segment(ctx))) throw noEndpoint(ctx);
     return handler.job(segment(ctx));
   });
+  route("GET", "/warmup", () => handler.warmupSets());
+  route("GET", "/warmup/:name", (ctx) => handler.warmupSet(segment(ctx)));
+  route("POST", "/warmup/:name", (ctx) => handler.runWarmup(segment(ctx)), 202);
   route("GET", "/totals", () => handler.totals());
   route("GET", "/repositories", (ctx) => handler.repositories(query(ctx)));
   route("GET", "/tags", (ctx) => handler.tags(query(ctx)));

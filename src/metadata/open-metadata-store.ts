@@ -22,7 +22,13 @@ export interface MetadataStoreState {
 export async function openMetadataStore(
   config: Config,
   log: Logger,
-): Promise<{ metadata: MetadataStore; describeState: () => MetadataStoreState; closeMetadata: () => Promise<void> }> {
+): Promise<{
+  metadata: MetadataStore;
+  describeState: () => MetadataStoreState;
+  closeMetadata: () => Promise<void>;
+  /** The Redis client, when `redis.url` is set: the fleet's download leases use it too (fill-lease.ts). */
+  redis?: Redis;
+}> {
   const embedded = await EmbeddedMetadataStore.open({
     dir: join(config.storage.path, "metadata"),
     onError: (err) => log.error({ err: err.message }, "metadata journal write failed; the in-memory state is intact"),
@@ -50,6 +56,7 @@ export async function openMetadataStore(
   });
   return {
     metadata,
+    redis: client,
     describeState: () => ({ store: "redis", degraded: metadata.state === "degraded", reason: metadata.reason }),
     closeMetadata: async () => {
       await metadata.close();

@@ -68,6 +68,13 @@ export class Metrics {
   readonly evictions: Counter;
   readonly evictedBytes: Counter;
   readonly uncachedServed: Counter<"upstream">;
+  readonly fleetFills: Counter<"source">;
+  // Warm-up sets (cache/warmup.ts).
+  readonly warmupImages: Gauge<"set" | "result">;
+  readonly warmupLastRun: Gauge<"set">;
+  readonly warmupListInvalid: Gauge<"set">;
+  // Ordered fallbacks (registry/upstream-fallback.ts).
+  readonly upstreamFallbacks: Counter<"upstream" | "fallback" | "reason">;
 
   constructor(registry: Registry, opts: { processMetrics?: boolean } = {}) {
     this.registry = registry;
@@ -199,6 +206,36 @@ export class Metrics {
       name: "mirror_uncached_blobs_total",
       help: "Blob misses streamed to a client without caching (no space, or over budget).",
       labelNames: ["upstream"],
+      registers,
+    });
+    this.fleetFills = new Counter({
+      name: "mirror_fleet_fill_sources_total",
+      help: "Where a replica of a fleet got a blob it downloaded: the upstream (holding the lease, or why without it) or a peer replica.",
+      labelNames: ["source"],
+      registers,
+    });
+    this.warmupImages = new Gauge({
+      name: "mirror_warmup_images",
+      help: "Images of each warm-up set by the result of its last run: ok or failed.",
+      labelNames: ["set", "result"],
+      registers,
+    });
+    this.warmupLastRun = new Gauge({
+      name: "mirror_warmup_last_run_timestamp_seconds",
+      help: "When each warm-up set's last run ended (Unix seconds).",
+      labelNames: ["set"],
+      registers,
+    });
+    this.warmupListInvalid = new Gauge({
+      name: "mirror_warmup_list_invalid",
+      help: "1 while a warm-up set's file is unreadable or invalid (the last good list is used), else 0.",
+      labelNames: ["set"],
+      registers,
+    });
+    this.upstreamFallbacks = new Counter({
+      name: "mirror_upstream_fallbacks_total",
+      help: "Requests answered through a fallback upstream, by upstream, fallback and why the upstream was passed over.",
+      labelNames: ["upstream", "fallback", "reason"],
       registers,
     });
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry });

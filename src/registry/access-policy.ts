@@ -48,10 +48,15 @@ export class AccessPolicy {
     return this.anonymous || this.rules.some((r) => r.allow && (r.subjects.has("anonymous") || r.subjects.has("*")));
   }
 
+  /** Whether the upstream's own `repositories` allow/deny patterns let `repo` be pulled through it (anyone's request). */
+  upstreamPermits(upstream: string, repo: string): boolean {
+    const allow = this.upstreamAllow.get(upstream);
+    return !((allow && !allow(repo)) || this.upstreamDeny.get(upstream)?.(repo));
+  }
+
   /** Throws UNAUTHORIZED (anonymous) or DENIED when `who` may not pull `repo` through `upstream`. */
   check(who: Identity, upstream: string, repo: string): void {
-    const allow = this.upstreamAllow.get(upstream);
-    if ((allow && !allow(repo)) || this.upstreamDeny.get(upstream)?.(repo)) {
+    if (!this.upstreamPermits(upstream, repo)) {
       throw new RegistryError(
         "DENIED",
         `repository ${repo} may not be pulled through upstream ${upstream} on this mirror`,

@@ -10,6 +10,7 @@ import type { ManifestCache } from "../cache/manifest-cache.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { JobStatus, Prefetcher } from "../cache/prefetcher.ts";
+import type { WarmupSets, WarmupSetStatus } from "../cache/warmup.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { UpstreamResolver } from "../config/upstream-resolver.ts";
 import { assertDigest } from "../oci/digest.ts";
@@ -57,6 +58,7 @@ export class AdminHandler {
   private readonly importer: Importer | undefined;
   private readonly exporter: Exporter | undefined;
   private readonly traffic: TrafficTotals | undefined;
+  private readonly warmup: WarmupSets | undefined;
 
   constructor(opts: {
     upstreams: readonly UpstreamClient[];
@@ -70,6 +72,8 @@ export class AdminHandler {
     /** Writes bundles from this mirror's caches (`/admin/v1/export`); absent: the endpoint answers 404. */
     exporter?: Exporter;
     traffic?: TrafficTotals;
+    /** The configured warm-up sets (`/admin/v1/warmup`). */
+    warmup?: WarmupSets;
   }) {
     this.upstreams = new Map(opts.upstreams.map((u) => [u.name, u]));
     this.resolver = new UpstreamResolver(opts.upstreams);
@@ -82,6 +86,26 @@ export class AdminHandler {
     this.importer = opts.importer;
     this.exporter = opts.exporter;
     this.traffic = opts.traffic;
+    this.warmup = opts.warmup;
+  }
+
+  /** `GET /admin/v1/warmup`: every warm-up set, with its last run's per-image results. */
+  warmupSets(): { sets: WarmupSetStatus[] } {
+    return { sets: this.warmup?.list() ?? [] };
+  }
+
+  /** `GET /admin/v1/warmup/<name>`: one set. */
+  warmupSet(name: string): WarmupSetStatus {
+    const set = this.warmup?.get(name);
+    if (set === undefined) throw noWarmupSet(name);
+    return set;
+  }
+
+  /** `POST /admin/v1/warmup/<name>`: runs the set now, or says which run is already going (runs never overlap). */
+  runWarmup(name: string): { set: string; started: boolean; run: number } {
+    const started = this.warmup?.runNow(name);
+    if (started === undefined) throw noWarmupSet(name);
+    return { set: name, ...started };
   }
 
   /** `GET /admin/v1/export?reference=…&reference=…[&platform=os/arch…][&referrers=false]` (no delta: see exportBody). */
@@ -355,4 +379,10 @@ function exportError(err: unknown): RegistryError {
         : new RegistryError(e.code, message, { status: e.status, cause: err });
   }
   return new RegistryError("MANIFEST_INVALID", message, { cause: err });
+}
+
+function noWarmupSet(name: string): RegistryError {
+  return new RegistryError("UNSUPPORTED", `no warm-up set ${JSON.stringify(name.slice(0, 64))} is configured`, {
+    status: 404,
+  });
 }

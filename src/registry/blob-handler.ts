@@ -5,12 +5,26 @@ import type { ByteRangeSpec } from "../oci/range.ts";
 import type { RegistryResponse } from "./response.ts";
 import type { ResolvedRepository } from "../config/upstream-resolver.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
+import type { UpstreamFallbacks } from "./upstream-fallback.ts";
 
 export class BlobHandler {
   private readonly cache: BlobCache;
+  private readonly fallbacks: UpstreamFallbacks | undefined;
 
-  constructor(cache: BlobCache) {
+  /** `fallbacks`: ask the upstream's fallbacks when it cannot answer (upstream-fallback.ts). */
+  constructor(cache: BlobCache, fallbacks?: UpstreamFallbacks) {
     this.cache = cache;
+    this.fallbacks = fallbacks;
+  }
+
+  /** `work` for the request's upstream, or through its fallbacks when it cannot answer; `from`: the fallback that did. */
+  private async through<T>(
+    target: ResolvedRepository<UpstreamClient>,
+    work: (t: ResolvedRepository<UpstreamClient>) => Promise<T>,
+  ): Promise<{ value: T; from: string | undefined }> {
+    if (!this.fallbacks) return { value: await work(target), from: undefined };
+    const answer = await this.fallbacks.run(target, work);
+    return { value: answer.value, from: answer.source };
   }
 
   async handle(req: {
@@ -19,15 +33,18 @@ export class BlobHandler {
     digest: string;
     range: ByteRangeSpec | undefined;
   }): Promise<RegistryResponse> {
-    const { upstream, repo } = req.target;
     if (req.method === "HEAD") {
-      const { size, result } = await this.cache.head(upstream, repo, req.digest);
-      const headers = baseHeaders(req.digest, result);
+      const { value, from } = await this.through(req.target, (t) => this.cache.head(t.upstream, t.repo, req.digest));
+      const { size, result } = value;
+      const headers = baseHeaders(req.digest, result, from);
       if (size !== undefined) headers["Content-Length"] = String(size);
       return { status: 200, headers, cache: result };
     }
 
-    const { size, range, body, result, redirect } = await this.cache.get(upstream, repo, req.digest, req.range);
+    const { value, from } = await this.through(req.target, (t) =>
+      this.cache.get(t.upstream, t.repo, req.digest, req.range),
+    );
+    const { size, range, body, result, redirect } = value;
     if (redirect !== undefined) {
       // A hit the client fetches from the object store itself (storage.s3.redirect): the URL is short-lived.
       return {
@@ -41,7 +58,7 @@ export class BlobHandler {
         cache: "hit",
       };
     }
-    const headers = baseHeaders(req.digest, result);
+    const headers = baseHeaders(req.digest, result, from);
     if (range !== undefined) {
       headers["Content-Range"] = `bytes ${range.start}-${range.end}/${size}`;
       headers["Content-Length"] = String(range.end - range.start + 1);
@@ -54,8 +71,9 @@ export class BlobHandler {
   }
 }
 
-function baseHeaders(digest: string, cache: string): Record<string, string> {
+function baseHeaders(digest: string, cache: string, from: string | undefined): Record<string, string> {
   return {
+    ...(from !== undefined ? { "X-Mirror-Source": from } : {}),
     "Content-Type": "application/octet-stream",
     "Docker-Content-Digest": digest,
     ETag: `"${digest}"`,

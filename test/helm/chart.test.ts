@@ -86,6 +86,8 @@ const configFile = (chart: RenderedChart): string => find<IConfigMap>(chart, "Co
 
 /** Fake Secret contents for the pod's environment: values a real Secret could hold, percent-encoded. */
 const SECRET_VALUE = "s3cr3t%2Fpass";
+/** The pod's IP as the downward API gives it. */
+const POD_IP = "10.42.0.17";
 
 /**
  * The environment the mirror process would see: the container's env list, with secretKeyRef values filled
@@ -94,7 +96,11 @@ const SECRET_VALUE = "s3cr3t%2Fpass";
 function podEnvironment(container: IContainer): Record<string, string> {
   const env: Record<string, string> = {};
   for (const e of container.env ?? []) {
-    const raw = e.valueFrom?.secretKeyRef ? SECRET_VALUE : (e.value ?? "");
+    const raw = e.valueFrom?.secretKeyRef
+      ? SECRET_VALUE
+      : e.valueFrom?.fieldRef?.fieldPath === "status.podIP"
+        ? POD_IP
+        : (e.value ?? "");
     env[e.name] = raw.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, name: string) => env[name] ?? whole);
   }
   return env;
@@ -147,6 +153,8 @@ describe("values.schema.json", () => {
   it.each([
     ["several replicas without Redis", { replicaCount: 3 }],
     ["Redis without a host", { redis: { enabled: true } }],
+    ["replicas sharing downloads without Redis", { cluster: { enabled: true, existingSecret: "mirror-cluster" } }],
+    ["replicas sharing downloads without their secret", { cluster: { enabled: true }, redis: { enabled: true, host: "redis" } }],
     ["a misspelt top-level key", { replicas: 2 }],
     ["credentials inside the ConfigMap", { config: { upstreams: { "docker.io": { credentials: { username: "u", password: "p" } } } } }],
     ["chart-owned keys in config", { config: { listen: "0.0.0.0:6000" } }],
@@ -165,7 +173,7 @@ describe("values.schema.json", () => {
     type Properties = { properties: Record<string, Properties>; additionalProperties: Properties };
     const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8")) as Properties;
     const config = schema.properties.config!;
-    const chartOwned = ["listen", "redis", "admin"];
+    const chartOwned = ["listen", "redis", "admin", "cluster"];
     expect(Object.keys(config.properties).sort()).toEqual(zodKeys(configSchema).filter((k) => !chartOwned.includes(k)));
     expect(Object.keys(config.properties.storage!.properties).sort()).toEqual(zodKeys(configSchema.shape.storage).filter((k) => k !== "path"));
     expect(Object.keys(config.properties.upstreams!.additionalProperties.properties).sort()).toEqual(zodKeys(upstreamSchema).filter((k) => k !== "credentials"));
@@ -235,6 +243,16 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
         expect(configFile(chart)).not.toContain("redis");
       } else {
         expect(config.redis).toBeUndefined();
+      }
+      const cluster = (chart.values as { cluster: { enabled: boolean; existingSecret: string } }).cluster;
+      if (cluster.enabled) {
+        // Each replica advertises its own pod IP, on the scheme it serves; its secret comes from the Secret.
+        const scheme = merged.config.tls !== undefined ? "https" : "http";
+        expect(config.cluster?.advertiseUrl).toBe(`${scheme}://${POD_IP}:5000`);
+        const secret = mountedFile(pod, container, config.cluster!.secretFile!);
+        expect(secret?.volume.secret?.secretName).toBe(cluster.existingSecret);
+      } else {
+        expect(config.cluster).toBeUndefined();
       }
     } finally {
       await rm(dir, { recursive: true, force: true });

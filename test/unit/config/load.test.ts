@@ -183,6 +183,20 @@ upstreams:
     }
   });
 
+  it("reads `cluster` only beside `redis`, with exactly one secret and an advertised origin", () => {
+    const redis = { url: "redis://127.0.0.1:6379" };
+    const cluster = { advertiseUrl: "http://10.0.0.12:5000", secret: "s".repeat(16) };
+    const config = parseConfig({ redis, cluster });
+    expect(config.cluster).toEqual({ ...cluster, leaseTtl: 15_000 });
+    expect(problemsOf({ cluster })).toEqual(["cluster: replicas share downloads through Redis: set redis.url too"]);
+    expect(problemsOf({ redis, cluster: { advertiseUrl: cluster.advertiseUrl } }).join("\n")).toMatch(
+      /set exactly one of secret, secretFile/,
+    );
+    expect(problemsOf({ redis, cluster: { ...cluster, secret: "short" } }).join("\n")).toMatch(/at least 16/);
+    for (const url of ["10.0.0.12:5000", "ftp://10.0.0.12", "http://10.0.0.12:5000/mirror"])
+      expect(problemsOf({ redis, cluster: { ...cluster, advertiseUrl: url } }), url).toHaveLength(1);
+  });
+
   it("reports a YAML syntax error with the file name", async () => {
     const file = await yamlFile("listen: [unclosed\n");
     expect(() => loadConfig({ file, env: {} })).toThrow(new RegExp(file.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")));
