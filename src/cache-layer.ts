@@ -12,6 +12,7 @@ import { Janitor } from "./cache/janitor.ts";
 import { ManifestCache } from "./cache/manifest-cache.ts";
 import { manifestCachePinResolver } from "./cache/pin-resolver.ts";
 import { ReferrersCache } from "./cache/referrers-cache.ts";
+import { CacheRules } from "./config/cache-rules.ts";
 import type { Config } from "./config/schema.ts";
 import { configuredPins } from "./config/upstream-resolver.ts";
 import { FillCoordinator } from "./fill/fill-coordinator.ts";
@@ -70,7 +71,8 @@ export interface CacheLayer {
 /**
  * Builds the stores, the janitor, the fill coordinator, one client per upstream and the read-through caches
  * over `config.storage.path`, after taking that directory's lock (DataDirLockedError if another process holds
- * it): the mirror at start, and `mirror export|import|inventory` working on a data directory.
+ * it): the mirror at start, and `mirror export|import|inventory` working on a data directory (`purpose`, which
+ * the lock names; only the mirror itself, without one, expires idle content).
  */
 export async function createCacheLayer(
   config: Config,
@@ -81,6 +83,8 @@ export async function createCacheLayer(
   const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
   let s3Client: S3Client | undefined;
   try {
+    const rules = new CacheRules(config);
+    const touchIntervalMs = touchIntervalFor(config, rules);
     const s3 = config.storage.s3;
     // With an s3 block the content lives in the bucket; storage.path keeps the temp files (and the journal).
     s3Client = s3 ? await createS3Client(s3) : undefined;
@@ -91,12 +95,13 @@ export async function createCacheLayer(
             bucket: s3.bucket,
             prefix: s3.prefix,
             root: config.storage.path,
+            touchIntervalMs,
             ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
             // Replicas share the prefix: one starting must not abort another's upload in progress (none outlives
             // its fill's timeout); younger leftovers go by the bucket's lifecycle rule.
             ...(config.cluster ? { leftoverUploadAfterMs: config.fill.timeout + 60_000 } : {}),
           })
-        : new BlobStore(config.storage.path);
+        : new BlobStore(config.storage.path, { touchIntervalMs });
     const scan = await blobStore.init();
     log.info({ ...scan, ...(s3 ? { bucket: s3.bucket, prefix: s3.prefix } : {}) }, "cache index rebuilt");
     if (scan.removedTempFiles > 0)
@@ -118,6 +123,8 @@ export async function createCacheLayer(
       maxBytes: config.limits.manifestMaxBytes,
       metrics,
       onNoSpace: (err) => janitor.noteNoSpace(err),
+      rules,
+      noteIdleLimit: (digest, ms) => janitor.noteIdleLimit(digest, ms),
     });
     const referrersCache = new ReferrersCache({
       manifestCache,
@@ -126,6 +133,7 @@ export async function createCacheLayer(
       maxBytes: config.limits.manifestMaxBytes,
       metrics,
       onNoSpace: (err) => janitor.noteNoSpace(err),
+      rules,
     });
     const janitor: Janitor = new Janitor({
       store: blobStore,
@@ -141,6 +149,14 @@ export async function createCacheLayer(
       manifestMaxBytes: config.limits.manifestMaxBytes,
       log,
       metrics,
+      // Only the mirror itself expires idle content: `mirror inventory|export|import --data-dir` on a stopped
+      // mirror's directory must not delete what nobody pulled while it was stopped.
+      maxIdle: config.storage.maxIdle,
+      idleExpiry: opts.purpose === undefined,
+      // Tag pointers in a shared Redis are every replica's: one replica's idle expiry does not forget them (the
+      // others may hold the manifest; a pointer without its manifest costs a fetch by digest, and Redis expires
+      // unused pointers itself).
+      upstreamNames: config.redis === undefined ? upstreams.map((u) => u.name) : [],
     });
     // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
     const pacer = new ReceivePacer();
@@ -174,12 +190,22 @@ export async function createCacheLayer(
         log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
     const cluster = await openCluster(config, { redis, log, metrics });
-    const blobCache = new BlobCache({ store: blobStore, fills, metadata, pacer, metrics, fleet: cluster?.fleet });
+    const blobCache = new BlobCache({
+      store: blobStore,
+      fills,
+      metadata,
+      pacer,
+      metrics,
+      rules,
+      noteIdleLimit: (digest, ms) => janitor.noteIdleLimit(digest, ms),
+      fleet: cluster?.fleet,
+    });
     let draining: Promise<void> | undefined;
     const drain = () => {
       draining ??= (async () => {
         janitor.stop();
         await fills.drain(config.shutdownGrace);
+        await janitor.flush();
       })();
       return draining;
     };
@@ -280,4 +306,14 @@ async function openCluster(
       await peers.close();
     },
   };
+}
+
+/**
+ * How often a pull is recorded as the object's access time (the file's mtime, cache-index.ts): every 10 minutes
+ * at most, and at least ten times per idle limit, so that after a restart an object's idle time is off by at
+ * most a tenth of its limit (while running, the index knows each last use exactly).
+ */
+function touchIntervalFor(config: Config, rules: CacheRules): number {
+  const limits = [config.storage.maxIdle, ...rules.maxIdles].filter((l): l is number => l !== undefined && l > 0);
+  return Math.max(100, Math.min(10 * 60_000, ...limits.map((l) => Math.floor(l / 10))));
 }

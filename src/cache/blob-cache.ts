@@ -7,7 +7,12 @@
  * copy.
  *
  * A GET is answered with everything a response needs (`BlobResponse`: size, the range sent, a body, how it was
- * obtained), or RANGE_INVALID. What a source is, and what is read from it, is decided at one instant: a fill is
+ * obtained), or RANGE_INVALID.
+ *
+ * A repository whose cache rule (cache-rules.ts) says `cache: false` is passed through: every GET is this
+ * request's own upstream GET, verified as it streams (the pass-through a full disk uses), and nothing is stored
+ * or read from the store; a HEAD is the upstream's HEAD. A rule's `maxIdle` is handed to the janitor for each
+ * blob served under it. What a source is, and what is read from it, is decided at one instant: a fill is
  * read only if, at that instant, it is still downloading; one that committed meanwhile is read from the store.
  */
 import { finished } from "node:stream/promises";
@@ -25,6 +30,7 @@ import type { ReceivePacer } from "../fill/receive-pacer.ts";
 import { VerifyStream } from "../fill/verify-stream.ts";
 import { CommittedElsewhereError, type FleetFills } from "../fill/fleet-fills.ts";
 import type { FillLease } from "../fill/fill-lease.ts";
+import type { CacheRule, CacheRules } from "../config/cache-rules.ts";
 
 /**
  * How a blob response was obtained: `hit` from the store; `miss` from a download this request started;
@@ -74,6 +80,8 @@ export class BlobCache {
   private readonly metrics: Metrics | undefined;
   private readonly pacer: ReceivePacer;
   private readonly fleet: FleetFills | undefined;
+  private readonly rules: CacheRules | undefined;
+  private readonly noteIdleLimit: ((digest: string, ms: number) => void) | undefined;
 
   constructor(opts: {
     store: ContentStore;
@@ -83,8 +91,14 @@ export class BlobCache {
     metrics?: Metrics;
     /** Replicas sharing downloads (fleet-fills.ts); absent: every download comes from the upstream. */
     fleet?: FleetFills;
+    /** Per-repository rules (`rules:`); none: every blob is cached. */
+    rules?: CacheRules;
+    /** Told each blob served under a rule with `maxIdle` (the janitor's noteIdleLimit). */
+    noteIdleLimit?: (digest: string, ms: number) => void;
   }) {
     this.fleet = opts.fleet;
+    this.rules = opts.rules;
+    this.noteIdleLimit = opts.noteIdleLimit;
     this.metrics = opts.metrics;
     this.pacer = opts.pacer;
     this.store = opts.store;
@@ -97,12 +111,30 @@ export class BlobCache {
    * upstream's error); RANGE_INVALID when the range is not satisfiable. Bytes that pass through uncached are
    * always the whole blob (RFC 9110 allows answering a Range request with the full content).
    */
-  async get(upstream: UpstreamClient, repo: string, digest: string, range?: ByteRangeSpec): Promise<BlobResponse> {
-    return this.serve(upstream, repo, digest, {
+  async get(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    range?: ByteRangeSpec,
+    rule: CacheRule | undefined = this.ruleFor(upstream, repo),
+  ): Promise<BlobResponse> {
+    if (rule?.cache === false)
+      return offlineAsUnknown(upstream, digest, async (): Promise<BlobResponse> => {
+        const { body, size } = await this.passThrough(upstream, repo, digest);
+        return { size, range: undefined, body, result: "uncached" };
+      });
+    const response = await this.serve<BlobResponse>(upstream, repo, digest, {
       stored: (content) => fromStore(content, range, "hit"),
       download: (fill, joined) => fromDownload(fill, range, joined ? "coalesced" : "miss"),
       uncached: async (body, size) => ({ size, range: undefined, body, result: "uncached" }),
     });
+    if (rule?.maxIdle !== undefined) this.noteIdleLimit?.(digest, rule.maxIdle);
+    return response;
+  }
+
+  /** The rule a blob request falls under (blobs carry no tag), matched once per request. */
+  ruleFor(upstream: UpstreamClient, repo: string): CacheRule | undefined {
+    return this.rules?.match(upstream.name, repo, undefined);
   }
 
   /**
@@ -110,6 +142,9 @@ export class BlobCache {
    * client's, finished) and servable under `repo`; throws when it cannot be cached (no room).
    */
   async ensureCached(upstream: UpstreamClient, repo: string, digest: string): Promise<void> {
+    const rule = this.ruleFor(upstream, repo);
+    if (rule?.cache === false) throw new Error(`not cached: rules[${rule.index}] says cache: false for ${repo}`);
+    if (rule?.maxIdle !== undefined) this.noteIdleLimit?.(digest, rule.maxIdle);
     return this.serve(upstream, repo, digest, {
       stored: (content) => content.close(),
       download: (fill) => fill.done,
@@ -126,7 +161,17 @@ export class BlobCache {
   }
 
   /** For HEAD: the blob's size, from the store, a running fill, or an upstream HEAD (no download is started). */
-  async head(upstream: UpstreamClient, repo: string, digest: string): Promise<BlobHead> {
+  async head(
+    upstream: UpstreamClient,
+    repo: string,
+    digest: string,
+    rule: CacheRule | undefined = this.ruleFor(upstream, repo),
+  ): Promise<BlobHead> {
+    if (rule?.cache === false)
+      return offlineAsUnknown(upstream, digest, async (): Promise<BlobHead> => ({
+        size: (await upstream.headBlob(repo, digest)).size,
+        result: "miss",
+      }));
     return offlineAsUnknown(upstream, digest, () => this.headOnline(upstream, repo, digest));
   }
 

@@ -28,6 +28,12 @@
  * - **One decision at a time.** Admissions, reservation growth and sweeps run one after another, and each
  *   computes what it needs when its turn comes: a sweep sized before an earlier one ran would evict again what
  *   that one already freed.
+ * - **Idle expiry.** With `storage.maxIdle` (or a rule's `maxIdle`), each periodic check also evicts content not
+ *   used for that long (the index's last use: exact while running, the recorded access time after a restart),
+ *   whatever the budget, with the same exemptions: pinned, being read, and whatever `idleExempt` names (warm-up
+ *   sets). Tag pointers to a manifest that went this way are forgotten, so tag lists stop naming it. A limit a
+ *   rule set for a digest is kept in `idle-limits.json` (idle-limits.ts). When what is pinned cannot be told,
+ *   idle expiry stops with eviction.
  * - **No space.** A write that fails with ENOSPC puts the mirror in no-space mode: misses are streamed without
  *   caching, cached content is still served, and /readyz and metrics say so, until space returns.
  */
@@ -42,6 +48,7 @@ import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { CONFIG_PIN_FILE, PinList } from "../storage/pin-list.ts";
 import { isValidTag } from "../oci/reference.ts";
+import { IdleLimits } from "../storage/idle-limits.ts";
 
 export interface Budget {
   /** Bytes; undefined means only the filesystem's watermarks apply. */
@@ -125,7 +132,7 @@ export class Reservation {
 
 export class Janitor {
   /** The content store, and the local directory whose filesystem the watermarks watch (temp files go there). */
-  private readonly store: ContentStore & { readonly root: string };
+  private readonly store: ContentStore & { readonly root: string; readonly tempDir: string };
   /**
    * Whether deleting content frees room on that filesystem: true for the filesystem store; false when content
    * lives in an object store (the disk then holds temp files only, and eviction never runs for disk room).
@@ -156,9 +163,16 @@ export class Janitor {
   noSpace: string | undefined;
   /** Why eviction is stopped (what is pinned cannot be told); undefined while it works. */
   evictionBlocked: string | undefined;
+  /** `storage.maxIdle` (ms); undefined: off, unless a rule set a limit for a digest. */
+  private readonly maxIdle: number | undefined;
+  private readonly idleLimits: IdleLimits;
+  private readonly idleExempt: (() => Promise<Iterable<string>>) | undefined;
+  private readonly upstreamNames: readonly string[];
+  private readonly idleExpiry: boolean;
+  private readonly now: () => number;
 
   constructor(opts: {
-    store: ContentStore & { readonly root: string };
+    store: ContentStore & { readonly root: string; readonly tempDir: string };
     /** False when the content is not on the watched filesystem (object storage): see `contentOnDisk`. */
     contentOnDisk?: boolean;
     manifests: ManifestStore;
@@ -178,6 +192,18 @@ export class Janitor {
     log: Logger;
     metrics?: Metrics;
     fsUsage?: FsUsage;
+    /** `storage.maxIdle` (ms): content not used for this long is evicted at each periodic check. */
+    maxIdle?: number;
+    /**
+     * Digests whose content is exempt from idle expiry (manifests: with everything they reach), asked at each
+     * check: the warm-up sets feed it. Pins are exempt without it. A throw stops idle expiry for that check.
+     */
+    idleExempt?: () => Promise<Iterable<string>>;
+    /** false: no idle expiry at all, rules' limits included (commands working on a data directory). */
+    idleExpiry?: boolean;
+    /** Where tag pointers to idle-expired manifests are looked for (and forgotten); none: they are kept. */
+    upstreamNames?: readonly string[];
+    now?: () => number;
   }) {
     this.store = opts.store;
     this.manifests = opts.manifests;
@@ -192,6 +218,21 @@ export class Janitor {
     this.metrics = opts.metrics;
     this.fsUsage = opts.fsUsage ?? defaultFsUsage;
     this.contentOnDisk = opts.contentOnDisk ?? true;
+    this.maxIdle = opts.maxIdle;
+    this.idleLimits = new IdleLimits(opts.store.root, opts.store.tempDir);
+    this.idleExempt = opts.idleExempt;
+    this.upstreamNames = opts.upstreamNames ?? [];
+    this.idleExpiry = opts.idleExpiry ?? true;
+    this.now = opts.now ?? Date.now;
+    opts.store.onDelete((digest) => this.idleLimits.forget(digest));
+  }
+
+  /**
+   * Content was served under a rule whose `maxIdle` is `ms` (0: never idle-expired): that limit, or a more
+   * generous one it was served under before, applies to it instead of `storage.maxIdle`.
+   */
+  noteIdleLimit(digest: string, ms: number): void {
+    this.idleLimits.note(digest, ms);
   }
 
   /** Periodic check (filesystem watermarks can move without us writing anything; pins are resolved and recorded). */
@@ -204,6 +245,11 @@ export class Janitor {
 
   stop(): void {
     clearInterval(this.timer);
+  }
+
+  /** Writes what rules' idle limits were learnt since the last check (at shutdown: they would be lost). */
+  async flush(): Promise<void> {
+    await this.saveIdleLimits();
   }
 
   /**
@@ -271,7 +317,93 @@ export class Janitor {
     // Outside the queue of decisions: metadata lookups (a slow Redis) and the resolver (an upstream) must not
     // hold up admissions.
     await this.pinnedDigests(opts.askResolver ?? true);
+    if (this.idleExpiry)
+      await this.expireIdle().catch((err: unknown) =>
+        this.log.warn({ err: (err as Error).message }, "idle expiry failed: it is tried again at the next check"),
+      );
     await this.checkWatermarks();
+  }
+
+  /**
+   * Evicts what has not been used for its idle limit (a rule's, else `storage.maxIdle`), then forgets the tag
+   * pointers to manifests that went. Skipped while what is pinned (or exempt) cannot be told.
+   */
+  private async expireIdle(): Promise<void> {
+    const damaged = await this.idleLimits.load();
+    if (damaged)
+      this.log.warn(
+        { path: this.idleLimits.path, reason: damaged.damaged },
+        "idle limits set by rules unreadable: storage.maxIdle applies until the content is pulled again",
+      );
+    const fromRules = this.idleLimits.shortest();
+    // No limit anywhere (the default): nothing to walk, not even the pins.
+    if (this.maxIdle === undefined && fromRules === undefined) return this.saveIdleLimits();
+    const shortest = Math.min(this.maxIdle ?? Infinity, fromRules ?? Infinity);
+    let exempt: Set<string>;
+    try {
+      exempt = await this.idleExemptDigests();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "idle expiry skipped: cannot tell what is exempt");
+      return;
+    }
+    const gone = await this.serially(async () => {
+      const pinned = await this.pinnedDigests(false);
+      if (pinned === undefined) return [];
+      const now = this.now();
+      const victims: Array<{ digest: string; size: number }> = [];
+      for (const entry of this.store.index.leastRecentlyUsed()) {
+        // Least recently used first: once an entry is younger than every limit, so is the rest.
+        if (now - entry.usedAt < shortest) break;
+        const limit = this.idleLimits.get(entry.digest) ?? this.maxIdle;
+        if (limit === undefined || limit === 0 || now - entry.usedAt < limit) continue;
+        if (pinned.has(entry.digest) || exempt.has(entry.digest) || this.store.inUse(entry.digest)) continue;
+        victims.push(entry);
+      }
+      if (victims.length > 0) await this.evict(victims, 0, "idle");
+      return victims.map((v) => v.digest);
+    });
+    await this.saveIdleLimits();
+    if (gone.length > 0) await this.forgetPointersTo(new Set(gone));
+  }
+
+  private async saveIdleLimits(): Promise<void> {
+    try {
+      await this.idleLimits.save();
+    } catch (err) {
+      this.log.warn({ path: this.idleLimits.path, err: (err as Error).message }, "idle limits not saved");
+    }
+  }
+
+  /** Everything the `idleExempt` hook names, with what it reaches. */
+  private async idleExemptDigests(): Promise<Set<string>> {
+    const exempt = new Set<string>();
+    if (this.idleExempt === undefined) return exempt;
+    for (const digest of await this.idleExempt()) await this.addReachable(digest, exempt, true);
+    return exempt;
+  }
+
+  /**
+   * Forgets every tag pointer (and other pointer kept beside tags) to a manifest in `gone` that is still not in
+   * the store: a pull since the eviction may have brought it back, and then its pointer stays.
+   */
+  private async forgetPointersTo(gone: ReadonlySet<string>): Promise<void> {
+    let forgotten = 0;
+    try {
+      for (const upstream of this.upstreamNames) {
+        for (const repo of await this.metadata.listRepositories(upstream)) {
+          for (const tag of await this.metadata.listTags(upstream, repo)) {
+            const pointer = await this.metadata.getTag(upstream, repo, tag);
+            if (pointer === undefined || !gone.has(pointer.digest)) continue;
+            if (await this.manifests.holdsBytes(pointer.digest)) continue;
+            await this.metadata.deleteTag(upstream, repo, tag);
+            forgotten++;
+          }
+        }
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "tag pointers to idle-expired manifests not all forgotten");
+    }
+    if (forgotten > 0) this.log.info({ forgotten }, "forgot tag pointers to idle-expired manifests");
   }
 
   /** Evicts if a watermark is crossed; leaves no-space mode when room came back. */
@@ -372,7 +504,7 @@ export class Janitor {
     if (least <= 0) return true;
     const victims = await this.victims(target);
     if (victims === undefined || sumOf(victims) < least) return false; // eviction cannot make room: keep the cache whole
-    await this.evict(victims, target);
+    await this.evict(victims, target, "budget");
     if (diskShort > 0) {
       const after = await this.fsUsage(this.store.root);
       if (after.free - this.unwritten() < want + headroom) return false;
@@ -391,7 +523,7 @@ export class Janitor {
       need = Math.max(need, diskUsed - Math.floor(fs.total * low));
     if (need <= 0) return;
     const victims = await this.victims(need);
-    if (victims) await this.evict(victims, need);
+    if (victims) await this.evict(victims, need, "budget");
   }
 
   /**
@@ -414,7 +546,12 @@ export class Janitor {
     return victims;
   }
 
-  private async evict(victims: ReadonlyArray<{ digest: string; size: number }>, need: number): Promise<void> {
+  /** Deletes `victims`; `reason` labels the metrics: `budget` (watermarks, admission) or `idle` (maxIdle). */
+  private async evict(
+    victims: ReadonlyArray<{ digest: string; size: number }>,
+    need: number,
+    reason: "budget" | "idle",
+  ): Promise<void> {
     let evicted = 0;
     let bytes = 0;
     for (const victim of victims) {
@@ -424,9 +561,12 @@ export class Janitor {
       bytes += victim.size;
     }
     if (evicted > 0) {
-      this.metrics?.evictions.inc(evicted);
-      this.metrics?.evictedBytes.inc(bytes);
-      this.log.info({ evicted, bytes, cacheBytes: this.store.index.bytes }, "evicted least recently used content");
+      this.metrics?.evictions.inc({ reason }, evicted);
+      this.metrics?.evictedBytes.inc({ reason }, bytes);
+      this.log.info(
+        { evicted, bytes, reason, cacheBytes: this.store.index.bytes },
+        reason === "idle" ? "evicted idle content" : "evicted least recently used content",
+      );
     }
     if (bytes < need)
       this.log.warn({ need, freed: bytes }, "could not free enough space: the rest is pinned or in use");
@@ -574,9 +714,10 @@ export class Janitor {
   private async addReachable(digest: string, into: Set<string>, isManifest: boolean): Promise<void> {
     if (into.has(digest)) return;
     into.add(digest);
+    // Not a use of the content: a walk must not make what it reads look recently pulled to idle expiry.
     const bytes = isManifest
-      ? await this.manifests.bytesOf(digest, this.manifestMaxBytes)
-      : (await this.manifests.get(digest))?.bytes;
+      ? await this.manifests.bytesOf(digest, this.manifestMaxBytes, { touch: false })
+      : (await this.manifests.get(digest, { touch: false }))?.bytes;
     if (bytes === undefined) return;
     const manifests = new Set(reachableManifests(bytes));
     for (const child of reachableDigests(bytes)) await this.addReachable(child, into, manifests.has(child));

@@ -10,6 +10,11 @@
  * a storm of requests for a missing tag reaches the upstream once. Concurrent misses in this process share one
  * upstream request, and replicas sharing a metadata store take a short lock per tag so that one of them asks the
  * upstream per tag per TTL.
+ *
+ * A request's cache rule (cache-rules.ts, matched once per `get`) can change this for its repository and tag:
+ * `immutable` serves a cached tag without ever revalidating it, `tagTtl` replaces the upstream's, `cache: false`
+ * fetches every manifest from the upstream, verifies it and serves it without storing anything (as when the
+ * disk is full), and `maxIdle` is handed to the janitor for the manifest served.
  */
 import { createHash } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -24,6 +29,7 @@ import { confirmationLate, LATE, settleWithin, SharedExchanges } from "./answer-
 import { confirmedDigests } from "../oci/manifest.ts";
 import type { ManifestStore, StoredManifest } from "../storage/manifest-store.ts";
 import type { MetadataStore, TagPointer } from "../metadata/metadata-store.ts";
+import type { CacheRule, CacheRules } from "../config/cache-rules.ts";
 
 /** How a manifest was obtained, for logs, metrics and the `X-Mirror-Cache` header. */
 export type ManifestSource = "hit" | "miss" | "revalidated" | "stale";
@@ -53,6 +59,8 @@ export class ManifestCache {
   private readonly inflight = new SharedExchanges<ManifestResult>();
   private readonly metrics: Metrics | undefined;
   private readonly onNoSpace: ((err: Error) => void) | undefined;
+  private readonly rules: CacheRules | undefined;
+  private readonly noteIdleLimit: ((digest: string, ms: number) => void) | undefined;
 
   constructor(opts: {
     manifests: ManifestStore;
@@ -61,7 +69,13 @@ export class ManifestCache {
     now?: () => number;
     metrics?: Metrics;
     onNoSpace?: (err: Error) => void;
+    /** Per-repository rules (`rules:`); none: every request as its upstream's config says. */
+    rules?: CacheRules;
+    /** Told the digest of each manifest served under a rule with `maxIdle` (the janitor's noteIdleLimit). */
+    noteIdleLimit?: (digest: string, ms: number) => void;
   }) {
+    this.rules = opts.rules;
+    this.noteIdleLimit = opts.noteIdleLimit;
     this.metrics = opts.metrics;
     this.onNoSpace = opts.onNoSpace;
     this.manifests = opts.manifests;
@@ -70,7 +84,29 @@ export class ManifestCache {
     this.now = opts.now ?? Date.now;
   }
 
-  async get(upstream: UpstreamClient, repo: string, ref: ManifestReference): Promise<ManifestResult> {
+  /** The rule a request for `ref` falls under (matched once per request: `get` takes it as given). */
+  ruleFor(upstream: UpstreamClient, repo: string, ref: ManifestReference): CacheRule | undefined {
+    return this.rules?.match(upstream.name, repo, ref.kind === "tag" ? ref.tag : undefined);
+  }
+
+  async get(
+    upstream: UpstreamClient,
+    repo: string,
+    ref: ManifestReference,
+    rule: CacheRule | undefined = this.ruleFor(upstream, repo, ref),
+  ): Promise<ManifestResult> {
+    if (rule?.cache === false) return this.passThrough(upstream, repo, ref);
+    const result = await this.lookup(upstream, repo, ref, rule);
+    if (rule?.maxIdle !== undefined) this.noteIdleLimit?.(result.manifest.digest, rule.maxIdle);
+    return result;
+  }
+
+  private async lookup(
+    upstream: UpstreamClient,
+    repo: string,
+    ref: ManifestReference,
+    rule: CacheRule | undefined,
+  ): Promise<ManifestResult> {
     if (ref.kind === "digest") {
       const cached = await this.manifests.get(ref.digest);
       if (cached && (await this.mayServe(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
@@ -97,11 +133,11 @@ export class ManifestCache {
     }
     const pointer = await this.metadata.getTag(upstream.name, repo, ref.tag);
     const cached = pointer ? await this.manifests.get(pointer.digest) : undefined;
-    if (pointer && this.isFresh(upstream, pointer)) {
+    if (pointer && this.isFresh(upstream, pointer, rule)) {
       if (cached) return { manifest: cached, source: "hit" };
       // Fresh in a shared store (another replica confirmed it) but not on this node's disk: fetch the bytes by
       // digest. The tag itself needs no revalidation.
-      const byDigest = await this.get(upstream, repo, { kind: "digest", digest: pointer.digest }).catch(
+      const byDigest = await this.lookup(upstream, repo, { kind: "digest", digest: pointer.digest }, rule).catch(
         () => undefined,
       );
       if (byDigest) return byDigest;
@@ -151,8 +187,25 @@ export class ManifestCache {
     ).result;
   }
 
-  private isFresh(upstream: UpstreamClient, pointer: TagPointer): boolean {
-    return this.now() - pointer.checkedAt < upstream.config.tagTtl;
+  /** Whether a tag's pointer is trusted without asking: always under an `immutable` rule, else within the TTL. */
+  private isFresh(upstream: UpstreamClient, pointer: TagPointer, rule: CacheRule | undefined): boolean {
+    if (rule?.immutable) return true;
+    return this.now() - pointer.checkedAt < (rule?.tagTtl ?? upstream.config.tagTtl);
+  }
+
+  /**
+   * A manifest of a repository whose rule says `cache: false`: fetched from the upstream, verified against its
+   * digest like any other, served, and neither stored nor pointed at by a tag.
+   */
+  private async passThrough(upstream: UpstreamClient, repo: string, ref: ManifestReference): Promise<ManifestResult> {
+    const reference = ref.kind === "tag" ? ref.tag : ref.digest;
+    if (upstream.config.offline)
+      throw new RegistryError(
+        "MANIFEST_UNKNOWN",
+        `manifest ${reference} of ${repo} is never cached (a rule says cache: false), and upstream ${upstream.name} is offline`,
+        { detail: { upstream: upstream.name, offline: true } },
+      );
+    return { manifest: await this.fetchVerified(upstream, repo, reference), source: "miss" };
   }
 
   /**
@@ -318,6 +371,31 @@ export class ManifestCache {
     askedAt = this.now(),
   ): Promise<ManifestResult> {
     // `askedAt`: when the upstream was asked what `tag` points at (this GET, unless a HEAD answered it before).
+    const fetched = await this.fetchVerified(upstream, repo, reference);
+    const { digest } = fetched;
+    try {
+      await this.manifests.put(digest, fetched.mediaType, fetched.bytes);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
+      // No room to store it: serve it anyway, uncached (and without a pointer to bytes we do not have).
+      this.onNoSpace?.(err as Error);
+      return { manifest: fetched, source: "miss" };
+    }
+    await this.metadata.addLinks(upstream.name, repo, [digest, ...confirmedDigests(fetched.bytes)]);
+    await this.metadata.addProvenance(upstream.name, [digest]);
+    if (tag !== undefined) {
+      await this.metadata.putTag(upstream.name, repo, tag, {
+        digest,
+        mediaType: fetched.mediaType,
+        checkedAt: askedAt,
+      });
+      await this.metadata.clearMissing(upstream.name, repo, tag);
+    }
+    return { manifest: fetched, source: "miss" };
+  }
+
+  /** GETs a manifest and checks its bytes against the digest asked for and the one the upstream announced. */
+  private async fetchVerified(upstream: UpstreamClient, repo: string, reference: string): Promise<StoredManifest> {
     const fetched = await upstream.getManifest(repo, reference, this.maxBytes);
     const digest = `sha256:${createHash("sha256").update(fetched.bytes).digest("hex")}`;
     if (isSha256Digest(reference) && digest !== reference) {
@@ -332,24 +410,6 @@ export class ManifestCache {
         `upstream ${upstream.name} sent a manifest whose Docker-Content-Digest ${fetched.digest} does not match its bytes (${digest})`,
       );
     }
-    try {
-      await this.manifests.put(digest, fetched.mediaType, fetched.bytes);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
-      // No room to store it: serve it anyway, uncached (and without a pointer to bytes we do not have).
-      this.onNoSpace?.(err as Error);
-      return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
-    }
-    await this.metadata.addLinks(upstream.name, repo, [digest, ...confirmedDigests(fetched.bytes)]);
-    await this.metadata.addProvenance(upstream.name, [digest]);
-    if (tag !== undefined) {
-      await this.metadata.putTag(upstream.name, repo, tag, {
-        digest,
-        mediaType: fetched.mediaType,
-        checkedAt: askedAt,
-      });
-      await this.metadata.clearMissing(upstream.name, repo, tag);
-    }
-    return { manifest: { digest, mediaType: fetched.mediaType, bytes: fetched.bytes }, source: "miss" };
+    return { digest, mediaType: fetched.mediaType, bytes: fetched.bytes };
   }
 }

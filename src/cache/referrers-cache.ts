@@ -12,6 +12,9 @@
  * "Unavailable Referrers API", read through the manifest cache (so that tag is cached like any tag); no such
  * tag means no referrers, an empty list. The list is kept unfiltered, one per subject: every `artifactType`
  * filter is applied to it by the caller, so one upstream request answers every filter, online or not.
+ *
+ * A repository whose cache rule (cache-rules.ts) says `cache: false` has its lists asked of the upstream at every
+ * request and never stored, like its manifests and blobs.
  */
 import { RegistryError } from "../oci/errors.ts";
 import { digestOf } from "../oci/digest.ts";
@@ -29,6 +32,7 @@ import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { isUpstreamUnwell } from "../upstream/upstream-errors.ts";
 import { LATE, settleWithin, SharedExchanges } from "./answer-deadline.ts";
 import type { ManifestCache, ManifestSource } from "./manifest-cache.ts";
+import type { CacheRules } from "../config/cache-rules.ts";
 
 /** The metadata key under which the referrers list of `subject` is pointed at, beside the repository's tags. */
 export function referrersKey(subject: string): string {
@@ -50,6 +54,7 @@ export class ReferrersCache {
   private readonly onNoSpace: ((err: Error) => void) | undefined;
   /** Requests to the upstream in flight, one per list, with when each started (for the shared deadline). */
   private readonly inflight = new SharedExchanges<ReferrersResult>();
+  private readonly rules: CacheRules | undefined;
 
   constructor(opts: {
     manifestCache: ManifestCache;
@@ -59,7 +64,10 @@ export class ReferrersCache {
     now?: () => number;
     metrics?: Metrics;
     onNoSpace?: (err: Error) => void;
+    /** Per-repository rules (`rules:`): `cache: false` lists are passed through, never stored. */
+    rules?: CacheRules;
   }) {
+    this.rules = opts.rules;
     this.manifestCache = opts.manifestCache;
     this.manifests = opts.manifests;
     this.metadata = opts.metadata;
@@ -75,6 +83,8 @@ export class ReferrersCache {
    * tag is (answer-deadline.ts); the request goes on and records its answer when it comes.
    */
   async get(upstream: UpstreamClient, repo: string, subject: string): Promise<ReferrersResult> {
+    if (this.rules?.match(upstream.name, repo, undefined)?.cache === false)
+      return this.passThrough(upstream, repo, subject);
     const pointer = await this.metadata.getTag(upstream.name, repo, referrersKey(subject));
     const cached = pointer ? await this.read(pointer) : undefined;
     if (pointer && cached && this.now() - pointer.checkedAt < upstream.config.tagTtl)
@@ -167,6 +177,19 @@ export class ReferrersCache {
       checkedAt: askedAt,
     });
     return { referrers: answer.referrers, source: pointer?.digest === digest ? "revalidated" : "miss" };
+  }
+
+  /** The list of a `cache: false` repository: asked of the upstream, neither stored nor pointed at. */
+  private async passThrough(upstream: UpstreamClient, repo: string, subject: string): Promise<ReferrersResult> {
+    try {
+      const answer = await this.ask(upstream, repo, subject);
+      return { referrers: answer.referrers, source: answer.stale ? "stale" : "miss" };
+    } catch (err) {
+      // Offline by configuration: the mirror is all there is, and it keeps nothing of this repository.
+      if (upstream.config.offline && err instanceof RegistryError && err.code === "UNAVAILABLE")
+        return { referrers: [], source: "stale" };
+      throw err;
+    }
   }
 
   /** Asks the upstream: its referrers API, else (404) the fallback tag, else no referrers. */

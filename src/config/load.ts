@@ -24,6 +24,7 @@ import {
   type Config,
   type UpstreamConfig,
 } from "./schema.ts";
+import { ruleProblems } from "./cache-rules.ts";
 import { fileErrorText } from "./file-checks.ts";
 import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
@@ -94,6 +95,9 @@ function finish(raw: unknown, problems: string[], cwd: string): Config {
   problems.push(...crossUpstreamProblems((raw as { upstreams?: unknown } | null)?.upstreams));
   problems.push(...warmupNameProblems((raw as { warmup?: unknown } | null)?.warmup));
   problems.push(...fallbackProblems((raw as { upstreams?: unknown } | null)?.upstreams));
+  problems.push(
+    ...ruleProblems((raw as { rules?: unknown } | null)?.rules, (raw as { upstreams?: unknown } | null)?.upstreams),
+  );
   let upstreams: Record<string, UpstreamConfig> = {};
   if (result.success) {
     // What the file wrote is already absolute (loadConfig); the rest is the working directory's.

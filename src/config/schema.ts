@@ -6,6 +6,7 @@
 import { isIP } from "node:net";
 import ms from "ms";
 import { z } from "zod";
+import { matchProblem, tagRegexProblem } from "./cache-rules.ts";
 import { MIN_SECRET_BYTES } from "./secret-file.ts";
 
 /**
@@ -311,6 +312,36 @@ export const upstreamSchema = z
   })
   .strict();
 
+/**
+ * One per-repository cache rule (`rules:`). Field checks here (each reported with the rule's index in its path);
+ * checks across fields and against the upstreams are in cache-rules.ts (ruleProblems), on the raw input.
+ */
+const cacheRuleSchema = z
+  .object({
+    /** `<upstream>/<repository glob>`: `*` within one path component, `**` across them (repository-pattern.ts). */
+    match: z.string().superRefine((m, ctx) => {
+      const problem = matchProblem(m);
+      if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+    }),
+    /** A regular expression over the tag; a rule with `tags` applies only to manifest requests by tag. */
+    tags: z
+      .string()
+      .superRefine((t, ctx) => {
+        const problem = tagRegexProblem(t);
+        if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+      })
+      .optional(),
+    /** Overrides the upstream's `tagTtl` for matching tags; 0: revalidated on every request. */
+    tagTtl: durationIn({ zeroMeansOff: true, use: "age" }).optional(),
+    /** A cached matching tag is never revalidated: served from the cache with no upstream request, ever. */
+    immutable: z.boolean().default(false),
+    /** false: pass through, verified, never stored (blobs and manifests). */
+    cache: z.boolean().default(true),
+    /** Overrides `storage.maxIdle` for content pulled through matching repositories; 0: never idle-expired. */
+    maxIdle: durationIn({ zeroMeansOff: true, use: "age" }).optional(),
+  })
+  .strict();
+
 /** An IP address, or a CIDR range (`10.0.0.0/8`, `fd00::/8`). */
 const addressOrRange = z.string().refine((value) => {
   const [address, prefix, ...rest] = value.split("/");
@@ -422,6 +453,12 @@ export const configSchema = z
             { message: "set both an access key id and a secret access key, or neither (the SDK's default chain)" },
           )
           .optional(),
+        /**
+         * Idle expiry: content (blobs, manifests, and the tag pointers whose manifest goes) not pulled for this
+         * long is evicted by the janitor's periodic check, whatever the budget. Pinned content is exempt. Absent:
+         * off (content leaves only under disk or budget pressure). A rule's `maxIdle` overrides it.
+         */
+        maxIdle: durationIn({ use: "age" }).optional(),
       })
       .strict()
       .refine((st) => st.lowWatermark < st.highWatermark, "lowWatermark must be below highWatermark")
@@ -610,6 +647,8 @@ export const configSchema = z
       .prefault({}),
     /** Warm-up sets: images kept in the cache ahead of need (warmupSetSchema); names are unique (warmup-list.ts). */
     warmup: z.array(warmupSetSchema).default([]),
+    /** Per-repository cache rules (cache-rules.ts): the first whose `match` and `tags` fit a request decides. */
+    rules: z.array(cacheRuleSchema).default([]),
     /** How long a graceful shutdown waits for in-flight fills and responses; 0: it does not wait. */
     shutdownGrace: durationIn({ zeroMeansOff: true }).default(25_000),
     upstreams: z.record(registryHost, upstreamSchema).default({

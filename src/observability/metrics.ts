@@ -65,8 +65,8 @@ export class Metrics {
   readonly cacheBudgetBytes: Gauge;
   readonly cacheWritable: Gauge;
   readonly evictionBlocked: Gauge;
-  readonly evictions: Counter;
-  readonly evictedBytes: Counter;
+  readonly evictions: Counter<"reason">;
+  readonly evictedBytes: Counter<"reason">;
   readonly uncachedServed: Counter<"upstream">;
   readonly fleetFills: Counter<"source">;
   // Warm-up sets (cache/warmup.ts).
@@ -198,10 +198,16 @@ export class Metrics {
     });
     this.evictions = new Counter({
       name: "mirror_evictions_total",
-      help: "Objects evicted to keep the cache within its budget and the disk's watermarks.",
+      help: "Objects evicted, by reason: budget (to keep the cache within its budget and the disk's watermarks) or idle (not pulled for storage.maxIdle or a rule's maxIdle).",
+      labelNames: ["reason"],
       registers,
     });
-    this.evictedBytes = new Counter({ name: "mirror_evicted_bytes_total", help: "Bytes evicted.", registers });
+    this.evictedBytes = new Counter({
+      name: "mirror_evicted_bytes_total",
+      help: "Bytes evicted, by reason (as mirror_evictions_total).",
+      labelNames: ["reason"],
+      registers,
+    });
     this.uncachedServed = new Counter({
       name: "mirror_uncached_blobs_total",
       help: "Blob misses streamed to a client without caching (no space, or over budget).",

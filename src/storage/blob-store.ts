@@ -138,7 +138,7 @@ export class BlobStore implements ContentStore {
    * Opens committed content for reading. The open handle stays valid even if the file is later unlinked
    * (eviction), so a response that has started always completes.
    */
-  async open(digest: string): Promise<StoredContent | undefined> {
+  async open(digest: string, opts: { touch?: boolean } = {}): Promise<StoredContent | undefined> {
     let handle: FileHandle;
     try {
       handle = await open(this.pathOf(digest), "r");
@@ -159,7 +159,7 @@ export class BlobStore implements ContentStore {
     try {
       const size = (await handle.stat()).size;
       if (!this.index.has(digest)) this.index.add(digest, size);
-      this.index.touch(digest);
+      if (opts.touch !== false) this.index.touch(digest);
       return new StoredFile(handle, size, this.buffers);
     } catch (err) {
       await handle.close();

@@ -5,7 +5,8 @@
  * It is rebuilt at start-up from a scan of the store. Recency survives restarts through the store's record of
  * accesses (file modification times on the filesystem): an access is recorded at most once per
  * `touchIntervalMs` per digest, and the scan inserts objects oldest first, so the hottest content is the last
- * to be evicted after a restart.
+ * to be evicted after a restart. The same record is what idle expiry (`storage.maxIdle`) reads after a restart:
+ * no write per pull, one `utimes` per object per interval, and nothing to keep consistent beside the file.
  */
 import { LRUCache } from "lru-cache";
 
@@ -21,6 +22,11 @@ interface Entry {
   size: number;
   /** Last time an access was recorded in the store (ms), to throttle touches. */
   touchedAt: number;
+  /**
+   * Last access (ms), exact while the process runs; after a restart, the recorded one (at most one touch
+   * interval earlier than the real last access). What idle expiry compares with.
+   */
+  usedAt: number;
 }
 
 export class CacheIndex {
@@ -48,7 +54,7 @@ export class CacheIndex {
     this.entries.clear();
     let bytes = 0;
     for (const f of found) {
-      this.entries.set(f.digest, { size: f.size, touchedAt: f.lastAccess });
+      this.entries.set(f.digest, { size: f.size, touchedAt: f.lastAccess, usedAt: f.lastAccess });
       bytes += f.size;
     }
     return { objects: found.length, bytes, ms: performance.now() - started };
@@ -56,7 +62,8 @@ export class CacheIndex {
 
   /** Content was committed. */
   add(digest: string, size: number): void {
-    this.entries.set(digest, { size, touchedAt: this.now() });
+    const now = this.now();
+    this.entries.set(digest, { size, touchedAt: now, usedAt: now });
   }
 
   /** Content was read: it becomes the most recently used, and the store records that (throttled). */
@@ -64,6 +71,7 @@ export class CacheIndex {
     const entry = this.entries.get(digest);
     if (!entry) return;
     const now = this.now();
+    entry.usedAt = now;
     if (now - entry.touchedAt < this.touchIntervalMs) return;
     entry.touchedAt = now;
     this.source.recordAccess(digest, new Date(now));
@@ -97,11 +105,14 @@ export class CacheIndex {
     }
   }
 
-  /** Digests from least to most recently used (without changing recency). */
-  *leastRecentlyUsed(): Generator<{ digest: string; size: number }> {
+  /**
+   * Digests from least to most recently used (without changing recency), with when each was last used (ms):
+   * that order is the order of `usedAt`, since every use moves an entry to the front.
+   */
+  *leastRecentlyUsed(): Generator<{ digest: string; size: number; usedAt: number }> {
     for (const digest of this.entries.rkeys()) {
       const entry = this.entries.peek(digest);
-      if (entry) yield { digest, size: entry.size };
+      if (entry) yield { digest, size: entry.size, usedAt: entry.usedAt };
     }
   }
 }

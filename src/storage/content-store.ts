@@ -24,7 +24,8 @@ export interface ContentStore extends IndexSource {
   /** The size of committed content, or undefined when there is none under `digest`. */
   size(digest: string): Promise<number | undefined>;
   /** Committed content, held open for reading (a delete meanwhile does not disturb it); undefined when absent. */
-  open(digest: string): Promise<StoredContent | undefined>;
+  /** `touch: false`: a read that is no use of the content (the janitor walking what pins reach), not recorded. */
+  open(digest: string, opts?: { touch?: boolean }): Promise<StoredContent | undefined>;
   /** Whether a reader holds this content open now (content being served is never evicted). */
   inUse(digest: string): boolean;
   /** A writer for content that must hash to `digest` (and be `expectedSize` bytes long, when given). */

@@ -124,12 +124,13 @@ export class ManifestStore {
     return (await this.blobs.size(digest)) !== undefined;
   }
 
-  async get(digest: string): Promise<StoredManifest | undefined> {
+  /** `touch: false`: a read that is no use of the manifest (a walk of what pins reach), not recorded as one. */
+  async get(digest: string, opts: { touch?: boolean } = {}): Promise<StoredManifest | undefined> {
     const hot = this.memory.get(digest);
     if (hot) {
       // Served from memory, but still used: the index must know, or eviction would see it as cold.
       if (this.blobs.index.has(digest)) {
-        this.blobs.index.touch(digest);
+        if (opts.touch !== false) this.blobs.index.touch(digest);
         return hot;
       }
       this.memory.delete(digest); // evicted from disk: not servable any more
@@ -139,7 +140,7 @@ export class ManifestStore {
     if (text === undefined) return undefined;
     const meta = parseSidecar(text);
     if (meta === undefined) return undefined; // damaged: absent until the next put rewrites it
-    const stored = await this.blobs.open(digest);
+    const stored = await this.blobs.open(digest, opts);
     if (!stored) return undefined;
     if (stored.size !== meta.size) {
       await stored.close();
@@ -156,10 +157,10 @@ export class ManifestStore {
    * bytes are not stored, or are larger than `maxBytes` (no manifest this mirror stored is; a walk does not
    * read a layer whole into memory).
    */
-  async bytesOf(digest: string, maxBytes: number): Promise<Buffer | undefined> {
-    const manifest = await this.get(digest);
+  async bytesOf(digest: string, maxBytes: number, opts: { touch?: boolean } = {}): Promise<Buffer | undefined> {
+    const manifest = await this.get(digest, opts);
     if (manifest) return manifest.bytes;
-    const stored = await this.blobs.open(digest);
+    const stored = await this.blobs.open(digest, opts);
     if (!stored) return undefined;
     if (stored.size > maxBytes) {
       await stored.close();

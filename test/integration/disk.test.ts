@@ -63,7 +63,8 @@ describe("disk budget", () => {
     expect(kept.includes(false)).toBe(true);
     expect(kept.indexOf(true) === -1 || kept.slice(kept.indexOf(true)).every(Boolean)).toBe(true);
     const metrics = (await fetchRaw(`${m.url}/metrics`)).body.toString();
-    expect(metrics).toMatch(/mirror_evictions_total [1-9]/);
+    expect(metrics).toMatch(/mirror_evictions_total\{reason="budget"\} [1-9]/);
+    expect(metrics).not.toMatch(/mirror_evictions_total\{reason="idle"\}/);
     expect(metrics).toMatch(/mirror_cache_budget_bytes 1300000/);
     // Evicted content is fetched again on demand.
     await pull(m.url, "team/budget2", images[2]!);

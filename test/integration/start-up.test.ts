@@ -83,6 +83,35 @@ upstreams:
     await expect(stat(join(dir, "data")), "nothing is created").rejects.toThrow();
   });
 
+  it("refuses bad cache rules, every problem at once, each naming the rule's index", async () => {
+    const dir = await mkdtemp(join(work, "rules-"));
+    await writeFile(
+      join(dir, "mirror.yaml"),
+      `storage: { path: ./data, maxIdle: 30d }
+upstreams:
+  docker.io: { url: "https://registry-1.docker.io", default: true }
+rules:
+  - match: "docker.io/library/*"
+    tags: '^v?[0-9]+(\\.[0-9]+)*$'
+    immutable: true
+  - match: "quay.io/org/*"
+    cache: false
+  - match: "docker.io/team/*"
+    tags: '^(v'
+  - match: "docker.io/base/*"
+    immutable: true
+    tagTtl: 1h
+`,
+    );
+    const problems = refusal(await mirrorIn(dir, ["--config", "mirror.yaml"]), "invalid configuration:");
+    expect(problems.sort()).toEqual([
+      'rules.1.match: "quay.io" is not a configured upstream (known: docker.io)',
+      "rules.2.tags: not a regular expression: Invalid regular expression: /^(v/: Unterminated group",
+      "rules.3.tagTtl: an immutable tag is never revalidated, so it has no TTL: set one of them",
+    ]);
+    await expect(stat(join(dir, "data")), "nothing is created").rejects.toThrow();
+  });
+
   it("lists every environment problem at once, each naming its key and the absolute path the config meant", async () => {
     const dir = await mkdtemp(join(work, "env-"));
     await writeFile(join(dir, "a-file"), "not a directory\n");

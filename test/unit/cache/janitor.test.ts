@@ -10,6 +10,8 @@ import { Janitor, type FsUsage, type PinResolver } from "../../../src/cache/jani
 import { ManifestStore } from "../../../src/storage/manifest-store.ts";
 import { EmbeddedMetadataStore } from "../../../src/metadata/embedded-metadata-store.ts";
 import { CONFIG_PIN_FILE, PIN_FILE, PinList } from "../../../src/storage/pin-list.ts";
+import { Registry } from "prom-client";
+import { Metrics } from "../../../src/observability/metrics.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 const KB = 1000;
@@ -473,6 +475,131 @@ describe("CacheIndex and Janitor", () => {
     for (const kept of [digestOf(index), digestOf(image), config, layer]) expect(store.index.has(kept)).toBe(true);
     expect(others.filter((d) => store.index.has(d)).length).toBeLessThan(others.length);
   });
+
+  describe("idle expiry", () => {
+    const HOUR = 3_600_000;
+    /** Sets every object's recorded access `agoMs` back, then restarts the stores over the directory. */
+    async function ageAndRestart(digests: string[], agoMs: number): Promise<void> {
+      const t = (Date.now() - agoMs) / 1000;
+      for (const d of digests) await utimes(store.pathOf(d), t, t);
+      store = new BlobStore(dir, { touchIntervalMs: 0 });
+      await store.init();
+      manifests = new ManifestStore(store);
+      await manifests.init();
+    }
+    const idleJanitor = (opts: {
+      maxIdle?: number;
+      pins?: Pins;
+      now?: () => number;
+      idleExempt?: () => Promise<Iterable<string>>;
+      metrics?: Metrics;
+      idleExpiry?: boolean;
+    }) =>
+      new Janitor({
+        store,
+        manifests,
+        metadata,
+        budget: { maxSize: undefined, high: 0.9, low: 0.5 },
+        pins: opts.pins ?? [],
+        log: pino({ level: "silent" }),
+        fsUsage,
+        maxIdle: opts.maxIdle,
+        idleExempt: opts.idleExempt,
+        upstreamNames: ["docker.io"],
+        now: opts.now,
+        metrics: opts.metrics,
+        idleExpiry: opts.idleExpiry,
+      });
+
+    it("evicts what was not used for maxIdle (after a restart too), keeps pinned and recent content, forgets tag pointers that went", async () => {
+      const pinned = await putImage(KB, "1");
+      const idle = await putImage(KB, "2");
+      const recent = await put(KB);
+      const idleBytes = KB + (await sizeOf(idle.manifest));
+      await ageAndRestart([pinned.manifest, pinned.layer, idle.manifest, idle.layer], 2 * HOUR);
+      const metrics = new Metrics(new Registry(), { processMetrics: false });
+      await idleJanitor({ maxIdle: HOUR, pins: appPin, metrics }).check();
+      for (const d of [pinned.manifest, pinned.layer, recent]) expect(store.index.has(d)).toBe(true);
+      for (const d of [idle.manifest, idle.layer]) expect(store.index.has(d)).toBe(false);
+      expect(await manifests.get(idle.manifest)).toBeUndefined();
+      expect((await metadata.getTag("docker.io", "team/app", "1"))?.digest).toBe(pinned.manifest);
+      expect(await metadata.getTag("docker.io", "team/app", "2")).toBeUndefined();
+      const text = await metrics.render();
+      expect(text).toContain('mirror_evictions_total{reason="idle"} 2');
+      expect(text).toContain(`mirror_evicted_bytes_total{reason="idle"} ${idleBytes}`);
+    });
+
+    it("does nothing without maxIdle or with idle expiry off, and counts a use as the last use", async () => {
+      const a = await put(KB);
+      const b = await put(KB);
+      await ageAndRestart([a, b], 2 * HOUR);
+      await idleJanitor({}).check();
+      expect(store.index.has(a) && store.index.has(b)).toBe(true);
+      // A command working on the data directory (idleExpiry: false) leaves it alone whatever maxIdle says.
+      await idleJanitor({ maxIdle: HOUR, idleExpiry: false }).check();
+      expect(store.index.has(a) && store.index.has(b)).toBe(true);
+      await (await store.open(a))!.close(); // pulled now
+      await idleJanitor({ maxIdle: HOUR }).check();
+      expect(store.index.has(a)).toBe(true);
+      expect(store.index.has(b)).toBe(false);
+    });
+
+    it("keeps what the idleExempt hook names, with everything it reaches", async () => {
+      const warm = await putImage(KB, "warm");
+      await ageAndRestart([warm.manifest, warm.layer], 2 * HOUR);
+      await idleJanitor({ maxIdle: HOUR, idleExempt: async () => [warm.manifest] }).check();
+      expect(store.index.has(warm.manifest) && store.index.has(warm.layer)).toBe(true);
+      await idleJanitor({ maxIdle: HOUR }).check();
+      expect(store.index.has(warm.manifest) || store.index.has(warm.layer)).toBe(false);
+    });
+
+    it("applies a rule's limit to the digests noted under it, the most generous one, across a restart", async () => {
+      const [never, long, short, plain] = [await put(KB), await put(KB), await put(KB), await put(KB)];
+      const first = idleJanitor({ maxIdle: HOUR });
+      first.noteIdleLimit(never, 0);
+      first.noteIdleLimit(long, 3 * HOUR);
+      first.noteIdleLimit(long, 2 * HOUR); // less generous: 3 h stays
+      first.noteIdleLimit(short, HOUR / 2);
+      await first.check(); // saves idle-limits.json
+      expect(JSON.parse(await readFile(join(dir, "idle-limits.json"), "utf8"))).toEqual({
+        [never]: 0,
+        [long]: 3 * HOUR,
+        [short]: HOUR / 2,
+      });
+      await ageAndRestart([never, long, short, plain], 40 * 60_000); // 40 minutes idle
+      await idleJanitor({ maxIdle: HOUR }).check();
+      expect([never, long, short, plain].map((d) => store.index.has(d))).toEqual([true, true, false, true]);
+      // Four hours later: past the 3 h limit, and past storage.maxIdle for the one without a rule.
+      await idleJanitor({ maxIdle: HOUR, now: () => Date.now() + 4 * HOUR }).check();
+      expect([never, long, plain].map((d) => store.index.has(d))).toEqual([true, false, false]);
+      // What left the store leaves the file.
+      expect(JSON.parse(await readFile(join(dir, "idle-limits.json"), "utf8"))).toEqual({ [never]: 0 });
+    });
+
+    it("stops with eviction while what is pinned cannot be told", async () => {
+      const a = await put(KB);
+      await writeFile(join(dir, PIN_FILE), "{not json");
+      await ageAndRestart([a], 2 * HOUR);
+      const j = new Janitor({
+        store,
+        manifests,
+        metadata,
+        budget: { maxSize: undefined, high: 0.9, low: 0.5 },
+        pins: [],
+        pinList: new PinList(dir),
+        log: pino({ level: "silent" }),
+        fsUsage,
+        maxIdle: HOUR,
+      });
+      await j.check();
+      expect(j.evictionBlocked).toBeDefined();
+      expect(store.index.has(a)).toBe(true);
+    });
+  });
+
+  async function sizeOf(digest: string): Promise<number> {
+    return (await store.size(digest))!;
+  }
 
   async function manifestBytes(digest: string): Promise<number> {
     return (await manifests.get(digest))!.bytes.length;

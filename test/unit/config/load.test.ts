@@ -267,6 +267,7 @@ describe("durations", () => {
     "upstreams.u.example.health.initialBackoff",
     "upstreams.u.example.health.maxBackoff",
     "limits.headersTimeout",
+    "storage.maxIdle",
   ];
   const DAY = 86_400_000;
 
