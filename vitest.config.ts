@@ -5,6 +5,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // TEST_SERVICES=containers: the Docker engine and service images for the run (host mode: nothing).
+    globalSetup: ["test/global-setup.ts"],
     fileParallelism: false,
     testTimeout: 60_000,
     hookTimeout: 180_000,

@@ -160,6 +160,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   const secretFiles = [...(adminTokenFile ? [adminTokenFile] : []), ...(clientAuth?.tokenFiles ?? [])];
   const prefetcher = new Prefetcher({ manifests: manifestCache, blobs: blobCache, log });
   const warmup = new WarmupSets({ sets: config.warmup, prefetcher, resolver, pins: layer.pins, metrics, log });
+  // What a warm-up set holds is kept however long nobody pulls it, as pinned content is.
+  layer.keepFromIdleExpiry(() => warmup.keptDigests());
   const adminDigest =
     config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
   if (adminDigest !== undefined || adminTokenFile !== undefined) {

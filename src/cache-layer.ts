@@ -56,6 +56,8 @@ export interface CacheLayer {
   readonly blobCache: BlobCache;
   /** Pins recorded by imports (`<storage.path>/pins.json`), honoured by the janitor. */
   readonly pins: PinList;
+  /** Adds what idle expiry must keep besides pins (warm-up sets): manifest digests, with everything they reach. */
+  keepFromIdleExpiry(source: () => Iterable<string>): void;
   readonly describeState: () => MetadataStoreState;
   /** With `cluster`: the replicas' shared secret (the sha256 of it, while usable) for the peer endpoint. */
   readonly cluster: ClusterMembership | undefined;
@@ -135,6 +137,8 @@ export async function createCacheLayer(
       onNoSpace: (err) => janitor.noteNoSpace(err),
       rules,
     });
+    // What idle expiry keeps besides pins, added once the sources exist (warm-up sets: app.ts).
+    const keptFromIdleExpiry: Array<() => Iterable<string>> = [];
     const janitor: Janitor = new Janitor({
       store: blobStore,
       // In S3 mode the disk holds temp files only: eviction from the bucket frees no disk.
@@ -157,6 +161,7 @@ export async function createCacheLayer(
       // others may hold the manifest; a pointer without its manifest costs a fetch by digest, and Redis expires
       // unused pointers itself).
       upstreamNames: config.redis === undefined ? upstreams.map((u) => u.name) : [],
+      idleExempt: async () => keptFromIdleExpiry.flatMap((source) => [...source()]),
     });
     // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
     const pacer = new ReceivePacer();
@@ -225,6 +230,7 @@ export async function createCacheLayer(
       pins,
       describeState,
       cluster,
+      keepFromIdleExpiry: (source) => void keptFromIdleExpiry.push(source),
       drain,
       close() {
         closing ??= (async () => {

@@ -150,6 +150,19 @@ export class WarmupSets {
     for (const set of this.sets.values()) clearTimeout(set.timer);
   }
 
+  /**
+   * The manifests every set holds in the cache: those its last run (and the run in progress) fetched or found.
+   * Idle expiry keeps them and everything they reach; a set's image that stops being in its list is subject to
+   * idle expiry again after its next run.
+   */
+  keptDigests(): string[] {
+    const kept: string[] = [];
+    for (const set of this.sets.values())
+      for (const run of [set.lastRun, set.current])
+        for (const image of run?.images ?? []) if (image.result === "ok" && image.digest) kept.push(image.digest);
+    return kept;
+  }
+
   /** Every set's state and the results of its last run. */
   list(): WarmupSetStatus[] {
     return [...this.sets.values()].map((s) => this.status(s));

@@ -258,7 +258,7 @@ export async function startBuildDockerd(): Promise<Dockerd> {
  * overlay2 where the kernel allows overlay mounts (a build is about six times faster than on vfs, which copies
  * the whole filesystem for every step), vfs otherwise. Probed with a real overlay mount in `dir`.
  */
-async function buildStorageDriver(dir: string): Promise<"overlay2" | "vfs"> {
+export async function buildStorageDriver(dir: string): Promise<"overlay2" | "vfs"> {
   const probe = join(dir, "overlay-probe");
   const [lower, upper, work, merged] = ["l", "u", "w", "m"].map((d) => join(probe, d)) as [
     string,

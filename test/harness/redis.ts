@@ -1,12 +1,14 @@
 // A real redis-server for tests: on a free loopback port, no persistence (`--save '' --appendonly no`), its own
 // temp dir, stopped by PID. It can be stopped and started again on the same port (an outage), killed (a crash)
-// or paused with SIGSTOP (a hung server: the connection stays up, nothing answers).
+// or paused with SIGSTOP (a hung server: the connection stays up, nothing answers). A host process, or with
+// TEST_SERVICES=containers a container of the same Debian package (services.ts).
 import { mkdtemp, rm } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Redis } from "ioredis";
-import { freePort, startProcess, waitFor, type ManagedProcess } from "./processes.ts";
+import { freePort, waitFor } from "./processes.ts";
+import { startService, type ServiceProcess } from "./services.ts";
 
 export interface RedisServer {
   readonly name: string;
@@ -20,8 +22,8 @@ export interface RedisServer {
   /** SIGKILL and wait for the exit: a crash. */
   kill(): Promise<void>;
   /** SIGSTOP / SIGCONT: the server hangs with its connections open, then carries on. */
-  pause(): void;
-  resume(): void;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
   /** Starts it again on the same port (empty); a no-op if it is running. */
   start(): Promise<void>;
   /** stop() and delete the temp dir. */
@@ -36,12 +38,14 @@ export async function startRedis(opts: { port?: number } = {}): Promise<RedisSer
   const workDir = await mkdtemp(join(tmpdir(), "harness-redis-"));
   const port = opts.port ?? (await freePort());
   const name = `redis-server 127.0.0.1:${port}`;
-  let proc: ManagedProcess | undefined;
+  let proc: ServiceProcess | undefined;
   let previousOutput = "";
 
   const start = async (): Promise<void> => {
     if (proc?.running()) return;
     if (proc !== undefined) previousOutput = (previousOutput + proc.output()).slice(-64 * 1024);
+    // A killed container is still there (exited): remove it. A no-op for an exited host process.
+    await proc?.stop();
     const args = [
       "--port",
       String(port),
@@ -58,7 +62,16 @@ export async function startRedis(opts: { port?: number } = {}): Promise<RedisSer
       "--logfile",
       "",
     ];
-    const started = startProcess("redis-server", args, { name, cwd: workDir, stopTimeoutMs: 5_000 });
+    const started = await startService({
+      image: "redis",
+      cmd: "redis-server",
+      args,
+      name,
+      cwd: workDir,
+      stopTimeoutMs: 5_000,
+      paths: [workDir],
+      readyLog: /Ready to accept connections/,
+    });
     proc = started;
     try {
       await waitFor(() => answersPing(port), {
@@ -72,7 +85,7 @@ export async function startRedis(opts: { port?: number } = {}): Promise<RedisSer
     }
   };
 
-  const running = (): ManagedProcess => {
+  const running = (): ServiceProcess => {
     if (proc === undefined || !proc.running()) throw new Error(`${name} is not running`);
     return proc;
   };
@@ -89,20 +102,15 @@ export async function startRedis(opts: { port?: number } = {}): Promise<RedisSer
     },
     async kill() {
       if (proc === undefined || !proc.running()) return;
-      // Our own child, still running: its PID cannot have been reused.
-      process.kill(proc.pid, "SIGKILL");
+      await proc.signal("SIGKILL");
       await proc.exited;
     },
-    pause() {
-      process.kill(running().pid, "SIGSTOP");
-    },
-    resume() {
-      process.kill(running().pid, "SIGCONT");
-    },
+    pause: () => running().signal("SIGSTOP"),
+    resume: () => running().signal("SIGCONT"),
     start,
     async dispose() {
       // A stopped process cannot handle SIGTERM: wake it first.
-      if (proc?.running()) process.kill(proc.pid, "SIGCONT");
+      if (proc?.running()) await proc.signal("SIGCONT");
       await proc?.stop();
       await rm(workDir, { recursive: true, force: true });
     },

@@ -1,6 +1,7 @@
 // The upstream registry for integration tests: Debian's `docker-registry` (CNCF distribution 2.8) on a
 // free loopback port with filesystem storage in a temp dir. Its JSON log is parsed so tests can count
-// the requests that actually reached the upstream ("exactly one GET of this blob").
+// the requests that actually reached the upstream ("exactly one GET of this blob"). A host process, or with
+// TEST_SERVICES=containers a container of the same Debian package (services.ts), its log read the same way.
 //
 // It can require authentication, as real upstreams do: `auth: { token }` (the Docker token flow, with a
 // harness token server as the realm) or `auth: { htpasswd }` (Basic). RegistryAuthenticator and
@@ -8,8 +9,9 @@
 import bcrypt from "bcryptjs";
 import { mkdtemp, rm, writeFile, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { freePort, startProcess, waitFor, type ManagedProcess } from "./processes.ts";
+import { dirname, join } from "node:path";
+import { freePort, waitFor } from "./processes.ts";
+import { startService, type ServiceProcess } from "./services.ts";
 import type { TokenServer } from "./token-server.ts";
 
 /** A user name and password, as sent with Basic auth (to the registry itself, or to a token realm). */
@@ -151,7 +153,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   let lastLineAt = 0;
   const syncSeen = new Set<string>();
   let syncCounter = 0;
-  let proc: ManagedProcess | undefined;
+  let proc: ServiceProcess | undefined;
   // Output of earlier runs, so an error after a restart still shows why the first run ended.
   let previousOutput = "";
 
@@ -173,9 +175,23 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   const start = async (): Promise<void> => {
     if (proc?.running()) return;
     if (proc !== undefined) previousOutput = (previousOutput + proc.output()).slice(-64 * 1024);
+    // A killed container is still there (exited): remove it. A no-op for an exited host process.
+    await proc?.stop();
     // distribution reads EVERY REGISTRY_* variable as configuration (REGISTRY_AUTH_FILE meant for skopeo
     // breaks it), so it gets a clean environment rather than ours.
-    const started = startProcess("docker-registry", ["serve", configPath], {
+    const started = await startService({
+      image: "registry",
+      cmd: "docker-registry",
+      args: ["serve", configPath],
+      // What it reads and writes: its config (and htpasswd), its storage, the token server's certificate.
+      paths: [
+        workDir,
+        rootDir,
+        ...(auth !== undefined && "token" in auth ? [dirname(auth.token.rootCertBundlePath)] : []),
+      ],
+      readyLog: /listening on /,
+      // distribution 2.8 has no SIGTERM handler: as a container's PID 1 it would ignore `docker stop`.
+      init: true,
       name: `docker-registry ${host}`,
       env: { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME: workDir },
       cwd: workDir,

@@ -2,13 +2,14 @@
 //   - values.schema.json is a valid JSON schema (ajv, strict) that accepts values.yaml and every example,
 //     and refuses the mistakes it exists to catch;
 //   - every key in values.yaml carries a comment;
-//   - the chart renders (render.ts: Helm's semantics for the template subset the chart uses) with the
-//     defaults and with each example, and every manifest passes the Kubernetes schemas (kubernetes-models)
+//   - the chart renders through Helm's template engine (tools/helm-render, see helm.ts), which also judges the
+//     values by values.schema.json and the cluster by kubeVersion, with the defaults and with each example, and every manifest passes the Kubernetes schemas (kubernetes-models)
 //     and TypeScript's excess-property check against the same API types;
 //   - what the pod would load is a valid mirror configuration: the rendered config file plus the container's
 //     environment go through the mirror's own loader;
 //   - the pieces fit together: selectors, ports, mounts of the files the config names, the dashboard.
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import type { IServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
 import type { IDaemonSet, IStatefulSet } from "kubernetes-models/apps/v1";
@@ -23,7 +24,7 @@ import { z } from "zod";
 import { loadConfig } from "../../src/config/load.ts";
 import { configSchema, upstreamSchema } from "../../src/config/schema.ts";
 import { typecheckManifests, validateManifest } from "./kubernetes.ts";
-import { mergeValues, parseYaml11, renderChart, type RenderedChart } from "./render.ts";
+import { computeValues, HelmError, parseYaml11, renderChart, type RenderedChart } from "./helm.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const CHART = join(ROOT, "helm");
@@ -49,14 +50,24 @@ interface Values {
   preStopSleepSeconds: number;
 }
 
-const defaults = parseYaml11(readFileSync(join(CHART, "values.yaml"), "utf8")) as Record<string, unknown>;
-const example = (file: string): Record<string, unknown> => parseYaml11(readFileSync(join(CHART, "examples", file), "utf8")) as Record<string, unknown>;
-
 /** Every configuration the tests render: the defaults and each example, as `helm install -f` would. */
-const CASES: Array<{ name: string; values: Record<string, unknown> }> = [
-  { name: "values.yaml", values: {} },
-  ...EXAMPLES.map((f) => ({ name: `examples/${f}`, values: example(f) })),
+const CASES: Array<{ name: string; values: string[] }> = [
+  { name: "values.yaml", values: [] },
+  ...EXAMPLES.map((f) => ({ name: `examples/${f}`, values: [join(CHART, "examples", f)] })),
 ];
+
+/** The values Helm would validate: `overrides` coalesced over values.yaml by Helm's engine, unjudged. */
+const merged = (...overrides: Array<string | Record<string, unknown>>): Record<string, unknown> => computeValues(CHART, { values: overrides }, true);
+/** Helm's own verdict on the values (gojsonschema against values.schema.json): its error, or "" when it accepts. */
+function helmVerdict(...overrides: Array<string | Record<string, unknown>>): string {
+  try {
+    computeValues(CHART, { values: overrides });
+    return "";
+  } catch (err) {
+    if (err instanceof HelmError) return err.message;
+    throw err;
+  }
+}
 
 function schemaValidator() {
   // Strict: unknown keywords and malformed schemas are errors. strictTypes is off: it demands a "type" beside
@@ -142,12 +153,15 @@ describe("values.schema.json", () => {
   it("accepts values.yaml and every example (merged over the defaults, as Helm validates)", () => {
     expect(EXAMPLES.length).toBeGreaterThanOrEqual(3);
     for (const { name, values } of CASES) {
-      expect(validate(mergeValues(defaults, values)), `${name}: ${errors()}`).toBe(true);
+      expect(validate(merged(...values)), `${name}: ${errors()}`).toBe(true);
+      expect(helmVerdict(...values), name).toBe("");
     }
   });
 
   it("accepts a duration longer than a timer can wait, as the mirror does (it waits 24.8 days)", () => {
-    expect(validate(mergeValues(defaults, { config: { storage: { checkInterval: 30 * 86_400_000 } } })), errors()).toBe(true);
+    const values = { config: { storage: { checkInterval: 30 * 86_400_000 } } };
+    expect(validate(merged(values)), errors()).toBe(true);
+    expect(helmVerdict(values)).toBe("");
   });
 
   it.each([
@@ -156,6 +170,7 @@ describe("values.schema.json", () => {
     ["replicas sharing downloads without Redis", { cluster: { enabled: true, existingSecret: "mirror-cluster" } }],
     ["replicas sharing downloads without their secret", { cluster: { enabled: true }, redis: { enabled: true, host: "redis" } }],
     ["a misspelt top-level key", { replicas: 2 }],
+    ["a replica count that is not a number", { replicaCount: "two" }],
     ["credentials inside the ConfigMap", { config: { upstreams: { "docker.io": { credentials: { username: "u", password: "p" } } } } }],
     ["chart-owned keys in config", { config: { listen: "0.0.0.0:6000" } }],
     ["a storage size that is not a Kubernetes quantity", { persistence: { size: "50GB" } }],
@@ -165,7 +180,8 @@ describe("values.schema.json", () => {
     ["a containerd-hosts refresh period longer than a timer can wait", { containerdHosts: { refreshSeconds: 2147484 } }],
     ["a duration longer than 100 years (the mirror's bound; longer than a timer is accepted and waits 24.8 days)", { config: { shutdownGrace: 3155760000001 } }],
   ])("refuses %s", (_label, values) => {
-    expect(validate(mergeValues(defaults, values))).toBe(false);
+    expect(validate(merged(values))).toBe(false);
+    expect(helmVerdict(values)).toMatch(/^Error: values don't meet the specifications of the schema\(s\)/);
   });
 
   it("describes exactly the mirror's config keys that the chart does not set itself", () => {
@@ -177,6 +193,31 @@ describe("values.schema.json", () => {
     expect(Object.keys(config.properties).sort()).toEqual(zodKeys(configSchema).filter((k) => !chartOwned.includes(k)));
     expect(Object.keys(config.properties.storage!.properties).sort()).toEqual(zodKeys(configSchema.shape.storage).filter((k) => k !== "path"));
     expect(Object.keys(config.properties.upstreams!.additionalProperties.properties).sort()).toEqual(zodKeys(upstreamSchema).filter((k) => k !== "credentials"));
+  });
+});
+
+describe("Helm's checks before it renders", () => {
+  it("refuses values that break values.schema.json, with the schema's message (helm template --set replicaCount=two)", () => {
+    expect(() => renderChart(CHART, { set: ["replicaCount=two"] })).toThrow(HelmError);
+    expect(() => renderChart(CHART, { set: ["replicaCount=two"] })).toThrow(/replicaCount: Invalid type\. Expected: integer, given: string/);
+    // --set types a number as Helm does (int64), and the schema accepts it (with Redis, as several replicas need).
+    const values = renderChart(CHART, { set: ["replicaCount=2", "redis.enabled=true", "redis.host=redis.example"] }).values;
+    expect(values.replicaCount).toBe(2);
+  });
+
+  it("writes config.yaml with Helm's toYaml (sigs.k8s.io/yaml: sequences compact, at their key's indentation)", () => {
+    // Our former subset renderer indented them ("  - x"), so its text and checksum/config differed from Helm's.
+    const text = configFile(renderChart(CHART, { values: [join(CHART, "examples", "replicated-redis.yaml")] }));
+    expect(text).toContain("\n    aliases:\n    - registry-1.docker.io\n    - index.docker.io\n");
+    // ...and a string YAML would misread plain is single-quoted (go-yaml v2), where the subset wrote "*".
+    expect(text).toContain("\n    subjects:\n    - '*'\n");
+  });
+
+  it("renders for the oldest Kubernetes that Chart.yaml's kubeVersion admits, and refuses an older one", () => {
+    const kubeVersion = (parseYaml11(readFileSync(join(CHART, "Chart.yaml"), "utf8")) as { kubeVersion: string }).kubeVersion;
+    expect(kubeVersion).toBe(">=1.25.0-0");
+    expect(renderChart(CHART, { kubeVersion: "v1.25.0" }).manifests.length).toBeGreaterThan(0);
+    expect(() => renderChart(CHART, { kubeVersion: "v1.24.17" })).toThrow(/chart requires kubeVersion: >=1\.25\.0-0 which is incompatible with Kubernetes v1\.24\.17/);
   });
 });
 
@@ -368,6 +409,15 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
     // The script the DaemonSet runs is the chart's file, byte for byte.
     const scripts = find<IConfigMap>(chart, "ConfigMap", "-containerd-hosts");
     expect(scripts.data?.["containerd-hosts.mjs"]).toBe(readFileSync(join(CHART, "files", "containerd-hosts.mjs"), "utf8"));
+  });
+
+  it("rolls the pods when the configuration changes: checksum/config is the SHA-256 of the ConfigMap's config.yaml", () => {
+    // The ConfigMap holds the config as a `|` block, which adds the one newline the hashed text lacks.
+    const text = configFile(chart);
+    expect(text.endsWith("\n")).toBe(true);
+    const sum = createHash("sha256").update(text.slice(0, -1)).digest("hex");
+    expect(sts.spec!.template.metadata?.annotations?.["checksum/config"]).toBe(sum);
+    if (daemonSet) expect(daemonSet.spec?.template.metadata?.annotations?.["checksum/config"]).toBe(sum);
   });
 
   it("renders its NOTES", () => {

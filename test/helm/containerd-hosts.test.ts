@@ -15,7 +15,7 @@ import { buildImage, busyboxLayer, pushImage, randomLayer, type BuiltImage } fro
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { runCommand, Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
-import { mergeValues, parseYaml11, renderChart } from "./render.ts";
+import { renderChart } from "./helm.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const CHART = join(ROOT, "helm");
@@ -50,8 +50,8 @@ beforeAll(async () => {
   mirror = teardown.track(await startTestMirror({ upstreams: { "docker.io": { url: registry.url, default: true, aliases: ["registry-1.docker.io", registry.host] } } }), "mirror");
   containerd = teardown.track(await startContainerd());
 
-  const example = parseYaml11(await readFile(join(CHART, "examples", "containerd-nodes.yaml"), "utf8")) as Record<string, unknown>;
-  const render = (values: Record<string, unknown>) => renderChart(CHART, { values: mergeValues(example, values) as Record<string, unknown>, release: { name: "mirror", namespace: "registry" } });
+  const example = join(CHART, "examples", "containerd-nodes.yaml");
+  const render = (values: Record<string, unknown>) => renderChart(CHART, { values: [example, values], release: { name: "mirror", namespace: "registry" } });
   const chart = render({});
   const configData = (name: string, key: string): string => {
     const configMap = chart.manifests.find((m) => m.object.kind === "ConfigMap" && (m.object as unknown as IConfigMap).metadata?.name === name)?.object as unknown as IConfigMap | undefined;

@@ -123,6 +123,31 @@ describe("idle expiry (storage.maxIdle)", () => {
   });
 });
 
+describe("idle expiry and warm-up sets", () => {
+  it("keeps what a warm-up set holds, however long nobody pulls it, while the rest expires", async () => {
+    const warm = image("warm");
+    const cold = image("cold");
+    await pushImage(upstream.url, "warm/kept", "v1", warm);
+    await pushImage(upstream.url, "warm/other", "v1", cold);
+    const m = await mirrorWith({
+      storage: { maxIdle: "2s", checkInterval: "1s" },
+      warmup: [{ name: "base", every: "1h", firstRunAfter: 0, images: ["docker.io/warm/kept:v1"] }],
+    });
+    const store = m.mirror.blobStore;
+    await waitFor(async () => contentOf(warm).every((d) => store.index.has(d)), {
+      timeoutMs: 20_000,
+      what: "the warm-up set's first run",
+    });
+    await pull(m, "warm/other", "v1", cold);
+    await waitFor(async () => contentOf(cold).every((d) => !store.index.has(d)), {
+      timeoutMs: 20_000,
+      what: "the pulled image nobody pulls again to be expired",
+    });
+    // Fetched by the warm-up before the other image was even pulled, and never pulled since: still whole.
+    expect(contentOf(warm).every((d) => store.index.has(d))).toBe(true);
+  });
+});
+
 describe("idle expiry across a restart", () => {
   it("reads last pulls and rule limits back: time stopped counts, a rule's longer limit still holds", async () => {
     const plain = image("restart-plain");

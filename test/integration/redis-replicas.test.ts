@@ -110,11 +110,11 @@ describe("replicas on one Redis", () => {
     expect((await getTag(a, "team/rollback", "latest")).headers["docker-content-digest"]).toBe(v1.digest);
     await new Promise((r) => setTimeout(r, 1600)); // past the TTL
     await pushImage(upstream.url, "team/rollback", "latest", v2);
-    redis.pause(); // hung, keeping the older pointer
+    await redis.pause(); // hung, keeping the older pointer
     try {
       expect((await getTag(a, "team/rollback", "latest")).headers["docker-content-digest"]).toBe(v2.digest);
     } finally {
-      redis.resume();
+      await redis.resume();
     }
     await untilReady(a);
     // With the upstream gone, A serves what it knows: the pointer it checked last, not Redis's older one.

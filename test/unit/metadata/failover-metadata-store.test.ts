@@ -68,13 +68,13 @@ async function setup(opts: { redis?: RedisServer; maxUnsynced?: number } = {}): 
 
 /** Makes the store degraded on a hung (SIGSTOPped) Redis, which keeps its data for when it continues. */
 async function hang({ redis, store }: Setup): Promise<void> {
-  redis.pause();
+  await redis.pause();
   await store.listTags(UP, "probe"); // times out: degraded
   expect(store.state).toBe("degraded");
 }
 
 async function continueAndRecover({ redis, store }: Setup): Promise<void> {
-  redis.resume();
+  await redis.resume();
   await waitFor(async () => store.state === "ok", { timeoutMs: 10_000, what: "state ok after SIGCONT" });
 }
 
@@ -151,7 +151,7 @@ describe("FailoverMetadataStore", () => {
     const { redis, store, changes } = await setup();
     await store.putTag(UP, "r", "t", pointer(1));
 
-    redis.pause();
+    await redis.pause();
     const first = await timed(() => store.getTag(UP, "r", "t"));
     expect(first.value).toEqual(pointer(1));
     expect(first.ms).toBeGreaterThanOrEqual(TIMEOUT_MS - 5);
@@ -163,7 +163,7 @@ describe("FailoverMetadataStore", () => {
     expect(next.ms).toBeLessThan(50);
 
     const resumedAt = performance.now();
-    redis.resume();
+    await redis.resume();
     await waitFor(async () => store.state === "ok", { timeoutMs: 5_000, what: "state ok after SIGCONT" });
     console.info(
       `hung redis: first call answered from the fallback after ${first.ms.toFixed(0)} ms; SIGCONT → ok in ${(performance.now() - resumedAt).toFixed(0)} ms`,
