@@ -39,7 +39,7 @@ import { TagsHandler } from "./registry/tags-handler.ts";
 import { UpstreamFallbacks } from "./registry/upstream-fallback.ts";
 import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
-import type { BlobStore } from "./storage/blob-store.ts";
+import type { ContentStore } from "./storage/content-store.ts";
 import { Exporter } from "./transfer/exporter.ts";
 import { TrafficFile } from "./storage/traffic-file.ts";
 import { TrustedProxies } from "./http/client-address.ts";
@@ -68,7 +68,7 @@ export interface Mirror {
   readonly fillsInFlight: number;
   /** Client responses in progress. */
   readonly responsesInFlight: number;
-  readonly blobStore: BlobStore;
+  readonly blobStore: ContentStore;
   readonly metrics: Metrics;
   /** The separate metrics listener's address, when `metrics.listen` is set (after `listen()`). */
   readonly metricsAddress: AddressInfo | undefined;

@@ -5,6 +5,7 @@
  * together (storage, fill, metadata, upstream clients, the caches, and the importer over them), which only the
  * composition root does.
  */
+import type { S3Client } from "@aws-sdk/client-s3";
 import type { Logger } from "pino";
 import { BlobCache } from "./cache/blob-cache.ts";
 import { Janitor } from "./cache/janitor.ts";
@@ -20,10 +21,12 @@ import type { MetadataStore } from "./metadata/metadata-store.ts";
 import { openMetadataStore, type MetadataStoreState } from "./metadata/open-metadata-store.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import { BlobStore } from "./storage/blob-store.ts";
+import type { ContentStore } from "./storage/content-store.ts";
 import { DataDirLock } from "./storage/data-dir-lock.ts";
 import { BufferPool } from "./storage/file-range-stream.ts";
 import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
+import { createS3Client, S3ContentStore, S3MediaTypes } from "./storage/s3-content-store.ts";
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
 import { PeerClient } from "./upstream/peer-client.ts";
@@ -33,11 +36,15 @@ import { SecretFile } from "./config/secret-file.ts";
 import { createHash } from "node:crypto";
 import type { Redis } from "ioredis";
 
+/** How long a presigned GET a client is redirected to stays valid (`storage.s3.redirect`): it starts at once. */
+const S3_REDIRECT_SECONDS = 300;
+
 /** The cache layer without the HTTP server: what the mirror and the CLI commands that work on a cache share. */
 export interface CacheLayer {
   readonly log: Logger;
   readonly metrics: Metrics;
-  readonly blobStore: BlobStore;
+  /** Blobs and manifests: on the filesystem under `storage.path`, or in the `storage.s3` bucket. */
+  readonly blobStore: ContentStore;
   readonly manifestStore: ManifestStore;
   readonly metadata: MetadataStore;
   readonly janitor: Janitor;
@@ -76,14 +83,38 @@ export async function createCacheLayer(
   const { log, metrics } = opts;
   // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
   const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
+  let s3Client: S3Client | undefined;
   try {
     const rules = new CacheRules(config);
-    const blobStore = new BlobStore(config.storage.path, { touchIntervalMs: touchIntervalFor(config, rules) });
+    const touchIntervalMs = touchIntervalFor(config, rules);
+    const s3 = config.storage.s3;
+    // With an s3 block the content lives in the bucket; storage.path keeps the temp files (and the journal).
+    s3Client = s3 ? await createS3Client(s3) : undefined;
+    const blobStore =
+      s3 && s3Client
+        ? new S3ContentStore({
+            client: s3Client,
+            bucket: s3.bucket,
+            prefix: s3.prefix,
+            root: config.storage.path,
+            touchIntervalMs,
+            ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
+            // Replicas share the prefix: one starting must not abort another's upload in progress (none outlives
+            // its fill's timeout); younger leftovers go by the bucket's lifecycle rule.
+            ...(config.cluster ? { leftoverUploadAfterMs: config.fill.timeout + 60_000 } : {}),
+          })
+        : new BlobStore(config.storage.path, { touchIntervalMs });
     const scan = await blobStore.init();
-    log.info({ ...scan }, "cache index rebuilt");
+    log.info({ ...scan, ...(s3 ? { bucket: s3.bucket, prefix: s3.prefix } : {}) }, "cache index rebuilt");
     if (scan.removedTempFiles > 0)
-      log.info({ removedTempFiles: scan.removedTempFiles }, "removed unverified temp files left by a previous run");
-    const manifestStore = new ManifestStore(blobStore);
+      log.info(
+        { removedTempFiles: scan.removedTempFiles },
+        "removed unverified temp files (and object store uploads) left by a previous run",
+      );
+    const manifestStore =
+      blobStore instanceof S3ContentStore
+        ? new ManifestStore(blobStore, { mediaTypes: new S3MediaTypes(blobStore) })
+        : new ManifestStore(blobStore);
     await manifestStore.init();
     const { metadata, describeState, closeMetadata, redis } = await openMetadataStore(config, log);
     const pins = new PinList(config.storage.path);
@@ -110,6 +141,8 @@ export async function createCacheLayer(
     const keptFromIdleExpiry: Array<() => Iterable<string>> = [];
     const janitor: Janitor = new Janitor({
       store: blobStore,
+      // In S3 mode the disk holds temp files only: eviction from the bucket frees no disk.
+      contentOnDisk: s3 === undefined,
       manifests: manifestStore,
       metadata,
       budget: { maxSize: config.storage.maxSize, high: config.storage.highWatermark, low: config.storage.lowWatermark },
@@ -205,12 +238,14 @@ export async function createCacheLayer(
           await Promise.all(upstreams.map((u) => u.close()));
           await cluster?.close();
           await closeMetadata();
+          s3Client?.destroy();
           await lock.release();
         })();
         return closing;
       },
     };
   } catch (err) {
+    s3Client?.destroy();
     await lock.release();
     throw err;
   }

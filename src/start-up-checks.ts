@@ -4,17 +4,23 @@
  * is one line naming its key and what was tried, all reported together (main.ts prints them and exits 2), so
  * that an operator fixes them in one go instead of meeting them one stack trace at a time.
  *
+ * With `storage.s3`, the object store is probed for real: the bucket is listed (it exists, the credentials are
+ * accepted) and a probe object is written under the prefix and deleted again (the bucket can be written).
+ *
  * Secret files (`admin.tokenFile`, `access.tokens[].tokenFile`) must exist here; what they hold is checked by
  * secret-file.ts, which leaves a secret disabled, not the mirror stopped, while a file is empty (a Kubernetes
  * Secret mounted but not yet populated).
  */
+import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
+import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { createServer } from "node:net";
 import { createSecureContext } from "node:tls";
 import { readableFileProblem, writableDirectoryProblem } from "./config/file-checks.ts";
 import type { Config } from "./config/schema.ts";
 import { parseListen } from "./http/server.ts";
 import { warmupFileProblems } from "./config/warmup-list.ts";
+import { createS3Client } from "./storage/s3-content-store.ts";
 
 export async function startUpProblems(config: Config): Promise<string[]> {
   const checks: Array<Promise<string | undefined | string[]>> = [
@@ -29,6 +35,7 @@ export async function startUpProblems(config: Config): Promise<string[]> {
   file("admin.tokenFile", config.admin.tokenFile);
   checks.push(...upstreamFileProblems(config));
   checks.push(warmupFileProblems(config));
+  if (config.storage.s3) checks.push(s3Problems(config.storage.s3));
   const [main, metrics] = listenAddresses(config);
   checks.push(portProblem(main![0], main![1]));
   if (metrics !== undefined) {
@@ -130,4 +137,67 @@ export function listenProblem(config: Config, err: unknown): string | undefined 
   const found = listenAddresses(config).find(([, address]) => parseListen(address).port === e.port);
   const [key, address] = found ?? ["listen", config.listen];
   return `${key} ${address}: ${listenErrorText(err)}`;
+}
+
+/** A probe of the object store gives up after this long (the SDK retries within it). */
+const S3_PROBE_TIMEOUT_MS = 15_000;
+
+/**
+ * The object store of `storage.s3`, probed: its key files readable, the bucket there and listable with these
+ * credentials, and writable (a probe object under the prefix, written and deleted again). One line per problem.
+ */
+async function s3Problems(s3: NonNullable<Config["storage"]["s3"]>): Promise<string[]> {
+  const files = (
+    await Promise.all([
+      s3.accessKeyIdFile !== undefined
+        ? readableFileProblem("storage.s3.accessKeyIdFile", s3.accessKeyIdFile)
+        : undefined,
+      s3.secretAccessKeyFile !== undefined
+        ? readableFileProblem("storage.s3.secretAccessKeyFile", s3.secretAccessKeyFile)
+        : undefined,
+    ])
+  ).filter((p): p is string => p !== undefined);
+  if (files.length > 0) return files;
+  const where = `storage.s3.bucket ${s3.bucket} at ${s3.endpoint ?? `AWS ${s3.region}`}`;
+  const client = await createS3Client(s3);
+  const signal = () => ({ abortSignal: AbortSignal.timeout(S3_PROBE_TIMEOUT_MS) });
+  try {
+    try {
+      await client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: s3.prefix, MaxKeys: 1 }), signal());
+    } catch (err) {
+      return [s3ProblemText(where, err, "cannot be listed")];
+    }
+    const key = `${s3.prefix}start-up-probe/${randomBytes(8).toString("hex")}`;
+    try {
+      await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: key, Body: "probe" }), signal());
+      await client.send(new DeleteObjectCommand({ Bucket: s3.bucket, Key: key }), signal());
+    } catch (err) {
+      return [s3ProblemText(where, err, "not writable")];
+    }
+    return [];
+  } finally {
+    client.destroy();
+  }
+}
+
+/** What an S3 error at start means, by its code: no bucket, credentials refused, no access, no connection. */
+function s3ProblemText(where: string, err: unknown, what: string): string {
+  const e = err as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  const status = e.$metadata?.httpStatusCode;
+  switch (e.name) {
+    case "NoSuchBucket":
+      return `${where}: no such bucket`;
+    case "InvalidAccessKeyId":
+    case "SignatureDoesNotMatch":
+    case "InvalidToken":
+    case "ExpiredToken":
+      return `${where}: the object store rejects the credentials (${e.name}): check storage.s3.accessKeyId and secretAccessKey`;
+    case "AccessDenied":
+      return `${where}: ${what}: access denied for these credentials`;
+    case "TimeoutError":
+    case "AbortError":
+      return `${where}: no answer within ${S3_PROBE_TIMEOUT_MS / 1000} s`;
+  }
+  if (status === undefined) return `${where}: cannot reach the object store: ${listenErrorText(err)}`;
+  return `${where}: ${what}: ${e.name ?? "error"} (HTTP ${status})`;
 }

@@ -48,6 +48,8 @@ export interface BlobResponse {
   /** A stream of exactly the bytes to send, or, for a 0-byte blob, nothing (an empty Buffer). */
   body: Readable | Buffer;
   result: BlobResult;
+  /** Stored content the client is sent to fetch itself (a presigned object store URL): answered with a 307. */
+  redirect?: string;
 }
 
 /** The answer to a blob HEAD: `hit` when the store holds it, `miss` otherwise (a download, or the upstream's HEAD). */
@@ -447,6 +449,8 @@ async function fromStore(
     await content.close();
     return { size: 0, range, body: EMPTY, result };
   }
+  // The store sends the client to the content itself (storage.s3.redirect); the Range goes along with it.
+  if (content.directUrl) return { size: content.size, range, body: EMPTY, result, redirect: await content.directUrl() };
   return { size: content.size, range, body: content.read(range), result };
 }
 

@@ -42,7 +42,7 @@ import type { Logger } from "pino";
 import type { Pin } from "../config/upstream-resolver.ts";
 import { timerDelay } from "../config/timer-delay.ts";
 import type { Metrics } from "../observability/metrics.ts";
-import type { BlobStore } from "../storage/blob-store.ts";
+import type { ContentStore } from "../storage/content-store.ts";
 import { reachableDigests, reachableManifests } from "../oci/manifest.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
@@ -131,7 +131,13 @@ export class Reservation {
 }
 
 export class Janitor {
-  private readonly store: BlobStore;
+  /** The content store, and the local directory whose filesystem the watermarks watch (temp files go there). */
+  private readonly store: ContentStore & { readonly root: string; readonly tempDir: string };
+  /**
+   * Whether deleting content frees room on that filesystem: true for the filesystem store; false when content
+   * lives in an object store (the disk then holds temp files only, and eviction never runs for disk room).
+   */
+  private readonly contentOnDisk: boolean;
   private readonly manifests: ManifestStore;
   private readonly metadata: MetadataStore;
   private readonly budget: Budget;
@@ -166,7 +172,9 @@ export class Janitor {
   private readonly now: () => number;
 
   constructor(opts: {
-    store: BlobStore;
+    store: ContentStore & { readonly root: string; readonly tempDir: string };
+    /** False when the content is not on the watched filesystem (object storage): see `contentOnDisk`. */
+    contentOnDisk?: boolean;
     manifests: ManifestStore;
     metadata: MetadataStore;
     budget: Budget;
@@ -209,6 +217,7 @@ export class Janitor {
     this.log = opts.log;
     this.metrics = opts.metrics;
     this.fsUsage = opts.fsUsage ?? defaultFsUsage;
+    this.contentOnDisk = opts.contentOnDisk ?? true;
     this.maxIdle = opts.maxIdle;
     this.idleLimits = new IdleLimits(opts.store.root, opts.store.tempDir);
     this.idleExempt = opts.idleExempt;
@@ -488,7 +497,7 @@ export class Janitor {
     const headroom = headroomOf(fs);
     const diskShort = want + headroom - (fs.free - this.unwritten());
     if (diskShort > 0) {
-      if (!cached) return false;
+      if (!cached || !this.contentOnDisk) return false;
       least = Math.max(least, diskShort);
       target = Math.max(target, diskShort);
     }
@@ -510,7 +519,8 @@ export class Janitor {
     const used = this.store.index.bytes + this.reservedForCache();
     if (maxSize !== undefined && used > maxSize * high) need = used - Math.floor(maxSize * low);
     const diskUsed = fs.total - fs.free + this.unwritten();
-    if (fs.total > 0 && diskUsed > fs.total * high) need = Math.max(need, diskUsed - Math.floor(fs.total * low));
+    if (this.contentOnDisk && fs.total > 0 && diskUsed > fs.total * high)
+      need = Math.max(need, diskUsed - Math.floor(fs.total * low));
     if (need <= 0) return;
     const victims = await this.victims(need);
     if (victims) await this.evict(victims, need, "budget");

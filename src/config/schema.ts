@@ -415,6 +415,45 @@ export const configSchema = z
          */
         pinned: z.array(z.string()).default([]),
         /**
+         * Blobs and manifests in an S3-compatible object store instead of under `path` (which then holds temp
+         * files, the journal and the pin lists only). Absent: the filesystem store.
+         */
+        s3: z
+          .object({
+            /** The S3 API's origin, e.g. http://rgw:7480; absent = AWS (by region). */
+            endpoint: z
+              .string()
+              .regex(/^https?:\/\/[^/?#]+\/?$/, "expected an http:// or https:// origin, e.g. http://rgw:7480")
+              .optional(),
+            region: z.string().min(1).default("us-east-1"),
+            bucket: z.string().min(3).max(63),
+            /** Prefix of every key in the bucket (e.g. "mirror/"), so one bucket can hold several caches. */
+            prefix: z.string().default(""),
+            /** Path-style addressing (http://host/bucket/key): what Ceph RGW and MinIO usually need. */
+            forcePathStyle: z.boolean().default(true),
+            /** Credentials inline or from files (Kubernetes secrets); none: the AWS SDK's default chain. */
+            accessKeyId: z.string().min(1).optional(),
+            accessKeyIdFile: filePath.optional(),
+            secretAccessKey: z.string().min(1).optional(),
+            secretAccessKeyFile: filePath.optional(),
+            /** Blob GETs on a hit answered with a 307 to a presigned GET on the object store. */
+            redirect: z.boolean().default(false),
+          })
+          .strict()
+          .refine((c) => c.accessKeyId === undefined || c.accessKeyIdFile === undefined, {
+            message: "set accessKeyId or accessKeyIdFile, not both",
+          })
+          .refine((c) => c.secretAccessKey === undefined || c.secretAccessKeyFile === undefined, {
+            message: "set secretAccessKey or secretAccessKeyFile, not both",
+          })
+          .refine(
+            (c) =>
+              (c.accessKeyId === undefined && c.accessKeyIdFile === undefined) ===
+              (c.secretAccessKey === undefined && c.secretAccessKeyFile === undefined),
+            { message: "set both an access key id and a secret access key, or neither (the SDK's default chain)" },
+          )
+          .optional(),
+        /**
          * Idle expiry: content (blobs, manifests, and the tag pointers whose manifest goes) not pulled for this
          * long is evicted by the janitor's periodic check, whatever the budget. Pinned content is exempt. Absent:
          * off (content leaves only under disk or budget pressure). A rule's `maxIdle` overrides it.

@@ -4,7 +4,7 @@
  * air-gapped transfer (docs/air-gapped-transfer.md). Input is validated with the same grammar as
  * registry requests, and the upstream must be one the configuration names.
  */
-import type { BlobStore } from "../storage/blob-store.ts";
+import type { ContentStore } from "../storage/content-store.ts";
 import type { Janitor } from "../cache/janitor.ts";
 import type { ManifestCache } from "../cache/manifest-cache.ts";
 import type { ManifestStore } from "../storage/manifest-store.ts";
@@ -52,7 +52,7 @@ export class AdminHandler {
   private readonly resolver: UpstreamResolver<UpstreamClient>;
   private readonly manifests: ManifestCache;
   private readonly manifestStore: ManifestStore;
-  private readonly store: BlobStore;
+  private readonly store: ContentStore;
   private readonly metadata: MetadataStore;
   private readonly janitor: Janitor;
   private readonly prefetcher: Prefetcher;
@@ -66,7 +66,7 @@ export class AdminHandler {
     upstreams: readonly UpstreamClient[];
     manifests: ManifestCache;
     manifestStore: ManifestStore;
-    store: BlobStore;
+    store: ContentStore;
     metadata: MetadataStore;
     janitor: Janitor;
     prefetcher: Prefetcher;

@@ -44,7 +44,20 @@ export class BlobHandler {
     const { value, from } = await this.through(req.target, (t) =>
       this.cache.get(t.upstream, t.repo, req.digest, req.range),
     );
-    const { size, range, body, result } = value;
+    const { size, range, body, result, redirect } = value;
+    if (redirect !== undefined) {
+      // A hit the client fetches from the object store itself (storage.s3.redirect): the URL is short-lived.
+      return {
+        status: 307,
+        headers: {
+          Location: redirect,
+          "Docker-Content-Digest": req.digest,
+          "Cache-Control": "no-store",
+          "X-Mirror-Cache": result,
+        },
+        cache: "hit",
+      };
+    }
     const headers = baseHeaders(req.digest, result, from);
     if (range !== undefined) {
       headers["Content-Range"] = `bytes ${range.start}-${range.end}/${size}`;

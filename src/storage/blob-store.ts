@@ -36,7 +36,7 @@ import { BufferPool, FileHandleRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
 
 /** Writes of at least this many bytes (or of unknown length) are hashed by the worker; smaller ones inline. */
-const WORKER_HASH_FROM = 8 * 1024 * 1024;
+export const WORKER_HASH_FROM = 8 * 1024 * 1024;
 /** A temp file is flushed to disk (fdatasync, in the background) every this many bytes. */
 const SYNC_STEP = 64 * 1024 * 1024;
 
@@ -235,8 +235,8 @@ class StoredFile implements StoredContent {
   }
 }
 
-/** The sha256 of a write in progress, inline or in the worker. */
-interface WriteHash {
+/** The sha256 of a write in progress, inline or in the worker (the S3 store's writer hashes the same way). */
+export interface WriteHash {
   /** Chunks about to be written (inline hashing). */
   update(chunks: readonly Uint8Array[]): void;
   /** The temp file is written up to here (worker hashing). */
@@ -245,7 +245,7 @@ interface WriteHash {
   abort(): void;
 }
 
-function inlineHash(): WriteHash {
+export function inlineHash(): WriteHash {
   const hash = createHash("sha256");
   return {
     update: (chunks) => {
@@ -257,7 +257,7 @@ function inlineHash(): WriteHash {
   };
 }
 
-function workerHash(hasher: FileHasher, path: string): WriteHash {
+export function workerHash(hasher: FileHasher, path: string): WriteHash {
   const hash = hasher.open(path);
   return {
     update: () => undefined,

@@ -52,6 +52,11 @@ export interface StoredContent {
   bytes(): Promise<Buffer>;
   /** Releases the content without reading it. */
   close(): Promise<void>;
+  /**
+   * Only where the store is set to send clients to the content itself (`storage.s3.redirect`): a short-lived URL a
+   * client may GET the content from directly (an object store's presigned GET), then releases the content.
+   */
+  directUrl?(): Promise<string>;
 }
 
 /** Room held for a write (the janitor's Reservation): told what is written, released when the write ends. */

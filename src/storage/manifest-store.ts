@@ -10,15 +10,17 @@
  * next put rewrites the sidecar, and nothing that asks (a pull, an eviction sweep) is stuck on it meanwhile. A
  * walk that needs only what a manifest names (what a pin keeps) reads its bytes without the sidecar (`bytesOf`).
  *
- * The bytes go through the content store's interface; the sidecars are files beside it (`<root>/manifests`),
- * which is why this takes the filesystem store.
+ * The bytes go through the content store's interface; the media types through `MediaTypeRecords`, kept where
+ * the store keeps its content: beside the filesystem store, sidecar files (`<root>/manifests`, `SidecarFiles`
+ * here, the default for a BlobStore); in an object store, one small object per manifest beside the content
+ * (s3-content-store.ts: `S3MediaTypes`), shared by every replica on the bucket like the bytes.
  */
 import { mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { LRUCache } from "lru-cache";
 import { digestHex, digestOf } from "../oci/digest.ts";
-import { isNotFound, type BlobStore } from "./blob-store.ts";
-import { putContent } from "./content-store.ts";
+import { BlobStore, isNotFound } from "./blob-store.ts";
+import { putContent, type ContentStore } from "./content-store.ts";
 import { replaceFileDurably } from "./durable-replace.ts";
 
 export interface StoredManifest {
@@ -27,20 +29,73 @@ export interface StoredManifest {
   bytes: Buffer;
 }
 
-/** What a sidecar holds. */
-interface Sidecar {
+/** What a manifest's media-type record holds. */
+export interface Sidecar {
   mediaType: string;
   size: number;
 }
 
-export class ManifestStore {
-  private readonly blobs: BlobStore;
+/**
+ * Where a content store keeps its manifests' media types. A record is written after the bytes and replaced
+ * whole; one that is damaged or absent reads as undefined (the manifest is then fetched again).
+ */
+export interface MediaTypeRecords {
+  init(): Promise<void>;
+  /** The record's text as stored, or undefined when there is none. */
+  read(digest: string): Promise<string | undefined>;
+  write(digest: string, text: string): Promise<void>;
+  remove(digest: string): Promise<void>;
+}
+
+/** Sidecar files beside the filesystem store: `<root>/manifests/sha256/<hh>/<hex>.json`, replaced durably. */
+export class SidecarFiles implements MediaTypeRecords {
   private readonly metaDir: string;
+  private readonly tempDir: string;
+
+  constructor(store: BlobStore) {
+    this.metaDir = join(store.root, "manifests", "sha256");
+    // Their temp files go where the store's do, so one a crash leaves behind is swept at the next start.
+    this.tempDir = store.tempDir;
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.metaDir, { recursive: true });
+  }
+
+  async read(digest: string): Promise<string | undefined> {
+    try {
+      return await readFile(this.pathOf(digest), "utf8");
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  write(digest: string, text: string): Promise<void> {
+    return replaceFileDurably(this.pathOf(digest), text, { tempDir: this.tempDir });
+  }
+
+  remove(digest: string): Promise<void> {
+    return rm(this.pathOf(digest), { force: true });
+  }
+
+  private pathOf(digest: string): string {
+    const hex = digestHex(digest);
+    return join(this.metaDir, hex.slice(0, 2), `${hex}.json`);
+  }
+}
+
+export class ManifestStore {
+  private readonly blobs: ContentStore;
+  private readonly mediaTypes: MediaTypeRecords;
   private readonly memory: LRUCache<string, StoredManifest>;
 
-  constructor(blobs: BlobStore, opts: { memoryBytes?: number } = {}) {
+  /** `mediaTypes` defaults to sidecar files for the filesystem store; any other store must say where they go. */
+  constructor(blobs: ContentStore, opts: { memoryBytes?: number; mediaTypes?: MediaTypeRecords } = {}) {
     this.blobs = blobs;
-    this.metaDir = join(blobs.root, "manifests", "sha256");
+    const mediaTypes = opts.mediaTypes ?? (blobs instanceof BlobStore ? new SidecarFiles(blobs) : undefined);
+    if (mediaTypes === undefined) throw new Error("a manifest store over this content store needs its mediaTypes");
+    this.mediaTypes = mediaTypes;
     this.memory = new LRUCache({
       maxSize: opts.memoryBytes ?? 64 * 1024 * 1024,
       sizeCalculation: (m) => m.bytes.length + 256,
@@ -48,7 +103,7 @@ export class ManifestStore {
   }
 
   async init(): Promise<void> {
-    await mkdir(this.metaDir, { recursive: true });
+    await this.mediaTypes.init();
   }
 
   /**
@@ -60,12 +115,7 @@ export class ManifestStore {
     const actual = digestOf(bytes);
     if (actual !== digest) throw new Error(`manifest bytes hash to ${actual}, not ${digest}`);
     if ((await this.blobs.size(digest)) !== bytes.length) await putContent(this.blobs, digest, bytes);
-    // Its temp file goes where the store's do, so one a crash leaves behind is swept at the next start.
-    await replaceFileDurably(
-      this.metaPath(digest),
-      JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar),
-      { tempDir: this.blobs.tempDir },
-    );
+    await this.mediaTypes.write(digest, JSON.stringify({ mediaType, size: bytes.length } satisfies Sidecar));
     this.memory.set(digest, { digest, mediaType, bytes });
   }
 
@@ -86,13 +136,8 @@ export class ManifestStore {
       this.memory.delete(digest); // evicted from disk: not servable any more
       return undefined;
     }
-    let text: string;
-    try {
-      text = await readFile(this.metaPath(digest), "utf8");
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw err;
-    }
+    const text = await this.mediaTypes.read(digest);
+    if (text === undefined) return undefined;
     const meta = parseSidecar(text);
     if (meta === undefined) return undefined; // damaged: absent until the next put rewrites it
     const stored = await this.blobs.open(digest, opts);
@@ -127,12 +172,7 @@ export class ManifestStore {
   /** Eviction or purge removed the bytes: drop the memory copy and the sidecar too. */
   async forget(digest: string): Promise<void> {
     this.memory.delete(digest);
-    await rm(this.metaPath(digest), { force: true });
-  }
-
-  private metaPath(digest: string): string {
-    const hex = digestHex(digest);
-    return join(this.metaDir, hex.slice(0, 2), `${hex}.json`);
+    await this.mediaTypes.remove(digest);
   }
 }
 

@@ -10,7 +10,7 @@
  *   "blobs": [{"digest": "sha256:…", "size": 3623807}]
  * }
  */
-import type { BlobStore } from "../storage/blob-store.ts";
+import type { ContentStore } from "../storage/content-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { isSha256Digest } from "../oci/digest.ts";
 import { isValidTag } from "../oci/reference.ts";
@@ -32,7 +32,7 @@ export interface Inventory {
 
 /** Lists the tags of every configured upstream and every object in the store (sorted, so listings diff well). */
 export async function takeInventory(opts: {
-  store: BlobStore;
+  store: ContentStore;
   metadata: MetadataStore;
   upstreams: readonly string[];
 }): Promise<Inventory> {

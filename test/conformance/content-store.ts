@@ -2,6 +2,8 @@
 // filesystem store today, an object store next. What callers rely on is pinned here once: content becomes visible
 // only through a writer's verified commit, a write can be followed while it goes on, a reservation is released
 // only once the index counts the bytes, deletes leave open readers whole, and a restart finds what was committed.
+// A refused or abandoned write leaves nothing at once, however much of it was already stored (an object store
+// holds it as an unfinished upload: `tempFiles()` asks the store, not the writer), and nothing a restart finds.
 // After every test the store must hold no unfinished write (`tempFiles()`), and cleanup removes what it made.
 import { createHash, randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
@@ -115,9 +117,13 @@ export function describeContentStore(name: string, factory: () => Promise<Conten
         await expect(failure).rejects.toBeInstanceOf(ContentMismatchError);
         await expect(failure).rejects.toMatchObject({ size, actualDigest: digestOf(wrong) });
         expect(reservation.releasedWith).toEqual(["released"]);
+        expect(await store.tempFiles(), "nothing of the refused write is left, before close too").toEqual([]);
         await writer.close();
         expect(await store.size(digestOf(bytes))).toBeUndefined();
         expect(store.index.has(digestOf(bytes))).toBe(false);
+        const restarted = await fixture!.reopen();
+        expect(await restarted.size(digestOf(bytes))).toBeUndefined();
+        expect(restarted.index.objects).toBe(0);
       });
     }
 
@@ -156,6 +162,18 @@ export function describeContentStore(name: string, factory: () => Promise<Conten
       expect(await store.size(digestOf(bytes))).toBeUndefined();
     });
 
+    it("discards a large write closed before its commit, whatever of it was already stored", async () => {
+      const bytes = randomBytes(11 * 1024 * 1024);
+      const writer = await store.createWriter(digestOf(bytes), { expectedSize: bytes.length });
+      for (let at = 0; at < bytes.length; at += 1024 * 1024) await writer.write([bytes.subarray(at, at + 1024 * 1024)]);
+      await writer.close();
+      expect(await store.tempFiles()).toEqual([]);
+      expect(await store.size(digestOf(bytes))).toBeUndefined();
+      const restarted = await fixture!.reopen();
+      expect(restarted.index.objects).toBe(0);
+      expect(await restarted.size(digestOf(bytes))).toBeUndefined();
+    });
+
     it("commits the same content from two writers at once, counted once", async () => {
       const bytes = randomBytes(50_000);
       const digest = digestOf(bytes);
@@ -179,6 +197,18 @@ export function describeContentStore(name: string, factory: () => Promise<Conten
       expect(await store.open(digest)).toBeUndefined();
       expect((await readAll(reader.read())).equals(bytes)).toBe(true);
       await until(() => !store.inUse(digest), "the reader to be released at its end");
+    });
+
+    it("an open racing a delete yields nothing or every byte, never a reader that breaks", async () => {
+      for (let round = 0; round < 5; round++) {
+        const bytes = randomBytes(200_000);
+        const digest = digestOf(bytes);
+        await putContent(store, digest, bytes);
+        const [reader] = await Promise.all([store.open(digest), store.delete(digest)]);
+        if (reader) expect((await readAll(reader.read())).equals(bytes)).toBe(true);
+        expect(await store.size(digest)).toBeUndefined();
+        await until(() => !store.inUse(digest), "the reader to be released");
+      }
     });
 
     it("is found again after a restart: every committed object, none of the unfinished writes", async () => {

@@ -19,6 +19,8 @@ export interface S3Server {
   readonly region: string;
   readonly accessKeyId: string;
   readonly secretAccessKey: string;
+  /** A further S3 user with its own keys (owning nothing: what it may do is up to the buckets' policies). */
+  createUser(uid: string): Promise<{ accessKeyId: string; secretAccessKey: string }>;
   /** Stops the gateway, the OSD and the mon (by PID, waiting for each) and deletes the cluster's directory. */
   dispose(): Promise<void>;
   /** Recent output of the daemons, for error messages. */
@@ -158,17 +160,21 @@ export async function startS3(): Promise<S3Server> {
       },
       { timeoutMs: READY_TIMEOUT_MS, intervalMs: 250, what: `radosgw on ${endpoint}` },
     );
-    const accessKeyId = `K${randomUUID().replaceAll("-", "").slice(0, 19).toUpperCase()}`;
-    const secretAccessKey = randomUUID().replaceAll("-", "") + randomUUID().replaceAll("-", "").slice(0, 8);
-    await run("radosgw-admin", [
-      "user",
-      "create",
-      "--uid=test",
-      "--display-name=test",
-      `--access-key=${accessKeyId}`,
-      `--secret-key=${secretAccessKey}`,
-    ]);
-    return { endpoint, region: "us-east-1", accessKeyId, secretAccessKey, dispose, output };
+    const createUser = async (uid: string) => {
+      const accessKeyId = `K${randomUUID().replaceAll("-", "").slice(0, 19).toUpperCase()}`;
+      const secretAccessKey = randomUUID().replaceAll("-", "") + randomUUID().replaceAll("-", "").slice(0, 8);
+      await run("radosgw-admin", [
+        "user",
+        "create",
+        `--uid=${uid}`,
+        `--display-name=${uid}`,
+        `--access-key=${accessKeyId}`,
+        `--secret-key=${secretAccessKey}`,
+      ]);
+      return { accessKeyId, secretAccessKey };
+    };
+    const { accessKeyId, secretAccessKey } = await createUser("test");
+    return { endpoint, region: "us-east-1", accessKeyId, secretAccessKey, createUser, dispose, output };
   } catch (err) {
     await dispose();
     throw err;

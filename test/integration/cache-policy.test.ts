@@ -13,6 +13,7 @@ import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
+import { BlobStore } from "../../src/storage/blob-store.ts";
 
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 const ADMIN_TOKEN = "cache-policy-admin-token";
@@ -164,7 +165,9 @@ describe("idle expiry across a restart", () => {
     const first = await start();
     await pull(first, "restart/plain", "v1", plain);
     await pull(first, "keep/long", "v1", kept);
-    const pathOf = (d: string) => first.mirror.blobStore.pathOf(d);
+    const firstStore = first.mirror.blobStore;
+    if (!(firstStore instanceof BlobStore)) throw new Error("expected the filesystem content store");
+    const pathOf = (d: string) => firstStore.pathOf(d);
     const all = [...contentOf(plain), ...contentOf(kept)];
     const paths = new Map(all.map((d) => [d, pathOf(d)]));
     await first.stop();

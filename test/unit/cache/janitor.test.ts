@@ -127,6 +127,36 @@ describe("CacheIndex and Janitor", () => {
     for (const d of digests) expect(await store.size(d)).toBe(store.index.has(d) ? 100 * KB : undefined);
   });
 
+  it("with the content elsewhere (object storage), never evicts for disk room: only the budget evicts", async () => {
+    const digests: string[] = [];
+    for (let i = 0; i < 4; i++) digests.push(await put(100 * KB));
+    const elsewhere = (maxSize: number | undefined) =>
+      new Janitor({
+        store,
+        contentOnDisk: false,
+        manifests,
+        metadata,
+        budget: { maxSize, high: 0.9, low: 0.5 },
+        pins: [],
+        log: pino({ level: "silent" }),
+        fsUsage,
+      });
+    fsFree = 10 * KB; // the temp files' disk is nearly full: deleting content would not help it
+    await elsewhere(undefined).check();
+    expect(store.index.objects).toBe(4);
+    expect(await elsewhere(undefined).admit(50 * KB)).toBeUndefined(); // refused, not made room for by evicting
+    expect(store.index.objects).toBe(4);
+    fsFree = 1e12;
+    await elsewhere(300 * KB).check(); // over the budget's high mark: that still evicts
+    expect(store.index.bytes).toBeLessThanOrEqual(150 * KB);
+    // The same full disk with the content on it: the default janitor evicts to make room.
+    for (let i = 0; i < 4; i++) await put(100 * KB);
+    fsFree = 10 * KB;
+    const before = store.index.objects;
+    await janitor(undefined).check();
+    expect(store.index.objects).toBeLessThan(before);
+  });
+
   it("never evicts pinned content or content being read", async () => {
     const image = { layer: await put(200 * KB) };
     const config = Buffer.from(JSON.stringify({ architecture: "amd64" }));

@@ -1,0 +1,803 @@
+/**
+ * The content store on S3-compatible object storage (AWS S3, Ceph RADOS Gateway, MinIO…), through AWS's own SDK.
+ * Blobs and manifests alike are objects named by their digest; nothing is ever visible under a digest before
+ * its length and sha256 were verified, and nothing is copied on commit:
+ *
+ * - A write goes to a local temp file under the data directory (so readers following a fill read it at disk
+ *   speed through `readAt`, exactly as with the filesystem store) AND, as the bytes arrive, to a multipart
+ *   upload on the object's FINAL key: fixed-size parts read back from the temp file once written, a few in
+ *   flight at a time, the others only queued as offsets, so memory stays flat whatever the size of the blob
+ *   and the download is never slowed by the object store. A multipart upload is invisible until it is
+ *   completed: `commit()` verifies (length, then sha256), and only then completes the upload. A mismatch, an
+ *   abort or a close before the commit aborts the upload instead. Content smaller than one part is sent with
+ *   one PutObject, after it verified.
+ * - Uploads a crashed process left behind are aborted by `init()` (and, whatever happens to a process, by the
+ *   bucket lifecycle rule the guide documents: abort incomplete multipart uploads after a day).
+ * - Content is read with GetObject (by Range). A delete of content that a reader holds open here is deferred
+ *   until that reader is done (the content reads as absent at once): a response that started always completes.
+ * - Recency survives a restart only as the objects' upload times (an object's metadata cannot be touched
+ *   without copying it): `recordAccess` records nothing.
+ *
+ * Layout in the bucket:
+ *   <prefix>blobs/sha256/<hex>               committed content (blobs and manifests), and uploads in progress
+ *   <prefix>manifests/sha256/<hex>.json      a manifest's media type (S3MediaTypes, for manifest-store.ts)
+ * and on the local disk:
+ *   <path>/tmp/<hex>.<random>                writes in progress (read only through their writer)
+ */
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readdir, readFile, rm, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { Transform, type Readable, type TransformCallback } from "node:stream";
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from "@aws-sdk/client-s3";
+import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
+import { digestHex } from "../oci/digest.ts";
+import { inlineHash, workerHash, WORKER_HASH_FROM, writeAt, type WriteHash } from "./blob-store.ts";
+import { CacheIndex } from "./cache-index.ts";
+import {
+  ContentMismatchError,
+  type ContentStore,
+  type ContentWriter,
+  type StoredContent,
+  type WriteReservation,
+  type WriterOptions,
+} from "./content-store.ts";
+import { FileHasher } from "./hash-worker.ts";
+import type { MediaTypeRecords } from "./manifest-store.ts";
+
+const MiB = 1024 * 1024;
+/** S3's smallest part (all but the last). */
+export const MIN_PART_SIZE = 5 * MiB;
+/** 8 MiB parts: 10,000 parts (S3's maximum) hold 78 GiB, more than any layer. */
+const DEFAULT_PART_SIZE = 8 * MiB;
+/** S3's most parts in one upload: with 8 MiB parts, 78 GiB; a longer announced length gets larger parts. */
+const MAX_PARTS = 10_000;
+/** Parts uploaded at once per write: memory per write ≈ this × the part size. */
+const DEFAULT_PARTS_IN_FLIGHT = 3;
+/** Listing pages followed at most (1,000 keys each): a bound on every listing loop. */
+const MAX_LIST_PAGES = 100_000;
+
+/** Where the store keeps what: the bucket and key prefix in the object store, the temp files on the disk. */
+export interface S3ContentStoreOptions {
+  client: S3Client;
+  bucket: string;
+  /** Key prefix inside the bucket ("" or ending in "/" usually; used as given). */
+  prefix?: string;
+  /** The local directory (`storage.path`) whose `tmp/` holds writes in progress. */
+  root: string;
+  partSize?: number;
+  partsInFlight?: number;
+  touchIntervalMs?: number;
+  hasher?: FileHasher;
+  /**
+   * `init()` aborts the uploads under the prefix started at least this long ago (default 0: every one, right for
+   * a single mirror on its prefix). Replicas sharing a prefix set it above the fill timeout, so that a replica
+   * starting never aborts another's upload in progress; younger leftovers go by the bucket's lifecycle rule.
+   */
+  leftoverUploadAfterMs?: number;
+  /** Readers may send clients to the object itself: a presigned GET valid this many seconds (`directUrl`). */
+  redirectSeconds?: number;
+}
+
+/** The settings of `storage.s3` an S3 client is made from. */
+export interface S3ClientSettings {
+  endpoint?: string | undefined;
+  region: string;
+  forcePathStyle: boolean;
+  accessKeyId?: string | undefined;
+  accessKeyIdFile?: string | undefined;
+  secretAccessKey?: string | undefined;
+  secretAccessKeyFile?: string | undefined;
+}
+
+/**
+ * An S3 client for `storage.s3`: explicit keys (or keys read from files), else the SDK's default chain
+ * (environment, profile, instance role). Checksums only WHEN_REQUIRED: since 3.729 the SDK adds CRC32 trailers
+ * to every upload and checks them on every read, which not every S3-compatible server accepts.
+ */
+export async function createS3Client(settings: S3ClientSettings): Promise<S3Client> {
+  const keyId =
+    settings.accessKeyId ??
+    (settings.accessKeyIdFile ? (await readFile(settings.accessKeyIdFile, "utf8")).trim() : undefined);
+  const secret =
+    settings.secretAccessKey ??
+    (settings.secretAccessKeyFile ? (await readFile(settings.secretAccessKeyFile, "utf8")).trim() : undefined);
+  return new S3Client({
+    ...(settings.endpoint !== undefined ? { endpoint: settings.endpoint } : {}),
+    region: settings.region,
+    forcePathStyle: settings.forcePathStyle,
+    ...(keyId !== undefined && secret !== undefined
+      ? { credentials: { accessKeyId: keyId, secretAccessKey: secret } }
+      : {}),
+    requestChecksumCalculation: "WHEN_REQUIRED",
+    responseChecksumValidation: "WHEN_REQUIRED",
+  });
+}
+
+/**
+ * The part size for a write of `expectedSize` bytes: `base`, or, when that would take more than S3's 10,000 parts,
+ * the smallest whole number of MiB that fits in 10,000. A write of unknown length uses `base` (8 MiB: 78 GiB).
+ */
+export function partSizeFor(expectedSize: number | undefined, base: number): number {
+  return Math.max(base, Math.ceil((expectedSize ?? 0) / MAX_PARTS / MiB) * MiB);
+}
+
+/** Whether an S3 error means "no such object" (HEAD answers a bare 404). */
+export function isMissing(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } } | undefined;
+  return e?.name === "NotFound" || e?.name === "NoSuchKey" || e?.$metadata?.httpStatusCode === 404;
+}
+
+export class S3ContentStore implements ContentStore {
+  readonly index: CacheIndex;
+  /** The local directory (`storage.path`): the janitor watches its disk, which holds the temp files only. */
+  readonly root: string;
+  readonly tempDir: string;
+  readonly client: S3Client;
+  readonly bucket: string;
+  readonly prefix: string;
+  /** @internal read by the writers */
+  readonly partSize: number;
+  /** @internal read by the writers */
+  readonly partsInFlight: number;
+  private readonly leftoverAfterMs: number;
+  /** @internal read by StoredObject: presigned GETs for clients, valid this long (seconds); none when undefined. */
+  readonly redirectSeconds: number | undefined;
+  private readonly hasher: FileHasher;
+  private readonly readers = new Map<string, number>();
+  /** Deleted content still held open by a reader here: reads as absent, removed from S3 when the reader is done. */
+  private readonly pendingDeletes = new Set<string>();
+  /** DeleteObject requests under way, by digest: a commit of the same digest waits for them. */
+  private readonly deleting = new Map<string, Promise<void>>();
+  private readonly commitListeners: Array<(digest: string, size: number) => void> = [];
+  private readonly deleteListeners: Array<(digest: string) => void> = [];
+
+  constructor(opts: S3ContentStoreOptions) {
+    this.client = opts.client;
+    this.bucket = opts.bucket;
+    this.prefix = opts.prefix ?? "";
+    this.root = opts.root;
+    this.tempDir = join(opts.root, "tmp");
+    this.partSize = opts.partSize ?? DEFAULT_PART_SIZE;
+    if (this.partSize < MIN_PART_SIZE) throw new Error(`S3 parts are at least ${MIN_PART_SIZE} bytes`);
+    this.partsInFlight = Math.max(1, opts.partsInFlight ?? DEFAULT_PARTS_IN_FLIGHT);
+    this.hasher = opts.hasher ?? new FileHasher();
+    this.redirectSeconds = opts.redirectSeconds;
+    this.leftoverAfterMs = opts.leftoverUploadAfterMs ?? 0;
+    this.index = new CacheIndex(this, opts);
+  }
+
+  /** The key of committed content (and of its upload in progress). */
+  keyOf(digest: string): string {
+    return `${this.blobsPrefix()}${digestHex(digest)}`;
+  }
+
+  private blobsPrefix(): string {
+    return `${this.prefix}blobs/sha256/`;
+  }
+
+  async init(): Promise<{ removedTempFiles: number; objects: number; bytes: number; scanMs: number }> {
+    await mkdir(this.tempDir, { recursive: true });
+    const leftovers = await readdir(this.tempDir);
+    await Promise.all(leftovers.map((name) => rm(join(this.tempDir, name), { force: true, recursive: true })));
+    const before = Date.now() - this.leftoverAfterMs;
+    const uploads = (await this.listUploads()).filter((u) => u.initiated <= before);
+    for (const u of uploads)
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.key, UploadId: u.id }));
+    const scan = await this.index.rebuild();
+    return {
+      removedTempFiles: leftovers.length + uploads.length,
+      objects: scan.objects,
+      bytes: scan.bytes,
+      scanMs: scan.ms,
+    };
+  }
+
+  /** Every committed object under the prefix, its upload time standing for its last access. */
+  async scan(): Promise<Array<{ digest: string; size: number; lastAccess: number }>> {
+    const found: Array<{ digest: string; size: number; lastAccess: number }> = [];
+    const prefix = this.blobsPrefix();
+    let token: string | undefined;
+    for (let page = 0; page < MAX_LIST_PAGES; page++) {
+      const res = await this.client.send(
+        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }),
+      );
+      for (const o of res.Contents ?? []) {
+        const hex = o.Key?.slice(prefix.length) ?? "";
+        if (!/^[0-9a-f]{64}$/.test(hex) || o.Size === undefined) continue;
+        found.push({ digest: `sha256:${hex}`, size: o.Size, lastAccess: o.LastModified?.getTime() ?? 0 });
+      }
+      if (!res.IsTruncated || !res.NextContinuationToken) return found;
+      token = res.NextContinuationToken;
+    }
+    throw new Error(`listing s3://${this.bucket}/${prefix} did not end after ${MAX_LIST_PAGES} pages`);
+  }
+
+  /** Multipart uploads in progress under the prefix (this process's and any other's). */
+  private async listUploads(): Promise<Array<{ key: string; id: string; initiated: number }>> {
+    const found: Array<{ key: string; id: string; initiated: number }> = [];
+    let keyMarker: string | undefined;
+    let idMarker: string | undefined;
+    for (let page = 0; page < MAX_LIST_PAGES; page++) {
+      const res = await this.client.send(
+        new ListMultipartUploadsCommand({
+          Bucket: this.bucket,
+          Prefix: this.blobsPrefix(),
+          KeyMarker: keyMarker,
+          UploadIdMarker: idMarker,
+        }),
+      );
+      for (const u of res.Uploads ?? [])
+        if (u.Key && u.UploadId) found.push({ key: u.Key, id: u.UploadId, initiated: u.Initiated?.getTime() ?? 0 });
+      if (!res.IsTruncated) return found;
+      keyMarker = res.NextKeyMarker;
+      idMarker = res.NextUploadIdMarker;
+    }
+    throw new Error(`listing uploads in s3://${this.bucket}/${this.blobsPrefix()} did not end`);
+  }
+
+  /** Nothing: an object's metadata cannot change without a copy. After a restart, recency is upload order. */
+  recordAccess(): void {}
+
+  inUse(digest: string): boolean {
+    return (this.readers.get(digest) ?? 0) > 0;
+  }
+
+  async size(digest: string): Promise<number | undefined> {
+    if (this.pendingDeletes.has(digest) || this.deleting.has(digest)) return undefined;
+    const known = this.index.sizeOf(digest);
+    if (known !== undefined) return known;
+    return (await this.head(digest))?.size;
+  }
+
+  private async head(digest: string): Promise<{ size: number } | undefined> {
+    try {
+      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
+      return { size: res.ContentLength ?? 0 };
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * The reader is counted before the object is looked up, so that a delete meanwhile waits for it (and is then
+   * seen here: the content reads as absent) instead of removing the object under a reader about to start.
+   */
+  async open(digest: string): Promise<StoredContent | undefined> {
+    if (this.pendingDeletes.has(digest) || this.deleting.has(digest)) return undefined;
+    this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
+    let found: { size: number } | undefined;
+    try {
+      found = await this.head(digest);
+    } catch (err) {
+      this.released(digest);
+      throw err;
+    }
+    if (found === undefined || this.pendingDeletes.has(digest)) {
+      this.released(digest);
+      if (found === undefined) this.index.remove(digest); // deleted behind our back: keep the accounting true
+      return undefined;
+    }
+    if (!this.index.has(digest)) this.index.add(digest, found.size);
+    this.index.touch(digest);
+    return new StoredObject(this, digest, found.size, () => this.released(digest));
+  }
+
+  /** A reader is done with `digest`: a delete that waited for the last one happens now. */
+  private released(digest: string): void {
+    const n = (this.readers.get(digest) ?? 1) - 1;
+    if (n > 0) {
+      this.readers.set(digest, n);
+      return;
+    }
+    this.readers.delete(digest);
+    if (this.pendingDeletes.delete(digest)) void this.deleteObject(digest).catch(() => undefined);
+  }
+
+  /** Deletes the object now; `size`/`open` read it as absent until S3 confirmed. */
+  private deleteObject(digest: string): Promise<void> {
+    const running = this.deleting.get(digest);
+    if (running) return running;
+    const done = this.client
+      .send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }))
+      .then(() => undefined)
+      .finally(() => this.deleting.delete(digest));
+    this.deleting.set(digest, done);
+    return done;
+  }
+
+  /** DeleteObject is atomic. Content a reader here holds open goes once that reader is done with it. */
+  async delete(digest: string): Promise<void> {
+    this.index.remove(digest);
+    if (this.inUse(digest)) this.pendingDeletes.add(digest);
+    else await this.deleteObject(digest);
+    for (const listener of this.deleteListeners) listener(digest);
+  }
+
+  /** @internal A writer is about to make `digest` visible: a delete of the same key must not undo it. */
+  async beforeCommit(digest: string): Promise<void> {
+    this.pendingDeletes.delete(digest); // the same bytes again: the object stays for the reader and the commit
+    await this.deleting.get(digest)?.catch(() => undefined);
+  }
+
+  onDelete(listener: (digest: string) => void): void {
+    this.deleteListeners.push(listener);
+  }
+
+  onCommit(listener: (digest: string, size: number) => void): void {
+    this.commitListeners.push(listener);
+  }
+
+  async createWriter(digest: string, opts: WriterOptions = {}): Promise<ContentWriter> {
+    const path = join(this.tempDir, `${digestHex(digest)}.${randomBytes(6).toString("hex")}`);
+    const handle = await open(path, "wx+");
+    try {
+      const hash =
+        opts.expectedSize !== undefined && opts.expectedSize < WORKER_HASH_FROM
+          ? inlineHash()
+          : workerHash(this.hasher, path);
+      return new S3Writer(this, {
+        digest,
+        path,
+        handle,
+        hash,
+        expectedSize: opts.expectedSize,
+        reservation: opts.reservation,
+      });
+    } catch (err) {
+      await handle.close();
+      await rm(path, { force: true });
+      throw err;
+    }
+  }
+
+  /** @internal S3Writer.commit: the object is visible. Indexed first, then the reservation released, then told. */
+  committed(digest: string, size: number, reservation: WriteReservation | undefined): void {
+    this.index.add(digest, size);
+    reservation?.release();
+    for (const listener of this.commitListeners) listener(digest, size);
+  }
+
+  /** Local temp files, and the multipart uploads the object store holds under the prefix (asked, not assumed). */
+  async tempFiles(): Promise<string[]> {
+    const local = await readdir(this.tempDir);
+    const uploads = await this.listUploads();
+    return [...local, ...uploads.map((u) => `s3://${this.bucket}/${u.key} (upload ${u.id})`)];
+  }
+}
+
+/**
+ * Manifests' media types in the bucket beside the content (`<prefix>manifests/sha256/<hex>.json`), one small
+ * object each, written after the bytes (manifest-store.ts): every replica on the bucket sees the same.
+ */
+export class S3MediaTypes implements MediaTypeRecords {
+  private readonly store: S3ContentStore;
+
+  constructor(store: S3ContentStore) {
+    this.store = store;
+  }
+
+  async init(): Promise<void> {}
+
+  private keyOf(digest: string): string {
+    return `${this.store.prefix}manifests/sha256/${digestHex(digest)}.json`;
+  }
+
+  async read(digest: string): Promise<string | undefined> {
+    try {
+      const res = await this.store.client.send(
+        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.keyOf(digest) }),
+      );
+      return await res.Body!.transformToString("utf8");
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async write(digest: string, text: string): Promise<void> {
+    await this.store.client.send(
+      new PutObjectCommand({
+        Bucket: this.store.bucket,
+        Key: this.keyOf(digest),
+        Body: text,
+        ContentType: "application/json",
+      }),
+    );
+  }
+
+  async remove(digest: string): Promise<void> {
+    await this.store.client.send(new DeleteObjectCommand({ Bucket: this.store.bucket, Key: this.keyOf(digest) }));
+  }
+}
+
+/** Committed content held for reading: GetObject by range, streamed. */
+class StoredObject implements StoredContent {
+  readonly size: number;
+  private readonly store: S3ContentStore;
+  private readonly digest: string;
+  private readonly release: () => void;
+  private released = false;
+
+  constructor(store: S3ContentStore, digest: string, size: number, release: () => void) {
+    this.store = store;
+    this.digest = digest;
+    this.size = size;
+    this.release = release;
+    if (store.redirectSeconds !== undefined) this.directUrl = () => this.presign(store.redirectSeconds!);
+  }
+
+  readonly directUrl?: () => Promise<string>;
+
+  /** A presigned GET of the object, valid `seconds`; the content is released (the client reads it elsewhere). */
+  private async presign(seconds: number): Promise<string> {
+    try {
+      return await getSignedUrl(
+        this.store.client,
+        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
+        { expiresIn: seconds },
+      );
+    } finally {
+      this.done();
+    }
+  }
+
+  private done(): void {
+    if (this.released) return;
+    this.released = true;
+    this.release();
+  }
+
+  read(range?: { start: number; end: number }): Readable {
+    const start = range?.start ?? 0;
+    const end = range?.end ?? this.size - 1;
+    const expected = Math.max(0, end - start + 1);
+    const out = new ExactLength(expected, this.digest);
+    out.once("close", () => this.done());
+    if (expected === 0) {
+      out.end();
+      return out;
+    }
+    const abort = new AbortController();
+    out.once("close", () => abort.abort());
+    this.store.client
+      .send(
+        new GetObjectCommand({
+          Bucket: this.store.bucket,
+          Key: this.store.keyOf(this.digest),
+          Range: `bytes=${start}-${end}`,
+        }),
+        { abortSignal: abort.signal },
+      )
+      .then(
+        (res) => {
+          const body = res.Body as Readable;
+          if (out.destroyed) {
+            body.destroy(); // never leave a body unread: it holds a socket
+            return;
+          }
+          body.once("error", (err) => out.destroy(err));
+          out.once("close", () => body.destroy());
+          body.pipe(out);
+        },
+        (err: unknown) => out.destroy(err as Error),
+      );
+    return out;
+  }
+
+  async bytes(): Promise<Buffer> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of this.read()) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  async close(): Promise<void> {
+    this.done();
+  }
+}
+
+/** Passes exactly `expected` bytes through; a body that ends short (a cut connection) is an error, not an end. */
+class ExactLength extends Transform {
+  private seen = 0;
+  private readonly expected: number;
+  private readonly digest: string;
+
+  constructor(expected: number, digest: string) {
+    super();
+    this.expected = expected;
+    this.digest = digest;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.seen += chunk.length;
+    if (this.seen > this.expected) cb(new Error(`object ${this.digest} sent more bytes than asked for`));
+    else cb(null, chunk);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    cb(
+      this.seen === this.expected
+        ? null
+        : new Error(`object ${this.digest} ended after ${this.seen} of ${this.expected} bytes`),
+    );
+  }
+}
+
+/** One part queued or being uploaded: bytes [start, end) of the temp file. */
+interface Part {
+  number: number;
+  start: number;
+  end: number;
+}
+
+/**
+ * A write into a temp file, mirrored part by part into a multipart upload on the final key as the bytes
+ * arrive; completed (or sent whole, when smaller than a part) only once verified, aborted otherwise.
+ */
+class S3Writer implements ContentWriter {
+  readonly digest: string;
+  private readonly store: S3ContentStore;
+  private readonly path: string;
+  private readonly handle: FileHandle;
+  private readonly hash: WriteHash;
+  private readonly expectedSize: number | undefined;
+  private readonly reservation: WriteReservation | undefined;
+  /** This write's part size: the store's, or larger when the announced length needs more than MAX_PARTS of those. */
+  private readonly partSize: number;
+  private bytes = 0;
+  /** The multipart upload, once the first whole part was written. */
+  private upload: Promise<string> | undefined;
+  /** Bytes already handed to a part (queued or sent). */
+  private queuedTo = 0;
+  private readonly queue: Part[] = [];
+  private readonly running = new Set<Promise<void>>();
+  private readonly etags = new Map<number, string>();
+  /** The first upload failure: the write cannot be committed any more. */
+  private failure: Error | undefined;
+  private verification: Promise<void> | undefined;
+  private discarding: Promise<void> | undefined;
+  private outcome: "writing" | "committed" | "discarded" = "writing";
+  private closed = false;
+
+  constructor(
+    store: S3ContentStore,
+    opts: {
+      digest: string;
+      path: string;
+      handle: FileHandle;
+      hash: WriteHash;
+      expectedSize: number | undefined;
+      reservation: WriteReservation | undefined;
+    },
+  ) {
+    this.store = store;
+    this.digest = opts.digest;
+    this.path = opts.path;
+    this.handle = opts.handle;
+    this.hash = opts.hash;
+    this.expectedSize = opts.expectedSize;
+    this.reservation = opts.reservation;
+    this.partSize = partSizeFor(opts.expectedSize, store.partSize);
+  }
+
+  get written(): number {
+    return this.bytes;
+  }
+
+  async write(chunks: readonly Uint8Array[]): Promise<void> {
+    if (this.outcome !== "writing" || this.verification !== undefined)
+      throw new Error(`the write of ${this.digest} is finished: nothing more can be written`);
+    let total = 0;
+    for (const chunk of chunks) total += chunk.length;
+    this.hash.update(chunks);
+    await writeAt(this.handle, chunks, this.bytes);
+    this.bytes += total;
+    this.reservation?.wrote(this.bytes);
+    this.hash.extend(this.bytes);
+    const size = this.partSize;
+    while (this.bytes - this.queuedTo >= size) {
+      this.queue.push({ number: this.partNumber(this.queuedTo), start: this.queuedTo, end: this.queuedTo + size });
+      this.queuedTo += size;
+    }
+    this.pump();
+  }
+
+  /** Part numbers follow the byte ranges: part n covers [(n-1)·size, n·size). */
+  private partNumber(start: number): number {
+    return start / this.partSize + 1;
+  }
+
+  /** Starts queued parts while fewer than `partsInFlight` run. */
+  private pump(): void {
+    while (this.outcome === "writing" && this.failure === undefined && this.running.size < this.store.partsInFlight) {
+      const part = this.queue.shift();
+      if (!part) return;
+      const sent: Promise<void> = this.sendPart(part)
+        .catch((err: unknown) => {
+          this.failure ??= err as Error;
+        })
+        .finally(() => {
+          this.running.delete(sent);
+          this.pump();
+        });
+      this.running.add(sent);
+    }
+  }
+
+  private startUpload(): Promise<string> {
+    this.upload ??= this.store.client
+      .send(new CreateMultipartUploadCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }))
+      .then((res) => {
+        if (!res.UploadId) throw new Error(`no upload id for ${this.digest}`);
+        return res.UploadId;
+      });
+    return this.upload;
+  }
+
+  private async sendPart(part: Part): Promise<void> {
+    const uploadId = await this.startUpload();
+    if (this.outcome !== "writing") return;
+    const body = await this.readBack(part.start, part.end);
+    const res = await this.store.client.send(
+      new UploadPartCommand({
+        Bucket: this.store.bucket,
+        Key: this.store.keyOf(this.digest),
+        UploadId: uploadId,
+        PartNumber: part.number,
+        Body: body,
+        ContentLength: body.length,
+      }),
+    );
+    if (!res.ETag) throw new Error(`no ETag for part ${part.number} of ${this.digest}`);
+    this.etags.set(part.number, res.ETag);
+  }
+
+  /** Every queued part sent (or the first failure). */
+  private async drained(): Promise<void> {
+    for (let i = 0; i < 1_000_000 && (this.running.size > 0 || this.queue.length > 0); i++) {
+      if (this.failure) return;
+      await Promise.race(this.running);
+    }
+  }
+
+  async readAt(buffer: Buffer, length: number, position: number): Promise<number> {
+    return (await this.handle.read(buffer, 0, length, position)).bytesRead;
+  }
+
+  verify(): Promise<void> {
+    this.verification ??= this.check();
+    return this.verification;
+  }
+
+  private async check(): Promise<void> {
+    if (this.outcome !== "writing") throw new Error(`the write of ${this.digest} was ${this.outcome}`);
+    try {
+      if (this.expectedSize !== undefined && this.bytes !== this.expectedSize)
+        throw new ContentMismatchError(this.digest, { size: this.bytes, expectedSize: this.expectedSize });
+      const actual = await this.hash.finish(this.bytes);
+      if (actual !== this.digest)
+        throw new ContentMismatchError(this.digest, {
+          size: this.bytes,
+          expectedSize: this.expectedSize,
+          actualDigest: actual,
+        });
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+  }
+
+  /**
+   * Verifies, then makes the object visible: the last part sent and the multipart upload completed, or (less
+   * than a part in all) the temp file's bytes sent with one PutObject. Nothing reaches the key before this.
+   */
+  async commit(): Promise<void> {
+    await this.verify();
+    if (this.outcome !== "writing") throw new Error(`the write of ${this.digest} was ${this.outcome}`);
+    try {
+      const { bucket, client } = this.store;
+      const key = this.store.keyOf(this.digest);
+      if (this.upload === undefined && this.queue.length === 0 && this.running.size === 0) {
+        const body = await this.readBack(0, this.bytes);
+        await this.store.beforeCommit(this.digest);
+        await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentLength: body.length }));
+      } else {
+        if (this.queuedTo < this.bytes) {
+          this.queue.push({ number: this.partNumber(this.queuedTo), start: this.queuedTo, end: this.bytes });
+          this.queuedTo = this.bytes;
+          this.pump();
+        }
+        await this.drained();
+        if (this.failure) throw this.failure;
+        const parts = [...this.etags.entries()].sort(([a], [b]) => a - b);
+        const count = Math.ceil(this.bytes / this.partSize);
+        if (parts.length !== count || parts.some(([n], i) => n !== i + 1))
+          throw new Error(`upload of ${this.digest} holds ${parts.length} parts, not ${count}: not committed`);
+        const uploadId = await this.upload!;
+        await this.store.beforeCommit(this.digest);
+        await client.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: bucket,
+            Key: key,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: parts.map(([PartNumber, ETag]) => ({ PartNumber, ETag })) },
+          }),
+        );
+      }
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+    this.outcome = "committed";
+    await rm(this.path, { force: true });
+    this.store.committed(this.digest, this.bytes, this.reservation);
+  }
+
+  private async readBack(start: number, end: number): Promise<Buffer> {
+    const body = Buffer.allocUnsafe(end - start);
+    let got = 0;
+    while (got < body.length) {
+      const { bytesRead } = await this.handle.read(body, got, body.length - got, start + got);
+      if (bytesRead === 0) throw new Error(`temp file for ${this.digest} ends at ${start + got}, not ${end}`);
+      got += bytesRead;
+    }
+    return body;
+  }
+
+  /**
+   * Discards the content: queued parts dropped, the parts in flight awaited (a part that lands after an abort
+   * would start the upload again), then the upload aborted and the temp file removed. `readAt` still works.
+   */
+  abort(): Promise<void> {
+    if (this.outcome === "committed") return Promise.resolve();
+    this.discarding ??= this.discard();
+    return this.discarding;
+  }
+
+  private async discard(): Promise<void> {
+    this.outcome = "discarded";
+    this.hash.abort();
+    this.queue.length = 0;
+    try {
+      await Promise.allSettled([...this.running]);
+      const uploadId = await this.upload?.catch(() => undefined);
+      if (uploadId !== undefined)
+        await this.store.client
+          .send(
+            new AbortMultipartUploadCommand({
+              Bucket: this.store.bucket,
+              Key: this.store.keyOf(this.digest),
+              UploadId: uploadId,
+            }),
+          )
+          .catch((err: unknown) => {
+            if (!isMissing(err)) throw err; // gone already (aborted by a restarted store): nothing left
+          });
+    } finally {
+      await rm(this.path, { force: true });
+      this.reservation?.release();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.abort();
+    } finally {
+      await this.handle.close();
+    }
+  }
+}

@@ -1,0 +1,216 @@
+// The S3 content store against the shared suite, on a real S3 server (harness/s3.ts: Ceph RADOS Gateway), one
+// server for the file and one key prefix per test. Then what only an object store shows, asked of the server
+// itself with the SDK: a large write is a multipart upload on the final key, invisible until verified and
+// completed; a refused one leaves no object and no upload; uploads a crashed process left are aborted at start.
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  CreateBucketCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  S3Client,
+  UploadPartCommand,
+} from "@aws-sdk/client-s3";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { putContent } from "../../src/storage/content-store.ts";
+import { ManifestStore } from "../../src/storage/manifest-store.ts";
+import { createS3Client, S3ContentStore, S3MediaTypes } from "../../src/storage/s3-content-store.ts";
+import { startS3, type S3Server } from "../harness/s3.ts";
+import { describeContentStore } from "./content-store.ts";
+
+const BUCKET = "conformance";
+const MiB = 1024 * 1024;
+let s3: S3Server;
+let client: S3Client;
+
+beforeAll(async () => {
+  s3 = await startS3();
+  client = await createS3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+  });
+  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+}, 180_000);
+afterAll(async () => {
+  client?.destroy();
+  await s3?.dispose();
+}, 120_000);
+
+const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+
+/** Every object key and every multipart upload under `prefix`, as the server lists them. */
+async function serverHolds(prefix: string): Promise<{ objects: Array<[string, number]>; uploads: string[] }> {
+  const objects = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }));
+  const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }));
+  return {
+    objects: (objects.Contents ?? []).map((o) => [o.Key!.slice(prefix.length), o.Size!]),
+    uploads: (uploads.Uploads ?? []).map((u) => u.Key!.slice(prefix.length)),
+  };
+}
+
+async function emptyPrefix(prefix: string): Promise<void> {
+  const held = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix }));
+  for (const o of held.Contents ?? []) await client.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: o.Key! }));
+}
+
+/** A store on its own prefix and temp dir, with 5 MiB parts (S3's smallest) so that 9 MiB is two parts. */
+async function newStore(): Promise<{
+  store: S3ContentStore;
+  prefix: string;
+  dir: string;
+  again: () => S3ContentStore;
+}> {
+  const dir = await mkdtemp(join(tmpdir(), "s3-conformance-"));
+  const prefix = `${randomUUID()}/`;
+  const again = () => new S3ContentStore({ client, bucket: BUCKET, prefix, root: dir, partSize: 5 * MiB });
+  const store = again();
+  await store.init();
+  return { store, prefix, dir, again };
+}
+
+describeContentStore("S3 (Ceph RADOS Gateway)", async () => {
+  const { store, prefix, dir, again } = await newStore();
+  return {
+    store,
+    async reopen() {
+      const restarted = again();
+      await restarted.init();
+      return restarted;
+    },
+    async cleanup() {
+      await emptyPrefix(prefix);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+describe("S3 content store, as the server sees it", () => {
+  let made: Awaited<ReturnType<typeof newStore>> | undefined;
+  afterEach(async () => {
+    if (made === undefined) return;
+    await emptyPrefix(made.prefix);
+    await rm(made.dir, { recursive: true, force: true });
+    made = undefined;
+  });
+
+  it("uploads a large write in parts to its final key, invisible until the commit, then one whole object", async () => {
+    made = await newStore();
+    const { store, prefix } = made;
+    const bytes = randomBytes(12 * MiB + 123);
+    const digest = digestOf(bytes);
+    const key = `blobs/sha256/${digest.slice("sha256:".length)}`;
+    const writer = await store.createWriter(digest, { expectedSize: bytes.length });
+    for (let at = 0; at < bytes.length; at += MiB) await writer.write([bytes.subarray(at, at + MiB)]);
+    // Parts go up while the write goes on: the upload exists on the final key, the object does not.
+    const during = await serverHolds(prefix);
+    expect(during.uploads).toEqual([key]);
+    expect(during.objects).toEqual([]);
+    await writer.commit();
+    await writer.close();
+    expect(await serverHolds(prefix)).toEqual({ objects: [[key, bytes.length]], uploads: [] });
+    const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: prefix + key }));
+    expect(head.ETag).toMatch(/-3"$/); // a multipart object of three parts: 5 + 5 + 2 MiB, no copy
+    const back = await (await store.open(digest))!.bytes();
+    expect(back.equals(bytes)).toBe(true);
+  });
+
+  it("leaves no object and no upload after refusing a large write whose parts were already sent", async () => {
+    made = await newStore();
+    const { store, prefix } = made;
+    const bytes = randomBytes(11 * MiB);
+    const wrong = Buffer.from(bytes);
+    wrong[7 * MiB] = wrong[7 * MiB]! ^ 1;
+    const writer = await store.createWriter(digestOf(bytes));
+    await writer.write([wrong]);
+    expect((await serverHolds(prefix)).uploads).toHaveLength(1);
+    await expect(writer.commit()).rejects.toMatchObject({ actualDigest: digestOf(wrong) });
+    expect(await serverHolds(prefix)).toEqual({ objects: [], uploads: [] });
+    await writer.close();
+  });
+
+  it("aborts at start the uploads a crashed process left under its prefix, and counts them", async () => {
+    made = await newStore();
+    const { prefix, again } = made;
+    const key = `${prefix}blobs/sha256/${"ab".repeat(32)}`;
+    const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: key }));
+    await client.send(
+      new UploadPartCommand({ Bucket: BUCKET, Key: key, UploadId, PartNumber: 1, Body: randomBytes(5 * MiB) }),
+    );
+    const kept = randomBytes(1000);
+    await putContent(made.store, digestOf(kept), kept);
+    // A replica sharing the prefix that only aborts uploads older than its fill timeout leaves this one alone...
+    const patient = new S3ContentStore({
+      client,
+      bucket: BUCKET,
+      prefix,
+      root: made.dir,
+      leftoverUploadAfterMs: 3_600_000,
+    });
+    expect(await patient.init()).toMatchObject({ removedTempFiles: 0, objects: 1 });
+    expect((await serverHolds(prefix)).uploads).toHaveLength(1);
+    // ...and a single mirror restarting aborts it.
+    const restarted = again();
+    const found = await restarted.init();
+    expect(found).toMatchObject({ removedTempFiles: 1, objects: 1, bytes: 1000 });
+    expect((await serverHolds(prefix)).uploads).toEqual([]);
+  });
+});
+
+describe("ManifestStore over the S3 store", () => {
+  let made: Awaited<ReturnType<typeof newStore>> | undefined;
+  afterEach(async () => {
+    if (made === undefined) return;
+    await emptyPrefix(made.prefix);
+    await rm(made.dir, { recursive: true, force: true });
+    made = undefined;
+  });
+  const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, layers: [] }));
+  const digest = digestOf(manifest);
+  const hex = digest.slice("sha256:".length);
+
+  it("keeps the media type in the bucket: a restarted process (no memory copy) serves the manifest as stored", async () => {
+    made = await newStore();
+    const manifests = new ManifestStore(made.store, { mediaTypes: new S3MediaTypes(made.store) });
+    await manifests.init();
+    await manifests.put(digest, OCI_MANIFEST, manifest);
+    expect((await serverHolds(made.prefix)).objects.sort()).toEqual([
+      [`blobs/sha256/${hex}`, manifest.length],
+      [`manifests/sha256/${hex}.json`, expect.any(Number)],
+    ]);
+    const restartedStore = made.again();
+    await restartedStore.init();
+    const restarted = new ManifestStore(restartedStore, { mediaTypes: new S3MediaTypes(restartedStore) });
+    await restarted.init();
+    const got = await restarted.get(digest);
+    expect(got?.mediaType).toBe(OCI_MANIFEST);
+    expect(got?.bytes.equals(manifest)).toBe(true);
+    await restarted.forget(digest);
+    await restartedStore.delete(digest);
+    expect(await restarted.get(digest)).toBeUndefined();
+    expect(await serverHolds(made.prefix)).toEqual({ objects: [], uploads: [] });
+  });
+
+  it("serves bytes stored as a blob (no media type recorded) to walks only, never as a manifest", async () => {
+    made = await newStore();
+    await putContent(made.store, digest, manifest);
+    const manifests = new ManifestStore(made.store, { mediaTypes: new S3MediaTypes(made.store) });
+    expect(await manifests.get(digest)).toBeUndefined();
+    expect((await manifests.bytesOf(digest, 1024 * 1024))?.equals(manifest)).toBe(true);
+    expect(await manifests.holdsBytes(digest)).toBe(true);
+  });
+
+  it("needs to be told where the media types go over a store other than the filesystem", async () => {
+    made = await newStore();
+    const store = made.store;
+    expect(() => new ManifestStore(store)).toThrow(/mediaTypes/);
+  });
+});
