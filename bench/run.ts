@@ -6,7 +6,7 @@
  * stopped by its PID; every loop is bounded in count and time.
  */
 import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
-import { mkdtemp, mkdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -140,14 +140,18 @@ async function main(): Promise<void> {
     await rm(seedDir, { recursive: true, force: true }); // the upstream has its own copies; nginx serves those
 
     const entry = args.compiled ? await compile(repoRoot) : resolve(repoRoot, "src/main.ts");
+    // As scripts/start.sh and the image run it: the flags of scripts/node-flags and, type-stripped, Node's compile
+    // cache (warm from the first start on, as it is for start.sh from its second start).
+    const nodeFlags = await readNodeFlags(repoRoot);
+    const startEnv = args.compiled ? mirrorEnv : { NODE_COMPILE_CACHE: join(workDir, "compile-cache"), ...mirrorEnv };
     const mirror = new MirrorTarget({
       repoRoot,
       entry,
       workDir,
       port: await freePort(),
       upstreamUrl: upstream.url,
-      nodeArgs: args["mirror-node-arg"],
-      env: mirrorEnv,
+      nodeArgs: [...nodeFlags, ...args["mirror-node-arg"]],
+      env: startEnv,
     });
     const proxy = new ProxyRegistryTarget({ workDir, port: await freePort(), upstreamUrl: upstream.url });
     const nginx = new NginxTarget({ workDir, port: await freePort(), upstreamStorage: upstream.rootDir });
@@ -326,7 +330,8 @@ async function main(): Promise<void> {
         workDir,
         port: await freePort(),
         upstreamUrl: upstream.url,
-        nodeArgs: [],
+        nodeArgs: nodeFlags,
+        env: startEnv,
         dataDir,
       });
       cleanup.push(() => starter.stop());
@@ -378,6 +383,15 @@ async function compile(root: string): Promise<string> {
     { stdio: "inherit", timeout: 300_000 },
   );
   return join(outDir, "main.js");
+}
+
+/** The Node/V8 flags of scripts/node-flags (one per line, `#` comments), the file start.sh and the image read. */
+async function readNodeFlags(root: string): Promise<string[]> {
+  const text = await readFile(join(root, "scripts/node-flags"), "utf8");
+  return text
+    .split("\n")
+    .map((line) => line.replace(/#.*/, "").trim())
+    .filter((line) => line !== "");
 }
 
 async function seed(upstream: Registry, path: string, size: number): Promise<SeededBlob> {
