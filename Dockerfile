@@ -45,6 +45,8 @@ COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 # "type": "module": dist/*.js are ES modules.
 COPY package.json ./
+# The Node/V8 flags the entrypoint starts node with: the same file scripts/start.sh and the bench read.
+COPY scripts/node-flags ./node-flags
 
 # The cache volume, owned by the unprivileged user (uid/gid 1000, the base image's `node` user). A new named
 # volume starts as a copy of this directory, ownership included, so the mirror can write to it.
@@ -64,9 +66,10 @@ EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["node", "-e", "import('/app/dist/config/load.js').then(async ({ loadConfig }) => { const [, bracketed, plain, port] = /^(?:\\[(.*)\\]|(.*)):(\\d+)$/.exec(loadConfig().listen); const host = bracketed ?? plain; const target = host === '' || host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? '[' + host + ']' : host; const res = await fetch('http://' + target + ':' + port + '/healthz', { signal: AbortSignal.timeout(4000) }); process.exit(res.ok ? 0 : 1); }).catch((err) => { console.error(String(err)); process.exit(1); })"]
 
 # SIGTERM (docker stop, Kubernetes) starts a graceful shutdown: no new requests, running downloads get up to
-# shutdownGrace (25 s) to finish. Node runs as PID 1 directly (exec form, no shell in between) and installs
-# its own SIGTERM/SIGINT handlers, which is what PID 1 needs to react to them; it starts no child processes,
-# so there are no zombies to reap. Give `docker stop` more than its default 10 s (--stop-timeout 30).
+# shutdownGrace (25 s) to finish. Node runs as PID 1 (the shell only reads /app/node-flags and `exec`s node in
+# its place; arguments after the image name still reach the mirror) and installs its own SIGTERM/SIGINT
+# handlers, which is what PID 1 needs to react to them; it starts no child processes, so there are no zombies
+# to reap. Give `docker stop` more than its default 10 s (--stop-timeout 30).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "--enable-source-maps", "/app/dist/main.js"]
+ENTRYPOINT ["/bin/sh", "-c", "exec node $(sed 's/#.*//' /app/node-flags) --enable-source-maps /app/dist/main.js \"$@\"", "mirror"]
 CMD []

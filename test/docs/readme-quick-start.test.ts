@@ -76,10 +76,13 @@ describe("README quick start", () => {
         .replaceAll(DOC_MIRROR, mirrorHost)
         .replaceAll("bash scripts/start.sh", `bash ${START_SCRIPT}`);
     // Node 24 (this test's) first on PATH, as ensure-node.sh would put it: nothing to install.
-    const env = { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ""}` } as Record<
-      string,
-      string
-    >;
+    // start.sh's compile cache under the test's directory, not the user's ~/.cache.
+    const env = {
+      ...process.env,
+      PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ""}`,
+      XDG_CACHE_HOME: join(work, ".cache"),
+      NODE_COMPILE_CACHE: "",
+    } as Record<string, string>;
     const [config, start, wait, skopeo, docker] = quickStartCommands().map(local) as [
       string,
       string,

@@ -180,7 +180,7 @@ describe("the container image", () => {
       "ls -A /app; echo ---; find /app/dist -type f ! -name '*.js' ! -name '*.js.map'; echo ---; ls /app/node_modules",
     ]);
     const [appDir = "", strayFiles = "", modules = ""] = ls.stdout.split("---\n");
-    expect(appDir.trim().split("\n")).toEqual(["dist", "node_modules", "package.json"]);
+    expect(appDir.trim().split("\n")).toEqual(["dist", "node-flags", "node_modules", "package.json"]);
     expect(strayFiles.trim(), "files in dist/ other than compiled JavaScript").toBe("");
     const installed = modules.trim().split("\n");
     for (const dep of Object.keys(

@@ -79,6 +79,9 @@ describe("one reference grammar", () => {
     const env = {
       ...(process.env as Record<string, string>),
       PATH: `${dirname(process.execPath)}:${process.env.PATH}`,
+      // start.sh's compile cache under the test's directory, not the user's ~/.cache.
+      XDG_CACHE_HOME: join(home, ".cache"),
+      NODE_COMPILE_CACHE: "",
     };
     for (const [i, reference] of REFERENCES.entries()) {
       const res = await runCommand(

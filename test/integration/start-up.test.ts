@@ -29,6 +29,9 @@ beforeAll(async () => {
 const scriptEnv = (): Record<string, string> => ({
   ...(process.env as Record<string, string>),
   PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ""}`,
+  // start.sh's compile cache goes under the test's own directory, not the user's ~/.cache.
+  XDG_CACHE_HOME: join(work, "cache-home"),
+  NODE_COMPILE_CACHE: "",
 });
 
 /** The mirror itself, from `cwd`, with `args`. */
