@@ -21,12 +21,11 @@ import type { MetadataStore } from "./metadata/metadata-store.ts";
 import { openMetadataStore, type MetadataStoreState } from "./metadata/open-metadata-store.ts";
 import type { Metrics } from "./observability/metrics.ts";
 import { BlobStore } from "./storage/blob-store.ts";
-import type { ContentStore } from "./storage/content-store.ts";
 import { DataDirLock } from "./storage/data-dir-lock.ts";
 import { BufferPool } from "./storage/file-range-stream.ts";
 import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
-import { createS3Client, S3ContentStore, S3MediaTypes } from "./storage/s3-content-store.ts";
+import type { ContentStore } from "./storage/content-store.ts";
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
 import { PeerClient } from "./upstream/peer-client.ts";
@@ -89,10 +88,13 @@ export async function createCacheLayer(
     const touchIntervalMs = touchIntervalFor(config, rules);
     const s3 = config.storage.s3;
     // With an s3 block the content lives in the bucket; storage.path keeps the temp files (and the journal).
-    s3Client = s3 ? await createS3Client(s3) : undefined;
-    const blobStore =
-      s3 && s3Client
-        ? new S3ContentStore({
+    // The S3 client is loaded only with an s3 block: imported, the AWS SDK costs ~30 MiB resident that a mirror
+    // on its own disk never uses (test/integration/lazy-loading.test.ts).
+    const objectStore = s3 ? await import("./storage/s3-content-store.ts") : undefined;
+    s3Client = s3 && objectStore ? await objectStore.createS3Client(s3) : undefined;
+    const blobStore: ContentStore & { readonly root: string; readonly tempDir: string } =
+      s3 && s3Client && objectStore
+        ? new objectStore.S3ContentStore({
             client: s3Client,
             bucket: s3.bucket,
             prefix: s3.prefix,
@@ -112,8 +114,8 @@ export async function createCacheLayer(
         "removed unverified temp files (and object store uploads) left by a previous run",
       );
     const manifestStore =
-      blobStore instanceof S3ContentStore
-        ? new ManifestStore(blobStore, { mediaTypes: new S3MediaTypes(blobStore) })
+      objectStore && blobStore instanceof objectStore.S3ContentStore
+        ? new ManifestStore(blobStore, { mediaTypes: new objectStore.S3MediaTypes(blobStore) })
         : new ManifestStore(blobStore);
     await manifestStore.init();
     const { metadata, describeState, closeMetadata, redis } = await openMetadataStore(config, log);

@@ -13,14 +13,12 @@
  */
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { createServer } from "node:net";
 import { createSecureContext } from "node:tls";
 import { readableFileProblem, writableDirectoryProblem } from "./config/file-checks.ts";
 import type { Config } from "./config/schema.ts";
 import { parseListen } from "./http/server.ts";
 import { warmupFileProblems } from "./config/warmup-list.ts";
-import { createS3Client } from "./storage/s3-content-store.ts";
 
 export async function startUpProblems(config: Config): Promise<string[]> {
   const checks: Array<Promise<string | undefined | string[]>> = [
@@ -159,6 +157,9 @@ async function s3Problems(s3: NonNullable<Config["storage"]["s3"]>): Promise<str
   ).filter((p): p is string => p !== undefined);
   if (files.length > 0) return files;
   const where = `storage.s3.bucket ${s3.bucket} at ${s3.endpoint ?? `AWS ${s3.region}`}`;
+  // Loaded only with an s3 block (see cache-layer.ts).
+  const { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } = await import("@aws-sdk/client-s3");
+  const { createS3Client } = await import("./storage/s3-content-store.ts");
   const client = await createS3Client(s3);
   const signal = () => ({ abortSignal: AbortSignal.timeout(S3_PROBE_TIMEOUT_MS) });
   try {

@@ -4,6 +4,7 @@
  * in front of that embedded store as a fallback that answers whenever Redis is down or slow.
  */
 import { join } from "node:path";
+import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import type { Config } from "../config/schema.ts";
 import { EmbeddedMetadataStore } from "./embedded-metadata-store.ts";

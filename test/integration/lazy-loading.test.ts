@@ -5,8 +5,8 @@
  * main.ts does, answers a few requests and stops; the test reads that list. The Redis case is the control: the
  * same check sees ioredis once the configuration asks for it. No RSS numbers here: those go to the bench.
  *
- * The S3 client (@aws-sdk/client-s3) belongs in NOT_LOADED_BY_DEFAULT once `storage.s3` exists: it must be
- * imported only when that key is set.
+ * Nor is the AWS SDK loaded without `storage.s3` (~30 MiB imported): test/integration/s3-storage.test.ts is its
+ * control, a mirror that does use it.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -17,7 +17,7 @@ import { runCommand, Teardown } from "../harness/processes.ts";
 import { startRedis, type RedisServer } from "../harness/redis.ts";
 
 /** Packages a default configuration (embedded metadata store, filesystem storage) must not load. */
-const NOT_LOADED_BY_DEFAULT = ["ioredis"];
+const NOT_LOADED_BY_DEFAULT = ["ioredis", "@aws-sdk/client-s3", "@aws-sdk/s3-request-presigner"];
 
 const teardown = new Teardown();
 afterAll(() => teardown.run());
@@ -83,7 +83,7 @@ async function packagesLoaded(
 }
 
 describe("lazy loading", () => {
-  it("a mirror without redis.url serves requests without loading ioredis", async () => {
+  it("a mirror without redis.url or storage.s3 serves requests without loading ioredis or the AWS SDK", async () => {
     const { packages, statuses } = await packagesLoaded("default", {});
     expect(statuses).toEqual([200, 200, 200]);
     // The check sees the packages the mirror does use.
