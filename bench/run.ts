@@ -14,6 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { execFileSync, spawnSync } from "node:child_process";
 import { freePort } from "../test/harness/processes.ts";
 import { startRegistry, type Registry } from "../test/harness/registry.ts";
+import { renderFleetTable, runFleet } from "./fleet.ts";
 import { concurrentDownloads, download, load, type LoadResult } from "./measure.ts";
 import { OCI_MANIFEST, pushBlobFile, pushManifest, writeRandomFile, type SeededBlob } from "./seed.ts";
 import { formatRatio, formatSummary, ratio, rotation, summarize, type Summary } from "./stats.ts";
@@ -61,7 +62,7 @@ if (args.help) {
   --wrk-threads N     wrk threads (default 2)
   --startup-blobs N   cached blobs for the start-up scenario (default 100000)
   --startup-reps N    (default 3)
-  --only S1,S2,...    run only these scenarios (S1 S2 S3 S4 S5 START)
+  --only S1,S2,...    run only these scenarios (S1 S2 S3 S4 S5 FLEET START)
   --mirror-node-arg A extra node argument for the mirror process, repeatable (e.g. --cpu-prof)
   --mirror-root DIR   run the mirror from another checkout (before/after comparisons)
   --mirror-env K=V    extra environment variable for the mirror process, repeatable
@@ -106,6 +107,8 @@ function record(scenario: string, key: string, value: number): void {
 }
 const get = (scenario: string, key: string): Summary | undefined => summarize(results[scenario]?.[key] ?? []);
 const loads: Record<string, number[]> = {};
+/** Texts for the report (FLEET: why a distribution row is n/a). */
+const notes: Record<string, string> = {};
 function noteLoad(scenario: string): void {
   (loads[scenario] ??= []).push(loadavg()[0]!);
 }
@@ -319,6 +322,28 @@ async function main(): Promise<void> {
     }
     await mirror.stop();
     await proxy.stop();
+
+    // --- FLEET: three replicas on one S3 bucket and one Redis, next to distribution's s3 driver ------------
+    if (runs("FLEET")) {
+      await runFleet({
+        workDir,
+        upstream,
+        repo: REPO,
+        big,
+        first: small[0] ?? medium,
+        mediumSize,
+        clients,
+        reps: Math.max(1, reps),
+        mirror: { repoRoot, entry, nodeArgs: [...nodeFlags, ...args["mirror-node-arg"]], env: startEnv },
+        record: (key, value) => record("FLEET", key, value),
+        note: (key, text) => {
+          notes[key] = text;
+        },
+        noteLoad: () => noteLoad("FLEET"),
+        progress,
+        cleanup: (step) => cleanup.push(step),
+      });
+    }
 
     // --- start-up with many cached blobs -------------------------------------------------------------------
     if (runs("START") && startupBlobs > 0) {
@@ -618,8 +643,17 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
         .join(", ")}`,
     `Mirror run as ${args["mirror-env"].length > 0 ? `${args["mirror-env"].join(" ")} ` : ""}${args.compiled ? "compiled JavaScript (node dist/main.js, as in the container image)" : "node src/main.ts (type stripping)"}. Repetitions: S1–S3 ${reps}, S4/S5 ${loadReps} × ${seconds} s (wrk ${wrkThreads} threads), start-up ${startupReps}. Values: median (min–max). Ratios: mirror or proxy median ÷ baseline median.`,
     "",
-    table,
-    "",
+    ...(rows.length > 0 ? [table, ""] : []), // none with --only FLEET
+    ...(results["FLEET"]
+      ? [
+          renderFleetTable((key) => get("FLEET", key), notes, {
+            clients,
+            mediumMiB: int("medium-mib"),
+            bigMiB: int("big-mib"),
+          }),
+          "",
+        ]
+      : []),
   ].join("\n");
 }
 

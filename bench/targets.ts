@@ -134,6 +134,10 @@ export interface MirrorTargetOptions {
   env?: Record<string, string>;
   dataDir?: string;
   logLevel?: string;
+  /** `storage.s3` (FLEET): the blobs in a bucket; `dataDir` then holds temp files only. */
+  storageS3?: Record<string, unknown>;
+  /** Further top-level configuration keys (FLEET: `redis`, `cluster`), each written as one JSON line. */
+  extraConfig?: Record<string, unknown>;
 }
 
 export class MirrorTarget implements RestartableTarget {
@@ -158,8 +162,11 @@ export class MirrorTarget implements RestartableTarget {
       this.configPath,
       [
         `listen: "127.0.0.1:${this.opts.port}"`,
-        `storage: { path: ${JSON.stringify(this.dataDir)} }`,
+        this.opts.storageS3 === undefined
+          ? `storage: { path: ${JSON.stringify(this.dataDir)} }`
+          : `storage: ${JSON.stringify({ path: this.dataDir, s3: this.opts.storageS3 })}`,
         `log: { level: ${this.opts.logLevel ?? "info"} }`,
+        ...Object.entries(this.opts.extraConfig ?? {}).map(([k, v]) => `${k}: ${JSON.stringify(v)}`),
         "upstreams:",
         "  bench-upstream:", // not a first path component of REPO, or it would pick this upstream by prefix
         `    url: ${JSON.stringify(this.opts.upstreamUrl)}`,
@@ -208,9 +215,48 @@ export class MirrorTarget implements RestartableTarget {
   }
 }
 
+/**
+ * distribution's `s3` storage driver (FLEET): an S3-compatible endpoint over plain HTTP, path-style addressing.
+ * `redirect.disable`: distribution otherwise answers blob GETs with a 307 to a presigned URL on the object store,
+ * and the bench measures what the registry itself serves.
+ */
+export interface DistributionS3 {
+  endpoint: string;
+  region: string;
+  bucket: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  /** Key prefix inside the bucket (distribution's `rootdirectory`). */
+  rootDirectory: string;
+}
+
+/** The `storage:` block of a distribution configuration: its filesystem driver, or the `s3` driver. */
+export function distributionStorageYaml(opts: { filesystemRoot: string } | { s3: DistributionS3 }): string[] {
+  const common = ["  delete:", "    enabled: true", "  cache:", "    blobdescriptor: inmemory"];
+  if ("filesystemRoot" in opts)
+    return ["storage:", "  filesystem:", `    rootdirectory: ${JSON.stringify(opts.filesystemRoot)}`, ...common];
+  const s3 = opts.s3;
+  return [
+    "storage:",
+    "  s3:",
+    `    accesskey: ${JSON.stringify(s3.accessKeyId)}`,
+    `    secretkey: ${JSON.stringify(s3.secretAccessKey)}`,
+    `    region: ${JSON.stringify(s3.region)}`,
+    `    regionendpoint: ${JSON.stringify(s3.endpoint)}`,
+    "    forcepathstyle: true", // 2.8 forces path style whenever regionendpoint is set; later versions read this
+    `    bucket: ${JSON.stringify(s3.bucket)}`,
+    `    secure: ${s3.endpoint.startsWith("https:") ? "true" : "false"}`,
+    "    v4auth: true",
+    `    rootdirectory: ${JSON.stringify(s3.rootDirectory)}`,
+    "  redirect:",
+    "    disable: true",
+    ...common,
+  ];
+}
+
 /** Debian's docker-registry (distribution 2.8) as a pull-through cache: `proxy: remoteurl`. */
 export class ProxyRegistryTarget implements RestartableTarget {
-  readonly name = "distribution-proxy";
+  readonly name: string;
   readonly url: string;
   process: BenchProcess | undefined;
   private readonly workDir: string;
@@ -218,15 +264,25 @@ export class ProxyRegistryTarget implements RestartableTarget {
   private readonly configPath: string;
   private readonly upstreamUrl: string;
   private readonly port: number;
+  private readonly id: string;
+  private readonly s3: DistributionS3 | undefined;
   private starts = 0;
 
-  constructor(opts: { workDir: string; port: number; upstreamUrl: string }) {
+  /**
+   * `id` names this instance's files when several run at once (FLEET); `s3` puts its storage in a bucket instead
+   * of a directory (restartCold then clears only its local directory: the FLEET scenario takes cold blobs).
+   */
+  constructor(opts: { workDir: string; port: number; upstreamUrl: string; id?: string; s3?: DistributionS3 }) {
     this.port = opts.port;
+    this.id = opts.id ?? "";
+    this.s3 = opts.s3;
+    this.name = `distribution-proxy${this.id === "" ? "" : `-${this.id}`}`;
     this.url = `http://127.0.0.1:${opts.port}`;
     this.workDir = opts.workDir;
     this.upstreamUrl = opts.upstreamUrl;
-    this.storageDir = join(opts.workDir, "proxy-storage");
-    this.configPath = join(opts.workDir, "proxy-config.yml");
+    const suffix = this.id === "" ? "" : `-${this.id}`;
+    this.storageDir = join(opts.workDir, `proxy-storage${suffix}`);
+    this.configPath = join(opts.workDir, `proxy-config${suffix}.yml`);
   }
 
   async start(): Promise<number> {
@@ -238,13 +294,7 @@ export class ProxyRegistryTarget implements RestartableTarget {
         "log:",
         "  level: info",
         "  formatter: json",
-        "storage:",
-        "  filesystem:",
-        `    rootdirectory: ${JSON.stringify(this.storageDir)}`,
-        "  delete:",
-        "    enabled: true",
-        "  cache:",
-        "    blobdescriptor: inmemory",
+        ...distributionStorageYaml(this.s3 ? { s3: this.s3 } : { filesystemRoot: this.storageDir }),
         "http:",
         `  addr: 127.0.0.1:${this.port}`,
         "  secret: bench-proxy-secret",
@@ -255,10 +305,10 @@ export class ProxyRegistryTarget implements RestartableTarget {
     );
     const since = performance.now();
     // distribution reads every REGISTRY_* variable as configuration: a clean environment, not ours.
-    this.process = BenchProcess.start("distribution-proxy", "docker-registry", ["serve", this.configPath], {
+    this.process = BenchProcess.start(this.name, "docker-registry", ["serve", this.configPath], {
       cwd: this.workDir,
       env: { PATH: CLEAN_PATH, HOME: this.workDir },
-      logPath: join(this.workDir, `proxy-${++this.starts}.log`),
+      logPath: join(this.workDir, `proxy${this.id === "" ? "" : `-${this.id}`}-${++this.starts}.log`),
     });
     return waitReady(`${this.url}/v2/`, this.process, since);
   }
