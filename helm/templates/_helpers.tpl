@@ -51,8 +51,8 @@ app.kubernetes.io/component: containerd-hosts
 
 {{/*
 The mirror's config file: .Values.config as given, each upstream with the credential files of its Secret
-(mounted by the StatefulSet under /etc/registry-mirror/credentials/<upstream>/). listen, storage.path and
-redis come from environment variables the StatefulSet sets, which the mirror's loader applies over the file.
+(mounted by the workload in mirror.yaml under /etc/registry-mirror/credentials/<upstream>/). listen, storage.path,
+storage.s3, redis and cluster come from environment variables the pods get, which the mirror's loader applies over the file.
 */}}
 {{- define "registry-mirror.config" -}}
 {{- with omit .Values.config "upstreams" }}

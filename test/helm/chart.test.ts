@@ -12,7 +12,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import type { IServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
-import type { IDaemonSet, IStatefulSet } from "kubernetes-models/apps/v1";
+import type { IDaemonSet, IDeployment, IStatefulSet } from "kubernetes-models/apps/v1";
 import type { IPodDisruptionBudget } from "kubernetes-models/policy/v1";
 import type { IConfigMap, IContainer, IPodSpec, ISecret, IService, IVolume } from "kubernetes-models/v1";
 import { tmpdir } from "node:os";
@@ -40,6 +40,19 @@ interface Values {
   config: { offline: boolean; tls?: unknown; upstreams: Record<string, unknown> };
   upstreamCredentials: Record<string, { existingSecret: string; usernameKey?: string; passwordKey?: string }>;
   redis: { enabled: boolean; host: string };
+  s3: {
+    enabled: boolean;
+    endpoint: string;
+    region: string;
+    bucket: string;
+    prefix: string;
+    forcePathStyle: boolean;
+    redirect: boolean;
+    existingSecret: string;
+    accessKeyIdKey: string;
+    secretAccessKeyKey: string;
+    tempSizeLimit: string;
+  };
   admin: { existingSecret: string; tokenKey: string; console: boolean };
   service: { port: number };
   persistence: { size: string };
@@ -91,6 +104,14 @@ function find<T>(chart: RenderedChart, kind: string, nameSuffix = ""): T {
 
 function selects(selector: Labels | undefined, labels: Labels | undefined): boolean {
   return selector !== undefined && Object.entries(selector).every(([k, v]) => labels?.[k] === v);
+}
+
+/** The mirror pods' workload: a StatefulSet (a volume per replica) or, with s3.enabled, a Deployment. */
+function workload(chart: RenderedChart): { kind: "StatefulSet"; object: IStatefulSet } | { kind: "Deployment"; object: IDeployment } {
+  const statefulSets = all<IStatefulSet>(chart, "StatefulSet");
+  const deployments = all<IDeployment>(chart, "Deployment");
+  if (statefulSets.length + deployments.length !== 1) throw new Error(`expected one StatefulSet or Deployment, found ${statefulSets.length + deployments.length}`);
+  return statefulSets[0] ? { kind: "StatefulSet", object: statefulSets[0] } : { kind: "Deployment", object: deployments[0]! };
 }
 
 const configFile = (chart: RenderedChart): string => find<IConfigMap>(chart, "ConfigMap", "registry-mirror").data?.["config.yaml"] ?? "";
@@ -166,6 +187,11 @@ describe("values.schema.json", () => {
 
   it.each([
     ["several replicas without Redis", { replicaCount: 3 }],
+    ["several replicas without Redis, with S3", { replicaCount: 3, s3: { enabled: true, bucket: "mirror" } }],
+    ["several replicas with Redis but each on its own disk (no S3)", { replicaCount: 3, redis: { enabled: true, host: "redis.example" } }],
+    ["S3 without a bucket", { s3: { enabled: true } }],
+    ["an S3 endpoint that is not an http(s) origin", { s3: { enabled: true, bucket: "mirror", endpoint: "rgw:7480" } }],
+    ["an s3 block inside config (the chart owns storage.s3)", { config: { storage: { s3: { bucket: "mirror" } } } }],
     ["Redis without a host", { redis: { enabled: true } }],
     ["replicas sharing downloads without Redis", { cluster: { enabled: true, existingSecret: "mirror-cluster" } }],
     ["a misspelt top-level key", { replicas: 2 }],
@@ -190,7 +216,12 @@ describe("values.schema.json", () => {
     const config = schema.properties.config!;
     const chartOwned = ["listen", "redis", "admin", "cluster"];
     expect(Object.keys(config.properties).sort()).toEqual(zodKeys(configSchema).filter((k) => !chartOwned.includes(k)));
-    expect(Object.keys(config.properties.storage!.properties).sort()).toEqual(zodKeys(configSchema.shape.storage).filter((k) => k !== "path"));
+    expect(Object.keys(config.properties.storage!.properties).sort()).toEqual(zodKeys(configSchema.shape.storage).filter((k) => !["path", "s3"].includes(k)));
+    // ...and the chart's own s3 block sets every key of storage.s3 but the inline credentials (Secrets only).
+    const s3 = schema.properties.s3!.properties;
+    const s3Keys = zodKeys(configSchema.shape.storage.unwrap().shape.s3);
+    const notSet = ["accessKeyId", "secretAccessKey", "accessKeyIdFile", "secretAccessKeyFile"];
+    expect(s3Keys.filter((k) => !notSet.includes(k)).filter((k) => !(k in s3))).toEqual([]);
     expect(Object.keys(config.properties.upstreams!.additionalProperties.properties).sort()).toEqual(zodKeys(upstreamSchema).filter((k) => k !== "credentials"));
   });
 });
@@ -199,8 +230,8 @@ describe("Helm's checks before it renders", () => {
   it("refuses values that break values.schema.json, with the schema's message (helm template --set replicaCount=two)", () => {
     expect(() => renderChart(CHART, { set: ["replicaCount=two"] })).toThrow(HelmError);
     expect(() => renderChart(CHART, { set: ["replicaCount=two"] })).toThrow(/replicaCount: Invalid type\. Expected: integer, given: string/);
-    // --set types a number as Helm does (int64), and the schema accepts it (with Redis, as several replicas need).
-    const values = renderChart(CHART, { set: ["replicaCount=2", "redis.enabled=true", "redis.host=redis.example"] }).values;
+    // --set types a number as Helm does (int64), and the schema accepts it (with Redis and S3, as several replicas need).
+    const values = renderChart(CHART, { set: ["replicaCount=2", "redis.enabled=true", "redis.host=redis.example", "s3.enabled=true", "s3.bucket=mirror"] }).values;
     expect(values.replicaCount).toBe(2);
   });
 
@@ -221,7 +252,7 @@ describe("Helm's checks before it renders", () => {
 });
 
 describe("replicas sharing downloads", () => {
-  const fleet = { replicaCount: 3, redis: { enabled: true, host: "redis.example" }, cluster: { enabled: true } };
+  const fleet = { replicaCount: 3, redis: { enabled: true, host: "redis.example" }, s3: { enabled: true, bucket: "mirror" }, cluster: { enabled: true } };
 
   it("generates the replicas' secret when none is given, kept across upgrades and uninstalls, and mounts it", () => {
     const chart = renderChart(CHART, { values: [fleet], release: { name: "mirror", namespace: "registry" } });
@@ -230,7 +261,7 @@ describe("replicas sharing downloads", () => {
     expect(secret.metadata?.annotations?.["helm.sh/resource-policy"]).toBe("keep");
     const value = Buffer.from(secret.data!.secret!, "base64").toString("utf8");
     expect(value).toMatch(/^[A-Za-z0-9]{48}$/);
-    const pod = find<IStatefulSet>(chart, "StatefulSet").spec!.template.spec!;
+    const pod = workload(chart).object.spec!.template.spec!;
     const container = pod.containers.find((c) => c.name === "mirror")!;
     const file = podEnvironment(container).MIRROR_CLUSTER__SECRET_FILE!;
     expect(mountedFile(pod, container, file)).toMatchObject({
@@ -242,7 +273,7 @@ describe("replicas sharing downloads", () => {
   it("uses an existing Secret as it is, and generates none", () => {
     const chart = renderChart(CHART, { values: [fleet, { cluster: { existingSecret: "mine", secretKey: "token" } }] });
     expect(all<ISecret>(chart, "Secret")).toEqual([]);
-    const pod = find<IStatefulSet>(chart, "StatefulSet").spec!.template.spec!;
+    const pod = workload(chart).object.spec!.template.spec!;
     const container = pod.containers.find((c) => c.name === "mirror")!;
     const file = podEnvironment(container).MIRROR_CLUSTER__SECRET_FILE!;
     expect(mountedFile(pod, container, file)).toMatchObject({ volume: { secret: { secretName: "mine" } }, key: "token" });
@@ -277,7 +308,7 @@ describe("values.yaml", () => {
 
 describe.each(CASES)("rendered with $name", ({ name, values }) => {
   const chart = renderChart(CHART, { values, release: { name: "mirror", namespace: "registry" } });
-  const sts = find<IStatefulSet>(chart, "StatefulSet");
+  const { kind, object: sts } = workload(chart);
   const pod = sts.spec!.template.spec!;
   const container = pod.containers[0]!;
   const podLabels = sts.spec!.template.metadata!.labels;
@@ -313,13 +344,40 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
       } else {
         expect(config.redis).toBeUndefined();
       }
+      if (merged.s3.enabled) {
+        // The content in the bucket, from the chart's s3 block; the key files (if any) from the Secret, by key.
+        expect(config.storage.s3).toMatchObject({
+          bucket: merged.s3.bucket,
+          region: merged.s3.region,
+          prefix: merged.s3.prefix,
+          forcePathStyle: merged.s3.forcePathStyle,
+          redirect: merged.s3.redirect,
+        });
+        expect(config.storage.s3?.endpoint).toBe(merged.s3.endpoint || undefined);
+        expect(config.storage.s3?.accessKeyId).toBeUndefined();
+        expect(config.storage.s3?.secretAccessKey).toBeUndefined();
+        expect(configFile(chart)).not.toContain("s3");
+        if (merged.s3.existingSecret) {
+          const id = mountedFile(pod, container, config.storage.s3!.accessKeyIdFile!);
+          const key = mountedFile(pod, container, config.storage.s3!.secretAccessKeyFile!);
+          expect(id).toMatchObject({ volume: { secret: { secretName: merged.s3.existingSecret } }, key: merged.s3.accessKeyIdKey });
+          expect(key).toMatchObject({ volume: { secret: { secretName: merged.s3.existingSecret } }, key: merged.s3.secretAccessKeyKey });
+        } else {
+          // No Secret: the AWS SDK's default chain (web identity, instance role...).
+          expect(config.storage.s3?.accessKeyIdFile).toBeUndefined();
+          expect(config.storage.s3?.secretAccessKeyFile).toBeUndefined();
+        }
+      } else {
+        expect(config.storage.s3).toBeUndefined();
+      }
       const cluster = (chart.values as { cluster: { enabled: boolean; existingSecret: string } }).cluster;
       if (cluster.enabled) {
         // Each replica advertises its own pod IP, on the scheme it serves; its secret comes from the Secret.
         const scheme = merged.config.tls !== undefined ? "https" : "http";
         expect(config.cluster?.advertiseUrl).toBe(`${scheme}://${POD_IP}:5000`);
         const secret = mountedFile(pod, container, config.cluster!.secretFile!);
-        expect(secret?.volume.secret?.secretName).toBe(cluster.existingSecret);
+        // An existing Secret, or the one the chart generates (and keeps) for the release.
+        expect(secret?.volume.secret?.secretName).toBe(cluster.existingSecret || "mirror-registry-mirror-cluster");
       } else {
         expect(config.cluster).toBeUndefined();
       }
@@ -368,14 +426,25 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
     }
   });
 
-  it("runs the mirror non-root on a read-only root filesystem, with /data on a claim of the configured size", () => {
+  it("runs the mirror non-root on a read-only root filesystem, with /data on a claim of the configured size (in S3 mode an emptyDir)", () => {
     expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 1000, fsGroup: 1000 });
     expect(container.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } });
     const mounts = Object.fromEntries((container.volumeMounts ?? []).map((m) => [m.mountPath, m.name]));
     expect(mounts["/data"]).toBe("data");
     expect(pod.volumes?.find((v) => v.name === mounts["/tmp"])?.emptyDir).toBeDefined();
-    const claim = sts.spec!.volumeClaimTemplates?.find((c) => c.metadata?.name === "data");
-    expect(claim?.spec?.resources?.requests?.storage).toBe(merged.persistence.size);
+    if (merged.s3.enabled) {
+      // The content is in the bucket: a Deployment, no claim, /data holds temp files in a bounded emptyDir.
+      expect(kind).toBe("Deployment");
+      // Nothing to move between pods: a new pod is ready before an old one leaves.
+      expect((sts as IDeployment).spec?.strategy).toEqual({ type: "RollingUpdate", rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+      expect(pod.volumes?.find((v) => v.name === "data")?.emptyDir).toEqual({ sizeLimit: merged.s3.tempSizeLimit });
+      expect(all(chart, "PersistentVolumeClaim")).toEqual([]);
+    } else {
+      expect(kind).toBe("StatefulSet");
+      expect(pod.volumes?.find((v) => v.name === "data")).toBeUndefined();
+      const claim = (sts as IStatefulSet).spec!.volumeClaimTemplates?.find((c) => c.metadata?.name === "data");
+      expect(claim?.spec?.resources?.requests?.storage).toBe(merged.persistence.size);
+    }
     expect(sts.spec!.replicas).toBe(merged.replicaCount);
     const scheme = merged.config.tls ? "HTTPS" : "HTTP";
     expect(container.livenessProbe?.httpGet).toEqual({ path: "/healthz", port: "http", scheme });
@@ -392,10 +461,12 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
 
   it("selects the mirror pods (and only them) from the Service, the PodDisruptionBudget and the ServiceMonitor", () => {
     const service = find<IService>(chart, "Service", "registry-mirror");
-    const headless = find<IService>(chart, "Service", "-headless");
     expect(selects(sts.spec!.selector.matchLabels, podLabels)).toBe(true);
     expect(selects(service.spec?.selector, podLabels)).toBe(true);
-    expect(sts.spec!.serviceName).toBe(headless.metadata?.name);
+    // The headless Service governs the StatefulSet (per-pod DNS names); a Deployment has no use for one.
+    const headless = all<IService>(chart, "Service", "-headless");
+    if (kind === "StatefulSet") expect(sts.spec?.serviceName).toBe(headless[0]?.metadata?.name);
+    else expect(headless).toEqual([]);
     expect(service.spec?.ports).toContainEqual(expect.objectContaining({ name: "http", port: merged.service.port, targetPort: "http" }));
     if (daemonSet) expect(selects(service.spec?.selector, daemonSet.spec?.template.metadata?.labels)).toBe(false);
     const pdb = all<IPodDisruptionBudget>(chart, "PodDisruptionBudget")[0];

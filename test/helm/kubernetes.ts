@@ -9,9 +9,9 @@ import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import ts from "typescript";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";
-import { DaemonSet, StatefulSet } from "kubernetes-models/apps/v1";
+import { DaemonSet, Deployment, StatefulSet } from "kubernetes-models/apps/v1";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1";
-import { ConfigMap, Service } from "kubernetes-models/v1";
+import { ConfigMap, Secret, Service } from "kubernetes-models/v1";
 
 interface Kind {
   validate(object: Record<string, unknown>): void;
@@ -23,8 +23,10 @@ interface Kind {
 /** Every kind the chart may render, by "apiVersion kind". A kind missing here is an error. */
 const KINDS: Record<string, Kind> = {
   "v1 ConfigMap": { validate: (o) => new ConfigMap(o).validate(), module: "kubernetes-models/v1/ConfigMap", type: "IConfigMap" },
+  "v1 Secret": { validate: (o) => new Secret(o).validate(), module: "kubernetes-models/v1/Secret", type: "ISecret" },
   "v1 Service": { validate: (o) => new Service(o).validate(), module: "kubernetes-models/v1/Service", type: "IService" },
   "apps/v1 StatefulSet": { validate: (o) => new StatefulSet(o).validate(), module: "kubernetes-models/apps/v1/StatefulSet", type: "IStatefulSet" },
+  "apps/v1 Deployment": { validate: (o) => new Deployment(o).validate(), module: "kubernetes-models/apps/v1/Deployment", type: "IDeployment" },
   "apps/v1 DaemonSet": { validate: (o) => new DaemonSet(o).validate(), module: "kubernetes-models/apps/v1/DaemonSet", type: "IDaemonSet" },
   "policy/v1 PodDisruptionBudget": {
     validate: (o) => new PodDisruptionBudget(o).validate(),
