@@ -38,10 +38,13 @@ export class ObjectStoreHealth {
   private readonly bucket: string;
   private readonly onFailure: (() => void) | undefined;
   private readonly onChange: ((up: boolean, reason: string | undefined) => void) | undefined;
+  private readonly probeTimeoutMs: number;
 
   constructor(opts: {
     client: S3Client;
     bucket: string;
+    /** How long a probe waits for HeadBucket's answer (default 5 s). */
+    probeTimeoutMs?: number;
     /** Each failed request (for `mirror_object_store_failures_total`). */
     onFailure?: () => void;
     /** Each change between up and down (for the log). */
@@ -51,6 +54,7 @@ export class ObjectStoreHealth {
     this.bucket = opts.bucket;
     this.onFailure = opts.onFailure;
     this.onChange = opts.onChange;
+    this.probeTimeoutMs = opts.probeTimeoutMs ?? PROBE_TIMEOUT_MS;
     opts.client.middlewareStack.add(
       (next) => async (args) => {
         try {
@@ -88,13 +92,13 @@ export class ObjectStoreHealth {
     if (wasUp) this.onChange?.(false, this.downReason);
   }
 
-  /** One probe: HeadBucket within PROBE_TIMEOUT_MS. Up if it answered and nothing failed meanwhile. */
+  /** One probe: HeadBucket within the probe timeout. Up if it answered and nothing failed meanwhile. */
   probe(): Promise<void> {
     this.probing ??= (async () => {
       const before = this.failuresSinceProbe;
       try {
         await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }), {
-          abortSignal: AbortSignal.timeout(PROBE_TIMEOUT_MS),
+          abortSignal: AbortSignal.timeout(this.probeTimeoutMs),
         });
       } catch (err) {
         // A timeout aborts the request (an AbortError the middleware lets through): that is a failure here, as
@@ -102,7 +106,9 @@ export class ObjectStoreHealth {
         if (err instanceof StoreUnavailableError) return;
         const name = (err as { name?: string } | undefined)?.name;
         this.failed(
-          name === "AbortError" || name === "TimeoutError" ? new Error(`no answer within ${PROBE_TIMEOUT_MS} ms`) : err,
+          name === "AbortError" || name === "TimeoutError"
+            ? new Error(`no answer within ${this.probeTimeoutMs} ms`)
+            : err,
         );
         return;
       }
