@@ -233,6 +233,13 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
             ? { ready: true, reason: `disk full, misses are streamed without caching: ${janitor.noSpace}` }
             : undefined,
         () =>
+          layer.objectStore?.up === false
+            ? {
+                ready: true,
+                reason: `object store unavailable: ${layer.objectStore.reason} (misses and hits streamed from upstreams)`,
+              }
+            : undefined,
+        () =>
           janitor.evictionBlocked !== undefined
             ? { ready: true, reason: `eviction stopped: ${janitor.evictionBlocked}` }
             : undefined,

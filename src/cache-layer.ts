@@ -37,6 +37,8 @@ import type { Redis } from "ioredis";
 
 /** How long a presigned GET a client is redirected to stays valid (`storage.s3.redirect`): it starts at once. */
 const S3_REDIRECT_SECONDS = 300;
+/** How often the object store is probed (HeadBucket): how soon an outage is seen without traffic, and its end. */
+const OBJECT_STORE_PROBE_MS = 5_000;
 
 /** The cache layer without the HTTP server: what the mirror and the CLI commands that work on a cache share. */
 export interface CacheLayer {
@@ -60,6 +62,8 @@ export interface CacheLayer {
   readonly describeState: () => MetadataStoreState;
   /** With `cluster`: the replicas' shared secret (the sha256 of it, while usable) for the peer endpoint. */
   readonly cluster: ClusterMembership | undefined;
+  /** With `storage.s3`: whether the object store can be reached (object-store-health.ts). */
+  readonly objectStore: { readonly up: boolean; readonly reason: string | undefined } | undefined;
   /** Stops the janitor and lets running fills finish, bounded by `shutdownGrace`. Done once, however often asked. */
   drain(): Promise<void>;
   /**
@@ -92,6 +96,22 @@ export async function createCacheLayer(
     // on its own disk never uses (test/integration/lazy-loading.test.ts).
     const objectStore = s3 ? await import("./storage/s3-content-store.ts") : undefined;
     s3Client = s3 && objectStore ? await objectStore.createS3Client(s3) : undefined;
+    const objectStoreHealth =
+      s3 && s3Client && objectStore
+        ? new objectStore.ObjectStoreHealth({
+            client: s3Client,
+            bucket: s3.bucket,
+            onFailure: () => metrics.objectStoreFailures.inc(),
+            onChange: (up, reason) =>
+              up
+                ? log.info({ bucket: s3.bucket }, "object store is back: caching resumes")
+                : log.error(
+                    { bucket: s3.bucket, err: reason },
+                    "object store unavailable: streaming misses and hits from upstreams without caching",
+                  ),
+          })
+        : undefined;
+    if (objectStoreHealth) metrics.showObjectStore(objectStoreHealth);
     const blobStore: ContentStore & { readonly root: string; readonly tempDir: string } =
       s3 && s3Client && objectStore
         ? new objectStore.S3ContentStore({
@@ -101,6 +121,7 @@ export async function createCacheLayer(
             root: config.storage.path,
             touchIntervalMs,
             ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
+            health: objectStoreHealth,
             // Replicas share the prefix: one starting must not abort another's upload in progress (none outlives
             // its fill's timeout); younger leftovers go by the bucket's lifecycle rule.
             ...(config.cluster ? { leftoverUploadAfterMs: config.fill.timeout + 60_000 } : {}),
@@ -172,7 +193,11 @@ export async function createCacheLayer(
         store: blobStore,
         buffers: new BufferPool(),
         pacer,
-        admission: { admit: (size) => janitor.admit(size), noSpace: (err) => janitor.noteNoSpace(err) },
+        // While the object store is down nothing is cached: every miss passes through, verified.
+        admission: {
+          admit: (size) => (objectStoreHealth?.up === false ? Promise.resolve(undefined) : janitor.admit(size)),
+          noSpace: (err) => janitor.noteNoSpace(err),
+        },
         timeoutMs: config.fill.timeout,
         maxReaders: config.limits.maxReadersPerFill,
         log,
@@ -187,6 +212,7 @@ export async function createCacheLayer(
     );
     blobStore.onCommit(() => janitor.committed());
     janitor.start(config.storage.checkInterval);
+    objectStoreHealth?.start(OBJECT_STORE_PROBE_MS);
     // Not waiting on upstreams: a down one would hold up the start for its whole deadline. A pinned tag whose
     // pointer is gone is asked at the first periodic check (eviction waits for it if nothing is recorded).
     await janitor.check({ askResolver: false });
@@ -211,6 +237,7 @@ export async function createCacheLayer(
     const drain = () => {
       draining ??= (async () => {
         janitor.stop();
+        objectStoreHealth?.stop();
         await fills.drain(config.shutdownGrace);
         await janitor.flush();
       })();
@@ -232,6 +259,7 @@ export async function createCacheLayer(
       pins,
       describeState,
       cluster,
+      objectStore: objectStoreHealth,
       keepFromIdleExpiry: (source) => void keptFromIdleExpiry.push(source),
       drain,
       close() {

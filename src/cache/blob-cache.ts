@@ -23,7 +23,7 @@ import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { linkedWithoutRecord, recordServed, servesUnrecordedLink, standingOf, type Standing } from "./access-proof.ts";
 import { confirmationLate, LATE, settleWithin } from "./answer-deadline.ts";
-import type { ContentStore, StoredContent } from "../storage/content-store.ts";
+import { StoreUnavailableError, type ContentStore, type StoredContent } from "../storage/content-store.ts";
 import type { Fill, FillCoordinator, UpstreamBlob } from "../fill/fill-coordinator.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import type { ReceivePacer } from "../fill/receive-pacer.ts";
@@ -124,7 +124,15 @@ export class BlobCache {
         return { size, range: undefined, body, result: "uncached" };
       });
     const response = await this.serve<BlobResponse>(upstream, repo, digest, {
-      stored: (content) => fromStore(content, range, "hit"),
+      stored: (content) =>
+        fromStore(content, range, "hit").catch(async (err: unknown): Promise<BlobResponse> => {
+          // The store could not be read (an object store down) before any byte was sent: the upstream's bytes,
+          // verified, instead of an error.
+          if (!(err instanceof StoreUnavailableError)) throw err;
+          this.metrics?.uncachedServed.inc({ upstream: upstream.name });
+          const { body, size } = await this.passThrough(upstream, repo, digest);
+          return { size, range: undefined, body, result: "uncached" };
+        }),
       download: (fill, joined) => fromDownload(fill, range, joined ? "coalesced" : "miss"),
       uncached: async (body, size) => ({ size, range: undefined, body, result: "uncached" }),
     });
@@ -186,7 +194,7 @@ export class BlobCache {
     handler: SourceHandler<T>,
   ): Promise<T> {
     const standing = await this.standing(upstream, repo, digest);
-    const cached = await this.store.open(digest);
+    const cached = await this.openStored(digest);
     if (cached) {
       if (standing === "granted") return handler.stored(cached);
       if (standing === "confirm-repository") {
@@ -224,6 +232,18 @@ export class BlobCache {
     if (standing !== "granted" && !(fromHere && running.origin.repo === repo))
       await this.confirmRepository(upstream, repo, digest);
     return this.read(running, upstream, repo, digest, true, handler);
+  }
+
+  /**
+   * The committed content, or undefined when there is none, or when the store cannot be reached now (an object
+   * store down): it then holds nothing for this request, and the blob comes from the upstream, verified, without
+   * being stored (the admission refuses while the store is down).
+   */
+  private openStored(digest: string): Promise<StoredContent | undefined> {
+    return this.store.open(digest).catch((err: unknown) => {
+      if (err instanceof StoreUnavailableError) return undefined;
+      throw err;
+    });
   }
 
   /**
@@ -288,7 +308,7 @@ export class BlobCache {
     } catch (err) {
       // Another replica committed it to the shared store while this one was about to download it.
       if (!(err instanceof CommittedElsewhereError)) throw err;
-      const cached = await this.store.open(digest);
+      const cached = await this.openStored(digest);
       if (cached) return handler.stored(cached);
       throw new RegistryError("UNAVAILABLE", `blob ${digest} was committed by another replica and is gone again`, {
         headers: { "Retry-After": "1" },
@@ -298,7 +318,7 @@ export class BlobCache {
       case "download":
         return handler.download(fill, joined);
       case "committed": {
-        const cached = await this.store.open(digest);
+        const cached = await this.openStored(digest);
         if (cached) return handler.stored(cached);
         // Evicted the moment it was committed (no room for it after all): the upstream is still there.
         const response = await this.passThrough(upstream, repo, digest);
@@ -451,7 +471,8 @@ async function fromStore(
   }
   // The store sends the client to the content itself (storage.s3.redirect); the Range goes along with it.
   if (content.directUrl) return { size: content.size, range, body: EMPTY, result, redirect: await content.directUrl() };
-  return { size: content.size, range, body: content.read(range), result };
+  const body = content.readWhenAnswered ? await content.readWhenAnswered(range) : content.read(range);
+  return { size: content.size, range, body, result };
 }
 
 /**

@@ -28,6 +28,7 @@ import { linkedWithoutRecord, servesUnrecordedLink, standingOf } from "./access-
 import { confirmationLate, LATE, settleWithin, SharedExchanges } from "./answer-deadline.ts";
 import { confirmedDigests } from "../oci/manifest.ts";
 import type { ManifestStore, StoredManifest } from "../storage/manifest-store.ts";
+import { StoreUnavailableError } from "../storage/content-store.ts";
 import type { MetadataStore, TagPointer } from "../metadata/metadata-store.ts";
 import type { CacheRule, CacheRules } from "../config/cache-rules.ts";
 
@@ -101,6 +102,14 @@ export class ManifestCache {
     return result;
   }
 
+  /**
+   * The stored manifest, or undefined when none is stored, or when the store cannot be reached now (an object
+   * store down): the manifest then comes from the upstream, verified, as a miss.
+   */
+  private stored(digest: string): Promise<StoredManifest | undefined> {
+    return this.manifests.get(digest).catch(unlessUnavailable(undefined));
+  }
+
   private async lookup(
     upstream: UpstreamClient,
     repo: string,
@@ -108,7 +117,7 @@ export class ManifestCache {
     rule: CacheRule | undefined,
   ): Promise<ManifestResult> {
     if (ref.kind === "digest") {
-      const cached = await this.manifests.get(ref.digest);
+      const cached = await this.stored(ref.digest);
       if (cached && (await this.mayServe(upstream, repo, ref.digest))) return { manifest: cached, source: "hit" };
       await this.refuseKnownMissing(upstream, repo, ref.digest);
       const fetching = this.inflight.join(`${upstream.name}\u0000${repo}\u0000${ref.digest}`, () =>
@@ -132,7 +141,7 @@ export class ManifestCache {
       }
     }
     const pointer = await this.metadata.getTag(upstream.name, repo, ref.tag);
-    const cached = pointer ? await this.manifests.get(pointer.digest) : undefined;
+    const cached = pointer ? await this.stored(pointer.digest) : undefined;
     if (pointer && this.isFresh(upstream, pointer, rule)) {
       if (cached) return { manifest: cached, source: "hit" };
       // Fresh in a shared store (another replica confirmed it) but not on this node's disk: fetch the bytes by
@@ -216,7 +225,11 @@ export class ManifestCache {
   private async isStoredBlob(digest: string, err: unknown): Promise<boolean> {
     if (!(err instanceof RegistryError) || err.code !== "UPSTREAM_ERROR") return false;
     const status = (err.detail as { status?: unknown } | undefined)?.status;
-    return typeof status === "number" && status >= 500 && (await this.manifests.holdsBytes(digest));
+    return (
+      typeof status === "number" &&
+      status >= 500 &&
+      (await this.manifests.holdsBytes(digest).catch(unlessUnavailable(false)))
+    );
   }
 
   /** A recent upstream 404 for this reference answers at once, without asking again. */
@@ -273,7 +286,7 @@ export class ManifestCache {
         await sleep(REVALIDATION_POLL_MS);
         const pointer = await this.metadata.getTag(upstream.name, repo, tag);
         if (pointer && pointer.checkedAt > before.checkedAt) {
-          const cached = await this.manifests.get(pointer.digest);
+          const cached = await this.stored(pointer.digest);
           if (cached) return { manifest: cached, source: "hit" };
         }
       }
@@ -297,7 +310,7 @@ export class ManifestCache {
       const askedAt = this.now();
       const head = await upstream.headManifest(repo, tag);
       if (head.digest !== undefined && isSha256Digest(head.digest)) {
-        const cached = await this.manifests.get(head.digest);
+        const cached = await this.stored(head.digest);
         // The tag's HEAD confirms the repository, but only bytes this upstream served itself prove the content:
         // otherwise a Docker-Content-Digest could name another upstream's manifest (access-proof.ts).
         if (cached && (await standingOf(this.metadata, upstream, repo, cached.digest)) !== "prove-content") {
@@ -320,7 +333,7 @@ export class ManifestCache {
       if (pointer && err instanceof RegistryError && err.code === "MANIFEST_UNKNOWN")
         await this.metadata.deleteTag(upstream.name, repo, tag);
       if (pointer && isUpstreamUnwell(err)) {
-        const cached = await this.manifests.get(pointer.digest);
+        const cached = await this.stored(pointer.digest);
         if (cached) {
           this.metrics?.staleServed.inc({ upstream: upstream.name, reason: err.code });
           return { manifest: cached, source: "stale" };
@@ -376,8 +389,10 @@ export class ManifestCache {
     try {
       await this.manifests.put(digest, fetched.mediaType, fetched.bytes);
     } catch (err) {
+      // No room to store it, or the object store is down: serve it anyway, uncached (and without a pointer to
+      // bytes we do not have).
+      if (err instanceof StoreUnavailableError) return { manifest: fetched, source: "miss" };
       if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
-      // No room to store it: serve it anyway, uncached (and without a pointer to bytes we do not have).
       this.onNoSpace?.(err as Error);
       return { manifest: fetched, source: "miss" };
     }
@@ -412,4 +427,12 @@ export class ManifestCache {
     }
     return { digest, mediaType: fetched.mediaType, bytes: fetched.bytes };
   }
+}
+
+/** A catch handler: `value` for StoreUnavailableError (the store cannot be reached), anything else rethrown. */
+function unlessUnavailable<T>(value: T): (err: unknown) => T {
+  return (err) => {
+    if (err instanceof StoreUnavailableError) return value;
+    throw err;
+  };
 }

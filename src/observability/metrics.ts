@@ -64,6 +64,9 @@ export class Metrics {
   readonly cacheObjects: Gauge;
   readonly cacheBudgetBytes: Gauge;
   readonly cacheWritable: Gauge;
+  /** With `storage.s3` only (showObjectStore). */
+  readonly objectStoreUp: Gauge;
+  readonly objectStoreFailures: Counter;
   readonly evictionBlocked: Gauge;
   readonly evictions: Counter<"reason">;
   readonly evictedBytes: Counter<"reason">;
@@ -191,6 +194,17 @@ export class Metrics {
       help: "1 while downloads are cached; 0 in no-space mode (misses streamed uncached).",
       registers,
     });
+    // Registered only with an object store (showObjectStore): a mirror on its own disk has none to report.
+    this.objectStoreUp = new Gauge({
+      name: "mirror_object_store_up",
+      help: "With storage.s3: 1 while the object store answers, 0 while it is unavailable (misses and hits streamed from upstreams, nothing cached).",
+      registers: [],
+    });
+    this.objectStoreFailures = new Counter({
+      name: "mirror_object_store_failures_total",
+      help: "With storage.s3: requests to the object store that failed for want of it (connection refused, timeout, 5xx).",
+      registers: [],
+    });
     this.evictionBlocked = new Gauge({
       name: "mirror_eviction_blocked",
       help: "1 while eviction is stopped because what is pinned cannot be told (a damaged pin file, a storage.pinned entry that resolves to nothing): downloads that need eviction are served uncached.",
@@ -210,7 +224,7 @@ export class Metrics {
     });
     this.uncachedServed = new Counter({
       name: "mirror_uncached_blobs_total",
-      help: "Blob misses streamed to a client without caching (no space, or over budget).",
+      help: "Blobs streamed to a client from the upstream without caching (no space, over budget, or the object store unavailable).",
       labelNames: ["upstream"],
       registers,
     });
@@ -277,6 +291,13 @@ export class Metrics {
           this.rateLimitRemaining.set({ upstream: u.name }, u.rateLimit.remaining);
       }
     });
+  }
+
+  /** Shows the object store's health (`storage.s3`): its gauge and failure counter exist from now on. */
+  showObjectStore(health: { readonly up: boolean }): void {
+    this.registry.registerMetric(this.objectStoreUp);
+    this.registry.registerMetric(this.objectStoreFailures);
+    this.onScrape(() => this.objectStoreUp.set(health.up ? 1 : 0));
   }
 
   private showBudget(maxSize: number | undefined): void {

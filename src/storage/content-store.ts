@@ -57,6 +57,12 @@ export interface StoredContent {
    * client may GET the content from directly (an object store's presigned GET), then releases the content.
    */
   directUrl?(): Promise<string>;
+  /**
+   * Only where a read can fail before its first byte (an object store's GET): `read`, resolving once the store
+   * has answered, so that a caller can still answer otherwise. Rejects (StoreUnavailableError when the store
+   * cannot be reached) with the content released, before any byte was read.
+   */
+  readWhenAnswered?(range?: { start: number; end: number }): Promise<Readable>;
 }
 
 /** Room held for a write (the janitor's Reservation): told what is written, released when the write ends. */
@@ -135,5 +141,17 @@ export async function putContent(store: ContentStore, digest: string, bytes: Uin
     await writer.commit();
   } finally {
     await writer.close();
+  }
+}
+
+/**
+ * The store cannot be reached now (an object store refusing connections, timing out, answering 5xx): not an
+ * answer about the content. Callers that can do without the store (a miss passed through from the upstream,
+ * verified) catch it; absent content is `undefined`, never this.
+ */
+export class StoreUnavailableError extends Error {
+  constructor(message: string, opts?: { cause?: unknown }) {
+    super(message, opts);
+    this.name = "StoreUnavailableError";
   }
 }

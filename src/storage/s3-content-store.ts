@@ -15,6 +15,9 @@
  *   bucket lifecycle rule the guide documents: abort incomplete multipart uploads after a day).
  * - Content is read with GetObject (by Range). A delete of content that a reader holds open here is deferred
  *   until that reader is done (the content reads as absent at once): a response that started always completes.
+ * - With `health` (object-store-health.ts), failures to reach the store mark it down: reads and new writes then
+ *   fail at once with StoreUnavailableError, and the cache streams misses and hits from the upstreams instead.
+ *   `readWhenAnswered` lets a hit whose GET fails before any byte be answered from the upstream too.
  * - Recency survives a restart only as the objects' upload times (an object's metadata cannot be touched
  *   without copying it): `recordAccess` records nothing.
  *
@@ -55,6 +58,9 @@ import {
 } from "./content-store.ts";
 import { FileHasher } from "./hash-worker.ts";
 import type { MediaTypeRecords } from "./manifest-store.ts";
+import type { ObjectStoreHealth } from "./object-store-health.ts";
+
+export { ObjectStoreHealth } from "./object-store-health.ts";
 
 const MiB = 1024 * 1024;
 /** S3's smallest part (all but the last). */
@@ -88,6 +94,11 @@ export interface S3ContentStoreOptions {
   leftoverUploadAfterMs?: number;
   /** Readers may send clients to the object itself: a presigned GET valid this many seconds (`directUrl`). */
   redirectSeconds?: number;
+  /**
+   * The object store's health, watching `client`: while it is down, reads and new writes fail at once with
+   * StoreUnavailableError instead of waiting on the network (the cache passes misses and hits through).
+   */
+  health?: ObjectStoreHealth;
 }
 
 /** The settings of `storage.s3` an S3 client is made from. */
@@ -152,6 +163,7 @@ export class S3ContentStore implements ContentStore {
   /** @internal read by the writers */
   readonly partsInFlight: number;
   private readonly leftoverAfterMs: number;
+  readonly health: ObjectStoreHealth | undefined;
   /** @internal read by StoredObject: presigned GETs for clients, valid this long (seconds); none when undefined. */
   readonly redirectSeconds: number | undefined;
   private readonly hasher: FileHasher;
@@ -175,6 +187,7 @@ export class S3ContentStore implements ContentStore {
     this.hasher = opts.hasher ?? new FileHasher();
     this.redirectSeconds = opts.redirectSeconds;
     this.leftoverAfterMs = opts.leftoverUploadAfterMs ?? 0;
+    this.health = opts.health;
     this.index = new CacheIndex(this, opts);
   }
 
@@ -277,6 +290,7 @@ export class S3ContentStore implements ContentStore {
    */
   async open(digest: string): Promise<StoredContent | undefined> {
     if (this.pendingDeletes.has(digest) || this.deleting.has(digest)) return undefined;
+    this.health?.assertUp();
     this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
     let found: { size: number } | undefined;
     try {
@@ -341,6 +355,7 @@ export class S3ContentStore implements ContentStore {
   }
 
   async createWriter(digest: string, opts: WriterOptions = {}): Promise<ContentWriter> {
+    this.health?.assertUp();
     const path = join(this.tempDir, `${digestHex(digest)}.${randomBytes(6).toString("hex")}`);
     const handle = await open(path, "wx+");
     try {
@@ -396,6 +411,7 @@ export class S3MediaTypes implements MediaTypeRecords {
   }
 
   async read(digest: string): Promise<string | undefined> {
+    this.store.health?.assertUp();
     try {
       const res = await this.store.client.send(
         new GetObjectCommand({ Bucket: this.store.bucket, Key: this.keyOf(digest) }),
@@ -461,6 +477,24 @@ class StoredObject implements StoredContent {
   }
 
   read(range?: { start: number; end: number }): Readable {
+    const { out, answered } = this.start(range);
+    answered.catch(() => undefined); // the stream carries the error
+    return out;
+  }
+
+  async readWhenAnswered(range?: { start: number; end: number }): Promise<Readable> {
+    const { out, answered } = this.start(range);
+    // Until it is handed over, nobody listens to `out`: a failed GET destroys it with its error (and releases
+    // the content), which this call reports by rejecting instead.
+    const unheard = () => undefined;
+    out.on("error", unheard);
+    await answered;
+    out.off("error", unheard);
+    return out;
+  }
+
+  /** The GetObject for `range`, streamed into `out`; `answered` settles with the object store's answer. */
+  private start(range: { start: number; end: number } | undefined): { out: Readable; answered: Promise<void> } {
     const start = range?.start ?? 0;
     const end = range?.end ?? this.size - 1;
     const expected = Math.max(0, end - start + 1);
@@ -468,11 +502,11 @@ class StoredObject implements StoredContent {
     out.once("close", () => this.done());
     if (expected === 0) {
       out.end();
-      return out;
+      return { out, answered: Promise.resolve() };
     }
     const abort = new AbortController();
     out.once("close", () => abort.abort());
-    this.store.client
+    const answered = this.store.client
       .send(
         new GetObjectCommand({
           Bucket: this.store.bucket,
@@ -492,9 +526,12 @@ class StoredObject implements StoredContent {
           out.once("close", () => body.destroy());
           body.pipe(out);
         },
-        (err: unknown) => out.destroy(err as Error),
+        (err: unknown) => {
+          out.destroy(err as Error);
+          throw err;
+        },
       );
-    return out;
+    return { out, answered };
   }
 
   async bytes(): Promise<Buffer> {

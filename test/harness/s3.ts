@@ -21,6 +21,13 @@ export interface S3Server {
   readonly secretAccessKey: string;
   /** A further S3 user with its own keys (owning nothing: what it may do is up to the buckets' policies). */
   createUser(uid: string): Promise<{ accessKeyId: string; secretAccessKey: string }>;
+  /**
+   * Stops the RADOS Gateway alone, by PID (the mon and the OSD keep running, the data stays): the S3 endpoint
+   * refuses connections until startGateway().
+   */
+  stopGateway(): Promise<void>;
+  /** Starts the gateway again on the same port; resolves once it answers. */
+  startGateway(): Promise<void>;
   /** Stops the gateway, the OSD and the mon (by PID, waiting for each) and deletes the cluster's directory. */
   dispose(): Promise<void>;
   /** Recent output of the daemons, for error messages. */
@@ -82,8 +89,10 @@ export async function startS3(): Promise<S3Server> {
       throw new Error(`${cmd} ${args.join(" ")} exited ${res.code}\n${res.stdout}\n${res.stderr}\n${output()}`);
     return res.stdout;
   };
-  const daemon = (cmd: string, args: string[], name: string): void => {
-    daemons.push(startProcess(cmd, args, { name, env, stopTimeoutMs: 20_000 }));
+  const daemon = (cmd: string, args: string[], name: string): ManagedProcess => {
+    const started = startProcess(cmd, args, { name, env, stopTimeoutMs: 20_000 });
+    daemons.push(started);
+    return started;
   };
   const dispose = async (): Promise<void> => {
     // The gateway first, the mon last: each stops while what it talks to is still there.
@@ -148,18 +157,21 @@ export async function startS3(): Promise<S3Server> {
     ]);
     await run("ceph", ["osd", "crush", "add", `osd.${osd}`, "1", "root=default"]);
     daemon("ceph-osd", ["-f", "--id", osd], "ceph-osd");
-    daemon("radosgw", ["-f", "-n", "client.rgw.r", "-k", keyring], "radosgw");
+    const startGateway = () => daemon("radosgw", ["-f", "-n", "client.rgw.r", "-k", keyring], "radosgw");
+    let gateway = startGateway();
     const endpoint = `http://127.0.0.1:${rgwPort}`;
-    await waitFor(
-      async () => {
-        for (const d of daemons) if (!d.running()) throw new Error(`${d.name} exited\n${output()}`);
-        return fetch(`${endpoint}/`, { signal: AbortSignal.timeout(2_000) }).then(
-          () => true,
-          () => false,
-        );
-      },
-      { timeoutMs: READY_TIMEOUT_MS, intervalMs: 250, what: `radosgw on ${endpoint}` },
-    );
+    const gatewayAnswers = () =>
+      waitFor(
+        async () => {
+          for (const d of daemons) if (!d.running()) throw new Error(`${d.name} exited\n${output()}`);
+          return fetch(`${endpoint}/`, { signal: AbortSignal.timeout(2_000) }).then(
+            () => true,
+            () => false,
+          );
+        },
+        { timeoutMs: READY_TIMEOUT_MS, intervalMs: 250, what: `radosgw on ${endpoint}` },
+      );
+    await gatewayAnswers();
     const createUser = async (uid: string) => {
       const accessKeyId = `K${randomUUID().replaceAll("-", "").slice(0, 19).toUpperCase()}`;
       const secretAccessKey = randomUUID().replaceAll("-", "") + randomUUID().replaceAll("-", "").slice(0, 8);
@@ -174,7 +186,26 @@ export async function startS3(): Promise<S3Server> {
       return { accessKeyId, secretAccessKey };
     };
     const { accessKeyId, secretAccessKey } = await createUser("test");
-    return { endpoint, region: "us-east-1", accessKeyId, secretAccessKey, createUser, dispose, output };
+    const stopGateway = async (): Promise<void> => {
+      await gateway.stop();
+      daemons.splice(daemons.indexOf(gateway), 1);
+    };
+    const restartGateway = async (): Promise<void> => {
+      if (gateway.running()) throw new Error("radosgw is running already");
+      gateway = startGateway();
+      await gatewayAnswers();
+    };
+    return {
+      endpoint,
+      region: "us-east-1",
+      accessKeyId,
+      secretAccessKey,
+      createUser,
+      stopGateway,
+      startGateway: restartGateway,
+      dispose,
+      output,
+    };
   } catch (err) {
     await dispose();
     throw err;

@@ -1,0 +1,230 @@
+/**
+ * The object store failing under a running mirror (issue 19: "S3 stopped mid-run: cached pulls fail over to
+ * pass-through with /readyz degraded; S3 back: normal again"). All real: a Ceph RADOS Gateway (harness/s3.ts)
+ * whose gateway process alone is stopped by PID and started again (the mon and the OSD keep the data), a real
+ * upstream registry, the mirror in this process. What is asserted: the bytes each pull received (sha256), what
+ * the upstream's log counted, /readyz, /metrics, and what the bucket holds (asked with the SDK).
+ */
+import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CreateBucketCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createS3Client } from "../../src/storage/s3-content-store.ts";
+import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
+import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
+import { Teardown, waitFor } from "../harness/processes.ts";
+import { startRegistry, type Registry } from "../harness/registry.ts";
+import { startRelay } from "../harness/relay.ts";
+import { startS3, type S3Server } from "../harness/s3.ts";
+import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
+import { parsePrometheusText, valueOf } from "./prometheus-text.ts";
+
+const MiB = 1024 * 1024;
+const BUCKET = "outage";
+const PREFIX = "cache/";
+const REPO = "team/outage";
+const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+const keyOf = (digest: string) => `${PREFIX}blobs/sha256/${digest.slice("sha256:".length)}`;
+/** The probe runs every 5 s (cache-layer.ts): the store is seen back well within this. */
+const BACK_WITHIN_MS = 60_000;
+
+const teardown = new Teardown();
+afterAll(() => teardown.run(), 180_000);
+
+let s3: S3Server;
+let client: S3Client;
+let registry: Registry;
+let mirror: TestMirror;
+// One layer above a part (a multipart upload), one below (a single PutObject), for each image.
+const cachedImage = buildImage({ format: "oci", layers: [randomLayer(9 * MiB), randomLayer(MiB)] });
+const newImage = buildImage({ format: "oci", layers: [randomLayer(9 * MiB), randomLayer(MiB)] });
+const laterImage = buildImage({ format: "oci", layers: [randomLayer(2 * MiB)] });
+
+/** A pull as a client makes it: the manifest by tag, then every blob; each checked against its digest. */
+async function pull(tag: string, image: BuiltImage, from: TestMirror = mirror): Promise<void> {
+  const manifest = await fetchRaw(`${from.url}/v2/${REPO}/manifests/${tag}`, {
+    headers: { accept: ALL_MANIFEST_TYPES },
+  });
+  expect(manifest.status, `manifest ${tag}: ${manifest.body.toString().slice(0, 300)}`).toBe(200);
+  expect(sha256(manifest.body)).toBe(image.digest);
+  for (const blob of image.blobs()) {
+    const res = await fetchRaw(`${from.url}/v2/${REPO}/blobs/${blob.digest}`);
+    expect(res.status, `blob ${blob.digest}: ${res.body.toString().slice(0, 300)}`).toBe(200);
+    expect(res.broken).toBeUndefined();
+    expect(sha256(res.body)).toBe(blob.digest);
+  }
+}
+
+/** The upstream's GETs of each of the image's blobs, in order. */
+async function blobGets(image: BuiltImage): Promise<number[]> {
+  await registry.sync();
+  return image.blobs().map((b) => registry.count({ method: "GET", kind: "blobs", pathIncludes: b.digest }));
+}
+
+async function objectKeys(): Promise<Set<string>> {
+  const listed = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: PREFIX }));
+  return new Set((listed.Contents ?? []).map((o) => o.Key!));
+}
+
+async function readiness(): Promise<{ status: number; reasons: string[] }> {
+  const res = await fetchRaw(`${mirror.url}/readyz`);
+  const body = JSON.parse(res.body.toString()) as { reasons?: string[] };
+  return { status: res.status, reasons: body.reasons ?? [] };
+}
+
+const outageReason = (reasons: string[]) => reasons.find((r) => r.startsWith("object store unavailable: "));
+
+async function metric(name: string): Promise<number> {
+  return valueOf(parsePrometheusText((await fetchRaw(`${mirror.url}/metrics`)).body.toString()), name);
+}
+
+/** Every blob of the image is an object in the bucket (waits, bounded, for the commits after the responses). */
+async function storedInBucket(image: BuiltImage): Promise<void> {
+  const keys = image.blobs().map((b) => keyOf(b.digest));
+  await waitFor(
+    async () => {
+      const held = await objectKeys();
+      return keys.every((k) => held.has(k));
+    },
+    { timeoutMs: 20_000, intervalMs: 100, what: "the image's blobs in the bucket" },
+  );
+}
+
+beforeAll(async () => {
+  s3 = await startS3();
+  teardown.add("s3", () => s3.dispose());
+  client = await createS3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+  });
+  teardown.add("s3 client", () => client.destroy());
+  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-outage-"));
+  teardown.add("data dir", () => rm(dataDir, { recursive: true, force: true }));
+  registry = teardown.track(await startRegistry());
+  await pushImage(registry.url, REPO, "cached", cachedImage);
+  await pushImage(registry.url, REPO, "new", newImage);
+  await pushImage(registry.url, REPO, "later", laterImage);
+  mirror = await startTestMirror({
+    dataDir,
+    upstreams: { "docker.io": { url: registry.url, default: true } },
+    extra: {
+      metrics: { enabled: true },
+      storage: {
+        s3: {
+          endpoint: s3.endpoint,
+          region: s3.region,
+          bucket: BUCKET,
+          prefix: PREFIX,
+          forcePathStyle: true,
+          accessKeyId: s3.accessKeyId,
+          secretAccessKey: s3.secretAccessKey,
+        },
+      },
+    },
+  });
+  teardown.add("mirror", () => mirror.stop());
+}, 180_000);
+
+describe("the object store stopped mid-run", () => {
+  it("caches an image in the bucket while the store is up", async () => {
+    await pull("cached", cachedImage);
+    await storedInBucket(cachedImage);
+    expect(await blobGets(cachedImage)).toEqual([1, 1, 1]);
+    expect(await metric("mirror_object_store_up")).toBe(1);
+    expect(outageReason((await readiness()).reasons)).toBeUndefined();
+  });
+
+  it("with the gateway stopped: the cached image and a new one are pulled byte-exact from the upstream, /readyz degraded", async () => {
+    await s3.stopGateway();
+    await pull("cached", cachedImage);
+    // The cached blobs could not be read from the bucket: each came from the upstream again, verified.
+    expect(await blobGets(cachedImage)).toEqual([2, 2, 2]);
+    await pull("new", newImage);
+    expect(await blobGets(newImage)).toEqual([1, 1, 1]);
+
+    const ready = await readiness();
+    expect(ready.status).toBe(200);
+    expect(outageReason(ready.reasons)).toMatch(/\(misses and hits streamed from upstreams\)$/);
+    expect(await metric("mirror_object_store_up")).toBe(0);
+    expect(await metric("mirror_object_store_failures_total")).toBeGreaterThan(0);
+  });
+
+  it("with the gateway started again: healthy within a bounded wait, and a new miss is stored in the bucket again", async () => {
+    await s3.startGateway();
+    await waitFor(async () => outageReason((await readiness()).reasons) === undefined, {
+      timeoutMs: BACK_WITHIN_MS,
+      intervalMs: 250,
+      what: "the object store reported healthy again",
+    });
+    expect(await metric("mirror_object_store_up")).toBe(1);
+    const held = await objectKeys();
+    // Nothing of the outage's pulls reached the bucket.
+    for (const b of newImage.blobs()) expect(held.has(keyOf(b.digest))).toBe(false);
+
+    await pull("later", laterImage);
+    await storedInBucket(laterImage);
+    expect(await blobGets(laterImage)).toEqual([1, 1]);
+    // The cached image is read from the bucket again: no further upstream GETs.
+    await pull("cached", cachedImage);
+    expect(await blobGets(cachedImage)).toEqual([2, 2, 2]);
+  });
+});
+
+describe("a cached blob whose GET from the object store fails after its HEAD answered", () => {
+  it("is answered from the upstream, verified, instead of an error", async () => {
+    // The object store behind the fault relay, which forwards the mirror's signed requests unchanged (Host too).
+    const relay = teardown.track(await startRelay(s3.endpoint));
+    const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-relayed-"));
+    teardown.add("relayed data dir", () => rm(dataDir, { recursive: true, force: true }));
+    const relayed = await startTestMirror({
+      dataDir,
+      upstreams: { "docker.io": { url: registry.url, default: true } },
+      extra: {
+        storage: {
+          s3: {
+            endpoint: relay.url,
+            region: s3.region,
+            bucket: BUCKET,
+            prefix: "relayed/",
+            forcePathStyle: true,
+            accessKeyId: s3.accessKeyId,
+            secretAccessKey: s3.secretAccessKey,
+          },
+        },
+      },
+    });
+    teardown.add("relayed mirror", () => relayed.stop());
+    const image = buildImage({ format: "oci", layers: [randomLayer(3 * MiB)] });
+    await pushImage(registry.url, REPO, "relayed", image);
+    await pull("relayed", image, relayed);
+    const objects = async () =>
+      new Set(
+        (
+          (await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: "relayed/blobs/" }))).Contents ?? []
+        ).map((o) => o.Key!),
+      );
+    await waitFor(
+      async () => {
+        const held = await objects();
+        return image.blobs().every((b) => held.has(`relayed/blobs/sha256/${b.digest.slice(7)}`));
+      },
+      { timeoutMs: 20_000, intervalMs: 100, what: "the image's blobs in the bucket" },
+    );
+    expect(await blobGets(image)).toEqual([1, 1]);
+
+    // The object store answers HEADs (the content is there) but every GET of content with 503.
+    relay.setFault({ kind: "status", status: 503, match: /^GET \/outage\/relayed\/blobs\// });
+    await pull("relayed", image, relayed);
+    expect(await blobGets(image)).toEqual([2, 2]);
+    const faulted = relay.requests.filter((r) => r.fault === "status" && r.method === "GET");
+    expect(faulted.length).toBeGreaterThan(0); // the GET from the bucket was tried, and failed
+    const ready = JSON.parse((await fetchRaw(`${relayed.url}/readyz`)).body.toString()) as { reasons: string[] };
+    expect(outageReason(ready.reasons)).toMatch(/503/);
+  });
+});
