@@ -177,9 +177,11 @@ describe("the container image", () => {
       "/bin/sh",
       IMAGE,
       "-c",
-      "ls -A /app; echo ---; find /app/dist -type f ! -name '*.js' ! -name '*.js.map'; echo ---; ls /app/node_modules",
+      "ls -A /app; echo ---; find /app/dist -type f ! -name '*.js' ! -name '*.js.map' ! -path '/app/dist/console/assets/*'; echo ---; ls /app/node_modules; echo ---; ls /app/dist/console/assets",
     ]);
-    const [appDir = "", strayFiles = "", modules = ""] = ls.stdout.split("---\n");
+    const [appDir = "", strayFiles = "", modules = "", consoleAssets = ""] = ls.stdout.split("---\n");
+    // The web console's static files, copied beside the compiled code by `npm run build`.
+    expect(consoleAssets.trim().split("\n")).toEqual(expect.arrayContaining(["console.css", "console.js"]));
     expect(appDir.trim().split("\n")).toEqual(["dist", "node-flags", "node_modules", "package.json"]);
     expect(strayFiles.trim(), "files in dist/ other than compiled JavaScript").toBe("");
     const installed = modules.trim().split("\n");
@@ -209,8 +211,10 @@ describe("the container image", () => {
     expect(config.User).toBe("1000:1000");
     expect(Object.keys(config.Volumes)).toEqual(["/data"]);
     expect(config.Healthcheck.Test.join(" ")).toContain("/healthz");
-    // Exec form: node itself is PID 1 and receives SIGTERM (no shell in between).
-    expect(config.Entrypoint[0]).toBe("node");
+    // A shell reads the V8 flags from /app/node-flags and `exec`s node: node itself becomes PID 1 and receives
+    // SIGTERM (no shell stays in between; checked on the running container below).
+    expect(config.Entrypoint.slice(0, 2)).toEqual(["/bin/sh", "-c"]);
+    expect(config.Entrypoint[2]).toMatch(/^exec node .*\/app\/node-flags/);
 
     const id = await mustDocker(dockerd, ["exec", CONTAINER, "id", "-u"]);
     expect(id.stdout.trim()).toBe("1000");
