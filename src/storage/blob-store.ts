@@ -8,15 +8,14 @@
  * file back (hash-worker.ts), and flushed to disk in steps as they arrive (fdatasync in the background), so that
  * neither the hash nor the final fsync stands between the last byte written and the commit for longer than a
  * few MiB take. A write to a file may store fewer bytes than it was given (a nearly full disk, a file-size
- * limit) without failing, so every write is continued until it completes or fails with the reason (`writeAt`);
- * and a commit refuses a temp file whose length is not the verified size. Committed files are read with
+ * limit) without failing, so every write is continued until it completes or fails with the reason (`writeAt`,
+ * temp-file-write.ts); and a commit refuses a temp file whose length is not the verified size. Committed files are read with
  * positional reads into pooled buffers (file-range-stream.ts).
  *
  * Layout:
  *   <root>/blobs/sha256/ab/abcdef…   committed content
  *   <root>/tmp/<hex>.<random>        writes in progress (read only through their writer)
  */
-import { createHash, randomBytes } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import { readdirSync, statSync } from "node:fs";
 import { mkdir, open, readdir, rename, rm, stat, utimes, type FileHandle } from "node:fs/promises";
@@ -25,7 +24,6 @@ import type { Readable } from "node:stream";
 import { digestHex } from "../oci/digest.ts";
 import { CacheIndex } from "./cache-index.ts";
 import {
-  ContentMismatchError,
   type ContentStore,
   type ContentWriter,
   type StoredContent,
@@ -34,9 +32,8 @@ import {
 } from "./content-store.ts";
 import { BufferPool, FileHandleRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
+import { openTempFile, TempFileWriter, type TempFile } from "./temp-file-write.ts";
 
-/** Writes of at least this many bytes (or of unknown length) are hashed by the worker; smaller ones inline. */
-export const WORKER_HASH_FROM = 8 * 1024 * 1024;
 /** A temp file is flushed to disk (fdatasync, in the background) every this many bytes. */
 const SYNC_STEP = 64 * 1024 * 1024;
 
@@ -168,27 +165,8 @@ export class BlobStore implements ContentStore {
   }
 
   /** A temp file for `digest`, opened read-write so that readers following the write can read it through the handle. */
-  async createWriter(digest: string, opts: WriterOptions = {}): Promise<ContentWriter> {
-    const path = join(this.tempDir, `${digestHex(digest)}.${randomBytes(6).toString("hex")}`);
-    const handle = await open(path, "wx+");
-    try {
-      const hash =
-        opts.expectedSize !== undefined && opts.expectedSize < WORKER_HASH_FROM
-          ? inlineHash()
-          : workerHash(this.hasher, path);
-      return new FileWriter(this, {
-        digest,
-        path,
-        handle,
-        hash,
-        expectedSize: opts.expectedSize,
-        reservation: opts.reservation,
-      });
-    } catch (err) {
-      await handle.close();
-      await rm(path, { force: true });
-      throw err;
-    }
+  createWriter(digest: string, opts: WriterOptions = {}): Promise<ContentWriter> {
+    return openTempFile(this.tempDir, this.hasher, digest, opts, (file) => new FileWriter(this, file));
   }
 
   /**
@@ -235,125 +213,29 @@ class StoredFile implements StoredContent {
   }
 }
 
-/** The sha256 of a write in progress, inline or in the worker (the S3 store's writer hashes the same way). */
-export interface WriteHash {
-  /** Chunks about to be written (inline hashing). */
-  update(chunks: readonly Uint8Array[]): void;
-  /** The temp file is written up to here (worker hashing). */
-  extend(written: number): void;
-  finish(size: number): Promise<string>;
-  abort(): void;
-}
-
-export function inlineHash(): WriteHash {
-  const hash = createHash("sha256");
-  return {
-    update: (chunks) => {
-      for (const chunk of chunks) hash.update(chunk);
-    },
-    extend: () => undefined,
-    finish: async () => `sha256:${hash.digest("hex")}`,
-    abort: () => undefined,
-  };
-}
-
-export function workerHash(hasher: FileHasher, path: string): WriteHash {
-  const hash = hasher.open(path);
-  return {
-    update: () => undefined,
-    extend: (written) => hash.extend(written),
-    finish: (size) => hash.finish(size),
-    abort: () => hash.abort(),
-  };
-}
-
 /**
  * A write into a temp file: appended with positional writes, hashed as it goes, flushed to disk in steps, read
  * back through the same handle by whoever follows it, verified and renamed into place by `commit`.
  */
-class FileWriter implements ContentWriter {
-  readonly digest: string;
+class FileWriter extends TempFileWriter {
   private readonly store: BlobStore;
-  private readonly path: string;
-  private readonly handle: FileHandle;
-  private readonly hash: WriteHash;
-  private readonly expectedSize: number | undefined;
-  private readonly reservation: WriteReservation | undefined;
-  private bytes = 0;
   /** Bytes known to be on disk (fdatasync'ed), and the background flush running now. */
   private syncedTo = 0;
   private syncing: Promise<void> | undefined;
-  private verification: Promise<void> | undefined;
-  private outcome: "writing" | "committed" | "discarded" = "writing";
-  private closed = false;
 
-  constructor(
-    store: BlobStore,
-    opts: {
-      digest: string;
-      path: string;
-      handle: FileHandle;
-      hash: WriteHash;
-      expectedSize: number | undefined;
-      reservation: WriteReservation | undefined;
-    },
-  ) {
+  constructor(store: BlobStore, file: TempFile) {
+    super(file);
     this.store = store;
-    this.digest = opts.digest;
-    this.path = opts.path;
-    this.handle = opts.handle;
-    this.hash = opts.hash;
-    this.expectedSize = opts.expectedSize;
-    this.reservation = opts.reservation;
-  }
-
-  get written(): number {
-    return this.bytes;
   }
 
   async write(chunks: readonly Uint8Array[]): Promise<void> {
-    if (this.outcome !== "writing" || this.verification !== undefined)
-      throw new Error(`the write of ${this.digest} is finished: nothing more can be written`);
-    let total = 0;
-    for (const chunk of chunks) total += chunk.length;
-    this.hash.update(chunks);
-    const position = this.bytes;
-    // The common case in one writev; a short write is continued (writeAt) until it completes or fails.
-    const done = (await this.handle.writev(chunks as Uint8Array[], position)).bytesWritten;
-    if (done < total) await writeRest(this.handle, chunks, position, done);
-    this.bytes = position + total;
-    this.reservation?.wrote(this.bytes);
-    this.hash.extend(this.bytes);
+    await this.append(chunks);
     this.flushInBackground();
   }
 
-  async readAt(buffer: Buffer, length: number, position: number): Promise<number> {
-    return (await this.handle.read(buffer, 0, length, position)).bytesRead;
-  }
-
-  verify(): Promise<void> {
-    this.verification ??= this.check();
-    return this.verification;
-  }
-
-  private async check(): Promise<void> {
-    if (this.outcome !== "writing") throw new Error(`the write of ${this.digest} was ${this.outcome}`);
-    try {
-      if (this.expectedSize !== undefined && this.bytes !== this.expectedSize) {
-        throw new ContentMismatchError(this.digest, { size: this.bytes, expectedSize: this.expectedSize });
-      }
-      // The hash catches up (worker) while the last background flush finishes.
-      const [actual] = await Promise.all([this.hash.finish(this.bytes), this.syncing]);
-      if (actual !== this.digest)
-        throw new ContentMismatchError(this.digest, {
-          size: this.bytes,
-          expectedSize: this.expectedSize,
-          actualDigest: actual,
-        });
-    } catch (err) {
-      await this.abort();
-      throw err;
-    }
+  /** The last background flush finishes while the hash catches up. */
+  protected override settled(): Promise<void> | undefined {
+    return this.syncing;
   }
 
   /**
@@ -393,16 +275,6 @@ class FileWriter implements ContentWriter {
     }
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    try {
-      await this.abort();
-    } finally {
-      await this.handle.close();
-    }
-  }
-
   /**
    * Starts an fdatasync once SYNC_STEP more bytes have been written, one at a time, not awaited by the write
    * path: the disk writes back while the write goes on, and the fsync before commit has little left to do.
@@ -422,37 +294,6 @@ class FileWriter implements ContentWriter {
       .finally(() => {
         this.syncing = undefined;
       });
-  }
-}
-
-/**
- * Writes every byte of `chunks`, in order, at `position`. A write that stores only part of what it was given is
- * continued from where it stopped: it completes, or the next write fails with the reason (ENOSPC, EFBIG).
- */
-export async function writeAt(handle: FileHandle, chunks: readonly Uint8Array[], position: number): Promise<void> {
-  await writeRest(handle, chunks, position, (await handle.writev(chunks as Uint8Array[], position)).bytesWritten);
-}
-
-/** Continues a write of `chunks` at `position` of which the first `done` bytes are stored. */
-async function writeRest(
-  handle: FileHandle,
-  chunks: readonly Uint8Array[],
-  position: number,
-  done: number,
-): Promise<void> {
-  let skip = done;
-  for (const chunk of chunks) {
-    if (skip >= chunk.length) {
-      skip -= chunk.length;
-      continue;
-    }
-    for (let offset = skip; offset < chunk.length;) {
-      const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset, position + done);
-      if (bytesWritten === 0) throw new Error(`no byte could be written at offset ${position + done}`);
-      offset += bytesWritten;
-      done += bytesWritten;
-    }
-    skip = 0;
   }
 }
 

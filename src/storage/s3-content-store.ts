@@ -27,8 +27,7 @@
  * and on the local disk:
  *   <path>/tmp/<hex>.<random>                writes in progress (read only through their writer)
  */
-import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rm, type FileHandle } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable, type TransformCallback } from "node:stream";
 import {
@@ -46,10 +45,9 @@ import {
 } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { digestHex } from "../oci/digest.ts";
-import { inlineHash, workerHash, WORKER_HASH_FROM, writeAt, type WriteHash } from "./blob-store.ts";
+import { openTempFile, TempFileWriter, type TempFile } from "./temp-file-write.ts";
 import { CacheIndex } from "./cache-index.ts";
 import {
-  ContentMismatchError,
   type ContentStore,
   type ContentWriter,
   type StoredContent,
@@ -356,26 +354,7 @@ export class S3ContentStore implements ContentStore {
 
   async createWriter(digest: string, opts: WriterOptions = {}): Promise<ContentWriter> {
     this.health?.assertUp();
-    const path = join(this.tempDir, `${digestHex(digest)}.${randomBytes(6).toString("hex")}`);
-    const handle = await open(path, "wx+");
-    try {
-      const hash =
-        opts.expectedSize !== undefined && opts.expectedSize < WORKER_HASH_FROM
-          ? inlineHash()
-          : workerHash(this.hasher, path);
-      return new S3Writer(this, {
-        digest,
-        path,
-        handle,
-        hash,
-        expectedSize: opts.expectedSize,
-        reservation: opts.reservation,
-      });
-    } catch (err) {
-      await handle.close();
-      await rm(path, { force: true });
-      throw err;
-    }
+    return openTempFile(this.tempDir, this.hasher, digest, opts, (file) => new S3Writer(this, file));
   }
 
   /** @internal S3Writer.commit: the object is visible. Indexed first, then the reservation released, then told. */
@@ -583,17 +562,10 @@ interface Part {
  * A write into a temp file, mirrored part by part into a multipart upload on the final key as the bytes
  * arrive; completed (or sent whole, when smaller than a part) only once verified, aborted otherwise.
  */
-class S3Writer implements ContentWriter {
-  readonly digest: string;
+class S3Writer extends TempFileWriter {
   private readonly store: S3ContentStore;
-  private readonly path: string;
-  private readonly handle: FileHandle;
-  private readonly hash: WriteHash;
-  private readonly expectedSize: number | undefined;
-  private readonly reservation: WriteReservation | undefined;
   /** This write's part size: the store's, or larger when the announced length needs more than MAX_PARTS of those. */
   private readonly partSize: number;
-  private bytes = 0;
   /** The multipart upload, once the first whole part was written. */
   private upload: Promise<string> | undefined;
   /** Bytes already handed to a part (queued or sent). */
@@ -603,46 +575,16 @@ class S3Writer implements ContentWriter {
   private readonly etags = new Map<number, string>();
   /** The first upload failure: the write cannot be committed any more. */
   private failure: Error | undefined;
-  private verification: Promise<void> | undefined;
   private discarding: Promise<void> | undefined;
-  private outcome: "writing" | "committed" | "discarded" = "writing";
-  private closed = false;
 
-  constructor(
-    store: S3ContentStore,
-    opts: {
-      digest: string;
-      path: string;
-      handle: FileHandle;
-      hash: WriteHash;
-      expectedSize: number | undefined;
-      reservation: WriteReservation | undefined;
-    },
-  ) {
+  constructor(store: S3ContentStore, file: TempFile) {
+    super(file);
     this.store = store;
-    this.digest = opts.digest;
-    this.path = opts.path;
-    this.handle = opts.handle;
-    this.hash = opts.hash;
-    this.expectedSize = opts.expectedSize;
-    this.reservation = opts.reservation;
-    this.partSize = partSizeFor(opts.expectedSize, store.partSize);
-  }
-
-  get written(): number {
-    return this.bytes;
+    this.partSize = partSizeFor(file.expectedSize, store.partSize);
   }
 
   async write(chunks: readonly Uint8Array[]): Promise<void> {
-    if (this.outcome !== "writing" || this.verification !== undefined)
-      throw new Error(`the write of ${this.digest} is finished: nothing more can be written`);
-    let total = 0;
-    for (const chunk of chunks) total += chunk.length;
-    this.hash.update(chunks);
-    await writeAt(this.handle, chunks, this.bytes);
-    this.bytes += total;
-    this.reservation?.wrote(this.bytes);
-    this.hash.extend(this.bytes);
+    await this.append(chunks);
     const size = this.partSize;
     while (this.bytes - this.queuedTo >= size) {
       this.queue.push({ number: this.partNumber(this.queuedTo), start: this.queuedTo, end: this.queuedTo + size });
@@ -706,33 +648,6 @@ class S3Writer implements ContentWriter {
     for (let i = 0; i < 1_000_000 && (this.running.size > 0 || this.queue.length > 0); i++) {
       if (this.failure) return;
       await Promise.race(this.running);
-    }
-  }
-
-  async readAt(buffer: Buffer, length: number, position: number): Promise<number> {
-    return (await this.handle.read(buffer, 0, length, position)).bytesRead;
-  }
-
-  verify(): Promise<void> {
-    this.verification ??= this.check();
-    return this.verification;
-  }
-
-  private async check(): Promise<void> {
-    if (this.outcome !== "writing") throw new Error(`the write of ${this.digest} was ${this.outcome}`);
-    try {
-      if (this.expectedSize !== undefined && this.bytes !== this.expectedSize)
-        throw new ContentMismatchError(this.digest, { size: this.bytes, expectedSize: this.expectedSize });
-      const actual = await this.hash.finish(this.bytes);
-      if (actual !== this.digest)
-        throw new ContentMismatchError(this.digest, {
-          size: this.bytes,
-          expectedSize: this.expectedSize,
-          actualDigest: actual,
-        });
-    } catch (err) {
-      await this.abort();
-      throw err;
     }
   }
 
@@ -825,16 +740,6 @@ class S3Writer implements ContentWriter {
     } finally {
       await rm(this.path, { force: true });
       this.reservation?.release();
-    }
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    try {
-      await this.abort();
-    } finally {
-      await this.handle.close();
     }
   }
 }

@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { ContentMismatchError, putContent } from "../../../src/storage/content-store.ts";
-import { BlobStore, writeAt } from "../../../src/storage/blob-store.ts";
+import { BlobStore } from "../../../src/storage/blob-store.ts";
+import { writeAt } from "../../../src/storage/temp-file-write.ts";
 
 const dirs: string[] = [];
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
