@@ -9,8 +9,8 @@
  * neither the hash nor the final fsync stands between the last byte written and the commit for longer than a
  * few MiB take. A write to a file may store fewer bytes than it was given (a nearly full disk, a file-size
  * limit) without failing, so every write is continued until it completes or fails with the reason (`writeAt`,
- * temp-file-write.ts); and a commit refuses a temp file whose length is not the verified size. Committed files are read with
- * positional reads into pooled buffers (file-range-stream.ts).
+ * temp-file-write.ts); and a commit refuses a temp file whose length is not the verified size. Committed files
+ * are read with positional reads into pooled buffers (file-range-stream.ts).
  *
  * Layout:
  *   <root>/blobs/sha256/ab/abcdef…   committed content
