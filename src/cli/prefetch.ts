@@ -7,7 +7,7 @@
 import { parseArgs } from "node:util";
 import { request } from "undici";
 import type { JobStatus } from "../cache/prefetcher.ts";
-import { CommandError, readFlagFile } from "./command-context.ts";
+import { adminToken, CommandError } from "./command-context.ts";
 
 export const PREFETCH_USAGE = `usage: mirror prefetch <reference> [--platform os/arch]...
                       [--url http://127.0.0.1:5000] [--token TOKEN | --token-file FILE]
@@ -39,21 +39,13 @@ export async function prefetchCommand(argv: string[], out: NodeJS.WriteStream = 
     out.write(`prefetch: --poll-ms ${values["poll-ms"]}: expected whole milliseconds from 10 to 60000\n`);
     return 2;
   }
-  let token: string | undefined;
+  let token: string;
   try {
-    token =
-      values.token ??
-      (values["token-file"]
-        ? (await readFlagFile("--token-file", values["token-file"])).trim()
-        : process.env.MIRROR_ADMIN_TOKEN);
+    token = await adminToken(values);
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
     out.write(`prefetch: ${err.message}\n`);
     return err.status;
-  }
-  if (!token) {
-    out.write("prefetch: an admin token is required (--token, --token-file or MIRROR_ADMIN_TOKEN)\n");
-    return 2;
   }
   const base = values.url.replace(/\/+$/, "");
   const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };

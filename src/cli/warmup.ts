@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import { request } from "undici";
 import type { WarmupSetStatus } from "../cache/warmup.ts";
-import { CommandError, readFlagFile } from "./command-context.ts";
+import { adminToken, CommandError } from "./command-context.ts";
 
 export const WARMUP_USAGE = `usage: mirror warmup <set> [--url http://127.0.0.1:5000] [--token TOKEN | --token-file FILE]
                     [--timeout 1h]
@@ -40,21 +40,13 @@ export async function warmupCommand(argv: string[], out: NodeJS.WriteStream = pr
     out.write(`warmup: --timeout ${values.timeout}: expected e.g. 600, 90s, 30m or 2h\n`);
     return 2;
   }
-  let token: string | undefined;
+  let token: string;
   try {
-    token =
-      values.token ??
-      (values["token-file"]
-        ? (await readFlagFile("--token-file", values["token-file"])).trim()
-        : process.env.MIRROR_ADMIN_TOKEN);
+    token = await adminToken(values);
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
     out.write(`warmup: ${err.message}\n`);
     return err.status;
-  }
-  if (!token) {
-    out.write("warmup: an admin token is required (--token, --token-file or MIRROR_ADMIN_TOKEN)\n");
-    return 2;
   }
   const name = positionals[0]!;
   const url = `${values.url.replace(/\/+$/, "")}/admin/v1/warmup/${encodeURIComponent(name)}`;
