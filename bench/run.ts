@@ -15,7 +15,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { freePort } from "../test/harness/processes.ts";
 import { startRegistry, type Registry } from "../test/harness/registry.ts";
 import { renderFleetTable, runFleet } from "./fleet.ts";
-import { concurrentDownloads, download, load, type LoadResult } from "./measure.ts";
+import { concurrentDownloads, download, load, upstreamBytesOf, type LoadResult } from "./measure.ts";
 import { OCI_MANIFEST, pushBlobFile, pushManifest, writeRandomFile, type SeededBlob } from "./seed.ts";
 import { formatRatio, formatSummary, ratio, rotation, summarize, type Summary } from "./stats.ts";
 import { generateStore } from "./store-generator.ts";
@@ -191,24 +191,11 @@ async function main(): Promise<void> {
 
     /**
      * After a cold transfer: waits (bounded) until the target has the blob stored (a proxy may go on fetching
-     * after its client is served), then for the upstream's log to catch up, and sums the bytes it sent of this
-     * blob.
+     * after its client is served), then sums the bytes the upstream sent of this blob.
      */
     async function upstreamBytesAfter(target: "mirror" | "proxy" | "direct", blob: SeededBlob): Promise<number> {
       if (target !== "direct") await waitForFile(storedPath[target](blob), blob.size, 120_000);
-      let last = -1;
-      for (let i = 0; i < 20; i++) {
-        await upstream.sync();
-        const sum = upstream
-          .requests()
-          // This blob only: a proxy may still be finishing its own upstream GETs of another blob.
-          .filter((r) => r.method === "GET" && r.kind === "blobs" && r.path.split("?")[0]!.endsWith(`/${blob.digest}`))
-          .reduce((n, r) => n + r.written, 0);
-        if (sum === last) return sum;
-        last = sum;
-        await sleep(200);
-      }
-      return last;
+      return upstreamBytesOf(upstream, blob.digest);
     }
 
     // --- S1: cold 1 GiB ----------------------------------------------------------------------------------
