@@ -314,7 +314,7 @@ export class BlobCache {
         headers: { "Retry-After": "1" },
       });
     }
-    switch (readableAs(fill)) {
+    switch (fill.readableAs()) {
       case "download":
         return handler.download(fill, joined);
       case "committed": {
@@ -504,18 +504,6 @@ function rangeToSend(spec: ByteRangeSpec | undefined, size: number): { start: nu
     });
   }
   return resolved;
-}
-
-/**
- * What a new reader of a ready fill gets, decided at one instant: the download in progress, the committed
- * content, or nothing of the fill's (no room to cache: the fill handed its body to one request and is done, or it
- * passed its download through to its readers and kept nothing). A fill that failed since it was ready answers
- * with its error, as its readers do.
- */
-function readableAs(fill: Fill): "download" | "committed" | "uncached" {
-  if (fill.state === "failed") throw fill.error ?? new Error(`blob fill of ${fill.digest} failed`);
-  if (fill.committed) return "committed";
-  return fill.state === "uncached" || fill.state === "passed" ? "uncached" : "download";
 }
 
 /** An upstream that is offline by configuration means "not cached" here: BLOB_UNKNOWN, not an outage. */

@@ -180,6 +180,18 @@ export class Fill {
     return this.state === "committed";
   }
 
+  /**
+   * What a new reader of this ready fill gets, decided at one instant (act on it before the next await): the
+   * download in progress (streaming into the store, or passing through to its readers), the committed content, or
+   * nothing of this fill's ("uncached": no room to cache, so its body went to one request, or it passed its
+   * download through and kept nothing). A fill that failed since it was ready throws its error, as its readers get.
+   */
+  readableAs(): "download" | "committed" | "uncached" {
+    if (this.state === "failed") throw this.failure ?? new Error(`blob fill of ${this.digest} failed`);
+    if (this.committed) return "committed";
+    return this.state === "uncached" || this.state === "passed" ? "uncached" : "download";
+  }
+
   /** Streaming into the store (not passing through, not ended). A getter, re-read after every await (see `committed`). */
   private get caching(): boolean {
     return this.state === "streaming";
