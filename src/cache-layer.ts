@@ -222,7 +222,9 @@ export async function createCacheLayer(
       if (u.config.offline)
         log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const cluster = await openCluster(config, { redis, log, metrics });
+    // Only the mirror itself is a replica of the fleet: `mirror export|import|inventory` on a data directory serves
+    // no peer and follows none, so it neither reads the cluster secret nor takes fill leases.
+    const cluster = opts.purpose === undefined ? await openCluster(config, { redis, log, metrics }) : undefined;
     const blobCache = new BlobCache({
       store: blobStore,
       fills,
