@@ -190,7 +190,7 @@ describe("the S3 server (Ceph RADOS Gateway) in containers", () => {
       await (await client.send(new GetObjectCommand({ Bucket: "selftest", Key: key }))).Body!.transformToByteArray(),
     ).toString();
 
-  it("runs the mon, the OSD, the gateway and the admin tools as containers of the ceph image, on 127.0.0.1", async () => {
+  it("runs mon, OSD, gateway and admin tools as containers of the ceph image, on 127.0.0.1", async () => {
     expect(new URL(s3.endpoint).hostname).toBe("127.0.0.1");
     expect(await containersOf(images.ceph)).toHaveLength(4);
     await client.send(new CreateBucketCommand({ Bucket: "selftest" }));

@@ -39,7 +39,8 @@ export function serviceMode(): ServiceMode {
 
 /**
  * A private dockerd for the service containers (dockerd.ts: no bridge, no iptables, loopback-only name
- * resolution unless `hostDns`, which pulling official images needs), on overlay2 where the kernel allows it (vfs copies the whole image for every container).
+ * resolution unless `hostDns`, which pulling official images needs), on overlay2 where the kernel allows it (vfs
+ * copies the whole image for every container).
  */
 export async function startServicesDockerd(opts: { hostDns?: boolean } = {}): Promise<Dockerd> {
   const probe = await mkdtemp("/tmp/hs-probe-");
