@@ -30,6 +30,7 @@
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable, type TransformCallback } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -50,6 +51,7 @@ import { CacheIndex } from "./cache-index.ts";
 import {
   type ContentStore,
   type ContentWriter,
+  type SharedWrite,
   type StoredContent,
   type WriteReservation,
   type WriterOptions,
@@ -69,6 +71,8 @@ const DEFAULT_PART_SIZE = 8 * MiB;
 const MAX_PARTS = 10_000;
 /** Parts uploaded at once per write: memory per write ≈ this × the part size. */
 const DEFAULT_PARTS_IN_FLIGHT = 3;
+/** How often a write following another's (WriterOptions.sharedWith) looks for the other's object while it waits. */
+const SHARED_POLL_MS = 200;
 /** Listing pages followed at most (1,000 keys each): a bound on every listing loop. */
 const MAX_LIST_PAGES = 100_000;
 
@@ -272,7 +276,8 @@ export class S3ContentStore implements ContentStore {
     return (await this.head(digest))?.size;
   }
 
-  private async head(digest: string): Promise<{ size: number } | undefined> {
+  /** @internal The object's size in the bucket now (a HEAD), or undefined when there is none. */
+  async head(digest: string): Promise<{ size: number } | undefined> {
     try {
       const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
       return { size: res.ContentLength ?? 0 };
@@ -354,7 +359,7 @@ export class S3ContentStore implements ContentStore {
 
   async createWriter(digest: string, opts: WriterOptions = {}): Promise<ContentWriter> {
     this.health?.assertUp();
-    return openTempFile(this.tempDir, this.hasher, digest, opts, (file) => new S3Writer(this, file));
+    return openTempFile(this.tempDir, this.hasher, digest, opts, (file) => new S3Writer(this, file, opts.sharedWith));
   }
 
   /** @internal S3Writer.commit: the object is visible. Indexed first, then the reservation released, then told. */
@@ -561,6 +566,15 @@ interface Part {
 /**
  * A write into a temp file, mirrored part by part into a multipart upload on the final key as the bytes
  * arrive; completed (or sent whole, when smaller than a part) only once verified, aborted otherwise.
+ *
+ * A write following another writer's download of the same content (`sharedWith`: a replica of the fleet
+ * streaming the holder's bytes) uploads nothing as the bytes arrive: the holder is uploading them to the same
+ * key. Once this write's own bytes verified, its commit takes the holder's object as committed when it is there
+ * with this length (the holder's last byte reaches a follower only after the holder committed, so normally at
+ * the first look); while the holder may still commit, it looks again, up to `waitMs`. When no such object
+ * appears (the holder passed its download through uncached, or its content was evicted at once), the temp
+ * file's verified bytes are uploaded as any write's are: the digest never stays uncommitted for want of an
+ * upload, and nothing but verified bytes is ever sent.
  */
 class S3Writer extends TempFileWriter {
   private readonly store: S3ContentStore;
@@ -576,15 +590,23 @@ class S3Writer extends TempFileWriter {
   /** The first upload failure: the write cannot be committed any more. */
   private failure: Error | undefined;
   private discarding: Promise<void> | undefined;
+  /** The other writer of the same content, whose upload this write leaves alone (see the class comment). */
+  private readonly shared: SharedWrite | undefined;
 
-  constructor(store: S3ContentStore, file: TempFile) {
+  constructor(store: S3ContentStore, file: TempFile, shared: SharedWrite | undefined) {
     super(file);
     this.store = store;
     this.partSize = partSizeFor(file.expectedSize, store.partSize);
+    this.shared = shared;
   }
 
   async write(chunks: readonly Uint8Array[]): Promise<void> {
     await this.append(chunks);
+    if (this.shared === undefined) this.queueWholeParts();
+  }
+
+  /** Queues every whole part written and not queued yet, and starts what may start. */
+  private queueWholeParts(): void {
     const size = this.partSize;
     while (this.bytes - this.queuedTo >= size) {
       this.queue.push({ number: this.partNumber(this.queuedTo), start: this.queuedTo, end: this.queuedTo + size });
@@ -661,6 +683,15 @@ class S3Writer extends TempFileWriter {
     try {
       const { bucket, client } = this.store;
       const key = this.store.keyOf(this.digest);
+      if (this.shared !== undefined) {
+        if (await this.committedByOther(this.shared)) {
+          this.outcome = "committed";
+          await rm(this.path, { force: true });
+          this.store.committed(this.digest, this.bytes, this.reservation);
+          return;
+        }
+        this.queueWholeParts(); // its own verified copy, then, as any write sends it
+      }
       if (this.upload === undefined && this.queue.length === 0 && this.running.size === 0) {
         const body = await this.readBack(0, this.bytes);
         await this.store.beforeCommit(this.digest);
@@ -695,6 +726,24 @@ class S3Writer extends TempFileWriter {
     this.outcome = "committed";
     await rm(this.path, { force: true });
     this.store.committed(this.digest, this.bytes, this.reservation);
+  }
+
+  /**
+   * Whether the other writer's object is in the bucket with this write's length: now, or within `waitMs` while
+   * the other may still commit. Only verified content ever reaches a key, whoever wrote it.
+   */
+  private async committedByOther(shared: SharedWrite): Promise<boolean> {
+    await this.store.beforeCommit(this.digest); // a delete of the key under way here ends first
+    const deadline = Date.now() + shared.waitMs;
+    for (let look = 0; look < 100_000; look++) {
+      const found = await this.store.head(this.digest);
+      if (found !== undefined) return found.size === this.bytes;
+      if (Date.now() >= deadline) return false;
+      // The other has ended without (yet) an object: one last look, for a commit just before it ended.
+      if (!(await shared.pending())) return (await this.store.head(this.digest))?.size === this.bytes;
+      await sleep(Math.min(SHARED_POLL_MS, Math.max(0, deadline - Date.now())));
+    }
+    return false;
   }
 
   private async readBack(start: number, end: number): Promise<Buffer> {

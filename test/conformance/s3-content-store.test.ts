@@ -164,6 +164,134 @@ describe("S3 content store, as the server sees it", () => {
   });
 });
 
+/** A client of its own for one store, and the names of the commands it sent (what that store asked of S3). */
+async function countedClient(): Promise<{ client: S3Client; sent: string[] }> {
+  const counted = await createS3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+  });
+  const sent: string[] = [];
+  counted.middlewareStack.add(
+    (next, context) => (args) => {
+      sent.push(context.commandName ?? "?");
+      return next(args);
+    },
+    { step: "initialize" },
+  );
+  return { client: counted, sent };
+}
+
+const UPLOADS = new Set(["CreateMultipartUploadCommand", "UploadPartCommand", "PutObjectCommand"]);
+
+describe("S3 content store: a write following another writer's upload of the same content (sharedWith)", () => {
+  let made: Awaited<ReturnType<typeof newStore>> | undefined;
+  let follower: { client: S3Client; sent: string[] } | undefined;
+  afterEach(async () => {
+    follower?.client.destroy();
+    follower = undefined;
+    if (made === undefined) return;
+    await emptyPrefix(made.prefix);
+    await rm(made.dir, { recursive: true, force: true });
+    made = undefined;
+  });
+
+  /** A second store on the same prefix (another replica), whose S3 requests are counted. */
+  async function followerStore(): Promise<S3ContentStore> {
+    follower = await countedClient();
+    const dir = await mkdtemp(join(tmpdir(), "s3-conformance-follower-"));
+    const store = new S3ContentStore({
+      client: follower.client,
+      bucket: BUCKET,
+      prefix: made!.prefix,
+      root: dir,
+      partSize: 5 * MiB,
+    });
+    await store.init();
+    follower.sent.length = 0;
+    return store;
+  }
+
+  it("uploads nothing and commits the other's object once its own bytes verified", async () => {
+    made = await newStore();
+    const { store, prefix } = made;
+    const other = await followerStore();
+    const bytes = randomBytes(12 * MiB + 5);
+    const digest = digestOf(bytes);
+    const key = `blobs/sha256/${digest.slice("sha256:".length)}`;
+    let pendingAsked = 0;
+    const writer = await other.createWriter(digest, {
+      expectedSize: bytes.length,
+      sharedWith: { pending: async () => (pendingAsked++, true), waitMs: 30_000 },
+    });
+    for (let at = 0; at < bytes.length; at += MiB) await writer.write([bytes.subarray(at, at + MiB)]);
+    expect(await serverHolds(prefix)).toEqual({ objects: [], uploads: [] });
+    // Its commit waits while the other may still commit, and takes the other's object when it appears.
+    const committing = writer.commit();
+    await waitForValue(() => pendingAsked > 0);
+    await putContent(store, digest, bytes);
+    await committing;
+    await writer.close();
+    expect(follower!.sent.filter((c) => UPLOADS.has(c) || c === "CompleteMultipartUploadCommand")).toEqual([]);
+    expect(await serverHolds(prefix)).toEqual({ objects: [[key, bytes.length]], uploads: [] });
+    expect(other.index.sizeOf(digest)).toBe(bytes.length);
+    expect((await (await other.open(digest))!.bytes()).equals(bytes)).toBe(true);
+  });
+
+  it("uploads its own verified copy when the other ended without an object", async () => {
+    made = await newStore();
+    const { prefix } = made;
+    const other = await followerStore();
+    for (const size of [9 * MiB, 1000]) {
+      const bytes = randomBytes(size);
+      const digest = digestOf(bytes);
+      const writer = await other.createWriter(digest, {
+        expectedSize: size,
+        sharedWith: { pending: async () => false, waitMs: 30_000 },
+      });
+      await writer.write([bytes]);
+      await writer.commit();
+      await writer.close();
+      expect((await serverHolds(prefix)).objects).toContainEqual([`blobs/sha256/${digest.slice(7)}`, size]);
+      expect((await (await other.open(digest))!.bytes()).equals(bytes)).toBe(true);
+    }
+    expect(follower!.sent.filter((c) => c === "CompleteMultipartUploadCommand" || c === "PutObjectCommand")).toEqual([
+      "CompleteMultipartUploadCommand",
+      "PutObjectCommand",
+    ]);
+    expect((await serverHolds(prefix)).uploads).toEqual([]);
+  });
+
+  it("commits nothing, neither its own nor the other's, when its own bytes do not verify", async () => {
+    made = await newStore();
+    const { store, prefix } = made;
+    const other = await followerStore();
+    const bytes = randomBytes(6 * MiB);
+    const digest = digestOf(bytes);
+    await putContent(store, digest, bytes);
+    const wrong = Buffer.from(bytes);
+    wrong[MiB] = wrong[MiB]! ^ 1;
+    const writer = await other.createWriter(digest, {
+      expectedSize: bytes.length,
+      sharedWith: { pending: async () => true, waitMs: 30_000 },
+    });
+    await writer.write([wrong]);
+    await expect(writer.commit()).rejects.toMatchObject({ actualDigest: digestOf(wrong) });
+    await writer.close();
+    expect(follower!.sent.filter((c) => UPLOADS.has(c) || c === "HeadObjectCommand")).toEqual([]);
+    expect(other.index.has(digest)).toBe(false);
+    expect((await serverHolds(prefix)).uploads).toEqual([]);
+  });
+});
+
+/** Waits (bounded: 10 s) until `check` holds. */
+async function waitForValue(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 50));
+  expect(check()).toBe(true);
+}
+
 describe("ManifestStore over the S3 store", () => {
   let made: Awaited<ReturnType<typeof newStore>> | undefined;
   afterEach(async () => {
