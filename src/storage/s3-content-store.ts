@@ -13,7 +13,7 @@
  *   one PutObject, after it verified.
  * - Uploads a crashed process left behind are aborted by `init()` (and, whatever happens to a process, by the
  *   bucket lifecycle rule the guide documents: abort incomplete multipart uploads after a day).
- * - Content is read with GetObject (by Range). A delete of content that a reader holds open here is deferred
+ * - Content is found and read with one GetObject (a read of a range: one more, by Range). A delete of content that a reader holds open here is deferred
  *   until that reader is done (the content reads as absent at once): a response that started always completes.
  * - With `health` (object-store-health.ts), failures to reach the store mark it down: reads and new writes then
  *   fail at once with StoreUnavailableError, and the cache streams misses and hits from the upstreams instead.
@@ -290,26 +290,49 @@ export class S3ContentStore implements ContentStore {
   /**
    * The reader is counted before the object is looked up, so that a delete meanwhile waits for it (and is then
    * seen here: the content reads as absent) instead of removing the object under a reader about to start.
+   *
+   * The look is the GET of the whole object itself (one request, not a HEAD and then a GET): its answer gives
+   * the size, and its body, unread until then, is what a read of the whole content streams. A read of a range
+   * drops it and asks for the range instead. With `redirectSeconds` the client reads the object elsewhere: a
+   * HEAD.
    */
   async open(digest: string): Promise<StoredContent | undefined> {
     if (this.pendingDeletes.has(digest) || this.deleting.has(digest)) return undefined;
     this.health?.assertUp();
     this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
-    let found: { size: number } | undefined;
+    let found: { size: number; body?: Readable } | undefined;
     try {
-      found = await this.head(digest);
+      found = this.redirectSeconds !== undefined ? await this.head(digest) : await this.getWhole(digest);
     } catch (err) {
       this.released(digest);
       throw err;
     }
     if (found === undefined || this.pendingDeletes.has(digest)) {
+      found?.body?.destroy(); // never leave a body unread: it holds a socket
       this.released(digest);
       if (found === undefined) this.index.remove(digest); // deleted behind our back: keep the accounting true
       return undefined;
     }
     if (!this.index.has(digest)) this.index.add(digest, found.size);
     this.index.touch(digest);
-    return new StoredObject(this, digest, found.size, () => this.released(digest));
+    return new StoredObject(this, digest, found.size, () => this.released(digest), found.body);
+  }
+
+  /** GetObject of the whole object: its size and its body (not read yet), or undefined when there is none. */
+  private async getWhole(digest: string): Promise<{ size: number; body: Readable } | undefined> {
+    let res;
+    try {
+      res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw err;
+    }
+    const body = res.Body as Readable;
+    if (res.ContentLength === undefined) {
+      body.destroy();
+      throw new Error(`GET of object ${digest} answered without a Content-Length`);
+    }
+    return { size: res.ContentLength, body };
   }
 
   /** A reader is done with `digest`: a delete that waited for the last one happens now. */
@@ -423,20 +446,33 @@ export class S3MediaTypes implements MediaTypeRecords {
   }
 }
 
-/** Committed content held for reading: GetObject by range, streamed. */
+/**
+ * Committed content held for reading: the body of the GET that found it (the whole object, for a read of all
+ * of it), or a GetObject by range, streamed.
+ */
 class StoredObject implements StoredContent {
   readonly size: number;
   private readonly store: S3ContentStore;
   private readonly digest: string;
   private readonly release: () => void;
   private released = false;
+  /** The whole object's GET body, answered and unread: taken by the first read of all of it, else destroyed. */
+  private whole: Readable | undefined;
 
-  constructor(store: S3ContentStore, digest: string, size: number, release: () => void) {
+  constructor(store: S3ContentStore, digest: string, size: number, release: () => void, whole?: Readable) {
     this.store = store;
     this.digest = digest;
     this.size = size;
     this.release = release;
+    this.whole = whole;
     if (store.redirectSeconds !== undefined) this.directUrl = () => this.presign(store.redirectSeconds!);
+  }
+
+  /** The unread whole-object body, handed to the caller (no longer this object's to destroy). */
+  private takeWhole(): Readable | undefined {
+    const body = this.whole;
+    this.whole = undefined;
+    return body;
   }
 
   readonly directUrl?: () => Promise<string>;
@@ -455,6 +491,7 @@ class StoredObject implements StoredContent {
   }
 
   private done(): void {
+    this.takeWhole()?.destroy(); // never leave a body unread: it holds a socket
     if (this.released) return;
     this.released = true;
     this.release();
@@ -484,10 +521,17 @@ class StoredObject implements StoredContent {
     const expected = Math.max(0, end - start + 1);
     const out = new ExactLength(expected, this.digest);
     out.once("close", () => this.done());
+    const whole = start === 0 && end === this.size - 1 ? this.takeWhole() : undefined;
     if (expected === 0) {
+      whole?.destroy();
       out.end();
       return { out, answered: Promise.resolve() };
     }
+    if (whole !== undefined) {
+      this.pipeBody(whole, out);
+      return { out, answered: Promise.resolve() };
+    }
+    this.takeWhole()?.destroy(); // a range: the whole object's body is not what is asked for
     const abort = new AbortController();
     out.once("close", () => abort.abort());
     const answered = this.store.client
@@ -501,14 +545,7 @@ class StoredObject implements StoredContent {
       )
       .then(
         (res) => {
-          const body = res.Body as Readable;
-          if (out.destroyed) {
-            body.destroy(); // never leave a body unread: it holds a socket
-            return;
-          }
-          body.once("error", (err) => out.destroy(err));
-          out.once("close", () => body.destroy());
-          body.pipe(out);
+          this.pipeBody(res.Body as Readable, out);
         },
         (err: unknown) => {
           out.destroy(err as Error);
@@ -516,6 +553,17 @@ class StoredObject implements StoredContent {
         },
       );
     return { out, answered };
+  }
+
+  /** A GET's body into `out`: an error of either ends both. */
+  private pipeBody(body: Readable, out: ExactLength): void {
+    if (out.destroyed) {
+      body.destroy(); // never leave a body unread: it holds a socket
+      return;
+    }
+    body.once("error", (err) => out.destroy(err));
+    out.once("close", () => body.destroy());
+    body.pipe(out);
   }
 
   async bytes(): Promise<Buffer> {

@@ -136,6 +136,36 @@ describe("S3 content store, as the server sees it", () => {
     await writer.close();
   });
 
+  it("finds and reads content with one GetObject (no HEAD first); a range with one more, by Range", async () => {
+    made = await newStore();
+    const bytes = randomBytes(3 * MiB + 7);
+    const digest = digestOf(bytes);
+    await putContent(made.store, digest, bytes);
+    const counted = await countedClient();
+    try {
+      const reader = new S3ContentStore({
+        client: counted.client,
+        bucket: BUCKET,
+        prefix: made.prefix,
+        root: made.dir,
+      });
+      const whole = (await reader.open(digest))!;
+      expect(whole.size).toBe(bytes.length);
+      expect((await whole.bytes()).equals(bytes)).toBe(true);
+      expect(counted.sent).toEqual(["GetObjectCommand"]);
+      const part = (await reader.open(digest))!;
+      const range = part.read({ start: 1000, end: 2 * MiB });
+      const chunks: Buffer[] = [];
+      for await (const chunk of range) chunks.push(chunk as Buffer);
+      expect(Buffer.concat(chunks).equals(bytes.subarray(1000, 2 * MiB + 1))).toBe(true);
+      expect(counted.sent).toEqual(["GetObjectCommand", "GetObjectCommand", "GetObjectCommand"]);
+      expect(await reader.open(digestOf(randomBytes(10)))).toBeUndefined();
+      await waitForValue(() => !reader.inUse(digest));
+    } finally {
+      counted.client.destroy();
+    }
+  });
+
   it("aborts at start the uploads a crashed process left under its prefix, and counts them", async () => {
     made = await newStore();
     const { prefix, again } = made;
