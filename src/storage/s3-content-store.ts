@@ -101,6 +101,12 @@ export interface S3ContentStoreOptions {
    * StoreUnavailableError instead of waiting on the network (the cache passes misses and hits through).
    */
   health?: ObjectStoreHealth;
+  /**
+   * Told the bytes of every GET body received (the fill coordinator's ReceivePacer): each socket read is a fresh
+   * off-heap buffer, garbage once passed on, that V8 would otherwise only notice through its external-memory
+   * limit, with a full mark-compact every few dozen MiB of a warm read.
+   */
+  pacer?: { received(bytes: number): void };
 }
 
 /** The settings of `storage.s3` an S3 client is made from. */
@@ -166,6 +172,8 @@ export class S3ContentStore implements ContentStore {
   readonly partsInFlight: number;
   private readonly leftoverAfterMs: number;
   readonly health: ObjectStoreHealth | undefined;
+  /** @internal read by StoredObject */
+  readonly pacer: { received(bytes: number): void } | undefined;
   /** @internal read by StoredObject: presigned GETs for clients, valid this long (seconds); none when undefined. */
   readonly redirectSeconds: number | undefined;
   private readonly hasher: FileHasher;
@@ -190,6 +198,7 @@ export class S3ContentStore implements ContentStore {
     this.redirectSeconds = opts.redirectSeconds;
     this.leftoverAfterMs = opts.leftoverUploadAfterMs ?? 0;
     this.health = opts.health;
+    this.pacer = opts.pacer;
     this.index = new CacheIndex(this, opts);
   }
 
@@ -519,7 +528,7 @@ class StoredObject implements StoredContent {
     const start = range?.start ?? 0;
     const end = range?.end ?? this.size - 1;
     const expected = Math.max(0, end - start + 1);
-    const out = new ExactLength(expected, this.digest);
+    const out = new ExactLength(expected, this.digest, this.store.pacer);
     out.once("close", () => this.done());
     const whole = start === 0 && end === this.size - 1 ? this.takeWhole() : undefined;
     if (expected === 0) {
@@ -582,15 +591,18 @@ class ExactLength extends Transform {
   private seen = 0;
   private readonly expected: number;
   private readonly digest: string;
+  private readonly pacer: { received(bytes: number): void } | undefined;
 
-  constructor(expected: number, digest: string) {
+  constructor(expected: number, digest: string, pacer: { received(bytes: number): void } | undefined) {
     super();
     this.expected = expected;
     this.digest = digest;
+    this.pacer = pacer;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.seen += chunk.length;
+    this.pacer?.received(chunk.length);
     if (this.seen > this.expected) cb(new Error(`object ${this.digest} sent more bytes than asked for`));
     else cb(null, chunk);
   }

@@ -166,6 +166,26 @@ describe("S3 content store, as the server sees it", () => {
     }
   });
 
+  it("tells its pacer every byte it received from the object store, whole reads and ranges alike", async () => {
+    made = await newStore();
+    const bytes = randomBytes(2 * MiB + 11);
+    const digest = digestOf(bytes);
+    await putContent(made.store, digest, bytes);
+    let received = 0;
+    const reader = new S3ContentStore({
+      client,
+      bucket: BUCKET,
+      prefix: made.prefix,
+      root: made.dir,
+      pacer: { received: (n) => (received += n) },
+    });
+    expect((await (await reader.open(digest))!.bytes()).equals(bytes)).toBe(true);
+    expect(received).toBe(bytes.length);
+    const part = (await reader.open(digest))!.read({ start: 5, end: 1004 });
+    for await (const _ of part);
+    expect(received).toBe(bytes.length + 1000);
+  });
+
   it("aborts at start the uploads a crashed process left under its prefix, and counts them", async () => {
     made = await newStore();
     const { prefix, again } = made;
