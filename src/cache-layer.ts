@@ -112,6 +112,9 @@ export async function createCacheLayer(
           })
         : undefined;
     if (objectStoreHealth) metrics.showObjectStore(objectStoreHealth);
+    // One pacer for every body received from an upstream (fills and verified pass-throughs alike) or, on S3, from
+    // the object store.
+    const pacer = new ReceivePacer();
     const blobStore: ContentStore & { readonly root: string; readonly tempDir: string } =
       s3 && s3Client && objectStore
         ? new objectStore.S3ContentStore({
@@ -122,6 +125,7 @@ export async function createCacheLayer(
             touchIntervalMs,
             ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
             health: objectStoreHealth,
+            pacer,
             // Replicas share the prefix: one starting must not abort another's upload in progress (none outlives
             // its fill's timeout); younger leftovers go by the bucket's lifecycle rule.
             ...(config.cluster ? { leftoverUploadAfterMs: config.fill.timeout + 60_000 } : {}),
@@ -186,8 +190,6 @@ export async function createCacheLayer(
       upstreamNames: config.redis === undefined ? upstreams.map((u) => u.name) : [],
       idleExempt: async () => keptFromIdleExpiry.flatMap((source) => [...source()]),
     });
-    // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
-    const pacer = new ReceivePacer();
     const fills = new FillCoordinator(
       {
         store: blobStore,

@@ -39,6 +39,7 @@ import {
   ContentMismatchError,
   type ContentStore,
   type ContentWriter,
+  type SharedWrite,
   type WriteReservation,
 } from "../storage/content-store.ts";
 import { FileRangeStream, type BufferPool } from "../storage/file-range-stream.ts";
@@ -47,6 +48,11 @@ export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */
   size: number | undefined;
   body: Readable;
+  /**
+   * The body is another replica's download, which that replica commits to the store this one shares: the
+   * fill's writer follows it (WriterOptions.sharedWith) instead of uploading the same bytes again.
+   */
+  shared?: SharedWrite;
 }
 
 /** Opens the upstream response; must reject with a RegistryError (e.g. BLOB_UNKNOWN) when there is no blob. */
@@ -318,6 +324,7 @@ export class Fill {
       this.writer = await store.createWriter(this.digest, {
         expectedSize: upstream.size,
         reservation: this.reservation,
+        ...(upstream.shared !== undefined ? { sharedWith: upstream.shared } : {}),
       });
       this.phase = "streaming";
       this.resolveReady();
