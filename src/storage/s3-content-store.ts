@@ -436,17 +436,13 @@ class StoredObject implements StoredContent {
 
   readonly directUrl?: () => Promise<string>;
 
-  /** A presigned GET of the object, valid `seconds`; the content is released (the client reads it elsewhere). */
-  private async presign(seconds: number): Promise<string> {
-    try {
-      return await getSignedUrl(
-        this.store.client,
-        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
-        { expiresIn: seconds },
-      );
-    } finally {
-      this.done();
-    }
+  /** A presigned GET of the object, valid `seconds`; the content stays open until closed or read. */
+  private presign(seconds: number): Promise<string> {
+    return getSignedUrl(
+      this.store.client,
+      new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
+      { expiresIn: seconds },
+    );
   }
 
   private done(): void {

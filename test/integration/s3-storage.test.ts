@@ -218,6 +218,7 @@ describe("storage.s3.redirect", () => {
     expect(sha256(cold.body)).toBe(big.digest);
     await fillsSettled(redirecting);
 
+    const downloaded = await blobGets(big.digest);
     const warm = await fetchRaw(blobUrl(redirecting, big.digest));
     expect(warm.status).toBe(307);
     expect(warm.headers["x-mirror-cache"]).toBe("hit");
@@ -235,6 +236,25 @@ describe("storage.s3.redirect", () => {
     const head = await fetchRaw(blobUrl(redirecting, big.digest), { method: "HEAD" });
     expect(head.status).toBe(200);
     expect(Number(head.headers["content-length"])).toBe(big.bytes.length);
+
+    // The object store refuses a presigned GET that comes with an Authorization header...
+    const withCredentials = await fetchRaw(location.href, { headers: { authorization: "Basic dXNlcjpwdw==" } });
+    expect(withCredentials.status).toBe(400);
+    // ...which a client that authenticated to the mirror may send along to the same host name (Go's HTTP client
+    // keeps it for the same host or a subdomain; recent releases ignore the port): it gets the bytes from the mirror.
+    const authorized = await fetchRaw(blobUrl(redirecting, big.digest), {
+      headers: { authorization: "Bearer some-client-token" },
+    });
+    expect(authorized.status).toBe(200);
+    expect(authorized.headers["x-mirror-cache"]).toBe("hit");
+    expect(sha256(authorized.body)).toBe(big.digest);
+    // Reached under another host name, its credentials stay behind: redirected.
+    const elsewhere = await fetchRaw(blobUrl(redirecting, big.digest), {
+      headers: { authorization: "Bearer some-client-token", host: `mirror.example:${redirecting.port}` },
+    });
+    expect(elsewhere.status).toBe(307);
+    expect(new URL(String(elsewhere.headers.location)).origin).toBe(s3.endpoint);
+    expect(await blobGets(big.digest)).toBe(downloaded); // every answer above came from the bucket
   });
 });
 
