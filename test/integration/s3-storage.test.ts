@@ -31,6 +31,7 @@ import { startS3, type S3Server } from "../harness/s3.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
 const MiB = 1024 * 1024;
+const ADMIN_TOKEN = "s3-storage-admin-token-0123";
 const BUCKET = "mirror";
 const PREFIX = "cache/";
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -204,13 +205,16 @@ describe("content in S3", () => {
 });
 
 describe("storage.s3.redirect", () => {
-  it("answers a warm blob GET with a 307 to a presigned GET that serves the bytes, by Range too", async () => {
+  it("answers a warm blob GET with a 307 to a presigned GET that serves the bytes, by Range too; not where credentials would follow, nor to its own export", async () => {
     const ownDir = await mkdtemp(join(tmpdir(), "mirror-s3-redirect-"));
     teardown.add("redirect data dir", () => rm(ownDir, { recursive: true, force: true }));
     const redirecting = await startTestMirror({
       dataDir: ownDir,
       upstreams: { "docker.io": { url: relay.url, default: true } },
-      extra: { storage: { s3: s3Settings({ prefix: "redirect/", redirect: true }) } },
+      extra: {
+        storage: { s3: s3Settings({ prefix: "redirect/", redirect: true }) },
+        admin: { token: ADMIN_TOKEN },
+      },
     });
     teardown.add("redirecting mirror", () => redirecting.stop());
     const cold = await fetchRaw(blobUrl(redirecting, big.digest)); // a miss is streamed as it downloads
@@ -255,6 +259,16 @@ describe("storage.s3.redirect", () => {
     expect(elsewhere.status).toBe(307);
     expect(new URL(String(elsewhere.headers.location)).origin).toBe(s3.endpoint);
     expect(await blobGets(big.digest)).toBe(downloaded); // every answer above came from the bucket
+
+    // The mirror's own readers of a hit get its bytes, never a redirect: an export bundle holds the whole blob.
+    const bundle = await fetchRaw(`${redirecting.url}/admin/v1/export?reference=docker.io/team/s3:v1`, {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(bundle.status).toBe(200);
+    const at = bundle.body.indexOf(big.bytes.subarray(0, 4096));
+    expect(at).toBeGreaterThan(0);
+    expect(bundle.body.subarray(at, at + big.bytes.length).equals(big.bytes)).toBe(true);
+    expect(await blobGets(big.digest)).toBe(downloaded);
   });
 });
 
