@@ -205,7 +205,7 @@ describe("content in S3", () => {
 });
 
 describe("storage.s3.redirect", () => {
-  it("answers a warm blob GET with a 307 to a presigned GET that serves the bytes, by Range too; not where credentials would follow, nor to its own export", async () => {
+  it("answers a hit with a 307 to a presigned GET (Range too); streams where credentials follow, and to export", async () => {
     const ownDir = await mkdtemp(join(tmpdir(), "mirror-s3-redirect-"));
     teardown.add("redirect data dir", () => rm(ownDir, { recursive: true, force: true }));
     const redirecting = await startTestMirror({
