@@ -272,6 +272,43 @@ describe("storage.s3.redirect", () => {
   });
 });
 
+describe("storage.s3.redirectEndpoint", () => {
+  it("names the endpoint clients reach in the presigned URLs, signed for it, while the mirror uses its own", async () => {
+    // Stands for the name clients reach the store under (a load balancer in front of the gateway).
+    const publicName = teardown.track(await startRelay(s3.endpoint), "the store's public name");
+    const ownDir = await mkdtemp(join(tmpdir(), "mirror-s3-redirect-endpoint-"));
+    teardown.add("redirectEndpoint data dir", () => rm(ownDir, { recursive: true, force: true }));
+    const redirecting = await startTestMirror({
+      dataDir: ownDir,
+      upstreams: { "docker.io": { url: relay.url, default: true } },
+      extra: { storage: { s3: s3Settings({ prefix: "redirect/", redirect: true, redirectEndpoint: publicName.url }) } },
+    });
+    teardown.add("mirror with redirectEndpoint", () => redirecting.stop());
+    // Its own metadata has not seen the repository: the first answer proves it at the upstream.
+    expect((await fetchRaw(blobUrl(redirecting, big.digest))).status).toBe(200);
+    await fillsSettled(redirecting);
+    const warm = await fetchRaw(blobUrl(redirecting, big.digest));
+    expect(warm.status).toBe(307);
+    const location = new URL(String(warm.headers.location));
+    expect(location.origin).toBe(publicName.url);
+    expect(location.pathname).toBe(`/${BUCKET}/redirect/blobs/sha256/${big.digest.slice(7)}`);
+    const direct = await fetchRaw(location.href);
+    expect(direct.status).toBe(200);
+    expect(sha256(direct.body)).toBe(big.digest);
+    // The public name saw only the client's GET: the mirror's own requests went to `endpoint`.
+    expect(publicName.requests.map((r) => [r.method, r.authorization, r.status])).toEqual([["GET", false, 200]]);
+  });
+
+  it("is refused without redirect: true", () => {
+    expect(() =>
+      parseConfig({
+        listen: "127.0.0.1:0",
+        storage: { path: mirror.dataDir, s3: s3Settings({ redirectEndpoint: "https://s3.example.com" }) },
+      }),
+    ).toThrow(/redirectEndpoint is used only with redirect: true/);
+  });
+});
+
 describe("start-up probe of the object store", () => {
   const problemsWith = async (overrides: Record<string, unknown>) =>
     startUpProblems(
