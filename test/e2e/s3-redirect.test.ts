@@ -254,7 +254,7 @@ describe("storage.s3.redirect with a client that authenticates to the mirror", (
       expect(sha256(await readFile(join(dest, blob.digest.slice(7)))), blob.digest).toBe(blob.digest);
   }
 
-  it("mirror and store under one host name: the verified bytes come from the mirror, the store sees no client", async () => {
+  it("mirror and store under one host name: verified bytes from the mirror, none from the store", async () => {
     const seen = observe();
     const frontStart = lockedFront.requests.length;
     await copyWithCredentials("127.0.0.1");

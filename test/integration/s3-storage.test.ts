@@ -205,7 +205,7 @@ describe("content in S3", () => {
 });
 
 describe("storage.s3.redirect", () => {
-  it("answers a hit with a 307 to a presigned GET (Range too); streams where credentials follow, and to export", async () => {
+  it("a hit: 307 to a presigned GET (Range too); streamed where credentials follow, and to export", async () => {
     const ownDir = await mkdtemp(join(tmpdir(), "mirror-s3-redirect-"));
     teardown.add("redirect data dir", () => rm(ownDir, { recursive: true, force: true }));
     const redirecting = await startTestMirror({
