@@ -87,6 +87,8 @@ export async function createCacheLayer(
   // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
   const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
   let s3Client: S3Client | undefined;
+  /** Signs redirect mode's URLs for the endpoint clients reach (`storage.s3.redirectEndpoint`); makes no requests. */
+  let presignClient: S3Client | undefined;
   try {
     const rules = new CacheRules(config);
     const touchIntervalMs = touchIntervalFor(config, rules);
@@ -96,6 +98,10 @@ export async function createCacheLayer(
     // on its own disk never uses (test/integration/lazy-loading.test.ts).
     const objectStore = s3 ? await import("./storage/s3-content-store.ts") : undefined;
     s3Client = s3 && objectStore ? await objectStore.createS3Client(s3) : undefined;
+    presignClient =
+      s3?.redirectEndpoint && objectStore
+        ? await objectStore.createS3Client({ ...s3, endpoint: s3.redirectEndpoint })
+        : undefined;
     const objectStoreHealth =
       s3 && s3Client && objectStore
         ? new objectStore.ObjectStoreHealth({
@@ -124,6 +130,7 @@ export async function createCacheLayer(
             root: config.storage.path,
             touchIntervalMs,
             ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
+            ...(presignClient ? { presignClient } : {}),
             health: objectStoreHealth,
             pacer,
             // Replicas share the prefix: one starting must not abort another's upload in progress (none outlives
@@ -273,6 +280,7 @@ export async function createCacheLayer(
           await cluster?.close();
           await closeMetadata();
           s3Client?.destroy();
+          presignClient?.destroy();
           await lock.release();
         })();
         return closing;
@@ -280,6 +288,7 @@ export async function createCacheLayer(
     };
   } catch (err) {
     s3Client?.destroy();
+    presignClient?.destroy();
     await lock.release();
     throw err;
   }

@@ -54,7 +54,8 @@ export interface StoredContent {
   close(): Promise<void>;
   /**
    * Only where the store is set to send clients to the content itself (`storage.s3.redirect`): a short-lived URL a
-   * client may GET the content from directly (an object store's presigned GET), then releases the content.
+   * client may GET the content from directly (an object store's presigned GET). The content stays open: `close` it
+   * once the client is sent there, or `read` it after all.
    */
   directUrl?(): Promise<string>;
   /**

@@ -96,6 +96,8 @@ export interface S3ContentStoreOptions {
   leftoverUploadAfterMs?: number;
   /** Readers may send clients to the object itself: a presigned GET valid this many seconds (`directUrl`). */
   redirectSeconds?: number;
+  /** The client that signs those URLs, whose endpoint they name (`storage.s3.redirectEndpoint`); default `client`. */
+  presignClient?: S3Client;
   /**
    * The object store's health, watching `client`: while it is down, reads and new writes fail at once with
    * StoreUnavailableError instead of waiting on the network (the cache passes misses and hits through).
@@ -176,6 +178,8 @@ export class S3ContentStore implements ContentStore {
   readonly pacer: { received(bytes: number): void } | undefined;
   /** @internal read by StoredObject: presigned GETs for clients, valid this long (seconds); none when undefined. */
   readonly redirectSeconds: number | undefined;
+  /** @internal read by StoredObject: signs those GETs. */
+  readonly presignClient: S3Client;
   private readonly hasher: FileHasher;
   private readonly readers = new Map<string, number>();
   /** Deleted content still held open by a reader here: reads as absent, removed from S3 when the reader is done. */
@@ -196,6 +200,7 @@ export class S3ContentStore implements ContentStore {
     this.partsInFlight = Math.max(1, opts.partsInFlight ?? DEFAULT_PARTS_IN_FLIGHT);
     this.hasher = opts.hasher ?? new FileHasher();
     this.redirectSeconds = opts.redirectSeconds;
+    this.presignClient = opts.presignClient ?? opts.client;
     this.leftoverAfterMs = opts.leftoverUploadAfterMs ?? 0;
     this.health = opts.health;
     this.pacer = opts.pacer;
@@ -486,17 +491,13 @@ class StoredObject implements StoredContent {
 
   readonly directUrl?: () => Promise<string>;
 
-  /** A presigned GET of the object, valid `seconds`; the content is released (the client reads it elsewhere). */
-  private async presign(seconds: number): Promise<string> {
-    try {
-      return await getSignedUrl(
-        this.store.client,
-        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
-        { expiresIn: seconds },
-      );
-    } finally {
-      this.done();
-    }
+  /** A presigned GET of the object, valid `seconds`; the content stays open until closed or read. */
+  private presign(seconds: number): Promise<string> {
+    return getSignedUrl(
+      this.store.presignClient,
+      new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
+      { expiresIn: seconds },
+    );
   }
 
   private done(): void {
