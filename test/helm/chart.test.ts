@@ -48,6 +48,7 @@ interface Values {
     prefix: string;
     forcePathStyle: boolean;
     redirect: boolean;
+    redirectEndpoint: string;
     existingSecret: string;
     accessKeyIdKey: string;
     secretAccessKeyKey: string;
@@ -192,6 +193,8 @@ describe("values.schema.json", () => {
     ["S3 without a bucket", { s3: { enabled: true } }],
     ["an S3 endpoint that is not an http(s) origin", { s3: { enabled: true, bucket: "mirror", endpoint: "rgw:7480" } }],
     ["an s3 block inside config (the chart owns storage.s3)", { config: { storage: { s3: { bucket: "mirror" } } } }],
+    ["a redirect endpoint without redirect", { s3: { enabled: true, bucket: "mirror", redirectEndpoint: "https://s3.example.com" } }],
+    ["a redirect endpoint that is not an http(s) origin", { s3: { enabled: true, bucket: "mirror", redirect: true, redirectEndpoint: "s3.example.com" } }],
     ["Redis without a host", { redis: { enabled: true } }],
     ["replicas sharing downloads without Redis", { cluster: { enabled: true, existingSecret: "mirror-cluster" } }],
     ["a misspelt top-level key", { replicas: 2 }],
@@ -280,6 +283,28 @@ describe("replicas sharing downloads", () => {
   });
 });
 
+describe("S3 redirect mode", () => {
+  it("hands s3.redirectEndpoint to the mirror, whose loader accepts it beside the in-cluster endpoint", async () => {
+    const s3 = { enabled: true, bucket: "mirror", endpoint: "http://rgw.rook-ceph.svc:80", redirect: true, redirectEndpoint: "https://s3.example.com" };
+    const chart = renderChart(CHART, { values: [{ s3 }] });
+    const container = workload(chart).object.spec!.template.spec!.containers.find((c) => c.name === "mirror")!;
+    const dir = await mkdtemp(join(tmpdir(), "helm-config-"));
+    try {
+      const file = join(dir, "config.yaml");
+      await writeFile(file, configFile(chart));
+      const config = loadConfig({ file, env: podEnvironment(container) });
+      expect(config.storage.s3).toMatchObject({ endpoint: s3.endpoint, redirect: true, redirectEndpoint: s3.redirectEndpoint });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    // Without one, the variable is not set at all: the mirror signs for `endpoint`.
+    const plain = renderChart(CHART, { values: [{ s3: { ...s3, redirectEndpoint: "" } }] });
+    const env = podEnvironment(workload(plain).object.spec!.template.spec!.containers.find((c) => c.name === "mirror")!);
+    expect(env).not.toHaveProperty("MIRROR_STORAGE__S3__REDIRECT_ENDPOINT");
+    expect(env.MIRROR_STORAGE__S3__REDIRECT).toBe("true");
+  });
+});
+
 describe("values.yaml", () => {
   it("has a comment on every key", () => {
     const doc = parseDocument(readFileSync(join(CHART, "values.yaml"), "utf8"));
@@ -354,6 +379,7 @@ describe.each(CASES)("rendered with $name", ({ name, values }) => {
           redirect: merged.s3.redirect,
         });
         expect(config.storage.s3?.endpoint).toBe(merged.s3.endpoint || undefined);
+        expect(config.storage.s3?.redirectEndpoint).toBe(merged.s3.redirectEndpoint || undefined);
         expect(config.storage.s3?.accessKeyId).toBeUndefined();
         expect(config.storage.s3?.secretAccessKey).toBeUndefined();
         expect(configFile(chart)).not.toContain("s3");
