@@ -10,7 +10,7 @@ import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import Koa from "koa";
 import { pino, type Logger } from "pino";
-import { Registry } from "prom-client";
+import { Registry } from "./observability/prom-client.ts";
 import { createCacheLayer, createImporter, type CacheLayer } from "./cache-layer.ts";
 import { Prefetcher } from "./cache/prefetcher.ts";
 import { WarmupSets } from "./cache/warmup.ts";

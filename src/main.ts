@@ -6,17 +6,18 @@
  * line, configuration or machine the mirror cannot start with, one line per problem and no stack trace; 1:
  * anything else.
  */
+import { enableCompileCache } from "node:module";
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
-import { createMirror } from "./app.ts";
-import { DataDirLockedError } from "./storage/data-dir-lock.ts";
-import { EXPORT_USAGE, exportCommand } from "./cli/export.ts";
-import { IMPORT_USAGE, importCommand } from "./cli/import.ts";
-import { INVENTORY_USAGE, inventoryCommand } from "./cli/inventory.ts";
-import { PREFETCH_USAGE, prefetchCommand } from "./cli/prefetch.ts";
-import { WARMUP_USAGE, warmupCommand } from "./cli/warmup.ts";
-import { ConfigError, loadConfig } from "./config/load.ts";
-import { listenProblem, startUpProblems } from "./start-up-checks.ts";
+
+// Only built-in modules are imported statically here; the mirror, its configuration loader and each command are
+// imported when the command line asks for them (a subcommand's modules are not loaded by the mirror, nor the
+// mirror's by a subcommand: test/integration/lazy-loading.test.ts). That also lets Node's compile cache cover
+// them: it keeps V8's compiled code of every module loaded after this call on disk, keyed by content, so a
+// start after the first compiles little (the compiled build: under the OS temp directory unless
+// NODE_COMPILE_CACHE names one; scripts/start.sh names one for the type-stripped sources). It never fails a
+// start: an unwritable directory only leaves it off.
+enableCompileCache();
 
 const USAGE = `usage: mirror [--config FILE]
        mirror prefetch <reference> [--platform os/arch]... [--url URL]  (see mirror prefetch --help)
@@ -29,13 +30,24 @@ Starts the pull-through registry mirror. Without a config file it listens on 0.0
 and mirrors Docker Hub. MIRROR_CONFIG names a config file too; MIRROR_* variables override single keys
 (e.g. MIRROR_LISTEN=127.0.0.1:5001, MIRROR_STORAGE__PATH=/var/cache/mirror). See docs/configuration.md.`;
 
-/** Subcommands: the first argument names one. */
-const COMMANDS = new Map<string, { usage: string; run: (argv: string[]) => Promise<number> }>([
-  ["prefetch", { usage: PREFETCH_USAGE, run: (argv) => prefetchCommand(argv) }],
-  ["warmup", { usage: WARMUP_USAGE, run: (argv) => warmupCommand(argv) }],
-  ["export", { usage: EXPORT_USAGE, run: (argv) => exportCommand(argv) }],
-  ["import", { usage: IMPORT_USAGE, run: (argv) => importCommand(argv) }],
-  ["inventory", { usage: INVENTORY_USAGE, run: (argv) => inventoryCommand(argv) }],
+interface Command {
+  usage: string;
+  run: (argv: string[]) => Promise<number>;
+}
+
+/** Subcommands: the first argument names one; its module is loaded only then. */
+const COMMANDS = new Map<string, () => Promise<Command>>([
+  [
+    "prefetch",
+    async () => import("./cli/prefetch.ts").then((m) => ({ usage: m.PREFETCH_USAGE, run: m.prefetchCommand })),
+  ],
+  ["warmup", async () => import("./cli/warmup.ts").then((m) => ({ usage: m.WARMUP_USAGE, run: m.warmupCommand }))],
+  ["export", async () => import("./cli/export.ts").then((m) => ({ usage: m.EXPORT_USAGE, run: m.exportCommand }))],
+  ["import", async () => import("./cli/import.ts").then((m) => ({ usage: m.IMPORT_USAGE, run: m.importCommand }))],
+  [
+    "inventory",
+    async () => import("./cli/inventory.ts").then((m) => ({ usage: m.INVENTORY_USAGE, run: m.inventoryCommand })),
+  ],
 ]);
 
 async function main(): Promise<number> {
@@ -46,8 +58,9 @@ async function main(): Promise<number> {
   // with GC threads busy and 350 MiB RSS, against 15,700-16,300 req/s and 170 MiB without the S3 before it.
   // With pretenuring off: 16,300-16,800 req/s after S3, 210 MiB; cold 1 GiB throughput unchanged.
   setFlagsFromString("--no-allocation-site-pretenuring");
-  const command = COMMANDS.get(process.argv[2] ?? "");
-  if (command) {
+  const loadCommand = COMMANDS.get(process.argv[2] ?? "");
+  if (loadCommand) {
+    const command = await loadCommand();
     if (process.argv.includes("--help")) {
       console.log(command.usage);
       return 0;
@@ -66,6 +79,13 @@ async function main(): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  const [{ ConfigError, loadConfig }, { listenProblem, startUpProblems }, { createMirror }, { DataDirLockedError }] =
+    await Promise.all([
+      import("./config/load.ts"),
+      import("./start-up-checks.ts"),
+      import("./app.ts"),
+      import("./storage/data-dir-lock.ts"),
+    ]);
   // A configuration or environment the mirror cannot start with is one line per problem, all at once, and exit
   // status 2: the operator has something to fix, and a stack trace would bury it. A stack is kept for bugs.
   let config;

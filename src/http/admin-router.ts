@@ -5,7 +5,7 @@
  */
 import { timingSafeEqual, createHash } from "node:crypto";
 import { Readable } from "node:stream";
-import Router, { type RouterContext } from "@koa/router";
+import Router, { type RouterContext } from "./koa-router.ts";
 import type Koa from "koa";
 import { RegistryError } from "../oci/errors.ts";
 import type { AdminHandler, ExportBundle } from "../registry/admin-handler.ts";

@@ -2,8 +2,11 @@
  * The separate metrics listener (`metrics.listen`): a bare HTTP server answering GET /metrics only, so metrics
  * need not be exposed on the registry port.
  */
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import type { Metrics } from "./metrics.ts";
+
+// Not an `import` of node:http: that would load Node's bundled undici (src/http/server.ts says why).
+const { createServer } = process.getBuiltinModule("node:http");
 
 /** Resolves once the server listens on `host:port` (port 0 picks a free one). */
 export async function listenMetrics(metrics: Metrics, at: { host: string; port: number }): Promise<Server> {

@@ -7,7 +7,7 @@
  * docs/metrics.md lists every metric defined here (a test holds it to this file), and gives the PromQL and
  * recording rules for hit ratio and bandwidth saved.
  */
-import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "./prom-client.ts";
 
 export type RequestKind = "manifest" | "blob" | "tags" | "referrers" | "other";
 /** How a request was answered: from cache (hit), by fetching (miss), by joining a running fill (coalesced),

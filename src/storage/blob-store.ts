@@ -17,7 +17,7 @@
  *   <root>/tmp/<hex>.<random>        writes in progress (read only through their writer)
  */
 import type { EventEmitter } from "node:events";
-import { readdirSync, statSync } from "node:fs";
+import { lstatSync, readdirSync } from "node:fs";
 import { mkdir, open, readdir, rename, rm, stat, utimes, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -33,6 +33,9 @@ import {
 import { BufferPool, FileHandleRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
 import { openTempFile, TempFileWriter, type TempFile } from "./temp-file-write.ts";
+
+/** A committed file's name in its shard directory: the digest's hex. */
+const HEX64 = /^[0-9a-f]{64}$/;
 
 /** A temp file is flushed to disk (fdatasync, in the background) every this many bytes. */
 const SYNC_STEP = 64 * 1024 * 1024;
@@ -83,11 +86,13 @@ export class BlobStore implements ContentStore {
       (d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name),
     );
     for (const shard of shards) {
-      const dir = join(this.blobsDir, shard.name);
-      for (const file of readdirSync(dir, { withFileTypes: true })) {
-        if (!file.isFile() || !/^[0-9a-f]{64}$/.test(file.name)) continue;
-        const s = statSync(join(dir, file.name), { throwIfNoEntry: false });
-        if (s) found.push({ digest: `sha256:${file.name}`, size: s.size, lastAccess: s.mtimeMs });
+      // Names only, and one lstat per name (which says whether it is a plain file, as a directory entry's type
+      // would): no Dirent object per file, and no path.join per file (100,000 of each at the bench's size).
+      const dir = `${join(this.blobsDir, shard.name)}/`;
+      for (const name of readdirSync(dir)) {
+        if (!HEX64.test(name)) continue;
+        const s = lstatSync(dir + name, { throwIfNoEntry: false });
+        if (s?.isFile()) found.push({ digest: `sha256:${name}`, size: s.size, lastAccess: s.mtimeMs });
       }
     }
     return found;

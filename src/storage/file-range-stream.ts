@@ -20,9 +20,12 @@
  * than 256 KiB, at the same CPU per byte as 1 MiB.
  */
 import type { FileHandle } from "node:fs/promises";
-import { ServerResponse } from "node:http";
 import { Socket } from "node:net";
 import { Readable } from "node:stream";
+
+// Not an `import` of node:http: that would load Node's bundled undici at start-up (src/http/server.ts says why).
+const { ServerResponse } = process.getBuiltinModule("node:http");
+type ServerResponse = InstanceType<typeof ServerResponse>;
 
 /** Size of each read, and of each pooled buffer. */
 export const READ_CHUNK = 512 * 1024;

@@ -19,7 +19,8 @@
  */
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
 import { BlockList, isIP } from "node:net";
-import { buildConnector, type Dispatcher } from "undici";
+import type { buildConnector as BuildConnector } from "undici";
+import { buildConnector, type Dispatcher } from "./undici.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { discardBody } from "./response-body.ts";
 import { headerValue } from "./upstream-errors.ts";
@@ -136,7 +137,7 @@ export class OutboundPolicy {
    * The undici connector for this upstream's Agent (`connect` option): connections to hosts other than the
    * upstream's own and its authHosts are refused at a non-public address, unless allowPrivateRedirects.
    */
-  connector(options: buildConnector.BuildOptions): buildConnector.connector {
+  connector(options: BuildConnector.BuildOptions): BuildConnector.connector {
     const direct = buildConnector(options);
     if (this.allowPrivate) return direct;
     const guarded = buildConnector({ ...options, lookup: this.publicLookup });

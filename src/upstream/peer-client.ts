@@ -13,7 +13,7 @@
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Readable } from "node:stream";
-import { Agent } from "undici";
+import { Agent } from "./undici.ts";
 import { discardBody } from "./response-body.ts";
 import { headerValue } from "./upstream-errors.ts";
 

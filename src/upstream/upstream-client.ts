@@ -18,7 +18,7 @@
 import { readFileSync } from "node:fs";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Agent, type Dispatcher } from "undici";
+import { Agent, type Dispatcher } from "./undici.ts";
 import type { UpstreamConfig } from "../config/schema.ts";
 import { timerDelay } from "../config/timer-delay.ts";
 import { statusClass, type Metrics } from "../observability/metrics.ts";

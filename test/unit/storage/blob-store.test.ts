@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, open, readdir, rm, truncate, writeFile, type FileHandle } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readdir, rm, symlink, truncate, writeFile, type FileHandle } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -41,6 +41,27 @@ describe("BlobStore", () => {
     const opened = await second.open(digest);
     expect(opened?.size).toBe(5);
     await opened?.close();
+  });
+
+  it("indexes at start-up the committed files only: not other names, directories or symlinks in a shard", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "store-"));
+    dirs.push(dir);
+    const first = new BlobStore(dir);
+    await first.init();
+    const kept = Buffer.from("kept");
+    await putContent(first, digestOf(kept), kept);
+    const hex = digestOf(kept).slice("sha256:".length);
+    const shard = join(dir, "blobs", "sha256", hex.slice(0, 2));
+    const other = "ab".repeat(32);
+    // A symlink named like a digest (to the committed file), a directory so named, a name that is not one.
+    await symlink(join(shard, hex), join(shard, other));
+    await mkdir(join(shard, "cd".repeat(32)));
+    await writeFile(join(shard, `${"ef".repeat(32)}.part`), "stray");
+    await writeFile(join(shard, "EF".repeat(32)), "upper case");
+    const second = new BlobStore(dir);
+    expect(await second.init()).toMatchObject({ objects: 1, bytes: kept.length });
+    expect(second.index.sizeOf(digestOf(kept))).toBe(kept.length);
+    expect(second.index.has(`sha256:${other}`)).toBe(false);
   });
 
   it("commits only a temp file that holds exactly the verified size, and deletes one that does not", async () => {
