@@ -11,6 +11,7 @@
  *    it is free the fleet evicts exactly what one sweep needs.
  */
 import { createHash } from "node:crypto";
+import { readdir } from "node:fs/promises";
 import { CreateBucketCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -51,6 +52,7 @@ beforeAll(async () => {
   upstream = teardown.track(await startRegistry());
   redis = teardown.track(await startRedis());
   redisClient = new Redis(redis.url);
+  redisClient.on("error", () => undefined); // the outage test stops the server: this client reconnects after
   teardown.add("redis client", () => redisClient.disconnect());
 }, 180_000);
 
@@ -143,7 +145,10 @@ describe("storage.maxSize across a fleet on one bucket", () => {
     // Room for both pinned images and 7 layers, not 8 (layers differ by a few bytes): the 8th pull must evict.
     const s = blobs[0]!.bytes.length;
     const maxSize =
-      imageBytes(pinned) + imageBytes(importPinned) + sum(blobs.slice(0, 7).map((b) => b.bytes.length)) + s / 2;
+      imageBytes(pinned) +
+      imageBytes(importPinned) +
+      sum(blobs.slice(0, 7).map((b) => b.bytes.length)) +
+      Math.floor(s / 2);
     const storage = {
       maxSize,
       highWatermark: 0.99,
@@ -187,6 +192,11 @@ describe("storage.maxSize across a fleet on one bucket", () => {
     await pullBlob(c, "team/lru", blobs[1]!);
     expect(await blobGets(blobs[1]!.digest)).toBe(2);
     await waitFor(async () => (await f.holds()).has(blobs[1]!.digest), { timeoutMs: 10_000, what: "layer 1 again" });
+    // The local disks hold no content: only temp files while downloads run (none now) and small state files.
+    for (const m of [a, b, c]) {
+      const files = (await readdir(m.dataDir, { recursive: true })).map(String);
+      for (const blob of blobs) expect(files.filter((f) => f.includes(blob.digest.slice(7)))).toEqual([]);
+    }
   });
 
   it("lets one replica at a time evict: none while the lock is held, then exactly what one sweep needs", async () => {
@@ -221,5 +231,38 @@ describe("storage.maxSize across a fleet on one bucket", () => {
     expect(sum(each), `evictions by a, b, writer: ${each.join(", ")}`).toBe(4);
     expect((await f.holds()).size).toBe(2);
     expect(sum((await f.holds()).values())).toBeLessThanOrEqual(maxSize * 0.9);
+  });
+
+  it("holds the budget per replica while Redis is down, never failing a pull, and fleet-wide again once it returns", async () => {
+    const f = fleet("outage");
+    const size = 128 * 1024;
+    const blobs = Array.from({ length: 6 }, () => randomLayer(size));
+    for (const blob of blobs) await pushBlob(upstream.url, "team/outage", blob);
+    const maxSize = 4 * blobs[0]!.bytes.length;
+    const small = { maxSize, highWatermark: 0.9, lowWatermark: 0.55, checkInterval: "1s" };
+    const a = await f.start(small);
+    const b = await f.start(small);
+    await pullBlob(a, "team/outage", blobs[0]!);
+    await pullBlob(a, "team/outage", blobs[1]!);
+    await redis.stop();
+    try {
+      // B alone knows only its own commits: it keeps its own 4 within the budget, as without a fleet.
+      for (const blob of blobs.slice(2)) await pullBlob(b, "team/outage", blob);
+      await waitFor(async () => (await metric(b, EVICTED)) >= 2, { timeoutMs: 10_000, what: "B's own sweep" });
+      expect(await metric(b, EVICTED)).toBe(2);
+      expect((await f.holds()).size).toBe(4); // A's 2 and B's last 2: over the fleet's budget meanwhile
+      for (const blob of blobs.slice(4)) expect((await f.holds()).has(blob.digest)).toBe(true);
+    } finally {
+      await redis.start();
+    }
+    // Redis is back, empty: the next check records the bucket again, and one sweep brings the fleet within budget.
+    await waitFor(async () => (await f.holds()).size <= 2, { timeoutMs: 20_000, what: "the fleet's sweep" });
+    const held = await f.holds();
+    expect(sum(held.values())).toBeLessThanOrEqual(maxSize * 0.9);
+    await waitFor(async () => Number(await redisClient.get(`${f.keyPrefix}{content}:bytes`)) === sum(held.values()), {
+      timeoutMs: 5_000,
+      what: "the records to match the bucket",
+    });
+    for (const blob of blobs) await pullBlob(a, "team/outage", blob);
   });
 });
