@@ -189,6 +189,8 @@ export class Janitor {
   private readonly fleet: FleetContentRecords | undefined;
   /** Why the fleet's records did not answer last; undefined while they do (or without a fleet). */
   private fleetDown: string | undefined;
+  /** Redis did not answer at some point since this replica's index was last recorded in it. */
+  private fleetMissedWrites = false;
   /** The fleet's committed bytes as last read (what `state` reports in fleet mode). */
   private fleetBytes: number | undefined;
   /** Digests being evicted by this replica: their records are removed before the delete, not by onDelete. */
@@ -543,6 +545,7 @@ export class Janitor {
         "fleet budget: Redis unavailable: this replica keeps storage.maxSize over its own index until it answers",
       );
     this.fleetDown = reason;
+    this.fleetMissedWrites = true;
   }
 
   /**
@@ -566,8 +569,14 @@ export class Janitor {
       }
       if (pins !== undefined) await fleet.publishPins(pins, Math.max(3 * this.intervalMs, 60_000));
       if ((await fleet.count()) === 0 && this.store.index.objects > 0) {
+        this.fleetMissedWrites = false;
         const seeded = await fleet.seed(await this.store.scan());
         this.log.info({ objects: seeded }, "fleet budget: access records were empty: recorded the bucket again");
+      } else if (this.fleetMissedWrites) {
+        // What this replica committed while Redis was away is in its index only: recorded now (a record of an
+        // object evicted meanwhile costs one idempotent delete when its turn comes).
+        this.fleetMissedWrites = false;
+        await fleet.seed(this.store.index.mostRecentlyUsed());
       }
       if (this.fleetDown !== undefined) await this.committedBytes();
     } catch (err) {

@@ -265,4 +265,30 @@ describe("storage.maxSize across a fleet on one bucket", () => {
     });
     for (const blob of blobs) await pullBlob(a, "team/outage", blob);
   });
+
+  it("records what a replica committed while Redis was away once it answers again with records", async () => {
+    const f = fleet("away");
+    const blobs = Array.from({ length: 2 }, () => randomLayer(64 * 1024));
+    for (const blob of blobs) await pushBlob(upstream.url, "team/away", blob);
+    const a = await f.start({ maxSize: 100 * 1024 * 1024, checkInterval: "1s" });
+    await redis.stop();
+    try {
+      for (const blob of blobs) await pullBlob(a, "team/away", blob); // committed; not recorded
+    } finally {
+      await redis.start();
+    }
+    // Another replica's record arrives first (Redis restarted empty; it committed since): the records are not
+    // empty, so only A can tell what it committed meanwhile.
+    const other = `sha256:${"0".repeat(64)}`;
+    await redisClient.hset(`${f.keyPrefix}{content}:sizes`, other, 1000);
+    await redisClient.zadd(`${f.keyPrefix}{content}:access`, Date.now(), other);
+    await redisClient.set(`${f.keyPrefix}{content}:bytes`, 1000);
+    const bucket = sum((await f.holds()).values());
+    expect((await f.holds()).size).toBe(2);
+    await waitFor(async () => Number(await redisClient.get(`${f.keyPrefix}{content}:bytes`)) === bucket + 1000, {
+      timeoutMs: 10_000,
+      what: "A's commits made while Redis was away to be recorded",
+    });
+    expect(await redisClient.zcard(`${f.keyPrefix}{content}:access`)).toBe(3);
+  });
 });
