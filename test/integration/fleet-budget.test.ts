@@ -204,6 +204,8 @@ describe("storage.maxSize across a fleet on one bucket", () => {
     const size = 128 * 1024;
     const blobs = Array.from({ length: 6 }, () => randomLayer(size));
     for (const b of blobs) await pushBlob(upstream.url, "team/lock", b);
+    const late = randomLayer(size);
+    await pushBlob(upstream.url, "team/lock", late);
     const s = blobs[0]!.bytes.length;
     // Over 0.9 × budget with 6 layers; the low watermark holds 2.2 (layers differ by a few bytes): a sweep
     // evicts exactly 4.
@@ -224,6 +226,11 @@ describe("storage.maxSize across a fleet on one bucket", () => {
     expect(await metric(a, EVICTED)).toBe(0);
     expect(await metric(b, EVICTED)).toBe(0);
     expect((await f.holds()).size).toBe(6);
+    // A download that needs room meanwhile waits for the sweep (bounded), which does not come: served uncached.
+    await pullBlob(a, "team/lock", late);
+    expect(await metric(a, /^mirror_uncached_blobs_total\{upstream="docker.io"\} (\d+)$/m)).toBe(1);
+    expect((await f.holds()).has(late.digest)).toBe(false);
+    expect(await metric(a, EVICTED)).toBe(0);
     await redisClient.del(f.lockKey);
     await waitFor(async () => (await f.holds()).size <= 2, { timeoutMs: 15_000, what: "the sweep" });
     // Below the high watermark now: no later sweep evicts more. Two sweeps at once would have counted twice.
