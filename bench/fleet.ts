@@ -19,7 +19,7 @@ import { freePort } from "../test/harness/processes.ts";
 import { startRedis } from "../test/harness/redis.ts";
 import type { Registry } from "../test/harness/registry.ts";
 import { startS3, type S3Server } from "../test/harness/s3.ts";
-import { download, type Download } from "./measure.ts";
+import { download, upstreamBytesOf, type Download } from "./measure.ts";
 import { pushBlobFile, writeRandomFile, type SeededBlob } from "./seed.ts";
 import { formatRatio, formatSummary, ratio, rotation, summarize, type Summary } from "./stats.ts";
 import { MirrorTarget, ProxyRegistryTarget, type DistributionS3, type MirrorTargetOptions } from "./targets.ts";
@@ -205,22 +205,6 @@ export async function runFleet(ctx: FleetContext): Promise<void> {
   }
   for (const r of replicas) await download(`${r.url}${blobPath(ctx.first)}`, { expectBytes: ctx.first.size });
 
-  /** The upstream's bytes of this blob, summed from its log once it has stopped growing (bounded). */
-  const upstreamBytes = async (blob: SeededBlob): Promise<number> => {
-    let last = -1;
-    for (let i = 0; i < 20; i++) {
-      await upstream.sync();
-      const sum = upstream
-        .requests()
-        .filter((r) => r.method === "GET" && r.kind === "blobs" && r.path.split("?")[0]!.endsWith(`/${blob.digest}`))
-        .reduce((n, r) => n + r.written, 0);
-      if (sum === last) return sum;
-      last = sum;
-      await sleep(200);
-    }
-    return last;
-  };
-
   // --- cold: clients round-robin over the instances ---------------------------------------------------------
   for (let rep = 0; rep < reps; rep++) {
     for (const target of rotation(["mirror", "dist1", "dist3", "direct"] as const, rep)) {
@@ -256,7 +240,7 @@ export async function runFleet(ctx: FleetContext): Promise<void> {
       const ttfb = summarize(downloads.map((d) => d.ttfb * 1000))!;
       ctx.record(`${target}-wall-s`, wall);
       ctx.record(`${target}-ttfb-median-ms`, ttfb.median);
-      ctx.record(`${target}-upstream-x`, (await upstreamBytes(blob)) / blob.size);
+      ctx.record(`${target}-upstream-x`, (await upstreamBytesOf(upstream, blob.digest)) / blob.size);
       ctx.progress(
         `FLEET rep ${rep + 1}/${reps} ${target}: wall ${wall.toFixed(2)} s, TTFB median ${ttfb.median.toFixed(1)} ms`,
       );

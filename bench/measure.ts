@@ -5,6 +5,8 @@
  */
 import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Registry } from "../test/harness/registry.ts";
 
 export interface Download {
   status: number;
@@ -156,4 +158,23 @@ end
     requests,
     errors,
   };
+}
+
+/**
+ * The bytes the upstream sent of one blob (GETs of its digest only: a proxy may still be finishing its own upstream
+ * GETs of another blob), summed from its log once the sum has stopped growing (bounded: 20 polls 200 ms apart).
+ */
+export async function upstreamBytesOf(upstream: Registry, digest: string): Promise<number> {
+  let last = -1;
+  for (let i = 0; i < 20; i++) {
+    await upstream.sync();
+    const sum = upstream
+      .requests()
+      .filter((r) => r.method === "GET" && r.kind === "blobs" && r.path.split("?")[0]!.endsWith(`/${digest}`))
+      .reduce((n, r) => n + r.written, 0);
+    if (sum === last) return sum;
+    last = sum;
+    await sleep(200);
+  }
+  return last;
 }

@@ -88,6 +88,8 @@ export async function createCacheLayer(
   // First of all: BlobStore.init() deletes temp files, which are another process's downloads if it runs here.
   const lock = await DataDirLock.acquire(config.storage.path, opts.purpose ?? `mirror (listening on ${config.listen})`);
   let s3Client: S3Client | undefined;
+  /** Signs redirect mode's URLs for the endpoint clients reach (`storage.s3.redirectEndpoint`); makes no requests. */
+  let presignClient: S3Client | undefined;
   try {
     const rules = new CacheRules(config);
     const touchIntervalMs = touchIntervalFor(config, rules);
@@ -97,6 +99,10 @@ export async function createCacheLayer(
     // on its own disk never uses (test/integration/lazy-loading.test.ts).
     const objectStore = s3 ? await import("./storage/s3-content-store.ts") : undefined;
     s3Client = s3 && objectStore ? await objectStore.createS3Client(s3) : undefined;
+    presignClient =
+      s3?.redirectEndpoint && objectStore
+        ? await objectStore.createS3Client({ ...s3, endpoint: s3.redirectEndpoint })
+        : undefined;
     const objectStoreHealth =
       s3 && s3Client && objectStore
         ? new objectStore.ObjectStoreHealth({
@@ -113,6 +119,9 @@ export async function createCacheLayer(
           })
         : undefined;
     if (objectStoreHealth) metrics.showObjectStore(objectStoreHealth);
+    // One pacer for every body received from an upstream (fills and verified pass-throughs alike) or, on S3, from
+    // the object store.
+    const pacer = new ReceivePacer();
     const blobStore: ContentStore & { readonly root: string; readonly tempDir: string } =
       s3 && s3Client && objectStore
         ? new objectStore.S3ContentStore({
@@ -122,7 +131,9 @@ export async function createCacheLayer(
             root: config.storage.path,
             touchIntervalMs,
             ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
+            ...(presignClient ? { presignClient } : {}),
             health: objectStoreHealth,
+            pacer,
             // Replicas share the prefix: one starting must not abort another's upload in progress (none outlives
             // its fill's timeout); younger leftovers go by the bucket's lifecycle rule.
             ...(config.cluster ? { leftoverUploadAfterMs: config.fill.timeout + 60_000 } : {}),
@@ -210,8 +221,6 @@ export async function createCacheLayer(
       idleExempt: async () => keptFromIdleExpiry.flatMap((source) => [...source()]),
       fleet: fleetRecords,
     });
-    // One pacer for every body received from an upstream, fills and verified pass-throughs alike.
-    const pacer = new ReceivePacer();
     const fills = new FillCoordinator(
       {
         store: blobStore,
@@ -246,7 +255,9 @@ export async function createCacheLayer(
       if (u.config.offline)
         log.info({ upstream: u.name }, "upstream is offline by configuration: serving cached content only");
     }
-    const cluster = await openCluster(config, { redis, log, metrics });
+    // Only the mirror itself is a replica of the fleet: `mirror export|import|inventory` on a data directory serves
+    // no peer and follows none, so it neither reads the cluster secret nor takes fill leases.
+    const cluster = opts.purpose === undefined ? await openCluster(config, { redis, log, metrics }) : undefined;
     const blobCache = new BlobCache({
       store: blobStore,
       fills,
@@ -294,6 +305,7 @@ export async function createCacheLayer(
           await cluster?.close();
           await closeMetadata();
           s3Client?.destroy();
+          presignClient?.destroy();
           await lock.release();
         })();
         return closing;
@@ -301,6 +313,7 @@ export async function createCacheLayer(
     };
   } catch (err) {
     s3Client?.destroy();
+    presignClient?.destroy();
     await lock.release();
     throw err;
   }

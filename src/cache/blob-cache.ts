@@ -110,6 +110,9 @@ export class BlobCache {
    * For GET: the blob's bytes (the `range` of them, when given and the size is known), or BLOB_UNKNOWN (or the
    * upstream's error); RANGE_INVALID when the range is not satisfiable. Bytes that pass through uncached are
    * always the whole blob (RFC 9110 allows answering a Range request with the full content).
+   *
+   * `redirectTo`: whether this client may be sent to fetch a hit from a URL of the store's (`storage.s3.redirect`)
+   * instead; absent, or false for that URL: the bytes come through the mirror.
    */
   async get(
     upstream: UpstreamClient,
@@ -117,6 +120,7 @@ export class BlobCache {
     digest: string,
     range?: ByteRangeSpec,
     rule: CacheRule | undefined = this.ruleFor(upstream, repo),
+    redirectTo?: (location: string) => boolean,
   ): Promise<BlobResponse> {
     if (rule?.cache === false)
       return offlineAsUnknown(upstream, digest, async (): Promise<BlobResponse> => {
@@ -125,7 +129,7 @@ export class BlobCache {
       });
     const response = await this.serve<BlobResponse>(upstream, repo, digest, {
       stored: (content) =>
-        fromStore(content, range, "hit").catch(async (err: unknown): Promise<BlobResponse> => {
+        fromStore(content, range, "hit", redirectTo).catch(async (err: unknown): Promise<BlobResponse> => {
           // The store could not be read (an object store down) before any byte was sent: the upstream's bytes,
           // verified, instead of an error.
           if (!(err instanceof StoreUnavailableError)) throw err;
@@ -314,7 +318,7 @@ export class BlobCache {
         headers: { "Retry-After": "1" },
       });
     }
-    switch (readableAs(fill)) {
+    switch (fill.readableAs()) {
       case "download":
         return handler.download(fill, joined);
       case "committed": {
@@ -457,6 +461,7 @@ async function fromStore(
   content: StoredContent,
   spec: ByteRangeSpec | undefined,
   result: BlobResult,
+  redirectTo?: (location: string) => boolean,
 ): Promise<BlobResponse> {
   let range: { start: number; end: number } | undefined;
   try {
@@ -469,8 +474,21 @@ async function fromStore(
     await content.close();
     return { size: 0, range, body: EMPTY, result };
   }
-  // The store sends the client to the content itself (storage.s3.redirect); the Range goes along with it.
-  if (content.directUrl) return { size: content.size, range, body: EMPTY, result, redirect: await content.directUrl() };
+  // The store sends the client to the content itself (storage.s3.redirect), where the caller lets it; the Range
+  // goes along with it.
+  if (content.directUrl && redirectTo) {
+    let location: string;
+    try {
+      location = await content.directUrl();
+    } catch (err) {
+      await content.close();
+      throw err;
+    }
+    if (redirectTo(location)) {
+      await content.close();
+      return { size: content.size, range, body: EMPTY, result, redirect: location };
+    }
+  }
   const body = content.readWhenAnswered ? await content.readWhenAnswered(range) : content.read(range);
   return { size: content.size, range, body, result };
 }
@@ -504,18 +522,6 @@ function rangeToSend(spec: ByteRangeSpec | undefined, size: number): { start: nu
     });
   }
   return resolved;
-}
-
-/**
- * What a new reader of a ready fill gets, decided at one instant: the download in progress, the committed
- * content, or nothing of the fill's (no room to cache: the fill handed its body to one request and is done, or it
- * passed its download through to its readers and kept nothing). A fill that failed since it was ready answers
- * with its error, as its readers do.
- */
-function readableAs(fill: Fill): "download" | "committed" | "uncached" {
-  if (fill.state === "failed") throw fill.error ?? new Error(`blob fill of ${fill.digest} failed`);
-  if (fill.committed) return "committed";
-  return fill.state === "uncached" || fill.state === "passed" ? "uncached" : "download";
 }
 
 /** An upstream that is offline by configuration means "not cached" here: BLOB_UNKNOWN, not an outage. */

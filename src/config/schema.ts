@@ -438,8 +438,19 @@ export const configSchema = z
             secretAccessKeyFile: filePath.optional(),
             /** Blob GETs on a hit answered with a 307 to a presigned GET on the object store. */
             redirect: z.boolean().default(false),
+            /**
+             * The origin the presigned URLs of redirect mode name, when clients reach the store under another name
+             * than the mirror does (e.g. nodes outside the cluster's DNS); absent: `endpoint`.
+             */
+            redirectEndpoint: z
+              .string()
+              .regex(/^https?:\/\/[^/?#]+\/?$/, "expected an http:// or https:// origin, e.g. https://s3.example.com")
+              .optional(),
           })
           .strict()
+          .refine((c) => c.redirectEndpoint === undefined || c.redirect, {
+            message: "redirectEndpoint is used only with redirect: true",
+          })
           .refine((c) => c.accessKeyId === undefined || c.accessKeyIdFile === undefined, {
             message: "set accessKeyId or accessKeyIdFile, not both",
           })

@@ -39,6 +39,7 @@ import {
   ContentMismatchError,
   type ContentStore,
   type ContentWriter,
+  type SharedWrite,
   type WriteReservation,
 } from "../storage/content-store.ts";
 import { FileRangeStream, type BufferPool } from "../storage/file-range-stream.ts";
@@ -47,6 +48,11 @@ export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */
   size: number | undefined;
   body: Readable;
+  /**
+   * The body is another replica's download, which that replica commits to the store this one shares: the
+   * fill's writer follows it (WriterOptions.sharedWith) instead of uploading the same bytes again.
+   */
+  shared?: SharedWrite;
 }
 
 /** Opens the upstream response; must reject with a RegistryError (e.g. BLOB_UNKNOWN) when there is no blob. */
@@ -180,6 +186,18 @@ export class Fill {
     return this.state === "committed";
   }
 
+  /**
+   * What a new reader of this ready fill gets, decided at one instant (act on it before the next await): the
+   * download in progress (streaming into the store, or passing through to its readers), the committed content, or
+   * nothing of this fill's ("uncached": no room to cache, so its body went to one request, or it passed its
+   * download through and kept nothing). A fill that failed since it was ready throws its error, as its readers get.
+   */
+  readableAs(): "download" | "committed" | "uncached" {
+    if (this.state === "failed") throw this.failure ?? new Error(`blob fill of ${this.digest} failed`);
+    if (this.committed) return "committed";
+    return this.state === "uncached" || this.state === "passed" ? "uncached" : "download";
+  }
+
   /** Streaming into the store (not passing through, not ended). A getter, re-read after every await (see `committed`). */
   private get caching(): boolean {
     return this.state === "streaming";
@@ -306,6 +324,7 @@ export class Fill {
       this.writer = await store.createWriter(this.digest, {
         expectedSize: upstream.size,
         reservation: this.reservation,
+        ...(upstream.shared !== undefined ? { sharedWith: upstream.shared } : {}),
       });
       this.phase = "streaming";
       this.resolveReady();

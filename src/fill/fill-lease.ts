@@ -104,6 +104,23 @@ export class FillLeases {
     }
   }
 
+  /** How long a lease lives without renewal. */
+  get ttl(): number {
+    return this.ttlMs;
+  }
+
+  /**
+   * Whether the lease of `digest` is still `value` (the holder seen has not ended its download). Redis unable to
+   * say: true (the caller waits, bounded, as if it were).
+   */
+  async stillHeld(digest: string, value: string): Promise<boolean> {
+    try {
+      return (await this.redis.get(this.key(digest))) === value;
+    } catch {
+      return true;
+    }
+  }
+
   /** Leases held now (tests, shutdown). */
   get heldCount(): number {
     return this.held.size;

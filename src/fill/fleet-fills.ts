@@ -12,6 +12,10 @@
  *  2. Another replica holds it for the same upstream: this replica streams that replica's download. The holder
  *     downloads for a repository of its own; when that is another one, the caller's `confirmRepository` (the
  *     upstream's HEAD) runs first, so a peer's bytes never answer for a repository its upstream did not confirm.
+ *     The source says whose download it is (`shared`): on a store the replicas share, the holder's upload is
+ *     the one, and this replica's write commits the holder's object once its own copy verified (the store's
+ *     writer decides: s3-content-store.ts), waiting for it at most a lease's time to live while the lease
+ *     still names the holder.
  *  3. That replica cannot serve it (it died, or its download ended without a copy to give): the lease is taken
  *     over (only if it still names that replica: fill-lease.ts) and this replica downloads; if someone else took
  *     it first, it follows them. Three rounds at most, then it downloads for itself.
@@ -77,7 +81,9 @@ export class FleetFills {
         try {
           const blob = await this.peers.getFill(holder.url, digest, signal);
           this.metrics?.fleetFills.inc({ source: "peer" });
-          return blob;
+          // The holder commits these bytes to a shared store itself; this replica's write waits for that.
+          const shared = { pending: () => this.leases.stillHeld(digest, value), waitMs: this.leases.ttl };
+          return { ...blob, shared };
         } catch (err) {
           if (!(err instanceof PeerUnavailableError)) throw err;
           this.log.warn({ digest, peer: holder.url, err: err.message }, "fleet: the download's holder cannot serve it");

@@ -15,7 +15,9 @@
  * available the pacer does nothing and only the speed and memory gain is lost.
  *
  * One pacer per mirror, made by the composition root and handed to everything that receives upstream bodies
- * (fills, verified pass-throughs), so that all their received bytes count towards the same collections.
+ * (fills, verified pass-throughs) and to the S3 store, whose warm reads receive every byte from the object
+ * store (a 256 MiB read through one mirror, interleaved A/B under load: ~120 -> ~260 MB/s median), so that all
+ * their received bytes count towards the same collections.
  */
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";

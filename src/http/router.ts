@@ -154,6 +154,8 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
           target,
           digest: request.digest,
           range: request.range,
+          host: ctx.get("host") || undefined,
+          authorization: ctx.get("authorization") !== "",
         });
         break;
       case "tags":

@@ -32,6 +32,9 @@ export class BlobHandler {
     target: ResolvedRepository<UpstreamClient>;
     digest: string;
     range: ByteRangeSpec | undefined;
+    /** The Host header the client sent, and whether it sent an Authorization header: see `credentialsWouldFollow`. */
+    host?: string | undefined;
+    authorization?: boolean;
   }): Promise<RegistryResponse> {
     if (req.method === "HEAD") {
       const { value, from } = await this.through(req.target, (t) => this.cache.head(t.upstream, t.repo, req.digest));
@@ -41,8 +44,10 @@ export class BlobHandler {
       return { status: 200, headers, cache: result };
     }
 
+    // A client that authenticated here is sent to the object store only where its credentials stay behind.
+    const redirectTo = (location: string) => req.authorization !== true || !credentialsWouldFollow(req.host, location);
     const { value, from } = await this.through(req.target, (t) =>
-      this.cache.get(t.upstream, t.repo, req.digest, req.range),
+      this.cache.get(t.upstream, t.repo, req.digest, req.range, this.cache.ruleFor(t.upstream, t.repo), redirectTo),
     );
     const { size, range, body, result, redirect } = value;
     if (redirect !== undefined) {
@@ -81,4 +86,28 @@ function baseHeaders(digest: string, cache: string, from: string | undefined): R
     "Cache-Control": "max-age=31536000",
     "X-Mirror-Cache": cache,
   };
+}
+
+/**
+ * Whether a client sent from `requestHost` (its Host header) to `location` would send along the Authorization
+ * header it sent here. Go's HTTP client, which dockerd, containerd, podman and skopeo use, keeps it when the new
+ * host is the same or a subdomain of the old one (recent releases compare host names, ignoring ports; so does
+ * this, which covers the older ones too). An object store refuses a presigned URL that arrives with an
+ * Authorization header (Ceph RGW answers 400 InvalidArgument, as S3 does), and the client's credentials for the
+ * mirror do not belong there either. An unknown or unreadable host counts as "would follow".
+ */
+export function credentialsWouldFollow(requestHost: string | undefined, location: string): boolean {
+  let from: string;
+  let to: string;
+  try {
+    if (requestHost === undefined || requestHost === "") return true;
+    from = new URL(`http://${requestHost}`).hostname.toLowerCase();
+    to = new URL(location).hostname.toLowerCase();
+  } catch {
+    return true;
+  }
+  if (to === from) return true;
+  // IP addresses have no subdomains.
+  if (to.startsWith("[") || /^[\d.]+$/.test(to)) return false;
+  return to.endsWith(`.${from}`);
 }

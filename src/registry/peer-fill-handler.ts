@@ -5,7 +5,7 @@
  * asks only because this one's lease said it was downloading, so anything else is 404 and the asker takes over.
  */
 import { RegistryError } from "../oci/errors.ts";
-import type { Fill, FillCoordinator } from "../fill/fill-coordinator.ts";
+import type { FillCoordinator } from "../fill/fill-coordinator.ts";
 import type { ContentStore } from "../storage/content-store.ts";
 import type { RegistryResponse } from "./response.ts";
 
@@ -25,8 +25,9 @@ export class PeerFillHandler {
         () => true,
         () => false,
       );
-      // Decided at this instant, before any further await: a reader is only valid on a download still going.
-      if (ready && readable(running)) {
+      // Decided at this instant, before any further await: a reader is only valid on a download still going. A
+      // fill that failed, was committed or kept nothing is answered from the store below, or not at all.
+      if (ready && running.state !== "failed" && running.readableAs() === "download") {
         const size = running.size;
         const body = running.createReader(0, size === undefined ? undefined : size - 1);
         return respond(digest, size, body);
@@ -36,11 +37,6 @@ export class PeerFillHandler {
     if (stored !== undefined) return respond(digest, stored.size, stored.read());
     throw new RegistryError("BLOB_UNKNOWN", `no download of ${digest} here`);
   }
-}
-
-/** A download still going whose bytes are kept for its readers (not handed whole to one request, not ended). */
-function readable(fill: Fill): boolean {
-  return fill.state === "streaming" || fill.state === "passing";
 }
 
 function respond(digest: string, size: number | undefined, body: RegistryResponse["body"]): RegistryResponse {

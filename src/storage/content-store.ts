@@ -54,7 +54,8 @@ export interface StoredContent {
   close(): Promise<void>;
   /**
    * Only where the store is set to send clients to the content itself (`storage.s3.redirect`): a short-lived URL a
-   * client may GET the content from directly (an object store's presigned GET), then releases the content.
+   * client may GET the content from directly (an object store's presigned GET). The content stays open: `close` it
+   * once the client is sent there, or `read` it after all.
    */
   directUrl?(): Promise<string>;
   /**
@@ -78,6 +79,22 @@ export interface WriterOptions {
   expectedSize?: number;
   /** Room held for this write; the writer releases it once it has committed or discarded the content. */
   reservation?: WriteReservation;
+  /**
+   * Another writer is writing the same content into the same place, and this write follows its bytes (a replica
+   * of a fleet on one object store, streaming the download another replica holds). A store whose places are
+   * not shared ignores it. One that is (s3-content-store.ts) keeps this write's bytes local, verifies them as
+   * ever, and its `commit` then takes the other's content as committed once it is there with this length,
+   * or, when it does not appear, makes this write's own verified bytes visible.
+   */
+  sharedWith?: SharedWrite;
+}
+
+/** The other writer of the same content (WriterOptions.sharedWith). */
+export interface SharedWrite {
+  /** Whether the other writer may still commit (it has not ended): a commit waits for its content meanwhile. */
+  pending(): Promise<boolean>;
+  /** The longest a commit waits for the other's content before making its own visible. */
+  waitMs: number;
 }
 
 /**

@@ -13,7 +13,7 @@
  *   one PutObject, after it verified.
  * - Uploads a crashed process left behind are aborted by `init()` (and, whatever happens to a process, by the
  *   bucket lifecycle rule the guide documents: abort incomplete multipart uploads after a day).
- * - Content is read with GetObject (by Range). A delete of content that a reader holds open here is deferred
+ * - Content is found and read with one GetObject (a read of a range: one more, by Range). A delete of content that a reader holds open here is deferred
  *   until that reader is done (the content reads as absent at once): a response that started always completes.
  * - With `health` (object-store-health.ts), failures to reach the store mark it down: reads and new writes then
  *   fail at once with StoreUnavailableError, and the cache streams misses and hits from the upstreams instead.
@@ -30,6 +30,7 @@
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable, type TransformCallback } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -50,6 +51,7 @@ import { CacheIndex } from "./cache-index.ts";
 import {
   type ContentStore,
   type ContentWriter,
+  type SharedWrite,
   type StoredContent,
   type WriteReservation,
   type WriterOptions,
@@ -69,6 +71,8 @@ const DEFAULT_PART_SIZE = 8 * MiB;
 const MAX_PARTS = 10_000;
 /** Parts uploaded at once per write: memory per write ≈ this × the part size. */
 const DEFAULT_PARTS_IN_FLIGHT = 3;
+/** How often a write following another's (WriterOptions.sharedWith) looks for the other's object while it waits. */
+const SHARED_POLL_MS = 200;
 /** Listing pages followed at most (1,000 keys each): a bound on every listing loop. */
 const MAX_LIST_PAGES = 100_000;
 
@@ -92,11 +96,19 @@ export interface S3ContentStoreOptions {
   leftoverUploadAfterMs?: number;
   /** Readers may send clients to the object itself: a presigned GET valid this many seconds (`directUrl`). */
   redirectSeconds?: number;
+  /** The client that signs those URLs, whose endpoint they name (`storage.s3.redirectEndpoint`); default `client`. */
+  presignClient?: S3Client;
   /**
    * The object store's health, watching `client`: while it is down, reads and new writes fail at once with
    * StoreUnavailableError instead of waiting on the network (the cache passes misses and hits through).
    */
   health?: ObjectStoreHealth;
+  /**
+   * Told the bytes of every GET body received (the fill coordinator's ReceivePacer): each socket read is a fresh
+   * off-heap buffer, garbage once passed on, that V8 would otherwise only notice through its external-memory
+   * limit, with a full mark-compact every few dozen MiB of a warm read.
+   */
+  pacer?: { received(bytes: number): void };
 }
 
 /** The settings of `storage.s3` an S3 client is made from. */
@@ -162,8 +174,12 @@ export class S3ContentStore implements ContentStore {
   readonly partsInFlight: number;
   private readonly leftoverAfterMs: number;
   readonly health: ObjectStoreHealth | undefined;
+  /** @internal read by StoredObject */
+  readonly pacer: { received(bytes: number): void } | undefined;
   /** @internal read by StoredObject: presigned GETs for clients, valid this long (seconds); none when undefined. */
   readonly redirectSeconds: number | undefined;
+  /** @internal read by StoredObject: signs those GETs. */
+  readonly presignClient: S3Client;
   private readonly hasher: FileHasher;
   private readonly readers = new Map<string, number>();
   /** Deleted content still held open by a reader here: reads as absent, removed from S3 when the reader is done. */
@@ -184,8 +200,10 @@ export class S3ContentStore implements ContentStore {
     this.partsInFlight = Math.max(1, opts.partsInFlight ?? DEFAULT_PARTS_IN_FLIGHT);
     this.hasher = opts.hasher ?? new FileHasher();
     this.redirectSeconds = opts.redirectSeconds;
+    this.presignClient = opts.presignClient ?? opts.client;
     this.leftoverAfterMs = opts.leftoverUploadAfterMs ?? 0;
     this.health = opts.health;
+    this.pacer = opts.pacer;
     this.index = new CacheIndex(this, opts);
   }
 
@@ -272,7 +290,8 @@ export class S3ContentStore implements ContentStore {
     return (await this.head(digest))?.size;
   }
 
-  private async head(digest: string): Promise<{ size: number } | undefined> {
+  /** @internal The object's size in the bucket now (a HEAD), or undefined when there is none. */
+  async head(digest: string): Promise<{ size: number } | undefined> {
     try {
       const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
       return { size: res.ContentLength ?? 0 };
@@ -285,26 +304,49 @@ export class S3ContentStore implements ContentStore {
   /**
    * The reader is counted before the object is looked up, so that a delete meanwhile waits for it (and is then
    * seen here: the content reads as absent) instead of removing the object under a reader about to start.
+   *
+   * The look is the GET of the whole object itself (one request, not a HEAD and then a GET): its answer gives
+   * the size, and its body, unread until then, is what a read of the whole content streams. A read of a range
+   * drops it and asks for the range instead. With `redirectSeconds` the client reads the object elsewhere: a
+   * HEAD.
    */
   async open(digest: string): Promise<StoredContent | undefined> {
     if (this.pendingDeletes.has(digest) || this.deleting.has(digest)) return undefined;
     this.health?.assertUp();
     this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
-    let found: { size: number } | undefined;
+    let found: { size: number; body?: Readable } | undefined;
     try {
-      found = await this.head(digest);
+      found = this.redirectSeconds !== undefined ? await this.head(digest) : await this.getWhole(digest);
     } catch (err) {
       this.released(digest);
       throw err;
     }
     if (found === undefined || this.pendingDeletes.has(digest)) {
+      found?.body?.destroy(); // never leave a body unread: it holds a socket
       this.released(digest);
       if (found === undefined) this.index.remove(digest); // deleted behind our back: keep the accounting true
       return undefined;
     }
     if (!this.index.has(digest)) this.index.add(digest, found.size);
     this.index.touch(digest);
-    return new StoredObject(this, digest, found.size, () => this.released(digest));
+    return new StoredObject(this, digest, found.size, () => this.released(digest), found.body);
+  }
+
+  /** GetObject of the whole object: its size and its body (not read yet), or undefined when there is none. */
+  private async getWhole(digest: string): Promise<{ size: number; body: Readable } | undefined> {
+    let res;
+    try {
+      res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
+    } catch (err) {
+      if (isMissing(err)) return undefined;
+      throw err;
+    }
+    const body = res.Body as Readable;
+    if (res.ContentLength === undefined) {
+      body.destroy();
+      throw new Error(`GET of object ${digest} answered without a Content-Length`);
+    }
+    return { size: res.ContentLength, body };
   }
 
   /** A reader is done with `digest`: a delete that waited for the last one happens now. */
@@ -354,7 +396,7 @@ export class S3ContentStore implements ContentStore {
 
   async createWriter(digest: string, opts: WriterOptions = {}): Promise<ContentWriter> {
     this.health?.assertUp();
-    return openTempFile(this.tempDir, this.hasher, digest, opts, (file) => new S3Writer(this, file));
+    return openTempFile(this.tempDir, this.hasher, digest, opts, (file) => new S3Writer(this, file, opts.sharedWith));
   }
 
   /** @internal S3Writer.commit: the object is visible. Indexed first, then the reservation released, then told. */
@@ -418,38 +460,48 @@ export class S3MediaTypes implements MediaTypeRecords {
   }
 }
 
-/** Committed content held for reading: GetObject by range, streamed. */
+/**
+ * Committed content held for reading: the body of the GET that found it (the whole object, for a read of all
+ * of it), or a GetObject by range, streamed.
+ */
 class StoredObject implements StoredContent {
   readonly size: number;
   private readonly store: S3ContentStore;
   private readonly digest: string;
   private readonly release: () => void;
   private released = false;
+  /** The whole object's GET body, answered and unread: taken by the first read of all of it, else destroyed. */
+  private whole: Readable | undefined;
 
-  constructor(store: S3ContentStore, digest: string, size: number, release: () => void) {
+  constructor(store: S3ContentStore, digest: string, size: number, release: () => void, whole?: Readable) {
     this.store = store;
     this.digest = digest;
     this.size = size;
     this.release = release;
+    this.whole = whole;
     if (store.redirectSeconds !== undefined) this.directUrl = () => this.presign(store.redirectSeconds!);
+  }
+
+  /** The unread whole-object body, handed to the caller (no longer this object's to destroy). */
+  private takeWhole(): Readable | undefined {
+    const body = this.whole;
+    this.whole = undefined;
+    return body;
   }
 
   readonly directUrl?: () => Promise<string>;
 
-  /** A presigned GET of the object, valid `seconds`; the content is released (the client reads it elsewhere). */
-  private async presign(seconds: number): Promise<string> {
-    try {
-      return await getSignedUrl(
-        this.store.client,
-        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
-        { expiresIn: seconds },
-      );
-    } finally {
-      this.done();
-    }
+  /** A presigned GET of the object, valid `seconds`; the content stays open until closed or read. */
+  private presign(seconds: number): Promise<string> {
+    return getSignedUrl(
+      this.store.presignClient,
+      new GetObjectCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
+      { expiresIn: seconds },
+    );
   }
 
   private done(): void {
+    this.takeWhole()?.destroy(); // never leave a body unread: it holds a socket
     if (this.released) return;
     this.released = true;
     this.release();
@@ -477,12 +529,19 @@ class StoredObject implements StoredContent {
     const start = range?.start ?? 0;
     const end = range?.end ?? this.size - 1;
     const expected = Math.max(0, end - start + 1);
-    const out = new ExactLength(expected, this.digest);
+    const out = new ExactLength(expected, this.digest, this.store.pacer);
     out.once("close", () => this.done());
+    const whole = start === 0 && end === this.size - 1 ? this.takeWhole() : undefined;
     if (expected === 0) {
+      whole?.destroy();
       out.end();
       return { out, answered: Promise.resolve() };
     }
+    if (whole !== undefined) {
+      this.pipeBody(whole, out);
+      return { out, answered: Promise.resolve() };
+    }
+    this.takeWhole()?.destroy(); // a range: the whole object's body is not what is asked for
     const abort = new AbortController();
     out.once("close", () => abort.abort());
     const answered = this.store.client
@@ -496,14 +555,7 @@ class StoredObject implements StoredContent {
       )
       .then(
         (res) => {
-          const body = res.Body as Readable;
-          if (out.destroyed) {
-            body.destroy(); // never leave a body unread: it holds a socket
-            return;
-          }
-          body.once("error", (err) => out.destroy(err));
-          out.once("close", () => body.destroy());
-          body.pipe(out);
+          this.pipeBody(res.Body as Readable, out);
         },
         (err: unknown) => {
           out.destroy(err as Error);
@@ -511,6 +563,17 @@ class StoredObject implements StoredContent {
         },
       );
     return { out, answered };
+  }
+
+  /** A GET's body into `out`: an error of either ends both. */
+  private pipeBody(body: Readable, out: ExactLength): void {
+    if (out.destroyed) {
+      body.destroy(); // never leave a body unread: it holds a socket
+      return;
+    }
+    body.once("error", (err) => out.destroy(err));
+    out.once("close", () => body.destroy());
+    body.pipe(out);
   }
 
   async bytes(): Promise<Buffer> {
@@ -529,15 +592,18 @@ class ExactLength extends Transform {
   private seen = 0;
   private readonly expected: number;
   private readonly digest: string;
+  private readonly pacer: { received(bytes: number): void } | undefined;
 
-  constructor(expected: number, digest: string) {
+  constructor(expected: number, digest: string, pacer: { received(bytes: number): void } | undefined) {
     super();
     this.expected = expected;
     this.digest = digest;
+    this.pacer = pacer;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.seen += chunk.length;
+    this.pacer?.received(chunk.length);
     if (this.seen > this.expected) cb(new Error(`object ${this.digest} sent more bytes than asked for`));
     else cb(null, chunk);
   }
@@ -561,6 +627,15 @@ interface Part {
 /**
  * A write into a temp file, mirrored part by part into a multipart upload on the final key as the bytes
  * arrive; completed (or sent whole, when smaller than a part) only once verified, aborted otherwise.
+ *
+ * A write following another writer's download of the same content (`sharedWith`: a replica of the fleet
+ * streaming the holder's bytes) uploads nothing as the bytes arrive: the holder is uploading them to the same
+ * key. Once this write's own bytes verified, its commit takes the holder's object as committed when it is there
+ * with this length (the holder's last byte reaches a follower only after the holder committed, so normally at
+ * the first look); while the holder may still commit, it looks again, up to `waitMs`. When no such object
+ * appears (the holder passed its download through uncached, or its content was evicted at once), the temp
+ * file's verified bytes are uploaded as any write's are: the digest never stays uncommitted for want of an
+ * upload, and nothing but verified bytes is ever sent.
  */
 class S3Writer extends TempFileWriter {
   private readonly store: S3ContentStore;
@@ -576,15 +651,23 @@ class S3Writer extends TempFileWriter {
   /** The first upload failure: the write cannot be committed any more. */
   private failure: Error | undefined;
   private discarding: Promise<void> | undefined;
+  /** The other writer of the same content, whose upload this write leaves alone (see the class comment). */
+  private readonly shared: SharedWrite | undefined;
 
-  constructor(store: S3ContentStore, file: TempFile) {
+  constructor(store: S3ContentStore, file: TempFile, shared: SharedWrite | undefined) {
     super(file);
     this.store = store;
     this.partSize = partSizeFor(file.expectedSize, store.partSize);
+    this.shared = shared;
   }
 
   async write(chunks: readonly Uint8Array[]): Promise<void> {
     await this.append(chunks);
+    if (this.shared === undefined) this.queueWholeParts();
+  }
+
+  /** Queues every whole part written and not queued yet, and starts what may start. */
+  private queueWholeParts(): void {
     const size = this.partSize;
     while (this.bytes - this.queuedTo >= size) {
       this.queue.push({ number: this.partNumber(this.queuedTo), start: this.queuedTo, end: this.queuedTo + size });
@@ -661,6 +744,15 @@ class S3Writer extends TempFileWriter {
     try {
       const { bucket, client } = this.store;
       const key = this.store.keyOf(this.digest);
+      if (this.shared !== undefined) {
+        if (await this.committedByOther(this.shared)) {
+          this.outcome = "committed";
+          await rm(this.path, { force: true });
+          this.store.committed(this.digest, this.bytes, this.reservation);
+          return;
+        }
+        this.queueWholeParts(); // its own verified copy, then, as any write sends it
+      }
       if (this.upload === undefined && this.queue.length === 0 && this.running.size === 0) {
         const body = await this.readBack(0, this.bytes);
         await this.store.beforeCommit(this.digest);
@@ -695,6 +787,24 @@ class S3Writer extends TempFileWriter {
     this.outcome = "committed";
     await rm(this.path, { force: true });
     this.store.committed(this.digest, this.bytes, this.reservation);
+  }
+
+  /**
+   * Whether the other writer's object is in the bucket with this write's length: now, or within `waitMs` while
+   * the other may still commit. Only verified content ever reaches a key, whoever wrote it.
+   */
+  private async committedByOther(shared: SharedWrite): Promise<boolean> {
+    await this.store.beforeCommit(this.digest); // a delete of the key under way here ends first
+    const deadline = Date.now() + shared.waitMs;
+    for (let look = 0; look < 100_000; look++) {
+      const found = await this.store.head(this.digest);
+      if (found !== undefined) return found.size === this.bytes;
+      if (Date.now() >= deadline) return false;
+      // The other has ended without (yet) an object: one last look, for a commit just before it ended.
+      if (!(await shared.pending())) return (await this.store.head(this.digest))?.size === this.bytes;
+      await sleep(Math.min(SHARED_POLL_MS, Math.max(0, deadline - Date.now())));
+    }
+    return false;
   }
 
   private async readBack(start: number, end: number): Promise<Buffer> {

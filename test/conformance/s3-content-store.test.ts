@@ -136,6 +136,56 @@ describe("S3 content store, as the server sees it", () => {
     await writer.close();
   });
 
+  it("finds and reads content with one GetObject (no HEAD first); a range with one more, by Range", async () => {
+    made = await newStore();
+    const bytes = randomBytes(3 * MiB + 7);
+    const digest = digestOf(bytes);
+    await putContent(made.store, digest, bytes);
+    const counted = await countedClient();
+    try {
+      const reader = new S3ContentStore({
+        client: counted.client,
+        bucket: BUCKET,
+        prefix: made.prefix,
+        root: made.dir,
+      });
+      const whole = (await reader.open(digest))!;
+      expect(whole.size).toBe(bytes.length);
+      expect((await whole.bytes()).equals(bytes)).toBe(true);
+      expect(counted.sent).toEqual(["GetObjectCommand"]);
+      const part = (await reader.open(digest))!;
+      const range = part.read({ start: 1000, end: 2 * MiB });
+      const chunks: Buffer[] = [];
+      for await (const chunk of range) chunks.push(chunk as Buffer);
+      expect(Buffer.concat(chunks).equals(bytes.subarray(1000, 2 * MiB + 1))).toBe(true);
+      expect(counted.sent).toEqual(["GetObjectCommand", "GetObjectCommand", "GetObjectCommand"]);
+      expect(await reader.open(digestOf(randomBytes(10)))).toBeUndefined();
+      await waitForValue(() => !reader.inUse(digest));
+    } finally {
+      counted.client.destroy();
+    }
+  });
+
+  it("tells its pacer every byte it received from the object store, whole reads and ranges alike", async () => {
+    made = await newStore();
+    const bytes = randomBytes(2 * MiB + 11);
+    const digest = digestOf(bytes);
+    await putContent(made.store, digest, bytes);
+    let received = 0;
+    const reader = new S3ContentStore({
+      client,
+      bucket: BUCKET,
+      prefix: made.prefix,
+      root: made.dir,
+      pacer: { received: (n) => (received += n) },
+    });
+    expect((await (await reader.open(digest))!.bytes()).equals(bytes)).toBe(true);
+    expect(received).toBe(bytes.length);
+    const part = (await reader.open(digest))!.read({ start: 5, end: 1004 });
+    for await (const _ of part);
+    expect(received).toBe(bytes.length + 1000);
+  });
+
   it("aborts at start the uploads a crashed process left under its prefix, and counts them", async () => {
     made = await newStore();
     const { prefix, again } = made;
@@ -163,6 +213,134 @@ describe("S3 content store, as the server sees it", () => {
     expect((await serverHolds(prefix)).uploads).toEqual([]);
   });
 });
+
+/** A client of its own for one store, and the names of the commands it sent (what that store asked of S3). */
+async function countedClient(): Promise<{ client: S3Client; sent: string[] }> {
+  const counted = await createS3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+  });
+  const sent: string[] = [];
+  counted.middlewareStack.add(
+    (next, context) => (args) => {
+      sent.push(context.commandName ?? "?");
+      return next(args);
+    },
+    { step: "initialize" },
+  );
+  return { client: counted, sent };
+}
+
+const UPLOADS = new Set(["CreateMultipartUploadCommand", "UploadPartCommand", "PutObjectCommand"]);
+
+describe("S3 content store: a write following another writer's upload of the same content (sharedWith)", () => {
+  let made: Awaited<ReturnType<typeof newStore>> | undefined;
+  let follower: { client: S3Client; sent: string[] } | undefined;
+  afterEach(async () => {
+    follower?.client.destroy();
+    follower = undefined;
+    if (made === undefined) return;
+    await emptyPrefix(made.prefix);
+    await rm(made.dir, { recursive: true, force: true });
+    made = undefined;
+  });
+
+  /** A second store on the same prefix (another replica), whose S3 requests are counted. */
+  async function followerStore(): Promise<S3ContentStore> {
+    follower = await countedClient();
+    const dir = await mkdtemp(join(tmpdir(), "s3-conformance-follower-"));
+    const store = new S3ContentStore({
+      client: follower.client,
+      bucket: BUCKET,
+      prefix: made!.prefix,
+      root: dir,
+      partSize: 5 * MiB,
+    });
+    await store.init();
+    follower.sent.length = 0;
+    return store;
+  }
+
+  it("uploads nothing and commits the other's object once its own bytes verified", async () => {
+    made = await newStore();
+    const { store, prefix } = made;
+    const other = await followerStore();
+    const bytes = randomBytes(12 * MiB + 5);
+    const digest = digestOf(bytes);
+    const key = `blobs/sha256/${digest.slice("sha256:".length)}`;
+    let pendingAsked = 0;
+    const writer = await other.createWriter(digest, {
+      expectedSize: bytes.length,
+      sharedWith: { pending: async () => (pendingAsked++, true), waitMs: 30_000 },
+    });
+    for (let at = 0; at < bytes.length; at += MiB) await writer.write([bytes.subarray(at, at + MiB)]);
+    expect(await serverHolds(prefix)).toEqual({ objects: [], uploads: [] });
+    // Its commit waits while the other may still commit, and takes the other's object when it appears.
+    const committing = writer.commit();
+    await waitForValue(() => pendingAsked > 0);
+    await putContent(store, digest, bytes);
+    await committing;
+    await writer.close();
+    expect(follower!.sent.filter((c) => UPLOADS.has(c) || c === "CompleteMultipartUploadCommand")).toEqual([]);
+    expect(await serverHolds(prefix)).toEqual({ objects: [[key, bytes.length]], uploads: [] });
+    expect(other.index.sizeOf(digest)).toBe(bytes.length);
+    expect((await (await other.open(digest))!.bytes()).equals(bytes)).toBe(true);
+  });
+
+  it("uploads its own verified copy when the other ended without an object", async () => {
+    made = await newStore();
+    const { prefix } = made;
+    const other = await followerStore();
+    for (const size of [9 * MiB, 1000]) {
+      const bytes = randomBytes(size);
+      const digest = digestOf(bytes);
+      const writer = await other.createWriter(digest, {
+        expectedSize: size,
+        sharedWith: { pending: async () => false, waitMs: 30_000 },
+      });
+      await writer.write([bytes]);
+      await writer.commit();
+      await writer.close();
+      expect((await serverHolds(prefix)).objects).toContainEqual([`blobs/sha256/${digest.slice(7)}`, size]);
+      expect((await (await other.open(digest))!.bytes()).equals(bytes)).toBe(true);
+    }
+    expect(follower!.sent.filter((c) => c === "CompleteMultipartUploadCommand" || c === "PutObjectCommand")).toEqual([
+      "CompleteMultipartUploadCommand",
+      "PutObjectCommand",
+    ]);
+    expect((await serverHolds(prefix)).uploads).toEqual([]);
+  });
+
+  it("commits nothing, neither its own nor the other's, when its own bytes do not verify", async () => {
+    made = await newStore();
+    const { store, prefix } = made;
+    const other = await followerStore();
+    const bytes = randomBytes(6 * MiB);
+    const digest = digestOf(bytes);
+    await putContent(store, digest, bytes);
+    const wrong = Buffer.from(bytes);
+    wrong[MiB] = wrong[MiB]! ^ 1;
+    const writer = await other.createWriter(digest, {
+      expectedSize: bytes.length,
+      sharedWith: { pending: async () => true, waitMs: 30_000 },
+    });
+    await writer.write([wrong]);
+    await expect(writer.commit()).rejects.toMatchObject({ actualDigest: digestOf(wrong) });
+    await writer.close();
+    expect(follower!.sent.filter((c) => UPLOADS.has(c) || c === "HeadObjectCommand")).toEqual([]);
+    expect(other.index.has(digest)).toBe(false);
+    expect((await serverHolds(prefix)).uploads).toEqual([]);
+  });
+});
+
+/** Waits (bounded: 10 s) until `check` holds. */
+async function waitForValue(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 50));
+  expect(check()).toBe(true);
+}
 
 describe("ManifestStore over the S3 store", () => {
   let made: Awaited<ReturnType<typeof newStore>> | undefined;

@@ -230,9 +230,11 @@ describe("relay request faults and blob redirects (open registry)", () => {
   it("records whether a request carried Authorization, and its scheme, never its value", async () => {
     await (await fetch(manifestUrl(), { headers: { ...ACCEPT, authorization: "Bearer secret-token" } })).arrayBuffer();
     await (await fetch(manifestUrl(), { headers: ACCEPT })).arrayBuffer();
+    const path = `/v2/${REPO}/manifests/v1`;
+    const bodyBytes = image.manifest.length;
     expect(relay.requests).toEqual([
-      { method: "GET", path: `/v2/${REPO}/manifests/v1`, status: 200, authorization: true, authScheme: "bearer" },
-      { method: "GET", path: `/v2/${REPO}/manifests/v1`, status: 200, authorization: false },
+      { method: "GET", path, status: 200, authorization: true, authScheme: "bearer", bodyBytes },
+      { method: "GET", path, status: 200, authorization: false, bodyBytes },
     ]);
     expect(JSON.stringify(relay.requests)).not.toContain("secret-token");
   });

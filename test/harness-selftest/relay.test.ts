@@ -124,6 +124,15 @@ describe("startRelay", () => {
     expect(await missing.text()).toContain("MANIFEST_UNKNOWN");
 
     expect(relay.requests.map((r) => `${r.method} ${r.status}`)).toEqual(["GET 200", "GET 200", "HEAD 200", "GET 404"]);
+    // What each answer's body carried to the client.
+    expect(relay.requests.slice(0, 3).map((r) => r.bodyBytes)).toEqual([image.manifest.length, layer.bytes.length, 0]);
+  });
+
+  it("counts only the body bytes it relayed: a truncated body counts what was sent", async () => {
+    relay.setFault({ kind: "truncate", afterBytes: 100_000 });
+    const blob = await rawGet(blobUrl());
+    expect(blob.body.length).toBe(100_000);
+    expect(relay.requests.map((r) => r.bodyBytes)).toEqual([100_000]);
   });
 
   it("passes pushes through, with upload Locations leading back through the relay", async () => {

@@ -1,10 +1,13 @@
-// Self-test of the container mode of the services (services.ts, service-images.ts): Redis and the upstream
-// registry (open and token-authenticated) run as containers of the locally built images, started through
-// testcontainers on a private dockerd, and behave as the host processes do: same ports on 127.0.0.1, the
-// registry's request log, storage on the host that survives a restart, Redis paused, killed and restarted.
+// Self-test of the container mode of the services (services.ts, service-images.ts): Redis, the upstream
+// registry (open and token-authenticated) and the S3 server (Ceph's mon, OSD and gateway, and its admin tools)
+// run as containers of the locally built images, started through testcontainers on a private dockerd, and
+// behave as the host processes do: same ports on 127.0.0.1, the registry's request log, storage on the host that
+// survives a restart, Redis paused, killed and restarted, the gateway stopped alone and started again with the
+// cluster's data kept.
 // It runs in every suite run, whatever TEST_SERVICES says, so CI keeps the mode working.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Dockerd } from "../harness/dockerd.ts";
@@ -12,6 +15,7 @@ import { buildImage, MediaTypes, pushImage, randomLayer } from "../harness/image
 import { runCommand, Teardown } from "../harness/processes.ts";
 import { startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
+import { startS3, type S3Server } from "../harness/s3.ts";
 import { ensureServiceImages } from "../harness/service-images.ts";
 import { startServicesDockerd, useDockerd } from "../harness/services.ts";
 import { startTokenServer, type TokenServer } from "../harness/token-server.ts";
@@ -21,7 +25,7 @@ afterAll(() => teardown.run());
 
 const saved = { ...process.env };
 let dockerd: Dockerd | undefined;
-let images: Record<"redis" | "registry", string>;
+let images: Record<"redis" | "registry" | "ceph", string>;
 /** Every service this file starts, to dispose them before asking the engine what is left. */
 const services: Array<{ stop(): Promise<void>; dispose(): Promise<void> }> = [];
 const service = <T extends { stop(): Promise<void>; dispose(): Promise<void> }>(thing: T): T => {
@@ -53,7 +57,7 @@ beforeAll(async () => {
   }
   const prepared = await ensureServiceImages(docker, (line) => process.stderr.write(`[service-images] ${line}\n`));
   process.stderr.write(
-    `[service-images] ${prepared.steps.map((s) => `${s.step} ${(s.ms / 1000).toFixed(1)} s`).join(", ")}\n`,
+    `[service-images] ${prepared.steps.map((s) => `${s.step} ${s.image} ${(s.ms / 1000).toFixed(1)} s`).join(", ")}\n`,
   );
   images = prepared.images;
 }, 600_000);
@@ -163,11 +167,61 @@ describe("the token-authenticated registry in a container", () => {
   });
 });
 
+describe("the S3 server (Ceph RADOS Gateway) in containers", () => {
+  let s3: S3Server;
+  let client: S3Client;
+
+  beforeAll(async () => {
+    s3 = await startS3();
+    service({ stop: () => s3.dispose(), dispose: () => s3.dispose() });
+    client = new S3Client({
+      endpoint: s3.endpoint,
+      region: s3.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+    });
+    teardown.add("s3 client", () => client.destroy());
+  }, 180_000);
+
+  const read = async (key: string) =>
+    Buffer.from(
+      await (await client.send(new GetObjectCommand({ Bucket: "selftest", Key: key }))).Body!.transformToByteArray(),
+    ).toString();
+
+  it("runs mon, OSD, gateway and admin tools as containers of the ceph image, on 127.0.0.1", async () => {
+    expect(new URL(s3.endpoint).hostname).toBe("127.0.0.1");
+    expect(await containersOf(images.ceph)).toHaveLength(4);
+    await client.send(new CreateBucketCommand({ Bucket: "selftest" }));
+    await client.send(new PutObjectCommand({ Bucket: "selftest", Key: "before", Body: "kept" }));
+    expect(await read("before")).toBe("kept");
+    // A second user, made with radosgw-admin in the tools container.
+    const other = await s3.createUser("selftest-other");
+    expect(other.accessKeyId).toMatch(/^K[0-9A-F]{19}$/);
+  });
+
+  it("stops the gateway's container alone: the endpoint refuses, and a new one serves the kept data", async () => {
+    const before = await containersOf(images.ceph);
+    await s3.stopGateway();
+    const during = await containersOf(images.ceph);
+    expect(during).toHaveLength(3);
+    expect(before).toEqual(expect.arrayContaining(during));
+    await expect(fetch(`${s3.endpoint}/`, { signal: AbortSignal.timeout(2_000) })).rejects.toThrow();
+    await s3.startGateway();
+    const after = await containersOf(images.ceph);
+    expect(after).toHaveLength(4);
+    expect(after.filter((id) => !before.includes(id))).toHaveLength(1);
+    expect(await read("before")).toBe("kept");
+  });
+});
+
 describe("teardown", () => {
   it("leaves no container behind once the services are disposed", async () => {
     expect((await containersOf(images.registry)).length).toBe(2);
     for (const s of services) await s.dispose();
     expect(await containersOf(images.redis)).toEqual([]);
     expect(await containersOf(images.registry)).toEqual([]);
+    expect(await containersOf(images.ceph)).toEqual([]);
   });
 });

@@ -78,6 +78,8 @@ export interface RelayedRequest {
   authorization: boolean;
   /** Its scheme, lower-cased ("bearer", "basic"), when it did. */
   authScheme?: string;
+  /** Body bytes relayed to the client so far (upstream responses only; not answers the relay made itself). */
+  bodyBytes?: number;
 }
 
 export interface Relay {
@@ -233,7 +235,7 @@ export async function startRelay(
         }
         const applied = pick("response", method, path, status);
         if (applied !== null) record.fault = applied.kind;
-        relayResponse(upstreamRes, res, applied, method).catch(() => {
+        relayResponse(upstreamRes, res, applied, method, record).catch(() => {
           // A client that went away or an upstream that broke: the sockets are already destroyed.
           res.destroy();
           upstreamRes.destroy();
@@ -385,6 +387,7 @@ async function relayResponse(
   res: ServerResponse,
   fault: Fault | null,
   method: string,
+  record: RelayedRequest,
 ): Promise<void> {
   const headers: IncomingHttpHeaders = {};
   for (const [name, value] of Object.entries(upstream.headers)) {
@@ -428,6 +431,7 @@ async function relayResponse(
   const holdBackLast = fault?.kind === "wrongLength" && declared === undefined;
 
   let sent = 0;
+  record.bodyBytes = 0;
   let received = 0;
   let held = Buffer.alloc(0);
   let reachedLimit = false;
@@ -447,6 +451,7 @@ async function relayResponse(
     if (throttle !== undefined) await writeThrottled(res, chunk, throttle);
     else await write(res, chunk);
     sent += chunk.length;
+    record.bodyBytes = sent;
     if (sent >= limit) {
       reachedLimit = true;
       break;

@@ -1,17 +1,27 @@
 // A real S3-compatible server for tests: Ceph's RADOS Gateway on a one-node cluster (one mon, one OSD on
 // `memstore`, cephx on, no mgr), from Debian's ceph-mon, ceph-osd and radosgw packages; what on-premises
 // Kubernetes clusters run behind Rook. Everything listens on 127.0.0.1 on free ports, lives in its own temp dir and
-// runs in the foreground (`-f`) as a child of the test, stopped by PID.
+// runs in the foreground (`-f`) as a child of the test, stopped by PID (or as containers: see below).
 //
 // Why the odd settings: RGW creates about eight pools and nothing shrinks their placement-group counts without a
 // mgr (`mon max pg per osd`); memstore reports 1 GiB unless told otherwise, and RGW then answers 507 when full; with
 // `auth … = none` radosgw never authenticates to the mon, so cephx stays on. The OSD takes a few seconds to exit
 // after SIGTERM: stop() waits for every PID before the directory goes.
+//
+// With TEST_SERVICES=containers (services.ts) the same daemons and tools run from the ceph image of
+// service-images.ts: one container per daemon (mon, OSD, gateway), each on the host's network and with the
+// cluster's directory (config, keyrings, the mon's store, logs, admin sockets) mounted at the same path, and the
+// admin tools (ceph-authtool, monmaptool, ceph, radosgw-admin) `docker exec`ed in one idle container beside
+// them. A container per daemon rather than all three in one: stopGateway() is then `docker stop` of the
+// gateway's container while the mon's and OSD's keep running with the data, startGateway() a new container on
+// the same port, and each daemon's exit is seen as its container's, exactly as the host mode sees its PIDs.
 import { randomUUID } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort, runCommand, startProcess, waitFor, type ManagedProcess } from "./processes.ts";
+import { freePort, waitFor } from "./processes.ts";
+import { startService, startServiceTools, type ServiceProcess, type ServiceTools } from "./services.ts";
 
 export interface S3Server {
   /** http://127.0.0.1:PORT, the RADOS Gateway's S3 endpoint (path-style addressing). */
@@ -22,8 +32,8 @@ export interface S3Server {
   /** A further S3 user with its own keys (owning nothing: what it may do is up to the buckets' policies). */
   createUser(uid: string): Promise<{ accessKeyId: string; secretAccessKey: string }>;
   /**
-   * Stops the RADOS Gateway alone, by PID (the mon and the OSD keep running, the data stays): the S3 endpoint
-   * refuses connections until startGateway().
+   * Stops the RADOS Gateway alone, by PID or by stopping its container (the mon and the OSD keep running, the
+   * data stays): the S3 endpoint refuses connections until startGateway().
    */
   stopGateway(): Promise<void>;
   /** Starts the gateway again on the same port; resolves once it answers. */
@@ -38,6 +48,20 @@ const COMMAND_TIMEOUT_MS = 60_000;
 const READY_TIMEOUT_MS = 90_000;
 /** RGW answers 507 once memstore's device is full: room for the tests' blobs, in memory, only as used. */
 const MEMSTORE_BYTES = 4 * 2 ** 30;
+/** How much of each daemon's log file output() shows. */
+const LOG_TAIL_CHARS = 4_000;
+
+/** The end of each daemon's log file (where `-f` daemons write): what says why one did not come up. */
+function logTails(logDir: string): string {
+  try {
+    return readdirSync(logDir)
+      .filter((f) => f.endsWith(".log"))
+      .map((f) => `${f} (end):\n${readFileSync(join(logDir, f), "utf8").slice(-LOG_TAIL_CHARS)}`)
+      .join("\n");
+  } catch {
+    return "";
+  }
+}
 
 export async function startS3(): Promise<S3Server> {
   const dir = await mkdtemp(join(tmpdir(), "harness-s3-"));
@@ -81,22 +105,35 @@ export async function startS3(): Promise<S3Server> {
     ].join("\n"),
   );
   const env = { ...process.env, CEPH_CONF: conf } as Record<string, string>;
-  const daemons: ManagedProcess[] = [];
-  const output = () => daemons.map((d) => `${d.name}:\n${d.output()}`).join("\n");
+  const daemons: ServiceProcess[] = [];
+  const output = () => [...daemons.map((d) => `${d.name}:\n${d.output()}`), logTails(join(dir, "log"))].join("\n");
+  let tools: ServiceTools | undefined;
   const run = async (cmd: string, args: string[]): Promise<string> => {
-    const res = await runCommand(cmd, args, { env, timeoutMs: COMMAND_TIMEOUT_MS });
+    tools ??= await startServiceTools({ image: "ceph", name: "ceph tools", env, paths: [dir] });
+    const res = await tools.run(cmd, args, COMMAND_TIMEOUT_MS);
     if (res.code !== 0)
       throw new Error(`${cmd} ${args.join(" ")} exited ${res.code}\n${res.stdout}\n${res.stderr}\n${output()}`);
     return res.stdout;
   };
-  const daemon = (cmd: string, args: string[], name: string): ManagedProcess => {
-    const started = startProcess(cmd, args, { name, env, stopTimeoutMs: 20_000 });
+  const daemon = async (cmd: string, args: string[], name: string): Promise<ServiceProcess> => {
+    const started = await startService({
+      image: "ceph",
+      cmd,
+      args,
+      name,
+      env,
+      stopTimeoutMs: 20_000,
+      paths: [dir],
+      // The daemons handle SIGTERM themselves, but none is ever sent SIGSTOP: an init costs nothing here.
+      init: true,
+    });
     daemons.push(started);
     return started;
   };
   const dispose = async (): Promise<void> => {
     // The gateway first, the mon last: each stops while what it talks to is still there.
     for (const d of [...daemons].reverse()) await d.stop();
+    await tools?.stop();
     await rm(dir, { recursive: true, force: true });
   };
 
@@ -140,7 +177,7 @@ export async function startS3(): Promise<S3Server> {
       monmap,
     ]);
     await run("ceph-mon", ["--id", "a", "--mkfs", "--keyring", keyring, "--monmap", monmap]);
-    daemon("ceph-mon", ["-f", "--id", "a"], "ceph-mon");
+    await daemon("ceph-mon", ["-f", "--id", "a"], "ceph-mon");
     const osd = (await run("ceph", ["osd", "create"])).trim();
     if (osd !== "0") throw new Error(`expected the first OSD to be osd.0, got ${JSON.stringify(osd)}`);
     await run("ceph-osd", ["--id", osd, "--mkfs", "--mkkey", "--no-mon-config"]);
@@ -156,9 +193,9 @@ export async function startS3(): Promise<S3Server> {
       `${dir}/osd/keyring`,
     ]);
     await run("ceph", ["osd", "crush", "add", `osd.${osd}`, "1", "root=default"]);
-    daemon("ceph-osd", ["-f", "--id", osd], "ceph-osd");
+    await daemon("ceph-osd", ["-f", "--id", osd], "ceph-osd");
     const startGateway = () => daemon("radosgw", ["-f", "-n", "client.rgw.r", "-k", keyring], "radosgw");
-    let gateway = startGateway();
+    let gateway = await startGateway();
     const endpoint = `http://127.0.0.1:${rgwPort}`;
     const gatewayAnswers = () =>
       waitFor(
@@ -192,7 +229,7 @@ export async function startS3(): Promise<S3Server> {
     };
     const restartGateway = async (): Promise<void> => {
       if (gateway.running()) throw new Error("radosgw is running already");
-      gateway = startGateway();
+      gateway = await startGateway();
       await gatewayAnswers();
     };
     return {

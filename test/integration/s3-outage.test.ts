@@ -176,8 +176,8 @@ describe("the object store stopped mid-run", () => {
   });
 });
 
-describe("a cached blob whose GET from the object store fails after its HEAD answered", () => {
-  it("is answered from the upstream, verified, instead of an error", async () => {
+describe("a cached blob whose GET from the object store fails before any byte was sent", () => {
+  it("is answered from the upstream, verified, instead of an error (the whole blob, and a range of it)", async () => {
     // The object store behind the fault relay, which forwards the mirror's signed requests unchanged (Host too).
     const relay = teardown.track(await startRelay(s3.endpoint));
     const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-relayed-"));
@@ -218,12 +218,23 @@ describe("a cached blob whose GET from the object store fails after its HEAD ans
     );
     expect(await blobGets(image)).toEqual([1, 1]);
 
-    // The object store answers HEADs (the content is there) but every GET of content with 503.
+    // The object store answers every GET of content with 503 (a HEAD or a listing would still say it is there).
     relay.setFault({ kind: "status", status: 503, match: /^GET \/outage\/relayed\/blobs\// });
+    relay.requests.length = 0;
     await pull("relayed", image, relayed);
     expect(await blobGets(image)).toEqual([2, 2]);
     const faulted = relay.requests.filter((r) => r.fault === "status" && r.method === "GET");
     expect(faulted.length).toBeGreaterThan(0); // the GET from the bucket was tried, and failed
+    // No request but the failed GETs reached the object store for the blobs: the GET is the read's first.
+    expect(relay.requests.filter((r) => r.path.includes("/relayed/blobs/") && r.fault === undefined)).toEqual([]);
+    // A range of it too: the upstream's whole blob, verified (a pass-through always sends all of it).
+    const layer = image.layers[0]!;
+    const ranged = await fetchRaw(`${relayed.url}/v2/${REPO}/blobs/${layer.digest}`, {
+      headers: { range: "bytes=100-199" },
+    });
+    expect(ranged.status).toBe(200);
+    expect(sha256(ranged.body)).toBe(layer.digest);
+    expect(await blobGets(image)).toEqual([2, 3]);
     const ready = JSON.parse((await fetchRaw(`${relayed.url}/readyz`)).body.toString()) as { reasons: string[] };
     expect(outageReason(ready.reasons)).toMatch(/503/);
   });

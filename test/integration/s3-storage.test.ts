@@ -31,6 +31,7 @@ import { startS3, type S3Server } from "../harness/s3.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
 const MiB = 1024 * 1024;
+const ADMIN_TOKEN = "s3-storage-admin-token-0123";
 const BUCKET = "mirror";
 const PREFIX = "cache/";
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
@@ -204,13 +205,16 @@ describe("content in S3", () => {
 });
 
 describe("storage.s3.redirect", () => {
-  it("answers a warm blob GET with a 307 to a presigned GET that serves the bytes, by Range too", async () => {
+  it("a hit: 307 to a presigned GET (Range too); streamed where credentials follow, and to export", async () => {
     const ownDir = await mkdtemp(join(tmpdir(), "mirror-s3-redirect-"));
     teardown.add("redirect data dir", () => rm(ownDir, { recursive: true, force: true }));
     const redirecting = await startTestMirror({
       dataDir: ownDir,
       upstreams: { "docker.io": { url: relay.url, default: true } },
-      extra: { storage: { s3: s3Settings({ prefix: "redirect/", redirect: true }) } },
+      extra: {
+        storage: { s3: s3Settings({ prefix: "redirect/", redirect: true }) },
+        admin: { token: ADMIN_TOKEN },
+      },
     });
     teardown.add("redirecting mirror", () => redirecting.stop());
     const cold = await fetchRaw(blobUrl(redirecting, big.digest)); // a miss is streamed as it downloads
@@ -218,6 +222,7 @@ describe("storage.s3.redirect", () => {
     expect(sha256(cold.body)).toBe(big.digest);
     await fillsSettled(redirecting);
 
+    const downloaded = await blobGets(big.digest);
     const warm = await fetchRaw(blobUrl(redirecting, big.digest));
     expect(warm.status).toBe(307);
     expect(warm.headers["x-mirror-cache"]).toBe("hit");
@@ -235,6 +240,72 @@ describe("storage.s3.redirect", () => {
     const head = await fetchRaw(blobUrl(redirecting, big.digest), { method: "HEAD" });
     expect(head.status).toBe(200);
     expect(Number(head.headers["content-length"])).toBe(big.bytes.length);
+
+    // The object store refuses a presigned GET that comes with an Authorization header...
+    const withCredentials = await fetchRaw(location.href, { headers: { authorization: "Basic dXNlcjpwdw==" } });
+    expect(withCredentials.status).toBe(400);
+    // ...which a client that authenticated to the mirror may send along to the same host name (Go's HTTP client
+    // keeps it for the same host or a subdomain; recent releases ignore the port): it gets the bytes from the mirror.
+    const authorized = await fetchRaw(blobUrl(redirecting, big.digest), {
+      headers: { authorization: "Bearer some-client-token" },
+    });
+    expect(authorized.status).toBe(200);
+    expect(authorized.headers["x-mirror-cache"]).toBe("hit");
+    expect(sha256(authorized.body)).toBe(big.digest);
+    // Reached under another host name, its credentials stay behind: redirected.
+    const elsewhere = await fetchRaw(blobUrl(redirecting, big.digest), {
+      headers: { authorization: "Bearer some-client-token", host: `mirror.example:${redirecting.port}` },
+    });
+    expect(elsewhere.status).toBe(307);
+    expect(new URL(String(elsewhere.headers.location)).origin).toBe(s3.endpoint);
+    expect(await blobGets(big.digest)).toBe(downloaded); // every answer above came from the bucket
+
+    // The mirror's own readers of a hit get its bytes, never a redirect: an export bundle holds the whole blob.
+    const bundle = await fetchRaw(`${redirecting.url}/admin/v1/export?reference=docker.io/team/s3:v1`, {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(bundle.status).toBe(200);
+    const at = bundle.body.indexOf(big.bytes.subarray(0, 4096));
+    expect(at).toBeGreaterThan(0);
+    expect(bundle.body.subarray(at, at + big.bytes.length).equals(big.bytes)).toBe(true);
+    expect(await blobGets(big.digest)).toBe(downloaded);
+  });
+});
+
+describe("storage.s3.redirectEndpoint", () => {
+  it("names the endpoint clients reach in the presigned URLs, signed for it, while the mirror uses its own", async () => {
+    // Stands for the name clients reach the store under (a load balancer in front of the gateway).
+    const publicName = teardown.track(await startRelay(s3.endpoint), "the store's public name");
+    const ownDir = await mkdtemp(join(tmpdir(), "mirror-s3-redirect-endpoint-"));
+    teardown.add("redirectEndpoint data dir", () => rm(ownDir, { recursive: true, force: true }));
+    const redirecting = await startTestMirror({
+      dataDir: ownDir,
+      upstreams: { "docker.io": { url: relay.url, default: true } },
+      extra: { storage: { s3: s3Settings({ prefix: "redirect/", redirect: true, redirectEndpoint: publicName.url }) } },
+    });
+    teardown.add("mirror with redirectEndpoint", () => redirecting.stop());
+    // Its own metadata has not seen the repository: the first answer proves it at the upstream.
+    expect((await fetchRaw(blobUrl(redirecting, big.digest))).status).toBe(200);
+    await fillsSettled(redirecting);
+    const warm = await fetchRaw(blobUrl(redirecting, big.digest));
+    expect(warm.status).toBe(307);
+    const location = new URL(String(warm.headers.location));
+    expect(location.origin).toBe(publicName.url);
+    expect(location.pathname).toBe(`/${BUCKET}/redirect/blobs/sha256/${big.digest.slice(7)}`);
+    const direct = await fetchRaw(location.href);
+    expect(direct.status).toBe(200);
+    expect(sha256(direct.body)).toBe(big.digest);
+    // The public name saw only the client's GET: the mirror's own requests went to `endpoint`.
+    expect(publicName.requests.map((r) => [r.method, r.authorization, r.status])).toEqual([["GET", false, 200]]);
+  });
+
+  it("is refused without redirect: true", () => {
+    expect(() =>
+      parseConfig({
+        listen: "127.0.0.1:0",
+        storage: { path: mirror.dataDir, s3: s3Settings({ redirectEndpoint: "https://s3.example.com" }) },
+      }),
+    ).toThrow(/redirectEndpoint is used only with redirect: true/);
   });
 });
 

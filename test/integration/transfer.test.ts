@@ -5,7 +5,7 @@
  * what the exporter writes.
  */
 import { createHash } from "node:crypto";
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tar from "tar-stream";
@@ -30,6 +30,7 @@ import {
 } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { freePort, runCommand, Teardown, type CommandResult } from "../harness/processes.ts";
+import { startRedis } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { ALL_MANIFEST_TYPES, errorCode, fetchRaw } from "./client.ts";
 
@@ -799,6 +800,39 @@ describe("data directory lock", () => {
     ]);
     expect(inv.code, inv.stderr).toBe(0);
     await expect(stat(join(dataDir, "mirror.lock"))).rejects.toThrow();
+  });
+});
+
+describe("a fleet replica's configuration on the command line", () => {
+  it("`mirror inventory --data-dir` does not join the fleet: it does not read (or complain about) the cluster secret", async () => {
+    const redis = teardown.track(await startRedis());
+    const dataDir = join(work, "replica-cache");
+    await mkdir(dataDir);
+    const missingSecret = join(work, "no-such-cluster-secret");
+    const config = await writeConfig(
+      "replica",
+      dataDir,
+      nowhere,
+      [
+        `redis: { url: ${JSON.stringify(redis.url)} }`,
+        `cluster: { advertiseUrl: "http://127.0.0.1:${await freePort()}", secretFile: ${JSON.stringify(missingSecret)} }`,
+      ].join("\n"),
+    );
+    const inv = await cli([
+      "inventory",
+      "--data-dir",
+      dataDir,
+      "--config",
+      config,
+      "--output",
+      join(work, "replica.json"),
+    ]);
+    expect(inv.code, inv.stderr).toBe(0);
+    // A replica would report its unreadable secret (an error line, /readyz); a command on its data directory has
+    // no use for it and must not alarm the operator about it.
+    expect(`${inv.stdout}\n${inv.stderr}`).not.toMatch(/cluster secret|no-such-cluster-secret/);
+    const listing = JSON.parse(await readFile(join(work, "replica.json"), "utf8")) as { blobs: unknown[] };
+    expect(listing.blobs).toEqual([]);
   });
 });
 
