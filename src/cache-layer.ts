@@ -25,6 +25,7 @@ import { DataDirLock } from "./storage/data-dir-lock.ts";
 import { BufferPool } from "./storage/file-range-stream.ts";
 import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
+import { FleetContentRecords, whenRedisReady } from "./storage/fleet-content-records.ts";
 import type { ContentStore } from "./storage/content-store.ts";
 import { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
@@ -152,6 +153,28 @@ export async function createCacheLayer(
     await manifestStore.init();
     const { metadata, describeState, closeMetadata, redis } = await openMetadataStore(config, log);
     const pins = new PinList(config.storage.path);
+    // A bucket shared through Redis: storage.maxSize is the fleet's (last access and sizes in Redis, one replica
+    // evicting at a time: janitor.ts). The records learn this replica's commits and pulls through its index.
+    const fleetRecords =
+      s3 && redis && config.redis
+        ? new FleetContentRecords({
+            redis,
+            keyPrefix: config.redis.keyPrefix,
+            replica: config.cluster?.advertiseUrl,
+            log,
+          })
+        : undefined;
+    if (fleetRecords) {
+      blobStore.index.observe(fleetRecords);
+      fleetRecords.start();
+      try {
+        await whenRedisReady(redis!, 2_000);
+        await fleetRecords.seed(blobStore.index.mostRecentlyUsed());
+      } catch (err) {
+        // Recorded again from a listing once Redis answers with no records (janitor.ts, fleetUpkeep).
+        log.warn({ err: (err as Error).message }, "fleet budget: the bucket's objects not recorded in Redis at start");
+      }
+    }
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
     const manifestCache = new ManifestCache({
       manifests: manifestStore,
@@ -196,6 +219,7 @@ export async function createCacheLayer(
       // unused pointers itself).
       upstreamNames: config.redis === undefined ? upstreams.map((u) => u.name) : [],
       idleExempt: async () => keptFromIdleExpiry.flatMap((source) => [...source()]),
+      fleet: fleetRecords,
     });
     const fills = new FillCoordinator(
       {
@@ -251,6 +275,7 @@ export async function createCacheLayer(
         objectStoreHealth?.stop();
         await fills.drain(config.shutdownGrace);
         await janitor.flush();
+        await fleetRecords?.stop();
       })();
       return draining;
     };

@@ -34,6 +34,17 @@
  *   sets). Tag pointers to a manifest that went this way are forgotten, so tag lists stop naming it. A limit a
  *   rule set for a digest is kept in `idle-limits.json` (idle-limits.ts). When what is pinned cannot be told,
  *   idle expiry stops with eviction.
+ * - **A fleet on one bucket.** With `fleet` (`storage.s3` and `redis.url`: fleet-content-records.ts), the budget is
+ *   the fleet's: admission and the watermarks count every replica's committed bytes as Redis records them (plus
+ *   this replica's reservations: another replica's download counts once it is committed), and victims are
+ *   taken in the fleet's order of last access, whichever replica served the pulls. One replica at a time
+ *   evicts: a sweep runs only under the fleet's eviction lock; a replica finding it held skips its sweep, and an
+ *   admission waits (bounded) for that sweep and caches only if it made room. Pinned is what this replica's
+ *   configuration pins (the same on every replica) and what any running replica's `pins.json` pins (published
+ *   in Redis at each check); content a response here is reading is skipped, content read on another replica is
+ *   protected by its recency only. Evicted digests reach the other replicas' indexes at their next check (until
+ *   then an open finds the object gone: a miss, filled again). Idle expiry spares what the fleet used within
+ *   the limit. Redis unavailable: this replica's own index decides, as without a fleet, and the log says so.
  * - **No space.** A write that fails with ENOSPC puts the mirror in no-space mode: misses are streamed without
  *   caching, cached content is still served, and /readyz and metrics say so, until space returns.
  */
@@ -49,6 +60,7 @@ import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { CONFIG_PIN_FILE, PinList } from "../storage/pin-list.ts";
 import { isValidTag } from "../oci/reference.ts";
 import { IdleLimits } from "../storage/idle-limits.ts";
+import type { EvictionLock, FleetContentRecords, FleetEntry } from "../storage/fleet-content-records.ts";
 
 export interface Budget {
   /** Bytes; undefined means only the filesystem's watermarks apply. */
@@ -82,6 +94,9 @@ const defaultFsUsage: FsUsage = async (path) => {
  * the janitor is not asked at every chunk, and a small download does not hold room others could use.
  */
 const GROWTH_STEP = 16 * 1024 * 1024;
+
+/** An admission that finds another replica evicting waits this long at most for its sweep to end. */
+const FLEET_SWEEP_WAIT_MS = 3_000;
 
 /** Free space kept on the filesystem beyond every admitted download: 5 % of it, at most 64 MiB. */
 function headroomOf(fs: { total: number }): number {
@@ -170,6 +185,17 @@ export class Janitor {
   private readonly upstreamNames: readonly string[];
   private readonly idleExpiry: boolean;
   private readonly now: () => number;
+  /** The fleet's shared records (fleet-content-records.ts); undefined: this replica's budget is its own. */
+  private readonly fleet: FleetContentRecords | undefined;
+  /** Why the fleet's records did not answer last; undefined while they do (or without a fleet). */
+  private fleetDown: string | undefined;
+  /** Redis did not answer at some point since this replica's index was last recorded in it. */
+  private fleetMissedWrites = false;
+  /** The fleet's committed bytes as last read (what `state` reports in fleet mode). */
+  private fleetBytes: number | undefined;
+  /** Digests being evicted by this replica: their records are removed before the delete, not by onDelete. */
+  private readonly evicting = new Set<string>();
+  private intervalMs = 30_000;
 
   constructor(opts: {
     store: ContentStore & { readonly root: string; readonly tempDir: string };
@@ -204,6 +230,8 @@ export class Janitor {
     /** Where tag pointers to idle-expired manifests are looked for (and forgotten); none: they are kept. */
     upstreamNames?: readonly string[];
     now?: () => number;
+    /** The fleet's shared records: the budget, the order of eviction and pins.json pins become the fleet's. */
+    fleet?: FleetContentRecords;
   }) {
     this.store = opts.store;
     this.manifests = opts.manifests;
@@ -224,7 +252,13 @@ export class Janitor {
     this.upstreamNames = opts.upstreamNames ?? [];
     this.idleExpiry = opts.idleExpiry ?? true;
     this.now = opts.now ?? Date.now;
-    opts.store.onDelete((digest) => this.idleLimits.forget(digest));
+    this.fleet = opts.fleet;
+    opts.store.onDelete((digest) => {
+      this.idleLimits.forget(digest);
+      // Deleted otherwise than by eviction here (a purge): the fleet forgets it too.
+      if (this.fleet && !this.evicting.has(digest))
+        void this.fleet.removed(digest).catch((err: unknown) => this.fleetUnavailable(err));
+    });
   }
 
   /**
@@ -237,6 +271,7 @@ export class Janitor {
 
   /** Periodic check (filesystem watermarks can move without us writing anything; pins are resolved and recorded). */
   start(intervalMs: number): void {
+    this.intervalMs = intervalMs;
     this.timer = setInterval(() => {
       this.periodic ??= this.check().finally(() => (this.periodic = undefined));
     }, timerDelay(intervalMs));
@@ -288,7 +323,7 @@ export class Janitor {
       const more = total - reservation.bytes;
       if (more <= 0) return true;
       const fs = await this.fsUsage(this.store.root);
-      const room = this.roomWithoutEvicting(fs, !reservation.diskOnly);
+      const room = this.roomWithoutEvicting(fs, !reservation.diskOnly, (await this.committedBytes()).bytes);
       if (room >= more) {
         const { maxSize } = this.budget;
         const step = maxSize === undefined ? GROWTH_STEP : Math.min(GROWTH_STEP, Math.floor(maxSize / 64));
@@ -317,6 +352,7 @@ export class Janitor {
     // Outside the queue of decisions: metadata lookups (a slow Redis) and the resolver (an upstream) must not
     // hold up admissions.
     await this.pinnedDigests(opts.askResolver ?? true);
+    if (this.fleet) await this.fleetUpkeep();
     if (this.idleExpiry)
       await this.expireIdle().catch((err: unknown) =>
         this.log.warn({ err: (err as Error).message }, "idle expiry failed: it is tried again at the next check"),
@@ -350,17 +386,18 @@ export class Janitor {
       const pinned = await this.pinnedDigests(false);
       if (pinned === undefined) return [];
       const now = this.now();
-      const victims: Array<{ digest: string; size: number }> = [];
+      const victims: Array<{ digest: string; size: number; limit: number }> = [];
       for (const entry of this.store.index.leastRecentlyUsed()) {
         // Least recently used first: once an entry is younger than every limit, so is the rest.
         if (now - entry.usedAt < shortest) break;
         const limit = this.idleLimits.get(entry.digest) ?? this.maxIdle;
         if (limit === undefined || limit === 0 || now - entry.usedAt < limit) continue;
         if (pinned.has(entry.digest) || exempt.has(entry.digest) || this.store.inUse(entry.digest)) continue;
-        victims.push(entry);
+        victims.push({ digest: entry.digest, size: entry.size, limit });
       }
-      if (victims.length > 0) await this.evict(victims, 0, "idle");
-      return victims.map((v) => v.digest);
+      const idle = await this.idleInFleet(victims, now);
+      if (idle.length > 0) await this.evict(idle, 0, "idle");
+      return idle.map((v) => v.digest);
     });
     await this.saveIdleLimits();
     if (gone.length > 0) await this.forgetPointersTo(new Set(gone));
@@ -429,7 +466,11 @@ export class Janitor {
     evictionBlocked: string | undefined;
   } {
     return {
-      bytes: this.store.index.bytes,
+      // With a fleet: the fleet's bytes as last read (the budget they are held to), while Redis answers.
+      bytes:
+        this.fleet && this.fleetDown === undefined && this.fleetBytes !== undefined
+          ? this.fleetBytes
+          : this.store.index.bytes,
       objects: this.store.index.objects,
       reserved: this.reservedForCache(),
       maxSize: this.budget.maxSize,
@@ -460,11 +501,10 @@ export class Janitor {
   }
 
   /** Bytes that fit now without evicting; `cached`: they count against the budget too, not only the disk. */
-  private roomWithoutEvicting(fs: { total: number; free: number }, cached: boolean): number {
+  private roomWithoutEvicting(fs: { total: number; free: number }, cached: boolean, committed: number): number {
     let room = fs.free - this.unwritten() - headroomOf(fs);
     const { maxSize } = this.budget;
-    if (cached && maxSize !== undefined)
-      room = Math.min(room, maxSize - this.store.index.bytes - this.reservedForCache());
+    if (cached && maxSize !== undefined) room = Math.min(room, maxSize - committed - this.reservedForCache());
     return room;
   }
 
@@ -478,22 +518,97 @@ export class Janitor {
   }
 
   /**
+   * Committed bytes the budget counts: the fleet's (`fleet: true`) while its records answer, else this
+   * replica's index.
+   */
+  private async committedBytes(): Promise<{ bytes: number; fleet: boolean }> {
+    if (this.fleet === undefined) return { bytes: this.store.index.bytes, fleet: false };
+    try {
+      const bytes = await this.fleet.total();
+      if (this.fleetDown !== undefined) {
+        this.fleetDown = undefined;
+        this.log.info("fleet budget: Redis answers again: the budget is the fleet's again");
+      }
+      this.fleetBytes = bytes;
+      return { bytes, fleet: true };
+    } catch (err) {
+      this.fleetUnavailable(err);
+      return { bytes: this.store.index.bytes, fleet: false };
+    }
+  }
+
+  private fleetUnavailable(err: unknown): void {
+    const reason = (err as Error).message;
+    if (this.fleetDown === undefined)
+      this.log.warn(
+        { err: reason },
+        "fleet budget: Redis unavailable: this replica keeps storage.maxSize over its own index until it answers",
+      );
+    this.fleetDown = reason;
+    this.fleetMissedWrites = true;
+  }
+
+  /**
+   * At each check, with a fleet: drops from the index what other replicas evicted (unless it was recorded
+   * again since: committed anew), publishes this replica's pins.json pins, and records the bucket again when
+   * the records are empty while the index is not (Redis restarted).
+   */
+  private async fleetUpkeep(): Promise<void> {
+    const fleet = this.fleet!;
+    try {
+      const evicted = [...new Set(await fleet.evictedSince())];
+      const recorded = await fleet.lastAccessOf(evicted);
+      evicted.forEach((digest, i) => {
+        if (recorded[i] === undefined && !this.store.inUse(digest)) this.store.index.remove(digest);
+      });
+      let pins: string[] | undefined;
+      try {
+        pins = ((await this.pinList?.list()) ?? []).map((p) => p.digest);
+      } catch {
+        pins = undefined; // a damaged pin file: eviction is stopped here (pinnedDigests); what was published expires
+      }
+      if (pins !== undefined) await fleet.publishPins(pins, Math.max(3 * this.intervalMs, 60_000));
+      if ((await fleet.count()) === 0 && this.store.index.objects > 0) {
+        this.fleetMissedWrites = false;
+        const seeded = await fleet.seed(await this.store.scan());
+        this.log.info({ objects: seeded }, "fleet budget: access records were empty: recorded the bucket again");
+      } else if (this.fleetMissedWrites) {
+        // What this replica committed while Redis was away is in its index only: recorded now (a record of an
+        // object evicted meanwhile costs one idempotent delete when its turn comes).
+        this.fleetMissedWrites = false;
+        await fleet.seed(this.store.index.mostRecentlyUsed());
+      }
+      if (this.fleetDown !== undefined) await this.committedBytes();
+    } catch (err) {
+      this.fleetUnavailable(err);
+    }
+  }
+
+  /** Of idle-expiry `victims` (idle here), those the fleet did not use within their limit either. */
+  private async idleInFleet(
+    victims: ReadonlyArray<{ digest: string; size: number; limit: number }>,
+    now: number,
+  ): Promise<Array<{ digest: string; size: number }>> {
+    if (this.fleet === undefined || victims.length === 0) return [...victims];
+    try {
+      const times = await this.fleet.lastAccessOf(victims.map((v) => v.digest));
+      return victims.filter((v, i) => times[i] === undefined || now - (times[i] ?? 0) >= v.limit);
+    } catch (err) {
+      this.fleetUnavailable(err);
+      return [...victims];
+    }
+  }
+
+  /**
    * Whether `want` more bytes fit now, evicting first if that makes room. `cached`: the bytes will be committed,
    * so they count against the budget and may evict; otherwise (a download passing through uncached) they need
    * room on the disk only, and never evict cached content.
    */
   private async makeRoom(want: number, fs: { total: number; free: number }, cached: boolean): Promise<boolean> {
-    let least = 0; // what must be freed for `want` to fit
-    let target = 0; // what to free: down to the low watermark, so the next admissions fit without evicting
-    const { maxSize, low } = this.budget;
-    if (cached && maxSize !== undefined) {
-      const used = this.store.index.bytes + this.reservedForCache();
-      if (used + want > maxSize) {
-        if (this.reservedForCache() + want > maxSize * low) return false;
-        least = used + want - maxSize;
-        target = used + want - Math.floor(maxSize * low);
-      }
-    }
+    const used = await this.committedBytes();
+    const need = this.budgetNeed(want, used.bytes, cached);
+    if (need === "no") return false;
+    let { least, target } = need;
     const headroom = headroomOf(fs);
     const diskShort = want + headroom - (fs.free - this.unwritten());
     if (diskShort > 0) {
@@ -502,6 +617,10 @@ export class Janitor {
       target = Math.max(target, diskShort);
     }
     if (least <= 0) return true;
+    if (used.fleet && diskShort <= 0) {
+      const fleetMade = await this.makeFleetRoom(want);
+      if (fleetMade !== "down") return fleetMade;
+    }
     const victims = await this.victims(target);
     if (victims === undefined || sumOf(victims) < least) return false; // eviction cannot make room: keep the cache whole
     await this.evict(victims, target, "budget");
@@ -512,15 +631,103 @@ export class Janitor {
     return true;
   }
 
+  /** What must be freed for `want` more bytes to fit the budget (`least`), and what to free (`target`). */
+  private budgetNeed(want: number, committed: number, cached: boolean): { least: number; target: number } | "no" {
+    const { maxSize, low } = this.budget;
+    if (!cached || maxSize === undefined) return { least: 0, target: 0 };
+    const used = committed + this.reservedForCache();
+    if (used + want <= maxSize) return { least: 0, target: 0 };
+    if (this.reservedForCache() + want > maxSize * low) return "no";
+    return { least: used + want - maxSize, target: used + want - Math.floor(maxSize * low) };
+  }
+
+  /**
+   * makeRoom over the fleet's records: under the eviction lock, sized again from the fleet's total once the lock
+   * is held. Another replica evicting: waits (bounded) for its sweep, then fits only if that made room. `down`:
+   * Redis did not answer (the caller decides over its own index).
+   */
+  private async makeFleetRoom(want: number): Promise<boolean | "down"> {
+    const lock = await this.takeEvictionLock();
+    if (lock === "down") return "down";
+    if (lock === "busy") {
+      await this.waitForFleetSweep();
+      const after = await this.committedBytes();
+      const need = this.budgetNeed(want, after.bytes, true);
+      return need !== "no" && need.least <= 0;
+    }
+    try {
+      const now = await this.committedBytes();
+      if (!now.fleet) return "down";
+      const need = this.budgetNeed(want, now.bytes, true);
+      if (need === "no") return false;
+      if (need.least <= 0) return true;
+      const victims = await this.fleetVictims(need.target);
+      if (victims === undefined || sumOf(victims) < need.least) return false;
+      await this.evict(victims, need.target, "budget");
+      return true;
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** The fleet's eviction lock; `busy` when another replica holds it (counted), `down` when Redis cannot say. */
+  private async takeEvictionLock(): Promise<EvictionLock | "busy" | "down"> {
+    try {
+      const lock = await this.fleet!.tryLock();
+      if (lock) return lock;
+      this.metrics?.fleetEvictionLockBusy.inc();
+      return "busy";
+    } catch (err) {
+      this.fleetUnavailable(err);
+      return "down";
+    }
+  }
+
+  /** Waits until no replica holds the eviction lock, polling every 100 ms, about FLEET_SWEEP_WAIT_MS at most. */
+  private async waitForFleetSweep(): Promise<void> {
+    for (let waited = 0; waited < FLEET_SWEEP_WAIT_MS; waited += 100) {
+      try {
+        if (!(await this.fleet!.lockHeld())) return;
+      } catch {
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
   private async evictOverWatermarks(): Promise<void> {
     const fs = await this.fsUsage(this.store.root);
     const { maxSize, high, low } = this.budget;
-    let need = 0;
-    const used = this.store.index.bytes + this.reservedForCache();
-    if (maxSize !== undefined && used > maxSize * high) need = used - Math.floor(maxSize * low);
+    const used = await this.committedBytes();
+    const overBudget = (committed: number) => {
+      const total = committed + this.reservedForCache();
+      return maxSize !== undefined && total > maxSize * high ? total - Math.floor(maxSize * low) : 0;
+    };
+    let need = overBudget(used.bytes);
     const diskUsed = fs.total - fs.free + this.unwritten();
-    if (this.contentOnDisk && fs.total > 0 && diskUsed > fs.total * high)
-      need = Math.max(need, diskUsed - Math.floor(fs.total * low));
+    const diskNeed =
+      this.contentOnDisk && fs.total > 0 && diskUsed > fs.total * high ? diskUsed - Math.floor(fs.total * low) : 0;
+    if (used.fleet && diskNeed <= 0) {
+      if (need <= 0) return;
+      const lock = await this.takeEvictionLock();
+      if (lock === "busy") return; // another replica is sweeping the same fleet's budget
+      if (lock !== "down") {
+        try {
+          const now = await this.committedBytes();
+          if (now.fleet) {
+            need = overBudget(now.bytes); // sized under the lock: a sweep that just ended freed some already
+            if (need <= 0) return;
+            const victims = await this.fleetVictims(need);
+            if (victims) await this.evict(victims, need, "budget");
+            return;
+          }
+        } finally {
+          await lock.release();
+        }
+      }
+      need = overBudget(this.store.index.bytes);
+    }
+    need = Math.max(need, diskNeed);
     if (need <= 0) return;
     const victims = await this.victims(need);
     if (victims) await this.evict(victims, need, "budget");
@@ -546,7 +753,35 @@ export class Janitor {
     return victims;
   }
 
-  /** Deletes `victims`; `reason` labels the metrics: `budget` (watermarks, admission) or `idle` (maxIdle). */
+  /**
+   * As `victims`, in the fleet's order of last access, and sparing what any running replica's pins.json pins
+   * as well. Undefined when what is pinned cannot be told, or Redis stops answering meanwhile.
+   */
+  private async fleetVictims(need: number): Promise<FleetEntry[] | undefined> {
+    const pinned = await this.pinnedDigests(false);
+    if (pinned === undefined) return undefined;
+    const victims: FleetEntry[] = [];
+    try {
+      for (const digest of await this.fleet!.fleetPins()) await this.addReachable(digest, pinned, true);
+      let freed = 0;
+      for await (const entry of this.fleet!.leastRecentlyUsed()) {
+        if (freed >= need) break;
+        if (pinned.has(entry.digest) || this.store.inUse(entry.digest)) continue;
+        victims.push(entry);
+        freed += entry.size;
+      }
+    } catch (err) {
+      this.fleetUnavailable(err);
+      return undefined;
+    }
+    return victims;
+  }
+
+  /**
+   * Deletes `victims`; `reason` labels the metrics: `budget` (watermarks, admission) or `idle` (maxIdle). With a
+   * fleet, each one's record goes first (a replica committing it again meanwhile records it anew; the reverse
+   * order could leave an object no record counts); a delete that fails puts the record back.
+   */
   private async evict(
     victims: ReadonlyArray<{ digest: string; size: number }>,
     need: number,
@@ -555,8 +790,19 @@ export class Janitor {
     let evicted = 0;
     let bytes = 0;
     for (const victim of victims) {
-      await this.store.delete(victim.digest);
-      await this.manifests.forget(victim.digest);
+      this.evicting.add(victim.digest);
+      try {
+        if (this.fleet) await this.fleet.removed(victim.digest).catch((err: unknown) => this.fleetUnavailable(err));
+        try {
+          await this.store.delete(victim.digest);
+        } catch (err) {
+          this.fleet?.added(victim.digest, victim.size);
+          throw err;
+        }
+        await this.manifests.forget(victim.digest);
+      } finally {
+        this.evicting.delete(victim.digest);
+      }
       evicted++;
       bytes += victim.size;
     }

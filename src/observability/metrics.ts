@@ -70,6 +70,7 @@ export class Metrics {
   readonly evictionBlocked: Gauge;
   readonly evictions: Counter<"reason">;
   readonly evictedBytes: Counter<"reason">;
+  readonly fleetEvictionLockBusy: Counter;
   readonly uncachedServed: Counter<"upstream">;
   readonly fleetFills: Counter<"source">;
   // Warm-up sets (cache/warmup.ts).
@@ -220,6 +221,11 @@ export class Metrics {
       name: "mirror_evicted_bytes_total",
       help: "Bytes evicted, by reason (as mirror_evictions_total).",
       labelNames: ["reason"],
+      registers,
+    });
+    this.fleetEvictionLockBusy = new Counter({
+      name: "mirror_fleet_eviction_lock_busy_total",
+      help: "With storage.s3 and redis.url: sweeps and admissions of this replica that found another replica evicting (the fleet's eviction lock held) and did not evict themselves.",
       registers,
     });
     this.uncachedServed = new Counter({

@@ -18,6 +18,13 @@ export interface IndexSource {
   recordAccess(digest: string, when: Date): void;
 }
 
+/** Told of every addition and use of an entry (the fleet's access records: fleet-content-records.ts). */
+export interface IndexObserver {
+  added(digest: string, size: number): void;
+  /** Called on every use, unthrottled: it must only note the use, never do I/O on the caller's path. */
+  used(digest: string): void;
+}
+
 interface Entry {
   size: number;
   /** Last time an access was recorded in the store (ms), to throttle touches. */
@@ -34,6 +41,7 @@ export class CacheIndex {
   private readonly entries: LRUCache<string, Entry>;
   private readonly touchIntervalMs: number;
   private readonly now: () => number;
+  private readonly observers: IndexObserver[] = [];
 
   constructor(source: IndexSource, opts: { touchIntervalMs?: number; now?: () => number } = {}) {
     this.source = source;
@@ -60,10 +68,16 @@ export class CacheIndex {
     return { objects: found.length, bytes, ms: performance.now() - started };
   }
 
-  /** Content was committed. */
+  /** Tells `observer` of every later addition and use (not of what `rebuild` finds). */
+  observe(observer: IndexObserver): void {
+    this.observers.push(observer);
+  }
+
+  /** Content was committed (or found in the store while not indexed). */
   add(digest: string, size: number): void {
     const now = this.now();
     this.entries.set(digest, { size, touchedAt: now, usedAt: now });
+    for (const o of this.observers) o.added(digest, size);
   }
 
   /** Content was read: it becomes the most recently used, and the store records that (throttled). */
@@ -72,6 +86,7 @@ export class CacheIndex {
     if (!entry) return;
     const now = this.now();
     entry.usedAt = now;
+    for (const o of this.observers) o.used(digest);
     if (now - entry.touchedAt < this.touchIntervalMs) return;
     entry.touchedAt = now;
     this.source.recordAccess(digest, new Date(now));
