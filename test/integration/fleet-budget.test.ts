@@ -12,7 +12,7 @@
  */
 import { createHash } from "node:crypto";
 import { readdir } from "node:fs/promises";
-import { CreateBucketCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
+import { CreateBucketCommand, type S3Client } from "@aws-sdk/client-s3";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createS3Client } from "../../src/storage/s3-content-store.ts";
@@ -23,6 +23,7 @@ import { waitFor } from "../harness/processes.ts";
 import { startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startS3, type S3Server } from "../harness/s3.ts";
+import { bucketHolds } from "../harness/s3-bucket.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
@@ -87,18 +88,8 @@ function fleet(name: string) {
       ),
     /** What the bucket holds under the fleet's prefix: content objects, digest → size. */
     holds: async (): Promise<Map<string, number>> => {
-      const found = new Map<string, number>();
-      let token: string | undefined;
-      for (let page = 0; page < 20; page++) {
-        const res = await client.send(
-          new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `${prefix}blobs/sha256/`, ContinuationToken: token }),
-        );
-        for (const o of res.Contents ?? [])
-          found.set(`sha256:${o.Key!.slice(`${prefix}blobs/sha256/`.length)}`, o.Size!);
-        if (!res.IsTruncated) break;
-        token = res.NextContinuationToken;
-      }
-      return found;
+      const { objects } = await bucketHolds(client, BUCKET, `${prefix}blobs/sha256/`);
+      return new Map([...objects].map(([key, size]) => [`sha256:${key.slice(`${prefix}blobs/sha256/`.length)}`, size]));
     },
   };
 }

@@ -15,12 +15,7 @@
  */
 import { createHash } from "node:crypto";
 import { get as httpGet } from "node:http";
-import {
-  CreateBucketCommand,
-  ListMultipartUploadsCommand,
-  ListObjectsV2Command,
-  type S3Client,
-} from "@aws-sdk/client-s3";
+import { CreateBucketCommand, type S3Client } from "@aws-sdk/client-s3";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createS3Client } from "../../src/storage/s3-content-store.ts";
@@ -34,6 +29,7 @@ import { startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import { startS3, type S3Server } from "../harness/s3.ts";
+import { blobKey, bucketHolds as bucketHoldsUnder } from "../harness/s3-bucket.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { fetchRaw } from "./client.ts";
 
@@ -41,7 +37,7 @@ const MiB = 1024 * 1024;
 const BUCKET = "fleet";
 const PREFIX = "shared/";
 const SECRET = "fleet-s3-secret-0123456789";
-const keyOf = (digest: string) => `${PREFIX}blobs/sha256/${digest.slice("sha256:".length)}`;
+const keyOf = (digest: string) => blobKey(PREFIX, digest);
 
 const teardown = new Teardown();
 afterAll(() => teardown.run(), 180_000);
@@ -134,14 +130,7 @@ function pull(
 }
 
 /** What the bucket holds under the prefix: objects (key → size) and unfinished multipart uploads. */
-async function bucketHolds(prefix = PREFIX): Promise<{ objects: Map<string, number>; uploads: string[] }> {
-  const listed = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `${prefix}blobs/` }));
-  const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: prefix }));
-  return {
-    objects: new Map((listed.Contents ?? []).map((o) => [o.Key!, o.Size!])),
-    uploads: (uploads.Uploads ?? []).map((u) => u.Key!),
-  };
-}
+const bucketHolds = (prefix = PREFIX) => bucketHoldsUnder(client, BUCKET, prefix);
 
 /** Waits (bounded) until no replica holds a write in progress. */
 async function writesSettled(): Promise<void> {

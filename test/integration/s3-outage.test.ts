@@ -18,6 +18,7 @@ import { Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay } from "../harness/relay.ts";
 import { startS3, type S3Server } from "../harness/s3.ts";
+import { blobKey, bucketHolds } from "../harness/s3-bucket.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 import { parsePrometheusText, valueOf } from "./prometheus-text.ts";
 
@@ -26,7 +27,7 @@ const BUCKET = "outage";
 const PREFIX = "cache/";
 const REPO = "team/outage";
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-const keyOf = (digest: string) => `${PREFIX}blobs/sha256/${digest.slice("sha256:".length)}`;
+const keyOf = (digest: string) => blobKey(PREFIX, digest);
 /** The probe runs every 5 s (cache-layer.ts): the store is seen back well within this. */
 const BACK_WITHIN_MS = 60_000;
 
@@ -64,8 +65,7 @@ async function blobGets(image: BuiltImage): Promise<number[]> {
 }
 
 async function objectKeys(): Promise<Set<string>> {
-  const listed = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: PREFIX }));
-  return new Set((listed.Contents ?? []).map((o) => o.Key!));
+  return new Set((await bucketHolds(client, BUCKET, PREFIX)).objects.keys());
 }
 
 async function readiness(): Promise<{ status: number; reasons: string[] }> {

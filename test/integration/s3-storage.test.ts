@@ -10,14 +10,7 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  CreateBucketCommand,
-  HeadObjectCommand,
-  ListMultipartUploadsCommand,
-  ListObjectsV2Command,
-  PutBucketPolicyCommand,
-  S3Client,
-} from "@aws-sdk/client-s3";
+import { CreateBucketCommand, HeadObjectCommand, PutBucketPolicyCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/load.ts";
 import { startUpProblems } from "../../src/start-up-checks.ts";
@@ -28,6 +21,7 @@ import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import { startS3, type S3Server } from "../harness/s3.ts";
+import { blobKey, bucketHolds as bucketHoldsUnder } from "../harness/s3-bucket.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
 const MiB = 1024 * 1024;
@@ -35,7 +29,7 @@ const ADMIN_TOKEN = "s3-storage-admin-token-0123";
 const BUCKET = "mirror";
 const PREFIX = "cache/";
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-const keyOf = (digest: string) => `${PREFIX}blobs/sha256/${digest.slice("sha256:".length)}`;
+const keyOf = (digest: string) => blobKey(PREFIX, digest);
 
 const teardown = new Teardown();
 afterAll(() => teardown.run(), 180_000);
@@ -76,14 +70,7 @@ function startMirror(): Promise<TestMirror> {
 }
 
 /** What the server holds under the prefix: objects (key → size) and unfinished multipart uploads. */
-async function bucketHolds(): Promise<{ objects: Map<string, number>; uploads: string[] }> {
-  const listed = await client.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: PREFIX }));
-  const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: PREFIX }));
-  return {
-    objects: new Map((listed.Contents ?? []).map((o) => [o.Key!, o.Size!])),
-    uploads: (uploads.Uploads ?? []).map((u) => u.Key!),
-  };
-}
+const bucketHolds = () => bucketHoldsUnder(client, BUCKET, PREFIX);
 
 /** Waits (bounded) until the mirror holds no write in progress: every fill committed or discarded. */
 async function fillsSettled(m: TestMirror): Promise<void> {

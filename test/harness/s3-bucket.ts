@@ -1,0 +1,33 @@
+// What a bucket holds, as the S3 tests check it: the objects under a prefix and the multipart uploads left open.
+// The store's own layout (`<prefix>blobs/sha256/<hex>`, s3-content-store.ts) is spelt here once for the tests.
+import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
+
+/** The key of a blob's object under `prefix`. */
+export const blobKey = (prefix: string, digest: string): string =>
+  `${prefix}blobs/sha256/${digest.slice("sha256:".length)}`;
+
+/** Listing pages read at most (1000 keys each): far more than any test writes. */
+const MAX_PAGES = 50;
+
+/**
+ * Every object under `prefix` (key → size, all pages) and the keys of the multipart uploads not completed or
+ * aborted under it.
+ */
+export async function bucketHolds(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+): Promise<{ objects: Map<string, number>; uploads: string[] }> {
+  const objects = new Map<string, number>();
+  let token: string | undefined;
+  for (let page = 0; page < MAX_PAGES; page++) {
+    const listed = await client.send(
+      new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
+    );
+    for (const o of listed.Contents ?? []) objects.set(o.Key!, o.Size!);
+    if (!listed.IsTruncated) break;
+    token = listed.NextContinuationToken;
+  }
+  const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: prefix }));
+  return { objects, uploads: (uploads.Uploads ?? []).map((u) => u.Key!) };
+}
