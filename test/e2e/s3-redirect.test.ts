@@ -23,16 +23,16 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import bcrypt from "bcryptjs";
-import { CreateBucketCommand, HeadObjectCommand, type S3Client } from "@aws-sdk/client-s3";
+import { HeadObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createS3Client } from "../../src/storage/s3-content-store.ts";
 import { buildImage, busyboxLayer, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { prepareContainersTools, type ContainersTools } from "../harness/podman.ts";
 import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay, type RelayedRequest } from "../harness/relay.ts";
-import { startS3, type S3Server } from "../harness/s3.ts";
+import type { S3Server } from "../harness/s3.ts";
+import { startS3WithBucket } from "../harness/s3-bucket.ts";
 import { fetchRaw } from "../integration/client.ts";
 import type { ClientFactory, ImageRef } from "./client.ts";
 import { containerdClient } from "./clients/containerd.ts";
@@ -66,17 +66,7 @@ let mirror: TestMirror;
 let front: Relay;
 
 beforeAll(async () => {
-  s3 = await startS3();
-  teardown.add("s3", () => s3.dispose());
-  bucket = await createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  });
-  teardown.add("s3 client", () => bucket.destroy());
-  await bucket.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  ({ s3, client: bucket } = await startS3WithBucket(teardown, BUCKET));
   s3Relay = teardown.track(await startRelay(s3.endpoint), "relay in front of the object store");
 
   upstream = teardown.track(await startRegistry(), "upstream registry");

@@ -1,6 +1,36 @@
 // What a bucket holds, as the S3 tests check it: the objects under a prefix and the multipart uploads left open.
 // The store's own layout (`<prefix>blobs/sha256/<hex>`, s3-content-store.ts) is spelt here once for the tests.
-import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
+import {
+  CreateBucketCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  type S3Client,
+} from "@aws-sdk/client-s3";
+import { createS3Client } from "../../src/storage/s3-content-store.ts";
+import { startS3, type S3Server } from "./s3.ts";
+import type { Teardown } from "./teardown.ts";
+
+/**
+ * Starts the test S3 server (s3.ts) and a client of it, the mirror's own (`createS3Client`: path-style, the server's
+ * keys), and creates `bucket`; `teardown` stops both.
+ */
+export async function startS3WithBucket(
+  teardown: Teardown,
+  bucket: string,
+): Promise<{ s3: S3Server; client: S3Client }> {
+  const s3 = await startS3();
+  teardown.add("s3", () => s3.dispose());
+  const client = await createS3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+  });
+  teardown.add("s3 client", () => client.destroy());
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  return { s3, client };
+}
 
 /** The key of a blob's object under `prefix`. */
 export const blobKey = (prefix: string, digest: string): string =>

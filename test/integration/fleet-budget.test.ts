@@ -12,18 +12,17 @@
  */
 import { createHash } from "node:crypto";
 import { readdir } from "node:fs/promises";
-import { CreateBucketCommand, type S3Client } from "@aws-sdk/client-s3";
+import { type S3Client } from "@aws-sdk/client-s3";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createS3Client } from "../../src/storage/s3-content-store.ts";
 import { PinList } from "../../src/storage/pin-list.ts";
 import { buildImage, pushBlob, pushImage, randomLayer, type Blob, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { waitFor } from "../harness/processes.ts";
 import { startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
-import { startS3, type S3Server } from "../harness/s3.ts";
-import { bucketHolds } from "../harness/s3-bucket.ts";
+import type { S3Server } from "../harness/s3.ts";
+import { bucketHolds, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
@@ -39,17 +38,7 @@ let redis: RedisServer;
 let redisClient: Redis;
 
 beforeAll(async () => {
-  s3 = await startS3();
-  teardown.add("s3", () => s3.dispose());
-  client = await createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  });
-  teardown.add("s3 client", () => client.destroy());
-  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  ({ s3, client } = await startS3WithBucket(teardown, BUCKET));
   upstream = teardown.track(await startRegistry());
   redis = teardown.track(await startRedis());
   redisClient = new Redis(redis.url);

@@ -15,10 +15,9 @@
  */
 import { createHash } from "node:crypto";
 import { get as httpGet } from "node:http";
-import { CreateBucketCommand, type S3Client } from "@aws-sdk/client-s3";
+import { type S3Client } from "@aws-sdk/client-s3";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createS3Client } from "../../src/storage/s3-content-store.ts";
 import { pushBlob, randomLayer } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -28,8 +27,8 @@ import { freePort, startProcess, waitFor } from "../harness/processes.ts";
 import { startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
-import { startS3, type S3Server } from "../harness/s3.ts";
-import { blobKey, bucketHolds as bucketHoldsUnder } from "../harness/s3-bucket.ts";
+import type { S3Server } from "../harness/s3.ts";
+import { blobKey, bucketHolds as bucketHoldsUnder, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { fetchRaw } from "./client.ts";
 
@@ -79,17 +78,7 @@ async function startReplica(prefix = PREFIX, keyPrefix = "fleet-s3:"): Promise<T
 }
 
 beforeAll(async () => {
-  s3 = await startS3();
-  teardown.add("s3", () => s3.dispose());
-  client = await createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  });
-  teardown.add("s3 client", () => client.destroy());
-  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  ({ s3, client } = await startS3WithBucket(teardown, BUCKET));
   upstream = teardown.track(await startRegistry());
   relay = teardown.track(await startRelay(upstream.url));
   redis = teardown.track(await startRedis());

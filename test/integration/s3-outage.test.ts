@@ -9,16 +9,15 @@ import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CreateBucketCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createS3Client } from "../../src/storage/s3-content-store.ts";
 import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay } from "../harness/relay.ts";
-import { startS3, type S3Server } from "../harness/s3.ts";
-import { blobKey, bucketHolds } from "../harness/s3-bucket.ts";
+import type { S3Server } from "../harness/s3.ts";
+import { blobKey, bucketHolds, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 import { parsePrometheusText, valueOf } from "./prometheus-text.ts";
 
@@ -93,17 +92,7 @@ async function storedInBucket(image: BuiltImage): Promise<void> {
 }
 
 beforeAll(async () => {
-  s3 = await startS3();
-  teardown.add("s3", () => s3.dispose());
-  client = await createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  });
-  teardown.add("s3 client", () => client.destroy());
-  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  ({ s3, client } = await startS3WithBucket(teardown, BUCKET));
   const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-outage-"));
   teardown.add("data dir", () => rm(dataDir, { recursive: true, force: true }));
   registry = teardown.track(await startRegistry());

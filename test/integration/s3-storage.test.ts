@@ -10,18 +10,17 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CreateBucketCommand, HeadObjectCommand, PutBucketPolicyCommand, S3Client } from "@aws-sdk/client-s3";
+import { HeadObjectCommand, PutBucketPolicyCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/load.ts";
 import { startUpProblems } from "../../src/start-up-checks.ts";
-import { createS3Client } from "../../src/storage/s3-content-store.ts";
 import { buildImage, pushImage, randomLayer } from "../harness/image-builder.ts";
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
-import { startS3, type S3Server } from "../harness/s3.ts";
-import { blobKey, bucketHolds as bucketHoldsUnder } from "../harness/s3-bucket.ts";
+import type { S3Server } from "../harness/s3.ts";
+import { blobKey, bucketHolds as bucketHoldsUnder, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
 const MiB = 1024 * 1024;
@@ -88,17 +87,7 @@ const blobGets = async (digest: string) => {
 };
 
 beforeAll(async () => {
-  s3 = await startS3();
-  teardown.add("s3", () => s3.dispose());
-  client = await createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  });
-  teardown.add("s3 client", () => client.destroy());
-  await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  ({ s3, client } = await startS3WithBucket(teardown, BUCKET));
   dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-"));
   teardown.add("data dir", () => rm(dataDir, { recursive: true, force: true }));
   registry = teardown.track(await startRegistry());
