@@ -18,7 +18,7 @@ beforeAll(async () => {
   upstream = await startRegistry();
   relay = await startRelay(upstream.url);
   mirror = await startTestMirror({
-    upstreams: { "docker.io": { url: relay.url, default: true, tagTtl: "400ms", timeouts: { connect: "1s" } } },
+    upstreams: { "docker.io": { url: relay.url, default: true, tagTtl: "2s", timeouts: { connect: "1s" } } },
   });
 });
 afterAll(async () => {
@@ -66,7 +66,7 @@ describe("metrics", () => {
       "coalesced",
       "miss",
     ]);
-    await new Promise((r) => setTimeout(r, 450)); // past the tag TTL
+    await new Promise((r) => setTimeout(r, 2_100)); // past the tag TTL
     await relay.stop(); // the upstream is now unreachable: the tag is served stale
     const stale = await fetchRaw(`${api}/manifests/v1`, { headers: { accept: ALL_MANIFEST_TYPES } });
     expect(stale.headers["x-mirror-cache"]).toBe("stale");
