@@ -42,7 +42,7 @@ import {
   type SharedWrite,
   type WriteReservation,
 } from "../storage/content-store.ts";
-import { FileRangeStream, type BufferPool } from "../storage/file-range-stream.ts";
+import { FileRangeStream, MAX_IN_FLIGHT, READ_CHUNK, type BufferPool } from "../storage/file-range-stream.ts";
 
 export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */
@@ -132,6 +132,11 @@ export class Fill {
   /** The fill itself holds one reference until it ends; each reader holds one while open. */
   private refs = 1;
   private readerCount = 0;
+  /**
+   * The batch of chunks being written to the temp file now, from offset `at` (exclusive `end`): readers that have
+   * read everything written are sent these bytes from memory meanwhile. Held only while the write holds them.
+   */
+  private batch: { chunks: readonly Buffer[]; at: number; end: number } | undefined;
   private waiters: Array<() => void> = [];
   private resolveReady!: () => void;
   /** In `uncached` state: the upstream response, for the one request that takes it. */
@@ -243,7 +248,35 @@ export class Fill {
     return this.writer!.readAt(buffer, length, position);
   }
 
-  /** @internal resolves at the next write, commit or failure. */
+  /**
+   * @internal the received bytes `[from, to)` as views of the chunks being written now, or undefined when they
+   * are not all in that batch.
+   */
+  received(from: number, to: number): Buffer[] | undefined {
+    const batch = this.batch;
+    if (batch === undefined || from < batch.at || to > batch.end || from >= to) return undefined;
+    const views: Buffer[] = [];
+    let offset = batch.at;
+    for (const chunk of batch.chunks) {
+      const chunkEnd = offset + chunk.length;
+      if (chunkEnd > from && offset < to)
+        views.push(
+          offset >= from && chunkEnd <= to
+            ? chunk
+            : chunk.subarray(Math.max(from - offset, 0), Math.min(to, chunkEnd) - offset),
+        );
+      offset = chunkEnd;
+      if (offset >= to) break;
+    }
+    return views;
+  }
+
+  /** @internal where the batch being written ends (exclusive), or undefined while none is. */
+  get receivedTo(): number | undefined {
+    return this.batch?.end;
+  }
+
+  /** @internal resolves at the next batch received, write, commit or failure. */
   changed(): Promise<void> {
     return new Promise((resolve) => this.waiters.push(resolve));
   }
@@ -427,7 +460,14 @@ export class Fill {
       // Only a download of unknown size outgrows its reservation (the check above stops any other).
       if (this.reservation && writer.written + total > this.reservation.bytes)
         await this.reserve(this.reservation, writer.written + total);
-      await writer.write(chunks);
+      // Readers that have read everything written are sent these bytes from memory while the file write runs.
+      this.batch = { chunks, at: writer.written, end: writer.written + total };
+      this.notify();
+      try {
+        await writer.write(chunks);
+      } finally {
+        this.batch = undefined;
+      }
       pacer.received(total); // these chunks are garbage now: see receive-pacer.ts
       metrics?.upstreamFetchedBytes.inc({ upstream: this.origin.upstream, kind: "blob" }, total);
       this.notify();
@@ -440,7 +480,15 @@ export class Fill {
   }
 }
 
-/** Streams `[start, end]` of a fill's temp file, following the download (file-range-stream.ts does the I/O). */
+/**
+ * Streams `[start, end]` of a download, following it (file-range-stream.ts does the I/O).
+ *
+ * Two ways to the same bytes, under the same rule. A reader that has read everything written is sent the batch
+ * of chunks the fill is writing to its temp file now, from those chunks, while the write runs: no copy, no read
+ * back, and nothing held that the write does not hold anyway. One that is behind (it joined late, or its client
+ * has not taken what it was sent) reads the temp file up to what has been written, and is sent from memory again
+ * once it has caught up. Either way its last byte is only sent once the fill has verified the content.
+ */
 class FillReader extends FileRangeStream {
   private readonly fill: Fill;
   private readonly end: number | undefined;
@@ -458,10 +506,14 @@ class FillReader extends FileRangeStream {
    * Bytes up to `written` are readable, except that this reader's last byte is held back until the fill has
    * verified the content (committed it, or passed it through), and the end (0) is only reported once it has. That
    * single rule is what makes a response that completes, whatever its range, imply verified content.
+   *
+   * Bytes received but not written yet are sent from memory here (`sendNow`, which moves the position), so the
+   * position is read afresh on every turn.
    */
-  protected override async available(position: number): Promise<number> {
+  protected override async available(): Promise<number> {
     for (;;) {
       const fill = this.fill;
+      const position = this.position;
       if (fill.state === "failed") throw fill.error ?? new Error("blob fill failed");
       const verified = fill.verified;
       const total = verified ? fill.written : fill.size; // blob size, when known
@@ -472,8 +524,16 @@ class FillReader extends FileRangeStream {
         return Math.min(fill.written, stop) - position;
       }
       // Unverified: up to this reader's last byte, exclusive; with no known end, any written byte may be the last.
-      const limit = Math.min(fill.written, stop) - 1;
+      const limit = stop === Infinity ? fill.written - 1 : Math.min(fill.written, stop - 1);
       if (position < limit) return limit - position;
+      // Everything written is read: the bytes being written now are sent from memory, short of the last byte,
+      // while the client has taken what it was sent. (With no known end, any byte may be the last: none is.)
+      const to = stop === Infinity ? 0 : Math.min(fill.receivedTo ?? 0, stop - 1);
+      const views = position < to && this.canSendNow(MEMORY_BACKLOG) ? fill.received(position, to) : undefined;
+      if (views !== undefined) {
+        this.sendNow(views, to - position);
+        continue;
+      }
       await fill.changed();
       if (this.destroyed) return 0;
     }
@@ -489,6 +549,13 @@ class FillReader extends FileRangeStream {
     this.fill.releaseReader();
   }
 }
+
+/**
+ * A reader is sent received bytes from memory only while its client holds at most this many bytes it was sent and
+ * has not taken: a client slower than the download reads the temp file instead, and the fill's chunks do not
+ * pile up in its socket. (The same bound as a reader of the file has in flight: MAX_IN_FLIGHT × READ_CHUNK.)
+ */
+const MEMORY_BACKLOG = MAX_IN_FLIGHT * READ_CHUNK;
 
 export class FillCoordinator {
   private readonly context: FillContext;

@@ -99,6 +99,8 @@ export abstract class FileRangeStream extends Readable {
   protected flushHeadersOnPipe = false;
   /** Writes not yet called back, each with what settles it (a destroyed destination may never call back). */
   private readonly pendingWrites = new Map<Promise<void>, () => void>();
+  /** The destination this stream writes into itself, while it does (see `pipe`). */
+  private destination: CallbackDestination | undefined;
 
   constructor(pool: BufferPool, start: number) {
     super({ highWaterMark: READ_CHUNK });
@@ -142,6 +144,7 @@ export abstract class FileRangeStream extends Readable {
     const fresh = !this.pumping && this.readableFlowing === null && this.readableLength === 0 && !this.destroyed;
     if (!fresh || !consumesOnCallback(dest)) return super.pipe(dest, options);
     this.pumping = true;
+    this.destination = dest;
     dest.emit("pipe", this);
     if (this.flushHeadersOnPipe && dest instanceof ServerResponse && !dest.headersSent) dest.flushHeaders();
     void this.pump(dest, options?.end !== false);
@@ -184,6 +187,30 @@ export abstract class FileRangeStream extends Readable {
     } catch (err) {
       this.destroy(toError(err));
     }
+  }
+
+  /**
+   * Whether `sendNow` may write now: this stream writes into its destination itself, and the destination is open
+   * with at most `backlog` bytes queued that the kernel has not taken yet.
+   */
+  protected canSendNow(backlog: number): boolean {
+    const dest = this.destination;
+    return dest !== undefined && !this.destroyed && !dest.destroyed && dest.writableLength <= backlog;
+  }
+
+  /**
+   * Writes `chunks`, `bytes` in all, the bytes at `position` (a subclass holding them in memory: no read), to the
+   * destination at once, corked so that they leave in one system call, and moves `position` past them. Only
+   * while `canSendNow` and while the subclass's `available` is waiting (no read of this stream is in progress).
+   * The chunks are the caller's, never pooled; the destination holds them only until the kernel took them.
+   */
+  protected sendNow(chunks: readonly Uint8Array[], bytes: number): void {
+    const dest = this.destination!;
+    dest.cork();
+    for (const chunk of chunks) dest.write(chunk);
+    dest.uncork();
+    this.position += bytes;
+    this.bytesRead += bytes;
   }
 
   /** Resolves when `chunk` has been written (or the stream was destroyed); recycles `buffer` only after a successful write. */

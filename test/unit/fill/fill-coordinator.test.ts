@@ -2,6 +2,8 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer, get, type IncomingMessage, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { PassThrough, type Readable } from "node:stream";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -16,6 +18,7 @@ import {
 import { ReceivePacer } from "../../../src/fill/receive-pacer.ts";
 import { BufferPool } from "../../../src/storage/file-range-stream.ts";
 import { RegistryError } from "../../../src/oci/errors.ts";
+import type { ContentWriter } from "../../../src/storage/content-store.ts";
 
 const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 const origin = { upstream: "u", repo: "r" };
@@ -351,6 +354,154 @@ describe("FillCoordinator", () => {
       expect(got.bytes.length).toBeLessThan(wrong.length);
       expect(await store.size(digestOf(content))).toBeUndefined();
       expect(await store.tempFiles()).toEqual([]);
+    });
+  });
+
+  describe("readers piped into an HTTP response (bytes being received are sent from memory)", () => {
+    let server: Server | undefined;
+    afterEach(async () => {
+      server?.closeAllConnections();
+      await new Promise((r) => server?.close(r) ?? r(undefined));
+      server = undefined;
+    });
+
+    /** Counts the bytes readers read back from the temp file (the writer's readAt). */
+    function countFileReads(): { bytes: number } {
+      const count = { bytes: 0 };
+      const createWriter = store.createWriter.bind(store);
+      store.createWriter = async (...args: Parameters<BlobStore["createWriter"]>): Promise<ContentWriter> => {
+        const writer = await createWriter(...args);
+        const readAt = writer.readAt.bind(writer);
+        writer.readAt = async (buffer, length, position) => {
+          const n = await readAt(buffer, length, position);
+          count.bytes += n;
+          return n;
+        };
+        return writer;
+      };
+      return count;
+    }
+
+    /** Serves `fill` as Koa does (the reader piped into the response), bytes [start, end] when given. */
+    async function serve(fill: Fill, start = 0, end?: number): Promise<string> {
+      server = createServer((_req, res) => {
+        res.statusCode = 200;
+        const reader = fill.createReader(start, end);
+        reader.once("error", () => res.destroy()); // as the router does: a broken source breaks the response
+        reader.pipe(res);
+      });
+      await new Promise<void>((r) => server!.listen(0, "127.0.0.1", r));
+      return `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+    }
+
+    /** GETs `url`: the response as it arrives (`got`), and how it ended (complete, or broken). */
+    function download(url: string): {
+      response: Promise<IncomingMessage>;
+      got: Buffer[];
+      ended: Promise<"complete" | "broken">;
+    } {
+      const got: Buffer[] = [];
+      let respond!: (r: IncomingMessage) => void;
+      const response = new Promise<IncomingMessage>((r) => (respond = r));
+      const ended = new Promise<"complete" | "broken">((resolve) => {
+        const req = get(url, (res) => {
+          respond(res);
+          res.on("data", (c: Buffer) => got.push(c));
+          res.on("end", () => resolve("complete"));
+          res.on("aborted", () => resolve("broken"));
+          res.on("error", () => resolve("broken"));
+        });
+        req.on("error", () => resolve("broken"));
+      });
+      return { response, got, ended };
+    }
+
+    const length = (chunks: Buffer[]) => chunks.reduce((n, c) => n + c.length, 0);
+    async function until(condition: () => boolean): Promise<void> {
+      for (let i = 0; i < 500 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(condition()).toBe(true);
+    }
+
+    it("sends a reader that keeps up what is received without reading the file back, the last byte only once verified", async () => {
+      const fileReads = countFileReads();
+      const content = randomBytes(3 * 1024 * 1024 + 5);
+      const { fill, body } = startFill(content);
+      await fill.ready;
+      const client = download(await serve(fill));
+      await client.response; // headers are out before any byte was received
+      for (let at = 0; at < content.length; at += 256 * 1024) {
+        body.write(content.subarray(at, at + 256 * 1024));
+        await tick();
+      }
+      await until(() => length(client.got) === content.length - 1);
+      await tick();
+      expect(length(client.got)).toBe(content.length - 1); // all but the last byte while unverified
+      expect(fileReads.bytes).toBe(0); // every byte so far came from the chunks received
+      body.end();
+      expect(await client.ended).toBe("complete");
+      expect(Buffer.concat(client.got).equals(content)).toBe(true);
+      expect(fileReads.bytes).toBe(1); // the last byte, read after verification
+      await fill.done;
+    });
+
+    it("holds back the last byte of a range sent from memory until verified", async () => {
+      const content = randomBytes(2 * 1024 * 1024);
+      const { fill, body } = startFill(content);
+      await fill.ready;
+      const client = download(await serve(fill, 1000, 1_500_000));
+      await client.response;
+      body.write(content.subarray(0, 1024 * 1024));
+      await tick();
+      body.write(content.subarray(1024 * 1024, 2 * 1024 * 1024 - 10));
+      await until(() => length(client.got) === 1_500_000 - 1000);
+      await tick();
+      expect(length(client.got)).toBe(1_500_000 - 1000);
+      body.end(content.subarray(2 * 1024 * 1024 - 10));
+      expect(await client.ended).toBe("complete");
+      expect(Buffer.concat(client.got).equals(content.subarray(1000, 1_500_001))).toBe(true);
+    });
+
+    it("never sends the last byte of a download that fails verification", async () => {
+      const content = randomBytes(12 * 1024 * 1024 + 3); // hashed by the worker
+      const wrong = Buffer.from(content);
+      wrong[100] = wrong[100]! ^ 0xff;
+      const { fill, body } = startFill(wrong, { digest: digestOf(content) });
+      await fill.ready;
+      const client = download(await serve(fill));
+      await client.response;
+      for (let at = 0; at < wrong.length; at += 512 * 1024) {
+        body.write(wrong.subarray(at, at + 512 * 1024));
+        await tick();
+      }
+      await until(() => length(client.got) === wrong.length - 1);
+      body.end();
+      await expect(fill.done).rejects.toThrow(/hashes to/);
+      expect(await client.ended).toBe("broken");
+      expect(length(client.got)).toBe(wrong.length - 1);
+      expect(await store.size(digestOf(content))).toBeUndefined();
+      expect(await store.tempFiles()).toEqual([]);
+    });
+
+    it("sends a client that stopped reading the rest from the file once it reads again, the same bytes", async () => {
+      const fileReads = countFileReads();
+      const content = randomBytes(24 * 1024 * 1024 + 7);
+      const { fill, body } = startFill(content);
+      await fill.ready;
+      const client = download(await serve(fill));
+      const response = await client.response;
+      body.write(content.subarray(0, 256 * 1024));
+      await until(() => length(client.got) === 256 * 1024);
+      response.pause(); // the client stops reading: its socket fills up, and the download goes on without it
+      for (let at = 256 * 1024; at < content.length; at += 512 * 1024) {
+        body.write(content.subarray(at, at + 512 * 1024));
+        await tick();
+      }
+      body.end();
+      await fill.done; // verified and committed while the client was not reading
+      response.resume();
+      expect(await client.ended).toBe("complete");
+      expect(Buffer.concat(client.got).equals(content)).toBe(true);
+      expect(fileReads.bytes).toBeGreaterThan(1024 * 1024); // it fell behind, and read the temp file
     });
   });
 
