@@ -99,6 +99,17 @@ describe("lazy loading", () => {
     for (const pkg of NOT_LOADED_BY_DEFAULT) expect(packages).not.toContain(pkg);
   });
 
+  it("without a config file the YAML parser is not loaded; with one (MIRROR_CONFIG) it is, and the file applies", async () => {
+    const withoutFile = await packagesLoaded("no-file", {});
+    expect(withoutFile.packages).not.toContain("yaml");
+    const file = join(work, "mirror.yaml");
+    // The file turns /metrics off, so its effect shows in the statuses (/v2/, /readyz, /metrics).
+    await writeFile(file, "metrics:\n  enabled: false\n");
+    const withFile = await packagesLoaded("file", { MIRROR_CONFIG: file });
+    expect(withFile.statuses).toEqual([200, 200, 404]);
+    expect(withFile.packages).toContain("yaml");
+  });
+
   it("with redis.url set, ioredis is loaded and the mirror uses Redis", async () => {
     const { packages, statuses } = await packagesLoaded("redis", { MIRROR_REDIS__URL: redis.url });
     expect(statuses).toEqual([200, 200, 200]);
@@ -193,6 +204,10 @@ describe("start-up through src/main.ts", () => {
       /\/node_modules\/prom-client\/index\.js$/,
       /\/node_modules\/prom-client\/lib\/(pushgateway|cluster)\.js$/,
       /\/node_modules\/@koa\/router\/dist\/index\.mjs$/,
+      // No --config: the YAML parser is not needed (src/config/load.ts).
+      /\/node_modules\/yaml\//,
+      // prom-client's own processCpuTotal would load it (src/observability/prom-client.ts).
+      /\/node_modules\/@opentelemetry\//,
     ];
     for (const pattern of notLoaded) expect(urls.filter((url) => pattern.test(url))).toEqual([]);
     expect(builtins).toContain("NativeModule http");
