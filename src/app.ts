@@ -18,10 +18,7 @@ import { longDurationWarnings } from "./config/load.ts";
 import type { Config } from "./config/schema.ts";
 import { SecretFile } from "./config/secret-file.ts";
 import { UpstreamResolver } from "./config/upstream-resolver.ts";
-import { adminRouter } from "./http/admin-router.ts";
-import { peerRouter } from "./http/peer-router.ts";
-import { PeerFillHandler } from "./registry/peer-fill-handler.ts";
-import { ClientAuth } from "./http/client-auth.ts";
+import type { ClientAuth } from "./http/client-auth.ts";
 import { clientConcurrency } from "./http/client-concurrency.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
 import { requestContext, type RequestState } from "./http/request-context.ts";
@@ -32,7 +29,6 @@ import { listenMetrics } from "./observability/metrics-listener.ts";
 import { Metrics } from "./observability/metrics.ts";
 import { TrafficTotals } from "./observability/traffic-totals.ts";
 import { AccessPolicy } from "./registry/access-policy.ts";
-import { AdminHandler } from "./registry/admin-handler.ts";
 import { BlobHandler } from "./registry/blob-handler.ts";
 import { ManifestHandler } from "./registry/manifest-handler.ts";
 import { TagsHandler } from "./registry/tags-handler.ts";
@@ -40,11 +36,9 @@ import { UpstreamFallbacks } from "./registry/upstream-fallback.ts";
 import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { ContentStore } from "./storage/content-store.ts";
-import { Exporter } from "./transfer/exporter.ts";
 import { TrafficFile } from "./storage/traffic-file.ts";
 import { TrustedProxies } from "./http/client-address.ts";
-import { ConsoleHistory } from "./console/console-history.ts";
-import { consoleRouter } from "./console/console-router.ts";
+import type { ConsoleHistory } from "./console/console-history.ts";
 
 /** How often the traffic totals are saved besides at shutdown: what a crash can lose of them. */
 const TRAFFIC_SAVE_MS = 60_000;
@@ -143,7 +137,17 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   app.use(errorMiddleware());
   // The other replicas stream downloads running here: signed requests only, whatever client access allows, and
   // not counted per client (a replica following many downloads is one address).
-  if (cluster) app.use(peerRouter(new PeerFillHandler({ fills, store: blobStore }), cluster.peerKey));
+  // What only some configurations use is imported when they do (here and below: the peer router with `cluster`,
+  // client authentication with `access`, the admin API, transfers and the console with an admin token), so that
+  // a mirror that does not use it neither loads it nor pays for it at start-up (bcryptjs alone is ~15 ms of CPU);
+  // each is still built here, at start-up, so its configuration errors stop the start as before.
+  if (cluster) {
+    const [{ peerRouter }, { PeerFillHandler }] = await Promise.all([
+      import("./http/peer-router.ts"),
+      import("./registry/peer-fill-handler.ts"),
+    ]);
+    app.use(peerRouter(new PeerFillHandler({ fills, store: blobStore }), cluster.peerKey));
+  }
   app.use(clientConcurrency(config.limits.maxRequestsPerClient));
   // Secrets from files may be written after start (a Kubernetes Secret populated late): one that holds no usable
   // secret disables its credential, is logged and listed by /readyz, and is re-read when it changes
@@ -154,7 +158,10 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       : undefined;
   let clientAuth: ClientAuth | undefined;
   try {
-    clientAuth = config.access ? await ClientAuth.load(config.access, { log }) : undefined;
+    if (config.access) {
+      const { ClientAuth } = await import("./http/client-auth.ts");
+      clientAuth = await ClientAuth.load(config.access, { log });
+    }
   } catch (err) {
     adminTokenFile?.close();
     throw err;
@@ -169,6 +176,12 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   const adminDigest =
     config.admin.token !== undefined ? createHash("sha256").update(config.admin.token).digest() : undefined;
   if (adminDigest !== undefined || adminTokenFile !== undefined) {
+    const [{ AdminHandler }, { adminRouter }, { Exporter }, importer] = await Promise.all([
+      import("./registry/admin-handler.ts"),
+      import("./http/admin-router.ts"),
+      import("./transfer/exporter.ts"),
+      createImporter(layer, config),
+    ]);
     const handler = new AdminHandler({
       upstreams,
       manifests: manifestCache,
@@ -177,7 +190,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
       metadata,
       janitor,
       prefetcher,
-      importer: createImporter(layer, config),
+      importer,
       exporter: new Exporter({ manifests: manifestCache, blobs: blobCache, referrers: referrersCache, upstreams }),
       traffic,
       pins: layer.pins,
@@ -185,6 +198,10 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     });
     app.use(adminRouter(handler, () => adminDigest ?? adminTokenFile?.digest));
     if (config.console.enabled) {
+      const [{ ConsoleHistory }, { consoleRouter }] = await Promise.all([
+        import("./console/console-history.ts"),
+        import("./console/console-router.ts"),
+      ]);
       consoleHistory = new ConsoleHistory(config.storage.path);
       const damaged = await consoleHistory.load();
       if (damaged !== undefined)

@@ -27,7 +27,7 @@ import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
 import { FleetContentRecords, whenRedisReady } from "./storage/fleet-content-records.ts";
 import type { ContentStore } from "./storage/content-store.ts";
-import { Importer } from "./transfer/importer.ts";
+import type { Importer } from "./transfer/importer.ts";
 import { UpstreamClient } from "./upstream/upstream-client.ts";
 import { PeerClient } from "./upstream/peer-client.ts";
 import { FillLeases } from "./fill/fill-lease.ts";
@@ -320,7 +320,9 @@ export async function createCacheLayer(
 }
 
 /** The bundle importer over a cache layer: the admin endpoint and `mirror import --data-dir` use the same one. */
-export function createImporter(layer: CacheLayer, config: Config): Importer {
+export async function createImporter(layer: CacheLayer, config: Config): Promise<Importer> {
+  // Imported when asked for (the admin API with an admin token, `mirror import`), not by every start.
+  const { Importer } = await import("./transfer/importer.ts");
   return new Importer({
     store: layer.blobStore,
     manifests: layer.manifestStore,

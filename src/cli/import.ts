@@ -82,7 +82,9 @@ export async function importCommand(
         purpose: "mirror import",
       });
       try {
-        report = await createImporter(layer, config).import(source, {
+        report = await (
+          await createImporter(layer, config)
+        ).import(source, {
           pin: values.pin,
           onProgress: (p) => progress.update({ items: { done: p.entries }, bytes: { done: p.bytesRead, total: size } }),
         });

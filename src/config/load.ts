@@ -11,9 +11,10 @@
  *   MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL=10m
  */
 import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import ms from "ms";
-import { parse as parseYaml } from "yaml";
+import type * as Yaml from "yaml";
 import { z } from "zod";
 import {
   configSchema,
@@ -30,6 +31,18 @@ import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
 import { inlineWarmupProblems, warmupNameProblems } from "./warmup-list.ts";
 import { fallbackProblems } from "./upstream-fallbacks.ts";
+
+const require = createRequire(import.meta.url);
+
+/**
+ * The YAML parser is loaded when there is a file to parse, not before: a mirror configured by defaults and
+ * `MIRROR_*` variables alone (scripts/start.sh and the image without --config) never needs it, and it is ~70
+ * modules, ~25 ms of CPU at start-up (test/integration/lazy-loading.test.ts). Required, not imported: loadConfig
+ * stays synchronous, and `import` would give the same CommonJS build (the package's `node` export).
+ */
+function parseYaml(text: string): unknown {
+  return (require("yaml") as typeof Yaml).parse(text);
+}
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -244,8 +257,12 @@ export function envSegment(key: string): string {
 }
 
 function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, problems: string[]): void {
-  for (const [variable, value] of Object.entries(env).sort(([a], [b]) => a.localeCompare(b))) {
-    if (!variable.startsWith("MIRROR_") || variable === "MIRROR_CONFIG" || value === undefined) continue;
+  // In code-unit order, so that a key's variable comes before its children's (a prefix sorts first): the child's
+  // value then overrides that part of the parent's. Not localeCompare: its first use loads ICU's collation data
+  // (~25 million instructions and ~2 MiB resident at every start, for a handful of ASCII names).
+  const variables = Object.entries(env).filter(([variable]) => variable.startsWith("MIRROR_"));
+  for (const [variable, value] of variables.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    if (variable === "MIRROR_CONFIG" || value === undefined) continue;
     const segments = variable.slice("MIRROR_".length).split("__");
     let schema: z.ZodType | undefined = configSchema;
     let target: Record<string, unknown> = raw;
@@ -290,12 +307,34 @@ function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.ProcessEnv,
   }
 }
 
-function parseEnvValue(value: string): unknown {
+/**
+ * A `MIRROR_*` value for a key that takes more than strings, read as YAML: `8080`, `true`, `[a, b]`, `{...}`.
+ * The common plain values (a word, a whole number, true/false) are read here, as YAML reads them
+ * (test/unit/config/env-values.test.ts checks that against the parser), so that a mirror configured by its
+ * environment alone does not load the YAML parser at all; anything else goes to the parser.
+ */
+export function parseEnvValue(value: string): unknown {
+  const plain = plainEnvValue(value);
+  if (plain !== undefined) return plain;
   try {
     return parseYaml(value) ?? value;
   } catch {
     return value;
   }
+}
+
+/** YAML 1.2's special plain scalars (core schema): null, booleans, .inf and .nan in their spellings. */
+const YAML_WORDS = /^(?:~|null|Null|NULL|true|True|TRUE|false|False|FALSE|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$/;
+
+/** A value whose YAML reading is certain without the parser, or undefined. */
+function plainEnvValue(value: string): string | number | boolean | undefined {
+  if (value === "true") return true;
+  if (value === "false") return false;
+  // A whole number without a sign or leading zero, of at most 15 digits (a safe integer): YAML's decimal int.
+  if (/^(?:0|[1-9][0-9]{0,14})$/.test(value)) return Number(value);
+  // A word of letters, digits and _ . / - that starts with a letter and is none of YAML's special scalars.
+  if (/^[A-Za-z][A-Za-z0-9_./-]*$/.test(value) && !YAML_WORDS.test(value)) return value;
+  return undefined;
 }
 
 function defaultOf(schema: z.ZodType | undefined): unknown {

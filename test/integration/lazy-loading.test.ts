@@ -24,8 +24,11 @@ import { fetchRaw } from "./client.ts";
 import { runCommand, startProcess, Teardown, waitFor } from "../harness/processes.ts";
 import { startRedis, type RedisServer } from "../harness/redis.ts";
 
-/** Packages a default configuration (embedded metadata store, filesystem storage) must not load. */
-const NOT_LOADED_BY_DEFAULT = ["ioredis", "@aws-sdk/client-s3", "@aws-sdk/s3-request-presigner"];
+/**
+ * Packages a default configuration (embedded metadata store, filesystem storage, no client authentication) must
+ * not load.
+ */
+const NOT_LOADED_BY_DEFAULT = ["ioredis", "@aws-sdk/client-s3", "@aws-sdk/s3-request-presigner", "bcryptjs"];
 
 const teardown = new Teardown();
 afterAll(() => teardown.run());
@@ -97,6 +100,23 @@ describe("lazy loading", () => {
     // The check sees the packages the mirror does use.
     expect(packages).toEqual(expect.arrayContaining(["koa", "undici", "pino", "prom-client"]));
     for (const pkg of NOT_LOADED_BY_DEFAULT) expect(packages).not.toContain(pkg);
+  });
+
+  it("without a config file the YAML parser is not loaded; with one (MIRROR_CONFIG) it is, and the file applies", async () => {
+    const withoutFile = await packagesLoaded("no-file", {});
+    expect(withoutFile.packages).not.toContain("yaml");
+    const file = join(work, "mirror.yaml");
+    // The file turns /metrics off, so its effect shows in the statuses (/v2/, /readyz, /metrics).
+    await writeFile(file, "metrics:\n  enabled: false\n");
+    const withFile = await packagesLoaded("file", { MIRROR_CONFIG: file });
+    expect(withFile.statuses).toEqual([200, 200, 404]);
+    expect(withFile.packages).toContain("yaml");
+  });
+
+  it("with client access configured, bcryptjs is loaded (client authentication) and anonymous pulls still answer", async () => {
+    const { packages, statuses } = await packagesLoaded("access", { MIRROR_ACCESS__ANONYMOUS: "true" });
+    expect(statuses).toEqual([200, 200, 200]);
+    expect(packages).toContain("bcryptjs");
   });
 
   it("with redis.url set, ioredis is loaded and the mirror uses Redis", async () => {
@@ -193,6 +213,15 @@ describe("start-up through src/main.ts", () => {
       /\/node_modules\/prom-client\/index\.js$/,
       /\/node_modules\/prom-client\/lib\/(pushgateway|cluster)\.js$/,
       /\/node_modules\/@koa\/router\/dist\/index\.mjs$/,
+      // No --config: the YAML parser is not needed (src/config/load.ts).
+      /\/node_modules\/yaml\//,
+      // prom-client's own processCpuTotal would load it (src/observability/prom-client.ts).
+      /\/node_modules\/@opentelemetry\//,
+      // No admin token, no `access`, no `cluster` (src/app.ts).
+      /\/src\/(console|transfer)\//,
+      /\/src\/registry\/(admin|peer-fill)-handler\.ts$/,
+      /\/src\/http\/(admin-router|client-auth|bcrypt-pool|peer-router)\.ts$/,
+      /\/node_modules\/bcryptjs\//,
     ];
     for (const pattern of notLoaded) expect(urls.filter((url) => pattern.test(url))).toEqual([]);
     expect(builtins).toContain("NativeModule http");

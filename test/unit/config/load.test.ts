@@ -121,6 +121,23 @@ upstreams:
     expect(config.storage.path).toBe("/srv/cache");
   });
 
+  it("applies a section's variable before its fields' variables, whatever order the environment lists them in", () => {
+    const fields = { MIRROR_STORAGE__PATH: "/srv/cache", MIRROR_UPSTREAMS__DOCKER_IO__TAG_TTL: "10m" };
+    const sections = {
+      MIRROR_STORAGE: "{path: /srv/other, maxSize: 1GiB}",
+      MIRROR_UPSTREAMS__DOCKER_IO: "{url: https://mirror.gcr.io, default: true}",
+    };
+    for (const env of [
+      { ...fields, ...sections },
+      { ...sections, ...fields },
+    ]) {
+      const config = loadConfig({ env });
+      // The field's value wins over the section's, and the section's other fields stay.
+      expect(config.storage).toMatchObject({ path: "/srv/cache", maxSize: 2 ** 30 });
+      expect(config.upstreams["docker.io"]).toMatchObject({ url: "https://mirror.gcr.io", tagTtl: 600_000 });
+    }
+  });
+
   it("passes values of string-only keys verbatim, even when they would parse as YAML", () => {
     const config = loadConfig({
       env: {
