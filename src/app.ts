@@ -22,6 +22,7 @@ import type { ClientAuth } from "./http/client-auth.ts";
 import { clientConcurrency } from "./http/client-concurrency.ts";
 import { errorMiddleware, onAppError } from "./http/error-middleware.ts";
 import { requestContext, type RequestState } from "./http/request-context.ts";
+import { streamRespond } from "./http/stream-respond.ts";
 import { ResponseDrain } from "./http/response-drain.ts";
 import { createRouter } from "./http/router.ts";
 import { createRegistryServer, parseListen } from "./http/server.ts";
@@ -131,6 +132,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
 
   const app = new Koa<RequestState>();
   const responses = new ResponseDrain();
+  // Outermost: sends stream bodies once every other middleware is done (stream-respond.ts says why not Koa).
+  app.use(streamRespond<RequestState>());
   app.use(responses.middleware<RequestState>());
   app.use(requestContext(log, metrics, new TrustedProxies(config.trustedProxies)));
   const { traffic, startSaving } = await openTrafficTotals(config, metrics, log);
