@@ -17,9 +17,9 @@
  * No reader completes before the content is verified: every reader holds back its own last byte (the end of its
  * range, not only the blob's last byte) until the fill has verified and committed the content (or verified it
  * and spent COMMIT_HOLD_MS committing it), and a reader with nothing to read (the empty blob) ends only then. A
- * client therefore never receives a complete-looking response, 200 or 206, of content that failed verification. (A 0-byte response is complete the moment its headers leave: the blob cache
- * answers one only once the fill has verified.) Content announced for the empty blob is refused before it is
- * downloaded.
+ * client therefore never receives a complete-looking response, 200 or 206, of content that failed verification.
+ * (A 0-byte response is complete the moment its headers leave: the blob cache answers one only once the fill
+ * has verified.) Content announced for the empty blob is refused before it is downloaded.
  *
  * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
  * client, so the next pull is a hit.
