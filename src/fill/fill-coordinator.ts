@@ -10,14 +10,16 @@
  * digest; readers keep reading through the writer until they are done. (How the store hashes and flushes a
  * large download so that the commit follows the last byte closely is the store's business: blob-store.ts.) On
  * any mismatch or upstream error, readers are destroyed (clients see a broken transfer and retry) and the
- * writer discards what it held: nothing is committed.
+ * writer discards what it held: nothing is committed. Content that verified but that the store could not keep
+ * (its commit failed: the object store full or unreachable) is served to its readers all the same, and kept
+ * nowhere (`passed`).
  *
  * No reader completes before the content is verified: every reader holds back its own last byte (the end of its
- * range, not only the blob's last byte) until the fill has committed, and a reader with nothing to read (the
- * empty blob) ends only then. A client therefore never receives a complete-looking response, 200 or 206, of
- * content that failed verification. (A 0-byte response is complete the moment its headers leave: the blob cache
- * answers one only once the fill has verified.) Content announced for the empty blob is refused before it is
- * downloaded.
+ * range, not only the blob's last byte) until the fill has verified and committed the content (or verified it
+ * and spent COMMIT_HOLD_MS committing it), and a reader with nothing to read (the empty blob) ends only then. A
+ * client therefore never receives a complete-looking response, 200 or 206, of content that failed verification.
+ * (A 0-byte response is complete the moment its headers leave: the blob cache answers one only once the fill
+ * has verified.) Content announced for the empty blob is refused before it is downloaded.
  *
  * A client that goes away ends only its own reader. The fill runs under its own timeout, independent of any
  * client, so the next pull is a hit.
@@ -61,8 +63,9 @@ export type OpenUpstreamBlob = (signal: AbortSignal) => Promise<UpstreamBlob>;
 /**
  * `uncached`: there was no room to cache; the upstream body goes to one client, verified, and is not stored.
  * `passing`: a download of unknown size outgrew the room the budget could reserve; it goes on for its readers,
- * through its writer as before, but will not be committed. `passed`: such a download, verified; the writer has
- * discarded it, and its readers finish reading through the writer.
+ * through its writer as before, but will not be committed. `passed`: such a download verified, or a verified
+ * download the store failed to commit; the writer has discarded it, and its readers finish reading through the
+ * writer.
  */
 export type FillState = "connecting" | "streaming" | "passing" | "committed" | "passed" | "failed" | "uncached";
 
@@ -147,6 +150,10 @@ export class Fill {
   /** Ends the download: its timeout, or (passing) the last reader going away. */
   private readonly abort = new AbortController();
   private hadReaders = false;
+  /** Verified, and its commit has taken longer than COMMIT_HOLD_MS: readers may finish before it ends. */
+  private releasedBeforeCommit = false;
+  /** In `passed` state: why the verified content was not kept. */
+  private passReason = "";
 
   constructor(digest: string, origin: FillOrigin, context: FillContext) {
     this.digest = digest;
@@ -215,7 +222,7 @@ export class Fill {
 
   /** The content is complete and verified: readers may have its last byte. */
   get verified(): boolean {
-    return this.state === "committed" || this.state === "passed";
+    return this.state === "committed" || this.state === "passed" || this.releasedBeforeCommit;
   }
 
   private get ended(): boolean {
@@ -367,6 +374,7 @@ export class Fill {
         // Verified: its readers may now have the last byte, through the writer. Never stored.
         await upstreamVerified(this.writer.verify(), this.digest);
         await this.writer.abort();
+        this.passReason = "its download outgrew the cache budget";
         this.phase = "passed";
         log.info(
           { digest: this.digest, bytes: this.written },
@@ -374,7 +382,32 @@ export class Fill {
         );
         return;
       }
-      await upstreamVerified(this.writer.commit(), this.digest);
+      await upstreamVerified(this.writer.verify(), this.digest);
+      // Readers' last bytes wait for the commit, so that a pull that completed finds the content cached on its
+      // next request; but only for COMMIT_HOLD_MS: a slower commit (completing a large multipart upload on a slow
+      // object store) must not leave clients idle until their connections time out. The content is verified.
+      const hold = setTimeout(() => {
+        this.releasedBeforeCommit = true;
+        this.notify();
+      }, COMMIT_HOLD_MS);
+      try {
+        await this.writer.commit();
+      } catch (err) {
+        // The content is verified; only keeping it failed (the object store full or unreachable, the disk gone
+        // read-only). Its readers still get every byte, through the writer, as a download passed through does:
+        // failing them would send every client back to the upstream for the same bytes, to fail again at the end.
+        if ((err as NodeJS.ErrnoException).code === "ENOSPC") admission?.noSpace(err as Error);
+        await this.writer.abort().catch(() => undefined);
+        this.passReason = `it could not be stored: ${toError(err).message}`;
+        this.phase = "passed";
+        log.warn(
+          { digest: this.digest, bytes: this.written, err: toError(err).message },
+          "blob served uncached: it was verified but could not be stored",
+        );
+        return;
+      } finally {
+        clearTimeout(hold);
+      }
       this.announcedSize = this.written;
       this.phase = "committed";
       log.debug({ digest: this.digest, bytes: this.written }, "blob committed");
@@ -412,7 +445,7 @@ export class Fill {
     if (this.state === "committed") resolve();
     else if (this.state === "failed") reject(this.failure!);
     else if (this.state === "passed")
-      reject(new Error(`blob ${this.digest} was served but not cached: its download outgrew the cache budget`));
+      reject(new Error(`blob ${this.digest} was served but not cached: ${this.passReason}`));
     else void this.changed().then(() => this.waitUntilEnded(resolve, reject));
   }
 
@@ -556,6 +589,13 @@ class FillReader extends FileRangeStream {
  * pile up in its socket. (The same bound as a reader of the file has in flight: MAX_IN_FLIGHT × READ_CHUNK.)
  */
 const MEMORY_BACKLOG = MAX_IN_FLIGHT * READ_CHUNK;
+
+/**
+ * How long readers' last bytes wait for the commit of verified content. A filesystem commit takes milliseconds;
+ * completing a multipart upload of a large blob on a slow object store can take minutes, longer than a client's
+ * idle timeout.
+ */
+const COMMIT_HOLD_MS = 1_000;
 
 export class FillCoordinator {
   private readonly context: FillContext;

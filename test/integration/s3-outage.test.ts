@@ -8,6 +8,7 @@
 import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,7 +16,7 @@ import { buildImage, pushImage, randomLayer, type BuiltImage } from "../harness/
 import { startTestMirror, type TestMirror } from "../harness/mirror.ts";
 import { Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
-import { startRelay } from "../harness/relay.ts";
+import { startRelay, type Relay } from "../harness/relay.ts";
 import type { S3Server } from "../harness/s3.ts";
 import { blobKey, bucketHolds, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
@@ -226,5 +227,90 @@ describe("a cached blob whose GET from the object store fails before any byte wa
     expect(await blobGets(image)).toEqual([2, 3]);
     const ready = JSON.parse((await fetchRaw(`${relayed.url}/readyz`)).body.toString()) as { reasons: string[] };
     expect(outageReason(ready.reasons)).toMatch(/503/);
+  });
+});
+
+describe("a download that verified but that the object store refused to keep", () => {
+  /** A mirror storing under `prefix` through a fault relay in front of the object store. */
+  async function mirrorBehindRelay(prefix: string): Promise<{ mirror: TestMirror; relay: Relay }> {
+    const relay = teardown.track(await startRelay(s3.endpoint));
+    const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-full-"));
+    teardown.add("full data dir", () => rm(dataDir, { recursive: true, force: true }));
+    const full = await startTestMirror({
+      dataDir,
+      upstreams: { "docker.io": { url: registry.url, default: true } },
+      extra: {
+        metrics: { enabled: true },
+        storage: {
+          s3: {
+            endpoint: relay.url,
+            region: s3.region,
+            bucket: BUCKET,
+            prefix,
+            forcePathStyle: true,
+            accessKeyId: s3.accessKeyId,
+            secretAccessKey: s3.secretAccessKey,
+          },
+        },
+      },
+    });
+    teardown.add("full mirror", () => full.stop());
+    return { mirror: full, relay };
+  }
+
+  // 9 MiB: its parts are uploaded while it downloads (8 MiB parts); 1 MiB: one PutObject at the commit. Each on a
+  // mirror of its own: after the first refusal the store counts as down, and later misses are not written to it.
+  for (const [size, prefix, write] of [
+    [9 * MiB, "full-multipart/", "UploadPart"],
+    [MiB, "full-single/", "PutObject"],
+  ] as const) {
+    it(`reaches its client whole and unbroken, and nothing is kept (${write} refused)`, async () => {
+      const { mirror: full, relay } = await mirrorBehindRelay(prefix);
+      // Every write of bytes under the prefix (UploadPart, PutObject) is answered 507, as a full RGW answers.
+      relay.setFault({ kind: "status", status: 507, match: new RegExp(`^PUT /${BUCKET}/${prefix}blobs/`) });
+      const layer = randomLayer(size);
+      const image = buildImage({ format: "oci", layers: [layer] });
+      await pushImage(registry.url, REPO, `full-${write.toLowerCase()}`, image);
+
+      const res = await fetchRaw(`${full.url}/v2/${REPO}/blobs/${layer.digest}`);
+      expect(res.status, res.body.toString().slice(0, 300)).toBe(200);
+      expect(res.broken).toBeUndefined();
+      expect(res.body.length).toBe(layer.bytes.length);
+      expect(sha256(res.body)).toBe(layer.digest);
+      // The store was asked, and refused: the write reached the relay and was answered 507.
+      const refused = relay.requests.filter((r) => r.fault === "status" && r.path.includes(layer.digest.slice(7)));
+      expect(refused.map((r) => r.path.includes("partNumber="))).toContain(write === "UploadPart");
+      // One upstream download served the client; nothing of it is in the bucket.
+      await registry.sync();
+      expect(registry.count({ method: "GET", kind: "blobs", pathIncludes: layer.digest })).toBe(1);
+      const held = new Set((await bucketHolds(client, BUCKET, prefix)).objects.keys());
+      expect(held.has(blobKey(prefix, layer.digest))).toBe(false);
+      const metrics = parsePrometheusText((await fetchRaw(`${full.url}/metrics`)).body.toString());
+      expect(valueOf(metrics, "mirror_fills_total", { upstream: "docker.io", result: "uncached" })).toBe(1);
+    });
+  }
+
+  it("a commit that hangs does not hold the client: it gets the verified blob whole while the upload is completed", async () => {
+    const prefix = "slow-commit/";
+    const { mirror: slow, relay } = await mirrorBehindRelay(prefix);
+    // Bytes are written as usual; the request completing the multipart upload is never answered.
+    relay.setFault({ kind: "stallHeaders", match: new RegExp(`^POST /${BUCKET}/${prefix}blobs/.*uploadId=`) });
+    const layer = randomLayer(9 * MiB);
+    const image = buildImage({ format: "oci", layers: [layer] });
+    await pushImage(registry.url, REPO, "slow-commit", image);
+
+    const res = await Promise.race([
+      fetchRaw(`${slow.url}/v2/${REPO}/blobs/${layer.digest}`),
+      sleep(20_000).then(() => "no response within 20 s" as const),
+    ]);
+    expect(res).not.toBe("no response within 20 s");
+    const got = res as Awaited<ReturnType<typeof fetchRaw>>;
+    expect(got.status).toBe(200);
+    expect(got.broken).toBeUndefined();
+    expect(sha256(got.body)).toBe(layer.digest);
+    // The client finished while the upload was still being completed: nothing is in the bucket yet.
+    expect(relay.requests.some((r) => r.fault === "stallHeaders" && r.path.includes(layer.digest.slice(7)))).toBe(true);
+    const held = new Set((await bucketHolds(client, BUCKET, prefix)).objects.keys());
+    expect(held.has(blobKey(prefix, layer.digest))).toBe(false);
   });
 });
