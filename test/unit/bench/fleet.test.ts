@@ -86,4 +86,18 @@ describe("renderFleetTable", () => {
     expect(table).toContain("| 1.00 | n/a | 19.00 |");
     expect(table).toContain("distribution ×1 n/a: GET /v2/...: HTTP 500");
   });
+
+  it("prints the warm rows as n/a with the reason when they failed, and keeps the cold rows", () => {
+    values["warm-mirror-MBps"] = [300];
+    values["warm-s3-MBps"] = [600];
+    expect(renderFleetTable(get, {}, opts)).toMatch(/through one replica: MB\/s \| 300 .*\| S3 GET 600 \| 0\.50× \|/);
+    const table = renderFleetTable(
+      get,
+      { "warm-error": "s3://mirror-fleet/blobs/...: not stored within 120000 ms" },
+      opts,
+    );
+    expect(table).toMatch(/through one replica: MB\/s \| n\/a \|  \|  \| S3 GET n\/a \|  \| ≥ 0\.8× S3 GET \|/);
+    expect(table).toContain("warm rows n/a: s3://mirror-fleet/blobs/...: not stored within 120000 ms");
+    expect(table).toMatch(/per-client TTFB median ms \| 90\.0 .*\| direct 60\.0 \| 1\.50× \|/);
+  });
 });
