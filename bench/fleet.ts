@@ -90,7 +90,9 @@ export async function runFleet(ctx: FleetContext): Promise<void> {
 
   // --- the world: S3, Redis, buckets, the blobs ------------------------------------------------------------
   ctx.progress("FLEET: starting Ceph RGW (S3) and Redis");
-  const s3: S3Server = await startS3();
+  // Room for what FLEET stores (see startS3): the mirror's blobs, the big one, and distribution's uploads and
+  // copies; a full OSD stalls writes (today's 4 GiB default filled at the fifth repetition).
+  const s3: S3Server = await startS3({ memstoreBytes: 16 * 2 ** 30 });
   ctx.cleanup(() => s3.dispose());
   const redis = await startRedis();
   ctx.cleanup(() => redis.dispose());

@@ -63,7 +63,13 @@ function logTails(logDir: string): string {
   }
 }
 
-export async function startS3(): Promise<S3Server> {
+/**
+ * `memstoreBytes`: the OSD's in-memory device (default 4 GiB). Ceph stops accepting writes near full: RGW requests
+ * then wait instead of failing, so a caller that stores more (the bench's FLEET: 1 GiB, plus distribution's copies
+ * of every blob, whose deleted objects stay until RGW's garbage collection) asks for more. Memory is only used as
+ * objects are written.
+ */
+export async function startS3(opts: { memstoreBytes?: number } = {}): Promise<S3Server> {
   const dir = await mkdtemp(join(tmpdir(), "harness-s3-"));
   for (const sub of ["mon", "osd", "log", "run", "rgw"]) await mkdir(join(dir, sub));
   const [monV2, monV1, rgwPort] = [await freePort(), await freePort(), await freePort()];
@@ -97,7 +103,7 @@ export async function startS3(): Promise<S3Server> {
       `osd data = ${dir}/osd`,
       `keyring = ${dir}/osd/keyring`,
       "osd objectstore = memstore",
-      `memstore device bytes = ${MEMSTORE_BYTES}`,
+      `memstore device bytes = ${opts.memstoreBytes ?? MEMSTORE_BYTES}`,
       "[client.rgw.r]",
       `rgw data = ${dir}/rgw`,
       `rgw frontends = beast endpoint=127.0.0.1:${rgwPort}`,
