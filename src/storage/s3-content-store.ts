@@ -71,6 +71,12 @@ const DEFAULT_PART_SIZE = 8 * MiB;
 const MAX_PARTS = 10_000;
 /** Parts uploaded at once per write: memory per write ≈ this × the part size. */
 const DEFAULT_PARTS_IN_FLIGHT = 3;
+/**
+ * The longest one request of a write may take (creating the upload, a part, the PutObject, completing or aborting
+ * it). A full Ceph cluster does not refuse writes, it holds them: without a bound, the write, its temp file, its
+ * reservation and its fill would wait forever. An 8 MiB part in 5 minutes is ~28 KB/s.
+ */
+const DEFAULT_WRITE_TIMEOUT_MS = 5 * 60_000;
 /** How often a write following another's (WriterOptions.sharedWith) looks for the other's object while it waits. */
 const SHARED_POLL_MS = 200;
 /** Listing pages followed at most (1,000 keys each): a bound on every listing loop. */
@@ -86,6 +92,8 @@ export interface S3ContentStoreOptions {
   root: string;
   partSize?: number;
   partsInFlight?: number;
+  /** The longest one request of a write may take (default 5 minutes): see DEFAULT_WRITE_TIMEOUT_MS. */
+  writeTimeoutMs?: number;
   touchIntervalMs?: number;
   hasher?: FileHasher;
   /**
@@ -172,6 +180,8 @@ export class S3ContentStore implements ContentStore {
   readonly partSize: number;
   /** @internal read by the writers */
   readonly partsInFlight: number;
+  /** @internal read by the writers */
+  readonly writeTimeoutMs: number;
   private readonly leftoverAfterMs: number;
   readonly health: ObjectStoreHealth | undefined;
   /** @internal read by StoredObject */
@@ -198,6 +208,7 @@ export class S3ContentStore implements ContentStore {
     this.partSize = opts.partSize ?? DEFAULT_PART_SIZE;
     if (this.partSize < MIN_PART_SIZE) throw new Error(`S3 parts are at least ${MIN_PART_SIZE} bytes`);
     this.partsInFlight = Math.max(1, opts.partsInFlight ?? DEFAULT_PARTS_IN_FLIGHT);
+    this.writeTimeoutMs = opts.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS;
     this.hasher = opts.hasher ?? new FileHasher();
     this.redirectSeconds = opts.redirectSeconds;
     this.presignClient = opts.presignClient ?? opts.client;
@@ -698,13 +709,29 @@ class S3Writer extends TempFileWriter {
     }
   }
 
+  /** One request of this write, bounded by the store's writeTimeoutMs. */
+  private async bounded<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    const ms = this.store.writeTimeoutMs;
+    const abortSignal = AbortSignal.timeout(ms);
+    try {
+      return await send(abortSignal);
+    } catch (err) {
+      if (abortSignal.aborted)
+        throw new Error(`${what} of ${this.digest} not answered within ${ms} ms`, { cause: err });
+      throw err;
+    }
+  }
+
   private startUpload(): Promise<string> {
-    this.upload ??= this.store.client
-      .send(new CreateMultipartUploadCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }))
-      .then((res) => {
-        if (!res.UploadId) throw new Error(`no upload id for ${this.digest}`);
-        return res.UploadId;
-      });
+    this.upload ??= this.bounded("CreateMultipartUpload", (abortSignal) =>
+      this.store.client.send(
+        new CreateMultipartUploadCommand({ Bucket: this.store.bucket, Key: this.store.keyOf(this.digest) }),
+        { abortSignal },
+      ),
+    ).then((res) => {
+      if (!res.UploadId) throw new Error(`no upload id for ${this.digest}`);
+      return res.UploadId;
+    });
     return this.upload;
   }
 
@@ -712,15 +739,18 @@ class S3Writer extends TempFileWriter {
     const uploadId = await this.startUpload();
     if (this.outcome !== "writing") return;
     const body = await this.readBack(part.start, part.end);
-    const res = await this.store.client.send(
-      new UploadPartCommand({
-        Bucket: this.store.bucket,
-        Key: this.store.keyOf(this.digest),
-        UploadId: uploadId,
-        PartNumber: part.number,
-        Body: body,
-        ContentLength: body.length,
-      }),
+    const res = await this.bounded(`UploadPart ${part.number}`, (abortSignal) =>
+      this.store.client.send(
+        new UploadPartCommand({
+          Bucket: this.store.bucket,
+          Key: this.store.keyOf(this.digest),
+          UploadId: uploadId,
+          PartNumber: part.number,
+          Body: body,
+          ContentLength: body.length,
+        }),
+        { abortSignal },
+      ),
     );
     if (!res.ETag) throw new Error(`no ETag for part ${part.number} of ${this.digest}`);
     this.etags.set(part.number, res.ETag);
@@ -756,7 +786,11 @@ class S3Writer extends TempFileWriter {
       if (this.upload === undefined && this.queue.length === 0 && this.running.size === 0) {
         const body = await this.readBack(0, this.bytes);
         await this.store.beforeCommit(this.digest);
-        await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentLength: body.length }));
+        await this.bounded("PutObject", (abortSignal) =>
+          client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentLength: body.length }), {
+            abortSignal,
+          }),
+        );
       } else {
         if (this.queuedTo < this.bytes) {
           this.queue.push({ number: this.partNumber(this.queuedTo), start: this.queuedTo, end: this.bytes });
@@ -771,13 +805,16 @@ class S3Writer extends TempFileWriter {
           throw new Error(`upload of ${this.digest} holds ${parts.length} parts, not ${count}: not committed`);
         const uploadId = await this.upload!;
         await this.store.beforeCommit(this.digest);
-        await client.send(
-          new CompleteMultipartUploadCommand({
-            Bucket: bucket,
-            Key: key,
-            UploadId: uploadId,
-            MultipartUpload: { Parts: parts.map(([PartNumber, ETag]) => ({ PartNumber, ETag })) },
-          }),
+        await this.bounded("CompleteMultipartUpload", (abortSignal) =>
+          client.send(
+            new CompleteMultipartUploadCommand({
+              Bucket: bucket,
+              Key: key,
+              UploadId: uploadId,
+              MultipartUpload: { Parts: parts.map(([PartNumber, ETag]) => ({ PartNumber, ETag })) },
+            }),
+            { abortSignal },
+          ),
         );
       }
     } catch (err) {
@@ -836,17 +873,18 @@ class S3Writer extends TempFileWriter {
       await Promise.allSettled([...this.running]);
       const uploadId = await this.upload?.catch(() => undefined);
       if (uploadId !== undefined)
-        await this.store.client
-          .send(
+        await this.bounded("AbortMultipartUpload", (abortSignal) =>
+          this.store.client.send(
             new AbortMultipartUploadCommand({
               Bucket: this.store.bucket,
               Key: this.store.keyOf(this.digest),
               UploadId: uploadId,
             }),
-          )
-          .catch((err: unknown) => {
-            if (!isMissing(err)) throw err; // gone already (aborted by a restarted store): nothing left
-          });
+            { abortSignal },
+          ),
+        ).catch((err: unknown) => {
+          if (!isMissing(err)) throw err; // gone already (aborted by a restarted store): nothing left
+        });
     } finally {
       await rm(this.path, { force: true });
       this.reservation?.release();

@@ -20,6 +20,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { putContent } from "../../src/storage/content-store.ts";
 import { ManifestStore } from "../../src/storage/manifest-store.ts";
 import { createS3Client, S3ContentStore, S3MediaTypes } from "../../src/storage/s3-content-store.ts";
+import { startRelay } from "../harness/relay.ts";
 import { startS3, type S3Server } from "../harness/s3.ts";
 import { describeContentStore } from "./content-store.ts";
 
@@ -134,6 +135,51 @@ describe("S3 content store, as the server sees it", () => {
     await expect(writer.commit()).rejects.toMatchObject({ actualDigest: digestOf(wrong) });
     expect(await serverHolds(prefix)).toEqual({ objects: [], uploads: [] });
     await writer.close();
+  });
+
+  it("gives up a write whose request the object store holds unanswered (a full Ceph), leaving nothing", async () => {
+    made = await newStore();
+    const { prefix, dir } = made;
+    // RGW creates its multipart pool at the first upload it sees, which can take seconds: one upload first.
+    const warm = randomBytes(6 * MiB);
+    await putContent(made.store, digestOf(warm), warm);
+    // The same server behind the fault relay, which holds every request completing an upload under the prefix.
+    const relay = await startRelay(s3.endpoint);
+    const relayed = await createS3Client({
+      endpoint: relay.url,
+      region: s3.region,
+      forcePathStyle: true,
+      accessKeyId: s3.accessKeyId,
+      secretAccessKey: s3.secretAccessKey,
+    });
+    try {
+      relay.setFault({ kind: "stallHeaders", match: new RegExp(`^POST /${BUCKET}/${prefix}blobs/.*uploadId=`) });
+      const store = new S3ContentStore({
+        client: relayed,
+        bucket: BUCKET,
+        prefix,
+        root: dir,
+        partSize: 5 * MiB,
+        writeTimeoutMs: 3_000,
+      });
+      await store.init();
+      const bytes = randomBytes(9 * MiB);
+      const writer = await store.createWriter(digestOf(bytes), { expectedSize: bytes.length });
+      await writer.write([bytes]);
+      const started = performance.now();
+      await expect(writer.commit()).rejects.toThrow(
+        /CompleteMultipartUpload of sha256:\w+ not answered within 3000 ms/,
+      );
+      expect(performance.now() - started).toBeLessThan(30_000);
+      expect(relay.requests.some((r) => r.fault === "stallHeaders")).toBe(true);
+      // Nothing of it: no object, no upload (the one object is the warm-up's).
+      const warmKey = `blobs/sha256/${digestOf(warm).slice("sha256:".length)}`;
+      expect(await serverHolds(prefix)).toEqual({ objects: [[warmKey, warm.length]], uploads: [] });
+      await writer.close();
+    } finally {
+      relayed.destroy();
+      await relay.stop();
+    }
   });
 
   it("finds and reads content with one GetObject (no HEAD first); a range with one more, by Range", async () => {

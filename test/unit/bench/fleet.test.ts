@@ -96,7 +96,7 @@ describe("renderFleetTable", () => {
       { "warm-error": "s3://mirror-fleet/blobs/...: not stored within 120000 ms" },
       opts,
     );
-    expect(table).toMatch(/through one replica: MB\/s \| n\/a \|  \|  \| S3 GET n\/a \|  \| ≥ 0\.8× S3 GET \|/);
+    expect(table).toMatch(/through one replica: MB\/s \| n\/a \| {2}\| {2}\| S3 GET n\/a \| {2}\| ≥ 0\.8× S3 GET \|/);
     expect(table).toContain("warm rows n/a: s3://mirror-fleet/blobs/...: not stored within 120000 ms");
     expect(table).toMatch(/per-client TTFB median ms \| 90\.0 .*\| direct 60\.0 \| 1\.50× \|/);
   });
