@@ -159,8 +159,12 @@ export class BlobStore implements ContentStore {
       else this.readers.set(digest, n);
     });
     try {
-      const size = (await handle.stat()).size;
-      if (!this.index.has(digest)) this.index.add(digest, size);
+      // A committed file never changes, so the size the index holds for it (from its commit or the start-up
+      // scan) is its size: no fstat on every hit. A file shorter than that (damaged behind our back) ends the
+      // response early ("file ended at ..."), never a complete answer with other bytes.
+      const known = this.index.sizeOf(digest);
+      const size = known ?? (await handle.stat()).size;
+      if (known === undefined) this.index.add(digest, size);
       if (opts.touch !== false) this.index.touch(digest);
       return new StoredFile(handle, size, this.buffers);
     } catch (err) {

@@ -17,10 +17,14 @@ import { streamRespond } from "../../../src/http/stream-respond.ts";
 let server: Server;
 let base: string;
 let broken: PassThrough | undefined;
+let endless: PassThrough | undefined;
+/** What reached `app.on("error")`, by path. */
+const appErrors: Array<{ path: string; err: Error }> = [];
 
 beforeAll(async () => {
   const app = new Koa();
   app.silent = true; // the broken source below is expected
+  app.on("error", (err: Error, ctx?: Koa.Context) => appErrors.push({ path: ctx?.path ?? "", err }));
   app.use(streamRespond());
   app.use((ctx) => {
     if (ctx.path === "/stream") {
@@ -33,6 +37,11 @@ beforeAll(async () => {
       broken.write("partial");
       ctx.set("Content-Length", "100");
       ctx.body = broken;
+    } else if (ctx.path === "/endless") {
+      endless = new PassThrough();
+      endless.write("first bytes");
+      ctx.set("Content-Length", "1000000");
+      ctx.body = endless;
     } else {
       ctx.body = { ok: true };
     }
@@ -90,6 +99,30 @@ describe("streamRespond", () => {
     const res = await pending;
     expect(res.body.toString()).toBe("partial");
     expect(res.complete).toBe(false);
+  });
+
+  it("destroys the body when the client leaves before the end, and reports that once", async () => {
+    await new Promise<void>((done, fail) => {
+      const req = get(`${base}/endless`, (res) => res.once("data", () => req.destroy()));
+      req.on("error", () => done()); // the client's own side of leaving
+      req.on("close", () => done());
+      setTimeout(() => fail(new Error("no response")), 5_000);
+    });
+    for (let i = 0; i < 200 && !endless?.destroyed; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(endless?.destroyed).toBe(true); // what it held (a file handle) is released
+    await new Promise((r) => setTimeout(r, 50));
+    expect(appErrors.filter((e) => e.path === "/endless")).toHaveLength(1);
+  });
+
+  it("reports a source that fails once", async () => {
+    const before = appErrors.filter((e) => e.path === "/broken").length;
+    const pending = fetchRaw("/broken");
+    await new Promise((r) => setTimeout(r, 50));
+    broken!.destroy(new Error("source failed"));
+    await pending;
+    await new Promise((r) => setTimeout(r, 50));
+    const reported = appErrors.filter((e) => e.path === "/broken").slice(before);
+    expect(reported.map((e) => e.err.message)).toEqual(["source failed"]);
   });
 
   /** Serves one stream body in a fresh process (with or without streamRespond); whether Node's bundled undici got loaded. */

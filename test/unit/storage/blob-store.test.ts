@@ -18,6 +18,11 @@ async function freshStore(): Promise<BlobStore> {
   return store;
 }
 
+async function waitFor(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(condition()).toBe(true);
+}
+
 afterEach(async () => {
   await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
 });
@@ -97,6 +102,34 @@ describe("BlobStore", () => {
     await writer.close();
     expect(await store.size(digestOf(bytes))).toBeUndefined();
     expect(await store.tempFiles()).toEqual([]);
+  });
+
+  it("opens committed content at the size its index holds: a file cut short behind its back fails the read, one not indexed is measured", async () => {
+    const store = await freshStore();
+    const bytes = randomBytes(64 * 1024);
+    const digest = digestOf(bytes);
+    await putContent(store, digest, bytes);
+    // Damaged on disk behind the store's back: the index still holds the committed size.
+    await truncate(store.pathOf(digest), 1000);
+    const opened = await store.open(digest);
+    expect(opened?.size).toBe(bytes.length);
+    const received: Buffer[] = [];
+    const reading = (async () => {
+      for await (const chunk of opened!.read()) received.push(chunk as Buffer);
+    })();
+    // Never a complete answer with fewer bytes than the length announced.
+    await expect(reading).rejects.toThrow(/file ended at 1000/);
+    expect(Buffer.concat(received)).toEqual(bytes.subarray(0, 1000));
+    await waitFor(() => !store.inUse(digest)); // the failed read released its handle
+    // Content in the store that the index does not hold is measured (fstat), and indexed at that size.
+    store.index.remove(digest);
+    const measured = await store.open(digest);
+    expect(measured?.size).toBe(1000);
+    expect(store.index.sizeOf(digest)).toBe(1000);
+    await measured?.close();
+    // Deleted: not served, whatever was opened before.
+    await store.delete(digest);
+    expect(await store.open(digest)).toBeUndefined();
   });
 
   it("places content by digest hex only", () => {
