@@ -38,6 +38,7 @@ import { CatalogHandler } from "./registry/catalog-handler.ts";
 import { ReferrersHandler } from "./registry/referrers-handler.ts";
 import type { ContentStore } from "./storage/content-store.ts";
 import { TrafficFile } from "./storage/traffic-file.ts";
+import { checkUpstreams } from "./upstream/upstream-check.ts";
 import { TrustedProxies } from "./http/client-address.ts";
 import type { ConsoleHistory } from "./console/console-history.ts";
 
@@ -59,6 +60,11 @@ export interface Mirror {
    * again waits for the same shutdown.
    */
   close(opts?: { signal?: string }): Promise<void>;
+  /**
+   * The start-up check of every upstream (upstream/upstream-check.ts), begun by `listen()`: settles when each has
+   * answered, failed or been aborted by `close()`. It never rejects; nothing waits for it but tests.
+   */
+  readonly upstreamsChecked: Promise<void>;
   /** Fills still downloading (for shutdown and tests). */
   readonly fillsInFlight: number;
   /** Client responses in progress. */
@@ -285,6 +291,8 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
   let stopWatchingTls: () => void = () => undefined;
   let metricsServer: Server | undefined;
   let closing: Promise<void> | undefined;
+  const stopChecks = new AbortController();
+  let upstreamsChecked = Promise.resolve();
   return {
     app,
     config,
@@ -293,6 +301,9 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
     metrics,
     get metricsAddress() {
       return metricsServer?.address() as AddressInfo | undefined;
+    },
+    get upstreamsChecked() {
+      return upstreamsChecked;
     },
     get fillsInFlight() {
       return fills.inFlight;
@@ -321,6 +332,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         { address: address.address, port: address.port, upstreams: upstreams.map((u) => u.name) },
         "mirror listening",
       );
+      upstreamsChecked = checkUpstreams(upstreams, log, stopChecks.signal);
       return address;
     },
     close(opts = {}) {
@@ -332,6 +344,7 @@ async function assembleMirror(config: Config, layer: CacheLayer): Promise<Mirror
         const closed = server ? new Promise<void>((resolve) => server!.close(() => resolve())) : Promise.resolve();
         server?.closeIdleConnections();
         stopWatchingTls();
+        stopChecks.abort();
         warmup.close();
         metricsServer?.close();
         metricsServer?.closeAllConnections();

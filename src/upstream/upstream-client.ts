@@ -45,6 +45,15 @@ export interface FetchedManifest {
   digest: string | undefined;
 }
 
+/** How the upstream answered `GET /v2/` (the API version check), for the start-up check. */
+export interface BaseAnswer {
+  status: number;
+  /** The `Docker-Distribution-API-Version` header, which registries send on this answer (200 or 401). */
+  apiVersion: string | undefined;
+  /** The authentication scheme a 401 asks for ("Bearer", "Basic"), when it names one. */
+  challenge: string | undefined;
+}
+
 export interface RateLimit {
   limit: number | undefined;
   remaining: number | undefined;
@@ -329,6 +338,33 @@ export class UpstreamClient {
    * Closes the pool. Exchanges still in flight are cut off, not waited for: at shutdown the fills had their
    * grace already (a graceful close would wait for a stalled download until its idle or fill timeout).
    */
+  /**
+   * `GET /v2/`, as clients do first: one request with the outbound policy (redirects as configured), without
+   * credentials, retries, the health state or metrics; a 401 is an answer, not a challenge to answer. Throws the
+   * RegistryError a pull would see for a transport failure or a refused redirect.
+   */
+  async checkBase(signal: AbortSignal): Promise<BaseAnswer> {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.policy.request(this.agent, {
+        url: new URL("/v2/", this.url),
+        method: "GET",
+        headers: { "user-agent": "registry-mirror" },
+        authorization: undefined,
+        signal,
+      });
+    } catch (err) {
+      throw upstreamFailure(this.name, err);
+    }
+    discardBody(res.body);
+    const challenge = headerValue(res.headers, "www-authenticate");
+    return {
+      status: res.statusCode,
+      apiVersion: headerValue(res.headers, "docker-distribution-api-version"),
+      challenge: res.statusCode === 401 ? challenge?.trim().split(/\s/, 1)[0] || undefined : undefined,
+    };
+  }
+
   async close(): Promise<void> {
     await this.agent.destroy();
   }

@@ -44,6 +44,9 @@ export async function startTestMirror(opts: TestMirrorOptions): Promise<TestMirr
   });
   const mirror = await createMirror(config, { log: pino({ level: process.env.MIRROR_TEST_LOG ?? "silent" }) });
   const address = await mirror.listen();
+  // Each test's upstream traffic starts after the start-up check's GET /v2/, so counts and request lists see it
+  // only when they look for it.
+  await mirror.upstreamsChecked;
   const host = `127.0.0.1:${address.port}`;
   return {
     url: `http://${host}`,
