@@ -130,6 +130,7 @@ export async function createCacheLayer(
             prefix: s3.prefix,
             root: config.storage.path,
             touchIntervalMs,
+            readTimeoutMs: s3.readTimeout,
             ...(s3.redirect ? { redirectSeconds: S3_REDIRECT_SECONDS } : {}),
             ...(presignClient ? { presignClient } : {}),
             health: objectStoreHealth,

@@ -446,6 +446,11 @@ export const configSchema = z
               .string()
               .regex(/^https?:\/\/[^/?#]+\/?$/, "expected an http:// or https:// origin, e.g. https://s3.example.com")
               .optional(),
+            /**
+             * The longest a read waits for the store's answer (a HEAD, a GET's headers; not its body): past it the
+             * request is served from the upstream instead.
+             */
+            readTimeout: duration.default(10_000),
           })
           .strict()
           .refine((c) => c.redirectEndpoint === undefined || c.redirect, {

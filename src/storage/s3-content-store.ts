@@ -17,7 +17,8 @@
  *   until that reader is done (the content reads as absent at once): a response that started always completes.
  * - With `health` (object-store-health.ts), failures to reach the store mark it down: reads and new writes then
  *   fail at once with StoreUnavailableError, and the cache streams misses and hits from the upstreams instead.
- *   `readWhenAnswered` lets a hit whose GET fails before any byte be answered from the upstream too.
+ *   `readWhenAnswered` lets a hit whose GET fails before any byte be answered from the upstream too. A read the
+ *   store does not answer within `readTimeoutMs` fails the same way (DEFAULT_READ_TIMEOUT_MS says why).
  * - Recency survives a restart only as the objects' upload times (an object's metadata cannot be touched
  *   without copying it): `recordAccess` records nothing.
  *
@@ -47,6 +48,7 @@ import {
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { digestHex } from "../oci/digest.ts";
 import { openTempFile, TempFileWriter, type TempFile } from "./temp-file-write.ts";
+import { timerDelay } from "../config/timer-delay.ts";
 import { CacheIndex } from "./cache-index.ts";
 import {
   type ContentStore,
@@ -55,6 +57,7 @@ import {
   type StoredContent,
   type WriteReservation,
   type WriterOptions,
+  StoreUnavailableError,
 } from "./content-store.ts";
 import { FileHasher } from "./hash-worker.ts";
 import type { MediaTypeRecords } from "./manifest-store.ts";
@@ -77,6 +80,14 @@ const DEFAULT_PARTS_IN_FLIGHT = 3;
  * reservation and its fill would wait forever. An 8 MiB part in 5 minutes is ~28 KB/s.
  */
 const DEFAULT_WRITE_TIMEOUT_MS = 5 * 60_000;
+/**
+ * The longest a read waits for the object store's answer: a HeadObject, or a GetObject's status and headers (its
+ * body is paced by the client reading it, and not bounded here). A Ceph placement group that is stuck holds the
+ * reads of its objects while the gateway answers everything else, the health probe's HeadBucket included: without
+ * a bound, each such request waited as long as its client did. Past the bound the read fails as
+ * StoreUnavailableError, and the cache serves the request from the upstream instead.
+ */
+const DEFAULT_READ_TIMEOUT_MS = 10_000;
 /** How often a write following another's (WriterOptions.sharedWith) looks for the other's object while it waits. */
 const SHARED_POLL_MS = 200;
 /** Listing pages followed at most (1,000 keys each): a bound on every listing loop. */
@@ -94,6 +105,8 @@ export interface S3ContentStoreOptions {
   partsInFlight?: number;
   /** The longest one request of a write may take (default 5 minutes): see DEFAULT_WRITE_TIMEOUT_MS. */
   writeTimeoutMs?: number;
+  /** The longest a read waits for the store's answer (default 10 s): see DEFAULT_READ_TIMEOUT_MS. */
+  readTimeoutMs?: number;
   touchIntervalMs?: number;
   hasher?: FileHasher;
   /**
@@ -182,6 +195,7 @@ export class S3ContentStore implements ContentStore {
   readonly partsInFlight: number;
   /** @internal read by the writers */
   readonly writeTimeoutMs: number;
+  private readonly readTimeoutMs: number;
   private readonly leftoverAfterMs: number;
   readonly health: ObjectStoreHealth | undefined;
   /** @internal read by StoredObject */
@@ -209,6 +223,7 @@ export class S3ContentStore implements ContentStore {
     if (this.partSize < MIN_PART_SIZE) throw new Error(`S3 parts are at least ${MIN_PART_SIZE} bytes`);
     this.partsInFlight = Math.max(1, opts.partsInFlight ?? DEFAULT_PARTS_IN_FLIGHT);
     this.writeTimeoutMs = opts.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS;
+    this.readTimeoutMs = opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS;
     this.hasher = opts.hasher ?? new FileHasher();
     this.redirectSeconds = opts.redirectSeconds;
     this.presignClient = opts.presignClient ?? opts.client;
@@ -304,7 +319,9 @@ export class S3ContentStore implements ContentStore {
   /** @internal The object's size in the bucket now (a HEAD), or undefined when there is none. */
   async head(digest: string): Promise<{ size: number } | undefined> {
     try {
-      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
+      const res = await this.answered(`HeadObject of ${digest}`, (abortSignal) =>
+        this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }), { abortSignal }),
+      );
       return { size: res.ContentLength ?? 0 };
     } catch (err) {
       if (isMissing(err)) return undefined;
@@ -347,7 +364,9 @@ export class S3ContentStore implements ContentStore {
   private async getWhole(digest: string): Promise<{ size: number; body: Readable } | undefined> {
     let res;
     try {
-      res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }));
+      res = await this.answered(`GetObject of ${digest}`, (abortSignal) =>
+        this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keyOf(digest) }), { abortSignal }),
+      );
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw err;
@@ -358,6 +377,27 @@ export class S3ContentStore implements ContentStore {
       throw new Error(`GET of object ${digest} answered without a Content-Length`);
     }
     return { size: res.ContentLength, body };
+  }
+
+  /**
+   * @internal One read request, given up as StoreUnavailableError when the store has not answered within
+   * readTimeoutMs; the bound ends with the answer, so the body it streams is not cut by it. `outer` aborts it too
+   * (an abort that is not the bound's is rethrown as it is).
+   */
+  async answered<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>, outer?: AbortSignal): Promise<T> {
+    const bound = new AbortController();
+    const timer = setTimeout(() => bound.abort(), timerDelay(this.readTimeoutMs));
+    try {
+      return await send(outer === undefined ? bound.signal : AbortSignal.any([outer, bound.signal]));
+    } catch (err) {
+      if (bound.signal.aborted && !(outer?.aborted ?? false))
+        throw new StoreUnavailableError(`object store did not answer ${what} within ${this.readTimeoutMs} ms`, {
+          cause: err,
+        });
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** A reader is done with `digest`: a delete that waited for the last one happens now. */
@@ -445,10 +485,14 @@ export class S3MediaTypes implements MediaTypeRecords {
   async read(digest: string): Promise<string | undefined> {
     this.store.health?.assertUp();
     try {
-      const res = await this.store.client.send(
-        new GetObjectCommand({ Bucket: this.store.bucket, Key: this.keyOf(digest) }),
-      );
-      return await res.Body!.transformToString("utf8");
+      // A manifest is small: the bound covers its body too.
+      return await this.store.answered(`GetObject of manifest ${digest}`, async (abortSignal) => {
+        const res = await this.store.client.send(
+          new GetObjectCommand({ Bucket: this.store.bucket, Key: this.keyOf(digest) }),
+          { abortSignal },
+        );
+        return await res.Body!.transformToString("utf8");
+      });
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw err;
@@ -555,14 +599,19 @@ class StoredObject implements StoredContent {
     this.takeWhole()?.destroy(); // a range: the whole object's body is not what is asked for
     const abort = new AbortController();
     out.once("close", () => abort.abort());
-    const answered = this.store.client
-      .send(
-        new GetObjectCommand({
-          Bucket: this.store.bucket,
-          Key: this.store.keyOf(this.digest),
-          Range: `bytes=${start}-${end}`,
-        }),
-        { abortSignal: abort.signal },
+    const answered = this.store
+      .answered(
+        `GetObject of ${this.digest}, bytes ${start}-${end}`,
+        (abortSignal) =>
+          this.store.client.send(
+            new GetObjectCommand({
+              Bucket: this.store.bucket,
+              Key: this.store.keyOf(this.digest),
+              Range: `bytes=${start}-${end}`,
+            }),
+            { abortSignal },
+          ),
+        abort.signal,
       )
       .then(
         (res) => {

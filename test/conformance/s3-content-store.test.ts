@@ -17,7 +17,7 @@ import {
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { putContent } from "../../src/storage/content-store.ts";
+import { putContent, StoreUnavailableError } from "../../src/storage/content-store.ts";
 import { ManifestStore } from "../../src/storage/manifest-store.ts";
 import { createS3Client, S3ContentStore, S3MediaTypes } from "../../src/storage/s3-content-store.ts";
 import { startRelay } from "../harness/relay.ts";
@@ -176,6 +176,65 @@ describe("S3 content store, as the server sees it", () => {
       const warmKey = `blobs/sha256/${digestOf(warm).slice("sha256:".length)}`;
       expect(await serverHolds(prefix)).toEqual({ objects: [[warmKey, warm.length]], uploads: [] });
       await writer.close();
+    } finally {
+      relayed.destroy();
+      await relay.stop();
+    }
+  });
+
+  it("gives up a read the object store holds unanswered (a stuck placement group), and never cuts a slow body", async () => {
+    made = await newStore();
+    const bytes = randomBytes(3 * MiB);
+    const digest = digestOf(bytes);
+    await putContent(made.store, digest, bytes);
+    const relay = await startRelay(s3.endpoint);
+    const relayed = await createS3Client({
+      endpoint: relay.url,
+      region: s3.region,
+      forcePathStyle: true,
+      accessKeyId: s3.accessKeyId,
+      secretAccessKey: s3.secretAccessKey,
+    });
+    try {
+      const store = new S3ContentStore({
+        client: relayed,
+        bucket: BUCKET,
+        prefix: made.prefix,
+        root: made.dir,
+        readTimeoutMs: 1_000,
+      });
+      const objectPath = new RegExp(`^(GET|HEAD) /${BUCKET}/${made.prefix}blobs/`);
+      // The object's reads held unanswered: open (one GetObject) and a HEAD fail as "unavailable" after the
+      // bound, so the cache answers from the upstream; the reader count is released.
+      relay.setFault({ kind: "stallHeaders", match: objectPath });
+      let started = performance.now();
+      const opening = store.open(digest);
+      await expect(opening).rejects.toBeInstanceOf(StoreUnavailableError);
+      await expect(opening).rejects.toThrow(`object store did not answer GetObject of ${digest} within 1000 ms`);
+      expect(performance.now() - started).toBeGreaterThanOrEqual(950);
+      expect(performance.now() - started).toBeLessThan(10_000);
+      expect(store.inUse(digest)).toBe(false);
+      await expect(store.head(digest)).rejects.toThrow(`object store did not answer HeadObject of ${digest}`);
+
+      // Opened while the store answered, then its range GET held: readWhenAnswered rejects the same way.
+      relay.setFault(null);
+      const content = (await store.open(digest))!;
+      relay.setFault({ kind: "stallHeaders", match: objectPath });
+      started = performance.now();
+      await expect(content.readWhenAnswered!({ start: 10, end: 20 })).rejects.toThrow(
+        `object store did not answer GetObject of ${digest}, bytes 10-20 within 1000 ms`,
+      );
+      expect(performance.now() - started).toBeLessThan(10_000);
+
+      // The bound is on the answer only: a body that takes three times as long still arrives whole.
+      relay.setFault({ kind: "throttle", bytesPerSecond: MiB, match: objectPath });
+      started = performance.now();
+      const slow = (await store.open(digest))!;
+      const chunks: Buffer[] = [];
+      for await (const chunk of slow.read()) chunks.push(chunk as Buffer);
+      expect(performance.now() - started).toBeGreaterThan(2_000);
+      expect(digestOf(Buffer.concat(chunks))).toBe(digest);
+      expect(relay.requests.filter((r) => r.fault === "stallHeaders").length).toBeGreaterThanOrEqual(3);
     } finally {
       relayed.destroy();
       await relay.stop();

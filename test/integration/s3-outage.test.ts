@@ -121,6 +121,37 @@ beforeAll(async () => {
   teardown.add("mirror", () => mirror.stop());
 }, 180_000);
 
+/** A mirror storing under `prefix` through a fault relay in front of the object store. */
+async function mirrorBehindRelay(
+  prefix: string,
+  s3Settings: Record<string, unknown> = {},
+): Promise<{ mirror: TestMirror; relay: Relay }> {
+  const relay = teardown.track(await startRelay(s3.endpoint));
+  const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-full-"));
+  teardown.add("full data dir", () => rm(dataDir, { recursive: true, force: true }));
+  const full = await startTestMirror({
+    dataDir,
+    upstreams: { "docker.io": { url: registry.url, default: true } },
+    extra: {
+      metrics: { enabled: true },
+      storage: {
+        s3: {
+          endpoint: relay.url,
+          region: s3.region,
+          bucket: BUCKET,
+          prefix,
+          forcePathStyle: true,
+          accessKeyId: s3.accessKeyId,
+          secretAccessKey: s3.secretAccessKey,
+          ...s3Settings,
+        },
+      },
+    },
+  });
+  teardown.add("full mirror", () => full.stop());
+  return { mirror: full, relay };
+}
+
 describe("the object store stopped mid-run", () => {
   it("caches an image in the bucket while the store is up", async () => {
     await pull("cached", cachedImage);
@@ -230,34 +261,36 @@ describe("a cached blob whose GET from the object store fails before any byte wa
   });
 });
 
-describe("a download that verified but that the object store refused to keep", () => {
-  /** A mirror storing under `prefix` through a fault relay in front of the object store. */
-  async function mirrorBehindRelay(prefix: string): Promise<{ mirror: TestMirror; relay: Relay }> {
-    const relay = teardown.track(await startRelay(s3.endpoint));
-    const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-full-"));
-    teardown.add("full data dir", () => rm(dataDir, { recursive: true, force: true }));
-    const full = await startTestMirror({
-      dataDir,
-      upstreams: { "docker.io": { url: registry.url, default: true } },
-      extra: {
-        metrics: { enabled: true },
-        storage: {
-          s3: {
-            endpoint: relay.url,
-            region: s3.region,
-            bucket: BUCKET,
-            prefix,
-            forcePathStyle: true,
-            accessKeyId: s3.accessKeyId,
-            secretAccessKey: s3.secretAccessKey,
-          },
-        },
+describe("a cached blob whose GET the object store holds unanswered (a stuck placement group)", () => {
+  it("is answered from the upstream once storage.s3.readTimeout has passed; the store is not marked down", async () => {
+    const { mirror: held, relay } = await mirrorBehindRelay("held/", { readTimeout: "1s" });
+    const image = buildImage({ format: "oci", layers: [randomLayer(2 * MiB)] });
+    await pushImage(registry.url, REPO, "held", image);
+    await pull("held", image, held);
+    await waitFor(
+      async () => {
+        const keys = (await bucketHolds(client, BUCKET, "held/")).objects;
+        return image.blobs().every((b) => keys.has(blobKey("held/", b.digest)));
       },
-    });
-    teardown.add("full mirror", () => full.stop());
-    return { mirror: full, relay };
-  }
+      { timeoutMs: 20_000, intervalMs: 100, what: "the image's blobs in the bucket" },
+    );
+    expect(await blobGets(image)).toEqual([1, 1]);
 
+    // The gateway accepts every GET of content and never answers it (HEADs, listings and the probe still work).
+    relay.setFault({ kind: "stallHeaders", match: /^GET \/outage\/held\/blobs\// });
+    const started = performance.now();
+    await pull("held", image, held);
+    expect(performance.now() - started).toBeLessThan(20_000);
+    expect(await blobGets(image)).toEqual([2, 2]);
+    expect(relay.requests.filter((r) => r.fault === "stallHeaders").length).toBeGreaterThanOrEqual(2);
+    // One object that does not answer says nothing of the whole store: it stays up, and ready.
+    const ready = await fetchRaw(`${held.url}/readyz`);
+    expect(ready.status).toBe(200);
+    relay.setFault(null);
+  });
+});
+
+describe("a download that verified but that the object store refused to keep", () => {
   // 9 MiB: its parts are uploaded while it downloads (8 MiB parts); 1 MiB: one PutObject at the commit. Each on a
   // mirror of its own: after the first refusal the store counts as down, and later misses are not written to it.
   for (const [size, prefix, write] of [

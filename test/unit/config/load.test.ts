@@ -261,6 +261,7 @@ function withValue(path: string[], value: unknown): Record<string, unknown> {
   const input: Record<string, unknown> = {
     redis: { url: "redis://127.0.0.1:6379" },
     upstreams: { "u.example": { url: "https://u.example" } },
+    ...(path[0] === "storage" && path[1] === "s3" ? { storage: { s3: { bucket: "mirror" } } } : {}),
   };
   let target = input;
   for (const key of path.slice(0, -1)) target = (target[key] ??= {}) as Record<string, unknown>;
