@@ -293,7 +293,7 @@ describe("S3 redirect mode", () => {
       const file = join(dir, "config.yaml");
       await writeFile(file, configFile(chart));
       const config = loadConfig({ file, env: podEnvironment(container) });
-      expect(config.storage.s3).toMatchObject({ endpoint: s3.endpoint, redirect: true, redirectEndpoint: s3.redirectEndpoint });
+      expect(config.storage.s3).toMatchObject({ endpoint: s3.endpoint, redirect: true, redirectEndpoint: s3.redirectEndpoint, readTimeout: 10_000 });
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -302,6 +302,8 @@ describe("S3 redirect mode", () => {
     const env = podEnvironment(workload(plain).object.spec!.template.spec!.containers.find((c) => c.name === "mirror")!);
     expect(env).not.toHaveProperty("MIRROR_STORAGE__S3__REDIRECT_ENDPOINT");
     expect(env.MIRROR_STORAGE__S3__REDIRECT).toBe("true");
+    const patient = renderChart(CHART, { values: [{ s3: { ...s3, readTimeout: "30s" } }] });
+    expect(podEnvironment(workload(patient).object.spec!.template.spec!.containers.find((c) => c.name === "mirror")!).MIRROR_STORAGE__S3__READ_TIMEOUT).toBe("30s");
   });
 });
 

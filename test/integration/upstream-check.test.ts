@@ -74,6 +74,9 @@ describe("start-up check of the upstreams", () => {
   });
 
   it("sends one GET /v2/ to each upstream and logs the answer: 200 open, 401 with the scheme, no token fetched", async () => {
+    // The harness's own requests (readiness) may still be on their way into the logs: let them land first.
+    await registry.sync();
+    await tokenRegistry.sync();
     registry.clearRequests();
     tokenRegistry.clearRequests();
     tokens.clearRequests();
@@ -161,6 +164,7 @@ describe("start-up check of the upstreams", () => {
   });
 
   it("leaves offline upstreams alone", async () => {
+    await registry.sync();
     registry.clearRequests();
     const m = await mirrorOver({ kept: { url: registry.url, default: true, offline: true } });
     await m.mirror.upstreamsChecked;
