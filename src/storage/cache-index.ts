@@ -1,6 +1,11 @@
 /**
- * The index of committed content: digest → size, in least-recently-used order (lru-cache with size accounting,
- * no automatic eviction: the janitor decides what goes, because pinned and in-use content must stay).
+ * The index of committed content: digest → size, in least-recently-used order, with no automatic eviction: the
+ * janitor decides what goes, because pinned and in-use content must stay.
+ *
+ * The order is a Map's insertion order (least recently used first): a use deletes the entry and sets it again, at
+ * the end. Not lru-cache, which the rest of the mirror uses for bounded caches: this index is unbounded and is
+ * filled with every committed object at start-up, where lru-cache's `set` with size accounting cost ~2.7 µs per
+ * entry (276 ms for 100,000 blobs, bench START) against ~0.2 µs for a Map.
  *
  * It is rebuilt at start-up from a scan of the store. Recency survives restarts through the store's record of
  * accesses (file modification times on the filesystem): an access is recorded at most once per
@@ -8,8 +13,6 @@
  * to be evicted after a restart. The same record is what idle expiry (`storage.maxIdle`) reads after a restart:
  * no write per pull, one `utimes` per object per interval, and nothing to keep consistent beside the file.
  */
-import { LRUCache } from "lru-cache";
-
 /** What the index needs of the store it describes. */
 export interface IndexSource {
   /** Every committed object, with its size and when it was last recorded as accessed (ms since the epoch). */
@@ -38,7 +41,10 @@ interface Entry {
 
 export class CacheIndex {
   private readonly source: IndexSource;
-  private readonly entries: LRUCache<string, Entry>;
+  /** Least recently used first (insertion order; see the top of this file). */
+  private readonly entries = new Map<string, Entry>();
+  /** Sum of the entries' sizes, each counted as at least 1 byte. */
+  private total = 0;
   private readonly touchIntervalMs: number;
   private readonly now: () => number;
   private readonly observers: IndexObserver[] = [];
@@ -48,10 +54,6 @@ export class CacheIndex {
     this.touchIntervalMs = opts.touchIntervalMs ?? 10 * 60_000;
     this.now = opts.now ?? Date.now;
     // No bound: the index must hold every committed object (≈100 bytes each), or it could not account for them.
-    this.entries = new LRUCache<string, Entry>({
-      maxSize: Number.MAX_SAFE_INTEGER,
-      sizeCalculation: (e) => Math.max(1, e.size),
-    });
   }
 
   /** Rebuilds the index from a scan of the store, oldest access first, so recency order is restored. */
@@ -60,9 +62,10 @@ export class CacheIndex {
     const found = await this.source.scan();
     found.sort((a, b) => a.lastAccess - b.lastAccess);
     this.entries.clear();
+    this.total = 0;
     let bytes = 0;
     for (const f of found) {
-      this.entries.set(f.digest, { size: f.size, touchedAt: f.lastAccess, usedAt: f.lastAccess });
+      this.put(f.digest, { size: f.size, touchedAt: f.lastAccess, usedAt: f.lastAccess });
       bytes += f.size;
     }
     return { objects: found.length, bytes, ms: performance.now() - started };
@@ -76,7 +79,7 @@ export class CacheIndex {
   /** Content was committed (or found in the store while not indexed). */
   add(digest: string, size: number): void {
     const now = this.now();
-    this.entries.set(digest, { size, touchedAt: now, usedAt: now });
+    this.put(digest, { size, touchedAt: now, usedAt: now });
     for (const o of this.observers) o.added(digest, size);
   }
 
@@ -84,6 +87,8 @@ export class CacheIndex {
   touch(digest: string): void {
     const entry = this.entries.get(digest);
     if (!entry) return;
+    this.entries.delete(digest); // to the end: the most recently used
+    this.entries.set(digest, entry);
     const now = this.now();
     entry.usedAt = now;
     for (const o of this.observers) o.used(digest);
@@ -93,7 +98,10 @@ export class CacheIndex {
   }
 
   remove(digest: string): void {
+    const entry = this.entries.get(digest);
+    if (!entry) return;
     this.entries.delete(digest);
+    this.total -= weight(entry);
   }
 
   has(digest: string): boolean {
@@ -101,11 +109,11 @@ export class CacheIndex {
   }
 
   sizeOf(digest: string): number | undefined {
-    return this.entries.peek(digest)?.size;
+    return this.entries.get(digest)?.size;
   }
 
   get bytes(): number {
-    return this.entries.calculatedSize;
+    return this.total;
   }
 
   get objects(): number {
@@ -114,20 +122,38 @@ export class CacheIndex {
 
   /** Most recently used first, with when each was last recorded as accessed (without changing recency). */
   *mostRecentlyUsed(): Generator<{ digest: string; size: number; lastAccess: number }> {
-    for (const digest of this.entries.keys()) {
-      const entry = this.entries.peek(digest);
-      if (entry) yield { digest, size: entry.size, lastAccess: entry.touchedAt };
+    // From a copy of the order: a caller may await between items (the fleet's seed), and uses meanwhile would move
+    // entries to the end of the Map.
+    const digests = [...this.entries.keys()];
+    for (let i = digests.length - 1; i >= 0; i--) {
+      const entry = this.entries.get(digests[i]!);
+      if (entry) yield { digest: digests[i]!, size: entry.size, lastAccess: entry.touchedAt };
     }
   }
 
   /**
    * Digests from least to most recently used (without changing recency), with when each was last used (ms):
-   * that order is the order of `usedAt`, since every use moves an entry to the front.
+   * that order is the order of `usedAt`, since every use moves an entry to the end. The Map is walked as it is:
+   * a use during the walk would move an entry to the end, where the walk meets it again, so callers finish the
+   * walk before anything can be used (the janitor's walks run without awaiting).
    */
   *leastRecentlyUsed(): Generator<{ digest: string; size: number; usedAt: number }> {
-    for (const digest of this.entries.rkeys()) {
-      const entry = this.entries.peek(digest);
-      if (entry) yield { digest, size: entry.size, usedAt: entry.usedAt };
-    }
+    for (const [digest, entry] of this.entries) yield { digest, size: entry.size, usedAt: entry.usedAt };
   }
+
+  /** Sets `digest` as the most recently used, replacing what it held. */
+  private put(digest: string, entry: Entry): void {
+    const old = this.entries.get(digest);
+    if (old) {
+      this.entries.delete(digest);
+      this.total -= weight(old);
+    }
+    this.entries.set(digest, entry);
+    this.total += weight(entry);
+  }
+}
+
+/** What an entry counts for in `bytes`: its size, and at least 1 (an empty blob still takes an entry). */
+function weight(entry: Entry): number {
+  return Math.max(1, entry.size);
 }
