@@ -269,6 +269,18 @@ export async function createCacheLayer(
       noteIdleLimit: (digest, ms) => janitor.noteIdleLimit(digest, ms),
       fleet: cluster?.fleet,
     });
+    // Saved last, after the downloads ended (their commits) and the janitor stopped (its deletes): the next start
+    // reads it instead of scanning what did not change since. Without it, that start scans everything.
+    const saveIndex = async () => {
+      if (!blobStore.saveIndex) return;
+      const started = performance.now();
+      try {
+        const saved = await blobStore.saveIndex();
+        log.info({ ...saved, ms: Math.round(performance.now() - started) }, "cache index saved for the next start");
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, "cache index not saved: the next start scans the cache");
+      }
+    };
     let draining: Promise<void> | undefined;
     const drain = () => {
       draining ??= (async () => {
@@ -276,6 +288,7 @@ export async function createCacheLayer(
         objectStoreHealth?.stop();
         await fills.drain(config.shutdownGrace);
         await janitor.flush();
+        await saveIndex();
         await fleetRecords?.stop();
       })();
       return draining;

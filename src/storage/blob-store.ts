@@ -15,6 +15,7 @@
  * Layout:
  *   <root>/blobs/sha256/ab/abcdef…   committed content
  *   <root>/tmp/<hex>.<random>        writes in progress (read only through their writer)
+ *   <root>/index-snapshot            the index as a clean shutdown left it, read and removed at start-up
  */
 import type { EventEmitter } from "node:events";
 import { lstatSync, readdirSync } from "node:fs";
@@ -32,6 +33,7 @@ import {
 } from "./content-store.ts";
 import { BufferPool, FileHandleRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
+import { takeIndexSnapshot, writeIndexSnapshot } from "./index-snapshot.ts";
 import { openTempFile, TempFileWriter, type TempFile } from "./temp-file-write.ts";
 
 /** A committed file's name in its shard directory: the digest's hex. */
@@ -64,13 +66,54 @@ export class BlobStore implements ContentStore {
     this.index = new CacheIndex(this, opts);
   }
 
-  async init(): Promise<{ removedTempFiles: number; objects: number; bytes: number; scanMs: number }> {
+  /**
+   * Also reads (and removes) the index snapshot of the last clean shutdown, if any: the shards it can be trusted
+   * for are not scanned (index-snapshot.ts). `snapshot` says what it gave: the objects taken from it and the shard
+   * directories scanned all the same, or why it was ignored.
+   */
+  async init(): Promise<{
+    removedTempFiles: number;
+    objects: number;
+    bytes: number;
+    scanMs: number;
+    snapshot?: { objects: number; shardsScanned: number } | { ignored: string };
+  }> {
     await mkdir(this.blobsDir, { recursive: true });
     await mkdir(this.tempDir, { recursive: true });
     const leftovers = await readdir(this.tempDir);
     await Promise.all(leftovers.map((name) => rm(join(this.tempDir, name), { force: true, recursive: true })));
-    const scan = await this.index.rebuild();
-    return { removedTempFiles: leftovers.length, objects: scan.objects, bytes: scan.bytes, scanMs: scan.ms };
+    let snapshot: { objects: number; shardsScanned: number } | { ignored: string } | undefined;
+    const scan = await this.index.rebuild(async () => {
+      const taken = await takeIndexSnapshot({ root: this.root, blobsDir: this.blobsDir });
+      if (taken === undefined || "ignored" in taken) {
+        snapshot = taken;
+        return this.scan();
+      }
+      const scanned = this.scanShards((shard) => !taken.trusted.has(shard));
+      snapshot = { objects: taken.entries.length, shardsScanned: scanned.shards };
+      return taken.entries.concat(scanned.found);
+    });
+    return {
+      removedTempFiles: leftovers.length,
+      objects: scan.objects,
+      bytes: scan.bytes,
+      scanMs: scan.ms,
+      ...(snapshot ? { snapshot } : {}),
+    };
+  }
+
+  /**
+   * Saves the index for the next start (index-snapshot.ts), at a clean shutdown: after the last commit, delete and
+   * recorded access of this process, so it holds what a scan would find then. Best effort: without it the next
+   * start scans.
+   */
+  async saveIndex(): Promise<{ objects: number }> {
+    return writeIndexSnapshot({
+      root: this.root,
+      blobsDir: this.blobsDir,
+      tempDir: this.tempDir,
+      entries: this.index.mostRecentlyUsed(),
+    });
   }
 
   /**
@@ -81,9 +124,17 @@ export class BlobStore implements ContentStore {
    * START); plain syscalls in a loop take a third of that.
    */
   async scan(): Promise<Array<{ digest: string; size: number; lastAccess: number }>> {
+    return this.scanShards(() => true).found;
+  }
+
+  /** The scan of the shard directories `wanted` names (see `scan`). */
+  private scanShards(wanted: (shard: string) => boolean): {
+    found: Array<{ digest: string; size: number; lastAccess: number }>;
+    shards: number;
+  } {
     const found: Array<{ digest: string; size: number; lastAccess: number }> = [];
     const shards = readdirSync(this.blobsDir, { withFileTypes: true }).filter(
-      (d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name),
+      (d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name) && wanted(d.name),
     );
     for (const shard of shards) {
       // Names only, and one lstat per name (which says whether it is a plain file, as a directory entry's type
@@ -95,7 +146,7 @@ export class BlobStore implements ContentStore {
         if (s?.isFile()) found.push({ digest: `sha256:${name}`, size: s.size, lastAccess: s.mtimeMs });
       }
     }
-    return found;
+    return { found, shards: shards.length };
   }
 
   /** An access is recorded as the file's modification time, which the start-up scan reads back. */

@@ -56,10 +56,15 @@ export class CacheIndex {
     // No bound: the index must hold every committed object (≈100 bytes each), or it could not account for them.
   }
 
-  /** Rebuilds the index from a scan of the store, oldest access first, so recency order is restored. */
-  async rebuild(): Promise<{ objects: number; bytes: number; ms: number }> {
+  /**
+   * Rebuilds the index from a scan of the store (or what stands for one: `scan`), oldest access first, so recency
+   * order is restored.
+   */
+  async rebuild(
+    scan: () => Promise<Array<{ digest: string; size: number; lastAccess: number }>> = () => this.source.scan(),
+  ): Promise<{ objects: number; bytes: number; ms: number }> {
     const started = performance.now();
-    const found = await this.source.scan();
+    const found = await scan();
     found.sort((a, b) => a.lastAccess - b.lastAccess);
     this.entries.clear();
     this.total = 0;

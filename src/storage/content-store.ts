@@ -20,7 +20,19 @@ export interface ContentStore extends IndexSource {
    * Prepares the store: removes the writes a previous process left unfinished (never verified, so nothing
    * partial can ever become visible) and fills the index from a scan of what is committed.
    */
-  init(): Promise<{ removedTempFiles: number; objects: number; bytes: number; scanMs: number }>;
+  init(): Promise<{
+    removedTempFiles: number;
+    objects: number;
+    bytes: number;
+    scanMs: number;
+    /** What a saved index gave the scan (the filesystem store: index-snapshot.ts). */
+    snapshot?: { objects: number; shardsScanned: number } | { ignored: string };
+  }>;
+  /**
+   * At a clean shutdown, once nothing is committed, deleted or read any more: saves what the next start's scan
+   * needs, where that saves time (the filesystem store: index-snapshot.ts).
+   */
+  saveIndex?(): Promise<{ objects: number }>;
   /** The size of committed content, or undefined when there is none under `digest`. */
   size(digest: string): Promise<number | undefined>;
   /** Committed content, held open for reading (a delete meanwhile does not disturb it); undefined when absent. */

@@ -19,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Janitor } from "../../src/cache/janitor.ts";
 import { FillCoordinator } from "../../src/fill/fill-coordinator.ts";
 import { EmbeddedMetadataStore } from "../../src/metadata/embedded-metadata-store.ts";
+import { BlobStore } from "../../src/storage/blob-store.ts";
 import { DataDirLock } from "../../src/storage/data-dir-lock.ts";
 import { UpstreamClient } from "../../src/upstream/upstream-client.ts";
 import { buildImage, pushImage, randomLayer, type Blob } from "../harness/image-builder.ts";
@@ -51,7 +52,7 @@ function accepts(port: number): Promise<boolean> {
 }
 
 describe("shutdown", () => {
-  it("stops each part once: accepting, then fills (with their grace), then clients, upstream pools, metadata and the lock", async () => {
+  it("stops each part once: accepting, then fills (with their grace), then clients, the index saved, upstream pools, metadata and the lock", async () => {
     const layer = randomLayer(1024 * 1024);
     await pushImage(upstream.url, "team/shutdown", "v1", buildImage({ format: "oci", layers: [layer] }));
     // No idle timeout to end the stall below: shutdown must not wait for it once the grace is over.
@@ -75,6 +76,7 @@ describe("shutdown", () => {
       upstreamClose: UpstreamClient.prototype.close,
       metadataClose: EmbeddedMetadataStore.prototype.close,
       release: DataDirLock.prototype.release,
+      saveIndex: BlobStore.prototype.saveIndex,
     };
     /* eslint-enable @typescript-eslint/unbound-method */
     const spies = [
@@ -100,6 +102,10 @@ describe("shutdown", () => {
         events.push("metadata store closed");
         await original.metadataClose.call(this);
       }),
+      vi.spyOn(BlobStore.prototype, "saveIndex").mockImplementation(async function (this: BlobStore) {
+        events.push("cache index saved");
+        return original.saveIndex.call(this);
+      }),
       vi.spyOn(DataDirLock.prototype, "release").mockImplementation(async function (this: DataDirLock) {
         events.push("lock released");
         await original.release.call(this);
@@ -117,6 +123,7 @@ describe("shutdown", () => {
       "janitor stopped",
       "fills draining, new connections accepted: false",
       "fills drained",
+      "cache index saved",
       "upstream pool closed",
       "metadata store closed",
       "lock released",
@@ -314,10 +321,20 @@ describe("SIGTERM to the mirror process", () => {
       relay.setFault(null);
     }
     expect(await committed(dataDir, big.digest)).toBe(true);
+    // The index is saved after the drain, the fill's commit in it.
+    const saved = await m.logLine("cache index saved for the next start");
+    expect(saved.objects).toBeGreaterThanOrEqual(1);
     const upstreamGets = () => relay.requests.filter((r) => r.method === "GET" && r.path.includes("/blobs/")).length;
     expect(upstreamGets()).toBe(1);
 
     const again = await startMirrorProcess(dataDir, relay.url, "25s");
+    // The next start reads that index; the shard the fill committed into during the drain changed too recently
+    // before it was saved to be trusted, so it is scanned, and the blob found there.
+    const rebuilt = await again.logLine("cache index rebuilt");
+    expect(rebuilt).toMatchObject({ objects: saved.objects });
+    const snapshot = rebuilt.snapshot as { objects: number; shardsScanned: number };
+    expect(snapshot.objects).toBeLessThan(saved.objects as number);
+    expect(snapshot.shardsScanned).toBeGreaterThanOrEqual(1);
     const hit = await slowGet(blobUrl(again.url), new Agent());
     hit.read();
     expect(await hit.done).toEqual({ bytes: big.bytes.length, digest: big.digest, complete: true });
