@@ -357,6 +357,9 @@ async function main(): Promise<void> {
       const dataDir = join(workDir, "startup-data");
       progress(`generating a store of ${startupBlobs} blobs`);
       await generateStore(dataDir, startupBlobs);
+      // A store written the moment before is one no snapshot may vouch for (index-snapshot.ts, QUIET_MS: 2 s): the
+      // store a mirror restarts over was written earlier than that.
+      await sleep(3_000);
       const starter = new MirrorTarget({
         repoRoot,
         entry,
@@ -368,18 +371,25 @@ async function main(): Promise<void> {
         dataDir,
       });
       cleanup.push(() => starter.stop());
+      // Each repetition starts twice: as after a crash (no index snapshot: every file is stat'ed), then as after the
+      // clean stop of that first start (the snapshot it saved; src/storage/index-snapshot.ts).
       for (let rep = 0; rep < startupReps; rep++) {
-        noteLoad("START");
-        const ms = await starter.start();
-        const scan = await starter.indexScan();
-        await starter.stop();
-        if (scan && scan.objects !== startupBlobs)
-          throw new Error(`the mirror indexed ${scan.objects} objects, not ${startupBlobs}`);
-        record("START", "mirror-full-ms", ms);
-        if (scan) record("START", "mirror-scan-ms", scan.scanMs);
-        progress(
-          `start-up rep ${rep + 1}/${startupReps}: ready in ${ms.toFixed(0)} ms (index scan ${scan?.scanMs.toFixed(0) ?? "?"} ms)`,
-        );
+        for (const kind of ["crash", "clean"] as const) {
+          noteLoad("START");
+          if (kind === "crash") await rm(join(dataDir, "index-snapshot"), { force: true });
+          const ms = await starter.start();
+          const scan = await starter.indexScan();
+          await starter.stop();
+          if (scan && scan.objects !== startupBlobs)
+            throw new Error(`the mirror indexed ${scan.objects} objects, not ${startupBlobs}`);
+          if (kind === "clean" && scan?.fromSnapshot !== startupBlobs)
+            throw new Error(`after a clean stop the snapshot gave ${scan?.fromSnapshot} objects, not ${startupBlobs}`);
+          record("START", `mirror-${kind}-ms`, ms);
+          if (scan) record("START", `mirror-${kind}-scan-ms`, scan.scanMs);
+          progress(
+            `start-up rep ${rep + 1}/${startupReps}, after a ${kind === "crash" ? "crash" : "clean stop"}: ready in ${ms.toFixed(0)} ms (index ${scan?.scanMs.toFixed(0) ?? "?"} ms)`,
+          );
+        }
       }
     }
 
@@ -681,15 +691,33 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
   }
   if (results["START"]) {
     row(
-      `Start-up, ${startupBlobs} cached blobs: ready ms`,
-      s("START", "mirror-full-ms"),
+      `Start-up, ${startupBlobs} cached blobs, after a clean stop (index snapshot): ready ms`,
+      s("START", "mirror-clean-ms"),
       "",
       "",
       "",
       "",
-      `≤ 1500 ms${verdict(atMost(med("START", "mirror-full-ms"), 1500))}`,
+      `≤ 1500 ms${verdict(atMost(med("START", "mirror-clean-ms"), 1500))}`,
     );
-    row("Start-up: index scan ms (mirror's log)", s("START", "mirror-scan-ms"), "", "", "", "", "");
+    row(
+      "Start-up after a clean stop: index from the snapshot, ms",
+      s("START", "mirror-clean-scan-ms"),
+      "",
+      "",
+      "",
+      "",
+      "",
+    );
+    row(
+      `Start-up, ${startupBlobs} cached blobs, after a crash (full scan): ready ms`,
+      s("START", "mirror-crash-ms"),
+      "",
+      "",
+      "",
+      "",
+      `≤ 1500 ms${verdict(atMost(med("START", "mirror-crash-ms"), 1500))}`,
+    );
+    row("Start-up after a crash: index scan ms (mirror's log)", s("START", "mirror-crash-scan-ms"), "", "", "", "", "");
     row(
       "Start-up, empty store: ready ms",
       s("START", "mirror-empty-ms"),

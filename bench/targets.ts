@@ -208,13 +208,14 @@ export class MirrorTarget implements RestartableTarget {
   }
 
   /** The "cache index rebuilt" line of the current run's log: the mirror's own scan time. */
-  async indexScan(): Promise<{ objects: number; scanMs: number } | undefined> {
+  async indexScan(): Promise<{ objects: number; scanMs: number; fromSnapshot: number } | undefined> {
     const log = (await this.process?.log()) ?? "";
     for (const line of log.split("\n")) {
       if (!line.includes("cache index rebuilt")) continue;
       try {
-        const entry = JSON.parse(line) as { objects?: number; scanMs?: number };
-        if (typeof entry.scanMs === "number") return { objects: entry.objects ?? 0, scanMs: entry.scanMs };
+        const entry = JSON.parse(line) as { objects?: number; scanMs?: number; snapshot?: { objects?: number } };
+        if (typeof entry.scanMs === "number")
+          return { objects: entry.objects ?? 0, scanMs: entry.scanMs, fromSnapshot: entry.snapshot?.objects ?? 0 };
       } catch {
         // not JSON
       }
