@@ -41,13 +41,20 @@ export async function upstreamStatusError(
   if (status === 401)
     return new RegistryError("UNAUTHORIZED", `upstream ${upstream} requires authentication`, { detail });
   if (status === 403) return new RegistryError("DENIED", `upstream ${upstream} denied access`, { detail });
-  if (status === 429) {
-    const retryAfter = headerValue(headers, "retry-after");
+  // A rate limit or a temporary unavailability is passed on as such, with the upstream's Retry-After: a client
+  // that waits as long as the upstream asked is not one to answer 502 (a fault of the upstream, not of time).
+  const retryAfter = headerValue(headers, "retry-after");
+  const retryHeaders = retryAfter !== undefined ? { "Retry-After": retryAfter } : {};
+  if (status === 429)
     return new RegistryError("TOOMANYREQUESTS", `upstream ${upstream} is rate limiting`, {
       detail,
-      headers: retryAfter !== undefined ? { "Retry-After": retryAfter } : {},
+      headers: retryHeaders,
     });
-  }
+  if (status === 503)
+    return new RegistryError("UNAVAILABLE", `upstream ${upstream} answered ${status}`, {
+      detail,
+      headers: retryHeaders,
+    });
   return new RegistryError("UPSTREAM_ERROR", `upstream ${upstream} answered ${status}`, { detail });
 }
 

@@ -109,6 +109,30 @@ describe("upstream faults", () => {
     }
   });
 
+  it("503 without cached content: 503 UNAVAILABLE with the upstream's Retry-After, for a manifest and a blob", async () => {
+    relay.setFault({ kind: "status", status: 503, headers: { "Retry-After": "30" }, match: /manifests\/uncached/ });
+    try {
+      const res = await manifest(mirror, "uncached");
+      expect(res.status).toBe(503);
+      expect(errorCode(res)).toBe("UNAVAILABLE");
+      expect(res.headers["retry-after"]).toBe("30");
+    } finally {
+      relay.setFault(null);
+    }
+    const blob = randomLayer(4096);
+    await pushImage(registry.url, "team/faults", "unavailable", buildImage({ format: "oci", layers: [blob] }));
+    relay.setFault({ kind: "status", status: 503, match: /blobs\// });
+    try {
+      const res = await fetchRaw(`${mirror.url}/v2/team/faults/blobs/${blob.digest}`);
+      expect(res.status).toBe(503);
+      expect(errorCode(res)).toBe("UNAVAILABLE");
+      expect(res.headers["retry-after"]).toBeUndefined(); // none sent, none made up
+      expect(await mirror.mirror.blobStore.size(blob.digest)).toBeUndefined();
+    } finally {
+      relay.setFault(null);
+    }
+  });
+
   it("429 with cached content: the cached tag is served, marked stale", async () => {
     expect((await manifest(mirror)).status).toBe(200);
     relay.setFault({ kind: "status", status: 429, headers: { "Retry-After": "7" } });
