@@ -138,6 +138,36 @@ describe("ordered fallbacks", () => {
     primaryRelay.setFault(null);
   });
 
+  it("answer an unavailable (503) upstream from the fallback, as down; a 500 is the upstream's answer", async () => {
+    const unavailable = busybox("unavailable");
+    const broken = busybox("broken");
+    for (const url of [primary.url, fallback.url]) {
+      await pushImage(url, "library/busybox", "unavailable", unavailable);
+      await pushImage(url, "library/busybox", "broken", broken);
+    }
+    const down = () => fallbacksCounted({ upstream: "hub.example", fallback: "mirror.gcr.io", reason: "down" });
+    const before = await down();
+    primaryRelay.setFault({ kind: "status", status: 503, headers: { "Retry-After": "60" } });
+    try {
+      const res = await manifest("hub.example/busybox/manifests/unavailable");
+      expect(res.status, res.body.toString()).toBe(200);
+      expect(res.headers["x-mirror-source"]).toBe("mirror.gcr.io");
+      expect(sha256(res.body)).toBe(unavailable.digest);
+      expect(await down()).toBe(before + 1);
+      primaryRelay.setFault({ kind: "status", status: 500 });
+      await fallback.sync(); // the fallback's own log of the pull above is in before it is cleared
+      fallback.clearRequests();
+      const failed = await manifest("hub.example/busybox/manifests/broken");
+      expect(failed.status).toBe(502);
+      expect(errorCode(failed)).toBe("UPSTREAM_ERROR");
+      expect(failed.headers["x-mirror-source"]).toBeUndefined();
+      await fallback.sync();
+      expect(fallback.count({ repo: "library/busybox", method: "GET" })).toBe(0);
+    } finally {
+      primaryRelay.setFault(null);
+    }
+  });
+
   it("serve library/busybox from the fallback while the primary is stopped, digest verified", async () => {
     await primary.stop();
     const image = images.get("library/busybox:stopped")!;
