@@ -44,7 +44,7 @@ export async function upstreamStatusError(
   // A rate limit or a temporary unavailability is passed on as such, with the upstream's Retry-After: a client
   // that waits as long as the upstream asked is not one to answer 502 (a fault of the upstream, not of time).
   const retryAfter = headerValue(headers, "retry-after");
-  const retryHeaders = retryAfter !== undefined ? { "Retry-After": retryAfter } : {};
+  const retryHeaders: Record<string, string> = retryAfter !== undefined ? { "Retry-After": retryAfter } : {};
   if (status === 429)
     return new RegistryError("TOOMANYREQUESTS", `upstream ${upstream} is rate limiting`, {
       detail,
