@@ -385,19 +385,13 @@ export class S3ContentStore implements ContentStore {
    * (an abort that is not the bound's is rethrown as it is).
    */
   async answered<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>, outer?: AbortSignal): Promise<T> {
-    const bound = new AbortController();
-    const timer = setTimeout(() => bound.abort(), timerDelay(this.readTimeoutMs));
-    try {
-      return await send(outer === undefined ? bound.signal : AbortSignal.any([outer, bound.signal]));
-    } catch (err) {
-      if (bound.signal.aborted && !(outer?.aborted ?? false))
-        throw new StoreUnavailableError(`object store did not answer ${what} within ${this.readTimeoutMs} ms`, {
-          cause: err,
-        });
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
+    const ms = this.readTimeoutMs;
+    return withinMs(
+      ms,
+      send,
+      (cause) => new StoreUnavailableError(`object store did not answer ${what} within ${ms} ms`, { cause }),
+      outer,
+    );
   }
 
   /** A reader is done with `digest`: a delete that waited for the last one happens now. */
@@ -759,16 +753,13 @@ class S3Writer extends TempFileWriter {
   }
 
   /** One request of this write, bounded by the store's writeTimeoutMs. */
-  private async bounded<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+  private bounded<T>(what: string, send: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
     const ms = this.store.writeTimeoutMs;
-    const abortSignal = AbortSignal.timeout(ms);
-    try {
-      return await send(abortSignal);
-    } catch (err) {
-      if (abortSignal.aborted)
-        throw new Error(`${what} of ${this.digest} not answered within ${ms} ms`, { cause: err });
-      throw err;
-    }
+    return withinMs(
+      ms,
+      send,
+      (cause) => new Error(`${what} of ${this.digest} not answered within ${ms} ms`, { cause }),
+    );
   }
 
   private startUpload(): Promise<string> {
@@ -938,5 +929,28 @@ class S3Writer extends TempFileWriter {
       await rm(this.path, { force: true });
       this.reservation?.release();
     }
+  }
+}
+
+/**
+ * One request to the object store, aborted when it has not settled within `ms` (or when `outer` aborts); a failure
+ * the bound caused is thrown as `timedOut(cause)`, any other (an abort that is `outer`'s included) as it is. The
+ * bound ends when `send` settles: for a GET, when the store answered, so the body it streams is not cut by it.
+ */
+async function withinMs<T>(
+  ms: number,
+  send: (abortSignal: AbortSignal) => Promise<T>,
+  timedOut: (cause: unknown) => Error,
+  outer?: AbortSignal,
+): Promise<T> {
+  const bound = new AbortController();
+  const timer = setTimeout(() => bound.abort(), timerDelay(ms));
+  try {
+    return await send(outer === undefined ? bound.signal : AbortSignal.any([outer, bound.signal]));
+  } catch (err) {
+    if (bound.signal.aborted && !(outer?.aborted ?? false)) throw timedOut(err);
+    throw err;
+  } finally {
+    clearTimeout(timer);
   }
 }
