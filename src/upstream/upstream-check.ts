@@ -11,7 +11,6 @@
  * aborts a check still waiting. It is not counted in the upstream request metrics, which count pulls' traffic.
  */
 import type { Logger } from "pino";
-import { timerDelay } from "../config/timer-delay.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { UpstreamClient } from "./upstream-client.ts";
 
@@ -28,7 +27,7 @@ export async function checkUpstreams(
 }
 
 async function checkUpstream(upstream: UpstreamClient, log: Logger, stop: AbortSignal): Promise<void> {
-  const timeoutMs = Math.min(CHECK_TIMEOUT_MS, timerDelay(upstream.config.timeouts.total));
+  const timeoutMs = Math.min(CHECK_TIMEOUT_MS, upstream.config.timeouts.total);
   const timeout = AbortSignal.timeout(timeoutMs);
   const started = performance.now();
   const fields = { upstream: upstream.name, url: upstream.config.url };
@@ -38,7 +37,14 @@ async function checkUpstream(upstream: UpstreamClient, log: Logger, stop: AbortS
     const { status } = answer;
     if (status === 200 || status === 401) {
       log.info(
-        { ...fields, status, ms, ...(answer.challenge !== undefined ? { auth: answer.challenge } : {}) },
+        {
+          ...fields,
+          status,
+          ms,
+          // Docker-Distribution-API-Version (registry/2.0), which distribution-based registries send.
+          ...(answer.apiVersion !== undefined ? { apiVersion: answer.apiVersion } : {}),
+          ...(answer.challenge !== undefined ? { auth: answer.challenge } : {}),
+        },
         "upstream answers",
       );
     } else if (status === 404) {

@@ -86,8 +86,19 @@ describe("start-up check of the upstreams", () => {
     });
     await m.mirror.upstreamsChecked;
     const byUpstream: Record<string, LogLine> = Object.fromEntries(m.checkLines().map((l) => [l.upstream!, l]));
-    expect(byUpstream["open"]).toMatchObject({ level: INFO, msg: "upstream answers", status: 200 });
-    expect(byUpstream["locked"]).toMatchObject({ level: INFO, msg: "upstream answers", status: 401, auth: "Bearer" });
+    expect(byUpstream["open"]).toMatchObject({
+      level: INFO,
+      msg: "upstream answers",
+      status: 200,
+      apiVersion: "registry/2.0",
+    });
+    expect(byUpstream["locked"]).toMatchObject({
+      level: INFO,
+      msg: "upstream answers",
+      status: 401,
+      auth: "Bearer",
+      apiVersion: "registry/2.0",
+    });
     await registry.sync();
     await tokenRegistry.sync();
     expect(registry.requests().map((r) => `${r.method} ${r.path} ${r.status}`)).toEqual(["GET /v2/ 200"]);
