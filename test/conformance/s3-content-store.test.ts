@@ -22,6 +22,7 @@ import { ManifestStore } from "../../src/storage/manifest-store.ts";
 import { createS3Client, S3ContentStore, S3MediaTypes } from "../../src/storage/s3-content-store.ts";
 import { startRelay } from "../harness/relay.ts";
 import { startS3, type S3Server } from "../harness/s3.ts";
+import { s3Access } from "../harness/s3-bucket.ts";
 import { describeContentStore } from "./content-store.ts";
 
 const BUCKET = "conformance";
@@ -31,13 +32,7 @@ let client: S3Client;
 
 beforeAll(async () => {
   s3 = await startS3();
-  client = await createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  });
+  client = await createS3Client(s3Access(s3));
   await client.send(new CreateBucketCommand({ Bucket: BUCKET }));
 }, 180_000);
 afterAll(async () => {
@@ -93,6 +88,13 @@ describeContentStore("S3 (Ceph RADOS Gateway)", async () => {
   };
 });
 
+/** The S3 server behind the fault relay, and a client of the store that goes through it. */
+async function behindRelay() {
+  const relay = await startRelay(s3.endpoint);
+  const relayed = await createS3Client(s3Access(s3, relay.url));
+  return { relay, relayed };
+}
+
 describe("S3 content store, as the server sees it", () => {
   let made: Awaited<ReturnType<typeof newStore>> | undefined;
   afterEach(async () => {
@@ -144,14 +146,7 @@ describe("S3 content store, as the server sees it", () => {
     const warm = randomBytes(6 * MiB);
     await putContent(made.store, digestOf(warm), warm);
     // The same server behind the fault relay, which holds every request completing an upload under the prefix.
-    const relay = await startRelay(s3.endpoint);
-    const relayed = await createS3Client({
-      endpoint: relay.url,
-      region: s3.region,
-      forcePathStyle: true,
-      accessKeyId: s3.accessKeyId,
-      secretAccessKey: s3.secretAccessKey,
-    });
+    const { relay, relayed } = await behindRelay();
     try {
       relay.setFault({ kind: "stallHeaders", match: new RegExp(`^POST /${BUCKET}/${prefix}blobs/.*uploadId=`) });
       const store = new S3ContentStore({
@@ -187,14 +182,7 @@ describe("S3 content store, as the server sees it", () => {
     const bytes = randomBytes(3 * MiB);
     const digest = digestOf(bytes);
     await putContent(made.store, digest, bytes);
-    const relay = await startRelay(s3.endpoint);
-    const relayed = await createS3Client({
-      endpoint: relay.url,
-      region: s3.region,
-      forcePathStyle: true,
-      accessKeyId: s3.accessKeyId,
-      secretAccessKey: s3.secretAccessKey,
-    });
+    const { relay, relayed } = await behindRelay();
     try {
       const store = new S3ContentStore({
         client: relayed,
@@ -321,13 +309,7 @@ describe("S3 content store, as the server sees it", () => {
 
 /** A client of its own for one store, and the names of the commands it sent (what that store asked of S3). */
 async function countedClient(): Promise<{ client: S3Client; sent: string[] }> {
-  const counted = await createS3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  });
+  const counted = await createS3Client(s3Access(s3));
   const sent: string[] = [];
   counted.middlewareStack.add(
     (next, context) => (args) => {

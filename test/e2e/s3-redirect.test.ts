@@ -32,7 +32,7 @@ import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay, type RelayedRequest } from "../harness/relay.ts";
 import type { S3Server } from "../harness/s3.ts";
-import { startS3WithBucket } from "../harness/s3-bucket.ts";
+import { mirrorS3Settings, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { fetchRaw } from "../integration/client.ts";
 import type { ClientFactory, ImageRef } from "./client.ts";
 import { containerdClient } from "./clients/containerd.ts";
@@ -104,17 +104,7 @@ beforeAll(async () => {
 
 /** The mirror's `storage.s3`, in redirect mode: presigned URLs name the "s3" relay, clients' way to the store. */
 function s3Settings(): Record<string, unknown> {
-  return {
-    endpoint: s3.endpoint,
-    redirectEndpoint: s3Relay.url,
-    region: s3.region,
-    bucket: BUCKET,
-    prefix: PREFIX,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-    redirect: true,
-  };
+  return mirrorS3Settings(s3, BUCKET, PREFIX, { redirectEndpoint: s3Relay.url, redirect: true });
 }
 
 /** The requests each relay logged, and the upstream's blob GETs, from this point on. */

@@ -20,16 +20,38 @@ export async function startS3WithBucket(
 ): Promise<{ s3: S3Server; client: S3Client }> {
   const s3 = await startS3();
   teardown.add("s3", () => s3.dispose());
-  const client = await createS3Client({
-    endpoint: s3.endpoint,
+  const client = await createS3Client(s3Access(s3));
+  teardown.add("s3 client", () => client.destroy());
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  return { s3, client };
+}
+
+/**
+ * How a client reaches the test S3 server (path-style, its keys), at `endpoint` when something stands in front of
+ * it (the fault relay): what `createS3Client` takes, and the access part of the mirror's `storage.s3`.
+ */
+export function s3Access(
+  s3: S3Server,
+  endpoint = s3.endpoint,
+): { endpoint: string; region: string; forcePathStyle: true; accessKeyId: string; secretAccessKey: string } {
+  return {
+    endpoint,
     region: s3.region,
     forcePathStyle: true,
     accessKeyId: s3.accessKeyId,
     secretAccessKey: s3.secretAccessKey,
-  });
-  teardown.add("s3 client", () => client.destroy());
-  await client.send(new CreateBucketCommand({ Bucket: bucket }));
-  return { s3, client };
+  };
+}
+
+/** The mirror's `storage.s3` for `bucket` under `prefix` on the test server, with `more` settings over it. */
+export function mirrorS3Settings(
+  s3: S3Server,
+  bucket: string,
+  prefix: string,
+  more: { endpoint?: string } & Record<string, unknown> = {},
+): Record<string, unknown> {
+  const { endpoint, ...rest } = more;
+  return { ...s3Access(s3, endpoint), bucket, prefix, ...rest };
 }
 
 /** The key of a blob's object under `prefix`. */

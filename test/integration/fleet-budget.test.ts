@@ -22,7 +22,7 @@ import { waitFor } from "../harness/processes.ts";
 import { startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import type { S3Server } from "../harness/s3.ts";
-import { bucketHolds, startS3WithBucket } from "../harness/s3-bucket.ts";
+import { bucketHolds, mirrorS3Settings, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
@@ -60,15 +60,7 @@ function fleet(name: string) {
           upstreams: { "docker.io": { url: upstream.url, default: true } },
           extra: {
             storage: {
-              s3: {
-                endpoint: s3.endpoint,
-                region: s3.region,
-                bucket: BUCKET,
-                prefix,
-                forcePathStyle: true,
-                accessKeyId: s3.accessKeyId,
-                secretAccessKey: s3.secretAccessKey,
-              },
+              s3: mirrorS3Settings(s3, BUCKET, prefix),
               ...storage,
             },
             redis: { url: redis.url, keyPrefix },

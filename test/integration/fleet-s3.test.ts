@@ -28,7 +28,7 @@ import { startRedis, type RedisServer } from "../harness/redis.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import type { S3Server } from "../harness/s3.ts";
-import { blobKey, bucketHolds as bucketHoldsUnder, startS3WithBucket } from "../harness/s3-bucket.ts";
+import { blobKey, bucketHolds as bucketHoldsUnder, mirrorS3Settings, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { Teardown } from "../harness/teardown.ts";
 import { fetchRaw } from "./client.ts";
 
@@ -51,15 +51,7 @@ let replicas: TestMirror[];
 
 /** The replicas' S3 settings: the bucket, under `prefix`, through the relay in front of the S3 server. */
 function s3Settings(prefix: string): Record<string, unknown> {
-  return {
-    endpoint: s3Relay.url,
-    region: s3.region,
-    bucket: BUCKET,
-    prefix,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-  };
+  return mirrorS3Settings(s3, BUCKET, prefix, { endpoint: s3Relay.url });
 }
 
 async function startReplica(prefix = PREFIX, keyPrefix = "fleet-s3:"): Promise<TestMirror> {

@@ -18,7 +18,7 @@ import { Teardown, waitFor } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import type { S3Server } from "../harness/s3.ts";
-import { blobKey, bucketHolds, startS3WithBucket } from "../harness/s3-bucket.ts";
+import { blobKey, bucketHolds, mirrorS3Settings, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 import { parsePrometheusText, valueOf } from "./prometheus-text.ts";
 
@@ -106,15 +106,7 @@ beforeAll(async () => {
     extra: {
       metrics: { enabled: true },
       storage: {
-        s3: {
-          endpoint: s3.endpoint,
-          region: s3.region,
-          bucket: BUCKET,
-          prefix: PREFIX,
-          forcePathStyle: true,
-          accessKeyId: s3.accessKeyId,
-          secretAccessKey: s3.secretAccessKey,
-        },
+        s3: mirrorS3Settings(s3, BUCKET, PREFIX),
       },
     },
   });
@@ -127,29 +119,20 @@ async function mirrorBehindRelay(
   s3Settings: Record<string, unknown> = {},
 ): Promise<{ mirror: TestMirror; relay: Relay }> {
   const relay = teardown.track(await startRelay(s3.endpoint));
-  const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-full-"));
-  teardown.add("full data dir", () => rm(dataDir, { recursive: true, force: true }));
-  const full = await startTestMirror({
+  const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-relayed-"));
+  teardown.add("relayed data dir", () => rm(dataDir, { recursive: true, force: true }));
+  const relayed = await startTestMirror({
     dataDir,
     upstreams: { "docker.io": { url: registry.url, default: true } },
     extra: {
       metrics: { enabled: true },
       storage: {
-        s3: {
-          endpoint: relay.url,
-          region: s3.region,
-          bucket: BUCKET,
-          prefix,
-          forcePathStyle: true,
-          accessKeyId: s3.accessKeyId,
-          secretAccessKey: s3.secretAccessKey,
-          ...s3Settings,
-        },
+        s3: mirrorS3Settings(s3, BUCKET, prefix, { endpoint: relay.url, ...s3Settings }),
       },
     },
   });
-  teardown.add("full mirror", () => full.stop());
-  return { mirror: full, relay };
+  teardown.add("relayed mirror", () => relayed.stop());
+  return { mirror: relayed, relay };
 }
 
 describe("the object store stopped mid-run", () => {
@@ -200,27 +183,7 @@ describe("the object store stopped mid-run", () => {
 describe("a cached blob whose GET from the object store fails before any byte was sent", () => {
   it("is answered from the upstream, verified, instead of an error (the whole blob, and a range of it)", async () => {
     // The object store behind the fault relay, which forwards the mirror's signed requests unchanged (Host too).
-    const relay = teardown.track(await startRelay(s3.endpoint));
-    const dataDir = await mkdtemp(join(tmpdir(), "mirror-s3-relayed-"));
-    teardown.add("relayed data dir", () => rm(dataDir, { recursive: true, force: true }));
-    const relayed = await startTestMirror({
-      dataDir,
-      upstreams: { "docker.io": { url: registry.url, default: true } },
-      extra: {
-        storage: {
-          s3: {
-            endpoint: relay.url,
-            region: s3.region,
-            bucket: BUCKET,
-            prefix: "relayed/",
-            forcePathStyle: true,
-            accessKeyId: s3.accessKeyId,
-            secretAccessKey: s3.secretAccessKey,
-          },
-        },
-      },
-    });
-    teardown.add("relayed mirror", () => relayed.stop());
+    const { mirror: relayed, relay } = await mirrorBehindRelay("relayed/");
     const image = buildImage({ format: "oci", layers: [randomLayer(3 * MiB)] });
     await pushImage(registry.url, REPO, "relayed", image);
     await pull("relayed", image, relayed);

@@ -20,7 +20,7 @@ import { Teardown } from "../harness/processes.ts";
 import { startRegistry, type Registry } from "../harness/registry.ts";
 import { startRelay, type Relay } from "../harness/relay.ts";
 import type { S3Server } from "../harness/s3.ts";
-import { blobKey, bucketHolds as bucketHoldsUnder, startS3WithBucket } from "../harness/s3-bucket.ts";
+import { blobKey, bucketHolds as bucketHoldsUnder, mirrorS3Settings, startS3WithBucket } from "../harness/s3-bucket.ts";
 import { ALL_MANIFEST_TYPES, fetchRaw } from "./client.ts";
 
 const MiB = 1024 * 1024;
@@ -45,16 +45,7 @@ const truncated = randomLayer(12 * MiB);
 const image = buildImage({ format: "oci", layers: [big, corrupted, truncated] });
 
 function s3Settings(overrides: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    endpoint: s3.endpoint,
-    region: s3.region,
-    bucket: BUCKET,
-    prefix: PREFIX,
-    forcePathStyle: true,
-    accessKeyId: s3.accessKeyId,
-    secretAccessKey: s3.secretAccessKey,
-    ...overrides,
-  };
+  return mirrorS3Settings(s3, BUCKET, PREFIX, overrides);
 }
 
 /** The mirror's local directory: temp files and the metadata journal (what links blobs to repositories). */
