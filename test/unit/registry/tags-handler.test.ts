@@ -243,8 +243,15 @@ describe("TagsHandler: when the upstream cannot answer", () => {
   });
 
   it("passes the upstream's failure on when nothing is cached", async () => {
-    answer = () => ({ status: 503, body: "" });
+    answer = () => ({ status: 500, body: "" });
     expect(await failureOf(setup().list())).toMatchObject({ code: "UPSTREAM_ERROR", status: 502 });
+    // A 503 is a temporary unavailability, passed on as one with the upstream's Retry-After (upstream-errors.ts).
+    answer = () => ({ status: 503, headers: { "retry-after": "30" }, body: "" });
+    expect(await failureOf(setup().list())).toMatchObject({
+      code: "UNAVAILABLE",
+      status: 503,
+      headers: { "Retry-After": "30" },
+    });
     answer = () => ({ status: 429, headers: { "retry-after": "7" }, body: "" });
     expect(await failureOf(setup().list())).toMatchObject({ code: "TOOMANYREQUESTS", headers: { "Retry-After": "7" } });
   });
