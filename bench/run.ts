@@ -19,6 +19,7 @@ import { concurrentDownloads, download, load, upstreamBytesOf, type LoadResult }
 import { OCI_MANIFEST, pushBlobFile, pushManifest, writeRandomFile, type SeededBlob } from "./seed.ts";
 import { formatRatio, formatSummary, ratio, rotation, summarize, type Summary } from "./stats.ts";
 import { generateStore } from "./store-generator.ts";
+import { QUIET_MS, SNAPSHOT_FILE } from "../src/storage/index-snapshot.ts";
 import { MirrorTarget, NginxTarget, ProxyRegistryTarget, type RestartableTarget } from "./targets.ts";
 
 const MiB = 1024 * 1024;
@@ -357,9 +358,9 @@ async function main(): Promise<void> {
       const dataDir = join(workDir, "startup-data");
       progress(`generating a store of ${startupBlobs} blobs`);
       await generateStore(dataDir, startupBlobs);
-      // A store written the moment before is one no snapshot may vouch for (index-snapshot.ts, QUIET_MS: 2 s): the
-      // store a mirror restarts over was written earlier than that.
-      await sleep(3_000);
+      // A store written the moment before is one no snapshot may vouch for (QUIET_MS): the store a mirror restarts
+      // over was written earlier than that.
+      await sleep(QUIET_MS + 1_000);
       const starter = new MirrorTarget({
         repoRoot,
         entry,
@@ -376,7 +377,7 @@ async function main(): Promise<void> {
       for (let rep = 0; rep < startupReps; rep++) {
         for (const kind of ["crash", "clean"] as const) {
           noteLoad("START");
-          if (kind === "crash") await rm(join(dataDir, "index-snapshot"), { force: true });
+          if (kind === "crash") await rm(join(dataDir, SNAPSHOT_FILE), { force: true });
           const ms = await starter.start();
           const scan = await starter.indexScan();
           await starter.stop();

@@ -89,7 +89,7 @@ export class BlobStore implements ContentStore {
         snapshot = taken;
         return this.scan();
       }
-      const scanned = this.scanShards((shard) => !taken.trusted.has(shard));
+      const scanned = this.scanShards((shard) => !taken.trusted(shard));
       snapshot = { objects: taken.entries.length, shardsScanned: scanned.shards };
       return taken.entries.concat(scanned.found);
     });

@@ -88,13 +88,13 @@ export async function writeIndexSnapshot(opts: {
 }
 
 /**
- * Reads and removes the snapshot: the entries of the shards it may be trusted for (`trusted`, by shard name), or
- * undefined when there is none to use (absent, damaged, or it could not be removed; why, in `ignored`).
+ * Reads and removes the snapshot: the entries of the shards it may be trusted for (`trusted`: by shard directory
+ * name), or undefined when there is none (why it is not used when there is one: `ignored`).
  */
 export async function takeIndexSnapshot(opts: {
   root: string;
   blobsDir: string;
-}): Promise<{ entries: SnapshotEntry[]; trusted: Set<string> } | { ignored: string } | undefined> {
+}): Promise<{ entries: SnapshotEntry[]; trusted: (shard: string) => boolean } | { ignored: string } | undefined> {
   const path = join(opts.root, SNAPSHOT_FILE);
   let buf: Buffer;
   try {
@@ -122,14 +122,10 @@ export async function takeIndexSnapshot(opts: {
   if (body.length !== HEADER + count * RECORD) return { ignored: "damaged (length)" };
   const now = shardTimes(opts.blobsDir);
   const trustedShards = new Uint8Array(SHARDS);
-  const trusted = new Set<string>();
   const quietBefore = BigInt(Math.floor(writtenAt - QUIET_MS)) * 1_000_000n;
   for (let i = 0; i < SHARDS; i++, at += 8) {
     const recorded = buf.readBigInt64LE(at);
-    if (recorded >= 0n && recorded === now[i] && recorded <= quietBefore) {
-      trustedShards[i] = 1;
-      trusted.add(shardName(i));
-    }
+    if (recorded >= 0n && recorded === now[i] && recorded <= quietBefore) trustedShards[i] = 1;
   }
   const entries: SnapshotEntry[] = [];
   for (let n = 0; n < count; n++, at += RECORD) {
@@ -140,5 +136,5 @@ export async function takeIndexSnapshot(opts: {
       lastAccess: buf.readDoubleLE(at + 40),
     });
   }
-  return { entries, trusted };
+  return { entries, trusted: (shard) => trustedShards[Number.parseInt(shard, 16)] === 1 };
 }
