@@ -18,7 +18,6 @@
  *   <root>/index-snapshot            the index as a clean shutdown left it, read and removed at start-up
  */
 import type { EventEmitter } from "node:events";
-import { lstatSync, readdirSync } from "node:fs";
 import { mkdir, open, readdir, rename, rm, stat, utimes, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -34,13 +33,21 @@ import {
 import { BufferPool, FileHandleRangeStream } from "./file-range-stream.ts";
 import { FileHasher } from "./hash-worker.ts";
 import { takeIndexSnapshot, writeIndexSnapshot } from "./index-snapshot.ts";
+import { blobsDirOf, forEachStoredFile, ScanWorker } from "./store-scan.ts";
 import { openTempFile, TempFileWriter, type TempFile } from "./temp-file-write.ts";
-
-/** A committed file's name in its shard directory: the digest's hex. */
-const HEX64 = /^[0-9a-f]{64}$/;
 
 /** A temp file is flushed to disk (fdatasync, in the background) every this many bytes. */
 const SYNC_STEP = 64 * 1024 * 1024;
+
+/** What a scan in the background found, once the index is complete (BlobStore.init). */
+export interface BackgroundScan {
+  objects: number;
+  bytes: number;
+  /** From init's start to the complete index. */
+  scanMs: number;
+  /** What the worker gave (the shard directories scanned again on the main thread), or why it gave nothing. */
+  worker: { objects: number; shardsScanned: number; workerMs: number } | { failed: string };
+}
 
 export class BlobStore implements ContentStore {
   readonly root: string;
@@ -56,10 +63,22 @@ export class BlobStore implements ContentStore {
   private readonly readers = new Map<string, number>();
   private readonly commitListeners: Array<(digest: string, size: number) => void> = [];
   private readonly deleteListeners: Array<(digest: string) => void> = [];
+  /** From how many committed files init scans in a worker while the store serves (store-scan.ts). */
+  private readonly backgroundScanFrom: number | undefined;
 
-  constructor(root: string, opts: { touchIntervalMs?: number; hasher?: FileHasher; buffers?: BufferPool } = {}) {
+  constructor(
+    root: string,
+    opts: {
+      touchIntervalMs?: number;
+      hasher?: FileHasher;
+      buffers?: BufferPool;
+      /** Scan a store this large in the background; unset: always before init returns. */
+      backgroundScanFrom?: number;
+    } = {},
+  ) {
     this.root = root;
-    this.blobsDir = join(root, "blobs", "sha256");
+    this.blobsDir = blobsDirOf(root);
+    this.backgroundScanFrom = opts.backgroundScanFrom;
     this.tempDir = join(root, "tmp");
     this.hasher = opts.hasher ?? new FileHasher();
     this.buffers = opts.buffers ?? new BufferPool();
@@ -68,8 +87,10 @@ export class BlobStore implements ContentStore {
 
   /**
    * Also reads (and removes) the index snapshot of the last clean shutdown, if any: the shards it can be trusted
-   * for are not scanned (index-snapshot.ts). `snapshot` says what it gave: the objects taken from it and the shard
-   * directories scanned all the same, or why it was ignored.
+   * for are not scanned (index-snapshot.ts); `snapshot` says what it gave (the objects taken from it and the shard
+   * directories scanned all the same) or why it was ignored. Without one, a store of `backgroundScanFrom` objects
+   * or more is scanned in a worker (store-scan.ts): init returns at once, with the index empty so far, and
+   * `background` settles once the index is complete (`index.complete` too).
    */
   async init(): Promise<{
     removedTempFiles: number;
@@ -77,29 +98,48 @@ export class BlobStore implements ContentStore {
     bytes: number;
     scanMs: number;
     snapshot?: { objects: number; shardsScanned: number } | { ignored: string };
+    background?: Promise<BackgroundScan>;
   }> {
     await mkdir(this.blobsDir, { recursive: true });
     await mkdir(this.tempDir, { recursive: true });
     const leftovers = await readdir(this.tempDir);
     await Promise.all(leftovers.map((name) => rm(join(this.tempDir, name), { force: true, recursive: true })));
-    let snapshot: { objects: number; shardsScanned: number } | { ignored: string } | undefined;
-    const scan = await this.index.rebuild(async () => {
-      const taken = await takeIndexSnapshot({ root: this.root, blobsDir: this.blobsDir });
-      if (taken === undefined || "ignored" in taken) {
-        snapshot = taken;
-        return this.scan();
-      }
-      const scanned = this.scanShards((shard) => !taken.trusted(shard));
-      snapshot = { objects: taken.entries.length, shardsScanned: scanned.shards };
-      return taken.entries.concat(scanned.found);
-    });
-    return {
-      removedTempFiles: leftovers.length,
-      objects: scan.objects,
-      bytes: scan.bytes,
-      scanMs: scan.ms,
-      ...(snapshot ? { snapshot } : {}),
-    };
+    const started = performance.now();
+    const taken = await takeIndexSnapshot({ root: this.root, blobsDir: this.blobsDir });
+    if (taken !== undefined && !("ignored" in taken)) {
+      let snapshot: { objects: number; shardsScanned: number } | undefined;
+      const scan = await this.index.rebuild(async () => {
+        const completed = this.completeScan(taken);
+        snapshot = completed.gave;
+        return completed.found;
+      });
+      return { removedTempFiles: leftovers.length, ...this.scanned(scan, started), ...(snapshot ? { snapshot } : {}) };
+    }
+    const ignored = taken ? { snapshot: taken } : {};
+    const worker =
+      this.backgroundScanFrom === undefined ? undefined : ScanWorker.start(this.blobsDir, this.backgroundScanFrom);
+    if (worker) {
+      let gave: BackgroundScan["worker"] | undefined;
+      const background = this.index
+        .rebuild(async () => {
+          const scanned = await worker.take();
+          if ("failed" in scanned) {
+            gave = scanned;
+            return this.scan();
+          }
+          const completed = this.completeScan(scanned);
+          gave = { ...completed.gave, workerMs: scanned.workerMs };
+          return completed.found;
+        })
+        .then((scan) => ({ ...this.scanned(scan, started), worker: gave! }));
+      return { removedTempFiles: leftovers.length, objects: 0, bytes: 0, scanMs: 0, ...ignored, background };
+    }
+    const scan = await this.index.rebuild(() => this.scan());
+    return { removedTempFiles: leftovers.length, ...this.scanned(scan, started), ...ignored };
+  }
+
+  private scanned(scan: { objects: number; bytes: number }, started: number) {
+    return { objects: scan.objects, bytes: scan.bytes, scanMs: performance.now() - started };
   }
 
   /**
@@ -108,6 +148,7 @@ export class BlobStore implements ContentStore {
    * start scans.
    */
   async saveIndex(): Promise<{ objects: number }> {
+    await this.index.complete; // a stop while the start-up scan still runs: saved once it has ended
     return writeIndexSnapshot({
       root: this.root,
       blobsDir: this.blobsDir,
@@ -117,14 +158,26 @@ export class BlobStore implements ContentStore {
   }
 
   /**
-   * Every committed file (blobs/sha256/xx/<hex>), its modification time standing for its last access.
-   *
-   * Synchronous on purpose: it runs once, at start-up, before anything is served, and is bound by one stat per
-   * file. Through the threadpool with promises that cost ~24 µs per file here (2.4 s for 100,000 blobs, bench
-   * START); plain syscalls in a loop take a third of that.
+   * Every committed file (blobs/sha256/xx/<hex>), its modification time standing for its last access: one `stat`
+   * per file, synchronous (store-scan.ts says why).
    */
   async scan(): Promise<Array<{ digest: string; size: number; lastAccess: number }>> {
     return this.scanShards(() => true).found;
+  }
+
+  /** What a partial scan gave (the snapshot's, the worker's) and a scan of the shard directories it does not vouch for. */
+  private completeScan(partial: {
+    entries: Array<{ digest: string; size: number; lastAccess: number }>;
+    trusted: (shard: string) => boolean;
+  }): {
+    found: Array<{ digest: string; size: number; lastAccess: number }>;
+    gave: { objects: number; shardsScanned: number };
+  } {
+    const scanned = this.scanShards((shard) => !partial.trusted(shard));
+    return {
+      found: partial.entries.concat(scanned.found),
+      gave: { objects: partial.entries.length, shardsScanned: scanned.shards },
+    };
   }
 
   /** The scan of the shard directories `wanted` names (see `scan`). */
@@ -133,20 +186,10 @@ export class BlobStore implements ContentStore {
     shards: number;
   } {
     const found: Array<{ digest: string; size: number; lastAccess: number }> = [];
-    const shards = readdirSync(this.blobsDir, { withFileTypes: true }).filter(
-      (d) => d.isDirectory() && /^[0-9a-f]{2}$/.test(d.name) && wanted(d.name),
+    const shards = forEachStoredFile(this.blobsDir, wanted, (name, size, mtimeMs) =>
+      found.push({ digest: `sha256:${name}`, size, lastAccess: mtimeMs }),
     );
-    for (const shard of shards) {
-      // Names only, and one lstat per name (which says whether it is a plain file, as a directory entry's type
-      // would): no Dirent object per file, and no path.join per file (100,000 of each at the bench's size).
-      const dir = `${join(this.blobsDir, shard.name)}/`;
-      for (const name of readdirSync(dir)) {
-        if (!HEX64.test(name)) continue;
-        const s = lstatSync(dir + name, { throwIfNoEntry: false });
-        if (s?.isFile()) found.push({ digest: `sha256:${name}`, size: s.size, lastAccess: s.mtimeMs });
-      }
-    }
-    return { found, shards: shards.length };
+    return { found, shards };
   }
 
   /** An access is recorded as the file's modification time, which the start-up scan reads back. */

@@ -48,6 +48,11 @@ export class CacheIndex {
   private readonly touchIntervalMs: number;
   private readonly now: () => number;
   private readonly observers: IndexObserver[] = [];
+  /**
+   * Settles once the index holds every committed object: at once, unless a rebuild is running. What decides by the
+   * whole index (the janitor's budget and expiry, the saved snapshot, the admin API's listings) waits for it.
+   */
+  complete: Promise<void> = Promise.resolve();
 
   constructor(source: IndexSource, opts: { touchIntervalMs?: number; now?: () => number } = {}) {
     this.source = source;
@@ -58,14 +63,30 @@ export class CacheIndex {
 
   /**
    * Rebuilds the index from a scan of the store (or what stands for one: `scan`), oldest access first, so recency
-   * order is restored.
+   * order is restored. What the index held before is replaced; what it learnt while the scan ran (content
+   * committed or opened meanwhile: the filesystem store serves while it scans a large store, blob-store.ts) is
+   * newer than the scan: it stays, as the most recently used. `complete` waits for the rebuild.
    */
-  async rebuild(
+  rebuild(
     scan: () => Promise<Array<{ digest: string; size: number; lastAccess: number }>> = () => this.source.scan(),
   ): Promise<{ objects: number; bytes: number; ms: number }> {
+    const rebuilt = this.fill(scan);
+    this.complete = rebuilt.then(
+      () => undefined,
+      () => undefined,
+    );
+    return rebuilt;
+  }
+
+  private async fill(
+    scan: () => Promise<Array<{ digest: string; size: number; lastAccess: number }>>,
+  ): Promise<{ objects: number; bytes: number; ms: number }> {
     const started = performance.now();
+    this.entries.clear();
+    this.total = 0;
     const found = await scan();
     found.sort((a, b) => a.lastAccess - b.lastAccess);
+    const learnt = [...this.entries];
     this.entries.clear();
     this.total = 0;
     let bytes = 0;
@@ -73,6 +94,7 @@ export class CacheIndex {
       this.put(f.digest, { size: f.size, touchedAt: f.lastAccess, usedAt: f.lastAccess });
       bytes += f.size;
     }
+    for (const [digest, entry] of learnt) this.put(digest, entry);
     return { objects: found.length, bytes, ms: performance.now() - started };
   }
 

@@ -27,6 +27,11 @@ export interface ContentStore extends IndexSource {
     scanMs: number;
     /** What a saved index gave the scan (the filesystem store: index-snapshot.ts). */
     snapshot?: { objects: number; shardsScanned: number } | { ignored: string };
+    /**
+     * A scan still running when init returned (the filesystem store, a large store after a crash: store-scan.ts);
+     * settles with what it found once the index is complete.
+     */
+    background?: Promise<{ objects: number; bytes: number; scanMs: number }>;
   }>;
   /**
    * At a clean shutdown, once nothing is committed, deleted or read any more: saves what the next start's scan

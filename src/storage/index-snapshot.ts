@@ -30,7 +30,8 @@ const MAGIC = Buffer.from("mirror-index-v1\n", "latin1");
 export const QUIET_MS = 2_000;
 const SHARDS = 256;
 const HEADER = MAGIC.length + 8 + 8 + SHARDS * 8;
-const RECORD = 32 + 8 + 8;
+/** One object: its digest's 32 bytes, size f64, lastAccess f64 (also the early scan's records: store-scan.ts). */
+export const RECORD = 32 + 8 + 8;
 const CHECKSUM = 32;
 
 export interface SnapshotEntry {
@@ -42,7 +43,7 @@ export interface SnapshotEntry {
 const shardName = (i: number) => i.toString(16).padStart(2, "0");
 
 /** Each shard directory's modification time in ns, -1n where there is none. */
-function shardTimes(blobsDir: string): BigInt64Array {
+export function shardTimes(blobsDir: string): BigInt64Array {
   const times = new BigInt64Array(SHARDS);
   for (let i = 0; i < SHARDS; i++) {
     // Synchronous: read in the same turn as the index is serialized, so no update of the index slips between.
@@ -74,10 +75,7 @@ export async function writeIndexSnapshot(opts: {
   at += 16;
   for (let i = 0; i < SHARDS; i++, at += 8) buf.writeBigInt64LE(times[i]!, at);
   for (const e of list) {
-    if (buf.write(e.digest.slice("sha256:".length), at, 32, "hex") !== 32)
-      throw new Error(`index snapshot: ${e.digest} is not a sha256 digest`);
-    buf.writeDoubleLE(e.size, at + 32);
-    buf.writeDoubleLE(e.lastAccess, at + 40);
+    writeRecord(buf, at, e.digest.slice("sha256:".length), e.size, e.lastAccess);
     at += RECORD;
   }
   createHash("sha256").update(buf.subarray(0, at)).digest().copy(buf, at);
@@ -120,21 +118,47 @@ export async function takeIndexSnapshot(opts: {
   const count = buf.readUInt32LE(at + 8);
   at += 16;
   if (body.length !== HEADER + count * RECORD) return { ignored: "damaged (length)" };
-  const now = shardTimes(opts.blobsDir);
-  const trustedShards = new Uint8Array(SHARDS);
-  const quietBefore = BigInt(Math.floor(writtenAt - QUIET_MS)) * 1_000_000n;
-  for (let i = 0; i < SHARDS; i++, at += 8) {
-    const recorded = buf.readBigInt64LE(at);
-    if (recorded >= 0n && recorded === now[i] && recorded <= quietBefore) trustedShards[i] = 1;
+  const recorded = new BigInt64Array(SHARDS);
+  for (let i = 0; i < SHARDS; i++, at += 8) recorded[i] = buf.readBigInt64LE(at);
+  return readRecords(buf, at, count, trustedShards(opts.blobsDir, recorded, writtenAt));
+}
+
+/** Writes one object's record at `at`: `hex` is its digest's 64 hex characters. */
+export function writeRecord(buf: Buffer, at: number, hex: string, size: number, lastAccess: number): void {
+  if (buf.write(hex, at, 32, "hex") !== 32) throw new Error(`index record: ${hex} is not a sha256 digest`);
+  buf.writeDoubleLE(size, at + 32);
+  buf.writeDoubleLE(lastAccess, at + 40);
+}
+
+/**
+ * Which shard directories what was read of them at `readAt` (ms) may be trusted for: those whose modification
+ * time is still `recorded[i]` (ns) now, and was at least QUIET_MS older than `readAt` (see the top of this file).
+ */
+export function trustedShards(blobsDir: string, recorded: BigInt64Array, readAt: number): Uint8Array {
+  const now = shardTimes(blobsDir);
+  const trusted = new Uint8Array(SHARDS);
+  const quietBefore = BigInt(Math.floor(readAt - QUIET_MS)) * 1_000_000n;
+  for (let i = 0; i < SHARDS; i++) {
+    if (recorded[i]! >= 0n && recorded[i] === now[i] && recorded[i]! <= quietBefore) trusted[i] = 1;
   }
+  return trusted;
+}
+
+/** The `count` records from `at` whose shard (the digest's first byte) `trusted` marks. */
+export function readRecords(
+  buf: Buffer,
+  at: number,
+  count: number,
+  trusted: Uint8Array,
+): { entries: SnapshotEntry[]; trusted: (shard: string) => boolean } {
   const entries: SnapshotEntry[] = [];
   for (let n = 0; n < count; n++, at += RECORD) {
-    if (trustedShards[buf[at]!] !== 1) continue;
+    if (trusted[buf[at]!] !== 1) continue;
     entries.push({
       digest: `sha256:${buf.toString("hex", at, at + 32)}`,
       size: buf.readDoubleLE(at + 32),
       lastAccess: buf.readDoubleLE(at + 40),
     });
   }
-  return { entries, trusted: (shard) => trustedShards[Number.parseInt(shard, 16)] === 1 };
+  return { entries, trusted: (shard) => trusted[Number.parseInt(shard, 16)] === 1 };
 }

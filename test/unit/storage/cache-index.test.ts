@@ -101,4 +101,36 @@ describe("CacheIndex", () => {
     expect(lru(index)).toEqual(["x"]);
     expect(index.bytes).toBe(3);
   });
+
+  it("keeps what it learns while a rebuild's scan runs, as the most recently used, and is complete only after", async () => {
+    const { src } = source();
+    let now = 10_000;
+    const index = new CacheIndex(src, { now: () => now });
+    let scanned!: (found: Array<{ digest: string; size: number; lastAccess: number }>) => void;
+    const rebuilt = index.rebuild(() => new Promise((resolve) => (scanned = resolve)));
+    let complete = false;
+    void index.complete.then(() => (complete = true));
+    // While the scan runs: one object committed, one found by a read (both also in the scan, with older times),
+    // and one the scan does not know.
+    index.add("read", 5);
+    now += 1;
+    index.add("committed", 7);
+    index.add("new", 9);
+    index.touch("read");
+    await Promise.resolve();
+    expect(complete).toBe(false);
+    scanned([
+      { digest: "old", size: 1, lastAccess: 100 },
+      { digest: "committed", size: 7, lastAccess: 50 },
+      { digest: "read", size: 5, lastAccess: 300 },
+      { digest: "older", size: 2, lastAccess: 20 },
+    ]);
+    await rebuilt;
+    await index.complete;
+    expect(complete).toBe(true);
+    expect(lru(index)).toEqual(["older", "old", "committed", "new", "read"]);
+    expect(index.bytes).toBe(2 + 1 + 7 + 9 + 5);
+    expect(index.objects).toBe(5);
+    expect([...index.leastRecentlyUsed()].at(-1)).toEqual({ digest: "read", size: 5, usedAt: 10_001 });
+  });
 });
