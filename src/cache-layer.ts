@@ -22,6 +22,7 @@ import { openMetadataStore, type MetadataStoreState } from "./metadata/open-meta
 import type { Metrics } from "./observability/metrics.ts";
 import { BlobStore } from "./storage/blob-store.ts";
 import { DataDirLock } from "./storage/data-dir-lock.ts";
+import { BACKGROUND_SCAN_MIN_OBJECTS } from "./storage/store-scan.ts";
 import { BufferPool } from "./storage/file-range-stream.ts";
 import { ManifestStore } from "./storage/manifest-store.ts";
 import { PinList } from "./storage/pin-list.ts";
@@ -78,7 +79,8 @@ export interface CacheLayer {
  * Builds the stores, the janitor, the fill coordinator, one client per upstream and the read-through caches
  * over `config.storage.path`, after taking that directory's lock (DataDirLockedError if another process holds
  * it): the mirror at start, and `mirror export|import|inventory` working on a data directory (`purpose`, which
- * the lock names; only the mirror itself, without one, expires idle content).
+ * the lock names; only the mirror itself, without one, expires idle content, and serves while it scans a large
+ * store after a crash, storage/store-scan.ts: a command reads the whole index at once).
  */
 export async function createCacheLayer(
   config: Config,
@@ -139,9 +141,25 @@ export async function createCacheLayer(
             // its fill's timeout); younger leftovers go by the bucket's lifecycle rule.
             ...(config.cluster ? { leftoverUploadAfterMs: config.fill.timeout + 60_000 } : {}),
           })
-        : new BlobStore(config.storage.path, { touchIntervalMs });
-    const scan = await blobStore.init();
-    log.info({ ...scan, ...(s3 ? { bucket: s3.bucket, prefix: s3.prefix } : {}) }, "cache index rebuilt");
+        : new BlobStore(config.storage.path, {
+            touchIntervalMs,
+            ...(opts.purpose === undefined ? { backgroundScanFrom: BACKGROUND_SCAN_MIN_OBJECTS } : {}),
+          });
+    const { background, ...scan } = await blobStore.init();
+    if (background) {
+      log.info(
+        { snapshot: scan.snapshot },
+        "cache index: scanning the cache in the background (no index saved by a clean stop); serving meanwhile",
+      );
+      background.then(
+        (done) => log.info({ ...done, removedTempFiles: scan.removedTempFiles }, "cache index rebuilt"),
+        (err: unknown) =>
+          log.error(
+            { err: (err as Error).message },
+            "cache index incomplete: the scan failed; the budget and idle expiry count only what was served since",
+          ),
+      );
+    } else log.info({ ...scan, ...(s3 ? { bucket: s3.bucket, prefix: s3.prefix } : {}) }, "cache index rebuilt");
     if (scan.removedTempFiles > 0)
       log.info(
         { removedTempFiles: scan.removedTempFiles },
@@ -249,7 +267,13 @@ export async function createCacheLayer(
     objectStoreHealth?.start(OBJECT_STORE_PROBE_MS);
     // Not waiting on upstreams: a down one would hold up the start for its whole deadline. A pinned tag whose
     // pointer is gone is asked at the first periodic check (eviction waits for it if nothing is recorded).
-    await janitor.check({ askResolver: false });
+    // While the index is built in the background the janitor waits for it: the first check is not awaited then.
+    const firstCheck = janitor.check({ askResolver: false });
+    if (background)
+      firstCheck.catch((err: unknown) =>
+        log.warn({ err: (err as Error).message }, "first cache check failed: it is tried again at the next check"),
+      );
+    else await firstCheck;
     for (const u of upstreams) {
       if (u.config.tls.insecure)
         log.warn({ upstream: u.name }, "TLS certificate verification is disabled for this upstream");

@@ -234,6 +234,9 @@ export class Janitor {
     fleet?: FleetContentRecords;
   }) {
     this.store = opts.store;
+    // Every decision counts the whole index: none is made while the store's start-up scan still runs (a large
+    // store scanned in the background, storage/store-scan.ts).
+    this.queue = this.store.index.complete;
     this.manifests = opts.manifests;
     this.metadata = opts.metadata;
     this.budget = opts.budget;
@@ -349,6 +352,7 @@ export class Janitor {
    * not hold up the start for its whole deadline; the next periodic check asks).
    */
   async check(opts: { askResolver?: boolean } = {}): Promise<void> {
+    await this.store.index.complete;
     // Outside the queue of decisions: metadata lookups (a slow Redis) and the resolver (an upstream) must not
     // hold up admissions.
     await this.pinnedDigests(opts.askResolver ?? true);

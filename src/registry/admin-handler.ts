@@ -239,6 +239,7 @@ export class AdminHandler {
     writable: boolean;
     traffic?: TrafficReport;
   }> {
+    await this.store.index.complete; // answered from the whole index (store-scan.ts: a scan in the background)
     const s = this.janitor.state;
     return {
       bytes: s.bytes,
@@ -280,6 +281,7 @@ export class AdminHandler {
     const upstream = this.upstream(query.get("upstream") ?? "").name;
     const repository = query.get("repository") ?? "";
     assertName(repository);
+    await this.store.index.complete;
     const out = [];
     for (const tag of (await this.metadata.listTags(upstream, repository)).filter(isValidTag).sort()) {
       const p = await this.metadata.getTag(upstream, repository, tag);
@@ -297,7 +299,10 @@ export class AdminHandler {
     return { tags: out };
   }
 
-  blobs(query: URLSearchParams): { total: number; blobs: Array<{ digest: string; size: number; lastAccess: string }> } {
+  async blobs(
+    query: URLSearchParams,
+  ): Promise<{ total: number; blobs: Array<{ digest: string; size: number; lastAccess: string }> }> {
+    await this.store.index.complete;
     const limit = Math.min(Math.max(Number(query.get("limit") ?? 100) || 100, 1), 10_000);
     const out: Array<{ digest: string; size: number; lastAccess: string }> = [];
     for (const entry of this.store.index.mostRecentlyUsed()) {
@@ -309,6 +314,7 @@ export class AdminHandler {
 
   async deleteBlob(digest: string): Promise<{ deleted: string; bytes: number }> {
     assertDigest(digest);
+    await this.store.index.complete;
     const size = this.store.index.sizeOf(digest);
     if (size === undefined) throw new RegistryError("BLOB_UNKNOWN", `${digest} is not cached`);
     await this.store.delete(digest);
@@ -358,6 +364,7 @@ export class AdminHandler {
     const pins = this.pinFile();
     const target = this.parse(body, true);
     const pointer = await this.metadata.getTag(target.upstream, target.repository, target.tag!);
+    await this.store.index.complete;
     if (!pointer || this.store.index.sizeOf(pointer.digest) === undefined)
       throw new RegistryError(
         "MANIFEST_UNKNOWN",
