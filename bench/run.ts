@@ -387,8 +387,9 @@ async function main(): Promise<void> {
             throw new Error(`after a clean stop the snapshot gave ${scan?.fromSnapshot} objects, not ${startupBlobs}`);
           record("START", `mirror-${kind}-ms`, ms);
           if (scan) record("START", `mirror-${kind}-scan-ms`, scan.scanMs);
+          if (scan?.background) record("START", `mirror-${kind}-complete-ms`, scan.completeMs);
           progress(
-            `start-up rep ${rep + 1}/${startupReps}, after a ${kind === "crash" ? "crash" : "clean stop"}: ready in ${ms.toFixed(0)} ms (index ${scan?.scanMs.toFixed(0) ?? "?"} ms)`,
+            `start-up rep ${rep + 1}/${startupReps}, after a ${kind === "crash" ? "crash" : "clean stop"}: ready in ${ms.toFixed(0)} ms (index ${scan?.scanMs.toFixed(0) ?? "?"} ms${scan?.background ? `, scanned in the background, complete ${scan.completeMs.toFixed(0)} ms after the spawn` : ""})`,
           );
         }
       }
@@ -710,13 +711,22 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
       "",
     );
     row(
-      `Start-up, ${startupBlobs} cached blobs, after a crash (full scan): ready ms`,
+      `Start-up, ${startupBlobs} cached blobs, after a crash (index scanned in the background): ready ms`,
       s("START", "mirror-crash-ms"),
       "",
       "",
       "",
       "",
       `≤ 1500 ms${verdict(atMost(med("START", "mirror-crash-ms"), 1500))}`,
+    );
+    row(
+      "Start-up after a crash: index complete, ms after the spawn (mirror's log)",
+      s("START", "mirror-crash-complete-ms"),
+      "",
+      "",
+      "",
+      "",
+      "",
     );
     row("Start-up after a crash: index scan ms (mirror's log)", s("START", "mirror-crash-scan-ms"), "", "", "", "", "");
     row(

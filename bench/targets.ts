@@ -156,6 +156,8 @@ export class MirrorTarget implements RestartableTarget {
   private readonly opts: MirrorTargetOptions;
   private readonly configPath: string;
   private starts = 0;
+  /** Date.now() when the current run's process was spawned. */
+  private spawnedAt = 0;
 
   constructor(opts: MirrorTargetOptions) {
     this.opts = opts;
@@ -184,6 +186,7 @@ export class MirrorTarget implements RestartableTarget {
       ].join("\n"),
     );
     const since = performance.now();
+    this.spawnedAt = Date.now();
     this.process = BenchProcess.start(
       "mirror",
       process.execPath,
@@ -207,20 +210,42 @@ export class MirrorTarget implements RestartableTarget {
     return this.start();
   }
 
-  /** The "cache index rebuilt" line of the current run's log: the mirror's own scan time. */
-  async indexScan(): Promise<{ objects: number; scanMs: number; fromSnapshot: number } | undefined> {
-    const log = (await this.process?.log()) ?? "";
-    for (const line of log.split("\n")) {
-      if (!line.includes("cache index rebuilt")) continue;
-      try {
-        const entry = JSON.parse(line) as { objects?: number; scanMs?: number; snapshot?: { objects?: number } };
-        if (typeof entry.scanMs === "number")
-          return { objects: entry.objects ?? 0, scanMs: entry.scanMs, fromSnapshot: entry.snapshot?.objects ?? 0 };
-      } catch {
-        // not JSON
+  /**
+   * The "cache index rebuilt" line of the current run's log: the mirror's own scan time, and when the index was
+   * complete (ms since the process was spawned). After a crash a large store is scanned in the background while
+   * the mirror already serves (src/storage/store-scan.ts): that line comes after ready, so it is waited for.
+   */
+  async indexScan(): Promise<
+    { objects: number; scanMs: number; fromSnapshot: number; background: boolean; completeMs: number } | undefined
+  > {
+    const deadline = performance.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      const log = (await this.process?.log()) ?? "";
+      for (const line of log.split("\n")) {
+        if (!line.includes("cache index rebuilt")) continue;
+        try {
+          const entry = JSON.parse(line) as {
+            time?: number;
+            objects?: number;
+            scanMs?: number;
+            snapshot?: { objects?: number };
+            worker?: unknown;
+          };
+          if (typeof entry.scanMs === "number")
+            return {
+              objects: entry.objects ?? 0,
+              scanMs: entry.scanMs,
+              fromSnapshot: entry.snapshot?.objects ?? 0,
+              background: entry.worker !== undefined,
+              completeMs: (entry.time ?? Number.NaN) - this.spawnedAt,
+            };
+        } catch {
+          // not JSON
+        }
       }
+      if (!this.process?.running || performance.now() > deadline) return undefined;
+      await sleep(20);
     }
-    return undefined;
   }
 }
 
