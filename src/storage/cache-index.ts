@@ -13,6 +13,11 @@
  * to be evicted after a restart. The same record is what idle expiry (`storage.maxIdle`) reads after a restart:
  * no write per pull, one `utimes` per object per interval, and nothing to keep consistent beside the file.
  */
+import { setImmediate } from "node:timers/promises";
+
+/** Entries made at a rebuild between two turns of the event loop. */
+const FILL_STEP = 10_000;
+
 /** What the index needs of the store it describes. */
 export interface IndexSource {
   /** Every committed object, with its size and when it was last recorded as accessed (ms since the epoch). */
@@ -42,7 +47,7 @@ interface Entry {
 export class CacheIndex {
   private readonly source: IndexSource;
   /** Least recently used first (insertion order; see the top of this file). */
-  private readonly entries = new Map<string, Entry>();
+  private entries = new Map<string, Entry>();
   /** Sum of the entries' sizes, each counted as at least 1 byte. */
   private total = 0;
   private readonly touchIntervalMs: number;
@@ -86,16 +91,28 @@ export class CacheIndex {
     this.total = 0;
     const found = await scan();
     found.sort((a, b) => a.lastAccess - b.lastAccess);
-    const learnt = [...this.entries];
-    this.entries.clear();
-    this.total = 0;
+    // Filled aside, in steps that let requests in between (the filesystem store may be serving: ~1-2 µs per entry
+    // here), then swapped in with what was learnt meanwhile at the end.
+    const filled = new Map<string, Entry>();
+    let total = 0;
     let bytes = 0;
-    for (const f of found) {
-      this.put(f.digest, { size: f.size, touchedAt: f.lastAccess, usedAt: f.lastAccess });
+    let objects = 0;
+    for (let i = 0; i < found.length; i++) {
+      if (i > 0 && i % FILL_STEP === 0) await setImmediate();
+      const f = found[i]!;
+      const before = filled.size;
+      const entry = { size: f.size, touchedAt: f.lastAccess, usedAt: f.lastAccess };
+      filled.set(f.digest, entry);
+      if (filled.size === before) continue; // twice in the scan: counted once
+      objects++;
+      total += weight(entry);
       bytes += f.size;
     }
+    const learnt = this.entries;
+    this.entries = filled;
+    this.total = total;
     for (const [digest, entry] of learnt) this.put(digest, entry);
-    return { objects: found.length, bytes, ms: performance.now() - started };
+    return { objects, bytes, ms: performance.now() - started };
   }
 
   /** Tells `observer` of every later addition and use (not of what `rebuild` finds). */

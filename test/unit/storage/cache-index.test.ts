@@ -133,4 +133,23 @@ describe("CacheIndex", () => {
     expect(index.objects).toBe(5);
     expect([...index.leastRecentlyUsed()].at(-1)).toEqual({ digest: "read", size: 5, usedAt: 10_001 });
   });
+
+  it("fills a large index in steps, letting the event loop run between them (the store may be serving)", async () => {
+    const found = Array.from({ length: 25_000 }, (_, i) => ({ digest: `d${i}`, size: 2, lastAccess: i }));
+    const index = new CacheIndex(source(found).src);
+    const rebuilt = index.rebuild();
+    let complete = false;
+    void index.complete.then(() => (complete = true));
+    // One turn of the event loop: the rebuild is part-way through its entries, not done.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(complete).toBe(false);
+    index.add("meanwhile", 7);
+    expect(await rebuilt).toMatchObject({ objects: 25_000, bytes: 50_000 });
+    await index.complete;
+    expect(complete).toBe(true);
+    expect(mru(index).slice(0, 2)).toEqual(["meanwhile", "d24999"]);
+    expect(lru(index)[0]).toBe("d0");
+    expect(index.objects).toBe(25_001);
+    expect(index.bytes).toBe(50_007);
+  });
 });
