@@ -2,48 +2,22 @@
  * The index snapshot (index-snapshot.ts) through the filesystem store: what a clean shutdown saves is what the next
  * start indexes, without scanning the shards it can trust, and exactly what a scan would have found.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { randomBytes } from "node:crypto";
+import { readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { putContent } from "../../../src/storage/content-store.ts";
 import { SNAPSHOT_FILE } from "../../../src/storage/index-snapshot.ts";
+import { digestOf, populatedStore, shardOf } from "./stored-blobs.ts";
 
 const dirs: string[] = [];
-const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-const shardOf = (digest: string) => digest.slice("sha256:".length, "sha256:".length + 2);
 
 afterEach(async () => {
   await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
 });
 
-/** A store holding `count` blobs whose recorded accesses are 1 s apart (the first the oldest). */
-async function populated(count: number): Promise<{ dir: string; digests: string[] }> {
-  const dir = await mkdtemp(join(tmpdir(), "snapshot-"));
-  dirs.push(dir);
-  const store = new BlobStore(dir);
-  await store.init();
-  const digests: string[] = [];
-  const base = Date.now() / 1000 - 3600;
-  for (let i = 0; i < count; i++) {
-    const bytes = randomBytes(100 + i);
-    const digest = digestOf(bytes);
-    await putContent(store, digest, bytes);
-    await utimes(store.pathOf(digest), base + i, base + i);
-    digests.push(digest);
-  }
-  await quiet(dir);
-  return { dir, digests };
-}
-
-/** Every shard directory last changed a minute ago: past the snapshot's quiet time. */
-async function quiet(dir: string): Promise<void> {
-  const root = join(dir, "blobs", "sha256");
-  const past = Date.now() / 1000 - 60;
-  for (const shard of await readdir(root)) await utimes(join(root, shard), past, past);
-}
+const populated = (count: number) => populatedStore(count, (dir) => dirs.push(dir));
 
 async function started(dir: string): Promise<{ store: BlobStore; init: Awaited<ReturnType<BlobStore["init"]>> }> {
   const store = new BlobStore(dir);

@@ -3,46 +3,22 @@
  * large store is scanned while the store already serves, and the index it ends with is what a scan before serving
  * would have given, plus what was committed and read meanwhile, as the most recently used.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm, unlink, utimes } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { randomBytes } from "node:crypto";
+import { rm, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { putContent } from "../../../src/storage/content-store.ts";
 import { ScanWorker } from "../../../src/storage/store-scan.ts";
+import { digestOf, populatedStore, shardOf } from "./stored-blobs.ts";
 
 const dirs: string[] = [];
-const digestOf = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-const shardOf = (digest: string) => digest.slice("sha256:".length, "sha256:".length + 2);
 
 afterEach(async () => {
   await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
 });
 
-/**
- * A store holding `count` blobs whose recorded accesses are 1 s apart (the first the oldest), its shard
- * directories last changed a minute ago (as a store a mirror restarts over was written earlier than that).
- */
-async function populated(count: number): Promise<{ dir: string; digests: string[] }> {
-  const dir = await mkdtemp(join(tmpdir(), "store-scan-"));
-  dirs.push(dir);
-  const store = new BlobStore(dir);
-  await store.init();
-  const digests: string[] = [];
-  const base = Date.now() / 1000 - 3600;
-  for (let i = 0; i < count; i++) {
-    const bytes = randomBytes(100 + i);
-    const digest = digestOf(bytes);
-    await putContent(store, digest, bytes);
-    await utimes(store.pathOf(digest), base + i, base + i);
-    digests.push(digest);
-  }
-  const root = join(dir, "blobs", "sha256");
-  const past = Date.now() / 1000 - 60;
-  for (const shard of await readdir(root)) await utimes(join(root, shard), past, past);
-  return { dir, digests };
-}
+const populated = (count: number) => populatedStore(count, (dir) => dirs.push(dir));
 
 const order = (store: BlobStore) => [...store.index.mostRecentlyUsed()].map((e) => e.digest);
 
