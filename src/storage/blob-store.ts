@@ -145,10 +145,12 @@ export class BlobStore implements ContentStore {
   /**
    * Saves the index for the next start (index-snapshot.ts), at a clean shutdown: after the last commit, delete and
    * recorded access of this process, so it holds what a scan would find then. Best effort: without it the next
-   * start scans.
+   * start scans. Refused while the index is still being built.
    */
   async saveIndex(): Promise<{ objects: number }> {
-    await this.index.complete; // a stop while the start-up scan still runs: saved once it has ended
+    // A stop while the start-up scan still runs (a large store after a crash) does not wait for it: nothing is
+    // saved, and the next start scans, as this one did.
+    if (this.index.building) throw new Error("the cache index was still being built");
     return writeIndexSnapshot({
       root: this.root,
       blobsDir: this.blobsDir,

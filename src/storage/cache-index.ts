@@ -55,9 +55,11 @@ export class CacheIndex {
   private readonly observers: IndexObserver[] = [];
   /**
    * Settles once the index holds every committed object: at once, unless a rebuild is running. What decides by the
-   * whole index (the janitor's budget and expiry, the saved snapshot, the admin API's listings) waits for it.
+   * whole index (the janitor's budget and expiry, the admin API's listings) waits for it.
    */
   complete: Promise<void> = Promise.resolve();
+  /** A rebuild is running: the index does not hold every committed object yet (`complete` settles when it ends). */
+  building = false;
 
   constructor(source: IndexSource, opts: { touchIntervalMs?: number; now?: () => number } = {}) {
     this.source = source;
@@ -75,10 +77,11 @@ export class CacheIndex {
   rebuild(
     scan: () => Promise<Array<{ digest: string; size: number; lastAccess: number }>> = () => this.source.scan(),
   ): Promise<{ objects: number; bytes: number; ms: number }> {
+    this.building = true;
     const rebuilt = this.fill(scan);
     this.complete = rebuilt.then(
-      () => undefined,
-      () => undefined,
+      () => void (this.building = false),
+      () => void (this.building = false),
     );
     return rebuilt;
   }

@@ -4,11 +4,12 @@
  * would have given, plus what was committed and read meanwhile, as the most recently used.
  */
 import { randomBytes } from "node:crypto";
-import { rm, unlink } from "node:fs/promises";
+import { readdir, rm, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { BlobStore } from "../../../src/storage/blob-store.ts";
 import { putContent } from "../../../src/storage/content-store.ts";
+import { SNAPSHOT_FILE } from "../../../src/storage/index-snapshot.ts";
 import { ScanWorker } from "../../../src/storage/store-scan.ts";
 import { digestOf, populatedStore, shardOf } from "./stored-blobs.ts";
 
@@ -113,5 +114,19 @@ describe("the start-up scan in a worker", () => {
     expect(done.worker).toMatchObject({ shardsScanned: 1 });
     expect(restarted.index.sizeOf(digestOf(late))).toBe(55);
     expect(restarted.index.objects).toBe(digests.length + 1);
+  });
+
+  it("a stop before the index is complete saves no snapshot rather than wait for the scan", async () => {
+    const { dir } = await populated(40);
+    const store = new BlobStore(dir, { backgroundScanFrom: 2 });
+    const init = await store.init();
+    expect(store.index.building).toBe(true);
+    await expect(store.saveIndex()).rejects.toThrow("the cache index was still being built");
+    await init.background;
+    expect(store.index.building).toBe(false);
+    await expect(readdir(dir)).resolves.not.toContain(SNAPSHOT_FILE);
+    // Once it is complete, it is saved.
+    await expect(store.saveIndex()).resolves.toEqual({ objects: 40 });
+    await expect(readdir(dir)).resolves.toContain(SNAPSHOT_FILE);
   });
 });
