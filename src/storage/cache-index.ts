@@ -57,9 +57,15 @@ export class CacheIndex {
    * Settles once the index holds every committed object: at once, unless a rebuild is running. What decides by the
    * whole index (the janitor's budget and expiry, the admin API's listings) waits for it.
    */
-  complete: Promise<void> = Promise.resolve();
+  get complete(): Promise<void> {
+    return this.rebuilt;
+  }
+  private rebuilt: Promise<void> = Promise.resolve();
   /** A rebuild is running: the index does not hold every committed object yet (`complete` settles when it ends). */
-  building = false;
+  get building(): boolean {
+    return this.rebuilding;
+  }
+  private rebuilding = false;
 
   constructor(source: IndexSource, opts: { touchIntervalMs?: number; now?: () => number } = {}) {
     this.source = source;
@@ -77,13 +83,13 @@ export class CacheIndex {
   rebuild(
     scan: () => Promise<Array<{ digest: string; size: number; lastAccess: number }>> = () => this.source.scan(),
   ): Promise<{ objects: number; bytes: number; ms: number }> {
-    this.building = true;
-    const rebuilt = this.fill(scan);
-    this.complete = rebuilt.then(
-      () => void (this.building = false),
-      () => void (this.building = false),
+    this.rebuilding = true;
+    const filled = this.fill(scan);
+    this.rebuilt = filled.then(
+      () => void (this.rebuilding = false),
+      () => void (this.rebuilding = false),
     );
-    return rebuilt;
+    return filled;
   }
 
   private async fill(

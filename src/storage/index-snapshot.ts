@@ -30,7 +30,7 @@ const MAGIC = Buffer.from("mirror-index-v1\n", "latin1");
 export const QUIET_MS = 2_000;
 const SHARDS = 256;
 const HEADER = MAGIC.length + 8 + 8 + SHARDS * 8;
-/** One object: its digest's 32 bytes, size f64, lastAccess f64 (also the early scan's records: store-scan.ts). */
+/** One object: its digest's 32 bytes, size f64, lastAccess f64 (also the scan worker's records: store-scan.ts). */
 export const RECORD = 32 + 8 + 8;
 const CHECKSUM = 32;
 
@@ -120,7 +120,8 @@ export async function takeIndexSnapshot(opts: {
   if (body.length !== HEADER + count * RECORD) return { ignored: "damaged (length)" };
   const recorded = new BigInt64Array(SHARDS);
   for (let i = 0; i < SHARDS; i++, at += 8) recorded[i] = buf.readBigInt64LE(at);
-  return readRecords(buf, at, count, trustedShards(opts.blobsDir, recorded, writtenAt));
+  const trusted = trustedShards(opts.blobsDir, recorded, writtenAt);
+  return { entries: readRecords(buf, at, count, trusted), trusted: byShardName(trusted) };
 }
 
 /** Writes one object's record at `at`: `hex` is its digest's 64 hex characters. */
@@ -144,13 +145,13 @@ export function trustedShards(blobsDir: string, recorded: BigInt64Array, readAt:
   return trusted;
 }
 
+/** `trusted` (one byte per shard, as `trustedShards` gives it) as a test of a shard directory's name. */
+export function byShardName(trusted: Uint8Array): (shard: string) => boolean {
+  return (shard) => trusted[Number.parseInt(shard, 16)] === 1;
+}
+
 /** The `count` records from `at` whose shard (the digest's first byte) `trusted` marks. */
-export function readRecords(
-  buf: Buffer,
-  at: number,
-  count: number,
-  trusted: Uint8Array,
-): { entries: SnapshotEntry[]; trusted: (shard: string) => boolean } {
+export function readRecords(buf: Buffer, at: number, count: number, trusted: Uint8Array): SnapshotEntry[] {
   const entries: SnapshotEntry[] = [];
   for (let n = 0; n < count; n++, at += RECORD) {
     if (trusted[buf[at]!] !== 1) continue;
@@ -160,5 +161,5 @@ export function readRecords(
       lastAccess: buf.readDoubleLE(at + 40),
     });
   }
-  return { entries, trusted: (shard) => trusted[Number.parseInt(shard, 16)] === 1 };
+  return entries;
 }

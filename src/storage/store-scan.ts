@@ -18,7 +18,15 @@ import { lstatSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { setImmediate } from "node:timers/promises";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
-import { readRecords, RECORD, shardTimes, trustedShards, writeRecord, type SnapshotEntry } from "./index-snapshot.ts";
+import {
+  byShardName,
+  readRecords,
+  RECORD,
+  shardTimes,
+  trustedShards,
+  writeRecord,
+  type SnapshotEntry,
+} from "./index-snapshot.ts";
 
 /** A committed file's name in its shard directory: the digest's hex. */
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -60,8 +68,8 @@ export function forEachStoredFile(
  */
 export const BACKGROUND_SCAN_MIN_OBJECTS = 5_000;
 const WORKER_ROLE = "registry-mirror-store-scan";
-/** Records read (and index entries made, cache-index.ts) between two turns of the event loop. */
-const STEP = 10_000;
+/** Records read between two turns of the event loop (the index is filled in steps too: cache-index.ts). */
+const READ_STEP = 10_000;
 
 /** What the worker sends back: the records (index-snapshot.ts's layout) and what they may be trusted for. */
 interface ScanMessage {
@@ -123,13 +131,11 @@ export class ScanWorker {
     const buf = Buffer.from(m.records, 0, m.count * RECORD);
     // Read in steps, letting requests in between: the mirror is serving (~1.5 µs per record here).
     const entries: SnapshotEntry[] = [];
-    let read: ReturnType<typeof readRecords> | undefined;
-    for (let n = 0; n < m.count; n += STEP) {
+    for (let n = 0; n < m.count; n += READ_STEP) {
       if (n > 0) await setImmediate();
-      read = readRecords(buf, n * RECORD, Math.min(STEP, m.count - n), trusted);
-      for (const e of read.entries) entries.push(e);
+      for (const e of readRecords(buf, n * RECORD, Math.min(READ_STEP, m.count - n), trusted)) entries.push(e);
     }
-    return { entries, trusted: read?.trusted ?? (() => false), workerMs: m.ms };
+    return { entries, trusted: byShardName(trusted), workerMs: m.ms };
   }
 }
 
