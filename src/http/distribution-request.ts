@@ -27,11 +27,19 @@ export type DistributionRequest =
   | (Common & { kind: "tags"; page: PageRequest })
   | (Common & { kind: "referrers"; digest: string; artifactType: string | undefined });
 
+/** What is read of a query string (a URLSearchParams, or NO_QUERY when there is none). */
+export interface QueryParams {
+  get(name: string): string | null;
+}
+
+/** The query of a request without one: nothing to parse (most requests have no query string). */
+export const NO_QUERY: QueryParams = { get: () => null };
+
 export interface RawRequest {
   method: string;
   /** URL path, not percent-decoded. */
   path: string;
-  query: URLSearchParams;
+  query: QueryParams;
   headers: Record<string, string | string[] | undefined>;
 }
 
@@ -45,8 +53,8 @@ const ROUTES: ReadonlyArray<{ re: RegExp; kind: "manifest" | "blob" | "tags" | "
 
 /** Returns `undefined` when the path is not a distribution endpoint at all. */
 export function parseDistributionRequest(raw: RawRequest): DistributionRequest | undefined {
-  const route = ROUTES.map((r) => ({ kind: r.kind, m: r.re.exec(raw.path) })).find((r) => r.m !== null);
-  if (!route?.m) return undefined;
+  const route = matchRoute(raw.path);
+  if (route === undefined) return undefined;
   if (route.kind === "upload" || (raw.method !== "GET" && raw.method !== "HEAD")) {
     throw new RegistryError(
       "UNSUPPORTED",
@@ -94,6 +102,15 @@ export function parseDistributionRequest(raw: RawRequest): DistributionRequest |
   }
 }
 
+/** The first route whose pattern matches `path`, with its match. */
+function matchRoute(path: string): { kind: (typeof ROUTES)[number]["kind"]; m: RegExpExecArray } | undefined {
+  for (const { re, kind } of ROUTES) {
+    const m = re.exec(path);
+    if (m !== null) return { kind, m };
+  }
+  return undefined;
+}
+
 /**
  * A manifest reference that is neither a valid tag nor a digest of a supported form names a manifest that cannot
  * exist: 404 MANIFEST_UNKNOWN, as the distribution spec's conformance suite expects (it asks for
@@ -114,6 +131,6 @@ const tagInvalid = (last: string) =>
   new RegistryError("TAG_INVALID", `last must be a tag: ${JSON.stringify(last.slice(0, 300))}`);
 
 /** The raw `n` and `last` of a list endpoint's query (tags/list, _catalog). */
-export function listQuery(query: URLSearchParams): { n: string | undefined; last: string | undefined } {
+export function listQuery(query: QueryParams): { n: string | undefined; last: string | undefined } {
   return { n: query.get("n") ?? undefined, last: query.get("last") ?? undefined };
 }

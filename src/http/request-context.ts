@@ -57,7 +57,7 @@ export function requestContext(
       const line = {
         method: ctx.method,
         path: ctx.path,
-        ns: ctx.query.ns,
+        ns: ctx.querystring === "" ? undefined : ctx.query.ns,
         status,
         bytes,
         completed: ctx.res.writableFinished,

@@ -23,7 +23,7 @@ import type { TagsHandler } from "../registry/tags-handler.ts";
 import type { ReferrersHandler } from "../registry/referrers-handler.ts";
 import type { UpstreamResolver } from "../config/upstream-resolver.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
-import { listQuery, parseDistributionRequest } from "./distribution-request.ts";
+import { listQuery, NO_QUERY, parseDistributionRequest } from "./distribution-request.ts";
 import type { RequestState } from "./request-context.ts";
 
 export interface RouterDeps {
@@ -124,7 +124,7 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     const request = parseDistributionRequest({
       method: ctx.method,
       path: ctx.path,
-      query: new URLSearchParams(ctx.querystring),
+      query: ctx.querystring === "" ? NO_QUERY : new URLSearchParams(ctx.querystring),
       headers: ctx.headers,
     });
     if (request === undefined) {

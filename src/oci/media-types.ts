@@ -23,16 +23,38 @@ export const UPSTREAM_MANIFEST_ACCEPT = [
   MediaType.dockerSchema1,
 ].join(", ");
 
-/** A set of media ranges parsed from one or more Accept headers. */
+/**
+ * Parsed Accept headers by their text, and per set what it decided for each media type: a client sends the same
+ * header with every request, and the cached manifests have a handful of media types, so a manifest hit then parses
+ * nothing. Both are bounded (the header is the client's to choose): the oldest parse goes first; headers longer
+ * than MEMO_MAX_LENGTH are parsed every time.
+ */
+const MEMO_MAX_ENTRIES = 64;
+const MEMO_MAX_LENGTH = 1024;
+const parsedHeaders = new Map<string, AcceptSet>();
+
+/** A set of media ranges parsed from one or more Accept headers. Immutable: one instance serves every request. */
 export class AcceptSet {
   /** `undefined` means no Accept header at all, which (RFC 9110 §12.5.1) accepts any type. */
   private readonly ranges: ReadonlyArray<{ type: string; subtype: string; q: number }> | undefined;
+  private readonly decided = new Map<string, boolean>();
 
   private constructor(ranges: Array<{ type: string; subtype: string; q: number }> | undefined) {
     this.ranges = ranges;
   }
 
   static parse(headers: string | string[] | undefined): AcceptSet {
+    if (typeof headers !== "string" || headers.length > MEMO_MAX_LENGTH) return AcceptSet.parseList(headers);
+    let set = parsedHeaders.get(headers);
+    if (set === undefined) {
+      set = AcceptSet.parseList(headers);
+      if (parsedHeaders.size >= MEMO_MAX_ENTRIES) parsedHeaders.delete(parsedHeaders.keys().next().value!);
+      parsedHeaders.set(headers, set);
+    }
+    return set;
+  }
+
+  private static parseList(headers: string | string[] | undefined): AcceptSet {
     if (headers === undefined) return new AcceptSet(undefined);
     const list = Array.isArray(headers) ? headers : [headers];
     const ranges: Array<{ type: string; subtype: string; q: number }> = [];
@@ -60,9 +82,19 @@ export class AcceptSet {
   /** Whether a response of `mediaType` may be sent to this client. */
   accepts(mediaType: string): boolean {
     if (this.ranges === undefined) return true;
+    let accepted = this.decided.get(mediaType);
+    if (accepted === undefined) {
+      accepted = this.decide(mediaType);
+      if (this.decided.size < MEMO_MAX_ENTRIES) this.decided.set(mediaType, accepted);
+    }
+    return accepted;
+  }
+
+  private decide(mediaType: string): boolean {
+    const ranges = this.ranges ?? [];
     const [type = "", subtype = ""] = mediaType.toLowerCase().split(";")[0]!.trim().split("/");
     let best: { specificity: number; q: number } | undefined;
-    for (const r of this.ranges) {
+    for (const r of ranges) {
       let specificity: number;
       if (r.type === type && r.subtype === subtype) specificity = 2;
       else if (r.type === type && r.subtype === "*") specificity = 1;
