@@ -33,7 +33,10 @@ const MEMO_MAX_ENTRIES = 64;
 const MEMO_MAX_LENGTH = 1024;
 const parsedHeaders = new Map<string, AcceptSet>();
 
-/** A set of media ranges parsed from one or more Accept headers. Immutable: one instance serves every request. */
+/**
+ * A set of media ranges parsed from one or more Accept headers. Its answers never change (`decided` only remembers
+ * them), so one instance serves every request that sent the same header.
+ */
 export class AcceptSet {
   /** `undefined` means no Accept header at all, which (RFC 9110 §12.5.1) accepts any type. */
   private readonly ranges: ReadonlyArray<{ type: string; subtype: string; q: number }> | undefined;
