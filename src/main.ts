@@ -8,15 +8,15 @@
  */
 import { enableCompileCache } from "node:module";
 import { parseArgs } from "node:util";
-import { setFlagsFromString } from "node:v8";
+import { applyHeapPolicy } from "./heap-policy.ts";
 
-// Only built-in modules are imported statically here; the mirror, its configuration loader and each command are
-// imported when the command line asks for them (a subcommand's modules are not loaded by the mirror, nor the
-// mirror's by a subcommand: test/integration/lazy-loading.test.ts). That also lets Node's compile cache cover
-// them: it keeps V8's compiled code of every module loaded after this call on disk, keyed by content, so a
-// start after the first compiles little (the compiled build: under the OS temp directory unless
-// NODE_COMPILE_CACHE names one; scripts/start.sh names one for the type-stripped sources). It never fails a
-// start: an unwritable directory only leaves it off.
+// Only built-in modules and heap-policy.ts (which imports node:v8 alone) are imported statically here; the
+// mirror, its configuration loader and each command are imported when the command line asks for them (a
+// subcommand's modules are not loaded by the mirror, nor the mirror's by a subcommand:
+// test/integration/lazy-loading.test.ts). That also lets Node's compile cache cover them: it keeps V8's compiled
+// code of every module loaded after this call on disk, keyed by content, so a start after the first compiles
+// little (the compiled build: under the OS temp directory unless NODE_COMPILE_CACHE names one; scripts/start.sh
+// names one for the type-stripped sources). It never fails a start: an unwritable directory only leaves it off.
 enableCompileCache();
 
 const USAGE = `usage: mirror [--config FILE]
@@ -51,13 +51,7 @@ const COMMANDS = new Map<string, () => Promise<Command>>([
 ]);
 
 async function main(): Promise<number> {
-  // V8 learns per allocation site whether objects tend to survive a young-generation GC and then allocates them
-  // straight in the old generation. Streaming a blob teaches it that promises and stream objects survive (the
-  // chunks in flight do), and the same sites then put every short-lived object of a manifest hit in the old
-  // generation: after the bench's S3 (16 clients, cold 100 MiB) the warm manifest S4 ran 9,700-12,800 req/s
-  // with GC threads busy and 350 MiB RSS, against 15,700-16,300 req/s and 170 MiB without the S3 before it.
-  // With pretenuring off: 16,300-16,800 req/s after S3, 210 MiB; cold 1 GiB throughput unchanged.
-  setFlagsFromString("--no-allocation-site-pretenuring");
+  applyHeapPolicy(); // before the mirror allocates anything
   const loadCommand = COMMANDS.get(process.argv[2] ?? "");
   if (loadCommand) {
     const command = await loadCommand();
