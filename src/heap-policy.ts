@@ -28,7 +28,7 @@ export const HEAP_POLICY_FLAGS: readonly string[] = [
   // marking: a mark-compact of 5-20 ms every ~16 MiB received. Measured on a warm 512 MiB read from S3 after 30 s
   // idle: 31-36 mark-compacts per read and 144-259 MB/s, 0.26-0.29x of a direct GET. With marking started by the
   // share of that room used since the last mark-compact (half: a task starts it; 80 %: it starts at once):
-  // no mark-compact, 323-326 MB/s, 0.66x.
+  // no mark-compact, 273-326 MB/s, 0.66x (load 3.5).
   "--incremental-marking-soft-trigger=50",
   "--incremental-marking-hard-trigger=80",
 ];
