@@ -49,6 +49,17 @@ const { ReceivePacer } = (await import(
 const { FillCoordinator } = (await import(
   join(root, "src/fill/fill-coordinator.ts")
 )) as typeof import("../src/fill/fill-coordinator.ts");
+// The heap policy the mirror applies at start (main.ts), from the same checkout when it has one: without it this
+// process's collections are not the mirror's (bench/README.md, "The warm read from S3").
+try {
+  const { applyHeapPolicy } = (await import(
+    join(root, "src/heap-policy.ts")
+  )) as typeof import("../src/heap-policy.ts");
+  applyHeapPolicy();
+} catch (err) {
+  if ((err as NodeJS.ErrnoException).code !== "ERR_MODULE_NOT_FOUND") throw err;
+  process.stderr.write(`cold-fill: ${root} has no src/heap-policy.ts: V8's default heap policy\n`);
+}
 
 const UPSTREAM = `
 import { createServer } from "node:http";

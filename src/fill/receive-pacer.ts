@@ -18,6 +18,10 @@
  * (fills, verified pass-throughs) and to the S3 store, whose warm reads receive every byte from the object
  * store (a 256 MiB read through one mirror, interleaved A/B under load: ~120 -> ~260 MB/s median), so that all
  * their received bytes count towards the same collections.
+ *
+ * A young-generation collection requested while V8 is marking the old generation first finishes that marking (a
+ * full mark-compact), so how often marking runs matters here: heap-policy.ts sets when it starts, so that a tight
+ * old-generation limit does not keep it running and turn every request below into a mark-compact.
  */
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
