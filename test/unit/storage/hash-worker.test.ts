@@ -39,11 +39,33 @@ describe("FileHasher (worker thread)", () => {
   });
 
   it("fails the jobs of a worker that went away, and starts a new one for the next job", async () => {
-    const bytes = randomBytes(1000);
+    // Past the first progress step, so that the job is on the worker when it goes.
+    const bytes = randomBytes(4 * 1024 * 1024 + 1000);
     await writeFile(join(dir, "f"), bytes);
     const orphan = hasher.open(join(dir, "f"));
+    orphan.extend(bytes.length);
+    expect(hasher.running).toBe(true);
     await hasher.close();
+    expect(hasher.running).toBe(false);
     await expect(orphan.finish(bytes.length)).rejects.toThrow();
+    expect(await hasher.open(join(dir, "f")).finish(bytes.length)).toBe(digestOf(bytes));
+  });
+
+  it("starts no worker for a job until it has something to hash, and then hashes it from the start", async () => {
+    const bytes = randomBytes(6 * 1024 * 1024);
+    await writeFile(join(dir, "f"), bytes);
+    const small = hasher.open(join(dir, "f"));
+    small.extend(1024 * 1024); // less than a progress step: nothing for a worker yet
+    expect(hasher.running).toBe(false);
+    small.abort();
+    expect(hasher.running).toBe(false);
+    const job = hasher.open(join(dir, "f"));
+    expect(hasher.running).toBe(false);
+    job.extend(bytes.length);
+    expect(hasher.running).toBe(true);
+    expect(await job.finish(bytes.length)).toBe(digestOf(bytes));
+    // A job that never reported progress starts the worker at its end, and is hashed whole.
+    await hasher.close();
     expect(await hasher.open(join(dir, "f")).finish(bytes.length)).toBe(digestOf(bytes));
   });
 
