@@ -89,7 +89,14 @@ export class FileHasher {
       },
       finish: (size) => {
         if (ended) return Promise.reject(new Error("hash already ended"));
-        const { worker, waiting, failure } = started();
+        let current: WorkerState;
+        try {
+          current = started(); // a worker that cannot start (no threads left) fails this job, as an answer
+        } catch (err) {
+          end();
+          return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+        }
+        const { worker, waiting, failure } = current;
         if (failure) {
           end();
           return Promise.reject(failure);

@@ -69,6 +69,24 @@ describe("FileHasher (worker thread)", () => {
     expect(await hasher.open(join(dir, "f")).finish(bytes.length)).toBe(digestOf(bytes));
   });
 
+  it("answers a job's end with a rejection when no worker can start, and starts one for the next job", async () => {
+    const bytes = randomBytes(1000);
+    await writeFile(join(dir, "f"), bytes);
+    const job = hasher.open(join(dir, "f"));
+    const real = Object.getOwnPropertyDescriptor(FileHasher.prototype, "ensureWorker")!;
+    Object.defineProperty(hasher, "ensureWorker", {
+      value: () => {
+        throw new Error("no threads left");
+      },
+      configurable: true,
+    });
+    let answer: Promise<string> | undefined;
+    expect(() => (answer = job.finish(bytes.length))).not.toThrow();
+    await expect(answer).rejects.toThrow(/no threads left/);
+    Object.defineProperty(hasher, "ensureWorker", real);
+    expect(await hasher.open(join(dir, "f")).finish(bytes.length)).toBe(digestOf(bytes));
+  });
+
   it("fails a file shorter than its announced size, and an aborted job never answers", async () => {
     await writeFile(join(dir, "short"), Buffer.alloc(100));
     await expect(hasher.open(join(dir, "short")).finish(101)).rejects.toThrow(/shorter/);
