@@ -36,6 +36,7 @@ import { FleetFills } from "./fill/fleet-fills.ts";
 import { SecretFile } from "./config/secret-file.ts";
 import { createHash } from "node:crypto";
 import type { Redis } from "ioredis";
+import { errorMessage } from "./caught-errors.ts";
 
 /** How long a presigned GET a client is redirected to stays valid (`storage.s3.redirect`): it starts at once. */
 const S3_REDIRECT_SECONDS = 300;
@@ -155,7 +156,7 @@ export async function createCacheLayer(
         (done) => log.info({ ...done, removedTempFiles: scan.removedTempFiles }, "cache index rebuilt"),
         (err: unknown) =>
           log.error(
-            { err: (err as Error).message },
+            { err: errorMessage(err) },
             "cache index incomplete: the scan failed; the budget and idle expiry count only what was served since",
           ),
       );
@@ -191,7 +192,7 @@ export async function createCacheLayer(
         await fleetRecords.seed(blobStore.index.mostRecentlyUsed());
       } catch (err) {
         // Recorded again from a listing once Redis answers with no records (janitor.ts, fleetUpkeep).
-        log.warn({ err: (err as Error).message }, "fleet budget: the bucket's objects not recorded in Redis at start");
+        log.warn({ err: errorMessage(err) }, "fleet budget: the bucket's objects not recorded in Redis at start");
       }
     }
     const upstreams = Object.values(config.upstreams).map((u) => new UpstreamClient(u, { metrics }));
@@ -271,7 +272,7 @@ export async function createCacheLayer(
     const firstCheck = janitor.check({ askResolver: false });
     if (background)
       firstCheck.catch((err: unknown) =>
-        log.warn({ err: (err as Error).message }, "first cache check failed: it is tried again at the next check"),
+        log.warn({ err: errorMessage(err) }, "first cache check failed: it is tried again at the next check"),
       );
     else await firstCheck;
     for (const u of upstreams) {
@@ -302,7 +303,7 @@ export async function createCacheLayer(
         const saved = await blobStore.saveIndex();
         log.info({ ...saved, ms: Math.round(performance.now() - started) }, "cache index saved for the next start");
       } catch (err) {
-        log.warn({ err: (err as Error).message }, "cache index not saved: the next start scans the cache");
+        log.warn({ err: errorMessage(err) }, "cache index not saved: the next start scans the cache");
       }
     };
     let draining: Promise<void> | undefined;

@@ -18,6 +18,7 @@ import { readableFileProblem, writableDirectoryProblem } from "./config/file-che
 import type { Config } from "./config/schema.ts";
 import { parseListen } from "./http/server.ts";
 import { warmupFileProblems } from "./config/warmup-list.ts";
+import { errorMessage } from "./caught-errors.ts";
 
 export async function startUpProblems(config: Config): Promise<string[]> {
   const checks: Array<Promise<string | undefined | string[]>> = [
@@ -85,7 +86,7 @@ async function tlsProblems(tls: NonNullable<Config["tls"]>): Promise<string[]> {
     return [];
   } catch (err) {
     return [
-      `tls.certFile ${tls.certFile}, tls.keyFile ${tls.keyFile}: not a usable certificate and key: ${(err as Error).message}`,
+      `tls.certFile ${tls.certFile}, tls.keyFile ${tls.keyFile}: not a usable certificate and key: ${errorMessage(err)}`,
     ];
   }
 }
@@ -122,7 +123,7 @@ export function listenErrorText(err: unknown): string {
     case "EAI_AGAIN":
       return "the host name does not resolve";
     default:
-      return (err as Error | null)?.message ?? String(err);
+      return errorMessage(err);
   }
 }
 

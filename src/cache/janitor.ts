@@ -61,6 +61,7 @@ import { CONFIG_PIN_FILE, PinList } from "../storage/pin-list.ts";
 import { isValidTag } from "../oci/reference.ts";
 import { IdleLimits } from "../storage/idle-limits.ts";
 import type { EvictionLock, FleetContentRecords, FleetEntry } from "../storage/fleet-content-records.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export interface Budget {
   /** Bytes; undefined means only the filesystem's watermarks apply. */
@@ -359,7 +360,7 @@ export class Janitor {
     if (this.fleet) await this.fleetUpkeep();
     if (this.idleExpiry)
       await this.expireIdle().catch((err: unknown) =>
-        this.log.warn({ err: (err as Error).message }, "idle expiry failed: it is tried again at the next check"),
+        this.log.warn({ err: errorMessage(err) }, "idle expiry failed: it is tried again at the next check"),
       );
     await this.checkWatermarks();
   }
@@ -383,7 +384,7 @@ export class Janitor {
     try {
       exempt = await this.idleExemptDigests();
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, "idle expiry skipped: cannot tell what is exempt");
+      this.log.warn({ err: errorMessage(err) }, "idle expiry skipped: cannot tell what is exempt");
       return;
     }
     const gone = await this.serially(async () => {
@@ -411,7 +412,7 @@ export class Janitor {
     try {
       await this.idleLimits.save();
     } catch (err) {
-      this.log.warn({ path: this.idleLimits.path, err: (err as Error).message }, "idle limits not saved");
+      this.log.warn({ path: this.idleLimits.path, err: errorMessage(err) }, "idle limits not saved");
     }
   }
 
@@ -442,7 +443,7 @@ export class Janitor {
         }
       }
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, "tag pointers to idle-expired manifests not all forgotten");
+      this.log.warn({ err: errorMessage(err) }, "tag pointers to idle-expired manifests not all forgotten");
     }
     if (forgotten > 0) this.log.info({ forgotten }, "forgot tag pointers to idle-expired manifests");
   }
@@ -455,7 +456,7 @@ export class Janitor {
         await this.evictOverWatermarks();
         if (this.noSpace !== undefined) this.spaceIsBack(await this.fsUsage(this.store.root), 0);
       } catch (err) {
-        this.log.warn({ err: (err as Error).message }, "cache check failed");
+        this.log.warn({ err: errorMessage(err) }, "cache check failed");
       }
     });
     return this.pendingCheck;
@@ -542,7 +543,7 @@ export class Janitor {
   }
 
   private fleetUnavailable(err: unknown): void {
-    const reason = (err as Error).message;
+    const reason = errorMessage(err);
     if (this.fleetDown === undefined)
       this.log.warn(
         { err: reason },
@@ -834,7 +835,7 @@ export class Janitor {
       for (const pin of (await this.pinList?.list()) ?? []) await this.addReachable(pin.digest, pinned, true);
       for (const digest of await this.configuredPins(askResolver)) await this.addReachable(digest, pinned, true);
     } catch (err) {
-      const reason = (err as Error).message;
+      const reason = errorMessage(err);
       if (this.evictionBlocked !== reason)
         this.log.error({ err: reason }, "eviction stopped: cannot tell what is pinned");
       this.evictionBlocked = reason;
@@ -907,7 +908,7 @@ export class Janitor {
       await this.configPinList.reconcile(resolved, covered);
     } catch (err) {
       // This sweep still honours them (inForce); only a restart before the next successful write could not.
-      this.log.error({ err: (err as Error).message }, "cannot record what the configured pins resolve to");
+      this.log.error({ err: errorMessage(err) }, "cannot record what the configured pins resolve to");
     }
     if (unresolved.length > 0)
       throw new Error(`storage.pinned names content that cannot be told: ${unresolved.join("; ")}`);
@@ -950,7 +951,7 @@ export class Janitor {
         );
       }
     } catch (err) {
-      why = `no tag pointer, nothing recorded for it, and the upstream could not be asked (${(err as Error).message})`;
+      why = `no tag pointer, nothing recorded for it, and the upstream could not be asked (${errorMessage(err)})`;
     }
     this.unresolvedWhy.set(reference, why);
     return undefined;

@@ -10,6 +10,7 @@ import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { BlobCache } from "./blob-cache.ts";
 import { walkImage } from "./image-walker.ts";
 import type { ManifestCache } from "./manifest-cache.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export interface PrefetchRequest {
   upstream: UpstreamClient;
@@ -75,7 +76,7 @@ export class Prefetcher {
           job.state = job.errors.length > 0 ? "failed" : "done";
         },
         (err: unknown) => {
-          job.errors.push((err as Error).message);
+          job.errors.push(errorMessage(err));
           job.state = "failed";
         },
       )
@@ -139,7 +140,7 @@ export class Prefetcher {
           job.blobs.done++;
           job.bytes.done += size;
         } catch (err) {
-          job.errors.push(`${digest}: ${(err as Error).message}`);
+          job.errors.push(`${digest}: ${errorMessage(err)}`);
         }
       }
     };

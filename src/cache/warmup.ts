@@ -19,6 +19,7 @@ import { readWarmupFile } from "../config/warmup-list.ts";
 import type { Metrics } from "../observability/metrics.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { JobStatus, PrefetchRequest } from "./prefetcher.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 type WarmupSetConfig = Config["warmup"][number];
 
@@ -243,7 +244,7 @@ export class WarmupSets {
         await this.pins.set(toPin.map(({ reference, digest }) => ({ reference, digest })));
         for (const p of toPin) p.result.pinned = true;
       } catch (err) {
-        run.pinError = (err as Error).message;
+        run.pinError = errorMessage(err);
         this.log.error({ set: name, err }, "warm-up pins not recorded");
       }
     }
@@ -260,7 +261,7 @@ export class WarmupSets {
       ref = this.resolver.reference(text);
     } catch (err) {
       // Checked when the list was read; only a configuration change between could make this happen.
-      return { reference: text, result: "failed", reason: (err as Error).message, bytes: 0, blobs: 0, pinned: false };
+      return { reference: text, result: "failed", reason: errorMessage(err), bytes: 0, blobs: 0, pinned: false };
     }
     const job = await this.prefetcher.run({
       upstream: ref.upstream,

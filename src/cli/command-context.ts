@@ -11,6 +11,7 @@ import { readableFileProblem, writableDirectoryProblem, writableFileProblem } fr
 import { ConfigError, loadConfig } from "../config/load.ts";
 import type { Config } from "../config/schema.ts";
 import { upstreamFileProblems } from "../start-up-checks.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** Exit statuses: 1 for a failed run, 2 for a command line or configuration that cannot work. */
 export class CommandError extends Error {
@@ -100,9 +101,7 @@ export async function runCli(name: string, err: NodeJS.WritableStream, body: () 
     // An unknown or malformed flag (node:util parseArgs) is a command line that cannot work, as CommandError(2).
     const code = (e as NodeJS.ErrnoException | null)?.code;
     const badFlag = typeof code === "string" && code.startsWith("ERR_PARSE_ARGS");
-    err.write(
-      `${name}: ${e instanceof Error ? e.message : String(e)}${badFlag ? ` (see mirror ${name} --help)` : ""}\n`,
-    );
+    err.write(`${name}: ${errorMessage(e)}${badFlag ? ` (see mirror ${name} --help)` : ""}\n`);
     if (badFlag) return 2;
     return e instanceof CommandError ? e.status : 1;
   }

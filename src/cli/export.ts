@@ -33,6 +33,7 @@ import {
   runCli,
 } from "./command-context.ts";
 import { Progress } from "./progress.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export const EXPORT_USAGE = `usage: mirror export <reference>... [--file refs.txt] [--platform os/arch]...
                     [--exclude-listing inventory.json] [--no-referrers] --output bundle.tar|-
@@ -230,7 +231,7 @@ async function viaAdminApi(
   try {
     await writeBundle(res.body, opts.output, counted);
   } catch (e) {
-    throw new CommandError(`${base}: the export broke off: ${(e as Error).message}; no bundle was written`);
+    throw new CommandError(`${base}: the export broke off: ${errorMessage(e)}; no bundle was written`);
   }
   progress.finish();
   opts.err.write(

@@ -16,6 +16,7 @@
  */
 import { compilePattern, type RepositoryMatcher } from "../oci/repository-pattern.ts";
 import type { Config } from "./schema.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** What a request's rule asks of the caches; every field absent or default means "as the upstream's config says". */
 export interface CacheRule {
@@ -52,7 +53,7 @@ export function tagRegexProblem(tags: string): string | undefined {
     new RegExp(tags);
     return undefined;
   } catch (err) {
-    return `not a regular expression: ${(err as Error).message}`;
+    return `not a regular expression: ${errorMessage(err)}`;
   }
 }
 

@@ -7,6 +7,7 @@
 import { constants } from "node:fs";
 import { access, open, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
+import { errorMessage } from "../caught-errors.ts";
 
 /** What a failed file operation means to the person who wrote the path (by the error's code). */
 export function fileErrorText(err: unknown): string {
@@ -28,7 +29,7 @@ export function fileErrorText(err: unknown): string {
     case "ENAMETOOLONG":
       return "path too long";
     default:
-      return (err as Error | null)?.message ?? String(err);
+      return errorMessage(err);
   }
 }
 

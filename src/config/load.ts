@@ -31,6 +31,7 @@ import { MAX_TIMER_MS } from "./timer-delay.ts";
 import { UpstreamResolver } from "./upstream-resolver.ts";
 import { inlineWarmupProblems, warmupNameProblems } from "./warmup-list.ts";
 import { fallbackProblems } from "./upstream-fallbacks.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 const require = createRequire(import.meta.url);
 
@@ -90,7 +91,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
         } else problems.push(`${label}: the top level must be a mapping`);
       } catch (err) {
         // The YAML parser's message goes on with a excerpt of the file over several lines: its first line says it.
-        problems.push(`${label}: ${(err as Error).message.split("\n")[0]}`);
+        problems.push(`${label}: ${errorMessage(err).split("\n")[0]}`);
       }
     }
   }
@@ -133,7 +134,7 @@ function finish(raw: unknown, problems: string[], cwd: string): Config {
       try {
         resolver.pin(pin);
       } catch (err) {
-        problems.push(`storage.pinned: ${(err as Error).message}`);
+        problems.push(`storage.pinned: ${errorMessage(err)}`);
       }
     }
     problems.push(...inlineWarmupProblems({ upstreams, warmup: result.data.warmup }));

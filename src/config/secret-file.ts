@@ -16,6 +16,7 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { watchFiles } from "./file-watch.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** The shortest secret accepted anywhere (client tokens, the admin token), in bytes. */
 export const MIN_SECRET_BYTES = 16;
@@ -36,7 +37,7 @@ async function readSecretFile(
   try {
     bytes = await readFile(path);
   } catch (err) {
-    return { problem: `${key}: cannot read ${path}: ${(err as Error).message}` };
+    return { problem: `${key}: cannot read ${path}: ${errorMessage(err)}` };
   }
   let end = bytes.length;
   if (bytes[end - 1] === 0x0a) end -= bytes[end - 2] === 0x0d ? 2 : 1;

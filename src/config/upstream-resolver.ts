@@ -29,6 +29,7 @@ import {
   type ManifestReference,
 } from "../oci/reference.ts";
 import type { Config, UpstreamConfig } from "./schema.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** What choosing an upstream needs to know of one (an UpstreamClient has it). */
 export interface RoutedUpstream {
@@ -172,7 +173,7 @@ export class UpstreamResolver<U extends RoutedUpstream = RoutedUpstream> {
         throw new RegistryError("TAG_INVALID", `invalid tag: ${JSON.stringify(split.reference.slice(0, 300))}`);
       return { upstream: prefixed.upstream.name, repository, tag: split.reference };
     } catch (err) {
-      throw new Error(`pin ${JSON.stringify(text)}: ${(err as Error).message}`);
+      throw new Error(`pin ${JSON.stringify(text)}: ${errorMessage(err)}`);
     }
   }
 

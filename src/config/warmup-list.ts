@@ -7,6 +7,7 @@
 import { readFile } from "node:fs/promises";
 import type { Config } from "./schema.ts";
 import { UpstreamResolver, type RoutedUpstream } from "./upstream-resolver.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** Lines read from a warm-up file at most: the file is a list for people to edit, not a data set. */
 export const MAX_WARMUP_REFERENCES = 10_000;
@@ -34,7 +35,7 @@ export function checkReferences(
     try {
       resolver.reference(text);
     } catch (err) {
-      problems.push(`${where}: ${JSON.stringify(text.slice(0, 300))}: ${(err as Error).message}`);
+      problems.push(`${where}: ${JSON.stringify(text.slice(0, 300))}: ${errorMessage(err)}`);
       continue;
     }
     if (!seen.has(text)) references.push(text);
@@ -59,7 +60,7 @@ export async function readWarmupFile(path: string, resolver: UpstreamResolver<Ro
   try {
     bytes = await readFile(path);
   } catch (err) {
-    return { references: [], problems: [`cannot read ${path}: ${(err as Error).message}`] };
+    return { references: [], problems: [`cannot read ${path}: ${errorMessage(err)}`] };
   }
   if (bytes.length > MAX_WARMUP_FILE_BYTES)
     return { references: [], problems: [`${path} holds ${bytes.length} bytes: at most ${MAX_WARMUP_FILE_BYTES}`] };

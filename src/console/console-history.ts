@@ -11,6 +11,7 @@ import { timerDelay } from "../config/timer-delay.ts";
 import { FROM_CACHE, CONTENT_RESULTS } from "../observability/metrics.ts";
 import type { StoredTraffic } from "../observability/traffic-totals.ts";
 import { replaceFileDurably } from "../storage/durable-replace.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export const HISTORY_FILE = "console-history.json";
 const HOUR = 3_600_000;
@@ -100,7 +101,7 @@ export class ConsoleHistory {
       text = await readFile(this.path, "utf8");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      return (err as Error).message;
+      return errorMessage(err);
     }
     const samples = parseHistory(text);
     if (!samples) return "not a console history file (version 1)";

@@ -45,6 +45,7 @@ import {
   type WriteReservation,
 } from "../storage/content-store.ts";
 import { FileRangeStream, MAX_IN_FLIGHT, READ_CHUNK, type BufferPool } from "../storage/file-range-stream.ts";
+import { toError } from "../caught-errors.ts";
 
 export interface UpstreamBlob {
   /** Content-Length announced by the upstream, when it sent one. */
@@ -763,8 +764,4 @@ async function upstreamVerified(verification: Promise<void>, digest: string): Pr
         : `upstream sent ${err.size} of ${err.expectedSize} bytes for ${digest}`,
     );
   }
-}
-
-function toError(err: unknown): Error {
-  return err instanceof Error ? err : new Error(String(err));
 }

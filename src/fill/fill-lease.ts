@@ -19,6 +19,7 @@ import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { timerDelay } from "../config/timer-delay.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** Who downloads a digest, as the lease records it. */
 export interface LeaseHolder {
@@ -88,7 +89,7 @@ export class FillLeases {
         ? { held: "elsewhere", holder: found, value: current }
         : { held: "unknown", reason: "unreadable lease" };
     } catch (err) {
-      return { held: "unknown", reason: (err as Error).message };
+      return { held: "unknown", reason: errorMessage(err) };
     }
   }
 
@@ -99,7 +100,7 @@ export class FillLeases {
       const taken = await this.redis.eval(TAKE_OVER, 1, this.key(digest), seen, value, this.ttlMs);
       return taken === 1 ? this.start(digest, value) : undefined;
     } catch (err) {
-      this.log.warn({ digest, err: (err as Error).message }, "fleet: could not take over a download lease");
+      this.log.warn({ digest, err: errorMessage(err) }, "fleet: could not take over a download lease");
       return undefined;
     }
   }
@@ -180,7 +181,7 @@ class Lease implements FillLease {
               "fleet: a download's lease expired before it ended; another replica may download too",
             );
         },
-        (err: unknown) => ops.log.warn({ digest, err: (err as Error).message }, "fleet: lease renewal failed"),
+        (err: unknown) => ops.log.warn({ digest, err: errorMessage(err) }, "fleet: lease renewal failed"),
       );
     }, timerDelay(ops.everyMs));
     this.timer.unref();

@@ -13,6 +13,7 @@ import { availableParallelism } from "node:os";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import bcrypt from "bcryptjs";
 import { RegistryError } from "../oci/errors.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 type Request = { id: number; password: string; hash: string };
 type Reply = { id: number; match: boolean } | { id: number; error: string };
@@ -126,7 +127,7 @@ function runWorker(port: NonNullable<typeof parentPort>): void {
     try {
       port.postMessage({ id: req.id, match: bcrypt.compareSync(req.password, req.hash) } satisfies Reply);
     } catch (err) {
-      port.postMessage({ id: req.id, error: (err as Error).message } satisfies Reply);
+      port.postMessage({ id: req.id, error: errorMessage(err) } satisfies Reply);
     }
   });
 }

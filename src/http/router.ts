@@ -25,6 +25,7 @@ import type { UpstreamResolver } from "../config/upstream-resolver.ts";
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import { listQuery, NO_QUERY, parseDistributionRequest } from "./distribution-request.ts";
 import type { RequestState } from "./request-context.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export interface RouterDeps {
   /** Client authentication, when `access` is configured (otherwise every client is anonymous). */
@@ -87,7 +88,7 @@ export function createRouter(deps: RouterDeps): Koa.Middleware<RequestState> {
     try {
       await access(deps.storagePath, constants.W_OK);
     } catch (err) {
-      problems.push({ ready: false, reason: `cache directory not writable: ${(err as Error).message}` });
+      problems.push({ ready: false, reason: `cache directory not writable: ${errorMessage(err)}` });
     }
     for (const check of deps.readiness) {
       const problem = check();

@@ -11,6 +11,7 @@ import type { Logger } from "pino";
 import { watchFiles } from "../config/file-watch.ts";
 import type { Config } from "../config/schema.ts";
 import { timerDelay } from "../config/timer-delay.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 // node:http is taken with process.getBuiltinModule, not an `import`: Node builds an ES module's view of a built-in
 // by reading every export, and node:http's lazy WebSocket, CloseEvent and MessageEvent exports then load Node's
@@ -54,10 +55,7 @@ export async function createRegistryServer(
           log.info({ certFile }, "TLS certificate reloaded");
         })
         .catch((err: unknown) =>
-          log.error(
-            { err: (err as Error).message, certFile },
-            "TLS certificate reload failed; keeping the previous one",
-          ),
+          log.error({ err: errorMessage(err), certFile }, "TLS certificate reload failed; keeping the previous one"),
         );
     };
     stopWatching = watchFiles([certFile, keyFile], reload);

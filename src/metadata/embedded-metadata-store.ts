@@ -17,6 +17,7 @@ import { performance } from "node:perf_hooks";
 import { LRUCache } from "lru-cache";
 import { supersedes, type MetadataStore, type TagPointer } from "./metadata-store.ts";
 import { TagJournal, type JournalLoadReport, type JournalRecord } from "./tag-journal.ts";
+import { toError } from "../caught-errors.ts";
 
 export interface EmbeddedMetadataStoreOptions {
   /** Journal tag pointers and links here (the mirror uses `<storage.path>/metadata`); absent: memory only. */
@@ -224,7 +225,7 @@ export class EmbeddedMetadataStore implements MetadataStore {
     try {
       await journal.append(record);
     } catch (err) {
-      this.onError(err instanceof Error ? err : new Error(String(err)));
+      this.onError(toError(err));
     }
   }
 

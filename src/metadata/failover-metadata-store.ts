@@ -30,6 +30,7 @@
 import { timerDelay } from "../config/timer-delay.ts";
 import { supersedes, type MetadataStore, type TagPointer } from "./metadata-store.ts";
 import type { RedisMetadataStore } from "./redis-metadata-store.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export type MetadataStoreState = "ok" | "degraded";
 
@@ -243,7 +244,7 @@ export class FailoverMetadataStore implements MetadataStore {
     try {
       return { ok: true, value: await this.bounded(op, call(this.primary)) };
     } catch (err) {
-      this.degrade(err instanceof Error ? err.message : String(err));
+      this.degrade(errorMessage(err));
       return { ok: false };
     }
   }
@@ -299,7 +300,7 @@ export class FailoverMetadataStore implements MetadataStore {
     try {
       return await Promise.race([
         work.catch((err: unknown) => {
-          throw new Error(`redis ${op} failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+          throw new Error(`redis ${op} failed: ${errorMessage(err)}`, { cause: err });
         }),
         timeout,
       ]);
@@ -313,7 +314,7 @@ export class FailoverMetadataStore implements MetadataStore {
     this.probing ??= this.bounded("PING", this.primary.ping())
       .then(
         () => this.setState("ok", "redis is answering"),
-        (err: unknown) => this.degrade(err instanceof Error ? err.message : String(err)),
+        (err: unknown) => this.degrade(errorMessage(err)),
       )
       .finally(() => {
         this.probing = undefined;

@@ -27,6 +27,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { syncDirectory } from "../storage/durable-replace.ts";
 import type { TagPointer } from "./metadata-store.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export type JournalRecord =
   | { op: "tag"; upstream: string; repo: string; tag: string; pointer: TagPointer }
@@ -400,5 +401,5 @@ async function writeAll(handle: FileHandle, text: string): Promise<void> {
 }
 
 function asError(err: unknown, context: string): Error {
-  return new Error(`${context}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  return new Error(`${context}: ${errorMessage(err)}`, { cause: err });
 }

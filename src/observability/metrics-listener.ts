@@ -4,6 +4,7 @@
  */
 import type { Server } from "node:http";
 import type { Metrics } from "./metrics.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 // Not an `import` of node:http: that would load Node's bundled undici (src/http/server.ts says why).
 const { createServer } = process.getBuiltinModule("node:http");
@@ -17,7 +18,7 @@ export async function listenMetrics(metrics: Metrics, at: { host: string; port: 
     }
     metrics.render().then(
       (text) => res.writeHead(200, { "content-type": metrics.registry.contentType }).end(text),
-      (err: unknown) => res.writeHead(500, { "content-type": "text/plain" }).end(`${(err as Error).message}\n`),
+      (err: unknown) => res.writeHead(500, { "content-type": "text/plain" }).end(`${errorMessage(err)}\n`),
     );
   });
   await new Promise<void>((resolve, reject) => {

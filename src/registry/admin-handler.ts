@@ -21,6 +21,7 @@ import { inventoryFrom, takeInventory, type Inventory } from "../transfer/invent
 import type { UpstreamClient } from "../upstream/upstream-client.ts";
 import type { TrafficReport, TrafficTotals } from "../observability/traffic-totals.ts";
 import type { PinEntry, PinList } from "../storage/pin-list.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export interface TagTarget {
   upstream: string;
@@ -139,7 +140,7 @@ export class AdminHandler {
       try {
         listing = inventoryFrom(b.excludeListing, "excludeListing");
       } catch (err) {
-        throw new RegistryError("UNSUPPORTED", (err as Error).message, { status: 400 });
+        throw new RegistryError("UNSUPPORTED", errorMessage(err), { status: 400 });
       }
       exclude = new Map(listing.blobs.map((blob) => [blob.digest, blob.size]));
     }
@@ -424,7 +425,7 @@ export class AdminHandler {
  * anything else is something the reference names that cannot be carried (schema 1, no platform selected).
  */
 function exportError(err: unknown): RegistryError {
-  const message = (err as Error).message;
+  const message = errorMessage(err);
   for (let e: unknown = err; e instanceof Error; e = e.cause) {
     // An upstream that refused the mirror's credentials is the upstream's problem, not the admin token's.
     if (e instanceof RegistryError)

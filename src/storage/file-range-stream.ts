@@ -22,6 +22,7 @@
 import type { FileHandle } from "node:fs/promises";
 import { Socket } from "node:net";
 import { Readable } from "node:stream";
+import { toError } from "../caught-errors.ts";
 
 // Not an `import` of node:http: that would load Node's bundled undici at start-up (src/http/server.ts says why).
 const { ServerResponse } = process.getBuiltinModule("node:http");
@@ -234,10 +235,6 @@ export abstract class FileRangeStream extends Readable {
     this.release();
     cb(err);
   }
-}
-
-function toError(err: unknown): Error {
-  return err instanceof Error ? err : new Error(String(err));
 }
 
 /** Bytes `[start, end]` (inclusive) of a committed file; the stream owns the handle and closes it when done. */

@@ -30,6 +30,7 @@ import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { timerDelay } from "../config/timer-delay.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** Records `digest` (size, and last access unless an earlier write said later). KEYS: sizes, access, bytes. */
 const ADD = `if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('INCRBY', KEYS[3], ARGV[2]) end
@@ -312,7 +313,7 @@ export class FleetContentRecords {
           (still) => {
             if (still !== 1) this.log.warn("fleet budget: the eviction lock expired during a sweep");
           },
-          (err: unknown) => this.log.warn({ err: (err as Error).message }, "fleet budget: eviction lock not renewed"),
+          (err: unknown) => this.log.warn({ err: errorMessage(err) }, "fleet budget: eviction lock not renewed"),
         );
       },
       timerDelay(LOCK_TTL_MS / 3),
@@ -376,7 +377,7 @@ export class FleetContentRecords {
     if (this.writeFailed) return;
     this.writeFailed = true;
     this.log.warn(
-      { err: (err as Error).message },
+      { err: errorMessage(err) },
       "fleet budget: access records not written to Redis (pulls go on; the fleet's order is approximate meanwhile)",
     );
   }

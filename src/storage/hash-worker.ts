@@ -14,6 +14,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { closeSync, openSync, readSync } from "node:fs";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+import { toError, errorMessage } from "../caught-errors.ts";
 
 type Request =
   | { op: "start"; id: number; path: string }
@@ -94,7 +95,7 @@ export class FileHasher {
           current = started(); // a worker that cannot start (no threads left) fails this job, as an answer
         } catch (err) {
           end();
-          return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+          return Promise.reject(toError(err));
         }
         const { worker, waiting, failure } = current;
         if (failure) {
@@ -217,7 +218,7 @@ function runWorker(port: NonNullable<typeof parentPort>): void {
       }
     } catch (err) {
       drop(req.id);
-      port.postMessage({ id: req.id, error: (err as Error).message } satisfies Reply);
+      port.postMessage({ id: req.id, error: errorMessage(err) } satisfies Reply);
     }
   });
 }

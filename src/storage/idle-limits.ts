@@ -12,6 +12,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { replaceFileDurably } from "./durable-replace.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export const IDLE_LIMIT_FILE = "idle-limits.json";
 
@@ -36,13 +37,13 @@ export class IdleLimits {
       text = await readFile(this.path, "utf8");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      return { damaged: (err as Error).message };
+      return { damaged: errorMessage(err) };
     }
     let value: unknown;
     try {
       value = JSON.parse(text);
     } catch (err) {
-      return { damaged: (err as Error).message };
+      return { damaged: errorMessage(err) };
     }
     if (value === null || typeof value !== "object" || Array.isArray(value)) return { damaged: "not a JSON object" };
     for (const [digest, ms] of Object.entries(value as Record<string, unknown>)) {

@@ -23,6 +23,7 @@ import { createHash } from "node:crypto";
 import { statSync } from "node:fs";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { errorMessage } from "../caught-errors.ts";
 
 export const SNAPSHOT_FILE = "index-snapshot";
 const MAGIC = Buffer.from("mirror-index-v1\n", "latin1");
@@ -99,12 +100,12 @@ export async function takeIndexSnapshot(opts: {
     buf = await readFile(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    return { ignored: `unreadable: ${(err as Error).message}` };
+    return { ignored: `unreadable: ${errorMessage(err)}` };
   }
   try {
     await rm(path);
   } catch (err) {
-    return { ignored: `could not be removed, so it could outlive later accesses: ${(err as Error).message}` };
+    return { ignored: `could not be removed, so it could outlive later accesses: ${errorMessage(err)}` };
   }
   const body = buf.length >= HEADER + CHECKSUM ? buf.subarray(0, buf.length - CHECKSUM) : undefined;
   if (

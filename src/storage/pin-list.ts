@@ -19,6 +19,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { replaceFileDurably } from "./durable-replace.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export const PIN_FILE = "pins.json";
 export const CONFIG_PIN_FILE = "config-pins.json";
@@ -60,12 +61,12 @@ export class PinList {
       text = await readFile(this.path, "utf8");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
-      throw new PinFileDamagedError(this.path, (err as Error).message);
+      throw new PinFileDamagedError(this.path, errorMessage(err));
     }
     try {
       return parsePinFile(text);
     } catch (err) {
-      throw new PinFileDamagedError(this.path, (err as Error).message);
+      throw new PinFileDamagedError(this.path, errorMessage(err));
     }
   }
 

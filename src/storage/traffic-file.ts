@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseStoredTraffic, serializeStoredTraffic, type StoredTraffic } from "../observability/traffic-totals.ts";
 import { replaceFileDurably } from "./durable-replace.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export const TRAFFIC_FILE = "traffic.json";
 
@@ -29,7 +30,7 @@ export class TrafficFile {
       text = await readFile(this.path, "utf8");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return { absent: true };
-      return { damaged: (err as Error).message };
+      return { damaged: errorMessage(err) };
     }
     const traffic = parseStoredTraffic(text);
     return traffic ? { traffic } : { damaged: "not a traffic totals file (version 1)" };

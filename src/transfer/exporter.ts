@@ -34,6 +34,7 @@ import {
   REFERRERS_ANNOTATION,
 } from "./bundle-layout.ts";
 import { directoryHeader, endOfArchive, fileHeader, padding } from "./tar-writer.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export interface ExportedImage {
   reference: ImageReference<UpstreamClient>;
@@ -151,7 +152,7 @@ export class Exporter {
           opts.onManifest,
         );
       } catch (err) {
-        throw new Error(`${reference.canonical}: ${(err as Error).message}`, { cause: err });
+        throw new Error(`${reference.canonical}: ${errorMessage(err)}`, { cause: err });
       }
       // walkImage has reached every selected image manifest, at any depth of nested indexes, or thrown.
       const { top, children, images: included, blobs } = walked;
@@ -220,7 +221,7 @@ export class Exporter {
             found = await referrers.get(upstream, repository, subject.digest);
           } catch (err) {
             throw new Error(
-              `${image.reference.canonical}: cannot list the referrers of ${subject.digest}: ${(err as Error).message} (--no-referrers leaves them out)`,
+              `${image.reference.canonical}: cannot list the referrers of ${subject.digest}: ${errorMessage(err)} (--no-referrers leaves them out)`,
               { cause: err },
             );
           }
@@ -232,7 +233,7 @@ export class Exporter {
             try {
               walked = await walkImage(this.manifests, upstream, repository, reference.reference, [], onManifest);
             } catch (err) {
-              skipped.push({ reference: reference.canonical, reason: (err as Error).message });
+              skipped.push({ reference: reference.canonical, reason: errorMessage(err) });
               continue;
             }
             const referrer: ExportedImage = {

@@ -56,6 +56,7 @@ import {
   REFERRERS_ANNOTATION,
 } from "./bundle-layout.ts";
 import { TarReader, type TarEntry } from "./tar-reader.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export interface ImportedImage {
   reference: string;
@@ -224,7 +225,7 @@ class ImportRun {
         this.onProgress?.(this.progress);
       }
     } catch (err) {
-      this.report.error = (err as Error).message;
+      this.report.error = errorMessage(err);
       // The entry being read when the bundle broke off (or could not be stored) is refused, by name.
       if (current !== undefined && !this.report.refused.some((r) => r.entry === current))
         this.refuse(current, blobDigestOf(current), this.report.error);
@@ -312,7 +313,7 @@ class ImportRun {
       try {
         top.reference = this.referenceOf(d);
       } catch (err) {
-        top.problem = (err as Error).message;
+        top.problem = errorMessage(err);
       }
       this.tops.push(top);
       if (top.reference) this.expectContent(d.digest, "manifest", d.size, d.mediaType);
@@ -413,7 +414,7 @@ class ImportRun {
       try {
         for await (const chunk of entry.body()) await writer.write([chunk]);
       } catch (err) {
-        this.refuse(name, digest, (err as Error).message);
+        this.refuse(name, digest, errorMessage(err));
         throw err; // the bundle cannot be read past this point (or, on a write error, stored)
       }
       try {
@@ -451,7 +452,7 @@ class ImportRun {
     try {
       for await (const chunk of entry.body()) hash.update(chunk);
     } catch (err) {
-      this.refuseCopy(name, digest, (err as Error).message);
+      this.refuseCopy(name, digest, errorMessage(err));
       throw err; // the bundle cannot be read past this point
     }
     const actual = `sha256:${hash.digest("hex")}`;
@@ -550,7 +551,7 @@ class ImportRun {
     } catch (err) {
       // Not walkable (indexes nested too deep, a manifest that is no image): nothing to tag.
       if (this.pin && this.pinsBefore !== undefined) await this.unpin(ref.canonical);
-      return { reference: ref.canonical, digest, status: "refused", pinned: false, reason: (err as Error).message };
+      return { reference: ref.canonical, digest, status: "refused", pinned: false, reason: errorMessage(err) };
     }
     const pinned = this.pin && this.pinsBefore !== undefined;
     if (walk.missing.length > 0) {

@@ -14,6 +14,7 @@ import type { ContentStore } from "../storage/content-store.ts";
 import type { MetadataStore } from "../metadata/metadata-store.ts";
 import { isSha256Digest } from "../oci/digest.ts";
 import { isValidTag } from "../oci/reference.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 export const INVENTORY_MEDIA_TYPE = "application/vnd.registry-mirror.inventory.v1+json";
 
@@ -64,7 +65,7 @@ export function parseInventory(text: string, source: string): Inventory {
   try {
     doc = JSON.parse(text);
   } catch (err) {
-    throw new Error(`${source}: not JSON (${(err as Error).message})`);
+    throw new Error(`${source}: not JSON (${errorMessage(err)})`);
   }
   return inventoryFrom(doc, source);
 }

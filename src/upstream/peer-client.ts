@@ -16,6 +16,7 @@ import type { Readable } from "node:stream";
 import { Agent } from "./undici.ts";
 import { discardBody } from "./response-body.ts";
 import { headerValue } from "./upstream-errors.ts";
+import { errorMessage } from "../caught-errors.ts";
 
 /** The header carrying a peer request's signature. */
 export const PEER_SIGNATURE_HEADER = "x-mirror-peer";
@@ -94,7 +95,7 @@ export class PeerClient {
         signal,
       });
     } catch (err) {
-      throw new PeerUnavailableError(peerUrl, (err as Error).message);
+      throw new PeerUnavailableError(peerUrl, errorMessage(err));
     }
     if (res.statusCode !== 200) {
       discardBody(res.body);
