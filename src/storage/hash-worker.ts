@@ -8,8 +8,9 @@
  * cache, through its own descriptor) and hashes it. So the main thread spends nothing on hashing and nothing on
  * copying, and what is verified is exactly what readers are served: the bytes on disk.
  *
- * One worker per FileHasher (one per filesystem content store), started on first use and stopped after a while
- * idle; a job is one temp file. This module is also the worker's entry point (see the bottom).
+ * One worker per FileHasher (one per content store), started on first use and stopped after a while idle; a job
+ * is one temp file, or one range of a file (`hashRange`). This module is also the worker's entry point (see the
+ * bottom).
  */
 import { createHash, type Hash } from "node:crypto";
 import { closeSync, openSync, readSync } from "node:fs";
@@ -20,7 +21,8 @@ type Request =
   | { op: "start"; id: number; path: string }
   | { op: "extend"; id: number; upTo: number }
   | { op: "finish"; id: number; size: number }
-  | { op: "abort"; id: number };
+  | { op: "abort"; id: number }
+  | { op: "range"; id: number; path: string; start: number; end: number };
 
 type Reply = { id: number; digest: string } | { id: number; error: string };
 
@@ -116,6 +118,28 @@ export class FileHasher {
         end();
       },
     };
+  }
+
+  /**
+   * `sha256:<hex>` of bytes `[start, end)` of the file at `path`, read and hashed by the worker: the main thread
+   * neither hashes nor copies them (the S3 store signs each part of an upload by its sha256).
+   */
+  hashRange(path: string, start: number, end: number): Promise<string> {
+    const id = this.nextId++;
+    this.jobs++;
+    const done = () => {
+      if (--this.jobs === 0) this.scheduleStop();
+    };
+    let current: WorkerState;
+    try {
+      current = this.ensureWorker();
+    } catch (err) {
+      done();
+      return Promise.reject(toError(err));
+    }
+    const result = new Promise<string>((resolve, reject) => current.waiting.set(id, { resolve, reject }));
+    current.worker.postMessage({ op: "range", id, path, start, end } satisfies Request);
+    return result.finally(done);
   }
 
   /** Whether a worker thread is running now (for tests and diagnostics). */
@@ -215,6 +239,15 @@ function runWorker(port: NonNullable<typeof parentPort>): void {
         case "abort":
           drop(req.id);
           break;
+        case "range": {
+          const job = { fd: openSync(req.path, "r"), hash: createHash("sha256"), hashed: req.start };
+          jobs.set(req.id, job); // closed by drop, whatever happens
+          if (!advance(job, req.end)) throw new Error(`file is shorter than ${req.end} bytes`);
+          const digest = `sha256:${job.hash.digest("hex")}`;
+          drop(req.id);
+          port.postMessage({ id: req.id, digest } satisfies Reply);
+          break;
+        }
       }
     } catch (err) {
       drop(req.id);

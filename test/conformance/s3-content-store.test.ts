@@ -139,6 +139,69 @@ describe("S3 content store, as the server sees it", () => {
     await writer.close();
   });
 
+  it("signs every upload by its body's sha256, so the object store refuses bytes changed after the signing", async () => {
+    // What the server got, as sent: each upload request's signed body sha256 against its body's real one. With
+    // `corrupt`, one byte of the body is flipped after the signing, as bytes damaged on the way would be.
+    const sent: Array<{ command: string; signed: string | undefined; actual: string }> = [];
+    let corrupt = false;
+    const recording = await createS3Client(s3Access(s3));
+    recording.middlewareStack.add(
+      (next, context) => (args) => {
+        const request = args.request as { headers: Record<string, string | undefined>; body?: unknown };
+        if (request.body instanceof Uint8Array) {
+          if (corrupt) request.body[100] = request.body[100]! ^ 1;
+          sent.push({
+            command: context.commandName ?? "?",
+            signed: request.headers["x-amz-content-sha256"],
+            actual: createHash("sha256").update(request.body).digest("hex"),
+          });
+        }
+        return next(args);
+      },
+      { step: "deserialize", name: "recordUploadBodies" },
+    );
+    const dir = await mkdtemp(join(tmpdir(), "s3-conformance-"));
+    const prefix = `${randomUUID()}/`;
+    const store = new S3ContentStore({ client: recording, bucket: BUCKET, prefix, root: dir, partSize: 5 * MiB });
+    made = { store, prefix, dir, again: () => store };
+    try {
+      await store.init();
+      const large = randomBytes(12 * MiB + 123);
+      const small = randomBytes(3 * MiB);
+      for (const bytes of [large, small]) {
+        const writer = await store.createWriter(digestOf(bytes), { expectedSize: bytes.length });
+        await writer.write([bytes]);
+        await writer.commit();
+        await writer.close();
+        expect((await (await store.open(digestOf(bytes)))!.bytes()).equals(bytes)).toBe(true);
+      }
+      expect(sent.map((s) => s.command)).toEqual([
+        "UploadPartCommand",
+        "UploadPartCommand",
+        "UploadPartCommand",
+        "PutObjectCommand",
+      ]);
+      for (const { signed, actual } of sent) expect(signed).toBe(actual);
+
+      sent.length = 0;
+      corrupt = true;
+      const damaged = randomBytes(6 * MiB);
+      const writer = await store.createWriter(digestOf(damaged), { expectedSize: damaged.length });
+      await writer.write([damaged]);
+      const refused = await writer.commit().then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      await writer.close();
+      expect(refused).toMatchObject({ name: "XAmzContentSHA256Mismatch" });
+      expect(sent.map((s) => s.command)).toEqual(["UploadPartCommand", "UploadPartCommand"]); // 5 MiB + 1 MiB
+      expect(await store.open(digestOf(damaged))).toBeUndefined();
+      expect((await serverHolds(prefix)).uploads).toEqual([]);
+    } finally {
+      recording.destroy();
+    }
+  });
+
   it("gives up a write whose request the object store holds unanswered (a full Ceph), leaving nothing", async () => {
     made = await newStore();
     const { prefix, dir } = made;

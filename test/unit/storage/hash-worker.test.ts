@@ -94,4 +94,24 @@ describe("FileHasher (worker thread)", () => {
     job.abort();
     await expect(job.finish(100)).rejects.toThrow();
   });
+
+  it("hashes ranges of a file (an upload's parts) while a job hashes the whole; a range past the end or of no file fails alone", async () => {
+    const bytes = randomBytes(5 * 1024 * 1024 + 777);
+    const path = join(dir, "parts");
+    await writeFile(path, bytes);
+    const whole = hasher.open(path);
+    whole.extend(bytes.length);
+    const ranges: Array<[number, number]> = [
+      [0, 2 * 1024 * 1024],
+      [2 * 1024 * 1024, bytes.length],
+      [1000, 1001],
+    ];
+    const digests = await Promise.all(ranges.map(([start, end]) => hasher.hashRange(path, start, end)));
+    expect(digests).toEqual(ranges.map(([start, end]) => digestOf(bytes.subarray(start, end))));
+    expect(await whole.finish(bytes.length)).toBe(digestOf(bytes));
+    await expect(hasher.hashRange(path, 5 * 1024 * 1024, bytes.length + 1)).rejects.toThrow(/shorter/);
+    await expect(hasher.hashRange(join(dir, "absent"), 0, 1)).rejects.toThrow(/ENOENT/);
+    // The worker still answers after those failures.
+    expect(await hasher.hashRange(path, 0, 10)).toBe(digestOf(bytes.subarray(0, 10)));
+  });
 });
