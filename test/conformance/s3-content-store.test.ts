@@ -202,6 +202,21 @@ describe("S3 content store, as the server sees it", () => {
     }
   });
 
+  it("commits each of several large writes running at once exactly as written (their parts share buffers)", async () => {
+    made = await newStore();
+    const { store } = made;
+    const contents = [randomBytes(11 * MiB + 1), randomBytes(16 * MiB + 7), randomBytes(10 * MiB)];
+    await Promise.all(
+      contents.map(async (bytes) => {
+        const writer = await store.createWriter(digestOf(bytes), { expectedSize: bytes.length });
+        for (let at = 0; at < bytes.length; at += MiB) await writer.write([bytes.subarray(at, at + MiB)]);
+        await writer.commit();
+        await writer.close();
+      }),
+    );
+    for (const bytes of contents) expect((await (await store.open(digestOf(bytes)))!.bytes()).equals(bytes)).toBe(true);
+  });
+
   it("gives up a write whose request the object store holds unanswered (a full Ceph), leaving nothing", async () => {
     made = await newStore();
     const { prefix, dir } = made;
