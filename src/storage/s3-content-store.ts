@@ -47,6 +47,7 @@ import {
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
+import { toError } from "../caught-errors.ts";
 import { digestHex } from "../oci/digest.ts";
 import { openTempFile, TempFileWriter, type TempFile } from "./temp-file-write.ts";
 import { timerDelay } from "../config/timer-delay.ts";
@@ -666,7 +667,7 @@ class StoredObject implements StoredContent {
           this.pipeBody(res.Body as Readable, out);
         },
         (err: unknown) => {
-          out.destroy(err as Error);
+          out.destroy(toError(err));
           throw err;
         },
       );
@@ -796,7 +797,7 @@ class S3Writer extends TempFileWriter {
       if (!part) return;
       const sent: Promise<void> = this.sendPart(part)
         .catch((err: unknown) => {
-          this.failure ??= err as Error;
+          this.failure ??= toError(err);
         })
         .finally(() => {
           this.running.delete(sent);
