@@ -9,7 +9,7 @@
  * copying, and what is verified is exactly what readers are served: the bytes on disk.
  *
  * One worker per FileHasher (one per content store), started on first use and stopped after a while idle; a job
- * is one temp file, or one range of a file (`hashRange`). This module is also the worker's entry point (see the
+ * is one temp file, or one range of a file (`hashRange`: a job that starts at an offset). This module is also the worker's entry point (see the
  * bottom).
  */
 import { createHash, type Hash } from "node:crypto";
@@ -18,11 +18,10 @@ import { isMainThread, parentPort, Worker, workerData } from "node:worker_thread
 import { toError, errorMessage } from "../caught-errors.ts";
 
 type Request =
-  | { op: "start"; id: number; path: string }
+  | { op: "start"; id: number; path: string; from: number }
   | { op: "extend"; id: number; upTo: number }
   | { op: "finish"; id: number; size: number }
-  | { op: "abort"; id: number }
-  | { op: "range"; id: number; path: string; start: number; end: number };
+  | { op: "abort"; id: number };
 
 type Reply = { id: number; digest: string } | { id: number; error: string };
 
@@ -58,13 +57,13 @@ export class FileHasher {
   private idleTimer: NodeJS.Timeout | undefined;
 
   /**
-   * Starts hashing the file at `path` (which must exist). The worker hears of the job only with its first
+   * Starts hashing the file at `path` (which must exist) from byte `from`. The worker hears of the job only with its first
    * progress (or its end): a download's first bytes, and its response's headers, do not wait for a worker to
    * start (a thread and a V8 isolate: milliseconds of this thread) when the file has nothing to hash yet.
    * Measured on the first cold pull after a start: creating the writer 2.4-8.7 ms -> 0.5-3.3 ms (five starts
    * each); `npm run bench -- --compiled --only S1 --reps 5`: time to first byte median 28.2 -> 21.4 and 22.7 ms.
    */
-  open(path: string): FileHash {
+  open(path: string, from = 0): FileHash {
     const id = this.nextId++;
     this.jobs++;
     clearTimeout(this.idleTimer); // a worker idle now is kept for this job
@@ -73,7 +72,7 @@ export class FileHasher {
     const started = (): WorkerState => {
       if (state === undefined) {
         state = this.ensureWorker();
-        state.worker.postMessage({ op: "start", id, path } satisfies Request);
+        state.worker.postMessage({ op: "start", id, path, from } satisfies Request);
       }
       return state;
     };
@@ -125,21 +124,7 @@ export class FileHasher {
    * neither hashes nor copies them (the S3 store signs each part of an upload by its sha256).
    */
   hashRange(path: string, start: number, end: number): Promise<string> {
-    const id = this.nextId++;
-    this.jobs++;
-    const done = () => {
-      if (--this.jobs === 0) this.scheduleStop();
-    };
-    let current: WorkerState;
-    try {
-      current = this.ensureWorker();
-    } catch (err) {
-      done();
-      return Promise.reject(toError(err));
-    }
-    const result = new Promise<string>((resolve, reject) => current.waiting.set(id, { resolve, reject }));
-    current.worker.postMessage({ op: "range", id, path, start, end } satisfies Request);
-    return result.finally(done);
+    return this.open(path, start).finish(end);
   }
 
   /** Whether a worker thread is running now (for tests and diagnostics). */
@@ -220,7 +205,7 @@ function runWorker(port: NonNullable<typeof parentPort>): void {
     try {
       switch (req.op) {
         case "start":
-          jobs.set(req.id, { fd: openSync(req.path, "r"), hash: createHash("sha256"), hashed: 0 });
+          jobs.set(req.id, { fd: openSync(req.path, "r"), hash: createHash("sha256"), hashed: req.from });
           break;
         case "extend": {
           const job = jobs.get(req.id);
@@ -239,15 +224,6 @@ function runWorker(port: NonNullable<typeof parentPort>): void {
         case "abort":
           drop(req.id);
           break;
-        case "range": {
-          const job = { fd: openSync(req.path, "r"), hash: createHash("sha256"), hashed: req.start };
-          jobs.set(req.id, job); // closed by drop, whatever happens
-          if (!advance(job, req.end)) throw new Error(`file is shorter than ${req.end} bytes`);
-          const digest = `sha256:${job.hash.digest("hex")}`;
-          drop(req.id);
-          port.postMessage({ id: req.id, digest } satisfies Reply);
-          break;
-        }
       }
     } catch (err) {
       drop(req.id);

@@ -8,14 +8,15 @@
  *   upload on the object's FINAL key: fixed-size parts read back from the temp file once written (into buffers
  *   the store reuses, PartBuffers), a few in flight at a time, the others only queued as offsets, so memory
  *   stays flat whatever the size of the blob and the download is never slowed by the object store. Each part
- *   is signed with its sha256, computed by the hash worker (signedWithPayloadSha256). A multipart upload is invisible until it is
- *   completed: `commit()` verifies (length, then sha256), and only then completes the upload. A mismatch, an
- *   abort or a close before the commit aborts the upload instead. Content smaller than one part is sent with
- *   one PutObject, after it verified.
+ *   is signed with its sha256, computed by the hash worker (signedWithPayloadSha256). A multipart upload is
+ *   invisible until it is completed: `commit()` verifies (length, then sha256), and only then completes the
+ *   upload. A mismatch, an abort or a close before the commit aborts the upload instead. Content smaller than
+ *   one part is sent with one PutObject, after it verified.
  * - Uploads a crashed process left behind are aborted by `init()` (and, whatever happens to a process, by the
  *   bucket lifecycle rule the guide documents: abort incomplete multipart uploads after a day).
- * - Content is found and read with one GetObject (a read of a range: one more, by Range). A delete of content that a reader holds open here is deferred
- *   until that reader is done (the content reads as absent at once): a response that started always completes.
+ * - Content is found and read with one GetObject (a read of a range: one more, by Range). A delete of content
+ *   that a reader holds open here is deferred until that reader is done (the content reads as absent at once):
+ *   a response that started always completes.
  * - With `health` (object-store-health.ts), failures to reach the store mark it down: reads and new writes then
  *   fail at once with StoreUnavailableError, and the cache streams misses and hits from the upstreams instead.
  *   `readWhenAnswered` lets a hit whose GET fails before any byte be answered from the upstream too. A read the
@@ -187,11 +188,10 @@ export class PartBuffers {
     this.partSize = partSize;
   }
 
-  /** A buffer of at least `size` bytes: a kept one, or a new one (content under a part: one of its size). */
+  /** A buffer of at least `size` bytes: a kept one, or a new one of that size. */
   take(size: number): Buffer {
     const at = this.idle.findIndex((b) => b.length >= size);
-    if (at >= 0) return this.idle.splice(at, 1)[0]!;
-    return Buffer.allocUnsafeSlow(size < this.partSize ? size : Math.max(size, this.partSize));
+    return at >= 0 ? this.idle.splice(at, 1)[0]! : Buffer.allocUnsafeSlow(size);
   }
 
   /** Keeps `buffer` for the next part, if it is one of a part's size and fewer than `keep` are kept. */
