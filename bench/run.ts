@@ -180,6 +180,8 @@ async function main(): Promise<void> {
     /** The servers S2, S4 and S5 compare: ours, the reference, and nginx twice (the faster is the baseline). */
     const warmTargets = { mirror: mirror.url, proxy: proxy.url, nginx: nginx.url, "nginx-tuned": nginxTuned.url };
     const warmOrder = ["mirror", "proxy", "nginx", "nginx-tuned"] as const;
+    const warmProcess = (target: (typeof warmOrder)[number]) =>
+      ({ mirror, proxy, nginx, "nginx-tuned": nginxTuned })[target].process!;
 
     const blobPath = (b: { digest: string }) => `/v2/${REPO}/blobs/${b.digest}`;
     const storedPath = {
@@ -309,14 +311,17 @@ async function main(): Promise<void> {
       for (let rep = 0; rep < loadReps; rep++) {
         for (const target of rotation(warmOrder, rep)) {
           noteLoad(name);
+          const cpuBefore = await warmProcess(target).cpuSeconds();
           const r: LoadResult = await load(warmTargets[target], paths, { ...loadOpts(name), headers });
+          const cpuPerRequest = ((await warmProcess(target).cpuSeconds()) - cpuBefore) / r.requests;
+          if (r.requests > 0) record(name, `${target}-cpu-us`, cpuPerRequest * 1e6);
           record(name, `${target}-rps`, r.requestsPerSecond);
           record(name, `${target}-MBps`, r.bytesPerSecond / 1e6);
           record(name, `${target}-p50-ms`, r.p50ms);
           record(name, `${target}-p99-ms`, r.p99ms);
           record(name, `${target}-errors`, r.errors);
           progress(
-            `${name} rep ${rep + 1}/${loadReps} ${target}: ${r.requestsPerSecond.toFixed(0)} req/s, p50 ${r.p50ms.toFixed(2)} ms, p99 ${r.p99ms.toFixed(2)} ms, errors ${r.errors}`,
+            `${name} rep ${rep + 1}/${loadReps} ${target}: ${r.requestsPerSecond.toFixed(0)} req/s, p50 ${r.p50ms.toFixed(2)} ms, p99 ${r.p99ms.toFixed(2)} ms, CPU ${(cpuPerRequest * 1e6).toFixed(0)} µs a request, errors ${r.errors}`,
           );
         }
       }
@@ -630,6 +635,15 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
       "",
       "",
     );
+    row(
+      "S4 server CPU per request µs (all threads; nginx: its workers)",
+      s("S4", "mirror-cpu-us"),
+      s("S4", "proxy-cpu-us"),
+      `${nginxLabel(n)} ${s("S4", `${n}-cpu-us`)}`,
+      r("S4", "mirror-cpu-us", `${n}-cpu-us`),
+      r("S4", "proxy-cpu-us", `${n}-cpu-us`),
+      "",
+    );
   }
   if (results["S5"]) {
     const n = nginxFor("S5", "rps", true);
@@ -658,6 +672,15 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
       `${nginxLabel(n)} ${s("S5", `${n}-p50-ms`, 1)} / ${s("S5", `${n}-p99-ms`, 1)}`,
       "",
       "",
+      "",
+    );
+    row(
+      "S5 server CPU per request µs (all threads; nginx: its workers)",
+      s("S5", "mirror-cpu-us"),
+      s("S5", "proxy-cpu-us"),
+      `${nginxLabel(n)} ${s("S5", `${n}-cpu-us`)}`,
+      r("S5", "mirror-cpu-us", `${n}-cpu-us`),
+      r("S5", "proxy-cpu-us", `${n}-cpu-us`),
       "",
     );
   }

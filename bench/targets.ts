@@ -8,7 +8,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { openSync, closeSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -84,9 +84,47 @@ export class BenchProcess {
     return { peak: kb("VmHWM"), current: kb("VmRSS") };
   }
 
+  /**
+   * CPU time used so far, in seconds: user + system time of the process (all its threads) and of its children
+   * alive now (nginx's workers), from /proc/<pid>/stat. A difference of two readings around a load run, divided
+   * by the requests served, is what each request cost the server: unlike requests per second, it does not move
+   * with how the 2 cores were shared with the load generator in that run.
+   */
+  async cpuSeconds(): Promise<number> {
+    let ticks = 0;
+    for (const pid of [this.pid, ...(await childPids(this.pid))]) ticks += await cpuTicks(pid);
+    return ticks / CLOCK_TICKS_PER_SECOND;
+  }
+
   async log(): Promise<string> {
     return readFile(this.logPath, "utf8").catch(() => "");
   }
+}
+
+/** The kernel's USER_HZ, which /proc/<pid>/stat counts in: 100 on Linux for every architecture Node runs on. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** Fields after the command name (which is in parentheses and may hold spaces) of /proc/<pid>/stat. */
+async function statFields(pid: number): Promise<string[] | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => undefined);
+  return stat?.slice(stat.lastIndexOf(")") + 2).split(" ");
+}
+
+/** utime + stime of `pid` (fields 14 and 15 of /proc/<pid>/stat), 0 for a process that has gone. */
+async function cpuTicks(pid: number): Promise<number> {
+  const fields = await statFields(pid);
+  return fields === undefined ? 0 : Number(fields[11]) + Number(fields[12]);
+}
+
+/** The processes whose parent is `pid` (field 4 of their /proc/<pid>/stat). */
+async function childPids(pid: number): Promise<number[]> {
+  const children: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = await statFields(Number(entry));
+    if (fields !== undefined && Number(fields[1]) === pid) children.push(Number(entry));
+  }
+  return children;
 }
 
 async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
