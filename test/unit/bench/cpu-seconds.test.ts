@@ -25,10 +25,12 @@ describe("BenchProcess.cpuSeconds", () => {
   it("counts the process's CPU time and that of the children it forked while they run", async () => {
     dir = await mkdtemp(join(tmpdir(), "cpu-seconds-"));
     // The parent spins for 400 ms of CPU, then forks a child that spins 400 ms more and stays alive; the parent
-    // then only waits, so the second 400 ms can only be counted through the child.
+    // then only waits, so the second 400 ms can only be counted through the child. Stopping the parent (SIGTERM,
+    // afterEach) stops the child too.
     const child = `${SPIN(400)} console.log("child spun"); setTimeout(() => {}, 30_000);`;
     const parent = `${SPIN(400)} console.log("parent spun");
-      require("node:child_process").spawn(process.execPath, ["-e", ${JSON.stringify(child)}], { stdio: "inherit" });
+      const c = require("node:child_process").spawn(process.execPath, ["-e", ${JSON.stringify(child)}], { stdio: "inherit" });
+      process.on("SIGTERM", () => { c.kill(); process.exit(0); });
       setTimeout(() => {}, 30_000);`;
     proc = BenchProcess.start("spinner", process.execPath, ["-e", parent], {
       env: {},
