@@ -1,6 +1,7 @@
 // Child processes for integration tests: start them, keep their recent output for error messages,
 // wait for them to become ready, and stop them by PID (TERM, bounded wait, KILL).
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomInt } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { constants } from "node:os";
@@ -37,6 +38,35 @@ export async function freePort(): Promise<number> {
       const { port } = address;
       server.close((err) => (err ? reject(err) : resolve(port)));
     });
+  });
+}
+
+/**
+ * A free TCP port on 127.0.0.1 below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), for a server
+ * that binds it only seconds after the port was chosen (Ceph's monitor and gateway bind theirs after the cluster's
+ * set-up, ~5-15 s). A port from `freePort` lies in that range, where the kernel may meanwhile give it to any
+ * outgoing connection or to another test's `freePort`, and the server then fails with "Address already in use".
+ * Below the range only an explicit bind takes a port: a random one there that binds now stays free.
+ */
+export async function freePortBelowEphemeral(): Promise<number> {
+  const range = await readFile("/proc/sys/net/ipv4/ip_local_port_range", "utf8").catch(() => "32768 60999");
+  const low = Number(range.trim().split(/\s+/)[0]);
+  const floor = 10_000;
+  if (!Number.isInteger(low) || low - floor < 1_000) return freePort();
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = floor + randomInt(low - floor);
+    if (await bindsNow(port)) return port;
+  }
+  throw new Error(`freePortBelowEphemeral: no free port in ${floor}-${low - 1} after 100 tries`);
+}
+
+/** Whether 127.0.0.1:`port` can be bound now (it is bound and released again). */
+function bindsNow(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", () => resolve(false));
+    server.listen({ host: "127.0.0.1", port, exclusive: true }, () => server.close(() => resolve(true)));
   });
 }
 

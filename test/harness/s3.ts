@@ -20,7 +20,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort, waitFor } from "./processes.ts";
+import { freePortBelowEphemeral, waitFor } from "./processes.ts";
 import { startService, startServiceTools, type ServiceProcess, type ServiceTools } from "./services.ts";
 
 export interface S3Server {
@@ -72,7 +72,13 @@ function logTails(logDir: string): string {
 export async function startS3(opts: { memstoreBytes?: number } = {}): Promise<S3Server> {
   const dir = await mkdtemp(join(tmpdir(), "harness-s3-"));
   for (const sub of ["mon", "osd", "log", "run", "rgw"]) await mkdir(join(dir, sub));
-  const [monV2, monV1, rgwPort] = [await freePort(), await freePort(), await freePort()];
+  // The monitor binds its ports seconds after this, the gateway ~10 s after: ports no connection can take meanwhile.
+  const ports: number[] = [];
+  while (ports.length < 3) {
+    const port = await freePortBelowEphemeral();
+    if (!ports.includes(port)) ports.push(port);
+  }
+  const [monV2, monV1, rgwPort] = ports as [number, number, number];
   const conf = join(dir, "ceph.conf");
   const keyring = join(dir, "keyring");
   const fsid = randomUUID();
