@@ -10,7 +10,7 @@
  */
 import { randomBytes, createHash } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -41,6 +41,9 @@ interface Server {
   process: BenchProcess;
 }
 
+/** The 1-minute load average: numbers taken on a busy machine say little (the bench prints it too). */
+const load1 = () => loadavg()[0]!.toFixed(2);
+const loadAtStart = load1();
 const workDir = await mkdtemp(join(tmpdir(), "mirror-ceiling-"));
 const servers: Server[] = [];
 const nginx = new NginxTarget({
@@ -132,7 +135,9 @@ try {
     }
   }
 
-  console.log(`\n${connections} connections, wrk 2 threads, ${reps} × ${seconds} s per server; median (min–max)\n`);
+  console.log(
+    `\n${connections} connections, wrk 2 threads, ${reps} × ${seconds} s per server; median (min–max); 1-minute load average ${loadAtStart} at the start, ${load1()} at the end\n`,
+  );
   console.log("| scenario | server | req/s | ÷ nginx | CPU µs per request | ÷ nginx |");
   console.log("| --- | --- | --- | --- | --- | --- |");
   for (const scenario of Object.keys(scenarios)) {
