@@ -87,8 +87,8 @@ export class BenchProcess {
   /**
    * CPU time used so far, in seconds: user + system time of the process (all its threads) and of its children
    * alive now (nginx's workers), from /proc/<pid>/stat. A difference of two readings around a load run, divided
-   * by the requests served, is what each request cost the server: unlike requests per second, it does not move
-   * with how the 2 cores were shared with the load generator in that run.
+   * by the requests served, is what each request cost the server. It depends less than requests per second on
+   * how the 2 cores were shared with the load generator, but still moved ~20 % between runs an hour apart here.
    */
   async cpuSeconds(): Promise<number> {
     let ticks = 0;
