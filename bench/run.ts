@@ -494,6 +494,17 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
   const loadOf = (scenario: string) => formatSummary(summarize(loads[scenario] ?? []), 2);
   const rows: string[][] = [];
   const row = (...cells: string[]) => rows.push(cells);
+  /** A load scenario's CPU time per request (bench/targets.ts, cpuSeconds), with `baseline`'s as the divisor. */
+  const cpuRow = (scenario: "S4" | "S5", baseline: "nginx" | "nginx-tuned") =>
+    row(
+      `${scenario} server CPU per request µs (all threads; nginx: its workers)`,
+      s(scenario, "mirror-cpu-us"),
+      s(scenario, "proxy-cpu-us"),
+      `${nginxLabel(baseline)} ${s(scenario, `${baseline}-cpu-us`)}`,
+      r(scenario, "mirror-cpu-us", `${baseline}-cpu-us`),
+      r(scenario, "proxy-cpu-us", `${baseline}-cpu-us`),
+      "",
+    );
   /** The median of one measurement, or undefined. */
   const med = (scenario: string, key: string) => get(scenario, key)?.median;
   /** " — met" / " — missed" after a target, judged on medians; nothing when a median is missing. */
@@ -635,15 +646,7 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
       "",
       "",
     );
-    row(
-      "S4 server CPU per request µs (all threads; nginx: its workers)",
-      s("S4", "mirror-cpu-us"),
-      s("S4", "proxy-cpu-us"),
-      `${nginxLabel(n)} ${s("S4", `${n}-cpu-us`)}`,
-      r("S4", "mirror-cpu-us", `${n}-cpu-us`),
-      r("S4", "proxy-cpu-us", `${n}-cpu-us`),
-      "",
-    );
+    cpuRow("S4", n);
   }
   if (results["S5"]) {
     const n = nginxFor("S5", "rps", true);
@@ -674,15 +677,7 @@ function renderReport(opts: { loadAtStart: number[]; loadAtEnd: number[] }): str
       "",
       "",
     );
-    row(
-      "S5 server CPU per request µs (all threads; nginx: its workers)",
-      s("S5", "mirror-cpu-us"),
-      s("S5", "proxy-cpu-us"),
-      `${nginxLabel(n)} ${s("S5", `${n}-cpu-us`)}`,
-      r("S5", "mirror-cpu-us", `${n}-cpu-us`),
-      r("S5", "proxy-cpu-us", `${n}-cpu-us`),
-      "",
-    );
+    cpuRow("S5", n);
   }
   if (results["MEM"]) {
     const peak = (scenario: string, what: string) => {

@@ -23,20 +23,24 @@ const PIPE_DRAIN_MS = 1_000;
 const KILL_WAIT_MS = 5_000;
 
 /** Asks the kernel for a free TCP port on 127.0.0.1 (bind to port 0, read it, close). */
-export async function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
+  return bindAndRelease(0);
+}
+
+/** Binds 127.0.0.1:`port` (0: any the kernel picks), closes it again, and resolves with the port bound. */
+function bindAndRelease(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();
     server.once("error", reject);
-    server.listen({ host: "127.0.0.1", port: 0, exclusive: true }, () => {
+    server.listen({ host: "127.0.0.1", port, exclusive: true }, () => {
       const address = server.address();
       if (address === null || typeof address === "string") {
         server.close();
-        reject(new Error("freePort: could not read the bound address"));
+        reject(new Error("could not read the bound address"));
         return;
       }
-      const { port } = address;
-      server.close((err) => (err ? reject(err) : resolve(port)));
+      server.close((err) => (err ? reject(err) : resolve(address.port)));
     });
   });
 }
@@ -55,19 +59,15 @@ export async function freePortBelowEphemeral(): Promise<number> {
   if (!Number.isInteger(low) || low - floor < 1_000) return freePort();
   for (let attempt = 0; attempt < 100; attempt++) {
     const port = floor + randomInt(low - floor);
-    if (await bindsNow(port)) return port;
+    if (
+      await bindAndRelease(port).then(
+        () => true,
+        () => false,
+      )
+    )
+      return port;
   }
   throw new Error(`freePortBelowEphemeral: no free port in ${floor}-${low - 1} after 100 tries`);
-}
-
-/** Whether 127.0.0.1:`port` can be bound now (it is bound and released again). */
-function bindsNow(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", () => resolve(false));
-    server.listen({ host: "127.0.0.1", port, exclusive: true }, () => server.close(() => resolve(true)));
-  });
 }
 
 export interface StartProcessOptions {
